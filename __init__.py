@@ -1,0 +1,16 @@
+"""covid-cxr: a TFX pipeline that turns public chest X-ray collections into a gated COVID-19 classifier.
+
+The repository root is the ``covid_cxr`` package (see setup.py's ``package_dir``), so the
+top-level folders ``pipeline/``, ``data/``, ... install as ``covid_cxr.pipeline``,
+``covid_cxr.data``, ... and never as generic top-level names.
+"""
+import os
+
+# TFX 1.16, TF Transform and keras-tuner 1.3.5 all need Keras 2 (tf_keras) behind tf.keras.
+# It must be set before TensorFlow first resolves tf.keras, so it lives in the package root
+# that every entry point imports first.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TensorFlow's C++ INFO/WARNING chatter buries the pipeline's own messages.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
