@@ -1,0 +1,48 @@
+"""TF Transform preprocessing: the one place raw image bytes become model input.
+
+The same graph runs in training (Transform component), in evaluation (TFMA calls it through the
+model's ``transform_features`` signature) and in serving, so there is no train/serve skew.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from covid_cxr.data import features
+
+IMAGE_XF = "image_xf"  # float32 [size, size, 1], per-image contrast stretched to [0, 1]
+LABEL_XF = "label_xf"  # int64 class index
+IMAGE_SIZE_KEY = "image_size"  # custom_config key
+
+
+def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """One PNG/JPEG (any channels, 8/16 bit) -> [size, size, 1] float32 in [0, 1]."""
+    image = tf.io.decode_image(encoded, channels=1, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, [size, size], method="area", antialias=True)
+    # Stretch each image to its own [min, max]: sources differ in exposure and bit depth, and a
+    # model must not be able to tell a source by its grey levels.
+    low = tf.reduce_min(image)
+    high = tf.reduce_max(image)
+    image = (image - low) / tf.maximum(high - low, 1e-6)
+    image.set_shape([size, size, 1])
+    return image
+
+
+def decode_images(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """A batch of encoded images ([N] or [N, 1] strings) -> [N, size, size, 1]."""
+    encoded = tf.reshape(encoded, [-1])
+    return tf.map_fn(
+        lambda e: decode_image(e, size),
+        encoded,
+        fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32),
+    )
+
+
+def preprocessing_fn(inputs, custom_config):
+    """tf.Transform entry point (Transform component: ``preprocessing_fn`` module path)."""
+    size = int(custom_config[IMAGE_SIZE_KEY])
+    # Serving requests carry no label: the Transform layer drops LABEL_XF when its input is absent.
+    return {
+        IMAGE_XF: decode_images(inputs[features.IMAGE], size),
+        LABEL_XF: tf.reshape(inputs[features.LABEL_INDEX], [-1]),
+    }
