@@ -1,2 +1,181 @@
-def main():
-    raise SystemExit("not yet")
+"""The `covid-cxr` command: demo, run, curate, evaluate, predict, compile."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+import click
+
+from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names
+
+# User errors end in one line and exit code 2; a failing run ends in one line and exit code 1.
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
+
+
+def _quiet_logs(verbose: bool) -> None:
+    from absl import logging as absl_logging
+
+    level = logging.INFO if verbose else logging.WARNING
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
+    logging.getLogger().setLevel(level)
+    for name in ("tensorflow", "apache_beam", "absl"):
+        logging.getLogger(name).setLevel(level if verbose else logging.ERROR)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"covid-cxr: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+class CliGroup(click.Group):
+    """Turns known errors raised anywhere below into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx):
+        from covid_cxr.components.schema_gate import DataValidationError
+
+        try:
+            return super().invoke(ctx)
+        except DataValidationError as e:
+            _fail(_first_line(e) + " (the run stopped before Transform; fix the data or the schema)", 1)
+        except USER_ERRORS as e:
+            _fail(_first_line(e), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as e:  # a pipeline component failed: say which, keep the detail in the log
+            logging.getLogger(__name__).debug("run failed", exc_info=True)
+            _fail(f"the run failed: {type(e).__name__}: {_first_line(e)} (re-run with --verbose for details)", 1)
+
+
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="Show TFX/Beam/TensorFlow progress logs.")
+def main(verbose: bool) -> None:
+    """covid-cxr: public chest X-rays -> a COVID-19 classifier that is deployed only when it
+    proves its sensitivity and specificity on held-out patients."""
+    _quiet_logs(verbose)
+
+
+def config_options(func):
+    """Flags shared by every command that builds a pipeline config."""
+    options = [
+        click.option("--preset", type=click.Choice(preset_names()), default=None,
+                     help="Preset to start from: quick (minutes, CI/demo) or full (real training)."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="YAML config file (sections: data, model, training, tuner, gate, runtime)."),
+        click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+                     help="Override any config field, e.g. --set training.epochs=3 (repeatable)."),
+        click.option("--task", default=None, help="Task: covid-vs-normal, covid-vs-pneumonia, covid-vs-noncovid, three-class."),
+        click.option("--pipeline-root", default=None, help="Where TFX writes artifacts (and the SQLite MLMD)."),
+        click.option("--serving-dir", default=None, help="Where blessed models are pushed, one version per directory."),
+        click.option("--min-sensitivity", type=float, default=None, help="Gate: minimum test sensitivity."),
+        click.option("--min-specificity", type=float, default=None, help="Gate: minimum test specificity."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_config(preset, config_file, overrides, task=None, pipeline_root=None, serving_dir=None,
+                 min_sensitivity=None, min_specificity=None, data_dir=None):
+    values = dict(parse_override(o) for o in overrides)
+    named = {
+        "data.data_dir": data_dir, "model.task": task, "runtime.pipeline_root": pipeline_root,
+        "runtime.serving_dir": serving_dir, "gate.min_sensitivity": min_sensitivity,
+        "gate.min_specificity": min_specificity,
+    }
+    values.update({k: v for k, v in named.items() if v is not None})
+    return load_config(preset, config_file, values)
+
+
+def print_outcome(outcome) -> None:
+    if outcome is None:
+        click.echo("The pipeline finished but recorded no push decision.")
+        return
+    click.echo("")
+    click.echo(outcome.report.headline())
+    for name in ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples"):
+        for key, value in outcome.report.metrics.items():
+            if key.startswith(name) and not key.endswith("change"):
+                click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")
+    for failure in outcome.report.failures:
+        click.echo(f"  failed: {failure}")
+    if outcome.pushed:
+        click.echo(f"Model pushed to {outcome.destination}")
+    elif outcome.blessed:
+        click.echo(f"Not pushed again: {outcome.reason} ({outcome.destination})")
+    else:
+        click.echo("Not pushed: the serving directory keeps its previous model.")
+    click.echo(f"Model artifact: {outcome.model_uri}")
+    click.echo(f"Evaluation:     {outcome.evaluation_uri}")
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the synthetic data, pipeline root and serving models.")
+@click.option("--patients-per-class", default=60, show_default=True, type=click.IntRange(4, 10000))
+@config_options
+def demo(out, patients_per_class, preset, config_file, overrides, **named):
+    """Generate the embedded synthetic dataset and run the whole pipeline on it (quick preset)."""
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    named["pipeline_root"] = named["pipeline_root"] or os.path.join(out, "root")
+    named["serving_dir"] = named["serving_dir"] or os.path.join(out, "serving")
+    config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"), **named)
+    click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
+    summary = synthetic.generate(config.data.data_dir, config.model.task, patients_per_class)
+    click.echo(f"  {summary['accepted']} images of {summary['patients']} patients: {summary['per_class']}")
+    click.echo(f"Running the pipeline (pipeline root {config.runtime.pipeline_root}) ...")
+    print_outcome(local_runner.run(config))
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="Curated TFRecords (covid-cxr curate --out).")
+@config_options
+def run(data_dir, preset, config_file, overrides, **named):
+    """Run the pipeline on curated TFRecords with LocalDagRunner."""
+    from covid_cxr import local_runner
+
+    config = build_config(preset, config_file, overrides, data_dir=data_dir, **named)
+    print_outcome(local_runner.run(config))
+
+
+@main.command("compile")
+@click.option("--image", required=True, help="Container image with covid-cxr installed (see Dockerfile).")
+@click.option("--output", default="covid-cxr-pipeline.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", required=True, help="Curated TFRecords, usually gs://...")
+@config_options
+def compile_command(image, output, data_dir, preset, config_file, overrides, **named):
+    """Compile the pipeline to a KFP v2 / Vertex AI pipeline spec (JSON)."""
+    from covid_cxr import kubeflow_runner
+
+    config = build_config(preset, config_file, overrides, data_dir=data_dir, **named)
+    click.echo(f"Pipeline spec written to {kubeflow_runner.compile_pipeline(config, output, image)}")
+
+
+def _register_stage_commands() -> None:
+    """Commands that live beside the stage they belong to (curation, evaluation, serving)."""
+    import importlib
+
+    for module, name, command_name in (("covid_cxr.data.curate", "curate_command", "curate"),
+                                       ("covid_cxr.evaluation.evaluate", "evaluate_command", "evaluate"),
+                                       ("covid_cxr.serving.predict", "predict_command", "predict")):
+        try:
+            main.add_command(getattr(importlib.import_module(module), name), command_name)
+        except ImportError:  # TEMPORARY while the stage modules are being written
+            pass
+
+
+_register_stage_commands()
+
+
+if __name__ == "__main__":
+    main()

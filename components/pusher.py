@@ -1,0 +1,94 @@
+"""VersionedPusher: copies a BLESSED model into `<serving_dir>/<version>/`, as TF Serving expects.
+
+Unlike TFX's stock Pusher it never pushes the same model twice: a re-run whose Evaluator re-blesses
+an unchanged (cached) model finds the model's content fingerprint already at the newest version and
+records "already serving". An unblessed model is never copied, so the serving directory keeps the
+previous blessed version. A model card is written beside every pushed version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.utils import path_utils
+
+from covid_cxr.evaluation import gate_report, model_card
+from covid_cxr.serving import export
+
+PUSH_RECORD = "covid_cxr_push.json"  # beside saved_model.pb; TF Serving ignores it
+
+
+def fingerprint(model_dir: str) -> str:
+    """Content hash of a SavedModel directory (paths and bytes), independent of timestamps."""
+    digest = hashlib.sha256()
+    for root, _, files in sorted(tf.io.gfile.walk(model_dir)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, model_dir).encode())
+            with tf.io.gfile.GFile(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def versions(serving_dir: str) -> list[int]:
+    """Numeric version directories present in `serving_dir`, oldest first."""
+    if not tf.io.gfile.isdir(serving_dir):
+        return []
+    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(serving_dir) if n.rstrip("/").isdigit())
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for root, _, files in tf.io.gfile.walk(src):
+        target_root = os.path.join(dst, os.path.relpath(root, src))
+        tf.io.gfile.makedirs(target_root)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target_root, name), overwrite=True)
+
+
+def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple[bool, str, str]:
+    """Pushes unless the newest version already holds this model. Returns (pushed, version dir, why)."""
+    digest = fingerprint(model_dir)
+    existing = versions(serving_dir)
+    if existing:
+        newest = os.path.join(serving_dir, str(existing[-1]))
+        record_path = os.path.join(newest, PUSH_RECORD)
+        if tf.io.gfile.exists(record_path):
+            with tf.io.gfile.GFile(record_path) as f:
+                if json.load(f).get("fingerprint") == digest:
+                    return False, newest, "this model is already the newest served version"
+    version = max(int(time.time()), existing[-1] + 1 if existing else 0)
+    final = os.path.join(serving_dir, str(version))
+    staging = os.path.join(serving_dir, f".staging-{version}")  # non-numeric: TF Serving skips it
+    _copy_tree(model_dir, staging)
+    with tf.io.gfile.GFile(os.path.join(staging, model_card.FILE_NAME), "w") as f:
+        f.write(card)
+    with tf.io.gfile.GFile(os.path.join(staging, PUSH_RECORD), "w") as f:
+        f.write(json.dumps(dict(record, fingerprint=digest, version=version), indent=2, sort_keys=True))
+    tf.io.gfile.rename(staging, final)  # TF Serving must never see a half-copied version
+    return True, final, "pushed"
+
+
+@tfx.dsl.components.component
+def VersionedPusher(
+    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
+    model_blessing: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
+    evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
+    pushed_model: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.PushedModel],
+    serving_dir: tfx.dsl.components.Parameter[str],
+) -> None:
+    blessed = bool(model_blessing.get_int_custom_property("blessed"))
+    report = gate_report.read_gate_report(evaluation.uri, blessed)
+    if not blessed:
+        pushed, destination, why = False, "", "NOT BLESSED: " + ("; ".join(report.failures) or "see the evaluation")
+    else:
+        model_dir = path_utils.serving_model_path(model.uri)
+        metadata = export.read_metadata(model_dir)
+        card = model_card.render(metadata, report)
+        pushed, destination, why = push(model_dir, serving_dir, card, {"model_uri": model.uri, "metrics": report.metrics})
+    pushed_model.set_int_custom_property("pushed", int(pushed))
+    pushed_model.set_string_custom_property("pushed_destination", destination)
+    pushed_model.set_string_custom_property("reason", why)

@@ -1,0 +1,53 @@
+"""SchemaGate: stops the pipeline on data anomalies, before Transform and training.
+
+TFX's ExampleValidator only *records* anomalies. This component passes the reviewed schema on to
+Transform only when every split is anomaly-free, so bad data can never train or reach the gate.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.types import standard_artifact_utils
+from tfx.utils import io_utils
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+ANOMALIES_FILE = "SchemaDiff.pb"
+
+
+class DataValidationError(RuntimeError):
+    """Raised with a one-line, human-readable list of the anomalies found."""
+
+
+def describe_anomalies(anomalies: tfx.types.Artifact) -> list[str]:
+    """['split test: feature label: Unexpected string values (...)', ...] for every anomaly found."""
+    problems = []
+    for split in standard_artifact_utils.decode_split_names(anomalies.split_names):
+        path = os.path.join(standard_artifact_utils.get_split_uri([anomalies], split), ANOMALIES_FILE)
+        if not tf.io.gfile.exists(path):
+            continue
+        anomalies = anomalies_pb2.Anomalies()
+        anomalies.ParseFromString(io_utils.read_bytes_file(path))
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            problems.append(f"split {split}: feature {feature}: {info.short_description or info.description}")
+        if anomalies.HasField("dataset_anomaly_info"):
+            info = anomalies.dataset_anomaly_info
+            problems.append(f"split {split}: dataset: {info.short_description or info.description}")
+    return problems
+
+
+@tfx.dsl.components.component
+def SchemaGate(
+    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+    anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    validated_schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema],
+) -> None:
+    problems = describe_anomalies(anomalies)
+    if problems:
+        raise DataValidationError(
+            f"data validation failed, {len(problems)} anomal{'y' if len(problems) == 1 else 'ies'}: "
+            + "; ".join(problems)
+        )
+    source = os.path.join(schema.uri, "schema.pbtxt")
+    io_utils.copy_file(source, os.path.join(validated_schema.uri, "schema.pbtxt"), overwrite=True)

@@ -1,0 +1,185 @@
+"""DICOM radiographs -> 8-bit grayscale pixels plus the only header fields allowed out: sex and age.
+
+Pixel pipeline (DICOM PS3.3 C.11 order), the same for every source:
+
+1. decode ``PixelData`` with pydicom (uncompressed, RLE, deflate; JPEG Baseline / Extended and
+   JPEG 2000 through Pillow; other compressed syntaxes such as JPEG Lossless need pylibjpeg or GDCM
+   and are reported as unreadable, never crash the run);
+2. Modality LUT or Rescale Slope/Intercept (``apply_modality_lut``);
+3. VOI LUT or Window Center/Width when present (``apply_voi_lut``), whose output range then maps to
+   0..255; without a VOI transform 8-bit data is kept as stored and deeper data (12/16-bit, or
+   rescaled values) is stretched from its own min..max to 0..255;
+4. MONOCHROME1 (white = low values) is inverted so that every output is MONOCHROME2-like;
+   colour images (RGB/YBR) are converted to luminance.
+
+Privacy: ``DicomImage`` carries pixels, sex, age, view and modality. The patient id is exposed only
+through ``identifiers`` (used by curation to pseudonymize and to scrub file names) and must never be
+written or logged. Error messages raised from here never quote header values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+UNKNOWN = "unknown"  # mirrors features.UNKNOWN (this module stays TensorFlow-free for worker processes)
+UNKNOWN_AGE = -1
+LATERAL = "lateral"
+# DICOM (0018,5101) View Position -> record view. Lateral / oblique views are reported so curation can reject them.
+_VIEWS = {"PA": "PA", "AP": "AP", "LL": LATERAL, "RL": LATERAL, "LATERAL": LATERAL, "LAT": LATERAL, "L": LATERAL,
+          "LLD": LATERAL, "RLD": LATERAL, "LPO": "oblique", "RPO": "oblique", "LAO": "oblique", "RAO": "oblique"}
+NON_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "ES", "OP", "SR", "RTIMAGE"})
+
+
+class DicomError(Exception):
+    """A DICOM file that cannot be turned into a radiograph (message is safe to log: no header values)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomImage:
+    pixels: np.ndarray  # uint8 [H, W], MONOCHROME2 (dark = low)
+    sex: str  # "M", "F" or "unknown"
+    age: int  # whole years, -1 when unknown
+    view: str  # "PA", "AP", "lateral", "oblique" or "unknown"
+    modality: str  # e.g. "CR", "DX"; "" when absent
+    # Raw identifying strings (PatientID, PatientName and its components). For pseudonymization and
+    # for scrubbing file names only: never write, log or put these in an exception message.
+    identifiers: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def patient_id(self) -> str:
+        return self.identifiers[0] if self.identifiers else ""
+
+
+def is_dicom(path: str) -> bool:
+    """True for files with the DICM magic (or a .dcm/.dicom extension)."""
+    if path.lower().endswith((".dcm", ".dicom")):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def parse_age(value) -> int:
+    """DICOM Age String ('058Y', '006M', '003W', '010D') or a bare number ('58', RSNA) -> years, -1 if unknown."""
+    text = str(value or "").strip().upper()
+    m = re.fullmatch(r"(\d{1,3})\s*([YMWD]?)", text)
+    if not m:
+        return UNKNOWN_AGE
+    n, unit = int(m.group(1)), m.group(2) or "Y"
+    years = {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[unit]
+    return years if 0 <= years <= 120 else UNKNOWN_AGE
+
+
+def parse_sex(value) -> str:
+    text = str(value or "").strip().upper()
+    return text if text in ("M", "F") else UNKNOWN
+
+
+def parse_view(value) -> str:
+    return _VIEWS.get(str(value or "").strip().upper(), UNKNOWN)
+
+
+def read_dicom(path: str) -> DicomImage:
+    """Reads one DICOM radiograph. Raises DicomError (with a header-free message) when it cannot."""
+    try:
+        ds = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure is "not DICOM"
+            raise DicomError(f"not a DICOM file ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001
+        raise DicomError(f"cannot parse DICOM ({type(e).__name__})") from None
+    if "PixelData" not in ds:
+        raise DicomError("DICOM has no pixel data")
+    identifiers = _identifiers(ds)
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    try:
+        pixels = to_uint8(ds)
+    except DicomError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoder errors: report the transfer syntax, not the header
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__})") from None
+    return DicomImage(
+        pixels=pixels,
+        sex=parse_sex(ds.get("PatientSex")),
+        age=parse_age(ds.get("PatientAge")),
+        view=parse_view(ds.get("ViewPosition")),
+        modality=modality,
+        identifiers=identifiers,
+    )
+
+
+def _identifiers(ds) -> tuple[str, ...]:
+    out: list[str] = []
+    pid = str(ds.get("PatientID", "") or "").strip()
+    out.append(pid)
+    name = str(ds.get("PatientName", "") or "").strip()
+    if name:
+        out.append(name)
+        out.extend(p.strip() for p in re.split(r"[\^=]", name) if len(p.strip()) >= 3)
+    return tuple(dict.fromkeys(out))  # de-duplicated, order kept; first is always PatientID ("" if absent)
+
+
+def to_uint8(ds) -> np.ndarray:
+    """The display-ready 8-bit grayscale picture of a (single-frame) DICOM dataset."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise DicomError(f"multi-frame DICOM ({frames} frames) is not a radiograph")
+    arr = ds.pixel_array  # pydicom converts YBR to RGB for colour data
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        if arr.ndim == 3 and arr.shape[-1] == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+            rgb = arr.astype(np.float64)
+            gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+            return _stretch(gray, 0.0, 255.0) if arr.dtype == np.uint8 else _stretch(gray, gray.min(), gray.max())
+        raise DicomError(f"unsupported photometric interpretation {photometric}")
+    if arr.ndim != 2:
+        raise DicomError(f"unexpected pixel array shape {arr.shape}")
+
+    bits = int(ds.get("BitsStored", 8) or 8)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    has_modality = bool(ds.get("ModalityLUTSequence")) or ("RescaleSlope" in ds and "RescaleIntercept" in ds)
+    values = apply_modality_lut(arr, ds) if has_modality else arr
+
+    lo: float
+    hi: float
+    if ds.get("VOILUTSequence") and ds.VOILUTSequence[0].get("LUTData") is not None:
+        if not np.issubdtype(values.dtype, np.integer):
+            values = np.rint(values).astype(np.int64)
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        # Output range = the LUT's own range: map every input the LUT defines.
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        domain = np.arange(int(descriptor[1]), int(descriptor[1]) + (int(descriptor[0]) or 2**16), dtype=np.int64)
+        table = apply_voi_lut(domain, ds, index=0, prefer_lut=True)
+        lo, hi = float(table.min()), float(table.max())
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=False)
+        # The windowing output range depends on bits/rescale (PS3.3 C.11.2.1.2): probe it.
+        lo, hi = (float(v) for v in apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=False))
+    elif bits <= 8 and not signed and not has_modality:
+        lo, hi = 0.0, 255.0
+    else:
+        lo, hi = float(np.min(values)), float(np.max(values))
+    out8 = _stretch(values, lo, hi)
+    if photometric == "MONOCHROME1":
+        out8 = 255 - out8
+    return out8
+
+
+def _stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

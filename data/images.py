@@ -1,0 +1,203 @@
+"""Image decoding and normalisation for curation: any input -> bounded 8-bit grayscale PNG.
+
+Steps (``process``), in order:
+1. ``read_gray``: DICOM through ``covid_cxr.data.dicom`` (MONOCHROME1, VOI LUT/windowing, rescale,
+   bit depth, compressed syntaxes), everything else through Pillow (EXIF orientation applied;
+   RGB/RGBA/palette -> luminance; 16-bit and float images stretched from their min..max to 0..255).
+2. ``crop_borders`` (on by default): crop black/white/uniform borders and bars to the radiograph's
+   content. Rows/columns count as content when enough of their pixels are neither border-dark,
+   border-bright nor the frame's uniform colour; the longest run of content (small gaps bridged)
+   wins, so burnt-in text labels and thin bars outside the film are cut off with the border. A box
+   smaller than ``MIN_CROP_FRACTION`` of either side (a "sliver") is refused: no crop, with a note.
+3. ``perceptual_hash`` of the cropped image (before resizing and equalization, so duplicates are
+   found whatever the settings): 64-bit DCT pHash.
+4. ``resize_max_side`` (area interpolation, never upscales) and optional ``equalize``
+   (``clahe``: OpenCV CLAHE clip 2.0 on an 8x8 grid; ``hist``: global histogram equalization).
+5. ``encode_png``: deterministic 8-bit grayscale PNG (no metadata).
+
+This module (and ``dicom``) import no TensorFlow, so worker processes start quickly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from typing import Optional
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from covid_cxr.data import dicom
+
+EQUALIZE_MODES = ("none", "clahe", "hist")
+DEFAULT_MAX_SIDE = 512
+MIN_CROP_FRACTION = 0.35  # a crop keeping less than this of the height or width is a sliver: refused
+MIN_SIDE = 32  # smaller inputs are not usable radiographs
+_DARK = 12  # <= this is border black (8-bit)
+_BRIGHT = 246  # >= this is border white
+_CONTENT_FRACTION = 0.10  # a row/column is content when >= 10% of its pixels are content pixels
+_GAP_FRACTION = 0.02  # runs of content separated by gaps up to 2% of the side are one run
+
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # decompression bombs beyond this are rejected, not decoded
+
+
+class ImageError(Exception):
+    """An input that cannot become a curated image (message is safe to log)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What a DICOM header may contribute (all else stays in the file)."""
+
+    sex: str = dicom.UNKNOWN
+    age: int = dicom.UNKNOWN_AGE
+    view: str = dicom.UNKNOWN
+    modality: str = ""
+    identifiers: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # never written/logged
+
+
+@dataclasses.dataclass(frozen=True)
+class Processed:
+    png: bytes
+    phash: int  # 64-bit DCT perceptual hash of the cropped image
+    width: int
+    height: int
+    cropped: bool
+    note: str  # e.g. "crop refused: content box 20% x 90% of the image"
+    header: Optional[Header]  # DICOM inputs only
+
+
+def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
+    """Any supported file -> (uint8 [H, W] grayscale, DICOM header fields or None)."""
+    if dicom.is_dicom(path):
+        try:
+            d = dicom.read_dicom(path)
+        except dicom.DicomError as e:
+            raise ImageError(str(e)) from None
+        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.identifiers)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _pil_to_gray(im), None
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError("image too large") from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
+        raise ImageError(f"cannot decode image ({type(e).__name__})") from None
+
+
+def _pil_to_gray(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        if values.ndim != 2:
+            raise ImageError(f"unsupported image mode {mode}")
+        lo, hi = float(values.min()), float(values.max())
+        if hi <= lo:
+            return np.zeros(values.shape, dtype=np.uint8)
+        return np.clip(np.rint((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    if mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(background, im)
+    if im.mode != "L":
+        im = im.convert("L")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def content_box(gray: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom/right exclusive, of the radiograph inside borders and bars."""
+    frame = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).astype(np.int16)
+    values, counts = np.unique(frame, return_counts=True)
+    border = (gray <= _DARK) | (gray >= _BRIGHT)
+    mode = int(values[np.argmax(counts)])
+    # A uniform (e.g. grey) frame: the same level around most of the edge.
+    if np.sum(np.abs(frame - mode) <= 2) >= 0.6 * frame.size:
+        border |= np.abs(gray.astype(np.int16) - mode) <= 2
+    content = ~border
+    top, bottom = _longest_run(content.mean(axis=1) >= _CONTENT_FRACTION, gray.shape[0])
+    left, right = _longest_run(content[top:bottom].mean(axis=0) >= _CONTENT_FRACTION, gray.shape[1])
+    return top, bottom, left, right
+
+
+def _longest_run(flags: np.ndarray, n: int) -> tuple[int, int]:
+    gap = max(1, int(round(n * _GAP_FRACTION)))
+    idx = np.flatnonzero(flags)
+    if idx.size == 0:
+        return 0, n
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    ends = np.concatenate([idx[breaks], [idx[-1]]]) + 1
+    best = int(np.argmax(ends - starts))  # ties: the first run (deterministic)
+    return int(starts[best]), int(ends[best])
+
+
+def crop_borders(gray: np.ndarray) -> tuple[np.ndarray, bool, str]:
+    """(cropped image, whether it was cropped, note). Refuses slivers: returns the input with a note."""
+    h, w = gray.shape
+    top, bottom, left, right = content_box(gray)
+    ch, cw = bottom - top, right - left
+    if ch < MIN_CROP_FRACTION * h or cw < MIN_CROP_FRACTION * w or ch < MIN_SIDE or cw < MIN_SIDE:
+        return gray, False, f"crop refused: content box {ch / h:.0%} x {cw / w:.0%} of the image"
+    if (top, bottom, left, right) == (0, h, 0, w):
+        return gray, False, ""
+    return gray[top:bottom, left:right], True, ""
+
+
+def resize_max_side(gray: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale so the longer side is at most max_side (area interpolation); never upscales."""
+    h, w = gray.shape
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return gray
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+def equalize(gray: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "none":
+        return gray
+    if mode == "clahe":
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
+    if mode == "hist":
+        return cv2.equalizeHist(gray)
+    raise ValueError(f"unknown equalization {mode!r}; choose one of: {', '.join(EQUALIZE_MODES)}")
+
+
+def encode_png(gray: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").save(out, format="PNG", compress_level=6)
+    return out.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"))
+
+
+def perceptual_hash(gray: np.ndarray) -> int:
+    """64-bit DCT pHash: 32x32 area-resize, 2-D DCT, 8x8 lowest frequencies thresholded at their median."""
+    small = cv2.resize(gray.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+    low = cv2.dct(small)[:8, :8]
+    bits = (low > np.median(low)).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def process(path: str, max_side: int = DEFAULT_MAX_SIDE, crop: bool = True, equalization: str = "none") -> Processed:
+    """One input file -> Processed. Raises ImageError for anything that is not a usable image."""
+    gray, header = read_gray(path)
+    if gray.ndim != 2 or min(gray.shape) < MIN_SIDE:
+        raise ImageError(f"image too small ({gray.shape[1]}x{gray.shape[0]})")
+    if int(gray.max()) == int(gray.min()):
+        raise ImageError("blank image (a single grey level)")
+    cropped, did_crop, note = crop_borders(gray) if crop else (gray, False, "")
+    phash = perceptual_hash(cropped)
+    out = equalize(resize_max_side(cropped, max_side), equalization)
+    return Processed(encode_png(out), phash, out.shape[1], out.shape[0], did_crop, note, header)

@@ -1,0 +1,92 @@
+"""Reads an Evaluator output (TFMA metrics + validation result) into plain words and numbers."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import tensorflow_model_analysis as tfma
+
+# TFMA metric names -> what the users of this product call them.
+PLAIN_NAMES = {
+    "recall": "sensitivity",
+    "specificity": "specificity",
+    "auc": "AUC",
+    "precision": "precision",
+    "binary_accuracy": "accuracy",
+    "sparse_categorical_accuracy": "accuracy",
+    "example_count": "examples",
+}
+
+
+@dataclasses.dataclass
+class GateReport:
+    blessed: bool
+    metrics: dict  # overall slice: {"sensitivity": 0.93, ...}; diffs vs baseline under "<name> change"
+    failures: list  # plain sentences, empty when blessed
+    slices: dict  # {"source:cohen": {"sensitivity": ...}, ...}
+
+    def headline(self) -> str:
+        return "BLESSED" if self.blessed else "NOT BLESSED"
+
+
+def metric_name(key) -> str:
+    name = PLAIN_NAMES.get(key.name, key.name)
+    if key.HasField("sub_key") and key.sub_key.HasField("class_id"):
+        name += f" (class {key.sub_key.class_id.value})"
+    if key.HasField("aggregation_type") and key.aggregation_type.macro_average:
+        name = "macro " + name
+    if key.is_diff:
+        name += " change"
+    return name
+
+
+def _slice_name(slice_key) -> str:
+    parts = [f"{s.column}:{s.bytes_value.decode() if s.HasField('bytes_value') else s.int64_value or s.float_value}"
+             for s in slice_key.single_slice_keys]
+    return ", ".join(parts) or "overall"
+
+
+def _value(metric_value) -> Optional[float]:
+    if metric_value.HasField("double_value"):
+        return metric_value.double_value.value
+    return None
+
+
+def read_gate_report(evaluation_uri: str, blessed: bool) -> GateReport:
+    slices: dict = {}
+    for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+        values = {}
+        for kv in metrics_for_slice.metric_keys_and_values:
+            if kv.key.model_name == "baseline":  # with a baseline, ours is named "candidate"
+                continue
+            value = _value(kv.value)
+            if value is not None:
+                values[metric_name(kv.key)] = value
+        slices[_slice_name(metrics_for_slice.slice_key)] = values
+    failures = []
+    if _has_validation(evaluation_uri):
+        validation = tfma.load_validation_result(evaluation_uri)
+        for per_slice in validation.metric_validations_per_slice:
+            for failure in per_slice.failures:
+                failures.append(_failure_sentence(failure))
+    overall = slices.pop("overall", {})
+    return GateReport(blessed=blessed, metrics=overall, failures=failures, slices=slices)
+
+
+def _has_validation(evaluation_uri: str) -> bool:
+    return os.path.isdir(evaluation_uri) and any(n.startswith("validations") for n in os.listdir(evaluation_uri))
+
+
+def _failure_sentence(failure) -> str:
+    name = metric_name(failure.metric_key)
+    value = _value(failure.metric_value)
+    threshold = failure.metric_threshold
+    if threshold.HasField("value_threshold") and threshold.value_threshold.HasField("lower_bound"):
+        bar = f"the required minimum {threshold.value_threshold.lower_bound.value:.3f}"
+    elif threshold.HasField("change_threshold"):
+        bar = f"the allowed change against the last blessed model ({threshold.change_threshold.absolute.value:+.3f})"
+    else:
+        bar = "its threshold"
+    shown = f"{value:.3f}" if value is not None else "unavailable"
+    return f"{name} {shown} is below {bar}"

@@ -1,0 +1,42 @@
+"""Runs the pipeline locally with LocalDagRunner on Beam's DirectRunner (thin entry point).
+
+    python -m covid_cxr.local_runner --data DIR [--preset quick]   (or: covid-cxr run ...)
+"""
+from __future__ import annotations
+
+from tfx import v1 as tfx
+
+from covid_cxr.data import writer
+from covid_cxr.pipeline import metadata
+from covid_cxr.pipeline.config import ConfigError, PipelineConfig
+from covid_cxr.pipeline.pipeline import create_pipeline
+
+
+def check_data(config: PipelineConfig) -> dict:
+    """Fails early, in one line, when the data directory cannot feed this config."""
+    if not config.data.data_dir:
+        raise ConfigError("no data directory: pass --data DIR (a directory written by `covid-cxr curate`)")
+    try:
+        summary = writer.read_summary(config.data.data_dir)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    if summary.get("task") != config.model.task:
+        raise ConfigError(f"{config.data.data_dir!r} was curated for task {summary.get('task')!r} but the "
+                          f"config asks for {config.model.task!r}; curate again with --task {config.model.task}")
+    if not summary.get("accepted"):
+        raise ConfigError(f"{config.data.data_dir!r} holds no accepted images")
+    return summary
+
+
+def run(config: PipelineConfig) -> metadata.RunOutcome:
+    check_data(config)
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, metadata.connection_config(config)))
+    return metadata.latest_outcome(config)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from covid_cxr import cli
+
+    cli.main(["run", *sys.argv[1:]])

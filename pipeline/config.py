@@ -1,0 +1,224 @@
+"""The one typed configuration every run is built from.
+
+Precedence: dataclass defaults < preset (``pipeline/presets/<name>.yaml``) < user YAML file <
+``--set section.field=value`` / named CLI flags. Unknown keys and wrong types are errors, so a
+typo in a config file never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from covid_cxr.data import features
+
+PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: reported as one line, never a traceback."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    data_dir: str = ""  # a directory written by `covid-cxr curate` (or `demo`)
+    # ExampleGen hash-bucket split on the patient/duplicate group: train / eval (model selection,
+    # early stopping, threshold) / test (the Evaluator's gate, never seen by training or tuning).
+    train_buckets: int = 14
+    eval_buckets: int = 3
+    test_buckets: int = 3
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    task: str = "covid-vs-normal"
+    image_size: int = 224  # Transform output size; models may resize further down
+    families: list = dataclasses.field(default_factory=lambda: ["mobilenet_v2"])  # Tuner chooses among these
+    weights: str = "auto"  # auto | imagenet | none | path to an .h5 file
+    weights_dir: str = ""  # where `auto` looks for offline ImageNet files
+    fallback: str = "none"  # when no weights can be had: `none` (random init) or a family name
+    augment: bool = True
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    batch_size: int = 32
+    epochs: int = 12  # frozen-base phase (early stopping may end it sooner)
+    fine_tune_epochs: int = 6
+    early_stopping_patience: int = 3
+    target_sensitivity: float = 0.95  # the stored decision threshold is chosen on eval to meet this
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class TunerConfig:
+    enabled: bool = True
+    trials: int = 4
+    epochs: int = 3
+    learning_rates: list = dataclasses.field(default_factory=lambda: [1e-3, 3e-4])
+    dropouts: list = dataclasses.field(default_factory=lambda: [0.2, 0.5])
+    dense_units: list = dataclasses.field(default_factory=lambda: [64, 128])
+    image_sizes: list = dataclasses.field(default_factory=list)  # empty: only model.image_size
+    fine_tune_layers: list = dataclasses.field(default_factory=lambda: [0, 20])
+
+
+@dataclasses.dataclass
+class GateConfig:
+    min_sensitivity: float = 0.90
+    min_specificity: float = 0.85
+    min_auc: float = 0.0
+    # A candidate may not lose more than this much AUC against the latest blessed model.
+    max_auc_regression: float = 0.01
+    slice_features: list = dataclasses.field(default_factory=lambda: ["source", "view", "sex"])
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    pipeline_name: str = "covid-cxr"
+    pipeline_root: str = "out/root"
+    serving_dir: str = "out/serving"
+    metadata_path: str = ""  # SQLite file; default <pipeline_root>/metadata.sqlite
+    mysql_host: str = ""  # when set, ML Metadata lives in MySQL/MariaDB instead of SQLite
+    mysql_port: int = 3306
+    mysql_database: str = "covid_cxr_mlmd"
+    mysql_user: str = "root"
+    mysql_password: str = ""
+    beam_running_mode: str = "in_memory"  # in_memory | multi_threading | multi_processing
+    beam_workers: int = 0  # 0 = one per CPU core
+    beam_extra_args: list = dataclasses.field(default_factory=list)
+    enable_cache: bool = True
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    tuner: TunerConfig = dataclasses.field(default_factory=TunerConfig)
+    gate: GateConfig = dataclasses.field(default_factory=GateConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    @property
+    def task(self) -> features.Task:
+        return features.get_task(self.model.task)
+
+    def validate(self) -> "PipelineConfig":
+        features.get_task(self.model.task)  # raises ValueError with the valid names
+        for name, value in (("gate.min_sensitivity", self.gate.min_sensitivity),
+                            ("gate.min_specificity", self.gate.min_specificity),
+                            ("training.target_sensitivity", self.training.target_sensitivity)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        if self.model.image_size < 16:
+            raise ConfigError(f"model.image_size must be at least 16, got {self.model.image_size}")
+        if not self.model.families:
+            raise ConfigError("model.families must name at least one model family")
+        if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
+            raise ConfigError("data.*_buckets must all be at least 1")
+        if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
+            raise ConfigError(f"runtime.beam_running_mode {self.runtime.beam_running_mode!r} is not "
+                              "in_memory, multi_threading or multi_processing")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def preset_names() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))
+
+
+def load_config(
+    preset: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> PipelineConfig:
+    """Defaults, then the preset, then the YAML file, then dotted overrides (``gate.min_auc``)."""
+    config = PipelineConfig()
+    if preset:
+        if preset not in preset_names():
+            raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(preset_names())}")
+        _apply(config, _read_yaml(os.path.join(PRESETS_DIR, f"{preset}.yaml")), "preset " + preset)
+    if config_file:
+        _apply(config, _read_yaml(config_file), config_file)
+    for key, value in (overrides or {}).items():
+        section, _, field = key.partition(".")
+        if not field:
+            raise ConfigError(f"override {key!r} must be section.field, e.g. gate.min_sensitivity")
+        _apply(config, {section: {field: value}}, "override " + key)
+    try:
+        return config.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _read_yaml(path: str) -> Mapping:
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"config {path!r} must be a mapping of sections, got {type(content).__name__}")
+    return content
+
+
+def _apply(config: PipelineConfig, values: Mapping, origin: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(config)}
+    for section_name, section_values in values.items():
+        if section_name not in sections:
+            raise ConfigError(f"{origin}: unknown section {section_name!r}; sections: {', '.join(sections)}")
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{origin}: section {section_name!r} must be a mapping")
+        section = getattr(config, section_name)
+        hints = typing.get_type_hints(type(section))
+        known = {f.name for f in dataclasses.fields(section)}
+        for name, raw in section_values.items():
+            if name not in known:
+                raise ConfigError(f"{origin}: unknown field {section_name}.{name}; fields: {', '.join(sorted(known))}")
+            setattr(section, name, _coerce(raw, hints[name], f"{origin}: {section_name}.{name}"))
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """YAML values and CLI strings -> the field's declared type, or a ConfigError."""
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = kind(value)
+            if kind is int and isinstance(value, float) and value != number:
+                raise ValueError(value)
+            return number
+        if kind is str:
+            return "" if value is None else str(value)
+        if kind is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [
+                    yaml.safe_load(v) for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+    return value
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """'gate.min_auc=0.8' -> ('gate.min_auc', '0.8')."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r} must look like section.field=value")
+    return key.strip(), value.strip()

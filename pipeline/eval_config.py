@@ -1,0 +1,71 @@
+"""The Evaluator's deployment gate, built from the typed config (GateConfig).
+
+Binary tasks gate on the model's `gate_score` output at 0.5, which equals the model's own stored
+decision threshold (see serving/export.py). Three-class gates on COVID one-vs-rest of the softmax.
+A candidate is blessed only if sensitivity AND specificity (and AUC) clear their bars on the
+held-out `test` split and its AUC does not regress against the latest blessed model.
+"""
+from __future__ import annotations
+
+import json
+
+import tensorflow_model_analysis as tfma
+
+from covid_cxr.data import features
+from covid_cxr.serving import export
+
+TEST_SPLIT = "test"
+
+
+def _lower_bound(value: float) -> tfma.MetricThreshold:
+    return tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": value}))
+
+
+def build_eval_config(config) -> tfma.EvalConfig:
+    task, gate = config.task, config.gate
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_auc}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -gate.max_auc_regression},
+        ),
+    )
+    gated = [
+        tfma.MetricConfig(class_name="Recall", threshold=_lower_bound(gate.min_sensitivity)),
+        tfma.MetricConfig(class_name="Specificity", threshold=_lower_bound(gate.min_specificity)),
+        tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+        tfma.MetricConfig(class_name="Precision"),
+        tfma.MetricConfig(class_name="BinaryAccuracy"),
+        tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+        tfma.MetricConfig(class_name="SensitivityAtSpecificity",
+                          config=json.dumps({"specificity": gate.min_specificity})),
+    ]
+    if task.is_binary:
+        prediction_key = export.GATE_OUTPUT
+        metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount")] + gated)]
+    else:
+        prediction_key = export.PROBABILITIES_OUTPUT
+        metrics_specs = [
+            tfma.MetricsSpec(metrics=[
+                tfma.MetricConfig(class_name="ExampleCount"),
+                tfma.MetricConfig(class_name="SparseCategoricalAccuracy"),
+                tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+            ]),
+            # COVID one-vs-rest: these carry the gate.
+            tfma.MetricsSpec(metrics=gated, binarize=tfma.BinarizationOptions(class_ids={"values": [task.positive_index]})),
+            # Macro averages over all classes, for the report.
+            tfma.MetricsSpec(
+                metrics=[tfma.MetricConfig(class_name=name) for name in ("Precision", "Recall", "AUC")],
+                binarize=tfma.BinarizationOptions(class_ids={"values": list(range(task.num_classes))}),
+                aggregate=tfma.AggregationOptions(macro_average=True),
+            ),
+        ]
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name=export.EXAMPLES_SIGNATURE,
+            label_key=features.LABEL_INDEX,
+            prediction_key=prediction_key,
+        )],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[f]) for f in config.gate.slice_features],
+        metrics_specs=metrics_specs,
+    )

@@ -1,0 +1,78 @@
+"""ML Metadata: where runs are recorded (SQLite by default, MySQL/MariaDB in production), and what
+the latest run decided (blessed? pushed where? which threshold failed?)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from covid_cxr.evaluation import gate_report
+from covid_cxr.pipeline.config import PipelineConfig
+
+
+def connection_config(config: PipelineConfig) -> metadata_store_pb2.ConnectionConfig:
+    runtime = config.runtime
+    if runtime.mysql_host:
+        return tfx.orchestration.metadata.mysql_metadata_connection_config(
+            host=runtime.mysql_host, port=runtime.mysql_port, database=runtime.mysql_database,
+            username=runtime.mysql_user, password=runtime.mysql_password)
+    path = runtime.metadata_path or os.path.join(runtime.pipeline_root, "metadata.sqlite")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    blessed: bool
+    pushed: bool
+    destination: str  # the serving version directory holding this model ("" when not pushed)
+    reason: str
+    model_uri: str
+    evaluation_uri: str
+    report: gate_report.GateReport
+
+
+def _latest_pusher_execution(store, pipeline_name: str):
+    context = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if context is None:
+        return None
+    executions = [e for e in store.get_executions_by_context(context.id)
+                  if store.get_execution_types_by_id([e.type_id])[0].name.endswith("VersionedPusher")]
+    return max(executions, key=lambda e: e.id) if executions else None
+
+
+def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:
+    """What the newest Pusher execution of this pipeline saw and did; None if it never ran."""
+    store = metadata_store.MetadataStore(connection_config(config))
+    execution = _latest_pusher_execution(store, config.runtime.pipeline_name)
+    if execution is None:
+        return None
+    events = store.get_events_by_execution_ids([execution.id])
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    by_type = {}
+    for event in events:
+        artifact = artifacts[event.artifact_id]
+        by_type[store.get_artifact_types_by_id([artifact.type_id])[0].name] = artifact
+    blessing, evaluation = by_type["ModelBlessing"], by_type["ModelEvaluation"]
+    pushed = by_type["PushedModel"]
+
+    def prop(artifact, name):
+        value = artifact.custom_properties.get(name)
+        if value is None:
+            return None
+        return value.int_value if value.HasField("int_value") else value.string_value
+
+    blessed = bool(prop(blessing, "blessed"))
+    return RunOutcome(
+        blessed=blessed,
+        pushed=bool(prop(pushed, "pushed")),
+        destination=prop(pushed, "pushed_destination") or "",
+        reason=prop(pushed, "reason") or "",
+        model_uri=by_type["Model"].uri,
+        evaluation_uri=evaluation.uri,
+        report=gate_report.read_gate_report(evaluation.uri, blessed),
+    )

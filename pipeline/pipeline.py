@@ -1,0 +1,110 @@
+"""The covid-cxr TFX DAG, wired from a PipelineConfig and nothing else.
+
+ImportExampleGen (patient-grouped train/eval/test) -> StatisticsGen -> ImportSchemaGen (reviewed
+schema) -> ExampleValidator -> SchemaGate (anomalies stop the run) -> Transform -> Tuner -> Trainer
+-> latest-blessed-model Resolver -> Evaluator (sensitivity AND specificity gate) -> VersionedPusher.
+"""
+from __future__ import annotations
+
+import os
+
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+
+from covid_cxr.components.pusher import VersionedPusher
+from covid_cxr.components.schema_gate import SchemaGate
+from covid_cxr.data import features
+from covid_cxr.pipeline.config import PipelineConfig
+from covid_cxr.pipeline.eval_config import TEST_SPLIT, build_eval_config
+from covid_cxr.trainer import task as trainer_task
+from covid_cxr.transform import preprocessing
+
+SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
+PREPROCESSING_FN = "covid_cxr.transform.preprocessing.preprocessing_fn"
+RUN_FN = "covid_cxr.trainer.task.run_fn"
+TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
+
+
+def create_components(config: PipelineConfig) -> list:
+    data = config.data
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data.data_dir,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="all", pattern=features.TFRECORD_PATTERN)]),
+        output_config=tfx.proto.Output(split_config=example_gen_pb2.SplitConfig(
+            splits=[
+                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=data.train_buckets),
+                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_buckets),
+                example_gen_pb2.SplitConfig.Split(name=TEST_SPLIT, hash_buckets=data.test_buckets),
+            ],
+            # Hash on the patient/near-duplicate group: no patient, no picture in two splits.
+            partition_feature_name=features.GROUP,
+        )),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    schema_gate = SchemaGate(schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gate.outputs["validated_schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={preprocessing.IMAGE_SIZE_KEY: config.model.image_size},
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
+    )
+    model_config = trainer_task.custom_config(config)
+    train_args = tfx.proto.TrainArgs(splits=["train"])
+    eval_args = tfx.proto.EvalArgs(splits=["eval"])
+    trainer_inputs = dict(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        train_args=train_args,
+        eval_args=eval_args,
+        custom_config=model_config,
+    )
+    components = [example_gen, statistics_gen, schema_gen, example_validator, schema_gate, transform]
+    hyperparameters = None
+    if config.tuner.enabled:
+        tuner = tfx.components.Tuner(tuner_fn=TUNER_FN, **trainer_inputs)
+        components.append(tuner)
+        hyperparameters = tuner.outputs["best_hyperparameters"]
+    trainer = tfx.components.Trainer(run_fn=RUN_FN, hyperparameters=hyperparameters, **trainer_inputs)
+
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        eval_config=build_eval_config(config),
+        example_splits=[TEST_SPLIT],
+    )
+    pusher = VersionedPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        serving_dir=config.runtime.serving_dir,
+    )
+    return components + [trainer, model_resolver, evaluator, pusher]
+
+
+def beam_args(config: PipelineConfig) -> list[str]:
+    runtime = config.runtime
+    args = [f"--direct_running_mode={runtime.beam_running_mode}",
+            f"--direct_num_workers={runtime.beam_workers}"]
+    return args + list(runtime.beam_extra_args)
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.runtime.pipeline_name,
+        pipeline_root=config.runtime.pipeline_root,
+        components=create_components(config),
+        enable_cache=config.runtime.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_args(config),
+    )

@@ -1,0 +1,111 @@
+"""Exports the trained Keras model as the SavedModel that Evaluator, Pusher and TF Serving use.
+
+Signatures (all apply the training Transform graph, so serving cannot drift from training):
+  serving_default     serialized tf.Example [N]   what TF Serving, TFMA and Vertex batch send
+  predict_image       encoded PNG/JPEG bytes [N]  for clients with no TFX code (base64 over REST)
+  transform_features  serialized tf.Example [N]   TFMA's preprocessing hook
+Outputs of the two predict signatures:
+  probabilities [N, C], covid_probability [N], label [N] (class name), label_index [N],
+  threshold [N] (the stored decision threshold), gate_score [N].
+`gate_score` is the COVID probability re-centred on the stored threshold
+(sigmoid(logit(p) - logit(t))): gate_score > 0.5 exactly when p > t. The Evaluator gates on it
+at 0.5, which is thereby the model's own threshold, chosen on validation data, not a fixed 0.5.
+The model card metadata travels in assets/covid_cxr.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import tensorflow as tf
+
+from covid_cxr.data import features
+from covid_cxr.transform import preprocessing
+
+METADATA_ASSET = "covid_cxr.json"
+EXAMPLES_SIGNATURE = "serving_default"
+IMAGE_SIGNATURE = "predict_image"
+TRANSFORM_SIGNATURE = "transform_features"
+GATE_OUTPUT = "gate_score"
+PROBABILITIES_OUTPUT = "probabilities"
+
+
+def _logit(p):
+    p = tf.clip_by_value(p, 1e-7, 1 - 1e-7)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
+def _raw_image_spec(tf_transform_output) -> dict:
+    """Only the image is needed to predict; labels and slicing features are not sent at serving."""
+    spec = tf_transform_output.raw_feature_spec()
+    return {features.IMAGE: spec[features.IMAGE]}
+
+
+def export_serving_model(model, tf_transform_output, task: features.Task, threshold: float,
+                         metadata: Mapping, export_dir: str) -> None:
+    """Saves `model` with the three signatures and the metadata asset into `export_dir`."""
+    model.tft_layer = tf_transform_output.transform_features_layer()  # tracked so it is saved
+    classes = tf.constant(task.classes)
+    stored_threshold = tf.constant(float(threshold), tf.float32)
+
+    def predict_from_raw(raw_features):
+        transformed = model.tft_layer(raw_features)
+        scores = model(transformed[preprocessing.IMAGE_XF], training=False)
+        if task.is_binary:
+            covid = tf.reshape(scores, [-1])
+            probabilities = tf.stack([1.0 - covid, covid], axis=1)
+            label_index = tf.cast(covid > stored_threshold, tf.int64)
+            gate = tf.sigmoid(_logit(covid) - _logit(stored_threshold))
+        else:
+            probabilities = scores
+            covid = probabilities[:, task.positive_index]
+            label_index = tf.argmax(probabilities, axis=1)
+            gate = covid
+        n = tf.shape(covid)[0]
+        return {
+            PROBABILITIES_OUTPUT: probabilities,
+            "covid_probability": covid,
+            "label": tf.gather(classes, label_index),
+            "label_index": label_index,
+            "threshold": tf.fill([n], stored_threshold),
+            GATE_OUTPUT: gate,
+        }
+
+    image_spec = _raw_image_spec(tf_transform_output)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(serialized):
+        return predict_from_raw(tf.io.parse_example(serialized, image_spec))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_images(image_bytes):
+        return predict_from_raw({features.IMAGE: tf.reshape(image_bytes, [-1, 1])})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(serialized):
+        raw_spec = tf_transform_output.raw_feature_spec()
+        raw_spec.pop(features.LABEL_INDEX, None)
+        raw_spec.pop(features.LABEL, None)
+        return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+    signatures = {
+        EXAMPLES_SIGNATURE: serve_examples.get_concrete_function(),
+        IMAGE_SIGNATURE: serve_images.get_concrete_function(),
+        TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
+    }
+    model.save(export_dir, save_format="tf", signatures=signatures)
+    assets = os.path.join(export_dir, "assets")
+    tf.io.gfile.makedirs(assets)
+    with tf.io.gfile.GFile(os.path.join(assets, METADATA_ASSET), "w") as f:
+        f.write(json.dumps(dict(metadata, task=task.name, classes=list(task.classes), threshold=float(threshold)),
+                           indent=2, sort_keys=True, default=str))
+
+
+def read_metadata(saved_model_dir: str) -> dict:
+    """The metadata asset of an exported model ({} when absent)."""
+    path = os.path.join(saved_model_dir, "assets", METADATA_ASSET)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)

@@ -1,0 +1,184 @@
+"""TFX entry points: `tuner_fn` (Tuner component) and `run_fn` (Trainer component).
+
+Both read the transformed examples written by Transform, build models from trainer/models.py and
+train them with trainer/training.py. Only the sections of the typed config that change the model
+are passed in `custom_config`, so editing e.g. the serving directory never invalidates the cache.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+from typing import Iterable, Optional
+
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from covid_cxr.data import features
+from covid_cxr.serving import export
+from covid_cxr.trainer import models, training
+from covid_cxr.transform import preprocessing
+
+HISTORY_FILE = "history.json"  # in the model run directory, read by `covid-cxr evaluate`
+
+
+def custom_config(config) -> dict:
+    """The part of a PipelineConfig that determines the trained model."""
+    full = config.to_dict()
+    return {"model": full["model"], "training": full["training"], "tuner": full["tuner"]}
+
+
+def _dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int):
+    """(image_xf, label) batches; endless and shuffled for training, one ordered pass otherwise."""
+    options = tfxio.TensorFlowDatasetOptions(
+        batch_size=batch_size,
+        label_key=preprocessing.LABEL_XF,
+        num_epochs=None if training_mode else 1,
+        shuffle=training_mode,
+        shuffle_seed=seed,
+        shuffle_buffer_size=1024,
+    )
+    dataset = data_accessor.tf_dataset_factory(files, options, tf_transform_output.transformed_metadata.schema)
+    return dataset.map(lambda feats, label: (feats[preprocessing.IMAGE_XF], label)).prefetch(tf.data.AUTOTUNE)
+
+
+def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = [], []
+    for images, label in dataset:
+        labels.append(label.numpy().reshape(-1))
+        scores.append(model(images, training=False).numpy())
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def _count_labels(files, data_accessor, tf_transform_output, batch_size: int) -> collections.Counter:
+    counts: collections.Counter = collections.Counter()
+    for _, label in _dataset(files, data_accessor, tf_transform_output, batch_size, False, 0):
+        counts.update(int(v) for v in label.numpy().reshape(-1))
+    return counts
+
+
+def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
+    """Declares the Tuner's search space and returns the HParams of the current trial."""
+    model_cfg, tuner_cfg = cfg["model"], cfg["tuner"]
+    sizes = [s for s in (tuner_cfg["image_sizes"] or [model_cfg["image_size"]]) if s <= model_cfg["image_size"]]
+    learning_rate = hp.Choice("learning_rate", [float(v) for v in tuner_cfg["learning_rates"]])
+    return models.HParams(
+        family=hp.Choice("family", list(model_cfg["families"])),
+        image_size=hp.Choice("image_size", sizes or [model_cfg["image_size"]]),
+        learning_rate=learning_rate,
+        fine_tune_learning_rate=learning_rate / 10.0,
+        dropout=hp.Choice("dropout", [float(v) for v in tuner_cfg["dropouts"]]),
+        dense_units=hp.Choice("dense_units", [int(v) for v in tuner_cfg["dense_units"]]),
+        fine_tune_layers=hp.Choice("fine_tune_layers", [int(v) for v in tuner_cfg["fine_tune_layers"]]),
+    )
+
+
+def _build(hparams: models.HParams, cfg: dict, task: features.Task) -> models.BuiltModel:
+    model_cfg = cfg["model"]
+    return models.build_model(
+        hparams,
+        input_size=model_cfg["image_size"],
+        num_classes=task.num_classes,
+        weights=model_cfg["weights"],
+        weights_dir=model_cfg["weights_dir"] or None,
+        fallback=model_cfg["fallback"],
+        augment=models.AugmentConfig() if model_cfg["augment"] else None,
+    )
+
+
+def _steps(count: int, batch_size: int) -> int:
+    return max(1, -(-count // batch_size))
+
+
+def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
+    """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
+    cfg = fn_args.custom_config
+    task = features.get_task(cfg["model"]["task"])
+    train_cfg = cfg["training"]
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    batch = train_cfg["batch_size"]
+    counts = _count_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
+
+    def build(hp):
+        built = _build(_search_space(hp, cfg), cfg, task)
+        training.compile_model(built, _search_space(hp, cfg), task.num_classes, phase=1)
+        return built.model
+
+    tuner = keras_tuner.RandomSearch(
+        build,
+        objective=keras_tuner.Objective(training.VALIDATION_OBJECTIVE, direction="max"),
+        max_trials=cfg["tuner"]["trials"],
+        seed=train_cfg["seed"],
+        directory=fn_args.working_dir,
+        project_name="covid_cxr_tuning",
+        overwrite=True,
+    )
+    return tfx.components.TunerFnResult(
+        tuner=tuner,
+        fit_kwargs={
+            "x": _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, train_cfg["seed"]),
+            "validation_data": _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
+            "steps_per_epoch": _steps(sum(counts.values()), batch),
+            "epochs": cfg["tuner"]["epochs"],
+            "class_weight": training.class_weights(counts),
+        },
+    )
+
+
+def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HParams:
+    """Best Tuner values when the Tuner ran; otherwise the first choice of each search dimension."""
+    hp = keras_tuner.HyperParameters.from_config(hyperparameters) if hyperparameters else keras_tuner.HyperParameters()
+    return _search_space(hp, cfg)
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """Trains (frozen base, then fine-tuning), picks the threshold on eval, exports the SavedModel."""
+    cfg = fn_args.custom_config
+    task = features.get_task(cfg["model"]["task"])
+    train_cfg = cfg["training"]
+    batch, seed = train_cfg["batch_size"], train_cfg["seed"]
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    counts = _count_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
+    eval_counts = _count_labels(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch)
+    logging.info("training examples per class %s, eval %s", dict(counts), dict(eval_counts))
+
+    hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)
+    built = _build(hparams, cfg, task)
+    train_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, seed)
+    eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
+    history = training.fit(
+        built, hparams, train_ds, eval_ds,
+        epochs=train_cfg["epochs"],
+        fine_tune_epochs=train_cfg["fine_tune_epochs"],
+        steps_per_epoch=_steps(sum(counts.values()), batch),
+        patience=train_cfg["early_stopping_patience"],
+        class_weight=training.class_weights(counts),
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
+        seed=seed,
+    )
+
+    labels, scores = _labels_and_scores(built.model, eval_ds)
+    threshold = 0.5
+    if task.is_binary:
+        threshold = training.choose_threshold(labels, scores.reshape(-1), train_cfg["target_sensitivity"])
+    logging.info("decision threshold %.4f (target eval sensitivity %.2f)", threshold, train_cfg["target_sensitivity"])
+
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
+        json.dump(history, f)
+    metadata = {
+        "family": built.family,
+        "family_note": built.note,
+        "hyperparameters": hparams.to_dict(),
+        "transform_image_size": cfg["model"]["image_size"],
+        "train_class_counts": {task.classes[k]: v for k, v in sorted(counts.items())},
+        "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
+        "target_sensitivity": train_cfg["target_sensitivity"],
+        "history": history,
+    }
+    export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir)
