@@ -5,7 +5,6 @@ an unchanged (cached) model finds the model's content fingerprint already at the
 records "already serving". An unblessed model is never copied, so the serving directory keeps the
 previous blessed version. A model card is written beside every pushed version.
 """
-from __future__ import annotations
 
 import hashlib
 import json
@@ -49,7 +48,7 @@ def _copy_tree(src: str, dst: str) -> None:
             tf.io.gfile.copy(os.path.join(root, name), os.path.join(target_root, name), overwrite=True)
 
 
-def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple[bool, str, str]:
+def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple:
     """Pushes unless the newest version already holds this model. Returns (pushed, version dir, why)."""
     digest = fingerprint(model_dir)
     existing = versions(serving_dir)

@@ -3,7 +3,6 @@
 TFX's ExampleValidator only *records* anomalies. This component passes the reviewed schema on to
 Transform only when every split is anomaly-free, so bad data can never train or reach the gate.
 """
-from __future__ import annotations
 
 import os
 
@@ -20,19 +19,19 @@ class DataValidationError(RuntimeError):
     """Raised with a one-line, human-readable list of the anomalies found."""
 
 
-def describe_anomalies(anomalies: tfx.types.Artifact) -> list[str]:
+def describe_anomalies(artifact) -> list:
     """['split test: feature label: Unexpected string values (...)', ...] for every anomaly found."""
     problems = []
-    for split in standard_artifact_utils.decode_split_names(anomalies.split_names):
-        path = os.path.join(standard_artifact_utils.get_split_uri([anomalies], split), ANOMALIES_FILE)
+    for split in standard_artifact_utils.decode_split_names(artifact.split_names):
+        path = os.path.join(standard_artifact_utils.get_split_uri([artifact], split), ANOMALIES_FILE)
         if not tf.io.gfile.exists(path):
             continue
-        anomalies = anomalies_pb2.Anomalies()
-        anomalies.ParseFromString(io_utils.read_bytes_file(path))
-        for feature, info in sorted(anomalies.anomaly_info.items()):
+        found = anomalies_pb2.Anomalies()
+        found.ParseFromString(io_utils.read_bytes_file(path))
+        for feature, info in sorted(found.anomaly_info.items()):
             problems.append(f"split {split}: feature {feature}: {info.short_description or info.description}")
-        if anomalies.HasField("dataset_anomaly_info"):
-            info = anomalies.dataset_anomaly_info
+        if found.HasField("dataset_anomaly_info"):
+            info = found.dataset_anomaly_info
             problems.append(f"split {split}: dataset: {info.short_description or info.description}")
     return problems
 

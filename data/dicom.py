@@ -18,9 +18,12 @@ written or logged. Error messages raised from here never quote header values.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import re
-from typing import Optional
+import warnings
+from typing import Iterator, Optional
 
 import numpy as np
 import pydicom
@@ -87,8 +90,49 @@ def parse_view(value) -> str:
     return _VIEWS.get(str(value or "").strip().upper(), UNKNOWN)
 
 
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silences pydicom's validation warnings and log lines while reading: they quote header values
+    (e.g. "Invalid value for VR PN: '<name>'"), which must not reach the console or logs."""
+    logger = logging.getLogger("pydicom")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+
+
+def read_header(path: str):
+    """The dataset without pixel data (for identifiers only), or None when unreadable."""
+    with quiet_pydicom():
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def header_identifiers(path: str) -> tuple[str, ...]:
+    """PatientID/PatientName strings of a DICOM file (to scrub them from names), () when unreadable."""
+    ds = read_header(path)
+    if ds is None:
+        return ()
+    with quiet_pydicom():
+        try:
+            return _identifiers(ds)
+        except Exception:  # noqa: BLE001
+            return ()
+
+
 def read_dicom(path: str) -> DicomImage:
     """Reads one DICOM radiograph. Raises DicomError (with a header-free message) when it cannot."""
+    with quiet_pydicom():
+        return _read_dicom(path)
+
+
+def _read_dicom(path: str) -> DicomImage:
     try:
         ds = pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError:

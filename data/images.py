@@ -10,7 +10,8 @@ Steps (``process``), in order:
    wins, so burnt-in text labels and thin bars outside the film are cut off with the border. A box
    smaller than ``MIN_CROP_FRACTION`` of either side (a "sliver") is refused: no crop, with a note.
 3. ``perceptual_hash`` of the cropped image (before resizing and equalization, so duplicates are
-   found whatever the settings): 64-bit DCT pHash.
+   found whatever the settings): a 256-bit DCT pHash (see ``covid_cxr.data.dedupe`` for why 256
+   and not 64 bits).
 4. ``resize_max_side`` (area interpolation, never upscales) and optional ``equalize``
    (``clahe``: OpenCV CLAHE clip 2.0 on an 8x8 grid; ``hist``: global histogram equalization).
 5. ``encode_png``: deterministic 8-bit grayscale PNG (no metadata).
@@ -60,7 +61,7 @@ class Header:
 @dataclasses.dataclass(frozen=True)
 class Processed:
     png: bytes
-    phash: int  # 64-bit DCT perceptual hash of the cropped image
+    phash: bytes  # HASH_BYTES-byte DCT perceptual hash of the cropped image
     width: int
     height: int
     cropped: bool
@@ -173,7 +174,7 @@ def equalize(gray: np.ndarray, mode: str) -> np.ndarray:
 
 def encode_png(gray: np.ndarray) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").save(out, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").save(out, format="PNG", compress_level=3)
     return out.getvalue()
 
 
@@ -182,12 +183,16 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
-def perceptual_hash(gray: np.ndarray) -> int:
-    """64-bit DCT pHash: 32x32 area-resize, 2-D DCT, 8x8 lowest frequencies thresholded at their median."""
-    small = cv2.resize(gray.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(small)[:8, :8]
-    bits = (low > np.median(low)).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+HASH_SIDE = 16  # HASH_SIDE x HASH_SIDE lowest DCT frequencies -> 256 bits
+HASH_BYTES = HASH_SIDE * HASH_SIDE // 8
+
+
+def perceptual_hash(gray: np.ndarray) -> bytes:
+    """256-bit DCT pHash: 64x64 area-resize (aspect ignored), 2-D DCT, the 16x16 lowest frequencies
+    thresholded at their median. Big-endian bit order; hamming distance compares two hashes."""
+    small = cv2.resize(gray.astype(np.float32), (4 * HASH_SIDE, 4 * HASH_SIDE), interpolation=cv2.INTER_AREA)
+    low = cv2.dct(small)[:HASH_SIDE, :HASH_SIDE]
+    return np.packbits((low > np.median(low)).ravel()).tobytes()
 
 
 def process(path: str, max_side: int = DEFAULT_MAX_SIDE, crop: bool = True, equalization: str = "none") -> Processed:
@@ -201,3 +206,20 @@ def process(path: str, max_side: int = DEFAULT_MAX_SIDE, crop: bool = True, equa
     phash = perceptual_hash(cropped)
     out = equalize(resize_max_side(cropped, max_side), equalization)
     return Processed(encode_png(out), phash, out.shape[1], out.shape[0], did_crop, note, header)
+
+
+def process_job(job: tuple[str, int, bool, str]) -> tuple[Optional[Processed], str]:
+    """Worker entry point: (path, max_side, crop, equalization) -> (Processed, "") or (None, reason).
+
+    Never raises: a corrupt or unsupported file becomes a reason (safe to write: no paths, no header
+    values). Unexpected errors are reported by type only, as their messages may quote the path.
+    """
+    path, max_side, crop, equalization = job
+    try:
+        return process(path, max_side, crop, equalization), ""
+    except ImageError as e:
+        return None, str(e)
+    except MemoryError:
+        return None, "image too large (out of memory)"
+    except Exception as e:  # noqa: BLE001 - one bad file must not end the run
+        return None, f"cannot process image ({type(e).__name__})"

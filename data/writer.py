@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from covid_cxr.data import features
 
-MANIFEST_FIELDS = ("source", "source_ref", "label", "label_index", "patient_id", "group", "view", "sex", "age", "hash")
+MANIFEST_FIELDS = ("source", "source_ref", "label", "label_index", "patient_id", "group", "view", "sex", "age", "hash", "note")
 REJECTED_FIELDS = ("source", "source_ref", "reason")
 
 
@@ -29,7 +29,7 @@ class DatasetWriter:
         self._accepted: list[tuple[features.Record, dict]] = []
         self._rejected: list[dict] = []
 
-    def add(self, record: features.Record, source_ref: str, image_hash: str = "") -> None:
+    def add(self, record: features.Record, source_ref: str, image_hash: str = "", note: str = "") -> None:
         if self.task.classes[record.label_index] != record.label:
             raise ValueError(f"label {record.label!r} is not class {record.label_index} of {self.task.name}")
         row = {
@@ -43,6 +43,7 @@ class DatasetWriter:
             "sex": record.sex,
             "age": record.age,
             "hash": image_hash,
+            "note": note,
         }
         self._accepted.append((record, row))
 
@@ -93,7 +94,12 @@ class DatasetWriter:
 
 
 def _reason_kind(reason: str) -> str:
-    """'unreadable image: truncated file' -> 'unreadable image' (summary groups by kind)."""
+    """'unreadable image: truncated file' -> 'unreadable image' (summary groups by kind).
+
+    'near-duplicate of <source>:<ref>' -> 'near-duplicate' (the ref itself may contain ':').
+    """
+    if reason.startswith("near-duplicate of "):
+        return "near-duplicate"
     return reason.split(":", 1)[0].strip()
 
 

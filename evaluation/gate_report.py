@@ -68,8 +68,10 @@ def read_gate_report(evaluation_uri: str, blessed: bool) -> GateReport:
     if _has_validation(evaluation_uri):
         validation = tfma.load_validation_result(evaluation_uri)
         for per_slice in validation.metric_validations_per_slice:
+            where = _slice_name(per_slice.slice_key)
             for failure in per_slice.failures:
-                failures.append(_failure_sentence(failure))
+                sentence = _failure_sentence(failure)
+                failures.append(sentence if where == "overall" else f"{sentence} (slice {where})")
     overall = slices.pop("overall", {})
     return GateReport(blessed=blessed, metrics=overall, failures=failures, slices=slices)
 

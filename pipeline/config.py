@@ -126,6 +126,12 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def model_custom_config(self) -> dict:
+        """What Tuner/Trainer receive: only the sections that determine the model, so that
+        changing e.g. the serving directory does not invalidate their cache."""
+        full = self.to_dict()
+        return {"model": full["model"], "training": full["training"], "tuner": full["tuner"]}
+
 
 def preset_names() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))

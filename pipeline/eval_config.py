@@ -17,23 +17,30 @@ from covid_cxr.serving import export
 TEST_SPLIT = "test"
 
 
-def _lower_bound(value: float) -> tfma.MetricThreshold:
-    return tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": value}))
+def _overall_only(threshold: tfma.MetricThreshold) -> list:
+    """The gate applies to the whole test split; slices are reported, not gated (a slice of five
+    images must not veto a model, and must not pass one either)."""
+    return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)]
+
+
+def _lower_bound(value: float) -> list:
+    return _overall_only(tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": value})))
 
 
 def build_eval_config(config) -> tfma.EvalConfig:
     task, gate = config.task, config.gate
-    auc_threshold = tfma.MetricThreshold(
+    auc_threshold = _overall_only(tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_auc}),
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -gate.max_auc_regression},
         ),
-    )
+    ))
     gated = [
-        tfma.MetricConfig(class_name="Recall", threshold=_lower_bound(gate.min_sensitivity)),
-        tfma.MetricConfig(class_name="Specificity", threshold=_lower_bound(gate.min_specificity)),
-        tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+        tfma.MetricConfig(class_name="Recall", per_slice_thresholds=_lower_bound(gate.min_sensitivity)),
+        tfma.MetricConfig(class_name="Specificity", per_slice_thresholds=_lower_bound(gate.min_specificity)),
+        tfma.MetricConfig(class_name="AUC", per_slice_thresholds=auc_threshold),
         tfma.MetricConfig(class_name="Precision"),
         tfma.MetricConfig(class_name="BinaryAccuracy"),
         tfma.MetricConfig(class_name="ConfusionMatrixPlot"),

@@ -16,7 +16,6 @@ from covid_cxr.components.schema_gate import SchemaGate
 from covid_cxr.data import features
 from covid_cxr.pipeline.config import PipelineConfig
 from covid_cxr.pipeline.eval_config import TEST_SPLIT, build_eval_config
-from covid_cxr.trainer import task as trainer_task
 from covid_cxr.transform import preprocessing
 
 SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
@@ -52,8 +51,9 @@ def create_components(config: PipelineConfig) -> list:
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={preprocessing.IMAGE_SIZE_KEY: config.model.image_size},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
+        disable_statistics=True,  # StatisticsGen already profiles the raw data
     )
-    model_config = trainer_task.custom_config(config)
+    model_config = config.model_custom_config()
     train_args = tfx.proto.TrainArgs(splits=["train"])
     eval_args = tfx.proto.EvalArgs(splits=["eval"])
     trainer_inputs = dict(

@@ -2,7 +2,7 @@
 
 Both read the transformed examples written by Transform, build models from trainer/models.py and
 train them with trainer/training.py. Only the sections of the typed config that change the model
-are passed in `custom_config`, so editing e.g. the serving directory never invalidates the cache.
+are passed in `custom_config` (PipelineConfig.model_custom_config), so editing e.g. the serving directory never invalidates the cache.
 """
 from __future__ import annotations
 
@@ -25,12 +25,6 @@ from covid_cxr.trainer import models, training
 from covid_cxr.transform import preprocessing
 
 HISTORY_FILE = "history.json"  # in the model run directory, read by `covid-cxr evaluate`
-
-
-def custom_config(config) -> dict:
-    """The part of a PipelineConfig that determines the trained model."""
-    full = config.to_dict()
-    return {"model": full["model"], "training": full["training"], "tuner": full["tuner"]}
 
 
 def _dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int):
@@ -63,8 +57,11 @@ def _count_labels(files, data_accessor, tf_transform_output, batch_size: int) ->
 
 
 def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
-    """Declares the Tuner's search space and returns the HParams of the current trial."""
-    model_cfg, tuner_cfg = cfg["model"], cfg["tuner"]
+    """Declares the Tuner's search space and returns the HParams of the current trial.
+
+    Called with an empty HyperParameters (no Tuner run), every dimension takes its first value.
+    """
+    model_cfg, tuner_cfg, train_cfg = cfg["model"], cfg["tuner"], cfg["training"]
     sizes = [s for s in (tuner_cfg["image_sizes"] or [model_cfg["image_size"]]) if s <= model_cfg["image_size"]]
     learning_rate = hp.Choice("learning_rate", [float(v) for v in tuner_cfg["learning_rates"]])
     return models.HParams(
@@ -75,6 +72,8 @@ def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
         dropout=hp.Choice("dropout", [float(v) for v in tuner_cfg["dropouts"]]),
         dense_units=hp.Choice("dense_units", [int(v) for v in tuner_cfg["dense_units"]]),
         fine_tune_layers=hp.Choice("fine_tune_layers", [int(v) for v in tuner_cfg["fine_tune_layers"]]),
+        early_stopping_patience=int(train_cfg["early_stopping_patience"]),
+        augment=models.AugmentConfig(enabled=bool(model_cfg["augment"])),
     )
 
 
@@ -87,7 +86,6 @@ def _build(hparams: models.HParams, cfg: dict, task: features.Task) -> models.Bu
         weights=model_cfg["weights"],
         weights_dir=model_cfg["weights_dir"] or None,
         fallback=model_cfg["fallback"],
-        augment=models.AugmentConfig() if model_cfg["augment"] else None,
     )
 
 
@@ -105,13 +103,16 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     counts = _count_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
 
     def build(hp):
-        built = _build(_search_space(hp, cfg), cfg, task)
-        training.compile_model(built, _search_space(hp, cfg), task.num_classes, phase=1)
+        hparams = _search_space(hp, cfg)
+        built = _build(hparams, cfg, task)
+        # Trials compare families on their first phase (frozen pretrained base, or end to end).
+        phase = models.PHASE_HEAD if built.pretrained else models.PHASE_END_TO_END
+        training.compile_model(built, hparams, task.num_classes, phase, task.positive_index)
         return built.model
 
     tuner = keras_tuner.RandomSearch(
         build,
-        objective=keras_tuner.Objective(training.VALIDATION_OBJECTIVE, direction="max"),
+        objective=keras_tuner.Objective(training.MONITOR, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
         directory=fn_args.working_dir,
@@ -125,7 +126,8 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
             "validation_data": _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
             "steps_per_epoch": _steps(sum(counts.values()), batch),
             "epochs": cfg["tuner"]["epochs"],
-            "class_weight": training.class_weights(counts),
+            "class_weight": training.class_weights(counts, task.num_classes),
+            "verbose": 2,
         },
     )
 
@@ -156,8 +158,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         epochs=train_cfg["epochs"],
         fine_tune_epochs=train_cfg["fine_tune_epochs"],
         steps_per_epoch=_steps(sum(counts.values()), batch),
-        patience=train_cfg["early_stopping_patience"],
-        class_weight=training.class_weights(counts),
+        validation_steps=None,
+        num_classes=task.num_classes,
+        class_weight=training.class_weights(counts, task.num_classes),
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
         seed=seed,
     )
@@ -181,4 +184,5 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "target_sensitivity": train_cfg["target_sensitivity"],
         "history": history,
     }
+    training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir)

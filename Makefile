@@ -1,0 +1,41 @@
+# covid-cxr: `make demo` and `make test` are all a new machine needs (Debian 12, Python 3.11).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# tfx 1.16 declares Requires-Python <3.11 but runs on 3.11; the constraints pin the whole tree so
+# pip never backtracks.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --ignore-requires-python -c constraints.txt
+STAMP := $(VENV)/.install-stamp
+OUT ?= demo-out
+
+.PHONY: install demo test test-all bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements.txt constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -r requirements.txt
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+## The main job on the embedded default: synthetic radiographs through the whole TFX DAG.
+demo: install
+	$(BIN)/covid-cxr demo --out $(OUT)
+
+## The default suite: unit tests, the end-to-end DAG test, and lean real-data tests (skipped
+## when ../shared/data is absent). Long real-data runs are marked `slow` (make test-all).
+test: install
+	$(BIN)/pytest -m "not slow" -q
+
+test-all: install
+	$(BIN)/pytest -q
+
+## Real-data quality and speed figures (minutes to tens of minutes; prints tables).
+bench: install
+	$(BIN)/python scripts/benchmark_models.py
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^covid-cxr' > constraints.txt
+
+clean:
+	rm -rf $(OUT) build *.egg-info

@@ -1,0 +1,40 @@
+import json
+import os
+
+from covid_cxr.components import pusher
+
+
+def _fake_model(path, content=b"graph"):
+    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+        f.write(content)
+    with open(os.path.join(path, "variables", "variables.index"), "wb") as f:
+        f.write(b"vars")
+    return path
+
+
+def test_push_creates_numeric_versions_and_never_pushes_the_same_model_twice(tmp_path):
+    serving = str(tmp_path / "serving")
+    model_a = _fake_model(str(tmp_path / "a"))
+    pushed, first, _ = pusher.push(model_a, serving, "card", {"k": 1})
+    assert pushed and pusher.versions(serving) == [int(os.path.basename(first))]
+    assert open(os.path.join(first, "model_card.md")).read() == "card"
+    assert json.load(open(os.path.join(first, pusher.PUSH_RECORD)))["fingerprint"] == pusher.fingerprint(model_a)
+
+    again, where, why = pusher.push(model_a, serving, "card", {})
+    assert not again and where == first and "already" in why
+    assert len(pusher.versions(serving)) == 1
+
+    model_b = _fake_model(str(tmp_path / "b"), b"other graph")
+    pushed_b, second, _ = pusher.push(model_b, serving, "card", {})
+    assert pushed_b and pusher.versions(serving)[-1] == int(os.path.basename(second)) > int(os.path.basename(first))
+    assert not [n for n in os.listdir(serving) if n.startswith(".staging")]
+
+
+def test_fingerprint_ignores_location_but_not_content(tmp_path):
+    a = _fake_model(str(tmp_path / "x"))
+    b = _fake_model(str(tmp_path / "y"))
+    assert pusher.fingerprint(a) == pusher.fingerprint(b)
+    with open(os.path.join(b, "variables", "variables.index"), "wb") as f:
+        f.write(b"changed")
+    assert pusher.fingerprint(a) != pusher.fingerprint(b)

@@ -1,0 +1,409 @@
+"""`covid-cxr curate`: public chest X-ray collections -> curated TFRecords for ImportExampleGen.
+
+Pipeline (``curate``), deterministic end to end:
+
+1. every source adapter (``data/sources/``) lists its inputs as candidates with a finding or a
+   rejection reason (layout, modality, view, label rules: see each adapter's docstring);
+2. the task maps findings to classes (``features.TASKS``); unused findings are rejected
+   ("not used by task <name>") before any pixel is read;
+3. pixels (``data/images.py``, ``data/dicom.py``): DICOM display pipeline, border crop (default on),
+   256-bit pHash of the cropped image, resize to ``max_side`` (never up), optional CLAHE/histogram
+   equalization, 8-bit grayscale PNG. Unreadable files are rejections ("unreadable image: ...");
+   DICOMs whose header says CT/MR/... or a lateral view are rejected too;
+4. near-duplicates (``data/dedupe.py``) within and across sources: in source-priority order
+   (cohen, rsna, kermany, radiography, folder; then by path) the first copy is kept, later copies are
+   rejected ("near-duplicate of <source>:<ref>");
+5. groups: union-find over "same patient" and "near-duplicate" links, so a patient and every
+   near-duplicate of any of its images share one ``group`` (the split key);
+6. pseudonyms: ``patient_id`` = HMAC-SHA256(key, "<source>:<raw id>")[:16] (``data/pseudonym.py``);
+   ``group`` = the pseudonym of the group's first patient;
+7. optional ``balance_cap``: at most N images per class, chosen by SHA-256 of "<source>:<ref>"
+   (the rest rejected with "balance cap");
+8. ``DatasetWriter``: shards, manifest.csv, rejected.csv (every rejected input with its reason),
+   summary.json (counts per source/class, duplicates, rejections, settings).
+
+Finding mapping per source (what each source's labels become; a task then maps findings to classes):
+
+| source | covid | normal | pneumonia | other_opacity | rejected |
+|---|---|---|---|---|---|
+| cohen | finding contains COVID-19 (incl. "COVID-19, ARDS", "Pneumonia/Viral/COVID-19") | "No Finding" | SARS, MERS, Pneumocystis, Streptococcus, Klebsiella, Legionella, Mycoplasma, E.Coli, Varicella, Influenza, Lipoid, Bacterial, "Pneumonia", "Pneumonia/..." | ARDS, Tuberculosis (alone) | "todo"/Unknown (unlabelled), unrecognised findings, CT, lateral/blank/"?" views |
+| rsna | — | Target 0 + class "Normal" | Target 1 ("Lung Opacity") | — | "No Lung Opacity / Not Normal", inconsistent/missing labels |
+| kermany | — | NORMAL/ | PNEUMONIA/ (bacterial and viral) | — | other folders |
+| radiography | COVID/ | Normal/ | Viral Pneumonia/ | Lung_Opacity/ | other folders |
+| folder | per --class-map | per --class-map | per --class-map | per --class-map | unmapped folders |
+
+| task | classes (label_index order) | findings used |
+|---|---|---|
+| covid-vs-normal | normal, covid | covid, normal |
+| covid-vs-pneumonia | pneumonia, covid | covid, pneumonia |
+| covid-vs-noncovid | noncovid, covid | all four (normal, pneumonia, other_opacity -> noncovid) |
+| three-class | normal, pneumonia, covid | covid, normal, pneumonia |
+
+Privacy: only sex and age leave a DICOM header. Raw patient ids never reach records, manifest,
+rejected.csv, summary, logs or messages: refs that contain one (RSNA file names; DICOM file names
+that contain their PatientID/PatientName) carry the pseudonym instead.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import click
+
+from covid_cxr.data import dedupe, dicom, features, images, pseudonym
+from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
+from covid_cxr.data.writer import DatasetWriter
+
+log = logging.getLogger(__name__)
+
+BALANCE_CAP_REASON = "balance cap"
+_MIN_ID_LENGTH = 4  # shorter DICOM identifiers ("0", "1") are not scrubbed from file names
+_PARALLEL_MIN_JOBS = 64  # below this, worker start-up costs more than it saves
+
+
+class CurationError(ValueError):
+    """A user error (bad source, layout, option): a one-line message, no traceback."""
+
+
+SourceSpec = Union[Source, tuple[str, str]]
+
+
+@dataclasses.dataclass
+class _Item:
+    """A candidate on its way through curation."""
+
+    index: int
+    candidate: Candidate
+    label: Optional[str] = None
+    processed: Optional[images.Processed] = None
+    reject: Optional[str] = None
+    raw_patient: str = ""
+    identifiers: tuple[str, ...] = ()  # raw ids to scrub from the ref (never written)
+    view: str = features.UNKNOWN
+    sex: str = features.UNKNOWN
+    age: int = features.UNKNOWN_AGE
+
+
+def build_sources(specs: Union[Mapping[str, str], Iterable[SourceSpec]], class_map: Optional[Mapping[str, str]] = None) -> list[Source]:
+    """Source objects, in registry (priority) order, from {name: path}, (name, path) pairs or Sources."""
+    items = list(specs.items()) if isinstance(specs, Mapping) else list(specs)
+    built: dict[str, Source] = {}
+    for spec in items:
+        if isinstance(spec, Source):
+            source = spec
+        else:
+            name, path = spec
+            if name not in SOURCES:
+                raise CurationError(f"unknown source {name!r}; choose from: {', '.join(SOURCES)}")
+            if not os.path.exists(path):
+                raise CurationError(f"{name} source path {path} does not exist")
+            try:
+                source = SOURCES[name](path, class_map) if name == "folder" else SOURCES[name](path)
+            except SourceError as e:
+                raise CurationError(str(e)) from None
+        if source.name in built:
+            raise CurationError(f"source {source.name!r} given twice; each source may appear once")
+        built[source.name] = source
+    if not built:
+        raise CurationError("no sources given; pass --source NAME=PATH (" + ", ".join(SOURCES) + ")")
+    if class_map and "folder" not in built:
+        raise CurationError("--class-map applies to the folder source, but no folder source was given")
+    order = list(SOURCES)
+    return sorted(built.values(), key=lambda s: order.index(s.name) if s.name in order else len(order))
+
+
+def curate(
+    sources: Union[Mapping[str, str], Iterable[SourceSpec]],
+    out_dir: str,
+    task: str,
+    *,
+    class_map: Optional[Mapping[str, str]] = None,
+    max_side: int = images.DEFAULT_MAX_SIDE,
+    crop: bool = True,
+    equalize: str = "none",
+    balance_cap: Optional[int] = None,
+    key: Optional[str] = None,
+    hash_threshold: int = dedupe.DEFAULT_THRESHOLD,
+    workers: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> dict:
+    """Curates ``sources`` for ``task`` into ``out_dir``; returns the summary written to summary.json.
+
+    ``sources``: {name: path} / [(name, path)] with names from ``SOURCES``, or Source objects.
+    ``key``: pseudonym key (else env COVID_CXR_PSEUDONYM_KEY, else the per-user key file).
+    ``workers``: image-processing processes (default: up to 4 CPUs; results never depend on it).
+    ``progress``: tqdm bar (default: when stderr is a TTY). Raises CurationError for user errors.
+    """
+    try:
+        task_obj = features.get_task(task)
+    except ValueError as e:
+        raise CurationError(str(e)) from None
+    if equalize not in images.EQUALIZE_MODES:
+        raise CurationError(f"unknown equalization {equalize!r}; choose one of: {', '.join(images.EQUALIZE_MODES)}")
+    if max_side < images.MIN_SIDE:
+        raise CurationError(f"max side must be at least {images.MIN_SIDE} px")
+    if balance_cap is not None and balance_cap < 1:
+        raise CurationError("balance cap must be at least 1")
+    source_objs = build_sources(sources, class_map)
+    out_abs = os.path.abspath(out_dir)
+    for s in source_objs:
+        if out_abs == s.root or out_abs.startswith(s.root + os.sep):
+            raise CurationError(f"output directory {out_dir} is inside the {s.name} source; choose another --out")
+    if os.path.exists(out_abs) and not os.path.isdir(out_abs):
+        raise CurationError(f"output {out_dir} exists and is not a directory")
+    try:
+        key_bytes, key_origin = pseudonym.load_key(key)
+    except pseudonym.PseudonymKeyError as e:
+        raise CurationError(str(e)) from None
+
+    # 1-2. candidates and task filter
+    items = [_Item(i, c) for i, c in enumerate(c for s in source_objs for c in s.candidates())]
+    todo: list[_Item] = []
+    for it in items:
+        c = it.candidate
+        if c.reject is not None:
+            it.reject = c.reject
+        elif task_obj.class_of(c.finding) is None:
+            it.reject = f"not used by task {task_obj.name}"
+        else:
+            it.label = task_obj.class_of(c.finding)
+            todo.append(it)
+        it.raw_patient = c.patient_id or ""
+        it.view, it.sex, it.age = c.view, c.sex, c.age
+
+    # 3. pixels
+    jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]
+    for it, (result, error) in zip(todo, _run_jobs(jobs, workers, progress)):
+        if result is None:
+            it.reject = f"unreadable image: {error}"
+            continue
+        it.processed = result
+        header = result.header
+        if header is not None:
+            it.identifiers = header.identifiers
+            it.raw_patient = it.raw_patient or (header.identifiers[0] if header.identifiers else "")
+            it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
+            it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
+            if header.modality in dicom.NON_RADIOGRAPH_MODALITIES:
+                it.reject = f"not an X-ray: {header.modality}"
+            elif header.view in (dicom.LATERAL, "oblique"):
+                it.reject = f"{header.view} view: DICOM ViewPosition"
+            elif it.view == features.UNKNOWN:
+                it.view = header.view if header.view in features.VIEWS else features.UNKNOWN
+    for it in items:
+        if not it.raw_patient:
+            it.raw_patient = it.candidate.source_ref  # no id published: the file is its own patient
+        if it.candidate.path and not it.identifiers and it.candidate.path.lower().endswith((".dcm", ".dicom")):
+            it.identifiers = dicom.header_identifiers(it.candidate.path)  # rejected before loading: scrub refs too
+
+    pseudo = {}
+
+    def pid(it: _Item) -> str:
+        k = (it.candidate.source, it.raw_patient)
+        if k not in pseudo:
+            pseudo[k] = pseudonym.pseudonymize(key_bytes, *k)
+        return pseudo[k]
+
+    refs = {it.index: _public_ref(it, pid(it)) for it in items}
+
+    # 4. near-duplicates among the images that survived so far
+    hashed = [it for it in items if it.processed is not None and it.reject is None]
+    dups = dedupe.find_duplicates([it.processed.phash for it in hashed], hash_threshold)
+    dup_pairs = collections.Counter()
+    for j, i in sorted(dups.kept_of.items()):
+        kept, copy = hashed[i], hashed[j]
+        copy.reject = f"near-duplicate of {kept.candidate.source}:{refs[kept.index]}"
+        dup_pairs["/".join(sorted({kept.candidate.source, copy.candidate.source}))] += 1
+    within = sum(n for k, n in dup_pairs.items() if "/" not in k)
+
+    # 5. groups: same patient + every near pair (rejected copies included: they link their patients)
+    uf = dedupe.UnionFind(len(hashed))
+    first_of_patient: dict[tuple[str, str], int] = {}
+    for n, it in enumerate(hashed):
+        uf.union(first_of_patient.setdefault((it.candidate.source, it.raw_patient), n), n)
+    for i, j, _ in dups.pairs:
+        uf.union(i, j)
+
+    # 7. balance cap
+    kept = [n for n, it in enumerate(hashed) if it.reject is None]
+    before = collections.Counter(hashed[n].label for n in kept)
+    if balance_cap is not None:
+        by_class: dict[str, list[int]] = collections.defaultdict(list)
+        for n in kept:
+            by_class[hashed[n].label].append(n)
+        for label, members in by_class.items():
+            order = sorted(members, key=lambda n: hashlib.sha256(
+                f"{hashed[n].candidate.source}:{hashed[n].candidate.source_ref}".encode()).hexdigest())
+            for n in order[balance_cap:]:
+                hashed[n].reject = BALANCE_CAP_REASON
+        kept = [n for n in kept if hashed[n].reject is None]
+
+    # 8. write
+    writer = DatasetWriter(out_dir, task_obj.name)
+    crop_counts = collections.Counter()
+    for n in kept:
+        it = hashed[n]
+        p = it.processed
+        root = hashed[uf.find(n)]
+        record = features.Record(
+            png=p.png, label=it.label, label_index=task_obj.classes.index(it.label), patient_id=pid(it),
+            group=pid(root), source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
+        )
+        writer.add(record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
+        crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
+    rejected_by_source: dict = collections.defaultdict(collections.Counter)
+    for it in items:
+        if it.reject is not None:
+            writer.reject(it.candidate.source, refs[it.index], it.reject)
+            rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
+
+    extra = {
+        "settings": {
+            "task": task_obj.name,
+            "sources": {s.name: s.root for s in source_objs},
+            "class_map": dict(sorted(class_map.items())) if class_map else None,
+            "max_side": max_side,
+            "crop": crop,
+            "equalize": equalize,
+            "balance_cap": balance_cap,
+            "hash": f"dct-phash-{images.HASH_BYTES * 8}",
+            "hash_threshold": hash_threshold,
+            "pseudonym_key": key_origin,
+            "pseudonym_key_id": pseudonym.key_id(key_bytes),
+        },
+        "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
+        "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
+        "duplicates": {
+            "rejected": len(dups.kept_of),
+            "within_source": within,
+            "cross_source": len(dups.kept_of) - within,
+            "by_sources": dict(sorted(dup_pairs.items())),
+            "near_pairs": len(dups.pairs),
+        },
+        "crop": dict(sorted(crop_counts.items())),
+        "balance": {"cap": balance_cap, "before": dict(sorted(before.items()))} if balance_cap is not None else None,
+    }
+    summary = writer.close(extra)
+    log.info("curated %d images (%d rejected) into %s", summary["accepted"], summary["rejected"], out_dir)
+    return summary
+
+
+def _kind(reason: str) -> str:
+    return "near-duplicate" if reason.startswith("near-duplicate of ") else reason.split(":", 1)[0].strip()
+
+
+def _public_ref(it: _Item, patient_pseudonym: str) -> str:
+    """The ref as written: raw patient ids (RSNA file names, DICOM identifiers) replaced by the pseudonym."""
+    ref = it.candidate.source_ref
+    secrets_ = set(i for i in it.identifiers if len(i) >= _MIN_ID_LENGTH)
+    if it.candidate.ref_has_patient_id and it.raw_patient:
+        secrets_.add(it.raw_patient)
+    for s in sorted(secrets_, key=len, reverse=True):
+        ref = ref.replace(s, patient_pseudonym)
+    return ref
+
+
+def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[bool]):
+    """Yields images.process_job results in job order (so output never depends on ``workers``)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="curating", unit="img", file=sys.stderr)
+    try:
+        if workers > 1 and len(jobs) >= _PARALLEL_MIN_JOBS:
+            # spawn: workers import only images/dicom (no TensorFlow), and no fork-after-threads hazards.
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for result in pool.imap(images.process_job, jobs, chunksize=8):
+                    if bar:
+                        bar.update()
+                    yield result
+        else:
+            for job in jobs:
+                result = images.process_job(job)
+                if bar:
+                    bar.update()
+                yield result
+    finally:
+        if bar:
+            bar.close()
+
+
+def _parse_source_option(values: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise click.UsageError(f"--source {value!r}: expected NAME=PATH, NAME one of {', '.join(SOURCES)}")
+        out.append((name, path))
+    return out
+
+
+@click.command("curate")
+@click.option("--source", "source_specs", multiple=True, required=True, metavar="NAME=PATH",
+              help=f"A source collection in its original layout; NAME is one of {', '.join(SOURCES)}. Repeatable.")
+@click.option("--class-map", default=None, metavar="FOLDER=FINDING,...",
+              help=f"Folder source only: class folder -> finding ({', '.join(features.FINDINGS)}).")
+@click.option("--task", default="covid-vs-normal", show_default=True, type=click.Choice(list(features.TASKS)),
+              help="Task whose classes the records are labelled with.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--max-side", default=images.DEFAULT_MAX_SIDE, show_default=True, type=click.IntRange(images.MIN_SIDE, 8192),
+              help="Longest side of the stored PNGs (never upscaled).")
+@click.option("--no-crop", is_flag=True, help="Keep black borders and bars (cropping is on by default).")
+@click.option("--equalize", default="none", show_default=True, type=click.Choice(images.EQUALIZE_MODES),
+              help="Contrast equalization of the stored images.")
+@click.option("--balance-cap", default=None, type=click.IntRange(1), help="At most N images per class.")
+@click.option("--key", default=None, help=f"Pseudonym key (default: ${pseudonym.ENV_VAR}, else {pseudonym.default_key_path()}).")
+@click.option("--hash-threshold", default=dedupe.DEFAULT_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
+              help="Near-duplicate threshold: hamming distance between 256-bit perceptual hashes.")
+@click.option("--workers", default=None, type=click.IntRange(1, 64), help="Image-processing processes (default: up to 4).")
+def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, equalize, balance_cap, key,
+                   hash_threshold, workers):
+    """Curate public chest X-ray collections into de-identified, de-duplicated, patient-grouped TFRecords."""
+    specs = _parse_source_option(source_specs)
+    cmap = None
+    if class_map is not None:
+        try:
+            cmap = parse_class_map(class_map)
+        except ValueError as e:
+            raise click.UsageError(f"--class-map: {e}") from None
+    started = time.monotonic()
+    try:
+        summary = curate(specs, out_dir, task, class_map=cmap, max_side=max_side, crop=not no_crop,
+                         equalize=equalize, balance_cap=balance_cap, key=key, hash_threshold=hash_threshold,
+                         workers=workers)
+    except CurationError as e:
+        raise click.UsageError(str(e)) from None
+    except OSError as e:  # e.g. an unwritable output directory
+        raise click.ClickException(f"{e.strerror or type(e).__name__}: {e.filename or out_dir}") from None
+    click.echo(format_summary(summary, out_dir, time.monotonic() - started))
+
+
+def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = None) -> str:
+    lines = [f"curated {summary['accepted']} images for task {summary['task']} into {out_dir}"
+             + (f" in {seconds:.0f}s" if seconds is not None else "")]
+    per_class = summary.get("per_class", {})
+    lines.append("  accepted per class: " + (", ".join(f"{c} {per_class.get(c, 0)}" for c in summary["classes"])))
+    for source, counts in summary.get("per_source_class", {}).items():
+        lines.append(f"    {source}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    d = summary.get("duplicates", {})
+    lines.append(f"  near-duplicates rejected: {d.get('rejected', 0)} "
+                 f"(within a source {d.get('within_source', 0)}, across sources {d.get('cross_source', 0)})")
+    lines.append(f"  patients {summary.get('patients', 0)}, groups {summary.get('groups', 0)}")
+    lines.append(f"  rejected {summary['rejected']}:")
+    for reason, n in sorted(summary.get("rejections", {}).items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"    {n:6d}  {reason}")
+    lines.append(f"  details: {os.path.join(out_dir, features.MANIFEST)}, {features.REJECTED}, {features.SUMMARY}")
+    return "\n".join(lines)

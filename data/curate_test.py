@@ -1,0 +1,370 @@
+import csv
+import filecmp
+import gzip
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from PIL import Image
+
+from covid_cxr.data import curate as curate_mod
+from covid_cxr.data import features, images, testing
+from covid_cxr.data.curate import CurationError, curate, curate_command
+from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
+
+KEY = "test-key"
+RSNA_IDS = ("11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb", "33333333-cccc-4ccc-8ccc-cccccccccccc")
+DICOM_PID = "SECRETPID-123"
+COHEN_IDS = ("cohen-pat-0001", "cohen-pat-0007")
+
+
+def build_corpus(root: Path) -> dict:
+    """Five small sources with every selection/rejection case; returns {name: path}."""
+    cohen = testing.make_cohen(root / "cohen", [
+        dict(patientid=COHEN_IDS[0], finding="COVID-19", view="PA", filename="a.png", seed=1, border=12, sex="F", age="61"),
+        dict(patientid=COHEN_IDS[0], finding="COVID-19", view="AP", filename="b.png", seed=2),
+        dict(patientid="cohen-pat-0002", finding="COVID-19", view="L", filename="lat.png", seed=3),
+        dict(patientid="cohen-pat-0003", finding="COVID-19", view="Axial", modality="CT", filename="ct.png", seed=4),
+        dict(patientid="cohen-pat-0004", finding="todo", view="AP", filename="todo.png", seed=5),
+        dict(patientid="cohen-pat-0005", finding="No Finding", view="PA", filename="n.png", seed=6),
+        dict(patientid="cohen-pat-0006", finding="Streptococcus", view="PA", filename="s.png", seed=7),
+        dict(patientid=COHEN_IDS[1], finding="COVID-19", view="PA", filename="a.png", seed=1),  # same file, other id
+        dict(patientid=COHEN_IDS[1], finding="COVID-19", view="AP Supine", filename="c7b.png", seed=8),
+    ])
+    rsna = testing.make_rsna(root / "rsna", [
+        dict(id=RSNA_IDS[0], target="0", cls="Normal", seed=10, sex="M", age="58"),
+        dict(id=RSNA_IDS[1], target="1", cls="Lung Opacity", seed=11, boxes=2),
+        dict(id=RSNA_IDS[2], target="0", cls="No Lung Opacity / Not Normal", seed=12),
+    ])
+    rad = root / "radiography"
+    # The public re-encodings: 224x224 RGB PNG copies of a Cohen and an RSNA film.
+    testing.write_image(rad / "COVID" / "COVID-1.png", testing.radiograph(2), rgb=True, size=(224, 224))
+    testing.write_image(rad / "COVID" / "COVID-2.png", testing.radiograph(20))
+    testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(10, (128, 128)), rgb=True, size=(224, 224))
+    testing.write_image(rad / "Normal" / "Normal-2.png", testing.radiograph(21))
+    (rad / "Normal" / "Normal-3.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
+    ker = root / "kermany"
+    testing.write_image(ker / "train" / "NORMAL" / "IM-0001-0001.jpeg", testing.radiograph(30))
+    testing.write_image(ker / "test" / "NORMAL" / "IM-0001-0002.jpeg", testing.radiograph(31))
+    testing.write_image(ker / "train" / "PNEUMONIA" / "person5_virus_1.jpeg", testing.radiograph(32))
+    fol = root / "folder"
+    testing.write_dicom(fol / "COVID" / f"{DICOM_PID}_scan.dcm", 255 - testing.radiograph(40), photometric="MONOCHROME1",
+                        patient_id=DICOM_PID, view=None, sex="F", age="047Y")
+    testing.write_dicom(fol / "COVID" / "lat.dcm", testing.radiograph(41), view="LL", patient_id="PID-LAT-9")
+    testing.write_dicom(fol / "COVID" / "ct.dcm", testing.radiograph(42), modality="CT", patient_id="PID-CT-99")
+    testing.write_image(fol / "healthy" / "h.png", testing.radiograph(43))
+    testing.write_image(fol / "other" / "o.png", testing.radiograph(44))
+    return {"cohen": str(cohen), "rsna": str(rsna), "radiography": str(rad), "kermany": str(ker), "folder": str(fol)}
+
+
+CLASS_MAP = {"COVID": "covid", "healthy": "normal"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "cvn"
+    summary = curate(corpus, str(out), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1)
+    return out, summary
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_records(out):
+    rows = []
+    for path in sorted(tf.io.gfile.glob(str(out / features.TFRECORD_PATTERN))):
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            rows.append(tf.train.Example.FromString(raw.numpy()))
+    return rows
+
+
+def test_accepted_and_rejected_account_for_every_input(run):
+    out, summary = run
+    manifest, rejected = read_csv(out / "manifest.csv"), read_csv(out / "rejected.csv")
+    assert summary["inputs_per_source"] == {"cohen": 9, "rsna": 3, "radiography": 5, "kermany": 3, "folder": 5}
+    assert len(manifest) + len(rejected) == 25
+    assert summary["per_class"] == {"covid": 5, "normal": 6}
+    assert summary["per_source_class"] == {
+        "cohen": {"covid": 3, "normal": 1}, "folder": {"covid": 1, "normal": 1}, "kermany": {"normal": 2},
+        "radiography": {"covid": 1, "normal": 1}, "rsna": {"normal": 1},
+    }
+    reasons = {(r["source"], r["source_ref"]): r["reason"] for r in rejected}
+    rsna_refs = {r["source_ref"] for r in rejected if r["source"] == "rsna"}
+    assert reasons[("cohen", "images/lat.png")] == "lateral view: L"
+    assert reasons[("cohen", "images/ct.png")] == "not an X-ray: CT"
+    assert reasons[("cohen", "images/todo.png")] == "unlabelled: todo"
+    assert reasons[("cohen", "images/s.png")] == "not used by task covid-vs-normal"
+    assert reasons[("cohen", "images/a.png")] == "near-duplicate of cohen:images/a.png"
+    assert reasons[("radiography", "COVID/COVID-1.png")] == "near-duplicate of cohen:images/b.png"
+    normal_1 = reasons[("radiography", "Normal/Normal-1.png")]
+    assert normal_1.startswith("near-duplicate of rsna:stage_2_train_images/") and normal_1.endswith(".dcm")
+    assert reasons[("radiography", "Normal/Normal-3.png")].startswith("unreadable image: ")
+    assert reasons[("kermany", "train/PNEUMONIA/person5_virus_1.jpeg")] == "not used by task covid-vs-normal"
+    assert reasons[("folder", "COVID/lat.dcm")] == "lateral view: DICOM ViewPosition"
+    assert reasons[("folder", "COVID/ct.dcm")] == "not an X-ray: CT"
+    assert reasons[("folder", "other/o.png")] == "unmapped class folder: other"
+    assert sorted(reasons[("rsna", r)].split(":")[0] for r in rsna_refs) == ["abnormal, no lung opacity", "not used by task covid-vs-normal"]
+    assert summary["duplicates"]["within_source"] == 1 and summary["duplicates"]["cross_source"] == 2
+    assert summary["duplicates"]["by_sources"] == {"cohen": 1, "cohen/radiography": 1, "radiography/rsna": 1}
+    assert summary["rejections"]["near-duplicate"] == 3
+    assert summary["settings"]["task"] == "covid-vs-normal" and summary["settings"]["pseudonym_key"] == "option"
+
+
+def test_records_have_exactly_the_record_fields(run):
+    out, summary = run
+    manifest = read_csv(out / "manifest.csv")
+    examples = read_records(out)
+    assert len(examples) == len(manifest) == summary["accepted"]
+    fields = {f.name for f in __import__("dataclasses").fields(features.Record)}
+    expected_keys = {features.IMAGE, features.LABEL, features.LABEL_INDEX, features.PATIENT_ID, features.GROUP,
+                     features.SOURCE, features.VIEW, features.SEX, features.AGE}
+    assert len(fields) == len(expected_keys)
+    task = features.get_task("covid-vs-normal")
+    for ex, row in zip(examples, manifest):
+        f = ex.features.feature
+        assert set(f.keys()) == expected_keys
+        label = f[features.LABEL].bytes_list.value[0].decode()
+        assert label == row["label"] and task.classes[f[features.LABEL_INDEX].int64_list.value[0]] == label
+        assert f[features.PATIENT_ID].bytes_list.value[0].decode() == row["patient_id"]
+        assert f[features.GROUP].bytes_list.value[0].decode() == row["group"]
+        assert f[features.VIEW].bytes_list.value[0].decode() in features.VIEWS
+        assert f[features.SEX].bytes_list.value[0].decode() in features.SEXES
+        with Image.open(io.BytesIO(f[features.IMAGE].bytes_list.value[0])) as im:
+            assert im.format == "PNG" and im.mode == "L" and max(im.size) <= 512
+    by_ref = {(r["source"], r["source_ref"]): r for r in manifest}
+    a = by_ref[("cohen", "images/a.png")]
+    assert (a["view"], a["sex"], a["age"]) == ("PA", "F", "61")
+    assert a["note"] == "" and by_ref[("cohen", "images/c7b.png")]["view"] == "AP Supine"
+    dcm = [r for r in manifest if r["source"] == "folder" and r["label"] == "covid"][0]
+    assert (dcm["view"], dcm["sex"], dcm["age"]) == ("unknown", "F", "47")  # from the DICOM header
+    rsna = [r for r in manifest if r["source"] == "rsna"][0]
+    assert (rsna["view"], rsna["sex"], rsna["age"]) == ("AP", "M", "58")
+
+
+def test_monochrome1_dicom_is_stored_as_the_positive_picture(run):
+    out, _ = run
+    manifest = read_csv(out / "manifest.csv")
+    i = [n for n, r in enumerate(manifest) if r["source"] == "folder" and r["label"] == "covid"][0]
+    png = read_records(out)[i].features.feature[features.IMAGE].bytes_list.value[0]
+    stored = images.decode_png(png).astype(float)
+    original = testing.radiograph(40).astype(float)
+    assert stored.shape == original.shape
+    assert np.corrcoef(stored.ravel(), original.ravel())[0, 1] > 0.99
+
+
+def test_groups_merge_patients_through_duplicates(run):
+    out, summary = run
+    manifest = read_csv(out / "manifest.csv")
+    by_ref = {(r["source"], r["source_ref"]): r for r in manifest}
+    a, b, c7b = (by_ref[("cohen", f"images/{n}")] for n in ("a.png", "b.png", "c7b.png"))
+    assert a["patient_id"] == b["patient_id"] != c7b["patient_id"]
+    # cohen-pat-0007's copy of a.png was rejected as a near-duplicate: its other film joins a's group.
+    assert a["group"] == b["group"] == c7b["group"] == a["patient_id"]
+    k1, k2 = by_ref[("kermany", "train/NORMAL/IM-0001-0001.jpeg")], by_ref[("kermany", "test/NORMAL/IM-0001-0002.jpeg")]
+    assert k1["patient_id"] == k2["patient_id"] and k1["group"] == k2["group"]
+    groups_of_patient = {}
+    for r in manifest:
+        groups_of_patient.setdefault(r["patient_id"], set()).add(r["group"])
+    assert all(len(g) == 1 for g in groups_of_patient.values())  # no patient in two groups
+    assert summary["patients"] == 9 and summary["groups"] == 8
+
+
+def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
+    out, _ = run
+    secrets = [*RSNA_IDS, DICOM_PID, "PID-LAT-9", "PID-CT-99", *COHEN_IDS, "Doe", "Johanna", testing.SECRET_INSTITUTION,
+               testing.SECRET_DATE]
+    blobs = {}
+    for path in out.iterdir():
+        data = path.read_bytes()
+        blobs[path.name] = gzip.decompress(data) if path.name.endswith(".gz") else data
+    # the CLI's printed summary and the logs too
+    caplog.set_level(logging.DEBUG)
+    result = CliRunner().invoke(curate_command, [*sum((["--source", f"{k}={v}"] for k, v in corpus.items()), []),
+                                                 "--class-map", "COVID=covid,healthy=normal", "--key", KEY,
+                                                 "--out", str(tmp_path / "cli"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    blobs["stdout"] = result.output.encode()
+    blobs["logs"] = caplog.text.encode()
+    for name, data in blobs.items():
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret!r} leaked into {name}"
+    rejected = read_csv(out / "rejected.csv")
+    scrubbed = [r["source_ref"] for r in rejected + read_csv(out / "manifest.csv") if r["source"] == "folder"]
+    assert any(ref.startswith("COVID/") and ref.endswith("_scan.dcm") for ref in scrubbed)  # pseudonym in its place
+
+
+def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
+    out, _ = run
+    again = tmp_path / "again"
+    curate(corpus, str(again), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1)
+    monkeypatch.setattr(curate_mod, "_PARALLEL_MIN_JOBS", 1)  # force the process pool on this small input
+    parallel = tmp_path / "parallel"
+    curate(corpus, str(parallel), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=2)
+    names = sorted(os.listdir(out))
+    assert names == sorted(os.listdir(again)) == sorted(os.listdir(parallel))
+    for name in names:
+        assert filecmp.cmp(out / name, again / name, shallow=False), name
+        assert filecmp.cmp(out / name, parallel / name, shallow=False), name
+
+
+def test_key_changes_pseudonyms_and_default_key_file_is_stable(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv("COVID_CXR_PSEUDONYM_KEY", raising=False)
+    s1 = curate(corpus, str(tmp_path / "k1"), "covid-vs-normal", class_map=CLASS_MAP, workers=1)
+    s2 = curate(corpus, str(tmp_path / "k2"), "covid-vs-normal", class_map=CLASS_MAP, workers=1)
+    assert (tmp_path / "cfg" / "covid-cxr" / "pseudonym.key").is_file()
+    assert s1["settings"]["pseudonym_key"] == "key file"
+    assert filecmp.cmp(tmp_path / "k1" / "manifest.csv", tmp_path / "k2" / "manifest.csv", shallow=False)
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "another")
+    s3 = curate(corpus, str(tmp_path / "k3"), "covid-vs-normal", class_map=CLASS_MAP, workers=1)
+    ids1 = {r["patient_id"] for r in read_csv(tmp_path / "k1" / "manifest.csv")}
+    ids3 = {r["patient_id"] for r in read_csv(tmp_path / "k3" / "manifest.csv")}
+    assert len(ids1) == len(ids3) and not ids1 & ids3
+    assert s3["settings"]["pseudonym_key"] == "environment" and s2["settings"]["pseudonym_key_id"] != s3["settings"]["pseudonym_key_id"]
+
+
+def test_three_class_and_noncovid_tasks(corpus, tmp_path):
+    s = curate(corpus, str(tmp_path / "3"), "three-class", class_map=CLASS_MAP, key=KEY, workers=1)
+    assert s["per_class"] == {"covid": 5, "normal": 6, "pneumonia": 3}
+    assert s["classes"] == ["normal", "pneumonia", "covid"]
+    s = curate(corpus, str(tmp_path / "nc"), "covid-vs-noncovid", class_map=CLASS_MAP, key=KEY, workers=1)
+    assert s["per_class"] == {"covid": 5, "noncovid": 9}
+
+
+def test_balance_cap_is_deterministic_and_recorded(corpus, tmp_path):
+    s = curate(corpus, str(tmp_path / "b1"), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, balance_cap=2, workers=1)
+    assert s["per_class"] == {"covid": 2, "normal": 2}
+    assert s["balance"] == {"cap": 2, "before": {"covid": 5, "normal": 6}}
+    assert s["rejections"]["balance cap"] == 7
+    curate(corpus, str(tmp_path / "b2"), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, balance_cap=2, workers=1)
+    assert filecmp.cmp(tmp_path / "b1" / "manifest.csv", tmp_path / "b2" / "manifest.csv", shallow=False)
+    assert sum(r["reason"] == "balance cap" for r in read_csv(tmp_path / "b1" / "rejected.csv")) == 7
+
+
+def test_processing_options(corpus, tmp_path):
+    base = curate(corpus, str(tmp_path / "o1"), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1,
+                  max_side=64, crop=False, equalize="clahe")
+    assert base["settings"]["max_side"] == 64 and base["settings"]["equalize"] == "clahe" and not base["settings"]["crop"]
+    assert base["crop"] == {"unchanged": 11}
+    for ex in read_records(tmp_path / "o1"):
+        png = ex.features.feature[features.IMAGE].bytes_list.value[0]
+        assert max(images.decode_png(png).shape) == 64
+    cropped = curate(corpus, str(tmp_path / "o2"), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1)
+    assert cropped["crop"]["cropped"] >= 1  # a.png has a 12-px black frame
+
+
+def test_curate_user_errors(corpus, tmp_path):
+    with pytest.raises(CurationError, match="unknown source 'nih'"):
+        curate({"nih": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", key=KEY)
+    with pytest.raises(CurationError, match="does not exist"):
+        curate({"cohen": str(tmp_path / "nope")}, str(tmp_path / "x"), "covid-vs-normal", key=KEY)
+    with pytest.raises(CurationError, match="unknown task"):
+        curate({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-flu", key=KEY)
+    with pytest.raises(CurationError, match="metadata.csv not found"):
+        curate({"cohen": corpus["kermany"]}, str(tmp_path / "x"), "covid-vs-normal", key=KEY)
+    with pytest.raises(CurationError, match="no folder source"):
+        curate({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", key=KEY, class_map={"A": "covid"})
+    with pytest.raises(CurationError, match="inside the cohen source"):
+        curate({"cohen": corpus["cohen"]}, os.path.join(corpus["cohen"], "out"), "covid-vs-normal", key=KEY)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--source", "nih=/tmp"], "unknown source 'nih'"),
+    (["--source", "cohen"], "expected NAME=PATH"),
+    (["--source", "cohen=/definitely/not/here"], "does not exist"),
+    (["--source", "cohen={kermany}"], "metadata.csv not found"),
+    (["--source", "folder={folder}", "--class-map", "COVID=flu"], "--class-map: bad class map entry"),
+    (["--source", "folder={folder}", "--class-map", "Nope=covid"], "do not exist"),
+    (["--source", "cohen={cohen}", "--task", "covid-vs-flu"], "Invalid value for '--task'"),
+    (["--source", "cohen={cohen}", "--equalize", "magic"], "Invalid value for '--equalize'"),
+    (["--source", "cohen={cohen}", "--source", "cohen={cohen}"], "given twice"),
+])
+def test_cli_errors_are_one_line_usage_errors(corpus, tmp_path, args, message):
+    args = [a.format(**corpus) for a in args] + ["--out", str(tmp_path / "o"), "--key", KEY]
+    result = CliRunner().invoke(curate_command, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_cli_prints_a_summary(corpus, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(curate_command, [
+        "--source", f"cohen={corpus['cohen']}", "--source", f"radiography={corpus['radiography']}",
+        "--task", "covid-vs-normal", "--out", str(out), "--key", KEY, "--equalize", "hist", "--balance-cap", "3"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert f"into {out}" in text and "accepted per class: normal 3, covid 3" in text
+    assert "near-duplicates rejected: 2 (within a source 1, across sources 1)" in text
+    assert "lateral view" in text and "balance cap" in text
+    assert json.loads((out / "summary.json").read_text())["settings"]["equalize"] == "hist"
+
+
+# ---- real corpus ------------------------------------------------------------------------------
+
+real = [pytest.mark.realdata, pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)]
+REAL_SOURCES = {
+    "cohen": REAL_DATA / "cohen-covid-chestxray", "rsna": REAL_DATA / "rsna-pneumonia",
+    "kermany": REAL_DATA / "chest-xray-pneumonia", "radiography": REAL_DATA / "covid19-radiography",
+}
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    if not REAL_DATA.is_dir():
+        pytest.skip(REAL_DATA_REASON)
+    out = tmp_path_factory.mktemp("real") / "cvn"
+    summary = curate({k: str(v) for k, v in REAL_SOURCES.items()}, str(out), "covid-vs-normal", key=KEY)
+    return out, summary
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+def test_real_corpus_counts_are_plausible(real_run):
+    out, s = real_run
+    assert s["inputs_per_source"] == {"cohen": 716, "rsna": 200, "kermany": 800, "radiography": 1200}
+    assert s["accepted"] + s["rejected"] == 2916
+    # 427 frontal COVID X-rays in Cohen, 600 COVID in radiography, minus duplicates
+    assert 800 <= s["per_class"]["covid"] <= 1027
+    assert 900 <= s["per_class"]["normal"] <= 1119
+    assert s["per_source_class"]["rsna"] == {"normal": 100}
+    assert s["per_source_class"]["kermany"]["normal"] >= 395
+    assert s["rejections"]["not used by task covid-vs-normal"] >= 500  # pneumonia films of 3 sources
+    assert s["crop"].get("cropped", 0) > 300 and not s["crop"].get("refused")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+def test_real_corpus_duplicates_and_rejections(real_run):
+    out, s = real_run
+    d = s["duplicates"]
+    assert d["cross_source"] > 50 and d["by_sources"]["cohen/radiography"] > 50  # the 224-px Cohen copies
+    assert d["by_sources"].get("kermany/radiography", 0) > 5  # radiography normals re-use Kermany films
+    rejected = read_csv(out / "rejected.csv")
+    reasons = {r["reason"] for r in rejected}
+    assert "lateral view: L" in reasons and "not an X-ray: CT" in reasons and "unlabelled: todo" in reasons
+    assert "near-duplicate of cohen:images/covid-19-pneumonia-bilateral.jpg" in {
+        r["reason"] for r in rejected if r["source_ref"] == "COVID/COVID-1173.png"}
+    manifest = read_csv(out / "manifest.csv")
+    groups_of_patient = {}
+    for r in manifest:
+        groups_of_patient.setdefault(r["patient_id"], set()).add(r["group"])
+    assert all(len(g) == 1 for g in groups_of_patient.values())
+    assert len({(r["source"], r["hash"]) for r in manifest}) == len(manifest)  # no exact duplicate left
+    rsna_ids = {p.stem for p in (REAL_DATA / "rsna-pneumonia" / "stage_2_train_images").glob("*.dcm")}
+    text = (out / "manifest.csv").read_text() + (out / "rejected.csv").read_text() + (out / "summary.json").read_text()
+    assert not [i for i in rsna_ids if i in text]

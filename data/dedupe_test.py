@@ -1,0 +1,60 @@
+import numpy as np
+
+from covid_cxr.data import dedupe
+
+
+def random_hashes(n, seed=0, nbytes=32):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def flip(h: bytes, bits) -> bytes:
+    a = np.unpackbits(np.frombuffer(h, np.uint8))
+    a[list(bits)] ^= 1
+    return np.packbits(a).tobytes()
+
+
+def test_hamming():
+    h = random_hashes(1)[0]
+    assert dedupe.hamming(h, h) == 0
+    assert dedupe.hamming(h, flip(h, range(0, 37))) == 37
+
+
+def test_near_pairs_equals_brute_force():
+    hashes = random_hashes(300, seed=1)
+    hashes += [flip(hashes[i], range(i % 50)) for i in range(0, 300, 7)]  # planted near copies
+    expected = sorted(
+        (i, j, dedupe.hamming(hashes[i], hashes[j]))
+        for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+        if dedupe.hamming(hashes[i], hashes[j]) <= 40
+    )
+    assert len(expected) >= 30
+    assert dedupe.near_pairs(hashes, 40) == expected
+
+
+def test_near_pairs_across_blocks(monkeypatch):
+    monkeypatch.setattr(dedupe, "_BLOCK", 16)
+    hashes = random_hashes(50, seed=2)
+    hashes.append(flip(hashes[3], [1, 2]))
+    assert dedupe.near_pairs(hashes, 10) == [(3, 50, 2)]
+
+
+def test_union_find_root_is_smallest_member():
+    uf = dedupe.UnionFind(6)
+    uf.union(4, 5)
+    uf.union(5, 2)
+    uf.union(1, 0)
+    assert uf.find(5) == uf.find(4) == 2
+    assert uf.groups() == {0: [0, 1], 2: [2, 4, 5], 3: [3]}
+
+
+def test_find_duplicates_keeps_first_copy_and_reports_all_pairs():
+    base = random_hashes(3, seed=3)
+    a = base[0]
+    b = flip(a, range(0, 30))  # near a (30)
+    c = flip(b, range(30, 60))  # near b (30) but 60 from a
+    hashes = [a, base[1], b, c, base[2], a]
+    d = dedupe.find_duplicates(hashes, 40)
+    # b is a copy of a (kept); c is only near the rejected b, so c is kept; the last a is a copy of a.
+    assert d.kept_of == {2: 0, 5: 0}
+    assert (2, 3, 30) in d.pairs and (0, 5, 0) in d.pairs

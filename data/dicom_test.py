@@ -1,0 +1,158 @@
+import numpy as np
+import pydicom
+import pytest
+
+from covid_cxr.data import dicom, testing
+from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
+
+SAMPLES = REAL_DATA / "dicom-samples"
+
+
+def corr(a, b) -> float:
+    return float(np.corrcoef(np.asarray(a, float).ravel(), np.asarray(b, float).ravel())[0, 1])
+
+
+def test_monochrome2_8bit_is_kept_as_stored(tmp_path):
+    img = testing.radiograph(1)
+    d = dicom.read_dicom(testing.write_dicom(tmp_path / "a.dcm", img))
+    assert d.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(d.pixels, img)
+    assert (d.sex, d.age, d.view, d.modality) == ("F", 58, "PA", "CR")
+
+
+def test_monochrome1_is_inverted_to_the_same_picture(tmp_path):
+    img = testing.radiograph(2)
+    m2 = dicom.read_dicom(testing.write_dicom(tmp_path / "m2.dcm", img)).pixels
+    m1 = dicom.read_dicom(testing.write_dicom(tmp_path / "m1.dcm", 255 - img, photometric="MONOCHROME1")).pixels
+    np.testing.assert_array_equal(m1, m2)
+
+
+def test_monochrome1_16bit_with_window_matches_monochrome2(tmp_path):
+    img = testing.radiograph(3).astype(np.uint16) * 16  # 12-bit data
+    m2 = dicom.read_dicom(testing.write_dicom(tmp_path / "m2.dcm", img, bits_stored=12, window=(2048, 4096))).pixels
+    m1 = dicom.read_dicom(testing.write_dicom(tmp_path / "m1.dcm", 4095 - img, bits_stored=12, window=(2048, 4096),
+                                              photometric="MONOCHROME1")).pixels
+    assert corr(m1, m2) > 0.999
+    assert np.abs(m1.astype(int) - m2).max() <= 1
+
+
+def test_window_maps_window_range_to_full_8bit(tmp_path):
+    img = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "w.dcm", img, bits_stored=12, window=(2000, 1000))).pixels
+    col = out[0]
+    assert col[img[0] < 1400].max() == 0  # below the window: black
+    assert col[img[0] > 2600].min() == 255  # above: white
+    mid = np.argmin(np.abs(img[0].astype(int) - 2000))
+    assert 100 < col[mid] < 155  # centre: mid grey
+
+
+def test_voi_lut_sequence_is_applied(tmp_path):
+    img = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (8, 1))
+    lut = np.concatenate([np.zeros(1024), np.linspace(0, 65535, 2048), np.full(1024, 65535)]).astype(int)
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "l.dcm", img, bits_stored=12, voi_lut=lut)).pixels
+    row, values = out[0], img[0]
+    assert row[values < 1024].max() == 0
+    assert row[values >= 3072].min() == 255
+    inside = (values >= 1024) & (values < 3072)
+    expected = (values[inside] - 1024) / 2047 * 255
+    assert np.abs(row[inside] - expected).max() <= 2
+
+
+def test_rescale_slope_intercept_before_windowing(tmp_path):
+    stored = (np.arange(64 * 64).reshape(64, 64) % 2000).astype(np.int16) - 1000  # -1000..999
+    # HU = 2 * stored + 24  -> window centre 24 (HU), width 400: stored -100..100 spans it.
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "r.dcm", stored, rescale=(2.0, 24.0), window=(24, 400),
+                                               modality="DX")).pixels
+    assert out[stored < -100].max() == 0
+    assert out[stored > 100].min() == 255
+    assert 110 < out[stored == 0].mean() < 145
+
+
+def test_12bit_without_voi_is_stretched_to_8bit(tmp_path):
+    img = testing.radiograph(4)
+    deep = img.astype(np.uint16) * 16 + 7  # 12-bit in a 16-bit container
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "d.dcm", deep, bits_stored=12)).pixels
+    assert out.min() == 0 and out.max() == 255
+    assert corr(out, img) > 0.999
+
+
+def test_jpeg_baseline_decodes(tmp_path):
+    img = testing.radiograph(5)
+    d = dicom.read_dicom(testing.write_dicom(tmp_path / "j.dcm", img, jpeg_baseline=True))
+    assert pydicom.dcmread(tmp_path / "j.dcm").file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
+    assert corr(d.pixels, img) > 0.99
+
+
+def test_header_parsing():
+    assert [dicom.parse_age(a) for a in ("058Y", "58", "006M", "003W", "010D", "", "abc", "150", None)] == \
+        [58, 58, 0, 0, 0, -1, -1, -1, -1]
+    assert [dicom.parse_sex(s) for s in ("M", "f", "O", "", None)] == ["M", "F", "unknown", "unknown", "unknown"]
+    assert [dicom.parse_view(v) for v in ("PA", "ap", "LL", "RL", "", None)] == ["PA", "AP", "lateral", "lateral", "unknown", "unknown"]
+
+
+def test_identifiers_are_exposed_but_not_in_repr(tmp_path):
+    d = dicom.read_dicom(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(6), patient_id="RAW-77"))
+    assert d.patient_id == "RAW-77"
+    assert testing.SECRET_NAME in d.identifiers
+    assert "RAW-77" not in repr(d) and "Doe" not in repr(d)
+
+
+def test_errors_carry_no_header_values(tmp_path):
+    path = testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(7), patient_id="RAW-88")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:100]  # truncated pixel data
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.raises(dicom.DicomError) as e:
+        dicom.read_dicom(str(tmp_path / "bad.dcm"))
+    for secret in ("RAW-88", "Doe", "Johanna", testing.SECRET_INSTITUTION, str(tmp_path)):
+        assert secret not in str(e.value)
+    (tmp_path / "junk.dcm").write_bytes(b"not a dicom at all" * 10)
+    with pytest.raises(dicom.DicomError):
+        dicom.read_dicom(str(tmp_path / "junk.dcm"))
+
+
+def test_multiframe_is_rejected(tmp_path):
+    path = testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(8))
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.Rows = ds.Rows // 2
+    ds.save_as(tmp_path / "mf.dcm")
+    with pytest.raises(dicom.DicomError, match="multi-frame"):
+        dicom.read_dicom(str(tmp_path / "mf.dcm"))
+
+
+realdata = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+
+
+@pytest.mark.realdata
+@realdata
+def test_real_siim_samples_jpeg_baseline_and_monochrome1(tmp_path):
+    baseline_path = SAMPLES / "siim-cr-chest-pa-jpeg-baseline.dcm"
+    m1_path = SAMPLES / "siim-cr-chest-pa-monochrome1.dcm"
+    baseline = dicom.read_dicom(str(baseline_path))
+    assert baseline.pixels.shape == (1024, 1024)
+    assert (baseline.sex, baseline.age, baseline.view) == ("M", 62, "PA")
+    assert 60 < baseline.pixels.mean() < 200 and baseline.pixels.std() > 30
+
+    # The shared "MONOCHROME1 copy" (torchxrayvision's Fake_MONOHR1.dcm) stores the SAME pixel bytes
+    # as the baseline and only flips the header to MONOCHROME1. DICOM says MONOCHROME1 means
+    # "low = white", so a correct reader must show it inverted: exactly 255 - baseline.
+    raw_m1 = pydicom.dcmread(m1_path)
+    assert raw_m1.PhotometricInterpretation == "MONOCHROME1"
+    assert raw_m1.PixelData == pydicom.dcmread(baseline_path).PixelData
+    m1 = dicom.read_dicom(str(m1_path)).pixels
+    np.testing.assert_array_equal(m1, 255 - baseline.pixels)
+
+    # A genuine MONOCHROME1 encoding of the same real picture (grey levels inverted on disk) must
+    # read back as the same picture as the JPEG Baseline file.
+    genuine = testing.write_dicom(tmp_path / "m1.dcm", 255 - baseline.pixels, photometric="MONOCHROME1")
+    assert corr(dicom.read_dicom(genuine).pixels, baseline.pixels) > 0.99
+
+
+@pytest.mark.realdata
+@realdata
+def test_real_nih_samples_decode():
+    for path in sorted(SAMPLES.glob("nih-dx-*.dcm")):
+        d = dicom.read_dicom(str(path))
+        assert d.pixels.dtype == np.uint8 and d.pixels.std() > 10
+        assert d.view in ("PA", "AP", "unknown")

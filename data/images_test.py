@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from covid_cxr.data import dedupe, images, testing
+
+
+def framed(seed=1, top=20, bottom=12, left=16, right=8, size=(160, 128)):
+    """A film inside black bars of known widths; returns (image, (top, bottom, left, right) content box)."""
+    film = testing.radiograph(seed, size)
+    h, w = film.shape
+    out = np.zeros((h + top + bottom, w + left + right), np.uint8)
+    out[top : top + h, left : left + w] = film
+    return out, (top, top + h, left, left + w)
+
+
+def test_crop_removes_black_bars():
+    img, box = framed()
+    cropped, did, note = images.crop_borders(img)
+    assert did and note == ""
+    assert images.content_box(img) == box
+    assert cropped.shape == (box[1] - box[0], box[3] - box[2])
+
+
+def test_crop_ignores_text_labels_and_thin_bars_in_the_border():
+    img, box = framed(top=30, left=30)
+    img[5:15, 40:60] = 255  # burnt-in white text label in the top bar
+    img[8:12, 100:110] = 200
+    img[:, 2] = 140  # a thin grey bar at the far left
+    img[-3, :] = 180  # and one at the bottom
+    t, b, l, r = images.content_box(img)
+    assert abs(t - box[0]) <= 1 and abs(b - box[1]) <= 1 and abs(l - box[2]) <= 1 and abs(r - box[3]) <= 1
+
+
+def test_crop_handles_white_and_uniform_grey_frames():
+    film = testing.radiograph(3)
+    white = np.full((200, 180), 255, np.uint8)
+    white[20:180, 26:154] = film
+    assert images.content_box(white) == (20, 180, 26, 154)
+    grey = np.full((200, 180), 128, np.uint8)
+    grey[20:180, 26:154] = np.where(np.abs(film.astype(int) - 128) <= 2, 131, film)
+    assert images.content_box(grey) == (20, 180, 26, 154)
+
+
+def test_crop_never_returns_a_sliver():
+    img = np.zeros((200, 200), np.uint8)
+    img[90:110, 20:180] = testing.radiograph(4, (20, 160))  # a thin strip of content
+    out, did, note = images.crop_borders(img)
+    assert not did and out is img
+    assert note.startswith("crop refused")
+
+
+def test_no_border_means_no_crop():
+    film = testing.radiograph(5)
+    out, did, note = images.crop_borders(film)
+    assert not did and note == "" and out.shape == film.shape
+
+
+def test_resize_bounds_the_long_side_and_never_upscales():
+    img = testing.radiograph(6, (300, 150))
+    out = images.resize_max_side(img, 100)
+    assert out.shape == (100, 50)
+    small = testing.radiograph(7, (40, 30))
+    assert images.resize_max_side(small, 512) is small
+
+
+def test_equalization_modes():
+    low_contrast = (testing.radiograph(8) // 4 + 100).astype(np.uint8)
+    assert images.equalize(low_contrast, "none") is low_contrast
+    for mode in ("clahe", "hist"):
+        out = images.equalize(low_contrast, mode)
+        assert out.shape == low_contrast.shape and out.dtype == np.uint8
+        assert out.std() > 1.5 * low_contrast.std()
+    hist = images.equalize(low_contrast, "hist")
+    assert hist.max() - hist.min() > 200  # global equalization spreads to the full range
+    # CLAHE works locally: it differs from global equalization
+    assert not np.array_equal(images.equalize(low_contrast, "clahe"), hist)
+    with pytest.raises(ValueError, match="unknown equalization"):
+        images.equalize(low_contrast, "fancy")
+
+
+def test_read_gray_converts_modes(tmp_path):
+    film = testing.radiograph(9)
+    rgb = np.stack([film, film, film], -1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(images.read_gray(str(tmp_path / "rgb.png"))[0], film)
+    Image.fromarray(np.dstack([rgb, np.full(film.shape, 255, np.uint8)])).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(images.read_gray(str(tmp_path / "rgba.png"))[0], film)
+    deep = film.astype(np.uint16) * 200 + 1000
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    out = images.read_gray(str(tmp_path / "deep.png"))[0]
+    assert out.min() == 0 and out.max() == 255
+    assert np.corrcoef(out.ravel(), film.ravel())[0, 1] > 0.999
+
+
+def test_unreadable_files_raise_image_error_without_paths(tmp_path):
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG garbage")
+    good = testing.write_image(tmp_path / "ok.jpg", testing.radiograph(10))
+    data = open(good, "rb").read()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    for name in ("junk.png", "trunc.jpg", "missing.png"):
+        with pytest.raises(images.ImageError) as e:
+            images.process(str(tmp_path / name))
+        assert str(tmp_path) not in str(e.value)
+        result, reason = images.process_job((str(tmp_path / name), 512, True, "none"))
+        assert result is None and reason
+
+
+def test_blank_and_tiny_images_are_rejected(tmp_path):
+    testing.write_image(tmp_path / "blank.png", np.full((100, 100), 77, np.uint8))
+    testing.write_image(tmp_path / "tiny.png", testing.radiograph(11, (20, 20)))
+    assert "blank" in images.process_job((str(tmp_path / "blank.png"), 512, True, "none"))[1]
+    assert "too small" in images.process_job((str(tmp_path / "tiny.png"), 512, True, "none"))[1]
+
+
+def test_process_outputs_bounded_grayscale_png(tmp_path):
+    img, _ = framed(12, size=(400, 300))
+    path = testing.write_image(tmp_path / "a.png", img)
+    p = images.process(path, max_side=128)
+    decoded = images.decode_png(p.png)
+    assert max(decoded.shape) == 128 and decoded.shape == (p.height, p.width)
+    with Image.open(__import__("io").BytesIO(p.png)) as im:
+        assert im.mode == "L" and im.format == "PNG"
+    assert p.cropped
+    assert images.process(path, max_side=128).png == p.png  # deterministic bytes
+    assert not images.process(path, max_side=128, crop=False).cropped
+
+
+def test_phash_same_picture_resized_and_reencoded_is_near_other_picture_is_far(tmp_path):
+    a, b = testing.radiograph(13, (320, 256)), testing.radiograph(14, (320, 256))
+    copy = testing.write_image(tmp_path / "copy.jpg", a, quality=60, rgb=True, size=(112, 112))
+    ha, hb = images.perceptual_hash(a), images.perceptual_hash(b)
+    hc = images.perceptual_hash(images.read_gray(copy)[0])
+    assert len(ha) == images.HASH_BYTES == 32
+    assert dedupe.hamming(ha, hc) <= dedupe.DEFAULT_THRESHOLD
+    assert dedupe.hamming(ha, hb) > 2 * dedupe.DEFAULT_THRESHOLD
+    # the hash is taken after cropping: a framed copy matches the unframed original
+    framed_a = np.zeros((400, 300), np.uint8)
+    framed_a[40:360, 22:278] = a
+    p = images.process(testing.write_image(tmp_path / "framed.png", framed_a))
+    assert dedupe.hamming(p.phash, ha) <= 8

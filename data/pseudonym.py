@@ -1,0 +1,76 @@
+"""Keyed pseudonyms for patient ids: HMAC-SHA256(key, "<source>:<raw id>"), first 16 hex chars.
+
+The key comes from, in order: the ``--key`` option, the environment variable
+``COVID_CXR_PSEUDONYM_KEY``, or a per-user key file ``$XDG_CONFIG_HOME/covid-cxr/pseudonym.key``
+(default ``~/.config/covid-cxr/pseudonym.key``) created once with 32 random bytes and mode 0600, so
+re-runs give the same pseudonyms. Without the key, pseudonyms cannot be linked back to raw ids by
+hashing guessed ids (which a plain hash would allow). Keep the key private and stable: changing it
+changes every patient_id and group.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+from typing import Optional
+
+ENV_VAR = "COVID_CXR_PSEUDONYM_KEY"
+LENGTH = 16  # hex chars (64 bits): collisions are negligible for any realistic number of patients
+
+log = logging.getLogger(__name__)
+
+
+class PseudonymKeyError(ValueError):
+    """A pseudonym key that cannot be used (message is a one-line user error)."""
+
+
+def default_key_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "covid-cxr", "pseudonym.key")
+
+
+def load_key(key: Optional[str] = None, key_file: Optional[str] = None) -> tuple[bytes, str]:
+    """(key bytes, where it came from: "option", "environment" or "key file")."""
+    if key:
+        return key.encode("utf-8"), "option"
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        return env.encode("utf-8"), "environment"
+    path = key_file or default_key_path()
+    return _read_or_create(path), "key file"
+
+
+def _read_or_create(path: str) -> bytes:
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # created concurrently: use that one
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            log.info("created pseudonym key file %s (mode 0600); keep it to get the same pseudonyms", path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise PseudonymKeyError(f"cannot read pseudonym key file {path}: {e.strerror}") from None
+    if not text:
+        raise PseudonymKeyError(f"pseudonym key file {path} is empty; delete it to create a new key, or pass --key")
+    if mode & 0o077:
+        log.warning("pseudonym key file %s is readable by other users (mode %o); chmod 600 it", path, mode)
+    return text.encode("utf-8")
+
+
+def pseudonymize(key: bytes, source: str, raw_id: str) -> str:
+    return hmac.new(key, f"{source}:{raw_id}".encode("utf-8"), hashlib.sha256).hexdigest()[:LENGTH]
+
+
+def key_id(key: bytes) -> str:
+    """A short fingerprint of the key (not the key): tells whether two runs used the same key."""
+    return hmac.new(key, b"covid-cxr pseudonym key id", hashlib.sha256).hexdigest()[:8]

@@ -1,0 +1,50 @@
+import os
+import stat
+
+import pytest
+
+from covid_cxr.data import pseudonym
+
+
+def test_pseudonyms_are_keyed_deterministic_and_short():
+    p = pseudonym.pseudonymize(b"k1", "rsna", "abc")
+    assert p == pseudonym.pseudonymize(b"k1", "rsna", "abc")
+    assert len(p) == 16 and int(p, 16) >= 0
+    assert p != pseudonym.pseudonymize(b"k2", "rsna", "abc")
+    assert p != pseudonym.pseudonymize(b"k1", "cohen", "abc")
+    assert p != pseudonym.pseudonymize(b"k1", "rsna", "abd")
+    assert "abc" not in p
+
+
+def test_key_precedence_option_env_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv(pseudonym.ENV_VAR, "from-env")
+    assert pseudonym.load_key("from-option") == (b"from-option", "option")
+    assert pseudonym.load_key() == (b"from-env", "environment")
+    monkeypatch.delenv(pseudonym.ENV_VAR)
+    assert not (tmp_path / "cfg").exists()
+    key, origin = pseudonym.load_key()
+    assert origin == "key file" and len(key) == 64
+    path = tmp_path / "cfg" / "covid-cxr" / "pseudonym.key"
+    assert path.is_file() and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert pseudonym.load_key() == (key, "key file")  # created once, then reused
+
+
+def test_default_key_path_is_under_home_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert pseudonym.default_key_path() == str(tmp_path / ".config" / "covid-cxr" / "pseudonym.key")
+
+
+def test_empty_key_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    path = tmp_path / "k"
+    path.write_text("\n")
+    with pytest.raises(pseudonym.PseudonymKeyError, match="is empty"):
+        pseudonym.load_key(key_file=str(path))
+
+
+def test_key_id_does_not_reveal_the_key():
+    assert pseudonym.key_id(b"secret") == pseudonym.key_id(b"secret")
+    assert pseudonym.key_id(b"secret") != pseudonym.key_id(b"other")
+    assert "secret" not in pseudonym.key_id(b"secret")

@@ -1,0 +1,108 @@
+"""The source-adapter interface: every public collection becomes a stream of ``Candidate`` images.
+
+An adapter knows its collection's layout and label conventions and nothing else: it yields one
+``Candidate`` per input (image file, or metadata row), already labelled with a finding from
+``features.FINDINGS`` or carrying the reason it is rejected. Pixel work, task mapping, duplicates,
+pseudonyms and writing happen in ``covid_cxr.data.curate``, identically for every source.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from typing import ClassVar, Iterator, Optional
+
+import numpy as np
+
+from covid_cxr.data import dicom, features, images
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"})
+
+
+class SourceError(ValueError):
+    """A source directory that is not in the adapter's layout (one-line, user-facing message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One input of a source. ``patient_id`` is the RAW source id: it never leaves curation."""
+
+    source: str
+    source_ref: str  # path relative to the source root, "/"-separated
+    path: Optional[str]  # absolute path of the image file; None when the metadata names a missing file
+    finding: Optional[str] = None  # one of features.FINDINGS when usable
+    reject: Optional[str] = None  # rejection reason ("kind: detail") when the adapter rejects it
+    patient_id: Optional[str] = None  # raw id; None: DICOM PatientID if any, else the file itself
+    view: str = features.UNKNOWN
+    sex: str = features.UNKNOWN
+    age: int = features.UNKNOWN_AGE
+    ref_has_patient_id: bool = False  # the file name is the raw patient id (RSNA): pseudonymize the ref
+
+    def __post_init__(self):
+        if (self.finding is None) == (self.reject is None):
+            raise ValueError("a Candidate has exactly one of finding / reject")
+        if self.finding is not None and self.finding not in features.FINDINGS:
+            raise ValueError(f"unknown finding {self.finding!r}")
+
+    def load(self) -> np.ndarray:
+        """The raw 8-bit grayscale pixels (DICOM display pipeline applied; no crop/resize)."""
+        if self.path is None:
+            raise images.ImageError("missing image file")
+        return images.read_gray(self.path)[0]
+
+
+class Source(abc.ABC):
+    """A public collection in its original layout, rooted at ``root``."""
+
+    name: ClassVar[str]
+    layout: ClassVar[str]  # one line, used in layout errors
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        if not os.path.isdir(self.root):
+            raise SourceError(f"{self.name} source: {root} is not a directory")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SourceError unless ``root`` has this adapter's layout."""
+
+    @abc.abstractmethod
+    def candidates(self) -> Iterator[Candidate]:
+        """Every input of the collection, in a deterministic order."""
+
+    # helpers for adapters
+    def ref(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+    def layout_error(self, problem: str) -> SourceError:
+        return SourceError(f"{self.name} source at {self.root}: {problem} (expected {self.layout})")
+
+
+def list_files(directory: str) -> list[str]:
+    """Regular files under ``directory``, recursively, sorted, hidden files and folders skipped."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        out.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+    return sorted(out, key=lambda p: os.path.relpath(p, directory).split(os.sep))
+
+
+def subdirs(directory: str) -> list[str]:
+    """Names of the visible subdirectories, sorted."""
+    return sorted(
+        d for d in os.listdir(directory)
+        if not d.startswith(".") and d != "__MACOSX" and os.path.isdir(os.path.join(directory, d))
+    )
+
+
+def is_image_file(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS or dicom.is_dicom(path)
+
+
+def file_candidate(source: Source, path: str, finding: Optional[str], reject: Optional[str] = None, **kw) -> Candidate:
+    """A candidate for one file of a class-per-folder layout; non-image files are rejected."""
+    if reject is None and not is_image_file(path):
+        finding, reject = None, f"not an image file: {os.path.splitext(path)[1] or 'no extension'}"
+    if reject is not None:
+        finding = None
+    return Candidate(source.name, source.ref(path), path, finding=finding, reject=reject, **kw)

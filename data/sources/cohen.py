@@ -1,0 +1,148 @@
+"""ieee8023/covid-chestxray-dataset (Cohen et al.): ``metadata.csv`` + ``images/``.
+
+One candidate per metadata row (a file listed twice, under two patients, gives two candidates: the
+second is rejected as a near-duplicate and the two patients share a group), plus a rejection for each
+file of the image folder that no row names. Checks, in order:
+
+* ``modality`` must be ``X-ray`` -> else ``not an X-ray: CT``;
+* ``view`` must be frontal: ``PA``, ``AP``, ``AP Supine`` (``AP Erect`` and other ``AP ...`` -> AP)
+  -> ``L``/lateral: ``lateral view: L``; blank: ``unknown view: blank``; ``?``: ``unknown view: ?``;
+* ``finding`` (both snapshot styles: ``COVID-19`` / ``Pneumonia/Viral/COVID-19``, with extras such
+  as ``, ARDS``): see ``finding_of``.
+
+Patient id: ``patientid``; sex/age from the ``sex``/``age`` columns.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from typing import Iterator, Optional
+
+from covid_cxr.data import features
+from covid_cxr.data.sources.base import Candidate, Source, list_files
+
+REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
+
+# Components of a finding string (split on "/" and ",") that mean a non-COVID pneumonia.
+PNEUMONIA_TERMS = frozenset(
+    {
+        "pneumonia", "viral", "bacterial", "fungal", "lipoid", "aspiration",
+        "sars", "mers", "mers-cov", "influenza", "h1n1", "varicella", "herpes", "rsv",
+        "pneumocystis", "aspergillosis", "candida", "histoplasmosis", "cryptococcus",
+        "streptococcus", "staphylococcus", "mrsa", "klebsiella", "legionella", "mycoplasma",
+        "mycoplasma bacterial pneumonia", "chlamydophila", "nocardia", "e.coli", "e. coli",
+        "haemophilus", "pseudomonas", "moraxella",
+    }
+)
+# Lung opacities that are labelled but are not a pneumonia.
+OTHER_OPACITY_TERMS = frozenset({"ards", "tuberculosis"})
+UNLABELLED = frozenset({"", "todo", "unknown"})
+
+
+def finding_of(text: str) -> tuple[Optional[str], Optional[str]]:
+    """Cohen ``finding`` -> (finding, None) or (None, rejection reason).
+
+    COVID-19 anywhere -> covid ("COVID-19", "COVID-19, ARDS", "Pneumonia/Viral/COVID-19");
+    "No Finding" -> normal; any pneumonia or pneumonia pathogen (SARS, MERS, Pneumocystis,
+    Streptococcus, Klebsiella, Legionella, Mycoplasma, E.Coli, Varicella, Influenza, Lipoid, Bacterial,
+    "Pneumonia/..." ...) -> pneumonia; ARDS / Tuberculosis alone -> other_opacity;
+    "todo"/"Unknown"/blank -> "unlabelled"; anything else -> "unrecognised finding" (never guessed).
+    """
+    raw = (text or "").strip()
+    low = raw.lower()
+    if low in UNLABELLED:
+        return None, f"unlabelled: {raw or 'blank'}"
+    parts = {p.strip() for p in re.split(r"[/,]", low) if p.strip()}
+    if any(p in ("covid-19", "covid19", "covid", "sars-cov-2") for p in parts):
+        return features.COVID, None
+    if low == "no finding":
+        return features.NORMAL, None
+    if parts & PNEUMONIA_TERMS or "pneumonia" in low:
+        return features.PNEUMONIA, None
+    if parts and parts <= OTHER_OPACITY_TERMS:
+        return features.OTHER_OPACITY, None
+    return None, f"unrecognised finding: {raw}"
+
+
+def view_of(text: str) -> tuple[Optional[str], Optional[str]]:
+    """Cohen ``view`` -> (record view, None) or (None, rejection reason)."""
+    raw = (text or "").strip()
+    low = raw.lower()
+    if low == "pa":
+        return "PA", None
+    if low == "ap supine":
+        return "AP Supine", None
+    if low == "ap" or low.startswith("ap "):
+        return "AP", None
+    if low in ("l", "lateral", "ll", "rl"):
+        return None, f"lateral view: {raw}"
+    if low in ("", "?"):
+        return None, f"unknown view: {raw or 'blank'}"
+    return None, f"not a frontal view: {raw}"
+
+
+def age_of(text: str) -> int:
+    try:
+        age = int(float((text or "").strip()))
+    except ValueError:
+        return features.UNKNOWN_AGE
+    return age if 0 <= age <= 120 else features.UNKNOWN_AGE
+
+
+def sex_of(text: str) -> str:
+    s = (text or "").strip().upper()
+    return s if s in ("M", "F") else features.UNKNOWN
+
+
+class CohenSource(Source):
+    name = "cohen"
+    layout = "the ieee8023/covid-chestxray-dataset layout: metadata.csv + images/"
+
+    def validate(self) -> None:
+        path = os.path.join(self.root, "metadata.csv")
+        if not os.path.isfile(path):
+            raise self.layout_error("metadata.csv not found")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise self.layout_error(f"metadata.csv lacks column(s) {', '.join(missing)}")
+        if not os.path.isdir(os.path.join(self.root, "images")):
+            raise self.layout_error("images/ not found")
+
+    def candidates(self) -> Iterator[Candidate]:
+        with open(os.path.join(self.root, "metadata.csv"), newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+        out: list[tuple[str, int, Candidate]] = []
+        named: set[str] = set()
+        for n, row in enumerate(rows):
+            folder = (row.get("folder") or "images").strip() or "images"
+            filename = (row.get("filename") or "").strip()
+            ref = f"{folder}/{filename}"
+            path = os.path.join(self.root, folder, filename)
+            named.add(os.path.normpath(path))
+            exists = bool(filename) and os.path.isfile(path)
+            view, reject = None, None
+            modality = (row.get("modality") or "").strip()
+            if modality.lower() not in ("x-ray", "xray", "cxr"):
+                reject = f"not an X-ray: {modality or 'blank'}"
+            else:
+                view, reject = view_of(row.get("view", ""))
+            finding = None
+            if reject is None:
+                finding, reject = finding_of(row.get("finding", ""))
+            if reject is None and not exists:
+                finding, reject = None, "missing image file"
+            out.append((ref, n, Candidate(
+                self.name, ref, path if exists else None, finding=finding, reject=reject,
+                patient_id=(row.get("patientid") or "").strip() or None,
+                view=view or features.UNKNOWN, sex=sex_of(row.get("sex", "")), age=age_of(row.get("age", "")),
+            )))
+        for path in list_files(os.path.join(self.root, "images")):
+            if os.path.normpath(path) not in named:
+                ref = self.ref(path)
+                out.append((ref, len(rows), Candidate(self.name, ref, path, reject="not in metadata.csv")))
+        out.sort(key=lambda t: (t[0], t[1]))
+        for _, _, c in out:
+            yield c

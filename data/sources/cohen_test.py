@@ -1,0 +1,98 @@
+import collections
+
+import pytest
+
+from covid_cxr.data import features, testing
+from covid_cxr.data.sources import CohenSource, SourceError
+from covid_cxr.data.sources.cohen import finding_of, view_of
+from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
+
+
+@pytest.mark.parametrize("text, finding", [
+    ("COVID-19", "covid"), ("COVID-19, ARDS", "covid"), ("Pneumonia/Viral/COVID-19", "covid"),
+    ("No Finding", "normal"),
+    ("SARS", "pneumonia"), ("Pneumocystis", "pneumonia"), ("Streptococcus", "pneumonia"), ("Klebsiella", "pneumonia"),
+    ("Mycoplasma Bacterial Pneumonia", "pneumonia"), ("Legionella", "pneumonia"), ("Lipoid", "pneumonia"),
+    ("Varicella", "pneumonia"), ("E.Coli", "pneumonia"), ("Bacterial", "pneumonia"), ("Influenza", "pneumonia"),
+    ("Pneumonia", "pneumonia"), ("Pneumonia/Viral/SARS", "pneumonia"), ("Pneumonia/Bacterial/Streptococcus", "pneumonia"),
+    ("Pneumonia/Fungal/Pneumocystis", "pneumonia"), ("Pneumonia/Aspiration", "pneumonia"),
+    ("ARDS", "other_opacity"), ("Tuberculosis", "other_opacity"),
+])
+def test_finding_mapping(text, finding):
+    assert finding_of(text) == (finding, None)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("todo", "unlabelled: todo"), ("Unknown", "unlabelled: Unknown"), ("", "unlabelled: blank"),
+    ("Cardiomegaly", "unrecognised finding: Cardiomegaly"),
+])
+def test_finding_rejections(text, reason):
+    assert finding_of(text) == (None, reason)
+
+
+def test_views():
+    assert view_of("PA") == ("PA", None)
+    assert view_of("AP") == ("AP", None)
+    assert view_of("AP Supine") == ("AP Supine", None)
+    assert view_of("AP Erect") == ("AP", None)
+    assert view_of("L") == (None, "lateral view: L")
+    assert view_of("") == (None, "unknown view: blank")
+    assert view_of("?") == (None, "unknown view: ?")
+    assert view_of("Axial") == (None, "not a frontal view: Axial")
+
+
+def test_selection_and_rejection_rules(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="1", finding="COVID-19", view="PA", filename="a.png", seed=1, sex="F", age="61"),
+        dict(patientid="1", finding="COVID-19", view="L", filename="a-lat.png", seed=2),
+        dict(patientid="2", finding="COVID-19", view="Axial", modality="CT", filename="ct.png", seed=3),
+        dict(patientid="3", finding="todo", view="AP", filename="todo.png", seed=4),
+        dict(patientid="4", finding="No Finding", view="AP Supine", filename="n.png", seed=5, sex="", age=""),
+        dict(patientid="5", finding="Streptococcus", view="", filename="blank.png", seed=6),
+        dict(patientid="6", finding="COVID-19", view="?", filename="q.png", seed=7),
+        dict(patientid="7", finding="COVID-19", view="AP", filename="gone.png", seed=None),
+        dict(patientid="8", finding="COVID-19", view="AP", filename="a.png", seed=1),  # same file, 2nd patient
+    ])
+    testing.write_image(root / "images" / "orphan.png", testing.radiograph(9))
+    got = {(c.source_ref, c.patient_id): c for c in CohenSource(str(root)).candidates()}
+    a = got[("images/a.png", "1")]
+    assert (a.finding, a.view, a.sex, a.age, a.reject) == ("covid", "PA", "F", 61, None)
+    assert got[("images/a.png", "8")].finding == "covid"
+    assert got[("images/a-lat.png", "1")].reject == "lateral view: L"
+    assert got[("images/ct.png", "2")].reject == "not an X-ray: CT"
+    assert got[("images/todo.png", "3")].reject == "unlabelled: todo"
+    n = got[("images/n.png", "4")]
+    assert (n.finding, n.view, n.sex, n.age) == ("normal", "AP Supine", features.UNKNOWN, features.UNKNOWN_AGE)
+    assert got[("images/blank.png", "5")].reject == "unknown view: blank"
+    assert got[("images/q.png", "6")].reject == "unknown view: ?"
+    gone = got[("images/gone.png", "7")]
+    assert gone.reject == "missing image file" and gone.path is None
+    assert got[("images/orphan.png", None)].reject == "not in metadata.csv"
+    assert len(got) == 10
+    assert a.load().shape == (160, 128)
+
+
+def test_layout_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="metadata.csv not found"):
+        CohenSource(str(tmp_path / "empty"))
+    testing.write_csv(tmp_path / "bad" / "metadata.csv", ("patientid", "finding"), [("1", "COVID-19")])
+    with pytest.raises(SourceError, match="lacks column"):
+        CohenSource(str(tmp_path / "bad"))
+    with pytest.raises(SourceError, match="not a directory"):
+        CohenSource(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+def test_real_cohen_counts():
+    cands = list(CohenSource(str(REAL_DATA / "cohen-covid-chestxray")).candidates())
+    assert len(cands) == 716  # one per metadata row; every image file is named by a row
+    covid = [c for c in cands if c.finding == "covid"]
+    assert len(covid) == 427  # frontal COVID-19 X-rays (README)
+    assert len({c.patient_id for c in covid}) == 257
+    reasons = collections.Counter(c.reject.split(":")[0] for c in cands if c.reject)
+    assert reasons["not an X-ray"] == 63 and reasons["lateral view"] == 55
+    assert reasons["unknown view"] == 39 and reasons["unlabelled"] == 28
+    assert not reasons["unrecognised finding"] and not reasons["missing image file"]
+    assert collections.Counter(c.finding for c in cands)["normal"] == 19

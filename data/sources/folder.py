@@ -1,0 +1,81 @@
+"""Any class-per-subfolder tree: ``ROOT/<class folder>/**/<image>`` with a user class map.
+
+``class_map`` maps folder names to findings, e.g. ``{"COVID": "covid", "healthy": "normal"}``
+(CLI: ``--class-map COVID=covid,healthy=normal``). Without a map, folders named like a finding
+(``covid``, ``normal``, ``pneumonia``, ``other_opacity``, any case) map to it. Files in unmapped
+folders are rejected ("unmapped class folder: X"); image files directly under ROOT are rejected
+("not in a class folder"); other top-level files (README, CSV ...) are not inputs.
+
+DICOM files are welcome anywhere: their PatientID (pseudonymized) groups a patient's images; other
+files are each their own patient. Names the DICOM header identifies (PatientID/PatientName) are
+replaced by the pseudonym in ``source_ref``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Mapping, Optional
+
+from covid_cxr.data import features
+from covid_cxr.data.sources.base import Candidate, Source, SourceError, file_candidate, is_image_file, list_files, subdirs
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+    """"COVID=covid,healthy=normal" -> {"COVID": "covid", "healthy": "normal"}; ValueError if malformed."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        folder, sep, finding = item.partition("=")
+        folder, finding = folder.strip(), finding.strip().lower()
+        if not sep or not folder or not finding:
+            raise ValueError(f"bad class map entry {item.strip()!r}: expected FOLDER=FINDING")
+        if finding not in features.FINDINGS:
+            raise ValueError(f"bad class map entry {item.strip()!r}: finding must be one of {', '.join(features.FINDINGS)}")
+        if folder in out:
+            raise ValueError(f"bad class map: folder {folder!r} is mapped twice")
+        out[folder] = finding
+    if not out:
+        raise ValueError("empty class map: expected FOLDER=FINDING[,FOLDER=FINDING...]")
+    return out
+
+
+class FolderSource(Source):
+    name = "folder"
+    layout = "one subfolder per class, mapped to findings with --class-map FOLDER=FINDING,..."
+
+    def __init__(self, root: str, class_map: Optional[Mapping[str, str]] = None):
+        self.class_map = dict(class_map) if class_map else None
+        super().__init__(root)
+
+    def validate(self) -> None:
+        folders = subdirs(self.root)
+        if not folders:
+            raise self.layout_error("no class subfolders")
+        if self.class_map is not None:
+            bad = [f for f in self.class_map.values() if f not in features.FINDINGS]
+            if bad:
+                raise SourceError(f"folder source: class map finding(s) {', '.join(bad)} not in {', '.join(features.FINDINGS)}")
+            missing = [k for k in self.class_map if k not in folders]
+            if missing:
+                raise self.layout_error(
+                    f"class map names folder(s) {', '.join(missing)} that do not exist (folders: {', '.join(folders)})"
+                )
+        elif not any(f.lower() in features.FINDINGS for f in folders):
+            raise self.layout_error(f"no folder is named like a finding and no class map was given (folders: {', '.join(folders)})")
+
+    def finding_of(self, folder: str) -> Optional[str]:
+        if self.class_map is not None:
+            return self.class_map.get(folder)
+        return folder.lower() if folder.lower() in features.FINDINGS else None
+
+    def candidates(self) -> Iterator[Candidate]:
+        for name in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, name)
+            if os.path.isfile(path) and not name.startswith(".") and is_image_file(path):
+                yield Candidate(self.name, self.ref(path), path, reject="not in a class folder")
+        for folder in subdirs(self.root):
+            finding = self.finding_of(folder)
+            reject = None if finding else f"unmapped class folder: {folder}"
+            for path in list_files(os.path.join(self.root, folder)):
+                # patient_id None: a DICOM's PatientID, else the file is its own patient.
+                yield file_candidate(self, path, finding, reject)

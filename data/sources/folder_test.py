@@ -1,0 +1,52 @@
+import pytest
+
+from covid_cxr.data import testing
+from covid_cxr.data.sources import FolderSource, SourceError, parse_class_map
+
+
+def test_parse_class_map():
+    assert parse_class_map("COVID=covid, healthy = normal") == {"COVID": "covid", "healthy": "normal"}
+    assert parse_class_map("Viral Pneumonia=PNEUMONIA") == {"Viral Pneumonia": "pneumonia"}
+    for bad, msg in (("COVID", "FOLDER=FINDING"), ("COVID=flu", "must be one of"), ("", "empty"),
+                     ("A=covid,A=normal", "twice"), ("=covid", "FOLDER=FINDING")):
+        with pytest.raises(ValueError, match=msg):
+            parse_class_map(bad)
+
+
+def test_mapping_and_unmapped_folders(tmp_path):
+    root = tmp_path / "f"
+    testing.write_image(root / "COVID" / "a.png", testing.radiograph(1))
+    testing.write_image(root / "COVID" / "sub" / "b.jpg", testing.radiograph(2))
+    testing.write_image(root / "healthy" / "c.png", testing.radiograph(3))
+    testing.write_image(root / "other" / "d.png", testing.radiograph(4))
+    testing.write_image(root / "loose.png", testing.radiograph(5))
+    testing.write_dicom(root / "healthy" / "e.dcm", testing.radiograph(6))
+    (root / "README.txt").write_text("not an input")
+    src = FolderSource(str(root), {"COVID": "covid", "healthy": "normal"})
+    got = {c.source_ref: (c.finding, c.reject) for c in src.candidates()}
+    assert got == {
+        "loose.png": (None, "not in a class folder"),
+        "COVID/a.png": ("covid", None),
+        "COVID/sub/b.jpg": ("covid", None),
+        "healthy/c.png": ("normal", None),
+        "healthy/e.dcm": ("normal", None),
+        "other/d.png": (None, "unmapped class folder: other"),
+    }
+
+
+def test_default_map_uses_finding_named_folders(tmp_path):
+    testing.write_image(tmp_path / "f" / "Covid" / "a.png", testing.radiograph(1))
+    testing.write_image(tmp_path / "f" / "misc" / "b.png", testing.radiograph(2))
+    got = {c.source_ref: (c.finding, c.reject) for c in FolderSource(str(tmp_path / "f")).candidates()}
+    assert got == {"Covid/a.png": ("covid", None), "misc/b.png": (None, "unmapped class folder: misc")}
+
+
+def test_layout_errors(tmp_path):
+    testing.write_image(tmp_path / "f" / "A" / "a.png", testing.radiograph(1))
+    with pytest.raises(SourceError, match="do not exist"):
+        FolderSource(str(tmp_path / "f"), {"B": "covid"})
+    with pytest.raises(SourceError, match="no folder is named like a finding"):
+        FolderSource(str(tmp_path / "f"))
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(SourceError, match="no class subfolders"):
+        FolderSource(str(tmp_path / "flat"), {"A": "covid"})

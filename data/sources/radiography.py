@@ -1,0 +1,46 @@
+"""Kaggle "COVID-19 Radiography Database": one folder per class.
+
+Folders (case-insensitive): ``COVID`` / ``COVID-19`` -> covid, ``Normal`` -> normal,
+``Viral Pneumonia`` -> pneumonia, ``Lung_Opacity`` -> other_opacity. Later releases keep the films in
+``<class>/images/`` beside ``<class>/masks/`` (lung masks, not inputs: skipped); the ``*.metadata.xlsx``
+files at the top level are not inputs either. No patient ids are published: every file is its own
+patient (its near-duplicates are still merged into one group by curation). Its COVID class re-uses
+Cohen images resized to 224 px, and its Normal/Viral Pneumonia classes re-use RSNA and Kermany films:
+curation's cross-source duplicate detection is what keeps them apart.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from covid_cxr.data import features
+from covid_cxr.data.sources.base import Candidate, Source, file_candidate, list_files, subdirs
+
+CLASS_FOLDERS = {
+    "covid": features.COVID,
+    "covid-19": features.COVID,
+    "normal": features.NORMAL,
+    "viral pneumonia": features.PNEUMONIA,
+    "lung_opacity": features.OTHER_OPACITY,
+    "lung opacity": features.OTHER_OPACITY,
+}
+
+
+class RadiographySource(Source):
+    name = "radiography"
+    layout = "the COVID-19 Radiography Database layout: COVID/, Normal/, Viral Pneumonia/, Lung_Opacity/"
+
+    def validate(self) -> None:
+        if not any(d.lower() in CLASS_FOLDERS for d in subdirs(self.root)):
+            raise self.layout_error("no class folder found")
+
+    def candidates(self) -> Iterator[Candidate]:
+        for folder in subdirs(self.root):
+            finding = CLASS_FOLDERS.get(folder.lower())
+            reject = None if finding else f"unknown class folder: {folder}"
+            directory = os.path.join(self.root, folder)
+            if os.path.isdir(os.path.join(directory, "images")):
+                directory = os.path.join(directory, "images")  # masks/ beside it are not inputs
+            for path in list_files(directory):
+                # No patient ids: the file is its own patient (patient_id=ref).
+                yield file_candidate(self, path, finding, reject, patient_id=self.ref(path))

@@ -1,0 +1,40 @@
+import pytest
+
+from covid_cxr.data import testing
+from covid_cxr.data.sources import RadiographySource, SourceError
+from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
+
+
+def test_class_folders(tmp_path):
+    root = tmp_path / "rad"
+    testing.write_image(root / "COVID" / "COVID-1.png", testing.radiograph(1))
+    testing.write_image(root / "Normal" / "Normal-1.png", testing.radiograph(2))
+    testing.write_image(root / "Viral Pneumonia" / "Viral Pneumonia-1.png", testing.radiograph(3))
+    testing.write_image(root / "Lung_Opacity" / "images" / "Lung_Opacity-1.png", testing.radiograph(4))
+    testing.write_image(root / "Lung_Opacity" / "masks" / "Lung_Opacity-1.png", testing.radiograph(5))
+    testing.write_image(root / "Misc" / "m.png", testing.radiograph(6))
+    (root / "COVID.metadata.xlsx").write_bytes(b"xlsx")
+    got = {c.source_ref: c for c in RadiographySource(str(root)).candidates()}
+    assert {k: (c.finding, c.reject) for k, c in got.items()} == {
+        "COVID/COVID-1.png": ("covid", None),
+        "Normal/Normal-1.png": ("normal", None),
+        "Viral Pneumonia/Viral Pneumonia-1.png": ("pneumonia", None),
+        "Lung_Opacity/images/Lung_Opacity-1.png": ("other_opacity", None),
+        "Misc/m.png": (None, "unknown class folder: Misc"),
+    }
+    assert len({c.patient_id for c in got.values()}) == 5  # each file its own patient
+
+
+def test_layout_error(tmp_path):
+    (tmp_path / "x" / "stuff").mkdir(parents=True)
+    with pytest.raises(SourceError, match="no class folder"):
+        RadiographySource(str(tmp_path / "x"))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+def test_real_radiography_counts():
+    cands = list(RadiographySource(str(REAL_DATA / "covid19-radiography")).candidates())
+    assert sum(c.finding == "covid" for c in cands) == 600
+    assert sum(c.finding == "normal" for c in cands) == 600
+    assert len(cands) == 1200

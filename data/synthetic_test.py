@@ -1,0 +1,26 @@
+import filecmp
+import os
+
+import numpy as np
+
+from covid_cxr.data import features, synthetic, writer
+
+
+def test_generates_the_curated_format_deterministically(tmp_path):
+    a = synthetic.generate(str(tmp_path / "a"), "three-class", patients_per_class=3, seed=1)
+    b = synthetic.generate(str(tmp_path / "b"), "three-class", patients_per_class=3, seed=1)
+    assert a == b
+    assert set(a["per_class"]) == {"covid", "normal", "pneumonia"}
+    assert a["patients"] == 9 and a["accepted"] >= 9  # 1-3 images per patient
+    for name in os.listdir(tmp_path / "a"):
+        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
+    assert writer.read_summary(str(tmp_path / "a"))["task"] == "three-class"
+
+
+def test_classes_differ_where_the_pattern_is_drawn_not_in_the_borders():
+    anatomy = synthetic.Anatomy(0.4, 0.33, 0.12, 0.5)
+    normal = synthetic.draw_radiograph(features.NORMAL, anatomy, np.random.default_rng(3), (200, 200))
+    covid = synthetic.draw_radiograph(features.COVID, anatomy, np.random.default_rng(3), (200, 200))
+    diff = np.abs(covid.astype(int) - normal.astype(int))
+    lower_periphery = diff[115:160, 40:70].mean() + diff[115:160, 130:160].mean()
+    assert lower_periphery > 4 * diff[40:80, 90:110].mean()  # opacities, not a global shift

@@ -1,0 +1,186 @@
+"""Fixture builders for curation tests: tiny radiograph-like images, DICOMs and source layouts.
+
+Everything is generated (nothing copied from the real corpus), deterministic and small.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# ../shared/data relative to the repository (the repo root is the covid_cxr package).
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_DATA_REASON = f"real corpus not found at {REAL_DATA} (only present on the project's shared machine)"
+
+# Header values that must never leave curation (tests grep the outputs for them).
+SECRET_NAME = "Doe^Johanna"
+SECRET_INSTITUTION = "St Secretia Hospital"
+SECRET_DATE = "19770412"
+
+
+def radiograph(seed: int, size: tuple[int, int] = (160, 128), border: int = 0) -> np.ndarray:
+    """A distinct smooth grayscale 'film' per seed (uint8), optionally inside a black border."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(max(4, h // 16), max(4, w // 16))).astype(np.float32)
+    field = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    body = np.exp(-(((ys - h / 2) / (0.45 * h)) ** 2 + ((xs - w / 2) / (0.45 * w)) ** 2))
+    img = 90 + 70 * body + 35 * field
+    img = np.clip(img, 30, 225).astype(np.uint8)
+    if border:
+        out = np.zeros((h + 2 * border, w + 2 * border), dtype=np.uint8)
+        out[border : border + h, border : border + w] = img
+        return out
+    return img
+
+
+def write_image(path, pixels: np.ndarray, quality: int = 92, rgb: bool = False, size: Optional[tuple[int, int]] = None) -> str:
+    """PNG/JPEG by extension; optional (w, h) resize and RGB conversion (like public re-encodings)."""
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    im = Image.fromarray(pixels)
+    if size is not None:
+        im = im.resize(size, Image.BILINEAR)
+    if rgb:
+        im = im.convert("RGB")
+    if path.lower().endswith((".jpg", ".jpeg")):
+        im.save(path, quality=quality)
+    else:
+        im.save(path)
+    return path
+
+
+def write_dicom(
+    path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: Optional[int] = None,
+    patient_id: str = "PAT-0001",
+    patient_name: str = SECRET_NAME,
+    sex: str = "F",
+    age: str = "058Y",
+    view: Optional[str] = "PA",
+    modality: str = "CR",
+    window: Optional[tuple[float, float]] = None,
+    voi_lut: Optional[Sequence[int]] = None,
+    voi_lut_first: int = 0,
+    rescale: Optional[tuple[float, float]] = None,
+    jpeg_baseline: bool = False,
+) -> str:
+    """A single-frame DICOM with identifying header fields (name, institution, dates) set on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. an RSNA-style bare-number PatientAge is not a valid AS
+        return _write_dicom(path, pixels, photometric, bits_stored, patient_id, patient_name, sex, age, view, modality,
+                            window, voi_lut, voi_lut_first, rescale, jpeg_baseline)
+
+
+def _write_dicom(path, pixels, photometric, bits_stored, patient_id, patient_name, sex, age, view, modality, window,
+                 voi_lut, voi_lut_first, rescale, jpeg_baseline) -> str:
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    pixels = np.ascontiguousarray(pixels)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[path])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg_baseline else ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientSex = sex
+    ds.PatientAge = age
+    ds.PatientBirthDate = SECRET_DATE
+    ds.StudyDate = SECRET_DATE
+    ds.InstitutionName = SECRET_INSTITUTION
+    ds.Modality = modality
+    if view is not None:
+        ds.ViewPosition = view
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape
+    itemsize = 8 if pixels.dtype.itemsize == 1 else 16
+    ds.BitsAllocated = itemsize
+    ds.BitsStored = bits_stored or itemsize
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if np.issubdtype(pixels.dtype, np.signedinteger) else 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        item = Dataset()
+        item.add_new(0x00283002, "US", [len(voi_lut), voi_lut_first, 16])  # LUTDescriptor
+        item.add_new(0x00283006, "US", [int(v) for v in voi_lut])  # LUTData
+        ds.VOILUTSequence = [item]
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if jpeg_baseline:
+        import io
+
+        from pydicom.encaps import encapsulate
+
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+    else:
+        ds.PixelData = pixels.tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def write_csv(path, fields: Sequence[str], rows: Iterable[Sequence]) -> str:
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows(rows)
+    return path
+
+
+COHEN_FIELDS = ("patientid", "offset", "sex", "age", "finding", "view", "modality", "folder", "filename")
+
+
+def make_cohen(root, rows: Sequence[dict]) -> Path:
+    """A Cohen layout. Each row: patientid, finding, view, modality, filename, seed (None: no file), sex, age."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    out = []
+    for r in rows:
+        if r.get("seed") is not None and not (root / "images" / r["filename"]).exists():
+            write_image(root / "images" / r["filename"], radiograph(r["seed"], border=r.get("border", 0)))
+        out.append((r["patientid"], "0", r.get("sex", "M"), r.get("age", "50"), r["finding"], r.get("view", "PA"),
+                    r.get("modality", "X-ray"), "images", r["filename"]))
+    write_csv(root / "metadata.csv", COHEN_FIELDS, out)
+    return root
+
+
+def make_rsna(root, patients: Sequence[dict]) -> Path:
+    """An RSNA layout. Each patient: id, target, cls, seed (None: no DICOM), boxes (rows), view, sex, age."""
+    root = Path(root)
+    labels, classes = [], []
+    for p in patients:
+        for _ in range(p.get("boxes", 1)):
+            labels.append((p["id"], "", "", "", "", p["target"]))
+            classes.append((p["id"], p["cls"]))
+        if p.get("seed") is not None:
+            write_dicom(root / "stage_2_train_images" / f"{p['id']}.dcm", radiograph(p["seed"], (128, 128)),
+                        patient_id=p["id"], patient_name=p["id"], view=p.get("view", "AP"), sex=p.get("sex", "M"),
+                        age=p.get("age", "58"))
+    (root / "stage_2_train_images").mkdir(parents=True, exist_ok=True)
+    write_csv(root / "stage_2_train_labels.csv", ("patientId", "x", "y", "width", "height", "Target"), labels)
+    write_csv(root / "stage_2_detailed_class_info.csv", ("patientId", "class"), classes)
+    return root

@@ -1,0 +1,162 @@
+"""Reads the newest pipeline artifacts under a TFX pipeline root for `covid-cxr evaluate --pipeline-root`.
+
+LocalDagRunner layout: ``<pipeline_root>/<component id>/<output key>/<execution id>/``. "Newest" is
+the highest execution id that holds files. Read here:
+  StatisticsGen/statistics/<id>/Split-*/FeatureStats.pb     TFDV statistics per split
+  ExampleValidator/anomalies/<id>/Split-*/SchemaDiff.pb     TFDV anomalies per split
+  Evaluator/evaluation/<id>/ (+ Evaluator/blessing/<id>/BLESSED)   TFMA metrics per slice
+  Trainer/model_run/<id>/history.json                       training curves
+Everything is summarized into plain JSON-ready dicts; missing pieces are simply absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+STATISTICS = ("StatisticsGen", "statistics", "FeatureStats.pb")
+ANOMALIES = ("ExampleValidator", "anomalies", "SchemaDiff.pb")
+EVALUATION = ("Evaluator", "evaluation")
+BLESSING = ("Evaluator", "blessing")
+MODEL_RUN = ("Trainer", "model_run")
+HISTORY_FILE = "history.json"  # mirrors trainer.task.HISTORY_FILE
+MAX_TOP_VALUES = 8
+MAX_CATEGORIES = 20  # string features with more unique values (ids, image bytes) get no value list
+
+
+def newest_execution(pipeline_root: str, component: str, output: str) -> Optional[str]:
+    """`<root>/<component>/<output>/<highest numeric id>` that is a non-empty directory, or None."""
+    base = os.path.join(pipeline_root, component, output)
+    if not os.path.isdir(base):
+        return None
+    ids = sorted((int(n) for n in os.listdir(base) if n.isdigit()), reverse=True)
+    for i in ids:
+        path = os.path.join(base, str(i))
+        if os.path.isdir(path) and os.listdir(path):
+            return path
+    return None
+
+
+def _splits(artifact_dir: str) -> list[tuple[str, str]]:
+    return sorted((n[len("Split-"):], os.path.join(artifact_dir, n)) for n in os.listdir(artifact_dir)
+                  if n.startswith("Split-") and os.path.isdir(os.path.join(artifact_dir, n)))
+
+
+def _feature_name(feature) -> str:
+    return ".".join(feature.path.step) if feature.HasField("path") else feature.name
+
+
+def summarize_statistics(stats_list) -> dict:
+    """A DatasetFeatureStatisticsList -> {"num_examples", "features": {name: {...}}} (first dataset)."""
+    if not stats_list.datasets:
+        return {"num_examples": 0, "features": {}}
+    dataset = stats_list.datasets[0]
+    out = {"num_examples": int(dataset.num_examples), "features": {}}
+    for feature in dataset.features:
+        kind = feature.WhichOneof("stats")
+        entry: dict = {"type": kind.replace("_stats", "") if kind else "unknown"}
+        if kind == "num_stats":
+            s = feature.num_stats
+            common = s.common_stats
+            entry.update(mean=s.mean, std=s.std_dev, min=s.min, max=s.max, zeros=int(s.num_zeros))
+        elif kind == "string_stats":
+            s = feature.string_stats
+            common = s.common_stats
+            entry["unique"] = int(s.unique)
+            if s.unique <= MAX_CATEGORIES:
+                entry["top_values"] = {v.value: int(v.frequency) for v in s.top_values[:MAX_TOP_VALUES]}
+        elif kind == "bytes_stats":
+            s = feature.bytes_stats
+            common = s.common_stats
+            entry.update(unique=int(s.unique), avg_bytes=s.avg_num_bytes, max_bytes=s.max_num_bytes)
+        else:
+            common = None
+        if common is not None:
+            total = common.num_missing + common.num_non_missing
+            entry["missing"] = int(common.num_missing)
+            entry["missing_fraction"] = (common.num_missing / total) if total else 0.0
+        out["features"][_feature_name(feature)] = entry
+    return out
+
+
+def read_statistics(pipeline_root: str) -> Optional[dict]:
+    """{"uri", "splits": {split: summary}} of the newest StatisticsGen output, or None."""
+    uri = newest_execution(pipeline_root, STATISTICS[0], STATISTICS[1])
+    if uri is None:
+        return None
+    import tensorflow_data_validation as tfdv
+
+    splits = {}
+    for split, path in _splits(uri):
+        file = os.path.join(path, STATISTICS[2])
+        if os.path.isfile(file):
+            splits[split] = summarize_statistics(tfdv.load_stats_binary(file))
+    return {"uri": uri, "splits": splits}
+
+
+def read_anomalies(pipeline_root: str) -> Optional[dict]:
+    """{"uri", "splits": {split: ["feature: description", ...]}} of the newest ExampleValidator, or None."""
+    uri = newest_execution(pipeline_root, ANOMALIES[0], ANOMALIES[1])
+    if uri is None:
+        return None
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    splits = {}
+    for split, path in _splits(uri):
+        file = os.path.join(path, ANOMALIES[2])
+        if not os.path.isfile(file):
+            continue
+        anomalies = anomalies_pb2.Anomalies()
+        with open(file, "rb") as f:
+            anomalies.ParseFromString(f.read())
+        problems = [f"{name}: {info.short_description or info.description}"
+                    for name, info in sorted(anomalies.anomaly_info.items())]
+        if anomalies.HasField("dataset_anomaly_info"):
+            info = anomalies.dataset_anomaly_info
+            problems.append(f"dataset: {info.short_description or info.description}")
+        splits[split] = problems
+    return {"uri": uri, "splits": splits}
+
+
+def read_evaluation(pipeline_root: str) -> Optional[dict]:
+    """{"uri", "blessed", "metrics", "slices", "failures"} of the newest Evaluator output, or None."""
+    uri = newest_execution(pipeline_root, EVALUATION[0], EVALUATION[1])
+    if uri is None:
+        return None
+    from covid_cxr.evaluation import gate_report
+
+    execution = os.path.basename(uri)
+    blessing_dir = os.path.join(pipeline_root, BLESSING[0], BLESSING[1], execution)
+    blessed = os.path.isfile(os.path.join(blessing_dir, "BLESSED"))
+    report = gate_report.read_gate_report(uri, blessed)
+    return {"uri": uri, "blessed": blessed, "metrics": report.metrics, "slices": report.slices,
+            "failures": list(report.failures)}
+
+
+def newest_history(pipeline_root: str) -> Optional[tuple[dict, str]]:
+    """(history, path) from the newest Trainer model_run with a history.json, or None."""
+    base = os.path.join(pipeline_root, MODEL_RUN[0], MODEL_RUN[1])
+    if not os.path.isdir(base):
+        return None
+    for i in sorted((int(n) for n in os.listdir(base) if n.isdigit()), reverse=True):
+        path = os.path.join(base, str(i), HISTORY_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f), path
+    return None
+
+
+def read_pipeline(pipeline_root: str) -> dict:
+    """Everything above that exists, plus the errors met while reading (one line each)."""
+    if not os.path.isdir(pipeline_root):
+        raise FileNotFoundError(f"pipeline root {pipeline_root!r} does not exist")
+    out: dict = {"root": pipeline_root, "errors": []}
+    for key, reader in (("statistics", read_statistics), ("anomalies", read_anomalies), ("evaluation", read_evaluation)):
+        try:
+            value = reader(pipeline_root)
+        except Exception as e:  # noqa: BLE001 - a broken artifact must not stop the report
+            out["errors"].append(f"{key}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        if value is not None:
+            out[key] = value
+    return out

@@ -1,0 +1,554 @@
+"""`covid-cxr evaluate`: measure a covid-cxr model on labelled data, with confidence intervals.
+
+    covid-cxr evaluate --model DIR --data DIR [--json] [--out REPORT_DIR] [--pipeline-root ROOT]
+
+--model: as for `covid-cxr predict` (pushed version dir, serving base dir -> newest version, any
+exported SavedModel, or a Trainer model artifact).
+
+--data, either
+  * curated TFRecords (a directory with ``records-*.tfrecord.gz``, written by ``covid-cxr curate``
+    or the synthetic generator): the truth is each record's ``label_index``; records go through the
+    model's ``serving_default`` signature exactly as TFMA sends them; ``source``, ``view`` and ``sex``
+    give per-slice breakdowns, ``group`` the patient groups of the shortcut audit. The data's
+    summary.json task must be the model's task;
+  * a class-per-folder tree: each image's class is its *nearest* ancestor folder whose name maps to a
+    finding (so ``train/NORMAL/x.jpeg`` works). Default map, case-insensitive -- the names the
+    curation adapters use: finding names themselves (covid, normal, pneumonia, other_opacity) plus
+    the radiography adapter's (COVID, COVID-19, Normal, Viral Pneumonia, Lung_Opacity / Lung Opacity)
+    and the Kermany adapter's (NORMAL, PNEUMONIA); ``--class-map FOLDER=FINDING,...`` (the curation
+    folder source's syntax) replaces it. Findings map to the model task's classes
+    (``features.Task.finding_to_class``); files whose finding the task does not use, in no mapped
+    folder, or unreadable are skipped and listed. Images are prepared exactly as curation/predict do
+    (``data/images.py``: DICOM LUTs, MONOCHROME1, border crop, max side 512) and sent through
+    ``predict_image``. Patient groups: a DICOM's PatientID (hashed, never shown), else the Kermany
+    file-name patient (``person12_...``), else the file itself. Source: the top-level folder when
+    the class folders are below it, else the data directory's name.
+
+Metrics (evaluation/metrics.py) use the model's own stored decision threshold -- i.e. the model's
+``label_index`` output: COVID probability > threshold for binary tasks, argmax for three-class.
+sensitivity / specificity / precision / NPV are COVID vs the rest; accuracy is over all classes;
+each has a Wilson 95% CI. AUC is the COVID probability's rank AUC with a stratified bootstrap 95%
+CI. Three-class adds macro-F1 and per-class one-vs-rest metrics. The shortcut audit
+(evaluation/shortcut_audit.py) runs on the same images.
+
+--out writes report.json, report.html (self-contained: plots inlined as base64), roc.png,
+confusion_matrix.png and training_curves.png (history from the model's metadata asset, else the
+Trainer's history.json next to the pushed model's artifact or under --pipeline-root).
+--pipeline-root adds the newest StatisticsGen / ExampleValidator / Evaluator results (TFDV
+statistics and anomalies, TFMA slice metrics) to the report.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from typing import Mapping, Optional, Sequence
+
+import click
+import numpy as np
+
+from covid_cxr.data import features
+from covid_cxr.evaluation import metrics, shortcut_audit
+from covid_cxr.serving import predict
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+ROC_PNG = "roc.png"
+CONFUSION_PNG = "confusion_matrix.png"
+HISTORY_PNG = "training_curves.png"
+SLICE_KEYS = (features.SOURCE, features.VIEW, features.SEX)
+SLICE_BOOTSTRAP = 500  # resamples for per-slice AUC CIs (the overall AUC uses --bootstrap)
+MAX_LISTED_SKIPS = 50
+
+
+def _default_folder_map() -> dict[str, str]:
+    """Folder name (lower case) -> finding, from the curation adapters when importable."""
+    mapping = {f: f for f in features.FINDINGS}
+    mapping.update({"covid-19": features.COVID, "covid19": features.COVID, "viral pneumonia": features.PNEUMONIA,
+                    "lung_opacity": features.OTHER_OPACITY, "lung opacity": features.OTHER_OPACITY})
+    try:
+        from covid_cxr.data.sources import kermany, radiography
+
+        mapping.update({k.lower(): v for k, v in radiography.CLASS_FOLDERS.items()})
+        mapping.update({k.lower(): v for k, v in kermany.CLASS_FOLDERS.items()})
+    except (ImportError, AttributeError):  # the built-in names above are the same
+        pass
+    return mapping
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+    """"COVID=covid,healthy=normal" -> {folder: finding}; the curation folder source's parser when present."""
+    try:
+        from covid_cxr.data.sources.folder import parse_class_map as curation_parser
+    except ImportError:
+        curation_parser = None
+    if curation_parser is not None:
+        return curation_parser(text)
+    out = {}
+    for item in (text or "").split(","):
+        folder, sep, finding = item.partition("=")
+        if not sep or finding.strip().lower() not in features.FINDINGS:
+            raise ValueError(f"bad class map entry {item.strip()!r}: expected FOLDER=FINDING")
+        out[folder.strip()] = finding.strip().lower()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EvalData:
+    path: str
+    format: str  # "tfrecords" | "folders"
+    task_name: Optional[str]  # the task the data was labelled for (summary.json), if known
+    images: list  # encoded PNG bytes, one per example
+    labels: np.ndarray  # class index in the task's vocabulary
+    groups: list  # patient/duplicate group per example
+    refs: list  # file path or record reference per example
+    slices: dict  # slice key -> value per example (source, view, sex when known)
+    serialized: Optional[list] = None  # tf.Examples (TFRecords only)
+    skipped: list = dataclasses.field(default_factory=list)  # [{"file", "reason"}]
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+
+def is_tfrecord_dir(path: str) -> bool:
+    return bool(glob.glob(os.path.join(path, features.TFRECORD_PATTERN)))
+
+
+def load_tfrecords(data_dir: str) -> EvalData:
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
+    task_name = None
+    summary_path = os.path.join(data_dir, features.SUMMARY)
+    if os.path.isfile(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            task_name = json.load(f).get("task")
+    serialized, encoded, labels, groups, refs = [], [], [], [], []
+    slices: dict = {k: [] for k in SLICE_KEYS}
+    for i, record in enumerate(tf.data.TFRecordDataset(files, compression_type="GZIP")):
+        raw = record.numpy()
+        feats = tf.train.Example.FromString(raw).features.feature
+
+        def text(name, default=""):
+            values = feats[name].bytes_list.value if name in feats else []
+            return values[0].decode("utf-8", "replace") if values else default
+
+        if features.LABEL_INDEX not in feats or features.IMAGE not in feats:
+            raise ValueError(f"record {i} in {data_dir!r} has no {features.LABEL_INDEX} or {features.IMAGE}: "
+                             "not a curated covid-cxr dataset")
+        serialized.append(raw)
+        encoded.append(feats[features.IMAGE].bytes_list.value[0])
+        labels.append(int(feats[features.LABEL_INDEX].int64_list.value[0]))
+        groups.append(text(features.GROUP) or text(features.PATIENT_ID) or f"record-{i}")
+        refs.append(f"record {i}")
+        for key in SLICE_KEYS:
+            slices[key].append(text(key, features.UNKNOWN))
+    if not serialized:
+        raise ValueError(f"no records in {data_dir!r}")
+    slices = {k: v for k, v in slices.items() if any(x != features.UNKNOWN for x in v)}
+    return EvalData(data_dir, "tfrecords", task_name, encoded, np.asarray(labels, np.int64), groups, refs,
+                    slices, serialized=serialized)
+
+
+def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]]) -> tuple[Optional[str], int]:
+    """(finding, depth of the class folder) from the nearest mapped ancestor folder."""
+    default = _default_folder_map()
+    for depth in range(len(rel_dirs) - 1, -1, -1):
+        name = rel_dirs[depth]
+        if class_map is not None:
+            finding = class_map.get(name)
+            if finding is None:
+                finding = {k.lower(): v for k, v in class_map.items()}.get(name.lower())
+        else:
+            finding = default.get(name.lower())
+        if finding:
+            return finding, depth
+    return None, -1
+
+
+def _patient_of(path: str) -> str:
+    try:
+        from covid_cxr.data.sources.kermany import patient_id_of
+    except ImportError:
+        return os.path.splitext(os.path.basename(path))[0]
+    return patient_id_of(path)
+
+
+def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str, str]] = None,
+                 max_side: int = 512, equalization: str = "none") -> EvalData:
+    from covid_cxr.data import images
+
+    root = os.path.normpath(root)
+    files, _ = predict.find_inputs([root])
+    encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
+    for path in files:
+        rel = os.path.relpath(path, root)
+        parts = rel.split(os.sep)
+        finding, depth = _finding_of(parts[:-1], class_map)
+        if finding is None:
+            skipped.append({"file": path, "reason": "not in a mapped class folder"})
+            continue
+        cls = task.class_of(finding)
+        if cls is None:
+            skipped.append({"file": path, "reason": f"finding {finding} is not used by task {task.name}"})
+            continue
+        try:
+            processed = images.process(path, max_side=max_side, crop=True, equalization=equalization)
+        except images.ImageError as e:
+            skipped.append({"file": path, "reason": f"unreadable image: {e}"})
+            continue
+        encoded.append(processed.png)
+        labels.append(task.classes.index(cls))
+        header = processed.header
+        patient = header.identifiers[0] if header is not None and header.identifiers and header.identifiers[0] else ""
+        if patient:  # hashed: a raw DICOM PatientID never leaves this function
+            groups.append("dicom:" + hashlib.sha256(patient.encode("utf-8")).hexdigest()[:16])
+        else:
+            groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
+        refs.append(path)
+        sources.append(parts[0] if depth > 0 else os.path.basename(root))
+    if not encoded:
+        raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
+                         f"({len(skipped)} skipped; class folders must be named like "
+                         f"{', '.join(sorted(set(task.classes)))} or given with --class-map)")
+    slices = {features.SOURCE: sources} if len(set(sources)) > 1 else {}
+    return EvalData(root, "folders", None, encoded, np.asarray(labels, np.int64), groups, refs, slices,
+                    skipped=skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Evaluation:
+    report: dict
+    labels: np.ndarray
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    covid: np.ndarray
+    task: features.Task
+    history: Optional[dict] = None
+
+
+def _scalar(entry) -> Optional[float]:
+    return entry.get("value") if isinstance(entry, dict) else entry
+
+
+def binary_block(y_pos: np.ndarray, pred_pos: np.ndarray, scores: np.ndarray, n_boot: int, seed: int) -> dict:
+    """COVID-vs-rest metrics at the model's decision, with CIs."""
+    counts = metrics.binary_counts(y_pos, pred_pos)
+    block = metrics.binary_metrics_from_counts(**counts)
+    block["auc"] = metrics.auc_with_ci(y_pos, scores, n_boot=n_boot, seed=seed)
+    block["f1"] = metrics.f1_from_counts(counts["tp"], counts["fp"], counts["fn"])
+    return block
+
+
+def _slice_metrics(task, y, y_pred, covid, mask, n_boot, seed) -> dict:
+    pos = task.positive_index
+    yy, pp, ss = y[mask], y_pred[mask], covid[mask]
+    block = binary_block(yy == pos, pp == pos, ss, n_boot, seed)
+    return {
+        "n": int(mask.sum()),
+        "class_counts": {task.classes[i]: int((yy == i).sum()) for i in range(task.num_classes)},
+        "sensitivity": block["sensitivity"],
+        "specificity": block["specificity"],
+        "precision": block["precision"],
+        "accuracy": metrics.proportion(int((yy == pp).sum()), int(mask.sum())),
+        "auc": block["auc"],
+    }
+
+
+def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: int = 2000, seed: int = 0,
+            slices: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+    """The metrics part of the report from labels and the model's signature outputs."""
+    y = np.asarray(labels, np.int64)
+    y_pred = np.asarray(outputs["label_index"], np.int64)
+    probabilities = np.asarray(outputs["probabilities"], np.float64)
+    covid = np.asarray(outputs["covid_probability"], np.float64)
+    pos = task.positive_index
+    cm = metrics.confusion_matrix(y, y_pred, task.num_classes)
+    block = binary_block(y == pos, y_pred == pos, covid, n_boot, seed)
+    out = {
+        "n": int(y.size),
+        "class_counts": {task.classes[i]: int((y == i).sum()) for i in range(task.num_classes)},
+        "positive_class": features.COVID,
+        "sensitivity": block["sensitivity"],
+        "specificity": block["specificity"],
+        "precision": block["precision"],
+        "npv": block["npv"],
+        "accuracy": metrics.proportion(int(np.trace(cm)), int(cm.sum())),
+        "auc": block["auc"],
+        "f1": block["f1"],
+        "counts": block["counts"],
+        "confusion_matrix": {"classes": list(task.classes), "rows": "true class", "columns": "predicted class",
+                             "matrix": cm.tolist()},
+    }
+    if not task.is_binary:
+        per_class = metrics.per_class_metrics(cm, task.classes, probabilities, y, n_boot=n_boot)
+        aucs = [_scalar(per_class[c]["auc"]) for c in task.classes]
+        out["multiclass"] = {
+            "macro_f1": metrics.macro_f1(cm),
+            "macro_auc": float(np.mean(aucs)) if all(a is not None for a in aucs) else None,
+            "per_class": per_class,
+            "covid_one_vs_rest": block,
+        }
+    if slices:
+        out["per_source"] = {}
+        out["slices"] = {}
+        for key, values in slices.items():
+            values = np.asarray(values)
+            table = {v: _slice_metrics(task, y, y_pred, covid, values == v, SLICE_BOOTSTRAP, seed)
+                     for v in sorted(set(values.tolist()))}
+            if key == features.SOURCE:
+                out["per_source"] = table
+            else:
+                out["slices"][key] = table
+        if not out["slices"]:
+            out.pop("slices")
+    return out
+
+
+def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = None) -> tuple[Optional[dict], str]:
+    """(training history, where it came from) -- metadata asset, Trainer model_run, or pipeline root."""
+    from covid_cxr.evaluation import artifacts
+
+    if model.metadata.get("history"):
+        return model.metadata["history"], "model metadata asset (assets/covid_cxr.json)"
+    candidates = []
+    record = os.path.join(model.path, predict.PUSH_RECORD)
+    if os.path.isfile(record):
+        try:
+            with open(record, encoding="utf-8") as f:
+                uri = json.load(f).get("model_uri")
+        except (OSError, ValueError):
+            uri = None
+        if uri:  # <root>/Trainer/model/<id> -> <root>/Trainer/model_run/<id>/history.json
+            candidates.append(os.path.join(os.path.dirname(os.path.dirname(uri)), "model_run", os.path.basename(uri)))
+    if os.path.basename(os.path.normpath(model.path)) == "Format-Serving":  # a Trainer model artifact
+        artifact = os.path.dirname(os.path.normpath(model.path))
+        candidates.append(os.path.join(os.path.dirname(os.path.dirname(artifact)), "model_run", os.path.basename(artifact)))
+    for directory in candidates:
+        path = os.path.join(directory, artifacts.HISTORY_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f), path
+    if pipeline_root:
+        found = artifacts.newest_history(pipeline_root)
+        if found:
+            return found[0], found[1] + " (newest Trainer run under the pipeline root)"
+    return None, "not found"
+
+
+def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, seed: int = 0,
+             audit: bool = True) -> Evaluation:
+    """Runs the model on `data` and computes the report (without plots or pipeline artifacts)."""
+    task = model.task or features.TASKS.get(data.task_name or "")
+    if task is None:
+        raise click.UsageError("the model's metadata names no task and the data has none: cannot tell the classes")
+    if data.task_name and data.task_name != task.name:
+        raise click.UsageError(f"{data.path!r} was curated for task {data.task_name!r} but the model is for "
+                               f"{task.name!r}: label indices would not mean the same classes")
+    if data.labels.size and (data.labels.min() < 0 or data.labels.max() >= task.num_classes):
+        raise click.UsageError(f"labels in {data.path!r} are outside 0..{task.num_classes - 1} of task {task.name}")
+    if data.serialized is not None:
+        outputs = model.predict_examples(data.serialized)
+        signature = predict.EXAMPLES_SIGNATURE
+    else:
+        outputs = model.predict_images(data.images)
+        signature = predict.IMAGE_SIGNATURE
+    threshold = model.threshold if model.threshold is not None else float(outputs["threshold"][0])
+    report = {
+        "task": task.name,
+        "classes": list(task.classes),
+        "model": {"path": model.path, "version": model.version, "family": model.metadata.get("family"),
+                  "signature": signature},
+        "data": {"path": data.path, "format": data.format, "n": data.n, "skipped": len(data.skipped),
+                 "skipped_files": data.skipped[:MAX_LISTED_SKIPS]},
+        "threshold": threshold,
+        "threshold_note": ("the model's stored decision threshold (COVID probability > threshold)" if task.is_binary
+                           else "three-class: the predicted class is the argmax; the stored threshold is unused"),
+    }
+    report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices))
+    if audit:
+        report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
+                                                        data.groups, seed=seed)
+    return Evaluation(report, data.labels, np.asarray(outputs["label_index"]), np.asarray(outputs["probabilities"]),
+                      np.asarray(outputs["covid_probability"]), task)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
+    """{file name: PNG bytes}: ROC, confusion matrix and (when a history is known) training curves."""
+    from covid_cxr.evaluation import plots
+
+    task, report = evaluation.task, evaluation.report
+    pos = task.positive_index
+    curves = [(f"{features.COVID} vs rest" if not task.is_binary else f"{task.classes[pos]} vs {task.classes[1 - pos]}",
+               evaluation.labels == pos, evaluation.covid)]
+    if not task.is_binary:
+        curves += [(f"{name} vs rest", evaluation.labels == i, evaluation.probabilities[:, i])
+                   for i, name in enumerate(task.classes) if i != pos]
+    sens, spec = report["sensitivity"]["value"], report["specificity"]["value"]
+    point = (1.0 - spec, sens) if sens is not None and spec is not None else None
+    out = {
+        ROC_PNG: plots.roc_png(curves, point, title=f"ROC, {task.name} (n={report['n']})"),
+        CONFUSION_PNG: plots.confusion_png(np.asarray(report["confusion_matrix"]["matrix"]), task.classes),
+    }
+    if evaluation.history:
+        png = plots.history_png(evaluation.history)
+        if png:
+            out[HISTORY_PNG] = png
+    return out
+
+
+def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] = None) -> dict:
+    """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}."""
+    from covid_cxr.evaluation import html_report
+
+    os.makedirs(out_dir, exist_ok=True)
+    pngs = make_plots(evaluation)
+    files = {}
+    for name, data in pngs.items():
+        path = os.path.join(out_dir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        files[name] = path
+    files[REPORT_HTML] = os.path.join(out_dir, REPORT_HTML)
+    files[REPORT_JSON] = os.path.join(out_dir, REPORT_JSON)
+    evaluation.report["files"] = files
+    with open(files[REPORT_HTML], "w", encoding="utf-8") as f:
+        f.write(html_report.render(evaluation.report, pngs, pipeline))
+    with open(files[REPORT_JSON], "w", encoding="utf-8") as f:
+        json.dump(evaluation.report, f, indent=2, sort_keys=False)
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(entry) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    ci = entry.get("ci95")
+    text = f"{entry['value']:.3f}"
+    if ci:
+        text += f"  [{ci[0]:.3f}, {ci[1]:.3f}]"
+    if "k" in entry:
+        text += f"  ({entry['k']}/{entry['n']})"
+    return text
+
+
+def summary_text(report: dict) -> str:
+    model = report["model"]
+    lines = [
+        f"task {report['task']}; model {model['path']} (version {model['version'] if model['version'] is not None else '?'})",
+        f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
+        + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
+        + (f"; {report['data']['skipped']} skipped" if report["data"]["skipped"] else "") + ")",
+        f"decision threshold {report['threshold']:.4f} ({report['threshold_note']})",
+        "metric        value  [95% CI]  (k/n)",
+    ]
+    for name in ("sensitivity", "specificity", "precision", "accuracy", "auc"):
+        lines.append(f"  {name:<12}{_fmt(report[name])}")
+    if "multiclass" in report:
+        lines.append(f"  {'macro-F1':<12}{report['multiclass']['macro_f1']:.3f}")
+    cm = report["confusion_matrix"]
+    width = max(len(c) for c in cm["classes"]) + 2
+    lines.append("confusion matrix (rows true, columns predicted):")
+    lines.append(" " * (width + 2) + "".join(f"{c:>{width}}" for c in cm["classes"]))
+    for c, row in zip(cm["classes"], cm["matrix"]):
+        lines.append(f"  {c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    for source, entry in report.get("per_source", {}).items():
+        lines.append(f"  source {source}: n={entry['n']} sensitivity {_fmt(entry['sensitivity'])}; "
+                     f"specificity {_fmt(entry['specificity'])}")
+    audit = report.get("shortcut_audit")
+    if audit:
+        lines.append(f"shortcut audit: {audit['verdict']}")
+    if report.get("files"):
+        lines.append(f"report: {report['files'][REPORT_HTML]}")
+    return "\n".join(lines)
+
+
+@click.command("evaluate")
+@click.option("--model", "model_path", required=True, type=click.Path(),
+              help="Pushed version dir, serving base dir (newest version) or exported SavedModel.")
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Curated TFRecords dir (records-*.tfrecord.gz) or a class-per-folder image tree.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.html, report.json and PNG plots into this directory.")
+@click.option("--pipeline-root", default=None, type=click.Path(),
+              help="Add the newest TFDV statistics/anomalies and TFMA slice metrics found under this root.")
+@click.option("--class-map", default=None, metavar="FOLDER=FINDING,...",
+              help="Folder trees only: class folder -> finding (replaces the default folder names).")
+@click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100, 100000),
+              help="Bootstrap resamples for the AUC confidence interval.")
+@click.option("--no-audit", is_flag=True, help="Skip the border-only shortcut audit.")
+@click.option("--max-side", default=512, show_default=True, type=click.IntRange(32, 10000),
+              help="Folder trees only: longest side after cropping, as in curation.")
+@click.option("--equalize", "equalization", type=click.Choice(("none", "clahe", "hist")), default=None,
+              help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")
+def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, class_map, n_boot, no_audit,
+                     max_side, equalization):
+    """Measure a model on labelled data: sensitivity, specificity, AUC ... with 95% CIs, a border
+    shortcut audit and an HTML report."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not os.path.isdir(data_dir):
+        raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
+    model = predict.load_model(model_path)
+    if is_tfrecord_dir(data_dir):
+        if class_map:
+            raise click.BadParameter("--class-map applies to folder trees, not to TFRecords", param_hint="--class-map")
+        data = load_tfrecords(data_dir)
+    else:
+        if model.task is None:
+            raise click.UsageError("the model's metadata names no task: cannot map class folders")
+        try:
+            mapping = parse_class_map(class_map) if class_map else None
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--class-map")
+        if equalization is None:
+            equalization = str((model.metadata.get("curation") or {}).get("equalization") or "none")
+        try:
+            data = load_folders(data_dir, model.task, mapping, max_side=max_side, equalization=equalization)
+        except ValueError as e:
+            raise click.UsageError(str(e))
+    evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
+    history, history_source = find_history(model, pipeline_root)
+    evaluation.history = history
+    evaluation.report["training_history"] = {
+        "source": history_source,
+        "epochs": max((len(v) for v in history.values() if isinstance(v, list)), default=0) if history else 0,
+    }
+    pipeline = None
+    if pipeline_root:
+        from covid_cxr.evaluation import artifacts
+
+        try:
+            pipeline = artifacts.read_pipeline(pipeline_root)
+        except FileNotFoundError as e:
+            raise click.BadParameter(str(e), param_hint="--pipeline-root")
+        evaluation.report["pipeline"] = pipeline
+    if out_dir:
+        write_report(evaluation, out_dir, pipeline)
+    if as_json:
+        click.echo(json.dumps(evaluation.report, indent=2))
+    else:
+        click.echo(summary_text(evaluation.report))

@@ -1,0 +1,185 @@
+"""The self-contained HTML evaluation report (one file; plots inlined as base64 PNG)."""
+from __future__ import annotations
+
+import base64
+import html
+from typing import Mapping, Optional
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 62em; color: #222; line-height: 1.4; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.warn { background: #fff3cd; border: 1px solid #e0c36a; padding: 0.6em 0.8em; }
+.ok { background: #e8f5e9; border: 1px solid #9ccc9c; padding: 0.6em 0.8em; }
+.note { color: #555; font-size: 0.9em; }
+img { max-width: 100%; margin: 0.4em 0.8em 0.4em 0; vertical-align: top; }
+code { font-size: 0.9em; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _ci(entry) -> str:
+    if not isinstance(entry, dict) or not entry.get("ci95"):
+        return "n/a"
+    lo, hi = entry["ci95"]
+    return f"{lo:.3f} – {hi:.3f}"
+
+
+def _kn(entry) -> str:
+    if isinstance(entry, dict) and "k" in entry:
+        return f"{entry['k']}/{entry['n']}"
+    if isinstance(entry, dict) and "n_positive" in entry:
+        return f"{entry['n_positive']} pos / {entry['n_negative']} neg"
+    return ""
+
+
+def _table(headers, rows) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(pngs: Mapping[str, bytes], name: str, alt: str) -> str:
+    if name not in pngs:
+        return ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode("ascii")}">'
+
+
+def _metric_rows(report: dict) -> list:
+    names = (("sensitivity", "sensitivity (COVID recall)"), ("specificity", "specificity (non-COVID correctly cleared)"),
+             ("precision", "precision (PPV)"), ("npv", "negative predictive value"), ("accuracy", "accuracy (all classes)"),
+             ("auc", "ROC AUC (COVID probability)"))
+    return [[_e(label), _num(report[key]["value"]), _ci(report[key]), _e(_kn(report[key]))]
+            for key, label in names if key in report]
+
+
+def _slice_table(table: dict) -> str:
+    rows = []
+    for value, m in table.items():
+        counts = ", ".join(f"{k} {v}" for k, v in m["class_counts"].items())
+        rows.append([_e(value), _e(m["n"]), _e(counts),
+                     f"{_num(m['sensitivity']['value'])} <span class=note>({_ci(m['sensitivity'])})</span>",
+                     f"{_num(m['specificity']['value'])} <span class=note>({_ci(m['specificity'])})</span>",
+                     f"{_num(m['accuracy']['value'])}", f"{_num(m['auc']['value'])}"])
+    return _table(["value", "n", "classes", "sensitivity (95% CI)", "specificity (95% CI)", "accuracy", "AUC"], rows)
+
+
+def _pipeline_section(pipeline: dict) -> str:
+    parts = ["<h2>Pipeline artifacts</h2>", f"<p class=note>pipeline root <code>{_e(pipeline['root'])}</code></p>"]
+    stats = pipeline.get("statistics")
+    if stats:
+        parts.append(f"<h3>TFDV statistics</h3><p class=note><code>{_e(stats['uri'])}</code></p>")
+        for split, summary in stats["splits"].items():
+            rows = []
+            for name, f in summary["features"].items():
+                if f.get("type") == "num":
+                    detail = f"mean {_num(f['mean'], 2)}, std {_num(f['std'], 2)}, min {_num(f['min'], 2)}, max {_num(f['max'], 2)}"
+                elif "top_values" in f:
+                    detail = ", ".join(f"{_e(k)}: {v}" for k, v in f["top_values"].items())
+                else:
+                    detail = f"{f.get('unique', '?')} unique values"
+                rows.append([_e(name), _e(f.get("type")), f"{100 * f.get('missing_fraction', 0):.1f}%", detail])
+            parts.append(f"<p><b>split {_e(split)}</b>: {summary['num_examples']} examples</p>")
+            parts.append(_table(["feature", "type", "missing", "summary"], rows))
+    anomalies = pipeline.get("anomalies")
+    if anomalies:
+        parts.append(f"<h3>TFDV anomalies</h3><p class=note><code>{_e(anomalies['uri'])}</code></p>")
+        found = [(s, p) for s, problems in anomalies["splits"].items() for p in problems]
+        if found:
+            parts.append('<div class=warn><ul>' + "".join(f"<li>split {_e(s)}: {_e(p)}</li>" for s, p in found)
+                         + "</ul></div>")
+        else:
+            parts.append(f"<p class=ok>No anomalies in splits {_e(', '.join(anomalies['splits']) or '-')}.</p>")
+    evaluation = pipeline.get("evaluation")
+    if evaluation:
+        state = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
+        parts.append(f"<h3>TFMA (Evaluator, test split): {state}</h3><p class=note><code>{_e(evaluation['uri'])}</code></p>")
+        if evaluation["failures"]:
+            parts.append('<div class=warn><ul>' + "".join(f"<li>{_e(f)}</li>" for f in evaluation["failures"]) + "</ul></div>")
+        slices = {"overall": evaluation["metrics"], **evaluation["slices"]}
+        names = sorted({k for m in slices.values() for k in m if not k.endswith("change")})
+        rows = [[_e(s)] + [_num(m.get(n)) for n in names] for s, m in slices.items()]
+        parts.append(_table(["slice"] + names, rows))
+    for error in pipeline.get("errors", []):
+        parts.append(f"<p class=warn>Could not read {_e(error)}</p>")
+    if not (stats or anomalies or evaluation):
+        parts.append("<p>No StatisticsGen, ExampleValidator or Evaluator output found under this root.</p>")
+    return "\n".join(parts)
+
+
+def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = None) -> str:
+    """The HTML page for an evaluate report (evaluation/evaluate.py) and its PNGs by file name."""
+    model, data = report["model"], report["data"]
+    counts = ", ".join(f"{_e(k)} {v}" for k, v in report["class_counts"].items())
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>covid-cxr evaluation: {_e(report['task'])}</title><style>{STYLE}</style></head><body>",
+        f"<h1>covid-cxr evaluation: {_e(report['task'])}</h1>",
+        "<p class=warn><b>Research use only, not a diagnostic device.</b> These numbers describe this model on "
+        "this data; they do not transfer to another hospital's films without measuring there.</p>",
+        _table(["", ""], [
+            ["model", f"<code>{_e(model['path'])}</code> (version {_e(model['version'])}, family {_e(model.get('family'))})"],
+            ["data", f"<code>{_e(data['path'])}</code> ({_e(data['format'])}, signature {_e(model.get('signature'))})"],
+            ["examples", f"{report['n']} ({counts})" + (f"; {data['skipped']} skipped" if data["skipped"] else "")],
+            ["decision threshold", f"{report['threshold']:.4f}: {_e(report['threshold_note'])}"],
+        ]),
+        "<h2>Metrics</h2>",
+        _table(["metric", "value", "95% CI", "k/n"], _metric_rows(report)),
+        f"<p class=note>Proportions: Wilson score intervals. AUC: {_e(report['auc'].get('method', ''))}.</p>",
+        _img(pngs, "roc.png", "ROC curve") + _img(pngs, "confusion_matrix.png", "confusion matrix"),
+    ]
+    cm = report["confusion_matrix"]
+    parts.append(_table(["true \\ predicted"] + cm["classes"],
+                        [[_e(c)] + [_e(v) for v in row] for c, row in zip(cm["classes"], cm["matrix"])]))
+    if "multiclass" in report:
+        mc = report["multiclass"]
+        parts.append(f"<h2>Three-class</h2><p>macro-F1 <b>{_num(mc['macro_f1'])}</b>; macro AUC {_num(mc['macro_auc'])}</p>")
+        rows = [[_e(c), _e(m["support"]), f"{_num(m['sensitivity']['value'])} ({_ci(m['sensitivity'])})",
+                 f"{_num(m['specificity']['value'])} ({_ci(m['specificity'])})",
+                 f"{_num(m['precision']['value'])}", _num(m["f1"]), _num(m["auc"]["value"])]
+                for c, m in mc["per_class"].items()]
+        parts.append(_table(["class (one vs rest)", "support", "recall (95% CI)", "specificity (95% CI)",
+                             "precision", "F1", "AUC"], rows))
+    if report.get("per_source"):
+        parts.append("<h2>Per source</h2>" + _slice_table(report["per_source"]))
+        parts.append("<p class=note>A source holding a single class has no specificity or no sensitivity: "
+                     "compare sources of the same class.</p>")
+    for key, table in report.get("slices", {}).items():
+        parts.append(f"<h2>Per {_e(key)}</h2>" + _slice_table(table))
+    audit = report.get("shortcut_audit")
+    if audit:
+        css = "warn" if audit.get("flagged") else "ok"
+        auc = audit.get("auc") or {}
+        parts.append("<h2>Shortcut audit (image borders only)</h2>")
+        parts.append(f"<p class={css}>{_e(audit['verdict'])}</p>")
+        parts.append(f"<p class=note>{_e(audit['method'])}; n={audit['n']} images in {audit['n_groups']} groups; "
+                     f"AUC {_num(auc.get('value'))} (95% CI {_ci(auc)}); flagged above {audit['flag_auc']}.</p>")
+    history = report.get("training_history")
+    if history:
+        parts.append("<h2>Training curves</h2>")
+        if "training_curves.png" in pngs:
+            parts.append(_img(pngs, "training_curves.png", "training curves"))
+        parts.append(f"<p class=note>history: {_e(history['source'])}</p>")
+    if pipeline:
+        parts.append(_pipeline_section(pipeline))
+    skipped = data.get("skipped_files") or []
+    if skipped:
+        parts.append(f"<h2>Skipped inputs ({data['skipped']})</h2>")
+        parts.append(_table(["file", "reason"], [[_e(s["file"]), _e(s["reason"])] for s in skipped]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,131 @@
+"""Hand-computed cases for evaluation/metrics.py."""
+import itertools
+
+import numpy as np
+import pytest
+
+from covid_cxr.evaluation import metrics
+
+
+def test_confusion_matrix_and_binary_metrics_by_hand():
+    y_true = [1, 1, 1, 0, 0, 0, 0]
+    y_pred = [1, 1, 0, 0, 0, 1, 0]
+    cm = metrics.confusion_matrix(y_true, y_pred, 2)
+    assert cm.tolist() == [[3, 1], [1, 2]]  # rows = truth
+    m = metrics.binary_metrics(y_true, y_pred)
+    assert m["counts"] == {"tp": 2, "fp": 1, "tn": 3, "fn": 1}
+    assert m["sensitivity"]["value"] == pytest.approx(2 / 3)
+    assert (m["sensitivity"]["k"], m["sensitivity"]["n"]) == (2, 3)
+    assert m["specificity"]["value"] == pytest.approx(3 / 4)
+    assert m["precision"]["value"] == pytest.approx(2 / 3)
+    assert m["npv"]["value"] == pytest.approx(3 / 4)
+    assert m["accuracy"]["value"] == pytest.approx(5 / 7)
+    for key in ("sensitivity", "specificity", "precision", "accuracy"):
+        lo, hi = m[key]["ci95"]
+        assert 0.0 <= lo <= m[key]["value"] <= hi <= 1.0
+
+
+def test_confusion_matrix_rejects_bad_input():
+    with pytest.raises(ValueError):
+        metrics.confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(ValueError):
+        metrics.confusion_matrix([0, 2], [0, 1], 2)
+
+
+def test_wilson_known_values():
+    # Textbook values (Newcombe 1998 / any Wilson calculator).
+    assert metrics.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert metrics.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert metrics.wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert metrics.wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert metrics.proportion(0, 0) == {"value": None, "ci95": None, "k": 0, "n": 0}
+
+
+def test_auc_by_hand_with_ties():
+    # positives 0.9, 0.8, 0.4 vs negatives 0.7, 0.4, 0.2, 0.1: wins 4 + 4 + 2, one tie -> 10.5 / 12.
+    y = [1, 1, 1, 0, 0, 0, 0]
+    s = [0.9, 0.8, 0.4, 0.7, 0.4, 0.2, 0.1]
+    assert metrics.roc_auc(y, s) == pytest.approx(10.5 / 12)
+    fpr, tpr, thresholds = metrics.roc_curve(y, s)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.isinf(thresholds[0])
+    assert metrics.trapezoid_auc(fpr, tpr) == pytest.approx(10.5 / 12)
+    assert len(thresholds) == 1 + len(set(s))
+
+
+def test_auc_edge_cases():
+    assert metrics.roc_auc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert metrics.roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 0.0
+    assert metrics.roc_auc([1, 0], [0.5, 0.5]) == 0.5
+    assert metrics.roc_auc([1, 1], [0.5, 0.6]) is None
+    assert metrics.auc_with_ci([0, 0], [0.1, 0.2])["value"] is None
+
+
+def test_midranks():
+    assert metrics.midranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+
+
+def _brute_force_delong(y, s):
+    pos = [v for v, t in zip(s, y) if t]
+    neg = [v for v, t in zip(s, y) if not t]
+    psi = np.array([[1.0 if p > q else 0.5 if p == q else 0.0 for q in neg] for p in pos])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return psi.mean(), np.var(v10, ddof=1) / len(pos) + np.var(v01, ddof=1) / len(neg)
+
+
+def test_delong_matches_brute_force():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    s = np.round(rng.random(60) + 0.4 * y, 1)  # rounding makes ties
+    auc, var = metrics.auc_delong(y, s)
+    ref_auc, ref_var = _brute_force_delong(y, s)
+    assert auc == pytest.approx(ref_auc)
+    assert var == pytest.approx(ref_var)
+    lo, hi = metrics.auc_delong_ci(y, s)
+    assert lo < auc < hi
+
+
+def test_bootstrap_ci_is_deterministic_and_brackets_the_auc():
+    rng = np.random.default_rng(0)
+    y = np.array([1] * 40 + [0] * 60)
+    s = rng.normal(size=100) + 1.0 * y
+    auc = metrics.roc_auc(y, s)
+    ci = metrics.auc_bootstrap_ci(y, s, n_boot=500, seed=1)
+    assert ci == metrics.auc_bootstrap_ci(y, s, n_boot=500, seed=1)
+    assert 0.0 <= ci[0] < auc < ci[1] <= 1.0
+    # The bootstrap and DeLong agree roughly on the width.
+    d_lo, d_hi = metrics.auc_delong_ci(y, s)
+    assert abs((ci[1] - ci[0]) - (d_hi - d_lo)) < 0.08
+    full = metrics.auc_with_ci(y, s, n_boot=200)
+    assert full["value"] == pytest.approx(auc) and full["n_positive"] == 40 and full["n_negative"] == 60
+
+
+def test_bootstrap_auc_replicate_equals_pairwise_definition():
+    # The searchsorted form inside the bootstrap equals the pairwise definition on any sample.
+    y = [1, 1, 0, 0, 0]
+    s = [0.3, 0.3, 0.3, 0.1, 0.5]
+    pairs = [(p, q) for p, q in itertools.product([0.3, 0.3], [0.3, 0.1, 0.5])]
+    expected = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs) / len(pairs)
+    assert metrics.roc_auc(y, s) == pytest.approx(expected)
+    assert metrics.auc_bootstrap_ci([1, 0], [0.3, 0.3], n_boot=10) == (0.5, 0.5)
+
+
+def test_three_class_macro_f1_and_one_vs_rest_by_hand():
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 0, 1, 1, 2, 2, 2, 2, 0]
+    cm = metrics.confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [1, 0, 3]]
+    # F1: class 0 = 4/6, class 1 = 2/4, class 2 = 6/8.
+    assert metrics.macro_f1(cm) == pytest.approx((4 / 6 + 2 / 4 + 6 / 8) / 3)
+    assert metrics.one_vs_rest(cm, 2) == {"tp": 3, "fp": 1, "tn": 4, "fn": 1}
+    probabilities = np.eye(3)[y_pred] * 0.8 + 0.2 / 3
+    per_class = metrics.per_class_metrics(cm, ["normal", "pneumonia", "covid"], probabilities, y_true, n_boot=100)
+    covid = per_class["covid"]
+    assert covid["sensitivity"]["value"] == pytest.approx(3 / 4)
+    assert covid["specificity"]["value"] == pytest.approx(4 / 5)
+    assert covid["f1"] == pytest.approx(0.75)
+    assert covid["support"] == 4
+    # covid scores: 0.8667 for predicted-covid, 0.0667 otherwise -> AUC by hand:
+    # positives (3 high, 1 low) vs negatives (1 high, 4 low): (3*4 + 3*0.5 + 1*0.5*4) / 20.
+    assert covid["auc"]["value"] == pytest.approx((12 + 1.5 + 2) / 20)
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(6 / 9)

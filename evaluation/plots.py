@@ -1,0 +1,110 @@
+"""PNG plots of an evaluation: ROC curve(s), confusion matrix, training curves (matplotlib, Agg)."""
+from __future__ import annotations
+
+import io
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from covid_cxr.evaluation import metrics
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out.getvalue()
+
+
+def roc_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], operating_point: Optional[tuple[float, float]] = None,
+            title: str = "ROC") -> bytes:
+    """curves: (label, y_true 0/1, scores); operating_point: (1 - specificity, sensitivity) of the threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.7", linewidth=1)
+    for label, y, s in curves:
+        auc = metrics.roc_auc(y, s)
+        if auc is None:
+            continue
+        fpr, tpr, _ = metrics.roc_curve(y, s)
+        ax.plot(fpr, tpr, linewidth=1.8, label=f"{label} (AUC {auc:.3f})")
+    if operating_point is not None:
+        ax.plot([operating_point[0]], [operating_point[1]], "o", color="black", label="stored threshold")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix") -> bytes:
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(classes), 1.3 + 1.0 * len(classes)))
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def numeric_series(history: Mapping) -> dict[str, list[float]]:
+    """The plottable series of a Keras-style history ({name: [values per epoch]}), bookkeeping removed."""
+    out = {}
+    for name, values in (history or {}).items():
+        if name in ("epoch", "phase", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
+            continue
+        try:
+            out[name] = [float(v) for v in values]
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def history_png(history: Mapping) -> Optional[bytes]:
+    """One panel per metric (training and val_ curves together); phase changes as dotted lines."""
+    series = numeric_series(history)
+    bases = sorted({n[4:] if n.startswith("val_") else n for n in series}, key=lambda n: (n != "loss", n))
+    if not bases:
+        return None
+    plt = _pyplot()
+    cols = min(3, len(bases))
+    rows = -(-len(bases) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    phases = list(history.get("phase", []) or [])
+    changes = [i + 0.5 for i in range(len(phases) - 1) if phases[i] != phases[i + 1]]
+    for ax, base in zip(axes.ravel(), bases):
+        for name, style in ((base, "-"), ("val_" + base, "--")):
+            if name in series:
+                ax.plot(range(1, len(series[name]) + 1), series[name], style, marker=".", label=name)
+        for c in changes:
+            ax.axvline(c + 1, color="0.6", linestyle=":", linewidth=1)
+        ax.set_title(base)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(bases):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,51 @@
+import pytest
+
+from covid_cxr.pipeline import config as cfg
+
+
+def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  image_size: 96\ngate:\n  min_specificity: 0.7\n")
+    config = cfg.load_config("quick", str(path), {"gate.min_specificity": "0.75", "model.families": "cnn3,cnn4"})
+    assert config.model.image_size == 96  # file beats preset (64)
+    assert config.gate.min_specificity == 0.75  # override beats file
+    assert config.model.families == ["cnn3", "cnn4"]
+    assert config.training.batch_size == 16  # from the preset
+    assert config.runtime.enable_cache is True  # default
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.task": "covid-vs-cats"}, "unknown task 'covid-vs-cats'"),
+    ({"gate.min_sensitivity": "1.5"}, "between 0 and 1"),
+    ({"gate.bogus": "1"}, "unknown field gate.bogus"),
+    ({"training.epochs": "many"}, "not a valid int"),
+    ({"runtime.enable_cache": "maybe"}, "not a valid bool"),
+    ({"nosection": "1"}, "must be section.field"),
+])
+def test_bad_values_are_one_line_config_errors(overrides, message):
+    with pytest.raises(cfg.ConfigError, match=message) as info:
+        cfg.load_config(None, None, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_yaml_and_unknown_preset(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load_config(None, str(bad))
+    with pytest.raises(cfg.ConfigError, match="unknown preset"):
+        cfg.load_config("medium")
+    with pytest.raises(cfg.ConfigError, match="cannot read config"):
+        cfg.load_config(None, str(tmp_path / "missing.yaml"))
+
+
+def test_model_custom_config_excludes_runtime_paths():
+    config = cfg.load_config("quick", overrides={"runtime.serving_dir": "/a"})
+    other = cfg.load_config("quick", overrides={"runtime.serving_dir": "/b"})
+    assert config.model_custom_config() == other.model_custom_config()
+    assert set(config.model_custom_config()) == {"model", "training", "tuner"}
+
+
+def test_every_preset_loads():
+    for name in cfg.preset_names():
+        assert cfg.load_config(name).validate()

@@ -1,0 +1,384 @@
+"""`covid-cxr predict`: classify chest radiographs with a pushed (or exported) covid-cxr model.
+
+    covid-cxr predict --model DIR FILE_OR_DIR... [--json] [--explain OUT_DIR]
+
+DIR is a pushed version directory (``<serving_dir>/<version>/``), the serving base directory (its
+newest numeric version is used), any exported SavedModel directory, or a Trainer model artifact
+(its ``Format-Serving/``). Inputs are PNG, JPEG and DICOM files and directories (searched
+recursively for ``.png/.jpg/.jpeg/.dcm/.dicom`` files and extension-less DICOM files).
+
+Every input is prepared exactly as curation prepares it (``covid_cxr.data.images.process``:
+DICOM Modality/VOI LUT, MONOCHROME1 inversion, 8-bit grayscale, border crop, max side 512), then
+its PNG bytes go through the model's own ``predict_image`` signature, so the SavedModel's Transform
+graph does the rest (decode, resize, contrast stretch) exactly as in training.
+
+Unreadable inputs are reported per file with a reason; the exit code is 1 when any input failed
+(prediction or explanation), else 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Iterable, Optional, Sequence
+
+import click
+import numpy as np
+
+from covid_cxr.data import dicom, features, images
+
+PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
+METADATA_ASSET = "covid_cxr.json"  # mirrors serving.export.METADATA_ASSET
+IMAGE_SIGNATURE = "predict_image"
+EXAMPLES_SIGNATURE = "serving_default"
+TRANSFORM_SIGNATURE = "transform_features"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+BATCH_SIZE = 16
+
+
+class ModelNotFound(click.BadParameter):
+    """--model does not point at a usable SavedModel (exit code 2, one line)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Locating and loading the model
+# --------------------------------------------------------------------------------------------
+
+
+def _is_saved_model(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def _numeric_versions(path: str) -> list[int]:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and _is_saved_model(os.path.join(path, n)))
+
+
+def resolve_model_dir(path: str) -> tuple[str, Optional[int]]:
+    """(SavedModel directory, version or None) for a version dir, serving base dir or model artifact."""
+    if not os.path.exists(path):
+        raise ModelNotFound(f"{path!r} does not exist", param_hint="--model")
+    if _is_saved_model(path):
+        return path, _version_of(path)
+    serving = os.path.join(path, "Format-Serving")  # a Trainer model artifact
+    if _is_saved_model(serving):
+        return serving, None
+    versions = _numeric_versions(path)
+    if versions:
+        newest = os.path.join(path, str(versions[-1]))
+        return newest, versions[-1]
+    raise ModelNotFound(f"{path!r} holds no SavedModel (saved_model.pb) and no numeric version directory",
+                        param_hint="--model")
+
+
+def _version_of(model_dir: str) -> Optional[int]:
+    name = os.path.basename(os.path.normpath(model_dir))
+    if name.isdigit():
+        return int(name)
+    record = os.path.join(model_dir, PUSH_RECORD)
+    if os.path.isfile(record):
+        try:
+            with open(record, encoding="utf-8") as f:
+                version = json.load(f).get("version")
+            return int(version) if version is not None else None
+        except (OSError, ValueError, TypeError):
+            return None
+    return None
+
+
+def read_metadata(model_dir: str) -> dict:
+    """The model's metadata asset (same file as serving.export.read_metadata; {} when absent)."""
+    path = os.path.join(model_dir, "assets", METADATA_ASSET)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass
+class ServingModel:
+    """A loaded covid-cxr SavedModel and what it says about itself."""
+
+    path: str
+    version: Optional[int]
+    metadata: dict
+    classes: tuple[str, ...]
+    task: Optional[features.Task]
+    threshold: Optional[float]
+    _loaded: object = dataclasses.field(repr=False, default=None)
+
+    @property
+    def task_name(self) -> str:
+        return self.task.name if self.task else str(self.metadata.get("task", "unknown"))
+
+    def signature(self, name: str):
+        signatures = self._loaded.signatures
+        if name not in signatures:
+            raise click.ClickException(f"the model at {self.path} has no {name!r} signature "
+                                       f"(it has: {', '.join(signatures)}); was it exported by covid-cxr?")
+        return signatures[name]
+
+    def _run(self, signature_name: str, argument: str, values: Sequence[bytes]) -> dict:
+        import tensorflow as tf
+
+        fn = self.signature(signature_name)
+        outputs: dict = {}
+        for start in range(0, len(values), BATCH_SIZE):
+            batch = fn(**{argument: tf.constant(list(values[start:start + BATCH_SIZE]), dtype=tf.string)})
+            for key, value in batch.items():
+                outputs.setdefault(key, []).append(value.numpy())
+        return {k: np.concatenate(v) for k, v in outputs.items()}
+
+    def predict_images(self, encoded: Sequence[bytes]) -> dict:
+        """Outputs of `predict_image` (numpy) for encoded PNG/JPEG images."""
+        return self._run(IMAGE_SIGNATURE, "image_bytes", encoded)
+
+    def predict_examples(self, serialized: Sequence[bytes]) -> dict:
+        """Outputs of `serving_default` (numpy) for serialized tf.Examples."""
+        return self._run(EXAMPLES_SIGNATURE, "examples", serialized)
+
+    def transform_images(self, encoded: Sequence[bytes]) -> np.ndarray:
+        """The model's own Transform output `image_xf` [N, S, S, 1] for encoded images."""
+        serialized = [_example_for_transform(e) for e in encoded]
+        return self._run(TRANSFORM_SIGNATURE, "examples", serialized)["image_xf"]
+
+    def class_names(self, width: int) -> tuple[str, ...]:
+        if len(self.classes) == width:
+            return self.classes
+        return tuple(f"class_{i}" for i in range(width))
+
+
+def _example_for_transform(encoded: bytes) -> bytes:
+    """A tf.Example carrying the image and placeholder values for every other contract feature."""
+    record = features.Record(png=encoded, label="", label_index=0, patient_id="predict", group="predict",
+                             source="predict")
+    return record.to_example().SerializeToString()
+
+
+def load_model(path: str) -> ServingModel:
+    """Loads the SavedModel that `path` designates (see resolve_model_dir)."""
+    import tensorflow as tf
+
+    model_dir, version = resolve_model_dir(path)
+    try:
+        loaded = tf.saved_model.load(model_dir)
+    except Exception as e:  # noqa: BLE001 - a corrupt model is a user-facing one-liner
+        raise ModelNotFound(f"cannot load the SavedModel in {model_dir!r}: {type(e).__name__}", param_hint="--model")
+    if IMAGE_SIGNATURE not in loaded.signatures:
+        raise ModelNotFound(f"the SavedModel in {model_dir!r} has no {IMAGE_SIGNATURE!r} signature "
+                            "(not a covid-cxr export?)", param_hint="--model")
+    metadata = read_metadata(model_dir)
+    task = features.TASKS.get(str(metadata.get("task", "")))
+    classes = tuple(metadata.get("classes") or (task.classes if task else ()))
+    threshold = metadata.get("threshold")
+    return ServingModel(model_dir, version, metadata, classes, task,
+                        float(threshold) if threshold is not None else None, loaded)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class InputError:
+    file: str
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "error": self.error}
+
+
+def _looks_like_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS) or (
+        "." not in os.path.basename(path) and dicom.is_dicom(path))
+
+
+def find_inputs(paths: Iterable[str]) -> tuple[list[str], list[InputError]]:
+    """Files to predict (given files as given; directories walked recursively, sorted)."""
+    files: list[str] = []
+    errors: list[InputError] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [os.path.join(root, n) for n in sorted(names)
+                          if not n.startswith(".") and _looks_like_image(os.path.join(root, n))]
+            if not found:
+                errors.append(InputError(path, "no PNG, JPEG or DICOM files in this directory"))
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            errors.append(InputError(path, "no such file or directory"))
+    return files, errors
+
+
+def prepare(path: str, max_side: int = images.DEFAULT_MAX_SIDE, equalization: str = "none") -> bytes:
+    """One input file -> the PNG bytes curation would have stored. Raises images.ImageError."""
+    try:
+        return images.process(path, max_side=max_side, crop=True, equalization=equalization).png
+    except images.ImageError:
+        raise
+    except (OSError, ValueError, MemoryError) as e:
+        raise images.ImageError(f"cannot read image ({type(e).__name__})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------
+
+
+def rows_from_outputs(model: ServingModel, files: Sequence[str], outputs: dict) -> list[dict]:
+    """One JSON-ready prediction per file from signature outputs."""
+    probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
+    names = model.class_names(probabilities.shape[1])
+    rows = []
+    for i, file in enumerate(files):
+        label = outputs["label"][i]
+        rows.append({
+            "file": file,
+            "label": label.decode("utf-8") if isinstance(label, bytes) else str(label),
+            "label_index": int(outputs["label_index"][i]),
+            "probabilities": {name: float(probabilities[i, j]) for j, name in enumerate(names)},
+            "covid_probability": float(outputs["covid_probability"][i]),
+            "threshold": float(outputs["threshold"][i]),
+            "model_version": model.version,
+        })
+    return rows
+
+
+def predict_pngs(model: ServingModel, files: Sequence[str], pngs: Sequence[bytes]) -> tuple[list[dict], list[InputError]]:
+    """Predicts in batches; when a batch fails inside TensorFlow, retries its images one by one."""
+    import tensorflow as tf
+
+    rows: list[dict] = []
+    errors: list[InputError] = []
+    for start in range(0, len(files), BATCH_SIZE):
+        batch_files, batch_pngs = files[start:start + BATCH_SIZE], pngs[start:start + BATCH_SIZE]
+        try:
+            rows += rows_from_outputs(model, batch_files, model.predict_images(batch_pngs))
+            continue
+        except tf.errors.OpError:
+            pass
+        for file, png in zip(batch_files, batch_pngs):
+            try:
+                rows += rows_from_outputs(model, [file], model.predict_images([png]))
+            except tf.errors.OpError as e:
+                errors.append(InputError(file, f"the model could not process it ({type(e).__name__})"))
+    return rows, errors
+
+
+@dataclasses.dataclass
+class PredictResult:
+    model: ServingModel
+    predictions: list[dict]
+    errors: list[InputError]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": {"path": self.model.path, "version": self.model.version, "task": self.model.task_name,
+                      "classes": list(self.model.classes), "threshold": self.model.threshold},
+            "predictions": self.predictions,
+            "errors": [e.to_dict() for e in self.errors],
+        }
+
+
+def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Optional[str] = None,
+                  max_side: int = images.DEFAULT_MAX_SIDE, equalization: str = "none") -> PredictResult:
+    """Finds, prepares and predicts every input; optionally writes one explanation PNG per image."""
+    files, errors = find_inputs(paths)
+    ok_files, pngs = [], []
+    for file in files:
+        try:
+            pngs.append(prepare(file, max_side, equalization))
+            ok_files.append(file)
+        except images.ImageError as e:
+            errors.append(InputError(file, str(e)))
+    rows, predict_errors = predict_pngs(model, ok_files, pngs)
+    errors += predict_errors
+    if explain_dir is not None and rows:
+        from covid_cxr.serving import explain
+
+        png_of = dict(zip(ok_files, pngs))
+        explainer = explain.Explainer(model)
+        names = explain.output_names([r["file"] for r in rows])
+        os.makedirs(explain_dir, exist_ok=True)
+        for row, name in zip(rows, names):
+            out_path = os.path.join(explain_dir, name)
+            try:
+                method = explainer.write_overlay(png_of[row["file"]], row, out_path)
+                row["explanation"], row["explanation_method"] = out_path, method
+            except explain.ExplainError as e:
+                row["explanation"], row["explanation_method"] = None, None
+                errors.append(InputError(row["file"], f"explanation failed: {e}"))
+    order = {f: i for i, f in enumerate(files)}
+    errors.sort(key=lambda e: order.get(e.file, -1))
+    return PredictResult(model, rows, errors)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def format_table(result: PredictResult) -> str:
+    model = result.model
+    threshold = f"{model.threshold:.4f}" if model.threshold is not None else "?"
+    lines = [f"model {model.path} (version {model.version if model.version is not None else '?'}, "
+             f"task {model.task_name}, COVID threshold {threshold})"]
+    names = list(result.predictions[0]["probabilities"]) if result.predictions else list(model.classes)
+    entries = [(r["file"], r) for r in result.predictions] + [(e.file, e) for e in result.errors]
+    width = min(60, max([len("file")] + [len(f) for f, _ in entries]))
+    header = f"{'file':<{width}}  {'label':<10}" + "".join(f"  {'P(' + n + ')':>13}" for n in names)
+    lines += [header, "-" * len(header)]
+    for file, entry in entries:
+        shown_file = file if len(file) <= width else "..." + file[-(width - 3):]
+        if isinstance(entry, InputError):
+            lines.append(f"{shown_file:<{width}}  ERROR: {entry.error}")
+        else:
+            probs = "".join(f"  {entry['probabilities'][n]:>13.4f}" for n in names)
+            lines.append(f"{shown_file:<{width}}  {entry['label']:<10}{probs}")
+    explained = [r["explanation"] for r in result.predictions if r.get("explanation")]
+    summary = f"{len(result.predictions)} predicted, {len(result.errors)} failed"
+    if explained:
+        summary += f"; {len(explained)} explanation image(s) in {os.path.dirname(explained[0])}"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+@click.command("predict")
+@click.option("--model", "model_path", required=True, type=click.Path(),
+              help="Pushed version dir, serving base dir (newest version is used) or exported SavedModel.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (predictions and per-file errors) instead of a table.")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
+              help="Write a Grad-CAM heat-map overlay PNG per image into this directory.")
+@click.option("--max-side", default=images.DEFAULT_MAX_SIDE, show_default=True, type=click.IntRange(32, 10000),
+              help="Longest side after cropping (must match what curation used).")
+@click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
+              help="Histogram equalization as in curation (default: the model metadata's, else none).")
+def predict_command(model_path, inputs, as_json, explain_dir, max_side, equalization):
+    """Classify PNG/JPEG/DICOM chest radiographs (files or directories) with a covid-cxr model.
+
+    Research use only: not a diagnostic device. Exit code 1 when any input could not be classified.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    model = load_model(model_path)
+    if equalization is None:
+        equalization = str((model.metadata.get("curation") or {}).get("equalization") or "none")
+    result = predict_paths(model, inputs, explain_dir=explain_dir, max_side=max_side, equalization=equalization)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(format_table(result))
+    sys.exit(1 if result.failed else 0)

@@ -1,0 +1,188 @@
+"""Test helper: a real exported covid-cxr SavedModel in seconds, without running the pipeline.
+
+``build_tiny_model(base_dir, task)`` generates a small synthetic dataset, runs the real
+Transform ``preprocessing_fn`` with tf.Transform on Beam (AnalyzeDataset + WriteTransformFn),
+fits a tiny tf_keras model on ``image_xf`` for a couple of steps and exports it with
+``serving.export.export_serving_model`` -- the same code path as the Trainer. The model is also
+"pushed" into a serving directory laid out like components/pusher.py writes it
+(``<serving_dir>/<version>/`` with the push record). Use it from a module- or session-scoped
+fixture (see ``tiny_model_fixture``); it takes ~10-20 s on 2 CPU cores.
+
+The model is NOT meant to be accurate: a couple of steps of training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+from typing import Optional
+
+from covid_cxr.data import features
+
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "schema", "schema.pbtxt")
+PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (not imported: no tfx import here)
+TINY_VERSION = 1700000000
+TINY_IMAGE_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModel:
+    task: features.Task
+    data_dir: str  # curated-format synthetic records (records-*.tfrecord.gz, summary.json, ...)
+    transform_dir: str  # tf.Transform output (TFTransformOutput dir)
+    model_dir: str  # the exported SavedModel (like a Trainer's Format-Serving)
+    serving_dir: str  # serving base dir holding one version
+    version: int
+    threshold: float
+    history: dict
+
+    @property
+    def version_dir(self) -> str:
+        return os.path.join(self.serving_dir, str(self.version))
+
+
+def raw_schema():
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    with open(SCHEMA_FILE, encoding="utf-8") as f:
+        text_format.Parse(f.read(), schema)
+    return schema
+
+
+def read_records(data_dir: str) -> list[bytes]:
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def _instances(serialized: list[bytes]) -> list[dict]:
+    """tf.Examples -> tf.Transform instance dicts (every schema feature has shape [1])."""
+    import tensorflow as tf
+
+    out = []
+    for s in serialized:
+        ex = tf.train.Example.FromString(s)
+        row = {}
+        for name, feat in ex.features.feature.items():
+            kind = feat.WhichOneof("kind")
+            row[name] = list(getattr(feat, kind).value)
+        out.append(row)
+    return out
+
+
+def run_transform(data_dir: str, transform_dir: str, image_size: int = TINY_IMAGE_SIZE) -> None:
+    """Analyzes the records with the project's preprocessing_fn and writes the transform graph."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    import tensorflow_transform as tft
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+
+    from covid_cxr.transform import preprocessing
+
+    metadata = dataset_metadata.DatasetMetadata(raw_schema())
+    instances = _instances(read_records(data_dir))
+    temp_dir = os.path.join(os.path.dirname(transform_dir), "tft_tmp")
+
+    def fn(inputs):
+        return preprocessing.preprocessing_fn(inputs, {preprocessing.IMAGE_SIZE_KEY: image_size})
+
+    with beam.Pipeline(argv=["--direct_running_mode=in_memory", "--direct_num_workers=1"]) as pipeline:
+        with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
+            raw = pipeline | "Create" >> beam.Create(instances, reshuffle=False)
+            transform_fn = (raw, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(fn)
+            _ = transform_fn | "Write" >> tft_beam.WriteTransformFn(transform_dir)
+    # The TFX Transform component also writes the raw metadata (TFTransformOutput.raw_feature_spec).
+    metadata_io.write_metadata(metadata, os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def tiny_keras_model(task: features.Task, image_size: int = TINY_IMAGE_SIZE, conv: bool = True):
+    """A small tf_keras model on image_xf [S, S, 1] ending in a layer named `probabilities`."""
+    import tf_keras as keras
+
+    from covid_cxr.transform import preprocessing
+
+    inputs = keras.Input((image_size, image_size, 1), name=preprocessing.IMAGE_XF)
+    x = inputs
+    if conv:
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(x)
+        x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        x = keras.layers.AveragePooling2D(4, name="pool")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+    if task.is_binary:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)
+        loss = "binary_crossentropy"
+    else:
+        outputs = keras.layers.Dense(task.num_classes, activation="softmax", name="probabilities")(x)
+        loss = "sparse_categorical_crossentropy"
+    model = keras.Model(inputs, outputs, name="tiny")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, metrics=["accuracy"])
+    return model
+
+
+def transformed_images(transform_dir: str, serialized: list[bytes]):
+    """(image_xf [N, S, S, 1], label_index [N]) numpy arrays through the written transform graph."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from covid_cxr.transform import preprocessing
+
+    output = tft.TFTransformOutput(transform_dir)
+    parsed = tf.io.parse_example(tf.constant(serialized), output.raw_feature_spec())
+    transformed = output.transform_raw_features(parsed)
+    return transformed[preprocessing.IMAGE_XF].numpy(), transformed[preprocessing.LABEL_XF].numpy()
+
+
+def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_class: int = 4,
+                     threshold: float = 0.5, conv: bool = True, seed: int = 0,
+                     version: int = TINY_VERSION) -> TinyModel:
+    """Everything under `base_dir`: data/, transform/, model/ (SavedModel), serving/<version>/."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from covid_cxr.data import synthetic
+    from covid_cxr.serving import export
+
+    task_obj = features.get_task(task)
+    data_dir = os.path.join(base_dir, "data")
+    transform_dir = os.path.join(base_dir, "transform")
+    model_dir = os.path.join(base_dir, "model")
+    serving_dir = os.path.join(base_dir, "serving")
+    summary = synthetic.generate(data_dir, task, patients_per_class=patients_per_class, seed=seed)
+    run_transform(data_dir, transform_dir)
+
+    tf.keras.utils.set_random_seed(seed)
+    images, labels = transformed_images(transform_dir, read_records(data_dir))
+    model = tiny_keras_model(task_obj, conv=conv)
+    fit = model.fit(images, labels, batch_size=8, epochs=2, validation_data=(images, labels), verbose=0)
+    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    metadata = {
+        "family": "tiny-test-cnn" if conv else "tiny-test-dense",
+        "family_note": "test fixture (serving/testing.py), not a real model",
+        "hyperparameters": {"learning_rate": 0.01},
+        "transform_image_size": TINY_IMAGE_SIZE,
+        "train_class_counts": summary["per_class"],
+        "eval_class_counts": summary["per_class"],
+        "target_sensitivity": 0.95,
+        "history": history,
+    }
+    export.export_serving_model(model, tft.TFTransformOutput(transform_dir), task_obj, threshold, metadata, model_dir)
+    push_copy(model_dir, serving_dir, version)
+    return TinyModel(task_obj, data_dir, transform_dir, model_dir, serving_dir, version, threshold, history)
+
+
+def push_copy(model_dir: str, serving_dir: str, version: int, extra: Optional[dict] = None) -> str:
+    """Copies a SavedModel to `<serving_dir>/<version>/` with a push record (like the pusher)."""
+    target = os.path.join(serving_dir, str(version))
+    shutil.copytree(model_dir, target, dirs_exist_ok=True)
+    with open(os.path.join(target, PUSH_RECORD), "w", encoding="utf-8") as f:
+        json.dump(dict(extra or {}, version=version, model_uri=model_dir), f)
+    return target

@@ -1,0 +1,390 @@
+"""Tests for covid_cxr.trainer.models: every family's shapes, phases, augmentation, weights, export."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from covid_cxr.trainer import models as M
+
+SHARED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "weights")
+S = 32  # Transform size used in these tests
+ALL_FAMILIES = sorted(M.FAMILIES)
+_REAL_NETWORK_REACHABLE = M.network_reachable  # the autouse fixture replaces it in every test
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No test may download: the network probe says 'unreachable' and the Keras cache is empty."""
+    monkeypatch.setattr(M, "network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(M, "KERAS_CACHE_DIRS", (str(tmp_path / "keras_cache"),))
+
+
+_BUILT: dict = {}
+
+
+def built_for(family: str, num_classes: int = 2) -> M.BuiltModel:
+    """Random-init models, cached per (family, classes): building DenseNet/Xception takes seconds."""
+    key = (family, num_classes)
+    if key not in _BUILT:
+        _BUILT[key] = M.build_model(M.HParams(family=family), S, num_classes, weights="none")
+    return _BUILT[key]
+
+
+def images(n=4, size=S, seed=0):
+    return np.random.RandomState(seed).rand(n, size, size, 1).astype("float32")
+
+
+def trainable_backbone_layers(built):
+    return [layer for layer in built.backbone.layers if layer.trainable_weights]
+
+
+def test_registry_lists_every_family():
+    assert set(M.SCRATCH_FAMILIES) == {"cnn3", "cnn4", "bn_double_conv"}
+    assert set(M.TRANSFER_FAMILIES) == {
+        "xception", "vgg19", "densenet121", "mobilenet_v2", "mobilenet_v2_035", "mobilenet_v1_075", "efficientnet_b0",
+    }
+    assert set(M.FAMILIES) == set(M.SCRATCH_FAMILIES) | set(M.TRANSFER_FAMILIES)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_output_shapes_binary_and_three_class(family):
+    x = images()
+    binary, three = built_for(family, 2), built_for(family, 3)
+    for built, width, activation in ((binary, 1, "sigmoid"), (three, 3, "softmax")):
+        model = built.model
+        assert built.family == family and not built.pretrained
+        assert model.input_shape == (None, S, S, 1)
+        assert model.inputs[0].name.startswith("image_xf")
+        assert model.output_shape == (None, width)
+        out_layer = model.get_layer(M.OUTPUT_NAME)
+        assert out_layer is model.layers[-1]
+        assert out_layer.activation.__name__ == activation
+        y = model(x, training=False).numpy()
+        assert y.shape == (4, width) and np.all((y >= 0) & (y <= 1))
+        if width == 3:
+            np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+    if M.is_transfer(family):
+        assert binary.backbone is not None and binary.backbone.input_shape[-1] == 3
+        assert binary.backbone.input_shape[1] == max(S, M.TRANSFER_SPECS[family].min_size)
+        assert binary.model.get_layer("gray_to_rgb") is not None
+    else:
+        assert binary.backbone is None
+        first_conv = next(l for l in binary.model.layers if isinstance(l, keras.layers.Conv2D))
+        assert first_conv.kernel.shape[2] == 1  # scratch CNNs see the 1-channel image
+
+
+@pytest.mark.parametrize("family", sorted(M.TRANSFER_FAMILIES))
+def test_trainable_layers_per_phase(family):
+    built = built_for(family)
+    backbone_ids = {id(w) for w in built.backbone.weights}
+    try:
+        M.set_phase(built, M.PHASE_HEAD)
+        assert built.backbone.trainable_weights == []
+        head = built.model.trainable_weights
+        assert head and all(id(w) not in backbone_ids for w in head)
+        assert {w.name.split("/")[0] for w in head} >= {M.OUTPUT_NAME}
+
+        n = 5
+        chosen = M.set_phase(built, M.PHASE_FINE_TUNE, n)
+        trainable = trainable_backbone_layers(built)
+        assert len(trainable) == n == len(chosen)
+        assert not any(isinstance(l, keras.layers.BatchNormalization) for l in trainable)
+        # exactly the top n weighted non-BN layers, in order
+        weighted = [l for l in built.backbone.layers
+                    if not isinstance(l, keras.layers.BatchNormalization) and l.weights
+                    and any(w.trainable for w in l.weights)]
+        assert [l.name for l in trainable] == [l.name for l in weighted[-n:]]
+        assert all(w.trainable for w in head)  # the head stays trainable in phase 2
+
+        everything = M.set_phase(built, M.PHASE_FINE_TUNE, 10_000)
+        assert len(trainable_backbone_layers(built)) == len(weighted) == len(everything)
+
+        M.set_phase(built, M.PHASE_FINE_TUNE, 0)
+        assert built.backbone.trainable_weights == []
+
+        M.set_phase(built, M.PHASE_END_TO_END)
+        assert len(built.model.trainable_weights) == len(
+            [w for w in built.model.weights if w.trainable]
+        )  # BN gamma/beta included
+    finally:
+        M.set_phase(built, M.PHASE_HEAD)
+
+
+@pytest.mark.parametrize("family", sorted(M.SCRATCH_FAMILIES))
+def test_scratch_families_train_everything_in_every_phase(family):
+    built = built_for(family)
+    n_trainable = len([w for w in built.model.weights if w.trainable])
+    for phase in (M.PHASE_END_TO_END, M.PHASE_HEAD, M.PHASE_FINE_TUNE):
+        assert M.set_phase(built, phase, 5) == []
+        assert len(built.model.trainable_weights) == n_trainable
+
+
+def test_augmentation_only_in_training():
+    built = built_for("cnn3")
+    aug = built.model.get_layer(M.AUGMENTATION_NAME)
+    assert [l.name for l in aug.layers] == ["aug_flip", "aug_rotation", "aug_shift", "aug_shear", "aug_zoom"]
+    x = images(8)
+    np.testing.assert_array_equal(aug(x, training=False).numpy(), x)
+    a, b = aug(x, training=True).numpy(), aug(x, training=True).numpy()
+    assert np.abs(a - x).max() > 0.05 and np.abs(a - b).max() > 0.05
+    # The whole model: deterministic at inference, stochastic in training (augmentation + dropout).
+    model = built.model
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_array_equal(model(x, training=False).numpy(), model(x, training=False).numpy())
+    assert np.abs(model(x, training=True).numpy() - model(x, training=True).numpy()).max() > 0
+
+
+def test_augment_config_controls_layers():
+    off = M.build_model(M.HParams(family="cnn3", augment=M.AugmentConfig(enabled=False)), S, 2, weights="none")
+    assert M.AUGMENTATION_NAME not in [l.name for l in off.model.layers]
+    cfg = M.AugmentConfig(rotation_degrees=0, shear=0, zoom=0, shift=0.2, horizontal_flip=False)
+    some = M.build_model(M.HParams(family="cnn3", augment=cfg), S, 2, weights="none")
+    assert [l.name for l in some.model.get_layer(M.AUGMENTATION_NAME).layers] == ["aug_shift"]
+    assert some.model.get_layer(M.AUGMENTATION_NAME).layers[0].height_factor == 0.2
+
+
+def test_random_shear_geometry():
+    layer = M.RandomShear(0.3, fill_mode="constant", interpolation="nearest")
+    x = np.zeros((16, 21, 21, 1), np.float32)
+    x[:, :, 10, :] = 1.0  # a vertical line through the centre
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x)
+    y = layer(x, training=True).numpy()
+    assert y.shape == x.shape
+    # The centre pixel is a fixed point of a shear about the centre; the line's ends move sideways.
+    np.testing.assert_array_equal(y[:, 10, 10, 0], 1.0)
+    moved = [np.argmax(y[i, 0, :, 0]) != 10 for i in range(16)]
+    assert sum(moved) >= 8
+    assert M.RandomShear.from_config(layer.get_config()).factor == 0.3
+
+
+def test_resizing_when_image_size_differs():
+    built = M.build_model(M.HParams(family="mobilenet_v2_035", image_size=48), S, 2, weights="none")
+    assert built.model.get_layer("resize").height == 48
+    assert built.backbone.input_shape == (None, 48, 48, 3) and built.image_size == 48
+    same = built_for("mobilenet_v2_035")
+    assert "resize" not in [l.name for l in same.model.layers]
+    xcep = built_for("xception")  # 32 < Xception's minimum 71: resized up, with a note
+    assert xcep.image_size == 71 and "71" in xcep.note
+
+
+@pytest.mark.parametrize("family", sorted(M.TRANSFER_FAMILIES))
+def test_grayscale_preprocessing_matches_family_preprocess_input(family):
+    built = built_for(family)
+    to_backbone = keras.Model(built.model.input, built.model.get_layer(M.BACKBONE_PREPROCESS_NAME).output)
+    x = images(2)
+    size = built.image_size
+    expected_in = tf.image.resize(x, [size, size]).numpy() if size != S else x
+    rgb255 = np.repeat(expected_in, 3, axis=-1) * 255.0
+    expected = M.TRANSFER_SPECS[family].preprocess_input(rgb255.copy())
+    got = to_backbone(x, training=False).numpy()
+    if size == S:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+    else:  # Resizing method differs from tf.image.resize default only in interpolation details
+        assert got.shape == expected.shape
+
+
+def test_hparams_round_trip_and_tuner():
+    hp = M.HParams(family="cnn4", image_size=96, augment=M.AugmentConfig(zoom=0.2))
+    d = hp.to_dict()
+    assert d["augment"]["zoom"] == 0.2
+    assert M.HParams.from_dict(d) == hp
+    with pytest.raises(ValueError):
+        M.HParams.from_dict({**d, "learning_rte": 1e-3})
+    with pytest.raises(ValueError):
+        M.HParams(family="resnet50")
+
+    import keras_tuner
+
+    space = {"family": ["cnn3", "mobilenet_v2_035"], "learning_rate": [1e-3, 1e-4], "dense_units": [32]}
+    hps = keras_tuner.HyperParameters()
+    trial = M.HParams.from_keras_tuner(hps, base=hp, search_space=space)
+    assert trial.family in space["family"] and trial.learning_rate in space["learning_rate"]
+    assert trial.dense_units == 32 and trial.image_size == 96  # fixed value / from base
+    assert set(hps.values) == set(space)
+    default = M.HParams.from_keras_tuner(keras_tuner.HyperParameters())
+    assert default.fine_tune_layers in M.DEFAULT_SEARCH_SPACE["fine_tune_layers"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights and fallback
+# ------------------------------------------------------------------------------------------------
+
+
+def _warnings(caplog):
+    return [r for r in caplog.records if r.name == M.__name__ and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("weights", ["auto", "imagenet", "missing.h5"])
+def test_missing_weights_fall_back_to_random_init_with_one_warning(weights, tmp_path, caplog):
+    if weights.endswith(".h5"):
+        weights = str(tmp_path / weights)
+    caplog.set_level(logging.INFO)
+    start = time.monotonic()
+    built = M.build_model(
+        M.HParams(family="mobilenet_v2_035"), S, 2, weights=weights, weights_dir=str(tmp_path), fallback="none"
+    )
+    assert time.monotonic() - start < 30
+    assert built.family == "mobilenet_v2_035" and built.backbone is not None
+    assert not built.pretrained and built.fell_back
+    (record,) = _warnings(caplog)
+    assert "mobilenet_v2_035" in record.getMessage() and "\n" not in record.getMessage()
+    assert built.model(images(), training=False).shape == (4, 1)
+
+
+def test_fallback_to_another_family_and_error(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    built = M.build_model(
+        M.HParams(family="densenet121"), S, 3, weights="auto", weights_dir=str(tmp_path), fallback="bn_double_conv"
+    )
+    assert built.family == "bn_double_conv" and built.requested_family == "densenet121"
+    assert built.backbone is None and built.model.output_shape == (None, 3)
+    assert len(_warnings(caplog)) == 1
+    with pytest.raises(RuntimeError, match="densenet121"):
+        M.build_model(M.HParams(family="densenet121"), S, 2, weights="auto", weights_dir=str(tmp_path), fallback="error")
+    with pytest.raises(ValueError):
+        M.build_model(M.HParams(family="cnn3"), S, 2, fallback="resnet")
+    with pytest.raises(ValueError):
+        M.build_model(M.HParams(family="cnn3"), S, 2, weights="imagnet")
+
+
+def test_corrupt_weight_file_falls_back(tmp_path, caplog):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an hdf5 file")
+    built = M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights=str(bad))
+    assert not built.pretrained and len(_warnings(caplog)) == 1
+
+
+def test_weights_none_is_silent_and_scratch_ignores_weights(caplog):
+    M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights="none")
+    M.build_model(M.HParams(family="cnn3"), S, 2, weights="imagenet")
+    assert _warnings(caplog) == []
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["bad name", "closed port"])
+def test_network_probe_fails_fast(where):
+    host, port = ("nonexistent.invalid", 443) if where == "bad name" else ("127.0.0.1", _closed_port())
+    start = time.monotonic()
+    assert _REAL_NETWORK_REACHABLE(host, port, timeout=1.0) is False
+    assert time.monotonic() - start < 3
+
+
+def test_pretrained_file_loads_and_backbone_runs_in_inference_mode(tmp_path):
+    """A weights file (here: a saved random MobileNetV2-0.35) makes the model 'pretrained'."""
+    source = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(S, S, 3))
+    path = str(tmp_path / "mnv2_035.h5")
+    source.save_weights(path)
+    built = M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights=path)
+    assert built.pretrained and path in built.note
+    for a, b in zip(source.get_weights(), built.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    bn = next(l for l in built.backbone.layers if isinstance(l, keras.layers.BatchNormalization))
+    M.set_phase(built, M.PHASE_FINE_TUNE, 1000)
+    assert not bn.trainable
+    # BatchNorm runs in inference mode even when the model trains and BN is trainable (the backbone
+    # is called with training=False): the moving statistics are not updated.
+    M.set_phase(built, M.PHASE_END_TO_END)
+    assert bn.trainable
+    before = [w.numpy().copy() for w in bn.non_trainable_weights]
+    built.model(images(8) * 3.0, training=True)
+    for a, w in zip(before, bn.non_trainable_weights):
+        np.testing.assert_array_equal(a, w.numpy())
+    # ...whereas a random-init backbone (BN not baked to inference) does update them.
+    rand = M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights="none")
+    rbn = next(l for l in rand.backbone.layers if isinstance(l, keras.layers.BatchNormalization))
+    before = [w.numpy().copy() for w in rbn.non_trainable_weights]
+    rand.model(images(8) * 3.0, training=True)
+    assert any(np.abs(a - w.numpy()).max() > 0 for a, w in zip(before, rbn.non_trainable_weights))
+
+
+def test_keras_cache_is_used_before_download(tmp_path, monkeypatch):
+    source = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(S, S, 3))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    source.save_weights(str(cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"))
+    monkeypatch.setattr(M, "KERAS_CACHE_DIRS", (str(cache),))
+    built = M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights="imagenet")
+    assert built.pretrained and "Keras cache" in built.note
+
+
+SHARED_FILES = {
+    "mobilenet_v2": "mobilenet_v2_1.0_224_no_top_from_tf2ptq.h5",
+    "mobilenet_v2_035": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+    "mobilenet_v1_075": "mobilenet_7_5_224_tf_no_top.h5",
+}
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_WEIGHTS), reason="no ../shared/weights")
+@pytest.mark.parametrize("family", sorted(SHARED_FILES))
+def test_shared_weight_files_load_at_non_224_sizes(family):
+    """The offline ImageNet files load (weights identical) into backbones of another input size."""
+    path = os.path.join(SHARED_WEIGHTS, SHARED_FILES[family])
+    if not os.path.exists(path):
+        pytest.skip(f"{path} absent")
+    built = M.build_model(M.HParams(family=family, image_size=96), S, 2, weights="auto", weights_dir=SHARED_WEIGHTS)
+    assert built.pretrained and SHARED_FILES[family] in built.note and built.image_size == 96
+    spec = M.TRANSFER_SPECS[family]
+    at_224 = spec.constructor(include_top=False, weights=path, input_shape=(224, 224, 3), **spec.kwargs)
+    for a, b in zip(at_224.get_weights(), built.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    y = built.model(images(), training=False).numpy()
+    assert np.all(np.isfinite(y))
+
+
+# ------------------------------------------------------------------------------------------------
+# Export
+# ------------------------------------------------------------------------------------------------
+
+_LOAD_WITHOUT_PROJECT = r"""
+import os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+path, x_path, y_path = sys.argv[1:4]
+x, y = np.load(x_path), np.load(y_path)
+serve = tf.saved_model.load(path).signatures["serving_default"]
+out = serve(image_xf=tf.constant(x))["probabilities"].numpy()
+assert np.allclose(out, y, atol=1e-6), (out, y)
+import tf_keras as keras
+m = keras.models.load_model(path)
+assert np.allclose(m.predict(x, verbose=0), y, atol=1e-6)
+assert "covid_cxr" not in sys.modules
+print("OK")
+"""
+
+
+def test_saved_model_with_augmentation_serves_without_project_code(tmp_path):
+    from covid_cxr.trainer import training
+
+    built = M.build_model(M.HParams(family="cnn3"), S, 3, weights="none")
+    training.compile_model(built, M.HParams(family="cnn3"), 3, M.PHASE_END_TO_END)
+    training.compile_for_export(built, 3)
+    x = images(4)
+    y = built.model.predict(x, verbose=0)
+    path = str(tmp_path / "serving_model")
+    built.model.save(path, save_format="tf")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_PROJECT, path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env,
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
+    # In-process reload keeps the custom shear layer's class.
+    reloaded = keras.models.load_model(path)
+    assert isinstance(reloaded.get_layer(M.AUGMENTATION_NAME).get_layer("aug_shear"), M.RandomShear)

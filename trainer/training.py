@@ -1,0 +1,381 @@
+"""Compiling, two-phase training and decision-threshold selection for :mod:`covid_cxr.trainer.models`.
+
+Labels are the Transform's ``label_xf`` (int class index). COVID is always the LAST class index of a
+task (1 in the binary tasks, 2 in ``three-class``), which is what "recall"/"precision" report.
+
+Metric names are fixed (``auc``, ``recall``, ``precision``, ``accuracy``) in every phase and task,
+so callbacks can monitor ``val_auc`` and histories of both phases merge key by key.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from covid_cxr.trainer import models
+from covid_cxr.trainer.models import BuiltModel, HParams
+
+logger = logging.getLogger(__name__)
+
+MONITOR = "val_auc"
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics for integer labels with a softmax output (Keras' AUC/Recall/Precision want one-hot)
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_hot(y_true, num_classes: int):
+    y_true = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    return tf.one_hot(y_true, num_classes)
+
+
+@keras.saving.register_keras_serializable(package="covid_cxr")
+class SparseAUC(keras.metrics.AUC):
+    """Macro one-vs-rest ROC AUC over ``num_classes`` from integer labels and softmax scores."""
+
+    def __init__(self, num_classes: int, name: str = "auc", **kwargs):
+        kwargs.setdefault("multi_label", True)
+        kwargs.setdefault("num_labels", num_classes)
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_classes"] = self.num_classes
+        return config
+
+
+@keras.saving.register_keras_serializable(package="covid_cxr")
+class SparseRecall(keras.metrics.Recall):
+    """Recall of ``class_id`` (predicted = argmax) from integer labels."""
+
+    def __init__(self, num_classes: int, class_id: int, name: str = "recall", **kwargs):
+        kwargs.setdefault("top_k", 1)
+        super().__init__(name=name, class_id=class_id, **kwargs)
+        self.num_classes = int(num_classes)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_classes"] = self.num_classes
+        return config
+
+
+@keras.saving.register_keras_serializable(package="covid_cxr")
+class SparsePrecision(keras.metrics.Precision):
+    """Precision of ``class_id`` (predicted = argmax) from integer labels."""
+
+    def __init__(self, num_classes: int, class_id: int, name: str = "precision", **kwargs):
+        kwargs.setdefault("top_k", 1)
+        super().__init__(name=name, class_id=class_id, **kwargs)
+        self.num_classes = int(num_classes)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_classes"] = self.num_classes
+        return config
+
+
+def make_metrics(num_classes: int, positive_index: Optional[int] = None) -> list[keras.metrics.Metric]:
+    """accuracy, auc, recall and precision (of the COVID class) for integer labels."""
+    if num_classes == 2:
+        return [
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Recall(name="recall"),
+            keras.metrics.Precision(name="precision"),
+        ]
+    covid = num_classes - 1 if positive_index is None else positive_index
+    return [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        SparseAUC(num_classes, name="auc"),
+        SparseRecall(num_classes, covid, name="recall"),
+        SparsePrecision(num_classes, covid, name="precision"),
+    ]
+
+
+def make_loss(num_classes: int) -> keras.losses.Loss:
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(name="binary_crossentropy")
+    return keras.losses.SparseCategoricalCrossentropy(name="sparse_categorical_crossentropy")
+
+
+def phase_learning_rate(hparams: HParams, phase: int) -> float:
+    return hparams.fine_tune_learning_rate if phase == models.PHASE_FINE_TUNE else hparams.learning_rate
+
+
+def compile_model(
+    built: BuiltModel,
+    hparams: HParams,
+    num_classes: int,
+    phase: int,
+    positive_index: Optional[int] = None,
+    compile_kwargs: Optional[Mapping[str, Any]] = None,
+) -> keras.Model:
+    """Set the phase's trainable layers (:func:`models.set_phase`) and compile with Adam.
+
+    phase 1: backbone frozen, lr = ``learning_rate``; phase 2: top ``fine_tune_layers`` non-BN
+    backbone layers trainable, lr = ``fine_tune_learning_rate``; phase 0: everything trainable,
+    lr = ``learning_rate`` (scratch families / random-init backbones). Loss: binary cross-entropy on
+    the single sigmoid unit (labels 0/1) or sparse categorical cross-entropy. ``compile_kwargs``
+    go to ``Model.compile`` (e.g. ``steps_per_execution``, ``jit_compile``, ``run_eagerly``).
+    """
+    models.set_phase(built, phase, hparams.fine_tune_layers)
+    built.model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=phase_learning_rate(hparams, phase)),
+        loss=make_loss(num_classes),
+        metrics=make_metrics(num_classes, positive_index),
+        **dict(compile_kwargs or {}),
+    )
+    return built.model
+
+
+def class_weights(
+    label_counts: Union[Mapping[int, int], Sequence[int]], num_classes: Optional[int] = None
+) -> dict[int, float]:
+    """Balanced class weights ``n_total / (n_classes * n_c)`` (sklearn's "balanced").
+
+    ``label_counts`` is ``{class_index: count}`` or a sequence indexed by class. The weighted mean
+    over the training examples is 1, so the loss scale (and learning rate) stays comparable. Classes
+    with no examples (or missing from the mapping, up to ``num_classes``) get weight 1.0, which
+    never applies to any example.
+    """
+    if isinstance(label_counts, Mapping):
+        counts = {int(k): int(v) for k, v in label_counts.items()}
+    else:
+        counts = {i: int(v) for i, v in enumerate(label_counts)}
+    if any(k < 0 for k in counts) or any(v < 0 for v in counts.values()):
+        raise ValueError(f"class indices and counts must be >= 0, got {counts}")
+    k = max(num_classes or 0, (max(counts) + 1) if counts else 0)
+    if k == 0:
+        raise ValueError("no classes")
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError("no labelled examples")
+    return {i: (total / (k * counts[i])) if counts.get(i, 0) > 0 else 1.0 for i in range(k)}
+
+
+def compile_for_export(built: BuiltModel, num_classes: int) -> keras.Model:
+    """Recompile with the loss and built-in metrics only, right before ``model.save``.
+
+    The three-class metrics (:class:`SparseAUC`, ...) are custom classes: a SavedModel holding them
+    cannot be opened by ``keras.models.load_model`` (as TFMA does) in a process that has not
+    imported this module. Binary models only use built-in metrics, so this is a no-op for them in
+    effect. Weights, trainable flags and the serving graph are unchanged.
+    """
+    metrics = make_metrics(num_classes) if num_classes == 2 else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    built.model.compile(
+        optimizer=built.model.optimizer or "adam", loss=make_loss(num_classes), metrics=metrics
+    )
+    return built.model
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------
+
+
+def _schedule_callbacks(hparams: HParams, monitor: str, first_epoch: int, epochs: int, base_lr: float):
+    if hparams.lr_schedule == "plateau":
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                mode="max",
+                factor=hparams.reduce_lr_factor,
+                patience=hparams.reduce_lr_patience,
+                min_lr=base_lr * 1e-3,
+                verbose=0,
+            )
+        ]
+    if hparams.lr_schedule == "cosine":
+
+        def cosine(epoch, lr):
+            progress = (epoch - first_epoch) / max(epochs, 1)
+            return float(base_lr * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
+
+        return [keras.callbacks.LearningRateScheduler(cosine, verbose=0)]
+    return []
+
+
+def _phases(built: BuiltModel, hparams: HParams, epochs: int, fine_tune_epochs: int) -> list[tuple[int, int]]:
+    if built.backbone is None or not built.pretrained:
+        # Nothing pretrained to protect: train end-to-end in one phase (no phase 2).
+        return [(models.PHASE_END_TO_END, epochs)]
+    phases = [(models.PHASE_HEAD, epochs)]
+    if hparams.fine_tune_layers > 0 and fine_tune_epochs > 0:
+        phases.append((models.PHASE_FINE_TUNE, fine_tune_epochs))
+    return phases
+
+
+def fit(
+    built: BuiltModel,
+    hparams: HParams,
+    train_ds: tf.data.Dataset,
+    val_ds: Optional[tf.data.Dataset],
+    *,
+    epochs: int,
+    steps_per_epoch: Optional[int],
+    validation_steps: Optional[int],
+    fine_tune_epochs: int = 0,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+    seed: int = 42,
+    num_classes: Optional[int] = None,
+    class_weight: Optional[Mapping[int, float]] = None,
+    verbose: Union[int, str] = 2,
+    compile_kwargs: Optional[Mapping[str, Any]] = None,
+) -> dict[str, list[Any]]:
+    """Train ``built.model`` (compiled here) and return the merged history of all phases.
+
+    Phases: pretrained transfer model -> phase 1 (frozen backbone, ``epochs``) then, if
+    ``fine_tune_layers > 0`` and ``fine_tune_epochs > 0``, phase 2 (top layers unfrozen, lower LR,
+    recompiled); scratch families and random-init backbones -> one end-to-end phase (``epochs``).
+
+    Every phase: EarlyStopping on ``val_auc`` (max, ``early_stopping_patience``) restoring the best
+    weights, plus the LR schedule of ``hparams.lr_schedule``, plus ``callbacks``. If phase 2 never
+    beats phase 1's best ``val_auc``, phase 1's weights are restored. ``keras.utils.set_random_seed
+    (seed)`` is called first. ``num_classes`` defaults to the model's output width (1 unit -> 2).
+    ``class_weight`` (see :func:`class_weights`) and ``compile_kwargs`` apply to every phase.
+
+    Returns ``{metric: [per-epoch values, phase 1 then phase 2]}`` plus ``"phase"`` and ``"epoch"``
+    lists of the same length (keys missing in one phase are padded with NaN).
+    """
+    keras.utils.set_random_seed(seed)
+    if num_classes is None:
+        width = int(built.model.output_shape[-1])
+        num_classes = 2 if width == 1 else width
+    monitor = MONITOR if val_ds is not None else "auc"
+    history: dict[str, list[Any]] = {"phase": [], "epoch": []}
+    epoch = 0
+    best_score = -np.inf
+    best_weights = None
+    best_phase = None
+    for phase, phase_epochs in _phases(built, hparams, epochs, fine_tune_epochs):
+        if phase_epochs <= 0:
+            continue
+        compile_model(built, hparams, num_classes, phase, compile_kwargs=compile_kwargs)
+        base_lr = phase_learning_rate(hparams, phase)
+        phase_callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode="max",
+                patience=hparams.early_stopping_patience,
+                restore_best_weights=True,
+                verbose=0,
+            ),
+            *_schedule_callbacks(hparams, monitor, epoch, phase_epochs, base_lr),
+            *callbacks,
+        ]
+        result = built.model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epoch + phase_epochs,
+            initial_epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps if val_ds is not None else None,
+            class_weight=dict(class_weight) if class_weight else None,
+            callbacks=phase_callbacks,
+            verbose=verbose,
+        )
+        ran = len(result.epoch)
+        n_before = len(history["phase"])
+        for key, values in result.history.items():
+            history.setdefault(key, [math.nan] * n_before).extend(float(v) for v in values)
+        history["phase"].extend([phase] * ran)
+        history["epoch"].extend(result.epoch)
+        for key, values in history.items():  # pad keys this phase did not report
+            values.extend([math.nan] * (n_before + ran - len(values)))
+        epoch += ran
+        scores = [v for v in result.history.get(monitor, []) if not math.isnan(v)]
+        phase_best = max(scores) if scores else -np.inf
+        if best_weights is not None and phase_best <= best_score:
+            logger.info(
+                "phase %d best %s %.4f did not beat phase %d's %.4f: restoring phase %d weights",
+                phase, monitor, phase_best, best_phase, best_score, best_phase,
+            )
+            built.model.set_weights(best_weights)
+        elif phase_best > best_score or best_weights is None:
+            best_score, best_phase = phase_best, phase
+            best_weights = built.model.get_weights()  # EarlyStopping already restored this phase's best
+    return history
+
+
+# ----------------------------------------------------------------------------------------------
+# Threshold
+# ----------------------------------------------------------------------------------------------
+
+
+def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95) -> float:
+    """The highest threshold t whose sensitivity (recall of COVID, label 1) is >= the target.
+
+    Decision rule: predict COVID when ``score >= t``. The returned t is always one of the observed
+    scores (ties are handled: every example scoring exactly t counts as positive), so among all
+    thresholds reaching the target it is the one with the fewest false positives.
+
+    Never impossible for a target in [0, 1]: t = the lowest positive score gives sensitivity 1.
+    With target 0 the highest score is returned. Raises ValueError when it is undefined: no
+    positives in ``y_true``, a target outside [0, 1], empty/mismatched inputs, non-finite scores or
+    labels other than 0/1. For a rule using ``score > t`` (as Keras/TFMA thresholded metrics do),
+    use ``np.nextafter(t, -np.inf)`` in the scores' dtype.
+    """
+    y_true = np.asarray(y_true).reshape(-1)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if y_score.ndim == 2 and y_score.shape[1] == 1:
+        y_score = y_score[:, 0]
+    if y_score.ndim != 1 or y_score.shape[0] != y_true.shape[0]:
+        raise ValueError(f"y_score must be [N] or [N, 1] matching y_true [N]; got {y_score.shape} vs {y_true.shape}")
+    if y_true.size == 0:
+        raise ValueError("empty inputs")
+    if not 0.0 <= target_sensitivity <= 1.0:
+        raise ValueError(f"target_sensitivity must be in [0, 1], got {target_sensitivity}")
+    if not np.all(np.isfinite(y_score)):
+        raise ValueError("y_score contains NaN or inf")
+    if not np.all(np.isin(y_true, (0, 1))):
+        raise ValueError("y_true must contain only 0 and 1")
+    positives = np.sort(y_score[y_true == 1])[::-1]  # descending
+    n_pos = positives.size
+    if n_pos == 0:
+        raise ValueError("no positive (COVID) examples: sensitivity is undefined")
+    # Sensitivity at t = #(positive scores >= t) / n_pos. It only steps at positive scores, and the
+    # highest t reaching it is the k-th highest positive score with k = ceil(target * n_pos).
+    needed = max(1, int(math.ceil(target_sensitivity * n_pos - 1e-9)))
+    if target_sensitivity == 0.0:
+        return float(np.max(y_score))
+    return float(positives[needed - 1])
+
+
+def sensitivity_specificity(y_true, y_score, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of the rule ``score >= threshold`` (NaN when a class is absent)."""
+    y_true = np.asarray(y_true).reshape(-1)
+    predicted = np.asarray(y_score, dtype=np.float64).reshape(-1) >= threshold
+    pos, neg = y_true == 1, y_true == 0
+    sens = float(predicted[pos].mean()) if pos.any() else math.nan
+    spec = float((~predicted[neg]).mean()) if neg.any() else math.nan
+    return sens, spec
+
+
+__all__ = [
+    "SparseAUC",
+    "SparsePrecision",
+    "SparseRecall",
+    "choose_threshold",
+    "class_weights",
+    "compile_for_export",
+    "compile_model",
+    "fit",
+    "make_loss",
+    "make_metrics",
+    "sensitivity_specificity",
+]
