@@ -10,9 +10,11 @@ Pipeline (``curate``), deterministic end to end:
    256-bit pHash of the cropped image, resize to ``max_side`` (never up), optional CLAHE/histogram
    equalization, 8-bit grayscale PNG. Unreadable files are rejections ("unreadable image: ...");
    DICOMs whose header says CT/MR/... or a lateral view are rejected too;
-4. near-duplicates (``data/dedupe.py``) within and across sources: in source-priority order
-   (cohen, rsna, kermany, radiography, folder; then by path) the first copy is kept, later copies are
-   rejected ("near-duplicate of <source>:<ref>");
+4. near-duplicates (``data/dedupe.py``) within and across sources, among the images the task
+   uses: in source-priority order (cohen, rsna, kermany, radiography, folder; then by path) the first
+   copy is kept, later copies are rejected ("near-duplicate of <source>:<ref>"). A copy whose finding
+   differs from the kept one's is a label conflict: the kept (higher-priority) label wins and the
+   pair is listed in summary.json (``duplicates.label_conflict_examples``);
 5. groups: union-find over "same patient" and "near-duplicate" links, so a patient and every
    near-duplicate of any of its images share one ``group`` (the split key);
 6. pseudonyms: ``patient_id`` = HMAC-SHA256(key, "<source>:<raw id>")[:16] (``data/pseudonym.py``);
@@ -46,6 +48,8 @@ that contain their PatientID/PatientName) carry the pseudonym instead.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -53,6 +57,7 @@ import multiprocessing
 import os
 import sys
 import time
+import types
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import click
@@ -163,108 +168,45 @@ def curate(
     except pseudonym.PseudonymKeyError as e:
         raise CurationError(str(e)) from None
 
-    # 1-2. candidates and task filter
-    items = [_Item(i, c) for i, c in enumerate(c for s in source_objs for c in s.candidates())]
-    todo: list[_Item] = []
-    for it in items:
-        c = it.candidate
-        if c.reject is not None:
-            it.reject = c.reject
-        elif task_obj.class_of(c.finding) is None:
-            it.reject = f"not used by task {task_obj.name}"
-        else:
-            it.label = task_obj.class_of(c.finding)
-            todo.append(it)
-        it.raw_patient = c.patient_id or ""
-        it.view, it.sex, it.age = c.view, c.sex, c.age
+    items = _label(source_objs, task_obj)
+    _load_pixels([it for it in items if it.label is not None], max_side, crop, equalize, workers, progress)
 
-    # 3. pixels
-    jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]
-    for it, (result, error) in zip(todo, _run_jobs(jobs, workers, progress)):
-        if result is None:
-            it.reject = f"unreadable image: {error}"
-            continue
-        it.processed = result
-        header = result.header
-        if header is not None:
-            it.identifiers = header.identifiers
-            it.raw_patient = it.raw_patient or (header.identifiers[0] if header.identifiers else "")
-            it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
-            it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
-            if header.modality in dicom.NON_RADIOGRAPH_MODALITIES:
-                it.reject = f"not an X-ray: {header.modality}"
-            elif header.view in (dicom.LATERAL, "oblique"):
-                it.reject = f"{header.view} view: DICOM ViewPosition"
-            elif it.view == features.UNKNOWN:
-                it.view = header.view if header.view in features.VIEWS else features.UNKNOWN
-    for it in items:
-        if not it.raw_patient:
-            it.raw_patient = it.candidate.source_ref  # no id published: the file is its own patient
-        if it.candidate.path and not it.identifiers and it.candidate.path.lower().endswith((".dcm", ".dicom")):
-            it.identifiers = dicom.header_identifiers(it.candidate.path)  # rejected before loading: scrub refs too
-
-    pseudo = {}
+    pseudonyms: dict[tuple[str, str], str] = {}
 
     def pid(it: _Item) -> str:
         k = (it.candidate.source, it.raw_patient)
-        if k not in pseudo:
-            pseudo[k] = pseudonym.pseudonymize(key_bytes, *k)
-        return pseudo[k]
+        if k not in pseudonyms:
+            pseudonyms[k] = pseudonym.pseudonymize(key_bytes, *k)
+        return pseudonyms[k]
 
     refs = {it.index: _public_ref(it, pid(it)) for it in items}
-
-    # 4. near-duplicates among the images that survived so far
     hashed = [it for it in items if it.processed is not None and it.reject is None]
-    dups = dedupe.find_duplicates([it.processed.phash for it in hashed], hash_threshold)
-    dup_pairs = collections.Counter()
-    for j, i in sorted(dups.kept_of.items()):
-        kept, copy = hashed[i], hashed[j]
-        copy.reject = f"near-duplicate of {kept.candidate.source}:{refs[kept.index]}"
-        dup_pairs["/".join(sorted({kept.candidate.source, copy.candidate.source}))] += 1
-    within = sum(n for k, n in dup_pairs.items() if "/" not in k)
+    dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
+    uf = _group(hashed, dups)
+    balance = _apply_balance_cap(hashed, balance_cap)
 
-    # 5. groups: same patient + every near pair (rejected copies included: they link their patients)
-    uf = dedupe.UnionFind(len(hashed))
-    first_of_patient: dict[tuple[str, str], int] = {}
-    for n, it in enumerate(hashed):
-        uf.union(first_of_patient.setdefault((it.candidate.source, it.raw_patient), n), n)
-    for i, j, _ in dups.pairs:
-        uf.union(i, j)
-
-    # 7. balance cap
-    kept = [n for n, it in enumerate(hashed) if it.reject is None]
-    before = collections.Counter(hashed[n].label for n in kept)
-    if balance_cap is not None:
-        by_class: dict[str, list[int]] = collections.defaultdict(list)
-        for n in kept:
-            by_class[hashed[n].label].append(n)
-        for label, members in by_class.items():
-            order = sorted(members, key=lambda n: hashlib.sha256(
-                f"{hashed[n].candidate.source}:{hashed[n].candidate.source_ref}".encode()).hexdigest())
-            for n in order[balance_cap:]:
-                hashed[n].reject = BALANCE_CAP_REASON
-        kept = [n for n in kept if hashed[n].reject is None]
-
-    # 8. write
     writer = DatasetWriter(out_dir, task_obj.name)
-    crop_counts = collections.Counter()
-    for n in kept:
-        it = hashed[n]
+    crop_counts: collections.Counter = collections.Counter()
+    group_sizes: collections.Counter = collections.Counter()
+    for n, it in enumerate(hashed):
+        if it.reject is not None:
+            continue
         p = it.processed
-        root = hashed[uf.find(n)]
+        group = pid(hashed[uf.find(n)])  # the pseudonym of the group's first patient
         record = features.Record(
             png=p.png, label=it.label, label_index=task_obj.classes.index(it.label), patient_id=pid(it),
-            group=pid(root), source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
+            group=group, source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
         )
         writer.add(record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
         crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
+        group_sizes[group] += 1
     rejected_by_source: dict = collections.defaultdict(collections.Counter)
     for it in items:
         if it.reject is not None:
             writer.reject(it.candidate.source, refs[it.index], it.reject)
             rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
 
-    extra = {
+    summary = writer.close({
         "settings": {
             "task": task_obj.name,
             "sources": {s.name: s.root for s in source_objs},
@@ -280,19 +222,105 @@ def curate(
         },
         "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
         "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
-        "duplicates": {
-            "rejected": len(dups.kept_of),
-            "within_source": within,
-            "cross_source": len(dups.kept_of) - within,
-            "by_sources": dict(sorted(dup_pairs.items())),
-            "near_pairs": len(dups.pairs),
-        },
+        "duplicates": duplicate_summary,
+        "largest_group": max(group_sizes.values(), default=0),
         "crop": dict(sorted(crop_counts.items())),
-        "balance": {"cap": balance_cap, "before": dict(sorted(before.items()))} if balance_cap is not None else None,
-    }
-    summary = writer.close(extra)
+        "balance": balance,
+    })
     log.info("curated %d images (%d rejected) into %s", summary["accepted"], summary["rejected"], out_dir)
     return summary
+
+
+def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
+    """Every candidate of every source (priority order), with its task class or rejection reason."""
+    items = [_Item(i, c) for i, c in enumerate(c for s in source_objs for c in s.candidates())]
+    for it in items:
+        c = it.candidate
+        if c.reject is not None:
+            it.reject = c.reject
+        elif task.class_of(c.finding) is None:
+            it.reject = f"not used by task {task.name}"
+        else:
+            it.label = task.class_of(c.finding)
+        it.raw_patient = c.patient_id or ""
+        it.view, it.sex, it.age = c.view, c.sex, c.age
+    return items
+
+
+def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress) -> None:
+    """Processes the images; applies DICOM header rules (modality, lateral view) and fields."""
+    jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]
+    for it, (result, error) in zip(todo, _run_jobs(jobs, workers, progress)):
+        if result is None:
+            it.reject = f"unreadable image: {error}"
+            continue
+        it.processed = result
+        header = result.header
+        if header is None:
+            continue
+        it.identifiers = header.identifiers
+        it.raw_patient = it.raw_patient or header.identifiers[0]
+        it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
+        it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
+        if header.modality in dicom.NON_RADIOGRAPH_MODALITIES:
+            it.reject = f"not an X-ray: {header.modality}"
+        elif header.view in (dicom.LATERAL, "oblique"):
+            it.reject = f"{header.view} view: DICOM ViewPosition"
+        elif it.view == features.UNKNOWN and header.view in features.VIEWS:
+            it.view = header.view
+    for it in todo:
+        if not it.raw_patient:
+            it.raw_patient = it.candidate.source_ref  # no id published: the file is its own patient
+
+
+def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], threshold: int):
+    """Rejects later copies of near-duplicate images; returns (Duplicates, summary section)."""
+    dups = dedupe.find_duplicates([it.processed.phash for it in hashed], threshold)
+    by_sources: collections.Counter = collections.Counter()
+    conflicts: list[str] = []  # the same picture under two labels: the kept (higher-priority) label wins
+    for j, i in sorted(dups.kept_of.items()):
+        kept, copy = hashed[i], hashed[j]
+        copy.reject = f"near-duplicate of {kept.candidate.source}:{refs[kept.index]}"
+        by_sources["/".join(sorted({kept.candidate.source, copy.candidate.source}))] += 1
+        if kept.candidate.finding != copy.candidate.finding:
+            conflicts.append(f"{copy.candidate.source}:{refs[copy.index]} ({copy.candidate.finding}) duplicates "
+                             f"{kept.candidate.source}:{refs[kept.index]} ({kept.candidate.finding})")
+    within = sum(n for k, n in by_sources.items() if "/" not in k)
+    return dups, {
+        "rejected": len(dups.kept_of),
+        "within_source": within,
+        "cross_source": len(dups.kept_of) - within,
+        "by_sources": dict(sorted(by_sources.items())),
+        "near_pairs": len(dups.pairs),
+        "label_conflicts": len(conflicts),
+        "label_conflict_examples": conflicts[:50],
+    }
+
+
+def _group(hashed: Sequence[_Item], dups: dedupe.Duplicates) -> dedupe.UnionFind:
+    """Union-find over "same patient" and every near pair (rejected copies too: they link patients)."""
+    uf = dedupe.UnionFind(len(hashed))
+    first_of_patient: dict[tuple[str, str], int] = {}
+    for n, it in enumerate(hashed):
+        uf.union(first_of_patient.setdefault((it.candidate.source, it.raw_patient), n), n)
+    for i, j, _ in dups.pairs:
+        uf.union(i, j)
+    return uf
+
+
+def _apply_balance_cap(hashed: Sequence[_Item], cap: Optional[int]) -> Optional[dict]:
+    """Keeps at most ``cap`` images per class, chosen by SHA-256 of "<source>:<ref>"; the rest are rejected."""
+    if cap is None:
+        return None
+    by_class: dict[str, list[_Item]] = collections.defaultdict(list)
+    for it in hashed:
+        if it.reject is None:
+            by_class[it.label].append(it)
+    for members in by_class.values():
+        members.sort(key=lambda it: hashlib.sha256(f"{it.candidate.source}:{it.candidate.source_ref}".encode()).hexdigest())
+        for it in members[cap:]:
+            it.reject = BALANCE_CAP_REASON
+    return {"cap": cap, "before": {label: len(m) for label, m in sorted(by_class.items())}}
 
 
 def _kind(reason: str) -> str:
@@ -302,7 +330,10 @@ def _kind(reason: str) -> str:
 def _public_ref(it: _Item, patient_pseudonym: str) -> str:
     """The ref as written: raw patient ids (RSNA file names, DICOM identifiers) replaced by the pseudonym."""
     ref = it.candidate.source_ref
-    secrets_ = set(i for i in it.identifiers if len(i) >= _MIN_ID_LENGTH)
+    identifiers = it.identifiers
+    if not identifiers and it.processed is None and it.candidate.path and dicom.is_dicom(it.candidate.path):
+        identifiers = dicom.header_identifiers(it.candidate.path)  # rejected before loading
+    secrets_ = set(i for i in identifiers if len(i) >= _MIN_ID_LENGTH)
     if it.candidate.ref_has_patient_id and it.raw_patient:
         secrets_.add(it.raw_patient)
     for s in sorted(secrets_, key=len, reverse=True):
@@ -323,12 +354,19 @@ def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[
         bar = tqdm(total=len(jobs), desc="curating", unit="img", file=sys.stderr)
     try:
         if workers > 1 and len(jobs) >= _PARALLEL_MIN_JOBS:
-            # spawn: workers import only images/dicom (no TensorFlow), and no fork-after-threads hazards.
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for result in pool.imap(images.process_job, jobs, chunksize=8):
-                    if bar:
-                        bar.update()
-                    yield result
+            # spawn, not fork: no fork-after-threads hazards (TensorFlow, OpenCV pools in this process).
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+                with _workers_skip_main_module():
+                    results = pool.map(images.process_job, jobs, chunksize=8)  # starts the workers
+                try:
+                    for result in results:
+                        if bar:
+                            bar.update()
+                        yield result
+                except concurrent.futures.process.BrokenProcessPool:
+                    raise CurationError("an image worker process crashed (a decoder failed hard); "
+                                        "re-run with --workers 1 to see which file") from None
         else:
             for job in jobs:
                 result = images.process_job(job)
@@ -338,6 +376,20 @@ def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[
     finally:
         if bar:
             bar.close()
+
+
+@contextlib.contextmanager
+def _workers_skip_main_module():
+    """Spawned workers re-import the parent's __main__ script (for `covid-cxr` that is the whole CLI,
+    TensorFlow included: seconds per worker). They only need covid_cxr.data.images, so while they
+    start, __main__ is a blank module and they skip it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _parse_source_option(values: Sequence[str]) -> list[tuple[str, str]]:
@@ -401,6 +453,8 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
     d = summary.get("duplicates", {})
     lines.append(f"  near-duplicates rejected: {d.get('rejected', 0)} "
                  f"(within a source {d.get('within_source', 0)}, across sources {d.get('cross_source', 0)})")
+    if d.get("label_conflicts"):
+        lines.append(f"  label conflicts (same picture, different labels; the kept copy's label wins): {d['label_conflicts']}")
     lines.append(f"  patients {summary.get('patients', 0)}, groups {summary.get('groups', 0)}")
     lines.append(f"  rejected {summary['rejected']}:")
     for reason, n in sorted(summary.get("rejections", {}).items(), key=lambda kv: (-kv[1], kv[0])):

@@ -60,6 +60,7 @@ def build_corpus(root: Path) -> dict:
     testing.write_dicom(fol / "COVID" / "ct.dcm", testing.radiograph(42), modality="CT", patient_id="PID-CT-99")
     testing.write_image(fol / "healthy" / "h.png", testing.radiograph(43))
     testing.write_image(fol / "other" / "o.png", testing.radiograph(44))
+    testing.write_dicom(fol / "other" / "PID-OTHER-5.dcm", testing.radiograph(45), patient_id="PID-OTHER-5")
     return {"cohen": str(cohen), "rsna": str(rsna), "radiography": str(rad), "kermany": str(ker), "folder": str(fol)}
 
 
@@ -94,8 +95,8 @@ def read_records(out):
 def test_accepted_and_rejected_account_for_every_input(run):
     out, summary = run
     manifest, rejected = read_csv(out / "manifest.csv"), read_csv(out / "rejected.csv")
-    assert summary["inputs_per_source"] == {"cohen": 9, "rsna": 3, "radiography": 5, "kermany": 3, "folder": 5}
-    assert len(manifest) + len(rejected) == 25
+    assert summary["inputs_per_source"] == {"cohen": 9, "rsna": 3, "radiography": 5, "kermany": 3, "folder": 6}
+    assert len(manifest) + len(rejected) == 26
     assert summary["per_class"] == {"covid": 5, "normal": 6}
     assert summary["per_source_class"] == {
         "cohen": {"covid": 3, "normal": 1}, "folder": {"covid": 1, "normal": 1}, "kermany": {"normal": 2},
@@ -116,6 +117,8 @@ def test_accepted_and_rejected_account_for_every_input(run):
     assert reasons[("folder", "COVID/lat.dcm")] == "lateral view: DICOM ViewPosition"
     assert reasons[("folder", "COVID/ct.dcm")] == "not an X-ray: CT"
     assert reasons[("folder", "other/o.png")] == "unmapped class folder: other"
+    other_dcm = [ref for (src, ref), why in reasons.items() if src == "folder" and ref.endswith(".dcm") and ref.startswith("other/")]
+    assert len(other_dcm) == 1 and "PID-OTHER-5" not in other_dcm[0]  # scrubbed although never loaded
     assert sorted(reasons[("rsna", r)].split(":")[0] for r in rsna_refs) == ["abnormal, no lung opacity", "not used by task covid-vs-normal"]
     assert summary["duplicates"]["within_source"] == 1 and summary["duplicates"]["cross_source"] == 2
     assert summary["duplicates"]["by_sources"] == {"cohen": 1, "cohen/radiography": 1, "radiography/rsna": 1}
@@ -179,12 +182,12 @@ def test_groups_merge_patients_through_duplicates(run):
     for r in manifest:
         groups_of_patient.setdefault(r["patient_id"], set()).add(r["group"])
     assert all(len(g) == 1 for g in groups_of_patient.values())  # no patient in two groups
-    assert summary["patients"] == 9 and summary["groups"] == 8
+    assert summary["patients"] == 9 and summary["groups"] == 8 and summary["largest_group"] == 3
 
 
 def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
     out, _ = run
-    secrets = [*RSNA_IDS, DICOM_PID, "PID-LAT-9", "PID-CT-99", *COHEN_IDS, "Doe", "Johanna", testing.SECRET_INSTITUTION,
+    secrets = [*RSNA_IDS, DICOM_PID, "PID-LAT-9", "PID-CT-99", "PID-OTHER-5", *COHEN_IDS, "Doe", "Johanna", testing.SECRET_INSTITUTION,
                testing.SECRET_DATE]
     blobs = {}
     for path in out.iterdir():
@@ -368,3 +371,19 @@ def test_real_corpus_duplicates_and_rejections(real_run):
     rsna_ids = {p.stem for p in (REAL_DATA / "rsna-pneumonia" / "stage_2_train_images").glob("*.dcm")}
     text = (out / "manifest.csv").read_text() + (out / "rejected.csv").read_text() + (out / "summary.json").read_text()
     assert not [i for i in rsna_ids if i in text]
+
+
+def test_label_conflicts_are_reported(tmp_path, capsys):
+    cohen = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="p1", finding="COVID-19", view="PA", filename="a.png", seed=1),
+        dict(patientid="p2", finding="No Finding", view="PA", filename="b.png", seed=2),
+    ])
+    testing.write_image(tmp_path / "f" / "healthy" / "copy-of-a.jpg", testing.radiograph(1), quality=70, size=(100, 120))
+    testing.write_image(tmp_path / "f" / "healthy" / "c.png", testing.radiograph(3))
+    s = curate([("folder", str(tmp_path / "f")), ("cohen", str(cohen))], str(tmp_path / "o"), "covid-vs-normal",
+               class_map={"healthy": "normal"}, key=KEY, progress=True)
+    assert s["per_class"] == {"covid": 1, "normal": 2}
+    assert s["duplicates"]["label_conflicts"] == 1
+    assert s["duplicates"]["label_conflict_examples"] == [
+        "folder:healthy/copy-of-a.jpg (normal) duplicates cohen:images/a.png (covid)"]
+    assert "curating" in capsys.readouterr().err  # the progress bar

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import re
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -153,7 +153,9 @@ def _read_dicom(path: str) -> DicomImage:
     except Exception as e:  # noqa: BLE001 - decoder errors: report the transfer syntax, not the header
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
-        raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__})") from None
+        hint = "; needs a decoder plugin such as pylibjpeg or GDCM" if getattr(syntax, "is_compressed", False) \
+            and isinstance(e, (RuntimeError, NotImplementedError)) else ""
+        raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
     return DicomImage(
         pixels=pixels,
         sex=parse_sex(ds.get("PatientSex")),
@@ -196,29 +198,39 @@ def to_uint8(ds) -> np.ndarray:
     has_modality = bool(ds.get("ModalityLUTSequence")) or ("RescaleSlope" in ds and "RescaleIntercept" in ds)
     values = apply_modality_lut(arr, ds) if has_modality else arr
 
-    lo: float
-    hi: float
-    if ds.get("VOILUTSequence") and ds.VOILUTSequence[0].get("LUTData") is not None:
-        if not np.issubdtype(values.dtype, np.integer):
-            values = np.rint(values).astype(np.int64)
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-        # Output range = the LUT's own range: map every input the LUT defines.
-        descriptor = ds.VOILUTSequence[0].LUTDescriptor
-        domain = np.arange(int(descriptor[1]), int(descriptor[1]) + (int(descriptor[0]) or 2**16), dtype=np.int64)
-        table = apply_voi_lut(domain, ds, index=0, prefer_lut=True)
-        lo, hi = float(table.min()), float(table.max())
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=False)
-        # The windowing output range depends on bits/rescale (PS3.3 C.11.2.1.2): probe it.
-        lo, hi = (float(v) for v in apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=False))
-    elif bits <= 8 and not signed and not has_modality:
-        lo, hi = 0.0, 255.0
-    else:
-        lo, hi = float(np.min(values)), float(np.max(values))
+    try:
+        values, lo, hi = _apply_voi(values, ds)
+    except (ValueError, NotImplementedError, IndexError, TypeError, AttributeError):
+        lo = hi = None  # a malformed VOI module: fall back to the data's own range
+    if lo is None:
+        if bits <= 8 and not signed and not has_modality:
+            lo, hi = 0.0, 255.0
+        else:
+            lo, hi = float(np.min(values)), float(np.max(values))
     out8 = _stretch(values, lo, hi)
     if photometric == "MONOCHROME1":
         out8 = 255 - out8
     return out8
+
+
+def _apply_voi(values: np.ndarray, ds):
+    """(values, lo, hi) after the VOI LUT or windowing, lo/hi being its output range; (values, None, None)
+    when the dataset has no VOI transform."""
+    if ds.get("VOILUTSequence") and ds.VOILUTSequence[0].get("LUTData") is not None:
+        if not np.issubdtype(values.dtype, np.integer):
+            values = np.rint(values).astype(np.int64)
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        # Output range = the LUT's own range: map every input the LUT defines.
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        domain = np.arange(int(descriptor[1]), int(descriptor[1]) + (int(descriptor[0]) or 2**16), dtype=np.int64)
+        table = apply_voi_lut(domain, ds, index=0, prefer_lut=True)
+        return out, float(table.min()), float(table.max())
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=False)
+        # The windowing output range depends on bits/rescale (PS3.3 C.11.2.1.2): probe it.
+        lo, hi = (float(v) for v in apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=False))
+        return out, lo, hi
+    return values, None, None
 
 
 def _stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -156,3 +156,19 @@ def test_real_nih_samples_decode():
         d = dicom.read_dicom(str(path))
         assert d.pixels.dtype == np.uint8 and d.pixels.std() > 10
         assert d.view in ("PA", "AP", "unknown")
+
+
+def test_malformed_window_falls_back_to_the_data_range(tmp_path):
+    img = testing.radiograph(9).astype(np.uint16) * 16
+    path = testing.write_dicom(tmp_path / "w.dcm", img, bits_stored=12, window=(2048, 0))  # width 0 is invalid
+    out = dicom.read_dicom(path).pixels
+    assert out.min() == 0 and out.max() == 255 and corr(out, img) > 0.999
+
+
+def test_unsupported_compression_is_a_clear_error(tmp_path):
+    path = testing.write_dicom(tmp_path / "j.dcm", testing.radiograph(10), jpeg_baseline=True)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1  # no decoder installed for it
+    ds.save_as(tmp_path / "lossless.dcm")
+    with pytest.raises(dicom.DicomError, match="JPEG Lossless.*(pylibjpeg|GDCM)"):
+        dicom.read_dicom(str(tmp_path / "lossless.dcm"))

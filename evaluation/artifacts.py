@@ -21,7 +21,8 @@ BLESSING = ("Evaluator", "blessing")
 MODEL_RUN = ("Trainer", "model_run")
 HISTORY_FILE = "history.json"  # mirrors trainer.task.HISTORY_FILE
 MAX_TOP_VALUES = 8
-MAX_CATEGORIES = 20  # string features with more unique values (ids, image bytes) get no value list
+MAX_CATEGORIES = 20  # string features with more unique values get no value list
+NO_VALUE_LIST = frozenset({"image", "patient_id", "group"})  # bytes and pseudonymous ids: counts only
 
 
 def newest_execution(pipeline_root: str, component: str, output: str) -> Optional[str]:
@@ -63,7 +64,7 @@ def summarize_statistics(stats_list) -> dict:
             s = feature.string_stats
             common = s.common_stats
             entry["unique"] = int(s.unique)
-            if s.unique <= MAX_CATEGORIES:
+            if s.unique <= MAX_CATEGORIES and _feature_name(feature) not in NO_VALUE_LIST:
                 entry["top_values"] = {v.value: int(v.frequency) for v in s.top_values[:MAX_TOP_VALUES]}
         elif kind == "bytes_stats":
             s = feature.bytes_stats

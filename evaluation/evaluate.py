@@ -462,7 +462,7 @@ def summary_text(report: dict) -> str:
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
         + (f"; {report['data']['skipped']} skipped" if report["data"]["skipped"] else "") + ")",
-        f"decision threshold {report['threshold']:.4f} ({report['threshold_note']})",
+        f"decision threshold {report['threshold']:.4f}: {report['threshold_note']}",
         "metric        value  [95% CI]  (k/n)",
     ]
     for name in ("sensitivity", "specificity", "precision", "accuracy", "auc"):

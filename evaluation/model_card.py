@@ -1,5 +1,18 @@
-"""The model card written beside every pushed model version (markdown)."""
+"""The model card written beside every pushed model version (markdown).
+
+``render(metadata, report)`` is what the pusher calls (components/pusher.py): ``metadata`` is the
+model's metadata asset (serving/export.py, written by trainer/task.py) and ``report`` its
+GateReport (evaluation/gate_report.py). Optional inputs, used when present:
+
+* ``evaluation=`` a ``covid-cxr evaluate`` report (evaluation/evaluate.py, its report.json dict):
+  adds metrics with 95% confidence intervals, per-source results and the shortcut audit;
+* metadata keys ``data_summary`` (a curation summary.json: per_source_class, patients, rejections),
+  ``gate`` (the GateConfig: min_sensitivity, min_specificity, min_auc, max_auc_regression) and
+  ``curation`` (settings such as equalization / max_side) -- shown when the Trainer stores them.
+"""
 from __future__ import annotations
+
+from typing import Mapping, Optional
 
 FILE_NAME = "model_card.md"
 
@@ -10,37 +23,137 @@ def _table(values: dict) -> list[str]:
     return lines
 
 
-def render(metadata: dict, report) -> str:
+def _ci_cell(entry) -> str:
+    if not isinstance(entry, Mapping) or entry.get("value") is None:
+        return "n/a | n/a | "
+    ci = entry.get("ci95")
+    ci_text = f"{ci[0]:.3f} – {ci[1]:.3f}" if ci else "n/a"
+    kn = f"{entry['k']}/{entry['n']}" if "k" in entry else (
+        f"{entry.get('n_positive', '?')} pos / {entry.get('n_negative', '?')} neg" if "n_positive" in entry else "")
+    return f"{entry['value']:.3f} | {ci_text} | {kn}"
+
+
+def _counts(counts: Mapping) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "not recorded"
+
+
+def _data_lines(metadata: dict, report, evaluation: Optional[dict]) -> list[str]:
+    lines = ["## Data"]
+    summary = metadata.get("data_summary") or {}
+    if summary:
+        lines.append(f"- curated dataset: {summary.get('accepted', '?')} images of {summary.get('patients', '?')} "
+                     f"patients ({summary.get('groups', '?')} split groups); {summary.get('rejected', 0)} inputs rejected")
+        per_source = summary.get("per_source_class") or {}
+        if per_source:
+            lines += ["", "| source | images per class |", "|---|---|"]
+            lines += [f"| {s} | {_counts(c)} |" for s, c in sorted(per_source.items())]
+            lines.append("")
+        if summary.get("synthetic"):
+            lines.append("- **the data is SYNTHETIC** (the embedded generator): the metrics say nothing about radiographs")
+    lines.append(f"- training examples per class: {_counts(metadata.get('train_class_counts', {}))}")
+    lines.append(f"- validation examples per class (early stopping, threshold choice): "
+                 f"{_counts(metadata.get('eval_class_counts', {}))}")
+    test_sources = {k.split(":", 1)[1]: int(v.get("examples", 0)) for k, v in (report.slices or {}).items()
+                    if k.startswith("source:") and "examples" in v} if report is not None else {}
+    if test_sources:
+        lines.append(f"- held-out test examples per source: {_counts(test_sources)}")
+    if evaluation:
+        data = evaluation.get("data", {})
+        lines.append(f"- independent evaluation data: {data.get('path', '?')} ({data.get('format', '?')}, "
+                     f"n={evaluation.get('n', '?')}: {_counts(evaluation.get('class_counts', {}))})")
+    lines.append("- splits are by patient and near-duplicate group: no patient or duplicate picture is in two splits")
+    curation = metadata.get("curation") or {}
+    if curation:
+        lines.append(f"- curation settings: {', '.join(f'{k}={v}' for k, v in sorted(curation.items()))}")
+    return lines + [""]
+
+
+def _evaluation_lines(evaluation: dict) -> list[str]:
+    lines = [f"## Metrics with 95% confidence intervals ({evaluation.get('data', {}).get('path', 'evaluation data')})",
+             "", "| metric | value | 95% CI | k/n |", "|---|---|---|---|"]
+    for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("precision", "precision (PPV)"),
+                       ("npv", "NPV"), ("accuracy", "accuracy"), ("auc", "AUC")):
+        if key in evaluation:
+            lines.append(f"| {label} | {_ci_cell(evaluation[key])} |")
+    lines += ["", "Proportions: Wilson score intervals; AUC: " + str(evaluation.get("auc", {}).get("method", "")) + "."]
+    multiclass = evaluation.get("multiclass")
+    if multiclass:
+        lines.append(f"- three-class macro-F1: {multiclass['macro_f1']:.3f}")
+    per_source = evaluation.get("per_source") or {}
+    if per_source:
+        lines += ["", "| source | n | sensitivity (95% CI) | specificity (95% CI) |", "|---|---|---|---|"]
+        for source, m in per_source.items():
+            sens, spec = m["sensitivity"], m["specificity"]
+            fmt = lambda e: f"{e['value']:.3f} ({e['ci95'][0]:.3f} – {e['ci95'][1]:.3f})" if e.get("value") is not None else "n/a"  # noqa: E731
+            lines.append(f"| {source} | {m['n']} | {fmt(sens)} | {fmt(spec)} |")
+    audit = evaluation.get("shortcut_audit")
+    if audit:
+        lines += ["", f"- shortcut audit (image borders only): {audit.get('verdict', 'not run')}"]
+    return lines + [""]
+
+
+def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     """Markdown card from the model's metadata asset and its gate report (evaluation/gate_report.py)."""
     task = metadata.get("task", "unknown")
+    classes = metadata.get("classes", [])
+    threshold = metadata.get("threshold", 0.5)
+    binary = len(classes) == 2
     lines = [
         f"# covid-cxr model card: {task}",
         "",
         "**Not a diagnostic device.** A research model that flags chest radiographs for COVID-19-like "
-        "patterns. It must not be used for diagnosis or to rule out infection.",
+        "patterns. It must not be used for diagnosis, triage or to rule out infection.",
+        "",
+        "## Task",
+        f"- task: {task}; classes (output index order): {', '.join(classes)}",
+        "- input: one frontal chest radiograph (PNG/JPEG/DICOM, curated to 8-bit grayscale with borders cropped)",
+        "- output: a probability per class, the COVID probability and a label at the stored decision threshold",
         "",
         "## Model",
-        f"- task: {task}; classes: {', '.join(metadata.get('classes', []))}",
         f"- family: {metadata.get('family', '?')} {metadata.get('family_note') or ''}".rstrip(),
-        f"- decision threshold on COVID probability: {metadata.get('threshold', 0.5):.4f} "
-        f"(chosen on the validation split for sensitivity >= {metadata.get('target_sensitivity', '?')})",
         f"- hyperparameters: {metadata.get('hyperparameters', {})}",
+        f"- Transform image size: {metadata.get('transform_image_size', '?')}",
         "",
-        "## Training data",
-        f"- training examples per class: {metadata.get('train_class_counts', {})}",
-        f"- validation examples per class: {metadata.get('eval_class_counts', {})}",
-        "",
-        f"## Held-out test evaluation ({report.headline()})",
-        *_table(report.metrics),
-        "",
+        "## Thresholds",
     ]
-    if report.failures:
-        lines += ["Gate failures:", *[f"- {f}" for f in report.failures], ""]
+    if binary:
+        lines.append(f"- decision threshold on the COVID probability: {threshold:.4f}, chosen on the validation split "
+                     f"for sensitivity >= {metadata.get('target_sensitivity', '?')}")
+    else:
+        lines.append("- three-class: the label is the most probable class (no threshold); the gate judges "
+                     "COVID one-vs-rest")
+    gate = metadata.get("gate") or {}
+    if gate:
+        lines.append(f"- deployment gate on the held-out test split: sensitivity >= {gate.get('min_sensitivity', '?')}, "
+                     f"specificity >= {gate.get('min_specificity', '?')}, AUC >= {gate.get('min_auc', '?')}, "
+                     f"AUC loss vs the last blessed model <= {gate.get('max_auc_regression', '?')}")
+    else:
+        lines.append("- deployment gate: sensitivity AND specificity (and AUC) minimums on the held-out test split "
+                     "(see the gate failures below when not blessed)")
+    lines.append("")
+    lines += _data_lines(metadata, report, evaluation)
+    if report is not None:
+        lines += [f"## Held-out test evaluation ({report.headline()})", *_table(report.metrics), ""]
+        if report.failures:
+            lines += ["Gate failures:", *[f"- {f}" for f in report.failures], ""]
+        if not evaluation:
+            lines += ["Point estimates from TFMA. Confidence intervals: `covid-cxr evaluate --model <this version> "
+                      "--data <test data>` reports every metric with its 95% CI.", ""]
+    if evaluation:
+        lines += _evaluation_lines(evaluation)
     lines += [
         "## Intended use and limitations",
-        "- Trained on public collections whose labels are the sources' labels, not radiologist re-reads.",
-        "- Public COVID collections differ from their normal/pneumonia counterparts in hospital, age and "
-        "acquisition: performance on a new hospital's films must be measured there before any use.",
-        "- Frontal (PA/AP) adult chest radiographs only.",
+        "- Intended use: research and teaching on public data -- studying how COVID-19 classifiers behave, "
+        "and how dataset shortcuts inflate their scores. Not for clinical decisions of any kind.",
+        "- Not a diagnostic device: not cleared or approved by any regulator; no prospective or clinical validation.",
+        "- Trained on public collections whose labels are the sources' labels, not radiologist re-reads; "
+        "some are noisy or derived from other collections (cross-source duplicates are removed by curation).",
+        "- Public COVID collections differ from their normal/pneumonia counterparts in hospital, age (the "
+        "Kermany pneumonia/normal films are paediatric), device and acquisition: a model can learn the source "
+        "instead of the disease. Run the shortcut audit (`covid-cxr evaluate`) and inspect Grad-CAM maps "
+        "(`covid-cxr predict --explain`); performance on a new hospital's films must be measured there before any use.",
+        "- Frontal (PA/AP) adult chest radiographs only; lateral views, CT and paediatric films are out of scope.",
+        "- Sensitivity and specificity depend on the stored threshold and on prevalence; precision (PPV) "
+        "measured on a balanced test set overstates the PPV at real-world prevalence.",
     ]
     return "\n".join(lines) + "\n"

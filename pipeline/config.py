@@ -70,7 +70,8 @@ class GateConfig:
     min_sensitivity: float = 0.90
     min_specificity: float = 0.85
     min_auc: float = 0.0
-    # A candidate may not lose more than this much AUC against the latest blessed model.
+    # A candidate may not lose more than this much AUC against the latest blessed model
+    # (negative: it must *improve* on it by that much).
     max_auc_regression: float = 0.01
     slice_features: list = dataclasses.field(default_factory=lambda: ["source", "view", "sex"])
 

@@ -5,8 +5,9 @@ Transform ``preprocessing_fn`` with tf.Transform on Beam (AnalyzeDataset + Write
 fits a tiny tf_keras model on ``image_xf`` for a couple of steps and exports it with
 ``serving.export.export_serving_model`` -- the same code path as the Trainer. The model is also
 "pushed" into a serving directory laid out like components/pusher.py writes it
-(``<serving_dir>/<version>/`` with the push record). Use it from a module- or session-scoped
-fixture (see ``tiny_model_fixture``); it takes ~10-20 s on 2 CPU cores.
+(``<serving_dir>/<version>/`` with the push record). Use it through ``tiny_model_fixture`` (built
+once per pytest session and kind); the first build takes ~15-30 s on 2 CPU cores, later kinds reuse
+its transform graph.
 
 The model is NOT meant to be accurate: a couple of steps of training.
 """
@@ -143,8 +144,12 @@ def transformed_images(transform_dir: str, serialized: list[bytes]):
 
 def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_class: int = 4,
                      threshold: float = 0.5, conv: bool = True, seed: int = 0,
-                     version: int = TINY_VERSION) -> TinyModel:
-    """Everything under `base_dir`: data/, transform/, model/ (SavedModel), serving/<version>/."""
+                     version: int = TINY_VERSION, transform_dir: Optional[str] = None) -> TinyModel:
+    """Everything under `base_dir`: data/, transform/, model/ (SavedModel), serving/<version>/.
+
+    `transform_dir`: reuse an existing transform output (the preprocessing_fn has no analyzers and
+    does not depend on the labels, so one transform graph serves every task) and skip Beam.
+    """
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -153,11 +158,12 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
 
     task_obj = features.get_task(task)
     data_dir = os.path.join(base_dir, "data")
-    transform_dir = os.path.join(base_dir, "transform")
     model_dir = os.path.join(base_dir, "model")
     serving_dir = os.path.join(base_dir, "serving")
     summary = synthetic.generate(data_dir, task, patients_per_class=patients_per_class, seed=seed)
-    run_transform(data_dir, transform_dir)
+    if transform_dir is None:
+        transform_dir = os.path.join(base_dir, "transform")
+        run_transform(data_dir, transform_dir)
 
     tf.keras.utils.set_random_seed(seed)
     images, labels = transformed_images(transform_dir, read_records(data_dir))
@@ -179,10 +185,43 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
     return TinyModel(task_obj, data_dir, transform_dir, model_dir, serving_dir, version, threshold, history)
 
 
+_CACHE: dict = {}
+
+
+def tiny_model(tmp_path_factory, task: str = "covid-vs-normal", conv: bool = True) -> TinyModel:
+    """A TinyModel built once per pytest session and kind (task, conv); later calls reuse it.
+
+    The first model's transform graph is reused by the others (no second Beam run). Treat the
+    returned directories as read-only: several test modules share them.
+    """
+    key = (task, conv)
+    if key not in _CACHE:
+        transform_dir = next(iter(_CACHE.values())).transform_dir if _CACHE else None
+        base = str(tmp_path_factory.mktemp(f"tiny-{task}-{'conv' if conv else 'dense'}"))
+        _CACHE[key] = build_tiny_model(base, task, conv=conv, transform_dir=transform_dir)
+    return _CACHE[key]
+
+
+def tiny_model_fixture(task: str = "covid-vs-normal", conv: bool = True):
+    """A pytest fixture (assign it to a module-level name) yielding the session's TinyModel of a kind:
+
+        from covid_cxr.serving import testing
+        binary_model = testing.tiny_model_fixture()
+        def test_x(binary_model): ...
+    """
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory):
+        return tiny_model(tmp_path_factory, task, conv)
+
+    return fixture
+
+
 def push_copy(model_dir: str, serving_dir: str, version: int, extra: Optional[dict] = None) -> str:
     """Copies a SavedModel to `<serving_dir>/<version>/` with a push record (like the pusher)."""
     target = os.path.join(serving_dir, str(version))
     shutil.copytree(model_dir, target, dirs_exist_ok=True)
     with open(os.path.join(target, PUSH_RECORD), "w", encoding="utf-8") as f:
-        json.dump(dict(extra or {}, version=version, model_uri=model_dir), f)
+        json.dump({"model_uri": model_dir, **(extra or {}), "version": version}, f)
     return target

@@ -520,20 +520,27 @@ class BuiltModel:
     pretrained: bool = False  # backbone carries pretrained weights (decides 2-phase training)
     image_size: int = 0  # model-internal input size actually used
     requested_family: str = ""
+    fallback_reason: Optional[str] = None  # why pretrained weights were not used (None: no fallback)
 
     @property
     def fell_back(self) -> bool:
-        return "fallback" in self.note
+        return self.fallback_reason is not None
 
 
 FALLBACK_CHOICES = ("none", "error")  # or any family name
 
 
+# Smallest input each scratch CNN's pooling stack accepts.
+SCRATCH_MIN_SIZES = {"cnn3": 8, "cnn4": 16, "bn_double_conv": 32}
+
+
+def min_image_size(family: str) -> int:
+    return TRANSFER_SPECS[family].min_size if is_transfer(family) else SCRATCH_MIN_SIZES[family]
+
+
 def effective_image_size(family: str, hparams: HParams, input_size: int) -> int:
-    size = int(hparams.image_size or input_size)
-    if is_transfer(family):
-        size = max(size, TRANSFER_SPECS[family].min_size)
-    return size
+    """hparams.image_size (or S when None), raised to the family's minimum input size."""
+    return max(int(hparams.image_size or input_size), min_image_size(family))
 
 
 def _assemble(
@@ -609,6 +616,7 @@ def build_model(
     notes: list[str] = []
     backbone: Optional[keras.Model] = None
     pretrained = False
+    fallback_reason: Optional[str] = None
 
     if is_transfer(family):
         size = effective_image_size(family, hparams, input_size)
@@ -628,6 +636,7 @@ def build_model(
                     target = f"{family} from random init"
                 else:
                     target = f"family {fallback}"
+                fallback_reason = reason
                 message = f"no pretrained weights for {family} ({reason}); fallback: {target}"
                 logger.warning(message.replace("\n", " "))
                 notes.append(message)
@@ -663,6 +672,7 @@ def build_model(
         pretrained=pretrained,
         image_size=size,
         requested_family=hparams.family,
+        fallback_reason=fallback_reason,
     )
 
 
@@ -748,6 +758,7 @@ __all__ = [
     "count_params",
     "find_weight_file",
     "is_transfer",
+    "min_image_size",
     "preprocess_affine",
     "set_phase",
     "tunable_backbone_layers",

@@ -178,7 +178,7 @@ def compile_for_export(built: BuiltModel, num_classes: int) -> keras.Model:
     """
     metrics = make_metrics(num_classes) if num_classes == 2 else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     built.model.compile(
-        optimizer=built.model.optimizer or "adam", loss=make_loss(num_classes), metrics=metrics
+        optimizer=getattr(built.model, "optimizer", None) or "adam", loss=make_loss(num_classes), metrics=metrics
     )
     return built.model
 

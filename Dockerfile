@@ -1,0 +1,9 @@
+# Container image for Kubeflow Pipelines / Vertex AI: every component runs this image.
+# Same pinned stack as the local .venv (constraints.txt), on Python 3.11.
+FROM python:3.11-slim-bookworm
+ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /pipeline
+COPY requirements.txt constraints.txt setup.py ./
+RUN pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt
+COPY . /pipeline/src/covid_cxr
+RUN pip install --no-cache-dir --no-deps --ignore-requires-python /pipeline/src/covid_cxr

@@ -1,0 +1,251 @@
+"""`covid-cxr evaluate` on a real (tiny) exported model: JSON fields, consistency, files, data layouts."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from covid_cxr.data import features
+from covid_cxr.evaluation import artifacts, evaluate, metrics
+from covid_cxr.serving import predict, testing
+
+binary_model = testing.tiny_model_fixture()
+three_class_model = testing.tiny_model_fixture("three-class")
+
+
+def _run(args):
+    return CliRunner().invoke(evaluate.evaluate_command, args, catch_exceptions=False)
+
+
+def _check_consistent(report):
+    """Every headline number must follow from the confusion matrix (COVID = positive class)."""
+    classes = report["confusion_matrix"]["classes"]
+    cm = np.array(report["confusion_matrix"]["matrix"])
+    pos = classes.index("covid")
+    tp = cm[pos, pos]
+    fn = cm[pos].sum() - tp
+    fp = cm[:, pos].sum() - tp
+    tn = cm.sum() - tp - fn - fp
+    assert report["n"] == cm.sum() == sum(report["class_counts"].values())
+    assert report["counts"] == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    for key, k, n in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp), ("precision", tp, tp + fp),
+                      ("accuracy", np.trace(cm), cm.sum())):
+        entry = report[key]
+        assert (entry["k"], entry["n"]) == (k, n), key
+        if n:
+            assert entry["value"] == pytest.approx(k / n)
+            assert tuple(entry["ci95"]) == pytest.approx(metrics.wilson_interval(k, n))
+            assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
+    for c, row in zip(classes, cm):
+        assert report["class_counts"][c] == row.sum()
+    auc = report["auc"]
+    assert set(auc) >= {"value", "ci95", "method"}
+    if auc["value"] is not None:
+        assert auc["ci95"][0] <= auc["value"] <= auc["ci95"][1]
+
+
+def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
+    out = tmp_path / "report"
+    result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json",
+                   "--out", str(out), "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for key in ("task", "model", "n", "threshold", "sensitivity", "specificity", "auc", "accuracy", "precision",
+                "confusion_matrix", "per_source", "shortcut_audit", "training_history", "files"):
+        assert key in report, key
+    assert report["task"] == "covid-vs-normal"
+    assert report["model"]["version"] == binary_model.version
+    assert report["model"]["signature"] == "serving_default"
+    assert report["threshold"] == pytest.approx(binary_model.threshold)
+    assert report["confusion_matrix"]["classes"] == ["normal", "covid"]
+    assert report["data"]["format"] == "tfrecords" and report["data"]["skipped"] == 0
+    _check_consistent(report)
+
+    # The truth is the records' label_index; the predictions are the model's, through serving_default.
+    records = testing.read_records(binary_model.data_dir)
+    truth = [tf.train.Example.FromString(r).features.feature["label_index"].int64_list.value[0] for r in records]
+    outputs = predict.load_model(binary_model.serving_dir).predict_examples(records)
+    expected = metrics.confusion_matrix(truth, outputs["label_index"], 2)
+    assert report["confusion_matrix"]["matrix"] == expected.tolist()
+    assert report["auc"]["value"] == pytest.approx(metrics.roc_auc(np.array(truth) == 1, outputs["covid_probability"]))
+
+    # Per-source breakdown sums to the whole.
+    assert sum(s["n"] for s in report["per_source"].values()) == report["n"]
+    assert set(report["per_source"]) <= {"synthetic-a", "synthetic-b"}
+    audit = report["shortcut_audit"]
+    assert audit["n"] == report["n"] and audit["flag_auc"] == 0.6 and "verdict" in audit
+    assert report["training_history"]["epochs"] == 2
+
+    for name in ("report.html", "report.json", "roc.png", "confusion_matrix.png", "training_curves.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 1000, name
+        assert report["files"][name] == str(path)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # self-contained: every plot inlined
+    assert "Wilson" in html and "Shortcut audit" in html and "Not a diagnostic device".lower() in html.lower()
+    assert json.loads((out / "report.json").read_text())["n"] == report["n"]
+
+
+def test_evaluate_class_folders(binary_model, tmp_path):
+    records = testing.read_records(binary_model.data_dir)
+    root = tmp_path / "tree"
+    expected = {"normal": 0, "covid": 0}
+    for i, r in enumerate(records):
+        feats = tf.train.Example.FromString(r).features.feature
+        label = feats["label"].bytes_list.value[0].decode()
+        folder = {"covid": "COVID", "normal": "Normal"}[label]
+        path = root / "site-x" / folder / f"img{i}.png"
+        os.makedirs(path.parent, exist_ok=True)
+        path.write_bytes(feats["image"].bytes_list.value[0])
+        expected[label] += 1
+    os.makedirs(root / "site-x" / "Viral Pneumonia")
+    (root / "site-x" / "Viral Pneumonia" / "p.png").write_bytes(path.read_bytes())  # not used by covid-vs-normal
+    (root / "site-x" / "COVID" / "broken.png").write_bytes(b"garbage")
+    os.makedirs(root / "misc")
+    (root / "misc" / "x.png").write_bytes(path.read_bytes())  # in no class folder
+    result = _run(["--model", binary_model.serving_dir, "--data", str(root), "--json", "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["data"]["format"] == "folders"
+    assert report["model"]["signature"] == "predict_image"
+    assert report["class_counts"] == expected
+    assert report["data"]["skipped"] == 3
+    reasons = {os.path.basename(s["file"]): s["reason"] for s in report["data"]["skipped_files"]}
+    assert "not used by task" in reasons["p.png"]
+    assert "unreadable" in reasons["broken.png"]
+    assert "no" in reasons["x.png"] or "not in" in reasons["x.png"]
+    _check_consistent(report)
+    # The same images through predict_image give the same matrix as the records through serving_default.
+    by_records = json.loads(_run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json",
+                                  "--bootstrap", "200", "--no-audit"]).output)
+    assert report["confusion_matrix"] == by_records["confusion_matrix"]
+
+
+def test_class_map_option(binary_model, tmp_path):
+    records = testing.read_records(binary_model.data_dir)[:6]
+    for i, r in enumerate(records):
+        feats = tf.train.Example.FromString(r).features.feature
+        folder = "sick" if feats["label"].bytes_list.value[0] == b"covid" else "healthy"
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        (tmp_path / folder / f"{i}.png").write_bytes(feats["image"].bytes_list.value[0])
+    result = _run(["--model", binary_model.serving_dir, "--data", str(tmp_path), "--json", "--no-audit",
+                   "--class-map", "sick=covid,healthy=normal"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == 6
+    no_map = CliRunner().invoke(evaluate.evaluate_command, ["--model", binary_model.serving_dir, "--data", str(tmp_path)])
+    assert no_map.exit_code == 2 and "no usable labelled images" in no_map.output
+
+
+def test_three_class_report(three_class_model, tmp_path):
+    result = _run(["--model", three_class_model.serving_dir, "--data", three_class_model.data_dir, "--json",
+                   "--bootstrap", "200", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["classes"] == ["normal", "pneumonia", "covid"]
+    _check_consistent(report)
+    mc = report["multiclass"]
+    cm = np.array(report["confusion_matrix"]["matrix"])
+    assert mc["macro_f1"] == pytest.approx(metrics.macro_f1(cm))
+    assert set(mc["per_class"]) == {"normal", "pneumonia", "covid"}
+    for i, c in enumerate(report["classes"]):
+        assert mc["per_class"][c]["support"] == cm[i].sum()
+    assert mc["covid_one_vs_rest"]["sensitivity"] == report["sensitivity"]
+    assert (tmp_path / "roc.png").stat().st_size > 1000
+    assert "Three-class" in (tmp_path / "report.html").read_text()
+
+
+def test_task_mismatch_is_refused(binary_model, three_class_model):
+    result = CliRunner().invoke(evaluate.evaluate_command,
+                                ["--model", binary_model.serving_dir, "--data", three_class_model.data_dir])
+    assert result.exit_code == 2
+    assert "curated for task 'three-class'" in result.output
+
+
+def test_terminal_summary(binary_model):
+    result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    for text in ("sensitivity", "specificity", "auc", "confusion matrix", "shortcut audit", "decision threshold"):
+        assert text in result.output
+
+
+def _write_fake_pipeline_root(root):
+    """StatisticsGen and ExampleValidator outputs as the TFX executors lay them out (two executions)."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2
+
+    for execution, n in ((3, 5), (11, 40)):  # the newest (11) must win
+        for split in ("train", "test"):
+            stats = statistics_pb2.DatasetFeatureStatisticsList()
+            ds = stats.datasets.add(num_examples=n)
+            label = ds.features.add(type=statistics_pb2.FeatureNameStatistics.STRING)
+            label.path.step.append("label")
+            label.string_stats.unique = 2
+            label.string_stats.common_stats.num_non_missing = n
+            label.string_stats.top_values.add(value="covid", frequency=n // 2)
+            label.string_stats.top_values.add(value="normal", frequency=n - n // 2)
+            age = ds.features.add(type=statistics_pb2.FeatureNameStatistics.INT)
+            age.path.step.append("age")
+            age.num_stats.mean, age.num_stats.min, age.num_stats.max = 50.0, 18.0, 90.0
+            age.num_stats.common_stats.num_non_missing = n
+            path = os.path.join(root, "StatisticsGen", "statistics", str(execution), f"Split-{split}")
+            os.makedirs(path)
+            with open(os.path.join(path, "FeatureStats.pb"), "wb") as f:
+                f.write(stats.SerializeToString())
+            anomalies = anomalies_pb2.Anomalies()
+            if split == "test":
+                anomalies.anomaly_info["view"].short_description = "Unexpected string values"
+            path = os.path.join(root, "ExampleValidator", "anomalies", str(execution + 1), f"Split-{split}")
+            os.makedirs(path)
+            with open(os.path.join(path, "SchemaDiff.pb"), "wb") as f:
+                f.write(anomalies.SerializeToString())
+
+
+def test_pipeline_root_statistics_and_anomalies(binary_model, tmp_path):
+    root = tmp_path / "root"
+    _write_fake_pipeline_root(str(root))
+    pipeline = artifacts.read_pipeline(str(root))
+    assert pipeline["statistics"]["uri"].endswith(os.path.join("statistics", "11"))
+    assert pipeline["statistics"]["splits"]["train"]["num_examples"] == 40
+    assert pipeline["statistics"]["splits"]["train"]["features"]["label"]["top_values"] == {"covid": 20, "normal": 20}
+    assert pipeline["anomalies"]["splits"] == {"test": ["view: Unexpected string values"], "train": []}
+    assert "evaluation" not in pipeline and pipeline["errors"] == []
+    out = tmp_path / "report"
+    result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json", "--no-audit",
+                   "--bootstrap", "200", "--out", str(out), "--pipeline-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pipeline"]["anomalies"]["splits"]["test"] == ["view: Unexpected string values"]
+    html = (out / "report.html").read_text()
+    assert "TFDV statistics" in html and "Unexpected string values" in html
+
+
+def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):
+    """Without a history in the metadata, the push record's model_uri leads to the model_run dir."""
+    root = tmp_path / "root"
+    run_dir = root / "Trainer" / "model_run" / "9"
+    os.makedirs(run_dir)
+    (run_dir / "history.json").write_text(json.dumps({"loss": [0.7, 0.6], "val_loss": [0.8, 0.7], "phase": [1, 1]}))
+    served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3,
+                               extra={"model_uri": str(root / "Trainer" / "model" / "9")})
+    with open(os.path.join(served, predict.PUSH_RECORD)) as f:
+        record = json.load(f)
+    assert record["model_uri"] == str(root / "Trainer" / "model" / "9")
+    model = predict.load_model(served)
+    model.metadata.pop("history")
+    history, source = evaluate.find_history(model)
+    assert history["loss"] == [0.7, 0.6] and source.endswith("history.json")
+    model_no_record = predict.load_model(binary_model.model_dir)
+    model_no_record.metadata.pop("history")
+    assert evaluate.find_history(model_no_record)[0] is None
+    assert evaluate.find_history(model_no_record, str(root))[0]["val_loss"] == [0.8, 0.7]
+
+
+def test_default_folder_names_follow_the_curation_adapters():
+    mapping = evaluate._default_folder_map()
+    for folder, finding in (("COVID", "covid"), ("Normal", "normal"), ("NORMAL", "normal"), ("PNEUMONIA", "pneumonia"),
+                            ("Viral Pneumonia", "pneumonia"), ("Lung_Opacity", "other_opacity")):
+        assert mapping[folder.lower()] == finding
+    assert evaluate._finding_of(["train", "NORMAL"], None) == ("normal", 1)
+    assert evaluate._finding_of(["COVID", "batch1"], None) == ("covid", 0)
+    assert evaluate._finding_of(["misc"], None) == (None, -1)
+    assert features.get_task("covid-vs-noncovid").class_of(evaluate._finding_of(["Lung Opacity"], None)[0]) == "noncovid"

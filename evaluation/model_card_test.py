@@ -1,0 +1,65 @@
+"""The model card: task, data, thresholds, metrics (with CIs when an evaluation is given), limitations."""
+from covid_cxr.evaluation import gate_report, metrics, model_card
+
+METADATA = {
+    "task": "covid-vs-normal",
+    "classes": ["normal", "covid"],
+    "threshold": 0.3125,
+    "target_sensitivity": 0.95,
+    "family": "cnn3",
+    "family_note": "cnn3: scratch CNN on 1-channel input",
+    "hyperparameters": {"learning_rate": 0.001},
+    "transform_image_size": 224,
+    "train_class_counts": {"normal": 700, "covid": 300},
+    "eval_class_counts": {"normal": 150, "covid": 60},
+    "data_summary": {"accepted": 1300, "patients": 900, "groups": 880, "rejected": 42,
+                     "per_source_class": {"cohen": {"covid": 360}, "rsna": {"normal": 940}}},
+    "gate": {"min_sensitivity": 0.9, "min_specificity": 0.85, "min_auc": 0.0, "max_auc_regression": 0.01},
+}
+
+
+def _report(blessed=True):
+    return gate_report.GateReport(
+        blessed=blessed,
+        metrics={"sensitivity": 0.93, "specificity": 0.88, "AUC": 0.95, "examples": 200.0},
+        failures=[] if blessed else ["sensitivity 0.800 is below the required minimum 0.900"],
+        slices={"source:cohen": {"examples": 70.0, "sensitivity": 0.93}, "source:rsna": {"examples": 130.0}},
+    )
+
+
+def test_card_without_evaluation_has_every_section():
+    card = model_card.render(METADATA, _report())
+    assert model_card.FILE_NAME == "model_card.md"
+    for text in ("# covid-cxr model card: covid-vs-normal", "Not a diagnostic device", "## Task", "## Thresholds",
+                 "0.3125", "sensitivity >= 0.95", "sensitivity >= 0.9, specificity >= 0.85", "## Data",
+                 "| cohen | covid 360 |", "| rsna | normal 940 |", "training examples per class: normal 700, covid 300",
+                 "held-out test examples per source: cohen 70, rsna 130", "(BLESSED)", "| sensitivity | 0.9300 |",
+                 "## Intended use and limitations", "covid-cxr evaluate"):
+        assert text in card, text
+
+
+def test_card_with_evaluation_shows_confidence_intervals():
+    evaluation = {
+        "data": {"path": "/data/test", "format": "tfrecords"}, "n": 200, "class_counts": {"normal": 130, "covid": 70},
+        "sensitivity": metrics.proportion(65, 70), "specificity": metrics.proportion(115, 130),
+        "precision": metrics.proportion(65, 80), "npv": metrics.proportion(115, 120),
+        "accuracy": metrics.proportion(180, 200),
+        "auc": {"value": 0.95, "ci95": [0.92, 0.97], "method": "bootstrap", "n_positive": 70, "n_negative": 130},
+        "per_source": {"cohen": {"n": 70, "sensitivity": metrics.proportion(65, 70),
+                                 "specificity": metrics.proportion(0, 0)}},
+        "shortcut_audit": {"verdict": "SHORTCUT: borders predict the label"},
+    }
+    card = model_card.render(METADATA, _report(), evaluation=evaluation)
+    lo, hi = metrics.wilson_interval(65, 70)
+    assert f"| sensitivity | {65 / 70:.3f} | {lo:.3f} – {hi:.3f} | 65/70 |" in card
+    assert "| AUC | 0.950 | 0.920 – 0.970 | 70 pos / 130 neg |" in card
+    assert "| cohen | 70 |" in card and "n/a" in card
+    assert "shortcut audit (image borders only): SHORTCUT" in card
+    assert "/data/test" in card
+
+
+def test_card_not_blessed_and_minimal_metadata():
+    card = model_card.render({"task": "three-class", "classes": ["normal", "pneumonia", "covid"]}, _report(False))
+    assert "(NOT BLESSED)" in card and "below the required minimum" in card
+    assert "most probable class" in card
+    assert "not recorded" in card  # no class counts in the metadata

@@ -1,0 +1,251 @@
+"""`covid-cxr predict` and the exported SavedModel's signatures, on a real (tiny) exported model."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from covid_cxr.data import dicom, images
+from covid_cxr.data import testing as data_testing
+from covid_cxr.serving import explain, predict, testing
+
+binary_model = testing.tiny_model_fixture()
+dense_model = testing.tiny_model_fixture(conv=False)
+
+SIIM_MONO2 = data_testing.REAL_DATA / "dicom-samples" / "siim-cr-chest-pa-jpeg-baseline.dcm"
+SIIM_MONO1 = data_testing.REAL_DATA / "dicom-samples" / "siim-cr-chest-pa-monochrome1.dcm"
+
+
+def _first_records(model, n=3):
+    records = testing.read_records(model.data_dir)[:n]
+    pngs = [tf.train.Example.FromString(r).features.feature["image"].bytes_list.value[0] for r in records]
+    return records, pngs
+
+
+def _write_pngs(model, directory, n=3):
+    _, pngs = _first_records(model, n)
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i, png in enumerate(pngs):
+        path = os.path.join(directory, f"film{i}.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        paths.append(path)
+    return paths
+
+
+def _run(args):
+    result = CliRunner().invoke(predict.predict_command, args, catch_exceptions=False)
+    return result
+
+
+def test_both_signatures_give_the_same_answer(binary_model):
+    model = predict.load_model(binary_model.serving_dir)
+    records, pngs = _first_records(binary_model, 5)
+    by_example = model.predict_examples(records)
+    by_image = model.predict_images(pngs)
+    for key in ("probabilities", "covid_probability", "gate_score", "threshold"):
+        np.testing.assert_allclose(by_example[key], by_image[key], atol=1e-6)
+    assert by_example["label"].tolist() == by_image["label"].tolist()
+    assert np.allclose(by_image["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(by_image["threshold"], binary_model.threshold)
+
+
+def test_saved_model_answers_without_covid_cxr(binary_model, tmp_path):
+    """A client with only TensorFlow: covid_cxr imports are blocked and must not be needed."""
+    _, pngs = _first_records(binary_model, 2)
+    image_path = tmp_path / "film.png"
+    image_path.write_bytes(pngs[0])
+    script = textwrap.dedent(f"""
+        import sys
+
+        class Block:  # the venv's editable install would otherwise make covid_cxr importable
+            def find_spec(self, name, path=None, target=None):
+                if name == "covid_cxr" or name.startswith("covid_cxr."):
+                    raise ImportError("covid_cxr is blocked in this client")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import json
+        import tensorflow as tf
+
+        model = tf.saved_model.load({binary_model.version_dir!r})
+        image = open({str(image_path)!r}, "rb").read()
+        out = model.signatures["predict_image"](image_bytes=tf.constant([image]))
+        print(json.dumps({{"label": out["label"].numpy()[0].decode(),
+                          "covid": float(out["covid_probability"].numpy()[0]),
+                          "covid_cxr_loaded": any(m.startswith("covid_cxr") for m in sys.modules)}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = predict.load_model(binary_model.version_dir).predict_images([pngs[0]])
+    assert answer["covid_cxr_loaded"] is False
+    assert answer["label"] == expected["label"][0].decode()
+    assert answer["covid"] == pytest.approx(float(expected["covid_probability"][0]), abs=1e-6)
+
+
+def test_model_resolution(binary_model, tmp_path):
+    assert predict.resolve_model_dir(binary_model.serving_dir) == (binary_model.version_dir, binary_model.version)
+    assert predict.resolve_model_dir(binary_model.version_dir) == (binary_model.version_dir, binary_model.version)
+    assert predict.resolve_model_dir(binary_model.model_dir) == (binary_model.model_dir, None)
+    artifact = tmp_path / "Trainer" / "model" / "7"
+    os.makedirs(artifact)
+    os.symlink(binary_model.model_dir, artifact / "Format-Serving")
+    assert predict.resolve_model_dir(str(artifact)) == (str(artifact / "Format-Serving"), None)
+    with pytest.raises(predict.ModelNotFound):
+        predict.resolve_model_dir(str(tmp_path / "missing"))
+    with pytest.raises(predict.ModelNotFound):
+        predict.resolve_model_dir(str(tmp_path))
+
+
+def test_newest_version_is_used(binary_model, tmp_path):
+    serving = tmp_path / "serving"
+    testing.push_copy(binary_model.model_dir, str(serving), 5)
+    testing.push_copy(binary_model.model_dir, str(serving), 12)
+    os.makedirs(serving / ".staging-99")
+    os.makedirs(serving / "100")  # an empty (half-pushed) version is not a model
+    model = predict.load_model(str(serving))
+    assert model.version == 12 and model.path == str(serving / "12")
+
+
+def test_predict_json_fields(binary_model, tmp_path):
+    paths = _write_pngs(binary_model, str(tmp_path / "in"))
+    result = _run(["--model", binary_model.serving_dir, "--json", str(tmp_path / "in")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["errors"] == []
+    assert out["model"]["version"] == binary_model.version and out["model"]["task"] == "covid-vs-normal"
+    assert [p["file"] for p in out["predictions"]] == paths
+    for p in out["predictions"]:
+        assert set(p) >= {"file", "label", "probabilities", "covid_probability", "threshold", "model_version"}
+        assert set(p["probabilities"]) == {"normal", "covid"}
+        assert p["probabilities"]["covid"] == pytest.approx(p["covid_probability"])
+        assert p["label"] == ("covid" if p["covid_probability"] > p["threshold"] else "normal")
+        assert p["model_version"] == binary_model.version
+        assert p["threshold"] == pytest.approx(binary_model.threshold)
+
+
+def test_table_output(binary_model, tmp_path):
+    _write_pngs(binary_model, str(tmp_path / "in"), n=2)
+    result = _run(["--model", binary_model.version_dir, str(tmp_path / "in")])
+    assert result.exit_code == 0, result.output
+    assert "P(covid)" in result.output and "film1.png" in result.output
+    assert "2 predicted, 0 failed" in result.output
+
+
+def test_unreadable_inputs_are_reported_per_file(binary_model, tmp_path):
+    good = _write_pngs(binary_model, str(tmp_path / "in"), n=1)[0]
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "blank.png").write_bytes(images.encode_png(np.full((64, 64), 7, np.uint8)))
+    os.makedirs(tmp_path / "empty")
+    args = ["--model", binary_model.serving_dir, "--json", str(tmp_path / "in"), str(tmp_path / "notes.txt"),
+            str(tmp_path / "blank.png"), str(tmp_path / "empty"), str(tmp_path / "nope.png")]
+    result = _run(args)
+    assert result.exit_code == 1
+    out = json.loads(result.output)
+    assert [p["file"] for p in out["predictions"]] == [good]
+    errors = {os.path.basename(e["file"]): e["error"] for e in out["errors"]}
+    assert set(errors) == {"broken.png", "notes.txt", "blank.png", "empty", "nope.png"}
+    assert "cannot decode image" in errors["broken.png"]
+    assert "blank" in errors["blank.png"]
+    assert "no PNG, JPEG or DICOM" in errors["empty"]
+    assert "no such file" in errors["nope.png"]
+    assert "Traceback" not in result.output
+    table = _run([a for a in args if a != "--json"])
+    assert table.exit_code == 1 and "ERROR: cannot decode image" in table.output
+
+
+def test_bad_model_dir_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(predict.predict_command, ["--model", str(tmp_path), str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no SavedModel" in result.output
+
+
+def test_monochrome1_and_monochrome2_twins_get_the_same_prediction(binary_model, tmp_path):
+    """The same film stored MONOCHROME2 and as MONOCHROME1 (inverted stored values) is one picture."""
+    film = data_testing.radiograph(3, size=(180, 150), border=12)
+    mono2 = data_testing.write_dicom(tmp_path / "m2.dcm", film, photometric="MONOCHROME2")
+    mono1 = data_testing.write_dicom(tmp_path / "m1.dcm", 255 - film, photometric="MONOCHROME1")
+    png = data_testing.write_image(tmp_path / "film.png", film)
+    result = _run(["--model", binary_model.serving_dir, "--json", mono2, mono1, png])
+    assert result.exit_code == 0, result.output
+    p = json.loads(result.output)["predictions"]
+    assert p[0]["probabilities"] == p[1]["probabilities"] == p[2]["probabilities"]
+    assert p[0]["label"] == p[1]["label"]
+
+
+def test_explain_writes_grad_cam_overlays(binary_model, tmp_path):
+    _write_pngs(binary_model, str(tmp_path / "a"), n=2)
+    _write_pngs(binary_model, str(tmp_path / "b"), n=1)  # same file names in another folder
+    out_dir = tmp_path / "explain"
+    result = _run(["--model", binary_model.serving_dir, "--json", "--explain", str(out_dir),
+                   str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.output)["predictions"]
+    files = [p["explanation"] for p in predictions]
+    assert [os.path.basename(f) for f in files] == ["film0.heatmap.png", "film1.heatmap.png", "film0-2.heatmap.png"]
+    for p in predictions:
+        assert p["explanation_method"] == explain.GRAD_CAM
+        assert os.path.getsize(p["explanation"]) > 1000
+        overlay = images.decode_png(open(p["explanation"], "rb").read())
+        assert overlay.ndim == 2 and overlay.shape[0] > 32
+
+
+def test_grad_cam_target_and_saliency_fallback(binary_model, dense_model):
+    conv = explain.Explainer(predict.load_model(binary_model.serving_dir))
+    assert conv.method == explain.GRAD_CAM and conv.target_layer == "conv2"
+    dense = explain.Explainer(predict.load_model(dense_model.serving_dir))
+    assert dense.method == explain.SALIENCY and dense.target_layer is None
+    _, pngs = _first_records(dense_model, 1)
+    xf = dense.serving_model.transform_images(pngs)
+    heat, method = dense.heatmap(xf[0], 1)
+    assert method == explain.SALIENCY and heat.shape == xf.shape[1:3]
+    assert 0.0 <= heat.min() and heat.max() <= 1.0 and heat.max() > 0
+
+
+def test_grad_cam_heatmap_matches_model_size(binary_model):
+    explainer = explain.Explainer(predict.load_model(binary_model.serving_dir))
+    _, pngs = _first_records(binary_model, 1)
+    xf = explainer.serving_model.transform_images(pngs)
+    assert xf.shape == (1, testing.TINY_IMAGE_SIZE, testing.TINY_IMAGE_SIZE, 1)
+    heat, method = explainer.heatmap(xf[0], 1)
+    assert method == explain.GRAD_CAM and heat.shape == (testing.TINY_IMAGE_SIZE,) * 2
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SIIM_MONO2.exists(), reason=data_testing.REAL_DATA_REASON)
+def test_real_monochrome1_sample_is_read_as_monochrome1(binary_model, tmp_path):
+    """The shared SIIM pair: predictions follow the pictures a correct DICOM reader shows.
+
+    ``siim-cr-chest-pa-monochrome1.dcm`` is torchxrayvision's ``Fake_MONOHR1.dcm``: byte-identical
+    to ``siim-cr-chest-pa-jpeg-baseline.dcm`` except the Photometric Interpretation tag (stored
+    pixels NOT inverted). A correct reader therefore shows its negative, and no correct pipeline
+    can give both files the same prediction. What must hold, and is tested here:
+    * the MONOCHROME1 tag is honoured: the sample reads as exactly 255 - the MONOCHROME2 picture,
+      and predicts exactly like that negative picture given as a PNG;
+    * a genuine MONOCHROME1 twin of the real film (stored values inverted, tag MONOCHROME1) reads
+      as the same picture and gets the same prediction as the JPEG Baseline MONOCHROME2 original.
+    """
+    mono2 = dicom.read_dicom(str(SIIM_MONO2)).pixels
+    mono1 = dicom.read_dicom(str(SIIM_MONO1)).pixels
+    np.testing.assert_array_equal(mono1, 255 - mono2)
+
+    twin = data_testing.write_dicom(tmp_path / "siim-true-monochrome1.dcm", 255 - mono2, photometric="MONOCHROME1")
+    negative = data_testing.write_image(tmp_path / "siim-negative.png", 255 - mono2)
+    result = _run(["--model", binary_model.serving_dir, "--json", str(SIIM_MONO2), twin, str(SIIM_MONO1), negative])
+    assert result.exit_code == 0, result.output
+    original, true_twin, sample, negative_png = json.loads(result.output)["predictions"]
+    assert true_twin["probabilities"] == original["probabilities"]
+    assert true_twin["label"] == original["label"]
+    assert sample["probabilities"] == negative_png["probabilities"]

@@ -1,0 +1,269 @@
+"""Tests for covid_cxr.trainer.training: compile, class weights, two-phase fit, threshold choice."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from covid_cxr.trainer import models as M
+from covid_cxr.trainer import training as T
+
+S = 16
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setattr(M, "network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(M, "KERAS_CACHE_DIRS", (str(tmp_path / "keras_cache"),))
+
+
+def dataset(n, num_classes, size=S, seed=0, batch=8, repeat=True):
+    """Learnable toy data: the class index brightens the top half of the image."""
+    rng = np.random.RandomState(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = rng.rand(n, size, size, 1).astype("float32") * 0.5
+    x[:, : size // 2] += y[:, None, None, None] * (0.5 / (num_classes - 1))
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int64"))).batch(batch)
+    return ds.repeat() if repeat else ds
+
+
+# ------------------------------------------------------------------------------------------------
+# compile_model / metrics
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_compile_model_loss_metrics_and_phase_learning_rate(num_classes):
+    hp = M.HParams(family="cnn3", learning_rate=1e-3, fine_tune_learning_rate=1e-5)
+    built = M.build_model(hp, S, num_classes, weights="none")
+    model = T.compile_model(built, hp, num_classes, M.PHASE_HEAD)
+    expected_loss = keras.losses.BinaryCrossentropy if num_classes == 2 else keras.losses.SparseCategoricalCrossentropy
+    assert isinstance(model.loss, expected_loss)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+    ds = dataset(16, num_classes, repeat=False)
+    results = model.evaluate(ds, return_dict=True, verbose=0)
+    assert set(results) == {"loss", "accuracy", "auc", "recall", "precision"}
+    T.compile_model(built, hp, num_classes, M.PHASE_FINE_TUNE)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
+
+
+def test_sparse_metrics_match_one_hot_keras_metrics():
+    y = np.array([0, 1, 2, 2, 1, 0, 2, 2])
+    p = np.array(
+        [[.7, .2, .1], [.1, .6, .3], [.2, .2, .6], [.5, .1, .4], [.3, .3, .4], [.2, .5, .3], [.1, .1, .8], [.3, .3, .4]],
+        np.float32,
+    )
+    one_hot = np.eye(3)[y]
+    auc = T.SparseAUC(3)
+    auc.update_state(y, p)
+    ref = keras.metrics.AUC(multi_label=True, num_labels=3)
+    ref.update_state(one_hot, p)
+    assert float(auc.result()) == pytest.approx(float(ref.result()))
+    recall, precision = T.SparseRecall(3, 2), T.SparsePrecision(3, 2)
+    recall.update_state(y, p)
+    precision.update_state(y, p)
+    predicted_covid = p.argmax(1) == 2
+    assert float(recall.result()) == pytest.approx(predicted_covid[y == 2].mean())  # 3/4
+    assert float(precision.result()) == pytest.approx((y[predicted_covid] == 2).mean())  # 3/4
+    # Serializable (custom objects are registered).
+    assert T.SparseAUC.from_config(auc.get_config()).num_classes == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# class_weights
+# ------------------------------------------------------------------------------------------------
+
+
+def test_class_weights_balanced():
+    w = T.class_weights([300, 100])
+    assert w == pytest.approx({0: 400 / 600, 1: 2.0})
+    assert (300 * w[0] + 100 * w[1]) / 400 == pytest.approx(1.0)  # mean weight over examples is 1
+    w3 = T.class_weights({0: 50, 2: 25}, num_classes=3)
+    assert w3 == pytest.approx({0: 75 / 150, 1: 1.0, 2: 1.0})
+    assert T.class_weights({1: 10, 0: 10}) == {0: 1.0, 1: 1.0}
+    with pytest.raises(ValueError):
+        T.class_weights([0, 0])
+    with pytest.raises(ValueError):
+        T.class_weights({-1: 3})
+
+
+# ------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------
+
+
+class RecordWeights(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.per_epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.per_epoch.append(self.model.get_weights())
+
+
+def test_fit_scratch_single_phase_graph_mode():
+    hp = M.HParams(family="cnn3", early_stopping_patience=10)
+    built = M.build_model(hp, S, 2, weights="none")
+    recorder = RecordWeights()
+    history = T.fit(
+        built, hp, dataset(32, 2), dataset(16, 2, seed=1, repeat=False),
+        epochs=3, steps_per_epoch=4, validation_steps=None, fine_tune_epochs=5,
+        callbacks=[recorder], seed=1, class_weight=T.class_weights([16, 16]), verbose=0,
+    )
+    assert history["phase"] == [M.PHASE_END_TO_END] * 3  # scratch: no phase 2 despite fine_tune_epochs
+    assert history["epoch"] == [0, 1, 2]
+    for key in ("loss", "auc", "recall", "precision", "val_auc", "val_loss", "lr"):
+        assert len(history[key]) == 3 and all(np.isfinite(history[key]))
+    # best-weights restore on val AUC (first epoch reaching the maximum)
+    best = int(np.argmax(history["val_auc"]))
+    for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_is_seeded():
+    def run():
+        hp = M.HParams(family="cnn3", augment=M.AugmentConfig(enabled=True))
+        keras.utils.set_random_seed(7)  # same initial weights
+        built = M.build_model(hp, S, 2, weights="none")
+        return T.fit(built, hp, dataset(16, 2), None, epochs=2, steps_per_epoch=2, validation_steps=None,
+                     seed=3, verbose=0, compile_kwargs={"run_eagerly": True})
+
+    a, b = run(), run()
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+
+
+@pytest.fixture
+def pretrained_mobilenet(tmp_path):
+    """A MobileNetV2-0.35 built from a weights FILE (random values), so it counts as pretrained."""
+    source = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = str(tmp_path / "mnv2.h5")
+    source.save_weights(path)
+    return path
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_fit_two_phases(pretrained_mobilenet, num_classes):
+    n_top = 3
+    hp = M.HParams(
+        family="mobilenet_v2_035", fine_tune_layers=n_top, learning_rate=1e-3, fine_tune_learning_rate=1e-4,
+        early_stopping_patience=5, lr_schedule="none",
+    )
+    built = M.build_model(hp, 32, num_classes, weights=pretrained_mobilenet)
+    assert built.pretrained
+    recorder = RecordWeights()
+    top = M.tunable_backbone_layers(built.backbone)[-1]
+    bottom = M.tunable_backbone_layers(built.backbone)[0]
+    bn = next(l for l in built.backbone.layers if isinstance(l, keras.layers.BatchNormalization))
+    top0, bottom0, bn0 = top.get_weights(), bottom.get_weights(), bn.get_weights()
+    state = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            state.setdefault("lr", []).append(float(self.model.optimizer.learning_rate.numpy()))
+            state.setdefault("trainable", []).append(
+                [l.name for l in built.backbone.layers if l.trainable_weights]
+            )
+
+        def on_epoch_end(self, epoch, logs=None):
+            state.setdefault("top", []).append(top.get_weights())
+
+    history = T.fit(
+        built, hp, dataset(32, num_classes, size=32), dataset(16, num_classes, size=32, seed=1, repeat=False),
+        epochs=2, steps_per_epoch=2, validation_steps=None, fine_tune_epochs=2, seed=0,
+        callbacks=[recorder, Probe()], verbose=0, compile_kwargs={"run_eagerly": True},
+    )
+    assert history["phase"] == [1, 1, 2, 2] and history["epoch"] == [0, 1, 2, 3]
+    assert len(history["val_auc"]) == 4 and all(np.isfinite(history["val_auc"]))
+    assert state["lr"] == pytest.approx([1e-3, 1e-4])
+    assert state["trainable"][0] == []  # phase 1: backbone frozen
+    assert state["trainable"][1] == [l.name for l in M.tunable_backbone_layers(built.backbone)[-n_top:]]
+    # phase 1 leaves the backbone untouched; phase 2 trains the top layer only; BN never changes
+    for a, b in zip(state["top"][1], top0):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(state["top"][3], top0))
+    for a, b in zip(bottom.get_weights(), bottom0):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(bn.get_weights(), bn0):
+        np.testing.assert_array_equal(a, b)
+    # final weights = those of the first epoch with the best val AUC over BOTH phases
+    best = int(np.argmax(history["val_auc"]))
+    for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
+    hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=0)
+    built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+    history = T.fit(built, hp, dataset(16, 2, size=32), dataset(8, 2, size=32, repeat=False), epochs=1,
+                    steps_per_epoch=1, validation_steps=None, fine_tune_epochs=3, verbose=0,
+                    compile_kwargs={"run_eagerly": True})
+    assert history["phase"] == [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# choose_threshold
+# ------------------------------------------------------------------------------------------------
+
+
+def brute_force_threshold(y, s, target):
+    best = -math.inf
+    for t in np.unique(np.concatenate([s, (s[:, None] + s[None, :]).ravel() / 2])):
+        predicted = s >= t
+        if predicted[y == 1].mean() >= target - 1e-12 and t > best:
+            best = t
+    return best
+
+
+def test_choose_threshold_simple():
+    y = [0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.9, 0.2, 0.4, 0.6, 0.8]
+    assert T.choose_threshold(y, s, 1.0) == pytest.approx(0.2)
+    assert T.choose_threshold(y, s, 0.75) == pytest.approx(0.4)
+    assert T.choose_threshold(y, s, 0.76) == pytest.approx(0.2)  # 3/4 < 0.76 -> need all 4
+    assert T.choose_threshold(y, s, 0.5) == pytest.approx(0.6)
+    assert T.choose_threshold(y, s, 0.0) == pytest.approx(0.9)  # nothing required: highest score
+    assert T.choose_threshold(y, np.array(s)[:, None], 0.75) == pytest.approx(0.4)  # [N, 1] scores
+
+
+def test_choose_threshold_ties_and_float_rounding():
+    # Ties: three positives share 0.5; sensitivity jumps from 1/5 to 4/5 at t = 0.5.
+    y = [1, 1, 1, 1, 1, 0]
+    s = [0.9, 0.5, 0.5, 0.5, 0.1, 0.5]
+    assert T.choose_threshold(y, s, 0.6) == 0.5
+    assert T.sensitivity_specificity(y, s, 0.5)[0] == pytest.approx(0.8)
+    # 0.95 * 20 = 19.000000000000004 in floating point: 19 of 20 positives must suffice.
+    y = np.ones(20, int)
+    s = np.linspace(0.05, 1.0, 20)
+    assert T.choose_threshold(y, s, 0.95) == pytest.approx(s[1])
+
+
+def test_choose_threshold_matches_brute_force():
+    rng = np.random.RandomState(0)
+    for trial in range(40):
+        n = rng.randint(2, 40)
+        y = rng.randint(0, 2, n)
+        y[0] = 1
+        s = np.round(rng.rand(n), 1)  # many ties
+        target = rng.choice([0.5, 0.8, 0.9, 0.95, 1.0, rng.rand()])
+        t = T.choose_threshold(y, s, target)
+        assert t == pytest.approx(brute_force_threshold(y, s, target)), (y, s, target)
+        assert T.sensitivity_specificity(y, s, t)[0] >= target - 1e-12
+
+
+def test_choose_threshold_invalid_inputs():
+    with pytest.raises(ValueError, match="no positive"):
+        T.choose_threshold([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        T.choose_threshold([0, 1], [0.1, 0.2], target_sensitivity=1.5)
+    with pytest.raises(ValueError):
+        T.choose_threshold([0, 1], [0.1, np.nan])
+    with pytest.raises(ValueError):
+        T.choose_threshold([0, 1, 1], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        T.choose_threshold([], [])
+    with pytest.raises(ValueError):
+        T.choose_threshold([0, 2], [0.1, 0.2])
