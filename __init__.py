@@ -10,7 +10,8 @@ import os
 # It must be set before TensorFlow first resolves tf.keras, so it lives in the package root
 # that every entry point imports first.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-# TensorFlow's C++ INFO/WARNING chatter buries the pipeline's own messages.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ logging (CUDA plugin registration noise on CPU machines, INFO chatter) buries
+# the pipeline's own messages; Python-level errors still surface as exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"

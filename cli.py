@@ -4,11 +4,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional
+import warnings
 
-import click
+if "-v" not in sys.argv and "--verbose" not in sys.argv:
+    # Google client libraries warn about Python versions at import time; users need none of it.
+    warnings.filterwarnings("ignore")
 
-from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names
+import click  # noqa: E402
+
+from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names  # noqa: E402
 
 # User errors end in one line and exit code 2; a failing run ends in one line and exit code 1.
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
@@ -161,20 +165,14 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
     click.echo(f"Pipeline spec written to {kubeflow_runner.compile_pipeline(config, output, image)}")
 
 
-def _register_stage_commands() -> None:
-    """Commands that live beside the stage they belong to (curation, evaluation, serving)."""
-    import importlib
+# Commands that live beside the stage they belong to.
+from covid_cxr.data.curate import curate_command  # noqa: E402
+from covid_cxr.evaluation.evaluate import evaluate_command  # noqa: E402
+from covid_cxr.serving.predict import predict_command  # noqa: E402
 
-    for module, name, command_name in (("covid_cxr.data.curate", "curate_command", "curate"),
-                                       ("covid_cxr.evaluation.evaluate", "evaluate_command", "evaluate"),
-                                       ("covid_cxr.serving.predict", "predict_command", "predict")):
-        try:
-            main.add_command(getattr(importlib.import_module(module), name), command_name)
-        except ImportError:  # TEMPORARY while the stage modules are being written
-            pass
-
-
-_register_stage_commands()
+main.add_command(curate_command, "curate")
+main.add_command(evaluate_command, "evaluate")
+main.add_command(predict_command, "predict")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def VersionedPusher(
     evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
     pushed_model: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.PushedModel],
     serving_dir: tfx.dsl.components.Parameter[str],
+    gate: tfx.dsl.components.Parameter[str],  # the GateConfig as JSON, for the model card
 ) -> None:
     blessed = bool(model_blessing.get_int_custom_property("blessed"))
     report = gate_report.read_gate_report(evaluation.uri, blessed)
@@ -85,7 +86,7 @@ def VersionedPusher(
         pushed, destination, why = False, "", "NOT BLESSED: " + ("; ".join(report.failures) or "see the evaluation")
     else:
         model_dir = path_utils.serving_model_path(model.uri)
-        metadata = export.read_metadata(model_dir)
+        metadata = dict(export.read_metadata(model_dir), gate=json.loads(gate))
         card = model_card.render(metadata, report)
         pushed, destination, why = push(model_dir, serving_dir, card, {"model_uri": model.uri, "metrics": report.metrics})
     pushed_model.set_int_custom_property("pushed", int(pushed))

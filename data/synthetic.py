@@ -128,4 +128,8 @@ def generate(out_dir: str, task: str = "covid-vs-normal", patients_per_class: in
                     group=patient, source=str(source), view=str(rng.choice(("PA", "AP"))), sex=str(sex), age=age,
                 )
                 writer.add(record, source_ref=f"{finding}/{patient}-{i}.png", image_hash=hashlib.sha256(png).hexdigest()[:16])
-    return writer.close({"synthetic": True, "seed": seed, "patients_per_class": patients_per_class})
+    # Settings in curation's vocabulary, so `predict` prepares new images the way these were made:
+    # the synthetic borders are class-independent and deliberately left in.
+    settings = {"task": task, "max_side": 256, "crop": False, "equalize": "none"}
+    return writer.close({"synthetic": True, "seed": seed, "patients_per_class": patients_per_class,
+                         "settings": settings})

@@ -19,7 +19,8 @@ exported SavedModel, or a Trainer model artifact).
     folder source's syntax) replaces it. Findings map to the model task's classes
     (``features.Task.finding_to_class``); files whose finding the task does not use, in no mapped
     folder, or unreadable are skipped and listed. Images are prepared exactly as curation/predict do
-    (``data/images.py``: DICOM LUTs, MONOCHROME1, border crop, max side 512) and sent through
+    (``data/images.py``: DICOM LUTs, MONOCHROME1, border crop, max side 512, or the curation settings
+    in the model's metadata: ``serving.predict.Preparation``) and sent through
     ``predict_image``. Patient groups: a DICOM's PatientID (hashed, never shown), else the Kermany
     file-name patient (``person12_...``), else the file itself. Source: the top-level folder when
     the class folders are below it, else the data directory's name.
@@ -39,7 +40,6 @@ statistics and anomalies, TFMA slice metrics) to the report.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import glob
 import hashlib
@@ -50,7 +50,7 @@ from typing import Mapping, Optional, Sequence
 import click
 import numpy as np
 
-from covid_cxr.data import features
+from covid_cxr.data import features, images
 from covid_cxr.evaluation import metrics, shortcut_audit
 from covid_cxr.serving import predict
 
@@ -184,9 +184,8 @@ def _patient_of(path: str) -> str:
 
 
 def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str, str]] = None,
-                 max_side: int = 512, equalization: str = "none") -> EvalData:
-    from covid_cxr.data import images
-
+                 preparation: Optional[predict.Preparation] = None) -> EvalData:
+    preparation = preparation or predict.Preparation()
     root = os.path.normpath(root)
     files, _ = predict.find_inputs([root])
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
@@ -202,7 +201,8 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
             skipped.append({"file": path, "reason": f"finding {finding} is not used by task {task.name}"})
             continue
         try:
-            processed = images.process(path, max_side=max_side, crop=True, equalization=equalization)
+            processed = images.process(path, max_side=preparation.max_side, crop=preparation.crop,
+                                       equalization=preparation.equalization)
         except images.ImageError as e:
             skipped.append({"file": path, "reason": f"unreadable image: {e}"})
             continue
@@ -392,6 +392,19 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
 # --------------------------------------------------------------------------------------------
 
 
+def json_safe(value):
+    """NaN/inf (e.g. a TFMA metric of an empty slice) -> None, numpy scalars -> Python: strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     """{file name: PNG bytes}: ROC, confusion matrix and (when a history is known) training curves."""
     from covid_cxr.evaluation import plots
@@ -434,7 +447,7 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
     with open(files[REPORT_HTML], "w", encoding="utf-8") as f:
         f.write(html_report.render(evaluation.report, pngs, pipeline))
     with open(files[REPORT_JSON], "w", encoding="utf-8") as f:
-        json.dump(evaluation.report, f, indent=2, sort_keys=False)
+        json.dump(json_safe(evaluation.report), f, indent=2, allow_nan=False)
     return files
 
 
@@ -501,15 +514,15 @@ def summary_text(report: dict) -> str:
 @click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100, 100000),
               help="Bootstrap resamples for the AUC confidence interval.")
 @click.option("--no-audit", is_flag=True, help="Skip the border-only shortcut audit.")
-@click.option("--max-side", default=512, show_default=True, type=click.IntRange(32, 10000),
-              help="Folder trees only: longest side after cropping, as in curation.")
-@click.option("--equalize", "equalization", type=click.Choice(("none", "clahe", "hist")), default=None,
+@click.option("--max-side", default=None, type=click.IntRange(32, 10000),
+              help="Folder trees only: longest side after cropping, as in curation (default: the model "
+                   "metadata's, else 512).")
+@click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")
 def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, class_map, n_boot, no_audit,
                      max_side, equalization):
     """Measure a model on labelled data: sensitivity, specificity, AUC ... with 95% CIs, a border
     shortcut audit and an HTML report."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
     model = predict.load_model(model_path)
@@ -524,10 +537,9 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
             mapping = parse_class_map(class_map) if class_map else None
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--class-map")
-        if equalization is None:
-            equalization = str((model.metadata.get("curation") or {}).get("equalization") or "none")
+        preparation = predict.Preparation.from_metadata(model.metadata, max_side, equalization)
         try:
-            data = load_folders(data_dir, model.task, mapping, max_side=max_side, equalization=equalization)
+            data = load_folders(data_dir, model.task, mapping, preparation)
         except ValueError as e:
             raise click.UsageError(str(e))
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
@@ -549,6 +561,6 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     if out_dir:
         write_report(evaluation, out_dir, pipeline)
     if as_json:
-        click.echo(json.dumps(evaluation.report, indent=2))
+        click.echo(json.dumps(json_safe(evaluation.report), indent=2, allow_nan=False))
     else:
         click.echo(summary_text(evaluation.report))

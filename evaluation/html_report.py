@@ -26,7 +26,7 @@ def _e(value) -> str:
 
 
 def _num(value, digits: int = 3) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -111,9 +111,10 @@ def _pipeline_section(pipeline: dict) -> str:
         parts.append(f"<h3>TFMA (Evaluator, test split): {state}</h3><p class=note><code>{_e(evaluation['uri'])}</code></p>")
         if evaluation["failures"]:
             parts.append('<div class=warn><ul>' + "".join(f"<li>{_e(f)}</li>" for f in evaluation["failures"]) + "</ul></div>")
-        slices = {"overall": evaluation["metrics"], **evaluation["slices"]}
+        slices = {"overall": evaluation["metrics"], **dict(sorted(evaluation["slices"].items()))}
         names = sorted({k for m in slices.values() for k in m if not k.endswith("change")})
-        rows = [[_e(s)] + [_num(m.get(n)) for n in names] for s, m in slices.items()]
+        rows = [[_e(s)] + [(_num(int(m[n])) if n == "examples" and m.get(n) is not None else _num(m.get(n)))
+                           for n in names] for s, m in slices.items()]
         parts.append(_table(["slice"] + names, rows))
     for error in pipeline.get("errors", []):
         parts.append(f"<p class=warn>Could not read {_e(error)}</p>")

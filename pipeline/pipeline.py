@@ -6,8 +6,10 @@ schema) -> ExampleValidator -> SchemaGate (anomalies stop the run) -> Transform 
 """
 from __future__ import annotations
 
+import json
 import os
 
+import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
@@ -22,6 +24,17 @@ SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 PREPROCESSING_FN = "covid_cxr.transform.preprocessing.preprocessing_fn"
 RUN_FN = "covid_cxr.trainer.task.run_fn"
 TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
+
+
+def read_data_summary(data_dir: str) -> dict:
+    """The curated data's summary.json (counts, curation settings), which travels with the model so
+    that `predict` preprocesses new images exactly as curation did. {} when it cannot be read
+    (e.g. compiling for Kubeflow without access to the bucket)."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(data_dir, features.SUMMARY)) as f:
+            return json.load(f)
+    except (tf.errors.OpError, ValueError):
+        return {}
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -53,7 +66,7 @@ def create_components(config: PipelineConfig) -> list:
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         disable_statistics=True,  # StatisticsGen already profiles the raw data
     )
-    model_config = config.model_custom_config()
+    model_config = dict(config.model_custom_config(), data_summary=read_data_summary(data.data_dir))
     train_args = tfx.proto.TrainArgs(splits=["train"])
     eval_args = tfx.proto.EvalArgs(splits=["eval"])
     trainer_inputs = dict(
@@ -88,6 +101,7 @@ def create_components(config: PipelineConfig) -> list:
         model_blessing=evaluator.outputs["blessing"],
         evaluation=evaluator.outputs["evaluation"],
         serving_dir=config.runtime.serving_dir,
+        gate=json.dumps(config.to_dict()["gate"], sort_keys=True),
     )
     return components + [trainer, model_resolver, evaluator, pusher]
 

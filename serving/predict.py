@@ -8,7 +8,8 @@ newest numeric version is used), any exported SavedModel directory, or a Trainer
 recursively for ``.png/.jpg/.jpeg/.dcm/.dicom`` files and extension-less DICOM files).
 
 Every input is prepared exactly as curation prepares it (``covid_cxr.data.images.process``:
-DICOM Modality/VOI LUT, MONOCHROME1 inversion, 8-bit grayscale, border crop, max side 512), then
+DICOM Modality/VOI LUT, MONOCHROME1 inversion, 8-bit grayscale, border crop, max side 512, no
+equalization -- or the curation settings recorded in the model's metadata, see ``Preparation``), then
 its PNG bytes go through the model's own ``predict_image`` signature, so the SavedModel's Transform
 graph does the rest (decode, resize, contrast stretch) exactly as in training.
 
@@ -219,10 +220,36 @@ def find_inputs(paths: Iterable[str]) -> tuple[list[str], list[InputError]]:
     return files, errors
 
 
-def prepare(path: str, max_side: int = images.DEFAULT_MAX_SIDE, equalization: str = "none") -> bytes:
+@dataclasses.dataclass(frozen=True)
+class Preparation:
+    """How inputs are turned into the PNG the model gets: curation's settings (data/images.process)."""
+
+    max_side: int = images.DEFAULT_MAX_SIDE
+    crop: bool = True
+    equalization: str = "none"
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, max_side: Optional[int] = None, equalization: Optional[str] = None
+                      ) -> "Preparation":
+        """Explicit values first, then the curation settings the model's metadata carries, then defaults.
+
+        Looked up in ``metadata["curation"]`` or ``metadata["data_summary"]["settings"]`` (the curated
+        summary.json), keys ``max_side``, ``crop``, ``equalize``.
+        """
+        settings = dict((metadata.get("data_summary") or {}).get("settings") or {})
+        settings.update(metadata.get("curation") or {})
+        return cls(
+            max_side=int(max_side or settings.get("max_side") or images.DEFAULT_MAX_SIDE),
+            crop=bool(settings.get("crop", True)),
+            equalization=str(equalization or settings.get("equalize") or settings.get("equalization") or "none"),
+        )
+
+
+def prepare(path: str, preparation: Preparation = Preparation()) -> bytes:
     """One input file -> the PNG bytes curation would have stored. Raises images.ImageError."""
     try:
-        return images.process(path, max_side=max_side, crop=True, equalization=equalization).png
+        return images.process(path, max_side=preparation.max_side, crop=preparation.crop,
+                              equalization=preparation.equalization).png
     except images.ImageError:
         raise
     except (OSError, ValueError, MemoryError) as e:
@@ -294,13 +321,14 @@ class PredictResult:
 
 
 def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Optional[str] = None,
-                  max_side: int = images.DEFAULT_MAX_SIDE, equalization: str = "none") -> PredictResult:
+                  preparation: Optional[Preparation] = None) -> PredictResult:
     """Finds, prepares and predicts every input; optionally writes one explanation PNG per image."""
+    preparation = preparation or Preparation.from_metadata(model.metadata)
     files, errors = find_inputs(paths)
     ok_files, pngs = [], []
     for file in files:
         try:
-            pngs.append(prepare(file, max_side, equalization))
+            pngs.append(prepare(file, preparation))
             ok_files.append(file)
         except images.ImageError as e:
             errors.append(InputError(file, str(e)))
@@ -363,20 +391,18 @@ def format_table(result: PredictResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (predictions and per-file errors) instead of a table.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
               help="Write a Grad-CAM heat-map overlay PNG per image into this directory.")
-@click.option("--max-side", default=images.DEFAULT_MAX_SIDE, show_default=True, type=click.IntRange(32, 10000),
-              help="Longest side after cropping (must match what curation used).")
+@click.option("--max-side", default=None, type=click.IntRange(32, 10000),
+              help="Longest side after cropping, as in curation (default: the model metadata's, else 512).")
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
-              help="Histogram equalization as in curation (default: the model metadata's, else none).")
+              help="Equalization as in curation (default: the model metadata's, else none).")
 def predict_command(model_path, inputs, as_json, explain_dir, max_side, equalization):
     """Classify PNG/JPEG/DICOM chest radiographs (files or directories) with a covid-cxr model.
 
     Research use only: not a diagnostic device. Exit code 1 when any input could not be classified.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     model = load_model(model_path)
-    if equalization is None:
-        equalization = str((model.metadata.get("curation") or {}).get("equalization") or "none")
-    result = predict_paths(model, inputs, explain_dir=explain_dir, max_side=max_side, equalization=equalization)
+    preparation = Preparation.from_metadata(model.metadata, max_side, equalization)
+    result = predict_paths(model, inputs, explain_dir=explain_dir, preparation=preparation)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

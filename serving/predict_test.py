@@ -249,3 +249,19 @@ def test_real_monochrome1_sample_is_read_as_monochrome1(binary_model, tmp_path):
     assert true_twin["probabilities"] == original["probabilities"]
     assert true_twin["label"] == original["label"]
     assert sample["probabilities"] == negative_png["probabilities"]
+
+
+def test_preparation_follows_the_curation_settings_in_the_metadata():
+    assert predict.Preparation.from_metadata({}) == predict.Preparation(512, True, "none")
+    summary = {"data_summary": {"settings": {"max_side": 256, "crop": False, "equalize": "clahe"}}}
+    assert predict.Preparation.from_metadata(summary) == predict.Preparation(256, False, "clahe")
+    assert predict.Preparation.from_metadata(summary, max_side=300, equalization="none") == \
+        predict.Preparation(300, False, "none")
+
+
+def test_saliency_from_the_plain_saved_model_when_tf_keras_cannot_load_it(binary_model):
+    explainer = explain.Explainer(predict.load_model(binary_model.serving_dir))
+    explainer._ready, explainer.load_error = True, "simulated"  # as if tf_keras.load_model had failed
+    _, pngs = _first_records(binary_model, 1)
+    heat, method = explainer.heatmap(explainer.serving_model.transform_images(pngs)[0], 0)
+    assert method == explain.SALIENCY and heat.shape == (testing.TINY_IMAGE_SIZE,) * 2 and heat.max() > 0

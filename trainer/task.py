@@ -182,6 +182,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "train_class_counts": {task.classes[k]: v for k, v in sorted(counts.items())},
         "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
         "target_sensitivity": train_cfg["target_sensitivity"],
+        "data_summary": cfg.get("data_summary", {}),
         "history": history,
     }
     training.compile_for_export(built, task.num_classes)
