@@ -119,14 +119,23 @@ class EvalData:
         return len(self.images)
 
 
+# A curated directory, or one split of a pipeline run's ExampleGen output (e.g. the held-out
+# `<pipeline_root>/ImportExampleGen/examples/<id>/Split-test`).
+TFRECORD_PATTERNS = (features.TFRECORD_PATTERN, "data_tfrecord-*.gz")
+
+
+def _tfrecord_files(path: str) -> list:
+    return sorted(f for pattern in TFRECORD_PATTERNS for f in glob.glob(os.path.join(path, pattern)))
+
+
 def is_tfrecord_dir(path: str) -> bool:
-    return bool(glob.glob(os.path.join(path, features.TFRECORD_PATTERN)))
+    return bool(_tfrecord_files(path))
 
 
 def load_tfrecords(data_dir: str) -> EvalData:
     import tensorflow as tf
 
-    files = sorted(glob.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
+    files = _tfrecord_files(data_dir)
     task_name = None
     summary_path = os.path.join(data_dir, features.SUMMARY)
     if os.path.isfile(summary_path):
