@@ -19,21 +19,28 @@ class DataValidationError(RuntimeError):
     """Raised with a one-line, human-readable list of the anomalies found."""
 
 
+def read_split_anomalies(split_dir: str) -> list:
+    """['feature label: Unexpected string values (...)', ...] from one split of an anomalies artifact."""
+    path = os.path.join(split_dir, ANOMALIES_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    found = anomalies_pb2.Anomalies()
+    found.ParseFromString(io_utils.read_bytes_file(path))
+    problems = [f"feature {name}: {info.short_description or info.description}"
+                for name, info in sorted(found.anomaly_info.items())]
+    if found.HasField("dataset_anomaly_info"):
+        info = found.dataset_anomaly_info
+        problems.append(f"dataset: {info.short_description or info.description}")
+    return problems
+
+
 def describe_anomalies(artifact) -> list:
     """['split test: feature label: Unexpected string values (...)', ...] for every anomaly found."""
-    problems = []
-    for split in standard_artifact_utils.decode_split_names(artifact.split_names):
-        path = os.path.join(standard_artifact_utils.get_split_uri([artifact], split), ANOMALIES_FILE)
-        if not tf.io.gfile.exists(path):
-            continue
-        found = anomalies_pb2.Anomalies()
-        found.ParseFromString(io_utils.read_bytes_file(path))
-        for feature, info in sorted(found.anomaly_info.items()):
-            problems.append(f"split {split}: feature {feature}: {info.short_description or info.description}")
-        if found.HasField("dataset_anomaly_info"):
-            info = found.dataset_anomaly_info
-            problems.append(f"split {split}: dataset: {info.short_description or info.description}")
-    return problems
+    return [
+        f"split {split}: {problem}"
+        for split in standard_artifact_utils.decode_split_names(artifact.split_names)
+        for problem in read_split_anomalies(standard_artifact_utils.get_split_uri([artifact], split))
+    ]
 
 
 @tfx.dsl.components.component

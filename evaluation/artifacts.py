@@ -100,22 +100,9 @@ def read_anomalies(pipeline_root: str) -> Optional[dict]:
     uri = newest_execution(pipeline_root, ANOMALIES[0], ANOMALIES[1])
     if uri is None:
         return None
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    from covid_cxr.components.schema_gate import read_split_anomalies
 
-    splits = {}
-    for split, path in _splits(uri):
-        file = os.path.join(path, ANOMALIES[2])
-        if not os.path.isfile(file):
-            continue
-        anomalies = anomalies_pb2.Anomalies()
-        with open(file, "rb") as f:
-            anomalies.ParseFromString(f.read())
-        problems = [f"{name}: {info.short_description or info.description}"
-                    for name, info in sorted(anomalies.anomaly_info.items())]
-        if anomalies.HasField("dataset_anomaly_info"):
-            info = anomalies.dataset_anomaly_info
-            problems.append(f"dataset: {info.short_description or info.description}")
-        splits[split] = problems
+    splits = {split: read_split_anomalies(path) for split, path in _splits(uri)}
     return {"uri": uri, "splits": splits}
 
 

@@ -208,13 +208,13 @@ def test_pipeline_root_statistics_and_anomalies(binary_model, tmp_path):
     assert pipeline["statistics"]["uri"].endswith(os.path.join("statistics", "11"))
     assert pipeline["statistics"]["splits"]["train"]["num_examples"] == 40
     assert pipeline["statistics"]["splits"]["train"]["features"]["label"]["top_values"] == {"covid": 20, "normal": 20}
-    assert pipeline["anomalies"]["splits"] == {"test": ["view: Unexpected string values"], "train": []}
+    assert pipeline["anomalies"]["splits"] == {"test": ["feature view: Unexpected string values"], "train": []}
     assert "evaluation" not in pipeline and pipeline["errors"] == []
     out = tmp_path / "report"
     result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json", "--no-audit",
                    "--bootstrap", "200", "--out", str(out), "--pipeline-root", str(root)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["pipeline"]["anomalies"]["splits"]["test"] == ["view: Unexpected string values"]
+    assert json.loads(result.output)["pipeline"]["anomalies"]["splits"]["test"] == ["feature view: Unexpected string values"]
     html = (out / "report.html").read_text()
     assert "TFDV statistics" in html and "Unexpected string values" in html
 
