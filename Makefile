@@ -14,6 +14,9 @@ install: $(STAMP)
 
 $(STAMP): setup.py requirements.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# The editable install maps the repo root to `covid_cxr`: that needs PEP 660 (setuptools >= 64,
+	@# a recent pip); Python 3.11's bundled ones fall back to `setup.py develop`, which cannot.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	$(PIP_INSTALL) -r requirements.txt
 	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
