@@ -528,6 +528,10 @@ class BuiltModel:
 
 
 FALLBACK_CHOICES = ("none", "error")  # or any family name
+# Measured on 1000 real CXRs (covid19-radiography, 8 epochs, 128 px): a random-init MobileNetV2-0.35
+# trained end-to-end stayed at val AUC 0.50 (BN moving averages, momentum 0.999, lag far behind),
+# cnn3 reached 0.78 and bn_double_conv 0.86. So the default fallback is the BN scratch CNN.
+DEFAULT_FALLBACK = "bn_double_conv"
 
 
 # Smallest input each scratch CNN's pooling stack accepts.
@@ -584,7 +588,7 @@ def build_model(
     num_classes: int,
     weights: str = "imagenet",
     weights_dir: Optional[str] = None,
-    fallback: str = "none",
+    fallback: str = DEFAULT_FALLBACK,
 ) -> BuiltModel:
     """Build the model for ``hparams.family``.
 
@@ -596,9 +600,10 @@ def build_model(
         timeout, so it fails fast offline); ``"auto"``: the family's file in ``weights_dir`` first,
         then as ``"imagenet"``; ``"none"``: random init (no warning); anything else: an .h5 path.
       fallback: used when ``weights`` asked for pretrained weights and none could be loaded:
-        ``"none"`` = the same family from random init; a family name = build that family instead
-        (a transfer fallback only uses files from ``weights_dir``, never downloads); ``"error"`` =
-        raise RuntimeError. Fallbacks log ONE warning line.
+        a family name (default ``bn_double_conv``) = build that family instead (a transfer fallback
+        only uses files from ``weights_dir``, never downloads); ``"none"`` = the same family from
+        random init (trains poorly on small data); ``"error"`` = raise RuntimeError. Fallbacks log
+        ONE warning line. The fallback keeps ``hparams.image_size``: scratch CNNs are slow at 224 px.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -742,6 +747,7 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 __all__ = [
     "AugmentConfig",
     "BuiltModel",
+    "DEFAULT_FALLBACK",
     "DEFAULT_SEARCH_SPACE",
     "FAMILIES",
     "HParams",

@@ -178,6 +178,8 @@ def test_resizing_when_image_size_differs():
     assert "resize" not in [l.name for l in same.model.layers]
     xcep = built_for("xception")  # 32 < Xception's minimum 71: resized up, with a note
     assert xcep.image_size == 71 and "71" in xcep.note
+    small = M.build_model(M.HParams(family="bn_double_conv"), 16, 2, weights="none")  # 5 poolings
+    assert small.image_size == 32 and small.model.get_layer("resize").height == 32
 
 
 @pytest.mark.parametrize("family", sorted(M.TRANSFER_FAMILIES))
@@ -246,12 +248,15 @@ def test_missing_weights_fall_back_to_random_init_with_one_warning(weights, tmp_
 
 def test_fallback_to_another_family_and_error(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    built = M.build_model(
-        M.HParams(family="densenet121"), S, 3, weights="auto", weights_dir=str(tmp_path), fallback="bn_double_conv"
-    )
+    built = M.build_model(M.HParams(family="densenet121"), S, 3, weights="auto", weights_dir=str(tmp_path))
     assert built.family == "bn_double_conv" and built.requested_family == "densenet121"
     assert built.backbone is None and built.model.output_shape == (None, 3)
+    assert built.fell_back and "densenet121" in built.fallback_reason
     assert len(_warnings(caplog)) == 1
+    if os.path.isdir(SHARED_WEIGHTS):  # a transfer fallback takes its file from weights_dir
+        other = M.build_model(M.HParams(family="densenet121"), S, 2, weights="auto", weights_dir=SHARED_WEIGHTS,
+                              fallback="mobilenet_v2_035")
+        assert other.family == "mobilenet_v2_035" and other.pretrained
     with pytest.raises(RuntimeError, match="densenet121"):
         M.build_model(M.HParams(family="densenet121"), S, 2, weights="auto", weights_dir=str(tmp_path), fallback="error")
     with pytest.raises(ValueError):

@@ -204,6 +204,16 @@ def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
     assert history["phase"] == [1]
 
 
+def test_lr_schedules():
+    hp = M.HParams(family="cnn3", lr_schedule="cosine")
+    (cosine,) = T._schedule_callbacks(hp, "val_auc", first_epoch=4, epochs=4, base_lr=1e-3)
+    assert [cosine.schedule(e, None) for e in (4, 6, 8)] == pytest.approx([1e-3, 5e-4, 0.0])
+    (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), "val_auc", 0, 5, 1e-3)
+    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau) and plateau.monitor == "val_auc"
+    assert plateau.mode == "max"
+    assert T._schedule_callbacks(M.HParams(family="cnn3", lr_schedule="none"), "val_auc", 0, 5, 1e-3) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # choose_threshold
 # ------------------------------------------------------------------------------------------------
