@@ -528,9 +528,10 @@ class BuiltModel:
 
 
 FALLBACK_CHOICES = ("none", "error")  # or any family name
-# Measured on 1000 real CXRs (covid19-radiography, 8 epochs, 128 px): a random-init MobileNetV2-0.35
-# trained end-to-end stayed at val AUC 0.50 (BN moving averages, momentum 0.999, lag far behind),
-# cnn3 reached 0.78 and bn_double_conv 0.86. So the default fallback is the BN scratch CNN.
+# Measured on real CXRs (covid19-radiography, 1000 train / 200 val, covid vs normal): a random-init
+# MobileNetV2-0.35 at 160 px trained end-to-end stayed at val AUC 0.50 and early-stopped after 5
+# epochs (likely its BN moving averages, momentum 0.999, lagging far behind); at 128 px / 8 epochs
+# cnn3 reached 0.78, cnn4 0.71 and bn_double_conv 0.86. So the default fallback is the BN scratch CNN.
 DEFAULT_FALLBACK = "bn_double_conv"
 
 
