@@ -39,7 +39,7 @@ def _config(root, **overrides):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("e2e"))
-    synthetic.generate(os.path.join(root, "data"), TASK, patients_per_class=60, seed=7)
+    synthetic.generate(os.path.join(root, "data"), TASK, patients_per_class=40, seed=7)
     config = _config(root)
     started = time.time()
     outcome = local_runner.run(config)
