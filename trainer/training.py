@@ -34,8 +34,20 @@ def _one_hot(y_true, num_classes: int):
     return tf.one_hot(y_true, num_classes)
 
 
+class _SparseLabels:
+    """Mixin: one-hot the integer labels before the wrapped Keras metric sees them."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_classes"] = self.num_classes
+        return config
+
+
 @keras.saving.register_keras_serializable(package="covid_cxr")
-class SparseAUC(keras.metrics.AUC):
+class SparseAUC(_SparseLabels, keras.metrics.AUC):
     """Macro one-vs-rest ROC AUC over ``num_classes`` from integer labels and softmax scores."""
 
     def __init__(self, num_classes: int, name: str = "auc", **kwargs):
@@ -44,17 +56,9 @@ class SparseAUC(keras.metrics.AUC):
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
-
-    def get_config(self):
-        config = super().get_config()
-        config["num_classes"] = self.num_classes
-        return config
-
 
 @keras.saving.register_keras_serializable(package="covid_cxr")
-class SparseRecall(keras.metrics.Recall):
+class SparseRecall(_SparseLabels, keras.metrics.Recall):
     """Recall of ``class_id`` (predicted = argmax) from integer labels."""
 
     def __init__(self, num_classes: int, class_id: int, name: str = "recall", **kwargs):
@@ -62,31 +66,15 @@ class SparseRecall(keras.metrics.Recall):
         super().__init__(name=name, class_id=class_id, **kwargs)
         self.num_classes = int(num_classes)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
-
-    def get_config(self):
-        config = super().get_config()
-        config["num_classes"] = self.num_classes
-        return config
-
 
 @keras.saving.register_keras_serializable(package="covid_cxr")
-class SparsePrecision(keras.metrics.Precision):
+class SparsePrecision(_SparseLabels, keras.metrics.Precision):
     """Precision of ``class_id`` (predicted = argmax) from integer labels."""
 
     def __init__(self, num_classes: int, class_id: int, name: str = "precision", **kwargs):
         kwargs.setdefault("top_k", 1)
         super().__init__(name=name, class_id=class_id, **kwargs)
         self.num_classes = int(num_classes)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(_one_hot(y_true, self.num_classes), y_pred, sample_weight)
-
-    def get_config(self):
-        config = super().get_config()
-        config["num_classes"] = self.num_classes
-        return config
 
 
 def make_metrics(num_classes: int, positive_index: Optional[int] = None) -> list[keras.metrics.Metric]:
