@@ -7,3 +7,5 @@ COPY requirements.txt constraints.txt setup.py ./
 RUN pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt
 COPY . /pipeline/src/covid_cxr
 RUN pip install --no-cache-dir --no-deps --ignore-requires-python /pipeline/src/covid_cxr
+# kubeflow_runner.IMAGE_SCHEMA_FILE: the compiled spec imports the reviewed schema from here.
+COPY pipeline/schema/schema.pbtxt /pipeline/schema/schema.pbtxt

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 
+import dataclasses
+
 from tfx import v1 as tfx
 
 from covid_cxr.pipeline.config import PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
 
 
+# Where the Dockerfile puts the reviewed schema. The spec names files by path, and the path of this
+# checkout on the compiling machine does not exist inside the container.
+IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
+
+
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> str:
+    if not config.data.schema_file:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, schema_file=IMAGE_SCHEMA_FILE))
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_file)),

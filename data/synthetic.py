@@ -71,7 +71,7 @@ def draw_radiograph(finding: str, anatomy: Anatomy, rng: np.random.Generator, si
             for _ in range(rng.integers(4, 7)):
                 cy = rng.uniform(0.55, 0.78)
                 cx = 0.5 + side * rng.uniform(0.24, 0.31)
-                image += 0.16 * _blob(ys, xs, cy, cx, rng.uniform(0.035, 0.06)) * lungs
+                image += 0.24 * _blob(ys, xs, cy, cx, rng.uniform(0.035, 0.06)) * lungs
     elif finding == features.PNEUMONIA:
         # Unilateral lobar consolidation: one dense, larger, sharper region.
         side = rng.choice((-1, 1))

@@ -30,6 +30,8 @@ class DataConfig:
     train_buckets: int = 14
     eval_buckets: int = 3
     test_buckets: int = 3
+    # The reviewed schema ImportSchemaGen imports; empty = the one shipped in pipeline/schema/.
+    schema_file: str = ""
 
 
 @dataclasses.dataclass
@@ -39,7 +41,10 @@ class ModelConfig:
     families: list = dataclasses.field(default_factory=lambda: ["mobilenet_v2"])  # Tuner chooses among these
     weights: str = "auto"  # auto | imagenet | none | path to an .h5 file
     weights_dir: str = ""  # where `auto` looks for offline ImageNet files
-    fallback: str = "none"  # when no weights can be had: `none` (random init) or a family name
+    # When no pretrained weights can be had: a family to build instead (the BatchNorm scratch CNN
+    # learns on small data; a random-init MobileNetV2 does not), `none` (same family, random init)
+    # or `error`.
+    fallback: str = "bn_double_conv"
     augment: bool = True
 
 

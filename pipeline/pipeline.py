@@ -53,7 +53,7 @@ def create_components(config: PipelineConfig) -> list:
         )),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_file or SCHEMA_FILE)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     schema_gate = SchemaGate(schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])

@@ -112,7 +112,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
 
     tuner = keras_tuner.RandomSearch(
         build,
-        objective=keras_tuner.Objective(training.MONITOR, direction="max"),
+        objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
         directory=fn_args.working_dir,

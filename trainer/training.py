@@ -4,7 +4,12 @@ Labels are the Transform's ``label_xf`` (int class index). COVID is always the L
 task (1 in the binary tasks, 2 in ``three-class``), which is what "recall"/"precision" report.
 
 Metric names are fixed (``auc``, ``recall``, ``precision``, ``accuracy``) in every phase and task,
-so callbacks can monitor ``val_auc`` and histories of both phases merge key by key.
+so histories of both phases merge key by key.
+
+Early stopping, best-checkpoint restore and the LR plateau watch the validation LOSS, while the Tuner
+ranks trials by validation AUC: on a small validation split AUC saturates at 1.0 within an epoch or
+two while the scores still sit near 0.5, and "restore the best AUC" then restores a barely trained
+model. The loss keeps improving as long as the model does.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from covid_cxr.trainer.models import BuiltModel, HParams
 
 logger = logging.getLogger(__name__)
 
-MONITOR = "val_auc"
+MONITOR = "val_loss"  # lower is better
+TUNER_OBJECTIVE = "val_auc"  # higher is better
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,7 +187,7 @@ def _schedule_callbacks(hparams: HParams, monitor: str, first_epoch: int, epochs
         return [
             keras.callbacks.ReduceLROnPlateau(
                 monitor=monitor,
-                mode="max",
+                mode="min",
                 factor=hparams.reduce_lr_factor,
                 patience=hparams.reduce_lr_patience,
                 min_lr=base_lr * 1e-3,
@@ -231,9 +237,9 @@ def fit(
     ``fine_tune_layers > 0`` and ``fine_tune_epochs > 0``, phase 2 (top layers unfrozen, lower LR,
     recompiled); scratch families and random-init backbones -> one end-to-end phase (``epochs``).
 
-    Every phase: EarlyStopping on ``val_auc`` (max, ``early_stopping_patience``) restoring the best
+    Every phase: EarlyStopping on ``val_loss`` (``early_stopping_patience``) restoring the best
     weights, plus the LR schedule of ``hparams.lr_schedule``, plus ``callbacks``. If phase 2 never
-    beats phase 1's best ``val_auc``, phase 1's weights are restored. ``keras.utils.set_random_seed
+    beats phase 1's best ``val_loss``, phase 1's weights are restored. ``keras.utils.set_random_seed
     (seed)`` is called first. ``num_classes`` defaults to the model's output width (1 unit -> 2).
     ``class_weight`` (see :func:`class_weights`) and ``compile_kwargs`` apply to every phase.
 
@@ -244,10 +250,10 @@ def fit(
     if num_classes is None:
         width = int(built.model.output_shape[-1])
         num_classes = 2 if width == 1 else width
-    monitor = MONITOR if val_ds is not None else "auc"
+    monitor = MONITOR if val_ds is not None else "loss"
     history: dict[str, list[Any]] = {"phase": [], "epoch": []}
     epoch = 0
-    best_score = -np.inf
+    best_loss = np.inf
     best_weights = None
     best_phase = None
     for phase, phase_epochs in _phases(built, hparams, epochs, fine_tune_epochs):
@@ -258,7 +264,7 @@ def fit(
         phase_callbacks = [
             keras.callbacks.EarlyStopping(
                 monitor=monitor,
-                mode="max",
+                mode="min",
                 patience=hparams.early_stopping_patience,
                 restore_best_weights=True,
                 verbose=0,
@@ -286,16 +292,16 @@ def fit(
         for key, values in history.items():  # pad keys this phase did not report
             values.extend([math.nan] * (n_before + ran - len(values)))
         epoch += ran
-        scores = [v for v in result.history.get(monitor, []) if not math.isnan(v)]
-        phase_best = max(scores) if scores else -np.inf
-        if best_weights is not None and phase_best <= best_score:
+        losses = [v for v in result.history.get(monitor, []) if not math.isnan(v)]
+        phase_best = min(losses) if losses else np.inf
+        if best_weights is not None and phase_best >= best_loss:
             logger.info(
                 "phase %d best %s %.4f did not beat phase %d's %.4f: restoring phase %d weights",
-                phase, monitor, phase_best, best_phase, best_score, best_phase,
+                phase, monitor, phase_best, best_phase, best_loss, best_phase,
             )
             built.model.set_weights(best_weights)
-        elif phase_best > best_score or best_weights is None:
-            best_score, best_phase = phase_best, phase
+        else:
+            best_loss, best_phase = phase_best, phase
             best_weights = built.model.get_weights()  # EarlyStopping already restored this phase's best
     return history
 
@@ -305,18 +311,25 @@ def fit(
 # ----------------------------------------------------------------------------------------------
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1.0 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
 def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95) -> float:
-    """The highest threshold t whose sensitivity (recall of COVID, label 1) is >= the target.
+    """A decision threshold meeting ``target_sensitivity`` (recall of COVID, label 1) on validation data.
 
-    Decision rule: predict COVID when ``score >= t``. The returned t is always one of the observed
-    scores (ties are handled: every example scoring exactly t counts as positive), so among all
-    thresholds reaching the target it is the one with the fewest false positives.
+    Decision rule: predict COVID when ``score >= t``. The highest threshold reaching the target,
+    ``t_hi`` (the k-th highest positive score, k = ceil(target * n_pos)), has the fewest false
+    positives; every t in ``(s_below, t_hi]``, ``s_below`` being the highest score under ``t_hi``,
+    classifies the validation set exactly the same. The threshold returned is the middle of that
+    gap in logit space, not its edge: sitting exactly on the lowest accepted positive would drop
+    every new positive that scores a hair lower, and on a small validation split that is often a
+    large share of them. Without a score below ``t_hi``, ``t_hi`` itself. Target 0 keeps only the
+    highest score(s).
 
-    Never impossible for a target in [0, 1]: t = the lowest positive score gives sensitivity 1.
-    With target 0 the highest score is returned. Raises ValueError when it is undefined: no
-    positives in ``y_true``, a target outside [0, 1], empty/mismatched inputs, non-finite scores or
-    labels other than 0/1. For a rule using ``score > t`` (as Keras/TFMA thresholded metrics do),
-    use ``np.nextafter(t, -np.inf)`` in the scores' dtype.
+    Raises ValueError when it is undefined: no positives in ``y_true``, a target outside [0, 1],
+    empty/mismatched inputs, non-finite scores or labels other than 0/1.
     """
     y_true = np.asarray(y_true).reshape(-1)
     y_score = np.asarray(y_score, dtype=np.float64)
@@ -336,12 +349,18 @@ def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95) -> float
     n_pos = positives.size
     if n_pos == 0:
         raise ValueError("no positive (COVID) examples: sensitivity is undefined")
-    # Sensitivity at t = #(positive scores >= t) / n_pos. It only steps at positive scores, and the
-    # highest t reaching it is the k-th highest positive score with k = ceil(target * n_pos).
-    needed = max(1, int(math.ceil(target_sensitivity * n_pos - 1e-9)))
     if target_sensitivity == 0.0:
-        return float(np.max(y_score))
-    return float(positives[needed - 1])
+        t_hi = float(np.max(y_score))
+    else:
+        # Sensitivity at t = #(positive scores >= t) / n_pos only steps at positive scores.
+        needed = max(1, int(math.ceil(target_sensitivity * n_pos - 1e-9)))
+        t_hi = float(positives[needed - 1])
+    below = y_score[y_score < t_hi]
+    if below.size == 0:
+        return t_hi
+    middle = (_logit(np.array([t_hi, below.max()]))).mean()
+    # Never outside the gap, whatever float rounding does to probabilities near 0 or 1.
+    return float(min(max(1.0 / (1.0 + math.exp(-middle)), np.nextafter(below.max(), np.inf)), t_hi))
 
 
 def sensitivity_specificity(y_true, y_score, threshold: float) -> tuple[float, float]:

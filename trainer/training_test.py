@@ -118,8 +118,8 @@ def test_fit_scratch_single_phase_graph_mode():
     assert history["epoch"] == [0, 1, 2]
     for key in ("loss", "auc", "recall", "precision", "val_auc", "val_loss", "lr"):
         assert len(history[key]) == 3 and all(np.isfinite(history[key]))
-    # best-weights restore on val AUC (first epoch reaching the maximum)
-    best = int(np.argmax(history["val_auc"]))
+    # best-weights restore on val loss (first epoch reaching the minimum)
+    best = int(np.argmin(history["val_loss"]))
     for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -189,8 +189,8 @@ def test_fit_two_phases(pretrained_mobilenet, num_classes):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(bn.get_weights(), bn0):
         np.testing.assert_array_equal(a, b)
-    # final weights = those of the first epoch with the best val AUC over BOTH phases
-    best = int(np.argmax(history["val_auc"]))
+    # final weights = those of the first epoch with the lowest val loss over BOTH phases
+    best = int(np.argmin(history["val_loss"]))
     for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -206,12 +206,12 @@ def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
 
 def test_lr_schedules():
     hp = M.HParams(family="cnn3", lr_schedule="cosine")
-    (cosine,) = T._schedule_callbacks(hp, "val_auc", first_epoch=4, epochs=4, base_lr=1e-3)
+    (cosine,) = T._schedule_callbacks(hp, "val_loss", first_epoch=4, epochs=4, base_lr=1e-3)
     assert [cosine.schedule(e, None) for e in (4, 6, 8)] == pytest.approx([1e-3, 5e-4, 0.0])
-    (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), "val_auc", 0, 5, 1e-3)
-    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau) and plateau.monitor == "val_auc"
-    assert plateau.mode == "max"
-    assert T._schedule_callbacks(M.HParams(family="cnn3", lr_schedule="none"), "val_auc", 0, 5, 1e-3) == []
+    (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), "val_loss", 0, 5, 1e-3)
+    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau) and plateau.monitor == "val_loss"
+    assert plateau.mode == "min"
+    assert T._schedule_callbacks(M.HParams(family="cnn3", lr_schedule="none"), "val_loss", 0, 5, 1e-3) == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,6 +220,7 @@ def test_lr_schedules():
 
 
 def brute_force_threshold(y, s, target):
+    """The highest threshold on a fine grid whose sensitivity reaches the target."""
     best = -math.inf
     for t in np.unique(np.concatenate([s, (s[:, None] + s[None, :]).ravel() / 2])):
         predicted = s >= t
@@ -228,39 +229,56 @@ def brute_force_threshold(y, s, target):
     return best
 
 
-def test_choose_threshold_simple():
+def logit_middle(a, b):
+    la, lb = (math.log(v / (1 - v)) for v in (a, b))
+    return 1 / (1 + math.exp(-(la + lb) / 2))
+
+
+def test_choose_threshold_sits_in_the_middle_of_the_gap():
     y = [0, 0, 1, 1, 1, 1]
     s = [0.1, 0.9, 0.2, 0.4, 0.6, 0.8]
-    assert T.choose_threshold(y, s, 1.0) == pytest.approx(0.2)
-    assert T.choose_threshold(y, s, 0.75) == pytest.approx(0.4)
-    assert T.choose_threshold(y, s, 0.76) == pytest.approx(0.2)  # 3/4 < 0.76 -> need all 4
-    assert T.choose_threshold(y, s, 0.5) == pytest.approx(0.6)
-    assert T.choose_threshold(y, s, 0.0) == pytest.approx(0.9)  # nothing required: highest score
-    assert T.choose_threshold(y, np.array(s)[:, None], 0.75) == pytest.approx(0.4)  # [N, 1] scores
+    assert T.choose_threshold(y, s, 1.0) == pytest.approx(logit_middle(0.1, 0.2))
+    assert T.choose_threshold(y, s, 0.75) == pytest.approx(logit_middle(0.2, 0.4))
+    assert T.choose_threshold(y, s, 0.76) == pytest.approx(logit_middle(0.1, 0.2))  # 3/4 < 0.76: all 4
+    assert T.choose_threshold(y, s, 0.5) == pytest.approx(logit_middle(0.4, 0.6))
+    assert T.choose_threshold(y, s, 0.0) == pytest.approx(logit_middle(0.8, 0.9))  # only the top score
+    assert T.choose_threshold(y, np.array(s)[:, None], 0.75) == pytest.approx(logit_middle(0.2, 0.4))
+    # Perfectly separated, confident scores: the threshold is 0.5, not the lowest positive's 0.99.
+    assert T.choose_threshold([0, 0, 1, 1], [0.01, 0.02, 0.99, 0.999], 0.95) == pytest.approx(
+        logit_middle(0.02, 0.99))
+    # Nothing scores below the needed positive: that score itself.
+    assert T.choose_threshold([1, 1, 0], [0.3, 0.7, 0.9], 1.0) == pytest.approx(0.3)
 
 
 def test_choose_threshold_ties_and_float_rounding():
     # Ties: three positives share 0.5; sensitivity jumps from 1/5 to 4/5 at t = 0.5.
     y = [1, 1, 1, 1, 1, 0]
     s = [0.9, 0.5, 0.5, 0.5, 0.1, 0.5]
-    assert T.choose_threshold(y, s, 0.6) == 0.5
-    assert T.sensitivity_specificity(y, s, 0.5)[0] == pytest.approx(0.8)
+    t = T.choose_threshold(y, s, 0.6)
+    assert 0.1 < t <= 0.5 and t == pytest.approx(logit_middle(0.1, 0.5))
+    assert T.sensitivity_specificity(y, s, t)[0] == pytest.approx(0.8)
     # 0.95 * 20 = 19.000000000000004 in floating point: 19 of 20 positives must suffice.
     y = np.ones(20, int)
     s = np.linspace(0.05, 1.0, 20)
-    assert T.choose_threshold(y, s, 0.95) == pytest.approx(s[1])
+    assert s[0] < T.choose_threshold(y, s, 0.95) <= s[1]
+    # Saturated scores (1 - 1e-12 rounds to the logit clip): still strictly inside the gap.
+    t = T.choose_threshold([0, 1], [1 - 1e-12, 1.0], 1.0)
+    assert 1 - 1e-12 < t <= 1.0
 
 
 def test_choose_threshold_matches_brute_force():
+    """Same validation confusion as the highest qualifying threshold, at a threshold no higher."""
     rng = np.random.RandomState(0)
     for trial in range(40):
         n = rng.randint(2, 40)
         y = rng.randint(0, 2, n)
         y[0] = 1
-        s = np.round(rng.rand(n), 1)  # many ties
+        s = np.round(rng.rand(n), 1) * 0.98 + 0.01  # many ties, within (0, 1)
         target = rng.choice([0.5, 0.8, 0.9, 0.95, 1.0, rng.rand()])
         t = T.choose_threshold(y, s, target)
-        assert t == pytest.approx(brute_force_threshold(y, s, target)), (y, s, target)
+        t_hi = brute_force_threshold(y, s, target)
+        assert t <= t_hi + 1e-12, (y, s, target)
+        assert T.sensitivity_specificity(y, s, t) == T.sensitivity_specificity(y, s, t_hi), (y, s, target)
         assert T.sensitivity_specificity(y, s, t)[0] >= target - 1e-12
 
 

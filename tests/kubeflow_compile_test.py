@@ -1,0 +1,34 @@
+"""`covid-cxr compile`: a KFP v2 spec that a container can actually run."""
+import json
+
+from click.testing import CliRunner
+
+from covid_cxr import cli, kubeflow_runner
+
+EXPECTED_TASKS = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "SchemaGate",
+                  "Transform", "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "VersionedPusher"}
+
+
+def _compile(tmp_path, *extra):
+    out = tmp_path / "spec.json"
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(out),
+        "--data", "gs://bucket/curated", "--pipeline-root", "gs://bucket/root", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text()), out.read_text()
+
+
+def test_compiled_spec_has_the_whole_dag_on_the_given_image(tmp_path):
+    spec, text = _compile(tmp_path)
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert EXPECTED_TASKS <= {name.split("-")[0] for name in tasks} | set(tasks), sorted(tasks)
+    assert "registry.example/covid-cxr:1" in text
+    assert "gs://bucket/curated" in text
+
+
+def test_schema_is_read_from_the_image_not_from_this_checkout(tmp_path):
+    _, text = _compile(tmp_path)
+    assert kubeflow_runner.IMAGE_SCHEMA_FILE in text
+    assert "/pipeline/schema/schema.pbtxt" in text
+    _, text = _compile(tmp_path, "--set", "data.schema_file=gs://bucket/schema.pbtxt")
+    assert "gs://bucket/schema.pbtxt" in text and kubeflow_runner.IMAGE_SCHEMA_FILE not in text
