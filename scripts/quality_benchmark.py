@@ -117,6 +117,9 @@ def main():
         t = r["test"]
         print(f"| {r['task']} | {t.get('n')} | {fmt(t.get('sensitivity'))} | {fmt(t.get('specificity'))} | "
               f"{fmt(t.get('auc'))} | {fmt(t.get('accuracy'))} | {r['pipeline_seconds'] / 60:.1f} | {r['pushed']} |")
+        if "multiclass" in t:
+            # The row above is COVID one-vs-rest already; add the three-class summary.
+            print(f"| {r['task']} macro-F1 | {t.get('n')} | {t['multiclass']['macro_f1']:.3f} | | | | | |")
         if "external" in r:
             e = r["external"]
             print(f"| {r['task']} external: {e['name']} | {e.get('n')} | {fmt(e.get('sensitivity'))} | "
