@@ -98,8 +98,8 @@ class HParams:
     dropout: float = 0.5
     dense_units: int = 64  # hidden Dense of the head; 0 = none
     fine_tune_layers: int = 20  # top backbone layers (with weights, non-BN) unfrozen in phase 2
-    early_stopping_patience: int = 4  # epochs without val loss improvement
-    lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau on val loss), "cosine" or "none"
+    early_stopping_patience: int = 4  # epochs without val AUC (loss as tie-break) improvement
+    lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau on the val selection score), "cosine" or "none"
     reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.5
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

@@ -118,8 +118,9 @@ def test_fit_scratch_single_phase_graph_mode():
     assert history["epoch"] == [0, 1, 2]
     for key in ("loss", "auc", "recall", "precision", "val_auc", "val_loss", "lr"):
         assert len(history[key]) == 3 and all(np.isfinite(history[key]))
-    # best-weights restore on val loss (first epoch reaching the minimum)
-    best = int(np.argmin(history["val_loss"]))
+    # best-weights restore on val AUC with val loss as tie-break (first epoch reaching the maximum)
+    np.testing.assert_allclose(history["val_selection"], np.array(history["val_auc"]) - T.LOSS_TIE_BREAK * np.array(history["val_loss"]), rtol=1e-6)
+    best = int(np.argmax(history["val_selection"]))
     for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -189,8 +190,8 @@ def test_fit_two_phases(pretrained_mobilenet, num_classes):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(bn.get_weights(), bn0):
         np.testing.assert_array_equal(a, b)
-    # final weights = those of the first epoch with the lowest val loss over BOTH phases
-    best = int(np.argmin(history["val_loss"]))
+    # final weights = those of the first epoch with the best selection score over BOTH phases
+    best = int(np.argmax(history["val_selection"]))
     for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -204,13 +205,27 @@ def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
     assert history["phase"] == [1]
 
 
+def test_selection_score_ranks_by_auc_and_breaks_ties_by_loss():
+    def score(auc, loss):
+        logs = {"val_auc": auc, "val_loss": loss, "auc": auc, "loss": loss}
+        T.SelectionScore().on_epoch_end(0, logs)
+        assert logs["selection"] == logs["val_selection"]
+        return logs["val_selection"]
+
+    assert score(1.0, 0.05) > score(1.0, 0.60)  # saturated AUC: the lower loss wins
+    assert score(0.980, 0.30) > score(0.974, 0.25)  # otherwise AUC decides, even at a higher loss
+    logs = {"loss": 0.3}
+    T.SelectionScore().on_epoch_end(0, logs)
+    assert "selection" not in logs  # no AUC logged: nothing invented
+
+
 def test_lr_schedules():
     hp = M.HParams(family="cnn3", lr_schedule="cosine")
     (cosine,) = T._schedule_callbacks(hp, "val_loss", first_epoch=4, epochs=4, base_lr=1e-3)
     assert [cosine.schedule(e, None) for e in (4, 6, 8)] == pytest.approx([1e-3, 5e-4, 0.0])
-    (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), "val_loss", 0, 5, 1e-3)
-    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau) and plateau.monitor == "val_loss"
-    assert plateau.mode == "min"
+    (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), T.MONITOR, 0, 5, 1e-3)
+    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau) and plateau.monitor == T.MONITOR
+    assert plateau.mode == "max"
     assert T._schedule_callbacks(M.HParams(family="cnn3", lr_schedule="none"), "val_loss", 0, 5, 1e-3) == []
 
 

@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Quality trade-off of model families x image sizes on curated real data, without the pipeline.
+
+Where `benchmark_models.py` measures what a family COSTS, this measures what it BUYS: for each
+family x size it trains exactly as the Trainer does (trainer/training.py: frozen base, then
+fine-tuning; class weights; early stopping on val AUC with loss as tie-break) on a patient-disjoint split of a curated
+directory, picks the threshold on the validation part (trainer.training.choose_threshold), and
+reports on the held-out part: AUC with a bootstrap CI, sensitivity and specificity (Wilson CIs),
+and the wall time of training. The split hashes the curated `group` (patient + near-duplicates)
+70/15/15 with md5, so it is patient-disjoint but not identical to ExampleGen's split: use it to
+choose a configuration, and `quality_benchmark.py` (the real pipeline) for the figures you report.
+
+    .venv/bin/python scripts/compare_models.py --data runs/q/curated-covid-vs-normal \\
+        --families mobilenet_v2,mobilenet_v2_035 --sizes 160,224 --fine-tune-layers 40
+
+Decoded images are cached next to --cache (default /tmp) per size, so the first run pays decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+import time
+
+import covid_cxr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from covid_cxr.data import features
+from covid_cxr.evaluation import metrics
+from covid_cxr.trainer import models as M
+from covid_cxr.trainer import training as T
+from covid_cxr.transform.preprocessing import decode_image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WEIGHTS_DIR = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "weights"))
+
+
+def load(data_dir: str, size: int, cache_dir: str):
+    """(images [N, S, S, 1], labels, groups, sources) through the Transform's own decode_image."""
+    cache = os.path.join(cache_dir, f"covid_cxr_compare_{hashlib.md5(os.path.abspath(data_dir).encode()).hexdigest()[:8]}_{size}.npz")
+    if os.path.exists(cache):
+        z = np.load(cache)
+        return z["x"].astype(np.float32), z["y"], z["g"], z["s"]
+    xs, ys, gs, ss = [], [], [], []
+    files = sorted(glob.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
+    if not files:
+        raise SystemExit(f"no {features.TFRECORD_PATTERN} in {data_dir}: run `covid-cxr curate` first")
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        f = tf.train.Example.FromString(record.numpy()).features.feature
+        xs.append(decode_image(f[features.IMAGE].bytes_list.value[0], size).numpy().astype(np.float16))
+        ys.append(f[features.LABEL_INDEX].int64_list.value[0])
+        gs.append(f[features.GROUP].bytes_list.value[0].decode())
+        ss.append(f[features.SOURCE].bytes_list.value[0].decode())
+    x, y, g, s = np.stack(xs), np.array(ys), np.array(gs), np.array(ss)
+    np.savez(cache, x=x, y=y, g=g, s=s)
+    return x.astype(np.float32), y, g, s
+
+
+def split(groups: np.ndarray):
+    bucket = np.array([int(hashlib.md5(g.encode()).hexdigest(), 16) % 20 for g in groups])
+    return bucket < 14, (bucket >= 14) & (bucket < 17), bucket >= 17
+
+
+def train_and_score(family, size, x, y, parts, args):
+    train, val, test = parts
+    hp = M.HParams(family=family, learning_rate=args.learning_rate, fine_tune_learning_rate=args.learning_rate / 10,
+                   dropout=0.2, dense_units=128, fine_tune_layers=args.fine_tune_layers,
+                   early_stopping_patience=args.patience, augment=M.AugmentConfig(enabled=True))
+    train_ds = (tf.data.Dataset.from_tensor_slices((x[train], y[train]))
+                .shuffle(4096, seed=args.seed).repeat().batch(args.batch_size).prefetch(2))
+    val_ds = tf.data.Dataset.from_tensor_slices((x[val], y[val])).batch(args.batch_size)
+    started = time.time()
+    built = M.build_model(hp, size, 2, weights="auto", weights_dir=args.weights_dir)
+    T.fit(built, hp, train_ds, val_ds, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+          steps_per_epoch=-(-int(train.sum()) // args.batch_size), validation_steps=None,
+          class_weight=T.class_weights(np.bincount(y[train], minlength=2)), seed=args.seed, verbose=0)
+    seconds = time.time() - started
+    val_scores = built.model.predict(x[val], verbose=0).ravel()
+    test_scores = built.model.predict(x[test], verbose=0).ravel()
+    threshold = T.choose_threshold(y[val], val_scores, args.target_sensitivity)
+    predicted = (test_scores >= threshold).astype(int)
+    counts = metrics.binary_counts(y[test], predicted)
+    return {
+        "family": built.family, "note": built.note, "size": size, "minutes": seconds / 60,
+        "val_auc": metrics.roc_auc(y[val], val_scores),
+        "test_auc": metrics.auc_with_ci(y[test], test_scores, n_boot=1000),
+        "sensitivity": metrics.proportion(counts["tp"], counts["tp"] + counts["fn"]),
+        "specificity": metrics.proportion(counts["tn"], counts["tn"] + counts["fp"]),
+    }
+
+
+def fmt(entry) -> str:
+    ci = entry.get("ci95") or [float("nan")] * 2
+    return f"{entry['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a binary-task directory written by `covid-cxr curate`")
+    parser.add_argument("--families", default="mobilenet_v2")
+    parser.add_argument("--sizes", default="224")
+    parser.add_argument("--epochs", type=int, default=4, help="frozen-base phase")
+    parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-layers", type=int, default=40)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--target-sensitivity", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights-dir", default=WEIGHTS_DIR)
+    parser.add_argument("--cache", default="/tmp")
+    args = parser.parse_args()
+
+    print("| family | size | train min | val AUC | test AUC | sensitivity | specificity |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for size in (int(s) for s in args.sizes.split(",")):
+        x, y, groups, _ = load(args.data, size, args.cache)
+        if set(np.unique(y)) - {0, 1}:
+            raise SystemExit("compare_models.py handles binary tasks only")
+        parts = split(groups)
+        for family in args.families.split(","):
+            r = train_and_score(family, size, x, y, parts, args)
+            print(f"| {r['family']} | {size} | {r['minutes']:.1f} | {r['val_auc']:.3f} | {fmt(r['test_auc'])} | "
+                  f"{fmt(r['sensitivity'])} | {fmt(r['specificity'])} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
