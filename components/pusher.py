@@ -81,14 +81,15 @@ def VersionedPusher(
     gate: tfx.dsl.components.Parameter[str],  # the GateConfig as JSON, for the model card
 ) -> None:
     blessed = bool(model_blessing.get_int_custom_property("blessed"))
-    report = gate_report.read_gate_report(evaluation.uri, blessed)
+    model_dir = path_utils.serving_model_path(model.uri)
+    metadata = export.read_metadata(model_dir)
+    report = gate_report.read_gate_report(evaluation.uri, blessed, metadata.get("classes"))
     if not blessed:
         pushed, destination, why = False, "", "NOT BLESSED: " + ("; ".join(report.failures) or "see the evaluation")
     else:
-        model_dir = path_utils.serving_model_path(model.uri)
-        metadata = dict(export.read_metadata(model_dir), gate=json.loads(gate))
-        card = model_card.render(metadata, report)
-        pushed, destination, why = push(model_dir, serving_dir, card, {"model_uri": model.uri, "metrics": report.metrics})
+        card = model_card.render(dict(metadata, gate=json.loads(gate)), report)
+        record = {"model_uri": model.uri, "metrics": report.metrics, "intervals": report.intervals()}
+        pushed, destination, why = push(model_dir, serving_dir, card, record)
     pushed_model.set_int_custom_property("pushed", int(pushed))
     pushed_model.set_string_custom_property("pushed_destination", destination)
     pushed_model.set_string_custom_property("reason", why)

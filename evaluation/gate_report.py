@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Optional
+from typing import Optional, Sequence
 
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
+
+from covid_cxr.evaluation import metrics as ci_metrics
 
 # TFMA metric names -> what the users of this product call them.
 PLAIN_NAMES = {
@@ -16,7 +18,12 @@ PLAIN_NAMES = {
     "binary_accuracy": "accuracy",
     "sparse_categorical_accuracy": "accuracy",
     "example_count": "examples",
+    "true_positives": "true positives",
+    "false_positives": "false positives",
+    "true_negatives": "true negatives",
+    "false_negatives": "false negatives",
 }
+COUNTS = ("true positives", "false positives", "true negatives", "false negatives")
 
 
 @dataclasses.dataclass
@@ -29,11 +36,31 @@ class GateReport:
     def headline(self) -> str:
         return "BLESSED" if self.blessed else "NOT BLESSED"
 
+    def confusion_counts(self) -> Optional[dict]:
+        """{"tp", "fp", "tn", "fn"} at the served decision on the whole test split, or None."""
+        found = {}
+        for key, value in self.metrics.items():
+            for count in COUNTS:
+                if key.startswith(count) and "change" not in key and not key.startswith("macro"):
+                    found["".join(word[0] for word in count.split())] = int(round(value))
+        return found if len(found) == 4 else None
 
-def metric_name(key) -> str:
+    def intervals(self) -> dict:
+        """Sensitivity and specificity with Wilson 95% intervals from the counts ({} without them)."""
+        c = self.confusion_counts()
+        if c is None:
+            return {}
+        return {"sensitivity": ci_metrics.proportion(c["tp"], c["tp"] + c["fn"]),
+                "specificity": ci_metrics.proportion(c["tn"], c["tn"] + c["fp"])}
+
+
+def metric_name(key, classes: Optional[Sequence[str]] = None) -> str:
     name = PLAIN_NAMES.get(key.name, key.name)
     if key.HasField("sub_key") and key.sub_key.HasField("class_id"):
-        name += f" (class {key.sub_key.class_id.value})"
+        class_id = key.sub_key.class_id.value
+        # Only three-class binarizes: COVID one-vs-rest (the gate) and per-class for macro averages.
+        label = classes[class_id] if classes and class_id < len(classes) else f"class {class_id}"
+        name += f" ({label} vs rest)"
     if key.HasField("aggregation_type") and key.aggregation_type.macro_average:
         name = "macro " + name
     if key.is_diff:
@@ -53,7 +80,8 @@ def _value(metric_value) -> Optional[float]:
     return None
 
 
-def read_gate_report(evaluation_uri: str, blessed: bool) -> GateReport:
+def read_gate_report(evaluation_uri: str, blessed: bool, classes: Optional[Sequence[str]] = None) -> GateReport:
+    """`classes`: the task's class names, so three-class metrics read "sensitivity (covid vs rest)"."""
     slices: dict = {}
     for metrics_for_slice in tfma.load_metrics(evaluation_uri):
         values = {}
@@ -62,7 +90,7 @@ def read_gate_report(evaluation_uri: str, blessed: bool) -> GateReport:
                 continue
             value = _value(kv.value)
             if value is not None:
-                values[metric_name(kv.key)] = value
+                values[metric_name(kv.key, classes)] = value
         slices[_slice_name(metrics_for_slice.slice_key)] = values
     failures = []
     if _has_validation(evaluation_uri):
@@ -70,18 +98,20 @@ def read_gate_report(evaluation_uri: str, blessed: bool) -> GateReport:
         for per_slice in validation.metric_validations_per_slice:
             where = _slice_name(per_slice.slice_key)
             for failure in per_slice.failures:
-                sentence = _failure_sentence(failure)
+                sentence = _failure_sentence(failure, classes)
                 failures.append(sentence if where == "overall" else f"{sentence} (slice {where})")
     overall = slices.pop("overall", {})
     return GateReport(blessed=blessed, metrics=overall, failures=failures, slices=slices)
 
 
 def _has_validation(evaluation_uri: str) -> bool:
-    return os.path.isdir(evaluation_uri) and any(n.startswith("validations") for n in os.listdir(evaluation_uri))
+    # tf.io.gfile: on Kubeflow/Vertex the evaluation lives in gs://
+    return tf.io.gfile.isdir(evaluation_uri) and any(
+        n.startswith("validations") for n in tf.io.gfile.listdir(evaluation_uri))
 
 
-def _failure_sentence(failure) -> str:
-    name = metric_name(failure.metric_key)
+def _failure_sentence(failure, classes: Optional[Sequence[str]] = None) -> str:
+    name = metric_name(failure.metric_key, classes)
     value = _value(failure.metric_value)
     threshold = failure.metric_threshold
     if threshold.HasField("value_threshold") and threshold.value_threshold.HasField("lower_bound"):

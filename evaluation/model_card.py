@@ -92,6 +92,20 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     return lines + [""]
 
 
+def _gate_interval_lines(report) -> list[str]:
+    """The test split's confusion counts at the served decision, with Wilson 95% CIs."""
+    counts, intervals = report.confusion_counts(), report.intervals()
+    if not counts:
+        return ["Point estimates from TFMA. Confidence intervals: `covid-cxr evaluate --model <this version> "
+                "--data <test data>` reports every metric with its 95% CI.", ""]
+    lines = ["At the served decision (COVID = positive): "
+             f"{counts['tp']} true positives, {counts['fn']} false negatives, "
+             f"{counts['tn']} true negatives, {counts['fp']} false positives.", "",
+             "| metric | value | 95% CI | k/n |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_ci_cell(intervals[name])} |" for name in ("sensitivity", "specificity")]
+    return lines + ["", "Wilson score intervals on the held-out test split.", ""]
+
+
 def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     """Markdown card from the model's metadata asset and its gate report (evaluation/gate_report.py)."""
     task = metadata.get("task", "unknown")
@@ -136,9 +150,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         lines += [f"## Held-out test evaluation ({report.headline()})", *_table(report.metrics), ""]
         if report.failures:
             lines += ["Gate failures:", *[f"- {f}" for f in report.failures], ""]
-        if not evaluation:
-            lines += ["Point estimates from TFMA. Confidence intervals: `covid-cxr evaluate --model <this version> "
-                      "--data <test data>` reports every metric with its 95% CI.", ""]
+        lines += _gate_interval_lines(report)
     if evaluation:
         lines += _evaluation_lines(evaluation)
     lines += [

@@ -63,3 +63,17 @@ def test_card_not_blessed_and_minimal_metadata():
     assert "(NOT BLESSED)" in card and "below the required minimum" in card
     assert "most probable class" in card
     assert "not recorded" in card  # no class counts in the metadata
+
+
+def test_card_gives_wilson_intervals_from_the_gate_counts():
+    report = _report()
+    report.metrics.update({"true positives": 65.0, "false negatives": 5.0, "true negatives": 115.0,
+                           "false positives": 15.0})
+    assert report.confusion_counts() == {"tp": 65, "fn": 5, "tn": 115, "fp": 15}
+    card = model_card.render(METADATA, report)
+    lo, hi = metrics.wilson_interval(115, 130)
+    assert f"| specificity | {115 / 130:.3f} | {lo:.3f} – {hi:.3f} | 115/130 |" in card
+    assert "65 true positives, 5 false negatives, 115 true negatives, 15 false positives" in card
+    # Without the counts the card says where the intervals come from instead of inventing them.
+    assert _report().intervals() == {}
+    assert "covid-cxr evaluate" in model_card.render(METADATA, _report())

@@ -1,8 +1,9 @@
 """The Evaluator's deployment gate, built from the typed config (GateConfig).
 
-Binary tasks gate on the model's `gate_score` output at 0.5, which equals the model's own stored
-decision threshold (see serving/export.py). Three-class gates on COVID one-vs-rest of the softmax.
-A candidate is blessed only if sensitivity AND specificity (and AUC) clear their bars on the
+Every task gates on the model's `gate_score` output at 0.5, which is the decision the model serves
+(serving/export.py): the stored threshold for binary tasks, the argmax for three-class (gated COVID
+one-vs-rest). The confusion counts at that decision are reported too, so the gate report and the
+model card can give sensitivity and specificity with Wilson confidence intervals. A candidate is blessed only if sensitivity AND specificity (and AUC) clear their bars on the
 held-out `test` split and its AUC does not regress against the latest blessed model.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from covid_cxr.data import features
 from covid_cxr.serving import export
 
 TEST_SPLIT = "test"
+COUNT_METRICS = ("TruePositives", "FalsePositives", "TrueNegatives", "FalseNegatives")
 
 
 def _overall_only(threshold: tfma.MetricThreshold) -> list:
@@ -44,14 +46,14 @@ def build_eval_config(config) -> tfma.EvalConfig:
         tfma.MetricConfig(class_name="Precision"),
         tfma.MetricConfig(class_name="BinaryAccuracy"),
         tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+        # Counts at the served decision (gate_score > 0.5): the confusion matrix behind the rates.
+        *[tfma.MetricConfig(class_name=name) for name in COUNT_METRICS],
         tfma.MetricConfig(class_name="SensitivityAtSpecificity",
                           config=json.dumps({"specificity": gate.min_specificity})),
     ]
     if task.is_binary:
-        prediction_key = export.GATE_OUTPUT
         metrics_specs = [tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount")] + gated)]
     else:
-        prediction_key = export.PROBABILITIES_OUTPUT
         metrics_specs = [
             tfma.MetricsSpec(metrics=[
                 tfma.MetricConfig(class_name="ExampleCount"),
@@ -64,14 +66,16 @@ def build_eval_config(config) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[tfma.MetricConfig(class_name=name) for name in ("Precision", "Recall", "AUC")],
                 binarize=tfma.BinarizationOptions(class_ids={"values": list(range(task.num_classes))}),
-                aggregate=tfma.AggregationOptions(macro_average=True),
+                # TFMA needs the classes to average over spelled out as weights (equal: macro).
+                aggregate=tfma.AggregationOptions(
+                    macro_average=True, class_weights={i: 1.0 for i in range(task.num_classes)}),
             ),
         ]
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name=export.EXAMPLES_SIGNATURE,
             label_key=features.LABEL_INDEX,
-            prediction_key=prediction_key,
+            prediction_key=export.GATE_OUTPUT,
         )],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[f]) for f in config.gate.slice_features],
         metrics_specs=metrics_specs,

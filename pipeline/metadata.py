@@ -74,5 +74,5 @@ def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:
         reason=prop(pushed, "reason") or "",
         model_uri=by_type["Model"].uri,
         evaluation_uri=evaluation.uri,
-        report=gate_report.read_gate_report(evaluation.uri, blessed),
+        report=gate_report.read_gate_report(evaluation.uri, blessed, config.task.classes),
     )

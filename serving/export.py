@@ -6,10 +6,12 @@ Signatures (all apply the training Transform graph, so serving cannot drift from
   transform_features  serialized tf.Example [N]   TFMA's preprocessing hook
 Outputs of the two predict signatures:
   probabilities [N, C], covid_probability [N], label [N] (class name), label_index [N],
-  threshold [N] (the stored decision threshold), gate_score [N].
-`gate_score` is the COVID probability re-centred on the stored threshold
-(sigmoid(logit(p) - logit(t))): gate_score > 0.5 exactly when p > t. The Evaluator gates on it
-at 0.5, which is thereby the model's own threshold, chosen on validation data, not a fixed 0.5.
+  threshold [N] (the stored decision threshold), gate_score ([N] binary, [N, C] three-class).
+`gate_score` is the served decision re-expressed as "score > 0.5", so that the Evaluator, which
+gates at 0.5, judges exactly the label the model serves:
+  binary       the COVID probability re-centred on the stored threshold, sigmoid(logit(p) - logit(t)):
+               > 0.5 exactly when p > t (the threshold is chosen on validation data, not fixed at 0.5);
+  three-class  per class c, p_c / (p_c + max_{j != c} p_j): > 0.5 exactly when c is the argmax.
 The model card metadata travels in assets/covid_cxr.json.
 """
 from __future__ import annotations
@@ -34,6 +36,14 @@ PROBABILITIES_OUTPUT = "probabilities"
 def _logit(p):
     p = tf.clip_by_value(p, 1e-7, 1 - 1e-7)
     return tf.math.log(p) - tf.math.log1p(-p)
+
+
+def _argmax_margin(probabilities):
+    """p_c / (p_c + the largest other class probability): above 0.5 only for the argmax class."""
+    top2 = tf.math.top_k(probabilities, k=2).values
+    is_top = tf.one_hot(tf.argmax(probabilities, axis=1), tf.shape(probabilities)[1], on_value=True, off_value=False)
+    largest_other = tf.where(is_top, top2[:, 1:2], top2[:, 0:1])
+    return probabilities / tf.maximum(probabilities + largest_other, 1e-12)
 
 
 def _raw_image_spec(tf_transform_output) -> dict:
@@ -61,7 +71,7 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
             probabilities = scores
             covid = probabilities[:, task.positive_index]
             label_index = tf.argmax(probabilities, axis=1)
-            gate = covid
+            gate = _argmax_margin(probabilities)
         n = tf.shape(covid)[0]
         return {
             PROBABILITIES_OUTPUT: probabilities,

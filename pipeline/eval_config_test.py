@@ -1,0 +1,85 @@
+"""The deployment gate, run for real with TFMA on small exported models (no pipeline).
+
+Models with a known decision make the outcome certain: a stored threshold near 0 calls every image
+COVID (sensitivity 1, specificity 0), so the same model must pass a low bar and fail a specificity
+bar, and the counts must be exactly the class sizes.
+"""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+
+from covid_cxr.data import features
+from covid_cxr.evaluation import gate_report
+from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import eval_config
+from covid_cxr.serving import export, testing
+
+three_class_model = testing.tiny_model_fixture("three-class")
+
+
+@pytest.fixture(scope="module")
+def calls_everything_covid(tmp_path_factory):
+    first = testing.tiny_model(tmp_path_factory)  # reuse its transform graph: no second Beam run
+    base = str(tmp_path_factory.mktemp("all-covid"))
+    return testing.build_tiny_model(base, threshold=1e-6, transform_dir=first.transform_dir)
+
+
+def _gate(tiny, tmp_path, **gate):
+    """Runs TFMA with the pipeline's EvalConfig; returns the GateReport the pusher would read."""
+    overrides = {"model.task": tiny.task.name, **{f"gate.{k}": str(v) for k, v in gate.items()}}
+    config = eval_config.build_eval_config(cfg.load_config("quick", overrides=overrides))
+    out = str(tmp_path / "evaluation")
+    tfma.run_model_analysis(
+        eval_shared_model=tfma.default_eval_shared_model(eval_saved_model_path=tiny.model_dir, eval_config=config,
+                                                   rubber_stamp=True),  # no baseline: a first run
+        eval_config=config,
+        data_location=os.path.join(tiny.data_dir, features.TFRECORD_PATTERN),
+        output_path=out,
+    )
+    blessed = tfma.load_validation_result(out).validation_ok
+    return gate_report.read_gate_report(out, blessed, tiny.task.classes)
+
+
+def _class_sizes(tiny):
+    labels = [tf.train.Example.FromString(r).features.feature[features.LABEL_INDEX].int64_list.value[0]
+              for r in testing.read_records(tiny.data_dir)]
+    return np.bincount(labels, minlength=tiny.task.num_classes)
+
+
+def test_the_gate_judges_the_stored_threshold_and_blesses_only_above_the_bars(calls_everything_covid, tmp_path):
+    negatives, positives = _class_sizes(calls_everything_covid)
+    refused = _gate(calls_everything_covid, tmp_path / "strict", min_sensitivity=0.9, min_specificity=0.5)
+    assert not refused.blessed
+    assert refused.metrics["sensitivity"] == pytest.approx(1.0)
+    assert refused.metrics["specificity"] == pytest.approx(0.0)
+    assert refused.confusion_counts() == {"tp": positives, "fn": 0, "tn": 0, "fp": negatives}
+    assert refused.intervals()["specificity"]["k"] == 0
+    assert len(refused.failures) == 1
+    assert refused.failures[0].startswith("specificity 0.000 is below the required minimum 0.500")
+
+    accepted = _gate(calls_everything_covid, tmp_path / "lenient", min_sensitivity=0.9, min_specificity=0.0)
+    assert accepted.blessed and not accepted.failures
+
+
+def test_three_class_gate_counts_the_served_argmax_covid_one_vs_rest(three_class_model, tmp_path):
+    model = tf.saved_model.load(three_class_model.model_dir)
+    serialized = testing.read_records(three_class_model.data_dir)
+    served = model.signatures[export.EXAMPLES_SIGNATURE](examples=tf.constant(serialized))
+    predicted_covid = served["label_index"].numpy() == three_class_model.task.positive_index
+    labels = np.array([tf.train.Example.FromString(r).features.feature[features.LABEL_INDEX].int64_list.value[0]
+                       for r in serialized])
+    is_covid = labels == three_class_model.task.positive_index
+    # gate_score is above 0.5 exactly in the served (argmax) class
+    gate = served[export.GATE_OUTPUT].numpy()
+    assert ((gate > 0.5) == (np.arange(3) == served["label_index"].numpy()[:, None])).all()
+
+    report = _gate(three_class_model, tmp_path, min_sensitivity=0.0, min_specificity=0.0)
+    assert report.blessed
+    assert report.confusion_counts() == {
+        "tp": int((predicted_covid & is_covid).sum()), "fn": int((~predicted_covid & is_covid).sum()),
+        "tn": int((~predicted_covid & ~is_covid).sum()), "fp": int((predicted_covid & ~is_covid).sum())}
+    for name in ("sensitivity (covid vs rest)", "specificity (covid vs rest)", "macro AUC", "accuracy"):
+        assert name in report.metrics, sorted(report.metrics)
