@@ -22,10 +22,13 @@ def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
 
     level = logging.INFO if verbose else logging.WARNING
-    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
+    # Quiet mode hides absl's ERROR lines too: TFX logs "Execution N failed" there, and the CLI says
+    # what failed in one line of its own.
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.FATAL)
     logging.getLogger().setLevel(level)
-    for name in ("tensorflow", "apache_beam", "absl"):
+    for name in ("tensorflow", "apache_beam"):
         logging.getLogger(name).setLevel(level if verbose else logging.ERROR)
+    logging.getLogger("absl").setLevel(level if verbose else logging.CRITICAL)
 
 
 def _fail(message: str, code: int) -> None:
@@ -41,9 +44,25 @@ def _first_line(error: BaseException) -> str:
 class CliGroup(click.Group):
     """Turns known errors raised anywhere below into one-line messages instead of tracebacks."""
 
+    def main(self, args=None, prog_name=None, **extra):
+        # Click's own usage errors print usage, a hint and the error on three lines; one is enough.
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            command = f"{e.ctx.command_path} " if e.ctx is not None else ""
+            _fail(f"{e.format_message()} (see `{command}--help`)", e.exit_code)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         from covid_cxr.components.schema_gate import DataValidationError
+        from covid_cxr.local_runner import PipelineRunError
 
+        verbose = bool(ctx.params.get("verbose"))
         try:
             return super().invoke(ctx)
         except DataValidationError as e:
@@ -54,9 +73,11 @@ class CliGroup(click.Group):
             _fail("interrupted", 130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
-        except Exception as e:  # a pipeline component failed: say which, keep the detail in the log
-            logging.getLogger(__name__).debug("run failed", exc_info=True)
-            _fail(f"the run failed: {type(e).__name__}: {_first_line(e)} (re-run with --verbose for details)", 1)
+        except Exception as e:  # a component failed: say which; --verbose shows the traceback
+            if verbose:
+                logging.getLogger(__name__).error("the run failed", exc_info=e.__cause__ or e)
+            message = _first_line(e) if isinstance(e, PipelineRunError) else f"{type(e).__name__}: {_first_line(e)}"
+            _fail(f"the run failed: {message}" + ("" if verbose else " (re-run with --verbose for the details)"), 1)
 
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +92,8 @@ def config_options(func):
     """Flags shared by every command that builds a pipeline config."""
     options = [
         click.option("--preset", type=click.Choice(preset_names()), default=None,
-                     help="Preset to start from: quick (minutes, CI/demo) or full (real training)."),
+                     help="Preset to start from: quick (minutes; the demo's default) or full (real training; "
+                          "the default of run and compile)."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                      help="YAML config file (sections: data, model, training, tuner, gate, runtime)."),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
@@ -109,6 +131,12 @@ def print_outcome(outcome) -> None:
         for key, value in outcome.report.metrics.items():
             if key.startswith(name) and not key.endswith("change"):
                 click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")
+    counts = outcome.report.confusion_counts()
+    if counts:
+        click.echo(f"  at the served decision: {counts['tp']} TP, {counts['fn']} FN, {counts['tn']} TN, {counts['fp']} FP")
+        for name, entry in outcome.report.intervals().items():
+            if entry["value"] is not None:
+                click.echo(f"  {name + ' 95% CI (Wilson)':<28} {entry['ci95'][0]:.4f} - {entry['ci95'][1]:.4f}")
     for failure in outcome.report.failures:
         click.echo(f"  failed: {failure}")
     if outcome.pushed:
@@ -166,7 +194,7 @@ def run(data_dir, preset, config_file, overrides, **named):
     """Run the pipeline on curated TFRecords with LocalDagRunner."""
     from covid_cxr import local_runner
 
-    config = build_config(preset, config_file, overrides, data_dir=data_dir, **named)
+    config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
     print_outcome(local_runner.run(config))
 
 
@@ -179,7 +207,7 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
     """Compile the pipeline to a KFP v2 / Vertex AI pipeline spec (JSON)."""
     from covid_cxr import kubeflow_runner
 
-    config = build_config(preset, config_file, overrides, data_dir=data_dir, **named)
+    config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
     click.echo(f"Pipeline spec written to {kubeflow_runner.compile_pipeline(config, output, image)}")
 
 

@@ -114,14 +114,14 @@ def _write_csv(path: str, fields: Iterable[str], rows: Iterable[Mapping]) -> Non
 def read_summary(data_dir: str) -> dict:
     """The summary.json of a curated directory, with a clear error when it is not one."""
     path = os.path.join(data_dir, features.SUMMARY)
-    if not os.path.isdir(data_dir):
+    if not tf.io.gfile.isdir(data_dir):  # gfile: gs:// data on Kubeflow/Vertex
         raise FileNotFoundError(f"data directory {data_dir!r} does not exist")
     if not tf.io.gfile.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)):
         raise FileNotFoundError(
             f"no curated TFRecords ({features.TFRECORD_PATTERN}) in {data_dir!r}; "
             "run `covid-cxr curate` (or `covid-cxr demo`) to make some"
         )
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path!r} is missing: {data_dir!r} was not written by covid-cxr curate")
     with open(path, encoding="utf-8") as f:
         return json.load(f)

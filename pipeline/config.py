@@ -83,9 +83,11 @@ class GateConfig:
 
 @dataclasses.dataclass
 class RuntimeConfig:
-    pipeline_name: str = "covid-cxr"
-    pipeline_root: str = "out/root"
-    serving_dir: str = "out/serving"
+    # Empty: derived from the task (covid-cxr-<task>, out/<task>/root, out/<task>/serving), so two
+    # tasks never share a Resolver baseline or a serving directory.
+    pipeline_name: str = ""
+    pipeline_root: str = ""
+    serving_dir: str = ""
     metadata_path: str = ""  # SQLite file; default <pipeline_root>/metadata.sqlite
     mysql_host: str = ""  # when set, ML Metadata lives in MySQL/MariaDB instead of SQLite
     mysql_port: int = 3306
@@ -118,6 +120,10 @@ class PipelineConfig:
                             ("training.target_sensitivity", self.training.target_sensitivity)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        runtime, task = self.runtime, self.model.task
+        runtime.pipeline_name = runtime.pipeline_name or f"covid-cxr-{task}"
+        runtime.pipeline_root = runtime.pipeline_root or os.path.join("out", task, "root")
+        runtime.serving_dir = runtime.serving_dir or os.path.join("out", task, "serving")
         if self.model.image_size < 16:
             raise ConfigError(f"model.image_size must be at least 16, got {self.model.image_size}")
         if not self.model.families:

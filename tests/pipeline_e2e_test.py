@@ -1,23 +1,26 @@
 """The whole TFX DAG on a small synthetic set, run for real with LocalDagRunner.
 
-One module-scoped pipeline root is shared by the scenarios below, in order, the way an MLOps team
-would live through them: first run blessed and pushed; an unchanged re-run reuses the cache and
-pushes nothing; an impossible bar refuses the same model; a broken model is refused and the
-serving directory keeps the blessed one; bad data stops the run before Transform.
+The first run IS the README's main job: `covid-cxr demo` through the CLI. One module-scoped
+pipeline root is shared by the scenarios below, in order, the way an MLOps team would live through
+them: the demo is blessed and pushed; an unchanged second demo reuses the cache and pushes nothing;
+the pushed model answers `predict` and `evaluate`; an impossible bar refuses the same model; a broken
+model is refused and the serving directory keeps the blessed one; bad data stops the run before
+Transform.
 """
+import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from click.testing import CliRunner
 from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 
-from covid_cxr import local_runner
+from covid_cxr import cli, local_runner
 from covid_cxr.components import pusher
-from covid_cxr.components.schema_gate import DataValidationError
 from covid_cxr.data import features, synthetic
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
@@ -26,6 +29,7 @@ TASK = "covid-vs-normal"
 
 
 def _config(root, **overrides):
+    """The config `covid-cxr demo --out root` builds, plus overrides."""
     values = {
         "data.data_dir": os.path.join(root, "data"),
         "runtime.pipeline_root": os.path.join(root, "root"),
@@ -36,28 +40,46 @@ def _config(root, **overrides):
     return cfg.load_config("quick", overrides=values)
 
 
+def _demo(root):
+    result = CliRunner().invoke(cli.main, ["demo", "--out", root])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("e2e"))
-    synthetic.generate(os.path.join(root, "data"), TASK, patients_per_class=40, seed=7)
+    output = _demo(root)
     config = _config(root)
-    started = time.time()
-    outcome = local_runner.run(config)
-    return root, config, outcome, time.time() - started
+    return root, config, metadata.latest_outcome(config), output
 
 
-def test_first_run_is_blessed_and_pushes_a_versioned_model(first_run):
-    _, config, outcome, _ = first_run
+def _test_split(config) -> list[bytes]:
+    """Serialized examples of ExampleGen's held-out test split (never trained or tuned on)."""
+    store = metadata_store.MetadataStore(metadata.connection_config(config))
+    uri = min(store.get_artifacts_by_type("Examples"), key=lambda a: a.id).uri  # ExampleGen's
+    files = tf.io.gfile.glob(os.path.join(uri, "Split-test", "*"))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_demo_is_blessed_and_pushes_a_versioned_model(first_run):
+    _, config, outcome, output = first_run
+    assert "\nBLESSED" in output and "NOT BLESSED" not in output, output
+    assert f"Model pushed to {outcome.destination}" in output
+    assert "sensitivity 95% CI (Wilson)" in output and "at the served decision:" in output
     assert outcome.blessed, outcome.report.failures
     assert outcome.pushed
     assert outcome.report.metrics["sensitivity"] >= config.gate.min_sensitivity
     assert outcome.report.metrics["specificity"] >= config.gate.min_specificity
-    assert outcome.report.metrics["examples"] > 10
+    counts = outcome.report.confusion_counts()
+    assert sum(counts.values()) == outcome.report.metrics["examples"] > 10
     versions = pusher.versions(config.runtime.serving_dir)
     assert len(versions) == 1 and outcome.destination.endswith(str(versions[0]))
     for name in ("saved_model.pb", "model_card.md", pusher.PUSH_RECORD):
         assert os.path.exists(os.path.join(outcome.destination, name)), name
-    assert "BLESSED" in open(os.path.join(outcome.destination, "model_card.md")).read()
+    card = open(os.path.join(outcome.destination, "model_card.md")).read()
+    assert "BLESSED" in card and "Wilson score intervals on the held-out test split" in card
+    assert f"{counts['tp']} true positives" in card
     # The report has slices by source/view/sex from the raw examples.
     assert any(name.startswith("source:") for name in outcome.report.slices)
 
@@ -89,16 +111,10 @@ def test_splits_are_patient_disjoint(first_run):
     assert not groups["eval"] & groups["test"]
 
 
-def _test_examples(config, limit=8):
-    records = tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(config.data.data_dir, "records-*")),
-                                      compression_type="GZIP")
-    return [r.numpy() for r in records.take(limit)]
-
-
 def test_pushed_model_answers_on_both_signatures(first_run):
     _, config, outcome, _ = first_run
     model = tf.saved_model.load(outcome.destination)
-    serialized = _test_examples(config)
+    serialized = _test_split(config)
     by_example = model.signatures["serving_default"](examples=tf.constant(serialized))
     images = [tf.train.Example.FromString(s).features.feature[features.IMAGE].bytes_list.value[0] for s in serialized]
     by_image = model.signatures["predict_image"](image_bytes=tf.constant(images))
@@ -114,14 +130,61 @@ def test_pushed_model_answers_on_both_signatures(first_run):
     assert np.mean(np.array(truth) == by_example["label"].numpy()) >= 0.75
 
 
-def test_unchanged_rerun_is_cached_and_pushes_nothing_new(first_run):
-    _, config, first, first_seconds = first_run
-    started = time.time()
-    outcome = local_runner.run(config)
-    assert time.time() - started < first_seconds * 0.7
+def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
+    _, config, outcome, _ = first_run
+    serialized = _test_split(config)[:4]
+    files = []
+    for i, record in enumerate(serialized):
+        path = tmp_path / f"image-{i}.png"
+        path.write_bytes(tf.train.Example.FromString(record).features.feature[features.IMAGE].bytes_list.value[0])
+        files.append(str(path))
+    # The serving base directory means its newest version: the one the demo pushed.
+    result = CliRunner().invoke(cli.main, ["predict", "--model", config.runtime.serving_dir, "--json", *files])
+    assert result.exit_code == 0, result.output
+    predicted = json.loads(result.output)
+    assert predicted["model"]["version"] == int(os.path.basename(outcome.destination))
+    assert [p["file"] for p in predicted["predictions"]] == files
+    for row in predicted["predictions"]:
+        assert row["label"] in ("normal", "covid") and set(row["probabilities"]) == {"normal", "covid"}
+
+    store = metadata_store.MetadataStore(metadata.connection_config(config))
+    test_dir = os.path.join(min(store.get_artifacts_by_type("Examples"), key=lambda a: a.id).uri, "Split-test")
+    report_dir = tmp_path / "report"
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--data", test_dir,
+                                           "--json", "--out", str(report_dir), "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == outcome.report.metrics["examples"]
+    for key in ("sensitivity", "specificity", "auc", "accuracy"):
+        low, high = report[key]["ci95"]
+        assert low <= report[key]["value"] <= high, key
+    # The served decision, the gate and `evaluate` agree on the same test split.
+    assert report["sensitivity"]["value"] == pytest.approx(outcome.report.metrics["sensitivity"], abs=1e-6)
+    assert report["specificity"]["value"] == pytest.approx(outcome.report.metrics["specificity"], abs=1e-6)
+    for name in ("report.html", "roc.png", "confusion_matrix.png"):
+        assert (report_dir / name).stat().st_size > 1000, name
+
+
+def _newest_states(config) -> dict:
+    store = metadata_store.MetadataStore(metadata.connection_config(config))
+    types = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
+    newest = {}
+    for execution in sorted(store.get_executions(), key=lambda e: e.id):
+        newest[types[execution.type_id]] = execution.last_known_state
+    return newest
+
+
+def test_unchanged_second_demo_is_cached_and_pushes_nothing_new(first_run):
+    root, config, first, _ = first_run
+    output = _demo(root)
+    assert "reusing the synthetic data already there" in output
+    assert "Not pushed again: this model is already the newest served version" in output
+    outcome = metadata.latest_outcome(config)
     assert outcome.blessed and not outcome.pushed
-    assert "already" in outcome.reason
     assert outcome.model_uri == first.model_uri  # the Trainer was not re-run
+    states = _newest_states(config)
+    for component in ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "Transform", "Tuner", "Trainer"):
+        assert states.get(component) == metadata_store_pb2.Execution.CACHED, (component, states)
     assert len(pusher.versions(config.runtime.serving_dir)) == 1
 
 
@@ -163,9 +226,15 @@ def test_data_anomalies_stop_the_run_before_transform(tmp_path):
     config = cfg.load_config("quick", overrides={
         "data.data_dir": str(data_dir), "runtime.pipeline_root": str(tmp_path / "root"),
         "runtime.serving_dir": str(tmp_path / "serving"), "model.task": TASK})
-    with pytest.raises(DataValidationError, match="feature label") as info:
-        local_runner.run(config)
-    assert "feature sex" in str(info.value) or "feature age" in str(info.value)
+    # As a user meets it: one line on stderr, exit code 1, no traceback.
+    result = subprocess.run([sys.executable, "-m", "covid_cxr.cli", "run", "--preset", "quick", "--data", str(data_dir),
+                             "--pipeline-root", config.runtime.pipeline_root,
+                             "--serving-dir", config.runtime.serving_dir], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("covid-cxr: error: "), result.stderr
+    assert "feature label" in lines[0] and "stopped before Transform" in lines[0]
+    assert "feature sex" in lines[0] or "feature age" in lines[0]
     store = metadata_store.MetadataStore(metadata.connection_config(config))
     assert not store.get_artifacts_by_type("TransformGraph")
     assert not os.path.exists(tmp_path / "serving")
@@ -181,6 +250,8 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
         (["run", "--data", str(empty)], "no curated TFRecords"),
         (["run", "--data", str(empty), "--task", "covid-vs-cats"], "unknown task"),
         (["run", "--data", str(empty), "--config", str(bad_yaml)], "not valid YAML"),
+        (["run"], "Missing option '--data'"),  # click's own usage errors: one line too
+        (["run", "--data", str(empty), "--preset", "huge"], "Invalid value for '--preset'"),
     ]
     for args, message in cases:
         result = subprocess.run([sys.executable, "-m", "covid_cxr.cli", *args], capture_output=True, text=True,
