@@ -28,6 +28,11 @@ def check_data(config: PipelineConfig) -> dict:
                           f"config asks for {config.model.task!r}; curate again with --task {config.model.task}")
     if not summary.get("accepted"):
         raise ConfigError(f"{config.data.data_dir!r} holds no accepted images")
+    # The reviewed schema covers every task's labels; this task's may be fewer.
+    foreign = sorted(set(summary.get("per_class") or {}) - set(config.task.classes))
+    if foreign:
+        raise ConfigError(f"{config.data.data_dir!r} holds labels {foreign} that task {config.model.task!r} "
+                          f"does not know ({', '.join(config.task.classes)}); curate again with --task {config.model.task}")
     return summary
 
 

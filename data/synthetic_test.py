@@ -11,7 +11,7 @@ def test_generates_the_curated_format_deterministically(tmp_path):
     b = synthetic.generate(str(tmp_path / "b"), "three-class", patients_per_class=3, seed=1)
     assert a == b
     assert set(a["per_class"]) == {"covid", "normal", "pneumonia"}
-    assert a["patients"] == 9 and a["accepted"] >= 9  # 1-3 images per patient
+    assert a["patients"] == 9 and a["accepted"] > 9  # 1-3 images per patient: some have several
     for name in os.listdir(tmp_path / "a"):
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
     assert writer.read_summary(str(tmp_path / "a"))["task"] == "three-class"

@@ -328,6 +328,24 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
     return out
 
 
+def push_record(model: predict.ServingModel) -> dict:
+    """The pusher's record beside a pushed version ({} when absent or unreadable)."""
+    try:
+        with open(os.path.join(model.path, predict.PUSH_RECORD), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def trainer_model_uri(model: predict.ServingModel) -> Optional[str]:
+    """The Trainer Model artifact this model came from: its push record's, or its own directory's."""
+    if push_record(model).get("model_uri"):
+        return push_record(model)["model_uri"]
+    if os.path.basename(os.path.normpath(model.path)) == "Format-Serving":  # <artifact>/Format-Serving
+        return os.path.dirname(os.path.normpath(model.path))
+    return None
+
+
 def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = None) -> tuple[Optional[dict], str]:
     """(training history, where it came from) -- metadata asset, Trainer model_run, or pipeline root."""
     from covid_cxr.evaluation import artifacts
@@ -335,18 +353,9 @@ def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = Non
     if model.metadata.get("history"):
         return model.metadata["history"], "model metadata asset (assets/covid_cxr.json)"
     candidates = []
-    record = os.path.join(model.path, predict.PUSH_RECORD)
-    if os.path.isfile(record):
-        try:
-            with open(record, encoding="utf-8") as f:
-                uri = json.load(f).get("model_uri")
-        except (OSError, ValueError):
-            uri = None
-        if uri:  # <root>/Trainer/model/<id> -> <root>/Trainer/model_run/<id>/history.json
-            candidates.append(os.path.join(os.path.dirname(os.path.dirname(uri)), "model_run", os.path.basename(uri)))
-    if os.path.basename(os.path.normpath(model.path)) == "Format-Serving":  # a Trainer model artifact
-        artifact = os.path.dirname(os.path.normpath(model.path))
-        candidates.append(os.path.join(os.path.dirname(os.path.dirname(artifact)), "model_run", os.path.basename(artifact)))
+    uri = trainer_model_uri(model)
+    if uri:  # <root>/Trainer/model/<id> -> <root>/Trainer/model_run/<id>/history.json
+        candidates.append(os.path.join(os.path.dirname(os.path.dirname(uri)), "model_run", os.path.basename(uri)))
     for directory in candidates:
         path = os.path.join(directory, artifacts.HISTORY_FILE)
         if os.path.isfile(path):
@@ -484,6 +493,7 @@ def summary_text(report: dict) -> str:
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
         + (f"; {report['data']['skipped']} skipped" if report["data"]["skipped"] else "") + ")",
+        *([f"WARNING: {report['data']['warning']}"] if report["data"].get("warning") else []),
         f"decision threshold {report['threshold']:.4f}: {report['threshold_note']}",
         "metric        value  [95% CI]  (k/n)",
     ]
@@ -508,14 +518,46 @@ def summary_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def held_out_split(pipeline_root: Optional[str]) -> str:
+    """The newest ExampleGen `Split-test` under a pipeline root: data no training step has seen."""
+    from covid_cxr.evaluation import artifacts
+
+    if not pipeline_root:
+        raise click.UsageError("pass --data DIR, or --pipeline-root DIR to evaluate on that run's test split")
+    examples = artifacts.newest_execution(pipeline_root, "ImportExampleGen", "examples")
+    if examples is None or not os.path.isdir(os.path.join(examples, "Split-test")):
+        raise click.BadParameter(f"no ImportExampleGen test split under {pipeline_root!r}", param_hint="--pipeline-root")
+    return os.path.join(examples, "Split-test")
+
+
+def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optional[str]:
+    """A warning when `data_dir` is the very curated dataset the model was trained from.
+
+    A curated directory holds every split; the figures on it mix in training and validation images
+    and overstate the model. The pipeline's held-out split is ExampleGen's `Split-test`.
+    """
+    summary_path = os.path.join(data_dir, features.SUMMARY)
+    trained_on = (model.metadata or {}).get("data_summary") or {}
+    if not trained_on or not os.path.isfile(summary_path):
+        return None
+    with open(summary_path, encoding="utf-8") as f:
+        summary = json.load(f)
+    keys = ("task", "accepted", "per_source_class")
+    if any(summary.get(k) != trained_on.get(k) for k in keys):
+        return None
+    return ("this is the curated dataset the model was trained on (all splits, training images included): the "
+            "figures overstate it; for held-out figures pass <pipeline_root>/ImportExampleGen/examples/<id>/Split-test")
+
+
 @click.command("evaluate")
 @click.option("--model", "model_path", required=True, type=click.Path(),
               help="Pushed version dir, serving base dir (newest version) or exported SavedModel.")
-@click.option("--data", "data_dir", required=True, type=click.Path(),
-              help="Curated TFRecords dir (records-*.tfrecord.gz) or a class-per-folder image tree.")
+@click.option("--data", "data_dir", default=None, type=click.Path(),
+              help="Curated TFRecords dir (records-*.tfrecord.gz), a run's Split-test dir, or a class-per-folder "
+                   "image tree. Default with --pipeline-root: that run's held-out test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write report.html, report.json and PNG plots into this directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation-report", show_default=True,
+              help="Where report.html, report.json and the PNG plots are written.")
 @click.option("--pipeline-root", default=None, type=click.Path(),
               help="Add the newest TFDV statistics/anomalies and TFMA slice metrics found under this root.")
 @click.option("--class-map", default=None, metavar="FOLDER=FINDING,...",
@@ -532,13 +574,19 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
                      max_side, equalization):
     """Measure a model on labelled data: sensitivity, specificity, AUC ... with 95% CIs, a border
     shortcut audit and an HTML report."""
+    if data_dir is None:
+        data_dir = held_out_split(pipeline_root)
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
     model = predict.load_model(model_path)
+    warning = None
     if is_tfrecord_dir(data_dir):
         if class_map:
             raise click.BadParameter("--class-map applies to folder trees, not to TFRecords", param_hint="--class-map")
         data = load_tfrecords(data_dir)
+        warning = training_data_warning(model, data_dir)
+        if warning:
+            click.echo(f"covid-cxr: warning: {warning}", err=True)
     else:
         if model.task is None:
             raise click.UsageError("the model's metadata names no task: cannot map class folders")
@@ -552,6 +600,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         except ValueError as e:
             raise click.UsageError(str(e))
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
+    if warning:
+        evaluation.report["data"]["warning"] = warning
     history, history_source = find_history(model, pipeline_root)
     evaluation.history = history
     evaluation.report["training_history"] = {
@@ -563,7 +613,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         from covid_cxr.evaluation import artifacts
 
         try:
-            pipeline = artifacts.read_pipeline(pipeline_root)
+            pipeline = artifacts.read_pipeline(pipeline_root, trainer_model_uri(model) or "",
+                                               push_record(model).get("evaluation_uri", ""))
         except FileNotFoundError as e:
             raise click.BadParameter(str(e), param_hint="--pipeline-root")
         evaluation.report["pipeline"] = pipeline

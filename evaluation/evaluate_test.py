@@ -249,3 +249,15 @@ def test_default_folder_names_follow_the_curation_adapters():
     assert evaluate._finding_of(["COVID", "batch1"], None) == ("covid", 0)
     assert evaluate._finding_of(["misc"], None) == (None, -1)
     assert features.get_task("covid-vs-noncovid").class_of(evaluate._finding_of(["Lung Opacity"], None)[0]) == "noncovid"
+
+
+def test_evaluating_on_the_training_dataset_is_flagged(tmp_path):
+    import types
+
+    summary = {"task": "covid-vs-normal", "accepted": 12, "per_source_class": {"rsna": {"normal": 12}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    trained = types.SimpleNamespace(metadata={"data_summary": dict(summary, patients=9)})
+    assert "Split-test" in evaluate.training_data_warning(trained, str(tmp_path))
+    other = types.SimpleNamespace(metadata={"data_summary": dict(summary, accepted=40)})
+    assert evaluate.training_data_warning(other, str(tmp_path)) is None
+    assert evaluate.training_data_warning(types.SimpleNamespace(metadata={}), str(tmp_path)) is None

@@ -33,6 +33,13 @@ def _ci_cell(entry) -> str:
     return f"{entry['value']:.3f} | {ci_text} | {kn}"
 
 
+def _inline(entry) -> str:
+    if not isinstance(entry, Mapping) or entry.get("value") is None:
+        return "n/a"
+    low, high = entry["ci95"]
+    return f"{entry['value']:.3f} (95% CI {low:.3f}–{high:.3f}, {entry['k']}/{entry['n']})"
+
+
 def _counts(counts: Mapping) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "not recorded"
 
@@ -136,6 +143,10 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     else:
         lines.append("- three-class: the label is the most probable class (no threshold); the gate judges "
                      "COVID one-vs-rest")
+    validation = metadata.get("validation_metrics") or {}
+    if validation.get("sensitivity"):
+        lines.append(f"- on the validation split at this decision: sensitivity {_inline(validation['sensitivity'])}; "
+                     f"specificity {_inline(validation['specificity'])}")
     gate = metadata.get("gate") or {}
     if gate:
         lines.append(f"- deployment gate on the held-out test split: sensitivity >= {gate.get('min_sensitivity', '?')}, "

@@ -15,6 +15,8 @@ METADATA = {
     "data_summary": {"accepted": 1300, "patients": 900, "groups": 880, "rejected": 42,
                      "per_source_class": {"cohen": {"covid": 360}, "rsna": {"normal": 940}}},
     "gate": {"min_sensitivity": 0.9, "min_specificity": 0.85, "min_auc": 0.0, "max_auc_regression": 0.01},
+    "validation_metrics": {"split": "eval", "sensitivity": metrics.proportion(57, 60),
+                           "specificity": metrics.proportion(120, 150)},
 }
 
 
@@ -34,7 +36,8 @@ def test_card_without_evaluation_has_every_section():
                  "0.3125", "sensitivity >= 0.95", "sensitivity >= 0.9, specificity >= 0.85", "## Data",
                  "| cohen | covid 360 |", "| rsna | normal 940 |", "training examples per class: normal 700, covid 300",
                  "held-out test examples per source: cohen 70, rsna 130", "(BLESSED)", "| sensitivity | 0.9300 |",
-                 "## Intended use and limitations", "covid-cxr evaluate"):
+                 "## Intended use and limitations", "covid-cxr evaluate",
+                 "on the validation split at this decision: sensitivity 0.950 (95% CI"):
         assert text in card, text
 
 

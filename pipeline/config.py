@@ -117,9 +117,12 @@ class PipelineConfig:
         features.get_task(self.model.task)  # raises ValueError with the valid names
         for name, value in (("gate.min_sensitivity", self.gate.min_sensitivity),
                             ("gate.min_specificity", self.gate.min_specificity),
+                            ("gate.min_auc", self.gate.min_auc),
                             ("training.target_sensitivity", self.training.target_sensitivity)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        if not -1.0 <= self.gate.max_auc_regression <= 1.0:
+            raise ConfigError(f"gate.max_auc_regression must be between -1 and 1, got {self.gate.max_auc_regression}")
         runtime, task = self.runtime, self.model.task
         runtime.pipeline_name = runtime.pipeline_name or f"covid-cxr-{task}"
         runtime.pipeline_root = runtime.pipeline_root or os.path.join("out", task, "root")

@@ -21,6 +21,8 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"training.epochs": "many"}, "not a valid int"),
     ({"runtime.enable_cache": "maybe"}, "not a valid bool"),
     ({"nosection": "1"}, "must be section.field"),
+    ({"gate.max_auc_regression": "2"}, "gate.max_auc_regression must be between -1 and 1"),
+    ({"gate.min_auc": "-0.1"}, "between 0 and 1"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:
@@ -49,3 +51,21 @@ def test_model_custom_config_excludes_runtime_paths():
 def test_every_preset_loads():
     for name in cfg.preset_names():
         assert cfg.load_config(name).validate()
+
+
+def test_runtime_paths_default_per_task_so_tasks_never_share_a_baseline():
+    normal = cfg.load_config("quick", overrides={"model.task": "covid-vs-normal"})
+    three = cfg.load_config("quick", overrides={"model.task": "three-class"})
+    assert normal.runtime.pipeline_name == "covid-cxr-covid-vs-normal"
+    assert normal.runtime.pipeline_root == "out/covid-vs-normal/root"
+    assert three.runtime.serving_dir == "out/three-class/serving"
+    assert cfg.load_config("quick", overrides={"runtime.pipeline_root": "/x"}).runtime.pipeline_root == "/x"
+
+
+def test_generic_folder_names_are_not_installed_as_top_level_packages():
+    import importlib.util
+
+    assert importlib.util.find_spec("covid_cxr.pipeline") is not None
+    for generic in ("pipeline", "data", "trainer", "transform", "components"):
+        spec = importlib.util.find_spec(generic)
+        assert spec is None or "covid_cxr" not in (spec.origin or ""), generic

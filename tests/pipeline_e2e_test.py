@@ -147,11 +147,11 @@ def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
     for row in predicted["predictions"]:
         assert row["label"] in ("normal", "covid") and set(row["probabilities"]) == {"normal", "covid"}
 
-    store = metadata_store.MetadataStore(metadata.connection_config(config))
-    test_dir = os.path.join(min(store.get_artifacts_by_type("Examples"), key=lambda a: a.id).uri, "Split-test")
     report_dir = tmp_path / "report"
-    result = CliRunner().invoke(cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--data", test_dir,
-                                           "--json", "--out", str(report_dir), "--bootstrap", "200"])
+    # No --data: the run's own held-out test split.
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--pipeline-root",
+                                           config.runtime.pipeline_root, "--json", "--out", str(report_dir),
+                                           "--bootstrap", "200"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["n"] == outcome.report.metrics["examples"]
@@ -161,8 +161,11 @@ def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
     # The served decision, the gate and `evaluate` agree on the same test split.
     assert report["sensitivity"]["value"] == pytest.approx(outcome.report.metrics["sensitivity"], abs=1e-6)
     assert report["specificity"]["value"] == pytest.approx(outcome.report.metrics["specificity"], abs=1e-6)
+    assert report["data"]["path"].endswith("Split-test")
     for name in ("report.html", "roc.png", "confusion_matrix.png"):
         assert (report_dir / name).stat().st_size > 1000, name
+    html = (report_dir / "report.html").read_text()
+    assert "TFDV anomalies" in html and "TFMA (Evaluator, test split): BLESSED" in html
 
 
 def _newest_states(config) -> dict:
@@ -211,6 +214,14 @@ def test_a_broken_model_is_not_blessed_and_serving_keeps_the_previous_one(first_
     assert outcome.report.failures
     assert pusher.versions(config.runtime.serving_dir) == before
     assert os.path.exists(os.path.join(first.destination, "saved_model.pb"))
+    # `evaluate --pipeline-root` on the served model shows the Evaluator output that blessed it (its
+    # push record says which), not the newer refusals.
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--pipeline-root",
+                                           config.runtime.pipeline_root, "--json", "--no-audit", "--bootstrap", "100",
+                                           "--out", os.path.join(root, "report-after-refusal")])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.output)["pipeline"]["evaluation"]
+    assert evaluation["blessed"] and evaluation["uri"] == first.evaluation_uri != outcome.evaluation_uri
 
 
 def test_data_anomalies_stop_the_run_before_transform(tmp_path):

@@ -20,6 +20,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from covid_cxr.data import features
+from covid_cxr.evaluation import metrics as ci_metrics
 from covid_cxr.serving import export
 from covid_cxr.trainer import models, training
 from covid_cxr.transform import preprocessing
@@ -132,6 +133,19 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     )
 
 
+def _validation_metrics(task: features.Task, labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """COVID-vs-rest sensitivity, specificity (Wilson CIs) and AUC on the eval split at the served decision."""
+    if task.is_binary:
+        covid_scores = scores.reshape(-1)
+        predicted = covid_scores > threshold  # the export's rule
+    else:
+        covid_scores = scores[:, task.positive_index]
+        predicted = np.argmax(scores, axis=1) == task.positive_index
+    is_covid = labels.reshape(-1) == task.positive_index
+    result = ci_metrics.binary_metrics(is_covid, predicted)
+    return {"split": "eval", "auc": ci_metrics.roc_auc(is_covid, covid_scores), **result}
+
+
 def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HParams:
     """Best Tuner values when the Tuner ran; otherwise the first choice of each search dimension."""
     hp = keras_tuner.HyperParameters.from_config(hyperparameters) if hyperparameters else keras_tuner.HyperParameters()
@@ -170,6 +184,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if task.is_binary:
         threshold = training.choose_threshold(labels, scores.reshape(-1), train_cfg["target_sensitivity"])
     logging.info("decision threshold %.4f (target eval sensitivity %.2f)", threshold, train_cfg["target_sensitivity"])
+    validation = _validation_metrics(task, labels, scores, threshold)
 
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
@@ -183,6 +198,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
         "target_sensitivity": train_cfg["target_sensitivity"],
         "data_summary": cfg.get("data_summary", {}),
+        "validation_metrics": validation,
         "history": history,
     }
     training.compile_for_export(built, task.num_classes)

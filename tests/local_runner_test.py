@@ -1,0 +1,26 @@
+"""The runner's data checks: a directory that cannot feed the configured task fails before any component runs."""
+import json
+
+import pytest
+
+from covid_cxr import local_runner
+from covid_cxr.data import features, synthetic
+from covid_cxr.pipeline import config as cfg
+
+
+def _config(data_dir, task="covid-vs-normal"):
+    return cfg.load_config("quick", overrides={"data.data_dir": str(data_dir), "model.task": task})
+
+
+def test_data_of_another_task_or_with_foreign_labels_is_refused(tmp_path):
+    summary = synthetic.generate(str(tmp_path), "covid-vs-normal", patients_per_class=3, seed=0)
+    assert local_runner.check_data(_config(tmp_path))["accepted"] == summary["accepted"]
+    with pytest.raises(cfg.ConfigError, match="curated for task 'covid-vs-normal'"):
+        local_runner.check_data(_config(tmp_path, "three-class"))
+    # A summary claiming labels the task does not have (e.g. hand-merged directories).
+    path = tmp_path / features.SUMMARY
+    tampered = json.loads(path.read_text())
+    tampered["per_class"]["pneumonia"] = 4
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(cfg.ConfigError, match=r"labels \['pneumonia'\]"):
+        local_runner.check_data(_config(tmp_path))

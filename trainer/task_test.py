@@ -1,0 +1,29 @@
+"""The validation metrics the Trainer stores with the model are those of the served decision."""
+import numpy as np
+import pytest
+
+from covid_cxr.data import features
+from covid_cxr.trainer import task as trainer_task
+
+
+def test_binary_validation_metrics_use_the_stored_threshold():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([[0.1], [0.35], [0.5], [0.3], [0.6], [0.9]])
+    result = trainer_task._validation_metrics(features.get_task("covid-vs-normal"), labels, scores, threshold=0.32)
+    assert result["counts"] == {"tp": 2, "fn": 1, "tn": 1, "fp": 2}
+    assert result["sensitivity"]["value"] == pytest.approx(2 / 3)
+    assert result["specificity"]["value"] == pytest.approx(1 / 3)
+    assert result["auc"] == pytest.approx(7 / 9)
+
+
+def test_three_class_validation_metrics_are_covid_one_vs_rest_of_the_argmax():
+    task = features.get_task("three-class")
+    covid = task.positive_index
+    labels = np.array([covid, covid, 0, 1])
+    scores = np.full((4, 3), 0.1)
+    scores[0, covid] = 0.8  # covid, predicted covid
+    scores[1, 0] = 0.8  # covid, predicted another class
+    scores[2, covid] = 0.8  # not covid, predicted covid
+    scores[3, 1] = 0.8
+    result = trainer_task._validation_metrics(task, labels, scores, threshold=0.5)
+    assert result["counts"] == {"tp": 1, "fn": 1, "tn": 1, "fp": 1}
