@@ -8,7 +8,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 STAMP := $(VENV)/.install-stamp
 OUT ?= demo-out
 
-.PHONY: install demo test test-all bench lock clean
+.PHONY: install demo test test-all bench quality lock clean
 
 install: $(STAMP)
 
@@ -26,7 +26,8 @@ demo: install
 	$(BIN)/covid-cxr demo --out $(OUT)
 
 ## The default suite: unit tests, the end-to-end DAG test, and lean real-data tests (skipped
-## when ../shared/data is absent). Long real-data runs are marked `slow` (make test-all).
+## when ../shared/data is absent). Tests marked `slow` run only with `make test-all`; the long
+## real-data runs are scripts: `make bench` (CPU cost per family) and `make quality` (docs/results.md).
 test: install
 	$(BIN)/pytest -m "not slow" -q
 
@@ -36,6 +37,12 @@ test-all: install
 ## Real-data quality and speed figures (minutes to tens of minutes; prints tables).
 bench: install
 	$(BIN)/python scripts/benchmark_models.py
+
+## Real-data quality per task: curate ../shared/data, run the full pipeline, evaluate held-out data
+## (~15-25 minutes per task on 2 cores). TASKS="covid-vs-normal three-class" to choose.
+TASKS ?= covid-vs-normal covid-vs-pneumonia covid-vs-noncovid three-class
+quality: install
+	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --out runs/quality
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^covid-cxr' > constraints.txt
