@@ -18,6 +18,7 @@ PLAIN_NAMES = {
     "binary_accuracy": "accuracy",
     "sparse_categorical_accuracy": "accuracy",
     "example_count": "examples",
+    "sensitivity_at_specificity": "sensitivity at the gate's specificity",
     "true_positives": "true positives",
     "false_positives": "false positives",
     "true_negatives": "true negatives",

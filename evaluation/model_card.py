@@ -15,11 +15,18 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 FILE_NAME = "model_card.md"
+COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
+
+
+def _cell(name: str, value) -> str:
+    if name.startswith(COUNT_NAMES):  # counts are whole numbers, whatever type TFMA stored them as
+        return str(int(round(value)))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _table(values: dict) -> list[str]:
     lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(values.items())]
+    lines += [f"| {k} | {_cell(k, v)} |" for k, v in sorted(values.items())]
     return lines
 
 
