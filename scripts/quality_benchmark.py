@@ -106,11 +106,17 @@ def main():
     if not os.path.isdir(SHARED):
         raise SystemExit(f"the real corpus is not at {SHARED}")
     os.makedirs(args.out, exist_ok=True)
+    results_path = os.path.join(args.out, "results.json")
     results = []
     for task in args.tasks:
         results.append(run_task(task, args.out, args.sets))
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        # Keep the other tasks' results from earlier invocations into the same --out.
+        earlier = []
+        if os.path.exists(results_path):
+            with open(results_path) as f:
+                earlier = [r for r in json.load(f) if r["task"] not in {x["task"] for x in results}]
+        with open(results_path, "w") as f:
+            json.dump(earlier + results, f, indent=2)
     print("| task | n test | sensitivity | specificity | AUC | accuracy | pipeline minutes | pushed |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
