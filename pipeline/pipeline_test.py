@@ -1,0 +1,25 @@
+"""The DAG wiring from the typed config (no run: the end-to-end test runs it)."""
+from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import pipeline
+
+
+def _ids(config):
+    return [c.id for c in pipeline.create_components(config)]
+
+
+def test_the_dag_has_every_stage_and_the_tuner_is_optional(tmp_path):
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path)})
+    assert _ids(config) == ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "SchemaGate",
+                            "Transform", "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator",
+                            "VersionedPusher"]
+    assert "Tuner" not in _ids(cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path),
+                                                                   "tuner.enabled": "false"}))
+
+
+def test_beam_runs_in_the_configured_mode():
+    config = cfg.load_config("quick", overrides={"runtime.beam_running_mode": "multi_processing",
+                                                 "runtime.beam_workers": "2",
+                                                 "runtime.beam_extra_args": "[--direct_runner_bundle_repeat=0]"})
+    args = pipeline.create_pipeline(config).beam_pipeline_args
+    assert args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                    "--direct_runner_bundle_repeat=0"]
