@@ -45,7 +45,10 @@ def roc_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], operating_poin
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    if len(ax.lines) <= 1 + (operating_point is not None):  # only the diagonal (and the point)
+        ax.text(0.5, 0.55, "ROC undefined:\nthe data holds one class only", ha="center", va="center", fontsize=9)
     ax.grid(alpha=0.3)
     return _png(fig)
 
