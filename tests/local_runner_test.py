@@ -24,3 +24,16 @@ def test_data_of_another_task_or_with_foreign_labels_is_refused(tmp_path):
     path.write_text(json.dumps(tampered))
     with pytest.raises(cfg.ConfigError, match=r"labels \['pneumonia'\]"):
         local_runner.check_data(_config(tmp_path))
+
+
+def test_a_failing_component_is_named_in_one_line(tmp_path):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    bad_schema = tmp_path / "schema.pbtxt"
+    bad_schema.write_text("this is { not a schema\n")
+    config = cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "data.schema_file": str(bad_schema),
+        "runtime.pipeline_root": str(tmp_path / "root"), "runtime.serving_dir": str(tmp_path / "serving")})
+    with pytest.raises(local_runner.PipelineRunError, match=r"^ImportSchemaGen failed: ParseError: ") as info:
+        local_runner.run(config)
+    assert "\n" not in str(info.value)
+    assert info.value.__cause__ is not None  # the traceback --verbose shows
