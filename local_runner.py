@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-from ml_metadata.metadata_store import metadata_store
-from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from covid_cxr.components.schema_gate import DataValidationError
@@ -40,16 +38,6 @@ class PipelineRunError(RuntimeError):
     """A component failed while the pipeline ran (not a mistake in the user's input)."""
 
 
-def _failed_component(connection) -> str:
-    """The component type of the newest FAILED execution in MLMD ("a component" if none is recorded)."""
-    store = metadata_store.MetadataStore(connection)
-    failed = [e for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.FAILED]
-    if not failed:
-        return "a component"
-    newest = max(failed, key=lambda e: e.id)
-    return store.get_execution_types_by_id([newest.type_id])[0].name.rsplit(".", 1)[-1]
-
-
 def run(config: PipelineConfig) -> metadata.RunOutcome:
     check_data(config)
     connection = metadata.connection_config(config)
@@ -59,7 +47,7 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PipelineRunError(f"{_failed_component(connection)} failed: {type(e).__name__}: {first_line}") from e
+        raise PipelineRunError(f"{metadata.failed_component(connection)} failed: {type(e).__name__}: {first_line}") from e
     return metadata.latest_outcome(config)
 
 

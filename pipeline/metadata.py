@@ -45,6 +45,16 @@ def _latest_pusher_execution(store, pipeline_name: str):
     return max(executions, key=lambda e: e.id) if executions else None
 
 
+def failed_component(connection: metadata_store_pb2.ConnectionConfig) -> str:
+    """The component type of the newest FAILED execution ("a component" if none is recorded)."""
+    store = metadata_store.MetadataStore(connection)
+    failed = [e for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.FAILED]
+    if not failed:
+        return "a component"
+    newest = max(failed, key=lambda e: e.id)
+    return store.get_execution_types_by_id([newest.type_id])[0].name.rsplit(".", 1)[-1]
+
+
 def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:
     """What the newest Pusher execution of this pipeline saw and did; None if it never ran."""
     store = metadata_store.MetadataStore(connection_config(config))
