@@ -106,31 +106,14 @@ def read_anomalies(pipeline_root: str) -> Optional[dict]:
     return {"uri": uri, "splits": splits}
 
 
-def evaluation_of_model(pipeline_root: str, model_uri: str) -> Optional[str]:
-    """The Evaluator output that judged `model_uri`, looked up in the run's SQLite ML Metadata.
-
-    Newer runs (a refused candidate, say) have newer evaluations: the report must show the one of
-    the model being evaluated. None when there is no SQLite store or no such evaluation.
-    """
+def _evaluation_of_model(pipeline_root: str, model_uri: str) -> Optional[str]:
+    """From the run's default SQLite ML Metadata, when there is one (pipeline/metadata.py)."""
     path = os.path.join(pipeline_root, "metadata.sqlite")
     if not model_uri or not os.path.isfile(path):
         return None
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
+    from covid_cxr.pipeline import metadata
 
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    models = [a.id for a in store.get_artifacts_by_uri(model_uri.rstrip("/"))]
-    # As the candidate ("model"), not as another candidate's baseline ("baseline_model").
-    executions = {e.execution_id for e in store.get_events_by_artifact_ids(models)
-                  if e.type == metadata_store_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == "model"}
-    evaluations = [a for e in store.get_events_by_execution_ids(sorted(executions))
-                   if e.type == metadata_store_pb2.Event.OUTPUT
-                   for a in store.get_artifacts_by_id([e.artifact_id])
-                   if store.get_artifact_types_by_id([a.type_id])[0].name == "ModelEvaluation"]
-    return max(evaluations, key=lambda a: a.id).uri if evaluations else None
+    return metadata.evaluation_of_model(metadata.sqlite_connection(path, read_only=True), model_uri)
 
 
 def read_evaluation(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> Optional[dict]:
@@ -138,7 +121,7 @@ def read_evaluation(pipeline_root: str, model_uri: str = "", evaluation_uri: str
     names), else of the newest Evaluator output that judged `model_uri` (when ML Metadata says), else
     of the newest one; None when there is none."""
     uri = (evaluation_uri if evaluation_uri and os.path.isdir(evaluation_uri) else None) \
-        or evaluation_of_model(pipeline_root, model_uri) or newest_execution(pipeline_root, EVALUATION[0], EVALUATION[1])
+        or _evaluation_of_model(pipeline_root, model_uri) or newest_execution(pipeline_root, EVALUATION[0], EVALUATION[1])
     if uri is None:
         return None
     from covid_cxr.evaluation import gate_report

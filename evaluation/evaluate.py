@@ -339,8 +339,9 @@ def push_record(model: predict.ServingModel) -> dict:
 
 def trainer_model_uri(model: predict.ServingModel) -> Optional[str]:
     """The Trainer Model artifact this model came from: its push record's, or its own directory's."""
-    if push_record(model).get("model_uri"):
-        return push_record(model)["model_uri"]
+    recorded = push_record(model).get("model_uri")
+    if recorded:
+        return recorded
     if os.path.basename(os.path.normpath(model.path)) == "Format-Serving":  # <artifact>/Format-Serving
         return os.path.dirname(os.path.normpath(model.path))
     return None

@@ -24,7 +24,7 @@ PLAIN_NAMES = {
     "true_negatives": "true negatives",
     "false_negatives": "false negatives",
 }
-COUNTS = ("true positives", "false positives", "true negatives", "false negatives")
+COUNTS = {"true positives": "tp", "false positives": "fp", "true negatives": "tn", "false negatives": "fn"}
 
 
 @dataclasses.dataclass
@@ -41,9 +41,9 @@ class GateReport:
         """{"tp", "fp", "tn", "fn"} at the served decision on the whole test split, or None."""
         found = {}
         for key, value in self.metrics.items():
-            for count in COUNTS:
-                if key.startswith(count) and "change" not in key and not key.startswith("macro"):
-                    found["".join(word[0] for word in count.split())] = int(round(value))
+            for count, short in COUNTS.items():
+                if key.startswith(count) and "change" not in key:
+                    found[short] = int(round(value))
         return found if len(found) == 4 else None
 
     def intervals(self) -> dict:
@@ -51,8 +51,8 @@ class GateReport:
         c = self.confusion_counts()
         if c is None:
             return {}
-        return {"sensitivity": ci_metrics.proportion(c["tp"], c["tp"] + c["fn"]),
-                "specificity": ci_metrics.proportion(c["tn"], c["tn"] + c["fp"])}
+        rates = ci_metrics.binary_metrics_from_counts(**c)
+        return {name: rates[name] for name in ("sensitivity", "specificity")}
 
 
 def metric_name(key, classes: Optional[Sequence[str]] = None) -> str:

@@ -43,10 +43,13 @@ def _gate(tiny, tmp_path, **gate):
     return gate_report.read_gate_report(out, blessed, tiny.task.classes)
 
 
+def _labels(serialized) -> np.ndarray:
+    return np.array([tf.train.Example.FromString(r).features.feature[features.LABEL_INDEX].int64_list.value[0]
+                     for r in serialized])
+
+
 def _class_sizes(tiny):
-    labels = [tf.train.Example.FromString(r).features.feature[features.LABEL_INDEX].int64_list.value[0]
-              for r in testing.read_records(tiny.data_dir)]
-    return np.bincount(labels, minlength=tiny.task.num_classes)
+    return np.bincount(_labels(testing.read_records(tiny.data_dir)), minlength=tiny.task.num_classes)
 
 
 def test_the_gate_judges_the_stored_threshold_and_blesses_only_above_the_bars(calls_everything_covid, tmp_path):
@@ -69,9 +72,7 @@ def test_three_class_gate_counts_the_served_argmax_covid_one_vs_rest(three_class
     serialized = testing.read_records(three_class_model.data_dir)
     served = model.signatures[export.EXAMPLES_SIGNATURE](examples=tf.constant(serialized))
     predicted_covid = served["label_index"].numpy() == three_class_model.task.positive_index
-    labels = np.array([tf.train.Example.FromString(r).features.feature[features.LABEL_INDEX].int64_list.value[0]
-                       for r in serialized])
-    is_covid = labels == three_class_model.task.positive_index
+    is_covid = _labels(serialized) == three_class_model.task.positive_index
     # gate_score is above 0.5 exactly in the served (argmax) class
     gate = served[export.GATE_OUTPUT].numpy()
     assert ((gate > 0.5) == (np.arange(3) == served["label_index"].numpy()[:, None])).all()

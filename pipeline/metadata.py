@@ -22,7 +22,14 @@ def connection_config(config: PipelineConfig) -> metadata_store_pb2.ConnectionCo
             username=runtime.mysql_user, password=runtime.mysql_password)
     path = runtime.metadata_path or os.path.join(runtime.pipeline_root, "metadata.sqlite")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+    return sqlite_connection(path)
+
+
+def sqlite_connection(path: str, read_only: bool = False) -> metadata_store_pb2.ConnectionConfig:
+    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+    if read_only:  # readers (reports) must never create or change a run's store
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return config
 
 
 @dataclasses.dataclass
@@ -53,6 +60,23 @@ def failed_component(connection: metadata_store_pb2.ConnectionConfig) -> str:
         return "a component"
     newest = max(failed, key=lambda e: e.id)
     return store.get_execution_types_by_id([newest.type_id])[0].name.rsplit(".", 1)[-1]
+
+
+def evaluation_of_model(connection: metadata_store_pb2.ConnectionConfig, model_uri: str) -> Optional[str]:
+    """URI of the newest Evaluator output that judged `model_uri` as its candidate, or None.
+
+    Newer runs (a refused candidate, say) have newer evaluations: a report on a model must show its own.
+    """
+    store = metadata_store.MetadataStore(connection)
+    models = [a.id for a in store.get_artifacts_by_uri(model_uri.rstrip("/"))]
+    # As the candidate ("model"), not as another candidate's baseline ("baseline_model").
+    executions = {e.execution_id for e in store.get_events_by_artifact_ids(models)
+                  if e.type == metadata_store_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == "model"}
+    evaluations = [a for e in store.get_events_by_execution_ids(sorted(executions))
+                   if e.type == metadata_store_pb2.Event.OUTPUT
+                   for a in store.get_artifacts_by_id([e.artifact_id])
+                   if store.get_artifact_types_by_id([a.type_id])[0].name == "ModelEvaluation"]
+    return max(evaluations, key=lambda a: a.id).uri if evaluations else None
 
 
 def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:

@@ -54,11 +54,11 @@ def first_run(tmp_path_factory):
     return root, config, metadata.latest_outcome(config), output
 
 
-def _test_split(config) -> list[bytes]:
-    """Serialized examples of ExampleGen's held-out test split (never trained or tuned on)."""
+def _split(config, name) -> list[bytes]:
+    """Serialized examples of one ExampleGen split (`test`: never trained or tuned on)."""
     store = metadata_store.MetadataStore(metadata.connection_config(config))
-    uri = min(store.get_artifacts_by_type("Examples"), key=lambda a: a.id).uri  # ExampleGen's
-    files = tf.io.gfile.glob(os.path.join(uri, "Split-test", "*"))
+    uri = min(store.get_artifacts_by_type("Examples"), key=lambda a: a.id).uri  # ExampleGen's (Transform's come later)
+    files = tf.io.gfile.glob(os.path.join(uri, f"Split-{name}", "*"))
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
@@ -96,15 +96,10 @@ def test_every_component_recorded_its_artifacts_in_mlmd(first_run):
 
 def test_splits_are_patient_disjoint(first_run):
     _, config, _, _ = first_run
-    store = metadata_store.MetadataStore(metadata.connection_config(config))
-    examples = store.get_artifacts_by_type("Examples")
-    uri = min(examples, key=lambda a: a.id).uri  # ExampleGen's (Transform's come later)
     groups = {}
     for split in ("train", "eval", "test"):
-        files = tf.io.gfile.glob(os.path.join(uri, f"Split-{split}", "*"))
-        dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
-        groups[split] = {tf.train.Example.FromString(r.numpy()).features.feature[features.GROUP].bytes_list.value[0]
-                         for r in dataset}
+        groups[split] = {tf.train.Example.FromString(r).features.feature[features.GROUP].bytes_list.value[0]
+                         for r in _split(config, split)}
         assert groups[split], split
     assert not groups["train"] & groups["eval"]
     assert not groups["train"] & groups["test"]
@@ -114,7 +109,7 @@ def test_splits_are_patient_disjoint(first_run):
 def test_pushed_model_answers_on_both_signatures(first_run):
     _, config, outcome, _ = first_run
     model = tf.saved_model.load(outcome.destination)
-    serialized = _test_split(config)
+    serialized = _split(config, "test")
     by_example = model.signatures["serving_default"](examples=tf.constant(serialized))
     images = [tf.train.Example.FromString(s).features.feature[features.IMAGE].bytes_list.value[0] for s in serialized]
     by_image = model.signatures["predict_image"](image_bytes=tf.constant(images))
@@ -132,7 +127,7 @@ def test_pushed_model_answers_on_both_signatures(first_run):
 
 def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
     _, config, outcome, _ = first_run
-    serialized = _test_split(config)[:4]
+    serialized = _split(config, "test")[:4]
     files = []
     for i, record in enumerate(serialized):
         path = tmp_path / f"image-{i}.png"
