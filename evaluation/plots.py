@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -76,7 +77,7 @@ def numeric_series(history: Mapping) -> dict[str, list[float]]:
     """The plottable series of a Keras-style history ({name: [values per epoch]}), bookkeeping removed."""
     out = {}
     for name, values in (history or {}).items():
-        if name in ("epoch", "phase", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
+        if name in ("epoch", "phase", "member", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
             continue
         try:
             out[name] = [float(v) for v in values]
@@ -86,7 +87,7 @@ def numeric_series(history: Mapping) -> dict[str, list[float]]:
 
 
 def history_png(history: Mapping) -> Optional[bytes]:
-    """One panel per metric (training and val_ curves together); phase changes as dotted lines."""
+    """One panel per metric (training and val_ curves together); phase (or ensemble member) changes as dotted lines."""
     series = numeric_series(history)
     bases = sorted({n[4:] if n.startswith("val_") else n for n in series}, key=lambda n: (n != "loss", n))
     if not bases:
@@ -95,8 +96,9 @@ def history_png(history: Mapping) -> Optional[bytes]:
     cols = min(3, len(bases))
     rows = -(-len(bases) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    phases = list(history.get("phase", []) or [])
-    changes = [i + 0.5 for i in range(len(phases) - 1) if phases[i] != phases[i + 1]]
+    # A new phase, or the next ensemble member (trainer.training.concatenate_histories).
+    stages = list(zip(history.get("phase", []) or [], history.get("member", []) or itertools.repeat(0)))
+    changes = [i + 0.5 for i in range(len(stages) - 1) if stages[i] != stages[i + 1]]
     for ax, base in zip(axes.ravel(), bases):
         for name, style in ((base, "-"), ("val_" + base, "--")):
             if name in series:

@@ -39,6 +39,9 @@ class ModelConfig:
     task: str = "covid-vs-normal"
     image_size: int = 224  # Transform output size; models may resize further down
     families: list = dataclasses.field(default_factory=lambda: ["mobilenet_v2"])  # Tuner chooses among these
+    # Families trained next to the Tuner's choice with the same hyperparameters; the served model
+    # averages their probabilities (empty: one model). Two different backbones err on different films.
+    ensemble_with: list = dataclasses.field(default_factory=list)
     weights: str = "auto"  # auto | imagenet | none | path to an .h5 file
     weights_dir: str = ""  # where `auto` looks for offline ImageNet files
     # When no pretrained weights can be had: a family to build instead (the BatchNorm scratch CNN

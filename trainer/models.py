@@ -682,6 +682,33 @@ def build_model(
     )
 
 
+def average_ensemble(members: Sequence[BuiltModel]) -> BuiltModel:
+    """One model whose ``probabilities`` are the mean of the trained ``members``' probabilities.
+
+    The members keep their own augmentation (inactive at inference), resizing and preprocessing, so
+    they may differ in family and internal size; they must share the input and the output width.
+    The result is only served and evaluated, never trained (its ``backbone`` is None).
+    """
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+    shapes = {(tuple(m.model.input_shape), tuple(m.model.output_shape)) for m in members}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble members disagree on input/output shapes: {sorted(shapes)}")
+    inputs = keras.Input(shape=members[0].model.input_shape[1:], name=INPUT_NAME, dtype=tf.float32)
+    outputs = keras.layers.Average(name=OUTPUT_NAME, dtype="float32")([m.model(inputs) for m in members])
+    family = "+".join(m.family for m in members)
+    return BuiltModel(
+        model=keras.Model(inputs, outputs, name="covid_cxr_ensemble"),
+        backbone=None,
+        family=family,
+        note=f"mean of {len(members)} models: " + " | ".join(m.note for m in members),
+        pretrained=all(m.pretrained for m in members),
+        image_size=max(m.image_size for m in members),
+        requested_family="+".join(m.requested_family or m.family for m in members),
+        fallback_reason="; ".join(m.fallback_reason for m in members if m.fallback_reason) or None,
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Trainable layers per phase
 # ----------------------------------------------------------------------------------------------
@@ -761,6 +788,7 @@ __all__ = [
     "TRANSFER_FAMILIES",
     "TRANSFER_SPECS",
     "augmentation_block",
+    "average_ensemble",
     "build_model",
     "count_params",
     "find_weight_file",

@@ -377,11 +377,31 @@ print("OK")
 """
 
 
-def test_saved_model_with_augmentation_serves_without_project_code(tmp_path):
+def test_ensemble_serves_the_mean_of_its_members():
+    members = [M.build_model(M.HParams(family=f), S, 2, weights="none") for f in ("cnn3", "cnn4")]
+    ensemble = M.average_ensemble(members)
+    x = images(3)
+    expected = np.mean([m.model.predict(x, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.model.predict(x, verbose=0), expected, atol=1e-6)
+    assert ensemble.model.output_names == [M.OUTPUT_NAME] and ensemble.family == "cnn3+cnn4"
+    assert ensemble.model.get_layer("covid_cxr_cnn3").get_layer(M.AUGMENTATION_NAME) is not None
+    # Each member still augments in training only: at inference the ensemble is deterministic.
+    np.testing.assert_allclose(ensemble.model(x, training=False), ensemble.model(x, training=False))
+    with pytest.raises(ValueError, match="at least 2"):
+        M.average_ensemble(members[:1])
+    three_class = M.build_model(M.HParams(family="cnn3"), S, 3, weights="none")
+    with pytest.raises(ValueError, match="disagree"):
+        M.average_ensemble([members[0], three_class])
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["single", "ensemble"])
+def test_saved_model_with_augmentation_serves_without_project_code(ensemble, tmp_path):
     from covid_cxr.trainer import training
 
     built = M.build_model(M.HParams(family="cnn3"), S, 3, weights="none")
     training.compile_model(built, M.HParams(family="cnn3"), 3, M.PHASE_END_TO_END)
+    if ensemble:
+        built = M.average_ensemble([built, M.build_model(M.HParams(family="cnn4"), S, 3, weights="none")])
     training.compile_for_export(built, 3)
     x = images(4)
     y = built.model.predict(x, verbose=0)
@@ -397,4 +417,6 @@ def test_saved_model_with_augmentation_serves_without_project_code(tmp_path):
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
     # In-process reload keeps the custom shear layer's class.
     reloaded = keras.models.load_model(path)
+    if ensemble:
+        reloaded = reloaded.get_layer("covid_cxr_cnn3")
     assert isinstance(reloaded.get_layer(M.AUGMENTATION_NAME).get_layer("aug_shear"), M.RandomShear)

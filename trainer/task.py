@@ -7,6 +7,7 @@ are passed in `custom_config` (PipelineConfig.model_custom_config), so editing e
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -152,8 +153,14 @@ def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HP
     return _search_space(hp, cfg)
 
 
+def ensemble_families(tuned_family: str, ensemble_with) -> list[str]:
+    """The Tuner's family first, then each ``model.ensemble_with`` family not already listed."""
+    return list(dict.fromkeys([tuned_family, *ensemble_with]))
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Trains (frozen base, then fine-tuning), picks the threshold on eval, exports the SavedModel."""
+    """Trains (frozen base, then fine-tuning) the tuned family and any ``ensemble_with`` families,
+    averages them when there are several, picks the threshold on eval, exports the SavedModel."""
     cfg = fn_args.custom_config
     task = features.get_task(cfg["model"]["task"])
     train_cfg = cfg["training"]
@@ -164,20 +171,31 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     logging.info("training examples per class %s, eval %s", dict(counts), dict(eval_counts))
 
     hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)
-    built = _build(hparams, cfg, task)
     train_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, seed)
     eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
-    history = training.fit(
-        built, hparams, train_ds, eval_ds,
-        epochs=train_cfg["epochs"],
-        fine_tune_epochs=train_cfg["fine_tune_epochs"],
-        steps_per_epoch=_steps(sum(counts.values()), batch),
-        validation_steps=None,
-        num_classes=task.num_classes,
-        class_weight=training.class_weights(counts, task.num_classes),
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
-        seed=seed,
-    )
+    members: list[models.BuiltModel] = []
+    histories: list[dict] = []
+    for family in ensemble_families(hparams.family, cfg["model"].get("ensemble_with") or []):
+        member_hparams = dataclasses.replace(hparams, family=family)
+        built = _build(member_hparams, cfg, task)
+        if built.family in [m.family for m in members]:  # e.g. two transfer families fell back to one CNN
+            logging.warning("ensemble member %s was built as %s, which is trained already: skipped", family, built.family)
+            continue
+        logging.info("training %s (%s)", built.family, built.note)
+        histories.append(training.fit(
+            built, member_hparams, train_ds, eval_ds,
+            epochs=train_cfg["epochs"],
+            fine_tune_epochs=train_cfg["fine_tune_epochs"],
+            steps_per_epoch=_steps(sum(counts.values()), batch),
+            validation_steps=None,
+            num_classes=task.num_classes,
+            class_weight=training.class_weights(counts, task.num_classes),
+            callbacks=[tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, built.family), update_freq="epoch")],
+            seed=seed,
+        ))
+        members.append(built)
+    built = models.average_ensemble(members) if len(members) > 1 else members[0]
+    history = training.concatenate_histories(histories)
 
     labels, scores = _labels_and_scores(built.model, eval_ds)
     threshold = 0.5
@@ -192,6 +210,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     metadata = {
         "family": built.family,
         "family_note": built.note,
+        "ensemble_members": [m.family for m in members],
         "hyperparameters": hparams.to_dict(),
         "transform_image_size": cfg["model"]["image_size"],
         "train_class_counts": {task.classes[k]: v for k, v in sorted(counts.items())},

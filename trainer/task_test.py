@@ -27,3 +27,9 @@ def test_three_class_validation_metrics_are_covid_one_vs_rest_of_the_argmax():
     scores[3, 1] = 0.8
     result = trainer_task._validation_metrics(task, labels, scores, threshold=0.5)
     assert result["counts"] == {"tp": 1, "fn": 1, "tn": 1, "fp": 1}
+
+
+def test_ensemble_families_start_with_the_tuned_family_without_repeats():
+    assert trainer_task.ensemble_families("mobilenet_v2", []) == ["mobilenet_v2"]
+    assert trainer_task.ensemble_families("mobilenet_v2", ["mobilenet_v2_035", "mobilenet_v2", "mobilenet_v2_035"]) == [
+        "mobilenet_v2", "mobilenet_v2_035"]

@@ -326,6 +326,26 @@ def fit(
     return history
 
 
+def concatenate_histories(histories: Sequence[Mapping[str, list]]) -> dict[str, list]:
+    """Histories of several models trained one after another (ensemble members) as one history.
+
+    Epochs follow each other and ``member`` (0, 1, ...) says whose epoch it is. Keys missing for a
+    member are padded with NaN. One history is returned unchanged.
+    """
+    if len(histories) == 1:
+        return dict(histories[0])
+    merged: dict[str, list] = {"member": []}
+    for index, history in enumerate(histories):
+        length = len(history.get("epoch", []))
+        n_before = len(merged["member"])
+        for key, values in history.items():
+            merged.setdefault(key, [math.nan] * n_before).extend(values)
+        merged["member"].extend([index] * length)
+        for values in merged.values():
+            values.extend([math.nan] * (n_before + length - len(values)))
+    return merged
+
+
 # ----------------------------------------------------------------------------------------------
 # Threshold
 # ----------------------------------------------------------------------------------------------
@@ -402,6 +422,7 @@ __all__ = [
     "class_weights",
     "compile_for_export",
     "compile_model",
+    "concatenate_histories",
     "fit",
     "make_loss",
     "make_metrics",

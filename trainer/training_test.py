@@ -249,6 +249,15 @@ def logit_middle(a, b):
     return 1 / (1 + math.exp(-(la + lb) / 2))
 
 
+def test_histories_of_ensemble_members_follow_each_other():
+    first = {"phase": [1, 2], "epoch": [0, 1], "val_auc": [0.8, 0.9], "lr": [1e-3, 1e-4]}
+    second = {"phase": [1], "epoch": [0], "val_auc": [0.85]}
+    merged = T.concatenate_histories([first, second])
+    assert merged["member"] == [0, 0, 1] and merged["phase"] == [1, 2, 1] and merged["val_auc"] == [0.8, 0.9, 0.85]
+    assert merged["lr"][:2] == [1e-3, 1e-4] and math.isnan(merged["lr"][2])
+    assert T.concatenate_histories([first]) == first
+
+
 def test_choose_threshold_sits_in_the_middle_of_the_gap():
     y = [0, 0, 1, 1, 1, 1]
     s = [0.1, 0.9, 0.2, 0.4, 0.6, 0.8]
