@@ -21,6 +21,9 @@ pipeline) for the figures you report.
   far narrower than one 15 % test split's -- what it takes to tell configurations 0.01 AUC apart.
   With several families, an ``ensemble`` row averages their out-of-fold scores (threshold: the
   mean of the members' thresholds).
+* ``--tta``: each trained model is also scored as the mean over every image and its left-right
+  mirror (threshold chosen on the mirrored-and-averaged validation scores): a paired row
+  "<family> + mirror TTA" from the same training run, so only the test-time averaging differs.
 
     .venv/bin/python scripts/compare_models.py --data runs/q/curated-covid-vs-normal \\
         --families mobilenet_v2,mobilenet_v2_035 --sizes 160,224 --fine-tune-layers 40 [--folds 5]
@@ -84,8 +87,23 @@ def splits(groups: np.ndarray, folds: int):
     return [(~np.isin(fold, (k, (k + 1) % folds)), fold == (k + 1) % folds, fold == k) for k in range(folds)]
 
 
-def train_and_score(family, size, x, y, parts, args) -> tuple[np.ndarray, float, float]:
-    """Trains one model; returns (scores on the test part, threshold chosen on validation, minutes)."""
+TTA = " + mirror TTA"  # row suffix of the test-time-augmented variant of a model
+
+
+def _variants(model, x, val, test, y, args) -> dict[str, tuple[np.ndarray, float]]:
+    """{variant: (test scores, threshold chosen on validation)}: the plain model and, with ``--tta``,
+    the same trained model scoring the mean over each image and its left-right mirror."""
+    plain = {"val": model.predict(x[val], verbose=0).ravel(), "test": model.predict(x[test], verbose=0).ravel()}
+    variants = {"": plain}
+    if args.tta:
+        variants[TTA] = {name: (scores + model.predict(x[mask][:, :, ::-1], verbose=0).ravel()) / 2
+                         for (name, scores), mask in zip(plain.items(), (val, test))}
+    return {name: (s["test"], T.choose_threshold(y[val], s["val"], args.target_sensitivity))
+            for name, s in variants.items()}
+
+
+def train_and_score(family, size, x, y, parts, args) -> tuple[dict[str, tuple[np.ndarray, float]], float]:
+    """Trains one model; returns ({variant: (test scores, validation threshold)}, training minutes)."""
     train, val, test = parts
     hp = M.HParams(family=family, learning_rate=args.learning_rate, fine_tune_learning_rate=args.learning_rate / 10,
                    dropout=0.2, dense_units=128, fine_tune_layers=args.fine_tune_layers,
@@ -99,10 +117,9 @@ def train_and_score(family, size, x, y, parts, args) -> tuple[np.ndarray, float,
           steps_per_epoch=-(-int(train.sum()) // args.batch_size), validation_steps=None,
           class_weight=T.class_weights(np.bincount(y[train], minlength=2)), seed=args.seed, verbose=0)
     minutes = (time.time() - started) / 60
-    val_scores = built.model.predict(x[val], verbose=0).ravel()
-    test_scores = built.model.predict(x[test], verbose=0).ravel()
+    variants = _variants(built.model, x, val, test, y, args)
     keras.backend.clear_session()  # K models in one process must not pile up graphs
-    return test_scores, T.choose_threshold(y[val], val_scores, args.target_sensitivity), minutes
+    return variants, minutes
 
 
 def score(y, scores, thresholds, target_sensitivity) -> dict:
@@ -117,18 +134,24 @@ def score(y, scores, thresholds, target_sensitivity) -> dict:
     }
 
 
-def evaluate(family, size, x, y, rounds, args) -> dict:
-    """Out-of-fold scores and thresholds of ``family`` over all rounds, plus the pooled figures."""
-    scores, thresholds = np.full(len(y), np.nan), np.full(len(y), np.nan)
+def evaluate(family, size, x, y, rounds, args) -> list[dict]:
+    """Per variant: out-of-fold scores and thresholds of ``family`` over all rounds, plus the pooled figures."""
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     minutes = []
     for parts in rounds:
         test = parts[2]
-        scores[test], thresholds[test], m = train_and_score(family, size, x, y, parts, args)
+        variants, m = train_and_score(family, size, x, y, parts, args)
         minutes.append(m)
-    held_out = ~np.isnan(scores)
-    return {"family": family, "size": size, "minutes": float(np.mean(minutes)), "held_out": held_out,
-            "scores": scores, "thresholds": thresholds,
-            **score(y[held_out], scores[held_out], thresholds[held_out], args.target_sensitivity)}
+        for name, (test_scores, threshold) in variants.items():
+            scores, thresholds = pooled.setdefault(name, (np.full(len(y), np.nan), np.full(len(y), np.nan)))
+            scores[test], thresholds[test] = test_scores, threshold
+    results = []
+    for name, (scores, thresholds) in pooled.items():
+        held_out = ~np.isnan(scores)
+        results.append({"family": family + name, "variant": name, "size": size, "minutes": float(np.mean(minutes)),
+                        "held_out": held_out, "scores": scores, "thresholds": thresholds,
+                        **score(y[held_out], scores[held_out], thresholds[held_out], args.target_sensitivity)})
+    return results
 
 
 def fmt(entry) -> str:
@@ -151,6 +174,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights-dir", default=WEIGHTS_DIR)
     parser.add_argument("--cache", default="/tmp")
+    parser.add_argument("--tta", action="store_true", help="score each image as the mean over it and its mirror")
     parser.add_argument("--folds", type=int, default=0, help="grouped K-fold CV with pooled out-of-fold scores (0: one split)")
     args = parser.parse_args()
 
@@ -162,15 +186,18 @@ def main():
         if set(np.unique(y)) - {0, 1}:
             raise SystemExit("compare_models.py handles binary tasks only")
         rounds = splits(groups, args.folds)
-        results = [evaluate(family, size, x, y, rounds, args) for family in args.families.split(",")]
-        if len(results) > 1:
-            held_out = results[0]["held_out"]
-            scores = np.mean([r["scores"] for r in results], axis=0)[held_out]
-            thresholds = np.mean([r["thresholds"] for r in results], axis=0)[held_out]
-            results.append({"family": "ensemble (mean)", "size": size, "held_out": held_out,
-                            "minutes": sum(r["minutes"] for r in results),
-                            **score(y[held_out], scores, thresholds, args.target_sensitivity)})
-        for r in results:
+        families = args.families.split(",")
+        results = [r for family in families for r in evaluate(family, size, x, y, rounds, args)]
+        ensembles = []
+        for variant in (dict.fromkeys(r["variant"] for r in results) if len(families) > 1 else ()):
+            members = [r for r in results if r["variant"] == variant]
+            held_out = members[0]["held_out"]
+            scores = np.mean([r["scores"] for r in members], axis=0)[held_out]
+            thresholds = np.mean([r["thresholds"] for r in members], axis=0)[held_out]
+            ensembles.append({"family": "ensemble (mean)" + variant, "size": size, "held_out": held_out,
+                              "minutes": sum(r["minutes"] for r in members),
+                              **score(y[held_out], scores, thresholds, args.target_sensitivity)})
+        for r in results + ensembles:
             print(f"| {r['family']} | {size} | {r['minutes']:.1f} | {int(r['held_out'].sum())} | {fmt(r['test_auc'])} | "
                   f"{fmt(r['sensitivity'])} | {fmt(r['specificity'])} | {r['spec_at_sens']:.3f} |", flush=True)
 
