@@ -39,10 +39,12 @@ bench: install
 	$(BIN)/python scripts/benchmark_models.py
 
 ## Real-data quality per task: curate ../shared/data, run the full pipeline, evaluate held-out data
-## (~15-25 minutes per task on 2 cores). TASKS="covid-vs-normal three-class" to choose.
+## (~10-25 minutes per task on 2 cores). TASKS="covid-vs-normal three-class" to choose; SPLITS=3 repeats
+## each task on 3 patient-disjoint splits.
 TASKS ?= covid-vs-normal covid-vs-pneumonia covid-vs-noncovid three-class
+SPLITS ?= 1
 quality: install
-	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --out runs/quality
+	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --splits $(SPLITS) --out runs/quality
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^covid-cxr' > constraints.txt

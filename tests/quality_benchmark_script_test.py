@@ -1,0 +1,64 @@
+"""scripts/quality_benchmark.py's repeated splits, with the curate/run/evaluate commands stubbed out."""
+import importlib.util
+import os
+
+import pytest
+
+from covid_cxr.data import pseudonym
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "quality_benchmark.py")
+
+
+@pytest.fixture()
+def benchmark(monkeypatch):
+    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = []
+
+    def sh(args, log, env=None):
+        calls.append((args, env))
+        command = args[1]
+        if command == "curate":
+            out = args[args.index("--out") + 1]
+            os.makedirs(out)
+            open(os.path.join(out, "summary.json"), "w").close()
+        elif command == "run":
+            root = args[args.index("--pipeline-root") + 1]
+            os.makedirs(os.path.join(root, "Trainer", "model", "7"))
+            os.makedirs(os.path.join(root, "ImportExampleGen", "examples", "1", "Split-test"))
+        return 60.0
+
+    monkeypatch.setattr(module, "sh", sh)
+    monkeypatch.setattr(module, "evaluate", lambda model, data, out_dir, log: {"n": 1, "data": data})
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    return module, calls
+
+
+def test_each_split_is_curated_under_its_own_key_and_run_in_its_own_root(benchmark, tmp_path):
+    module, calls = benchmark
+    results = [module.run_task("covid-vs-pneumonia", str(tmp_path), ["training.epochs=1"], split) for split in (0, 1, 2)]
+
+    curations = [(args, env) for args, env in calls if args[1] == "curate"]
+    assert len(curations) == 3
+    assert curations[0][1] is None  # split 0: the user's own key
+    keys = [env[pseudonym.ENV_VAR] for _, env in curations[1:]]
+    assert len(set(keys)) == 2 and all(len(k) == 64 for k in keys)
+    assert not any(key in " ".join(args) for args, _ in calls for key in keys)  # never on a command line
+
+    roots = [args[args.index("--pipeline-root") + 1] for args, _ in calls if args[1] == "run"]
+    assert [os.path.basename(r) for r in roots] == [
+        "root-covid-vs-pneumonia", "root-covid-vs-pneumonia-split1", "root-covid-vs-pneumonia-split2"]
+    assert [r["split"] for r in results] == [0, 1, 2]
+    assert [r["test"]["data"].startswith(root) for r, root in zip(results, roots)] == [True] * 3
+    assert all("training.epochs=1" in args for args, _ in calls if args[1] == "run")
+
+
+def test_a_curated_split_is_reused(benchmark, tmp_path):
+    module, calls = benchmark
+    module.run_task("covid-vs-pneumonia", str(tmp_path), [], 1)
+    calls.clear()
+    for name in ("root-covid-vs-pneumonia-split1",):
+        os.rename(tmp_path / name, tmp_path / (name + "-old"))
+    module.run_task("covid-vs-pneumonia", str(tmp_path), [], 1)
+    assert [args[1] for args, _ in calls] == ["run"]
