@@ -4,7 +4,7 @@ For each task: `covid-cxr curate` on ../shared/data, `covid-cxr run --preset ful
 `covid-cxr evaluate` on the pipeline's own patient-disjoint `test` split (never seen by training,
 tuning or threshold choice), plus external checks where the corpus allows one. Prints a markdown
 table (with Wilson / bootstrap 95% CIs) and writes OUT/results.json. Not part of the default tests:
-it takes ~15-25 minutes per task on 2 CPU cores.
+it takes ~10-25 minutes per task (and split) on 2 CPU cores.
 
     .venv/bin/python scripts/quality_benchmark.py --tasks covid-vs-normal [--out runs/quality] [--splits 3]
 
@@ -116,11 +116,18 @@ def fmt(entry):
     return f"{entry['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else f"{entry['value']:.3f}"
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     parser.add_argument("--out", default="runs/quality")
-    parser.add_argument("--splits", type=int, default=1, help="repeat each task on this many patient-disjoint splits")
+    parser.add_argument("--splits", type=_at_least_one, default=1, help="repeat each task on this many patient-disjoint splits")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for `run`")
     args = parser.parse_args()
     if not os.path.isdir(SHARED):

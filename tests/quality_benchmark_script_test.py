@@ -66,3 +66,13 @@ def test_a_curated_split_is_reused(benchmark, tmp_path):
         os.rename(tmp_path / name, tmp_path / (name + "-old"))
     module.run_task("covid-vs-pneumonia", str(tmp_path), [], 1)
     assert [args[1] for args, _ in calls] == ["run"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_splits_below_one_is_a_usage_error(benchmark, monkeypatch, capsys, value):
+    module, calls = benchmark
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--splits", value])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2 and not calls
+    assert f"--splits: must be a whole number of at least 1, got '{value}'" in capsys.readouterr().err
