@@ -93,13 +93,15 @@ TTA = " + mirror TTA"  # row suffix of the test-time-augmented variant of a mode
 def _variants(model, x, val, test, y, args) -> dict[str, tuple[np.ndarray, float]]:
     """{variant: (test scores, threshold chosen on validation)}: the plain model and, with ``--tta``,
     the same trained model scoring the mean over each image and its left-right mirror."""
-    plain = {"val": model.predict(x[val], verbose=0).ravel(), "test": model.predict(x[test], verbose=0).ravel()}
-    variants = {"": plain}
+    def scores(part, mirrored=False):
+        images = x[part][:, :, ::-1] if mirrored else x[part]
+        return model.predict(images, verbose=0).ravel()
+
+    val_scores, test_scores = scores(val), scores(test)
+    variants = {"": (val_scores, test_scores)}
     if args.tta:
-        variants[TTA] = {name: (scores + model.predict(x[mask][:, :, ::-1], verbose=0).ravel()) / 2
-                         for (name, scores), mask in zip(plain.items(), (val, test))}
-    return {name: (s["test"], T.choose_threshold(y[val], s["val"], args.target_sensitivity))
-            for name, s in variants.items()}
+        variants[TTA] = ((val_scores + scores(val, True)) / 2, (test_scores + scores(test, True)) / 2)
+    return {name: (t, T.choose_threshold(y[val], v, args.target_sensitivity)) for name, (v, t) in variants.items()}
 
 
 def train_and_score(family, size, x, y, parts, args) -> tuple[dict[str, tuple[np.ndarray, float]], float]:
@@ -189,7 +191,8 @@ def main():
         families = args.families.split(",")
         results = [r for family in families for r in evaluate(family, size, x, y, rounds, args)]
         ensembles = []
-        for variant in (dict.fromkeys(r["variant"] for r in results) if len(families) > 1 else ()):
+        variants = dict.fromkeys(r["variant"] for r in results) if len(families) > 1 else {}
+        for variant in variants:  # one ensemble row per variant (plain, mirror TTA)
             members = [r for r in results if r["variant"] == variant]
             held_out = members[0]["held_out"]
             scores = np.mean([r["scores"] for r in members], axis=0)[held_out]
