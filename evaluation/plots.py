@@ -77,13 +77,24 @@ def numeric_series(history: Mapping) -> dict[str, list[float]]:
     """The plottable series of a Keras-style history ({name: [values per epoch]}), bookkeeping removed."""
     out = {}
     for name, values in (history or {}).items():
-        if name in ("epoch", "phase", "member", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
+        if name in ("epoch", "phase", "member", "member_names", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
             continue
         try:
             out[name] = [float(v) for v in values]
         except (TypeError, ValueError):
             continue
     return out
+
+
+def _member_spans(history: Mapping) -> list[tuple[str, tuple[int, int]]]:
+    """[(family name, (first epoch index, last epoch index))] per ensemble member; [] for one model."""
+    members, names = history.get("member") or [], history.get("member_names") or []
+    spans = []
+    for index, name in enumerate(names):
+        epochs = [i for i, m in enumerate(members) if m == index]
+        if epochs:
+            spans.append((str(name), (epochs[0], epochs[-1])))
+    return spans
 
 
 def history_png(history: Mapping) -> Optional[bytes]:
@@ -99,12 +110,16 @@ def history_png(history: Mapping) -> Optional[bytes]:
     # A new phase, or the next ensemble member (trainer.training.concatenate_histories).
     stages = list(zip(history.get("phase", []) or [], history.get("member", []) or itertools.repeat(0)))
     changes = [i + 0.5 for i in range(len(stages) - 1) if stages[i] != stages[i + 1]]
+    member_spans = _member_spans(history)
     for ax, base in zip(axes.ravel(), bases):
         for name, style in ((base, "-"), ("val_" + base, "--")):
             if name in series:
                 ax.plot(range(1, len(series[name]) + 1), series[name], style, marker=".", label=name)
         for c in changes:
             ax.axvline(c + 1, color="0.6", linestyle=":", linewidth=1)
+        for name, (first, last) in member_spans:  # which family each stretch of epochs belongs to
+            ax.text((first + last) / 2 + 1, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                    fontsize=6, color="0.35")
         ax.set_title(base)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -195,7 +195,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         ))
         members.append(built)
     built = models.average_ensemble(members) if len(members) > 1 else members[0]
-    history = training.concatenate_histories(histories)
+    history = training.concatenate_histories(histories, [m.family for m in members])
 
     labels, scores = _labels_and_scores(built.model, eval_ds)
     threshold = 0.5

@@ -326,14 +326,18 @@ def fit(
     return history
 
 
-def concatenate_histories(histories: Sequence[Mapping[str, list]]) -> dict[str, list]:
+def concatenate_histories(histories: Sequence[Mapping[str, list]],
+                          names: Optional[Sequence[str]] = None) -> dict[str, list]:
     """Histories of several models trained one after another (ensemble members) as one history.
 
-    Epochs follow each other and ``member`` (0, 1, ...) says whose epoch it is. Keys missing for a
-    member are padded with NaN. One history is returned unchanged.
+    Epochs follow each other and ``member`` (0, 1, ...) says whose epoch it is; ``member_names``
+    (given ``names``, one per history) says which family member i is, for the training-curves plot.
+    Keys missing for a member are padded with NaN. One history is returned unchanged.
     """
     if len(histories) == 1:
         return dict(histories[0])
+    if names is not None and len(names) != len(histories):
+        raise ValueError(f"{len(names)} names for {len(histories)} histories")
     merged: dict[str, list] = {"member": []}
     for index, history in enumerate(histories):
         length = len(history.get("epoch", []))
@@ -343,6 +347,8 @@ def concatenate_histories(histories: Sequence[Mapping[str, list]]) -> dict[str, 
         merged["member"].extend([index] * length)
         for values in merged.values():
             values.extend([math.nan] * (n_before + length - len(values)))
+    if names is not None:
+        merged["member_names"] = list(names)  # one per member, not per epoch: added after the padding
     return merged
 
 

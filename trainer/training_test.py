@@ -256,6 +256,10 @@ def test_histories_of_ensemble_members_follow_each_other():
     assert merged["member"] == [0, 0, 1] and merged["phase"] == [1, 2, 1] and merged["val_auc"] == [0.8, 0.9, 0.85]
     assert merged["lr"][:2] == [1e-3, 1e-4] and math.isnan(merged["lr"][2])
     assert T.concatenate_histories([first]) == first
+    named = T.concatenate_histories([first, second], ["mobilenet_v2", "mobilenet_v2_035"])
+    assert named["member_names"] == ["mobilenet_v2", "mobilenet_v2_035"] and named["member"] == [0, 0, 1]
+    with pytest.raises(ValueError, match="1 names for 2 histories"):
+        T.concatenate_histories([first, second], ["mobilenet_v2"])
 
 
 def test_choose_threshold_sits_in_the_middle_of_the_gap():
