@@ -52,6 +52,9 @@ def test_each_split_is_curated_under_its_own_key_and_run_in_its_own_root(benchma
     assert [r["split"] for r in results] == [0, 1, 2]
     assert [r["test"]["data"].startswith(root) for r, root in zip(results, roots)] == [True] * 3
     assert all("training.epochs=1" in args for args, _ in calls if args[1] == "run")
+    # Timed runs never come from the cache; a user's own --set comes later and may still override.
+    runs = [args for args, _ in calls if args[1] == "run"]
+    assert all(args.index("runtime.enable_cache=false") < args.index("training.epochs=1") for args in runs)
     # Kermany's paediatric pneumonias are not trained on: they are the external check, as PNEUMONIA.
     assert "kermany=" not in " ".join(curations[0][0])
     assert {r["external"]["data"] for r in results} == {str(tmp_path / "external-covid-vs-pneumonia")}
