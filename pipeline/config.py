@@ -71,6 +71,8 @@ class TunerConfig:
     dense_units: list = dataclasses.field(default_factory=lambda: [64, 128])
     image_sizes: list = dataclasses.field(default_factory=list)  # empty: only model.image_size
     fine_tune_layers: list = dataclasses.field(default_factory=lambda: [0, 20])
+    # Fine-tuning learning rate = learning rate x factor.
+    fine_tune_lr_factors: list = dataclasses.field(default_factory=lambda: [0.1])
 
 
 @dataclasses.dataclass
@@ -134,6 +136,11 @@ class PipelineConfig:
             raise ConfigError(f"model.image_size must be at least 16, got {self.model.image_size}")
         if not self.model.families:
             raise ConfigError("model.families must name at least one model family")
+        for name in ("learning_rates", "dropouts", "dense_units", "fine_tune_layers", "fine_tune_lr_factors"):
+            if not getattr(self.tuner, name):
+                raise ConfigError(f"tuner.{name} must list at least one value")
+        if not all(0.0 < float(f) <= 1.0 for f in self.tuner.fine_tune_lr_factors):
+            raise ConfigError(f"tuner.fine_tune_lr_factors must lie in (0, 1], got {self.tuner.fine_tune_lr_factors}")
         if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
             raise ConfigError("data.*_buckets must all be at least 1")
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):

@@ -23,6 +23,8 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"nosection": "1"}, "must be section.field"),
     ({"gate.max_auc_regression": "2"}, "gate.max_auc_regression must be between -1 and 1"),
     ({"gate.min_auc": "-0.1"}, "between 0 and 1"),
+    ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
+    ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"fine_tune_lr_factors must lie in \(0, 1\]"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:

@@ -70,7 +70,8 @@ def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
         family=hp.Choice("family", list(model_cfg["families"])),
         image_size=hp.Choice("image_size", sizes or [model_cfg["image_size"]]),
         learning_rate=learning_rate,
-        fine_tune_learning_rate=learning_rate / 10.0,
+        fine_tune_learning_rate=learning_rate * hp.Choice(
+            "fine_tune_lr_factor", [float(v) for v in tuner_cfg["fine_tune_lr_factors"]]),
         dropout=hp.Choice("dropout", [float(v) for v in tuner_cfg["dropouts"]]),
         dense_units=hp.Choice("dense_units", [int(v) for v in tuner_cfg["dense_units"]]),
         fine_tune_layers=hp.Choice("fine_tune_layers", [int(v) for v in tuner_cfg["fine_tune_layers"]]),

@@ -33,3 +33,20 @@ def test_ensemble_families_start_with_the_tuned_family_without_repeats():
     assert trainer_task.ensemble_families("mobilenet_v2", []) == ["mobilenet_v2"]
     assert trainer_task.ensemble_families("mobilenet_v2", ["mobilenet_v2_035", "mobilenet_v2", "mobilenet_v2_035"]) == [
         "mobilenet_v2", "mobilenet_v2_035"]
+
+
+def test_search_space_takes_every_dimension_from_the_config():
+    import keras_tuner
+
+    from covid_cxr.pipeline import config as pipeline_config
+
+    cfg = pipeline_config.load_config("full", None, {"tuner.learning_rates": "[0.001]",
+                                                      "tuner.fine_tune_lr_factors": "[0.01, 0.1]"}).model_custom_config()
+    hp = keras_tuner.HyperParameters()
+    hparams = trainer_task._search_space(hp, cfg)
+    assert hparams.family == "mobilenet_v2" and hparams.image_size == 224 and hparams.fine_tune_layers == 40
+    # The first value of each choice, until a Tuner trial picks another: 0.001 x 0.01.
+    assert hparams.fine_tune_learning_rate == pytest.approx(1e-5)
+    assert hp.values["fine_tune_lr_factor"] == 0.01
+    hp.values["fine_tune_lr_factor"] = 0.1
+    assert trainer_task._search_space(hp, cfg).fine_tune_learning_rate == pytest.approx(1e-4)
