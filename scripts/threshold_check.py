@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Where a trained binary model's stored threshold lands, on the eval split that chose it and on test.
+
+For each pipeline root: the newest Trainer model scored (through its serving signature) on the
+newest ExampleGen's `eval` and `test` splits. Printed per root:
+
+* the stored decision threshold, and sensitivity / specificity at it on eval and on test (k/n);
+* test AUC;
+* "test ROC spec@sens 0.95 / 0.97": the specificity the test ROC curve allows at that sensitivity.
+  Descriptive only -- it uses the test labels, so it is what a perfectly placed threshold would
+  give, never an operating point to report as a result;
+* with ``--tta``: the same model scoring the mean over each film and its left-right mirror, the
+  threshold re-chosen on eval by the Trainer's rule (trainer.training.choose_threshold).
+
+It separates "the model ranks badly" (low AUC, low spec@sens) from "the eval-chosen threshold
+landed badly" (good spec@sens, test sensitivity far from the eval target).
+
+    .venv/bin/python scripts/threshold_check.py runs/q/root-covid-vs-normal runs/q/root-covid-vs-normal-split1 [--tta]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from covid_cxr.evaluation import artifacts, metrics
+from covid_cxr.evaluation import evaluate as ev
+from covid_cxr.serving import predict
+from covid_cxr.trainer import training as T
+
+ROC_SENSITIVITIES = (0.95, 0.97)
+
+
+def mirrored(encoded: bytes) -> bytes:
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, expand_animations=False)
+    return tf.io.encode_png(tf.image.flip_left_right(image)).numpy()
+
+
+def counts_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and specificity of ``scores >= threshold`` as proportions with k/n."""
+    c = metrics.binary_counts(y, (scores >= threshold).astype(int))
+    return {"sensitivity": metrics.proportion(c["tp"], c["tp"] + c["fn"]),
+            "specificity": metrics.proportion(c["tn"], c["tn"] + c["fp"])}
+
+
+def describe(y_eval, eval_scores, y_test, test_scores, threshold) -> dict:
+    row = {"threshold": float(threshold), "eval": counts_at(y_eval, eval_scores, threshold),
+           "test": counts_at(y_test, test_scores, threshold),
+           "test_auc": metrics.auc_with_ci(y_test, test_scores, n_boot=1000)["value"]}
+    for target in ROC_SENSITIVITIES:
+        ideal = T.choose_threshold(y_test, test_scores, target)
+        row[f"test_roc_spec_at_sens_{target:.2f}"] = T.sensitivity_specificity(y_test, test_scores, ideal)[1]
+    return row
+
+
+def check_root(root: str, tta: bool = False) -> dict:
+    model_dir = artifacts.newest_execution(root, "Trainer", "model")
+    examples = artifacts.newest_execution(root, "ImportExampleGen", "examples")
+    if not model_dir or not examples:
+        raise SystemExit(f"{root}: no Trainer model or ImportExampleGen examples (not a finished pipeline root?)")
+    model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
+    if model.task is None or not model.task.is_binary or model.threshold is None:
+        raise SystemExit(f"{root}: {model.task_name} is not a binary task; only binary models have a threshold")
+    data = {split: ev.load_tfrecords(os.path.join(examples, f"Split-{split}")) for split in ("eval", "test")}
+    y = {split: (d.labels == model.task.positive_index).astype(int) for split, d in data.items()}
+    plain = {split: np.asarray(model.predict_examples(d.serialized)["covid_probability"]).ravel()
+             for split, d in data.items()}
+    result = {"root": root, "model": model_dir,
+              "stored": describe(y["eval"], plain["eval"], y["test"], plain["test"], model.threshold)}
+    if tta:
+        averaged = {split: (plain[split] + np.asarray(model.predict_images([mirrored(e) for e in d.images])
+                                                      ["covid_probability"]).ravel()) / 2
+                    for split, d in data.items()}
+        target = float(model.metadata.get("target_sensitivity", 0.95))
+        threshold = T.choose_threshold(y["eval"], averaged["eval"], target)
+        result["mirror_tta"] = describe(y["eval"], averaged["eval"], y["test"], averaged["test"], threshold)
+    return result
+
+
+def kn(entry: dict) -> str:
+    return f"{entry['k']}/{entry['n']}"
+
+
+def line(name: str, row: dict) -> str:
+    roc = " / ".join(f"{row[f'test_roc_spec_at_sens_{t:.2f}']:.3f}" for t in ROC_SENSITIVITIES)
+    return (f"{name:<44} {row['threshold']:.3f}  eval {kn(row['eval']['sensitivity'])} {kn(row['eval']['specificity'])}"
+            f"  test {kn(row['test']['sensitivity'])} {kn(row['test']['specificity'])}"
+            f"  AUC {row['test_auc']:.3f}  test ROC spec@sens {roc}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", help="pipeline roots of finished binary-task runs")
+    parser.add_argument("--tta", action="store_true", help="also score the mean over each film and its mirror")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+    results = [check_root(root, args.tta) for root in args.roots]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    print(f"{'model':<44} thr    eval sens spec    test sens spec    (k/n)")
+    for r in results:
+        print(line(os.path.basename(os.path.normpath(r["root"])), r["stored"]))
+        if "mirror_tta" in r:
+            print(line("  + mirror TTA, threshold re-chosen on eval", r["mirror_tta"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
