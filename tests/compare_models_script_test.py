@@ -1,21 +1,14 @@
 """scripts/compare_models.py on a tiny synthetic curation: grouped CV, ensemble and mirror-TTA rows."""
-import importlib.util
-import os
 import sys
 
 import pytest
 
 from covid_cxr.data import synthetic
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "compare_models.py")
-
 
 @pytest.fixture(scope="module")
-def compare_models():
-    spec = importlib.util.spec_from_file_location("compare_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare_models(load_script):
+    return load_script("compare_models")
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:

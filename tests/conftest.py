@@ -11,3 +11,20 @@ def shared_data() -> str:
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"real corpus not found at {SHARED_DATA} (../shared/data beside the checkout)")
     return SHARED_DATA
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("compare_models")``: scripts/compare_models.py imported fresh as a module
+    (scripts/ is not a package), so tests can call and patch its functions."""
+    return _load_script

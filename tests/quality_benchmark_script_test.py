@@ -1,19 +1,14 @@
 """scripts/quality_benchmark.py's repeated splits, with the curate/run/evaluate commands stubbed out."""
-import importlib.util
 import os
 
 import pytest
 
 from covid_cxr.data import pseudonym
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "quality_benchmark.py")
-
 
 @pytest.fixture()
-def benchmark(monkeypatch):
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def benchmark(monkeypatch, load_script):
+    module = load_script("quality_benchmark")
     calls = []
 
     def sh(args, log, env=None):

@@ -1,5 +1,4 @@
 """scripts/threshold_check.py on a pipeline-root layout built around the tiny test model."""
-import importlib.util
 import json
 import os
 
@@ -9,17 +8,13 @@ import pytest
 from covid_cxr.evaluation import evaluate as ev
 from covid_cxr.serving import predict, testing
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "threshold_check.py")
 binary_model = testing.tiny_model_fixture()
 three_class_model = testing.tiny_model_fixture("three-class")
 
 
 @pytest.fixture(scope="module")
-def threshold_check():
-    spec = importlib.util.spec_from_file_location("threshold_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def threshold_check(load_script):
+    return load_script("threshold_check")
 
 
 def _fake_root(tmp_path, tiny) -> str:
