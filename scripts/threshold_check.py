@@ -24,6 +24,7 @@ import json
 import os
 import sys
 
+import click
 import numpy as np
 
 from covid_cxr.evaluation import artifacts, metrics
@@ -99,7 +100,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true", help="also score the mean over each film and its mirror")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
-    results = [check_root(root, args.tta) for root in args.roots]
+    try:
+        results = [check_root(root, args.tta) for root in args.roots]
+    except (ValueError, click.ClickException) as e:  # unreadable model or split: one line, not a traceback
+        message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        raise SystemExit(f"threshold_check.py: {message}") from None
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

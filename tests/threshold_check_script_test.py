@@ -17,14 +17,18 @@ def threshold_check(load_script):
     return load_script("threshold_check")
 
 
-def _fake_root(tmp_path, tiny) -> str:
+def _fake_root(tmp_path, tiny, with_records: bool = True) -> str:
     """Trainer/model/<id>/Format-Serving and ImportExampleGen/examples/<id>/Split-{eval,test}, as TFX lays them out."""
     root = tmp_path / "root"
     (root / "Trainer" / "model" / "7").mkdir(parents=True)
     os.symlink(tiny.model_dir, root / "Trainer" / "model" / "7" / "Format-Serving")
     (root / "ImportExampleGen" / "examples" / "2").mkdir(parents=True)
     for split in ("eval", "test"):
-        os.symlink(tiny.data_dir, root / "ImportExampleGen" / "examples" / "2" / f"Split-{split}")
+        split_dir = root / "ImportExampleGen" / "examples" / "2" / f"Split-{split}"
+        if with_records:
+            os.symlink(tiny.data_dir, split_dir)
+        else:
+            split_dir.mkdir()
     return str(root)
 
 
@@ -58,3 +62,8 @@ def test_not_a_pipeline_root_or_not_binary_is_one_line(threshold_check, three_cl
         threshold_check.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="three-class is not a binary task"):
         threshold_check.main([_fake_root(tmp_path, three_class_model)])
+
+
+def test_an_empty_split_is_one_line(threshold_check, binary_model, tmp_path):
+    with pytest.raises(SystemExit, match=r"threshold_check.py: no records in .*Split-eval"):
+        threshold_check.main([_fake_root(tmp_path, binary_model, with_records=False)])
