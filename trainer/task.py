@@ -66,15 +66,18 @@ def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
     model_cfg, tuner_cfg, train_cfg = cfg["model"], cfg["tuner"], cfg["training"]
     sizes = [s for s in (tuner_cfg["image_sizes"] or [model_cfg["image_size"]]) if s <= model_cfg["image_size"]]
     learning_rate = hp.Choice("learning_rate", [float(v) for v in tuner_cfg["learning_rates"]])
+    factors = [float(v) for v in tuner_cfg["fine_tune_lr_factors"]]
     return models.HParams(
         family=hp.Choice("family", list(model_cfg["families"])),
         image_size=hp.Choice("image_size", sizes or [model_cfg["image_size"]]),
         learning_rate=learning_rate,
-        fine_tune_learning_rate=learning_rate * hp.Choice(
-            "fine_tune_lr_factor", [float(v) for v in tuner_cfg["fine_tune_lr_factors"]]),
         dropout=hp.Choice("dropout", [float(v) for v in tuner_cfg["dropouts"]]),
         dense_units=hp.Choice("dense_units", [int(v) for v in tuner_cfg["dense_units"]]),
         fine_tune_layers=hp.Choice("fine_tune_layers", [int(v) for v in tuner_cfg["fine_tune_layers"]]),
+        # Declared last, and only when there is a choice: keras-tuner's random search seeds each
+        # declared hyperparameter in turn, so an extra one would change the trials a config samples.
+        fine_tune_learning_rate=learning_rate * (
+            hp.Choice("fine_tune_lr_factor", factors) if len(factors) > 1 else factors[0]),
         early_stopping_patience=int(train_cfg["early_stopping_patience"]),
         augment=models.AugmentConfig(enabled=bool(model_cfg["augment"])),
     )

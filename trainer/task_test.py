@@ -48,5 +48,19 @@ def test_search_space_takes_every_dimension_from_the_config():
     # The first value of each choice, until a Tuner trial picks another: 0.001 x 0.01.
     assert hparams.fine_tune_learning_rate == pytest.approx(1e-5)
     assert hp.values["fine_tune_lr_factor"] == 0.01
+    assert list(hp.values)[-1] == "fine_tune_lr_factor"  # declared after the dimensions it was added after
     hp.values["fine_tune_lr_factor"] = 0.1
     assert trainer_task._search_space(hp, cfg).fine_tune_learning_rate == pytest.approx(1e-4)
+
+
+def test_a_single_fine_tune_lr_factor_is_not_a_tuner_dimension():
+    """So the default config samples exactly the trials it sampled before the factor was configurable."""
+    import keras_tuner
+
+    from covid_cxr.pipeline import config as pipeline_config
+
+    cfg = pipeline_config.load_config("full", None, {}).model_custom_config()
+    hp = keras_tuner.HyperParameters()
+    hparams = trainer_task._search_space(hp, cfg)
+    assert list(hp.values) == ["learning_rate", "family", "image_size", "dropout", "dense_units", "fine_tune_layers"]
+    assert hparams.fine_tune_learning_rate == pytest.approx(hparams.learning_rate * 0.1)
