@@ -17,6 +17,7 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+import tf_keras as keras
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
@@ -84,6 +85,14 @@ def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
 
 
 def _build(hparams: models.HParams, cfg: dict, task: features.Task) -> models.BuiltModel:
+    """The model for ``hparams``, built right after seeding every RNG with ``training.seed``.
+
+    Seeding here, not only before fitting, is what makes a run repeatable: the new head's weights
+    (and the augmentation layers' generators) are drawn when the model is built, so without it each
+    Tuner trial and each Trainer member started from a different draw, and the Tuner's pick (and so
+    the served model) changed from one run of the same config to the next.
+    """
+    keras.utils.set_random_seed(int(cfg["training"]["seed"]))
     model_cfg = cfg["model"]
     return models.build_model(
         hparams,

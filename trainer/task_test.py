@@ -64,3 +64,23 @@ def test_a_single_fine_tune_lr_factor_is_not_a_tuner_dimension():
     hparams = trainer_task._search_space(hp, cfg)
     assert list(hp.values) == ["learning_rate", "family", "image_size", "dropout", "dense_units", "fine_tune_layers"]
     assert hparams.fine_tune_learning_rate == pytest.approx(hparams.learning_rate * 0.1)
+
+
+def test_models_are_built_from_the_configured_seed_so_a_run_repeats():
+    """The head's initial weights are drawn at build time: two builds of one config start equal,
+    whatever the RNGs did in between, and another seed starts elsewhere."""
+    import tensorflow as tf
+
+    from covid_cxr.pipeline import config as pipeline_config
+
+    def initial_weights(seed):
+        cfg = pipeline_config.load_config("quick", None, {"model.families": "[cnn3]", "model.weights": "none",
+                                                          "training.seed": seed}).model_custom_config()
+        task = features.get_task(cfg["model"]["task"])
+        built = trainer_task._build(trainer_task._hparams_from_tuner(None, cfg), cfg, task)
+        tf.random.uniform([3])  # the global RNG moves on, as it does between Tuner trials
+        return built.model.get_weights()
+
+    first, second, other = initial_weights(7), initial_weights(7), initial_weights(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
