@@ -126,12 +126,12 @@ def train_and_score(family, size, x, y, parts, args) -> tuple[dict[str, tuple[np
 
 def score(y, scores, thresholds, target_sensitivity) -> dict:
     """Pooled held-out figures; ``thresholds`` holds each example's own model threshold."""
-    counts = metrics.binary_counts(y, (scores >= thresholds).astype(int))
+    at_thresholds = metrics.binary_metrics(y, scores >= thresholds)
     oracle = T.choose_threshold(y, scores, target_sensitivity)
     return {
         "test_auc": metrics.auc_with_ci(y, scores, n_boot=1000),
-        "sensitivity": metrics.proportion(counts["tp"], counts["tp"] + counts["fn"]),
-        "specificity": metrics.proportion(counts["tn"], counts["tn"] + counts["fp"]),
+        "sensitivity": at_thresholds["sensitivity"],
+        "specificity": at_thresholds["specificity"],
         "spec_at_sens": T.sensitivity_specificity(y, scores, oracle)[1],
     }
 

@@ -44,9 +44,8 @@ def mirrored(encoded: bytes) -> bytes:
 
 def counts_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Sensitivity and specificity of ``scores >= threshold`` as proportions with k/n."""
-    c = metrics.binary_counts(y, (scores >= threshold).astype(int))
-    return {"sensitivity": metrics.proportion(c["tp"], c["tp"] + c["fn"]),
-            "specificity": metrics.proportion(c["tn"], c["tn"] + c["fp"])}
+    m = metrics.binary_metrics(y, scores >= threshold)
+    return {"sensitivity": m["sensitivity"], "specificity": m["specificity"]}
 
 
 def describe(y_eval, eval_scores, y_test, test_scores, threshold) -> dict:

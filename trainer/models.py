@@ -138,40 +138,6 @@ class HParams:
             values["augment"] = AugmentConfig(**values["augment"])
         return cls(**values)
 
-    @classmethod
-    def from_keras_tuner(
-        cls,
-        hp: Any,
-        base: Optional["HParams"] = None,
-        search_space: Optional[Mapping[str, Sequence[Any]]] = None,
-    ) -> "HParams":
-        """HParams for one Keras Tuner trial.
-
-        Each key of ``search_space`` (default :data:`DEFAULT_SEARCH_SPACE`) becomes
-        ``hp.Choice(key, values)``; every other field is taken from ``base`` (default ``HParams()``).
-        A key with a single value is registered as ``hp.Fixed`` so that it is still recorded.
-        """
-        base = base or cls()
-        space = DEFAULT_SEARCH_SPACE if search_space is None else search_space
-        values = base.to_dict()
-        for name, choices in space.items():
-            if name not in values or name == "augment":
-                raise ValueError(f"cannot tune {name!r}")
-            choices = list(choices)
-            if not choices:
-                raise ValueError(f"empty search space for {name!r}")
-            values[name] = hp.Fixed(name, choices[0]) if len(choices) == 1 else hp.Choice(name, choices)
-        return cls.from_dict(values)
-
-
-# Deliberately small: every trial trains on 2 CPU cores.
-DEFAULT_SEARCH_SPACE: dict[str, Sequence[Any]] = {
-    "learning_rate": [1e-3, 3e-4],
-    "dropout": [0.3, 0.5],
-    "dense_units": [0, 64, 128],
-    "fine_tune_layers": [0, 20, 40],
-}
-
 
 # ----------------------------------------------------------------------------------------------
 # Augmentation
@@ -776,7 +742,6 @@ __all__ = [
     "AugmentConfig",
     "BuiltModel",
     "DEFAULT_FALLBACK",
-    "DEFAULT_SEARCH_SPACE",
     "FAMILIES",
     "HParams",
     "OUTPUT_NAME",

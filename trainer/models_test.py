@@ -198,7 +198,7 @@ def test_grayscale_preprocessing_matches_family_preprocess_input(family):
         assert got.shape == expected.shape
 
 
-def test_hparams_round_trip_and_tuner():
+def test_hparams_round_trip():
     hp = M.HParams(family="cnn4", image_size=96, augment=M.AugmentConfig(zoom=0.2))
     d = hp.to_dict()
     assert d["augment"]["zoom"] == 0.2
@@ -208,16 +208,6 @@ def test_hparams_round_trip_and_tuner():
     with pytest.raises(ValueError):
         M.HParams(family="resnet50")
 
-    import keras_tuner
-
-    space = {"family": ["cnn3", "mobilenet_v2_035"], "learning_rate": [1e-3, 1e-4], "dense_units": [32]}
-    hps = keras_tuner.HyperParameters()
-    trial = M.HParams.from_keras_tuner(hps, base=hp, search_space=space)
-    assert trial.family in space["family"] and trial.learning_rate in space["learning_rate"]
-    assert trial.dense_units == 32 and trial.image_size == 96  # fixed value / from base
-    assert set(hps.values) == set(space)
-    default = M.HParams.from_keras_tuner(keras_tuner.HyperParameters())
-    assert default.fine_tune_layers in M.DEFAULT_SEARCH_SPACE["fine_tune_layers"]
 
 
 # ------------------------------------------------------------------------------------------------
