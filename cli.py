@@ -47,6 +47,7 @@ class CliGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         # Click's own usage errors print usage, a hint and the error on three lines; one is enough.
         extra.pop("standalone_mode", None)
+        self.args = list(sys.argv[1:] if args is None else args)  # to restart the same command
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.UsageError as e:
@@ -121,6 +122,21 @@ def build_config(preset, config_file, overrides, task=None, pipeline_root=None, 
     return load_config(preset, config_file, values)
 
 
+def restart_single_threaded_if_asked(config) -> None:
+    """``training.reproducible`` needs one-thread settings that TensorFlow reads when it loads,
+    and this process has loaded it: start the same command again with them in the environment."""
+    if not config.training.reproducible:
+        return
+    from covid_cxr.trainer import training
+
+    if training.missing_one_thread_env():
+        click.echo("training.reproducible: restarting with one TensorFlow thread ("
+                   + " ".join(f"{k}={v}" for k, v in training.ONE_THREAD_ENV.items()) + ")")
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "covid_cxr.cli", *main.args],
+                  {**os.environ, **training.ONE_THREAD_ENV})
+
+
 def print_outcome(outcome) -> None:
     if outcome is None:
         click.echo("The pipeline finished but recorded no push decision.")
@@ -174,6 +190,7 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
     named["pipeline_root"] = named["pipeline_root"] or os.path.join(out, "root")
     named["serving_dir"] = named["serving_dir"] or os.path.join(out, "serving")
     config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"), **named)
+    restart_single_threaded_if_asked(config)
     click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
     summary = _existing_synthetic(config.data.data_dir, config.model.task, patients_per_class)
     if summary:
@@ -195,6 +212,7 @@ def run(data_dir, preset, config_file, overrides, **named):
     from covid_cxr import local_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
+    restart_single_threaded_if_asked(config)
     print_outcome(local_runner.run(config))
 
 
@@ -208,6 +226,7 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
     from covid_cxr import kubeflow_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
+    restart_single_threaded_if_asked(config)
     click.echo(f"Pipeline spec written to {kubeflow_runner.compile_pipeline(config, output, image)}")
 
 

@@ -11,6 +11,7 @@ from covid_cxr.data import writer
 from covid_cxr.pipeline import metadata
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
+from covid_cxr.trainer import training
 
 
 def check_data(config: PipelineConfig) -> dict:
@@ -40,6 +41,8 @@ class PipelineRunError(RuntimeError):
 
 def run(config: PipelineConfig) -> metadata.RunOutcome:
     check_data(config)
+    if config.training.reproducible:
+        training.require_one_tf_thread()  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)
     try:
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -51,6 +52,33 @@ class SelectionScore(keras.callbacks.Callback):
 # ----------------------------------------------------------------------------------------------
 # Metrics for integer labels with a softmax output (Keras' AUC/Recall/Precision want one-hot)
 # ----------------------------------------------------------------------------------------------
+
+
+# ``training.reproducible``: with the seed alone, two runs drift apart from the first fine-tuning
+# epoch on (on a heavily loaded machine already in the Tuner's first epoch): multi-threaded CPU
+# kernels do not add in a fixed order. Started with these variables, two shortened pipeline runs gave
+# bit-identical weights; sizing only the eager context's pools (tf.config.threading) did not, and
+# OMP_NUM_THREADS is read when the library loads, so they must be set before Python starts
+# (docs/results.md).
+ONE_THREAD_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+class NotSingleThreadedError(RuntimeError):
+    """``training.reproducible`` is set but the process was not started with ONE_THREAD_ENV."""
+
+
+def missing_one_thread_env() -> dict:
+    return {k: v for k, v in ONE_THREAD_ENV.items() if os.environ.get(k) != v}
+
+
+def require_one_tf_thread() -> None:
+    missing = missing_one_thread_env()
+    if missing:
+        raise NotSingleThreadedError(
+            "training.reproducible needs the process started with "
+            + " ".join(f"{k}={v}" for k, v in missing.items())
+            + " (covid-cxr run and demo restart themselves with them; on Kubeflow set them on the "
+            "Tuner and Trainer containers)")
 
 
 def _one_hot(y_true, num_classes: int):

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -323,3 +326,28 @@ def test_choose_threshold_invalid_inputs():
         T.choose_threshold([], [])
     with pytest.raises(ValueError):
         T.choose_threshold([0, 2], [0.1, 0.2])
+
+
+
+def test_reproducible_mode_refuses_a_process_not_started_single_threaded(monkeypatch):
+    for name in T.ONE_THREAD_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(T.NotSingleThreadedError, match="TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 "
+                                                       r"\(covid-cxr run and demo restart"):
+        T.require_one_tf_thread()
+    for name, value in T.ONE_THREAD_ENV.items():
+        monkeypatch.setenv(name, value)
+    T.require_one_tf_thread()
+
+
+def test_run_restarts_itself_single_threaded_once_when_reproducible_is_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in T.ONE_THREAD_ENV}
+    result = subprocess.run(
+        [sys.executable, "-m", "covid_cxr.cli", "run", "--data", str(tmp_path / "absent"),
+         "--set", "training.reproducible=true"],
+        capture_output=True, text=True, timeout=600, env=env)
+    # The restarted process got as far as checking the data, and did not restart again.
+    assert result.stdout.count("restarting with one TensorFlow thread") == 1, result.stdout
+    assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
