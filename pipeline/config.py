@@ -59,8 +59,8 @@ class TrainingConfig:
     early_stopping_patience: int = 3
     target_sensitivity: float = 0.95  # the stored decision threshold is chosen on eval to meet this
     seed: int = 42
-    # One TensorFlow thread: bit-identical runs (with the seed alone, multi-threaded kernels make
-    # runs drift apart), but slower. See trainer.training.ONE_THREAD_ENV.
+    # One TensorFlow thread: on the same input, bit-identical training (with the seed alone,
+    # multi-threaded kernels make runs drift apart), but slower. See trainer.training.ONE_THREAD_ENV.
     reproducible: bool = False
 
 

@@ -54,12 +54,12 @@ class SelectionScore(keras.callbacks.Callback):
 # ----------------------------------------------------------------------------------------------
 
 
-# ``training.reproducible``: with the seed alone, two runs drift apart from the first fine-tuning
-# epoch on (on a heavily loaded machine already in the Tuner's first epoch): multi-threaded CPU
-# kernels do not add in a fixed order. Started with these variables, two shortened pipeline runs gave
-# bit-identical weights; sizing only the eager context's pools (tf.config.threading) did not, and
-# OMP_NUM_THREADS is read when the library loads, so they must be set before Python starts
-# (docs/results.md).
+# ``training.reproducible``: with the seed alone, two runs on the same input drift apart in
+# fine-tuning: multi-threaded CPU kernels do not add in a fixed order. Started with these variables,
+# three shortened pipeline runs on the same input gave bit-identical weights; sizing only the eager
+# context's pools (tf.config.threading) did not, and OMP_NUM_THREADS is read when the library loads,
+# so they must be set before Python starts. The input order itself (Transform's output) still varies
+# between runs (docs/results.md).
 ONE_THREAD_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
