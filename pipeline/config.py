@@ -59,8 +59,9 @@ class TrainingConfig:
     early_stopping_patience: int = 3
     target_sensitivity: float = 0.95  # the stored decision threshold is chosen on eval to meet this
     seed: int = 42
-    # One TensorFlow thread: on the same input, bit-identical training (with the seed alone,
-    # multi-threaded kernels make runs drift apart), but slower. See trainer.training.ONE_THREAD_ENV.
+    # One TensorFlow thread and one Beam worker: bit-identical local runs (with the seed alone,
+    # multi-threaded kernels and Beam's example order make runs drift apart), but slower.
+    # See trainer.training.ONE_THREAD_ENV and validate().
     reproducible: bool = False
 
 
@@ -149,6 +150,14 @@ class PipelineConfig:
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             raise ConfigError(f"runtime.beam_running_mode {self.runtime.beam_running_mode!r} is not "
                               "in_memory, multi_threading or multi_processing")
+        if self.training.reproducible:
+            # With several workers Beam writes Transform's examples in a run-dependent order, so
+            # training sees another shuffle (measured; docs/results.md). 0 means "one per core".
+            if self.runtime.beam_workers == 0:
+                self.runtime.beam_workers = 1
+            elif self.runtime.beam_workers != 1:
+                raise ConfigError("training.reproducible needs runtime.beam_workers=1 (with more workers "
+                                  f"the examples' order varies run to run), got {self.runtime.beam_workers}")
         return self
 
     def to_dict(self) -> dict:

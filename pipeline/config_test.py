@@ -25,6 +25,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"gate.min_auc": "-0.1"}, "between 0 and 1"),
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
     ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"fine_tune_lr_factors must lie in \(0, 1\]"),
+    ({"training.reproducible": "true", "runtime.beam_workers": "2"}, "training.reproducible needs runtime.beam_workers=1"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:
@@ -71,3 +72,8 @@ def test_generic_folder_names_are_not_installed_as_top_level_packages():
     for generic in ("pipeline", "data", "trainer", "transform", "components"):
         spec = importlib.util.find_spec(generic)
         assert spec is None or "covid_cxr" not in (spec.origin or ""), generic
+
+
+def test_reproducible_runs_beam_on_one_worker_so_the_examples_order_repeats():
+    assert cfg.load_config("full", None, {}).runtime.beam_workers == 0  # one per core
+    assert cfg.load_config("full", None, {"training.reproducible": "true"}).runtime.beam_workers == 1

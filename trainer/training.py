@@ -58,8 +58,8 @@ class SelectionScore(keras.callbacks.Callback):
 # fine-tuning: multi-threaded CPU kernels do not add in a fixed order. Started with these variables,
 # three shortened pipeline runs on the same input gave bit-identical weights; sizing only the eager
 # context's pools (tf.config.threading) did not, and OMP_NUM_THREADS is read when the library loads,
-# so they must be set before Python starts. The input order itself (Transform's output) still varies
-# between runs (docs/results.md).
+# so they must be set before Python starts. The input order (Transform's output) is the other half:
+# PipelineConfig.validate puts Beam on one worker for it (docs/results.md).
 ONE_THREAD_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
