@@ -226,7 +226,6 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
     from covid_cxr import kubeflow_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
-    restart_single_threaded_if_asked(config)
     click.echo(f"Pipeline spec written to {kubeflow_runner.compile_pipeline(config, output, image)}")
 
 
