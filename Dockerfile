@@ -2,6 +2,10 @@
 # Same pinned stack as the local .venv (constraints.txt), on Python 3.11.
 FROM python:3.11-slim-bookworm
 ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# training.reproducible (on in the `full` preset): TensorFlow must start with one inter-op thread
+# and a fixed intra-op count (trainer.training.reproducible_thread_env). Set the count to the
+# cores the Tuner and Trainer pods get; runs repeat for one count.
+ENV TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=4 OMP_NUM_THREADS=4
 WORKDIR /pipeline
 COPY requirements.txt constraints.txt setup.py ./
 RUN pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt

@@ -122,19 +122,20 @@ def build_config(preset, config_file, overrides, task=None, pipeline_root=None, 
     return load_config(preset, config_file, values)
 
 
-def restart_single_threaded_if_asked(config) -> None:
-    """``training.reproducible`` needs one-thread settings that TensorFlow reads when it loads,
-    and this process has loaded it: start the same command again with them in the environment."""
+def restart_with_reproducible_threads_if_asked(config) -> None:
+    """``training.reproducible`` needs thread settings that TensorFlow reads when it loads, and
+    this process has loaded it: start the same command again with them in the environment."""
     if not config.training.reproducible:
         return
     from covid_cxr.trainer import training
 
-    if training.missing_one_thread_env():
-        click.echo("training.reproducible: restarting with one TensorFlow thread ("
-                   + " ".join(f"{k}={v}" for k, v in training.ONE_THREAD_ENV.items()) + ")")
+    missing = training.thread_env_problems()
+    if missing:
+        click.echo("training.reproducible: restarting with fixed TensorFlow threads ("
+                   + " ".join(f"{k}={v}" for k, v in missing.items()) + ")")
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "covid_cxr.cli", *main.args],
-                  {**os.environ, **training.ONE_THREAD_ENV})
+                  {**os.environ, **training.reproducible_thread_env()})
 
 
 def print_outcome(outcome) -> None:
@@ -190,7 +191,7 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
     named["pipeline_root"] = named["pipeline_root"] or os.path.join(out, "root")
     named["serving_dir"] = named["serving_dir"] or os.path.join(out, "serving")
     config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"), **named)
-    restart_single_threaded_if_asked(config)
+    restart_with_reproducible_threads_if_asked(config)
     click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
     summary = _existing_synthetic(config.data.data_dir, config.model.task, patients_per_class)
     if summary:
@@ -212,7 +213,7 @@ def run(data_dir, preset, config_file, overrides, **named):
     from covid_cxr import local_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
-    restart_single_threaded_if_asked(config)
+    restart_with_reproducible_threads_if_asked(config)
     print_outcome(local_runner.run(config))
 
 

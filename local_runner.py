@@ -42,7 +42,7 @@ class PipelineRunError(RuntimeError):
 def run(config: PipelineConfig) -> metadata.RunOutcome:
     check_data(config)
     if config.training.reproducible:
-        training.require_one_tf_thread()  # before the DAG, not only when the Tuner gets there
+        training.require_reproducible_threads()  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)
     try:
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))

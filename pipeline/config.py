@@ -59,9 +59,10 @@ class TrainingConfig:
     early_stopping_patience: int = 3
     target_sensitivity: float = 0.95  # the stored decision threshold is chosen on eval to meet this
     seed: int = 42
-    # One TensorFlow thread and one Beam worker: bit-identical local runs (with the seed alone,
-    # multi-threaded kernels and Beam's example order make runs drift apart), but slower.
-    # See trainer.training.ONE_THREAD_ENV and validate().
+    # One inter-op TensorFlow thread, a fixed intra-op count and one Beam worker: bit-identical
+    # runs on one machine (with the seed alone, concurrent ops and Beam's example order make runs
+    # drift apart). Needs the environment set before TensorFlow loads, so it is off here for
+    # in-process callers and on in the `full` preset. See trainer.training.reproducible_thread_env.
     reproducible: bool = False
 
 

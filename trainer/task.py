@@ -112,7 +112,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
     cfg = fn_args.custom_config
     if cfg["training"]["reproducible"]:
-        training.require_one_tf_thread()
+        training.require_reproducible_threads()
     task = features.get_task(cfg["model"]["task"])
     train_cfg = cfg["training"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
@@ -178,7 +178,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     averages them when there are several, picks the threshold on eval, exports the SavedModel."""
     cfg = fn_args.custom_config
     if cfg["training"]["reproducible"]:
-        training.require_one_tf_thread()
+        training.require_reproducible_threads()
     task = features.get_task(cfg["model"]["task"])
     train_cfg = cfg["training"]
     batch, seed = train_cfg["batch_size"], train_cfg["seed"]

@@ -55,30 +55,46 @@ class SelectionScore(keras.callbacks.Callback):
 
 
 # ``training.reproducible``: with the seed alone, two runs on the same input drift apart in
-# fine-tuning: multi-threaded CPU kernels do not add in a fixed order. Started with these variables,
-# three shortened pipeline runs on the same input gave bit-identical weights; sizing only the eager
-# context's pools (tf.config.threading) did not, and OMP_NUM_THREADS is read when the library loads,
-# so they must be set before Python starts. The input order (Transform's output) is the other half:
-# PipelineConfig.validate puts Beam on one worker for it (docs/results.md).
-ONE_THREAD_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+# fine-tuning, because independent ops run concurrently on the inter-op pool. Started with one
+# inter-op thread and a fixed intra-op count (each kernel then splits its work the same way every
+# run), shortened pipeline runs on the same input gave bit-identical weights, two of them sharing
+# the cores, and took no longer than with TensorFlow's defaults (docs/results.md). These variables
+# are read when TensorFlow loads, so they must be set before Python starts; sizing only the eager
+# context's pools (tf.config.threading) did not make runs repeat. The input order (Transform's
+# output) is the other half: PipelineConfig.validate puts Beam on one worker for it.
+THREAD_VARIABLES = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 
 
-class NotSingleThreadedError(RuntimeError):
-    """``training.reproducible`` is set but the process was not started with ONE_THREAD_ENV."""
+class ThreadSettingsError(RuntimeError):
+    """``training.reproducible`` is set but the process was not started with reproducible threads."""
 
 
-def missing_one_thread_env() -> dict:
-    return {k: v for k, v in ONE_THREAD_ENV.items() if os.environ.get(k) != v}
+def _intra_op_threads() -> Optional[int]:
+    value = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def require_one_tf_thread() -> None:
-    missing = missing_one_thread_env()
+def reproducible_thread_env() -> dict:
+    """One inter-op thread; the intra-op count already set, else one per core (same count, same sums)."""
+    intra = str(_intra_op_threads() or os.cpu_count() or 1)
+    return {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": intra, "OMP_NUM_THREADS": intra}
+
+
+def thread_env_problems() -> dict:
+    """The variables of ``reproducible_thread_env`` this process was started without (name: wanted)."""
+    if _intra_op_threads() is None:
+        return reproducible_thread_env()
+    return {k: v for k, v in reproducible_thread_env().items() if os.environ.get(k) != v}
+
+
+def require_reproducible_threads() -> None:
+    missing = thread_env_problems()
     if missing:
-        raise NotSingleThreadedError(
+        raise ThreadSettingsError(
             "training.reproducible needs the process started with "
             + " ".join(f"{k}={v}" for k, v in missing.items())
-            + " (covid-cxr run and demo restart themselves with them; on Kubeflow set them on the "
-            "Tuner and Trainer containers)")
+            + " (covid-cxr run and demo restart themselves with them; the Dockerfile sets them for "
+            "Kubeflow and Vertex AI)")
 
 
 def _one_hot(y_true, num_classes: int):

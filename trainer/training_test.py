@@ -329,25 +329,33 @@ def test_choose_threshold_invalid_inputs():
 
 
 
-def test_reproducible_mode_refuses_a_process_not_started_single_threaded(monkeypatch):
-    for name in T.ONE_THREAD_ENV:
+def test_reproducible_mode_refuses_a_process_started_without_fixed_threads(monkeypatch):
+    for name in T.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    with pytest.raises(T.NotSingleThreadedError, match="TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 "
-                                                       r"\(covid-cxr run and demo restart"):
-        T.require_one_tf_thread()
-    for name, value in T.ONE_THREAD_ENV.items():
+    cores = str(os.cpu_count())
+    with pytest.raises(T.ThreadSettingsError, match=f"TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS={cores} "
+                                                    rf"OMP_NUM_THREADS={cores} \(covid-cxr run and demo restart"):
+        T.require_reproducible_threads()
+    # An intra-op count the user chose is kept; what is still missing is named alone.
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "2")
+    assert T.thread_env_problems() == {"TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "3"}
+    with pytest.raises(T.ThreadSettingsError):
+        T.require_reproducible_threads()
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "zero")  # not a count: replaced by one per core
+    assert T.reproducible_thread_env()["TF_NUM_INTRAOP_THREADS"] == cores
+    for name, value in T.reproducible_thread_env().items():
         monkeypatch.setenv(name, value)
-    T.require_one_tf_thread()
+    T.require_reproducible_threads()
 
 
-def test_run_restarts_itself_single_threaded_once_when_reproducible_is_set(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in T.ONE_THREAD_ENV}
+def test_run_restarts_itself_with_fixed_threads_once_when_reproducible_is_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in T.THREAD_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-m", "covid_cxr.cli", "run", "--data", str(tmp_path / "absent"),
          "--set", "training.reproducible=true"],
         capture_output=True, text=True, timeout=600, env=env)
     # The restarted process got as far as checking the data, and did not restart again.
-    assert result.stdout.count("restarting with one TensorFlow thread") == 1, result.stdout
+    assert result.stdout.count("restarting with fixed TensorFlow threads") == 1, result.stdout
     assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
