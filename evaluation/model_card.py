@@ -145,8 +145,10 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         "## Thresholds",
     ]
     if binary:
+        target_specificity = metadata.get("target_specificity") or 0.0
         lines.append(f"- decision threshold on the COVID probability: {threshold:.4f}, chosen on the validation split "
-                     f"for sensitivity >= {metadata.get('target_sensitivity', '?')}")
+                     f"for sensitivity >= {metadata.get('target_sensitivity', '?')}"
+                     + (f", sharing any slack with specificity >= {target_specificity}" if target_specificity else ""))
     else:
         lines.append("- three-class: the label is the most probable class (no threshold); the gate judges "
                      "COVID one-vs-rest")

@@ -39,6 +39,9 @@ def test_card_without_evaluation_has_every_section():
                  "## Intended use and limitations", "covid-cxr evaluate",
                  "on the validation split at this decision: sensitivity 0.950 (95% CI"):
         assert text in card, text
+    assert "sharing any slack" not in card  # sensitivity-only rule: no specificity target to name
+    card = model_card.render(dict(METADATA, target_specificity=0.9), _report())
+    assert "for sensitivity >= 0.95, sharing any slack with specificity >= 0.9" in card
 
 
 def test_card_with_evaluation_shows_confidence_intervals():

@@ -58,6 +58,9 @@ class TrainingConfig:
     fine_tune_epochs: int = 6
     early_stopping_patience: int = 3
     target_sensitivity: float = 0.95  # the stored decision threshold is chosen on eval to meet this
+    # > 0: when eval allows both targets, the threshold shares the slack between them instead of
+    # sitting right on the sensitivity target (trainer.training.choose_threshold); 0: sensitivity only.
+    target_specificity: float = 0.0
     seed: int = 42
     # One inter-op TensorFlow thread, a fixed intra-op count and one Beam worker: bit-identical
     # runs on one machine (with the seed alone, concurrent ops and Beam's example order make runs
@@ -128,7 +131,8 @@ class PipelineConfig:
         for name, value in (("gate.min_sensitivity", self.gate.min_sensitivity),
                             ("gate.min_specificity", self.gate.min_specificity),
                             ("gate.min_auc", self.gate.min_auc),
-                            ("training.target_sensitivity", self.training.target_sensitivity)):
+                            ("training.target_sensitivity", self.training.target_sensitivity),
+                            ("training.target_specificity", self.training.target_specificity)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
         if not -1.0 <= self.gate.max_auc_regression <= 1.0:

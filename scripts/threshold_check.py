@@ -76,8 +76,8 @@ def check_root(root: str, tta: bool = False) -> dict:
         averaged = {split: (plain[split] + np.asarray(model.predict_images([mirrored(e) for e in d.images])
                                                       ["covid_probability"]).ravel()) / 2
                     for split, d in data.items()}
-        target = float(model.metadata.get("target_sensitivity", 0.95))
-        threshold = T.choose_threshold(y["eval"], averaged["eval"], target)
+        targets = (float(model.metadata.get("target_sensitivity", 0.95)), float(model.metadata.get("target_specificity", 0.0)))
+        threshold = T.choose_threshold(y["eval"], averaged["eval"], *targets)
         result["mirror_tta"] = describe(y["eval"], averaged["eval"], y["test"], averaged["test"], threshold)
     return result
 

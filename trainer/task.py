@@ -217,8 +217,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     labels, scores = _labels_and_scores(built.model, eval_ds)
     threshold = 0.5
     if task.is_binary:
-        threshold = training.choose_threshold(labels, scores.reshape(-1), train_cfg["target_sensitivity"])
-    logging.info("decision threshold %.4f (target eval sensitivity %.2f)", threshold, train_cfg["target_sensitivity"])
+        threshold = training.choose_threshold(labels, scores.reshape(-1), train_cfg["target_sensitivity"],
+                                              train_cfg["target_specificity"])
+    logging.info("decision threshold %.4f (eval targets: sensitivity %.2f, specificity %.2f)", threshold,
+                 train_cfg["target_sensitivity"], train_cfg["target_specificity"])
     validation = _validation_metrics(task, labels, scores, threshold)
 
     tf.io.gfile.makedirs(fn_args.model_run_dir)
@@ -233,6 +235,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "train_class_counts": {task.classes[k]: v for k, v in sorted(counts.items())},
         "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
         "target_sensitivity": train_cfg["target_sensitivity"],
+        "target_specificity": train_cfg["target_specificity"],
         "data_summary": cfg.get("data_summary", {}),
         "validation_metrics": validation,
         "history": history,

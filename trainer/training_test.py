@@ -313,11 +313,50 @@ def test_choose_threshold_matches_brute_force():
         assert T.sensitivity_specificity(y, s, t)[0] >= target - 1e-12
 
 
+def test_with_a_specificity_target_validation_slack_is_shared_between_the_two_bars():
+    # 20 COVID films scored 0.50..0.97, 10 normals 0.02..0.40 and two at 0.51 and 0.515.
+    positives = np.linspace(0.50, 0.97, 20)
+    negatives = np.concatenate([np.linspace(0.02, 0.40, 10), [0.51, 0.515]])
+    y = np.r_[np.ones(20, int), np.zeros(12, int)]
+    s = np.r_[positives, negatives]
+    sens_first = T.choose_threshold(y, s, 0.90)
+    # 90% sensitivity alone: just under the 18th positive, above both high normals, so all the
+    # slack went to specificity (12/12) and a COVID film a hair lower is missed.
+    assert T.sensitivity_specificity(y, s, sens_first) == (0.9, 1.0)
+    # Balanced: 19/20 and 11/12 (between the two high normals), the lowest of the two thresholds
+    # whose worse margin is 1/sqrt(0.9 * 0.1 / 20) standard errors.
+    balanced = T.choose_threshold(y, s, 0.90, 0.75)
+    assert balanced < sens_first
+    sens, spec = T.sensitivity_specificity(y, s, balanced)
+    assert (sens, spec) == (0.95, 11 / 12) and 0.51 < balanced < 0.515
+    # It is the best worst-margin threshold on a brute-force grid, the lowest among equals.
+    grid = np.unique(np.r_[s, (s[:, None] + s[None, :]).ravel() / 2])
+
+    def worst_margin(t):
+        se, sp = T.sensitivity_specificity(y, s, t)
+        return min((se - 0.9) / math.sqrt(0.9 * 0.1 / 20), (sp - 0.75) / math.sqrt(0.75 * 0.25 / 12))
+
+    best = max(worst_margin(t) for t in grid)
+    assert worst_margin(balanced) == pytest.approx(best)
+    assert all(worst_margin(t) < best - 1e-12 for t in grid if t <= 0.51)  # no lower gap does as well
+    # Target 0 leaves the sensitivity-only rule as it was.
+    assert T.choose_threshold(y, s, 0.90, 0.0) == sens_first
+
+
+def test_when_the_two_targets_cannot_both_be_met_sensitivity_comes_first():
+    y = [1, 1, 1, 1, 0, 0, 0, 0]
+    s = [0.2, 0.6, 0.7, 0.8, 0.3, 0.5, 0.65, 0.9]  # no threshold gives 100% sensitivity and 75% specificity
+    assert T.choose_threshold(y, s, 1.0, 0.75) == T.choose_threshold(y, s, 1.0)
+    assert T.choose_threshold([1, 1], [0.3, 0.7], 0.5, 0.9) == T.choose_threshold([1, 1], [0.3, 0.7], 0.5)  # no negatives
+
+
 def test_choose_threshold_invalid_inputs():
     with pytest.raises(ValueError, match="no positive"):
         T.choose_threshold([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError):
         T.choose_threshold([0, 1], [0.1, 0.2], target_sensitivity=1.5)
+    with pytest.raises(ValueError, match="target_specificity"):
+        T.choose_threshold([0, 1], [0.1, 0.2], target_specificity=-0.1)
     with pytest.raises(ValueError):
         T.choose_threshold([0, 1], [0.1, np.nan])
     with pytest.raises(ValueError):
