@@ -12,7 +12,7 @@ it takes ~10-25 minutes per task (and split) on 2 CPU cores.
 the curated ``group`` pseudonyms, so curating again under a fresh random pseudonym key (never
 stored; split 0 uses the user's own key) reshuffles which patients land in train / eval / test.
 One 15 % test split holds a few hundred films, so the spread over splits is what tells a real
-difference from a lucky split.
+difference from a lucky split. ``--first-split 1`` leaves split 0 out (a fresh draw only).
 """
 from __future__ import annotations
 
@@ -129,15 +129,19 @@ def main():
     parser.add_argument("--tasks", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--splits", type=_at_least_one, default=1, help="repeat each task on this many patient-disjoint splits")
+    parser.add_argument("--first-split", type=int, default=0,
+                        help="number the splits from here; 1 and up skip split 0 (the user's key) and use fresh keys only")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for `run`")
     args = parser.parse_args()
+    if args.first_split < 0:
+        parser.error(f"--first-split must be 0 or more, got {args.first_split}")
     if not os.path.isdir(SHARED):
         raise SystemExit(f"the real corpus is not at {SHARED}")
     os.makedirs(args.out, exist_ok=True)
     results_path = os.path.join(args.out, "results.json")
     results = []
     for task in args.tasks:
-        for split in range(args.splits):
+        for split in range(args.first_split, args.first_split + args.splits):
             results.append(run_task(task, args.out, args.sets, split))
         # Keep the other tasks' (and splits') results from earlier invocations into the same --out.
         earlier = []

@@ -74,3 +74,19 @@ def test_splits_below_one_is_a_usage_error(benchmark, monkeypatch, capsys, value
         module.main()
     assert exit_info.value.code == 2 and not calls
     assert f"--splits: must be a whole number of at least 1, got '{value}'" in capsys.readouterr().err
+
+
+def test_first_split_runs_fresh_draws_only(benchmark, monkeypatch, tmp_path, capsys):
+    module, calls = benchmark
+    monkeypatch.setattr(module, "SHARED", str(tmp_path))
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "covid-vs-normal", "--splits", "2",
+                                             "--first-split", "1", "--out", str(tmp_path / "out")])
+    module.main()
+    curations = [env for args, env in calls if args[1] == "curate"]
+    assert len(curations) == 2 and all(env and env[pseudonym.ENV_VAR] for env in curations)  # no split 0
+    roots = [os.path.basename(args[args.index("--pipeline-root") + 1]) for args, _ in calls if args[1] == "run"]
+    assert roots == ["root-covid-vs-normal-split1", "root-covid-vs-normal-split2"]
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--first-split", "-1"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2 and "--first-split must be 0 or more, got -1" in capsys.readouterr().err
