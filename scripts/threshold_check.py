@@ -15,7 +15,15 @@ newest ExampleGen's `eval` and `test` splits. Printed per root:
 It separates "the model ranks badly" (low AUC, low spec@sens) from "the eval-chosen threshold
 landed badly" (good spec@sens, test sensitivity far from the eval target).
 
+``--resample N`` asks how much of that is the luck of one draw, per threshold rule: the eval and
+test films of a root are pooled and dealt again N times into an eval part of the same size and a
+test part, whole patient groups at a time; each time the threshold is chosen on the eval part by
+the sensitivity-only rule and by the shared-slack rule (``--targets``), and judged on the test part
+against ``--bars``. Printed: mean test sensitivity / specificity and how often each bar, and both,
+were met. The model is fixed (scored once), so this is threshold placement only.
+
     .venv/bin/python scripts/threshold_check.py runs/q/root-covid-vs-normal runs/q/root-covid-vs-normal-split1 [--tta]
+    .venv/bin/python scripts/threshold_check.py runs/q5/root-covid-vs-normal --resample 400
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 import click
 import numpy as np
@@ -58,7 +67,38 @@ def describe(y_eval, eval_scores, y_test, test_scores, threshold) -> dict:
     return row
 
 
-def check_root(root: str, tta: bool = False) -> dict:
+def deal_by_group(groups: np.ndarray, n_eval: int, rng: np.random.Generator) -> np.ndarray:
+    """A boolean eval mask over the films: whole groups in random order until ``n_eval`` films."""
+    names, index = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(index)
+    order = rng.permutation(names.size)
+    taken = order[: int(np.searchsorted(np.cumsum(sizes[order]), n_eval, side="right"))]
+    return np.isin(index, taken)
+
+
+def resample(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_eval: int, n: int,
+             targets: tuple, bars: tuple, seed: int = 0) -> dict:
+    """Per rule: mean test sensitivity / specificity and the share of deals meeting each bar."""
+    rng = np.random.default_rng(seed)
+    rules = {"sensitivity only": (targets[0], 0.0), "shared slack": targets}
+    outcomes = {name: [] for name in rules}
+    for _ in range(n):
+        is_eval = deal_by_group(groups, n_eval, rng)
+        if y[is_eval].sum() == 0 or y[~is_eval].sum() == 0 or (y[~is_eval] == 0).sum() == 0:
+            continue  # a deal with no COVID film on a side, or no negative in test, judges nothing
+        for name, rule in rules.items():
+            threshold = T.choose_threshold(y[is_eval], scores[is_eval], *rule)
+            sens, spec = T.sensitivity_specificity(y[~is_eval], scores[~is_eval], threshold)
+            outcomes[name].append((sens, spec, sens >= bars[0], spec >= bars[1], sens >= bars[0] and spec >= bars[1]))
+    result = {"deals": len(outcomes["sensitivity only"]), "targets": list(targets), "bars": list(bars)}
+    for name, rows in outcomes.items():
+        a = np.asarray(rows, dtype=float).reshape(-1, 5)
+        result[name] = dict(zip(("mean_sensitivity", "mean_specificity", "sensitivity_bar_met", "specificity_bar_met",
+                                 "both_met"), (float(v) for v in a.mean(axis=0)))) if len(a) else {}
+    return result
+
+
+def check_root(root: str, tta: bool = False, resample_args: Optional[dict] = None) -> dict:
     model_dir = artifacts.newest_execution(root, "Trainer", "model")
     examples = artifacts.newest_execution(root, "ImportExampleGen", "examples")
     if not model_dir or not examples:
@@ -72,6 +112,11 @@ def check_root(root: str, tta: bool = False) -> dict:
              for split, d in data.items()}
     result = {"root": root, "model": model_dir,
               "stored": describe(y["eval"], plain["eval"], y["test"], plain["test"], model.threshold)}
+    if resample_args:
+        result["resample"] = resample(np.concatenate([y["eval"], y["test"]]),
+                                      np.concatenate([plain["eval"], plain["test"]]),
+                                      np.asarray(data["eval"].groups + data["test"].groups), len(y["eval"]),
+                                      **resample_args)
     if tta:
         averaged = {split: (plain[split] + np.asarray(model.predict_images([mirrored(e) for e in d.images])
                                                       ["covid_probability"]).ravel()) / 2
@@ -97,10 +142,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", help="pipeline roots of finished binary-task runs")
     parser.add_argument("--tta", action="store_true", help="also score the mean over each film and its mirror")
+    parser.add_argument("--resample", type=int, default=0, metavar="N",
+                        help="deal the pooled eval+test films again N times and compare threshold rules")
+    parser.add_argument("--targets", type=float, nargs=2, default=(0.95, 0.90), metavar=("SENS", "SPEC"),
+                        help="eval targets of the shared-slack rule (the sensitivity-only rule uses SENS)")
+    parser.add_argument("--bars", type=float, nargs=2, default=(0.95, 0.90), metavar=("SENS", "SPEC"),
+                        help="what a test part must meet")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    if args.resample < 0:
+        parser.error(f"--resample must be 0 or more, got {args.resample}")
+    resample_args = {"n": args.resample, "targets": tuple(args.targets), "bars": tuple(args.bars)} if args.resample else None
     try:
-        results = [check_root(root, args.tta) for root in args.roots]
+        results = [check_root(root, args.tta, resample_args) for root in args.roots]
     except (ValueError, click.ClickException) as e:  # unreadable model or split: one line, not a traceback
         message = e.format_message() if isinstance(e, click.ClickException) else str(e)
         raise SystemExit(f"threshold_check.py: {message}") from None
@@ -112,6 +166,15 @@ def main(argv=None) -> int:
         print(line(os.path.basename(os.path.normpath(r["root"])), r["stored"]))
         if "mirror_tta" in r:
             print(line("  + mirror TTA, threshold re-chosen on eval", r["mirror_tta"]))
+        if "resample" in r:
+            rs = r["resample"]
+            print(f"  {rs['deals']} re-deals of eval+test by patient group, targets {rs['targets']}, bars {rs['bars']}:")
+            for name in ("sensitivity only", "shared slack"):
+                m = rs[name]
+                if m:
+                    print(f"    {name:<17} mean test sens {m['mean_sensitivity']:.3f} spec {m['mean_specificity']:.3f}"
+                          f"  sens bar met {m['sensitivity_bar_met']:.2f}  spec bar met {m['specificity_bar_met']:.2f}"
+                          f"  both {m['both_met']:.2f}")
     return 0
 
 

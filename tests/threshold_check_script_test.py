@@ -67,3 +67,39 @@ def test_not_a_pipeline_root_or_not_binary_is_one_line(threshold_check, three_cl
 def test_an_empty_split_is_one_line(threshold_check, binary_model, tmp_path):
     with pytest.raises(SystemExit, match=r"threshold_check.py: no records in .*Split-eval"):
         threshold_check.main([_fake_root(tmp_path, binary_model, with_records=False)])
+
+
+def test_re_deals_keep_patient_groups_whole_and_size_the_eval_part(threshold_check):
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"p{i}" for i in range(40)], rng.integers(1, 4, 40))
+    for _ in range(20):
+        is_eval = threshold_check.deal_by_group(groups, 30, rng)
+        assert 27 <= is_eval.sum() <= 30  # whole groups of up to 3 films, never past 30
+        assert not set(groups[is_eval]) & set(groups[~is_eval])
+
+
+def test_resampled_rules_on_separable_and_on_overlapping_scores(threshold_check):
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200, int), np.zeros(200, int)]
+    groups = np.array([f"g{i}" for i in range(400)])
+    separable = np.r_[rng.uniform(0.6, 1.0, 200), rng.uniform(0.0, 0.4, 200)]
+    result = threshold_check.resample(y, separable, groups, 200, 30, (0.95, 0.90), (0.95, 0.90))
+    assert result["deals"] == 30
+    assert result["shared slack"]["both_met"] == 1.0 and result["shared slack"]["mean_sensitivity"] == 1.0
+    # The sensitivity-only rule sits on the 10th-lowest eval positive, so some test positives fall under it.
+    assert result["sensitivity only"]["mean_sensitivity"] < 1.0
+    # Overlapping scores: no rule meets 0.95 / 0.90 reliably, and the shares are proportions.
+    overlapping = np.r_[rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200)]
+    result = threshold_check.resample(y, 1 / (1 + np.exp(-overlapping)), groups, 200, 30, (0.95, 0.90), (0.95, 0.90))
+    for rule in ("sensitivity only", "shared slack"):
+        assert result[rule]["both_met"] == 0.0 and 0.0 <= result[rule]["sensitivity_bar_met"] <= 1.0
+
+
+def test_resample_option_on_a_pipeline_root(threshold_check, binary_model, tmp_path, capsys):
+    root = _fake_root(tmp_path, binary_model)
+    assert threshold_check.main([root, "--resample", "4", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["resample"]["deals"] <= 4 and result["resample"]["bars"] == [0.95, 0.9]
+    with pytest.raises(SystemExit) as exit_info:
+        threshold_check.main([root, "--resample", "-1"])
+    assert exit_info.value.code == 2

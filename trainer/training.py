@@ -423,7 +423,8 @@ def _balanced_threshold(y_true: np.ndarray, y_score: np.ndarray, target_sensitiv
                         target_specificity: float) -> Optional[float]:
     """The gap-middle threshold whose smaller margin over the two targets, each in standard errors
     of its own proportion, is largest; None when no threshold meets both targets on these data.
-    Ties go to the lowest such threshold (more sensitivity, same worst margin)."""
+    Among equal smaller margins, the larger other margin: the binding bar is held either way, so
+    nothing is given up on the other for nothing."""
     scores = np.unique(y_score)  # ascending
     if scores.size < 2:
         return None
@@ -434,10 +435,11 @@ def _balanced_threshold(y_true: np.ndarray, y_score: np.ndarray, target_sensitiv
     # Rule: COVID when score >= t. Both counts are step functions of t, read off the sorted scores.
     sensitivity = (positives.size - np.searchsorted(positives, candidates, side="left")) / positives.size
     specificity = np.searchsorted(negatives, candidates, side="left") / negatives.size
-    margin = np.minimum((sensitivity - target_sensitivity) / _standard_error(target_sensitivity, positives.size),
-                        (specificity - target_specificity) / _standard_error(target_specificity, negatives.size))
-    best = int(np.argmax(margin))
-    return float(candidates[best]) if margin[best] >= 0 else None
+    margins = np.stack([(sensitivity - target_sensitivity) / _standard_error(target_sensitivity, positives.size),
+                        (specificity - target_specificity) / _standard_error(target_specificity, negatives.size)])
+    worse, better = margins.min(axis=0), margins.max(axis=0)
+    best = int(np.lexsort((better, worse))[-1])  # sorted by worse, then better: the last is the best
+    return float(candidates[best]) if worse[best] >= 0 else None
 
 
 def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95, target_specificity: float = 0.0) -> float:
