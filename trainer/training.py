@@ -82,8 +82,6 @@ def reproducible_thread_env() -> dict:
 
 def thread_env_problems() -> dict:
     """The variables of ``reproducible_thread_env`` this process was started without (name: wanted)."""
-    if _intra_op_threads() is None:
-        return reproducible_thread_env()
     return {k: v for k, v in reproducible_thread_env().items() if os.environ.get(k) != v}
 
 
