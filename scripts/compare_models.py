@@ -126,7 +126,7 @@ def train_and_score(family, size, x, y, parts, args) -> tuple[dict[str, tuple[np
 
 def score(y, scores, thresholds, target_sensitivity) -> dict:
     """Pooled held-out figures; ``thresholds`` holds each example's own model threshold."""
-    at_thresholds = metrics.binary_metrics(y, scores >= thresholds)
+    at_thresholds = metrics.binary_metrics(y, scores > thresholds)
     oracle = T.choose_threshold(y, scores, target_sensitivity)
     return {
         "test_auc": metrics.auc_with_ci(y, scores, n_boot=1000),

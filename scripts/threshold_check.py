@@ -52,8 +52,8 @@ def mirrored(encoded: bytes) -> bytes:
 
 
 def counts_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    """Sensitivity and specificity of ``scores >= threshold`` as proportions with k/n."""
-    m = metrics.binary_metrics(y, scores >= threshold)
+    """Sensitivity and specificity of ``scores > threshold`` (the export's rule) as proportions with k/n."""
+    m = metrics.binary_metrics(y, scores > threshold)
     return {"sensitivity": m["sensitivity"], "specificity": m["specificity"]}
 
 
@@ -152,6 +152,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.resample < 0:
         parser.error(f"--resample must be 0 or more, got {args.resample}")
+    for option in ("targets", "bars"):  # a proportion outside [0, 1] could never be met, or always is
+        if not all(0.0 <= v <= 1.0 for v in getattr(args, option)):
+            parser.error(f"--{option} must be two proportions in [0, 1], got {' '.join(map(str, getattr(args, option)))}")
     resample_args = {"n": args.resample, "targets": tuple(args.targets), "bars": tuple(args.bars)} if args.resample else None
     try:
         results = [check_root(root, args.tta, resample_args) for root in args.roots]

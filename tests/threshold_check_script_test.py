@@ -44,8 +44,9 @@ def test_stored_threshold_and_mirror_tta_rows(threshold_check, binary_model, tmp
     covid = data.labels == model.task.positive_index
     stored = result["stored"]
     assert stored["threshold"] == pytest.approx(binary_model.threshold)
-    assert stored["test"]["sensitivity"]["k"] == int((scores[covid] >= binary_model.threshold).sum())
-    assert stored["test"]["specificity"]["k"] == int((scores[~covid] < binary_model.threshold).sum())
+    # The export's rule: COVID when the probability is above the stored threshold.
+    assert stored["test"]["sensitivity"]["k"] == int((scores[covid] > binary_model.threshold).sum())
+    assert stored["test"]["specificity"]["k"] == int((scores[~covid] <= binary_model.threshold).sum())
     assert stored["eval"] == stored["test"]  # both splits are the same records here
     # The TTA threshold is re-chosen on eval for the model's 0.95 target, which it then meets there.
     tta = result["mirror_tta"]
@@ -100,6 +101,8 @@ def test_resample_option_on_a_pipeline_root(threshold_check, binary_model, tmp_p
     assert threshold_check.main([root, "--resample", "4", "--json"]) == 0
     [result] = json.loads(capsys.readouterr().out)
     assert result["resample"]["deals"] <= 4 and result["resample"]["bars"] == [0.95, 0.9]
-    with pytest.raises(SystemExit) as exit_info:
-        threshold_check.main([root, "--resample", "-1"])
-    assert exit_info.value.code == 2
+    for bad in (["--resample", "-1"], ["--resample", "4", "--bars", "95", "90"], ["--targets", "0.95", "-0.1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            threshold_check.main([root, *bad])
+        assert exit_info.value.code == 2, bad
+    assert "--bars must be two proportions in [0, 1], got 95.0 90.0" in capsys.readouterr().err

@@ -405,10 +405,14 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _gap_middle(lower: float, upper: float) -> float:
-    """The middle of the score gap (lower, upper] in logit space, never outside it whatever float
-    rounding does to probabilities near 0 or 1."""
+    """A threshold t in the score gap [lower, upper), so that ``score > t`` accepts ``upper`` and
+    rejects ``lower``: the middle of the gap in logit space, whatever float rounding does to
+    probabilities near 0 or 1. Returned as a float32 value whenever one lies in the gap, because
+    the export compares float32 scores with a float32 threshold."""
     middle = (_logit(np.array([upper, lower]))).mean()
-    return float(min(max(1.0 / (1.0 + math.exp(-middle)), np.nextafter(lower, np.inf)), upper))
+    t = min(max(1.0 / (1.0 + math.exp(-middle)), lower), float(np.nextafter(upper, -np.inf)))
+    t32 = float(np.float32(t))
+    return t32 if lower <= t32 < upper else t
 
 
 def _standard_error(target: float, n: int) -> float:
@@ -430,9 +434,9 @@ def _balanced_threshold(y_true: np.ndarray, y_score: np.ndarray, target_sensitiv
     if negatives.size == 0:
         return None
     candidates = np.array([_gap_middle(lo, hi) for lo, hi in zip(scores[:-1], scores[1:])])
-    # Rule: COVID when score >= t. Both counts are step functions of t, read off the sorted scores.
-    sensitivity = (positives.size - np.searchsorted(positives, candidates, side="left")) / positives.size
-    specificity = np.searchsorted(negatives, candidates, side="left") / negatives.size
+    # Rule: COVID when score > t. Both counts are step functions of t, read off the sorted scores.
+    sensitivity = (positives.size - np.searchsorted(positives, candidates, side="right")) / positives.size
+    specificity = np.searchsorted(negatives, candidates, side="right") / negatives.size
     margins = np.stack([(sensitivity - target_sensitivity) / _standard_error(target_sensitivity, positives.size),
                         (specificity - target_specificity) / _standard_error(target_specificity, negatives.size)])
     worse, better = margins.min(axis=0), margins.max(axis=0)
@@ -443,14 +447,14 @@ def _balanced_threshold(y_true: np.ndarray, y_score: np.ndarray, target_sensitiv
 def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95, target_specificity: float = 0.0) -> float:
     """A decision threshold meeting ``target_sensitivity`` (recall of COVID, label 1) on validation data.
 
-    Decision rule: predict COVID when ``score >= t``. The highest threshold reaching the target,
-    ``t_hi`` (the k-th highest positive score, k = ceil(target * n_pos)), has the fewest false
-    positives; every t in ``(s_below, t_hi]``, ``s_below`` being the highest score under ``t_hi``,
-    classifies the validation set exactly the same. The threshold returned is the middle of that
-    gap in logit space, not its edge: sitting exactly on the lowest accepted positive would drop
-    every new positive that scores a hair lower, and on a small validation split that is often a
-    large share of them. Without a score below ``t_hi``, ``t_hi`` itself. Target 0 keeps only the
-    highest score(s).
+    Decision rule: predict COVID when ``score > t``, as the export, TFMA and ``covid-cxr evaluate``
+    do. Let ``t_hi`` be the k-th highest positive score, k = ceil(target * n_pos): every t in
+    ``[s_below, t_hi)``, ``s_below`` being the highest score under ``t_hi``, reaches the target
+    with the fewest false positives, and all classify the validation set exactly the same. The
+    threshold returned is the middle of that gap in logit space, not its edge: sitting just under
+    the lowest accepted positive would drop every new positive that scores a hair lower, and on a
+    small validation split that is often a large share of them. Without a score below ``t_hi``,
+    the float just under ``t_hi`` (every film is COVID). Target 0 keeps only the highest score(s).
 
     With ``target_specificity`` > 0, and when some threshold meets both targets on these data, the
     threshold is instead the one with the largest smaller margin, each margin counted in standard
@@ -489,19 +493,19 @@ def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95, target_s
     if target_sensitivity == 0.0:
         t_hi = float(np.max(y_score))
     else:
-        # Sensitivity at t = #(positive scores >= t) / n_pos only steps at positive scores.
+        # Accepting the k highest positive scores (ties included) needs t just under the k-th of them.
         needed = max(1, int(math.ceil(target_sensitivity * n_pos - 1e-9)))
         t_hi = float(positives[needed - 1])
     below = y_score[y_score < t_hi]
     if below.size == 0:
-        return t_hi
+        return float(np.nextafter(t_hi, -np.inf))
     return _gap_middle(float(below.max()), t_hi)
 
 
 def sensitivity_specificity(y_true, y_score, threshold: float) -> tuple[float, float]:
-    """(sensitivity, specificity) of the rule ``score >= threshold`` (NaN when a class is absent)."""
+    """(sensitivity, specificity) of the rule ``score > threshold`` (NaN when a class is absent)."""
     y_true = np.asarray(y_true).reshape(-1)
-    predicted = np.asarray(y_score, dtype=np.float64).reshape(-1) >= threshold
+    predicted = np.asarray(y_score, dtype=np.float64).reshape(-1) > threshold
     pos, neg = y_true == 1, y_true == 0
     sens = float(predicted[pos].mean()) if pos.any() else math.nan
     spec = float((~predicted[neg]).mean()) if neg.any() else math.nan

@@ -238,10 +238,10 @@ def test_lr_schedules():
 
 
 def brute_force_threshold(y, s, target):
-    """The highest threshold on a fine grid whose sensitivity reaches the target."""
+    """The highest threshold on a fine grid whose sensitivity reaches the target (rule: score > t)."""
     best = -math.inf
     for t in np.unique(np.concatenate([s, (s[:, None] + s[None, :]).ravel() / 2])):
-        predicted = s >= t
+        predicted = s > t
         if predicted[y == 1].mean() >= target - 1e-12 and t > best:
             best = t
     return best
@@ -277,8 +277,9 @@ def test_choose_threshold_sits_in_the_middle_of_the_gap():
     # Perfectly separated, confident scores: the threshold is 0.5, not the lowest positive's 0.99.
     assert T.choose_threshold([0, 0, 1, 1], [0.01, 0.02, 0.99, 0.999], 0.95) == pytest.approx(
         logit_middle(0.02, 0.99))
-    # Nothing scores below the needed positive: that score itself.
-    assert T.choose_threshold([1, 1, 0], [0.3, 0.7, 0.9], 1.0) == pytest.approx(0.3)
+    # Nothing scores below the needed positive: the float just under it, so that it counts as COVID.
+    t = T.choose_threshold([1, 1, 0], [0.3, 0.7, 0.9], 1.0)
+    assert t == np.nextafter(0.3, 0.0) and T.sensitivity_specificity([1, 1, 0], [0.3, 0.7, 0.9], t) == (1.0, 0.0)
 
 
 def test_choose_threshold_ties_and_float_rounding():
@@ -286,19 +287,34 @@ def test_choose_threshold_ties_and_float_rounding():
     y = [1, 1, 1, 1, 1, 0]
     s = [0.9, 0.5, 0.5, 0.5, 0.1, 0.5]
     t = T.choose_threshold(y, s, 0.6)
-    assert 0.1 < t <= 0.5 and t == pytest.approx(logit_middle(0.1, 0.5))
+    assert 0.1 <= t < 0.5 and t == pytest.approx(logit_middle(0.1, 0.5))
     assert T.sensitivity_specificity(y, s, t)[0] == pytest.approx(0.8)
     # 0.95 * 20 = 19.000000000000004 in floating point: 19 of 20 positives must suffice.
     y = np.ones(20, int)
     s = np.linspace(0.05, 1.0, 20)
-    assert s[0] < T.choose_threshold(y, s, 0.95) <= s[1]
-    # Saturated scores (1 - 1e-12 rounds to the logit clip): still strictly inside the gap.
+    assert s[0] <= T.choose_threshold(y, s, 0.95) < s[1]
+    # Saturated scores (1 - 1e-12 rounds to the logit clip): still inside the gap.
     t = T.choose_threshold([0, 1], [1 - 1e-12, 1.0], 1.0)
-    assert 1 - 1e-12 < t <= 1.0
+    assert 1 - 1e-12 <= t < 1.0 and T.sensitivity_specificity([0, 1], [1 - 1e-12, 1.0], t) == (1.0, 1.0)
+
+
+def test_the_threshold_is_stored_as_the_float32_the_export_compares_scores_with():
+    # Model scores are float32; a float64 threshold in the middle of a gap between two of them
+    # would be rounded by the export, so the chosen value is already a float32 inside the gap.
+    scores = np.float32([0.1, 0.3, 0.31, 0.9])
+    t = T.choose_threshold([0, 1, 1, 1], scores, 1.0)
+    assert t == float(np.float32(t)) and 0.1 < t < 0.3
+    # Adjacent float32 scores leave no float32 strictly between them: the lower score itself,
+    # which `score > t` still rejects while accepting the upper one.
+    lower = np.float32(0.5)
+    upper = np.nextafter(lower, np.float32(1.0))
+    t = T.choose_threshold([0, 1], np.array([lower, upper]), 1.0)
+    assert float(lower) <= t < float(upper)
+    assert (np.float32(t) < upper) and not (lower > np.float32(t))
 
 
 def test_choose_threshold_matches_brute_force():
-    """Same validation confusion as the highest qualifying threshold, at a threshold no higher."""
+    """Same validation confusion as the highest qualifying threshold on a fine grid."""
     rng = np.random.RandomState(0)
     for trial in range(40):
         n = rng.randint(2, 40)
@@ -308,7 +324,6 @@ def test_choose_threshold_matches_brute_force():
         target = rng.choice([0.5, 0.8, 0.9, 0.95, 1.0, rng.rand()])
         t = T.choose_threshold(y, s, target)
         t_hi = brute_force_threshold(y, s, target)
-        assert t <= t_hi + 1e-12, (y, s, target)
         assert T.sensitivity_specificity(y, s, t) == T.sensitivity_specificity(y, s, t_hi), (y, s, target)
         assert T.sensitivity_specificity(y, s, t)[0] >= target - 1e-12
 
@@ -338,7 +353,7 @@ def test_with_a_specificity_target_validation_slack_is_shared_between_the_two_ba
 
     best = max(worst_margin(t) for t in grid)
     assert worst_margin(balanced) == pytest.approx(best)
-    assert all(worst_margin(t) < best - 1e-12 for t in grid if t <= 0.51)  # no lower gap does as well
+    assert all(worst_margin(t) < best - 1e-12 for t in grid if t < 0.51)  # no gap under both high normals does as well
     # Target 0 leaves the sensitivity-only rule as it was.
     assert T.choose_threshold(y, s, 0.90, 0.0) == sens_first
 
