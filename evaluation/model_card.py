@@ -146,7 +146,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     ]
     if binary:
         target_specificity = metadata.get("target_specificity") or 0.0
-        lines.append(f"- decision threshold on the COVID probability: {threshold:.4f}, chosen on the validation split "
+        lines.append(f"- decision threshold on the COVID probability: {threshold:.4f} (COVID when above it), chosen on the validation split "
                      f"for sensitivity >= {metadata.get('target_sensitivity', '?')}"
                      + (f", sharing any slack with specificity >= {target_specificity}" if target_specificity else ""))
     else:
