@@ -510,7 +510,7 @@ def summary_text(report: dict) -> str:
         lines.append(f"  {c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
     for source, entry in report.get("per_source", {}).items():
         lines.append(f"  source {source}: n={entry['n']} sensitivity {_fmt(entry['sensitivity'])}; "
-                     f"specificity {_fmt(entry['specificity'])}")
+                     f"specificity {_fmt(entry['specificity'])}; AUC within the source {_fmt(entry.get('auc'))}")
     audit = report.get("shortcut_audit")
     if audit:
         lines.append(f"shortcut audit: {audit['verdict']}")

@@ -166,8 +166,24 @@ def test_task_mismatch_is_refused(binary_model, three_class_model):
 def test_terminal_summary(binary_model):
     result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--bootstrap", "200"])
     assert result.exit_code == 0, result.output
-    for text in ("sensitivity", "specificity", "auc", "confusion matrix", "shortcut audit", "decision threshold"):
+    for text in ("sensitivity", "specificity", "auc", "confusion matrix", "shortcut audit", "decision threshold",
+                 "AUC within the source"):
         assert text in result.output
+
+
+def test_within_source_auc_exposes_a_model_that_scores_the_source():
+    """Scores that only say which source a film came from: high pooled AUC, 0.5 within each source."""
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    # Source "a": 40 COVID and 10 normal films, all scored 0.9; source "b": 40 normal, 10 COVID, all 0.1.
+    labels = np.array([pos] * 40 + [1 - pos] * 10 + [1 - pos] * 40 + [pos] * 10)
+    covid = np.array([0.9] * 50 + [0.1] * 50)
+    outputs = {"label_index": np.where(covid > 0.5, pos, 1 - pos), "covid_probability": covid,
+               "probabilities": np.stack([1 - covid, covid] if pos == 1 else [covid, 1 - covid], axis=1)}
+    report = evaluate.compute(task, labels, outputs, n_boot=200, slices={features.SOURCE: ["a"] * 50 + ["b"] * 50})
+    assert report["auc"]["value"] == pytest.approx(0.8)
+    for source in ("a", "b"):
+        assert report["per_source"][source]["auc"]["value"] == pytest.approx(0.5)
 
 
 def _write_fake_pipeline_root(root):

@@ -52,7 +52,11 @@ def test_card_with_evaluation_shows_confidence_intervals():
         "accuracy": metrics.proportion(180, 200),
         "auc": {"value": 0.95, "ci95": [0.92, 0.97], "method": "bootstrap", "n_positive": 70, "n_negative": 130},
         "per_source": {"cohen": {"n": 70, "sensitivity": metrics.proportion(65, 70),
-                                 "specificity": metrics.proportion(0, 0)}},
+                                 "specificity": metrics.proportion(0, 0),
+                                 "auc": {"value": None, "ci95": None}},
+                       "radiography": {"n": 130, "sensitivity": metrics.proportion(9, 10),
+                                       "specificity": metrics.proportion(110, 120),
+                                       "auc": {"value": 0.55, "ci95": [0.41, 0.70]}}},
         "shortcut_audit": {"verdict": "SHORTCUT: borders predict the label"},
     }
     card = model_card.render(METADATA, _report(), evaluation=evaluation)
@@ -60,6 +64,8 @@ def test_card_with_evaluation_shows_confidence_intervals():
     assert f"| sensitivity | {65 / 70:.3f} | {lo:.3f} – {hi:.3f} | 65/70 |" in card
     assert "| AUC | 0.950 | 0.920 – 0.970 | 70 pos / 130 neg |" in card
     assert "| cohen | 70 |" in card and "n/a" in card
+    assert "AUC within the source (95% CI)" in card
+    assert "| 0.550 (0.410 – 0.700) |" in card  # the within-source AUC column
     assert "shortcut audit (image borders only): SHORTCUT" in card
     assert "/data/test" in card
 
