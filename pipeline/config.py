@@ -38,6 +38,9 @@ class DataConfig:
 class ModelConfig:
     task: str = "covid-vs-normal"
     image_size: int = 224  # Transform output size; models may resize further down
+    # Fraction of each side the Transform cuts off before resizing (0 to 0.25): the band inside
+    # the black frame holds burnt-in markers that identify the hospital (transform.preprocessing).
+    border_crop: float = 0.0
     families: list = dataclasses.field(default_factory=lambda: ["mobilenet_v2"])  # Tuner chooses among these
     # Families trained next to the Tuner's choice with the same hyperparameters; the served model
     # averages their probabilities (empty: one model). Two different backbones err on different films.
@@ -143,6 +146,8 @@ class PipelineConfig:
         runtime.serving_dir = runtime.serving_dir or os.path.join("out", task, "serving")
         if self.model.image_size < 16:
             raise ConfigError(f"model.image_size must be at least 16, got {self.model.image_size}")
+        if not 0.0 <= self.model.border_crop <= 0.25:
+            raise ConfigError(f"model.border_crop must be between 0 and 0.25 (of each side), got {self.model.border_crop}")
         if not self.model.families:
             raise ConfigError("model.families must name at least one model family")
         for name in ("learning_rates", "dropouts", "dense_units", "fine_tune_layers", "fine_tune_lr_factors"):

@@ -62,7 +62,8 @@ def create_components(config: PipelineConfig) -> list:
         examples=example_gen.outputs["examples"],
         schema=schema_gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={preprocessing.IMAGE_SIZE_KEY: config.model.image_size},
+        custom_config={preprocessing.IMAGE_SIZE_KEY: config.model.image_size,
+                       preprocessing.BORDER_CROP_KEY: config.model.border_crop},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         disable_statistics=True,  # StatisticsGen already profiles the raw data
     )

@@ -1,4 +1,6 @@
 """The DAG wiring from the typed config (no run: the end-to-end test runs it)."""
+import json
+
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import pipeline
 
@@ -23,3 +25,12 @@ def test_beam_runs_in_the_configured_mode():
     args = pipeline.create_pipeline(config).beam_pipeline_args
     assert args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2",
                     "--direct_runner_bundle_repeat=0"]
+
+
+def test_transform_receives_the_image_size_and_border_crop(tmp_path):
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "model.image_size": "96",
+                                                 "model.border_crop": "0.05"})
+    transform = next(c for c in pipeline.create_components(config) if c.id == "Transform")
+    custom = transform.exec_properties["custom_config"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom  # TFX stores it as JSON text
+    assert custom == {"image_size": 96, "border_crop": 0.05}

@@ -43,3 +43,22 @@ def test_preprocessing_fn_outputs_image_and_label():
     )
     assert out[preprocessing.IMAGE_XF].shape == (2, 16, 16, 1)
     assert out[preprocessing.LABEL_XF].numpy().tolist() == [1, 0]
+
+
+def test_border_crop_removes_the_outer_band_before_resizing():
+    # A mid-grey film with a bright burnt-in marker in its outer 10% band.
+    film = np.full((100, 100), 100, np.uint8)
+    film[40:60, 40:60] = 60  # something inside the lung field, so the stretch has a range
+    film[2:8, 2:30] = 255  # the marker in the corner band
+    png = _encode(film, "PNG")
+    kept = preprocessing.decode_images(tf.constant([png]), 50).numpy()[0]
+    cropped = preprocessing.decode_images(tf.constant([png]), 50, border_crop=0.1).numpy()[0]
+    assert kept.max() == 1.0 and kept[:5, :15].max() > 0.9  # the marker is the brightest thing
+    assert cropped.shape == (50, 50, 1)
+    # Cropped, the marker is gone: the brightest pixel is now the grey film (stretched to 1).
+    assert cropped[:5, :15].min() > 0.99 and np.ptp(cropped[:5, :15]) < 1e-3  # flat grey, no marker
+    # The centre square spans 20 of the 80 kept pixels: a quarter of the output width.
+    assert cropped[25, 25] < 0.05 and cropped[25, 5] > 0.95
+    out = preprocessing.preprocessing_fn({"image": tf.constant([[png]]), "label_index": tf.constant([[1]], tf.int64)},
+                                         {preprocessing.IMAGE_SIZE_KEY: 50, preprocessing.BORDER_CROP_KEY: 0.1})
+    np.testing.assert_allclose(out[preprocessing.IMAGE_XF].numpy()[0], cropped)
