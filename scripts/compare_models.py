@@ -53,9 +53,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "weights"))
 
 
-def load(data_dir: str, size: int, cache_dir: str):
+def load(data_dir: str, size: int, cache_dir: str, border_crop: float = 0.0):
     """(images [N, S, S, 1], labels, groups, sources) through the Transform's own decode_image."""
-    cache = os.path.join(cache_dir, f"covid_cxr_compare_{hashlib.md5(os.path.abspath(data_dir).encode()).hexdigest()[:8]}_{size}.npz")
+    key = hashlib.md5(os.path.abspath(data_dir).encode()).hexdigest()[:8]
+    cache = os.path.join(cache_dir, f"covid_cxr_compare_{key}_{size}_crop{border_crop:g}.npz")
     if os.path.exists(cache):
         z = np.load(cache)
         return z["x"].astype(np.float32), z["y"], z["g"], z["s"]
@@ -65,7 +66,7 @@ def load(data_dir: str, size: int, cache_dir: str):
         raise SystemExit(f"no {features.TFRECORD_PATTERN} in {data_dir}: run `covid-cxr curate` first")
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         f = tf.train.Example.FromString(record.numpy()).features.feature
-        xs.append(decode_image(f[features.IMAGE].bytes_list.value[0], size).numpy().astype(np.float16))
+        xs.append(decode_image(f[features.IMAGE].bytes_list.value[0], size, border_crop).numpy().astype(np.float16))
         ys.append(f[features.LABEL_INDEX].int64_list.value[0])
         gs.append(f[features.GROUP].bytes_list.value[0].decode())
         ss.append(f[features.SOURCE].bytes_list.value[0].decode())
@@ -176,6 +177,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights-dir", default=WEIGHTS_DIR)
     parser.add_argument("--cache", default="/tmp")
+    parser.add_argument("--border-crop", type=float, default=0.0, help="as model.border_crop: fraction cut off each side")
     parser.add_argument("--tta", action="store_true", help="score each image as the mean over it and its mirror")
     parser.add_argument("--folds", type=int, default=0, help="grouped K-fold CV with pooled out-of-fold scores (0: one split)")
     args = parser.parse_args()
@@ -184,7 +186,7 @@ def main():
           f"| specificity | spec@sens {args.target_sensitivity:.2f} |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for size in (int(s) for s in args.sizes.split(",")):
-        x, y, groups, _ = load(args.data, size, args.cache)
+        x, y, groups, _ = load(args.data, size, args.cache, args.border_crop)
         if set(np.unique(y)) - {0, 1}:
             raise SystemExit("compare_models.py handles binary tasks only")
         rounds = splits(groups, args.folds)

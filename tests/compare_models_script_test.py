@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from covid_cxr.data import synthetic
+from covid_cxr.data import features, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,21 @@ def test_tta_scores_are_the_mean_over_the_mirror(compare_models):
     expected = (x[test][:, :, :2].mean(axis=(1, 2, 3)) + x[test][:, :, 2:].mean(axis=(1, 2, 3))) / 2
     np.testing.assert_allclose(plain, x[test][:, :, :2].mean(axis=(1, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(mirrored, expected, rtol=1e-6)
+
+
+def test_border_crop_decodes_like_the_transform_and_is_cached_apart(compare_models, tmp_path):
+    import numpy as np
+
+    from covid_cxr.transform import preprocessing
+
+    data = tmp_path / "curated"
+    synthetic.generate(str(data), patients_per_class=2, seed=1)
+    plain = compare_models.load(str(data), 32, str(tmp_path))[0]
+    cropped = compare_models.load(str(data), 32, str(tmp_path), border_crop=0.1)[0]
+    assert len(list(tmp_path.glob("covid_cxr_compare_*.npz"))) == 2  # one cache per crop
+    assert plain.shape == cropped.shape and not np.allclose(plain, cropped)
+    first = next(iter(compare_models.tf.data.TFRecordDataset(
+        sorted(str(p) for p in data.glob(features.TFRECORD_PATTERN)), compression_type="GZIP")))
+    image = compare_models.tf.train.Example.FromString(first.numpy()).features.feature[features.IMAGE].bytes_list.value[0]
+    expected = preprocessing.decode_image(image, 32, 0.1).numpy()
+    np.testing.assert_allclose(cropped[0], expected, atol=1e-3)  # float16 cache
