@@ -278,6 +278,19 @@ def _slice_metrics(task, y, y_pred, covid, mask, n_boot, seed) -> dict:
     }
 
 
+def sources_below_pooled_auc(pooled: dict, per_source: Mapping[str, dict]) -> list[str]:
+    """Sources whose within-source AUC interval lies wholly below the pooled AUC's interval.
+
+    Pooled AUC also rewards telling the sources apart (one source mostly COVID, another mostly
+    normal); within one source only the disease separates the classes. A source whose whole
+    interval sits below the pooled one is where the model scores something other than the disease.
+    """
+    if not pooled.get("ci95"):
+        return []
+    return [source for source, m in per_source.items()
+            if (m.get("auc") or {}).get("ci95") and m["auc"]["ci95"][1] < pooled["ci95"][0]]
+
+
 def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: int = 2000, seed: int = 0,
             slices: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
     """The metrics part of the report from labels and the model's signature outputs."""
@@ -321,6 +334,7 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
                      for v in sorted(set(values.tolist()))}
             if key == features.SOURCE:
                 out["per_source"] = table
+                out["sources_below_pooled_auc"] = sources_below_pooled_auc(out["auc"], table)
             else:
                 out["slices"][key] = table
         if not out["slices"]:
@@ -511,6 +525,9 @@ def summary_text(report: dict) -> str:
     for source, entry in report.get("per_source", {}).items():
         lines.append(f"  source {source}: n={entry['n']} sensitivity {_fmt(entry['sensitivity'])}; "
                      f"specificity {_fmt(entry['specificity'])}; AUC within the source {_fmt(entry.get('auc'))}")
+    for source in report.get("sources_below_pooled_auc", []):
+        lines.append(f"WARNING: within source {source} the AUC is wholly below the pooled AUC's interval: "
+                     "there the model separates something other than the disease (the source?)")
     audit = report.get("shortcut_audit")
     if audit:
         lines.append(f"shortcut audit: {audit['verdict']}")

@@ -184,6 +184,22 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
     assert report["auc"]["value"] == pytest.approx(0.8)
     for source in ("a", "b"):
         assert report["per_source"][source]["auc"]["value"] == pytest.approx(0.5)
+    assert report["sources_below_pooled_auc"] == ["a", "b"]
+    from covid_cxr.evaluation import html_report
+
+    page = html_report.render(dict(report, task=task.name, threshold=0.5, threshold_note="test",
+                                   model={"path": "m", "version": 1}, data={"path": "d", "format": "x", "skipped": 0}),
+                              pngs={})
+    assert "Within-source AUC wholly below the pooled AUC's interval: a, b" in page
+
+
+def test_a_source_is_flagged_only_when_its_whole_interval_is_below_the_pooled_one():
+    pooled = {"value": 0.97, "ci95": [0.94, 0.99]}
+    per_source = {"cohen": {"auc": {"value": 0.40, "ci95": [0.12, 0.75]}},
+                  "radiography": {"auc": {"value": 0.93, "ci95": [0.88, 0.96]}},  # overlaps: not flagged
+                  "rsna": {"auc": {"value": None, "ci95": None}}}  # one class only: no AUC
+    assert evaluate.sources_below_pooled_auc(pooled, per_source) == ["cohen"]
+    assert evaluate.sources_below_pooled_auc({"value": None, "ci95": None}, per_source) == []
 
 
 def _write_fake_pipeline_root(root):

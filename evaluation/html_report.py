@@ -159,7 +159,12 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
     if report.get("per_source"):
         parts.append("<h2>Per source</h2>" + _slice_table(report["per_source"]))
         parts.append("<p class=note>A source holding a single class has no specificity or no sensitivity: "
-                     "compare sources of the same class.</p>")
+                     "compare sources of the same class. AUC here is within the source: only the disease "
+                     "separates its classes.</p>")
+        flagged = report.get("sources_below_pooled_auc") or []
+        if flagged:
+            parts.append(f"<p class=warn>Within-source AUC wholly below the pooled AUC's interval: "
+                         f"{_e(', '.join(flagged))}. There the model separates something other than the disease.</p>")
     for key, table in report.get("slices", {}).items():
         parts.append(f"<h2>Per {_e(key)}</h2>" + _slice_table(table))
     audit = report.get("shortcut_audit")

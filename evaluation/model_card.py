@@ -112,6 +112,10 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
                          f"{_value_and_ci(m['specificity'])} | {_value_and_ci(m.get('auc'))} |")
         lines += ["", "AUC within a source needs both classes in that source (n/a otherwise); far below the "
                   "pooled AUC, it says the model separates the sources better than the disease."]
+        flagged = evaluation.get("sources_below_pooled_auc") or []
+        if flagged:
+            lines += ["", f"- **within-source AUC wholly below the pooled AUC's interval: {', '.join(flagged)}** — "
+                      "there the model separates something other than the disease (the hospital, its markers)."]
     audit = evaluation.get("shortcut_audit")
     if audit:
         lines += ["", f"- shortcut audit (image borders only): {audit.get('verdict', 'not run')}"]

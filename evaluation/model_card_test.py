@@ -57,6 +57,7 @@ def test_card_with_evaluation_shows_confidence_intervals():
                        "radiography": {"n": 130, "sensitivity": metrics.proportion(9, 10),
                                        "specificity": metrics.proportion(110, 120),
                                        "auc": {"value": 0.55, "ci95": [0.41, 0.70]}}},
+        "sources_below_pooled_auc": ["radiography"],
         "shortcut_audit": {"verdict": "SHORTCUT: borders predict the label"},
     }
     card = model_card.render(METADATA, _report(), evaluation=evaluation)
@@ -66,6 +67,8 @@ def test_card_with_evaluation_shows_confidence_intervals():
     assert "| cohen | 70 |" in card and "n/a" in card
     assert "AUC within the source (95% CI)" in card
     assert "| 0.550 (0.410 – 0.700) |" in card  # the within-source AUC column
+    assert "within-source AUC wholly below the pooled AUC's interval: radiography**" in card
+    assert "wholly below" not in model_card.render(METADATA, _report(), evaluation=dict(evaluation, sources_below_pooled_auc=[]))
     assert "shortcut audit (image borders only): SHORTCUT" in card
     assert "/data/test" in card
 
