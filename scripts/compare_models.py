@@ -181,6 +181,8 @@ def main():
     parser.add_argument("--tta", action="store_true", help="score each image as the mean over it and its mirror")
     parser.add_argument("--folds", type=int, default=0, help="grouped K-fold CV with pooled out-of-fold scores (0: one split)")
     args = parser.parse_args()
+    if not 0.0 <= args.border_crop <= 0.25:  # the range model.border_crop accepts
+        parser.error(f"--border-crop must be between 0 and 0.25 (of each side), got {args.border_crop}")
 
     print(f"| family | size | train min{' / fold' if args.folds > 1 else ''} | n held out | test AUC | sensitivity "
           f"| specificity | spec@sens {args.target_sensitivity:.2f} |")

@@ -70,3 +70,11 @@ def test_border_crop_decodes_like_the_transform_and_is_cached_apart(compare_mode
     image = compare_models.tf.train.Example.FromString(first.numpy()).features.feature[features.IMAGE].bytes_list.value[0]
     expected = preprocessing.decode_image(image, 32, 0.1).numpy()
     np.testing.assert_allclose(cropped[0], expected, atol=1e-3)  # float16 cache
+
+
+def test_a_border_crop_outside_the_model_range_is_a_one_line_usage_error(compare_models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), "--border-crop", "0.6"])
+    with pytest.raises(SystemExit) as info:
+        compare_models.main()
+    assert info.value.code == 2
+    assert "--border-crop must be between 0 and 0.25 (of each side), got 0.6" in capsys.readouterr().err
