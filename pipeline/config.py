@@ -66,6 +66,9 @@ class TrainingConfig:
     # > 0: when eval allows both targets, the threshold shares the slack between them instead of
     # sitting right on the sensitivity target (trainer.training.choose_threshold); 0: sensitivity only.
     target_specificity: float = 0.0
+    # 0..1: weight examples so a source that sends nearly all of one class (Cohen's COVID films)
+    # stops predicting the label (trainer.training.source_class_weights); 0: class balance only.
+    source_balance: float = 0.0
     seed: int = 42
     # One inter-op TensorFlow thread, a fixed intra-op count and one Beam worker: bit-identical
     # runs on one machine (with the seed alone, concurrent ops and Beam's example order make runs
@@ -137,7 +140,8 @@ class PipelineConfig:
                             ("gate.min_specificity", self.gate.min_specificity),
                             ("gate.min_auc", self.gate.min_auc),
                             ("training.target_sensitivity", self.training.target_sensitivity),
-                            ("training.target_specificity", self.training.target_specificity)):
+                            ("training.target_specificity", self.training.target_specificity),
+                            ("training.source_balance", self.training.source_balance)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
         if not -1.0 <= self.gate.max_auc_regression <= 1.0:

@@ -24,6 +24,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"gate.max_auc_regression": "2"}, "gate.max_auc_regression must be between -1 and 1"),
     ({"gate.min_auc": "-0.1"}, "between 0 and 1"),
     ({"training.target_specificity": "1.2"}, "training.target_specificity must be between 0 and 1"),
+    ({"training.source_balance": "2"}, "training.source_balance must be between 0 and 1"),
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
     ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"fine_tune_lr_factors must lie in \(0, 1\]"),
     ({"training.reproducible": "true", "runtime.beam_workers": "2"}, "training.reproducible needs runtime.beam_workers=1"),

@@ -30,8 +30,8 @@ from covid_cxr.transform import preprocessing
 HISTORY_FILE = "history.json"  # in the model run directory, read by `covid-cxr evaluate`
 
 
-def _dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int):
-    """(image_xf, label) batches; endless and shuffled for training, one ordered pass otherwise."""
+def _raw_dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int):
+    """(transformed features, label) batches; endless and shuffled for training, one ordered pass otherwise."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size,
         label_key=preprocessing.LABEL_XF,
@@ -40,8 +40,28 @@ def _dataset(files, data_accessor, tf_transform_output, batch_size: int, trainin
         shuffle_seed=seed,
         shuffle_buffer_size=1024,
     )
-    dataset = data_accessor.tf_dataset_factory(files, options, tf_transform_output.transformed_metadata.schema)
-    return dataset.map(lambda feats, label: (feats[preprocessing.IMAGE_XF], label)).prefetch(tf.data.AUTOTUNE)
+    return data_accessor.tf_dataset_factory(files, options, tf_transform_output.transformed_metadata.schema)
+
+
+def _dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int,
+             example_weights: Optional[dict] = None):
+    """(image_xf, label) batches, or (image_xf, label, weight) with ``{(source, class): weight}``."""
+    dataset = _raw_dataset(files, data_accessor, tf_transform_output, batch_size, training_mode, seed)
+    if example_weights is None:
+        return dataset.map(lambda feats, label: (feats[preprocessing.IMAGE_XF], label)).prefetch(tf.data.AUTOTUNE)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            [f"{source}\x00{label}" for source, label in example_weights],
+            [float(w) for w in example_weights.values()], value_dtype=tf.float32),
+        # Every (source, class) of these files was counted from them; no example falls through.
+        default_value=1.0)
+
+    def with_weights(feats, label):
+        key = tf.strings.join([tf.reshape(feats[preprocessing.SOURCE_XF], [-1]),
+                               tf.strings.as_string(tf.reshape(label, [-1]))], separator="\x00")
+        return feats[preprocessing.IMAGE_XF], label, table.lookup(key)
+
+    return dataset.map(with_weights).prefetch(tf.data.AUTOTUNE)
 
 
 def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -52,11 +72,27 @@ def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(labels), np.concatenate(scores)
 
 
-def _count_labels(files, data_accessor, tf_transform_output, batch_size: int) -> collections.Counter:
+def _count_source_labels(files, data_accessor, tf_transform_output, batch_size: int) -> collections.Counter:
+    """Examples per (source name, class index)."""
     counts: collections.Counter = collections.Counter()
-    for _, label in _dataset(files, data_accessor, tf_transform_output, batch_size, False, 0):
-        counts.update(int(v) for v in label.numpy().reshape(-1))
+    for feats, label in _raw_dataset(files, data_accessor, tf_transform_output, batch_size, False, 0):
+        sources = feats[preprocessing.SOURCE_XF].numpy().reshape(-1)
+        counts.update((s.decode(), int(v)) for s, v in zip(sources, label.numpy().reshape(-1)))
     return counts
+
+
+def _per_class(source_counts: collections.Counter) -> collections.Counter:
+    counts: collections.Counter = collections.Counter()
+    for (_, label), n in source_counts.items():
+        counts[label] += n
+    return counts
+
+
+def _training_weights(source_counts: collections.Counter, task: features.Task, train_cfg: dict) -> dict:
+    weights = training.source_class_weights(source_counts, task.num_classes, float(train_cfg.get("source_balance", 0.0)))
+    logging.info("example weights per (source, class): %s",
+                 {f"{s}/{task.classes[c]}": round(w, 3) for (s, c), w in sorted(weights.items())})
+    return weights
 
 
 def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
@@ -117,7 +153,8 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     train_cfg = cfg["training"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     batch = train_cfg["batch_size"]
-    counts = _count_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
+    source_counts = _count_source_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
+    weights = _training_weights(source_counts, task, train_cfg)
 
     def build(hp):
         hparams = _search_space(hp, cfg)
@@ -139,11 +176,11 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     return tfx.components.TunerFnResult(
         tuner=tuner,
         fit_kwargs={
-            "x": _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, train_cfg["seed"]),
+            "x": _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, train_cfg["seed"],
+                          weights),
             "validation_data": _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
-            "steps_per_epoch": _steps(sum(counts.values()), batch),
+            "steps_per_epoch": _steps(sum(source_counts.values()), batch),
             "epochs": cfg["tuner"]["epochs"],
-            "class_weight": training.class_weights(counts, task.num_classes),
             "verbose": 2,
         },
     )
@@ -183,12 +220,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_cfg = cfg["training"]
     batch, seed = train_cfg["batch_size"], train_cfg["seed"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    counts = _count_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
-    eval_counts = _count_labels(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch)
+    source_counts = _count_source_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
+    counts = _per_class(source_counts)
+    eval_counts = _per_class(_count_source_labels(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch))
     logging.info("training examples per class %s, eval %s", dict(counts), dict(eval_counts))
+    weights = _training_weights(source_counts, task, train_cfg)
 
     hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)
-    train_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, seed)
+    train_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, seed, weights)
     eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
     members: list[models.BuiltModel] = []
     histories: list[dict] = []
@@ -206,7 +245,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             steps_per_epoch=_steps(sum(counts.values()), batch),
             validation_steps=None,
             num_classes=task.num_classes,
-            class_weight=training.class_weights(counts, task.num_classes),
             callbacks=[tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, built.family), update_freq="epoch")],
             seed=seed,
         ))
@@ -233,6 +271,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "hyperparameters": hparams.to_dict(),
         "transform_image_size": cfg["model"]["image_size"],
         "train_class_counts": {task.classes[k]: v for k, v in sorted(counts.items())},
+        "source_balance": float(train_cfg.get("source_balance", 0.0)),
         "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
         "target_sensitivity": train_cfg["target_sensitivity"],
         "target_specificity": train_cfg["target_specificity"],

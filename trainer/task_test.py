@@ -1,9 +1,13 @@
-"""The validation metrics the Trainer stores with the model are those of the served decision."""
+"""The Trainer's validation metrics are those of the served decision; its batches carry per-source weights."""
+import types
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from covid_cxr.data import features
 from covid_cxr.trainer import task as trainer_task
+from covid_cxr.transform import preprocessing
 
 
 def test_binary_validation_metrics_use_the_stored_threshold():
@@ -84,3 +88,29 @@ def test_models_are_built_from_the_configured_seed_so_a_run_repeats():
     first, second, other = initial_weights(7), initial_weights(7), initial_weights(8)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+class _FakeAccessor:
+    """Stands in for TFX's DataAccessor: yields fixed (transformed features, label) batches."""
+
+    def __init__(self, sources, labels):
+        self.sources, self.labels = sources, labels
+
+    def tf_dataset_factory(self, files, options, schema):
+        feats = {preprocessing.IMAGE_XF: tf.zeros([len(self.labels), 4, 4, 1]),
+                 preprocessing.SOURCE_XF: tf.constant(self.sources)}
+        return tf.data.Dataset.from_tensors((feats, tf.constant(self.labels, tf.int64)))
+
+
+def test_training_batches_carry_the_weight_of_their_source_and_class():
+    accessor = _FakeAccessor([b"cohen", b"cohen", b"radiography", b"rsna"], [1, 0, 1, 0])
+    transform_output = types.SimpleNamespace(transformed_metadata=types.SimpleNamespace(schema=None))
+    counts = trainer_task._count_source_labels(["f"], accessor, transform_output, 4)
+    assert counts == {("cohen", 1): 1, ("cohen", 0): 1, ("radiography", 1): 1, ("rsna", 0): 1}
+    assert trainer_task._per_class(counts) == {0: 2, 1: 2}
+    weights = {("cohen", 1): 0.5, ("cohen", 0): 4.0, ("radiography", 1): 1.5, ("rsna", 0): 1.0}
+    images, labels, sample_weights = next(iter(trainer_task._dataset(["f"], accessor, transform_output, 4, True, 0, weights)))
+    assert images.shape == (4, 4, 4, 1) and labels.numpy().tolist() == [1, 0, 1, 0]
+    assert sample_weights.numpy().tolist() == [0.5, 4.0, 1.5, 1.0]
+    # Evaluation batches stay unweighted.
+    assert len(next(iter(trainer_task._dataset(["f"], accessor, transform_output, 4, False, 0)))) == 2

@@ -222,6 +222,39 @@ def class_weights(
     return {i: (total / (k * counts[i])) if counts.get(i, 0) > 0 else 1.0 for i in range(k)}
 
 
+def source_class_weights(
+    counts: Mapping[tuple[str, int], int], num_classes: int, strength: float
+) -> dict[tuple[str, int], float]:
+    """Per-example weights for each (source, class) cell that make the source carry less label.
+
+    When one source sends nearly all of a class (here: a hospital behind most of Cohen's COVID
+    films, with a handful of normals), a model can score the source instead of the disease. The
+    weight ``(n_s / (k_s * n_sc)) ** strength`` balances the classes *within* each source (``k_s``:
+    classes present there); ``strength`` 1 removes the source's label information, 0 leaves it. Each
+    class is then rescaled so the classes are balanced overall as in :func:`class_weights` and the
+    mean weight over the examples is 1; at ``strength`` 1 every source holding both classes then
+    has the same class ratio (a one-class source, such as RSNA's normals, cannot be evened out).
+    With ``strength`` 0 the result is exactly :func:`class_weights` for every source.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    cells = {(str(s), int(c)): int(n) for (s, c), n in counts.items() if int(n) > 0}
+    if not cells:
+        raise ValueError("no labelled examples")
+    per_source: dict[str, int] = {}
+    classes_in_source: dict[str, int] = {}
+    per_class: dict[int, int] = {}
+    for (source, label), n in cells.items():
+        per_source[source] = per_source.get(source, 0) + n
+        classes_in_source[source] = classes_in_source.get(source, 0) + 1
+        per_class[label] = per_class.get(label, 0) + n
+    within = {cell: (per_source[cell[0]] / (classes_in_source[cell[0]] * n)) ** strength for cell, n in cells.items()}
+    balanced = class_weights(per_class, num_classes)
+    mass = {label: sum(n * within[cell] for cell, n in cells.items() if cell[1] == label) for label in per_class}
+    # Rescale so each class's total weight equals what class_weights gives it (n_c * w_c).
+    return {cell: within[cell] * per_class[cell[1]] * balanced[cell[1]] / mass[cell[1]] for cell in cells}
+
+
 def compile_for_export(built: BuiltModel, num_classes: int) -> keras.Model:
     """Recompile with the loss and built-in metrics only, right before ``model.save``.
 
@@ -519,6 +552,7 @@ __all__ = [
     "SelectionScore",
     "choose_threshold",
     "class_weights",
+    "source_class_weights",
     "compile_for_export",
     "compile_model",
     "concatenate_histories",

@@ -94,6 +94,34 @@ def test_class_weights_balanced():
         T.class_weights({-1: 3})
 
 
+def test_source_class_weights_at_strength_zero_are_the_class_weights():
+    counts = {("cohen", 1): 290, ("cohen", 0): 10, ("radiography", 1): 300, ("radiography", 0): 400, ("rsna", 0): 70}
+    weights = T.source_class_weights(counts, 2, 0.0)
+    balanced = T.class_weights({0: 480, 1: 590})
+    assert weights == pytest.approx({cell: balanced[cell[1]] for cell in counts})
+
+
+def test_full_source_balance_makes_the_source_carry_no_label():
+    # Cohen: nearly all COVID, as in the real corpus; Radiography: balanced-ish; RSNA: normals only.
+    counts = {("cohen", 1): 290, ("cohen", 0): 10, ("radiography", 1): 300, ("radiography", 0): 400, ("rsna", 0): 70}
+    weights = T.source_class_weights(counts, 2, 1.0)
+    mass = {cell: n * weights[cell] for cell, n in counts.items()}
+    # Every source with both classes has the same normal:COVID weight ratio: being from Cohen
+    # rather than Radiography says nothing about the label (before weighting: 1:29 against 4:3).
+    assert mass[("cohen", 0)] / mass[("cohen", 1)] == pytest.approx(mass[("radiography", 0)] / mass[("radiography", 1)])
+    # Overall the classes are balanced and the mean weight is 1, as with class_weights.
+    assert sum(v for c, v in mass.items() if c[1] == 0) == pytest.approx(sum(v for c, v in mass.items() if c[1] == 1))
+    assert sum(mass.values()) / sum(counts.values()) == pytest.approx(1.0)
+    # A rare Cohen normal now counts far more than a Cohen COVID film.
+    assert weights[("cohen", 0)] > 20 * weights[("cohen", 1)]
+    half = T.source_class_weights(counts, 2, 0.5)
+    assert weights[("cohen", 1)] < half[("cohen", 1)] < T.source_class_weights(counts, 2, 0.0)[("cohen", 1)]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        T.source_class_weights(counts, 2, 1.5)
+    with pytest.raises(ValueError, match="no labelled"):
+        T.source_class_weights({}, 2, 1.0)
+
+
 # ------------------------------------------------------------------------------------------------
 # fit
 # ------------------------------------------------------------------------------------------------

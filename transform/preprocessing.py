@@ -11,6 +11,7 @@ from covid_cxr.data import features
 
 IMAGE_XF = "image_xf"  # float32 [size, size, 1], per-image contrast stretched to [0, 1]
 LABEL_XF = "label_xf"  # int64 class index
+SOURCE_XF = "source_xf"  # bytes source name; only the Trainer's per-source example weights read it
 IMAGE_SIZE_KEY = "image_size"  # custom_config keys
 BORDER_CROP_KEY = "border_crop"
 
@@ -50,8 +51,10 @@ def preprocessing_fn(inputs, custom_config):
     """tf.Transform entry point (Transform component: ``preprocessing_fn`` module path)."""
     size = int(custom_config[IMAGE_SIZE_KEY])
     border_crop = float(custom_config.get(BORDER_CROP_KEY, 0.0))
-    # Serving requests carry no label: the Transform layer drops LABEL_XF when its input is absent.
+    # Serving requests carry only the image: the Transform layer drops LABEL_XF and SOURCE_XF
+    # when their inputs are absent, and the model never sees the source.
     return {
         IMAGE_XF: decode_images(inputs[features.IMAGE], size, border_crop),
         LABEL_XF: tf.reshape(inputs[features.LABEL_INDEX], [-1]),
+        SOURCE_XF: tf.reshape(inputs[features.SOURCE], [-1]),
     }

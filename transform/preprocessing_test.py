@@ -35,14 +35,16 @@ def test_contrast_stretch_removes_exposure_differences():
     assert np.abs(a - b).mean() < 0.02
 
 
-def test_preprocessing_fn_outputs_image_and_label():
+def test_preprocessing_fn_outputs_image_label_and_source():
     png = _encode(np.zeros((8, 8), np.uint8) + np.arange(8, dtype=np.uint8) * 30, "PNG")
     out = preprocessing.preprocessing_fn(
-        {"image": tf.constant([[png], [png]]), "label_index": tf.constant([[1], [0]], tf.int64)},
+        {"image": tf.constant([[png], [png]]), "label_index": tf.constant([[1], [0]], tf.int64),
+         "source": tf.constant([[b"cohen"], [b"rsna"]])},
         {preprocessing.IMAGE_SIZE_KEY: 16},
     )
     assert out[preprocessing.IMAGE_XF].shape == (2, 16, 16, 1)
     assert out[preprocessing.LABEL_XF].numpy().tolist() == [1, 0]
+    assert out[preprocessing.SOURCE_XF].numpy().tolist() == [b"cohen", b"rsna"]
 
 
 def test_border_crop_removes_the_outer_band_before_resizing():
@@ -59,6 +61,7 @@ def test_border_crop_removes_the_outer_band_before_resizing():
     assert cropped[:5, :15].min() > 0.99 and np.ptp(cropped[:5, :15]) < 1e-3  # flat grey, no marker
     # The centre square spans 20 of the 80 kept pixels: a quarter of the output width.
     assert cropped[25, 25] < 0.05 and cropped[25, 5] > 0.95
-    out = preprocessing.preprocessing_fn({"image": tf.constant([[png]]), "label_index": tf.constant([[1]], tf.int64)},
+    out = preprocessing.preprocessing_fn({"image": tf.constant([[png]]), "label_index": tf.constant([[1]], tf.int64),
+                                          "source": tf.constant([[b"cohen"]])},
                                          {preprocessing.IMAGE_SIZE_KEY: 50, preprocessing.BORDER_CROP_KEY: 0.1})
     np.testing.assert_allclose(out[preprocessing.IMAGE_XF].numpy()[0], cropped)
