@@ -28,11 +28,15 @@ demo: install
 ## The default suite: unit tests, the end-to-end DAG test, and lean real-data tests (skipped
 ## when ../shared/data is absent). Tests marked `slow` run only with `make test-all`; the long
 ## real-data runs are scripts: `make bench` (CPU cost per family) and `make quality` (docs/results.md).
+## Two workers (pytest-xdist), one test file per worker: the end-to-end DAG file keeps its shared
+## pipeline root on one worker while the other runs everything else. WORKERS=0 runs serially.
+WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(WORKERS) --dist loadfile
 test: install
-	$(BIN)/pytest -m "not slow" -q
+	$(PYTEST) -m "not slow"
 
 test-all: install
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 ## Real-data quality and speed figures (minutes to tens of minutes; prints tables).
 bench: install

@@ -278,19 +278,6 @@ def _slice_metrics(task, y, y_pred, covid, mask, n_boot, seed) -> dict:
     }
 
 
-def sources_below_pooled_auc(pooled: dict, per_source: Mapping[str, dict]) -> list[str]:
-    """Sources whose within-source AUC interval lies wholly below the pooled AUC's interval.
-
-    Pooled AUC also rewards telling the sources apart (one source mostly COVID, another mostly
-    normal); within one source only the disease separates the classes. A source whose whole
-    interval sits below the pooled one is where the model scores something other than the disease.
-    """
-    if not pooled.get("ci95"):
-        return []
-    return [source for source, m in per_source.items()
-            if (m.get("auc") or {}).get("ci95") and m["auc"]["ci95"][1] < pooled["ci95"][0]]
-
-
 def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: int = 2000, seed: int = 0,
             slices: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
     """The metrics part of the report from labels and the model's signature outputs."""
@@ -334,7 +321,7 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
                      for v in sorted(set(values.tolist()))}
             if key == features.SOURCE:
                 out["per_source"] = table
-                out["sources_below_pooled_auc"] = sources_below_pooled_auc(out["auc"], table)
+                out["sources_below_pooled_auc"] = metrics.sources_below_pooled_auc(out["auc"], table)
             else:
                 out["slices"][key] = table
         if not out["slices"]:
@@ -462,9 +449,14 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     return out
 
 
-def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] = None) -> dict:
-    """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}."""
-    from covid_cxr.evaluation import html_report
+def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] = None,
+                 model_metadata: Optional[dict] = None) -> dict:
+    """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}.
+
+    With the model's metadata it also writes model_card.md: the card the Pusher writes, plus this
+    evaluation's confidence intervals, per-source table (within-source AUC) and shortcut audit.
+    """
+    from covid_cxr.evaluation import html_report, model_card
 
     os.makedirs(out_dir, exist_ok=True)
     pngs = make_plots(evaluation)
@@ -476,9 +468,14 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
         files[name] = path
     files[REPORT_HTML] = os.path.join(out_dir, REPORT_HTML)
     files[REPORT_JSON] = os.path.join(out_dir, REPORT_JSON)
+    if model_metadata is not None:
+        files[model_card.FILE_NAME] = os.path.join(out_dir, model_card.FILE_NAME)
     evaluation.report["files"] = files
     with open(files[REPORT_HTML], "w", encoding="utf-8") as f:
         f.write(html_report.render(evaluation.report, pngs, pipeline))
+    if model_metadata is not None:
+        with open(files[model_card.FILE_NAME], "w", encoding="utf-8") as f:
+            f.write(model_card.render(model_metadata, None, json_safe(evaluation.report)))
     with open(files[REPORT_JSON], "w", encoding="utf-8") as f:
         json.dump(json_safe(evaluation.report), f, indent=2, allow_nan=False)
     return files
@@ -525,14 +522,15 @@ def summary_text(report: dict) -> str:
     for source, entry in report.get("per_source", {}).items():
         lines.append(f"  source {source}: n={entry['n']} sensitivity {_fmt(entry['sensitivity'])}; "
                      f"specificity {_fmt(entry['specificity'])}; AUC within the source {_fmt(entry.get('auc'))}")
-    for source in report.get("sources_below_pooled_auc", []):
-        lines.append(f"WARNING: within source {source} the AUC is wholly below the pooled AUC's interval: "
-                     "there the model separates something other than the disease (the source?)")
+    if report.get("sources_below_pooled_auc"):
+        lines.append("WARNING: " + metrics.within_source_warning(report["sources_below_pooled_auc"]))
     audit = report.get("shortcut_audit")
     if audit:
         lines.append(f"shortcut audit: {audit['verdict']}")
     if report.get("files"):
         lines.append(f"report: {report['files'][REPORT_HTML]}")
+        if "model_card.md" in report["files"]:
+            lines.append(f"model card with this evaluation: {report['files']['model_card.md']}")
     return "\n".join(lines)
 
 
@@ -637,7 +635,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
             raise click.BadParameter(str(e), param_hint="--pipeline-root")
         evaluation.report["pipeline"] = pipeline
     if out_dir:
-        write_report(evaluation, out_dir, pipeline)
+        write_report(evaluation, out_dir, pipeline, model.metadata)
     if as_json:
         click.echo(json.dumps(json_safe(evaluation.report), indent=2, allow_nan=False))
     else:

@@ -86,6 +86,13 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     assert html.count("data:image/png;base64,") == 3  # self-contained: every plot inlined
     assert "Wilson" in html and "Shortcut audit" in html and "Not a diagnostic device".lower() in html.lower()
     assert json.loads((out / "report.json").read_text())["n"] == report["n"]
+    # The model card with this evaluation: the pushed card's sections plus CIs and per-source AUC.
+    card = (out / "model_card.md").read_text()
+    assert report["files"]["model_card.md"] == str(out / "model_card.md")
+    assert card.startswith("# covid-cxr model card: covid-vs-normal") and "Not a diagnostic device" in card
+    assert "| source | n | sensitivity (95% CI) | specificity (95% CI) | AUC within the source (95% CI) |" in card
+    for source, entry in report["per_source"].items():
+        assert f"| {source} | {entry['n']} |" in card
 
 
 def test_evaluate_class_folders(binary_model, tmp_path):
@@ -187,10 +194,11 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
     assert report["sources_below_pooled_auc"] == ["a", "b"]
     from covid_cxr.evaluation import html_report
 
-    page = html_report.render(dict(report, task=task.name, threshold=0.5, threshold_note="test",
-                                   model={"path": "m", "version": 1}, data={"path": "d", "format": "x", "skipped": 0}),
-                              pngs={})
-    assert "Within-source AUC wholly below the pooled AUC's interval: a, b" in page
+    full = dict(report, task=task.name, threshold=0.5, threshold_note="test",
+                model={"path": "m", "version": 1}, data={"path": "d", "format": "x", "skipped": 0})
+    page = html_report.render(full, pngs={})
+    assert "<p class=warn>Warning: within-source AUC wholly below the pooled AUC&#x27;s interval: a, b;" in page
+    assert "WARNING: within-source AUC wholly below the pooled AUC's interval: a, b;" in evaluate.summary_text(full)
 
 
 def test_a_source_is_flagged_only_when_its_whole_interval_is_below_the_pooled_one():
@@ -198,8 +206,8 @@ def test_a_source_is_flagged_only_when_its_whole_interval_is_below_the_pooled_on
     per_source = {"cohen": {"auc": {"value": 0.40, "ci95": [0.12, 0.75]}},
                   "radiography": {"auc": {"value": 0.93, "ci95": [0.88, 0.96]}},  # overlaps: not flagged
                   "rsna": {"auc": {"value": None, "ci95": None}}}  # one class only: no AUC
-    assert evaluate.sources_below_pooled_auc(pooled, per_source) == ["cohen"]
-    assert evaluate.sources_below_pooled_auc({"value": None, "ci95": None}, per_source) == []
+    assert metrics.sources_below_pooled_auc(pooled, per_source) == ["cohen"]
+    assert metrics.sources_below_pooled_auc({"value": None, "ci95": None}, per_source) == []
 
 
 def _write_fake_pipeline_root(root):

@@ -5,6 +5,8 @@ import base64
 import html
 from typing import Mapping, Optional
 
+from covid_cxr.evaluation import metrics
+
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 62em; color: #222; line-height: 1.4; padding: 0 1em; }
@@ -163,8 +165,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
                      "separates its classes.</p>")
         flagged = report.get("sources_below_pooled_auc") or []
         if flagged:
-            parts.append(f"<p class=warn>Within-source AUC wholly below the pooled AUC's interval: "
-                         f"{_e(', '.join(flagged))}. There the model separates something other than the disease.</p>")
+            parts.append(f"<p class=warn>Warning: {_e(metrics.within_source_warning(flagged))}.</p>")
     for key, table in report.get("slices", {}).items():
         parts.append(f"<h2>Per {_e(key)}</h2>" + _slice_table(table))
     audit = report.get("shortcut_audit")

@@ -12,7 +12,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -285,3 +285,22 @@ def macro_f1(cm: np.ndarray) -> float:
     cm = np.asarray(cm)
     scores = [f1_from_counts(**{k: v for k, v in one_vs_rest(cm, i).items() if k != "tn"}) for i in range(cm.shape[0])]
     return float(np.mean(scores)) if scores else 0.0
+
+
+def sources_below_pooled_auc(pooled: dict, per_source: Mapping[str, dict]) -> list[str]:
+    """Sources whose within-source AUC interval lies wholly below the pooled AUC's interval.
+
+    Pooled AUC also rewards telling the sources apart (one source mostly COVID, another mostly
+    normal); within one source only the disease separates the classes. A source whose whole
+    interval sits below the pooled one is where the model scores something other than the disease.
+    """
+    if not pooled.get("ci95"):
+        return []
+    return [source for source, m in per_source.items()
+            if (m.get("auc") or {}).get("ci95") and m["auc"]["ci95"][1] < pooled["ci95"][0]]
+
+
+def within_source_warning(sources: Sequence[str]) -> str:
+    """The one sentence every report (terminal, HTML, model card) prints for flagged sources."""
+    return (f"within-source AUC wholly below the pooled AUC's interval: {', '.join(sources)}; there the model "
+            "separates something other than the disease (the hospital, its markers)")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+from covid_cxr.evaluation import metrics
+
 FILE_NAME = "model_card.md"
 COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
 
@@ -114,8 +116,7 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
                   "pooled AUC, it says the model separates the sources better than the disease."]
         flagged = evaluation.get("sources_below_pooled_auc") or []
         if flagged:
-            lines += ["", f"- **within-source AUC wholly below the pooled AUC's interval: {', '.join(flagged)}** — "
-                      "there the model separates something other than the disease (the hospital, its markers)."]
+            lines += ["", f"- **Warning: {metrics.within_source_warning(flagged)}.**"]
     audit = evaluation.get("shortcut_audit")
     if audit:
         lines += ["", f"- shortcut audit (image borders only): {audit.get('verdict', 'not run')}"]

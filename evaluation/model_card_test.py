@@ -67,7 +67,7 @@ def test_card_with_evaluation_shows_confidence_intervals():
     assert "| cohen | 70 |" in card and "n/a" in card
     assert "AUC within the source (95% CI)" in card
     assert "| 0.550 (0.410 – 0.700) |" in card  # the within-source AUC column
-    assert "within-source AUC wholly below the pooled AUC's interval: radiography**" in card
+    assert "**Warning: within-source AUC wholly below the pooled AUC's interval: radiography; there" in card
     assert "wholly below" not in model_card.render(METADATA, _report(), evaluation=dict(evaluation, sources_below_pooled_auc=[]))
     assert "shortcut audit (image borders only): SHORTCUT" in card
     assert "/data/test" in card

@@ -260,9 +260,14 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
         (["run", "--data", str(empty), "--preset", "huge"], "Invalid value for '--preset'"),
     ]
     for args, message in cases:
-        result = subprocess.run([sys.executable, "-m", "covid_cxr.cli", *args], capture_output=True, text=True,
-                                cwd=str(tmp_path))
-        assert result.returncode == 2, (args, result.stderr)
+        result = CliRunner(mix_stderr=False).invoke(cli.main, args)
+        assert result.exit_code == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
         assert len([l for l in result.stderr.splitlines() if l.startswith("covid-cxr: error")]) == 1
+    # As a user meets it, in a process of its own (the full preset's thread restart included):
+    # one line on stderr and nothing else, no traceback, before any pipeline work.
+    result = subprocess.run([sys.executable, "-m", "covid_cxr.cli", *cases[0][0]], capture_output=True, text=True,
+                            cwd=str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"covid-cxr: error: data directory {str(tmp_path / 'missing')!r} does not exist"]
+    assert "restarting" not in result.stdout  # the wrong --data is caught before the reproducible restart

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Iterable, Optional
+from typing import Optional
 
 import keras_tuner
 import numpy as np

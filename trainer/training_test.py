@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -431,13 +429,34 @@ def test_reproducible_mode_refuses_a_process_started_without_fixed_threads(monke
     T.require_reproducible_threads()
 
 
-def test_run_restarts_itself_with_fixed_threads_once_when_reproducible_is_set(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in T.THREAD_VARIABLES}
-    result = subprocess.run(
-        [sys.executable, "-m", "covid_cxr.cli", "run", "--data", str(tmp_path / "absent"),
-         "--set", "training.reproducible=true"],
-        capture_output=True, text=True, timeout=600, env=env)
-    # The restarted process got as far as checking the data, and did not restart again.
-    assert result.stdout.count("restarting with fixed TensorFlow threads") == 1, result.stdout
-    assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+def test_run_restarts_itself_with_fixed_threads_once_when_reproducible_is_set(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import cli, local_runner
+    from covid_cxr.data import synthetic
+
+    data = str(tmp_path / "data")
+    synthetic.generate(data, "covid-vs-normal", patients_per_class=4)
+    restarts, runs = [], []
+
+    def fake_execve(path, argv, env):
+        restarts.append((argv, env))
+        raise SystemExit(0)  # where the real one replaces the process
+
+    monkeypatch.setattr(os, "execve", fake_execve)
+    monkeypatch.setattr(local_runner, "run", lambda config: runs.append(config))
+    args = ["run", "--data", data, "--set", "training.reproducible=true"]
+    for name in T.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(cli.main, args)
+    # Without the thread settings: the same command again, with them in its environment, before any run.
+    assert result.exit_code == 0 and "restarting with fixed TensorFlow threads" in result.output, result.output
+    (argv, env), = restarts
+    assert argv[1:] == ["-m", "covid_cxr.cli", *args] and not runs
+    assert {k: env[k] for k in T.THREAD_VARIABLES} == T.reproducible_thread_env()
+    # The restarted process has them: it runs the pipeline and does not restart again.
+    for name, value in T.reproducible_thread_env().items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0 and "restarting" not in result.output, result.output
+    assert len(restarts) == 1 and len(runs) == 1 and runs[0].training.reproducible
