@@ -248,8 +248,10 @@ def source_class_weights(
         per_source[source] = per_source.get(source, 0) + n
         classes_in_source[source] = classes_in_source.get(source, 0) + 1
         per_class[label] = per_class.get(label, 0) + n
-    within = {cell: (per_source[cell[0]] / (classes_in_source[cell[0]] * n)) ** strength for cell, n in cells.items()}
     balanced = class_weights(per_class, num_classes)
+    if strength == 0.0:  # exactly the class weights, so runs with the option off repeat earlier runs bit for bit
+        return {cell: balanced[cell[1]] for cell in cells}
+    within = {cell: (per_source[cell[0]] / (classes_in_source[cell[0]] * n)) ** strength for cell, n in cells.items()}
     mass = {label: sum(n * within[cell] for cell, n in cells.items() if cell[1] == label) for label in per_class}
     # Rescale so each class's total weight equals what class_weights gives it (n_c * w_c).
     return {cell: within[cell] * per_class[cell[1]] * balanced[cell[1]] / mass[cell[1]] for cell in cells}

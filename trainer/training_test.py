@@ -96,7 +96,7 @@ def test_source_class_weights_at_strength_zero_are_the_class_weights():
     counts = {("cohen", 1): 290, ("cohen", 0): 10, ("radiography", 1): 300, ("radiography", 0): 400, ("rsna", 0): 70}
     weights = T.source_class_weights(counts, 2, 0.0)
     balanced = T.class_weights({0: 480, 1: 590})
-    assert weights == pytest.approx({cell: balanced[cell[1]] for cell in counts})
+    assert weights == {cell: balanced[cell[1]] for cell in counts}  # exactly: runs with it off repeat bit for bit
 
 
 def test_full_source_balance_makes_the_source_carry_no_label():
