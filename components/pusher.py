@@ -89,7 +89,7 @@ def VersionedPusher(
     else:
         card = model_card.render(dict(metadata, gate=json.loads(gate)), report)
         record = {"model_uri": model.uri, "evaluation_uri": evaluation.uri, "metrics": report.metrics,
-                  "intervals": report.intervals()}
+                  "intervals": report.intervals(), "gate": json.loads(gate)}
         pushed, destination, why = push(model_dir, serving_dir, card, record)
     pushed_model.set_int_custom_property("pushed", int(pushed))
     pushed_model.set_string_custom_property("pushed_destination", destination)

@@ -449,13 +449,26 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     return out
 
 
-def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] = None,
-                 model_metadata: Optional[dict] = None) -> dict:
-    """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}.
+def model_card_text(model: predict.ServingModel, report: dict) -> str:
+    """The card the Pusher wrote for this model (its gate and held-out figures, from the push
+    record when the model was pushed), plus this evaluation's intervals, per-source table and audit."""
+    from covid_cxr.evaluation import model_card
 
-    With the model's metadata it also writes model_card.md: the card the Pusher writes, plus this
-    evaluation's confidence intervals, per-source table (within-source AUC) and shortcut audit.
-    """
+    record = push_record(model)
+    metadata = dict(model.metadata, **({"gate": record["gate"]} if record.get("gate") else {}))
+    gate = None
+    if record.get("metrics"):
+        from covid_cxr.evaluation import gate_report
+
+        # Only blessed models are pushed.
+        gate = gate_report.GateReport(blessed=True, metrics=record["metrics"], failures=[], slices={})
+    return model_card.render(metadata, gate, json_safe(report))
+
+
+def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] = None,
+                 model: Optional[predict.ServingModel] = None) -> dict:
+    """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}.
+    With the evaluated ``model`` also its model card with this evaluation (:func:`model_card_text`)."""
     from covid_cxr.evaluation import html_report, model_card
 
     os.makedirs(out_dir, exist_ok=True)
@@ -468,14 +481,14 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
         files[name] = path
     files[REPORT_HTML] = os.path.join(out_dir, REPORT_HTML)
     files[REPORT_JSON] = os.path.join(out_dir, REPORT_JSON)
-    if model_metadata is not None:
+    if model is not None:
         files[model_card.FILE_NAME] = os.path.join(out_dir, model_card.FILE_NAME)
     evaluation.report["files"] = files
     with open(files[REPORT_HTML], "w", encoding="utf-8") as f:
         f.write(html_report.render(evaluation.report, pngs, pipeline))
-    if model_metadata is not None:
+    if model is not None:
         with open(files[model_card.FILE_NAME], "w", encoding="utf-8") as f:
-            f.write(model_card.render(model_metadata, None, json_safe(evaluation.report)))
+            f.write(model_card_text(model, evaluation.report))
     with open(files[REPORT_JSON], "w", encoding="utf-8") as f:
         json.dump(json_safe(evaluation.report), f, indent=2, allow_nan=False)
     return files
@@ -635,7 +648,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
             raise click.BadParameter(str(e), param_hint="--pipeline-root")
         evaluation.report["pipeline"] = pipeline
     if out_dir:
-        write_report(evaluation, out_dir, pipeline, model.metadata)
+        write_report(evaluation, out_dir, pipeline, model)
     if as_json:
         click.echo(json.dumps(json_safe(evaluation.report), indent=2, allow_nan=False))
     else:

@@ -280,6 +280,25 @@ def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):
     assert evaluate.find_history(model_no_record, str(root))[0]["val_loss"] == [0.8, 0.7]
 
 
+def test_the_evaluation_card_of_a_pushed_model_keeps_its_gate_and_held_out_figures(binary_model, tmp_path):
+    gate = {"min_sensitivity": 0.9, "min_specificity": 0.85, "min_auc": 0.0, "max_auc_regression": 0.01}
+    served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 5, extra={
+        "gate": gate, "metrics": {"sensitivity": 0.93, "specificity": 0.88, "AUC": 0.95, "examples": 40.0}})
+    report = {"data": {"path": "elsewhere", "format": "tfrecords"}, "n": 40, "class_counts": {"normal": 20, "covid": 20},
+              "sensitivity": {"value": 0.9, "ci95": [0.7, 0.97], "k": 18, "n": 20},
+              "per_source": {"rsna": {"n": 40, "sensitivity": {"value": None}, "specificity": {"value": None},
+                                      "auc": {"value": None}}}}
+    card = evaluate.model_card_text(predict.load_model(served), report)
+    # From the push record: the gate the model passed and its figures on the pipeline's test split.
+    assert "- deployment gate on the held-out test split: sensitivity >= 0.9, specificity >= 0.85" in card
+    assert "## Held-out test evaluation (BLESSED)" in card and "0.93" in card
+    # From this evaluation.
+    assert "## Metrics with 95% confidence intervals (elsewhere)" in card and "| rsna | 40 |" in card
+    # A model that was never pushed has no gate section, only this evaluation.
+    unpushed = evaluate.model_card_text(predict.load_model(binary_model.model_dir), report)
+    assert "Held-out test evaluation" not in unpushed and "## Metrics with 95% confidence intervals" in unpushed
+
+
 def test_default_folder_names_follow_the_curation_adapters():
     mapping = evaluate._default_folder_map()
     for folder, finding in (("COVID", "covid"), ("Normal", "normal"), ("NORMAL", "normal"), ("PNEUMONIA", "pneumonia"),

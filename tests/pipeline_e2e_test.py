@@ -161,6 +161,12 @@ def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
         assert (report_dir / name).stat().st_size > 1000, name
     html = (report_dir / "report.html").read_text()
     assert "TFDV anomalies" in html and "TFMA (Evaluator, test split): BLESSED" in html
+    # One card with both: the gate the Pusher recorded and this evaluation's per-source table.
+    card = (report_dir / "model_card.md").read_text()
+    gate = config.gate
+    assert (f"deployment gate on the held-out test split: sensitivity >= {gate.min_sensitivity}, "
+            f"specificity >= {gate.min_specificity}") in card
+    assert "## Held-out test evaluation (BLESSED)" in card and "AUC within the source (95% CI)" in card
 
 
 def _newest_states(config) -> dict:
