@@ -51,7 +51,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images
-from covid_cxr.evaluation import metrics, shortcut_audit
+from covid_cxr.evaluation import metrics, model_card, shortcut_audit
 from covid_cxr.serving import predict
 
 REPORT_JSON = "report.json"
@@ -452,8 +452,6 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
 def model_card_text(model: predict.ServingModel, report: dict) -> str:
     """The card the Pusher wrote for this model (its gate and held-out figures, from the push
     record when the model was pushed), plus this evaluation's intervals, per-source table and audit."""
-    from covid_cxr.evaluation import model_card
-
     record = push_record(model)
     metadata = dict(model.metadata, **({"gate": record["gate"]} if record.get("gate") else {}))
     gate = None
@@ -469,7 +467,7 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
                  model: Optional[predict.ServingModel] = None) -> dict:
     """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}.
     With the evaluated ``model`` also its model card with this evaluation (:func:`model_card_text`)."""
-    from covid_cxr.evaluation import html_report, model_card
+    from covid_cxr.evaluation import html_report
 
     os.makedirs(out_dir, exist_ok=True)
     pngs = make_plots(evaluation)
@@ -542,8 +540,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"shortcut audit: {audit['verdict']}")
     if report.get("files"):
         lines.append(f"report: {report['files'][REPORT_HTML]}")
-        if "model_card.md" in report["files"]:
-            lines.append(f"model card with this evaluation: {report['files']['model_card.md']}")
+        if model_card.FILE_NAME in report["files"]:
+            lines.append(f"model card with this evaluation: {report['files'][model_card.FILE_NAME]}")
     return "\n".join(lines)
 
 

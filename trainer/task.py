@@ -30,7 +30,7 @@ from covid_cxr.transform import preprocessing
 HISTORY_FILE = "history.json"  # in the model run directory, read by `covid-cxr evaluate`
 
 
-def _raw_dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int):
+def _transformed_dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int):
     """(transformed features, label) batches; endless and shuffled for training, one ordered pass otherwise."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size,
@@ -46,7 +46,7 @@ def _raw_dataset(files, data_accessor, tf_transform_output, batch_size: int, tra
 def _dataset(files, data_accessor, tf_transform_output, batch_size: int, training_mode: bool, seed: int,
              example_weights: Optional[dict] = None):
     """(image_xf, label) batches, or (image_xf, label, weight) with ``{(source, class): weight}``."""
-    dataset = _raw_dataset(files, data_accessor, tf_transform_output, batch_size, training_mode, seed)
+    dataset = _transformed_dataset(files, data_accessor, tf_transform_output, batch_size, training_mode, seed)
     if example_weights is None:
         return dataset.map(lambda feats, label: (feats[preprocessing.IMAGE_XF], label)).prefetch(tf.data.AUTOTUNE)
     table = tf.lookup.StaticHashTable(
@@ -75,7 +75,7 @@ def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
 def _count_source_labels(files, data_accessor, tf_transform_output, batch_size: int) -> collections.Counter:
     """Examples per (source name, class index)."""
     counts: collections.Counter = collections.Counter()
-    for feats, label in _raw_dataset(files, data_accessor, tf_transform_output, batch_size, False, 0):
+    for feats, label in _transformed_dataset(files, data_accessor, tf_transform_output, batch_size, False, 0):
         sources = feats[preprocessing.SOURCE_XF].numpy().reshape(-1)
         counts.update((s.decode(), int(v)) for s, v in zip(sources, label.numpy().reshape(-1)))
     return counts
