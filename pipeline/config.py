@@ -16,6 +16,7 @@ import yaml
 from covid_cxr.data import features
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
+CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root is the package
 
 
 class ConfigError(ValueError):
@@ -201,6 +202,10 @@ def load_config(
         if preset not in preset_names():
             raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(preset_names())}")
         _apply(config, _read_yaml(os.path.join(PRESETS_DIR, f"{preset}.yaml")), "preset " + preset)
+        # A preset's relative weights_dir (../shared/weights) lies beside the checkout, wherever
+        # the command runs from; relative paths in a user's file or --set stay relative to the cwd.
+        if config.model.weights_dir and not os.path.isabs(config.model.weights_dir):
+            config.model.weights_dir = os.path.normpath(os.path.join(CHECKOUT_DIR, config.model.weights_dir))
     if config_file:
         _apply(config, _read_yaml(config_file), config_file)
     for key, value in (overrides or {}).items():

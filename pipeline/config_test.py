@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from covid_cxr.pipeline import config as cfg
@@ -81,3 +83,11 @@ def test_reproducible_runs_beam_on_one_worker_so_the_examples_order_repeats():
     assert cfg.load_config("quick", None, {}).runtime.beam_workers == 0  # one per core
     assert cfg.load_config("quick", None, {"training.reproducible": "true"}).runtime.beam_workers == 1
     assert cfg.load_config("full", None, {}).runtime.beam_workers == 1  # `full` is reproducible
+
+
+def test_the_full_presets_weights_dir_is_found_beside_the_checkout_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a user running `covid-cxr run` outside the checkout
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(cfg.__file__)))
+    assert cfg.load_config("full").model.weights_dir == os.path.join(os.path.dirname(repo), "shared", "weights")
+    # A user's own relative path keeps meaning "from where I run it".
+    assert cfg.load_config("full", overrides={"model.weights_dir": "my/weights"}).model.weights_dir == "my/weights"
