@@ -212,7 +212,7 @@ def load_config(
         section, _, field = key.partition(".")
         if not field:
             raise ConfigError(f"override {key!r} must be section.field, e.g. gate.min_sensitivity")
-        _apply(config, {section: {field: value}}, "override " + key)
+        _apply(config, {section: {field: value}}, "override")  # the field names itself in the message
     try:
         return config.validate()
     except ValueError as e:

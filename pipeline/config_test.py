@@ -20,7 +20,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"model.task": "covid-vs-cats"}, "unknown task 'covid-vs-cats'"),
     ({"gate.min_sensitivity": "1.5"}, "between 0 and 1"),
     ({"gate.bogus": "1"}, "unknown field gate.bogus"),
-    ({"training.epochs": "many"}, "not a valid int"),
+    ({"training.epochs": "many"}, "^override: training.epochs: 'many' is not a valid int$"),  # the field named once
     ({"runtime.enable_cache": "maybe"}, "not a valid bool"),
     ({"nosection": "1"}, "must be section.field"),
     ({"gate.max_auc_regression": "2"}, "gate.max_auc_regression must be between -1 and 1"),
