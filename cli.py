@@ -228,7 +228,9 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
     from covid_cxr import kubeflow_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
-    click.echo(f"Pipeline spec written to {kubeflow_runner.compile_pipeline(config, output, image)}")
+    for note in kubeflow_runner.compile_pipeline(config, output, image):
+        click.echo(f"note: {note}")
+    click.echo(f"Pipeline spec written to {output}")
 
 
 # Commands that live beside the stage they belong to.

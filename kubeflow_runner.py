@@ -8,13 +8,12 @@ package installed (see Dockerfile); pipeline_root, data_dir and serving_dir shou
 """
 from __future__ import annotations
 
-import os
-
 import dataclasses
+import os
 
 from tfx import v1 as tfx
 
-from covid_cxr.pipeline.config import PipelineConfig
+from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
 
 
@@ -23,9 +22,36 @@ from covid_cxr.pipeline.pipeline import create_pipeline
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 
 
-def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> str:
+def _on_this_machine(path: str) -> bool:
+    return bool(path) and "://" not in path
+
+
+def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]]:
+    """The config with paths that only exist on the compiling machine replaced; plus what changed.
+
+    The schema comes from the image. A local ``model.weights_dir`` (the ``full`` preset's offline
+    copies) is left out: inside the container ``auto`` then downloads ImageNet weights, which a
+    cluster can usually do; a bucket path is kept (weights are read through tf.io.gfile). A local
+    ``model.weights`` file is an error: the container cannot have it and would train without it.
+    """
+    notes: list[str] = []
+    if _on_this_machine(config.model.weights) and config.model.weights.lower() not in ("auto", "imagenet", "none"):
+        raise ConfigError(f"model.weights {config.model.weights!r} is a file on this machine, which the "
+                          "containers cannot read: copy it to a bucket and pass --set model.weights=gs://...")
     if not config.data.schema_file:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, schema_file=IMAGE_SCHEMA_FILE))
+    if _on_this_machine(config.model.weights_dir):
+        notes.append(f"model.weights_dir {config.model.weights_dir!r} is on this machine, not in the container: left "
+                     "out of the spec, so transfer models download ImageNet weights in the cluster (and fall back to "
+                     "model.fallback without network). To use your offline copies there, copy them to a bucket and "
+                     "pass --set model.weights_dir=gs://...")
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights_dir=""))
+    return config, notes
+
+
+def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> list[str]:
+    """Writes the spec of ``config`` as prepared by :func:`for_the_container`; returns its notes."""
+    config, notes = for_the_container(config)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_file)),
@@ -33,4 +59,4 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> st
     )
     # Kubeflow/Vertex keep ML Metadata themselves: no connection config here.
     runner.run(create_pipeline(config), write_out=True)
-    return output_file
+    return notes

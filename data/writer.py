@@ -123,5 +123,5 @@ def read_summary(data_dir: str) -> dict:
         )
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path!r} is missing: {data_dir!r} was not written by covid-cxr curate")
-    with open(path, encoding="utf-8") as f:
+    with tf.io.gfile.GFile(path) as f:
         return json.load(f)

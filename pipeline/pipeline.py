@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
@@ -24,17 +23,6 @@ SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 PREPROCESSING_FN = "covid_cxr.transform.preprocessing.preprocessing_fn"
 RUN_FN = "covid_cxr.trainer.task.run_fn"
 TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
-
-
-def read_data_summary(data_dir: str) -> dict:
-    """The curated data's summary.json (counts, curation settings), which travels with the model so
-    that `predict` preprocesses new images exactly as curation did. {} when it cannot be read
-    (e.g. compiling for Kubeflow without access to the bucket)."""
-    try:
-        with tf.io.gfile.GFile(os.path.join(data_dir, features.SUMMARY)) as f:
-            return json.load(f)
-    except (tf.errors.OpError, ValueError):
-        return {}
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -67,7 +55,9 @@ def create_components(config: PipelineConfig) -> list:
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         disable_statistics=True,  # StatisticsGen already profiles the raw data
     )
-    model_config = dict(config.model_custom_config(), data_summary=read_data_summary(data.data_dir))
+    # The Trainer reads the curation summary where it runs: a compiled Kubeflow spec is re-run on
+    # new data, and the compiling machine may not be able to read the bucket at all.
+    model_config = dict(config.model_custom_config(), data_dir=data.data_dir)
     train_args = tfx.proto.TrainArgs(splits=["train"])
     eval_args = tfx.proto.EvalArgs(splits=["eval"])
     trainer_inputs = dict(

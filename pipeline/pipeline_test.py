@@ -34,3 +34,14 @@ def test_transform_receives_the_image_size_and_border_crop(tmp_path):
     custom = transform.exec_properties["custom_config"]
     custom = json.loads(custom) if isinstance(custom, str) else custom  # TFX stores it as JSON text
     assert custom == {"image_size": 96, "border_crop": 0.05}
+
+
+def test_the_trainer_gets_the_data_directory_not_a_summary_read_when_the_dag_was_built(tmp_path):
+    # The DAG is built (and compiled for Kubeflow) where the data may be unreadable, and a compiled
+    # spec is re-run on new data: the Trainer reads summary.json itself when it runs.
+    config = cfg.load_config("quick", overrides={"data.data_dir": "gs://bucket/not-readable-here"})
+    trainer = next(c for c in pipeline.create_components(config) if c.id == "Trainer")
+    custom = trainer.exec_properties["custom_config"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom
+    assert custom["data_dir"] == "gs://bucket/not-readable-here"
+    assert "data_summary" not in custom

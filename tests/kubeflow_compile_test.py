@@ -32,3 +32,24 @@ def test_schema_is_read_from_the_image_not_from_this_checkout(tmp_path):
     assert "/pipeline/schema/schema.pbtxt" in text
     _, text = _compile(tmp_path, "--set", "data.schema_file=gs://bucket/schema.pbtxt")
     assert "gs://bucket/schema.pbtxt" in text and kubeflow_runner.IMAGE_SCHEMA_FILE not in text
+
+
+def test_offline_weights_on_this_machine_are_left_out_of_the_spec_with_a_note(tmp_path):
+    local = str(tmp_path / "weights")
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
+        "--data", "gs://bucket/curated", "--set", f"model.weights_dir={local}"])
+    assert result.exit_code == 0, result.output
+    assert f"note: model.weights_dir {local!r} is on this machine" in result.output
+    assert local not in (tmp_path / "spec.json").read_text()
+    _, text = _compile(tmp_path, "--set", "model.weights_dir=gs://bucket/weights")
+    assert "gs://bucket/weights" in text  # a bucket the containers can read is kept
+
+
+def test_a_weights_file_on_this_machine_is_refused_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
+        "--data", "gs://bucket/curated", "--set", "model.weights=/home/me/mobilenet.h5"])
+    assert result.exit_code == 2, result.output
+    assert "model.weights '/home/me/mobilenet.h5' is a file on this machine" in result.output
+    assert not (tmp_path / "spec.json").exists()

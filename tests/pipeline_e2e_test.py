@@ -21,9 +21,10 @@ from ml_metadata.proto import metadata_store_pb2
 
 from covid_cxr import cli, local_runner
 from covid_cxr.components import pusher
-from covid_cxr.data import features, synthetic
+from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
+from covid_cxr.serving import export
 
 TASK = "covid-vs-normal"
 
@@ -82,6 +83,8 @@ def test_demo_is_blessed_and_pushes_a_versioned_model(first_run):
     assert f"{counts['tp']} true positives" in card
     # The report has slices by source/view/sex from the raw examples.
     assert any(name.startswith("source:") for name in outcome.report.slices)
+    # The Trainer recorded the curation summary of the data it trained on (predict repeats its settings).
+    assert export.read_metadata(outcome.destination)["data_summary"] == writer.read_summary(config.data.data_dir)
 
 
 def test_every_component_recorded_its_artifacts_in_mlmd(first_run):

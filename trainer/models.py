@@ -22,10 +22,10 @@ and never raises or hangs.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import os
 import socket
+import tempfile
 import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -388,14 +388,25 @@ def find_weight_file(family: str, directories: Sequence[str], size: int = 224, i
     """The first existing weight file for ``family`` in ``directories`` (None if there is none)."""
     spec = TRANSFER_SPECS[family]
     patterns = list(spec.keras_files) + (list(spec.extra_files) if include_extra else [])
-    for directory in directories:
-        if not directory or not os.path.isdir(directory):
+    for directory in directories:  # tf.io.gfile: a bucket (gs://) is where a Kubeflow run keeps them
+        if not directory or not tf.io.gfile.isdir(directory):
             continue
         for name in _candidate_names(patterns, size):
-            matches = sorted(glob.glob(os.path.join(directory, name)))
+            matches = sorted(tf.io.gfile.glob(os.path.join(directory, name)))
             if matches:
                 return matches[0]
     return None
+
+
+def _backbone_from_file(family: str, size: int, path: str) -> keras.Model:
+    """Keras reads .h5 weights with h5py, which only opens local files: a file elsewhere (gs://)
+    is copied to a temporary directory first, freshly each time, so a replaced file is never stale."""
+    if "://" not in path:
+        return _create_backbone(family, size, path)
+    with tempfile.TemporaryDirectory(prefix="covid_cxr_weights_") as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        tf.io.gfile.copy(path, local)
+        return _create_backbone(family, size, local)
 
 
 def _proxy_configured() -> bool:
@@ -441,7 +452,7 @@ def _load_backbone(
     attempts: list[tuple[str, Callable[[], keras.Model]]] = []
 
     def from_file(path: str):
-        return lambda: _create_backbone(family, size, path)
+        return lambda: _backbone_from_file(family, size, path)
 
     if weights == "auto":
         path = find_weight_file(family, [weights_dir] if weights_dir else [], size)
@@ -456,7 +467,7 @@ def _load_backbone(
         if allow_download:
             attempts.append(("imagenet download", lambda: _download_imagenet(family, size)))
     elif weights != "auto":  # an explicit file
-        if os.path.isfile(weights):
+        if tf.io.gfile.exists(weights) and not tf.io.gfile.isdir(weights):
             attempts.append((f"file {weights}", from_file(weights)))
         else:
             failures.append(f"weights file {weights!r} not found")

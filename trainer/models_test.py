@@ -255,6 +255,22 @@ def test_fallback_to_another_family_and_error(tmp_path, caplog):
         M.build_model(M.HParams(family="cnn3"), S, 2, weights="imagnet")
 
 
+def test_weights_dir_in_a_bucket_is_read_through_tensorflow_file_systems(tmp_path):
+    # A Kubeflow / Vertex run keeps its offline weights in gs://; ram:// is a non-local file system TF ships.
+    spec = M.TRANSFER_SPECS["mobilenet_v2_035"]
+    made = spec.constructor(include_top=False, weights=None, input_shape=(96, 96, 3), **spec.kwargs)
+    name = spec.keras_files[0].replace("{rows}", "96")
+    made.save_weights(str(tmp_path / name))
+    bucket = "ram://weights-for-models-test"
+    tf.io.gfile.makedirs(bucket)
+    tf.io.gfile.copy(str(tmp_path / name), f"{bucket}/{name}", overwrite=True)
+    assert M.find_weight_file("mobilenet_v2_035", [bucket], 96) == f"{bucket}/{name}"
+    built = M.build_model(M.HParams(family="mobilenet_v2_035", image_size=96), S, 2, weights="auto", weights_dir=bucket)
+    assert built.pretrained and bucket in built.note
+    for a, b in zip(made.get_weights(), built.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_corrupt_weight_file_falls_back(tmp_path, caplog):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an hdf5 file")

@@ -21,7 +21,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from covid_cxr.data import features
+from covid_cxr.data import features, writer
 from covid_cxr.evaluation import metrics as ci_metrics
 from covid_cxr.serving import export
 from covid_cxr.trainer import models, training
@@ -217,6 +217,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if cfg["training"]["reproducible"]:
         training.require_reproducible_threads()
     task = features.get_task(cfg["model"]["task"])
+    # Read here, where the data is, not when the pipeline was compiled (a compiled Kubeflow spec is
+    # re-run on new data); `predict` repeats the curation settings recorded in it. Before training,
+    # so a directory that was not curated fails in seconds.
+    data_summary = writer.read_summary(cfg["data_dir"])
     train_cfg = cfg["training"]
     batch, seed = train_cfg["batch_size"], train_cfg["seed"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -275,7 +279,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
         "target_sensitivity": train_cfg["target_sensitivity"],
         "target_specificity": train_cfg["target_specificity"],
-        "data_summary": cfg.get("data_summary", {}),
+        "data_summary": data_summary,
         "validation_metrics": validation,
         "history": history,
     }
