@@ -16,7 +16,7 @@ import yaml
 from covid_cxr.data import features
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
-CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root is the package
+CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # the repo root is the package (links resolved)
 
 
 class ConfigError(ValueError):

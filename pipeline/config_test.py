@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -91,3 +93,13 @@ def test_the_full_presets_weights_dir_is_found_beside_the_checkout_from_any_dire
     assert cfg.load_config("full").model.weights_dir == os.path.join(os.path.dirname(repo), "shared", "weights")
     # A user's own relative path keeps meaning "from where I run it".
     assert cfg.load_config("full", overrides={"model.weights_dir": "my/weights"}).model.weights_dir == "my/weights"
+
+
+def test_the_checkout_is_found_through_a_linked_package_directory(tmp_path):
+    # e.g. a worktree put on PYTHONPATH through a link named covid_cxr: the link's parent is not the checkout.
+    repo = os.path.dirname(os.path.dirname(os.path.realpath(cfg.__file__)))
+    (tmp_path / "covid_cxr").symlink_to(repo)
+    code = "from covid_cxr.pipeline import config; print(config.CHECKOUT_DIR)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == repo
