@@ -213,7 +213,7 @@ def run(data_dir, preset, config_file, overrides, **named):
     from covid_cxr import local_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
-    local_runner.check_data(config)  # a wrong --data fails at once, not after the restart below
+    local_runner.check_inputs(config)  # a wrong --data or database fails at once, not after the restart below
     restart_with_reproducible_threads_if_asked(config)
     print_outcome(local_runner.run(config))
 

@@ -35,12 +35,19 @@ def check_data(config: PipelineConfig) -> dict:
     return summary
 
 
+def check_inputs(config: PipelineConfig) -> dict:
+    """Everything a run can check before it starts: the data, and where ML Metadata is kept."""
+    summary = check_data(config)
+    metadata.check_connection(config)
+    return summary
+
+
 class PipelineRunError(RuntimeError):
     """A component failed while the pipeline ran (not a mistake in the user's input)."""
 
 
 def run(config: PipelineConfig) -> metadata.RunOutcome:
-    check_data(config)
+    check_inputs(config)
     if config.training.reproducible:
         training.require_reproducible_threads()  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)

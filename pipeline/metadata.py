@@ -2,8 +2,10 @@
 the latest run decided (blessed? pushed where? which threshold failed?)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 from typing import Optional
 
 from ml_metadata.metadata_store import metadata_store
@@ -11,18 +13,57 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from covid_cxr.evaluation import gate_report
-from covid_cxr.pipeline.config import PipelineConfig
+from covid_cxr.pipeline.config import ConfigError, PipelineConfig
+
+MYSQL_PASSWORD_ENV = "COVID_CXR_MYSQL_PASSWORD"  # used when runtime.mysql_password is empty
 
 
 def connection_config(config: PipelineConfig) -> metadata_store_pb2.ConnectionConfig:
     runtime = config.runtime
     if runtime.mysql_host:
+        # The environment keeps the password out of config files and off command lines (`ps`).
+        password = runtime.mysql_password or os.environ.get(MYSQL_PASSWORD_ENV, "")
         return tfx.orchestration.metadata.mysql_metadata_connection_config(
             host=runtime.mysql_host, port=runtime.mysql_port, database=runtime.mysql_database,
-            username=runtime.mysql_user, password=runtime.mysql_password)
+            username=runtime.mysql_user, password=password)
     path = runtime.metadata_path or os.path.join(runtime.pipeline_root, "metadata.sqlite")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return sqlite_connection(path)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """MLMD's C++ logs, on any MySQL failure, a hint about MySQL 8 authentication that misleads more
+    than it helps; the one-line error below says what to check instead."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_connection(config: PipelineConfig) -> None:
+    """Fails early, in one line, when ML Metadata's MySQL / MariaDB cannot be used (SQLite needs no check)."""
+    runtime = config.runtime
+    if not runtime.mysql_host:
+        return
+    where = f"MySQL/MariaDB at {runtime.mysql_host}:{runtime.mysql_port}"
+    try:
+        socket.create_connection((runtime.mysql_host, runtime.mysql_port), timeout=10).close()
+    except OSError as e:
+        raise ConfigError(f"ML Metadata: cannot reach {where} (runtime.mysql_host, runtime.mysql_port): "
+                          f"{e.strerror or e}") from None
+    try:
+        with _native_stderr_silenced():
+            metadata_store.MetadataStore(connection_config(config))
+    except RuntimeError as e:
+        raise ConfigError(
+            f"ML Metadata: {where} refused user {runtime.mysql_user!r} with database {runtime.mysql_database!r}: "
+            f"check runtime.mysql_user, the password (runtime.mysql_password or {MYSQL_PASSWORD_ENV}) and that "
+            f"the user may create that database ({str(e).strip()})") from None
 
 
 def sqlite_connection(path: str, read_only: bool = False) -> metadata_store_pb2.ConnectionConfig:
