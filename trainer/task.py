@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import keras_tuner
 import numpy as np
@@ -144,6 +145,22 @@ def _steps(count: int, batch_size: int) -> int:
     return max(1, -(-count // batch_size))
 
 
+class _FreshTrainingBatches(keras_tuner.HyperModel):
+    """Fits every trial on a training dataset built for it (see :func:`training.fit`: a dataset
+    reused by the next fit would hand it an order that depends on how far the last one read ahead)."""
+
+    def __init__(self, build_fn: Callable, training_batches: Callable[[], tf.data.Dataset]):
+        super().__init__()
+        self._build_fn = build_fn
+        self._training_batches = training_batches
+
+    def build(self, hp):
+        return self._build_fn(hp)
+
+    def fit(self, hp, model, *args, **kwargs):
+        return model.fit(self._training_batches(), *args, **kwargs)
+
+
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
     cfg = fn_args.custom_config
@@ -165,7 +182,9 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
         return built.model
 
     tuner = keras_tuner.RandomSearch(
-        build,
+        _FreshTrainingBatches(build, functools.partial(
+            _dataset, fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, train_cfg["seed"],
+            weights)),
         objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
@@ -175,9 +194,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     )
     return tfx.components.TunerFnResult(
         tuner=tuner,
-        fit_kwargs={
-            "x": _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, train_cfg["seed"],
-                          weights),
+        fit_kwargs={  # the training batches come from _FreshTrainingBatches
             "validation_data": _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
             "steps_per_epoch": _steps(sum(source_counts.values()), batch),
             "epochs": cfg["tuner"]["epochs"],
@@ -231,7 +248,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     weights = _training_weights(source_counts, task, train_cfg)
 
     hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)
-    train_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, seed, weights)
+    train_ds = functools.partial(_dataset, fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True,
+                                 seed, weights)  # built afresh for each phase of each member (training.fit)
     eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
     members: list[models.BuiltModel] = []
     histories: list[dict] = []

@@ -114,3 +114,20 @@ def test_training_batches_carry_the_weight_of_their_source_and_class():
     assert sample_weights.numpy().tolist() == [0.5, 4.0, 1.5, 1.0]
     # Evaluation batches stay unweighted.
     assert len(next(iter(trainer_task._dataset(["f"], accessor, transform_output, 4, False, 0)))) == 2
+
+
+def test_every_tuner_trial_fits_on_training_batches_built_for_it():
+    made = []
+
+    def training_batches():
+        made.append(tf.data.Dataset.range(3))
+        return made[-1]
+
+    hypermodel = trainer_task._FreshTrainingBatches(lambda hp: "model", training_batches)
+    fitted = []
+    model = types.SimpleNamespace(fit=lambda x, **kwargs: fitted.append((x, kwargs)) or "history")
+    assert hypermodel.build(None) == "model"
+    for _ in range(2):
+        assert hypermodel.fit(None, model, epochs=1) == "history"
+    assert [x for x, _ in fitted] == made and made[0] is not made[1]
+    assert fitted[0][1] == {"epochs": 1}

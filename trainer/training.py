@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -312,7 +312,7 @@ def _phases(built: BuiltModel, hparams: HParams, epochs: int, fine_tune_epochs: 
 def fit(
     built: BuiltModel,
     hparams: HParams,
-    train_ds: tf.data.Dataset,
+    train_ds: Union[tf.data.Dataset, Callable[[], tf.data.Dataset]],
     val_ds: Optional[tf.data.Dataset],
     *,
     epochs: int,
@@ -331,6 +331,12 @@ def fit(
     Phases: pretrained transfer model -> phase 1 (frozen backbone, ``epochs``) then, if
     ``fine_tune_layers > 0`` and ``fine_tune_epochs > 0``, phase 2 (top layers unfrozen, lower LR,
     recompiled); scratch families and random-init backbones -> one end-to-end phase (``epochs``).
+
+    ``train_ds`` may be a function returning the training dataset; each phase then gets its own.
+    Pass one for runs that must repeat: a seeded ``shuffle().repeat()`` dataset (tfxio's) draws a
+    new shuffle seed from state shared by its iterators at every pass over the data, and the
+    iterator of the previous phase has read ahead a timing-dependent number of passes, so a reused
+    dataset starts the next phase in an order that varies run to run.
 
     Every phase: EarlyStopping on ``val_selection`` (AUC, loss as tie-break; patience
     ``early_stopping_patience``) restoring the best weights, plus the LR schedule of
@@ -370,7 +376,7 @@ def fit(
             *callbacks,
         ]
         result = built.model.fit(
-            train_ds,
+            train_ds() if callable(train_ds) else train_ds,
             validation_data=val_ds,
             epochs=epoch + phase_epochs,
             initial_epoch=epoch,

@@ -225,6 +225,38 @@ def test_fit_two_phases(pretrained_mobilenet, num_classes):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_reused_shuffled_dataset_starts_its_next_iterator_where_the_last_one_read_to():
+    # Why fit takes a dataset factory: tfxio's training data is a seeded shuffle().repeat(); every
+    # pass draws a new shuffle seed from state its iterators share, and a prefetching iterator reads
+    # ahead a timing-dependent number of passes. Here the read-ahead is made explicit.
+    def make():
+        return tf.data.Dataset.range(10).shuffle(10, seed=3).repeat()
+
+    def next_iterator_order(dataset, read_by_the_last):
+        it = iter(dataset)
+        for _ in range(read_by_the_last):
+            next(it)
+        return [int(x) for x in dataset.take(10)]
+
+    assert next_iterator_order(make(), 5) != next_iterator_order(make(), 25)
+    assert [int(x) for x in make().take(10)] == [int(x) for x in make().take(10)]  # a fresh one repeats
+
+
+def test_each_phase_fits_on_a_dataset_built_for_it(pretrained_mobilenet):
+    hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=2, early_stopping_patience=5, lr_schedule="none")
+    built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+    made = []
+
+    def training_batches():
+        made.append(dataset(16, 2, size=32))
+        return made[-1]
+
+    history = T.fit(built, hp, training_batches, dataset(8, 2, size=32, repeat=False), epochs=1,
+                    steps_per_epoch=1, validation_steps=None, fine_tune_epochs=1, verbose=0,
+                    compile_kwargs={"run_eagerly": True})
+    assert history["phase"] == [1, 2] and len(made) == 2 and made[0] is not made[1]
+
+
 def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
     hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=0)
     built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
