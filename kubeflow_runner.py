@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
+from covid_cxr.trainer import models
 
 
 # Where the Dockerfile puts the reviewed schema. The spec names files by path, and the path of this
@@ -35,7 +36,7 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     ``model.weights`` file is an error: the container cannot have it and would train without it.
     """
     notes: list[str] = []
-    if _on_this_machine(config.model.weights) and config.model.weights.lower() not in ("auto", "imagenet", "none"):
+    if _on_this_machine(config.model.weights) and config.model.weights.lower() not in models.WEIGHT_KEYWORDS:
         raise ConfigError(f"model.weights {config.model.weights!r} is a file on this machine, which the "
                           "containers cannot read: copy it to a bucket and pass --set model.weights=gs://...")
     if not config.data.schema_file:

@@ -46,6 +46,7 @@ BACKBONE_PREPROCESS_NAME = "imagenet_preprocess"
 # when the home directory is not writable).
 KERAS_CACHE_DIRS = (os.path.join(os.path.expanduser("~"), ".keras", "models"), "/tmp/.keras/models")
 WEIGHTS_HOST = ("storage.googleapis.com", 443)
+WEIGHT_KEYWORDS = ("auto", "imagenet", "none")  # any other `weights` value is an .h5 file
 # A failing download must fail fast: reachability probe first, then a socket timeout on the download.
 NETWORK_PROBE_TIMEOUT_S = 5.0
 DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
@@ -590,7 +591,7 @@ def build_model(
     if fallback not in FALLBACK_CHOICES and fallback not in FAMILIES:
         raise ValueError(f"fallback must be one of {FALLBACK_CHOICES} or a family name, got {fallback!r}")
     weights = weights or "none"
-    if weights.lower() in ("none", "imagenet", "auto"):
+    if weights.lower() in WEIGHT_KEYWORDS:
         weights = weights.lower()
     elif not weights.endswith(".h5"):
         raise ValueError(f"weights must be 'imagenet', 'auto', 'none' or a path to an .h5 file, got {weights!r}")

@@ -65,6 +65,13 @@ def _dataset(files, data_accessor, tf_transform_output, batch_size: int, trainin
     return dataset.map(with_weights).prefetch(tf.data.AUTOTUNE)
 
 
+def _training_batches(fn_args, tf_transform_output, batch_size: int, seed: int, example_weights: dict):
+    """A function building the weighted, shuffled training dataset anew each time it is called:
+    every fit gets its own (see :func:`training.fit` for why a reused one does not repeat)."""
+    return functools.partial(_dataset, fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size,
+                             True, seed, example_weights)
+
+
 def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     labels, scores = [], []
     for images, label in dataset:
@@ -182,9 +189,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
         return built.model
 
     tuner = keras_tuner.RandomSearch(
-        _FreshTrainingBatches(build, functools.partial(
-            _dataset, fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True, train_cfg["seed"],
-            weights)),
+        _FreshTrainingBatches(build, _training_batches(fn_args, tf_transform_output, batch, train_cfg["seed"], weights)),
         objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
@@ -248,8 +253,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     weights = _training_weights(source_counts, task, train_cfg)
 
     hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)
-    train_ds = functools.partial(_dataset, fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, True,
-                                 seed, weights)  # built afresh for each phase of each member (training.fit)
+    train_ds = _training_batches(fn_args, tf_transform_output, batch, seed, weights)  # afresh per phase and member
     eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
     members: list[models.BuiltModel] = []
     histories: list[dict] = []
