@@ -74,7 +74,7 @@ class TrainingConfig:
     # One inter-op TensorFlow thread, a fixed intra-op count and one Beam worker: the same input in
     # the same order and far fewer differences (with the seed alone, concurrent ops and Beam's example
     # order make runs drift apart). Not bit-identical: now and then a training step on the same batch
-    # differs in the last bit, and fine-tuning amplifies it (docs/results.md, stop 17).
+    # differs in the last bit, and fine-tuning amplifies it (docs/results.md, stops 17-18).
     # Needs the environment set before TensorFlow loads, so it is off here for in-process callers
     # and on in the `full` preset. See trainer.training.reproducible_thread_env.
     reproducible: bool = False

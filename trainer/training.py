@@ -62,8 +62,10 @@ class SelectionScore(keras.callbacks.Callback):
 # are read when TensorFlow loads, so they must be set before Python starts; sizing only the eager
 # context's pools (tf.config.threading) did not make runs repeat. The input order (Transform's
 # output) is the other half: PipelineConfig.validate puts Beam on one worker for it. Still not
-# bit-identical over a long run: now and then a training step on the same batch differs in the last
-# bit, whatever the threads (docs/results.md, stop 17).
+# bit-identical over a long run: after about 90 executions of a training function TensorFlow's
+# executor starts running the kernels it measured as cheap inline, the schedule then follows
+# timings, and now and then a step differs in the last bit, whatever the threads (docs/results.md,
+# stops 17-18; scripts/step_determinism.py).
 THREAD_VARIABLES = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 
 
