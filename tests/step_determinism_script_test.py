@@ -12,13 +12,18 @@ def _films(root, per_class=8, size=40):
     return str(root / "*" / "*.png")
 
 
+def _small_replay(tmp_path):
+    """Arguments for three replays of two tiny batches on a scratch CNN (no weights needed)."""
+    return ["--images", _films(tmp_path), "--family", "cnn3", "--size", "32",
+            "--batch-size", "4", "--batches", "2", "--reps", "3", "--weights-dir", str(tmp_path)]
+
+
 def test_replays_from_a_restored_state_repeat(load_script, tmp_path, capsys):
     # Augmentation and dropout on: if their generator states were not restored, each repetition
     # would draw new transforms and masks and the weights would differ. Far below the ~90
     # executions after which TensorFlow's schedule changes (docs/results.md, stop 18).
     script = load_script("step_determinism")
-    outcomes = script.main(["--images", _films(tmp_path), "--family", "cnn3", "--size", "32",
-                            "--batch-size", "4", "--batches", "2", "--reps", "3", "--weights-dir", str(tmp_path)])
+    outcomes = script.main(_small_replay(tmp_path))
     out = capsys.readouterr().out
     assert outcomes == 1
     assert "distinct outcomes: 1 of 3 [3]" in out
@@ -28,6 +33,5 @@ def test_replays_from_a_restored_state_repeat(load_script, tmp_path, capsys):
 def test_without_restoring_the_generators_the_replays_differ(load_script, tmp_path, monkeypatch):
     script = load_script("step_determinism")
     monkeypatch.setattr(script, "generator_states", lambda model: [])
-    outcomes = script.main(["--images", _films(tmp_path), "--family", "cnn3", "--size", "32",
-                            "--batch-size", "4", "--batches", "2", "--reps", "3", "--weights-dir", str(tmp_path)])
+    outcomes = script.main(_small_replay(tmp_path))
     assert outcomes > 1
