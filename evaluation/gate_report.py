@@ -89,6 +89,10 @@ def read_gate_report(evaluation_uri: str, blessed: bool, classes: Optional[Seque
         for kv in metrics_for_slice.metric_keys_and_values:
             if kv.key.model_name == "baseline":  # with a baseline, ours is named "candidate"
                 continue
+            # Evaluations written before b4c37f6 also hold the model's compiled training metrics on its
+            # raw output ("loss", and an "accuracy" that would overwrite the served decision's).
+            if kv.key.name not in PLAIN_NAMES:
+                continue
             value = _value(kv.value)
             if value is not None:
                 values[metric_name(kv.key, classes)] = value
