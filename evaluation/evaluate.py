@@ -32,8 +32,11 @@ each has a Wilson 95% CI. AUC is the COVID probability's rank AUC with a stratif
 CI. Three-class adds macro-F1 and per-class one-vs-rest metrics. The shortcut audit
 (evaluation/shortcut_audit.py) runs on the same images.
 
+The misclassified films, most confidently wrong first (evaluation/errors.py), are listed in the
+report by record / file reference, pseudonymous group, source and view.
+
 --out writes report.json, report.html (self-contained: plots inlined as base64), roc.png,
-confusion_matrix.png and training_curves.png (history from the model's metadata asset, else the
+confusion_matrix.png, errors.png (thumbnails of the misclassified films) and training_curves.png (history from the model's metadata asset, else the
 Trainer's history.json next to the pushed model's artifact or under --pipeline-root).
 --pipeline-root adds the newest StatisticsGen / ExampleValidator / Evaluator results (TFDV
 statistics and anomalies, TFMA slice metrics) to the report.
@@ -51,7 +54,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images
-from covid_cxr.evaluation import metrics, model_card, shortcut_audit
+from covid_cxr.evaluation import errors, metrics, model_card, shortcut_audit
 from covid_cxr.serving import predict
 
 REPORT_JSON = "report.json"
@@ -59,6 +62,7 @@ REPORT_HTML = "report.html"
 ROC_PNG = "roc.png"
 CONFUSION_PNG = "confusion_matrix.png"
 HISTORY_PNG = "training_curves.png"
+ERRORS_PNG = "errors.png"
 SLICE_KEYS = (features.SOURCE, features.VIEW, features.SEX)
 SLICE_BOOTSTRAP = 500  # resamples for per-slice AUC CIs (the overall AUC uses --bootstrap)
 MAX_LISTED_SKIPS = 50
@@ -248,6 +252,7 @@ class Evaluation:
     covid: np.ndarray
     task: features.Task
     history: Optional[dict] = None
+    images: Optional[list] = None  # the encoded images, by index (for the gallery of misclassified films)
 
 
 def _scalar(entry) -> Optional[float]:
@@ -400,11 +405,13 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
                            else "three-class: the predicted class is the argmax; the stored threshold is unused"),
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices))
+    report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
+                                            data.groups, data.refs, data.slices)
     if audit:
         report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
                                                         data.groups, seed=seed)
     return Evaluation(report, data.labels, np.asarray(outputs["label_index"]), np.asarray(outputs["probabilities"]),
-                      np.asarray(outputs["covid_probability"]), task)
+                      np.asarray(outputs["covid_probability"]), task, images=data.images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +433,8 @@ def json_safe(value):
 
 
 def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
-    """{file name: PNG bytes}: ROC, confusion matrix and (when a history is known) training curves."""
+    """{file name: PNG bytes}: ROC, confusion matrix and, when there are any, the misclassified films'
+    gallery and the training curves."""
     from covid_cxr.evaluation import plots
 
     task, report = evaluation.task, evaluation.report
@@ -442,6 +450,10 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
         ROC_PNG: plots.roc_png(curves, point, title=f"ROC, {task.name} (n={report['n']})"),
         CONFUSION_PNG: plots.confusion_png(np.asarray(report["confusion_matrix"]["matrix"]), task.classes),
     }
+    if evaluation.images is not None and report.get("errors"):
+        png = errors.gallery_png(evaluation.images, report["errors"])
+        if png:
+            out[ERRORS_PNG] = png
     if evaluation.history:
         png = plots.history_png(evaluation.history)
         if png:
@@ -535,6 +547,11 @@ def summary_text(report: dict) -> str:
                      f"specificity {_fmt(entry['specificity'])}; AUC within the source {_fmt(entry.get('auc'))}")
     if report.get("sources_below_pooled_auc"):
         lines.append("WARNING: " + metrics.within_source_warning(report["sources_below_pooled_auc"]))
+    wrong = report.get("errors")
+    if wrong and wrong["n"]:
+        worst = "; ".join(f"{e['ref']} {e['true']} -> {e['predicted']} (P(covid) {e['covid_probability']:.2f})"
+                          for e in wrong["listed"][:3])
+        lines.append(f"misclassified: {wrong['n']}; most confidently wrong: {worst}")
     audit = report.get("shortcut_audit")
     if audit:
         lines.append(f"shortcut audit: {audit['verdict']}")

@@ -78,12 +78,23 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     assert audit["n"] == report["n"] and audit["flag_auc"] == 0.6 and "verdict" in audit
     assert report["training_history"]["epochs"] == 2
 
-    for name in ("report.html", "report.json", "roc.png", "confusion_matrix.png", "training_curves.png"):
+    # The misclassified films are exactly the confusion matrix's off-diagonal, most confidently wrong first.
+    wrong = report["errors"]
+    assert wrong["n"] == int(np.sum(expected) - np.trace(expected)) > 0
+    listed = wrong["listed"]
+    assert all(e["true"] != e["predicted"] for e in listed) and len(listed) == min(wrong["n"], 50)
+    assert all(truth[e["index"]] == report["classes"].index(e["true"]) for e in listed)
+    confidence = [abs(e["covid_probability"] - 0.5) for e in listed]
+    assert confidence == sorted(confidence, reverse=True)
+    assert {e["ref"] for e in listed} <= {f"record {i}" for i in range(len(records))}
+
+    for name in ("report.html", "report.json", "roc.png", "confusion_matrix.png", "training_curves.png", "errors.png"):
         path = out / name
         assert path.is_file() and path.stat().st_size > 1000, name
         assert report["files"][name] == str(path)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # self-contained: every plot inlined
+    assert html.count("data:image/png;base64,") == 4  # self-contained: every plot inlined
+    assert f"Misclassified films ({wrong['n']})" in html
     assert "Wilson" in html and "Shortcut audit" in html and "Not a diagnostic device".lower() in html.lower()
     assert json.loads((out / "report.json").read_text())["n"] == report["n"]
     # The model card with this evaluation: the pushed card's sections plus CIs and per-source AUC.

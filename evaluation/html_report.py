@@ -125,6 +125,18 @@ def _pipeline_section(pipeline: dict) -> str:
     return "\n".join(parts)
 
 
+def _errors_section(wrong: dict, pngs: Mapping[str, bytes]) -> str:
+    listed = wrong["listed"]
+    extra = [k for k in ("source", "view") if any(k in e for e in listed)]
+    rows = [[_e(e["ref"]), f"<code>{_e(e['group'])}</code>", _e(e["true"]), _e(e["predicted"]),
+             _num(e["covid_probability"])] + [_e(e.get(k, "")) for k in extra] for e in listed]
+    return (f"<h2>Misclassified films ({wrong['n']})</h2>"
+            f"<p class=note>{_e(wrong['order'])}; {len(listed)} listed. Look at them: a film whose label its "
+            "pixels do not support is a data problem, not a model one.</p>"
+            + _img(pngs, "errors.png", "misclassified films")
+            + _table(["film", "patient group (pseudonymous)", "true", "predicted", "P(covid)"] + extra, rows))
+
+
 def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = None) -> str:
     """The HTML page for an evaluate report (evaluation/evaluate.py) and its PNGs by file name."""
     model, data = report["model"], report["data"]
@@ -168,6 +180,9 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
             parts.append(f"<p class=warn>Warning: {_e(metrics.within_source_warning(flagged))}.</p>")
     for key, table in report.get("slices", {}).items():
         parts.append(f"<h2>Per {_e(key)}</h2>" + _slice_table(table))
+    wrong = report.get("errors")
+    if wrong and wrong["n"]:
+        parts.append(_errors_section(wrong, pngs))
     audit = report.get("shortcut_audit")
     if audit:
         css = "warn" if audit.get("flagged") else "ok"

@@ -73,6 +73,23 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str = "Confusio
     return _png(fig)
 
 
+def gallery_png(grays: Sequence[np.ndarray], captions: Sequence[str], title: str = "", columns: int = 6) -> bytes:
+    """Grey-scale images in a grid, each with its caption under it (aspect kept, no axes)."""
+    plt = _pyplot()
+    columns = max(1, min(columns, len(grays)))
+    rows = -(-len(grays) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, gray, text in zip(axes.ravel(), grays, captions):
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(text, fontsize=7, y=-0.02, va="top")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def numeric_series(history: Mapping) -> dict[str, list[float]]:
     """The plottable series of a Keras-style history ({name: [values per epoch]}), bookkeeping removed."""
     out = {}

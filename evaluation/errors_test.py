@@ -1,0 +1,52 @@
+import io
+
+import numpy as np
+from PIL import Image
+
+from covid_cxr.data import features
+from covid_cxr.evaluation import errors
+
+BINARY = features.TASKS["covid-vs-normal"]
+THREE = features.TASKS["three-class"]
+
+
+def _png(value: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((40, 30), value, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_only_the_wrong_films_are_listed_most_confidently_wrong_first():
+    covid = np.array([0.9, 0.1, 0.6, 0.3, 0.99, 0.45])
+    labels = np.array([1, 0, 0, 1, 0, 0])  # normal = 0, covid = 1
+    predicted = (covid > 0.5).astype(int)  # films 2, 3 and 4 are wrong
+    probabilities = np.stack([1 - covid, covid], axis=1)
+    refs = [f"record {i}" for i in range(6)]
+    slices = {"source": ["a", "b", "c", "d", "e", "f"]}
+    out = errors.misclassified(BINARY, labels, predicted, probabilities, [f"g{i}" for i in range(6)], refs, slices)
+    assert out["n"] == 3
+    # normal called covid at 0.99, then covid called normal at 0.3 (margin 0.4), then normal at 0.6 (0.2)
+    assert [e["index"] for e in out["listed"]] == [4, 3, 2]
+    first = out["listed"][0]
+    assert first == {"index": 4, "ref": "record 4", "group": "g4", "true": "normal", "predicted": "covid",
+                     "covid_probability": 0.99, "source": "e"}
+    assert errors.misclassified(BINARY, labels, predicted, probabilities, refs, refs, limit=1)["n"] == 3
+    assert len(errors.misclassified(BINARY, labels, predicted, probabilities, refs, refs, limit=1)["listed"]) == 1
+
+
+def test_three_class_confusions_between_non_covid_classes_are_errors_too():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
+    labels = np.array([1, 2, 0])  # pneumonia called normal; covid right; normal called pneumonia
+    out = errors.misclassified(THREE, labels, probabilities.argmax(1), probabilities, ["g"] * 3, ["a", "b", "c"])
+    assert out["n"] == 2
+    assert [(e["true"], e["predicted"]) for e in out["listed"]] == [("pneumonia", "normal"), ("normal", "pneumonia")]
+    assert out["listed"][0]["covid_probability"] == 0.1
+
+
+def test_gallery_shows_the_listed_films_and_is_absent_without_errors():
+    entry = {"index": 1, "ref": "record 1", "group": "g", "true": "covid", "predicted": "normal",
+             "covid_probability": 0.12, "source": "cohen", "view": features.UNKNOWN}
+    assert errors.caption(entry) == "covid -> normal\nP(covid) 0.12\ncohen"
+    png = errors.gallery_png([_png(0), _png(200)], {"n": 1, "listed": [entry]})
+    assert Image.open(io.BytesIO(png)).size[0] > 100
+    assert errors.gallery_png([_png(0)], {"n": 0, "listed": []}) is None
