@@ -38,6 +38,16 @@ def newest_execution(pipeline_root: str, component: str, output: str) -> Optiona
     return None
 
 
+def trained_run(pipeline_root: str) -> tuple[str, str]:
+    """(newest Trainer model artifact, newest ImportExampleGen examples) of a finished run; ValueError
+    naming the root when either is missing. The model's SavedModel is ``<model>/Format-Serving``."""
+    model_dir = newest_execution(pipeline_root, "Trainer", "model")
+    examples = newest_execution(pipeline_root, "ImportExampleGen", "examples")
+    if not model_dir or not examples:
+        raise ValueError(f"{pipeline_root}: no Trainer model or ImportExampleGen examples (not a finished pipeline root?)")
+    return model_dir, examples
+
+
 def _splits(artifact_dir: str) -> list[tuple[str, str]]:
     return sorted((n[len("Split-"):], os.path.join(artifact_dir, n)) for n in os.listdir(artifact_dir)
                   if n.startswith("Split-") and os.path.isdir(os.path.join(artifact_dir, n)))

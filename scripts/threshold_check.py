@@ -99,10 +99,7 @@ def resample(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_eval: int,
 
 
 def check_root(root: str, tta: bool = False, resample_args: Optional[dict] = None) -> dict:
-    model_dir = artifacts.newest_execution(root, "Trainer", "model")
-    examples = artifacts.newest_execution(root, "ImportExampleGen", "examples")
-    if not model_dir or not examples:
-        raise SystemExit(f"{root}: no Trainer model or ImportExampleGen examples (not a finished pipeline root?)")
+    model_dir, examples = artifacts.trained_run(root)
     model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
     if model.task is None or not model.task.is_binary or model.threshold is None:
         raise SystemExit(f"{root}: {model.task_name} is not a binary task; only binary models have a threshold")
