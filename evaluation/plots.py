@@ -78,7 +78,7 @@ def gallery_png(grays: Sequence[np.ndarray], captions: Sequence[str], title: str
     plt = _pyplot()
     columns = max(1, min(columns, len(grays)))
     rows = -(-len(grays) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, gray, text in zip(axes.ravel(), grays, captions):
