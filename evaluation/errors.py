@@ -4,8 +4,8 @@ Metrics say how often the model errs; a reviewer also needs to see *which* films
 fault from a label the pixels do not support (a PCR-positive film with clear lungs, a "normal"
 film with a pacemaker and lines). :func:`misclassified` lists them for report.json and the HTML
 report; :func:`gallery_png` draws the first ones as captioned thumbnails (errors.png). Films are
-named by their record / file reference and pseudonymous patient group only, as elsewhere in the
-report.
+named by their record / file reference, plus the curation's keyed patient pseudonym for curated
+TFRecords (a folder tree's groups are plain hashes of DICOM PatientIDs: those stay internal).
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ ORDER = "most confidently wrong first: P(predicted class) - P(true class), desce
 
 
 def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
-                  groups: Sequence[str], refs: Sequence[str], slices: Optional[Mapping[str, Sequence[str]]] = None,
-                  limit: int = MAX_LISTED) -> dict:
-    """{"n": errors in all, "order": ..., "listed": the first `limit` errors as dicts}."""
+                  groups: Optional[Sequence[str]], refs: Sequence[str],
+                  slices: Optional[Mapping[str, Sequence[str]]] = None, limit: int = MAX_LISTED) -> dict:
+    """{"n": errors in all, "order": ..., "listed": the first `limit` errors as dicts}; `groups`
+    (pseudonymous patient groups to show) may be None."""
     y = np.asarray(labels, np.int64)
     pred = np.asarray(predicted, np.int64)
     prob = np.asarray(probabilities, np.float64)
@@ -32,9 +33,10 @@ def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray
     ordered = wrong[np.argsort(-margin, kind="stable")]
     listed = []
     for i in ordered[:limit]:
-        entry = {"index": int(i), "ref": refs[i], "group": groups[i], "true": task.classes[y[i]],
-                 "predicted": task.classes[pred[i]],
+        entry = {"index": int(i), "ref": refs[i], "true": task.classes[y[i]], "predicted": task.classes[pred[i]],
                  "covid_probability": float(prob[i, task.positive_index])}
+        if groups is not None:
+            entry["group"] = groups[i]
         entry.update({key: values[i] for key, values in (slices or {}).items()})
         listed.append(entry)
     return {"n": int(wrong.size), "order": ORDER, "listed": listed}

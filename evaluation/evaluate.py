@@ -33,11 +33,13 @@ CI. Three-class adds macro-F1 and per-class one-vs-rest metrics. The shortcut au
 (evaluation/shortcut_audit.py) runs on the same images.
 
 The misclassified films, most confidently wrong first (evaluation/errors.py), are listed in the
-report by record / file reference, pseudonymous group, source and view.
+report by record / file reference, source and view (and, for curated TFRecords, the keyed patient
+pseudonym).
 
 --out writes report.json, report.html (self-contained: plots inlined as base64), roc.png,
-confusion_matrix.png, errors.png (thumbnails of the misclassified films) and training_curves.png (history from the model's metadata asset, else the
-Trainer's history.json next to the pushed model's artifact or under --pipeline-root).
+confusion_matrix.png, errors.png (thumbnails of the misclassified films) and training_curves.png
+(history from the model's metadata asset, else the Trainer's history.json next to the pushed
+model's artifact or under --pipeline-root).
 --pipeline-root adds the newest StatisticsGen / ExampleValidator / Evaluator results (TFDV
 statistics and anomalies, TFMA slice metrics) to the report.
 """
@@ -405,8 +407,10 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
                            else "three-class: the predicted class is the argmax; the stored threshold is unused"),
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices))
+    # Only the curation's keyed pseudonyms are shown; a folder tree's groups are plain hashes.
+    shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
-                                            data.groups, data.refs, data.slices)
+                                            shown_groups, data.refs, data.slices)
     if audit:
         report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
                                                         data.groups, seed=seed)

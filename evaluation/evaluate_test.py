@@ -139,6 +139,11 @@ def test_evaluate_class_folders(binary_model, tmp_path):
     by_records = json.loads(_run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json",
                                   "--bootstrap", "200", "--no-audit"]).output)
     assert report["confusion_matrix"] == by_records["confusion_matrix"]
+    # Misclassified films are named by their file; a folder tree's plain-hash groups are not shown.
+    listed = report["errors"]["listed"]
+    assert report["errors"]["n"] == by_records["errors"]["n"] and listed
+    assert all(os.path.isfile(e["ref"]) and "group" not in e for e in listed)
+    assert all("group" in e for e in by_records["errors"]["listed"])
 
 
 def test_class_map_option(binary_model, tmp_path):

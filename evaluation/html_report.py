@@ -127,14 +127,15 @@ def _pipeline_section(pipeline: dict) -> str:
 
 def _errors_section(wrong: dict, pngs: Mapping[str, bytes]) -> str:
     listed = wrong["listed"]
-    extra = [k for k in ("source", "view") if any(k in e for e in listed)]
-    rows = [[_e(e["ref"]), f"<code>{_e(e['group'])}</code>", _e(e["true"]), _e(e["predicted"]),
-             _num(e["covid_probability"])] + [_e(e.get(k, "")) for k in extra] for e in listed]
+    extra = [k for k in ("group", "source", "view") if any(k in e for e in listed)]
+    rows = [[_e(e["ref"]), _e(e["true"]), _e(e["predicted"]), _num(e["covid_probability"])]
+            + [_e(e.get(k, "")) for k in extra] for e in listed]
     return (f"<h2>Misclassified films ({wrong['n']})</h2>"
             f"<p class=note>{_e(wrong['order'])}; {len(listed)} listed. Look at them: a film whose label its "
             "pixels do not support is a data problem, not a model one.</p>"
             + _img(pngs, "errors.png", "misclassified films")
-            + _table(["film", "patient group (pseudonymous)", "true", "predicted", "P(covid)"] + extra, rows))
+            + _table(["film", "true", "predicted", "P(covid)"]
+                     + [{"group": "patient (pseudonym)"}.get(k, k) for k in extra], rows))
 
 
 def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = None) -> str:
