@@ -16,21 +16,37 @@ import numpy as np
 from covid_cxr.data import features
 
 MAX_LISTED = 50  # report.json / HTML table rows
-MAX_GALLERY = 24  # thumbnails in errors.png
-ORDER = "most confidently wrong first: P(predicted class) - P(true class), descending"
+MAX_GALLERY = 24  # thumbnails in a gallery
+BINARY_ORDER = "most confidently wrong first: distance of P(covid) from the decision threshold in log-odds, descending"
+MULTICLASS_ORDER = "most confidently wrong first: P(predicted class) - P(true class), descending"
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
                   groups: Optional[Sequence[str]], refs: Sequence[str],
-                  slices: Optional[Mapping[str, Sequence[str]]] = None, limit: int = MAX_LISTED) -> dict:
-    """{"n": errors in all, "order": ..., "listed": the first `limit` errors as dicts}; `groups`
-    (pseudonymous patient groups to show) may be None."""
+                  slices: Optional[Mapping[str, Sequence[str]]] = None, limit: int = MAX_LISTED,
+                  threshold: Optional[float] = None) -> dict:
+    """{"n": errors in all, "order": ..., "listed": the first `limit` errors as dicts}.
+
+    `groups` (pseudonymous patient groups to show) may be None. Binary tasks call COVID above
+    `threshold`, so how wrong a film is is its distance from that threshold (log-odds, so 0.99 vs
+    0.9 counts like 0.1 vs 0.01); without a threshold, and for three-class, the gap between the
+    predicted and the true class's probability."""
     y = np.asarray(labels, np.int64)
     pred = np.asarray(predicted, np.int64)
     prob = np.asarray(probabilities, np.float64)
     wrong = np.flatnonzero(y != pred)
-    margin = prob[wrong, pred[wrong]] - prob[wrong, y[wrong]]
-    ordered = wrong[np.argsort(-margin, kind="stable")]
+    if task.is_binary and threshold is not None:
+        order = BINARY_ORDER
+        confidence = np.abs(_log_odds(prob[wrong, task.positive_index]) - _log_odds(np.asarray(threshold)))
+    else:
+        order = MULTICLASS_ORDER
+        confidence = prob[wrong, pred[wrong]] - prob[wrong, y[wrong]]
+    ordered = wrong[np.argsort(-confidence, kind="stable")]
     listed = []
     for i in ordered[:limit]:
         entry = {"index": int(i), "ref": refs[i], "true": task.classes[y[i]], "predicted": task.classes[pred[i]],
@@ -39,24 +55,29 @@ def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray
             entry["group"] = groups[i]
         entry.update({key: values[i] for key, values in (slices or {}).items()})
         listed.append(entry)
-    return {"n": int(wrong.size), "order": ORDER, "listed": listed}
+    return {"n": int(wrong.size), "order": order, "listed": listed}
+
+
+def where(entry: Mapping) -> str:
+    """"cohen PA": the film's known source and view."""
+    return " ".join(str(entry[k]) for k in (features.SOURCE, features.VIEW)
+                    if entry.get(k) not in (None, features.UNKNOWN))
 
 
 def caption(entry: Mapping) -> str:
-    where = " ".join(str(entry[k]) for k in (features.SOURCE, features.VIEW)
-                     if entry.get(k) not in (None, features.UNKNOWN))
-    return f"{entry['true']} -> {entry['predicted']}\nP(covid) {entry['covid_probability']:.2f}" + (
-        f"\n{where}" if where else "")
+    text = f"{entry['true']} -> {entry['predicted']}\nP(covid) {entry['covid_probability']:.2f}"
+    return text + (f"\n{where(entry)}" if where(entry) else "")
 
 
-def gallery_png(encoded_images: Sequence[bytes], errors: Mapping, limit: int = MAX_GALLERY) -> Optional[bytes]:
-    """Thumbnails of the first `limit` listed errors with their captions; None when there are none."""
+def gallery_png(encoded_images: Sequence[bytes], entries: Sequence[Mapping], title: str,
+                limit: int = MAX_GALLERY) -> Optional[bytes]:
+    """Thumbnails of the first `limit` entries (``encoded_images[entry["index"]]``) with their
+    captions, under `title` ({shown} is replaced by how many are drawn); None when there are none."""
     from covid_cxr.data import images
     from covid_cxr.evaluation import plots
 
-    entries = errors["listed"][:limit]
+    entries = list(entries)[:limit]
     if not entries:
         return None
     return plots.gallery_png([images.decode_png(encoded_images[e["index"]]) for e in entries],
-                             [caption(e) for e in entries],
-                             title=f"Misclassified: {len(entries)} of {errors['n']}, most confidently wrong first")
+                             [caption(e) for e in entries], title=title.format(shown=len(entries)))

@@ -16,21 +16,25 @@ def _png(value: int) -> bytes:
     return out.getvalue()
 
 
-def test_only_the_wrong_films_are_listed_most_confidently_wrong_first():
-    covid = np.array([0.9, 0.1, 0.6, 0.3, 0.99, 0.45])
+def test_only_the_wrong_films_are_listed_by_distance_from_the_stored_threshold():
+    # Stored threshold 0.75: COVID above it. Films 2, 3 and 4 are wrong.
+    covid = np.array([0.9, 0.1, 0.76, 0.3, 0.99, 0.74])
     labels = np.array([1, 0, 0, 1, 0, 0])  # normal = 0, covid = 1
-    predicted = (covid > 0.5).astype(int)  # films 2, 3 and 4 are wrong
+    predicted = (covid > 0.75).astype(int)
     probabilities = np.stack([1 - covid, covid], axis=1)
     refs = [f"record {i}" for i in range(6)]
     slices = {"source": ["a", "b", "c", "d", "e", "f"]}
-    out = errors.misclassified(BINARY, labels, predicted, probabilities, [f"g{i}" for i in range(6)], refs, slices)
-    assert out["n"] == 3
-    # normal called covid at 0.99, then covid called normal at 0.3 (margin 0.4), then normal at 0.6 (0.2)
+    out = errors.misclassified(BINARY, labels, predicted, probabilities, [f"g{i}" for i in range(6)], refs, slices,
+                               threshold=0.75)
+    assert out["n"] == 3 and out["order"] == errors.BINARY_ORDER
+    # 0.99 and 0.3 are far from 0.75 in log-odds (3.5 and 1.9); 0.76, just over the line, is last.
     assert [e["index"] for e in out["listed"]] == [4, 3, 2]
-    first = out["listed"][0]
-    assert first == {"index": 4, "ref": "record 4", "group": "g4", "true": "normal", "predicted": "covid",
-                     "covid_probability": 0.99, "source": "e"}
-    shortest = errors.misclassified(BINARY, labels, predicted, probabilities, None, refs, limit=1)
+    assert out["listed"][0] == {"index": 4, "ref": "record 4", "group": "g4", "true": "normal", "predicted": "covid",
+                                "covid_probability": 0.99, "source": "e"}
+    # Without a threshold (as for three-class), the probability gap orders them: 0.76 (0.52) before 0.3 (0.4).
+    assert [e["index"] for e in errors.misclassified(BINARY, labels, predicted, probabilities, None, refs)["listed"]] \
+        == [4, 2, 3]
+    shortest = errors.misclassified(BINARY, labels, predicted, probabilities, None, refs, limit=1, threshold=0.75)
     assert shortest["n"] == 3 and len(shortest["listed"]) == 1 and "group" not in shortest["listed"][0]
 
 
@@ -47,6 +51,6 @@ def test_gallery_shows_the_listed_films_and_is_absent_without_errors():
     entry = {"index": 1, "ref": "record 1", "group": "g", "true": "covid", "predicted": "normal",
              "covid_probability": 0.12, "source": "cohen", "view": features.UNKNOWN}
     assert errors.caption(entry) == "covid -> normal\nP(covid) 0.12\ncohen"
-    png = errors.gallery_png([_png(0), _png(200)], {"n": 1, "listed": [entry]})
+    png = errors.gallery_png([_png(0), _png(200)], [entry], title="{shown} shown")
     assert Image.open(io.BytesIO(png)).size[0] > 100
-    assert errors.gallery_png([_png(0)], {"n": 0, "listed": []}) is None
+    assert errors.gallery_png([_png(0)], [], title="none") is None

@@ -33,8 +33,8 @@ CI. Three-class adds macro-F1 and per-class one-vs-rest metrics. The shortcut au
 (evaluation/shortcut_audit.py) runs on the same images.
 
 The misclassified films, most confidently wrong first (evaluation/errors.py), are listed in the
-report by record / file reference, source and view (and, for curated TFRecords, the keyed patient
-pseudonym).
+report by record / file reference, source, view and sex when known (and, for curated TFRecords,
+the keyed patient pseudonym).
 
 --out writes report.json, report.html (self-contained: plots inlined as base64), roc.png,
 confusion_matrix.png, errors.png (thumbnails of the misclassified films) and training_curves.png
@@ -377,9 +377,8 @@ def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = Non
     return None, "not found"
 
 
-def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, seed: int = 0,
-             audit: bool = True) -> Evaluation:
-    """Runs the model on `data` and computes the report (without plots or pipeline artifacts)."""
+def task_of(model: predict.ServingModel, data: EvalData) -> features.Task:
+    """The task whose classes `data`'s labels index; click.UsageError when model and data disagree."""
     task = model.task or features.TASKS.get(data.task_name or "")
     if task is None:
         raise click.UsageError("the model's metadata names no task and the data has none: cannot tell the classes")
@@ -388,6 +387,13 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
                                f"{task.name!r}: label indices would not mean the same classes")
     if data.labels.size and (data.labels.min() < 0 or data.labels.max() >= task.num_classes):
         raise click.UsageError(f"labels in {data.path!r} are outside 0..{task.num_classes - 1} of task {task.name}")
+    return task
+
+
+def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, seed: int = 0,
+             audit: bool = True) -> Evaluation:
+    """Runs the model on `data` and computes the report (without plots or pipeline artifacts)."""
+    task = task_of(model, data)
     if data.serialized is not None:
         outputs = model.predict_examples(data.serialized)
         signature = predict.EXAMPLES_SIGNATURE
@@ -410,7 +416,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
     # Only the curation's keyed pseudonyms are shown; a folder tree's groups are plain hashes.
     shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
-                                            shown_groups, data.refs, data.slices)
+                                            shown_groups, data.refs, data.slices, threshold=threshold)
     if audit:
         report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
                                                         data.groups, seed=seed)
@@ -455,7 +461,9 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
         CONFUSION_PNG: plots.confusion_png(np.asarray(report["confusion_matrix"]["matrix"]), task.classes),
     }
     if evaluation.images is not None and report.get("errors"):
-        png = errors.gallery_png(evaluation.images, report["errors"])
+        wrong = report["errors"]
+        png = errors.gallery_png(evaluation.images, wrong["listed"],
+                                 title=f"Misclassified: {{shown}} of {wrong['n']}, most confidently wrong first")
         if png:
             out[ERRORS_PNG] = png
     if evaluation.history:

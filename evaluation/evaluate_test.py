@@ -84,8 +84,9 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     listed = wrong["listed"]
     assert all(e["true"] != e["predicted"] for e in listed) and len(listed) == min(wrong["n"], 50)
     assert all(truth[e["index"]] == report["classes"].index(e["true"]) for e in listed)
-    confidence = [abs(e["covid_probability"] - 0.5) for e in listed]
-    assert confidence == sorted(confidence, reverse=True)
+    log_odds = lambda p: np.log(p / (1 - p))  # noqa: E731
+    confidence = [abs(log_odds(e["covid_probability"]) - log_odds(report["threshold"])) for e in listed]
+    assert confidence == pytest.approx(sorted(confidence, reverse=True))
     assert {e["ref"] for e in listed} <= {f"record {i}" for i in range(len(records))}
 
     for name in ("report.html", "report.json", "roc.png", "confusion_matrix.png", "training_curves.png", "errors.png"):

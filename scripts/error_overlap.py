@@ -9,7 +9,7 @@ of the runs, and the films wrong in every run, most confidently wrong first. ``-
 films as captioned thumbnails (evaluation/errors.py's gallery).
 
 A film wrong in every run is what retraining does not fix: look at it before changing the model.
-Films are named by record number, pseudonymous patient group, source and view only.
+Films are named by record number, the curation's keyed patient pseudonym, source, view and sex.
 
     .venv/bin/python scripts/error_overlap.py runs/a/root-covid-vs-normal runs/b/root-covid-vs-normal --out wrong.png
 """
@@ -19,21 +19,22 @@ import argparse
 import json
 import os
 from collections import Counter
+from typing import Optional
 
 import click
 
-from covid_cxr.data import images
-from covid_cxr.evaluation import artifacts, errors, plots
+from covid_cxr.evaluation import artifacts, errors
 from covid_cxr.evaluation import evaluate as ev
 from covid_cxr.serving import predict
 
 
-def run_errors(model_dir: str, data) -> tuple[dict, float]:
+def run_errors(model_dir: str, data) -> tuple[dict, Optional[float]]:
     """(the run's misclassified test films {index: entry}, most confidently wrong first; its threshold or None)."""
     model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
+    task = ev.task_of(model, data)
     outputs = model.predict_examples(data.serialized)
-    wrong = errors.misclassified(model.task, data.labels, outputs["label_index"], outputs["probabilities"],
-                                 data.groups, data.refs, data.slices, limit=data.n)
+    wrong = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
+                                 data.groups, data.refs, data.slices, limit=data.n, threshold=model.threshold)
     return {e["index"]: e for e in wrong["listed"]}, model.threshold
 
 
@@ -71,19 +72,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         summary, test_images = overlap(args.roots)
-    except (ValueError, click.ClickException) as e:  # unreadable model or split: one line, not a traceback
+        persistent = summary["wrong_in_every_run"]
+        if args.out:
+            png = errors.gallery_png(test_images, persistent, title=(
+                f"Wrong in all {len(args.roots)} runs: {len(persistent)} of {summary['test_films']} test films"
+                + (" (first {shown} shown)" if len(persistent) > errors.MAX_GALLERY else "")))
+            if png:
+                with open(args.out, "wb") as f:
+                    f.write(png)
+            summary["gallery"] = args.out if png else None
+    except (ValueError, OSError, click.ClickException) as e:  # unreadable model, split or --out: one line
         message = e.format_message() if isinstance(e, click.ClickException) else str(e)
         raise SystemExit(f"error_overlap.py: {message}") from None
-    persistent = summary["wrong_in_every_run"]
-    if args.out:
-        png = plots.gallery_png([images.decode_png(test_images[e["index"]]) for e in persistent],
-                                [errors.caption(e) for e in persistent],
-                                title=f"Wrong in all {len(args.roots)} runs: {len(persistent)} of "
-                                      f"{summary['test_films']} test films") if persistent else None
-        if png:
-            with open(args.out, "wb") as f:
-                f.write(png)
-        summary["gallery"] = args.out if png else None
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -96,9 +96,9 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} run(s): {n}" for k, n in summary["films_by_runs_wrong"].items()))
     print(f"wrong in every run: {len(persistent)}")
     for e in persistent:
-        where = " ".join(str(e[k]) for k in ("source", "view") if k in e)
         probabilities = " ".join(f"{p:.2f}" for p in e["covid_probability_per_run"])
-        print(f"  {e['ref']} group {e['group']}: {e['true']} -> {e['predicted']}, {where}, P(covid) {probabilities}")
+        place = f", {errors.where(e)}" if errors.where(e) else ""
+        print(f"  {e['ref']} group {e['group']}: {e['true']} -> {e['predicted']}{place}, P(covid) {probabilities}")
     if args.out:
         print(f"gallery: {summary['gallery'] or 'none written (no film was wrong in every run)'}")
     return 0
