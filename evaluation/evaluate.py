@@ -45,6 +45,7 @@ statistics and anomalies, TFMA slice metrics) to the report.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -572,6 +573,17 @@ def summary_text(report: dict) -> str:
         if model_card.FILE_NAME in report["files"]:
             lines.append(f"model card with this evaluation: {report['files'][model_card.FILE_NAME]}")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def one_line_errors(program: str):
+    """For the scripts: an unreadable model, split or output path ends `program` with one line
+    naming the problem, not a traceback."""
+    try:
+        yield
+    except (ValueError, OSError, click.ClickException) as e:
+        message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        raise SystemExit(f"{program}: {message}") from None
 
 
 def held_out_split(pipeline_root: Optional[str]) -> str:

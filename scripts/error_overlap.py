@@ -21,8 +21,6 @@ import os
 from collections import Counter
 from typing import Optional
 
-import click
-
 from covid_cxr.evaluation import artifacts, errors
 from covid_cxr.evaluation import evaluate as ev
 from covid_cxr.serving import predict
@@ -70,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", metavar="PNG", help="write the films wrong in every run as a thumbnail gallery")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
-    try:
+    with ev.one_line_errors("error_overlap.py"):
         summary, test_images = overlap(args.roots)
         persistent = summary["wrong_in_every_run"]
         if args.out:
@@ -81,9 +79,6 @@ def main(argv=None) -> int:
                 with open(args.out, "wb") as f:
                     f.write(png)
             summary["gallery"] = args.out if png else None
-    except (ValueError, OSError, click.ClickException) as e:  # unreadable model, split or --out: one line
-        message = e.format_message() if isinstance(e, click.ClickException) else str(e)
-        raise SystemExit(f"error_overlap.py: {message}") from None
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0

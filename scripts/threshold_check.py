@@ -33,7 +33,6 @@ import os
 import sys
 from typing import Optional
 
-import click
 import numpy as np
 
 from covid_cxr.evaluation import artifacts, metrics
@@ -153,11 +152,8 @@ def main(argv=None) -> int:
         if not all(0.0 <= v <= 1.0 for v in getattr(args, option)):
             parser.error(f"--{option} must be two proportions in [0, 1], got {' '.join(map(str, getattr(args, option)))}")
     resample_args = {"n": args.resample, "targets": tuple(args.targets), "bars": tuple(args.bars)} if args.resample else None
-    try:
+    with ev.one_line_errors("threshold_check.py"):
         results = [check_root(root, args.tta, resample_args) for root in args.roots]
-    except (ValueError, click.ClickException) as e:  # unreadable model or split: one line, not a traceback
-        message = e.format_message() if isinstance(e, click.ClickException) else str(e)
-        raise SystemExit(f"threshold_check.py: {message}") from None
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
