@@ -51,6 +51,8 @@ def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray
     for i in ordered[:limit]:
         entry = {"index": int(i), "ref": refs[i], "true": task.classes[y[i]], "predicted": task.classes[pred[i]],
                  "covid_probability": float(prob[i, task.positive_index])}
+        if not task.is_binary:  # P(covid) alone says little about a pneumonia called normal
+            entry["probabilities"] = {c: float(p) for c, p in zip(task.classes, prob[i])}
         if groups is not None:
             entry["group"] = groups[i]
         entry.update({key: values[i] for key, values in (slices or {}).items()})
@@ -64,8 +66,16 @@ def where(entry: Mapping) -> str:
                     if entry.get(k) not in (None, features.UNKNOWN))
 
 
+def odds(entry: Mapping) -> str:
+    """"P(covid) 0.12"; three-class: "P(pneumonia) 0.20 P(normal) 0.70" (true class, then predicted)."""
+    if "probabilities" in entry:
+        return " ".join(f"P({c}) {entry['probabilities'][c]:.2f}" for c in (entry["true"], entry["predicted"]))
+    return f"P(covid) {entry['covid_probability']:.2f}"
+
+
 def caption(entry: Mapping) -> str:
-    text = f"{entry['true']} -> {entry['predicted']}\nP(covid) {entry['covid_probability']:.2f}"
+    """"covid -> normal / P(covid) 0.12 / cohen PA", one item per line."""
+    text = f"{entry['true']} -> {entry['predicted']}\n{odds(entry)}"
     return text + (f"\n{where(entry)}" if where(entry) else "")
 
 

@@ -44,7 +44,11 @@ def test_three_class_confusions_between_non_covid_classes_are_errors_too():
     out = errors.misclassified(THREE, labels, probabilities.argmax(1), probabilities, ["g"] * 3, ["a", "b", "c"])
     assert out["n"] == 2
     assert [(e["true"], e["predicted"]) for e in out["listed"]] == [("pneumonia", "normal"), ("normal", "pneumonia")]
-    assert out["listed"][0]["covid_probability"] == 0.1
+    first = out["listed"][0]
+    assert first["covid_probability"] == 0.1
+    assert first["probabilities"] == {"normal": 0.7, "pneumonia": 0.2, "covid": 0.1}
+    assert errors.caption(first) == "pneumonia -> normal\nP(pneumonia) 0.20 P(normal) 0.70"
+    assert errors.odds(first) == "P(pneumonia) 0.20 P(normal) 0.70"
 
 
 def test_gallery_shows_the_listed_films_and_is_absent_without_errors():

@@ -562,7 +562,7 @@ def summary_text(report: dict) -> str:
         lines.append("WARNING: " + metrics.within_source_warning(report["sources_below_pooled_auc"]))
     wrong = report.get("errors")
     if wrong and wrong["n"]:
-        worst = "; ".join(f"{e['ref']} {e['true']} -> {e['predicted']} (P(covid) {e['covid_probability']:.2f})"
+        worst = "; ".join(f"{e['ref']} {e['true']} -> {e['predicted']} ({errors.odds(e)})"
                           for e in wrong["listed"][:3])
         lines.append(f"misclassified: {wrong['n']}; most confidently wrong: {worst}")
     audit = report.get("shortcut_audit")

@@ -178,6 +178,13 @@ def test_three_class_report(three_class_model, tmp_path):
     assert mc["covid_one_vs_rest"]["sensitivity"] == report["sensitivity"]
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert "Three-class" in (tmp_path / "report.html").read_text()
+    # Misclassified films carry all class probabilities, ordered by P(predicted) - P(true).
+    wrong = report["errors"]
+    assert wrong["n"] == cm.sum() - np.trace(cm) > 0 and wrong["order"] == "most confidently wrong first: " \
+        "P(predicted class) - P(true class), descending"
+    gaps = [e["probabilities"][e["predicted"]] - e["probabilities"][e["true"]] for e in wrong["listed"]]
+    assert gaps == sorted(gaps, reverse=True) and all(g >= 0 for g in gaps)
+    assert all(sum(e["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for e in wrong["listed"])
 
 
 def test_task_mismatch_is_refused(binary_model, three_class_model):

@@ -5,7 +5,7 @@ import base64
 import html
 from typing import Mapping, Optional
 
-from covid_cxr.evaluation import metrics
+from covid_cxr.evaluation import errors, metrics
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -128,13 +128,13 @@ def _pipeline_section(pipeline: dict) -> str:
 def _errors_section(wrong: dict, pngs: Mapping[str, bytes]) -> str:
     listed = wrong["listed"]
     extra = [k for k in ("group", "source", "view") if any(k in e for e in listed)]
-    rows = [[_e(e["ref"]), _e(e["true"]), _e(e["predicted"]), _num(e["covid_probability"])]
+    rows = [[_e(e["ref"]), _e(e["true"]), _e(e["predicted"]), _e(errors.odds(e))]
             + [_e(e.get(k, "")) for k in extra] for e in listed]
     return (f"<h2>Misclassified films ({wrong['n']})</h2>"
             f"<p class=note>{_e(wrong['order'])}; {len(listed)} listed. Look at them: a film whose label its "
             "pixels do not support is a data problem, not a model one.</p>"
             + _img(pngs, "errors.png", "misclassified films")
-            + _table(["film", "true", "predicted", "P(covid)"]
+            + _table(["film", "true", "predicted", "probability"]
                      + [{"group": "patient (pseudonym)"}.get(k, k) for k in extra], rows))
 
 
