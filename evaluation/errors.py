@@ -14,16 +14,12 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from covid_cxr.data import features
+from covid_cxr.evaluation import metrics
 
 MAX_LISTED = 50  # report.json / HTML table rows
 MAX_GALLERY = 24  # thumbnails in a gallery
 BINARY_ORDER = "most confidently wrong first: distance of P(covid) from the decision threshold in log-odds, descending"
 MULTICLASS_ORDER = "most confidently wrong first: P(predicted class) - P(true class), descending"
-
-
-def _log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
@@ -42,7 +38,7 @@ def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray
     wrong = np.flatnonzero(y != pred)
     if task.is_binary and threshold is not None:
         order = BINARY_ORDER
-        confidence = np.abs(_log_odds(prob[wrong, task.positive_index]) - _log_odds(np.asarray(threshold)))
+        confidence = np.abs(metrics.logit(prob[wrong, task.positive_index]) - metrics.logit(threshold))
     else:
         order = MULTICLASS_ORDER
         confidence = prob[wrong, pred[wrong]] - prob[wrong, y[wrong]]
@@ -82,7 +78,7 @@ def caption(entry: Mapping) -> str:
 def gallery_png(encoded_images: Sequence[bytes], entries: Sequence[Mapping], title: str,
                 limit: int = MAX_GALLERY) -> Optional[bytes]:
     """Thumbnails of the first `limit` entries (``encoded_images[entry["index"]]``) with their
-    captions, under `title` ({shown} is replaced by how many are drawn); None when there are none."""
+    captions, under `title`; None when there are none."""
     from covid_cxr.data import images
     from covid_cxr.evaluation import plots
 
@@ -90,4 +86,4 @@ def gallery_png(encoded_images: Sequence[bytes], entries: Sequence[Mapping], tit
     if not entries:
         return None
     return plots.gallery_png([images.decode_png(encoded_images[e["index"]]) for e in entries],
-                             [caption(e) for e in entries], title=title.format(shown=len(entries)))
+                             [caption(e) for e in entries], title=title)

@@ -55,6 +55,6 @@ def test_gallery_shows_the_listed_films_and_is_absent_without_errors():
     entry = {"index": 1, "ref": "record 1", "group": "g", "true": "covid", "predicted": "normal",
              "covid_probability": 0.12, "source": "cohen", "view": features.UNKNOWN}
     assert errors.caption(entry) == "covid -> normal\nP(covid) 0.12\ncohen"
-    png = errors.gallery_png([_png(0), _png(200)], [entry], title="{shown} shown")
+    png = errors.gallery_png([_png(0), _png(200)], [entry], title="1 shown")
     assert Image.open(io.BytesIO(png)).size[0] > 100
     assert errors.gallery_png([_png(0)], [], title="none") is None

@@ -464,7 +464,8 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     if evaluation.images is not None and report.get("errors"):
         wrong = report["errors"]
         png = errors.gallery_png(evaluation.images, wrong["listed"],
-                                 title=f"Misclassified: {{shown}} of {wrong['n']}, most confidently wrong first")
+                                 title=f"Misclassified: {min(len(wrong['listed']), errors.MAX_GALLERY)} of "
+                                       f"{wrong['n']}, most confidently wrong first")
         if png:
             out[ERRORS_PNG] = png
     if evaluation.history:

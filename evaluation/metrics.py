@@ -24,6 +24,12 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 # --------------------------------------------------------------------------------------------
 
 
+def logit(p) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped to [1e-7, 1 - 1e-7] so 0 and 1 stay finite."""
+    p = np.clip(np.asarray(p), 1e-7, 1.0 - 1e-7)  # keeps the dtype: float32 scores stay float32
+    return np.log(p) - np.log1p(-p)
+
+
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of k successes in n trials; (nan, nan) when n == 0."""
     if n <= 0:

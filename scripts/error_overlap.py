@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         if args.out:
             png = errors.gallery_png(test_images, persistent, title=(
                 f"Wrong in all {len(args.roots)} runs: {len(persistent)} of {summary['test_films']} test films"
-                + (" (first {shown} shown)" if len(persistent) > errors.MAX_GALLERY else "")))
+                + (f" (first {errors.MAX_GALLERY} shown)" if len(persistent) > errors.MAX_GALLERY else "")))
             if png:
                 with open(args.out, "wb") as f:
                     f.write(png)

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from covid_cxr.evaluation.metrics import logit
 from covid_cxr.trainer import models
 from covid_cxr.trainer.models import BuiltModel, HParams
 
@@ -444,17 +445,12 @@ def concatenate_histories(histories: Sequence[Mapping[str, list]],
 # ----------------------------------------------------------------------------------------------
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1.0 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 def _gap_middle(lower: float, upper: float) -> float:
     """A threshold t in the score gap [lower, upper), so that ``score > t`` accepts ``upper`` and
     rejects ``lower``: the middle of the gap in logit space, whatever float rounding does to
     probabilities near 0 or 1. Returned as a float32 value whenever one lies in the gap, because
     the export compares float32 scores with a float32 threshold."""
-    middle = (_logit(np.array([upper, lower]))).mean()
+    middle = (logit(np.array([upper, lower]))).mean()
     t = min(max(1.0 / (1.0 + math.exp(-middle)), lower), float(np.nextafter(upper, -np.inf)))
     t32 = float(np.float32(t))
     return t32 if lower <= t32 < upper else t
