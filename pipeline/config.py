@@ -71,6 +71,10 @@ class TrainingConfig:
     # stops predicting the label (trainer.training.source_class_weights); 0: class balance only.
     source_balance: float = 0.0
     seed: int = 42
+    # Phase 1 (frozen pretrained backbone) and Tuner trials train the head on backbone features
+    # computed once per split, without augmentation, instead of running the backbone over augmented
+    # films every epoch (trainer.training.fit_head_on_features). Phase 2 is unchanged.
+    cache_frozen_features: bool = False
     # One inter-op TensorFlow thread, a fixed intra-op count and one Beam worker: the same input in
     # the same order and far fewer differences (with the seed alone, concurrent ops and Beam's example
     # order make runs drift apart). Not bit-identical: now and then a training step on the same batch

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_NAME = "probabilities"
 INPUT_NAME = IMAGE_XF
 AUGMENTATION_NAME = "augmentation"
+FEATURES_NAME = "gap"  # the pooled backbone features; the head starts right after this layer
 BACKBONE_PREPROCESS_NAME = "imagenet_preprocess"
 
 # Where Keras caches downloaded application weights (tf_keras get_file uses ~/.keras, or /tmp/.keras
@@ -282,7 +283,7 @@ def build_bn_double_conv(x, hparams: HParams, backbone=None, pretrained=False):
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
         if i >= 4:
             x = keras.layers.Dropout(0.2, name=f"block{i}_dropout")(x)
-    return keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.layers.GlobalAveragePooling2D(name=FEATURES_NAME)(x)
 
 
 def build_transfer(x, hparams: HParams, backbone, pretrained=False):
@@ -290,7 +291,7 @@ def build_transfer(x, hparams: HParams, backbone, pretrained=False):
     # BatchNorm stays in inference mode for pretrained backbones, also while fine-tuning (and the
     # shared MobileNetV2 file has BN folded into the convs: exact only in inference mode).
     features = backbone(x, training=False) if pretrained else backbone(x)
-    return keras.layers.GlobalAveragePooling2D(name="gap")(features)
+    return keras.layers.GlobalAveragePooling2D(name=FEATURES_NAME)(features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -743,6 +744,26 @@ def set_phase(built: BuiltModel, phase: int, fine_tune_layers: int = 0) -> list[
     return chosen
 
 
+def split_head(built: BuiltModel) -> tuple[keras.Model, keras.Model]:
+    """(features, head): two models sharing ``built.model``'s layers, for a pretrained backbone.
+
+    ``features`` maps ``image_xf`` to the pooled backbone features (call it with ``training=False``:
+    augmentation off, as in phase 1 the backbone is frozen); ``head`` maps those features to
+    ``probabilities``. Training ``head`` trains ``built.model``'s head, so phase 1 can run on
+    features computed once instead of running the backbone every epoch.
+    """
+    if built.backbone is None or not built.pretrained:
+        raise ValueError(f"{built.family}: only a pretrained backbone's head trains on fixed features")
+    model = built.model
+    pooled = model.get_layer(FEATURES_NAME)
+    inputs = keras.Input(shape=pooled.output.shape[1:], name="backbone_features", dtype=pooled.output.dtype)
+    x = inputs
+    for layer in model.layers[model.layers.index(pooled) + 1:]:  # Dense, Dropout, probabilities: a chain
+        x = layer(x)
+    return (keras.Model(model.input, pooled.output, name=f"{model.name}_features"),
+            keras.Model(inputs, x, name=f"{model.name}_head"))
+
+
 def count_params(model: keras.Model) -> tuple[int, int]:
     """(total, trainable) parameter counts."""
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
@@ -773,5 +794,6 @@ __all__ = [
     "min_image_size",
     "preprocess_affine",
     "set_phase",
+    "split_head",
     "tunable_backbone_layers",
 ]

@@ -65,11 +65,13 @@ def _dataset(files, data_accessor, tf_transform_output, batch_size: int, trainin
     return dataset.map(with_weights).prefetch(tf.data.AUTOTUNE)
 
 
-def _training_batches(fn_args, tf_transform_output, batch_size: int, seed: int, example_weights: dict):
-    """A function building the weighted, shuffled training dataset anew each time it is called:
-    every fit gets its own (see :func:`training.fit` for why a reused one does not repeat)."""
+def _training_batches(fn_args, tf_transform_output, batch_size: int, seed: int, example_weights: dict,
+                      one_pass: bool = False):
+    """A function building the weighted training dataset anew each time it is called: shuffled and
+    endless (every fit gets its own: see :func:`training.fit` for why a reused one does not repeat),
+    or one ordered pass with ``one_pass`` (for backbone features computed once)."""
     return functools.partial(_dataset, fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size,
-                             True, seed, example_weights)
+                             not one_pass, seed, example_weights)
 
 
 def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -152,20 +154,36 @@ def _steps(count: int, batch_size: int) -> int:
     return max(1, -(-count // batch_size))
 
 
-class _FreshTrainingBatches(keras_tuner.HyperModel):
+class _TrialModel(keras_tuner.HyperModel):
     """Fits every trial on a training dataset built for it (see :func:`training.fit`: a dataset
-    reused by the next fit would hand it an order that depends on how far the last one read ahead)."""
+    reused by the next fit would hand it an order that depends on how far the last one read ahead).
 
-    def __init__(self, build_fn: Callable, training_batches: Callable[[], tf.data.Dataset]):
+    With ``head_pass`` (``training.cache_frozen_features``), a trial on a pretrained backbone trains
+    its head on backbone features computed once per family and size and shared by the trials."""
+
+    def __init__(self, build_fn: Callable, training_batches: Callable[[], tf.data.Dataset],
+                 num_classes: int, head_pass: Optional[Callable[[], tf.data.Dataset]] = None, seed: int = 42):
         super().__init__()
+        self._num_classes = num_classes
         self._build_fn = build_fn
         self._training_batches = training_batches
+        self._head_pass = head_pass
+        self._seed = seed
+        self._features: training.FeatureCache = {}
+        self._built: Optional[tuple[models.BuiltModel, models.HParams]] = None
 
     def build(self, hp):
-        return self._build_fn(hp)
+        self._built = self._build_fn(hp)
+        return self._built[0].model
 
-    def fit(self, hp, model, *args, **kwargs):
-        return model.fit(self._training_batches(), *args, **kwargs)
+    def fit(self, hp, model, *args, validation_data=None, epochs=1, steps_per_epoch=None, **kwargs):
+        built, hparams = self._built
+        if self._head_pass is not None and built.model is model and built.pretrained:
+            return training.fit_head_on_features(
+                built, hparams.learning_rate, self._head_pass, validation_data, epochs=epochs,
+                num_classes=self._num_classes, seed=self._seed, cache=self._features, **kwargs)
+        return model.fit(self._training_batches(), *args, validation_data=validation_data, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, **kwargs)
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
@@ -186,10 +204,12 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
         # Trials compare families on their first phase (frozen pretrained base, or end to end).
         phase = models.PHASE_HEAD if built.pretrained else models.PHASE_END_TO_END
         training.compile_model(built, hparams, task.num_classes, phase, task.positive_index)
-        return built.model
+        return built, hparams
 
+    batches = functools.partial(_training_batches, fn_args, tf_transform_output, batch, train_cfg["seed"], weights)
     tuner = keras_tuner.RandomSearch(
-        _FreshTrainingBatches(build, _training_batches(fn_args, tf_transform_output, batch, train_cfg["seed"], weights)),
+        _TrialModel(build, batches(), task.num_classes,
+                    batches(one_pass=True) if train_cfg["cache_frozen_features"] else None, train_cfg["seed"]),
         objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
@@ -254,6 +274,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)
     train_ds = _training_batches(fn_args, tf_transform_output, batch, seed, weights)  # afresh per phase and member
+    head_pass = (_training_batches(fn_args, tf_transform_output, batch, seed, weights, one_pass=True)
+                 if train_cfg["cache_frozen_features"] else None)
     eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
     members: list[models.BuiltModel] = []
     histories: list[dict] = []
@@ -273,6 +295,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             num_classes=task.num_classes,
             callbacks=[tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, built.family), update_freq="epoch")],
             seed=seed,
+            head_pass=head_pass,
         ))
         members.append(built)
     built = models.average_ensemble(members) if len(members) > 1 else members[0]

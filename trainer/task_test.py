@@ -1,11 +1,13 @@
 """The Trainer's validation metrics are those of the served decision; its batches carry per-source weights."""
 import types
 
+import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from covid_cxr.data import features
+from covid_cxr.trainer import models, training
 from covid_cxr.trainer import task as trainer_task
 from covid_cxr.transform import preprocessing
 
@@ -123,11 +125,44 @@ def test_every_tuner_trial_fits_on_training_batches_built_for_it():
         made.append(tf.data.Dataset.range(3))
         return made[-1]
 
-    hypermodel = trainer_task._FreshTrainingBatches(lambda hp: "model", training_batches)
+    built = types.SimpleNamespace(model="model", pretrained=True)
+    hypermodel = trainer_task._TrialModel(lambda hp: (built, None), training_batches, 2)
     fitted = []
     model = types.SimpleNamespace(fit=lambda x, **kwargs: fitted.append((x, kwargs)) or "history")
     assert hypermodel.build(None) == "model"
     for _ in range(2):
         assert hypermodel.fit(None, model, epochs=1) == "history"
     assert [x for x, _ in fitted] == made and made[0] is not made[1]
-    assert fitted[0][1] == {"epochs": 1}
+    assert fitted[0][1] == {"epochs": 1, "validation_data": None, "steps_per_epoch": None}
+
+
+def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mobilenet):
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(24, 32, 32, 1).astype("float32"), np.arange(24) % 2
+
+    def batches():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    passes = []
+
+    def head_pass():
+        passes.append(1)
+        return batches()
+
+    def build(hp):
+        hparams = models.HParams(family="mobilenet_v2_035", dropout=hp.Choice("dropout", [0.2, 0.4]))
+        built = models.build_model(hparams, 32, 2, weights=pretrained_mobilenet)
+        training.compile_model(built, hparams, 2, models.PHASE_HEAD)
+        return built, hparams
+
+    hypermodel = trainer_task._TrialModel(build, lambda: pytest.fail("a cached trial must not read augmented batches"),
+                                          2, head_pass)
+    scores = []
+    for dropout in (0.2, 0.4):
+        hp = keras_tuner.HyperParameters()
+        hp.values["dropout"] = dropout
+        model = hypermodel.build(hp)
+        history = hypermodel.fit(hp, model, validation_data=batches(), epochs=2, steps_per_epoch=3, verbose=0)
+        assert len(history.history["val_auc"]) == 2  # what the Tuner's objective reads
+        scores.append(history.history["loss"])
+    assert len(passes) == 1 and scores[0] != scores[1]

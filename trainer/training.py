@@ -14,9 +14,11 @@ still improves: 0.974 -> 0.980 on the shared corpus).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -193,13 +195,18 @@ def compile_model(
     go to ``Model.compile`` (e.g. ``steps_per_execution``, ``jit_compile``, ``run_eagerly``).
     """
     models.set_phase(built, phase, hparams.fine_tune_layers)
-    built.model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=phase_learning_rate(hparams, phase)),
+    _compile(built.model, phase_learning_rate(hparams, phase), num_classes, positive_index, compile_kwargs)
+    return built.model
+
+
+def _compile(model: keras.Model, learning_rate: float, num_classes: int, positive_index: Optional[int] = None,
+             compile_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=make_loss(num_classes),
         metrics=make_metrics(num_classes, positive_index),
         **dict(compile_kwargs or {}),
     )
-    return built.model
 
 
 def class_weights(
@@ -278,6 +285,105 @@ def compile_for_export(built: BuiltModel, num_classes: int) -> keras.Model:
 
 
 # ----------------------------------------------------------------------------------------------
+# Phase 1 on cached backbone features
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CachedFeatures:
+    """One split's pooled backbone features with its labels (and example weights), in pass order."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    weights: Optional[np.ndarray]
+    batch_size: int
+
+    def dataset(self, shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
+        """Batches as the original pass had them; reshuffled every epoch when ``shuffle_seed`` is given."""
+        tensors = (self.features, self.labels) + (() if self.weights is None else (self.weights,))
+        dataset = tf.data.Dataset.from_tensor_slices(tensors)
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(self.labels), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset.batch(self.batch_size)
+
+
+def backbone_features(extractor: keras.Model, batches: Iterable) -> CachedFeatures:
+    """Run ``extractor`` (see :func:`models.split_head`) once over a finite pass of
+    ``(image, label[, weight])`` batches, in inference mode (augmentation off)."""
+    features, labels, weights, batch_size = [], [], [], 0
+    for batch in batches:
+        batch_size = batch_size or int(batch[1].shape[0])
+        features.append(np.asarray(extractor.predict_on_batch(batch[0])))
+        labels.append(batch[1].numpy())
+        if len(batch) > 2:
+            weights.append(batch[2].numpy())
+    if not features:
+        raise ValueError("no batches to compute backbone features from")
+    return CachedFeatures(np.concatenate(features), np.concatenate(labels),
+                          np.concatenate(weights) if weights else None, batch_size)
+
+
+FeatureCache = dict  # (family, image size, split name) -> CachedFeatures; valid for one set of files
+
+
+def _cached_features(cache: Optional[FeatureCache], built: BuiltModel, split: str, extractor: keras.Model,
+                     batches: Callable[[], Iterable]) -> CachedFeatures:
+    # A pretrained backbone's features depend only on its family and input size: Tuner trials that
+    # differ in learning rate, dropout or head width share them.
+    key = (built.family, built.image_size, split)
+    if cache is None or key not in cache:
+        started = time.monotonic()
+        computed = backbone_features(extractor, batches())
+        logger.info("%s: %s backbone features of %d films computed once in %.1f s",
+                    built.family, split, len(computed.labels), time.monotonic() - started)
+        if cache is None:
+            return computed
+        cache[key] = computed
+    return cache[key]
+
+
+def fit_head_on_features(
+    built: BuiltModel,
+    learning_rate: float,
+    train_pass: Callable[[], Iterable],
+    val_ds: Optional[Iterable],
+    *,
+    epochs: int,
+    initial_epoch: int = 0,
+    num_classes: int,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+    class_weight: Optional[Mapping[int, float]] = None,
+    seed: int = 42,
+    verbose: Union[int, str] = 2,
+    compile_kwargs: Optional[Mapping[str, Any]] = None,
+    cache: Optional[FeatureCache] = None,
+) -> keras.callbacks.History:
+    """Phase 1 (frozen pretrained backbone) trained on features computed once.
+
+    With the backbone frozen and in inference mode, an epoch of phase 1 is a forward pass of the
+    backbone over every film plus a small update of the head; here that pass runs once, over
+    ``train_pass()`` (one ordered pass: image, label[, weight]) and ``val_ds``, and the head trains
+    on the stored features (reshuffled each epoch with ``seed``). The price: phase 1 sees the films
+    without augmentation (phase 2 still augments). ``built``'s backbone must already be frozen
+    (:func:`compile_model` with phase 1). Returns the head's fit History; its metrics are the
+    whole model's, since the head's input is exactly the backbone's output.
+    """
+    extractor, head = models.split_head(built)
+    train = _cached_features(cache, built, "train", extractor, train_pass)
+    val = _cached_features(cache, built, "eval", extractor, lambda: val_ds) if val_ds is not None else None
+    _compile(head, learning_rate, num_classes, compile_kwargs=compile_kwargs)
+    return head.fit(
+        train.dataset(shuffle_seed=seed),
+        validation_data=val.dataset() if val is not None else None,
+        epochs=initial_epoch + epochs,
+        initial_epoch=initial_epoch,
+        class_weight=dict(class_weight) if class_weight else None,
+        callbacks=list(callbacks),
+        verbose=verbose,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------------------------
 
@@ -330,6 +436,7 @@ def fit(
     class_weight: Optional[Mapping[int, float]] = None,
     verbose: Union[int, str] = 2,
     compile_kwargs: Optional[Mapping[str, Any]] = None,
+    head_pass: Optional[Callable[[], Iterable]] = None,
 ) -> dict[str, list[Any]]:
     """Train ``built.model`` (compiled here) and return the merged history of all phases.
 
@@ -349,6 +456,8 @@ def fit(
     phase 1's weights are restored. ``keras.utils.set_random_seed
     (seed)`` is called first. ``num_classes`` defaults to the model's output width (1 unit -> 2).
     ``class_weight`` (see :func:`class_weights`) and ``compile_kwargs`` apply to every phase.
+    ``head_pass`` (one ordered pass over the training data) makes phase 1 train the head on backbone
+    features computed once (:func:`fit_head_on_features`); it does not apply to end-to-end training.
 
     Returns ``{metric: [per-epoch values, phase 1 then phase 2]}`` plus ``"phase"`` and ``"epoch"``
     lists of the same length (keys missing in one phase are padded with NaN).
@@ -380,17 +489,23 @@ def fit(
             *_schedule_callbacks(hparams, monitor, epoch, phase_epochs, base_lr),
             *callbacks,
         ]
-        result = built.model.fit(
-            train_ds() if callable(train_ds) else train_ds,
-            validation_data=val_ds,
-            epochs=epoch + phase_epochs,
-            initial_epoch=epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps if val_ds is not None else None,
-            class_weight=dict(class_weight) if class_weight else None,
-            callbacks=phase_callbacks,
-            verbose=verbose,
-        )
+        if phase == models.PHASE_HEAD and head_pass is not None:
+            result = fit_head_on_features(
+                built, base_lr, head_pass, val_ds, epochs=phase_epochs, initial_epoch=epoch,
+                num_classes=num_classes, callbacks=phase_callbacks, class_weight=class_weight, seed=seed,
+                verbose=verbose, compile_kwargs=compile_kwargs)
+        else:
+            result = built.model.fit(
+                train_ds() if callable(train_ds) else train_ds,
+                validation_data=val_ds,
+                epochs=epoch + phase_epochs,
+                initial_epoch=epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps if val_ds is not None else None,
+                class_weight=dict(class_weight) if class_weight else None,
+                callbacks=phase_callbacks,
+                verbose=verbose,
+            )
         ran = len(result.epoch)
         n_before = len(history["phase"])
         for key, values in result.history.items():

@@ -166,15 +166,6 @@ def test_fit_is_seeded():
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
 
 
-@pytest.fixture
-def pretrained_mobilenet(tmp_path):
-    """A MobileNetV2-0.35 built from a weights FILE (random values), so it counts as pretrained."""
-    source = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = str(tmp_path / "mnv2.h5")
-    source.save_weights(path)
-    return path
-
-
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_fit_two_phases(pretrained_mobilenet, num_classes):
     n_top = 3
@@ -264,6 +255,93 @@ def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
                     steps_per_epoch=1, validation_steps=None, fine_tune_epochs=3, verbose=0,
                     compile_kwargs={"run_eagerly": True})
     assert history["phase"] == [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 1 on cached backbone features (training.cache_frozen_features)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_split_head_shares_the_layers_of_the_model(pretrained_mobilenet):
+    hp = M.HParams(family="mobilenet_v2_035", dense_units=8, dropout=0.3)
+    built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+    features, head = M.split_head(built)
+    x = next(iter(dataset(8, 2, size=32, repeat=False)))[0]
+    np.testing.assert_allclose(head(features(x, training=False)).numpy(), built.model(x, training=False).numpy(), rtol=1e-5)
+    dense = head.get_layer("head_dense")
+    assert dense is built.model.get_layer("head_dense")  # training the head trains the model's head
+    dense.set_weights([w + 0.5 for w in dense.get_weights()])
+    np.testing.assert_allclose(head(features(x, training=False)).numpy(), built.model(x, training=False).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="pretrained"):
+        M.split_head(M.build_model(M.HParams(family="cnn3"), S, 2, weights="none"))
+
+
+def weighted(ds, weight=2.0):
+    return ds.map(lambda x, y: (x, y, tf.fill(tf.shape(y), weight)))
+
+
+def test_phase_one_on_cached_features_runs_the_backbone_once_and_reports_the_models_own_metrics(pretrained_mobilenet):
+    hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=2, early_stopping_patience=10, lr_schedule="none")
+    built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+    backbone_before = [w.copy() for w in built.backbone.get_weights()]
+    head_before = [w.copy() for w in built.model.get_layer(M.OUTPUT_NAME).get_weights()]
+    passes = []
+
+    def head_pass():
+        passes.append(1)
+        return weighted(dataset(24, 2, size=32, repeat=False))
+
+    val = dataset(16, 2, size=32, seed=1, repeat=False)
+    history = T.fit(built, hp, lambda: weighted(dataset(24, 2, size=32)), val, epochs=4, steps_per_epoch=3,
+                    validation_steps=None, fine_tune_epochs=0, seed=0, verbose=0, head_pass=head_pass)
+    assert history["phase"] == [1, 1, 1, 1] and len(passes) == 1  # four epochs, one backbone pass
+    for a, b in zip(built.backbone.get_weights(), backbone_before):
+        np.testing.assert_array_equal(a, b)
+    # The restored best epoch's validation figures are the whole model's on the raw films.
+    best = int(np.argmax(history["val_selection"]))
+    whole = built.model.evaluate(val, return_dict=True, verbose=0)
+    assert whole["loss"] == pytest.approx(history["val_loss"][best], rel=1e-4)
+    assert whole["auc"] == pytest.approx(history["val_auc"][best], rel=1e-4)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(built.model.get_layer(M.OUTPUT_NAME).get_weights(), head_before))
+
+
+def test_phase_one_on_cached_features_repeats_and_phase_two_still_runs(pretrained_mobilenet):
+    def run():
+        hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=2, early_stopping_patience=10, lr_schedule="none")
+        keras.utils.set_random_seed(0)
+        built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+        return T.fit(built, hp, lambda: dataset(24, 2, size=32), dataset(16, 2, size=32, seed=1, repeat=False),
+                     epochs=3, steps_per_epoch=3, validation_steps=None, fine_tune_epochs=1, seed=0, verbose=0,
+                     head_pass=lambda: dataset(24, 2, size=32, repeat=False), compile_kwargs={"run_eagerly": True})
+
+    a, b = run(), run()
+    assert a["phase"] == [1, 1, 1, 2]
+    np.testing.assert_allclose(a["loss"][:3], b["loss"][:3], rtol=1e-6)
+
+
+def test_backbone_features_keep_labels_weights_and_batch_size_and_are_shared_per_family_and_size(pretrained_mobilenet):
+    built = M.build_model(M.HParams(family="mobilenet_v2_035"), 32, 2, weights=pretrained_mobilenet)
+    features, _ = M.split_head(built)
+    cached = T.backbone_features(features, weighted(dataset(20, 2, size=32, batch=8, repeat=False), 3.0))
+    labels = np.concatenate([y.numpy() for _, y in dataset(20, 2, size=32, batch=8, repeat=False)])
+    assert cached.features.shape == (20, built.model.get_layer(M.FEATURES_NAME).output.shape[-1])
+    np.testing.assert_array_equal(cached.labels, labels)
+    assert cached.weights.tolist() == [3.0] * 20 and cached.batch_size == 8
+    assert [len(b[0]) for b in cached.dataset()] == [8, 8, 4]
+    assert [len(b) for b in cached.dataset(shuffle_seed=1)] == [3, 3, 3]  # weights travel with the films
+    with pytest.raises(ValueError, match="no batches"):
+        T.backbone_features(features, [])
+
+    cache, passes = {}, []
+
+    def head_pass():
+        passes.append(1)
+        return dataset(16, 2, size=32, repeat=False)
+
+    for _ in range(2):  # two Tuner trials of one family and size: one pass
+        T.compile_model(built, M.HParams(family="mobilenet_v2_035"), 2, M.PHASE_HEAD)
+        T.fit_head_on_features(built, 1e-3, head_pass, None, epochs=1, num_classes=2, verbose=0, cache=cache)
+    assert len(passes) == 1 and set(cache) == {("mobilenet_v2_035", 32, "train")}
 
 
 def test_selection_score_ranks_by_auc_and_breaks_ties_by_loss():
