@@ -745,12 +745,13 @@ def set_phase(built: BuiltModel, phase: int, fine_tune_layers: int = 0) -> list[
 
 
 def split_head(built: BuiltModel) -> tuple[keras.Model, keras.Model]:
-    """(features, head): two models sharing ``built.model``'s layers, for a pretrained backbone.
+    """(features, head) for phase 1 on a pretrained backbone's fixed features.
 
-    ``features`` maps ``image_xf`` to the pooled backbone features (call it with ``training=False``:
-    augmentation off, as in phase 1 the backbone is frozen); ``head`` maps those features to
-    ``probabilities``. Training ``head`` trains ``built.model``'s head, so phase 1 can run on
-    features computed once instead of running the backbone every epoch.
+    ``features`` maps ``image_xf`` to the pooled backbone features through ``built.model``'s own
+    layers (call it with ``training=False``: augmentation off; the backbone is frozen in phase 1).
+    ``head`` is a copy of the model's head (same configuration, same current weights) on those
+    features, so that training it adds no nodes to the served model's graph; copy its trained
+    weights back with :func:`set_head_weights`.
     """
     if built.backbone is None or not built.pretrained:
         raise ValueError(f"{built.family}: only a pretrained backbone's head trains on fixed features")
@@ -759,9 +760,17 @@ def split_head(built: BuiltModel) -> tuple[keras.Model, keras.Model]:
     inputs = keras.Input(shape=pooled.output.shape[1:], name="backbone_features", dtype=pooled.output.dtype)
     x = inputs
     for layer in model.layers[model.layers.index(pooled) + 1:]:  # Dense, Dropout, probabilities: a chain
-        x = layer(x)
+        copy = layer.__class__.from_config(layer.get_config())
+        x = copy(x)
+        copy.set_weights(layer.get_weights())
     return (keras.Model(model.input, pooled.output, name=f"{model.name}_features"),
             keras.Model(inputs, x, name=f"{model.name}_head"))
+
+
+def set_head_weights(built: BuiltModel, head: keras.Model) -> None:
+    """Copy the weights of a head from :func:`split_head` into ``built.model``'s head layers."""
+    for layer in head.layers[1:]:
+        built.model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:
@@ -794,6 +803,7 @@ __all__ = [
     "min_image_size",
     "preprocess_affine",
     "set_phase",
+    "set_head_weights",
     "split_head",
     "tunable_backbone_layers",
 ]

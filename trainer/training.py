@@ -307,13 +307,20 @@ class CachedFeatures:
         return dataset.batch(self.batch_size)
 
 
-def backbone_features(extractor: keras.Model, batches: Iterable) -> CachedFeatures:
-    """Run ``extractor`` (see :func:`models.split_head`) once over a finite pass of
-    ``(image, label[, weight])`` batches, in inference mode (augmentation off)."""
+def features_function(extractor: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``extractor`` in inference mode (augmentation off) as one graph for any batch size: traced
+    once (about 20 s for MobileNetV2 at 224 px on 2 cores), not again for a last, smaller batch."""
+    spec = tf.TensorSpec([None, *extractor.input_shape[1:]], extractor.input.dtype)
+    return tf.function(lambda images: extractor(images, training=False), input_signature=[spec])
+
+
+def backbone_features(features_fn: Callable[[tf.Tensor], tf.Tensor], batches: Iterable) -> CachedFeatures:
+    """Run ``features_fn`` (:func:`features_function`) once over a finite pass of
+    ``(image, label[, weight])`` batches."""
     features, labels, weights, batch_size = [], [], [], 0
     for batch in batches:
         batch_size = batch_size or int(batch[1].shape[0])
-        features.append(np.asarray(extractor.predict_on_batch(batch[0])))
+        features.append(features_fn(batch[0]).numpy())
         labels.append(batch[1].numpy())
         if len(batch) > 2:
             weights.append(batch[2].numpy())
@@ -326,14 +333,14 @@ def backbone_features(extractor: keras.Model, batches: Iterable) -> CachedFeatur
 FeatureCache = dict  # (family, image size, split name) -> CachedFeatures; valid for one set of files
 
 
-def _cached_features(cache: Optional[FeatureCache], built: BuiltModel, split: str, extractor: keras.Model,
-                     batches: Callable[[], Iterable]) -> CachedFeatures:
+def _cached_features(cache: Optional[FeatureCache], built: BuiltModel, split: str,
+                     features_fn: Callable[[tf.Tensor], tf.Tensor], batches: Callable[[], Iterable]) -> CachedFeatures:
     # A pretrained backbone's features depend only on its family and input size: Tuner trials that
     # differ in learning rate, dropout or head width share them.
     key = (built.family, built.image_size, split)
     if cache is None or key not in cache:
         started = time.monotonic()
-        computed = backbone_features(extractor, batches())
+        computed = backbone_features(features_fn, batches())
         logger.info("%s: %s backbone features of %d films computed once in %.1f s",
                     built.family, split, len(computed.labels), time.monotonic() - started)
         if cache is None:
@@ -365,14 +372,16 @@ def fit_head_on_features(
     ``train_pass()`` (one ordered pass: image, label[, weight]) and ``val_ds``, and the head trains
     on the stored features (reshuffled each epoch with ``seed``). The price: phase 1 sees the films
     without augmentation (phase 2 still augments). ``built``'s backbone must already be frozen
-    (:func:`compile_model` with phase 1). Returns the head's fit History; its metrics are the
+    (:func:`compile_model` with phase 1). The callbacks see a copy of the head (its weights are
+    copied into ``built.model`` at the end). Returns the head's fit History; its metrics are the
     whole model's, since the head's input is exactly the backbone's output.
     """
     extractor, head = models.split_head(built)
-    train = _cached_features(cache, built, "train", extractor, train_pass)
-    val = _cached_features(cache, built, "eval", extractor, lambda: val_ds) if val_ds is not None else None
+    features_fn = features_function(extractor)  # one trace for both splits
+    train = _cached_features(cache, built, "train", features_fn, train_pass)
+    val = _cached_features(cache, built, "eval", features_fn, lambda: val_ds) if val_ds is not None else None
     _compile(head, learning_rate, num_classes, compile_kwargs=compile_kwargs)
-    return head.fit(
+    history = head.fit(
         train.dataset(shuffle_seed=seed),
         validation_data=val.dataset() if val is not None else None,
         epochs=initial_epoch + epochs,
@@ -381,6 +390,8 @@ def fit_head_on_features(
         callbacks=list(callbacks),
         verbose=verbose,
     )
+    models.set_head_weights(built, head)  # the callbacks' best-epoch restore included
+    return history
 
 
 # ----------------------------------------------------------------------------------------------

@@ -262,15 +262,18 @@ def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_split_head_shares_the_layers_of_the_model(pretrained_mobilenet):
+def test_split_head_copies_the_head_and_leaves_the_served_graph_alone(pretrained_mobilenet):
     hp = M.HParams(family="mobilenet_v2_035", dense_units=8, dropout=0.3)
     built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
     features, head = M.split_head(built)
     x = next(iter(dataset(8, 2, size=32, repeat=False)))[0]
     np.testing.assert_allclose(head(features(x, training=False)).numpy(), built.model(x, training=False).numpy(), rtol=1e-5)
     dense = head.get_layer("head_dense")
-    assert dense is built.model.get_layer("head_dense")  # training the head trains the model's head
+    assert dense is not built.model.get_layer("head_dense")
+    assert len(built.model.get_layer("head_dense").inbound_nodes) == 1  # no node added to the served model
     dense.set_weights([w + 0.5 for w in dense.get_weights()])
+    assert not np.allclose(head(features(x, training=False)).numpy(), built.model(x, training=False).numpy())
+    M.set_head_weights(built, head)
     np.testing.assert_allclose(head(features(x, training=False)).numpy(), built.model(x, training=False).numpy(), rtol=1e-5)
     with pytest.raises(ValueError, match="pretrained"):
         M.split_head(M.build_model(M.HParams(family="cnn3"), S, 2, weights="none"))
@@ -321,16 +324,17 @@ def test_phase_one_on_cached_features_repeats_and_phase_two_still_runs(pretraine
 
 def test_backbone_features_keep_labels_weights_and_batch_size_and_are_shared_per_family_and_size(pretrained_mobilenet):
     built = M.build_model(M.HParams(family="mobilenet_v2_035"), 32, 2, weights=pretrained_mobilenet)
-    features, _ = M.split_head(built)
-    cached = T.backbone_features(features, weighted(dataset(20, 2, size=32, batch=8, repeat=False), 3.0))
+    features_fn = T.features_function(M.split_head(built)[0])
+    cached = T.backbone_features(features_fn, weighted(dataset(20, 2, size=32, batch=8, repeat=False), 3.0))
     labels = np.concatenate([y.numpy() for _, y in dataset(20, 2, size=32, batch=8, repeat=False)])
     assert cached.features.shape == (20, built.model.get_layer(M.FEATURES_NAME).output.shape[-1])
     np.testing.assert_array_equal(cached.labels, labels)
     assert cached.weights.tolist() == [3.0] * 20 and cached.batch_size == 8
+    assert features_fn.experimental_get_tracing_count() == 1  # the last batch of 4 is not traced again
     assert [len(b[0]) for b in cached.dataset()] == [8, 8, 4]
     assert [len(b) for b in cached.dataset(shuffle_seed=1)] == [3, 3, 3]  # weights travel with the films
     with pytest.raises(ValueError, match="no batches"):
-        T.backbone_features(features, [])
+        T.backbone_features(features_fn, [])
 
     cache, passes = {}, []
 
