@@ -337,15 +337,13 @@ def _cached_features(cache: Optional[FeatureCache], built: BuiltModel, split: st
                      features_fn: Callable[[tf.Tensor], tf.Tensor], batches: Callable[[], Iterable]) -> CachedFeatures:
     # A pretrained backbone's features depend only on its family and input size: Tuner trials that
     # differ in learning rate, dropout or head width share them.
+    cache = {} if cache is None else cache
     key = (built.family, built.image_size, split)
-    if cache is None or key not in cache:
+    if key not in cache:
         started = time.monotonic()
-        computed = backbone_features(features_fn, batches())
+        cache[key] = backbone_features(features_fn, batches())
         logger.info("%s: %s backbone features of %d films computed once in %.1f s",
-                    built.family, split, len(computed.labels), time.monotonic() - started)
-        if cache is None:
-            return computed
-        cache[key] = computed
+                    built.family, split, len(cache[key].labels), time.monotonic() - started)
     return cache[key]
 
 
