@@ -122,20 +122,18 @@ def build_config(preset, config_file, overrides, task=None, pipeline_root=None, 
     return load_config(preset, config_file, values)
 
 
-def restart_with_reproducible_threads_if_asked(config) -> None:
-    """``training.reproducible`` needs thread settings that TensorFlow reads when it loads, and
-    this process has loaded it: start the same command again with them in the environment."""
-    if not config.training.reproducible:
-        return
+def restart_with_process_env_if_needed(config) -> None:
+    """``training.reproducible`` and ``training.onednn`` need variables that TensorFlow reads when
+    it loads, and this process has loaded it: start the same command again with them set."""
     from covid_cxr.trainer import training
 
-    missing = training.thread_env_problems()
+    missing = training.process_env_problems(config.training.reproducible, config.training.onednn)
     if missing:
-        click.echo("training.reproducible: restarting with fixed TensorFlow threads ("
+        click.echo("restarting with the TensorFlow settings of training.reproducible / training.onednn ("
                    + " ".join(f"{k}={v}" for k, v in missing.items()) + ")")
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "covid_cxr.cli", *main.args],
-                  {**os.environ, **training.reproducible_thread_env()})
+                  {**os.environ, **missing})
 
 
 def print_outcome(outcome) -> None:
@@ -191,7 +189,7 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
     named["pipeline_root"] = named["pipeline_root"] or os.path.join(out, "root")
     named["serving_dir"] = named["serving_dir"] or os.path.join(out, "serving")
     config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"), **named)
-    restart_with_reproducible_threads_if_asked(config)
+    restart_with_process_env_if_needed(config)
     click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
     summary = _existing_synthetic(config.data.data_dir, config.model.task, patients_per_class)
     if summary:
@@ -214,7 +212,7 @@ def run(data_dir, preset, config_file, overrides, **named):
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
     local_runner.check_inputs(config)  # a wrong --data or database fails at once, not after the restart below
-    restart_with_reproducible_threads_if_asked(config)
+    restart_with_process_env_if_needed(config)
     print_outcome(local_runner.run(config))
 
 

@@ -15,7 +15,7 @@ from tfx import v1 as tfx
 
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
-from covid_cxr.trainer import models
+from covid_cxr.trainer import models, training
 
 
 # Where the Dockerfile puts the reviewed schema. The spec names files by path, and the path of this
@@ -47,6 +47,10 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
                      "model.fallback without network). To use your offline copies there, copy them to a bucket and "
                      "pass --set model.weights_dir=gs://...")
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights_dir=""))
+    onednn = training.ONEDNN_SETTINGS[config.training.onednn]
+    if onednn is not None:
+        notes.append(f"training.onednn={config.training.onednn}: the image must set {training.ONEDNN_VARIABLE}={onednn} "
+                     "(the Dockerfile sets 1); the Tuner and Trainer refuse to train without it")
     return config, notes
 
 

@@ -48,8 +48,7 @@ class PipelineRunError(RuntimeError):
 
 def run(config: PipelineConfig) -> metadata.RunOutcome:
     check_inputs(config)
-    if config.training.reproducible:
-        training.require_reproducible_threads()  # before the DAG, not only when the Tuner gets there
+    training.require_process_env(config.to_dict()["training"])  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)
     try:
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))

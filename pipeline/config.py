@@ -82,6 +82,12 @@ class TrainingConfig:
     # Needs the environment set before TensorFlow loads, so it is off here for in-process callers
     # and on in the `full` preset. See trainer.training.reproducible_thread_env.
     reproducible: bool = False
+    # TensorFlow's oneDNN CPU kernels: on | off | auto (TensorFlow's own choice, which turns them on
+    # only on CPUs with AVX-512 class features). They differ from the default kernels in the last
+    # bits, so pinning them makes a run compute the same way on every machine. Like `reproducible`,
+    # it is read when TensorFlow loads (trainer.training.process_env). Speed and quality measured
+    # both ways in `full`: docs/results.md (stops 21-22, 25).
+    onednn: str = "auto"
 
 
 @dataclasses.dataclass
@@ -173,6 +179,10 @@ class PipelineConfig:
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             raise ConfigError(f"runtime.beam_running_mode {self.runtime.beam_running_mode!r} is not "
                               "in_memory, multi_threading or multi_processing")
+        onednn = str(self.training.onednn).lower()  # YAML reads a bare on / off as a bool
+        self.training.onednn = {"true": "on", "false": "off"}.get(onednn, onednn)
+        if self.training.onednn not in ("on", "off", "auto"):
+            raise ConfigError(f"training.onednn must be on, off or auto, got {self.training.onednn!r}")
         if self.training.reproducible:
             # With several workers Beam writes Transform's examples in a run-dependent order, so
             # training sees another shuffle (measured; docs/results.md). 0 means "one per core".

@@ -32,6 +32,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
     ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"fine_tune_lr_factors must lie in \(0, 1\]"),
     ({"training.reproducible": "true", "runtime.beam_workers": "2"}, "training.reproducible needs runtime.beam_workers=1"),
+    ({"training.onednn": "fast"}, "^training.onednn must be on, off or auto, got 'fast'$"),
     ({"model.border_crop": "0.3"}, r"model.border_crop must be between 0 and 0.25 \(of each side\), got 0.3"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
@@ -85,6 +86,15 @@ def test_reproducible_runs_beam_on_one_worker_so_the_examples_order_repeats():
     assert cfg.load_config("quick", None, {}).runtime.beam_workers == 0  # one per core
     assert cfg.load_config("quick", None, {"training.reproducible": "true"}).runtime.beam_workers == 1
     assert cfg.load_config("full", None, {}).runtime.beam_workers == 1  # `full` is reproducible
+
+
+def test_onednn_reads_on_and_off_from_yaml_bools_and_strings(tmp_path):
+    assert cfg.load_config(None).training.onednn == "auto"
+    for text, wanted in (("on", "on"), ("off", "off"), ("'on'", "on"), ("auto", "auto"), ("false", "off")):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"training:\n  onednn: {text}\n")  # YAML 1.1 reads a bare on / off as a bool
+        assert cfg.load_config(None, str(path)).training.onednn == wanted, text
+    assert cfg.load_config(None, None, {"training.onednn": "OFF"}).training.onednn == "off"
 
 
 def test_the_full_presets_weights_dir_is_found_beside_the_checkout_from_any_directory(tmp_path, monkeypatch):

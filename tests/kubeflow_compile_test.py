@@ -53,3 +53,16 @@ def test_a_weights_file_on_this_machine_is_refused_in_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert "model.weights '/home/me/mobilenet.h5' is a file on this machine" in result.output
     assert not (tmp_path / "spec.json").exists()
+
+
+def test_a_pinned_onednn_setting_tells_which_variable_the_image_must_set(tmp_path):
+    for setting, value in (("on", "1"), ("off", "0")):
+        result = CliRunner().invoke(cli.main, [
+            "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
+            "--data", "gs://bucket/curated", "--set", f"training.onednn={setting}"])
+        assert result.exit_code == 0, result.output
+        assert f"note: training.onednn={setting}: the image must set TF_ENABLE_ONEDNN_OPTS={value} " in result.output
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
+        "--data", "gs://bucket/curated", "--set", "training.onednn=auto"])
+    assert result.exit_code == 0 and "note: training.onednn" not in result.output, result.output

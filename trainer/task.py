@@ -189,8 +189,7 @@ class _TrialModel(keras_tuner.HyperModel):
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
     cfg = fn_args.custom_config
-    if cfg["training"]["reproducible"]:
-        training.require_reproducible_threads()
+    training.require_process_env(cfg["training"])
     task = features.get_task(cfg["model"]["task"])
     train_cfg = cfg["training"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
@@ -256,8 +255,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains (frozen base, then fine-tuning) the tuned family and any ``ensemble_with`` families,
     averages them when there are several, picks the threshold on eval, exports the SavedModel."""
     cfg = fn_args.custom_config
-    if cfg["training"]["reproducible"]:
-        training.require_reproducible_threads()
+    training.require_process_env(cfg["training"])
     task = features.get_task(cfg["model"]["task"])
     # Read here, where the data is, not when the pipeline was compiled (a compiled Kubeflow spec is
     # re-run on new data); `predict` repeats the curation settings recorded in it. Before training,

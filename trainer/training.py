@@ -70,10 +70,15 @@ class SelectionScore(keras.callbacks.Callback):
 # timings, and now and then a step differs in the last bit, whatever the threads (docs/results.md,
 # stops 17-18; scripts/step_determinism.py).
 THREAD_VARIABLES = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
+# ``training.onednn``: TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512
+# class features, so the same run is faster, and numerically different, on one machine than on
+# another. `on` / `off` pin it; `auto` leaves TensorFlow's choice (and this variable) alone.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_SETTINGS = {"on": "1", "off": "0", "auto": None}
 
 
-class ThreadSettingsError(RuntimeError):
-    """``training.reproducible`` is set but the process was not started with reproducible threads."""
+class ProcessEnvError(RuntimeError):
+    """The process was not started with the TensorFlow environment its training config asks for."""
 
 
 def _intra_op_threads() -> Optional[int]:
@@ -87,16 +92,25 @@ def reproducible_thread_env() -> dict:
     return {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": intra, "OMP_NUM_THREADS": intra}
 
 
-def thread_env_problems() -> dict:
-    """The variables of ``reproducible_thread_env`` this process was started without (name: wanted)."""
-    return {k: v for k, v in reproducible_thread_env().items() if os.environ.get(k) != v}
+def process_env(reproducible: bool, onednn: str = "auto") -> dict:
+    """The variables TensorFlow reads when it loads that these training settings need (name: value)."""
+    wanted = dict(reproducible_thread_env()) if reproducible else {}
+    if ONEDNN_SETTINGS[onednn] is not None:
+        wanted[ONEDNN_VARIABLE] = ONEDNN_SETTINGS[onednn]
+    return wanted
 
 
-def require_reproducible_threads() -> None:
-    missing = thread_env_problems()
+def process_env_problems(reproducible: bool, onednn: str = "auto") -> dict:
+    """The variables of :func:`process_env` this process was started without (name: wanted)."""
+    return {k: v for k, v in process_env(reproducible, onednn).items() if os.environ.get(k) != v}
+
+
+def require_process_env(train_cfg: Mapping[str, Any]) -> None:
+    """Raises unless TensorFlow started with what ``training.reproducible`` and ``training.onednn`` need."""
+    missing = process_env_problems(bool(train_cfg.get("reproducible")), train_cfg.get("onednn", "auto"))
     if missing:
-        raise ThreadSettingsError(
-            "training.reproducible needs the process started with "
+        raise ProcessEnvError(
+            "training.reproducible and training.onednn need the process started with "
             + " ".join(f"{k}={v}" for k, v in missing.items())
             + " (covid-cxr run and demo restart themselves with them; the Dockerfile sets them for "
             "Kubeflow and Vertex AI)")

@@ -527,23 +527,37 @@ def test_reproducible_mode_refuses_a_process_started_without_fixed_threads(monke
     for name in T.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     cores = str(os.cpu_count())
-    with pytest.raises(T.ThreadSettingsError, match=f"TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS={cores} "
-                                                    rf"OMP_NUM_THREADS={cores} \(covid-cxr run and demo restart"):
-        T.require_reproducible_threads()
+    with pytest.raises(T.ProcessEnvError, match=f"TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS={cores} "
+                                                rf"OMP_NUM_THREADS={cores} \(covid-cxr run and demo restart"):
+        T.require_process_env({"reproducible": True})
+    T.require_process_env({"reproducible": False})  # nothing asked, nothing missing
     # An intra-op count the user chose is kept; what is still missing is named alone.
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "2")
-    assert T.thread_env_problems() == {"TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "3"}
-    with pytest.raises(T.ThreadSettingsError):
-        T.require_reproducible_threads()
+    assert T.process_env_problems(True) == {"TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "3"}
+    with pytest.raises(T.ProcessEnvError):
+        T.require_process_env({"reproducible": True})
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "zero")  # not a count: replaced by one per core
     assert T.reproducible_thread_env()["TF_NUM_INTRAOP_THREADS"] == cores
     for name, value in T.reproducible_thread_env().items():
         monkeypatch.setenv(name, value)
-    T.require_reproducible_threads()
+    T.require_process_env({"reproducible": True})
 
 
-def test_run_restarts_itself_with_fixed_threads_once_when_reproducible_is_set(tmp_path, monkeypatch):
+def test_onednn_setting_pins_the_variable_tensorflow_reads_and_auto_leaves_it_alone(monkeypatch):
+    monkeypatch.delenv(T.ONEDNN_VARIABLE, raising=False)
+    assert T.process_env(False, "on") == {T.ONEDNN_VARIABLE: "1"}
+    assert T.process_env(False, "off") == {T.ONEDNN_VARIABLE: "0"}
+    assert T.process_env(False, "auto") == {} and T.process_env_problems(False, "auto") == {}
+    with pytest.raises(T.ProcessEnvError, match=f"{T.ONEDNN_VARIABLE}=1 "):
+        T.require_process_env({"reproducible": False, "onednn": "on"})
+    monkeypatch.setenv(T.ONEDNN_VARIABLE, "0")  # the user's own choice loses to an explicit setting ...
+    assert T.process_env_problems(False, "on") == {T.ONEDNN_VARIABLE: "1"}
+    assert T.process_env_problems(False, "auto") == {}  # ... and is kept under auto
+    T.require_process_env({"reproducible": False, "onednn": "off"})
+
+
+def test_run_restarts_itself_once_with_the_tensorflow_settings_it_needs(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from covid_cxr import cli, local_runner
@@ -559,18 +573,20 @@ def test_run_restarts_itself_with_fixed_threads_once_when_reproducible_is_set(tm
 
     monkeypatch.setattr(os, "execve", fake_execve)
     monkeypatch.setattr(local_runner, "run", lambda config: runs.append(config))
-    args = ["run", "--data", data, "--set", "training.reproducible=true"]
-    for name in T.THREAD_VARIABLES:
+    args = ["run", "--data", data, "--set", "training.reproducible=true", "--set", "training.onednn=on"]
+    for name in (*T.THREAD_VARIABLES, T.ONEDNN_VARIABLE):
         monkeypatch.delenv(name, raising=False)
     result = CliRunner().invoke(cli.main, args)
-    # Without the thread settings: the same command again, with them in its environment, before any run.
-    assert result.exit_code == 0 and "restarting with fixed TensorFlow threads" in result.output, result.output
+    # Without the settings: the same command again, with them in its environment, before any run.
+    assert result.exit_code == 0 and "restarting with the TensorFlow settings" in result.output, result.output
     (argv, env), = restarts
     assert argv[1:] == ["-m", "covid_cxr.cli", *args] and not runs
-    assert {k: env[k] for k in T.THREAD_VARIABLES} == T.reproducible_thread_env()
+    wanted = {**T.reproducible_thread_env(), T.ONEDNN_VARIABLE: "1"}
+    assert {k: env.get(k) for k in wanted} == wanted
     # The restarted process has them: it runs the pipeline and does not restart again.
-    for name, value in T.reproducible_thread_env().items():
+    for name, value in wanted.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0 and "restarting" not in result.output, result.output
-    assert len(restarts) == 1 and len(runs) == 1 and runs[0].training.reproducible
+    assert len(restarts) == 1 and len(runs) == 1
+    assert runs[0].training.reproducible and runs[0].training.onednn == "on"
