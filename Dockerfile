@@ -6,6 +6,8 @@ ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHEC
 # and a fixed intra-op count (trainer.training.reproducible_thread_env). Set the count to the
 # cores the Tuner and Trainer pods get; runs repeat for one count.
 ENV TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=4 OMP_NUM_THREADS=4
+# training.onednn (off in `full`): TensorFlow would otherwise pick its oneDNN kernels by CPU.
+ENV TF_ENABLE_ONEDNN_OPTS=0
 WORKDIR /pipeline
 COPY requirements.txt constraints.txt setup.py ./
 RUN pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt

@@ -129,8 +129,9 @@ def restart_with_process_env_if_needed(config) -> None:
 
     missing = training.process_env_problems(config.training.reproducible, config.training.onednn)
     if missing:
-        click.echo("restarting with the TensorFlow settings of training.reproducible / training.onednn ("
-                   + " ".join(f"{k}={v}" for k, v in missing.items()) + ")")
+        # Say so when a value the user exported is replaced: the config decides.
+        settings = [f"{k}={v}" + (f" (was {os.environ[k]})" if k in os.environ else "") for k, v in missing.items()]
+        click.echo(f"restarting with the TensorFlow settings of training.reproducible / training.onednn ({' '.join(settings)})")
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "covid_cxr.cli", *main.args],
                   {**os.environ, **missing})

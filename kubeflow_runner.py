@@ -50,7 +50,8 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     onednn = training.ONEDNN_SETTINGS[config.training.onednn]
     if onednn is not None:
         notes.append(f"training.onednn={config.training.onednn}: the image must set {training.ONEDNN_VARIABLE}={onednn} "
-                     "(the Dockerfile sets 1); the Tuner and Trainer refuse to train without it")
+                     f"(the Dockerfile sets {training.ONEDNN_VARIABLE}=0 for the `full` preset); the Tuner and Trainer "
+                     "refuse to train without it")
     return config, notes
 
 

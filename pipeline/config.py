@@ -85,8 +85,8 @@ class TrainingConfig:
     # TensorFlow's oneDNN CPU kernels: on | off | auto (TensorFlow's own choice, which turns them on
     # only on CPUs with AVX-512 class features). They differ from the default kernels in the last
     # bits, so pinning them makes a run compute the same way on every machine. Like `reproducible`,
-    # it is read when TensorFlow loads (trainer.training.process_env). Speed and quality measured
-    # both ways in `full`: docs/results.md (stops 21-22, 25).
+    # it is read when TensorFlow loads (trainer.training.process_env). `off` in the `full` preset,
+    # whose published figures were all measured without oneDNN (docs/results.md, stops 21-22, 25).
     onednn: str = "auto"
 
 
