@@ -131,7 +131,7 @@ def restart_with_process_env_if_needed(config) -> None:
     if missing:
         # Say so when a value the user exported is replaced: the config decides.
         settings = [f"{k}={v}" + (f" (was {os.environ[k]})" if k in os.environ else "") for k, v in missing.items()]
-        click.echo(f"restarting with the TensorFlow settings of training.reproducible / training.onednn ({' '.join(settings)})")
+        click.echo(f"restarting with the TensorFlow settings of training.reproducible / training.onednn: {', '.join(settings)}")
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "covid_cxr.cli", *main.args],
                   {**os.environ, **missing})

@@ -593,4 +593,4 @@ def test_run_restarts_itself_once_with_the_tensorflow_settings_it_needs(tmp_path
     # A value the user exported loses to the config, and the restart line says so.
     monkeypatch.setenv(T.ONEDNN_VARIABLE, "0")
     result = CliRunner().invoke(cli.main, args)
-    assert f"{T.ONEDNN_VARIABLE}=1 (was 0))" in result.output and restarts[-1][1][T.ONEDNN_VARIABLE] == "1", result.output
+    assert f"{T.ONEDNN_VARIABLE}=1 (was 0)" in result.output and restarts[-1][1][T.ONEDNN_VARIABLE] == "1", result.output
