@@ -1,6 +1,9 @@
 """The DAG wiring from the typed config (no run: the end-to-end test runs it)."""
 import json
 
+import pytest
+from tfx.utils import dependency_utils
+
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import pipeline
 
@@ -24,7 +27,22 @@ def test_beam_runs_in_the_configured_mode():
                                                  "runtime.beam_extra_args": "[--direct_runner_bundle_repeat=0]"})
     args = pipeline.create_pipeline(config).beam_pipeline_args
     assert args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                    "--direct_runner_bundle_repeat=0"]
+                    "--direct_runner_bundle_repeat=0", pipeline.DIRECT_RUNNER_IMAGE]
+
+
+def test_tfx_builds_no_package_of_itself_for_the_direct_runner():
+    # TFX's own check: without a dependency option it would build (and leave in /tmp) a 52 MB sdist
+    # of itself for every Beam component of every run and add it as --extra_package.
+    args = pipeline.beam_args(cfg.load_config("quick"))
+    assert dependency_utils.make_beam_dependency_flags(args) == args
+
+
+@pytest.mark.parametrize("extra", [["--runner", "DataflowRunner"], ["--runner=PortableRunner"],
+                                   ["--setup_file=./setup.py"], ["--sdk_container_image=gcr.io/p/covid-cxr:1"]])
+def test_a_remote_runner_or_the_users_own_dependencies_are_left_alone(extra):
+    args = pipeline.beam_args(cfg.load_config("quick", overrides={"runtime.beam_extra_args": json.dumps(extra)}))
+    assert pipeline.DIRECT_RUNNER_IMAGE not in args
+    assert args[-len(extra):] == extra
 
 
 def test_transform_receives_the_image_size_and_border_crop(tmp_path):
