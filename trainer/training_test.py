@@ -248,6 +248,39 @@ def test_each_phase_fits_on_a_dataset_built_for_it(pretrained_mobilenet):
     assert history["phase"] == [1, 2] and len(made) == 2 and made[0] is not made[1]
 
 
+class ScriptedScore(keras.callbacks.Callback):
+    """Stands in for SelectionScore: the validation score of epoch i is scores[i]."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[T.MONITOR] = self.scores[epoch]
+
+
+@pytest.mark.parametrize("phase_two, ran, kept_phase", [
+    # never beats phase 1's 0.90: climbs for three epochs, the first epoch without a gain stops it
+    ([0.70, 0.80, 0.85, 0.84, 0.95, 0.99, 0.99, 0.99], 4, 1),
+    # beats it at its second epoch: from there ordinary patience, stopping three epochs after the best
+    ([0.70, 0.91, 0.93, 0.92, 0.92, 0.92, 0.99, 0.99], 6, 2),
+])
+def test_phase_two_must_beat_phase_one_within_the_patience(pretrained_mobilenet, monkeypatch, phase_two, ran, kept_phase):
+    scores = [0.85, 0.90] + phase_two
+    monkeypatch.setattr(T, "SelectionScore", lambda: ScriptedScore(scores))
+    hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=2, early_stopping_patience=3, lr_schedule="none")
+    built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+    recorder = RecordWeights()
+    history = T.fit(built, hp, dataset(16, 2, size=32), dataset(8, 2, size=32, repeat=False), epochs=2,
+                    steps_per_epoch=1, validation_steps=None, fine_tune_epochs=len(phase_two),
+                    callbacks=[recorder], verbose=0, compile_kwargs={"run_eagerly": True})
+    assert history["phase"] == [1, 1] + [2] * ran
+    best = int(np.argmax(scores[:2 + ran]))
+    assert history["phase"][best] == kept_phase
+    for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
     hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=0)
     built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
