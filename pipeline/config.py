@@ -6,7 +6,9 @@ typo in a config file never silently falls back to a default.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import typing
 from typing import Any, Mapping, Optional
@@ -179,6 +181,9 @@ class PipelineConfig:
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             raise ConfigError(f"runtime.beam_running_mode {self.runtime.beam_running_mode!r} is not "
                               "in_memory, multi_threading or multi_processing")
+        beam_error = _beam_args_error(list(self.runtime.beam_extra_args))
+        if beam_error:
+            raise ConfigError(f"runtime.beam_extra_args: {beam_error}")
         onednn = str(self.training.onednn).lower()  # YAML reads a bare on / off as a bool
         self.training.onednn = {"true": "on", "false": "off"}.get(onednn, onednn)
         if self.training.onednn not in ("on", "off", "auto"):
@@ -302,3 +307,17 @@ def parse_override(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r} must look like section.field=value")
     return key.strip(), value.strip()
+
+
+def _beam_args_error(args: list) -> Optional[str]:
+    """Beam's parser reports a malformed option (``--runner`` with no value, a non-integer worker
+    count) by printing its whole usage and exiting; this returns its one-line reason instead."""
+    from apache_beam.options.pipeline_options import PipelineOptions  # only when validating
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            PipelineOptions([str(a) for a in args]).get_all_options()
+    except SystemExit:
+        return stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    return None

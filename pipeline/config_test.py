@@ -33,6 +33,9 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"fine_tune_lr_factors must lie in \(0, 1\]"),
     ({"training.reproducible": "true", "runtime.beam_workers": "2"}, "training.reproducible needs runtime.beam_workers=1"),
     ({"training.onednn": "fast"}, "^training.onednn must be on, off or auto, got 'fast'$"),
+    ({"runtime.beam_extra_args": "[--runner]"}, "^runtime.beam_extra_args: argument --runner: expected one argument$"),
+    ({"runtime.beam_extra_args": "[--direct_num_workers=abc]"},
+     "^runtime.beam_extra_args: argument --direct_num_workers: invalid int value: 'abc'$"),
     ({"model.border_crop": "0.3"}, r"model.border_crop must be between 0 and 0.25 \(of each side\), got 0.3"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
