@@ -5,7 +5,7 @@ import base64
 import html
 from typing import Mapping, Optional
 
-from covid_cxr.evaluation import errors, metrics
+from covid_cxr.evaluation import errors, metrics, model_card
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -197,6 +197,9 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         parts.append("<h2>Training curves</h2>")
         if "training_curves.png" in pngs:
             parts.append(_img(pngs, "training_curves.png", "training curves"))
+        rows = model_card.training_rows(history.get("members"))
+        if rows:
+            parts.append(_table(list(model_card.TRAINING_COLUMNS), [[_e(cell) for cell in row] for row in rows]))
         parts.append(f"<p class=note>history: {_e(history['source'])}</p>")
     if pipeline:
         parts.append(_pipeline_section(pipeline))

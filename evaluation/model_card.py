@@ -84,6 +84,42 @@ def _data_lines(metadata: dict, report, evaluation: Optional[dict]) -> list[str]
     return lines + [""]
 
 
+def _served_weights(fit: Mapping) -> str:
+    kept = fit.get("kept")
+    if not kept:
+        return "not recorded"
+    text = f"{kept['phase']}, epoch {kept['epoch_in_phase']}"
+    if kept["phase"] == "frozen backbone" and fit.get("epochs_run", {}).get("fine-tuning"):
+        text += " (fine-tuning did not beat it)"
+    return text
+
+
+TRAINING_COLUMNS = ("member", "epochs run", "weights served", "validation AUC there")
+
+
+def training_rows(fits) -> list[list[str]]:
+    """One row of TRAINING_COLUMNS per trained family (the metadata's ``training``, trainer/task.py)."""
+    rows = []
+    for fit in fits or []:
+        epochs = ", ".join(f"{phase} {n}" for phase, n in (fit.get("epochs_run") or {}).items()) or "?"
+        auc = (fit.get("kept") or {}).get("val_auc")
+        rows.append([str(fit.get("family", "?")), epochs, _served_weights(fit), "n/a" if auc is None else f"{auc:.4f}"])
+    return rows
+
+
+def _training_lines(metadata: dict) -> list[str]:
+    """Per trained family (ensemble member): epochs run per phase and which epoch's weights it serves."""
+    rows = training_rows(metadata.get("training"))
+    if not rows:
+        return []
+    lines = ["## Training", "", "| " + " | ".join(TRAINING_COLUMNS) + " |", "|---" * len(TRAINING_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch; "
+              "fine-tuning's weights are served only if they beat the frozen phase's best"
+              + (", and the members' probabilities are averaged." if len(rows) > 1 else "."), ""]
+    return lines
+
+
 def _value_and_ci(entry) -> str:
     if not entry or entry.get("value") is None:
         return "n/a"
@@ -159,8 +195,9 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         f"- hyperparameters: {metadata.get('hyperparameters', {})}",
         f"- Transform image size: {metadata.get('transform_image_size', '?')}",
         "",
-        "## Thresholds",
     ]
+    lines += _training_lines(metadata)
+    lines.append("## Thresholds")
     if binary:
         target_specificity = metadata.get("target_specificity") or 0.0
         lines.append(f"- decision threshold on the COVID probability: {threshold:.4f} (COVID when above it), chosen on the validation split "

@@ -92,3 +92,21 @@ def test_card_gives_wilson_intervals_from_the_gate_counts():
     # Without the counts the card says where the intervals come from instead of inventing them.
     assert _report().intervals() == {}
     assert "covid-cxr evaluate" in model_card.render(METADATA, _report())
+
+
+def test_card_says_which_epoch_of_which_phase_each_member_serves():
+    fits = [
+        {"family": "mobilenet_v2", "epochs_run": {"frozen backbone": 4, "fine-tuning": 9},
+         "kept": {"phase": "fine-tuning", "epoch_in_phase": 6, "val_selection": 0.9811, "val_auc": 0.9812}},
+        {"family": "mobilenet_v2_035", "epochs_run": {"frozen backbone": 4, "fine-tuning": 4},
+         "kept": {"phase": "frozen backbone", "epoch_in_phase": 3, "val_selection": 0.9777, "val_auc": 0.9778}},
+        {"family": "cnn3", "epochs_run": {"end to end": 12}, "kept": None},  # a history from before KEPT
+    ]
+    card = model_card.render(dict(METADATA, training=fits), _report())
+    assert "## Training" in card
+    assert "| mobilenet_v2 | frozen backbone 4, fine-tuning 9 | fine-tuning, epoch 6 | 0.9812 |" in card
+    assert ("| mobilenet_v2_035 | frozen backbone 4, fine-tuning 4 | frozen backbone, epoch 3 "
+            "(fine-tuning did not beat it) | 0.9778 |") in card
+    assert "| cnn3 | end to end 12 | not recorded | n/a |" in card
+    assert "members' probabilities are averaged" in card
+    assert "## Training" not in model_card.render(METADATA, _report())  # metadata from before this section

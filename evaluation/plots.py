@@ -94,7 +94,7 @@ def numeric_series(history: Mapping) -> dict[str, list[float]]:
     """The plottable series of a Keras-style history ({name: [values per epoch]}), bookkeeping removed."""
     out = {}
     for name, values in (history or {}).items():
-        if name in ("epoch", "phase", "member", "member_names", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
+        if name in ("epoch", "phase", "member", "member_names", "kept", "lr", "learning_rate") or not isinstance(values, (list, tuple)) or not values:
             continue
         try:
             out[name] = [float(v) for v in values]
@@ -115,7 +115,8 @@ def _member_spans(history: Mapping) -> list[tuple[str, tuple[int, int]]]:
 
 
 def history_png(history: Mapping) -> Optional[bytes]:
-    """One panel per metric (training and val_ curves together); phase (or ensemble member) changes as dotted lines."""
+    """One panel per metric (training and val_ curves together); phase (or ensemble member) changes as
+    dotted lines; a ring on each curve at the epoch whose weights are served (per member)."""
     series = numeric_series(history)
     bases = sorted({n[4:] if n.startswith("val_") else n for n in series}, key=lambda n: (n != "loss", n))
     if not bases:
@@ -128,10 +129,14 @@ def history_png(history: Mapping) -> Optional[bytes]:
     stages = list(zip(history.get("phase", []) or [], history.get("member", []) or itertools.repeat(0)))
     changes = [i + 0.5 for i in range(len(stages) - 1) if stages[i] != stages[i + 1]]
     member_spans = _member_spans(history)
+    kept = [i for i, flag in enumerate(history.get("kept") or []) if flag == 1.0]  # trainer.training.KEPT
     for ax, base in zip(axes.ravel(), bases):
         for name, style in ((base, "-"), ("val_" + base, "--")):
             if name in series:
-                ax.plot(range(1, len(series[name]) + 1), series[name], style, marker=".", label=name)
+                line, = ax.plot(range(1, len(series[name]) + 1), series[name], style, marker=".", label=name)
+                served = [i for i in kept if i < len(series[name])]
+                ax.plot([i + 1 for i in served], [series[name][i] for i in served], "o", markersize=8,
+                        markerfacecolor="none", color=line.get_color())
         for c in changes:
             ax.axvline(c + 1, color="0.6", linestyle=":", linewidth=1)
         for name, (first, last) in member_spans:  # which family each stretch of epochs belongs to

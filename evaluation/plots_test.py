@@ -3,7 +3,7 @@ import math
 from covid_cxr.evaluation import plots
 
 ENSEMBLE_HISTORY = {"member": [0, 0, 0, 1, 1], "phase": [1, 2, 2, 1, 2], "epoch": [0, 0, 1, 0, 0],
-                    "member_names": ["mobilenet_v2", "mobilenet_v2_035"],
+                    "member_names": ["mobilenet_v2", "mobilenet_v2_035"], "kept": [0.0, 0.0, 1.0, 1.0, 0.0],
                     "loss": [0.7, 0.5, 0.4, 0.8, 0.6], "val_auc": [0.8, 0.9, 0.92, 0.7, math.nan]}
 
 

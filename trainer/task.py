@@ -298,6 +298,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         members.append(built)
     built = models.average_ensemble(members) if len(members) > 1 else members[0]
     history = training.concatenate_histories(histories, [m.family for m in members])
+    fits = [{"family": m.family, **training.summarize_fit(h)} for m, h in zip(members, histories)]
+    for fit in fits:
+        logging.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
 
     labels, scores = _labels_and_scores(built.model, eval_ds)
     threshold = 0.5
@@ -325,6 +328,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "data_summary": data_summary,
         "validation_metrics": validation,
         "history": history,
+        "training": fits,
     }
     training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir)

@@ -32,6 +32,9 @@ from covid_cxr.trainer.models import BuiltModel, HParams
 logger = logging.getLogger(__name__)
 
 MONITOR = "val_selection"  # higher is better, see SelectionScore
+# History key: 1.0 at the one epoch whose weights the model ends with (the best epoch of the phase
+# that won), 0.0 elsewhere, so curves and model cards can show what is served.
+KEPT = "kept"
 TUNER_OBJECTIVE = "val_auc"  # higher is better
 # Loss weight in the selection score: a loss change of 0.5 moves it by 5e-4, below any AUC change a
 # validation split of a few hundred images can show, so the loss only decides between AUC ties.
@@ -484,8 +487,8 @@ def fit(
     ``head_pass`` (one ordered pass over the training data) makes phase 1 train the head on backbone
     features computed once (:func:`fit_head_on_features`); it does not apply to end-to-end training.
 
-    Returns ``{metric: [per-epoch values, phase 1 then phase 2]}`` plus ``"phase"`` and ``"epoch"``
-    lists of the same length (keys missing in one phase are padded with NaN).
+    Returns ``{metric: [per-epoch values, phase 1 then phase 2]}`` plus ``"phase"``, ``"epoch"`` and
+    ``KEPT`` lists of the same length (keys missing in one phase are padded with NaN).
     """
     keras.utils.set_random_seed(seed)
     if num_classes is None:
@@ -496,25 +499,26 @@ def fit(
     epoch = 0
     best_score = -np.inf
     best_weights = None
-    best_phase = None
+    best_phase = kept_epoch = None
     for phase, phase_epochs in _phases(built, hparams, epochs, fine_tune_epochs):
         if phase_epochs <= 0:
             continue
         compile_model(built, hparams, num_classes, phase, compile_kwargs=compile_kwargs)
         base_lr = phase_learning_rate(hparams, phase)
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode="max",
+            patience=hparams.early_stopping_patience,
+            restore_best_weights=True,
+            # Phase 2 must beat phase 1's best within `patience` epochs (while it keeps
+            # improving on its own best it goes on): fine-tuning that does not pay is cut
+            # short, and phase 1's weights come back below.
+            baseline=best_score if best_weights is not None else None,
+            verbose=0,
+        )
         phase_callbacks = [
             SelectionScore(),
-            keras.callbacks.EarlyStopping(
-                monitor=monitor,
-                mode="max",
-                patience=hparams.early_stopping_patience,
-                restore_best_weights=True,
-                # Phase 2 must beat phase 1's best within `patience` epochs (while it keeps
-                # improving on its own best it goes on): fine-tuning that does not pay is cut
-                # short, and phase 1's weights come back below.
-                baseline=best_score if best_weights is not None else None,
-                verbose=0,
-            ),
+            stopper,
             *_schedule_callbacks(hparams, monitor, epoch, phase_epochs, base_lr),
             *callbacks,
         ]
@@ -553,9 +557,41 @@ def fit(
             )
             built.model.set_weights(best_weights)
         else:
-            best_score, best_phase = phase_best, phase
+            best_score, best_phase, kept_epoch = phase_best, phase, stopper.best_epoch
             best_weights = built.model.get_weights()  # EarlyStopping already restored this phase's best
+    history[KEPT] = [1.0 if e == kept_epoch else 0.0 for e in history["epoch"]]
     return history
+
+
+PHASE_NAMES = {models.PHASE_END_TO_END: "end to end", models.PHASE_HEAD: "frozen backbone",
+               models.PHASE_FINE_TUNE: "fine-tuning"}
+
+
+def summarize_fit(history: Mapping[str, list]) -> dict[str, Any]:
+    """What one :func:`fit` did, for the model card and the log: epochs run per phase, and the
+    phase, epoch and validation scores of the weights the model ends with (``kept``: None for a
+    history without ``KEPT``)."""
+    phases = [int(p) for p in history.get("phase", [])]
+    epochs_run = {PHASE_NAMES.get(p, str(p)): phases.count(p) for p in dict.fromkeys(phases)}
+    flags = history.get(KEPT) or []
+    if 1.0 not in flags:
+        return {"epochs_run": epochs_run, "kept": None}
+    index = flags.index(1.0)
+    phase = phases[index]
+
+    def at_kept(key: str) -> Optional[float]:
+        values = history.get(key) or []
+        return None if index >= len(values) or math.isnan(values[index]) else float(values[index])
+
+    return {
+        "epochs_run": epochs_run,
+        "kept": {
+            "phase": PHASE_NAMES.get(phase, str(phase)),
+            "epoch_in_phase": phases[: index + 1].count(phase),  # 1-based, as the log prints epochs
+            "val_selection": at_kept(MONITOR),
+            "val_auc": at_kept("val_auc"),
+        },
+    }
 
 
 def concatenate_histories(histories: Sequence[Mapping[str, list]],

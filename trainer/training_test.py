@@ -152,6 +152,7 @@ def test_fit_scratch_single_phase_graph_mode():
     best = int(np.argmax(history["val_selection"]))
     for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert history[T.KEPT] == [1.0 if i == best else 0.0 for i in range(3)]
 
 
 def test_fit_is_seeded():
@@ -279,6 +280,13 @@ def test_phase_two_must_beat_phase_one_within_the_patience(pretrained_mobilenet,
     assert history["phase"][best] == kept_phase
     for a, b in zip(recorder.per_epoch[best], built.model.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # The history says which epoch is served, and the summary names it by phase.
+    assert history[T.KEPT].index(1.0) == best and sum(history[T.KEPT]) == 1.0
+    summary = T.summarize_fit(history)
+    assert summary["epochs_run"] == {"frozen backbone": 2, "fine-tuning": ran}
+    assert summary["kept"]["phase"] == T.PHASE_NAMES[kept_phase]
+    assert summary["kept"]["epoch_in_phase"] == (best + 1 if kept_phase == 1 else best - 1)
+    assert summary["kept"]["val_selection"] == pytest.approx(scores[best])
 
 
 def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
