@@ -224,7 +224,7 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
     assert "<p class=warn>Warning: within-source AUC wholly below the pooled AUC&#x27;s interval: a, b;" in page
     assert "WARNING: within-source AUC wholly below the pooled AUC's interval: a, b;" in evaluate.summary_text(full)
     # The page also says which epoch of which phase each ensemble member serves.
-    fit = {"family": "mobilenet_v2_035", "epochs_run": {"frozen backbone": 4, "fine-tuning": 4},
+    fit = {"family": "mobilenet_v2_035", "epochs_run": [["frozen backbone", 4], ["fine-tuning", 4]],
            "kept": {"phase": "frozen backbone", "epoch_in_phase": 3, "val_selection": 0.97, "val_auc": 0.9778}}
     page = html_report.render(dict(full, training_history={"source": "s", "epochs": 8, "members": [fit]}), pngs={})
     assert ("<tr><td>mobilenet_v2_035</td><td>frozen backbone 4, fine-tuning 4</td>"

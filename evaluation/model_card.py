@@ -89,7 +89,7 @@ def _served_weights(fit: Mapping) -> str:
     if not kept:
         return "not recorded"
     text = f"{kept['phase']}, epoch {kept['epoch_in_phase']}"
-    if kept["phase"] == "frozen backbone" and fit.get("epochs_run", {}).get("fine-tuning"):
+    if kept["phase"] == "frozen backbone" and dict(fit.get("epochs_run") or []).get("fine-tuning"):
         text += " (fine-tuning did not beat it)"
     return text
 
@@ -101,7 +101,7 @@ def training_rows(fits) -> list[list[str]]:
     """One row of TRAINING_COLUMNS per trained family (the metadata's ``training``, trainer/task.py)."""
     rows = []
     for fit in fits or []:
-        epochs = ", ".join(f"{phase} {n}" for phase, n in (fit.get("epochs_run") or {}).items()) or "?"
+        epochs = ", ".join(f"{phase} {n}" for phase, n in fit.get("epochs_run") or []) or "?"
         auc = (fit.get("kept") or {}).get("val_auc")
         rows.append([str(fit.get("family", "?")), epochs, _served_weights(fit), "n/a" if auc is None else f"{auc:.4f}"])
     return rows

@@ -1,4 +1,6 @@
 """The model card: task, data, thresholds, metrics (with CIs when an evaluation is given), limitations."""
+import json
+
 from covid_cxr.evaluation import gate_report, metrics, model_card
 
 METADATA = {
@@ -96,13 +98,15 @@ def test_card_gives_wilson_intervals_from_the_gate_counts():
 
 def test_card_says_which_epoch_of_which_phase_each_member_serves():
     fits = [
-        {"family": "mobilenet_v2", "epochs_run": {"frozen backbone": 4, "fine-tuning": 9},
+        {"family": "mobilenet_v2", "epochs_run": [["frozen backbone", 4], ["fine-tuning", 9]],
          "kept": {"phase": "fine-tuning", "epoch_in_phase": 6, "val_selection": 0.9811, "val_auc": 0.9812}},
-        {"family": "mobilenet_v2_035", "epochs_run": {"frozen backbone": 4, "fine-tuning": 4},
+        {"family": "mobilenet_v2_035", "epochs_run": [["frozen backbone", 4], ["fine-tuning", 4]],
          "kept": {"phase": "frozen backbone", "epoch_in_phase": 3, "val_selection": 0.9777, "val_auc": 0.9778}},
-        {"family": "cnn3", "epochs_run": {"end to end": 12}, "kept": None},  # a history from before KEPT
+        {"family": "cnn3", "epochs_run": [["end to end", 12]], "kept": None},  # a history from before KEPT
     ]
-    card = model_card.render(dict(METADATA, training=fits), _report())
+    # As the model's metadata asset stores it (serving/export.py sorts the keys): phases stay in training order.
+    stored = json.loads(json.dumps(fits, sort_keys=True))
+    card = model_card.render(dict(METADATA, training=stored), _report())
     assert "## Training" in card
     assert "| mobilenet_v2 | frozen backbone 4, fine-tuning 9 | fine-tuning, epoch 6 | 0.9812 |" in card
     assert ("| mobilenet_v2_035 | frozen backbone 4, fine-tuning 4 | frozen backbone, epoch 3 "

@@ -136,7 +136,7 @@ def history_png(history: Mapping) -> Optional[bytes]:
                 line, = ax.plot(range(1, len(series[name]) + 1), series[name], style, marker=".", label=name)
                 served = [i for i in kept if i < len(series[name])]
                 ax.plot([i + 1 for i in served], [series[name][i] for i in served], "o", markersize=8,
-                        markerfacecolor="none", color=line.get_color())
+                        markerfacecolor="none", color=line.get_color(), label="weights served" if style == "--" else None)
         for c in changes:
             ax.axvline(c + 1, color="0.6", linestyle=":", linewidth=1)
         for name, (first, last) in member_spans:  # which family each stretch of epochs belongs to

@@ -568,11 +568,12 @@ PHASE_NAMES = {models.PHASE_END_TO_END: "end to end", models.PHASE_HEAD: "frozen
 
 
 def summarize_fit(history: Mapping[str, list]) -> dict[str, Any]:
-    """What one :func:`fit` did, for the model card and the log: epochs run per phase, and the
-    phase, epoch and validation scores of the weights the model ends with (``kept``: None for a
-    history without ``KEPT``)."""
+    """What one :func:`fit` did, for the model card and the log: ``epochs_run`` ([phase name,
+    epochs] in training order), and ``kept``: the phase, epoch and validation scores of the weights
+    the model ends with (None for a history without ``KEPT``)."""
     phases = [int(p) for p in history.get("phase", [])]
-    epochs_run = {PHASE_NAMES.get(p, str(p)): phases.count(p) for p in dict.fromkeys(phases)}
+    # [phase, epochs] pairs in training order (a JSON object's keys get sorted on export)
+    epochs_run = [[PHASE_NAMES.get(p, str(p)), phases.count(p)] for p in dict.fromkeys(phases)]
     flags = history.get(KEPT) or []
     if 1.0 not in flags:
         return {"epochs_run": epochs_run, "kept": None}

@@ -283,7 +283,7 @@ def test_phase_two_must_beat_phase_one_within_the_patience(pretrained_mobilenet,
     # The history says which epoch is served, and the summary names it by phase.
     assert history[T.KEPT].index(1.0) == best and sum(history[T.KEPT]) == 1.0
     summary = T.summarize_fit(history)
-    assert summary["epochs_run"] == {"frozen backbone": 2, "fine-tuning": ran}
+    assert summary["epochs_run"] == [["frozen backbone", 2], ["fine-tuning", ran]]
     assert summary["kept"]["phase"] == T.PHASE_NAMES[kept_phase]
     assert summary["kept"]["epoch_in_phase"] == (best + 1 if kept_phase == 1 else best - 1)
     assert summary["kept"]["val_selection"] == pytest.approx(scores[best])
