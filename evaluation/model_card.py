@@ -114,10 +114,12 @@ def _training_lines(metadata: dict) -> list[str]:
         return []
     lines = ["## Training", "", "| " + " | ".join(TRAINING_COLUMNS) + " |", "|---" * len(TRAINING_COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch; "
-              "fine-tuning's weights are served only if they beat the frozen phase's best"
-              + (", and the members' probabilities are averaged." if len(rows) > 1 else "."), ""]
-    return lines
+    rules = ["Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch"]
+    if any("fine-tuning" in dict(fit.get("epochs_run") or []) for fit in metadata["training"]):
+        rules.append("fine-tuning's weights are served only if they beat the frozen phase's best")
+    if len(rows) > 1:
+        rules.append("the members' probabilities are averaged")
+    return lines + ["", "; ".join(rules) + ".", ""]
 
 
 def _value_and_ci(entry) -> str:
