@@ -478,10 +478,8 @@ def fit(
 
     Every phase: EarlyStopping on ``val_selection`` (AUC, loss as tie-break; patience
     ``early_stopping_patience``) restoring the best weights, plus the LR schedule of
-    ``hparams.lr_schedule``, plus ``callbacks``. Phase 2 starts from phase 1's best score as the
-    baseline: it stops once ``patience`` epochs pass without beating it (an epoch that improves
-    on phase 2's own best does not stop it), and if it never beats it, phase 1's weights are
-    restored. ``keras.utils.set_random_seed
+    ``hparams.lr_schedule``, plus ``callbacks``. Phase 2 stops on its own patience, like phase 1;
+    if its best never beats phase 1's, phase 1's weights are restored. ``keras.utils.set_random_seed
     (seed)`` is called first. ``num_classes`` defaults to the model's output width (1 unit -> 2).
     ``class_weight`` (see :func:`class_weights`) and ``compile_kwargs`` apply to every phase.
     ``head_pass`` (one ordered pass over the training data) makes phase 1 train the head on backbone
@@ -510,10 +508,9 @@ def fit(
             mode="max",
             patience=hparams.early_stopping_patience,
             restore_best_weights=True,
-            # Phase 2 must beat phase 1's best within `patience` epochs (while it keeps
-            # improving on its own best it goes on): fine-tuning that does not pay is cut
-            # short, and phase 1's weights come back below.
-            baseline=best_score if best_weights is not None else None,
+            # No `baseline` of phase 1's best for phase 2: fine-tuning's validation score dips and
+            # climbs, and stopping it once it had not beaten phase 1 within the patience cut off
+            # fine-tunings that went on to beat it (docs/results.md, stop 27).
             verbose=0,
         )
         phase_callbacks = [
