@@ -84,12 +84,19 @@ def _data_lines(metadata: dict, report, evaluation: Optional[dict]) -> list[str]
     return lines + [""]
 
 
+def _epochs_run(fit: Mapping) -> list:
+    """[[phase, epochs], ...] in training order; models exported by 94adce6 stored a {phase: epochs}
+    object instead (its keys sorted by the export)."""
+    epochs_run = fit.get("epochs_run") or []
+    return list(epochs_run.items()) if isinstance(epochs_run, Mapping) else list(epochs_run)
+
+
 def _served_weights(fit: Mapping) -> str:
     kept = fit.get("kept")
     if not kept:
         return "not recorded"
     text = f"{kept['phase']}, epoch {kept['epoch_in_phase']}"
-    if kept["phase"] == "frozen backbone" and dict(fit.get("epochs_run") or []).get("fine-tuning"):
+    if kept["phase"] == "frozen backbone" and dict(_epochs_run(fit)).get("fine-tuning"):
         text += " (fine-tuning did not beat it)"
     return text
 
@@ -101,7 +108,7 @@ def training_rows(fits) -> list[list[str]]:
     """One row of TRAINING_COLUMNS per trained family (the metadata's ``training``, trainer/task.py)."""
     rows = []
     for fit in fits or []:
-        epochs = ", ".join(f"{phase} {n}" for phase, n in fit.get("epochs_run") or []) or "?"
+        epochs = ", ".join(f"{phase} {n}" for phase, n in _epochs_run(fit)) or "?"
         auc = (fit.get("kept") or {}).get("val_auc")
         rows.append([str(fit.get("family", "?")), epochs, _served_weights(fit), "n/a" if auc is None else f"{auc:.4f}"])
     return rows
@@ -115,7 +122,7 @@ def _training_lines(metadata: dict) -> list[str]:
     lines = ["## Training", "", "| " + " | ".join(TRAINING_COLUMNS) + " |", "|---" * len(TRAINING_COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     rules = ["Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch"]
-    if any("fine-tuning" in dict(fit.get("epochs_run") or []) for fit in metadata["training"]):
+    if any("fine-tuning" in dict(_epochs_run(fit)) for fit in metadata["training"]):
         rules.append("fine-tuning's weights are served only if they beat the frozen phase's best")
     if len(rows) > 1:
         rules.append("the members' probabilities are averaged")

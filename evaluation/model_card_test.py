@@ -112,6 +112,10 @@ def test_card_says_which_epoch_of_which_phase_each_member_serves():
     assert ("| mobilenet_v2_035 | frozen backbone 4, fine-tuning 4 | frozen backbone, epoch 3 "
             "(fine-tuning did not beat it) | 0.9778 |") in card
     assert "| cnn3 | end to end 12 | not recorded | n/a |" in card
+    # A model exported by 94adce6 stored epochs_run as an object (keys sorted): still rendered.
+    old_format = dict(fits[1], epochs_run={"fine-tuning": 4, "frozen backbone": 4})
+    assert "| mobilenet_v2_035 | fine-tuning 4, frozen backbone 4 | frozen backbone, epoch 3 (fine-tuning did not beat it) |" in \
+        model_card.render(dict(METADATA, training=[old_format]), _report())
     assert "fine-tuning's weights are served only if they beat the frozen phase's best; the members' probabilities are averaged." in card
     scratch = model_card.render(dict(METADATA, training=fits[2:]), _report())
     assert "Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch.\n" in scratch and "fine-tuning" not in scratch.split("## Training")[1].split("##")[0]
