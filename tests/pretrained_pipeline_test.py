@@ -4,7 +4,7 @@ The default suite's DAG test (pipeline_e2e_test.py) trains the `quick` preset's 
 one keeps `full` as it is -- pretrained MobileNetV2 1.0 and 0.35 averaged, phase 1 and the Tuner
 on cached backbone features, fine-tuning, the reproducible / oneDNN restart -- and only shrinks the
 data (synthetic films at 32 px) and the epoch budget. The weight files are random values saved
-under the Keras names, so it needs neither the network nor ../shared. Marked slow (about 5 minutes
+under the Keras names, so it needs neither the network nor ../shared. Marked slow (about 3 minutes
 on 2 cores): `make test-all` runs it.
 """
 import os
