@@ -56,7 +56,11 @@ class ModelConfig:
     # learns on small data; a random-init MobileNetV2 does not), `none` (same family, random init)
     # or `error`.
     fallback: str = "bn_double_conv"
-    augment: bool = True
+    augment: bool = True  # rotation/shift/shear/zoom/flip (training only)
+    # Grey-level augmentation on top (training only; 0 = off): contrast factor in [1 - c, 1 + c]
+    # and gamma in [exp(-g), exp(g)] per film (trainer.models.RandomIntensity).
+    augment_contrast: float = 0.0
+    augment_gamma: float = 0.0
 
 
 @dataclasses.dataclass
@@ -167,6 +171,9 @@ class PipelineConfig:
         runtime.serving_dir = runtime.serving_dir or os.path.join("out", task, "serving")
         if self.model.image_size < 16:
             raise ConfigError(f"model.image_size must be at least 16, got {self.model.image_size}")
+        if not 0.0 <= self.model.augment_contrast < 1.0 or not 0.0 <= self.model.augment_gamma <= 1.0:
+            raise ConfigError(f"model.augment_contrast must be in [0, 1) and model.augment_gamma in [0, 1], got "
+                              f"{self.model.augment_contrast} and {self.model.augment_gamma}")
         if not 0.0 <= self.model.border_crop <= 0.25:
             raise ConfigError(f"model.border_crop must be between 0 and 0.25 (of each side), got {self.model.border_crop}")
         if not self.model.families:

@@ -37,6 +37,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"runtime.beam_extra_args": "[--direct_num_workers=abc]"},
      "^runtime.beam_extra_args: argument --direct_num_workers: invalid int value: 'abc'$"),
     ({"model.border_crop": "0.3"}, r"model.border_crop must be between 0 and 0.25 \(of each side\), got 0.3"),
+    ({"model.augment_gamma": "2"}, r"model.augment_contrast must be in \[0, 1\) and model.augment_gamma in \[0, 1\], got 0.0 and 2.0"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:

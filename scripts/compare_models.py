@@ -110,7 +110,8 @@ def train_and_score(family, size, x, y, parts, args) -> tuple[dict[str, tuple[np
     train, val, test = parts
     hp = M.HParams(family=family, learning_rate=args.learning_rate, fine_tune_learning_rate=args.learning_rate / 10,
                    dropout=0.2, dense_units=128, fine_tune_layers=args.fine_tune_layers,
-                   early_stopping_patience=args.patience, augment=M.AugmentConfig(enabled=True))
+                   early_stopping_patience=args.patience,
+                   augment=M.AugmentConfig(enabled=True, contrast=args.contrast, gamma=args.gamma))
     train_ds = (tf.data.Dataset.from_tensor_slices((x[train], y[train]))
                 .shuffle(4096, seed=args.seed).repeat().batch(args.batch_size).prefetch(2))
     val_ds = tf.data.Dataset.from_tensor_slices((x[val], y[val])).batch(args.batch_size)
@@ -178,6 +179,8 @@ def main():
     parser.add_argument("--weights-dir", default=WEIGHTS_DIR)
     parser.add_argument("--cache", default="/tmp")
     parser.add_argument("--border-crop", type=float, default=0.0, help="as model.border_crop: fraction cut off each side")
+    parser.add_argument("--contrast", type=float, default=0.0, help="as model.augment_contrast")
+    parser.add_argument("--gamma", type=float, default=0.0, help="as model.augment_gamma")
     parser.add_argument("--tta", action="store_true", help="score each image as the mean over it and its mirror")
     parser.add_argument("--folds", type=int, default=0, help="grouped K-fold CV with pooled out-of-fold scores (0: one split)")
     args = parser.parse_args()

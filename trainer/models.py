@@ -12,8 +12,9 @@ Layout of every model::
                    applied to [0,255]) -> backbone(training=False if pretrained) -> GAP -> head
     head: [Dense(dense_units, relu)] -> Dropout(dropout) -> Dense(probabilities)
 
-Only stock Keras layers plus one small registered layer (:class:`RandomShear`, built from the same
-TF image op as ``RandomRotation``) are used, so the exported SavedModel needs no Python code.
+Only stock Keras layers plus two small registered layers (:class:`RandomShear`, built from the same
+TF image op as ``RandomRotation``, and :class:`RandomIntensity`) are used, so the exported SavedModel
+needs no Python code.
 
 Pretrained weights are resolved by :func:`build_model` (``weights="auto" | "imagenet" | "none" |
 path``); when none can be obtained, a transfer family falls back (``fallback``) with one warning line
@@ -75,6 +76,16 @@ class AugmentConfig:
     zoom: float = 0.1  # +-fraction: 0.1 -> scale in [0.9, 1.1]
     horizontal_flip: bool = True
     fill_mode: str = "nearest"  # ImageDataGenerator's default
+    # Grey-level augmentation (not in the studies): sources differ in their film curves, which the
+    # Transform's per-film min/max stretch does not equalise. See :class:`RandomIntensity`.
+    contrast: float = 0.0  # contrast factor in [1 - c, 1 + c] about the film's mean
+    gamma: float = 0.0  # gamma in [exp(-g), exp(g)]
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.contrast < 1.0:
+            raise ValueError(f"augmentation contrast must be in [0, 1), got {self.contrast}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"augmentation gamma must be in [0, 1], got {self.gamma}")
 
     @property
     def active(self) -> bool:
@@ -84,6 +95,8 @@ class AugmentConfig:
             or self.shear > 0
             or self.zoom > 0
             or self.horizontal_flip
+            or self.contrast > 0
+            or self.gamma > 0
         )
 
 
@@ -228,6 +241,8 @@ def augmentation_block(config: AugmentConfig, name: str = AUGMENTATION_NAME) -> 
         return None
     layers: list[keras.layers.Layer] = []
     fill = config.fill_mode
+    if config.contrast > 0 or config.gamma > 0:
+        layers.append(RandomIntensity(config.contrast, config.gamma, name="aug_intensity"))
     if config.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", name="aug_flip"))
     if config.rotation_degrees > 0:
@@ -241,6 +256,45 @@ def augmentation_block(config: AugmentConfig, name: str = AUGMENTATION_NAME) -> 
     if config.zoom > 0:
         layers.append(keras.layers.RandomZoom(config.zoom, config.zoom, fill_mode=fill, name="aug_zoom"))
     return keras.Sequential(layers, name=name)
+
+
+@keras.saving.register_keras_serializable(package="covid_cxr")
+class RandomIntensity(keras.__internal__.layers.BaseRandomLayer):
+    """Random grey-level curve per film, for inputs in [0, 1]; identity when ``training`` is False.
+
+    x -> clip((x - mean) * c + mean, 0, 1) ** g with c ~ U[1 - contrast, 1 + contrast] and
+    log g ~ U[-gamma, gamma]. Unlike ``keras.layers.RandomContrast`` (which clips to [0, 255]) the
+    result stays in the Transform's [0, 1] range.
+    """
+
+    def __init__(self, contrast: float = 0.0, gamma: float = 0.0, seed: Optional[int] = None, **kwargs):
+        super().__init__(seed=seed, force_generator=True, **kwargs)
+        self.contrast = float(contrast)
+        self.gamma = float(gamma)
+        self.seed = seed
+
+    def call(self, inputs, training=True):
+        inputs = tf.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        if not training or (self.contrast == 0 and self.gamma == 0):
+            return inputs
+        unbatched = inputs.shape.rank == 3
+        images = tf.expand_dims(inputs, 0) if unbatched else inputs
+        per_film = [tf.shape(images)[0], 1, 1, 1]
+        factor = self._random_generator.random_uniform(per_film, 1.0 - self.contrast, 1.0 + self.contrast)
+        log_gamma = self._random_generator.random_uniform(per_film, -self.gamma, self.gamma)
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        output = tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0)
+        # pow(0, g) is 0 but its gradient is not needed here (nothing trainable comes before it).
+        output = tf.pow(output, tf.exp(log_gamma))
+        return tf.squeeze(output, 0) if unbatched else output
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(contrast=self.contrast, gamma=self.gamma, seed=self.seed)
+        return config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -790,6 +844,7 @@ __all__ = [
     "PHASE_END_TO_END",
     "PHASE_FINE_TUNE",
     "PHASE_HEAD",
+    "RandomIntensity",
     "RandomShear",
     "SCRATCH_FAMILIES",
     "TRANSFER_FAMILIES",

@@ -154,6 +154,8 @@ def test_augment_config_controls_layers():
     some = M.build_model(M.HParams(family="cnn3", augment=cfg), S, 2, weights="none")
     assert [l.name for l in some.model.get_layer(M.AUGMENTATION_NAME).layers] == ["aug_shift"]
     assert some.model.get_layer(M.AUGMENTATION_NAME).layers[0].height_factor == 0.2
+    grey = M.build_model(M.HParams(family="cnn3", augment=M.AugmentConfig(gamma=0.3)), S, 2, weights="none")
+    assert [l.name for l in grey.model.get_layer(M.AUGMENTATION_NAME).layers][0] == "aug_intensity"
 
 
 def test_random_shear_geometry():
@@ -168,6 +170,36 @@ def test_random_shear_geometry():
     moved = [np.argmax(y[i, 0, :, 0]) != 10 for i in range(16)]
     assert sum(moved) >= 8
     assert M.RandomShear.from_config(layer.get_config()).factor == 0.3
+
+
+def test_random_intensity_changes_grey_levels_only_in_training():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, (16, 12, 12, 1)).astype(np.float32)
+    x[:, 0, 0, 0], x[:, 0, 1, 0] = 0.0, 1.0  # black and white stay black and white under a gamma
+    gamma = M.RandomIntensity(gamma=0.5, seed=1)
+    np.testing.assert_array_equal(gamma(x, training=False).numpy(), x)
+    y = gamma(x, training=True).numpy()
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    np.testing.assert_allclose(y[:, 0, 0:2, 0], x[:, 0, 0:2, 0], atol=1e-6)
+    # A gamma keeps each film's grey-level order and draws one curve per film.
+    for film_in, film_out in zip(x, y):
+        assert (np.diff(film_out.ravel()[np.argsort(film_in.ravel())]) >= -1e-6).all()
+    mid_shift = (y - x)[:, 1:, :, 0].mean(axis=(1, 2))
+    assert mid_shift.max() > 0.02 and mid_shift.min() < -0.02
+    # Contrast about each film's mean: the mean stays while the spread changes.
+    contrast = M.RandomIntensity(contrast=0.5, seed=2)
+    inner = x[:, 1:, :, :]
+    z = contrast(inner, training=True).numpy()
+    np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), inner.mean(axis=(1, 2, 3)), atol=1e-5)
+    ratio = z.std(axis=(1, 2, 3)) / inner.std(axis=(1, 2, 3))
+    assert ratio.min() < 0.9 and ratio.max() > 1.1 and ((ratio > 0.49) & (ratio < 1.51)).all()
+    assert M.RandomIntensity.from_config(contrast.get_config()).contrast == 0.5
+
+
+@pytest.mark.parametrize("bad", [{"contrast": 1.0}, {"contrast": -0.1}, {"gamma": 1.5}])
+def test_augment_config_rejects_out_of_range_intensity(bad):
+    with pytest.raises(ValueError, match="augmentation"):
+        M.AugmentConfig(**bad)
 
 
 def test_resizing_when_image_size_differs():
@@ -404,8 +436,9 @@ def test_ensemble_serves_the_mean_of_its_members():
 def test_saved_model_with_augmentation_serves_without_project_code(ensemble, tmp_path):
     from covid_cxr.trainer import training
 
-    built = M.build_model(M.HParams(family="cnn3"), S, 3, weights="none")
-    training.compile_model(built, M.HParams(family="cnn3"), 3, M.PHASE_END_TO_END)
+    hparams = M.HParams(family="cnn3", augment=M.AugmentConfig(contrast=0.2, gamma=0.2))
+    built = M.build_model(hparams, S, 3, weights="none")
+    training.compile_model(built, hparams, 3, M.PHASE_END_TO_END)
     if ensemble:
         built = M.average_ensemble([built, M.build_model(M.HParams(family="cnn4"), S, 3, weights="none")])
     training.compile_for_export(built, 3)
@@ -421,8 +454,9 @@ def test_saved_model_with_augmentation_serves_without_project_code(ensemble, tmp
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env,
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
-    # In-process reload keeps the custom shear layer's class.
+    # In-process reload keeps the custom layers' classes.
     reloaded = keras.models.load_model(path)
     if ensemble:
         reloaded = reloaded.get_layer("covid_cxr_cnn3")
     assert isinstance(reloaded.get_layer(M.AUGMENTATION_NAME).get_layer("aug_shear"), M.RandomShear)
+    assert isinstance(reloaded.get_layer(M.AUGMENTATION_NAME).get_layer("aug_intensity"), M.RandomIntensity)
