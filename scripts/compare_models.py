@@ -110,8 +110,7 @@ def train_and_score(family, size, x, y, parts, args) -> tuple[dict[str, tuple[np
     train, val, test = parts
     hp = M.HParams(family=family, learning_rate=args.learning_rate, fine_tune_learning_rate=args.learning_rate / 10,
                    dropout=0.2, dense_units=128, fine_tune_layers=args.fine_tune_layers,
-                   early_stopping_patience=args.patience,
-                   augment=M.AugmentConfig(enabled=True, contrast=args.contrast, gamma=args.gamma))
+                   early_stopping_patience=args.patience, augment=args.augment)
     train_ds = (tf.data.Dataset.from_tensor_slices((x[train], y[train]))
                 .shuffle(4096, seed=args.seed).repeat().batch(args.batch_size).prefetch(2))
     val_ds = tf.data.Dataset.from_tensor_slices((x[val], y[val])).batch(args.batch_size)
@@ -186,6 +185,10 @@ def main():
     args = parser.parse_args()
     if not 0.0 <= args.border_crop <= 0.25:  # the range model.border_crop accepts
         parser.error(f"--border-crop must be between 0 and 0.25 (of each side), got {args.border_crop}")
+    try:  # built once, and checked before any data is read
+        args.augment = M.AugmentConfig(enabled=True, contrast=args.contrast, gamma=args.gamma)
+    except ValueError as e:
+        parser.error(f"--contrast / --gamma: {e}")
 
     print(f"| family | size | train min{' / fold' if args.folds > 1 else ''} | n held out | test AUC | sensitivity "
           f"| specificity | spec@sens {args.target_sensitivity:.2f} |")
