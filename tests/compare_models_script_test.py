@@ -72,17 +72,14 @@ def test_border_crop_decodes_like_the_transform_and_is_cached_apart(compare_mode
     np.testing.assert_allclose(cropped[0], expected, atol=1e-3)  # float16 cache
 
 
-def test_a_border_crop_outside_the_model_range_is_a_one_line_usage_error(compare_models, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), "--border-crop", "0.6"])
+@pytest.mark.parametrize("option, value, message", [
+    ("--border-crop", "0.6", "--border-crop must be between 0 and 0.25 (of each side), got 0.6"),
+    ("--gamma", "2", "--contrast / --gamma: augmentation gamma must be in [0, 1], got 2.0"),
+])
+def test_an_option_outside_the_model_range_is_a_one_line_usage_error(option, value, message, compare_models, tmp_path,
+                                                                     monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), option, value])
     with pytest.raises(SystemExit) as info:
         compare_models.main()
     assert info.value.code == 2
-    assert "--border-crop must be between 0 and 0.25 (of each side), got 0.6" in capsys.readouterr().err
-
-
-def test_grey_level_augmentation_outside_its_range_is_a_one_line_usage_error(compare_models, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), "--gamma", "2"])
-    with pytest.raises(SystemExit) as info:
-        compare_models.main()
-    assert info.value.code == 2
-    assert "--contrast / --gamma: augmentation gamma must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
