@@ -31,7 +31,8 @@ def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray
     `groups` (pseudonymous patient groups to show) may be None. Binary tasks call COVID above
     `threshold`, so how wrong a film is is its distance from that threshold (log-odds, so 0.99 vs
     0.9 counts like 0.1 vs 0.01); without a threshold, and for three-class, the gap between the
-    predicted and the true class's probability."""
+    predicted and the true class's probability (negative when the three-class threshold called
+    COVID below another class's probability, or missed it above them: near misses, listed last)."""
     y = np.asarray(labels, np.int64)
     pred = np.asarray(predicted, np.int64)
     prob = np.asarray(probabilities, np.float64)

@@ -26,7 +26,8 @@ exported SavedModel, or a Trainer model artifact).
     the class folders are below it, else the data directory's name.
 
 Metrics (evaluation/metrics.py) use the model's own stored decision threshold -- i.e. the model's
-``label_index`` output: COVID probability > threshold for binary tasks, argmax for three-class.
+``label_index`` output: COVID probability > threshold (three-class: else the more probable other
+class; a three-class model exported before that rule serves the argmax).
 sensitivity / specificity / precision / NPV are COVID vs the rest; accuracy is over all classes;
 each has a Wilson 95% CI. AUC is the COVID probability's rank AUC with a stratified bootstrap 95%
 CI. Three-class adds macro-F1 and per-class one-vs-rest metrics. The shortcut audit
@@ -410,8 +411,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "data": {"path": data.path, "format": data.format, "n": data.n, "skipped": len(data.skipped),
                  "skipped_files": data.skipped[:MAX_LISTED_SKIPS]},
         "threshold": threshold,
-        "threshold_note": ("the model's stored decision threshold (COVID probability > threshold)" if task.is_binary
-                           else "three-class: the predicted class is the argmax; the stored threshold is unused"),
+        "threshold_note": model_card.decision_note(model.metadata),
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices))
     # Only the curation's keyed pseudonyms are shown; a folder tree's groups are plain hashes.

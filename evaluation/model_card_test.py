@@ -78,8 +78,21 @@ def test_card_with_evaluation_shows_confidence_intervals():
 def test_card_not_blessed_and_minimal_metadata():
     card = model_card.render({"task": "three-class", "classes": ["normal", "pneumonia", "covid"]}, _report(False))
     assert "(NOT BLESSED)" in card and "below the required minimum" in card
-    assert "most probable class" in card
+    assert "most probable class (no threshold)" in card  # exported before three-class had a threshold
     assert "not recorded" in card  # no class counts in the metadata
+
+
+def test_card_and_reports_say_how_the_label_is_chosen():
+    old = {"task": "three-class", "classes": ["normal", "pneumonia", "covid"], "threshold": 0.5}
+    new = dict(old, threshold=0.31, decision_rule=model_card.COVID_THRESHOLD_RULE, target_sensitivity=0.95)
+    binary = {"task": "covid-vs-normal", "classes": ["normal", "covid"], "threshold": 0.4}
+    assert [model_card.threshold_applies(m) for m in (old, new, binary)] == [False, True, True]
+    assert "unused" in model_card.decision_note(old)
+    assert "else the more probable other class" in model_card.decision_note(new)
+    card = model_card.render(new, _report(False))
+    assert "0.3100 (COVID when above it, else the more probable other class), chosen on the validation split " \
+        "for sensitivity >= 0.95" in card
+    assert "no threshold" not in card
 
 
 def test_card_gives_wilson_intervals_from_the_gate_counts():

@@ -17,7 +17,6 @@ from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import eval_config
 from covid_cxr.serving import export, testing
 
-three_class_model = testing.tiny_model_fixture("three-class")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +24,14 @@ def calls_everything_covid(tmp_path_factory):
     first = testing.tiny_model(tmp_path_factory)  # reuse its transform graph: no second Beam run
     base = str(tmp_path_factory.mktemp("all-covid"))
     return testing.build_tiny_model(base, threshold=1e-6, transform_dir=first.transform_dir)
+
+
+@pytest.fixture(scope="module")
+def three_class_model(tmp_path_factory):
+    """Threshold 0.3 on P(covid): films called COVID below another class's probability are likely."""
+    first = testing.tiny_model(tmp_path_factory)
+    base = str(tmp_path_factory.mktemp("three-class-0.3"))
+    return testing.build_tiny_model(base, task="three-class", threshold=0.3, transform_dir=first.transform_dir)
 
 
 def _gate(tiny, tmp_path, **gate):
@@ -85,13 +92,14 @@ def test_the_gate_judges_the_stored_threshold_and_blesses_only_above_the_bars(ca
     assert accepted.blessed and not accepted.failures
 
 
-def test_three_class_gate_counts_the_served_argmax_covid_one_vs_rest(three_class_model, tmp_path):
+def test_three_class_gate_counts_the_served_label_covid_one_vs_rest(three_class_model, tmp_path):
     model = tf.saved_model.load(three_class_model.model_dir)
     serialized = testing.read_records(three_class_model.data_dir)
     served = model.signatures[export.EXAMPLES_SIGNATURE](examples=tf.constant(serialized))
     predicted_covid = served["label_index"].numpy() == three_class_model.task.positive_index
+    np.testing.assert_array_equal(predicted_covid, served["covid_probability"].numpy() > 0.3)
     is_covid = _labels(serialized) == three_class_model.task.positive_index
-    # gate_score is above 0.5 exactly in the served (argmax) class
+    # gate_score is above 0.5 exactly in the served class
     gate = served[export.GATE_OUTPUT].numpy()
     assert ((gate > 0.5) == (np.arange(3) == served["label_index"].numpy()[:, None])).all()
 

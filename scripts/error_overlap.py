@@ -2,7 +2,7 @@
 """Which held-out films stay wrong from run to run, across pipeline roots trained on the same data.
 
 Each root's newest Trainer model scores its newest ExampleGen `test` split through the serving
-signature, at its own stored threshold (argmax for three-class). All roots must hold the very same
+signature, at its own stored threshold (argmax for older three-class models). All roots must hold the very same
 test records (the same curated data and split; e.g. repeated runs, or one `--set` change each), or
 the script stops. Printed: each run's misclassified count, how many films were wrong in 1, 2, ...
 of the runs, and the films wrong in every run, most confidently wrong first. ``--out`` draws those

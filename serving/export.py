@@ -11,7 +11,11 @@ Outputs of the two predict signatures:
 gates at 0.5, judges exactly the label the model serves:
   binary       the COVID probability re-centred on the stored threshold, sigmoid(logit(p) - logit(t)):
                > 0.5 exactly when p > t (the threshold is chosen on validation data, not fixed at 0.5);
-  three-class  per class c, p_c / (p_c + max_{j != c} p_j): > 0.5 exactly when c is the argmax.
+  three-class  the label is COVID when its probability p > t, else the more probable other class (an
+               argmax has no operating point: it under- or over-calls COVID by how the softmax happens
+               to be calibrated). COVID's column is re-centred as for binary tasks, so it still ranks
+               films by p (the gate's AUC is p's); another class's column is
+               p_c / (p_c + max_{j != c, COVID} p_j), capped below 0.5 when the label is COVID.
 The model card metadata travels in assets/covid_cxr.json.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Mapping
 import tensorflow as tf
 
 from covid_cxr.data import features
+from covid_cxr.evaluation import model_card
 from covid_cxr.transform import preprocessing
 
 METADATA_ASSET = "covid_cxr.json"
@@ -38,12 +43,33 @@ def _logit(p):
     return tf.math.log(p) - tf.math.log1p(-p)
 
 
+def _recentred(covid, threshold):
+    """sigmoid(logit(p) - logit(t)): above 0.5 exactly when p > t, and increasing in p."""
+    return tf.sigmoid(_logit(covid) - _logit(threshold))
+
+
 def _argmax_margin(probabilities):
     """p_c / (p_c + the largest other class probability): above 0.5 only for the argmax class."""
     top2 = tf.math.top_k(probabilities, k=2).values
     is_top = tf.one_hot(tf.argmax(probabilities, axis=1), tf.shape(probabilities)[1], on_value=True, off_value=False)
     largest_other = tf.where(is_top, top2[:, 1:2], top2[:, 0:1])
     return probabilities / tf.maximum(probabilities + largest_other, 1e-12)
+
+
+def three_class_decision(probabilities, covid_index: int, threshold):
+    """(label_index [N], gate [N, C]) for the rule "COVID when p_covid > threshold, else the most
+    probable other class"; gate[:, c] > 0.5 exactly when c is that label."""
+    is_covid_column = tf.equal(tf.range(tf.shape(probabilities)[1]), covid_index)[tf.newaxis, :]
+    rest = tf.where(is_covid_column, tf.zeros_like(probabilities), probabilities)
+    covid = probabilities[:, covid_index]
+    covid_gate = _recentred(covid, threshold)[:, tf.newaxis]
+    called_covid = covid > threshold
+    # When p_covid <= threshold the other classes sum to >= 1 - threshold > 0, so this argmax is
+    # never the zeroed COVID column.
+    label_index = tf.where(called_covid, tf.constant(covid_index, tf.int64), tf.argmax(rest, axis=1))
+    rest_gate = tf.where(called_covid[:, tf.newaxis], tf.minimum(_argmax_margin(rest), 1.0 - covid_gate),
+                         _argmax_margin(rest))
+    return label_index, tf.where(is_covid_column, covid_gate, rest_gate)
 
 
 def _raw_image_spec(tf_transform_output) -> dict:
@@ -66,12 +92,11 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
             covid = tf.reshape(scores, [-1])
             probabilities = tf.stack([1.0 - covid, covid], axis=1)
             label_index = tf.cast(covid > stored_threshold, tf.int64)
-            gate = tf.sigmoid(_logit(covid) - _logit(stored_threshold))
+            gate = _recentred(covid, stored_threshold)
         else:
             probabilities = scores
             covid = probabilities[:, task.positive_index]
-            label_index = tf.argmax(probabilities, axis=1)
-            gate = _argmax_margin(probabilities)
+            label_index, gate = three_class_decision(probabilities, task.positive_index, stored_threshold)
         n = tf.shape(covid)[0]
         return {
             PROBABILITIES_OUTPUT: probabilities,
@@ -108,7 +133,8 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
     assets = os.path.join(export_dir, "assets")
     tf.io.gfile.makedirs(assets)
     with tf.io.gfile.GFile(os.path.join(assets, METADATA_ASSET), "w") as f:
-        f.write(json.dumps(dict(metadata, task=task.name, classes=list(task.classes), threshold=float(threshold)),
+        f.write(json.dumps(dict(metadata, task=task.name, classes=list(task.classes), threshold=float(threshold),
+                                decision_rule=model_card.COVID_THRESHOLD_RULE),
                            indent=2, sort_keys=True, default=str))
 
 

@@ -28,6 +28,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import dicom, features, images
+from covid_cxr.evaluation import model_card
 
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
 METADATA_ASSET = "covid_cxr.json"  # mirrors serving.export.METADATA_ASSET
@@ -109,7 +110,7 @@ class ServingModel:
     metadata: dict
     classes: tuple[str, ...]
     task: Optional[features.Task]
-    threshold: Optional[float]
+    threshold: Optional[float]  # None: the label is the argmax (three-class models exported before the rule)
     _loaded: object = dataclasses.field(repr=False, default=None)
 
     @property
@@ -175,7 +176,7 @@ def load_model(path: str) -> ServingModel:
     metadata = read_metadata(model_dir)
     task = features.TASKS.get(str(metadata.get("task", "")))
     classes = tuple(metadata.get("classes") or (task.classes if task else ()))
-    threshold = metadata.get("threshold")
+    threshold = metadata.get("threshold") if model_card.threshold_applies(metadata) else None
     return ServingModel(model_dir, version, metadata, classes, task,
                         float(threshold) if threshold is not None else None, loaded)
 
@@ -361,9 +362,10 @@ def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Option
 
 def format_table(result: PredictResult) -> str:
     model = result.model
-    threshold = f"{model.threshold:.4f}" if model.threshold is not None else "?"
+    decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
+                else "no COVID threshold: label = most probable class")
     lines = [f"model {model.path} (version {model.version if model.version is not None else '?'}, "
-             f"task {model.task_name}, COVID threshold {threshold})"]
+             f"task {model.task_name}, {decision})"]
     names = list(result.predictions[0]["probabilities"]) if result.predictions else list(model.classes)
     entries = [(r["file"], r) for r in result.predictions] + [(e.file, e) for e in result.errors]
     width = min(60, max([len("file")] + [len(f) for f, _ in entries]))

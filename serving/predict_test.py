@@ -1,6 +1,7 @@
 """`covid-cxr predict` and the exported SavedModel's signatures, on a real (tiny) exported model."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from covid_cxr.serving import explain, predict, testing
 
 binary_model = testing.tiny_model_fixture()
 dense_model = testing.tiny_model_fixture(conv=False)
+three_class_model = testing.tiny_model_fixture("three-class")
 
 SIIM_MONO2 = data_testing.REAL_DATA / "dicom-samples" / "siim-cr-chest-pa-jpeg-baseline.dcm"
 SIIM_MONO1 = data_testing.REAL_DATA / "dicom-samples" / "siim-cr-chest-pa-monochrome1.dcm"
@@ -140,6 +142,24 @@ def test_table_output(binary_model, tmp_path):
     assert result.exit_code == 0, result.output
     assert "P(covid)" in result.output and "film1.png" in result.output
     assert "2 predicted, 0 failed" in result.output
+
+
+def test_three_class_table_names_the_decision_the_model_serves(three_class_model, tmp_path):
+    paths = _write_pngs(three_class_model, str(tmp_path / "in"), n=2)
+    result = _run(["--model", three_class_model.version_dir, *paths])
+    assert result.exit_code == 0, result.output
+    assert "task three-class, COVID threshold 0.5000)" in result.output
+    # A three-class model exported before its COVID threshold served the argmax: it must not claim one.
+    old = tmp_path / "old"
+    shutil.copytree(three_class_model.version_dir, old)
+    asset = old / "assets" / "covid_cxr.json"
+    metadata = json.loads(asset.read_text())
+    del metadata["decision_rule"]
+    asset.write_text(json.dumps(metadata))
+    assert predict.load_model(str(old)).threshold is None
+    result = _run(["--model", str(old), *paths])
+    assert result.exit_code == 0, result.output
+    assert "task three-class, no COVID threshold: label = most probable class)" in result.output
 
 
 def test_unreadable_inputs_are_reported_per_file(binary_model, tmp_path):

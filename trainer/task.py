@@ -228,16 +228,16 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     )
 
 
+def _covid_scores(task: features.Task, scores: np.ndarray) -> np.ndarray:
+    """P(covid) [N] from the model's output ([N, 1] sigmoid or [N, C] softmax)."""
+    return scores.reshape(-1) if task.is_binary else scores[:, task.positive_index]
+
+
 def _validation_metrics(task: features.Task, labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """COVID-vs-rest sensitivity, specificity (Wilson CIs) and AUC on the eval split at the served decision."""
-    if task.is_binary:
-        covid_scores = scores.reshape(-1)
-        predicted = covid_scores > threshold  # the export's rule
-    else:
-        covid_scores = scores[:, task.positive_index]
-        predicted = np.argmax(scores, axis=1) == task.positive_index
+    covid_scores = _covid_scores(task, scores)
     is_covid = labels.reshape(-1) == task.positive_index
-    result = ci_metrics.binary_metrics(is_covid, predicted)
+    result = ci_metrics.binary_metrics(is_covid, covid_scores > threshold)  # the export's rule, every task
     return {"split": "eval", "auc": ci_metrics.roc_auc(is_covid, covid_scores), **result}
 
 
@@ -304,10 +304,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         logging.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
 
     labels, scores = _labels_and_scores(built.model, eval_ds)
-    threshold = 0.5
-    if task.is_binary:
-        threshold = training.choose_threshold(labels, scores.reshape(-1), train_cfg["target_sensitivity"],
-                                              train_cfg["target_specificity"])
+    # Three-class too: COVID when P(covid) is above it, else the more probable other class.
+    threshold = training.choose_threshold(labels.reshape(-1) == task.positive_index, _covid_scores(task, scores),
+                                          train_cfg["target_sensitivity"], train_cfg["target_specificity"])
     logging.info("decision threshold %.4f (eval targets: sensitivity %.2f, specificity %.2f)", threshold,
                  train_cfg["target_sensitivity"], train_cfg["target_specificity"])
     validation = _validation_metrics(task, labels, scores, threshold)

@@ -22,17 +22,21 @@ def test_binary_validation_metrics_use_the_stored_threshold():
     assert result["auc"] == pytest.approx(7 / 9)
 
 
-def test_three_class_validation_metrics_are_covid_one_vs_rest_of_the_argmax():
+def test_three_class_validation_metrics_are_covid_one_vs_rest_at_the_stored_threshold():
     task = features.get_task("three-class")
     covid = task.positive_index
-    labels = np.array([covid, covid, 0, 1])
-    scores = np.full((4, 3), 0.1)
-    scores[0, covid] = 0.8  # covid, predicted covid
-    scores[1, 0] = 0.8  # covid, predicted another class
-    scores[2, covid] = 0.8  # not covid, predicted covid
-    scores[3, 1] = 0.8
-    result = trainer_task._validation_metrics(task, labels, scores, threshold=0.5)
-    assert result["counts"] == {"tp": 1, "fn": 1, "tn": 1, "fp": 1}
+    other = next(i for i in range(3) if i != covid)
+    labels = np.array([covid, covid, other, other, covid])
+    scores = np.full((5, 3), 0.1)
+    scores[0, covid] = 0.8  # covid, called covid
+    scores[1, other] = 0.8  # covid, P(covid) 0.1: missed
+    scores[2, covid] = 0.8  # not covid, called covid
+    scores[3, other] = 0.8
+    scores[4] = 0.35
+    scores[4, covid] = 0.3  # covid below the argmax but above the threshold: called covid
+    result = trainer_task._validation_metrics(task, labels, scores, threshold=0.25)
+    assert result["counts"] == {"tp": 2, "fn": 1, "tn": 1, "fp": 1}
+    assert trainer_task._validation_metrics(task, labels, scores, threshold=0.5)["counts"]["tp"] == 1
 
 
 def test_ensemble_families_start_with_the_tuned_family_without_repeats():

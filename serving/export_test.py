@@ -1,0 +1,51 @@
+"""The three-class served decision: COVID above the stored threshold, else the more probable other class."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from covid_cxr.data import features
+from covid_cxr.serving import export
+
+TASK = features.get_task("three-class")
+COVID = TASK.positive_index
+OTHERS = [i for i in range(3) if i != COVID]
+
+
+def _decide(probabilities, threshold):
+    label, gate = export.three_class_decision(tf.constant(probabilities, tf.float32), COVID,
+                                              tf.constant(threshold, tf.float32))
+    return label.numpy(), gate.numpy()
+
+
+def _films(covid_probabilities, other_share):
+    """[N, 3] with P(covid) as given and the rest split other_share : 1 - other_share over the others."""
+    p = np.zeros((len(covid_probabilities), 3), np.float32)
+    p[:, COVID] = covid_probabilities
+    p[:, OTHERS[0]] = (1 - p[:, COVID]) * other_share
+    p[:, OTHERS[1]] = (1 - p[:, COVID]) * (1 - other_share)
+    return p
+
+
+@pytest.mark.parametrize("threshold", [0.15, 0.5, 0.8])
+def test_covid_is_called_exactly_above_the_threshold_and_otherwise_the_more_probable_other_class(threshold):
+    covid = np.linspace(0.02, 0.98, 49)
+    probabilities = _films(covid, other_share=0.7)
+    label, gate = _decide(probabilities, threshold)
+    expected = np.where(covid > threshold, COVID, OTHERS[0])
+    np.testing.assert_array_equal(label, expected)
+    # Some films are labelled COVID below an argmax, or not COVID while it is the argmax: not an argmax.
+    assert (label != probabilities.argmax(1)).any()
+    # gate_score > 0.5 exactly in the served class, so the Evaluator (at 0.5) judges the served label.
+    np.testing.assert_array_equal(gate > 0.5, np.arange(3)[None, :] == label[:, None])
+
+
+def test_covid_gate_column_ranks_films_by_their_covid_probability():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), size=200).astype(np.float32)
+    _, gate = _decide(probabilities, 0.3)
+    order = np.argsort(probabilities[:, COVID], kind="stable")
+    assert (np.diff(gate[order, COVID]) >= 0).all()  # the gate's COVID AUC is P(covid)'s
+    # Below the threshold the other classes' gate columns order them as their probabilities do.
+    below = probabilities[:, COVID] <= 0.3
+    np.testing.assert_array_equal(np.argmax(gate[below][:, OTHERS], axis=1),
+                                  np.argmax(probabilities[below][:, OTHERS], axis=1))
