@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Where a trained binary model's stored threshold lands, on the eval split that chose it and on test.
+"""Where a trained model's stored COVID threshold lands, on the eval split that chose it and on test.
 
 For each pipeline root: the newest Trainer model scored (through its serving signature) on the
-newest ExampleGen's `eval` and `test` splits. Printed per root:
+newest ExampleGen's `eval` and `test` splits, COVID vs the rest (three-class too). A three-class
+model exported before three-class had a threshold (it served the argmax) gets the threshold the
+Trainer would store now, chosen here on eval by its rule and targets. Printed per root:
 
 * the stored decision threshold, and sensitivity / specificity at it on eval and on test (k/n);
 * test AUC;
@@ -100,14 +102,18 @@ def resample(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_eval: int,
 def check_root(root: str, tta: bool = False, resample_args: Optional[dict] = None) -> dict:
     model_dir, examples = artifacts.trained_run(root)
     model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
-    if model.task is None or not model.task.is_binary or model.threshold is None:
-        raise SystemExit(f"{root}: {model.task_name} is not a binary task; only binary models have a threshold")
+    if model.task is None:
+        raise SystemExit(f"{root}: the model does not name a covid-cxr task ({model.task_name})")
     data = {split: ev.load_tfrecords(os.path.join(examples, f"Split-{split}")) for split in ("eval", "test")}
     y = {split: (d.labels == model.task.positive_index).astype(int) for split, d in data.items()}
     plain = {split: np.asarray(model.predict_examples(d.serialized)["covid_probability"]).ravel()
              for split, d in data.items()}
-    result = {"root": root, "model": model_dir,
-              "stored": describe(y["eval"], plain["eval"], y["test"], plain["test"], model.threshold)}
+    targets = (float(model.metadata.get("target_sensitivity", 0.95)), float(model.metadata.get("target_specificity", 0.0)))
+    threshold = model.threshold
+    if threshold is None:  # a three-class argmax export: the threshold the Trainer stores now
+        threshold = T.choose_threshold(y["eval"], plain["eval"], *targets)
+    result = {"root": root, "model": model_dir, "threshold_chosen_here": model.threshold is None,
+              "stored": describe(y["eval"], plain["eval"], y["test"], plain["test"], threshold)}
     if resample_args:
         result["resample"] = resample(np.concatenate([y["eval"], y["test"]]),
                                       np.concatenate([plain["eval"], plain["test"]]),
@@ -117,9 +123,8 @@ def check_root(root: str, tta: bool = False, resample_args: Optional[dict] = Non
         averaged = {split: (plain[split] + np.asarray(model.predict_images([mirrored(e) for e in d.images])
                                                       ["covid_probability"]).ravel()) / 2
                     for split, d in data.items()}
-        targets = (float(model.metadata.get("target_sensitivity", 0.95)), float(model.metadata.get("target_specificity", 0.0)))
-        threshold = T.choose_threshold(y["eval"], averaged["eval"], *targets)
-        result["mirror_tta"] = describe(y["eval"], averaged["eval"], y["test"], averaged["test"], threshold)
+        tta_threshold = T.choose_threshold(y["eval"], averaged["eval"], *targets)
+        result["mirror_tta"] = describe(y["eval"], averaged["eval"], y["test"], averaged["test"], tta_threshold)
     return result
 
 
@@ -136,7 +141,7 @@ def line(name: str, row: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", help="pipeline roots of finished binary-task runs")
+    parser.add_argument("roots", nargs="+", help="pipeline roots of finished runs")
     parser.add_argument("--tta", action="store_true", help="also score the mean over each film and its mirror")
     parser.add_argument("--resample", type=int, default=0, metavar="N",
                         help="deal the pooled eval+test films again N times and compare threshold rules")
@@ -160,6 +165,8 @@ def main(argv=None) -> int:
     print(f"{'model':<44} thr    eval sens spec    test sens spec    (k/n)")
     for r in results:
         print(line(os.path.basename(os.path.normpath(r["root"])), r["stored"]))
+        if r["threshold_chosen_here"]:
+            print("  (the model served the argmax; threshold chosen here on eval by the Trainer's rule)")
         if "mirror_tta" in r:
             print(line("  + mirror TTA, threshold re-chosen on eval", r["mirror_tta"]))
         if "resample" in r:

@@ -1,7 +1,6 @@
 """`covid-cxr predict` and the exported SavedModel's signatures, on a real (tiny) exported model."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -150,14 +149,9 @@ def test_three_class_table_names_the_decision_the_model_serves(three_class_model
     assert result.exit_code == 0, result.output
     assert "task three-class, COVID threshold 0.5000)" in result.output
     # A three-class model exported before its COVID threshold served the argmax: it must not claim one.
-    old = tmp_path / "old"
-    shutil.copytree(three_class_model.version_dir, old)
-    asset = old / "assets" / "covid_cxr.json"
-    metadata = json.loads(asset.read_text())
-    del metadata["decision_rule"]
-    asset.write_text(json.dumps(metadata))
-    assert predict.load_model(str(old)).threshold is None
-    result = _run(["--model", str(old), *paths])
+    old = testing.argmax_era_copy(three_class_model.version_dir, str(tmp_path / "old"))
+    assert predict.load_model(old).threshold is None
+    result = _run(["--model", old, *paths])
     assert result.exit_code == 0, result.output
     assert "task three-class, no COVID threshold: label = most probable class)" in result.output
 

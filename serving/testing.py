@@ -218,6 +218,19 @@ def tiny_model_fixture(task: str = "covid-vs-normal", conv: bool = True):
     return fixture
 
 
+def argmax_era_copy(model_dir: str, target: str) -> str:
+    """A copy of an exported three-class model whose metadata lacks `decision_rule`, like the exports
+    from before three-class had a COVID threshold (their graph served the argmax)."""
+    shutil.copytree(model_dir, target)
+    asset = os.path.join(target, "assets", "covid_cxr.json")
+    with open(asset, encoding="utf-8") as f:
+        metadata = json.load(f)
+    del metadata["decision_rule"]
+    with open(asset, "w", encoding="utf-8") as f:
+        json.dump(metadata, f)
+    return target
+
+
 def push_copy(model_dir: str, serving_dir: str, version: int, extra: Optional[dict] = None) -> str:
     """Copies a SavedModel to `<serving_dir>/<version>/` with a push record (like the pusher)."""
     target = os.path.join(serving_dir, str(version))

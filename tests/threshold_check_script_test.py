@@ -1,4 +1,5 @@
 """scripts/threshold_check.py on a pipeline-root layout built around the tiny test model."""
+import dataclasses
 import json
 import os
 
@@ -7,9 +8,16 @@ import pytest
 
 from covid_cxr.evaluation import evaluate as ev
 from covid_cxr.serving import predict, testing
+from covid_cxr.trainer import training as T
 
 binary_model = testing.tiny_model_fixture()
 three_class_model = testing.tiny_model_fixture("three-class")
+
+
+@dataclasses.dataclass
+class TinyStandIn:  # what _fake_root reads of a TinyModel
+    model_dir: str
+    data_dir: str
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +66,33 @@ def test_stored_threshold_and_mirror_tta_rows(threshold_check, binary_model, tmp
     assert "root " in table and "test ROC spec@sens" in table and "mirror TTA" not in table
 
 
-def test_not_a_pipeline_root_or_not_binary_is_one_line(threshold_check, three_class_model, tmp_path):
+def test_not_a_pipeline_root_is_one_line(threshold_check, tmp_path):
     with pytest.raises(SystemExit, match="no Trainer model or ImportExampleGen examples"):
         threshold_check.main([str(tmp_path)])
-    with pytest.raises(SystemExit, match="three-class is not a binary task"):
-        threshold_check.main([_fake_root(tmp_path, three_class_model)])
+
+
+def test_three_class_covid_vs_rest_and_an_argmax_export_gets_the_trainers_threshold(
+        threshold_check, three_class_model, tmp_path, capsys):
+    assert threshold_check.main([_fake_root(tmp_path / "new", three_class_model), "--json"]) == 0
+    [new] = json.loads(capsys.readouterr().out)
+    assert new["stored"]["threshold"] == pytest.approx(three_class_model.threshold)
+    assert not new["threshold_chosen_here"]
+
+    old_model = testing.argmax_era_copy(three_class_model.model_dir, str(tmp_path / "old-model"))
+    old = TinyStandIn(model_dir=old_model, data_dir=three_class_model.data_dir)
+    old_root = _fake_root(tmp_path / "old", old)
+    assert threshold_check.main([old_root]) == 0
+    assert "the model served the argmax; threshold chosen here on eval" in capsys.readouterr().out
+    assert threshold_check.main([old_root, "--json"]) == 0
+    [chosen] = json.loads(capsys.readouterr().out)
+    model = predict.load_model(old_model)
+    data = ev.load_tfrecords(three_class_model.data_dir)
+    covid = (data.labels == model.task.positive_index).astype(int)
+    scores = np.asarray(model.predict_examples(data.serialized)["covid_probability"]).ravel()
+    assert chosen["threshold_chosen_here"]
+    assert chosen["stored"]["threshold"] == pytest.approx(T.choose_threshold(
+        covid, scores, model.metadata["target_sensitivity"], model.metadata.get("target_specificity", 0.0)))
+    assert chosen["stored"]["eval"]["sensitivity"]["value"] >= model.metadata["target_sensitivity"]
 
 
 def test_an_empty_split_is_one_line(threshold_check, binary_model, tmp_path):

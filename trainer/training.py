@@ -673,7 +673,7 @@ def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95, target_s
     threshold returned is the middle of that gap in logit space, not its edge: sitting just under
     the lowest accepted positive would drop every new positive that scores a hair lower, and on a
     small validation split that is often a large share of them. Without a score below ``t_hi``,
-    the float just under ``t_hi`` (every film is COVID). Target 0 keeps only the highest score(s).
+    the float32 just under ``t_hi`` (every film is COVID). Target 0 keeps only the highest score(s).
 
     With ``target_specificity`` > 0, and when some threshold meets both targets on these data, the
     threshold is instead the one with the largest smaller margin, each margin counted in standard
@@ -716,8 +716,8 @@ def choose_threshold(y_true, y_score, target_sensitivity: float = 0.95, target_s
         needed = max(1, int(math.ceil(target_sensitivity * n_pos - 1e-9)))
         t_hi = float(positives[needed - 1])
     below = y_score[y_score < t_hi]
-    if below.size == 0:
-        return float(np.nextafter(t_hi, -np.inf))
+    if below.size == 0:  # the float32 just under t_hi: the export compares in float32 (see _gap_middle)
+        return float(np.nextafter(np.float32(t_hi), np.float32(-np.inf)))
     return _gap_middle(float(below.max()), t_hi)
 
 

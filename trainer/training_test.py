@@ -463,7 +463,8 @@ def test_choose_threshold_sits_in_the_middle_of_the_gap():
         logit_middle(0.02, 0.99))
     # Nothing scores below the needed positive: the float just under it, so that it counts as COVID.
     t = T.choose_threshold([1, 1, 0], [0.3, 0.7, 0.9], 1.0)
-    assert t == np.nextafter(0.3, 0.0) and T.sensitivity_specificity([1, 1, 0], [0.3, 0.7, 0.9], t) == (1.0, 0.0)
+    assert t == float(np.nextafter(np.float32(0.3), np.float32(0.0)))
+    assert T.sensitivity_specificity([1, 1, 0], [0.3, 0.7, 0.9], t) == (1.0, 0.0)
 
 
 def test_choose_threshold_ties_and_float_rounding():
@@ -495,6 +496,11 @@ def test_the_threshold_is_stored_as_the_float32_the_export_compares_scores_with(
     t = T.choose_threshold([0, 1], np.array([lower, upper]), 1.0)
     assert float(lower) <= t < float(upper)
     assert (np.float32(t) < upper) and not (lower > np.float32(t))
+    # Nothing below the needed positive: just under it in float32 too. (A float64 just under it
+    # became the positive's own float32 in the export, which then served it as not COVID.)
+    scores = np.float32([0.3331679, 0.5, 0.7])
+    t = T.choose_threshold([1, 0, 1], scores, 1.0)
+    assert (scores > np.float32(t)).all()
 
 
 def test_choose_threshold_matches_brute_force():
