@@ -2,9 +2,10 @@
 
 Every task gates on the model's `gate_score` output at 0.5, which is the decision the model serves
 (serving/export.py): P(covid) above the stored threshold (three-class: else the more probable
-other class; gated COVID one-vs-rest). The confusion counts at that decision are reported too, so the gate report and the
-model card can give sensitivity and specificity with Wilson confidence intervals. A candidate is blessed only if sensitivity AND specificity (and AUC) clear their bars on the
-held-out `test` split and its AUC does not regress against the latest blessed model.
+other class; gated COVID one-vs-rest). The confusion counts at that decision are reported too, so
+the gate report and the model card can give sensitivity and specificity with Wilson confidence
+intervals. A candidate is blessed only if sensitivity AND specificity (and AUC) clear their bars on
+the held-out `test` split and its AUC does not regress against the latest blessed model.
 """
 from __future__ import annotations
 

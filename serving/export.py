@@ -67,8 +67,8 @@ def three_class_decision(probabilities, covid_index: int, threshold):
     # When p_covid <= threshold the other classes sum to >= 1 - threshold > 0, so this argmax is
     # never the zeroed COVID column.
     label_index = tf.where(called_covid, tf.constant(covid_index, tf.int64), tf.argmax(rest, axis=1))
-    rest_gate = tf.where(called_covid[:, tf.newaxis], tf.minimum(_argmax_margin(rest), 1.0 - covid_gate),
-                         _argmax_margin(rest))
+    rest_margin = _argmax_margin(rest)
+    rest_gate = tf.where(called_covid[:, tf.newaxis], tf.minimum(rest_margin, 1.0 - covid_gate), rest_margin)
     return label_index, tf.where(is_covid_column, covid_gate, rest_gate)
 
 
