@@ -16,7 +16,7 @@ from tfx import v1 as tfx
 from tfx.utils import path_utils
 
 from covid_cxr.evaluation import gate_report, model_card
-from covid_cxr.serving import export
+from covid_cxr.serving import model_metadata
 
 PUSH_RECORD = "covid_cxr_push.json"  # beside saved_model.pb; TF Serving ignores it
 
@@ -82,7 +82,7 @@ def VersionedPusher(
 ) -> None:
     blessed = bool(model_blessing.get_int_custom_property("blessed"))
     model_dir = path_utils.serving_model_path(model.uri)
-    metadata = export.read_metadata(model_dir)
+    metadata = model_metadata.read(model_dir)
     report = gate_report.read_gate_report(evaluation.uri, blessed, metadata.get("classes"))
     if not blessed:
         pushed, destination, why = False, "", "NOT BLESSED: " + ("; ".join(report.failures) or "see the evaluation")

@@ -20,6 +20,9 @@ MAX_LISTED = 50  # report.json / HTML table rows
 MAX_GALLERY = 24  # thumbnails in a gallery
 BINARY_ORDER = "most confidently wrong first: distance of P(covid) from the decision threshold in log-odds, descending"
 MULTICLASS_ORDER = "most confidently wrong first: P(predicted class) - P(true class), descending"
+THREE_CLASS_THRESHOLD_ORDER = ("most confidently wrong first, in log-odds, descending: a COVID film missed or a film "
+                               "called COVID by the distance of P(covid) from the decision threshold; normal and "
+                               "pneumonia confused by log(P(predicted) / P(true))")
 
 
 def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
@@ -28,21 +31,27 @@ def misclassified(task: features.Task, labels: np.ndarray, predicted: np.ndarray
                   threshold: Optional[float] = None) -> dict:
     """{"n": errors in all, "order": ..., "listed": the first `limit` errors as dicts}.
 
-    `groups` (pseudonymous patient groups to show) may be None. Binary tasks call COVID above
-    `threshold`, so how wrong a film is is its distance from that threshold (log-odds, so 0.99 vs
-    0.9 counts like 0.1 vs 0.01); without a threshold, and for three-class, the gap between the
-    predicted and the true class's probability (negative when the three-class threshold called
-    COVID below another class's probability, or missed it above them: near misses, listed last)."""
+    `groups` (pseudonymous patient groups to show) may be None. `threshold` is the model's decision
+    threshold on P(covid) when its label uses one (binary tasks; three-class exported with the COVID
+    threshold rule), else None. How wrong a film is, is how far it is from the decision it got:
+    whether COVID was called is P(covid) against `threshold` (log-odds, so 0.99 vs 0.9 counts like
+    0.1 vs 0.01); a three-class pneumonia called normal (or back) lost to the more probable of the
+    two, by log(P(predicted) / P(true)), also log-odds. Without a threshold (an argmax), the gap
+    P(predicted) - P(true)."""
     y = np.asarray(labels, np.int64)
     pred = np.asarray(predicted, np.int64)
     prob = np.asarray(probabilities, np.float64)
     wrong = np.flatnonzero(y != pred)
-    if task.is_binary and threshold is not None:
-        order = BINARY_ORDER
-        confidence = np.abs(metrics.logit(prob[wrong, task.positive_index]) - metrics.logit(threshold))
-    else:
+    if threshold is None:
         order = MULTICLASS_ORDER
         confidence = prob[wrong, pred[wrong]] - prob[wrong, y[wrong]]
+    else:
+        order = BINARY_ORDER if task.is_binary else THREE_CLASS_THRESHOLD_ORDER
+        covid = task.positive_index
+        confidence = np.abs(metrics.logit(prob[wrong, covid]) - metrics.logit(threshold))
+        between_others = (y[wrong] != covid) & (pred[wrong] != covid)  # never in a binary task
+        log_prob = np.log(np.clip(prob, 1e-7, 1.0))  # clipped as metrics.logit clips: 0 stays finite
+        confidence[between_others] = (log_prob[wrong, pred[wrong]] - log_prob[wrong, y[wrong]])[between_others]
     ordered = wrong[np.argsort(-confidence, kind="stable")]
     listed = []
     for i in ordered[:limit]:

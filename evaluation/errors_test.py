@@ -51,6 +51,29 @@ def test_three_class_confusions_between_non_covid_classes_are_errors_too():
     assert errors.odds(first) == "P(pneumonia) 0.20 P(normal) 0.70"
 
 
+def test_three_class_at_a_covid_threshold_orders_by_the_served_decision():
+    # Threshold 0.2: COVID above it, else the more probable of normal and pneumonia.
+    assert THREE.classes == ("normal", "pneumonia", "covid")
+    probabilities = np.array([
+        [0.70, 0.09, 0.21],  # normal called COVID just over the threshold: a near miss
+        [0.05, 0.05, 0.90],  # pneumonia called COVID far over it
+        [0.55, 0.30, 0.15],  # COVID missed a little under the threshold
+        [0.60, 0.40, 0.00],  # pneumonia called normal
+        [0.10, 0.85, 0.05],  # right
+    ])
+    labels = np.array([0, 1, 2, 1, 1])
+    predicted = np.array([2, 2, 0, 0, 1])
+    out = errors.misclassified(THREE, labels, predicted, probabilities, None, list("abcde"), threshold=0.2)
+    assert out["order"] == errors.THREE_CLASS_THRESHOLD_ORDER and out["n"] == 4
+    # In log-odds from the decision: 0.90 vs 0.2 -> 3.58; pneumonia -> normal log(0.6 / 0.4) = 0.41;
+    # 0.15 vs 0.2 -> 0.35; 0.21 vs 0.2 -> 0.06.
+    assert [e["index"] for e in out["listed"]] == [1, 3, 2, 0]
+    # Read as an argmax (no threshold), the probability gaps order them otherwise (0.85, 0.40, 0.20, -0.49).
+    argmax = errors.misclassified(THREE, labels, predicted, probabilities, None, list("abcde"))
+    assert argmax["order"] == errors.MULTICLASS_ORDER
+    assert [e["index"] for e in argmax["listed"]] == [1, 2, 3, 0]
+
+
 def test_gallery_shows_the_listed_films_and_is_absent_without_errors():
     entry = {"index": 1, "ref": "record 1", "group": "g", "true": "covid", "predicted": "normal",
              "covid_probability": 0.12, "source": "cohen", "view": features.UNKNOWN}

@@ -59,7 +59,7 @@ import numpy as np
 
 from covid_cxr.data import features, images
 from covid_cxr.evaluation import errors, metrics, model_card, shortcut_audit
-from covid_cxr.serving import predict
+from covid_cxr.serving import model_metadata, predict
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -411,13 +411,14 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "data": {"path": data.path, "format": data.format, "n": data.n, "skipped": len(data.skipped),
                  "skipped_files": data.skipped[:MAX_LISTED_SKIPS]},
         "threshold": threshold,
-        "threshold_note": model_card.decision_note(model.metadata),
+        "threshold_note": model_metadata.decision_note(model.metadata),
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices))
     # Only the curation's keyed pseudonyms are shown; a folder tree's groups are plain hashes.
     shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
-                                            shown_groups, data.refs, data.slices, threshold=threshold)
+                                            shown_groups, data.refs, data.slices,
+                                            threshold=threshold if task.is_binary or model.threshold is not None else None)
     if audit:
         report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
                                                         data.groups, seed=seed)

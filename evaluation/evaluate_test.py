@@ -8,7 +8,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from covid_cxr.data import features
-from covid_cxr.evaluation import artifacts, evaluate, metrics
+from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
 from covid_cxr.serving import predict, testing
 
 binary_model = testing.tiny_model_fixture()
@@ -180,12 +180,19 @@ def test_three_class_report(three_class_model, tmp_path):
     assert mc["covid_one_vs_rest"]["sensitivity"] == report["sensitivity"]
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert "Three-class" in (tmp_path / "report.html").read_text()
-    # Misclassified films carry all class probabilities, ordered by P(predicted) - P(true).
+    # Misclassified films carry all class probabilities, ordered by how far each is from the decision
+    # it got: whether COVID was called (P(covid) against the threshold), else which other class won.
     wrong = report["errors"]
-    assert wrong["n"] == cm.sum() - np.trace(cm) > 0 and wrong["order"] == "most confidently wrong first: " \
-        "P(predicted class) - P(true class), descending"
-    gaps = [e["probabilities"][e["predicted"]] - e["probabilities"][e["true"]] for e in wrong["listed"]]
-    assert gaps == sorted(gaps, reverse=True)
+    assert wrong["n"] == cm.sum() - np.trace(cm) > 0 and wrong["order"] == errors.THREE_CLASS_THRESHOLD_ORDER
+
+    def distance(e):
+        p = e["probabilities"]
+        if "covid" in (e["true"], e["predicted"]):
+            return abs(metrics.logit(p["covid"]) - metrics.logit(report["threshold"]))
+        return np.log(p[e["predicted"]] / p[e["true"]])
+
+    distances = [distance(e) for e in wrong["listed"]]
+    assert distances == sorted(distances, reverse=True) and min(distances) >= 0
     assert all(sum(e["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for e in wrong["listed"])
 
 

@@ -15,26 +15,10 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from covid_cxr.evaluation import metrics
+from covid_cxr.serving import model_metadata
 
 FILE_NAME = "model_card.md"
-# The metadata asset's `decision_rule` (serving/export.py): a three-class model exported without it
-# serves the argmax and ignores its stored threshold.
-COVID_THRESHOLD_RULE = "covid_threshold"
 COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
-
-
-def threshold_applies(metadata: Mapping) -> bool:
-    """Whether the model's label uses its stored threshold on P(covid) (binary tasks always do)."""
-    return len(metadata.get("classes") or []) == 2 or metadata.get("decision_rule") == COVID_THRESHOLD_RULE
-
-
-def decision_note(metadata: Mapping) -> str:
-    """How the model's label is chosen, in one line."""
-    if not threshold_applies(metadata):
-        return "three-class: the predicted class is the argmax; the stored threshold is unused"
-    if len(metadata.get("classes") or []) == 2:
-        return "the model's stored decision threshold (COVID probability > threshold)"
-    return "COVID when its probability > the stored threshold, else the more probable other class"
 
 
 def _cell(name: str, value) -> str:
@@ -224,7 +208,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     ]
     lines += _training_lines(metadata)
     lines.append("## Thresholds")
-    if threshold_applies(metadata):
+    if model_metadata.threshold_applies(metadata):
         target_specificity = metadata.get("target_specificity") or 0.0
         otherwise = "" if binary else ", else the more probable other class"
         lines.append(f"- decision threshold on the COVID probability: {threshold:.4f} (COVID when above it{otherwise}), "

@@ -27,10 +27,9 @@ from typing import Mapping
 import tensorflow as tf
 
 from covid_cxr.data import features
-from covid_cxr.evaluation import model_card
+from covid_cxr.serving import model_metadata
 from covid_cxr.transform import preprocessing
 
-METADATA_ASSET = "covid_cxr.json"
 EXAMPLES_SIGNATURE = "serving_default"
 IMAGE_SIGNATURE = "predict_image"
 TRANSFORM_SIGNATURE = "transform_features"
@@ -132,16 +131,8 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
     model.save(export_dir, save_format="tf", signatures=signatures)
     assets = os.path.join(export_dir, "assets")
     tf.io.gfile.makedirs(assets)
-    with tf.io.gfile.GFile(os.path.join(assets, METADATA_ASSET), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(assets, model_metadata.ASSET), "w") as f:
         f.write(json.dumps(dict(metadata, task=task.name, classes=list(task.classes), threshold=float(threshold),
-                                decision_rule=model_card.COVID_THRESHOLD_RULE),
+                                decision_rule=model_metadata.COVID_THRESHOLD_RULE),
                            indent=2, sort_keys=True, default=str))
 
-
-def read_metadata(saved_model_dir: str) -> dict:
-    """The metadata asset of an exported model ({} when absent)."""
-    path = os.path.join(saved_model_dir, "assets", METADATA_ASSET)
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)

@@ -28,10 +28,9 @@ import click
 import numpy as np
 
 from covid_cxr.data import dicom, features, images
-from covid_cxr.evaluation import model_card
+from covid_cxr.serving import model_metadata
 
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
-METADATA_ASSET = "covid_cxr.json"  # mirrors serving.export.METADATA_ASSET
 IMAGE_SIGNATURE = "predict_image"
 EXAMPLES_SIGNATURE = "serving_default"
 TRANSFORM_SIGNATURE = "transform_features"
@@ -90,15 +89,6 @@ def _version_of(model_dir: str) -> Optional[int]:
         except (OSError, ValueError, TypeError):
             return None
     return None
-
-
-def read_metadata(model_dir: str) -> dict:
-    """The model's metadata asset (same file as serving.export.read_metadata; {} when absent)."""
-    path = os.path.join(model_dir, "assets", METADATA_ASSET)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 @dataclasses.dataclass
@@ -173,10 +163,10 @@ def load_model(path: str) -> ServingModel:
     if IMAGE_SIGNATURE not in loaded.signatures:
         raise ModelNotFound(f"the SavedModel in {model_dir!r} has no {IMAGE_SIGNATURE!r} signature "
                             "(not a covid-cxr export?)", param_hint="--model")
-    metadata = read_metadata(model_dir)
+    metadata = model_metadata.read(model_dir)
     task = features.TASKS.get(str(metadata.get("task", "")))
     classes = tuple(metadata.get("classes") or (task.classes if task else ()))
-    threshold = metadata.get("threshold") if model_card.threshold_applies(metadata) else None
+    threshold = metadata.get("threshold") if model_metadata.threshold_applies(metadata) else None
     return ServingModel(model_dir, version, metadata, classes, task,
                         float(threshold) if threshold is not None else None, loaded)
 

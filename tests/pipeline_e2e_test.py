@@ -24,7 +24,7 @@ from covid_cxr.components import pusher
 from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
-from covid_cxr.serving import export
+from covid_cxr.serving import model_metadata
 
 TASK = "covid-vs-normal"
 
@@ -82,7 +82,7 @@ def test_demo_is_blessed_and_pushes_a_versioned_model(first_run):
     assert "BLESSED" in card and "Wilson score intervals on the held-out test split" in card
     assert f"{counts['tp']} true positives" in card
     # Both quick members (cnn3, cnn4: one end-to-end phase each) say which epoch they serve.
-    fits = export.read_metadata(outcome.destination)["training"]
+    fits = model_metadata.read(outcome.destination)["training"]
     assert [f["family"] for f in fits] == ["cnn3", "cnn4"]
     for fit in fits:
         [[phase, epochs]] = fit["epochs_run"]
@@ -91,7 +91,7 @@ def test_demo_is_blessed_and_pushes_a_versioned_model(first_run):
     # The report has slices by source/view/sex from the raw examples.
     assert any(name.startswith("source:") for name in outcome.report.slices)
     # The Trainer recorded the curation summary of the data it trained on (predict repeats its settings).
-    assert export.read_metadata(outcome.destination)["data_summary"] == writer.read_summary(config.data.data_dir)
+    assert model_metadata.read(outcome.destination)["data_summary"] == writer.read_summary(config.data.data_dir)
 
 
 def test_every_component_recorded_its_artifacts_in_mlmd(first_run):

@@ -17,7 +17,7 @@ import tf_keras as keras
 from covid_cxr.data import synthetic
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
-from covid_cxr.serving import export
+from covid_cxr.serving import model_metadata
 from covid_cxr.trainer import models
 
 pytestmark = pytest.mark.slow
@@ -46,19 +46,25 @@ def test_full_preset_trains_a_pretrained_pair_through_the_dag(tmp_path):
         "gate.min_sensitivity": 0.0, "gate.min_specificity": 0.0,  # random weights at 32 px: the path is under test, not the figures
     }
     root, serving = str(tmp_path / "root"), str(tmp_path / "serving")
-    args = [sys.executable, "-m", "covid_cxr.cli", "run", "--preset", "full", "--data", data_dir, "--task", TASK,
+    args = [sys.executable, "-m", "covid_cxr.cli", "--verbose", "run", "--preset", "full", "--data", data_dir, "--task", TASK,
             "--pipeline-root", root, "--serving-dir", serving]
     for key, value in overrides.items():
         args += ["--set", f"{key}={value}"]
     result = subprocess.run(args, capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restarting with the TensorFlow settings" in result.stdout  # `full` pins threads and oneDNN
+    # The Tuner computed the tuned family's backbone features; the Trainer reused them and computed
+    # only the other member's.
+    logs = result.stdout + result.stderr
+    assert logs.count("mobilenet_v2: train backbone features of") == 1, logs[-3000:]
+    assert logs.count("mobilenet_v2_035: train backbone features of") == 1
+    assert "backbone features already computed in this process (by the Tuner) are reused" in logs
 
     config = cfg.load_config("full", overrides={"data.data_dir": data_dir, "model.task": TASK,
                                                 "runtime.pipeline_root": root, "runtime.serving_dir": serving, **overrides})
     outcome = metadata.latest_outcome(config)
     assert outcome.blessed and outcome.pushed, outcome.report.failures
-    trained = export.read_metadata(outcome.destination)
+    trained = model_metadata.read(outcome.destination)
     assert trained["ensemble_members"] == ["mobilenet_v2", "mobilenet_v2_035"]
     for family in trained["ensemble_members"]:  # from the weights_dir files, not a fallback CNN or random init
         assert f"{family}: pretrained weights from file {config.model.weights_dir}" in trained["family_note"], trained["family_note"]

@@ -91,6 +91,17 @@ def _count_source_labels(files, data_accessor, tf_transform_output, batch_size: 
     return counts
 
 
+def _feature_cache(fn_args, transform_dir: str, batch_size: int, seed: int, example_weights: dict,
+                   model_cfg: dict) -> training.FeatureCache:
+    """The process's backbone-feature cache for these inputs: with LocalDagRunner the Trainer gets
+    the one the Tuner filled (:func:`training.shared_feature_cache`). Keyed by everything the cached
+    passes depend on: transformed files and Transform graph, batching and shuffle seed, example
+    weights, the model section of the config (families, weights); the cache adds family, size, split."""
+    return training.shared_feature_cache(
+        sorted(fn_args.train_files), sorted(fn_args.eval_files), transform_dir, batch_size, seed,
+        sorted([source, label, weight] for (source, label), weight in example_weights.items()), model_cfg)
+
+
 def _per_class(source_counts: collections.Counter) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
     for (_, label), n in source_counts.items():
@@ -160,17 +171,19 @@ class _TrialModel(keras_tuner.HyperModel):
     reused by the next fit would hand it an order that depends on how far the last one read ahead).
 
     With ``head_pass`` (``training.cache_frozen_features``), a trial on a pretrained backbone trains
-    its head on backbone features computed once per family and size and shared by the trials."""
+    its head on backbone features computed once per family and size, kept in ``feature_cache`` and
+    shared by the trials (and by the Trainer, when it runs in the same process)."""
 
     def __init__(self, build_fn: Callable, training_batches: Callable[[], tf.data.Dataset],
-                 num_classes: int, head_pass: Optional[Callable[[], tf.data.Dataset]] = None, seed: int = 42):
+                 num_classes: int, head_pass: Optional[Callable[[], tf.data.Dataset]] = None, seed: int = 42,
+                 feature_cache: Optional[training.FeatureCache] = None):
         super().__init__()
         self._num_classes = num_classes
         self._build_fn = build_fn
         self._training_batches = training_batches
         self._head_pass = head_pass
         self._seed = seed
-        self._features: training.FeatureCache = {}
+        self._features: training.FeatureCache = {} if feature_cache is None else feature_cache
         self._built: Optional[tuple[models.BuiltModel, models.HParams]] = None
 
     def build(self, hp):
@@ -207,9 +220,10 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
         return built, hparams
 
     batches = functools.partial(_training_batches, fn_args, tf_transform_output, batch, train_cfg["seed"], weights)
+    cache = _feature_cache(fn_args, fn_args.transform_graph_path, batch, train_cfg["seed"], weights, cfg["model"])
     tuner = keras_tuner.RandomSearch(
         _TrialModel(build, batches(), task.num_classes,
-                    batches(one_pass=True) if train_cfg["cache_frozen_features"] else None, train_cfg["seed"]),
+                    batches(one_pass=True) if train_cfg["cache_frozen_features"] else None, train_cfg["seed"], cache),
         objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
@@ -276,6 +290,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     head_pass = (_training_batches(fn_args, tf_transform_output, batch, seed, weights, one_pass=True)
                  if train_cfg["cache_frozen_features"] else None)
     eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0)
+    feature_cache = _feature_cache(fn_args, fn_args.transform_output, batch, seed, weights, cfg["model"])
     members: list[models.BuiltModel] = []
     histories: list[dict] = []
     for family in ensemble_families(hparams.family, cfg["model"].get("ensemble_with") or []):
@@ -295,6 +310,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             callbacks=[tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, built.family), update_freq="epoch")],
             seed=seed,
             head_pass=head_pass,
+            feature_cache=feature_cache,
         ))
         members.append(built)
     built = models.average_ensemble(members) if len(members) > 1 else members[0]

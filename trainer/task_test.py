@@ -1,4 +1,5 @@
 """The Trainer's validation metrics are those of the served decision; its batches carry per-source weights."""
+import importlib
 import types
 
 import keras_tuner
@@ -170,3 +171,27 @@ def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mo
         assert len(history.history["val_auc"]) == 2  # what the Tuner's objective reads
         scores.append(history.history["loss"])
     assert len(passes) == 1 and scores[0] != scores[1]
+
+
+def test_the_trainer_gets_the_tuners_feature_cache_only_for_the_same_inputs(monkeypatch):
+    monkeypatch.setattr(training, "_SHARED_FEATURE_CACHES", type(training._SHARED_FEATURE_CACHES)())
+    tuner_args = types.SimpleNamespace(train_files=["t/a", "t/b"], eval_files=["e/a"])
+    trainer_args = types.SimpleNamespace(train_files=["t/b", "t/a"], eval_files=["e/a"])  # same files, listed otherwise
+    weights = {("cohen", 1): 0.8, ("rsna", 0): 1.2}
+    model_cfg = {"families": ["mobilenet_v2"], "weights": "auto", "image_size": 224}
+
+    def cache(args=trainer_args, transform="tg", batch=32, seed=42, weights=weights, model_cfg=model_cfg):
+        return trainer_task._feature_cache(args, transform, batch, seed, weights, model_cfg)
+
+    tuners = trainer_task._feature_cache(tuner_args, "tg", 32, 42, dict(reversed(list(weights.items()))), model_cfg)
+    tuners["filled"] = True
+    assert cache() is tuners
+    # A reloaded trainer/task.py (TFX reloads it before each component) still finds it.
+    assert importlib.reload(trainer_task)._feature_cache(trainer_args, "tg", 32, 42, weights, model_cfg) is tuners
+    different = [cache(args=types.SimpleNamespace(train_files=["t/a"], eval_files=["e/a"])), cache(transform="tg2"),
+                 cache(batch=16), cache(seed=1), cache(weights={("cohen", 1): 1.0, ("rsna", 0): 1.2}),
+                 cache(model_cfg=dict(model_cfg, weights="none"))]
+    assert all(c == {} for c in different)
+    # Only the most recent sets are kept: the Tuner's went first.
+    assert len(training._SHARED_FEATURE_CACHES) == training.SHARED_FEATURE_CACHES_KEPT
+    assert cache() == {}

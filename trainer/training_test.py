@@ -391,6 +391,15 @@ def test_backbone_features_keep_labels_weights_and_batch_size_and_are_shared_per
         T.fit_head_on_features(built, 1e-3, head_pass, None, epochs=1, num_classes=2, verbose=0, cache=cache)
     assert len(passes) == 1 and set(cache) == {("mobilenet_v2_035", 32, "train")}
 
+    # The Trainer's fit of the same family and size on a cache the Tuner filled: no new pass.
+    hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=0)
+    T.fit(built, hp, lambda: dataset(16, 2, size=32), None, epochs=1, steps_per_epoch=2, validation_steps=None,
+          verbose=0, head_pass=head_pass, feature_cache=cache)
+    assert len(passes) == 1
+    T.fit(built, hp, lambda: dataset(16, 2, size=32), None, epochs=1, steps_per_epoch=2, validation_steps=None,
+          verbose=0, head_pass=head_pass, feature_cache={})
+    assert len(passes) == 2  # a cache of its own: computed again
+
 
 def test_selection_score_ranks_by_auc_and_breaks_ties_by_loss():
     def score(auc, loss):

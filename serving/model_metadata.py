@@ -1,0 +1,53 @@
+"""The metadata asset every exported covid-cxr model carries, and the decision rule it records.
+
+``assets/covid_cxr.json`` in the SavedModel (written by serving/export.py from what trainer/task.py
+stores: task, classes, threshold, decision rule, training and data summaries). It is read by the
+Pusher, ``covid-cxr predict`` / ``evaluate`` and the model card; this module needs no TensorFlow
+for local paths, so those commands can describe a model before (or without) loading it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+ASSET = "covid_cxr.json"
+# ``decision_rule`` of a three-class model that serves "COVID when P(covid) > threshold, else the more
+# probable other class". A three-class model exported without it (before that rule) serves the argmax
+# and ignores its stored threshold; binary models always serve "P(covid) > threshold".
+COVID_THRESHOLD_RULE = "covid_threshold"
+
+
+def asset_path(model_dir: str) -> str:
+    return os.path.join(model_dir, "assets", ASSET)
+
+
+def read(model_dir: str) -> dict:
+    """The metadata of the SavedModel in ``model_dir`` ({} when it has none). Bucket paths
+    (``gs://...``) are read through TensorFlow's file system; local ones without importing it."""
+    path = asset_path(model_dir)
+    if "://" in path:
+        import tensorflow as tf  # only for remote file systems
+
+        if not tf.io.gfile.exists(path):
+            return {}
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def threshold_applies(metadata: Mapping) -> bool:
+    """Whether the model's label uses its stored threshold on P(covid) (binary tasks always do)."""
+    return len(metadata.get("classes") or []) == 2 or metadata.get("decision_rule") == COVID_THRESHOLD_RULE
+
+
+def decision_note(metadata: Mapping) -> str:
+    """How the model's label is chosen, in one line."""
+    if not threshold_applies(metadata):
+        return "three-class: the predicted class is the argmax; the stored threshold is unused"
+    if len(metadata.get("classes") or []) == 2:
+        return "the model's stored decision threshold (COVID probability > threshold)"
+    return "COVID when its probability > the stored threshold, else the more probable other class"
