@@ -7,6 +7,7 @@ for local paths, so those commands can describe a model before (or without) load
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Mapping
@@ -29,13 +30,12 @@ def read(model_dir: str) -> dict:
     if "://" in path:
         import tensorflow as tf  # only for remote file systems
 
-        if not tf.io.gfile.exists(path):
-            return {}
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
-    if not os.path.isfile(path):
+        exists, opener = tf.io.gfile.exists, tf.io.gfile.GFile
+    else:
+        exists, opener = os.path.isfile, functools.partial(open, encoding="utf-8")
+    if not exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
+    with opener(path) as f:
         return json.load(f)
 
 

@@ -353,9 +353,10 @@ FeatureCache = dict  # (family, image size, split name) -> CachedFeatures; valid
 
 # LocalDagRunner runs the Tuner and then the Trainer in one Python process, and both pass the same
 # transformed films through the same frozen pretrained backbone, so the Trainer takes the Tuner's
-# features instead of computing them again (about 40 s for MobileNetV2 at 224 px on 2 cores). On
-# Kubeflow / Vertex each component is its own container and computes its own. Held here, not in
-# trainer/task.py: TFX reloads the module named by `run_fn` / `tuner_fn` before each component.
+# features instead of computing them again (about a minute for MobileNetV2 at 224 px on 2 cores:
+# the pass and its trace, docs/results.md stop 30). On Kubeflow / Vertex each component is its own
+# container and computes its own. Held here, not in trainer/task.py: TFX reloads the module named
+# by `run_fn` / `tuner_fn` before each component.
 # Only the most recent sets are kept (a set is a few MB: one pooled vector per film).
 _SHARED_FEATURE_CACHES: "collections.OrderedDict[str, FeatureCache]" = collections.OrderedDict()
 SHARED_FEATURE_CACHES_KEPT = 2
