@@ -24,8 +24,9 @@ def asset_path(model_dir: str) -> str:
 
 
 def read(model_dir: str) -> dict:
-    """The metadata of the SavedModel in ``model_dir`` ({} when it has none). Bucket paths
-    (``gs://...``) are read through TensorFlow's file system; local ones without importing it."""
+    """The metadata of the SavedModel in ``model_dir`` ({} when it has none; ValueError naming the
+    file when it is not JSON). Bucket paths (``gs://...``) are read through TensorFlow's file
+    system; local ones without importing it."""
     path = asset_path(model_dir)
     if "://" in path:
         import tensorflow as tf  # only for remote file systems
@@ -36,7 +37,10 @@ def read(model_dir: str) -> dict:
     if not exists(path):
         return {}
     with opener(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:  # a hand-edited or truncated file: say which, not just where in it
+            raise ValueError(f"{path}: not a covid-cxr metadata file (invalid JSON: {e})") from e
 
 
 def threshold_applies(metadata: Mapping) -> bool:

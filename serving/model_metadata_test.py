@@ -17,6 +17,10 @@ def test_reads_the_asset_locally_and_through_tensorflow_file_systems(tmp_path):
     (local / "assets" / model_metadata.ASSET).write_text(json.dumps(stored))
     assert model_metadata.read(str(local)) == stored
     assert model_metadata.read(str(tmp_path)) == {}  # not an export: nothing claimed
+    (local / "assets" / model_metadata.ASSET).write_text("{truncated")
+    with pytest.raises(ValueError, match=r"assets/covid_cxr.json: not a covid-cxr metadata file \(invalid JSON"):
+        model_metadata.read(str(local))
+    (local / "assets" / model_metadata.ASSET).write_text(json.dumps(stored))
 
     remote = "ram://covid_cxr_metadata_test/model"  # TensorFlow's in-memory file system stands in for gs://
     tf.io.gfile.makedirs(remote + "/assets")
