@@ -4,6 +4,9 @@
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from tfx import v1 as tfx
 
 from covid_cxr.components.schema_gate import DataValidationError
@@ -46,12 +49,29 @@ class PipelineRunError(RuntimeError):
     """A component failed while the pipeline ran (not a mistake in the user's input)."""
 
 
+@contextlib.contextmanager
+def _argv_of_program_only():
+    """Hides this process's command line from TFX while the DAG runs.
+
+    TFX's Beam executors parse ``sys.argv`` as absl flags (``base_beam_executor.py``), and absl reads
+    ``-v`` as its ``--verbosity``: ``covid-cxr -v run ...`` failed in ImportExampleGen with
+    "flag --verbosity=run". The command line is parsed already; the DAG needs none of it.
+    """
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def run(config: PipelineConfig) -> metadata.RunOutcome:
     check_inputs(config)
     training.require_process_env(config.to_dict()["training"])  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
+        with _argv_of_program_only():
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
     except DataValidationError:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained
@@ -61,8 +81,6 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
 
 
 if __name__ == "__main__":
-    import sys
-
     from covid_cxr import cli
 
     cli.main(["run", *sys.argv[1:]])

@@ -1,5 +1,6 @@
 """The runner's data checks: a directory that cannot feed the configured task fails before any component runs."""
 import json
+import sys
 
 import pytest
 
@@ -26,7 +27,10 @@ def test_data_of_another_task_or_with_foreign_labels_is_refused(tmp_path):
         local_runner.check_data(_config(tmp_path))
 
 
-def test_a_failing_component_is_named_in_one_line(tmp_path):
+def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
+    # `covid-cxr -v run ...`'s command line: TFX's Beam executors parse sys.argv as absl flags, where
+    # -v is --verbosity, so ImportExampleGen (the first component) failed on it before the fix.
+    monkeypatch.setattr(sys, "argv", ["covid-cxr", "-v", "run", "--data", str(tmp_path / "data")])
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
     bad_schema = tmp_path / "schema.pbtxt"
     bad_schema.write_text("this is { not a schema\n")
@@ -37,3 +41,4 @@ def test_a_failing_component_is_named_in_one_line(tmp_path):
         local_runner.run(config)
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is not None  # the traceback --verbose shows
+    assert sys.argv[1] == "-v"  # the command line is back once the DAG is done
