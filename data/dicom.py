@@ -31,6 +31,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 UNKNOWN = "unknown"  # mirrors features.UNKNOWN (this module stays TensorFlow-free for worker processes)
 UNKNOWN_AGE = -1
+OLDEST_REPORTED_AGE = 90  # HIPAA Safe Harbor: ages over 89 identify; they are all recorded as 90 ("90 or older")
 LATERAL = "lateral"
 # DICOM (0018,5101) View Position -> record view. Lateral / oblique views are reported so curation can reject them.
 _VIEWS = {"PA": "PA", "AP": "AP", "LL": LATERAL, "RL": LATERAL, "LATERAL": LATERAL, "LAT": LATERAL, "L": LATERAL,
@@ -77,8 +78,12 @@ def parse_age(value) -> int:
     if not m:
         return UNKNOWN_AGE
     n, unit = int(m.group(1)), m.group(2) or "Y"
-    years = {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[unit]
-    return years if 0 <= years <= 120 else UNKNOWN_AGE
+    return reportable_age({"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[unit])
+
+
+def reportable_age(years: int) -> int:
+    """Whole years as recorded: -1 when implausible (over 120), capped at 90 (Safe Harbor)."""
+    return min(years, OLDEST_REPORTED_AGE) if 0 <= years <= 120 else UNKNOWN_AGE
 
 
 def parse_sex(value) -> str:

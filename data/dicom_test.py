@@ -86,6 +86,8 @@ def test_jpeg_baseline_decodes(tmp_path):
 def test_header_parsing():
     assert [dicom.parse_age(a) for a in ("058Y", "58", "006M", "003W", "010D", "", "abc", "150", None)] == \
         [58, 58, 0, 0, 0, -1, -1, -1, -1]
+    # Ages over 89 identify a patient (HIPAA Safe Harbor): all of them are recorded as 90.
+    assert [dicom.parse_age(a) for a in ("089Y", "090Y", "097Y", "104", "100Y")] == [89, 90, 90, 90, 90]
     assert [dicom.parse_sex(s) for s in ("M", "f", "O", "", None)] == ["M", "F", "unknown", "unknown", "unknown"]
     assert [dicom.parse_view(v) for v in ("PA", "ap", "LL", "RL", "", None)] == ["PA", "AP", "lateral", "lateral", "unknown", "unknown"]
 

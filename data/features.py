@@ -19,7 +19,7 @@ GROUP = "group"  # split group: the patient merged with every near-duplicate of 
 SOURCE = "source"  # source adapter name, e.g. b"cohen"
 VIEW = "view"  # "PA", "AP", "AP Supine" or "unknown"
 SEX = "sex"  # "M", "F" or "unknown"
-AGE = "age"  # whole years, -1 when unknown
+AGE = "age"  # whole years, -1 when unknown, 90 for any age over 89 (dicom.reportable_age)
 
 UNKNOWN = "unknown"
 UNKNOWN_AGE = -1

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Iterator, Optional
 
-from covid_cxr.data import features
+from covid_cxr.data import dicom, features
 from covid_cxr.data.sources.base import Candidate, Source, list_files
 
 REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
@@ -87,7 +87,7 @@ def age_of(text: str) -> int:
         age = int(float((text or "").strip()))
     except ValueError:
         return features.UNKNOWN_AGE
-    return age if 0 <= age <= 120 else features.UNKNOWN_AGE
+    return dicom.reportable_age(age)
 
 
 def sex_of(text: str) -> str:

@@ -4,7 +4,7 @@ import pytest
 
 from covid_cxr.data import features, testing
 from covid_cxr.data.sources import CohenSource, SourceError
-from covid_cxr.data.sources.cohen import finding_of, view_of
+from covid_cxr.data.sources.cohen import age_of, finding_of, view_of
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
 
 
@@ -39,6 +39,10 @@ def test_views():
     assert view_of("") == (None, "unknown view: blank")
     assert view_of("?") == (None, "unknown view: ?")
     assert view_of("Axial") == (None, "not a frontal view: Axial")
+
+
+def test_ages_over_89_are_recorded_as_90():
+    assert [age_of(a) for a in ("45", "89", "90", "93.0", "130", "", "?")] == [45, 89, 90, 90, -1, -1, -1]
 
 
 def test_selection_and_rejection_rules(tmp_path):
