@@ -41,9 +41,11 @@ Finding mapping per source (what each source's labels become; a task then maps f
 | covid-vs-noncovid | noncovid, covid | all four (normal, pneumonia, other_opacity -> noncovid) |
 | three-class | normal, pneumonia, covid | covid, normal, pneumonia |
 
-Privacy: only sex and age leave a DICOM header. Raw patient ids never reach records, manifest,
-rejected.csv, summary, logs or messages: refs that contain one (RSNA file names; DICOM file names
-that contain their PatientID/PatientName) carry the pseudonym instead.
+Privacy: only sex, age (over 89 recorded as 90) and view leave a DICOM header. Raw patient ids never
+reach records, manifest, rejected.csv, summary, logs or messages: RSNA's file names (the raw id) carry
+the pseudonym instead, and any other DICOM file is written as its class folder and
+``<patient pseudonym>-<file pseudonym>.dcm``, since its folder and file names may hold ids, names,
+accession numbers, UIDs or dates.
 """
 from __future__ import annotations
 
@@ -69,7 +71,6 @@ from covid_cxr.data.writer import DatasetWriter
 log = logging.getLogger(__name__)
 
 BALANCE_CAP_REASON = "balance cap"
-_MIN_ID_LENGTH = 4  # shorter DICOM identifiers ("0", "1") are not scrubbed from file names
 _PARALLEL_MIN_JOBS = 64  # below this, worker start-up costs more than it saves
 
 
@@ -90,7 +91,6 @@ class _Item:
     processed: Optional[images.Processed] = None
     reject: Optional[str] = None
     raw_patient: str = ""
-    identifiers: tuple[str, ...] = ()  # raw ids to scrub from the ref (never written)
     view: str = features.UNKNOWN
     sex: str = features.UNKNOWN
     age: int = features.UNKNOWN_AGE
@@ -179,7 +179,7 @@ def curate(
             pseudonyms[k] = pseudonym.pseudonymize(key_bytes, *k)
         return pseudonyms[k]
 
-    refs = {it.index: _public_ref(it, pid(it)) for it in items}
+    refs = {it.index: _public_ref(it, pid(it), key_bytes) for it in items}
     hashed = [it for it in items if it.processed is not None and it.reject is None]
     dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
     uf = _group(hashed, dups)
@@ -258,8 +258,7 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
         header = result.header
         if header is None:
             continue
-        it.identifiers = header.identifiers
-        it.raw_patient = it.raw_patient or header.identifiers[0]
+        it.raw_patient = it.raw_patient or header.patient_id
         it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
         it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
         if header.modality in dicom.NON_RADIOGRAPH_MODALITIES:
@@ -327,17 +326,18 @@ def _kind(reason: str) -> str:
     return "near-duplicate" if reason.startswith("near-duplicate of ") else reason.split(":", 1)[0].strip()
 
 
-def _public_ref(it: _Item, patient_pseudonym: str) -> str:
-    """The ref as written: raw patient ids (RSNA file names, DICOM identifiers) replaced by the pseudonym."""
+def _public_ref(it: _Item, patient_pseudonym: str, key: bytes) -> str:
+    """The ref as written to the manifest, the rejections and the summary.
+
+    RSNA names each file by its raw patient id: the pseudonym takes its place. Any other DICOM file
+    keeps only its class folder and extension: hospitals name DICOM files and folders by patient id,
+    name, accession number, UID and date, more than a list of header values to scrub could cover.
+    """
     ref = it.candidate.source_ref
-    identifiers = it.identifiers
-    if not identifiers and it.processed is None and it.candidate.path and dicom.is_dicom(it.candidate.path):
-        identifiers = dicom.header_identifiers(it.candidate.path)  # rejected before loading
-    secrets_ = set(i for i in identifiers if len(i) >= _MIN_ID_LENGTH)
     if it.candidate.ref_has_patient_id and it.raw_patient:
-        secrets_.add(it.raw_patient)
-    for s in sorted(secrets_, key=len, reverse=True):
-        ref = ref.replace(s, patient_pseudonym)
+        return ref.replace(it.raw_patient, patient_pseudonym)
+    if it.candidate.path and dicom.is_dicom(it.candidate.path):
+        return dicom.safe_ref(ref, f"{patient_pseudonym}-{pseudonym.pseudonymize(key, it.candidate.source, ref)[:8]}")
     return ref
 
 

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covid_cxr.data import curate as curate_mod
-from covid_cxr.data import features, images, testing
+from covid_cxr.data import features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
 
 KEY = "test-key"
 RSNA_IDS = ("11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb", "33333333-cccc-4ccc-8ccc-cccccccccccc")
 DICOM_PID = "SECRETPID-123"
+ACCESSION = "ACC20200101077"
+SOP_UID = "1.2.826.0.1.3680043.999"
 COHEN_IDS = ("cohen-pat-0001", "cohen-pat-0007")
 
 
@@ -58,6 +61,10 @@ def build_corpus(root: Path) -> dict:
                         patient_id=DICOM_PID, view=None, sex="F", age="047Y")
     testing.write_dicom(fol / "COVID" / "lat.dcm", testing.radiograph(41), view="LL", patient_id="PID-LAT-9")
     testing.write_dicom(fol / "COVID" / "ct.dcm", testing.radiograph(42), modality="CT", patient_id="PID-CT-99")
+    # Hospital exports name folders and files by date, accession number, UID: none of it may be written.
+    testing.write_dicom(fol / "COVID" / testing.SECRET_DATE / f"{ACCESSION}.dcm", testing.radiograph(46), view="LL",
+                        patient_id="PID-ACC-3")
+    (fol / "COVID" / f"{ACCESSION}-{SOP_UID}.dcm").write_bytes(b"DICM but truncated")  # rejected before loading
     testing.write_image(fol / "healthy" / "h.png", testing.radiograph(43))
     testing.write_image(fol / "other" / "o.png", testing.radiograph(44))
     testing.write_dicom(fol / "other" / "PID-OTHER-5.dcm", testing.radiograph(45), patient_id="PID-OTHER-5")
@@ -95,8 +102,8 @@ def read_records(out):
 def test_accepted_and_rejected_account_for_every_input(run):
     out, summary = run
     manifest, rejected = read_csv(out / "manifest.csv"), read_csv(out / "rejected.csv")
-    assert summary["inputs_per_source"] == {"cohen": 9, "rsna": 3, "radiography": 5, "kermany": 3, "folder": 6}
-    assert len(manifest) + len(rejected) == 26
+    assert summary["inputs_per_source"] == {"cohen": 9, "rsna": 3, "radiography": 5, "kermany": 3, "folder": 8}
+    assert len(manifest) + len(rejected) == 28
     assert summary["per_class"] == {"covid": 5, "normal": 6}
     assert summary["per_source_class"] == {
         "cohen": {"covid": 3, "normal": 1}, "folder": {"covid": 1, "normal": 1}, "kermany": {"normal": 2},
@@ -114,11 +121,11 @@ def test_accepted_and_rejected_account_for_every_input(run):
     assert normal_1.startswith("near-duplicate of rsna:stage_2_train_images/") and normal_1.endswith(".dcm")
     assert reasons[("radiography", "Normal/Normal-3.png")].startswith("unreadable image: ")
     assert reasons[("kermany", "train/PNEUMONIA/person5_virus_1.jpeg")] == "not used by task covid-vs-normal"
-    assert reasons[("folder", "COVID/lat.dcm")] == "lateral view: DICOM ViewPosition"
-    assert reasons[("folder", "COVID/ct.dcm")] == "not an X-ray: CT"
     assert reasons[("folder", "other/o.png")] == "unmapped class folder: other"
-    other_dcm = [ref for (src, ref), why in reasons.items() if src == "folder" and ref.endswith(".dcm") and ref.startswith("other/")]
-    assert len(other_dcm) == 1 and "PID-OTHER-5" not in other_dcm[0]  # scrubbed although never loaded
+    # DICOM files are written under pseudonyms (test_no_raw_identifier_in_any_output): found by reason.
+    dicom_reasons = sorted(why for (src, ref), why in reasons.items() if src == "folder" and ref.endswith(".dcm"))
+    assert dicom_reasons[:4] == ["lateral view: DICOM ViewPosition"] * 2 + ["not an X-ray: CT", "unmapped class folder: other"]
+    assert len(dicom_reasons) == 5 and dicom_reasons[4].startswith("unreadable image: ")
     assert sorted(reasons[("rsna", r)].split(":")[0] for r in rsna_refs) == ["abnormal, no lung opacity", "not used by task covid-vs-normal"]
     assert summary["duplicates"]["within_source"] == 1 and summary["duplicates"]["cross_source"] == 2
     assert summary["duplicates"]["by_sources"] == {"cohen": 1, "cohen/radiography": 1, "radiography/rsna": 1}
@@ -151,7 +158,7 @@ def test_records_have_exactly_the_record_fields(run):
     a = by_ref[("cohen", "images/a.png")]
     assert (a["view"], a["sex"], a["age"]) == ("PA", "F", "61")
     assert a["note"] == "" and by_ref[("cohen", "images/c7b.png")]["view"] == "AP Supine"
-    dcm = [r for r in manifest if r["source"] == "folder" and r["label"] == "covid"][0]
+    [dcm] = [r for r in manifest if r["patient_id"] == pseudonym.pseudonymize(KEY.encode(), "folder", DICOM_PID)]
     assert (dcm["view"], dcm["sex"], dcm["age"]) == ("unknown", "F", "47")  # from the DICOM header
     rsna = [r for r in manifest if r["source"] == "rsna"][0]
     assert (rsna["view"], rsna["sex"], rsna["age"]) == ("AP", "M", "58")
@@ -187,8 +194,8 @@ def test_groups_merge_patients_through_duplicates(run):
 
 def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
     out, _ = run
-    secrets = [*RSNA_IDS, DICOM_PID, "PID-LAT-9", "PID-CT-99", "PID-OTHER-5", *COHEN_IDS, "Doe", "Johanna", testing.SECRET_INSTITUTION,
-               testing.SECRET_DATE]
+    secrets = [*RSNA_IDS, DICOM_PID, "PID-LAT-9", "PID-CT-99", "PID-OTHER-5", "PID-ACC-3", *COHEN_IDS, "Doe", "Johanna",
+               testing.SECRET_INSTITUTION, testing.SECRET_DATE, ACCESSION, SOP_UID]
     blobs = {}
     for path in out.iterdir():
         data = path.read_bytes()
@@ -204,9 +211,11 @@ def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
     for name, data in blobs.items():
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} leaked into {name}"
-    rejected = read_csv(out / "rejected.csv")
-    scrubbed = [r["source_ref"] for r in rejected + read_csv(out / "manifest.csv") if r["source"] == "folder"]
-    assert any(ref.startswith("COVID/") and ref.endswith("_scan.dcm") for ref in scrubbed)  # pseudonym in its place
+    # A DICOM file is written as its class folder and "<patient pseudonym>-<file pseudonym>.dcm".
+    rows = read_csv(out / "rejected.csv") + read_csv(out / "manifest.csv")
+    dicom_refs = sorted(r["source_ref"] for r in rows if r["source"] == "folder" and r["source_ref"].endswith(".dcm"))
+    assert len(dicom_refs) == 6
+    assert all(re.fullmatch(r"(COVID|other)/[0-9a-f]{16}-[0-9a-f]{8}\.dcm", ref) for ref in dicom_refs), dicom_refs
 
 
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):

@@ -12,15 +12,16 @@ Pixel pipeline (DICOM PS3.3 C.11 order), the same for every source:
 4. MONOCHROME1 (white = low values) is inverted so that every output is MONOCHROME2-like;
    colour images (RGB/YBR) are converted to luminance.
 
-Privacy: ``DicomImage`` carries pixels, sex, age, view and modality. The patient id is exposed only
-through ``identifiers`` (used by curation to pseudonymize and to scrub file names) and must never be
-written or logged. Error messages raised from here never quote header values.
+Privacy: ``DicomImage`` carries pixels, sex, age, view and modality. The raw PatientID is exposed only
+as ``patient_id`` (curation pseudonymizes it to group a patient's films) and must never be written or
+logged. Error messages raised from here never quote header values.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import warnings
 from typing import Iterator
@@ -50,13 +51,9 @@ class DicomImage:
     age: int  # whole years, -1 when unknown
     view: str  # "PA", "AP", "lateral", "oblique" or "unknown"
     modality: str  # e.g. "CR", "DX"; "" when absent
-    # Raw identifying strings (PatientID, PatientName and its components). For pseudonymization and
-    # for scrubbing file names only: never write, log or put these in an exception message.
-    identifiers: tuple[str, ...] = dataclasses.field(default=(), repr=False)
-
-    @property
-    def patient_id(self) -> str:
-        return self.identifiers[0] if self.identifiers else ""
+    # The raw PatientID ("" when absent), for pseudonymization only: never write, log or put it in
+    # an exception message.
+    patient_id: str = dataclasses.field(default="", repr=False)
 
 
 def is_dicom(path: str) -> bool:
@@ -69,6 +66,16 @@ def is_dicom(path: str) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def safe_ref(ref: str, token: str, keep: int = 1) -> str:
+    """A DICOM file's "/"-separated relative path as it may be written: its first ``keep`` folders
+    (down to the class folder), then ``token`` (a pseudonym) and a DICOM extension. Every other folder
+    and file name goes: hospitals name them by patient id, name, accession number, UID and date."""
+    folders = ref.split("/")[:-1][:keep]
+    ext = os.path.splitext(ref)[1]
+    ext = ext if ext.lower() in (".dcm", ".dicom") else ""
+    return "/".join([*folders, token + ext])
 
 
 def parse_age(value) -> int:
@@ -110,27 +117,6 @@ def quiet_pydicom() -> Iterator[None]:
         logger.disabled = disabled
 
 
-def read_header(path: str):
-    """The dataset without pixel data (for identifiers only), or None when unreadable."""
-    with quiet_pydicom():
-        try:
-            return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:  # noqa: BLE001
-            return None
-
-
-def header_identifiers(path: str) -> tuple[str, ...]:
-    """PatientID/PatientName strings of a DICOM file (to scrub them from names), () when unreadable."""
-    ds = read_header(path)
-    if ds is None:
-        return ()
-    with quiet_pydicom():
-        try:
-            return _identifiers(ds)
-        except Exception:  # noqa: BLE001
-            return ()
-
-
 def read_dicom(path: str) -> DicomImage:
     """Reads one DICOM radiograph. Raises DicomError (with a header-free message) when it cannot."""
     with quiet_pydicom():
@@ -149,7 +135,7 @@ def _read_dicom(path: str) -> DicomImage:
         raise DicomError(f"cannot parse DICOM ({type(e).__name__})") from None
     if "PixelData" not in ds:
         raise DicomError("DICOM has no pixel data")
-    identifiers = _identifiers(ds)
+    patient_id = str(ds.get("PatientID", "") or "").strip()
     modality = str(ds.get("Modality", "") or "").strip().upper()
     try:
         pixels = to_uint8(ds)
@@ -167,19 +153,9 @@ def _read_dicom(path: str) -> DicomImage:
         age=parse_age(ds.get("PatientAge")),
         view=parse_view(ds.get("ViewPosition")),
         modality=modality,
-        identifiers=identifiers,
+        patient_id=patient_id,
     )
 
-
-def _identifiers(ds) -> tuple[str, ...]:
-    out: list[str] = []
-    pid = str(ds.get("PatientID", "") or "").strip()
-    out.append(pid)
-    name = str(ds.get("PatientName", "") or "").strip()
-    if name:
-        out.append(name)
-        out.extend(p.strip() for p in re.split(r"[\^=]", name) if len(p.strip()) >= 3)
-    return tuple(dict.fromkeys(out))  # de-duplicated, order kept; first is always PatientID ("" if absent)
 
 
 def to_uint8(ds) -> np.ndarray:

@@ -92,11 +92,21 @@ def test_header_parsing():
     assert [dicom.parse_view(v) for v in ("PA", "ap", "LL", "RL", "", None)] == ["PA", "AP", "lateral", "lateral", "unknown", "unknown"]
 
 
-def test_identifiers_are_exposed_but_not_in_repr(tmp_path):
+def test_the_patient_id_is_exposed_but_not_in_repr(tmp_path):
     d = dicom.read_dicom(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(6), patient_id="RAW-77"))
     assert d.patient_id == "RAW-77"
-    assert testing.SECRET_NAME in d.identifiers
     assert "RAW-77" not in repr(d) and "Doe" not in repr(d)
+
+
+@pytest.mark.parametrize("ref, keep, shown", [
+    ("COVID/ACC-123/19770412/1.2.826.0.1.99.dcm", 1, "COVID/tok.dcm"),
+    ("site/COVID/DOE_JANE.DICOM", 2, "site/COVID/tok.DICOM"),
+    ("COVID/SECRET-7", 1, "COVID/tok"),  # no extension: none added
+    ("SECRET-7.dcm", 1, "tok.dcm"),
+    ("DOE_JANE/x.dcm", 0, "tok.dcm"),  # not in a class folder: no folder kept
+])
+def test_safe_ref_keeps_the_class_folder_and_extension_only(ref, keep, shown):
+    assert dicom.safe_ref(ref, "tok", keep=keep) == shown
 
 
 def test_errors_carry_no_header_values(tmp_path):

@@ -55,7 +55,7 @@ class Header:
     age: int = dicom.UNKNOWN_AGE
     view: str = dicom.UNKNOWN
     modality: str = ""
-    identifiers: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # never written/logged
+    patient_id: str = dataclasses.field(default="", repr=False)  # raw PatientID: never written/logged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
             d = dicom.read_dicom(path)
         except dicom.DicomError as e:
             raise ImageError(str(e)) from None
-        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.identifiers)
+        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.patient_id)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

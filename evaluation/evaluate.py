@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 from typing import Mapping, Optional, Sequence
@@ -57,7 +56,7 @@ from typing import Mapping, Optional, Sequence
 import click
 import numpy as np
 
-from covid_cxr.data import features, images
+from covid_cxr.data import dicom, features, images, pseudonym
 from covid_cxr.evaluation import errors, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict
 
@@ -200,38 +199,53 @@ def _patient_of(path: str) -> str:
     return patient_id_of(path)
 
 
+def _keyed_pseudonyms():
+    """pseudonym(kind, raw) with the user's pseudonym key (as `covid-cxr curate`), read on first use."""
+    key: list[bytes] = []
+
+    def keyed(kind: str, raw: str) -> str:
+        if not key:
+            key.append(pseudonym.load_key()[0])
+        return pseudonym.pseudonymize(key[0], kind, raw)
+
+    return keyed
+
+
 def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str, str]] = None,
                  preparation: Optional[predict.Preparation] = None) -> EvalData:
     preparation = preparation or predict.Preparation()
     root = os.path.normpath(root)
     files, _ = predict.find_inputs([root])
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
+    keyed = _keyed_pseudonyms()
     for path in files:
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
+        # A DICOM file is reported as <root>/.../<class folder>/<pseudonym>.dcm (see dicom.safe_ref).
+        shown = (os.path.join(root, dicom.safe_ref("/".join(parts), keyed("file", rel), keep=depth + 1))
+                 if dicom.is_dicom(path) else path)
         if finding is None:
-            skipped.append({"file": path, "reason": "not in a mapped class folder"})
+            skipped.append({"file": shown, "reason": "not in a mapped class folder"})
             continue
         cls = task.class_of(finding)
         if cls is None:
-            skipped.append({"file": path, "reason": f"finding {finding} is not used by task {task.name}"})
+            skipped.append({"file": shown, "reason": f"finding {finding} is not used by task {task.name}"})
             continue
         try:
             processed = images.process(path, max_side=preparation.max_side, crop=preparation.crop,
                                        equalization=preparation.equalization)
         except images.ImageError as e:
-            skipped.append({"file": path, "reason": f"unreadable image: {e}"})
+            skipped.append({"file": shown, "reason": f"unreadable image: {e}"})
             continue
         encoded.append(processed.png)
         labels.append(task.classes.index(cls))
-        header = processed.header
-        patient = header.identifiers[0] if header is not None and header.identifiers and header.identifiers[0] else ""
-        if patient:  # hashed: a raw DICOM PatientID never leaves this function
-            groups.append("dicom:" + hashlib.sha256(patient.encode("utf-8")).hexdigest()[:16])
+        patient = processed.header.patient_id if processed.header is not None else ""
+        if patient:  # a raw DICOM PatientID never leaves this function
+            groups.append("dicom:" + keyed("patient", patient))
         else:
             groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
-        refs.append(path)
+        refs.append(shown)
         sources.append(parts[0] if depth > 0 else os.path.basename(root))
     if not encoded:
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "

@@ -1,13 +1,17 @@
 """`covid-cxr evaluate` on a real (tiny) exported model: JSON fields, consistency, files, data layouts."""
+import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from PIL import Image
 
 from covid_cxr.data import features
+from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
 from covid_cxr.serving import predict, testing
 
@@ -160,6 +164,32 @@ def test_class_map_option(binary_model, tmp_path):
     assert json.loads(result.output)["n"] == 6
     no_map = CliRunner().invoke(evaluate.evaluate_command, ["--model", binary_model.serving_dir, "--data", str(tmp_path)])
     assert no_map.exit_code == 2 and "no usable labelled images" in no_map.output
+
+
+def test_dicom_file_and_folder_names_never_reach_the_report(binary_model, tmp_path, monkeypatch):
+    """Hospital exports name DICOM files and folders by patient id, date, accession number: the
+    report names such a film by its class folder and a keyed pseudonym instead."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))  # the pseudonym key file lands here
+    monkeypatch.delenv("COVID_CXR_PSEUDONYM_KEY", raising=False)
+    root = tmp_path / "tree"
+    for i, r in enumerate(testing.read_records(binary_model.data_dir)[:6]):
+        feats = tf.train.Example.FromString(r).features.feature
+        covid = (feats["label"].bytes_list.value[0] == b"covid") != (i < 2)  # two films filed wrongly: listed as errors
+        folder = root / ("COVID" if covid else "Normal") / "19770412" / "ACC-5501"
+        pixels = np.asarray(Image.open(io.BytesIO(feats["image"].bytes_list.value[0])))
+        data_testing.write_dicom(folder / f"MRN-88{i}.dcm", pixels, patient_id=f"MRN-88{i}")
+    (root / "COVID" / "MRN-889.dcm").write_bytes(b"not a dicom")  # unreadable: listed as skipped
+    out = tmp_path / "report"
+    result = _run(["--model", binary_model.serving_dir, "--data", str(root), "--out", str(out), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 6 and report["data"]["skipped"] == 1
+    shown = [e["ref"] for e in report["errors"]["listed"]] + [s["file"] for s in report["data"]["skipped_files"]]
+    assert len(shown) >= 2 and all(re.fullmatch(re.escape(str(root)) + r"/(COVID|Normal)/[0-9a-f]{16}\.dcm", ref) for ref in shown), shown
+    for name in ("report.json", "report.html", "model_card.md"):
+        text = (out / name).read_text()
+        assert "MRN-88" not in text and "19770412" not in text and "ACC-5501" not in text, name
+    assert "MRN-88" not in result.output and "ACC-5501" not in result.output
 
 
 def test_three_class_report(three_class_model, tmp_path):
