@@ -14,6 +14,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
+from covid_cxr import cli
 from covid_cxr.data import curate as curate_mod
 from covid_cxr.data import features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
@@ -307,10 +308,11 @@ def test_curate_user_errors(corpus, tmp_path):
 ])
 def test_cli_errors_are_one_line_usage_errors(corpus, tmp_path, args, message):
     args = [a.format(**corpus) for a in args] + ["--out", str(tmp_path / "o"), "--key", KEY]
-    result = CliRunner().invoke(curate_command, args)
+    result = CliRunner().invoke(cli.main, ["curate", *args])  # as `covid-cxr curate ...` runs
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.output.startswith("covid-cxr: error: ") and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_prints_a_summary(corpus, tmp_path):

@@ -119,13 +119,13 @@ def test_newest_version_is_used(binary_model, tmp_path):
 
 
 def test_predict_json_fields(binary_model, tmp_path):
-    paths = _write_pngs(binary_model, str(tmp_path / "in"))
+    paths = _write_pngs(binary_model, str(tmp_path / "in"), n=len(testing.read_records(binary_model.data_dir)))
     result = _run(["--model", binary_model.serving_dir, "--json", str(tmp_path / "in")])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["errors"] == []
     assert out["model"]["version"] == binary_model.version and out["model"]["task"] == "covid-vs-normal"
-    assert [p["file"] for p in out["predictions"]] == paths
+    assert [p["file"] for p in out["predictions"]] == sorted(paths)  # a directory is read in sorted order
     for p in out["predictions"]:
         assert set(p) >= {"file", "label", "probabilities", "covid_probability", "threshold", "model_version"}
         assert set(p["probabilities"]) == {"normal", "covid"}
@@ -133,6 +133,7 @@ def test_predict_json_fields(binary_model, tmp_path):
         assert p["label"] == ("covid" if p["covid_probability"] > p["threshold"] else "normal")
         assert p["model_version"] == binary_model.version
         assert p["threshold"] == pytest.approx(binary_model.threshold)
+    assert {p["label"] for p in out["predictions"]} == {"covid", "normal"}  # the rule is seen deciding both ways
 
 
 def test_table_output(binary_model, tmp_path):
@@ -147,7 +148,7 @@ def test_three_class_table_names_the_decision_the_model_serves(three_class_model
     paths = _write_pngs(three_class_model, str(tmp_path / "in"), n=2)
     result = _run(["--model", three_class_model.version_dir, *paths])
     assert result.exit_code == 0, result.output
-    assert "task three-class, COVID threshold 0.5000)" in result.output
+    assert f"task three-class, COVID threshold {three_class_model.threshold:.4f})" in result.output
     # A three-class model exported before its COVID threshold served the argmax: it must not claim one.
     old = testing.argmax_era_copy(three_class_model.version_dir, str(tmp_path / "old"))
     assert predict.load_model(old).threshold is None

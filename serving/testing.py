@@ -143,9 +143,13 @@ def transformed_images(transform_dir: str, serialized: list[bytes]):
 
 
 def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_class: int = 4,
-                     threshold: float = 0.5, conv: bool = True, seed: int = 0,
+                     threshold: Optional[float] = None, conv: bool = True, seed: int = 0,
                      version: int = TINY_VERSION, transform_dir: Optional[str] = None) -> TinyModel:
     """Everything under `base_dir`: data/, transform/, model/ (SavedModel), serving/<version>/.
+
+    `threshold`: the stored COVID threshold; None = between the middle two of the model's own
+    P(covid) on its data. A tiny model barely learns (its scores span about 0.01), so a fixed
+    threshold would give every film the same decision and no decision rule could be told apart.
 
     `transform_dir`: reuse an existing transform output (the preprocessing_fn has no analyzers and
     does not depend on the labels, so one transform graph serves every task) and skip Beam.
@@ -170,6 +174,8 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
     model = tiny_keras_model(task_obj, conv=conv)
     fit = model.fit(images, labels, batch_size=8, epochs=2, validation_data=(images, labels), verbose=0)
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    if threshold is None:
+        threshold = halving_threshold(model.predict(images, verbose=0), task_obj)
     metadata = {
         "family": "tiny-test-cnn" if conv else "tiny-test-dense",
         "family_note": "test fixture (serving/testing.py), not a real model",
@@ -183,6 +189,17 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
     export.export_serving_model(model, tft.TFTransformOutput(transform_dir), task_obj, threshold, metadata, model_dir)
     push_copy(model_dir, serving_dir, version)
     return TinyModel(task_obj, data_dir, transform_dir, model_dir, serving_dir, version, threshold, history)
+
+
+def halving_threshold(probabilities, task: features.Task) -> float:
+    """Midway between the middle two distinct P(covid): about half the films are called COVID."""
+    import numpy as np
+
+    scores = np.unique(probabilities[:, 0] if task.is_binary else probabilities[:, task.positive_index])
+    if len(scores) < 2:
+        raise RuntimeError("the tiny model scores every film the same: no threshold splits them")
+    k = len(scores) // 2
+    return float((scores[k - 1] + scores[k]) / 2)
 
 
 _CACHE: dict = {}

@@ -50,6 +50,7 @@ def test_stored_threshold_and_mirror_tta_rows(threshold_check, binary_model, tmp
     data = ev.load_tfrecords(binary_model.data_dir)
     scores = np.asarray(model.predict_examples(data.serialized)["covid_probability"]).ravel()
     covid = data.labels == model.task.positive_index
+    assert 0 < (scores > binary_model.threshold).sum() < len(scores)  # both decisions occur
     stored = result["stored"]
     assert stored["threshold"] == pytest.approx(binary_model.threshold)
     # The export's rule: COVID when the probability is above the stored threshold.
@@ -130,7 +131,9 @@ def test_resample_option_on_a_pipeline_root(threshold_check, binary_model, tmp_p
     root = _fake_root(tmp_path, binary_model)
     assert threshold_check.main([root, "--resample", "4", "--json"]) == 0
     [result] = json.loads(capsys.readouterr().out)
-    assert result["resample"]["deals"] <= 4 and result["resample"]["bars"] == [0.95, 0.9]
+    assert result["resample"]["deals"] == 4 and result["resample"]["bars"] == [0.95, 0.9]
+    for rule in ("sensitivity only", "shared slack"):
+        assert 0.0 <= result["resample"][rule]["both_met"] <= result["resample"][rule]["sensitivity_bar_met"] <= 1.0
     for bad in (["--resample", "-1"], ["--resample", "4", "--bars", "95", "90"], ["--targets", "0.95", "-0.1"]):
         with pytest.raises(SystemExit) as exit_info:
             threshold_check.main([root, *bad])

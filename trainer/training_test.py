@@ -156,15 +156,18 @@ def test_fit_scratch_single_phase_graph_mode():
 
 
 def test_fit_is_seeded():
-    def run():
+    def run(seed, draws):
         hp = M.HParams(family="cnn3", augment=M.AugmentConfig(enabled=True))
         keras.utils.set_random_seed(7)  # same initial weights
         built = M.build_model(hp, S, 2, weights="none")
+        for _ in range(draws):  # moves the global generator, as any code between build and fit may
+            tf.random.uniform([3])
         return T.fit(built, hp, dataset(16, 2), None, epochs=2, steps_per_epoch=2, validation_steps=None,
-                     seed=3, verbose=0, compile_kwargs={"run_eagerly": True})
+                     seed=seed, verbose=0, compile_kwargs={"run_eagerly": True})
 
-    a, b = run(), run()
-    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    a, b, c = run(3, 1), run(3, 5), run(4, 1)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)  # fit's seed decides dropout and augmentation
+    assert not np.allclose(a["loss"], c["loss"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
@@ -353,17 +356,20 @@ def test_phase_one_on_cached_features_runs_the_backbone_once_and_reports_the_mod
 
 
 def test_phase_one_on_cached_features_repeats_and_phase_two_still_runs(pretrained_mobilenet):
-    def run():
+    def run(draws):
         hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=2, early_stopping_patience=10, lr_schedule="none")
         keras.utils.set_random_seed(0)
         built = M.build_model(hp, 32, 2, weights=pretrained_mobilenet)
+        for _ in range(draws):  # moves the global generator: fit's seed must still decide the order
+            tf.random.uniform([3])
         return T.fit(built, hp, lambda: dataset(24, 2, size=32), dataset(16, 2, size=32, seed=1, repeat=False),
                      epochs=3, steps_per_epoch=3, validation_steps=None, fine_tune_epochs=1, seed=0, verbose=0,
                      head_pass=lambda: dataset(24, 2, size=32, repeat=False), compile_kwargs={"run_eagerly": True})
 
-    a, b = run(), run()
+    a, b = run(1), run(5)
     assert a["phase"] == [1, 1, 1, 2]
     np.testing.assert_allclose(a["loss"][:3], b["loss"][:3], rtol=1e-6)
+    assert len(set(np.round(a["loss"][:3], 6))) == 3  # the head really trained: three different epochs
 
 
 def test_backbone_features_keep_labels_weights_and_batch_size_and_are_shared_per_family_and_size(pretrained_mobilenet):
