@@ -6,11 +6,16 @@ ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHEC
 # and a fixed intra-op count (trainer.training.reproducible_thread_env). Set the count to the
 # cores the Tuner and Trainer pods get; runs repeat for one count.
 ENV TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=4 OMP_NUM_THREADS=4
-# training.onednn (off in `full`): TensorFlow would otherwise pick its oneDNN kernels by CPU.
-ENV TF_ENABLE_ONEDNN_OPTS=0
+# training.onednn: `off` (the `full` preset) needs 0; for `on`, build with --build-arg TF_ENABLE_ONEDNN_OPTS=1.
+ARG TF_ENABLE_ONEDNN_OPTS=0
+ENV TF_ENABLE_ONEDNN_OPTS=${TF_ENABLE_ONEDNN_OPTS}
 WORKDIR /pipeline
 COPY requirements.txt constraints.txt setup.py ./
-RUN pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt
+# pyfarmhash 0.3.2 (pinned for tensorflow-data-validation) is a C++ source package on PyPI: compile
+# it, then drop the compiler in the same layer.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt \
+    && apt-get purge -y --auto-remove g++ && rm -rf /var/lib/apt/lists/*
 COPY . /pipeline/src/covid_cxr
 RUN pip install --no-cache-dir --no-deps --ignore-requires-python /pipeline/src/covid_cxr
 # kubeflow_runner.IMAGE_SCHEMA_FILE: the compiled spec imports the reviewed schema from here.

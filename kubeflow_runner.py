@@ -2,9 +2,13 @@
 
     covid-cxr compile --config prod.yaml --image REGISTRY/covid-cxr:TAG --output covid-cxr.json
 
-The JSON is a KFP v2 pipeline spec: upload it to Kubeflow Pipelines (2.x) or submit it to Vertex AI
-(`google.cloud.aiplatform.PipelineJob(template_path=...)`). The container image must have this
-package installed (see Dockerfile); pipeline_root, data_dir and serving_dir should be gs:// paths.
+    covid-cxr compile --image REGISTRY/covid-cxr:TAG --data gs://BUCKET/curated \
+        --pipeline-root gs://BUCKET/root --serving-dir gs://BUCKET/serving --output covid-cxr.json
+
+The JSON is a KFP v2 pipeline spec for Vertex AI Pipelines
+(`google.cloud.aiplatform.PipelineJob(template_path=...)`); see README for open-source Kubeflow.
+The container image must have this package installed (see Dockerfile); the data, the pipeline root
+and the serving directory must be bucket (or other file-system URI) paths the containers can reach.
 """
 from __future__ import annotations
 
@@ -27,15 +31,33 @@ def _on_this_machine(path: str) -> bool:
     return bool(path) and "://" not in path
 
 
+# Paths every container must reach, and the flag that sets each. On the compiling machine's disk they
+# do not exist in the containers, and a push there would vanish with its pod.
+_SHARED_PATHS = (("data", "data_dir", "--data"), ("runtime", "pipeline_root", "--pipeline-root"),
+                 ("runtime", "serving_dir", "--serving-dir"))
+
+
 def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]]:
     """The config with paths that only exist on the compiling machine replaced; plus what changed.
 
-    The schema comes from the image. A local ``model.weights_dir`` (the ``full`` preset's offline
-    copies) is left out: inside the container ``auto`` then downloads ImageNet weights, which a
-    cluster can usually do; a bucket path is kept (weights are read through tf.io.gfile). A local
-    ``model.weights`` file is an error: the container cannot have it and would train without it.
+    The data, the pipeline root and the serving directory must be URIs (gs://...); a local one is an
+    error. The schema comes from the image unless given. A local ``model.weights_dir`` (the ``full``
+    preset's offline copies) is left out: inside the container ``auto`` then downloads ImageNet
+    weights, which a cluster can usually do; a bucket path is kept (weights are read through
+    tf.io.gfile). A local ``model.weights`` file is an error: the container cannot have it and would
+    train without it.
     """
     notes: list[str] = []
+    for section, name, flag in _SHARED_PATHS:
+        value = getattr(getattr(config, section), name)
+        if _on_this_machine(value):
+            raise ConfigError(f"{section}.{name} {value!r} is a path on this machine, which the containers cannot "
+                              f"reach (a push there would vanish with its pod): pass {flag} gs://...")
+    if _on_this_machine(config.data.schema_file):
+        notes.append(f"data.schema_file {config.data.schema_file!r} is read inside the container: the image must "
+                     "hold it at that path (or pass --set data.schema_file=gs://...)")
+    if config.runtime.mysql_host or config.runtime.metadata_path:
+        notes.append("runtime.mysql_* / runtime.metadata_path are not used: Kubeflow and Vertex AI keep ML Metadata themselves")
     if _on_this_machine(config.model.weights) and config.model.weights.lower() not in models.WEIGHT_KEYWORDS:
         raise ConfigError(f"model.weights {config.model.weights!r} is a file on this machine, which the "
                           "containers cannot read: copy it to a bucket and pass --set model.weights=gs://...")
@@ -50,8 +72,8 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     onednn = training.ONEDNN_SETTINGS[config.training.onednn]
     if onednn is not None:
         notes.append(f"training.onednn={config.training.onednn}: the image must set {training.ONEDNN_VARIABLE}={onednn} "
-                     f"(the Dockerfile sets {training.ONEDNN_VARIABLE}=0 for the `full` preset); the Tuner and Trainer "
-                     "refuse to train without it")
+                     f"(docker build --build-arg {training.ONEDNN_VARIABLE}={onednn}; the Dockerfile's default is 0); the "
+                     "Tuner and Trainer refuse to train without it")
     return config, notes
 
 

@@ -40,12 +40,24 @@ def versions(serving_dir: str) -> list[int]:
     return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(serving_dir) if n.rstrip("/").isdigit())
 
 
-def _copy_tree(src: str, dst: str) -> None:
-    for root, _, files in tf.io.gfile.walk(src):
-        target_root = os.path.join(dst, os.path.relpath(root, src))
-        tf.io.gfile.makedirs(target_root)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target_root, name), overwrite=True)
+GRAPH_FILE = "saved_model.pb"
+
+
+def _relative_files(src: str) -> list[str]:
+    """Every file under ``src`` as a "/"-separated relative path, the SavedModel graph last."""
+    files = []
+    for root, _, names in tf.io.gfile.walk(src):
+        rel = os.path.relpath(root, src)
+        # Never "./name": object stores keep "/./" in object names, where TF Serving finds nothing.
+        files.extend(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}" for name in names)
+    return sorted(files, key=lambda f: (f == GRAPH_FILE, f))
+
+
+def _copy_files(src: str, dst: str, files: list[str]) -> None:
+    for rel in files:
+        target = f"{dst.rstrip('/')}/{rel}"
+        tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+        tf.io.gfile.copy(f"{src.rstrip('/')}/{rel}", target, overwrite=True)
 
 
 def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple:
@@ -60,15 +72,27 @@ def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple:
                 if json.load(f).get("fingerprint") == digest:
                     return False, newest, "this model is already the newest served version"
     version = max(int(time.time()), existing[-1] + 1 if existing else 0)
-    final = os.path.join(serving_dir, str(version))
-    staging = os.path.join(serving_dir, f".staging-{version}")  # non-numeric: TF Serving skips it
-    _copy_tree(model_dir, staging)
-    with tf.io.gfile.GFile(os.path.join(staging, model_card.FILE_NAME), "w") as f:
-        f.write(card)
-    with tf.io.gfile.GFile(os.path.join(staging, PUSH_RECORD), "w") as f:
-        f.write(json.dumps(dict(record, fingerprint=digest, version=version), indent=2, sort_keys=True))
-    tf.io.gfile.rename(staging, final)  # TF Serving must never see a half-copied version
+    final = f"{serving_dir.rstrip('/')}/{version}"
+    files = _relative_files(model_dir)
+    if "://" in serving_dir:
+        # A bucket has no atomic directory rename: copy in place, the graph last. A server polling
+        # the bucket sees no loadable version until the graph lands (TF Serving retries failed loads).
+        _copy_files(model_dir, final, files[:-1])
+        _write_card_and_record(final, card, dict(record, fingerprint=digest, version=version))
+        _copy_files(model_dir, final, files[-1:])
+    else:
+        staging = os.path.join(serving_dir, f".staging-{version}")  # non-numeric: TF Serving skips it
+        _copy_files(model_dir, staging, files)
+        _write_card_and_record(staging, card, dict(record, fingerprint=digest, version=version))
+        tf.io.gfile.rename(staging, final)  # atomic on a local disk: never a half-copied version
     return True, final, "pushed"
+
+
+def _write_card_and_record(version_dir: str, card: str, record: dict) -> None:
+    with tf.io.gfile.GFile(f"{version_dir}/{model_card.FILE_NAME}", "w") as f:
+        f.write(card)
+    with tf.io.gfile.GFile(f"{version_dir}/{PUSH_RECORD}", "w") as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True))
 
 
 @tfx.dsl.components.component

@@ -1,6 +1,8 @@
 import json
 import os
 
+import tensorflow as tf
+
 from covid_cxr.components import pusher
 
 
@@ -38,3 +40,22 @@ def test_fingerprint_ignores_location_but_not_content(tmp_path):
     with open(os.path.join(b, "variables", "variables.index"), "wb") as f:
         f.write(b"changed")
     assert pusher.fingerprint(a) != pusher.fingerprint(b)
+
+
+def test_push_to_a_bucket_copies_in_place_with_the_graph_last(tmp_path, monkeypatch):
+    # TensorFlow's in-memory file system stands in for a bucket: like GCS it keeps "/./" in object
+    # names and has no atomic directory rename.
+    serving = f"ram://serving-{os.getpid()}"
+    model = _fake_model(str(tmp_path / "a"))
+    copied = []
+    real_copy = tf.io.gfile.copy
+    monkeypatch.setattr(tf.io.gfile, "copy", lambda src, dst, overwrite=False: (copied.append(dst), real_copy(src, dst, overwrite)))
+    pushed, final, _ = pusher.push(model, serving, "card", {"k": 1})
+    assert pushed and final == f"{serving}/{pusher.versions(serving)[0]}"
+    for name, content in (("saved_model.pb", b"graph"), ("variables/variables.index", b"vars"), ("model_card.md", b"card")):
+        with tf.io.gfile.GFile(f"{final}/{name}", "rb") as f:
+            assert f.read() == content, name
+    assert copied[-1] == f"{final}/saved_model.pb" and not any("/./" in c for c in copied)  # graph last
+    assert tf.io.gfile.listdir(serving) == [os.path.basename(final)]  # no staging directory left
+    again, where, _ = pusher.push(model, serving, "card", {})
+    assert not again and where == final

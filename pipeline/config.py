@@ -118,6 +118,9 @@ class GateConfig:
     # A candidate may not lose more than this much AUC against the latest blessed model
     # (negative: it must *improve* on it by that much).
     max_auc_regression: float = 0.01
+    # The latest blessed model (a TFX Resolver) as the baseline for that AUC check. Off for open-source
+    # Kubeflow Pipelines 2.x, whose backend cannot run Resolver nodes (Vertex AI and LocalDagRunner can).
+    compare_to_baseline: bool = True
     slice_features: list = dataclasses.field(default_factory=lambda: ["source", "view", "sex"])
 
 

@@ -34,12 +34,11 @@ def _lower_bound(value: float) -> list:
 
 def build_eval_config(config) -> tfma.EvalConfig:
     task, gate = config.task, config.gate
+    no_regression = tfma.GenericChangeThreshold(
+        direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -gate.max_auc_regression})
     auc_threshold = _overall_only(tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_auc}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -gate.max_auc_regression},
-        ),
+        change_threshold=no_regression if gate.compare_to_baseline else None,
     ))
     gated = [
         tfma.MetricConfig(class_name="Recall", per_slice_thresholds=_lower_bound(gate.min_sensitivity)),

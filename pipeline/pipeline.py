@@ -76,15 +76,17 @@ def create_components(config: PipelineConfig) -> list:
         hyperparameters = tuner.outputs["best_hyperparameters"]
     trainer = tfx.components.Trainer(run_fn=RUN_FN, hyperparameters=hyperparameters, **trainer_inputs)
 
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    baseline = []
+    if config.gate.compare_to_baseline:
+        baseline = [tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")]
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
+        baseline_model=baseline[0].outputs["model"] if baseline else None,
         eval_config=build_eval_config(config),
         example_splits=[TEST_SPLIT],
     )
@@ -95,7 +97,7 @@ def create_components(config: PipelineConfig) -> list:
         serving_dir=config.runtime.serving_dir,
         gate=json.dumps(config.to_dict()["gate"], sort_keys=True),
     )
-    return components + [trainer, model_resolver, evaluator, pusher]
+    return components + [trainer, *baseline, evaluator, pusher]
 
 
 # TFX's dependency_utils: unless one of these Beam options is set, every Beam component of every

@@ -21,6 +21,23 @@ def test_the_dag_has_every_stage_and_the_tuner_is_optional(tmp_path):
                                                                    "tuner.enabled": "false"}))
 
 
+def test_without_a_baseline_there_is_no_resolver_and_no_auc_regression_bar(tmp_path):
+    def auc_thresholds(config):
+        evaluator = next(c for c in pipeline.create_components(config) if c.id == "Evaluator")
+        eval_config = json.loads(evaluator.exec_properties["eval_config"])
+        return [t["threshold"] for spec in eval_config["metrics_specs"] for m in spec["metrics"]
+                if m["class_name"] == "AUC" for t in m.get("per_slice_thresholds", [])], evaluator
+
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path)})
+    [threshold], evaluator = auc_thresholds(config)
+    assert threshold["change_threshold"]["absolute"] == -0.01 and "baseline_model" in evaluator.inputs
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "gate.compare_to_baseline": "false"})
+    assert "latest_blessed_model_resolver" not in _ids(config)
+    [threshold], evaluator = auc_thresholds(config)
+    assert "change_threshold" not in threshold and "value_threshold" in threshold
+    assert "baseline_model" not in evaluator.inputs
+
+
 def test_beam_runs_in_the_configured_mode():
     config = cfg.load_config("quick", overrides={"runtime.beam_running_mode": "multi_processing",
                                                  "runtime.beam_workers": "2",

@@ -1,19 +1,24 @@
 """`covid-cxr compile`: a KFP v2 spec that a container can actually run."""
 import json
+import re
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from covid_cxr import cli, kubeflow_runner
+from covid_cxr.pipeline import config as cfg
+from covid_cxr.trainer import training
 
 EXPECTED_TASKS = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "SchemaGate",
                   "Transform", "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "VersionedPusher"}
+BUCKETS = ("--data", "gs://bucket/curated", "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving")
 
 
 def _compile(tmp_path, *extra):
     out = tmp_path / "spec.json"
     result = CliRunner().invoke(cli.main, [
-        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(out),
-        "--data", "gs://bucket/curated", "--pipeline-root", "gs://bucket/root", *extra])
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(out), *BUCKETS, *extra])
     assert result.exit_code == 0, result.output
     return json.loads(out.read_text()), out.read_text()
 
@@ -22,8 +27,33 @@ def test_compiled_spec_has_the_whole_dag_on_the_given_image(tmp_path):
     spec, text = _compile(tmp_path)
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     assert EXPECTED_TASKS <= {name.split("-")[0] for name in tasks} | set(tasks), sorted(tasks)
-    assert "registry.example/covid-cxr:1" in text
-    assert "gs://bucket/curated" in text
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    images = {name: e["container"]["image"] for name, e in executors.items() if "container" in e}
+    assert len(images) >= 10 and set(images.values()) == {"registry.example/covid-cxr:1"}, images
+    assert "gs://bucket/curated" in text and "gs://bucket/serving" in text
+
+
+@pytest.mark.parametrize("flag, field", [
+    ("--data", "data.data_dir"), ("--pipeline-root", "runtime.pipeline_root"), ("--serving-dir", "runtime.serving_dir")])
+def test_a_path_on_this_machine_for_data_root_or_serving_is_refused(tmp_path, flag, field):
+    args = list(BUCKETS)
+    args[args.index(flag) + 1] = "out/local"
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1",
+                                           "--output", str(tmp_path / "spec.json"), *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"covid-cxr: error: {field} 'out/local' is a path on this machine, which the "
+                                     f"containers cannot reach (a push there would vanish with its pod): pass {flag} gs://...")
+    assert not (tmp_path / "spec.json").exists()
+
+
+def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS,
+        "--set", "runtime.mysql_host=db.local", "--set", "data.schema_file=/opt/schema.pbtxt"])
+    assert result.exit_code == 0, result.output
+    assert "note: runtime.mysql_* / runtime.metadata_path are not used" in result.output
+    assert "note: data.schema_file '/opt/schema.pbtxt' is read inside the container" in result.output
+    assert "db.local" not in (tmp_path / "spec.json").read_text()
 
 
 def test_schema_is_read_from_the_image_not_from_this_checkout(tmp_path):
@@ -37,8 +67,7 @@ def test_schema_is_read_from_the_image_not_from_this_checkout(tmp_path):
 def test_offline_weights_on_this_machine_are_left_out_of_the_spec_with_a_note(tmp_path):
     local = str(tmp_path / "weights")
     result = CliRunner().invoke(cli.main, [
-        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
-        "--data", "gs://bucket/curated", "--set", f"model.weights_dir={local}"])
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS, "--set", f"model.weights_dir={local}"])
     assert result.exit_code == 0, result.output
     assert f"note: model.weights_dir {local!r} is on this machine" in result.output
     assert local not in (tmp_path / "spec.json").read_text()
@@ -48,8 +77,7 @@ def test_offline_weights_on_this_machine_are_left_out_of_the_spec_with_a_note(tm
 
 def test_a_weights_file_on_this_machine_is_refused_in_one_line(tmp_path):
     result = CliRunner().invoke(cli.main, [
-        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
-        "--data", "gs://bucket/curated", "--set", "model.weights=/home/me/mobilenet.h5"])
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS, "--set", "model.weights=/home/me/mobilenet.h5"])
     assert result.exit_code == 2, result.output
     assert "model.weights '/home/me/mobilenet.h5' is a file on this machine" in result.output
     assert not (tmp_path / "spec.json").exists()
@@ -58,11 +86,59 @@ def test_a_weights_file_on_this_machine_is_refused_in_one_line(tmp_path):
 def test_a_pinned_onednn_setting_tells_which_variable_the_image_must_set(tmp_path):
     for setting, value in (("on", "1"), ("off", "0")):
         result = CliRunner().invoke(cli.main, [
-            "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
-            "--data", "gs://bucket/curated", "--set", f"training.onednn={setting}"])
+            "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS, "--set", f"training.onednn={setting}"])
         assert result.exit_code == 0, result.output
         assert f"note: training.onednn={setting}: the image must set TF_ENABLE_ONEDNN_OPTS={value} " in result.output
     result = CliRunner().invoke(cli.main, [
-        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"),
-        "--data", "gs://bucket/curated", "--set", "training.onednn=auto"])
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS, "--set", "training.onednn=auto"])
     assert result.exit_code == 0 and "note: training.onednn" not in result.output, result.output
+
+
+def _dockerfile_env() -> dict:
+    """ENV values the Dockerfile sets (an ARG's default stands in for ${ARG})."""
+    args, env = {}, {}
+    text = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    for line in text.splitlines():
+        keyword, _, rest = line.partition(" ")
+        for pair in rest.split() if keyword in ("ARG", "ENV") else []:
+            name, _, value = pair.partition("=")
+            value = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+            (args if keyword == "ARG" else env)[name] = value
+    return env
+
+
+def test_the_image_starts_tensorflow_as_the_full_preset_requires():
+    env = _dockerfile_env()
+    train = cfg.load_config("full").training
+    wanted = training.process_env(train.reproducible, train.onednn)
+    assert env["TF_USE_LEGACY_KERAS"] == "1"
+    assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"]  # the count is the pods' cores, not this machine's
+    for name, value in wanted.items():
+        assert env[name] == (env["TF_NUM_INTRAOP_THREADS"] if name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
+                             else value), name
+
+
+def _patterns(path: Path) -> set:
+    """An ignore file's patterns, anchoring and "**/" dropped ("/out/" and "out" ignore the same here)."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return {line.removeprefix("**/").strip("/") for line in lines if line and not line.startswith("#")}
+
+
+def test_local_runs_and_reports_stay_out_of_the_image():
+    root = Path(__file__).parent.parent
+    ignored = _patterns(root / ".dockerignore")
+    assert _patterns(root / ".gitignore") <= ignored  # runs/ holds curated films and models
+    assert ".git" in ignored
+
+
+def test_open_source_kubeflow_gets_a_spec_without_resolver_nodes(tmp_path):
+    # Vertex AI runs TFX Resolver nodes; the open-source KFP 2.x backend does not.
+    def resolvers(spec):
+        return [name for name, e in spec["pipelineSpec"]["deploymentSpec"]["executors"].items() if "resolver" in e]
+
+    spec, _ = _compile(tmp_path)
+    assert len(resolvers(spec)) == 2
+    spec, _ = _compile(tmp_path, "--set", "gate.compare_to_baseline=false")
+    assert resolvers(spec) == [] and "latest_blessed_model_resolver" not in json.dumps(spec)
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert EXPECTED_TASKS - {"latest_blessed_model_resolver"} <= {name.split("-")[0] for name in tasks} | set(tasks)
