@@ -233,7 +233,7 @@ def curate(
 
 def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
     """Every candidate of every source (priority order), with its task class or rejection reason."""
-    items = [_Item(i, c) for i, c in enumerate(c for s in source_objs for c in s.candidates())]
+    items = [_Item(i, c) for i, c in enumerate(c for s in source_objs for c in s.every_candidate())]
     for it in items:
         c = it.candidate
         if c.reject is not None:

@@ -70,6 +70,22 @@ class Source(abc.ABC):
     def candidates(self) -> Iterator[Candidate]:
         """Every input of the collection, in a deterministic order."""
 
+    def not_an_input(self, path: str) -> bool:
+        """True for image files the layout holds that are not films (e.g. lung masks)."""
+        return False
+
+    def every_candidate(self) -> Iterator[Candidate]:
+        """:meth:`candidates`, then every other image file under ``root`` as rejected: a file the
+        layout does not expect (a stray image, a second copy) is recorded, never silently left out."""
+        seen = set()
+        for candidate in self.candidates():
+            if candidate.path:
+                seen.add(os.path.abspath(candidate.path))
+            yield candidate
+        for path in list_files(self.root):
+            if os.path.abspath(path) not in seen and is_image_file(path) and not self.not_an_input(path):
+                yield Candidate(self.name, self.ref(path), path, reject=f"outside the layout: expected {self.layout}")
+
     # helpers for adapters
     def ref(self, path: str) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")

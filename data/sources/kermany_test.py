@@ -27,14 +27,18 @@ def test_layout_and_labels(tmp_path):
     testing.write_image(root / "val" / "PNEUMONIA" / "odd.jpeg", testing.radiograph(4))
     testing.write_image(root / "train" / "OTHER" / "x.jpeg", testing.radiograph(5))
     (root / "train" / "NORMAL" / "notes.txt").write_text("hi")
-    got = {c.source_ref: c for c in KermanySource(str(root)).candidates()}
+    testing.write_image(root / "train" / "stray.jpeg", testing.radiograph(6))  # in a split, no class folder
+    testing.write_image(root / "loose.jpeg", testing.radiograph(7))
+    got = {c.source_ref: c for c in KermanySource(str(root)).every_candidate()}
     assert got["train/NORMAL/IM-0001-0001.jpeg"].finding == "normal"
     assert got["train/NORMAL/IM-0001-0001.jpeg"].patient_id == got["test/NORMAL/IM-0001-0002.jpeg"].patient_id == "IM-0001"
     assert (got["train/PNEUMONIA/person7_virus_9.jpeg"].finding, got["train/PNEUMONIA/person7_virus_9.jpeg"].patient_id) == ("pneumonia", "person7")
     assert got["val/PNEUMONIA/odd.jpeg"].patient_id == "odd"  # unparseable: own id, not dropped
     assert got["train/OTHER/x.jpeg"].reject == "unknown folder: train/OTHER"
     assert got["train/NORMAL/notes.txt"].reject == "not an image file: .txt"
-    assert len(got) == 6
+    for ref in ("train/stray.jpeg", "loose.jpeg"):  # recorded, not silently left out
+        assert got[ref].reject == f"outside the layout: expected {KermanySource.layout}"
+    assert len(got) == 8
 
 
 def test_kaggle_zip_extra_level_and_layout_error(tmp_path):

@@ -44,3 +44,6 @@ class RadiographySource(Source):
             for path in list_files(directory):
                 # No patient ids: the file is its own patient (patient_id=ref).
                 yield file_candidate(self, path, finding, reject, patient_id=self.ref(path))
+
+    def not_an_input(self, path: str) -> bool:
+        return "masks" in self.ref(path).split("/")[:-1]

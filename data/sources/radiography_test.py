@@ -13,16 +13,21 @@ def test_class_folders(tmp_path):
     testing.write_image(root / "Lung_Opacity" / "images" / "Lung_Opacity-1.png", testing.radiograph(4))
     testing.write_image(root / "Lung_Opacity" / "masks" / "Lung_Opacity-1.png", testing.radiograph(5))
     testing.write_image(root / "Misc" / "m.png", testing.radiograph(6))
+    testing.write_image(root / "top.png", testing.radiograph(7))  # outside every class folder
+    testing.write_image(root / "Lung_Opacity" / "beside.png", testing.radiograph(8))  # beside images/: not read
     (root / "COVID.metadata.xlsx").write_bytes(b"xlsx")
-    got = {c.source_ref: c for c in RadiographySource(str(root)).candidates()}
+    got = {c.source_ref: c for c in RadiographySource(str(root)).every_candidate()}
     assert {k: (c.finding, c.reject) for k, c in got.items()} == {
         "COVID/COVID-1.png": ("covid", None),
         "Normal/Normal-1.png": ("normal", None),
         "Viral Pneumonia/Viral Pneumonia-1.png": ("pneumonia", None),
         "Lung_Opacity/images/Lung_Opacity-1.png": ("other_opacity", None),
         "Misc/m.png": (None, "unknown class folder: Misc"),
+        # recorded, not silently left out; the lung masks are not films and are not listed
+        "Lung_Opacity/beside.png": (None, f"outside the layout: expected {RadiographySource.layout}"),
+        "top.png": (None, f"outside the layout: expected {RadiographySource.layout}"),
     }
-    assert len({c.patient_id for c in got.values()}) == 5  # each file its own patient
+    assert len({c.patient_id for c in got.values() if c.patient_id}) == 5  # each file its own patient
 
 
 def test_layout_error(tmp_path):

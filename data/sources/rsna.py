@@ -61,7 +61,15 @@ class RsnaSource(Source):
     def candidates(self) -> Iterator[Candidate]:
         targets = self._read(LABELS, "Target")
         classes = self._read(CLASSES, "class")
-        files = {os.path.splitext(os.path.basename(p))[0]: p for p in list_files(os.path.join(self.root, IMAGES))}
+        images_dir = os.path.join(self.root, IMAGES)
+        files: dict[str, str] = {}
+        for path in list_files(images_dir):
+            stem, ext = os.path.splitext(os.path.basename(path))
+            if os.path.dirname(path) == images_dir and ext.lower() == ".dcm" and stem not in files:
+                files[stem] = path
+            else:  # a copy in a subfolder, another format: named by the raw id too, so pseudonymized
+                yield Candidate(self.name, self.ref(path), path, patient_id=stem, ref_has_patient_id=True,
+                                reject=f"not an RSNA image file: expected {IMAGES}/<patientId>.dcm")
         for pid in sorted(set(targets) | set(files)):
             path = files.get(pid)
             ref = self.ref(path) if path else f"{IMAGES}/{pid}.dcm"

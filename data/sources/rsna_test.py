@@ -40,3 +40,18 @@ def test_real_rsna_counts():
     assert len(cands) == 200 and not [c for c in cands if c.reject]
     assert sum(c.finding == "pneumonia" for c in cands) == 100
     assert sum(c.finding == "normal" for c in cands) == 100
+
+
+def test_a_copy_or_another_format_of_a_patients_film_is_rejected_not_lost(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
+    images = root / "stage_2_train_images"
+    testing.write_image(images / "aaa-1.png", testing.radiograph(2))  # sorted after aaa-1.dcm: used to replace it
+    testing.write_dicom(images / "sub" / "aaa-1.dcm", testing.radiograph(3))
+    testing.write_image(tmp_path / "rsna" / "stray.png", testing.radiograph(4))  # outside the layout
+    got = {c.source_ref: c for c in RsnaSource(str(root)).every_candidate()}
+    assert got["stage_2_train_images/aaa-1.dcm"].finding == "pneumonia"
+    for ref in ("stage_2_train_images/aaa-1.png", "stage_2_train_images/sub/aaa-1.dcm"):
+        assert got[ref].reject.startswith("not an RSNA image file") and got[ref].ref_has_patient_id, ref
+        assert got[ref].patient_id == "aaa-1"  # so curation writes the pseudonym in place of the raw id
+    assert got["stray.png"].reject.startswith("outside the layout: expected the RSNA")
+    assert len(got) == 4
