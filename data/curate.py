@@ -261,11 +261,8 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
         it.raw_patient = it.raw_patient or header.patient_id
         it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
         it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
-        if header.modality in dicom.NON_RADIOGRAPH_MODALITIES:
-            it.reject = f"not an X-ray: {header.modality}"
-        elif header.view in (dicom.LATERAL, "oblique"):
-            it.reject = f"{header.view} view: DICOM ViewPosition"
-        elif it.view == features.UNKNOWN and header.view in features.VIEWS:
+        it.reject = header.refusal()
+        if it.reject is None and it.view == features.UNKNOWN and header.view in features.VIEWS:
             it.view = header.view
     for it in todo:
         if not it.raw_patient:

@@ -57,6 +57,15 @@ class Header:
     modality: str = ""
     patient_id: str = dataclasses.field(default="", repr=False)  # raw PatientID: never written/logged
 
+    def refusal(self) -> Optional[str]:
+        """Why a frontal chest-film model must not take this DICOM (curation, predict and evaluate
+        alike), or None: another modality, or a lateral / oblique view."""
+        if self.modality in dicom.NON_RADIOGRAPH_MODALITIES:
+            return f"not an X-ray: {self.modality}"
+        if self.view in (dicom.LATERAL, "oblique"):
+            return f"{self.view} view: DICOM ViewPosition"
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Processed:

@@ -238,6 +238,10 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         except images.ImageError as e:
             skipped.append({"file": shown, "reason": f"unreadable image: {e}"})
             continue
+        refusal = processed.header.refusal() if processed.header is not None else None
+        if refusal:  # as curation: the model was never meant to see it
+            skipped.append({"file": shown, "reason": refusal})
+            continue
         encoded.append(processed.png)
         labels.append(task.classes.index(cls))
         patient = processed.header.patient_id if processed.header is not None else ""

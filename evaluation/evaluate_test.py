@@ -179,11 +179,13 @@ def test_dicom_file_and_folder_names_never_reach_the_report(binary_model, tmp_pa
         pixels = np.asarray(Image.open(io.BytesIO(feats["image"].bytes_list.value[0])))
         data_testing.write_dicom(folder / f"MRN-88{i}.dcm", pixels, patient_id=f"MRN-88{i}")
     (root / "COVID" / "MRN-889.dcm").write_bytes(b"not a dicom")  # unreadable: listed as skipped
+    data_testing.write_dicom(root / "Normal" / "MRN-890.dcm", data_testing.radiograph(3), modality="CT")  # refused
     out = tmp_path / "report"
     result = _run(["--model", binary_model.serving_dir, "--data", str(root), "--out", str(out), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["n"] == 6 and report["data"]["skipped"] == 1
+    assert report["n"] == 6 and report["data"]["skipped"] == 2
+    assert sorted(s["reason"].split(":")[0] for s in report["data"]["skipped_files"]) == ["not an X-ray", "unreadable image"]
     shown = [e["ref"] for e in report["errors"]["listed"]] + [s["file"] for s in report["data"]["skipped_files"]]
     assert len(shown) >= 2 and all(re.fullmatch(re.escape(str(root)) + r"/(COVID|Normal)/[0-9a-f]{16}\.dcm", ref) for ref in shown), shown
     for name in ("report.json", "report.html", "model_card.md"):

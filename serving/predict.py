@@ -237,14 +237,19 @@ class Preparation:
 
 
 def prepare(path: str, preparation: Preparation = Preparation()) -> bytes:
-    """One input file -> the PNG bytes curation would have stored. Raises images.ImageError."""
+    """One input file -> the PNG bytes curation would have stored. Raises images.ImageError, also for
+    a DICOM that curation would refuse (another modality, a lateral view): the model never saw one."""
     try:
-        return images.process(path, max_side=preparation.max_side, crop=preparation.crop,
-                              equalization=preparation.equalization).png
+        processed = images.process(path, max_side=preparation.max_side, crop=preparation.crop,
+                                   equalization=preparation.equalization)
     except images.ImageError:
         raise
     except (OSError, ValueError, MemoryError) as e:
         raise images.ImageError(f"cannot read image ({type(e).__name__})") from None
+    refusal = processed.header.refusal() if processed.header is not None else None
+    if refusal:
+        raise images.ImageError(f"refused as curation refuses it: {refusal}")
+    return processed.png
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,6 +157,21 @@ def test_three_class_table_names_the_decision_the_model_serves(three_class_model
     assert "task three-class, no COVID threshold: label = most probable class)" in result.output
 
 
+def test_a_film_curation_refuses_is_refused_not_scored(binary_model, tmp_path):
+    """A CT slice or a lateral film would get a confident COVID probability from a frontal-film model."""
+    film = data_testing.radiograph(5)
+    paths = [str(data_testing.write_dicom(tmp_path / "ct.dcm", film, modality="CT")),
+             str(data_testing.write_dicom(tmp_path / "lateral.dcm", film, view="LL")),
+             str(data_testing.write_dicom(tmp_path / "pa.dcm", film))]
+    result = _run(["--model", binary_model.serving_dir, "--json", *paths])
+    assert result.exit_code == 1
+    out = json.loads(result.output)
+    assert [p["file"] for p in out["predictions"]] == [paths[2]]
+    assert {os.path.basename(e["file"]): e["error"] for e in out["errors"]} == {
+        "ct.dcm": "refused as curation refuses it: not an X-ray: CT",
+        "lateral.dcm": "refused as curation refuses it: lateral view: DICOM ViewPosition"}
+
+
 def test_unreadable_inputs_are_reported_per_file(binary_model, tmp_path):
     good = _write_pngs(binary_model, str(tmp_path / "in"), n=1)[0]
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
