@@ -23,6 +23,7 @@ AGE = "age"  # whole years, -1 when unknown, 90 for any age over 89 (dicom.repor
 
 UNKNOWN = "unknown"
 UNKNOWN_AGE = -1
+SLICE_FEATURES = (SOURCE, VIEW, SEX)  # the categorical record features reports and the gate slice by
 SEXES = ("M", "F", UNKNOWN)
 VIEWS = ("PA", "AP", "AP Supine", UNKNOWN)
 

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Optional
 
 import tensorflow as tf
 
-from covid_cxr.data import features
+from covid_cxr.data import features, jsonfile
 
 MANIFEST_FIELDS = ("source", "source_ref", "label", "label_index", "patient_id", "group", "view", "sex", "age", "hash", "note")
 REJECTED_FIELDS = ("source", "source_ref", "reason")
@@ -124,4 +124,4 @@ def read_summary(data_dir: str) -> dict:
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path!r} is missing: {data_dir!r} was not written by covid-cxr curate")
     with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+        return jsonfile.load_object(f, path, "curation summary")

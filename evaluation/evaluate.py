@@ -51,12 +51,13 @@ import dataclasses
 import glob
 import json
 import os
+import re
 from typing import Mapping, Optional, Sequence
 
 import click
 import numpy as np
 
-from covid_cxr.data import dicom, features, images, pseudonym
+from covid_cxr.data import dicom, features, images, jsonfile, pseudonym
 from covid_cxr.evaluation import errors, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict
 
@@ -143,15 +144,10 @@ def load_tfrecords(data_dir: str) -> EvalData:
     import tensorflow as tf
 
     files = _tfrecord_files(data_dir)
-    task_name = None
-    summary_path = os.path.join(data_dir, features.SUMMARY)
-    if os.path.isfile(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            task_name = json.load(f).get("task")
+    task_name = (_curation_summary(data_dir) or {}).get("task")
     serialized, encoded, labels, groups, refs = [], [], [], [], []
     slices: dict = {k: [] for k in SLICE_KEYS}
-    for i, record in enumerate(tf.data.TFRecordDataset(files, compression_type="GZIP")):
-        raw = record.numpy()
+    for i, raw in enumerate(_records(files)):
         feats = tf.train.Example.FromString(raw).features.feature
 
         def text(name, default=""):
@@ -173,6 +169,20 @@ def load_tfrecords(data_dir: str) -> EvalData:
     slices = {k: v for k, v in slices.items() if any(x != features.UNKNOWN for x in v)}
     return EvalData(data_dir, "tfrecords", task_name, encoded, np.asarray(labels, np.int64), groups, refs,
                     slices, serialized=serialized)
+
+
+def _records(files: Sequence[str]):
+    """The serialized records of gzip TFRecord ``files``, in order; a damaged file is named."""
+    import tensorflow as tf
+
+    for path in files:
+        try:
+            for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                yield record.numpy()
+        except tf.errors.OpError as e:  # truncated, not gzip, not TFRecords
+            # TensorFlow's message without its "{{function_node ...}}" prefix and "[Op:...]" suffix
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or "").split("\n")[0].strip(" '") or type(e).__name__
+            raise ValueError(f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None
 
 
 def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]]) -> tuple[Optional[str], int]:
@@ -209,6 +219,15 @@ def _keyed_pseudonyms():
         return pseudonym.pseudonymize(key[0], kind, raw)
 
     return keyed
+
+
+def _curation_summary(data_dir: str) -> Optional[dict]:
+    """The summary.json of a curated directory, None when it has none (TFRecords from elsewhere)."""
+    path = os.path.join(data_dir, features.SUMMARY)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return jsonfile.load_object(f, path, "curation summary")
 
 
 def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str, str]] = None,
@@ -624,12 +643,10 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
     A curated directory holds every split; the figures on it mix in training and validation images
     and overstate the model. The pipeline's held-out split is ExampleGen's `Split-test`.
     """
-    summary_path = os.path.join(data_dir, features.SUMMARY)
     trained_on = (model.metadata or {}).get("data_summary") or {}
-    if not trained_on or not os.path.isfile(summary_path):
+    summary = _curation_summary(data_dir)
+    if not trained_on or summary is None:
         return None
-    with open(summary_path, encoding="utf-8") as f:
-        summary = json.load(f)
     keys = ("task", "accepted", "per_source_class")
     if any(summary.get(k) != trained_on.get(k) for k in keys):
         return None

@@ -2,7 +2,9 @@
 import io
 import json
 import os
+import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
+from covid_cxr import cli
 from covid_cxr.data import features
 from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
@@ -149,6 +152,20 @@ def test_evaluate_class_folders(binary_model, tmp_path):
     assert report["errors"]["n"] == by_records["errors"]["n"] and listed
     assert all(os.path.isfile(e["ref"]) and "group" not in e for e in listed)
     assert all("group" in e for e in by_records["errors"]["listed"])
+
+
+def test_a_damaged_record_file_or_summary_is_named_in_one_line(binary_model, tmp_path):
+    data = shutil.copytree(binary_model.data_dir, tmp_path / "data")
+    shard = sorted(data.glob(features.TFRECORD_PATTERN))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", str(data)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{shard}: not a readable gzip TFRecord file (DataLossError: " in result.output
+    shutil.copy(sorted(pathlib.Path(binary_model.data_dir).glob(features.TFRECORD_PATTERN))[0], shard)
+    (data / features.SUMMARY).write_text("[1]")
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", str(data)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{data / features.SUMMARY}: not a curation summary (a JSON list where an object belongs)" in result.output
 
 
 def test_class_map_option(binary_model, tmp_path):

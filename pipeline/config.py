@@ -172,8 +172,6 @@ class PipelineConfig:
         runtime.pipeline_name = runtime.pipeline_name or f"covid-cxr-{task}"
         runtime.pipeline_root = runtime.pipeline_root or os.path.join("out", task, "root")
         runtime.serving_dir = runtime.serving_dir or os.path.join("out", task, "serving")
-        if self.model.image_size < 16:
-            raise ConfigError(f"model.image_size must be at least 16, got {self.model.image_size}")
         if not 0.0 <= self.model.augment_contrast < 1.0 or not 0.0 <= self.model.augment_gamma <= 1.0:
             raise ConfigError(f"model.augment_contrast must be in [0, 1) and model.augment_gamma in [0, 1], got "
                               f"{self.model.augment_contrast} and {self.model.augment_gamma}")
@@ -184,8 +182,7 @@ class PipelineConfig:
         for name in ("learning_rates", "dropouts", "dense_units", "fine_tune_layers", "fine_tune_lr_factors"):
             if not getattr(self.tuner, name):
                 raise ConfigError(f"tuner.{name} must list at least one value")
-        if not all(0.0 < float(f) <= 1.0 for f in self.tuner.fine_tune_lr_factors):
-            raise ConfigError(f"tuner.fine_tune_lr_factors must lie in (0, 1], got {self.tuner.fine_tune_lr_factors}")
+        self._validate_ranges()
         if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
             raise ConfigError("data.*_buckets must all be at least 1")
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
@@ -207,6 +204,36 @@ class PipelineConfig:
                 raise ConfigError("training.reproducible needs runtime.beam_workers=1 (with more workers "
                                   f"the examples' order varies run to run), got {self.runtime.beam_workers}")
         return self
+
+    def _validate_ranges(self) -> None:
+        """Counts, rates and names a run would otherwise fail on minutes in, or silently ignore."""
+        from covid_cxr.trainer import models  # the family registry; TensorFlow is loaded already
+
+        t, tuner, size = self.training, self.tuner, self.model.image_size
+        _in_range("model.image_size", size, 16, 1024, integer=True)
+        _in_range("training.batch_size", t.batch_size, 1, None, integer=True)
+        _in_range("training.epochs", t.epochs, 1, None, integer=True)
+        _in_range("training.fine_tune_epochs", t.fine_tune_epochs, 0, None, integer=True)
+        _in_range("training.early_stopping_patience", t.early_stopping_patience, 0, None, integer=True)
+        _in_range("tuner.trials", tuner.trials, 1, None, integer=True)
+        _in_range("tuner.epochs", tuner.epochs, 1, None, integer=True)
+        _in_range("tuner.learning_rates", tuner.learning_rates, 1e-8, 1.0)
+        _in_range("tuner.dropouts", tuner.dropouts, 0.0, 0.95)
+        _in_range("tuner.dense_units", tuner.dense_units, 0, None, integer=True)
+        _in_range("tuner.fine_tune_layers", tuner.fine_tune_layers, 0, None, integer=True)
+        _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 1e-6, 1.0)
+        _in_range("tuner.image_sizes", tuner.image_sizes, 16, size, integer=True)  # models resize down only
+        _in_range("runtime.beam_workers", self.runtime.beam_workers, 0, None, integer=True)
+        for name in ("families", "ensemble_with"):
+            unknown = [f for f in getattr(self.model, name) if f not in models.FAMILIES]
+            if unknown:
+                raise ConfigError(f"model.{name}: unknown family {unknown[0]!r}; choose from {', '.join(models.FAMILIES)}")
+        if self.model.fallback not in (*models.FALLBACK_CHOICES, *models.FAMILIES):
+            raise ConfigError(f"model.fallback must be none, error or a family name, got {self.model.fallback!r}")
+        unsliceable = [f for f in self.gate.slice_features if f not in features.SLICE_FEATURES]
+        if unsliceable:
+            raise ConfigError(f"gate.slice_features: {unsliceable[0]!r} is not a record feature to slice by; "
+                              f"choose from {', '.join(features.SLICE_FEATURES)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -309,6 +336,21 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     except (TypeError, ValueError, yaml.YAMLError):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
     return value
+
+
+def _in_range(name: str, values: Any, low: float, high: Optional[float], integer: bool = False) -> None:
+    """ConfigError naming the field unless the value (or every listed value) is a number in
+    [low, high], whole if ``integer``."""
+    listed = isinstance(values, list)
+    for value in values if listed else [values]:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or (integer and number != int(number)) or number < low or (high is not None and number > high):
+            kind = ("whole numbers" if listed else "a whole number") if integer else ("numbers" if listed else "a number")
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(f"{name} must be {kind} {bounds}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, str]:

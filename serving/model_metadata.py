@@ -8,9 +8,10 @@ for local paths, so those commands can describe a model before (or without) load
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Mapping
+
+from covid_cxr.data import jsonfile
 
 ASSET = "covid_cxr.json"
 # ``decision_rule`` of a three-class model that serves "COVID when P(covid) > threshold, else the more
@@ -37,10 +38,7 @@ def read(model_dir: str) -> dict:
     if not exists(path):
         return {}
     with opener(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:  # a hand-edited or truncated file: say which, not just where in it
-            raise ValueError(f"{path}: not a covid-cxr metadata file (invalid JSON: {e})") from e
+        return jsonfile.load_object(f, path, "covid-cxr metadata file")
 
 
 def threshold_applies(metadata: Mapping) -> bool:

@@ -20,6 +20,9 @@ def test_reads_the_asset_locally_and_through_tensorflow_file_systems(tmp_path):
     (local / "assets" / model_metadata.ASSET).write_text("{truncated")
     with pytest.raises(ValueError, match=r"assets/covid_cxr.json: not a covid-cxr metadata file \(invalid JSON"):
         model_metadata.read(str(local))
+    (local / "assets" / model_metadata.ASSET).write_text("[1, 2, 3]")  # JSON, but not the object it must be
+    with pytest.raises(ValueError, match=r"covid_cxr.json: not a covid-cxr metadata file \(a JSON list where an object"):
+        model_metadata.read(str(local))
     (local / "assets" / model_metadata.ASSET).write_text(json.dumps(stored))
 
     remote = "ram://covid_cxr_metadata_test/model"  # TensorFlow's in-memory file system stands in for gs://

@@ -167,6 +167,9 @@ def load_model(path: str) -> ServingModel:
     task = features.TASKS.get(str(metadata.get("task", "")))
     classes = tuple(metadata.get("classes") or (task.classes if task else ()))
     threshold = metadata.get("threshold") if model_metadata.threshold_applies(metadata) else None
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ModelNotFound(f"{model_metadata.asset_path(model_dir)}: the stored threshold {threshold!r} is not a "
+                            "number", param_hint="--model")
     return ServingModel(model_dir, version, metadata, classes, task,
                         float(threshold) if threshold is not None else None, loaded)
 
@@ -229,11 +232,13 @@ class Preparation:
         """
         settings = dict((metadata.get("data_summary") or {}).get("settings") or {})
         settings.update(metadata.get("curation") or {})
-        return cls(
-            max_side=int(max_side or settings.get("max_side") or images.DEFAULT_MAX_SIDE),
-            crop=bool(settings.get("crop", True)),
-            equalization=str(equalization or settings.get("equalize") or settings.get("equalization") or "none"),
-        )
+        side = max_side or settings.get("max_side") or images.DEFAULT_MAX_SIDE
+        equalization = str(equalization or settings.get("equalize") or settings.get("equalization") or "none")
+        if not str(side).isdigit() or int(side) < images.MIN_SIDE or equalization not in images.EQUALIZE_MODES:
+            # A hand-edited asset: every image would otherwise fail with an unrelated-looking error.
+            raise ValueError(f"the model's metadata records curation settings that cannot be repeated "
+                             f"(max_side {side!r}, equalize {equalization!r})")
+        return cls(max_side=int(side), crop=bool(settings.get("crop", True)), equalization=equalization)
 
 
 def prepare(path: str, preparation: Preparation = Preparation()) -> bytes:

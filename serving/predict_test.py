@@ -1,6 +1,7 @@
 """`covid-cxr predict` and the exported SavedModel's signatures, on a real (tiny) exported model."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
+from covid_cxr import cli
 from covid_cxr.data import dicom, images
 from covid_cxr.data import testing as data_testing
 from covid_cxr.serving import explain, predict, testing
@@ -106,6 +108,16 @@ def test_model_resolution(binary_model, tmp_path):
         predict.resolve_model_dir(str(tmp_path / "missing"))
     with pytest.raises(predict.ModelNotFound):
         predict.resolve_model_dir(str(tmp_path))
+
+
+def test_a_stored_threshold_that_is_not_a_number_is_named(binary_model, tmp_path):
+    copy = shutil.copytree(binary_model.model_dir, tmp_path / "m")
+    asset = copy / "assets" / "covid_cxr.json"
+    asset.write_text(json.dumps(dict(json.loads(asset.read_text()), threshold="high")))
+    result = CliRunner().invoke(cli.main, ["predict", "--model", str(copy), *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
+    assert result.exit_code == 2
+    assert "covid_cxr.json: the stored threshold 'high' is not a number" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_newest_version_is_used(binary_model, tmp_path):
@@ -283,6 +295,9 @@ def test_real_monochrome1_sample_is_read_as_monochrome1(binary_model, tmp_path):
 
 def test_preparation_follows_the_curation_settings_in_the_metadata():
     assert predict.Preparation.from_metadata({}) == predict.Preparation(512, True, "none")
+    for bad in ({"equalize": "bogus"}, {"max_side": "big"}, {"max_side": 4}):
+        with pytest.raises(ValueError, match="curation settings that cannot be repeated"):
+            predict.Preparation.from_metadata({"curation": bad})
     summary = {"data_summary": {"settings": {"max_side": 256, "crop": False, "equalize": "clahe"}}}
     assert predict.Preparation.from_metadata(summary) == predict.Preparation(256, False, "clahe")
     assert predict.Preparation.from_metadata(summary, max_side=300, equalization="none") == \
