@@ -326,6 +326,12 @@ def test_cli_prints_a_summary(corpus, tmp_path):
     assert "near-duplicates rejected: 2 (within a source 1, across sources 1)" in text
     assert "lateral view" in text and "balance cap" in text
     assert json.loads((out / "summary.json").read_text())["settings"]["equalize"] == "hist"
+    assert "warning" not in text
+    # A source with nothing the task can use: curated, but said plainly.
+    result = CliRunner().invoke(curate_command, ["--source", f"kermany={corpus['kermany']}", "--task", "covid-vs-normal",
+                                                 "--out", str(tmp_path / "no-covid"), "--key", KEY])
+    assert result.exit_code == 0, result.output
+    assert "covid-cxr: warning: no accepted image of class covid: this directory cannot train or evaluate" in result.output
 
 
 # ---- real corpus ------------------------------------------------------------------------------

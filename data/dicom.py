@@ -124,17 +124,21 @@ def read_dicom(path: str) -> DicomImage:
 
 
 def _read_dicom(path: str) -> DicomImage:
+    forced = False
     try:
         ds = pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError:
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds, forced = pydicom.dcmread(path, force=True), True  # files without the DICM preamble exist
         except Exception as e:  # noqa: BLE001 - any parse failure is "not DICOM"
             raise DicomError(f"not a DICOM file ({type(e).__name__})") from None
     except Exception as e:  # noqa: BLE001
         raise DicomError(f"cannot parse DICOM ({type(e).__name__})") from None
     if "PixelData" not in ds:
-        raise DicomError("DICOM has no pixel data")
+        # A forced read parses any bytes into a few bogus elements: without the preamble and pixels,
+        # it was no DICOM file (or one cut short).
+        raise DicomError("not a DICOM file, or one cut short (no preamble, no pixel data)" if forced
+                         else "DICOM has no pixel data")
     patient_id = str(ds.get("PatientID", "") or "").strip()
     modality = str(ds.get("Modality", "") or "").strip().upper()
     try:

@@ -133,6 +133,17 @@ def test_multiframe_is_rejected(tmp_path):
         dicom.read_dicom(str(tmp_path / "mf.dcm"))
 
 
+def test_a_text_file_named_dcm_is_not_a_dicom_file_and_a_header_only_one_has_no_pixels(tmp_path):
+    (tmp_path / "notes.dcm").write_text("patient notes, not an image\n" * 20)
+    with pytest.raises(dicom.DicomError, match=r"^not a DICOM file, or one cut short"):
+        dicom.read_dicom(str(tmp_path / "notes.dcm"))
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(8)))
+    del ds.PixelData
+    ds.save_as(tmp_path / "header-only.dcm")
+    with pytest.raises(dicom.DicomError, match="^DICOM has no pixel data$"):
+        dicom.read_dicom(str(tmp_path / "header-only.dcm"))
+
+
 realdata = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
 
 

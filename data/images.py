@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import warnings
 from typing import Optional
 
@@ -35,6 +36,8 @@ EQUALIZE_MODES = ("none", "clahe", "hist")
 DEFAULT_MAX_SIDE = 512
 MIN_CROP_FRACTION = 0.35  # a crop keeping less than this of the height or width is a sliver: refused
 MIN_SIDE = 32  # smaller inputs are not usable radiographs
+# What curation, `predict` and `evaluate` read from a folder; any file with the DICM magic is DICOM too.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"})
 _DARK = 12  # <= this is border black (8-bit)
 _BRIGHT = 246  # >= this is border white
 _CONTENT_FRACTION = 0.10  # a row/column is content when >= 10% of its pixels are content pixels
@@ -76,6 +79,10 @@ class Processed:
     cropped: bool
     note: str  # e.g. "crop refused: content box 20% x 90% of the image"
     header: Optional[Header]  # DICOM inputs only
+
+
+def is_image_file(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS or dicom.is_dicom(path)
 
 
 def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:

@@ -34,7 +34,9 @@ def default_key_path() -> str:
 
 def load_key(key: Optional[str] = None, key_file: Optional[str] = None) -> tuple[bytes, str]:
     """(key bytes, where it came from: "option", "environment" or "key file")."""
-    if key:
+    if key is not None:
+        if not key.strip():
+            raise PseudonymKeyError("the pseudonym key given is empty: pass a secret, or leave --key out to use the key file")
         return key.encode("utf-8"), "option"
     env = os.environ.get(ENV_VAR, "")
     if env:

@@ -42,6 +42,10 @@ def test_empty_key_file_is_a_clear_error(tmp_path, monkeypatch):
     path.write_text("\n")
     with pytest.raises(pseudonym.PseudonymKeyError, match="is empty"):
         pseudonym.load_key(key_file=str(path))
+    monkeypatch.setenv(pseudonym.ENV_VAR, "from-the-environment")
+    for empty in ("", "  "):  # `--key ""` must not quietly fall back to another key
+        with pytest.raises(pseudonym.PseudonymKeyError, match="the pseudonym key given is empty"):
+            pseudonym.load_key(empty)
 
 
 def test_key_id_does_not_reveal_the_key():

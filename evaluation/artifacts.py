@@ -163,6 +163,13 @@ def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str =
     it (from its push record), to show that model's own Evaluator output."""
     if not os.path.isdir(pipeline_root):
         raise FileNotFoundError(f"pipeline root {pipeline_root!r} does not exist")
+    components = ("StatisticsGen", "ExampleValidator", "Evaluator")
+    if not any(os.path.isdir(os.path.join(pipeline_root, c)) for c in components):
+        raise FileNotFoundError(f"no pipeline run under {pipeline_root!r} (none of {', '.join(components)})")
+    # A model pushed from another root names that root's artifacts: not this root's to show.
+    root = os.path.abspath(pipeline_root) + os.sep
+    model_uri, evaluation_uri = (uri if os.path.abspath(uri or os.sep).startswith(root) else ""
+                                 for uri in (model_uri, evaluation_uri))
     out: dict = {"root": pipeline_root, "errors": []}
     readers = (("statistics", read_statistics), ("anomalies", read_anomalies),
                ("evaluation", lambda root: read_evaluation(root, model_uri, evaluation_uri)))

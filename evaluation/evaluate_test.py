@@ -345,6 +345,11 @@ def test_pipeline_root_statistics_and_anomalies(binary_model, tmp_path):
     assert json.loads(result.output)["pipeline"]["anomalies"]["splits"]["test"] == ["feature view: Unexpected string values"]
     html = (out / "report.html").read_text()
     assert "TFDV statistics" in html and "Unexpected string values" in html
+    empty = tmp_path / "not-a-root"
+    empty.mkdir()
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", binary_model.data_dir,
+                                           "--no-audit", "--bootstrap", "100", "--pipeline-root", str(empty)])
+    assert result.exit_code == 2 and f"no pipeline run under '{empty}'" in result.output, result.output
 
 
 def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):

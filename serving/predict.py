@@ -27,14 +27,13 @@ from typing import Iterable, Optional, Sequence
 import click
 import numpy as np
 
-from covid_cxr.data import dicom, features, images
+from covid_cxr.data import features, images
 from covid_cxr.serving import model_metadata
 
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
 IMAGE_SIGNATURE = "predict_image"
 EXAMPLES_SIGNATURE = "serving_default"
 TRANSFORM_SIGNATURE = "transform_features"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 BATCH_SIZE = 16
 
 
@@ -188,11 +187,6 @@ class InputError:
         return {"file": self.file, "error": self.error}
 
 
-def _looks_like_image(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS) or (
-        "." not in os.path.basename(path) and dicom.is_dicom(path))
-
-
 def find_inputs(paths: Iterable[str]) -> tuple[list[str], list[InputError]]:
     """Files to predict (given files as given; directories walked recursively, sorted)."""
     files: list[str] = []
@@ -203,9 +197,9 @@ def find_inputs(paths: Iterable[str]) -> tuple[list[str], list[InputError]]:
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found += [os.path.join(root, n) for n in sorted(names)
-                          if not n.startswith(".") and _looks_like_image(os.path.join(root, n))]
+                          if not n.startswith(".") and images.is_image_file(os.path.join(root, n))]
             if not found:
-                errors.append(InputError(path, "no PNG, JPEG or DICOM files in this directory"))
+                errors.append(InputError(path, "no image files (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM) in this directory"))
             files += found
         elif os.path.isfile(path):
             files.append(path)

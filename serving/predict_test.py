@@ -200,7 +200,7 @@ def test_unreadable_inputs_are_reported_per_file(binary_model, tmp_path):
     assert set(errors) == {"broken.png", "notes.txt", "blank.png", "empty", "nope.png"}
     assert "cannot decode image" in errors["broken.png"]
     assert "blank" in errors["blank.png"]
-    assert "no PNG, JPEG or DICOM" in errors["empty"]
+    assert "no image files" in errors["empty"]
     assert "no such file" in errors["nope.png"]
     assert "Traceback" not in result.output
     table = _run([a for a in args if a != "--json"])

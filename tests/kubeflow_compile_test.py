@@ -142,3 +142,10 @@ def test_open_source_kubeflow_gets_a_spec_without_resolver_nodes(tmp_path):
     assert resolvers(spec) == [] and "latest_blessed_model_resolver" not in json.dumps(spec)
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     assert EXPECTED_TASKS - {"latest_blessed_model_resolver"} <= {name.split("-")[0] for name in tasks} | set(tasks)
+
+
+@pytest.mark.parametrize("image", ["", "  ", " registry.example/covid-cxr:1"])
+def test_a_blank_image_is_refused_rather_than_tfxs_default(tmp_path, image):
+    result = CliRunner().invoke(cli.main, ["compile", "--image", image, "--output", str(tmp_path / "spec.json"), *BUCKETS])
+    assert result.exit_code == 2 and "is not an image reference" in result.output, result.output
+    assert not (tmp_path / "spec.json").exists()

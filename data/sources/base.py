@@ -14,9 +14,8 @@ from typing import ClassVar, Iterator, Optional
 
 import numpy as np
 
-from covid_cxr.data import dicom, features, images
+from covid_cxr.data import features, images
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"})
 
 
 class SourceError(ValueError):
@@ -111,8 +110,7 @@ def subdirs(directory: str) -> list[str]:
     )
 
 
-def is_image_file(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS or dicom.is_dicom(path)
+is_image_file = images.is_image_file  # adapters import it from here
 
 
 def file_candidate(source: Source, path: str, finding: Optional[str], reject: Optional[str] = None, **kw) -> Candidate:

@@ -20,7 +20,7 @@ import re
 from typing import Iterator, Optional
 
 from covid_cxr.data import dicom, features
-from covid_cxr.data.sources.base import Candidate, Source, list_files
+from covid_cxr.data.sources.base import Candidate, Source, SourceError, list_files
 
 REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
 
@@ -103,29 +103,43 @@ class CohenSource(Source):
         path = os.path.join(self.root, "metadata.csv")
         if not os.path.isfile(path):
             raise self.layout_error("metadata.csv not found")
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
+        header = next(csv.reader(self._lines()), [])
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise self.layout_error(f"metadata.csv lacks column(s) {', '.join(missing)}")
         if not os.path.isdir(os.path.join(self.root, "images")):
             raise self.layout_error("images/ not found")
 
+    def _lines(self) -> list[str]:
+        path = os.path.join(self.root, "metadata.csv")
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                return f.read().splitlines(keepends=True)
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+
     def candidates(self) -> Iterator[Candidate]:
-        with open(os.path.join(self.root, "metadata.csv"), newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(self._lines()))
         out: list[tuple[str, int, Candidate]] = []
         named: set[str] = set()
         for n, row in enumerate(rows):
             folder = (row.get("folder") or "images").strip() or "images"
             filename = (row.get("filename") or "").strip()
             ref = f"{folder}/{filename}"
-            path = os.path.join(self.root, folder, filename)
-            named.add(os.path.normpath(path))
-            exists = bool(filename) and os.path.isfile(path)
+            path = os.path.normpath(os.path.join(self.root, folder, filename))
+            if None in row or None in row.values():  # more or fewer fields than the header
+                which = "more" if None in row else "fewer"
+                out.append((ref, n, Candidate(self.name, f"metadata.csv row {n + 1}", None,
+                                              reject=f"malformed metadata.csv row: {which} fields than the header")))
+                continue
+            named.add(path)
+            inside = path.startswith(self.root + os.sep)
+            exists = bool(filename) and inside and os.path.isfile(path)
             view, reject = None, None
             modality = (row.get("modality") or "").strip()
-            if modality.lower() not in ("x-ray", "xray", "cxr"):
+            if not inside:
+                reject = "outside the source: metadata.csv names a file outside its folder"
+            elif modality.lower() not in ("x-ray", "xray", "cxr"):
                 reject = f"not an X-ray: {modality or 'blank'}"
             else:
                 view, reject = view_of(row.get("view", ""))

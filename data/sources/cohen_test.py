@@ -76,6 +76,25 @@ def test_selection_and_rejection_rules(tmp_path):
     assert a.load().shape == (160, 128)
 
 
+def test_a_malformed_row_a_path_outside_and_a_non_utf8_file_are_named(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="1", finding="COVID-19", view="PA", filename="a.png", seed=1),
+        dict(patientid="2", finding="COVID-19", view="PA", filename="../../elsewhere.png", seed=None),
+    ])
+    testing.write_image(tmp_path / "elsewhere.png", testing.radiograph(2))
+    with open(root / "metadata.csv", "a", encoding="utf-8") as f:
+        f.write("3,COVID-19\n")  # a row cut short
+    got = {c.source_ref: c for c in CohenSource(str(root)).candidates()}
+    assert got["images/a.png"].finding == "covid"
+    assert got["images/../../elsewhere.png"].reject == "outside the source: metadata.csv names a file outside its folder"
+    assert got["images/../../elsewhere.png"].path is None
+    assert got["metadata.csv row 3"].reject == "malformed metadata.csv row: fewer fields than the header"
+    assert len(got) == 3
+    (root / "metadata.csv").write_bytes((root / "metadata.csv").read_bytes() + "4,Straße\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=r"metadata.csv is not UTF-8 text \(byte \d+\): save it as UTF-8$"):
+        list(CohenSource(str(root)).candidates())
+
+
 def test_layout_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="metadata.csv not found"):
