@@ -1,4 +1,4 @@
-"""The `covid-cxr` command: demo, run, curate, evaluate, predict, compile."""
+"""The `covid-cxr` command: demo, run, curate, locate, evaluate, predict, compile."""
 from __future__ import annotations
 
 import logging
@@ -235,11 +235,12 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
 
 
 # Commands that live beside the stage they belong to.
-from covid_cxr.data.curate import curate_command  # noqa: E402
+from covid_cxr.data.curate import curate_command, locate_command  # noqa: E402
 from covid_cxr.evaluation.evaluate import evaluate_command  # noqa: E402
 from covid_cxr.serving.predict import predict_command  # noqa: E402
 
 main.add_command(curate_command, "curate")
+main.add_command(locate_command, "locate")
 main.add_command(evaluate_command, "evaluate")
 main.add_command(predict_command, "predict")
 

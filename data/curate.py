@@ -66,6 +66,7 @@ import click
 
 from covid_cxr.data import dedupe, dicom, features, images, pseudonym
 from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
+from covid_cxr.data.sources.base import list_files
 from covid_cxr.data.writer import DatasetWriter
 
 log = logging.getLogger(__name__)
@@ -334,8 +335,23 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes) -> str:
     if it.candidate.ref_has_patient_id and it.raw_patient:
         return ref.replace(it.raw_patient, patient_pseudonym)
     if it.candidate.path and dicom.is_dicom(it.candidate.path):
-        return dicom.safe_ref(ref, f"{patient_pseudonym}-{pseudonym.pseudonymize(key, it.candidate.source, ref)[:8]}")
+        return dicom.safe_ref(ref, f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}")
     return ref
+
+
+def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> dict[str, list[str]]:
+    """The files under ``root`` behind refs written for DICOM files of ``source``
+    (``<class folder>/<patient pseudonym>-<file pseudonym>.dcm`` by curation, ``.../file-<file
+    pseudonym>.dcm`` by evaluate with source "folder"): {written ref: [local paths]}."""
+    wanted: dict[str, list[str]] = {}
+    for written in written_refs:
+        wanted.setdefault(os.path.splitext(written.rsplit("/", 1)[-1])[0].rsplit("-", 1)[-1], []).append(written)
+    found: dict[str, list[str]] = {written: [] for written in written_refs}
+    for path in list_files(root):
+        ref = os.path.relpath(path, root).replace(os.sep, "/")
+        for written in wanted.get(pseudonym.file_pseudonym(key, source, ref), []):
+            found[written].append(path)
+    return found
 
 
 def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[bool]):
@@ -462,3 +478,26 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
         lines.append(f"    {n:6d}  {reason}")
     lines.append(f"  details: {os.path.join(out_dir, features.MANIFEST)}, {features.REJECTED}, {features.SUMMARY}")
     return "\n".join(lines)
+
+
+@click.command("locate")
+@click.option("--source", "source_spec", required=True, metavar="NAME=PATH",
+              help="The source as it was given to `covid-cxr curate`.")
+@click.option("--key", default=None, help="The pseudonym key curation used (default: as for curate).")
+@click.argument("refs", nargs=-1, required=True)
+def locate_command(source_spec, key, refs):
+    """Find the local DICOM files behind refs that curation wrote as pseudonyms (manifest.csv,
+    rejected.csv), e.g. COVID/3f2a...-9c1d04be.dcm. Prints to this terminal only."""
+    [(name, root)] = _parse_source_option([source_spec])
+    if name not in SOURCES or not os.path.isdir(root):
+        raise click.UsageError(f"--source {source_spec!r}: expected NAME=PATH with NAME one of {', '.join(SOURCES)} "
+                               "and PATH a directory")
+    try:
+        key_bytes, _ = pseudonym.load_key(key)
+    except pseudonym.PseudonymKeyError as e:
+        raise click.UsageError(str(e)) from None
+    found = locate(name, os.path.abspath(root), refs, key_bytes)
+    for written, paths in found.items():
+        click.echo(f"{written}\t{' '.join(paths) if paths else 'not found (another source, folder or key?)'}")
+    if not all(found.values()):
+        sys.exit(1)

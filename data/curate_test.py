@@ -219,6 +219,20 @@ def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
     assert all(re.fullmatch(r"(COVID|other)/[0-9a-f]{16}-[0-9a-f]{8}\.dcm", ref) for ref in dicom_refs), dicom_refs
 
 
+def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run, corpus):
+    out, _ = run
+    rows = read_csv(out / "rejected.csv") + read_csv(out / "manifest.csv")
+    refs = sorted(r["source_ref"] for r in rows if r["source"] == "folder" and r["source_ref"].endswith(".dcm"))
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}", "--key", KEY, *refs])
+    assert result.exit_code == 0, result.output
+    located = dict(line.split("\t") for line in result.output.strip().splitlines())
+    assert sorted(os.path.relpath(p, corpus["folder"]) for p in located.values()) == sorted([
+        f"COVID/{DICOM_PID}_scan.dcm", "COVID/lat.dcm", "COVID/ct.dcm", f"COVID/{testing.SECRET_DATE}/{ACCESSION}.dcm",
+        f"COVID/{ACCESSION}-{SOP_UID}.dcm", "other/PID-OTHER-5.dcm"])
+    wrong_key = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}", "--key", "other", refs[0]])
+    assert wrong_key.exit_code == 1 and "not found" in wrong_key.output
+
+
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
     out, _ = run
     again = tmp_path / "again"

@@ -73,6 +73,12 @@ def pseudonymize(key: bytes, source: str, raw_id: str) -> str:
     return hmac.new(key, f"{source}:{raw_id}".encode("utf-8"), hashlib.sha256).hexdigest()[:LENGTH]
 
 
+def file_pseudonym(key: bytes, source: str, ref: str) -> str:
+    """The last part of the name a DICOM file is written under (its path may hold ids, names, dates):
+    keyed on the path, so whoever holds the key can find the file again (`covid-cxr locate`)."""
+    return pseudonymize(key, source, ref)[:8]
+
+
 def key_id(key: bytes) -> str:
     """A short fingerprint of the key (not the key): tells whether two runs used the same key."""
     return hmac.new(key, b"covid-cxr pseudonym key id", hashlib.sha256).hexdigest()[:8]

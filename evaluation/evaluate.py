@@ -209,16 +209,16 @@ def _patient_of(path: str) -> str:
     return patient_id_of(path)
 
 
-def _keyed_pseudonyms():
-    """pseudonym(kind, raw) with the user's pseudonym key (as `covid-cxr curate`), read on first use."""
+def _lazy_key():
+    """The user's pseudonym key (as `covid-cxr curate` reads it), read on first use: only DICOM needs it."""
     key: list[bytes] = []
 
-    def keyed(kind: str, raw: str) -> str:
+    def get() -> bytes:
         if not key:
             key.append(pseudonym.load_key()[0])
-        return pseudonym.pseudonymize(key[0], kind, raw)
+        return key[0]
 
-    return keyed
+    return get
 
 
 def _curation_summary(data_dir: str) -> Optional[dict]:
@@ -236,14 +236,16 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
     root = os.path.normpath(root)
     files, _ = predict.find_inputs([root])
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
-    keyed = _keyed_pseudonyms()
+    key = _lazy_key()
     for path in files:
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
-        # A DICOM file is reported as <root>/.../<class folder>/<pseudonym>.dcm (see dicom.safe_ref).
-        shown = (os.path.join(root, dicom.safe_ref("/".join(parts), keyed("file", rel), keep=depth + 1))
-                 if dicom.is_dicom(path) else path)
+        # A DICOM file is reported as <root>/.../<class folder>/file-<pseudonym>.dcm (see dicom.safe_ref);
+        # `covid-cxr locate --source folder=<root>` finds it again.
+        ref = "/".join(parts)
+        shown = (os.path.join(root, dicom.safe_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
+                                                   keep=depth + 1)) if dicom.is_dicom(path) else path)
         if finding is None:
             skipped.append({"file": shown, "reason": "not in a mapped class folder"})
             continue
@@ -265,7 +267,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         labels.append(task.classes.index(cls))
         patient = processed.header.patient_id if processed.header is not None else ""
         if patient:  # a raw DICOM PatientID never leaves this function
-            groups.append("dicom:" + keyed("patient", patient))
+            groups.append("dicom:" + pseudonym.pseudonymize(key(), "folder", patient))
         else:
             groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
         refs.append(shown)
