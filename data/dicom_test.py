@@ -175,7 +175,9 @@ def test_real_siim_samples_jpeg_baseline_and_monochrome1(tmp_path):
 @pytest.mark.realdata
 @realdata
 def test_real_nih_samples_decode():
-    for path in sorted(SAMPLES.glob("nih-dx-*.dcm")):
+    paths = sorted(SAMPLES.glob("nih-dx-*.dcm"))
+    assert len(paths) == 2, paths  # ../shared/data/dicom-samples holds two NIH files
+    for path in paths:
         d = dicom.read_dicom(str(path))
         assert d.pixels.dtype == np.uint8 and d.pixels.std() > 10
         assert d.view in ("PA", "AP", "unknown")

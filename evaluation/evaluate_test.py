@@ -141,7 +141,7 @@ def test_evaluate_class_folders(binary_model, tmp_path):
     reasons = {os.path.basename(s["file"]): s["reason"] for s in report["data"]["skipped_files"]}
     assert "not used by task" in reasons["p.png"]
     assert "unreadable" in reasons["broken.png"]
-    assert "no" in reasons["x.png"] or "not in" in reasons["x.png"]
+    assert reasons["x.png"] == "not in a mapped class folder"
     _check_consistent(report)
     # The same images through predict_image give the same matrix as the records through serving_default.
     by_records = json.loads(_run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json",
@@ -262,6 +262,13 @@ def test_terminal_summary(binary_model):
     for text in ("sensitivity", "specificity", "auc", "confusion matrix", "shortcut audit", "decision threshold",
                  "AUC within the source"):
         assert text in result.output
+    # The printed figures are the report's.
+    report = json.loads(_run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--bootstrap", "200",
+                              "--json"]).output)
+    for name in ("sensitivity", "specificity", "accuracy"):
+        m = report[name]
+        assert f"{name:<11s} {m['value']:.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]  ({m['k']}/{m['n']})" in result.output
+    assert f"decision threshold {report['threshold']:.4f}" in result.output
 
 
 def test_within_source_auc_exposes_a_model_that_scores_the_source():

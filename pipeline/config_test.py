@@ -77,8 +77,10 @@ def test_model_custom_config_excludes_runtime_paths():
 
 
 def test_every_preset_loads():
-    for name in cfg.preset_names():
-        assert cfg.load_config(name).validate()
+    assert cfg.preset_names() == ["full", "quick"]
+    quick, full = cfg.load_config("quick"), cfg.load_config("full")
+    assert (quick.model.families, quick.model.image_size) == (["cnn3"], 64)
+    assert (full.model.families, full.model.ensemble_with, full.model.image_size) == (["mobilenet_v2"], ["mobilenet_v2_035"], 224)
 
 
 def test_runtime_paths_default_per_task_so_tasks_never_share_a_baseline():
