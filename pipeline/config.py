@@ -217,11 +217,11 @@ class PipelineConfig:
         _in_range("training.early_stopping_patience", t.early_stopping_patience, 0, None, integer=True)
         _in_range("tuner.trials", tuner.trials, 1, None, integer=True)
         _in_range("tuner.epochs", tuner.epochs, 1, None, integer=True)
-        _in_range("tuner.learning_rates", tuner.learning_rates, 1e-8, 1.0)
+        _in_range("tuner.learning_rates", tuner.learning_rates, 0.0, 1.0, low_excluded=True)
         _in_range("tuner.dropouts", tuner.dropouts, 0.0, 0.95)
         _in_range("tuner.dense_units", tuner.dense_units, 0, None, integer=True)
         _in_range("tuner.fine_tune_layers", tuner.fine_tune_layers, 0, None, integer=True)
-        _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 1e-6, 1.0)
+        _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 0.0, 1.0, low_excluded=True)
         _in_range("tuner.image_sizes", tuner.image_sizes, 16, size, integer=True)  # models resize down only
         _in_range("runtime.beam_workers", self.runtime.beam_workers, 0, None, integer=True)
         for name in ("families", "ensemble_with"):
@@ -338,18 +338,21 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
-def _in_range(name: str, values: Any, low: float, high: Optional[float], integer: bool = False) -> None:
+def _in_range(name: str, values: Any, low: float, high: Optional[float], integer: bool = False,
+              low_excluded: bool = False) -> None:
     """ConfigError naming the field unless the value (or every listed value) is a number in
-    [low, high], whole if ``integer``."""
+    [low, high] ((low, high] if ``low_excluded``), whole if ``integer``."""
     listed = isinstance(values, list)
     for value in values if listed else [values]:
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = None
-        if number is None or (integer and number != int(number)) or number < low or (high is not None and number > high):
+        below = number is not None and (number <= low if low_excluded else number < low)
+        if number is None or (integer and number != int(number)) or below or (high is not None and number > high):
             kind = ("whole numbers" if listed else "a whole number") if integer else ("numbers" if listed else "a number")
             bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            bounds = f"above {low} and at most {high}" if low_excluded else bounds
             raise ConfigError(f"{name} must be {kind} {bounds}, got {value!r}")
 
 
