@@ -1,9 +1,8 @@
 """Compiles the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (thin entry point).
 
-    covid-cxr compile --config prod.yaml --image REGISTRY/covid-cxr:TAG --output covid-cxr.json
-
     covid-cxr compile --image REGISTRY/covid-cxr:TAG --data gs://BUCKET/curated \
-        --pipeline-root gs://BUCKET/root --serving-dir gs://BUCKET/serving --output covid-cxr.json
+        --pipeline-root gs://BUCKET/root --serving-dir gs://BUCKET/serving [--config prod.yaml] \
+        --output covid-cxr.json
 
 The JSON is a KFP v2 pipeline spec for Vertex AI Pipelines
 (`google.cloud.aiplatform.PipelineJob(template_path=...)`); see README for open-source Kubeflow.
