@@ -1,7 +1,7 @@
 """Compiles the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (thin entry point).
 
-    covid-cxr compile --image REGISTRY/covid-cxr:TAG --data gs://BUCKET/curated \
-        --pipeline-root gs://BUCKET/root --serving-dir gs://BUCKET/serving [--config prod.yaml] \
+    covid-cxr compile --image REGISTRY/covid-cxr:TAG --data gs://BUCKET/curated
+        --pipeline-root gs://BUCKET/root --serving-dir gs://BUCKET/serving [--config prod.yaml]
         --output covid-cxr.json
 
 The JSON is a KFP v2 pipeline spec for Vertex AI Pipelines

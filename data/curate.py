@@ -345,7 +345,8 @@ def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> d
     pseudonym>.dcm`` by evaluate with source "folder"): {written ref: [local paths]}."""
     wanted: dict[str, list[str]] = {}
     for written in written_refs:
-        wanted.setdefault(os.path.splitext(written.rsplit("/", 1)[-1])[0].rsplit("-", 1)[-1], []).append(written)
+        name = os.path.splitext(written.rsplit("/", 1)[-1])[0]  # "<patient>-<file>" or "file-<file>"
+        wanted.setdefault(name.rsplit("-", 1)[-1], []).append(written)
     found: dict[str, list[str]] = {written: [] for written in written_refs}
     for path in list_files(root):
         ref = os.path.relpath(path, root).replace(os.sep, "/")

@@ -82,7 +82,7 @@ class Source(abc.ABC):
                 seen.add(os.path.abspath(candidate.path))
             yield candidate
         for path in list_files(self.root):
-            if os.path.abspath(path) not in seen and is_image_file(path) and not self.not_an_input(path):
+            if os.path.abspath(path) not in seen and images.is_image_file(path) and not self.not_an_input(path):
                 yield Candidate(self.name, self.ref(path), path, reject=f"outside the layout: expected {self.layout}")
 
     # helpers for adapters
@@ -110,12 +110,9 @@ def subdirs(directory: str) -> list[str]:
     )
 
 
-is_image_file = images.is_image_file  # adapters import it from here
-
-
 def file_candidate(source: Source, path: str, finding: Optional[str], reject: Optional[str] = None, **kw) -> Candidate:
     """A candidate for one file of a class-per-folder layout; non-image files are rejected."""
-    if reject is None and not is_image_file(path):
+    if reject is None and not images.is_image_file(path):
         finding, reject = None, f"not an image file: {os.path.splitext(path)[1] or 'no extension'}"
     if reject is not None:
         finding = None

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Iterator, Mapping, Optional
 
-from covid_cxr.data import features
-from covid_cxr.data.sources.base import Candidate, Source, SourceError, file_candidate, is_image_file, list_files, subdirs
+from covid_cxr.data import features, images
+from covid_cxr.data.sources.base import Candidate, Source, SourceError, file_candidate, list_files, subdirs
 
 
 def parse_class_map(text: str) -> dict[str, str]:
@@ -71,7 +71,7 @@ class FolderSource(Source):
     def candidates(self) -> Iterator[Candidate]:
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
-            if os.path.isfile(path) and not name.startswith(".") and is_image_file(path):
+            if os.path.isfile(path) and not name.startswith(".") and images.is_image_file(path):
                 yield Candidate(self.name, self.ref(path), path, reject="not in a class folder")
         for folder in subdirs(self.root):
             finding = self.finding_of(folder)
