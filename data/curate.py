@@ -223,6 +223,7 @@ def curate(
         },
         "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
         "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
+        "hidden_skipped_per_source": {s.name: s.hidden_skipped for s in source_objs if s.hidden_skipped},
         "duplicates": duplicate_summary,
         "largest_group": max(group_sizes.values(), default=0),
         "crop": dict(sorted(crop_counts.items())),
@@ -477,6 +478,8 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
     lines.append(f"  rejected {summary['rejected']}:")
     for reason, n in sorted(summary.get("rejections", {}).items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"    {n:6d}  {reason}")
+    for source, n in summary.get("hidden_skipped_per_source", {}).items():
+        lines.append(f"  {source}: {n} hidden files or folders skipped (names starting with '.', __MACOSX)")
     lines.append(f"  details: {os.path.join(out_dir, features.MANIFEST)}, {features.REJECTED}, {features.SUMMARY}")
     return "\n".join(lines)
 

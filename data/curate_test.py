@@ -348,6 +348,22 @@ def test_cli_prints_a_summary(corpus, tmp_path):
     assert "covid-cxr: warning: no accepted image of class covid: this directory cannot train or evaluate" in result.output
 
 
+def test_hidden_files_are_counted_not_listed(tmp_path):
+    rad = tmp_path / "rad"
+    testing.write_image(rad / "COVID" / "COVID-1.png", testing.radiograph(1))
+    testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(2))
+    (rad / "COVID" / "._COVID-1.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    (rad / ".DS_Store").write_bytes(b"Bud1")
+    testing.write_image(rad / ".thumbnails" / "t.png", testing.radiograph(3))
+    result = CliRunner().invoke(curate_command, ["--source", f"radiography={rad}", "--task", "covid-vs-normal",
+                                                 "--out", str(tmp_path / "o"), "--key", KEY])
+    assert result.exit_code == 0, result.output
+    assert "radiography: 3 hidden files or folders skipped (names starting with '.', __MACOSX)" in result.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["hidden_skipped_per_source"] == {"radiography": 3}
+    written = (tmp_path / "o" / features.MANIFEST).read_text() + (tmp_path / "o" / features.REJECTED).read_text()
+    assert "._COVID" not in written and "DS_Store" not in written and "thumbnails" not in written
+
+
 # ---- real corpus ------------------------------------------------------------------------------
 
 real = [pytest.mark.realdata, pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)]

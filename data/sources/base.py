@@ -55,6 +55,7 @@ class Source(abc.ABC):
 
     name: ClassVar[str]
     layout: ClassVar[str]  # one line, used in layout errors
+    hidden_skipped: int = 0  # hidden files and folders under root, counted by every_candidate()
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
@@ -75,15 +76,19 @@ class Source(abc.ABC):
 
     def every_candidate(self) -> Iterator[Candidate]:
         """:meth:`candidates`, then every other image file under ``root`` as rejected: a file the
-        layout does not expect (a stray image, a second copy) is recorded, never silently left out."""
+        layout does not expect (a stray image, a second copy) is recorded, never silently left out.
+        Hidden files and folders (names starting with ".", ``__MACOSX``) are counted in
+        ``hidden_skipped`` instead: one record per macOS ``._`` file would bury the real rejections."""
         seen = set()
         for candidate in self.candidates():
             if candidate.path:
                 seen.add(os.path.abspath(candidate.path))
             yield candidate
-        for path in list_files(self.root):
+        hidden: list[str] = []
+        for path in list_files(self.root, hidden=hidden):
             if os.path.abspath(path) not in seen and images.is_image_file(path) and not self.not_an_input(path):
                 yield Candidate(self.name, self.ref(path), path, reject=f"outside the layout: expected {self.layout}")
+        self.hidden_skipped = len(hidden)
 
     # helpers for adapters
     def ref(self, path: str) -> str:
@@ -93,12 +98,19 @@ class Source(abc.ABC):
         return SourceError(f"{self.name} source at {self.root}: {problem} (expected {self.layout})")
 
 
-def list_files(directory: str) -> list[str]:
-    """Regular files under ``directory``, recursively, sorted, hidden files and folders skipped."""
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def list_files(directory: str, hidden: Optional[list] = None) -> list[str]:
+    """Regular files under ``directory``, recursively, sorted, hidden files and folders skipped
+    (appended to ``hidden`` when given; a hidden folder counts once, its contents are not walked)."""
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        out.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+        if hidden is not None:
+            hidden.extend(os.path.join(dirpath, n) for n in sorted(dirnames + filenames) if _is_hidden(n))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        out.extend(os.path.join(dirpath, f) for f in filenames if not _is_hidden(f))
     return sorted(out, key=lambda p: os.path.relpath(p, directory).split(os.sep))
 
 
@@ -106,7 +118,7 @@ def subdirs(directory: str) -> list[str]:
     """Names of the visible subdirectories, sorted."""
     return sorted(
         d for d in os.listdir(directory)
-        if not d.startswith(".") and d != "__MACOSX" and os.path.isdir(os.path.join(directory, d))
+        if not _is_hidden(d) and os.path.isdir(os.path.join(directory, d))
     )
 
 

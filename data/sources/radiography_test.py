@@ -16,7 +16,10 @@ def test_class_folders(tmp_path):
     testing.write_image(root / "top.png", testing.radiograph(7))  # outside every class folder
     testing.write_image(root / "Lung_Opacity" / "beside.png", testing.radiograph(8))  # beside images/: not read
     (root / "COVID.metadata.xlsx").write_bytes(b"xlsx")
-    got = {c.source_ref: c for c in RadiographySource(str(root)).every_candidate()}
+    (root / "COVID" / "._COVID-1.png").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS resource fork
+    testing.write_image(root / "__MACOSX" / "COVID" / "COVID-1.png", testing.radiograph(9))
+    source = RadiographySource(str(root))
+    got = {c.source_ref: c for c in source.every_candidate()}
     assert {k: (c.finding, c.reject) for k, c in got.items()} == {
         "COVID/COVID-1.png": ("covid", None),
         "Normal/Normal-1.png": ("normal", None),
@@ -28,6 +31,7 @@ def test_class_folders(tmp_path):
         "top.png": (None, f"outside the layout: expected {RadiographySource.layout}"),
     }
     assert len({c.patient_id for c in got.values() if c.patient_id}) == 5  # each file its own patient
+    assert source.hidden_skipped == 2  # the ._ file and the __MACOSX folder: counted, not listed
 
 
 def test_layout_error(tmp_path):
