@@ -25,16 +25,10 @@ def check_data(config: PipelineConfig) -> dict:
         summary = writer.read_summary(config.data.data_dir)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
-    if summary.get("task") != config.model.task:
-        raise ConfigError(f"{config.data.data_dir!r} was curated for task {summary.get('task')!r} but the "
-                          f"config asks for {config.model.task!r}; curate again with --task {config.model.task}")
-    if not summary.get("accepted"):
-        raise ConfigError(f"{config.data.data_dir!r} holds no accepted images")
-    # The reviewed schema covers every task's labels; this task's may be fewer.
-    foreign = sorted(set(summary.get("per_class") or {}) - set(config.task.classes))
-    if foreign:
-        raise ConfigError(f"{config.data.data_dir!r} holds labels {foreign} that task {config.model.task!r} "
-                          f"does not know ({', '.join(config.task.classes)}); curate again with --task {config.model.task}")
+    try:
+        writer.check_fits_task(summary, config.data.data_dir, config.task)
+    except writer.CurationMismatch as e:
+        raise ConfigError(str(e)) from None
     return summary
 
 

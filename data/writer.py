@@ -111,6 +111,26 @@ def _write_csv(path: str, fields: Iterable[str], rows: Iterable[Mapping]) -> Non
             writer.writerow(row)
 
 
+class CurationMismatch(ValueError):
+    """A curated directory that cannot feed the configured task (one-line, user-facing message)."""
+
+
+def check_fits_task(summary: dict, data_dir: str, task: features.Task) -> None:
+    """Raises CurationMismatch unless ``summary`` (of ``data_dir``) was curated for ``task``.
+
+    The reviewed schema covers every task's labels, so data validation cannot tell covid-vs-pneumonia
+    data (label_index 0 = pneumonia) from covid-vs-normal data (0 = normal): this check must."""
+    if summary.get("task") != task.name:
+        raise CurationMismatch(f"{data_dir!r} was curated for task {summary.get('task')!r} but the config asks "
+                               f"for {task.name!r}; curate again with --task {task.name}")
+    if not summary.get("accepted"):
+        raise CurationMismatch(f"{data_dir!r} holds no accepted images")
+    foreign = sorted(set(summary.get("per_class") or {}) - set(task.classes))
+    if foreign:
+        raise CurationMismatch(f"{data_dir!r} holds labels {foreign} that task {task.name!r} does not know "
+                               f"({', '.join(task.classes)}); curate again with --task {task.name}")
+
+
 def read_summary(data_dir: str) -> dict:
     """The summary.json of a curated directory, with a clear error when it is not one."""
     path = os.path.join(data_dir, features.SUMMARY)

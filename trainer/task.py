@@ -200,11 +200,20 @@ class _TrialModel(keras_tuner.HyperModel):
                          steps_per_epoch=steps_per_epoch, **kwargs)
 
 
+def _data_summary(cfg: dict, task: features.Task) -> dict:
+    """The curation summary, read where the data is, not when the pipeline was compiled (a compiled
+    Kubeflow spec is re-run on new data, and only `covid-cxr run` checks before the DAG starts)."""
+    data_summary = writer.read_summary(cfg["data_dir"])
+    writer.check_fits_task(data_summary, cfg["data_dir"], task)
+    return data_summary
+
+
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
     cfg = fn_args.custom_config
     training.require_process_env(cfg["training"])
     task = features.get_task(cfg["model"]["task"])
+    _data_summary(cfg, task)  # fails in seconds on data curated for another task
     train_cfg = cfg["training"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     batch = train_cfg["batch_size"]
@@ -272,10 +281,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     cfg = fn_args.custom_config
     training.require_process_env(cfg["training"])
     task = features.get_task(cfg["model"]["task"])
-    # Read here, where the data is, not when the pipeline was compiled (a compiled Kubeflow spec is
-    # re-run on new data); `predict` repeats the curation settings recorded in it. Before training,
-    # so a directory that was not curated fails in seconds.
-    data_summary = writer.read_summary(cfg["data_dir"])
+    # `predict` repeats the curation settings recorded in it. Before training, so a directory that
+    # was not curated for this task fails in seconds.
+    data_summary = _data_summary(cfg, task)
     train_cfg = cfg["training"]
     batch, seed = train_cfg["batch_size"], train_cfg["seed"]
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from covid_cxr.data import features
+from tfx import v1 as tfx
+
+from covid_cxr.data import features, synthetic, writer
+from covid_cxr.pipeline import config as cfg
 from covid_cxr.trainer import models, training
 from covid_cxr.trainer import task as trainer_task
 from covid_cxr.transform import preprocessing
@@ -195,3 +198,15 @@ def test_the_trainer_gets_the_tuners_feature_cache_only_for_the_same_inputs(monk
     # Only the most recent sets are kept: the Tuner's went first.
     assert len(training._SHARED_FEATURE_CACHES) == training.SHARED_FEATURE_CACHES_KEPT
     assert cache() == {}
+
+
+def test_tuner_and_trainer_refuse_data_curated_for_another_task(tmp_path):
+    # A compiled Kubeflow / Vertex spec skips `covid-cxr run`'s check, and the shared schema cannot
+    # tell covid-vs-pneumonia's label_index 0 (pneumonia) from covid-vs-normal's (normal).
+    synthetic.generate(str(tmp_path), "covid-vs-pneumonia", patients_per_class=2, seed=0)
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "model.task": "covid-vs-normal"})
+    fn_args = tfx.components.FnArgs(custom_config=dict(config.model_custom_config(), data_dir=str(tmp_path)))
+    for fn in (trainer_task.tuner_fn, trainer_task.run_fn):
+        with pytest.raises(writer.CurationMismatch, match="curated for task 'covid-vs-pneumonia' but the config "
+                                                           "asks for 'covid-vs-normal'"):
+            fn(fn_args)
