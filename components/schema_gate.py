@@ -1,22 +1,51 @@
-"""SchemaGate: stops the pipeline on data anomalies, before Transform and training.
+"""The reviewed schema's way into the DAG, and the gate that stops the run on data anomalies.
 
-TFX's ExampleValidator only *records* anomalies. This component passes the reviewed schema on to
-Transform only when every split is anomaly-free, so bad data can never train or reach the gate.
+ImportSchema: ImportSchemaGen records only the schema file's path, so an edit of the file in place
+was answered from TFX's cache with the old schema. This one also takes the content's SHA-256 (taken
+when the DAG is built), which keys the cache and is checked when it runs.
+
+SchemaGate: TFX's ExampleValidator only *records* anomalies. This component passes the reviewed
+schema on to Transform only when every split is anomaly-free, so bad data can never train or reach
+the gate.
 """
 
+import hashlib
 import os
 
 import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import standard_artifact_utils
 from tfx.utils import io_utils
-from tensorflow_metadata.proto.v0 import anomalies_pb2
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 
 
+SCHEMA_FILE_NAME = "schema.pbtxt"  # where ImportSchemaGen, and so Transform, expect it in a Schema artifact
+
+
 class DataValidationError(RuntimeError):
     """Raised with a one-line, human-readable list of the anomalies found."""
+
+
+class SchemaChangedError(RuntimeError):
+    """The schema file's content is not the content the DAG was built with."""
+
+
+@tfx.dsl.components.component
+def ImportSchema(
+    schema_file: tfx.dsl.components.Parameter[str],
+    content_sha256: tfx.dsl.components.Parameter[str],
+    schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema],
+) -> None:
+    content = io_utils.read_bytes_file(schema_file)
+    found = hashlib.sha256(content).hexdigest()
+    if content_sha256 and found != content_sha256:
+        raise SchemaChangedError(f"{schema_file} changed after the pipeline was built (sha256 {found[:12]}, "
+                                 f"built with {content_sha256[:12]}); build or compile the pipeline again")
+    text_format.Parse(content.decode("utf-8"), schema_pb2.Schema())  # a broken schema fails here, by name
+    io_utils.write_bytes_file(os.path.join(schema.uri, SCHEMA_FILE_NAME), content)
 
 
 def read_split_anomalies(split_dir: str) -> list:
@@ -55,5 +84,5 @@ def SchemaGate(
             f"data validation failed, {len(problems)} anomal{'y' if len(problems) == 1 else 'ies'}: "
             + "; ".join(problems)
         )
-    source = os.path.join(schema.uri, "schema.pbtxt")
-    io_utils.copy_file(source, os.path.join(validated_schema.uri, "schema.pbtxt"), overwrite=True)
+    source = os.path.join(schema.uri, SCHEMA_FILE_NAME)
+    io_utils.copy_file(source, os.path.join(validated_schema.uri, SCHEMA_FILE_NAME), overwrite=True)

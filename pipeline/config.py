@@ -33,7 +33,7 @@ class DataConfig:
     train_buckets: int = 14
     eval_buckets: int = 3
     test_buckets: int = 3
-    # The reviewed schema ImportSchemaGen imports; empty = the one shipped in pipeline/schema/.
+    # The reviewed schema ImportSchema imports; empty = the one shipped in pipeline/schema/.
     schema_file: str = ""
 
 

@@ -1,6 +1,6 @@
 """The covid-cxr TFX DAG, wired from a PipelineConfig and nothing else.
 
-ImportExampleGen (patient-grouped train/eval/test) -> StatisticsGen -> ImportSchemaGen (reviewed
+ImportExampleGen (patient-grouped train/eval/test) -> StatisticsGen -> ImportSchema (reviewed
 schema) -> ExampleValidator -> SchemaGate (anomalies stop the run) -> Transform -> Tuner -> Trainer
 -> latest-blessed-model Resolver -> Evaluator (sensitivity AND specificity gate) -> VersionedPusher.
 """
@@ -14,8 +14,9 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from covid_cxr.components.pusher import VersionedPusher
-from covid_cxr.components.schema_gate import SchemaGate
+from covid_cxr.components.schema_gate import ImportSchema, SchemaGate
 from covid_cxr.data import features
+from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline.config import PipelineConfig
 from covid_cxr.pipeline.eval_config import TEST_SPLIT, build_eval_config
 from covid_cxr.transform import preprocessing
@@ -24,6 +25,7 @@ SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 PREPROCESSING_FN = "covid_cxr.transform.preprocessing.preprocessing_fn"
 RUN_FN = "covid_cxr.trainer.task.run_fn"
 TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
+CODE_KEY = "code_sha256"
 
 
 def create_components(config: PipelineConfig) -> list:
@@ -42,7 +44,8 @@ def create_components(config: PipelineConfig) -> list:
         )),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=data.schema_file or SCHEMA_FILE)
+    schema_file = data.schema_file or SCHEMA_FILE
+    schema_gen = ImportSchema(schema_file=schema_file, content_sha256=fingerprints.file_fingerprint(schema_file))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     schema_gate = SchemaGate(schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])
@@ -52,13 +55,15 @@ def create_components(config: PipelineConfig) -> list:
         schema=schema_gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={preprocessing.IMAGE_SIZE_KEY: config.model.image_size,
-                       preprocessing.BORDER_CROP_KEY: config.model.border_crop},
+                       preprocessing.BORDER_CROP_KEY: config.model.border_crop,
+                       # In the cache key: the functions are named by path, their code is not hashed.
+                       CODE_KEY: fingerprints.code_fingerprint()},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         disable_statistics=True,  # StatisticsGen already profiles the raw data
     )
     # The Trainer reads the curation summary where it runs: a compiled Kubeflow spec is re-run on
     # new data, and the compiling machine may not be able to read the bucket at all.
-    model_config = dict(config.model_custom_config(), data_dir=data.data_dir)
+    model_config = dict(config.model_custom_config(), data_dir=data.data_dir, **{CODE_KEY: fingerprints.code_fingerprint()})
     train_args = tfx.proto.TrainArgs(splits=["train"])
     eval_args = tfx.proto.EvalArgs(splits=["eval"])
     trainer_inputs = dict(

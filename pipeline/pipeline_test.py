@@ -5,6 +5,7 @@ import pytest
 from tfx.utils import dependency_utils
 
 from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline import pipeline
 
 
@@ -14,7 +15,7 @@ def _ids(config):
 
 def test_the_dag_has_every_stage_and_the_tuner_is_optional(tmp_path):
     config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path)})
-    assert _ids(config) == ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "SchemaGate",
+    assert _ids(config) == ["ImportExampleGen", "StatisticsGen", "ImportSchema", "ExampleValidator", "SchemaGate",
                             "Transform", "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator",
                             "VersionedPusher"]
     assert "Tuner" not in _ids(cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path),
@@ -68,7 +69,7 @@ def test_transform_receives_the_image_size_and_border_crop(tmp_path):
     transform = next(c for c in pipeline.create_components(config) if c.id == "Transform")
     custom = transform.exec_properties["custom_config"]
     custom = json.loads(custom) if isinstance(custom, str) else custom  # TFX stores it as JSON text
-    assert custom == {"image_size": 96, "border_crop": 0.05}
+    assert custom == {"image_size": 96, "border_crop": 0.05, pipeline.CODE_KEY: fingerprints.code_fingerprint()}
 
 
 def test_the_trainer_gets_the_data_directory_not_a_summary_read_when_the_dag_was_built(tmp_path):

@@ -10,7 +10,7 @@ from covid_cxr import cli, kubeflow_runner
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.trainer import training
 
-EXPECTED_TASKS = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "SchemaGate",
+EXPECTED_TASKS = {"ImportExampleGen", "StatisticsGen", "ImportSchema", "ExampleValidator", "SchemaGate",
                   "Transform", "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "VersionedPusher"}
 BUCKETS = ("--data", "gs://bucket/curated", "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving")
 
