@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import re
 from typing import Optional, Sequence
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 GRAD_CAM = "grad-cam"
 SALIENCY = "gradient-saliency"
 _CONV_CLASS_NAMES = ("Conv1D", "Conv2D", "Conv3D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
@@ -200,18 +202,20 @@ class Explainer:
         self._ready = True
         import tf_keras as keras
 
-        try:  # registers project layers (e.g. RandomShear) so tf_keras can rebuild the graph
-            import covid_cxr.trainer.models  # noqa: F401
-        except Exception:  # noqa: BLE001 - optional: plain models load without it
-            pass
+        # Registers project layers (e.g. RandomShear) so tf_keras can rebuild the graph.
+        import covid_cxr.trainer.models  # noqa: F401
         try:
             self._keras = keras.models.load_model(self.serving_model.path, compile=False)
         except Exception as e:  # noqa: BLE001 - fall back to differentiating the plain SavedModel
             self.load_error = f"{type(e).__name__}"
+            log.warning("explanations use gradient saliency, not Grad-CAM: the model did not load as Keras (%s: %s)",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return
         try:
             target = find_gradcam_target(self._keras)
-        except Exception:  # noqa: BLE001 - an unusual graph: saliency still works
+        except Exception as e:  # noqa: BLE001 - an unusual graph: saliency still works
+            log.warning("explanations use gradient saliency, not Grad-CAM: no convolutional layer to attribute to "
+                        "(%s)", type(e).__name__)
             target = None
         if target is not None:
             self.target_layer = target.layer_name

@@ -43,8 +43,12 @@ def _logit(p):
 
 
 def _recentred(covid, threshold):
-    """sigmoid(logit(p) - logit(t)): above 0.5 exactly when p > t, and increasing in p."""
-    return tf.sigmoid(_logit(covid) - _logit(threshold))
+    """sigmoid(logit(p) - logit(t)): above 0.5 exactly when p > t, and increasing in p. The clip in
+    _logit makes it exactly 0.5 when p and t both lie within 1e-7 of 0 or 1 (saturated scores), so the
+    side of 0.5 is set by p > t itself."""
+    score = tf.sigmoid(_logit(covid) - _logit(threshold))
+    just_above_half = tf.math.nextafter(tf.constant(0.5, score.dtype), tf.constant(1.0, score.dtype))
+    return tf.where(covid > threshold, tf.maximum(score, just_above_half), tf.minimum(score, 0.5))
 
 
 def _argmax_margin(probabilities):

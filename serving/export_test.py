@@ -49,3 +49,14 @@ def test_covid_gate_column_ranks_films_by_their_covid_probability():
     below = probabilities[:, COVID] <= 0.3
     np.testing.assert_array_equal(np.argmax(gate[below][:, OTHERS], axis=1),
                                   np.argmax(probabilities[below][:, OTHERS], axis=1))
+
+
+@pytest.mark.parametrize("threshold", [np.float32(1 - 6e-8), np.float32(5e-8)])
+def test_the_binary_gate_judges_the_served_decision_where_scores_saturate(threshold):
+    # Within 1e-7 of 0 or 1 the logits are clipped: the re-centred score alone would be exactly 0.5
+    # for films served as COVID, which the Evaluator (COVID when > 0.5) would count as negatives.
+    covid = np.array([1.0, np.nextafter(threshold, np.float32(1)), threshold, np.float32(1e-9), 0.3, 0.999], np.float32)
+    gate = export._recentred(tf.constant(covid), tf.constant(threshold)).numpy()
+    np.testing.assert_array_equal(gate > 0.5, covid > threshold)
+    order = np.argsort(covid, kind="stable")
+    assert (np.diff(gate[order]) >= 0).all()  # still ranks films by P(covid)

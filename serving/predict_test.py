@@ -312,3 +312,18 @@ def test_saliency_from_the_plain_saved_model_when_tf_keras_cannot_load_it(binary
     _, pngs = _first_records(binary_model, 1)
     heat, method = explainer.heatmap(explainer.serving_model.transform_images(pngs)[0], 0)
     assert method == explain.SALIENCY and heat.shape == (testing.TINY_IMAGE_SIZE,) * 2 and heat.max() > 0
+
+
+def test_falling_back_to_saliency_says_why(binary_model, monkeypatch, caplog):
+    import tf_keras
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Unknown layer: 'SomethingCustom'\nmore detail")
+
+    monkeypatch.setattr(tf_keras.models, "load_model", refuse)
+    explainer = explain.Explainer(predict.load_model(binary_model.serving_dir))
+    with caplog.at_level("WARNING", logger=explain.__name__):
+        assert explainer.method == explain.SALIENCY
+    assert explainer.load_error == "ValueError"
+    assert "gradient saliency, not Grad-CAM: the model did not load as Keras (ValueError: Unknown layer: " \
+           "'SomethingCustom')" in caplog.text

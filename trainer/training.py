@@ -660,8 +660,11 @@ def _gap_middle(lower: float, upper: float) -> float:
     the export compares float32 scores with a float32 threshold."""
     middle = (logit(np.array([upper, lower]))).mean()
     t = min(max(1.0 / (1.0 + math.exp(-middle)), lower), float(np.nextafter(upper, -np.inf)))
-    t32 = float(np.float32(t))
-    return t32 if lower <= t32 < upper else t
+    for candidate in (t, lower):  # lower itself when rounding t to float32 leaves the gap (near 0 or 1)
+        t32 = float(np.float32(candidate))
+        if lower <= t32 < upper:
+            return t32
+    return t
 
 
 def _standard_error(target: float, n: int) -> float:
