@@ -3,9 +3,10 @@
 FROM python:3.11-slim-bookworm
 ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # training.reproducible (on in the `full` preset): TensorFlow must start with one inter-op thread
-# and a fixed intra-op count (trainer.training.reproducible_thread_env). Set the count to the
-# cores the Tuner and Trainer pods get; runs repeat for one count.
-ENV TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=4 OMP_NUM_THREADS=4
+# and a fixed intra-op count, OpenMP's the same (trainer.training.reproducible_thread_env). Build
+# with --build-arg THREADS=<the cores the Tuner and Trainer pods get>; runs repeat for one count.
+ARG THREADS=4
+ENV TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=${THREADS} OMP_NUM_THREADS=${THREADS}
 # training.onednn: `off` (the `full` preset) needs 0; for `on`, build with --build-arg TF_ENABLE_ONEDNN_OPTS=1.
 ARG TF_ENABLE_ONEDNN_OPTS=0
 ENV TF_ENABLE_ONEDNN_OPTS=${TF_ENABLE_ONEDNN_OPTS}

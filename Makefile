@@ -44,11 +44,13 @@ bench: install
 
 ## Real-data quality per task: curate ../shared/data, run the full pipeline, evaluate held-out data
 ## (~10-25 minutes per task on 2 cores). TASKS="covid-vs-normal three-class" to choose; SPLITS=3 repeats
-## each task on 3 patient-disjoint splits.
+## each task on 3 patient-disjoint splits; FIRST_SPLIT=1 numbers them from 1 (fresh random keys only,
+## as docs/results.md's runs; 0 is your own pseudonym key).
 TASKS ?= covid-vs-normal covid-vs-pneumonia covid-vs-noncovid three-class
 SPLITS ?= 1
+FIRST_SPLIT ?= 0
 quality: install
-	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --splits $(SPLITS) --out runs/quality
+	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --splits $(SPLITS) --first-split $(FIRST_SPLIT) --out runs/quality
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^covid-cxr' > constraints.txt

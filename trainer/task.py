@@ -242,7 +242,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     )
     return tfx.components.TunerFnResult(
         tuner=tuner,
-        fit_kwargs={  # the training batches come from _FreshTrainingBatches
+        fit_kwargs={  # the training batches come from _TrialModel (a dataset built for each trial)
             "validation_data": _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
             "steps_per_epoch": _steps(sum(source_counts.values()), batch),
             "epochs": cfg["tuner"]["epochs"],
