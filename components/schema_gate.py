@@ -51,8 +51,8 @@ def ImportSchema(
 def read_split_anomalies(split_dir: str) -> list:
     """['feature label: Unexpected string values (...)', ...] from one split of an anomalies artifact."""
     path = os.path.join(split_dir, ANOMALIES_FILE)
-    if not tf.io.gfile.exists(path):
-        return []
+    if not tf.io.gfile.exists(path):  # ExampleValidator writes one per split, empty or not
+        return [f"no {ANOMALIES_FILE}: this split was not validated"]
     found = anomalies_pb2.Anomalies()
     found.ParseFromString(io_utils.read_bytes_file(path))
     problems = [f"feature {name}: {info.short_description or info.description}"
@@ -64,10 +64,14 @@ def read_split_anomalies(split_dir: str) -> list:
 
 
 def describe_anomalies(artifact) -> list:
-    """['split test: feature label: Unexpected string values (...)', ...] for every anomaly found."""
+    """['split test: feature label: Unexpected string values (...)', ...] for every anomaly found
+    (an artifact that names no split at all validated nothing: that is a problem too)."""
+    splits = standard_artifact_utils.decode_split_names(artifact.split_names)
+    if not splits:
+        return ["no split was validated"]
     return [
         f"split {split}: {problem}"
-        for split in standard_artifact_utils.decode_split_names(artifact.split_names)
+        for split in splits
         for problem in read_split_anomalies(standard_artifact_utils.get_split_uri([artifact], split))
     ]
 

@@ -72,3 +72,43 @@ def test_an_edit_of_the_schema_or_the_code_changes_the_cache_key(tmp_path, monke
     assert all(changed[name] != edited[name] for name in ("Transform", "Tuner", "Trainer"))
     assert changed["ImportSchema"] == edited["ImportSchema"]
     fingerprints.code_fingerprint.cache_clear()
+
+
+def _anomalies(tmp_path, per_split):
+    """An ExampleAnomalies artifact; per_split maps a split to its Anomalies proto, or None for no file."""
+    from tfx.types import standard_artifact_utils
+
+    artifact = tfx.types.standard_artifacts.ExampleAnomalies()
+    artifact.uri = str(tmp_path / "anomalies")
+    artifact.split_names = standard_artifact_utils.encode_split_names(list(per_split))
+    for split, found in per_split.items():
+        os.makedirs(os.path.join(artifact.uri, f"Split-{split}"))
+        if found is not None:
+            with open(os.path.join(artifact.uri, f"Split-{split}", "SchemaDiff.pb"), "wb") as f:
+                f.write(found.SerializeToString())
+    return artifact
+
+
+def test_the_gate_passes_clean_splits_and_stops_on_anomalies_or_unvalidated_splits(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from covid_cxr.components.schema_gate import DataValidationError, SchemaGate
+
+    schema = _schema_artifact(tmp_path)
+    (tmp_path / "out" / SCHEMA_FILE_NAME).write_text(SCHEMA)
+    validated = tfx.types.standard_artifacts.Schema()
+    validated.uri = str(tmp_path / "validated")
+    clean = anomalies_pb2.Anomalies()
+    artifact = _anomalies(tmp_path / "a", {"train": clean, "test": clean})
+    SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
+    assert (tmp_path / "validated" / SCHEMA_FILE_NAME).read_text() == SCHEMA
+
+    bad = anomalies_pb2.Anomalies()
+    bad.anomaly_info["label"].short_description = "Unexpected string values"
+    artifact = _anomalies(tmp_path / "b", {"train": clean, "test": bad})
+    with pytest.raises(DataValidationError, match=r"1 anomaly: split test: feature label: Unexpected string values$"):
+        SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
+    # A split without its anomalies file was never validated: the gate fails closed.
+    artifact = _anomalies(tmp_path / "c", {"train": clean, "test": None})
+    with pytest.raises(DataValidationError, match="split test: no SchemaDiff.pb: this split was not validated"):
+        SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
