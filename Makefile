@@ -41,6 +41,7 @@ test-all: install
 ## Real-data quality and speed figures (minutes to tens of minutes; prints tables).
 bench: install
 	$(BIN)/python scripts/benchmark_models.py
+	$(BIN)/python scripts/benchmark_curation.py --synthetic 1000
 
 ## Real-data quality per task: curate ../shared/data, run the full pipeline, evaluate held-out data
 ## (~10-25 minutes per task on 2 cores). TASKS="covid-vs-normal three-class" to choose; SPLITS=3 repeats

@@ -58,6 +58,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 import types
 from typing import Iterable, Mapping, Optional, Sequence, Union
@@ -95,6 +96,28 @@ class _Item:
     view: str = features.UNKNOWN
     sex: str = features.UNKNOWN
     age: int = features.UNKNOWN_AGE
+    png_at: Optional[tuple[int, int]] = None  # (offset, length) of the processed PNG in the spool
+
+
+class _PngSpool:
+    """Processed PNGs wait in an anonymous temporary file (TMPDIR), not in memory, until they are
+    written: duplicates and patient groups need every film's hash first, and a corpus of 100,000
+    films' PNGs would not fit in memory."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile(prefix="covid-cxr-curate-")
+
+    def put(self, png: bytes) -> tuple[int, int]:
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(png)
+        return offset, len(png)
+
+    def get(self, where: tuple[int, int]) -> bytes:
+        self._file.seek(where[0])
+        return self._file.read(where[1])
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def build_sources(specs: Union[Mapping[str, str], Iterable[SourceSpec]], class_map: Optional[Mapping[str, str]] = None) -> list[Source]:
@@ -170,65 +193,66 @@ def curate(
         raise CurationError(str(e)) from None
 
     items = _label(source_objs, task_obj)
-    _load_pixels([it for it in items if it.label is not None], max_side, crop, equalize, workers, progress)
+    with contextlib.closing(_PngSpool()) as spool:
+        _load_pixels([it for it in items if it.label is not None], max_side, crop, equalize, workers, progress, spool)
 
-    pseudonyms: dict[tuple[str, str], str] = {}
+        pseudonyms: dict[tuple[str, str], str] = {}
 
-    def pid(it: _Item) -> str:
-        k = (it.candidate.source, it.raw_patient)
-        if k not in pseudonyms:
-            pseudonyms[k] = pseudonym.pseudonymize(key_bytes, *k)
-        return pseudonyms[k]
+        def pid(it: _Item) -> str:
+            k = (it.candidate.source, it.raw_patient)
+            if k not in pseudonyms:
+                pseudonyms[k] = pseudonym.pseudonymize(key_bytes, *k)
+            return pseudonyms[k]
 
-    refs = {it.index: _public_ref(it, pid(it), key_bytes) for it in items}
-    hashed = [it for it in items if it.processed is not None and it.reject is None]
-    dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
-    uf = _group(hashed, dups)
-    balance = _apply_balance_cap(hashed, balance_cap)
+        refs = {it.index: _public_ref(it, pid(it), key_bytes) for it in items}
+        hashed = [it for it in items if it.processed is not None and it.reject is None]
+        dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
+        uf = _group(hashed, dups)
+        balance = _apply_balance_cap(hashed, balance_cap)
 
-    writer = DatasetWriter(out_dir, task_obj.name)
-    crop_counts: collections.Counter = collections.Counter()
-    group_sizes: collections.Counter = collections.Counter()
-    for n, it in enumerate(hashed):
-        if it.reject is not None:
-            continue
-        p = it.processed
-        group = pid(hashed[uf.find(n)])  # the pseudonym of the group's first patient
-        record = features.Record(
-            png=p.png, label=it.label, label_index=task_obj.classes.index(it.label), patient_id=pid(it),
-            group=group, source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
-        )
-        writer.add(record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
-        crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
-        group_sizes[group] += 1
-    rejected_by_source: dict = collections.defaultdict(collections.Counter)
-    for it in items:
-        if it.reject is not None:
-            writer.reject(it.candidate.source, refs[it.index], it.reject)
-            rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
+        with DatasetWriter(out_dir, task_obj.name) as writer:  # a failure leaves no partial shards behind
+            crop_counts: collections.Counter = collections.Counter()
+            group_sizes: collections.Counter = collections.Counter()
+            for n, it in enumerate(hashed):
+                if it.reject is not None:
+                    continue
+                p = it.processed
+                group = pid(hashed[uf.find(n)])  # the pseudonym of the group's first patient
+                record = features.Record(
+                    png=spool.get(it.png_at), label=it.label, label_index=task_obj.classes.index(it.label),
+                    patient_id=pid(it), group=group, source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
+                )
+                writer.add(record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
+                crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
+                group_sizes[group] += 1
+            rejected_by_source: dict = collections.defaultdict(collections.Counter)
+            for it in items:
+                if it.reject is not None:
+                    writer.reject(it.candidate.source, refs[it.index], it.reject)
+                    rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
 
-    summary = writer.close({
-        "settings": {
-            "task": task_obj.name,
-            "sources": {s.name: s.root for s in source_objs},
-            "class_map": dict(sorted(class_map.items())) if class_map else None,
-            "max_side": max_side,
-            "crop": crop,
-            "equalize": equalize,
-            "balance_cap": balance_cap,
-            "hash": f"dct-phash-{images.HASH_BYTES * 8}",
-            "hash_threshold": hash_threshold,
-            "pseudonym_key": key_origin,
-            "pseudonym_key_id": pseudonym.key_id(key_bytes),
-        },
-        "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
-        "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
-        "hidden_skipped_per_source": {s.name: s.hidden_skipped for s in source_objs if s.hidden_skipped},
-        "duplicates": duplicate_summary,
-        "largest_group": max(group_sizes.values(), default=0),
-        "crop": dict(sorted(crop_counts.items())),
-        "balance": balance,
-    })
+            summary = writer.close({
+                "settings": {
+                    "task": task_obj.name,
+                    "sources": {s.name: s.root for s in source_objs},
+                    "class_map": dict(sorted(class_map.items())) if class_map else None,
+                    "max_side": max_side,
+                    "crop": crop,
+                    "equalize": equalize,
+                    "balance_cap": balance_cap,
+                    "hash": f"dct-phash-{images.HASH_BYTES * 8}",
+                    "hash_threshold": hash_threshold,
+                    "pseudonym_key": key_origin,
+                    "pseudonym_key_id": pseudonym.key_id(key_bytes),
+                },
+                "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
+                "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
+                "hidden_skipped_per_source": {s.name: s.hidden_skipped for s in source_objs if s.hidden_skipped},
+                "duplicates": duplicate_summary,
+                "largest_group": max(group_sizes.values(), default=0),
+                "crop": dict(sorted(crop_counts.items())),
+                "balance": balance,
+            })
     log.info("curated %d images (%d rejected) into %s", summary["accepted"], summary["rejected"], out_dir)
     return summary
 
@@ -249,14 +273,15 @@ def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
     return items
 
 
-def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress) -> None:
+def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress, spool: "_PngSpool") -> None:
     """Processes the images; applies DICOM header rules (modality, lateral view) and fields."""
     jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]
     for it, (result, error) in zip(todo, _run_jobs(jobs, workers, progress)):
         if result is None:
             it.reject = f"unreadable image: {error}"
             continue
-        it.processed = result
+        it.png_at = spool.put(result.png)
+        it.processed = dataclasses.replace(result, png=b"")  # the hash and fields stay in memory
         header = result.header
         if header is None:
             continue

@@ -2,6 +2,8 @@
 
 Curation and the synthetic generator both write through here, so ExampleGen always reads one format.
 Output is deterministic: records are written in the order given, shards are sized by count.
+Records stream to disk as they are added (a shard is named with the shard count once it is known,
+on close), so memory holds the manifest rows only, whatever the corpus size.
 """
 from __future__ import annotations
 
@@ -20,14 +22,17 @@ REJECTED_FIELDS = ("source", "source_ref", "reason")
 
 
 class DatasetWriter:
-    """Collects accepted records and rejections, then writes the directory in one go on close()."""
+    """Streams accepted records into shards, collects rejections, and completes the directory on
+    close(); discard() removes what an unfinished writer wrote."""
 
     def __init__(self, out_dir: str, task: str, records_per_shard: int = 500):
         self.out_dir = out_dir
         self.task = features.get_task(task)
         self.records_per_shard = records_per_shard
-        self._accepted: list[tuple[features.Record, dict]] = []
+        self._accepted: list[dict] = []  # manifest rows
         self._rejected: list[dict] = []
+        self._partials: list[str] = []  # shards written so far, under names ExampleGen does not read
+        self._shard: Optional[tf.io.TFRecordWriter] = None
 
     def add(self, record: features.Record, source_ref: str, image_hash: str = "", note: str = "") -> None:
         if self.task.classes[record.label_index] != record.label:
@@ -45,23 +50,50 @@ class DatasetWriter:
             "hash": image_hash,
             "note": note,
         }
-        self._accepted.append((record, row))
+        if len(self._accepted) % self.records_per_shard == 0:
+            self._next_shard()
+        self._shard.write(record.to_example().SerializeToString())
+        self._accepted.append(row)
+
+    def _next_shard(self) -> None:
+        self._close_shard()
+        os.makedirs(self.out_dir, exist_ok=True)
+        self._partials.append(os.path.join(self.out_dir, f".records-{len(self._partials):05d}.partial"))
+        self._shard = tf.io.TFRecordWriter(self._partials[-1], options=tf.io.TFRecordOptions(compression_type="GZIP"))
+
+    def _close_shard(self) -> None:
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        """Removes the partial shards of a writer that will not be closed (curation failed)."""
+        self._close_shard()
+        for path in self._partials:
+            if os.path.exists(path):
+                os.remove(path)
+        self._partials = []
 
     def reject(self, source: str, source_ref: str, reason: str) -> None:
         self._rejected.append({"source": source, "source_ref": source_ref, "reason": reason})
 
     def close(self, extra_summary: Optional[Mapping] = None) -> dict:
-        os.makedirs(self.out_dir, exist_ok=True)
+        if not self._partials:  # nothing accepted: still one (empty) shard, as before
+            self._next_shard()
+        self._close_shard()
         self._remove_old_shards()
-        n = len(self._accepted)
-        num_shards = max(1, -(-n // self.records_per_shard))
-        options = tf.io.TFRecordOptions(compression_type="GZIP")
-        for shard in range(num_shards):
-            path = os.path.join(self.out_dir, f"records-{shard:05d}-of-{num_shards:05d}.tfrecord.gz")
-            with tf.io.TFRecordWriter(path, options=options) as out:
-                for record, _ in self._accepted[shard * self.records_per_shard : (shard + 1) * self.records_per_shard]:
-                    out.write(record.to_example().SerializeToString())
-        _write_csv(os.path.join(self.out_dir, features.MANIFEST), MANIFEST_FIELDS, (row for _, row in self._accepted))
+        num_shards = len(self._partials)
+        for shard, path in enumerate(self._partials):
+            os.replace(path, os.path.join(self.out_dir, f"records-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"))
+        self._partials = []
+        _write_csv(os.path.join(self.out_dir, features.MANIFEST), MANIFEST_FIELDS, self._accepted)
         _write_csv(os.path.join(self.out_dir, features.REJECTED), REJECTED_FIELDS, self._rejected)
         summary = self.summary()
         summary.update(extra_summary or {})
@@ -71,26 +103,29 @@ class DatasetWriter:
 
     def summary(self) -> dict:
         by_source_class: dict = collections.defaultdict(collections.Counter)
-        for record, _ in self._accepted:
-            by_source_class[record.source][record.label] += 1
+        for row in self._accepted:
+            by_source_class[row["source"]][row["label"]] += 1
         rejections = collections.Counter(_reason_kind(r["reason"]) for r in self._rejected)
         return {
             "task": self.task.name,
             "classes": list(self.task.classes),
             "accepted": len(self._accepted),
             "rejected": len(self._rejected),
-            "per_class": dict(collections.Counter(r.label for r, _ in self._accepted)),
+            "per_class": dict(collections.Counter(r["label"] for r in self._accepted)),
             "per_source_class": {s: dict(c) for s, c in sorted(by_source_class.items())},
-            "patients": len({r.patient_id for r, _ in self._accepted}),
-            "groups": len({r.group for r, _ in self._accepted}),
+            "patients": len({r["patient_id"] for r in self._accepted}),
+            "groups": len({r["group"] for r in self._accepted}),
             "rejections": dict(rejections),
         }
 
     def _remove_old_shards(self) -> None:
         # A re-run with fewer shards must not leave stale shards behind for ExampleGen to read.
+        # Partial shards of an earlier run that was killed go too.
         for name in os.listdir(self.out_dir):
-            if name.startswith("records-") and name.endswith(".tfrecord.gz"):
-                os.remove(os.path.join(self.out_dir, name))
+            path = os.path.join(self.out_dir, name)
+            if ((name.startswith("records-") and name.endswith(".tfrecord.gz"))
+                    or (name.startswith(".records-") and name.endswith(".partial") and path not in self._partials)):
+                os.remove(path)
 
 
 def _reason_kind(reason: str) -> str:

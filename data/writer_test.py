@@ -17,3 +17,51 @@ def test_read_summary_reads_through_tensorflow_file_systems(tmp_path):
     tf.io.gfile.remove(f"{remote}/{features.SUMMARY}")
     with pytest.raises(FileNotFoundError, match="was not written by covid-cxr curate"):
         writer.read_summary(remote)
+
+
+def _record(i: int, label: str = "covid") -> features.Record:
+    return features.Record(png=b"\x89PNG fake %d" % i, label=label, label_index=features.get_task("covid-vs-normal")
+                           .classes.index(label), patient_id=f"p{i}", group=f"g{i}", source="s", view="PA", sex="F", age=40)
+
+
+def _read_shards(directory) -> list:
+    paths = sorted(tf.io.gfile.glob(os.path.join(str(directory), features.TFRECORD_PATTERN)))
+    return [os.path.basename(p) for p in paths], [
+        tf.train.Example.FromString(raw.numpy()).features.feature[features.IMAGE].bytes_list.value[0]
+        for p in paths for raw in tf.data.TFRecordDataset(p, compression_type="GZIP")]
+
+
+def test_records_stream_to_shards_named_on_close(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "records-00000-of-00009.tfrecord.gz").write_bytes(b"stale")  # a larger earlier run's shards
+    (out / ".records-00007.partial").write_bytes(b"stale")  # a killed run's partial shard
+    w = writer.DatasetWriter(str(out), "covid-vs-normal", records_per_shard=2)
+    for i in range(5):
+        w.add(_record(i), f"ref{i}")
+    # Written as they come (the writer keeps the manifest rows, not the images) ...
+    assert len([n for n in os.listdir(out) if n.endswith(".partial")]) == 4
+    assert not any(hasattr(row, "png") or "png" in row for row in w._accepted)
+    summary = w.close()
+    # ... and named by their count once it is known; nothing stale is left for ExampleGen.
+    names, pngs = _read_shards(out)
+    assert names == [f"records-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
+    assert pngs == [b"\x89PNG fake %d" % i for i in range(5)]
+    assert sorted(os.listdir(out)) == sorted(names + [features.MANIFEST, features.REJECTED, features.SUMMARY])
+    assert summary["accepted"] == 5 and summary["patients"] == 5
+
+
+def test_a_failed_curation_leaves_no_partial_shards(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with writer.DatasetWriter(str(out), "covid-vs-normal", records_per_shard=2) as w:
+            for i in range(3):
+                w.add(_record(i), f"ref{i}")
+            raise RuntimeError("disk full")
+    assert os.listdir(out) == []
+
+
+def test_nothing_accepted_still_writes_one_empty_shard(tmp_path):
+    summary = writer.DatasetWriter(str(tmp_path / "out"), "covid-vs-normal").close()
+    assert _read_shards(tmp_path / "out") == (["records-00000-of-00001.tfrecord.gz"], [])
+    assert summary["accepted"] == 0
