@@ -18,7 +18,7 @@ from covid_cxr import cli
 from covid_cxr.data import curate as curate_mod
 from covid_cxr.data import features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
-from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
+from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON, REAL_SOURCE_DIRS
 
 KEY = "test-key"
 RSNA_IDS = ("11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb", "33333333-cccc-4ccc-8ccc-cccccccccccc")
@@ -367,10 +367,7 @@ def test_hidden_files_are_counted_not_listed(tmp_path):
 # ---- real corpus ------------------------------------------------------------------------------
 
 real = [pytest.mark.realdata, pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)]
-REAL_SOURCES = {
-    "cohen": REAL_DATA / "cohen-covid-chestxray", "rsna": REAL_DATA / "rsna-pneumonia",
-    "kermany": REAL_DATA / "chest-xray-pneumonia", "radiography": REAL_DATA / "covid19-radiography",
-}
+REAL_SOURCES = {name: REAL_DATA / folder for name, folder in REAL_SOURCE_DIRS.items()}
 
 
 @pytest.fixture(scope="module")

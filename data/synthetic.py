@@ -50,6 +50,10 @@ def _blob(ys, xs, cy, cx, r) -> np.ndarray:
     return np.exp(-(((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * r * r)))
 
 
+def random_anatomy(rng: np.random.Generator) -> Anatomy:
+    return Anatomy(rng.uniform(0.36, 0.42), rng.uniform(0.3, 0.36), rng.uniform(0.1, 0.14), rng.uniform(0, 2))
+
+
 def draw_radiograph(finding: str, anatomy: Anatomy, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """One synthetic film, uint8 grayscale of shape `size`, borders included."""
     h, w = size
@@ -112,24 +116,25 @@ def generate(out_dir: str, task: str = "covid-vs-normal", patients_per_class: in
     task_obj = features.get_task(task)
     findings = [f for f in features.FINDINGS if task_obj.class_of(f) and f != features.OTHER_OPACITY]
     rng = np.random.default_rng(seed)
-    writer = DatasetWriter(out_dir, task)
-    for finding in findings:
-        label = task_obj.class_of(finding)
-        for p in range(patients_per_class):
-            patient = hashlib.sha256(f"synthetic:{seed}:{finding}:{p}".encode()).hexdigest()[:16]
-            anatomy = Anatomy(rng.uniform(0.36, 0.42), rng.uniform(0.3, 0.36), rng.uniform(0.1, 0.14), rng.uniform(0, 2))
-            source, sex = rng.choice(SOURCES), rng.choice(("M", "F"))
-            age = int(rng.integers(18, 90))
-            for i in range(int(rng.integers(1, 4))):
-                size = (int(rng.integers(160, 256)), int(rng.integers(160, 256)))
-                png = _png(draw_radiograph(finding, anatomy, rng, size))
-                record = features.Record(
-                    png=png, label=label, label_index=task_obj.classes.index(label), patient_id=patient,
-                    group=patient, source=str(source), view=str(rng.choice(("PA", "AP"))), sex=str(sex), age=age,
-                )
-                writer.add(record, source_ref=f"{finding}/{patient}-{i}.png", image_hash=hashlib.sha256(png).hexdigest()[:16])
-    # Settings in curation's vocabulary, so `predict` prepares new images the way these were made:
-    # the synthetic borders are class-independent and deliberately left in.
-    settings = {"task": task, "max_side": 256, "crop": False, "equalize": "none"}
-    return writer.close({"synthetic": True, "seed": seed, "patients_per_class": patients_per_class,
-                         "settings": settings})
+    with DatasetWriter(out_dir, task) as writer:  # an interrupted run leaves no partial shards
+        for finding in findings:
+            label = task_obj.class_of(finding)
+            for p in range(patients_per_class):
+                patient = hashlib.sha256(f"synthetic:{seed}:{finding}:{p}".encode()).hexdigest()[:16]
+                anatomy = random_anatomy(rng)
+                source, sex = rng.choice(SOURCES), rng.choice(("M", "F"))
+                age = int(rng.integers(18, 90))
+                for i in range(int(rng.integers(1, 4))):
+                    size = (int(rng.integers(160, 256)), int(rng.integers(160, 256)))
+                    png = _png(draw_radiograph(finding, anatomy, rng, size))
+                    record = features.Record(
+                        png=png, label=label, label_index=task_obj.classes.index(label), patient_id=patient,
+                        group=patient, source=str(source), view=str(rng.choice(("PA", "AP"))), sex=str(sex), age=age,
+                    )
+                    writer.add(record, source_ref=f"{finding}/{patient}-{i}.png",
+                               image_hash=hashlib.sha256(png).hexdigest()[:16])
+        # Settings in curation's vocabulary, so `predict` prepares new images the way these were made:
+        # the synthetic borders are class-independent and deliberately left in.
+        settings = {"task": task, "max_side": 256, "crop": False, "equalize": "none"}
+        return writer.close({"synthetic": True, "seed": seed, "patients_per_class": patients_per_class,
+                             "settings": settings})

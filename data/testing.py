@@ -16,6 +16,9 @@ from PIL import Image
 
 # ../shared/data relative to the repository (the repo root is the covid_cxr package).
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The shared corpus's folder per source adapter (the public sources' own layouts).
+REAL_SOURCE_DIRS = {"cohen": "cohen-covid-chestxray", "rsna": "rsna-pneumonia", "kermany": "chest-xray-pneumonia",
+                    "radiography": "covid19-radiography"}
 REAL_DATA_REASON = f"real corpus not found at {REAL_DATA} (only present on the project's shared machine)"
 
 # Header values that must never leave curation (tests grep the outputs for them).

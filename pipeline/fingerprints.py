@@ -4,36 +4,65 @@ TFX reuses a cached execution when the component, its inputs and its execution p
 Transform, Tuner and Trainer name their functions by dotted path (no ``module_file``, so TFX packages
 and hashes no code), and ImportSchemaGen would record the schema's path, not its content: edit either
 in place and a cached run would serve the old model, or validate against the old schema. These
-fingerprints go into those components' properties so that an edit re-runs what it affects.
-On Kubeflow / Vertex the container image carries the code: tag images by digest.
+fingerprints go into those components' properties so that an edit re-runs what it affects, and
+only that: each component's code fingerprint covers the covid_cxr modules its entry point imports,
+directly or through others. On Kubeflow / Vertex the container image carries the code (tag images
+by digest), and a schema path that only exists inside the image cannot be read when compiling.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import os
 
 import tensorflow as tf
 
+PACKAGE = "covid_cxr"
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The packages whose code runs inside the components (curation writes the data, which ExampleGen
-# fingerprints itself; evaluation/ and the CLI run outside the DAG).
-COMPONENT_CODE = ("components", "data", "serving", "trainer", "transform")
+
+
+def _module_file(module: str) -> str | None:
+    """The source file of a covid_cxr module (package or plain module), None if there is none."""
+    parts = module.split(".")[1:]
+    base = os.path.join(PACKAGE_ROOT, *parts)
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _imported_modules(path: str) -> set[str]:
+    """covid_cxr modules a file imports anywhere in it (function-level imports too); for
+    ``from covid_cxr.x import y`` both covid_cxr.x and covid_cxr.x.y, whichever is a module."""
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), path)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if _module_file(m)}
 
 
 @functools.lru_cache(maxsize=None)
-def code_fingerprint() -> str:
-    """SHA-256 over the path and content of every non-test module in COMPONENT_CODE."""
+def code_fingerprint(entry_module: str) -> str:
+    """SHA-256 over the source of ``entry_module`` and every covid_cxr module it reaches by import
+    (with the packages around each, whose ``__init__`` runs on the way)."""
+    seen: set[str] = set()
+    todo = [entry_module]
+    while todo:
+        module = todo.pop()
+        if module not in seen and _module_file(module):
+            seen.add(module)
+            todo.extend(_imported_modules(_module_file(module)))
+            todo.extend(module.rsplit(".", n)[0] for n in range(1, module.count(".") + 1))
     digest = hashlib.sha256()
-    for package in COMPONENT_CODE:
-        for dirpath, dirnames, filenames in os.walk(os.path.join(PACKAGE_ROOT, package)):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in sorted(filenames):
-                if name.endswith(".py") and not name.endswith("_test.py") and name != "testing.py":  # tests' helpers
-                    path = os.path.join(dirpath, name)
-                    digest.update(os.path.relpath(path, PACKAGE_ROOT).encode() + b"\0")
-                    with open(path, "rb") as f:
-                        digest.update(hashlib.sha256(f.read()).digest())
+    for module in sorted(seen):
+        with open(_module_file(module), "rb") as f:
+            digest.update(module.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
 
 

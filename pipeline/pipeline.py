@@ -57,13 +57,14 @@ def create_components(config: PipelineConfig) -> list:
         custom_config={preprocessing.IMAGE_SIZE_KEY: config.model.image_size,
                        preprocessing.BORDER_CROP_KEY: config.model.border_crop,
                        # In the cache key: the functions are named by path, their code is not hashed.
-                       CODE_KEY: fingerprints.code_fingerprint()},
+                       CODE_KEY: fingerprints.code_fingerprint(PREPROCESSING_FN.rsplit(".", 1)[0])},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         disable_statistics=True,  # StatisticsGen already profiles the raw data
     )
     # The Trainer reads the curation summary where it runs: a compiled Kubeflow spec is re-run on
     # new data, and the compiling machine may not be able to read the bucket at all.
-    model_config = dict(config.model_custom_config(), data_dir=data.data_dir, **{CODE_KEY: fingerprints.code_fingerprint()})
+    model_config = dict(config.model_custom_config(), data_dir=data.data_dir,
+                        **{CODE_KEY: fingerprints.code_fingerprint(RUN_FN.rsplit(".", 1)[0])})
     train_args = tfx.proto.TrainArgs(splits=["train"])
     eval_args = tfx.proto.EvalArgs(splits=["eval"])
     trainer_inputs = dict(

@@ -69,7 +69,8 @@ def test_transform_receives_the_image_size_and_border_crop(tmp_path):
     transform = next(c for c in pipeline.create_components(config) if c.id == "Transform")
     custom = transform.exec_properties["custom_config"]
     custom = json.loads(custom) if isinstance(custom, str) else custom  # TFX stores it as JSON text
-    assert custom == {"image_size": 96, "border_crop": 0.05, pipeline.CODE_KEY: fingerprints.code_fingerprint()}
+    assert custom == {"image_size": 96, "border_crop": 0.05,
+                      pipeline.CODE_KEY: fingerprints.code_fingerprint("covid_cxr.transform.preprocessing")}
 
 
 def test_the_trainer_gets_the_data_directory_not_a_summary_read_when_the_dag_was_built(tmp_path):

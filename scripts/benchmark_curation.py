@@ -25,11 +25,9 @@ import numpy as np
 from PIL import Image
 
 from covid_cxr.data import curate, features, synthetic
-from covid_cxr.data.testing import REAL_DATA
+from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
 
-TASK_SOURCES = {  # the adult sources quality_benchmark.py curates for covid-vs-normal
-    "cohen": "cohen-covid-chestxray", "rsna": "rsna-pneumonia", "radiography": "covid19-radiography",
-}
+ADULT_SOURCES = ("cohen", "rsna", "radiography")  # what quality_benchmark.py curates for covid-vs-normal
 
 
 def write_synthetic_source(root: str, per_class: int, size: int = 1024, seed: int = 0) -> None:
@@ -37,9 +35,7 @@ def write_synthetic_source(root: str, per_class: int, size: int = 1024, seed: in
     for finding, folder in ((features.COVID, "COVID"), (features.NORMAL, "NORMAL")):
         os.makedirs(os.path.join(root, folder))
         for i in range(per_class):
-            anatomy = synthetic.Anatomy(rng.uniform(0.36, 0.42), rng.uniform(0.3, 0.36), rng.uniform(0.1, 0.14),
-                                        rng.uniform(0, 2))
-            pixels = synthetic.draw_radiograph(finding, anatomy, rng, (size, size))
+            pixels = synthetic.draw_radiograph(finding, synthetic.random_anatomy(rng), rng, (size, size))
             Image.fromarray(pixels, mode="L").save(os.path.join(root, folder, f"{i:06d}.png"))
 
 
@@ -71,22 +67,23 @@ def main(argv=None) -> int:
         else:
             if not REAL_DATA.is_dir():
                 parser.error(f"the shared corpus is not at {REAL_DATA}; pass --synthetic N")
-            sources = {name: str(REAL_DATA / folder) for name, folder in TASK_SOURCES.items()}
+            sources = {name: str(REAL_DATA / REAL_SOURCE_DIRS[name]) for name in ADULT_SOURCES}
             corpus = f"shared corpus ({', '.join(sources)})"
         before = reset_peak()
         started = time.perf_counter()
         summary = curate.curate(sources, os.path.join(tmp, "out"), "covid-vs-normal", key="benchmark",
                                 workers=args.workers, progress=False)
         seconds = time.perf_counter() - started
-        peak = _status_mib("VmHWM")
+        peak = round(_status_mib("VmHWM"))
+        before = round(before)
         inputs = summary["accepted"] + summary["rejected"]
         written = sum(os.path.getsize(os.path.join(tmp, "out", f)) for f in os.listdir(os.path.join(tmp, "out")))
     print(f"corpus: {corpus}")
     print(f"inputs {inputs} (accepted {summary['accepted']}, rejected {summary['rejected']}) in {seconds:.1f} s: "
           f"{inputs / seconds:.1f} images/s")
     print(f"curated output {written / 2**20:.1f} MiB")
-    print(f"resident memory of this process: {before:.0f} MiB before curating, peak {peak:.0f} MiB while curating "
-          f"(+{peak - before:.0f} MiB)")
+    print(f"resident memory of this process: {before} MiB before curating, peak {peak} MiB while curating "
+          f"(+{peak - before} MiB)")
     return 0
 
 

@@ -26,6 +26,7 @@ import sys
 import time
 
 from covid_cxr.data import pseudonym
+from covid_cxr.data.testing import REAL_SOURCE_DIRS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))
@@ -42,8 +43,6 @@ SOURCES = {
     "covid-vs-noncovid": ["cohen", "rsna", "kermany", "radiography"],
     "three-class": ["cohen", "rsna", "kermany", "radiography"],
 }
-SOURCE_DIRS = {"cohen": "cohen-covid-chestxray", "rsna": "rsna-pneumonia", "kermany": "chest-xray-pneumonia",
-               "radiography": "covid19-radiography"}
 # task -> (name, class folder, corpus folders): films of a source the task's model never saw.
 EXTERNAL = {
     "covid-vs-normal": ("kermany normals (paediatric, unseen source)", "NORMAL",
@@ -80,7 +79,7 @@ def run_task(task, out, extra_sets, split=0):
     if not os.path.exists(os.path.join(curated, "summary.json")):
         args = CLI + ["curate", "--task", task, "--out", curated]
         for source in SOURCES[task]:
-            args += ["--source", f"{source}={os.path.join(SHARED, SOURCE_DIRS[source])}"]
+            args += ["--source", f"{source}={os.path.join(SHARED, REAL_SOURCE_DIRS[source])}"]
         # Through the environment, not argv, so the key never shows in a process listing.
         sh(args, log, env={**os.environ, pseudonym.ENV_VAR: secrets.token_hex(32)} if split else None)
     root = os.path.join(out, f"root-{name}")

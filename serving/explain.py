@@ -214,9 +214,11 @@ class Explainer:
         try:
             target = find_gradcam_target(self._keras)
         except Exception as e:  # noqa: BLE001 - an unusual graph: saliency still works
-            log.warning("explanations use gradient saliency, not Grad-CAM: no convolutional layer to attribute to "
-                        "(%s)", type(e).__name__)
+            log.warning("explanations use gradient saliency, not Grad-CAM: looking for the layer to attribute to "
+                        "failed (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             target = None
+        if target is None:  # e.g. an averaged pair of models: no single convolution feeds the output
+            log.info("explanations use gradient saliency: no convolution reaches the output through a chain of layers")
         if target is not None:
             self.target_layer = target.layer_name
             self._grad_model = target

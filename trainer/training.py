@@ -27,7 +27,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from covid_cxr.evaluation.metrics import logit
 from covid_cxr.trainer import models
 from covid_cxr.trainer.models import BuiltModel, HParams
 
@@ -658,9 +657,11 @@ def _gap_middle(lower: float, upper: float) -> float:
     rejects ``lower``: the middle of the gap in logit space, whatever float rounding does to
     probabilities near 0 or 1. Returned as a float32 value whenever one lies in the gap, because
     the export compares float32 scores with a float32 threshold."""
-    middle = (logit(np.array([upper, lower]))).mean()
+    # Not metrics.logit: its clip at 1e-7 would put every gap of saturated scores at the same middle.
+    ends = np.clip(np.array([upper, lower], dtype=np.float64), 1e-300, 1.0 - 1e-16)
+    middle = (np.log(ends) - np.log1p(-ends)).mean()
     t = min(max(1.0 / (1.0 + math.exp(-middle)), lower), float(np.nextafter(upper, -np.inf)))
-    for candidate in (t, lower):  # lower itself when rounding t to float32 leaves the gap (near 0 or 1)
+    for candidate in (t, lower):  # lower itself when rounding t to float32 leaves the gap
         t32 = float(np.float32(candidate))
         if lower <= t32 < upper:
             return t32

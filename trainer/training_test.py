@@ -516,11 +516,12 @@ def test_the_threshold_is_stored_as_the_float32_the_export_compares_scores_with(
     scores = np.float32([0.3331679, 0.5, 0.7])
     t = T.choose_threshold([1, 0, 1], scores, 1.0)
     assert (scores > np.float32(t)).all()
-    # Saturated scores: a gap between two scores under 1e-7, where the logit-space middle rounded
-    # to float32 lands on the upper (positive) score; the lower score itself is the threshold.
+    # Saturated scores: a gap between two scores under 1e-7 (clipped logits would put its middle
+    # on the upper, positive score): the middle of the gap still, as a float32.
     scores = np.float32([1e-8, 5e-8, 0.9])
     t = T.choose_threshold([0, 1, 1], scores, 1.0)
-    assert t == float(np.float32(t)) and (scores[1:] > np.float32(t)).all() and not scores[0] > np.float32(t)
+    assert t == float(np.float32(t)) and float(scores[0]) < t < float(scores[1])
+    assert t == pytest.approx(math.sqrt(1e-8 * 5e-8), rel=1e-3)  # logit ~ log near 0: the geometric middle
 
 
 def test_choose_threshold_matches_brute_force():

@@ -1,0 +1,59 @@
+"""Cache keys follow what a component runs: its code's imports and the schema file's content."""
+import json
+import os
+
+from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import fingerprints, pipeline
+
+SCHEMA = 'feature { name: "label" type: BYTES }\n'
+
+
+def test_an_edit_of_the_schema_or_the_code_changes_the_cache_key(tmp_path, monkeypatch):
+    path = tmp_path / "schema.pbtxt"
+    path.write_text(SCHEMA)
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "data.schema_file": str(path)})
+
+    def properties():
+        nodes = {c.id: c for c in pipeline.create_components(config)}
+        return {name: json.dumps(nodes[name].exec_properties, sort_keys=True, default=str)
+                for name in ("ImportSchema", "Transform", "Tuner", "Trainer")}
+
+    before = properties()
+    assert properties() == before  # nothing edited: the cache may answer
+    path.write_text(SCHEMA.replace("BYTES", "INT"))
+    edited = properties()
+    assert edited["ImportSchema"] != before["ImportSchema"]
+    assert {k: v for k, v in edited.items() if k != "ImportSchema"} == {k: v for k, v in before.items() if k != "ImportSchema"}
+    # A copy of the package's modules: each component's key follows the code it imports, and only that.
+    package = tmp_path / "pkg"
+    for dirpath, dirnames, names in os.walk(fingerprints.PACKAGE_ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("tests", "scripts", "docs")]
+        for name in names:
+            if name.endswith(".py"):
+                target = package / os.path.relpath(os.path.join(dirpath, name), fingerprints.PACKAGE_ROOT)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(open(os.path.join(dirpath, name), "rb").read())
+    monkeypatch.setattr(fingerprints, "PACKAGE_ROOT", str(package))
+
+    def after_editing(*relpaths):
+        for relpath in relpaths:
+            with open(package / relpath, "a") as f:
+                f.write("\n# an edit\n")
+        fingerprints.code_fingerprint.cache_clear()
+        return properties()
+
+    assert after_editing() == edited  # the same code in another place
+    # CLI-only code and editor leftovers beside the modules change nothing.
+    (package / "trainer" / ".#task.py").symlink_to("nowhere")  # an Emacs lock file
+    (package / "trainer" / ".ipynb_checkpoints").mkdir()
+    (package / "trainer" / ".ipynb_checkpoints" / "task-checkpoint.py").write_text("x = 1\n")
+    assert after_editing("data/curate.py", "cli.py") == edited
+    # The Trainer's code (its metrics in evaluation/ too) re-runs the Tuner and Trainer, not Transform.
+    trained = after_editing("evaluation/metrics.py")
+    assert trained["Transform"] == edited["Transform"]
+    assert trained["Tuner"] != edited["Tuner"] and trained["Trainer"] != edited["Trainer"]
+    # The Transform's code re-runs everything that consumes it.
+    transformed = after_editing("transform/preprocessing.py")
+    assert all(transformed[name] != trained[name] for name in ("Transform", "Tuner", "Trainer"))
+    assert transformed["ImportSchema"] == edited["ImportSchema"]
+    fingerprints.code_fingerprint.cache_clear()
