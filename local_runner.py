@@ -11,7 +11,7 @@ from tfx import v1 as tfx
 
 from covid_cxr.components.schema_gate import DataValidationError
 from covid_cxr.data import writer
-from covid_cxr.pipeline import metadata
+from covid_cxr.pipeline import fingerprints, metadata
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
 from covid_cxr.trainer import training
@@ -33,8 +33,10 @@ def check_data(config: PipelineConfig) -> dict:
 
 
 def check_inputs(config: PipelineConfig) -> dict:
-    """Everything a run can check before it starts: the data, and where ML Metadata is kept."""
+    """Everything a run can check before it starts: the data, the schema, and where ML Metadata is kept."""
     summary = check_data(config)
+    if config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
+        raise ConfigError(f"data.schema_file {config.data.schema_file!r} cannot be read (no such file, or no access)")
     metadata.check_connection(config)
     return summary
 

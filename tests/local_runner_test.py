@@ -27,6 +27,14 @@ def test_data_of_another_task_or_with_foreign_labels_is_refused(tmp_path):
         local_runner.check_data(_config(tmp_path))
 
 
+def test_an_unreadable_schema_file_is_refused_before_the_run(tmp_path):
+    synthetic.generate(str(tmp_path), "covid-vs-normal", patients_per_class=3, seed=0)
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path),
+                                                 "data.schema_file": str(tmp_path / "missing.pbtxt")})
+    with pytest.raises(cfg.ConfigError, match=r"data.schema_file '.*missing.pbtxt' cannot be read"):
+        local_runner.check_inputs(config)
+
+
 def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     # `covid-cxr -v run ...`'s command line: TFX's Beam executors parse sys.argv as absl flags, where
     # -v is --verbosity, so ImportExampleGen (the first component) failed on it before the fix.
