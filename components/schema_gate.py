@@ -20,8 +20,6 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 ANOMALIES_FILE = "SchemaDiff.pb"
-
-
 SCHEMA_FILE_NAME = "schema.pbtxt"  # where ImportSchemaGen, and so Transform, expect it in a Schema artifact
 
 
