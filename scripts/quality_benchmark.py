@@ -26,10 +26,9 @@ import sys
 import time
 
 from covid_cxr.data import pseudonym
-from covid_cxr.data.testing import REAL_SOURCE_DIRS
+from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))
+SHARED = str(REAL_DATA)
 CLI = [os.path.join(os.path.dirname(sys.executable), "covid-cxr")]
 
 # Kermany's films are paediatric: against adult COVID films "child vs adult" is a shortcut, so the

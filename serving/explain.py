@@ -219,7 +219,7 @@ class Explainer:
             target = None
         if target is None:  # e.g. an averaged pair of models: no single convolution feeds the output
             log.info("explanations use gradient saliency: no convolution reaches the output through a chain of layers")
-        if target is not None:
+        else:
             self.target_layer = target.layer_name
             self._grad_model = target
 
