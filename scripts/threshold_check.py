@@ -17,15 +17,23 @@ Trainer would store now, chosen here on eval by its rule and targets. Printed pe
 It separates "the model ranks badly" (low AUC, low spec@sens) from "the eval-chosen threshold
 landed badly" (good spec@sens, test sensitivity far from the eval target).
 
-``--resample N`` asks how much of that is the luck of one draw, per threshold rule: the eval and
-test films of a root are pooled and dealt again N times into an eval part of the same size and a
-test part, whole patient groups at a time; each time the threshold is chosen on the eval part by
-the sensitivity-only rule and by the shared-slack rule (``--targets``), and judged on the test part
-against ``--bars``. Printed: mean test sensitivity / specificity and how often each bar, and both,
-were met. The model is fixed (scored once), so this is threshold placement only.
+Threshold rules compared (trainer.training.choose_threshold): "sensitivity only" (the first
+``--targets`` sensitivity) and "shared slack S/P" for each ``--targets S P`` (repeatable; default
+0.95 0.90, the `full` preset's). Per root, each rule's eval-chosen threshold judged on that root's
+own test split against ``--bars``; with several roots, a last table counts the roots whose test
+split met both bars under each rule (each root a separate training on fresh patients).
+
+``--resample N`` asks how much of that is the luck of one draw, per rule: the eval and test films
+of a root are pooled and dealt again N times into an eval part of the same size and a test part,
+whole patient groups at a time; each time each rule chooses its threshold on the eval part and is
+judged on the test part against ``--bars``. Printed: mean test sensitivity / specificity and how
+often each bar, and both, were met. The model is fixed (scored once), so this is threshold
+placement only; pooling also mixes in films the model was not selected on, so it does not see the
+eval split's optimism (early stopping and the Tuner pick on eval).
 
     .venv/bin/python scripts/threshold_check.py runs/q/root-covid-vs-normal runs/q/root-covid-vs-normal-split1 [--tta]
     .venv/bin/python scripts/threshold_check.py runs/q5/root-covid-vs-normal --resample 400
+    .venv/bin/python scripts/threshold_check.py runs*/root-covid-vs-normal-split* --targets 0.95 0.90 --targets 0.97 0.90
 """
 from __future__ import annotations
 
@@ -33,7 +41,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional
 
 import numpy as np
 
@@ -77,21 +84,33 @@ def deal_by_group(groups: np.ndarray, n_eval: int, rng: np.random.Generator) -> 
     return np.isin(index, taken)
 
 
+def rules_for(targets: list) -> dict:
+    """Rule name -> (target sensitivity, target specificity) for choose_threshold."""
+    rules = {"sensitivity only": (targets[0][0], 0.0)}
+    rules.update({f"shared slack {sens:g}/{spec:g}": (sens, spec) for sens, spec in targets})
+    return rules
+
+
+def judge(y_eval, eval_scores, y_test, test_scores, rule: tuple, bars: tuple) -> tuple:
+    """(threshold chosen on eval by ``rule``, test sensitivity, test specificity, each bar met, both met)."""
+    threshold = T.choose_threshold(y_eval, eval_scores, *rule)
+    sens, spec = T.sensitivity_specificity(y_test, test_scores, threshold)
+    return threshold, sens, spec, sens >= bars[0], spec >= bars[1], sens >= bars[0] and spec >= bars[1]
+
+
 def resample(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_eval: int, n: int,
-             targets: tuple, bars: tuple, seed: int = 0) -> dict:
+             rules: dict, bars: tuple, seed: int = 0) -> dict:
     """Per rule: mean test sensitivity / specificity and the share of deals meeting each bar."""
     rng = np.random.default_rng(seed)
-    rules = {"sensitivity only": (targets[0], 0.0), "shared slack": targets}
     outcomes = {name: [] for name in rules}
     for _ in range(n):
         is_eval = deal_by_group(groups, n_eval, rng)
         if y[is_eval].sum() == 0 or y[~is_eval].sum() == 0 or (y[~is_eval] == 0).sum() == 0:
             continue  # a deal with no COVID film on a side, or no negative in test, judges nothing
         for name, rule in rules.items():
-            threshold = T.choose_threshold(y[is_eval], scores[is_eval], *rule)
-            sens, spec = T.sensitivity_specificity(y[~is_eval], scores[~is_eval], threshold)
-            outcomes[name].append((sens, spec, sens >= bars[0], spec >= bars[1], sens >= bars[0] and spec >= bars[1]))
-    result = {"deals": len(outcomes["sensitivity only"]), "targets": list(targets), "bars": list(bars)}
+            outcomes[name].append(judge(y[is_eval], scores[is_eval], y[~is_eval], scores[~is_eval], rule, bars)[1:])
+    result = {"deals": len(outcomes["sensitivity only"]), "rules": {k: list(v) for k, v in rules.items()},
+              "bars": list(bars)}
     for name, rows in outcomes.items():
         a = np.asarray(rows, dtype=float).reshape(-1, 5)
         result[name] = dict(zip(("mean_sensitivity", "mean_specificity", "sensitivity_bar_met", "specificity_bar_met",
@@ -99,7 +118,7 @@ def resample(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_eval: int,
     return result
 
 
-def check_root(root: str, tta: bool = False, resample_args: Optional[dict] = None) -> dict:
+def check_root(root: str, rules: dict, bars: tuple, tta: bool = False, resample_n: int = 0) -> dict:
     model_dir, examples = artifacts.trained_run(root)
     model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
     if model.task is None:
@@ -113,12 +132,16 @@ def check_root(root: str, tta: bool = False, resample_args: Optional[dict] = Non
     if threshold is None:  # a three-class argmax export: the threshold the Trainer stores now
         threshold = T.choose_threshold(y["eval"], plain["eval"], *targets)
     result = {"root": root, "model": model_dir, "threshold_chosen_here": model.threshold is None,
-              "stored": describe(y["eval"], plain["eval"], y["test"], plain["test"], threshold)}
-    if resample_args:
+              "stored": describe(y["eval"], plain["eval"], y["test"], plain["test"], threshold), "rules": {}}
+    for name, rule in rules.items():
+        chosen, *_, both = judge(y["eval"], plain["eval"], y["test"], plain["test"], rule, bars)
+        result["rules"][name] = {"threshold": chosen, "test": counts_at(y["test"], plain["test"], chosen),
+                                 "both_met": bool(both)}
+    if resample_n:
         result["resample"] = resample(np.concatenate([y["eval"], y["test"]]),
                                       np.concatenate([plain["eval"], plain["test"]]),
                                       np.asarray(data["eval"].groups + data["test"].groups), len(y["eval"]),
-                                      **resample_args)
+                                      resample_n, rules, bars)
     if tta:
         averaged = {split: (plain[split] + np.asarray(model.predict_images([mirrored(e) for e in d.images])
                                                       ["covid_probability"]).ravel()) / 2
@@ -139,26 +162,49 @@ def line(name: str, row: dict) -> str:
             f"  AUC {row['test_auc']:.3f}  test ROC spec@sens {roc}")
 
 
+def rule_line(name: str, row: dict) -> str:
+    return (f"    {name:<28} thr {row['threshold']:.3f}  test {kn(row['test']['sensitivity'])} "
+            f"{kn(row['test']['specificity'])}  {'both bars met' if row['both_met'] else 'not met'}")
+
+
+def summary_lines(results: list) -> list:
+    """Per rule over the roots: how many test splits met both bars; mean resample share when resampled."""
+    lines = [f"over {len(results)} roots (each its own training and test split):"]
+    for name in results[0]["rules"]:
+        rows = [r["rules"][name] for r in results]
+        sens = np.mean([row["test"]["sensitivity"]["value"] for row in rows])
+        spec = np.mean([row["test"]["specificity"]["value"] for row in rows])
+        text = (f"  {name:<28} both bars met on {sum(row['both_met'] for row in rows)} of {len(rows)} test splits,"
+                f" mean test sens {sens:.3f} spec {spec:.3f}")
+        if all(r.get("resample", {}).get(name) for r in results):
+            text += f", mean re-deal both met {np.mean([r['resample'][name]['both_met'] for r in results]):.2f}"
+        lines.append(text)
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", help="pipeline roots of finished runs")
     parser.add_argument("--tta", action="store_true", help="also score the mean over each film and its mirror")
     parser.add_argument("--resample", type=int, default=0, metavar="N",
                         help="deal the pooled eval+test films again N times and compare threshold rules")
-    parser.add_argument("--targets", type=float, nargs=2, default=(0.95, 0.90), metavar=("SENS", "SPEC"),
-                        help="eval targets of the shared-slack rule (the sensitivity-only rule uses SENS)")
+    parser.add_argument("--targets", type=float, nargs=2, action="append", metavar=("SENS", "SPEC"),
+                        help="eval targets of a shared-slack rule; repeat to compare several (default 0.95 0.90; "
+                             "the sensitivity-only rule uses the first SENS)")
     parser.add_argument("--bars", type=float, nargs=2, default=(0.95, 0.90), metavar=("SENS", "SPEC"),
-                        help="what a test part must meet")
+                        help="what a test split must meet")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    targets = args.targets or [(0.95, 0.90)]
     if args.resample < 0:
         parser.error(f"--resample must be 0 or more, got {args.resample}")
-    for option in ("targets", "bars"):  # a proportion outside [0, 1] could never be met, or always is
-        if not all(0.0 <= v <= 1.0 for v in getattr(args, option)):
-            parser.error(f"--{option} must be two proportions in [0, 1], got {' '.join(map(str, getattr(args, option)))}")
-    resample_args = {"n": args.resample, "targets": tuple(args.targets), "bars": tuple(args.bars)} if args.resample else None
+    for option, pairs in (("targets", targets), ("bars", [args.bars])):  # outside [0, 1]: never met, or always
+        for pair in pairs:
+            if not all(0.0 <= v <= 1.0 for v in pair):
+                parser.error(f"--{option} must be two proportions in [0, 1], got {' '.join(map(str, pair))}")
+    rules = rules_for(targets)
     with ev.one_line_errors("threshold_check.py"):
-        results = [check_root(root, args.tta, resample_args) for root in args.roots]
+        results = [check_root(root, rules, tuple(args.bars), args.tta, args.resample) for root in args.roots]
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -169,15 +215,20 @@ def main(argv=None) -> int:
             print("  (the model served the argmax; threshold chosen here on eval by the Trainer's rule)")
         if "mirror_tta" in r:
             print(line("  + mirror TTA, threshold re-chosen on eval", r["mirror_tta"]))
+        print(f"  threshold rules chosen on eval, judged on test against bars {list(args.bars)}:")
+        for name, row in r["rules"].items():
+            print(rule_line(name, row))
         if "resample" in r:
             rs = r["resample"]
-            print(f"  {rs['deals']} re-deals of eval+test by patient group, targets {rs['targets']}, bars {rs['bars']}:")
-            for name in ("sensitivity only", "shared slack"):
+            print(f"  {rs['deals']} re-deals of eval+test by patient group, bars {rs['bars']}:")
+            for name in rules:
                 m = rs[name]
                 if m:
-                    print(f"    {name:<17} mean test sens {m['mean_sensitivity']:.3f} spec {m['mean_specificity']:.3f}"
+                    print(f"    {name:<28} mean test sens {m['mean_sensitivity']:.3f} spec {m['mean_specificity']:.3f}"
                           f"  sens bar met {m['sensitivity_bar_met']:.2f}  spec bar met {m['specificity_bar_met']:.2f}"
                           f"  both {m['both_met']:.2f}")
+    if len(results) > 1:
+        print("\n".join(summary_lines(results)))
     return 0
 
 

@@ -114,17 +114,24 @@ def test_resampled_rules_on_separable_and_on_overlapping_scores(threshold_check)
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(200, int), np.zeros(200, int)]
     groups = np.array([f"g{i}" for i in range(400)])
+    rules = threshold_check.rules_for([(0.95, 0.90), (0.97, 0.90)])
+    assert list(rules) == ["sensitivity only", "shared slack 0.95/0.9", "shared slack 0.97/0.9"]
+    assert rules["sensitivity only"] == (0.95, 0.0)
     separable = np.r_[rng.uniform(0.6, 1.0, 200), rng.uniform(0.0, 0.4, 200)]
-    result = threshold_check.resample(y, separable, groups, 200, 30, (0.95, 0.90), (0.95, 0.90))
+    result = threshold_check.resample(y, separable, groups, 200, 30, rules, (0.95, 0.90))
     assert result["deals"] == 30
-    assert result["shared slack"]["both_met"] == 1.0 and result["shared slack"]["mean_sensitivity"] == 1.0
+    for shared in ("shared slack 0.95/0.9", "shared slack 0.97/0.9"):
+        assert result[shared]["both_met"] == 1.0 and result[shared]["mean_sensitivity"] == 1.0
     # The sensitivity-only rule sits on the 10th-lowest eval positive, so some test positives fall under it.
     assert result["sensitivity only"]["mean_sensitivity"] < 1.0
     # Overlapping scores: no rule meets 0.95 / 0.90 reliably, and the shares are proportions.
     overlapping = np.r_[rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200)]
-    result = threshold_check.resample(y, 1 / (1 + np.exp(-overlapping)), groups, 200, 30, (0.95, 0.90), (0.95, 0.90))
-    for rule in ("sensitivity only", "shared slack"):
+    result = threshold_check.resample(y, 1 / (1 + np.exp(-overlapping)), groups, 200, 30, rules, (0.95, 0.90))
+    for rule in rules:
         assert result[rule]["both_met"] == 0.0 and 0.0 <= result[rule]["sensitivity_bar_met"] <= 1.0
+    # A higher sensitivity target buys sensitivity with specificity on the same deals.
+    assert (result["shared slack 0.97/0.9"]["mean_sensitivity"] > result["shared slack 0.95/0.9"]["mean_sensitivity"]
+            and result["shared slack 0.97/0.9"]["mean_specificity"] < result["shared slack 0.95/0.9"]["mean_specificity"])
 
 
 def test_resample_option_on_a_pipeline_root(threshold_check, binary_model, tmp_path, capsys):
@@ -132,10 +139,40 @@ def test_resample_option_on_a_pipeline_root(threshold_check, binary_model, tmp_p
     assert threshold_check.main([root, "--resample", "4", "--json"]) == 0
     [result] = json.loads(capsys.readouterr().out)
     assert result["resample"]["deals"] == 4 and result["resample"]["bars"] == [0.95, 0.9]
-    for rule in ("sensitivity only", "shared slack"):
+    for rule in ("sensitivity only", "shared slack 0.95/0.9"):
         assert 0.0 <= result["resample"][rule]["both_met"] <= result["resample"][rule]["sensitivity_bar_met"] <= 1.0
-    for bad in (["--resample", "-1"], ["--resample", "4", "--bars", "95", "90"], ["--targets", "0.95", "-0.1"]):
+    for bad in (["--resample", "-1"], ["--resample", "4", "--bars", "95", "90"], ["--targets", "0.95", "-0.1"],
+                ["--targets", "0.95", "0.9", "--targets", "1.5", "0.9"]):
         with pytest.raises(SystemExit) as exit_info:
             threshold_check.main([root, *bad])
         assert exit_info.value.code == 2, bad
-    assert "--bars must be two proportions in [0, 1], got 95.0 90.0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--bars must be two proportions in [0, 1], got 95.0 90.0" in err
+    assert "--targets must be two proportions in [0, 1], got 1.5 0.9" in err
+
+
+def test_each_rule_judged_on_each_roots_own_test_split_and_counted_over_roots(
+        threshold_check, binary_model, tmp_path, capsys):
+    roots = [_fake_root(tmp_path / name, binary_model) for name in ("a", "b")]
+    args = ["--targets", "0.95", "0.90", "--targets", "0.5", "0.5", "--bars", "0.95", "0.0"]
+    assert threshold_check.main([*roots, *args, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    model = predict.load_model(binary_model.model_dir)
+    data = ev.load_tfrecords(binary_model.data_dir)
+    scores = np.asarray(model.predict_examples(data.serialized)["covid_probability"]).ravel()
+    covid = (data.labels == model.task.positive_index).astype(int)
+    for name, targets in (("sensitivity only", (0.95, 0.0)), ("shared slack 0.95/0.9", (0.95, 0.9)),
+                          ("shared slack 0.5/0.5", (0.5, 0.5))):
+        row = results[0]["rules"][name]
+        assert row["threshold"] == pytest.approx(T.choose_threshold(covid, scores, *targets))
+        sens, _ = T.sensitivity_specificity(covid, scores, row["threshold"])
+        assert row["test"]["sensitivity"]["value"] == pytest.approx(sens)
+        assert row["both_met"] == (sens >= 0.95)  # eval and test are the same records; the spec bar is 0
+    # Eval = test here, so the 0.95 rules meet the 0.95 sensitivity bar on test as they do on eval.
+    assert results[0]["rules"]["sensitivity only"]["both_met"]
+    assert threshold_check.main([*roots, *args]) == 0
+    table = capsys.readouterr().out
+    met = sum(r["rules"]["shared slack 0.5/0.5"]["both_met"] for r in results)
+    assert "over 2 roots (each its own training and test split):" in table
+    assert f"shared slack 0.5/0.5         both bars met on {met} of 2 test splits" in table
+    assert "sensitivity only             both bars met on 2 of 2 test splits" in table
