@@ -219,11 +219,12 @@ def run(data_dir, preset, config_file, overrides, **named):
 
 @main.command("compile")
 @click.option("--image", required=True, help="Container image with covid-cxr installed (see Dockerfile).")
-@click.option("--output", default="covid-cxr-pipeline.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--output", default="covid-cxr-pipeline.json", show_default=True, type=click.Path(dir_okay=False),
+              help="*.json: a Vertex AI PipelineJob; *.yaml: a pipeline spec for open-source Kubeflow Pipelines 2.x.")
 @click.option("--data", "data_dir", required=True, help="Curated TFRecords, usually gs://...")
 @config_options
 def compile_command(image, output, data_dir, preset, config_file, overrides, **named):
-    """Compile the pipeline to a KFP v2 / Vertex AI pipeline spec (JSON)."""
+    """Compile the pipeline to a Vertex AI (JSON) or Kubeflow Pipelines (YAML) spec."""
     from covid_cxr import kubeflow_runner
 
     if not image.strip() or image != image.strip():

@@ -4,20 +4,24 @@
         --pipeline-root gs://BUCKET/root --serving-dir gs://BUCKET/serving [--config prod.yaml]
         --output covid-cxr.json
 
-The JSON is a KFP v2 pipeline spec for Vertex AI Pipelines
-(`google.cloud.aiplatform.PipelineJob(template_path=...)`); see README for open-source Kubeflow.
+A .json output is a PipelineJob for Vertex AI Pipelines
+(`google.cloud.aiplatform.PipelineJob(template_path=...)`); a .yaml output is a bare KFP pipeline
+spec (schema 2.1) for open-source Kubeflow Pipelines 2.x (see README).
 The container image must have this package installed (see Dockerfile); the data, the pipeline root
 and the serving directory must be bucket (or other file-system URI) paths the containers can reach.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 
+import tensorflow as tf
+import yaml
 from tfx import v1 as tfx
 
+from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
-from covid_cxr.pipeline.pipeline import create_pipeline
+from covid_cxr.pipeline.pipeline import SCHEMA_FILE, create_pipeline
 from covid_cxr.trainer import models, training
 
 
@@ -55,6 +59,10 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     if _on_this_machine(config.data.schema_file):
         notes.append(f"data.schema_file {config.data.schema_file!r} is read inside the container: the image must "
                      "hold it at that path (or pass --set data.schema_file=gs://...)")
+    elif config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
+        notes.append(f"data.schema_file {config.data.schema_file!r} cannot be read from this machine, so the spec "
+                     "holds no hash of its content and the cache keys on its path alone: give each schema version "
+                     "a new path")
     if config.runtime.mysql_host or config.runtime.metadata_path:
         notes.append("runtime.mysql_* / runtime.metadata_path are not used: Kubeflow and Vertex AI keep ML Metadata themselves")
     if _on_this_machine(config.model.weights) and config.model.weights.lower() not in models.WEIGHT_KEYWORDS:
@@ -76,14 +84,35 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     return config, notes
 
 
+def is_kfp_package(output_file: str) -> bool:
+    """A .yaml / .yml output is a bare KFP pipeline spec for the open-source backend; else Vertex's PipelineJob JSON."""
+    return output_file.lower().endswith((".yaml", ".yml"))
+
+
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> list[str]:
     """Writes the spec of ``config`` as prepared by :func:`for_the_container`; returns its notes."""
+    from_image = not config.data.schema_file
     config, notes = for_the_container(config)
+    # The image's schema is this checkout's (Dockerfile): its hash keys the cache, and ImportSchema
+    # stops a run whose image was built from a checkout with another schema.
+    schema_sha256 = fingerprints.file_fingerprint(SCHEMA_FILE) if from_image else None
+    kfp_package = is_kfp_package(output_file)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
-        output_dir=os.path.dirname(os.path.abspath(output_file)),
-        output_filename=os.path.basename(output_file),
-    )
+        # Schema 2.1 for the open-source backend: it resolves only 2.1's constant parameters.
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, use_pipeline_spec_2_1=kfp_package))
     # Kubeflow/Vertex keep ML Metadata themselves: no connection config here.
-    runner.run(create_pipeline(config), write_out=True)
+    job = runner.run(create_pipeline(config, schema_sha256=schema_sha256), write_out=False)
+    if kfp_package:
+        # A bare spec has no runtime config, where TFX puts the pipeline root: it travels as the spec's
+        # default instead, as KFP's own compiler writes it.
+        spec = dict(job["pipelineSpec"], defaultPipelineRoot=config.runtime.pipeline_root)
+        text = yaml.safe_dump(spec, sort_keys=True)
+    else:
+        text = json.dumps(job, sort_keys=True)
+    parent = output_file.rsplit("/", 1)[0] if "/" in output_file else ""
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(output_file, "w") as out:  # a bucket URI is a valid output too
+        out.write(text)
     return notes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx import v1 as tfx
@@ -28,7 +29,9 @@ TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
 CODE_KEY = "code_sha256"
 
 
-def create_components(config: PipelineConfig) -> list:
+def create_components(config: PipelineConfig, schema_sha256: Optional[str] = None) -> list:
+    """The DAG's components. ``schema_sha256``: the schema's content hash when the compiling machine
+    reads it elsewhere than at the path the containers use (a Kubeflow image's copy); else hashed here."""
     data = config.data
     example_gen = tfx.components.ImportExampleGen(
         input_base=data.data_dir,
@@ -45,7 +48,9 @@ def create_components(config: PipelineConfig) -> list:
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_file = data.schema_file or SCHEMA_FILE
-    schema_gen = ImportSchema(schema_file=schema_file, content_sha256=fingerprints.file_fingerprint(schema_file))
+    if schema_sha256 is None:
+        schema_sha256 = fingerprints.file_fingerprint(schema_file)
+    schema_gen = ImportSchema(schema_file=schema_file, content_sha256=schema_sha256)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     schema_gate = SchemaGate(schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])
@@ -126,11 +131,12 @@ def beam_args(config: PipelineConfig) -> list[str]:
     return args
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
+                    schema_sha256: Optional[str] = None) -> tfx.dsl.Pipeline:
     return tfx.dsl.Pipeline(
         pipeline_name=config.runtime.pipeline_name,
         pipeline_root=config.runtime.pipeline_root,
-        components=create_components(config),
+        components=create_components(config, schema_sha256),
         enable_cache=config.runtime.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args(config),

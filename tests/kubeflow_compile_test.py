@@ -1,13 +1,18 @@
 """`covid-cxr compile`: a KFP v2 spec that a container can actually run."""
+import hashlib
 import json
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from covid_cxr import cli, kubeflow_runner
 from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import pipeline
 from covid_cxr.trainer import training
 
 EXPECTED_TASKS = {"ImportExampleGen", "StatisticsGen", "ImportSchema", "ExampleValidator", "SchemaGate",
@@ -56,12 +61,47 @@ def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
     assert "db.local" not in (tmp_path / "spec.json").read_text()
 
 
-def test_schema_is_read_from_the_image_not_from_this_checkout(tmp_path):
-    _, text = _compile(tmp_path)
-    assert kubeflow_runner.IMAGE_SCHEMA_FILE in text
-    assert "/pipeline/schema/schema.pbtxt" in text
-    _, text = _compile(tmp_path, "--set", "data.schema_file=gs://bucket/schema.pbtxt")
-    assert "gs://bucket/schema.pbtxt" in text and kubeflow_runner.IMAGE_SCHEMA_FILE not in text
+def _import_schema_parameters(spec: dict) -> dict:
+    inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ImportSchema"]["inputs"]["parameters"]
+    return {name: value["runtimeValue"]["constantValue"]["stringValue"] for name, value in inputs.items()}
+
+
+def test_schema_is_read_from_the_image_and_keyed_on_this_checkouts_copy(tmp_path):
+    spec, text = _compile(tmp_path)
+    # The Dockerfile copies this checkout's schema to the image's path: its hash goes in the spec,
+    # so the cache sees a schema edit and ImportSchema stops an image built with another schema.
+    assert _import_schema_parameters(spec) == {
+        "schema_file": kubeflow_runner.IMAGE_SCHEMA_FILE,
+        "content_sha256": hashlib.sha256(Path(pipeline.SCHEMA_FILE).read_bytes()).hexdigest()}
+    assert "COPY pipeline/schema/schema.pbtxt /pipeline/schema/schema.pbtxt" in (
+        Path(__file__).parent.parent / "Dockerfile").read_text()
+
+    out = tmp_path / "bucket-schema.json"
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output", str(out),
+                                           *BUCKETS, "--set", "data.schema_file=gs://bucket/schema.pbtxt"])
+    assert result.exit_code == 0, result.output
+    # This machine cannot read the bucket: no hash, and the user is told what keys the cache instead.
+    assert _import_schema_parameters(json.loads(out.read_text())) == {
+        "schema_file": "gs://bucket/schema.pbtxt", "content_sha256": ""}
+    assert ("note: data.schema_file 'gs://bucket/schema.pbtxt' cannot be read from this machine, so the spec holds no "
+            "hash of its content and the cache keys on its path alone") in result.output
+    assert kubeflow_runner.IMAGE_SCHEMA_FILE not in out.read_text()
+
+
+def test_a_yaml_output_is_a_pipeline_spec_the_open_source_backend_reads(tmp_path):
+    out = tmp_path / "spec" / "covid-cxr.yaml"  # a folder that does not exist yet
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output", str(out),
+                                           *BUCKETS, "--set", "gate.compare_to_baseline=false"])
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(out.read_text())
+    # What kfp.Client().create_run_from_pipeline_package parses; a PipelineJob JSON fails here.
+    spec = json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())
+    assert spec.schema_version == "2.1.0"  # the backend resolves 2.1's `constant` values, not 2.0's
+    assert "constantValue" not in out.read_text()
+    assert spec.default_pipeline_root == "gs://bucket/root"  # no runtime config: the root travels in the spec
+    assert EXPECTED_TASKS - {"latest_blessed_model_resolver"} == set(spec.root.dag.tasks)
+    with pytest.raises(json_format.ParseError, match="displayName"):
+        json_format.ParseDict(_compile(tmp_path)[0], pipeline_spec_pb2.PipelineSpec())
 
 
 def test_offline_weights_on_this_machine_are_left_out_of_the_spec_with_a_note(tmp_path):
