@@ -233,6 +233,48 @@ def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run,
     assert wrong_key.exit_code == 1 and "not found" in wrong_key.output
 
 
+def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
+    """Beside its DICOMs a hospital export holds previews, notes and bare-UID files, in folders named
+    by patient and accession number; an RSNA copy may have subfolders. Only class folders survive."""
+    export, rsna = tmp_path / "export", tmp_path / "rsna"
+    study = export / "COVID" / "DOE_JANE" / ACCESSION
+    testing.write_dicom(study / "img.dcm", testing.radiograph(50), patient_id="PID-EXP-1")
+    testing.write_image(study / "DOE_JANE_preview.jpg", testing.radiograph(51))
+    (study / "DOE_JANE_notes.txt").write_text("notes")
+    (export / "COVID" / SOP_UID).write_bytes(b"no preamble, no extension")  # a bare-UID name
+    testing.write_image(export / "healthy" / "h1.png", testing.radiograph(52))  # a plainly named image: kept
+    testing.make_rsna(rsna, [dict(id=RSNA_IDS[0], target="0", cls="Normal", seed=53)])
+    os.makedirs(rsna / "stage_2_train_images" / "batch-DOE")
+    os.rename(rsna / "stage_2_train_images" / f"{RSNA_IDS[0]}.dcm",
+              rsna / "stage_2_train_images" / "batch-DOE" / f"{RSNA_IDS[0]}.dcm")
+    out = tmp_path / "out"
+    curate({"folder": str(export), "rsna": str(rsna)}, str(out), "covid-vs-normal", class_map=CLASS_MAP, key=KEY,
+           workers=1)
+    rows = read_csv(out / "rejected.csv") + read_csv(out / "manifest.csv")
+    written = (out / "rejected.csv").read_text() + (out / "manifest.csv").read_text() + (out / "summary.json").read_text()
+    for secret in ("DOE", ACCESSION, SOP_UID, SOP_UID.rsplit(".", 1)[-1], RSNA_IDS[0]):
+        assert secret not in written, secret
+    refs = {r["source"]: [] for r in rows}
+    for r in rows:
+        refs[r["source"]].append(r["source_ref"])
+    folder_refs = sorted(refs["folder"])
+    assert "healthy/h1.png" in folder_refs
+    pseudonymous = [ref for ref in folder_refs if ref != "healthy/h1.png"]
+    assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in pseudonymous) == [
+        "COVID/P", "COVID/P", "COVID/P.dcm", "COVID/P.jpg"]
+    # The file in a subfolder is outside RSNA's layout, and its label row finds no image: both named by pseudonym.
+    assert sorted(re.sub(r"[0-9a-f]{16}(-[0-9a-f]{8})?", "P", ref) for ref in refs["rsna"]) == [
+        "stage_2_train_images/P.dcm"] * 2
+    # Not an image, so rejected: the reason names no "extension" (here a UID's tail) for such trees.
+    reasons = {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}
+    assert sorted(reason for ref, reason in reasons.items() if ref.startswith("COVID/") and "." not in ref) == [
+        "not an image file", "not an image file"]
+    located = curate_mod.locate("folder", str(export), pseudonymous, KEY.encode())
+    assert sorted(os.path.relpath(paths[0], export) for paths in located.values()) == sorted([
+        f"COVID/DOE_JANE/{ACCESSION}/img.dcm", f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_preview.jpg",
+        f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_notes.txt", f"COVID/{SOP_UID}"])
+
+
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
     out, _ = run
     again = tmp_path / "again"

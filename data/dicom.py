@@ -28,6 +28,8 @@ from typing import Iterator
 
 import numpy as np
 import pydicom
+from pydicom import uid as dicom_uid
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 UNKNOWN = "unknown"  # mirrors features.UNKNOWN (this module stays TensorFlow-free for worker processes)
@@ -68,13 +70,14 @@ def is_dicom(path: str) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def safe_ref(ref: str, token: str, keep: int = 1) -> str:
-    """A DICOM file's "/"-separated relative path as it may be written: its first ``keep`` folders
-    (down to the class folder), then ``token`` (a pseudonym) and a DICOM extension. Every other folder
-    and file name goes: hospitals name them by patient id, name, accession number, UID and date."""
+def safe_ref(ref: str, token: str, keep: int = 1, extensions=(".dcm", ".dicom")) -> str:
+    """A file's "/"-separated relative path as it may be written: its first ``keep`` folders (down to
+    the class folder), then ``token`` (a pseudonym) and its extension when one of ``extensions``. Every
+    other folder and file name goes: hospitals name them by patient id, name, accession number, UID
+    and date."""
     folders = ref.split("/")[:-1][:keep]
     ext = os.path.splitext(ref)[1]
-    ext = ext if ext.lower() in (".dcm", ".dicom") else ""
+    ext = ext if ext.lower() in extensions else ""
     return "/".join([*folders, token + ext])
 
 
@@ -107,14 +110,16 @@ def quiet_pydicom() -> Iterator[None]:
     """Silences pydicom's validation warnings and log lines while reading: they quote header values
     (e.g. "Invalid value for VR PN: '<name>'"), which must not reach the console or logs."""
     logger = logging.getLogger("pydicom")
-    disabled = logger.disabled
-    logger.disabled = True
+    disabled, propagate = logger.disabled, logger.propagate
+    # Disabling stops only pydicom's own logger; its children (pydicom.pixels.*, which log header
+    # values and decoder tracebacks) reach the root handlers unless propagation stops here.
+    logger.disabled, logger.propagate = True, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.disabled = disabled
+        logger.disabled, logger.propagate = disabled, propagate
 
 
 def read_dicom(path: str) -> DicomImage:
@@ -139,8 +144,16 @@ def _read_dicom(path: str) -> DicomImage:
         # it was no DICOM file (or one cut short).
         raise DicomError("not a DICOM file, or one cut short (no preamble, no pixel data)" if forced
                          else "DICOM has no pixel data")
-    patient_id = str(ds.get("PatientID", "") or "").strip()
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if forced:
+        _assume_transfer_syntax(ds)
+    try:
+        # A value of the wrong length or type raises while pydicom converts it, with the raw bytes
+        # in its message: only the exception's type may travel on.
+        patient_id = str(ds.get("PatientID", "") or "").strip()
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        sex, age, view = parse_sex(ds.get("PatientSex")), parse_age(ds.get("PatientAge")), parse_view(ds.get("ViewPosition"))
+    except Exception as e:  # noqa: BLE001
+        raise DicomError(f"unreadable DICOM header ({type(e).__name__})") from None
     try:
         pixels = to_uint8(ds)
     except DicomError:
@@ -148,18 +161,27 @@ def _read_dicom(path: str) -> DicomImage:
     except Exception as e:  # noqa: BLE001 - decoder errors: report the transfer syntax, not the header
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
-        hint = "; needs a decoder plugin such as pylibjpeg or GDCM" if getattr(syntax, "is_compressed", False) \
-            and isinstance(e, (RuntimeError, NotImplementedError)) else ""
+        hint = "; corrupt data, or it needs a decoder plugin such as pylibjpeg or GDCM" \
+            if getattr(syntax, "is_compressed", False) and isinstance(e, (RuntimeError, NotImplementedError)) else ""
         raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
-    return DicomImage(
-        pixels=pixels,
-        sex=parse_sex(ds.get("PatientSex")),
-        age=parse_age(ds.get("PatientAge")),
-        view=parse_view(ds.get("ViewPosition")),
-        modality=modality,
-        patient_id=patient_id,
-    )
+    return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id)
 
+
+def _assume_transfer_syntax(ds) -> None:
+    """A file without the DICM preamble has no file meta, so no transfer syntax: take the one the
+    forced read found the data set encoded in (in practice implicit VR little endian)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "is_implicit_VR", True), getattr(ds, "is_little_endian", True)
+        meta.TransferSyntaxUID = (dicom_uid.ImplicitVRLittleEndian if implicit else
+                                  dicom_uid.ExplicitVRLittleEndian if little else dicom_uid.ExplicitVRBigEndian)
+
+
+
+_PHOTOMETRIC_TERMS = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
+                      "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"}
 
 
 def to_uint8(ds) -> np.ndarray:
@@ -174,7 +196,9 @@ def to_uint8(ds) -> np.ndarray:
             rgb = arr.astype(np.float64)
             gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
             return _stretch(gray, 0.0, 255.0) if arr.dtype == np.uint8 else _stretch(gray, gray.min(), gray.max())
-        raise DicomError(f"unsupported photometric interpretation {photometric}")
+        # Named only when it is one of the standard's terms: the field is free text in a broken file.
+        named = photometric if photometric in _PHOTOMETRIC_TERMS else "(not a standard term)"
+        raise DicomError(f"unsupported photometric interpretation {named}")
     if arr.ndim != 2:
         raise DicomError(f"unexpected pixel array shape {arr.shape}")
 

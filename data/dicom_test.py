@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pydicom
 import pytest
@@ -197,3 +199,53 @@ def test_unsupported_compression_is_a_clear_error(tmp_path):
     ds.save_as(tmp_path / "lossless.dcm")
     with pytest.raises(dicom.DicomError, match="JPEG Lossless.*(pylibjpeg|GDCM)"):
         dicom.read_dicom(str(tmp_path / "lossless.dcm"))
+
+
+def test_a_header_value_pydicom_cannot_convert_is_a_rejection_that_does_not_quote_it(tmp_path):
+    path = testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(11), patient_id="RAW-PID-123")
+    raw = open(path, "rb").read()
+    patient_id_element = b"\x10\x00\x20\x00LO"  # (0010,0020) in explicit VR little endian
+    assert raw.count(patient_id_element) == 1
+    # FD wants 8-byte values: converting the 12-byte id raises with the raw bytes in pydicom's message.
+    (tmp_path / "bad-vr.dcm").write_bytes(raw.replace(patient_id_element, b"\x10\x00\x20\x00FD"))
+    with pytest.raises(dicom.DicomError, match=r"^unreadable DICOM header \(\w+\)$") as e:
+        dicom.read_dicom(str(tmp_path / "bad-vr.dcm"))
+    assert "RAW-PID" not in str(e.value)
+
+
+def test_a_file_without_preamble_or_file_meta_is_decoded(tmp_path):
+    picture = testing.radiograph(12)
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", picture))
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(tmp_path / "bare.dcm", ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert open(tmp_path / "bare.dcm", "rb").read(132)[128:] != b"DICM"
+    out = dicom.read_dicom(str(tmp_path / "bare.dcm"))
+    assert out.view == "PA" and corr(out.pixels, picture) > 0.999
+
+
+def test_a_non_standard_photometric_value_is_not_quoted(tmp_path):
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(13)))
+    ds.PhotometricInterpretation = "DOE_JANE"
+    ds.save_as(tmp_path / "odd.dcm")
+    with pytest.raises(dicom.DicomError) as e:  # pydicom's decoder refuses it first
+        dicom.read_dicom(str(tmp_path / "odd.dcm"))
+    assert "DOE_JANE" not in str(e.value)
+
+    class Decoded(dict):  # a data set whose pixels decoded, as a newer pydicom might
+        pixel_array = np.zeros((4, 4), np.uint8)
+
+    with pytest.raises(dicom.DicomError, match=r"^unsupported photometric interpretation \(not a standard term\)$"):
+        dicom.to_uint8(Decoded(PhotometricInterpretation="DOE_JANE"))
+    with pytest.raises(dicom.DicomError, match=r"^unsupported photometric interpretation PALETTE COLOR$"):
+        dicom.to_uint8(Decoded(PhotometricInterpretation="PALETTE COLOR"))
+
+
+def test_pydicoms_child_loggers_are_quiet_while_reading(caplog):
+    child = logging.getLogger("pydicom.pixels.decoders.base")  # logs header values and decoder tracebacks
+    with caplog.at_level(logging.DEBUG):
+        with dicom.quiet_pydicom():
+            child.error("photometric_interpretation: DOE_JANE")
+        assert "DOE_JANE" not in caplog.text
+        child.error("after reading")  # propagation is restored afterwards
+    assert "after reading" in caplog.text

@@ -241,11 +241,13 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
-        # A DICOM file is reported as <root>/.../<class folder>/file-<pseudonym>.dcm (see dicom.safe_ref);
-        # `covid-cxr locate --source folder=<root>` finds it again.
+        # A DICOM file, or any file named below a subfolder of its class folder, is reported as
+        # <root>/.../<class folder>/file-<pseudonym>.dcm (images.public_ref), as curation's folder
+        # source writes it; `covid-cxr locate --source folder=<root>` finds it again.
         ref = "/".join(parts)
-        shown = (os.path.join(root, dicom.safe_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
-                                                   keep=depth + 1)) if dicom.is_dicom(path) else path)
+        shown = (os.path.join(root, images.public_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
+                                                      keep=depth + 1))
+                 if images.ref_may_identify(ref, path, keep=depth + 1) else path)
         if finding is None:
             skipped.append({"file": shown, "reason": "not in a mapped class folder"})
             continue

@@ -56,6 +56,10 @@ class Source(abc.ABC):
     name: ClassVar[str]
     layout: ClassVar[str]  # one line, used in layout errors
     hidden_skipped: int = 0  # hidden files and folders under root, counted by every_candidate()
+    # The tree may be a hospital export, whose files and folders are named by patient: curation
+    # writes such refs as class folder + pseudonym (curate._public_ref). Public collections' own
+    # file names are kept: they are how their users find a film.
+    private_names: ClassVar[bool] = False
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
@@ -125,7 +129,9 @@ def subdirs(directory: str) -> list[str]:
 def file_candidate(source: Source, path: str, finding: Optional[str], reject: Optional[str] = None, **kw) -> Candidate:
     """A candidate for one file of a class-per-folder layout; non-image files are rejected."""
     if reject is None and not images.is_image_file(path):
-        finding, reject = None, f"not an image file: {os.path.splitext(path)[1] or 'no extension'}"
+        # An exported file's "extension" may be the tail of a UID: named for public layouts only.
+        shown = "" if source.private_names else f": {os.path.splitext(path)[1] or 'no extension'}"
+        finding, reject = None, f"not an image file{shown}"
     if reject is not None:
         finding = None
     return Candidate(source.name, source.ref(path), path, finding=finding, reject=reject, **kw)

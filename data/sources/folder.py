@@ -42,6 +42,7 @@ def parse_class_map(text: str) -> dict[str, str]:
 class FolderSource(Source):
     name = "folder"
     layout = "one subfolder per class, mapped to findings with --class-map FOLDER=FINDING,..."
+    private_names = True
 
     def __init__(self, root: str, class_map: Optional[Mapping[str, str]] = None):
         self.class_map = dict(class_map) if class_map else None

@@ -35,6 +35,7 @@ NOT_NORMAL = "No Lung Opacity / Not Normal"
 class RsnaSource(Source):
     name = "rsna"
     layout = f"the RSNA Pneumonia Detection Challenge layout: {IMAGES}/, {LABELS}, {CLASSES}"
+    private_names = True
 
     def validate(self) -> None:
         for name in (LABELS, CLASSES):
