@@ -208,6 +208,15 @@ def _data_summary(cfg: dict, task: features.Task) -> dict:
     return data_summary
 
 
+def _summary_for_the_model(data_summary: dict) -> dict:
+    """The curation summary as the served model carries it: the sources' names, not where they lay
+    on the curating machine (a home directory, an export folder named after a patient)."""
+    settings = dict(data_summary.get("settings") or {})
+    if isinstance(settings.get("sources"), dict):
+        settings["sources"] = sorted(settings["sources"])
+    return dict(data_summary, settings=settings)
+
+
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
     cfg = fn_args.custom_config
@@ -349,7 +358,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "eval_class_counts": {task.classes[k]: v for k, v in sorted(eval_counts.items())},
         "target_sensitivity": train_cfg["target_sensitivity"],
         "target_specificity": train_cfg["target_specificity"],
-        "data_summary": data_summary,
+        "data_summary": _summary_for_the_model(data_summary),
         "validation_metrics": validation,
         "history": history,
         "training": fits,

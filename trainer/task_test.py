@@ -210,3 +210,13 @@ def test_tuner_and_trainer_refuse_data_curated_for_another_task(tmp_path):
         with pytest.raises(writer.CurationMismatch, match="curated for task 'covid-vs-pneumonia' but the config "
                                                            "asks for 'covid-vs-normal'"):
             fn(fn_args)
+
+
+def test_the_served_summary_names_sources_without_the_curating_machines_paths():
+    summary = {"settings": {"task": "covid-vs-normal", "sources": {"rsna": "/home/jdoe/DOE_JANE/rsna", "cohen": "/c"},
+                            "max_side": 1024}, "patients": 9}
+    served = trainer_task._summary_for_the_model(summary)
+    assert served == {"settings": {"task": "covid-vs-normal", "sources": ["cohen", "rsna"], "max_side": 1024},
+                      "patients": 9}
+    assert summary["settings"]["sources"]["rsna"] == "/home/jdoe/DOE_JANE/rsna"  # the curation's own copy is kept
+    assert trainer_task._summary_for_the_model({"patients": 1}) == {"settings": {}, "patients": 1}
