@@ -57,8 +57,10 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
             raise ConfigError(f"{section}.{name} {value!r} is a path on this machine, which the containers cannot "
                               f"reach (a push there would vanish with its pod): pass {flag} gs://...")
     if _on_this_machine(config.data.schema_file):
+        checked = ("; the spec holds the hash of this machine's copy, so a different file there stops the run"
+                   if fingerprints.file_fingerprint(config.data.schema_file) else "")
         notes.append(f"data.schema_file {config.data.schema_file!r} is read inside the container: the image must "
-                     "hold it at that path (or pass --set data.schema_file=gs://...)")
+                     f"hold it at that path (or pass --set data.schema_file=gs://...){checked}")
     elif config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
         notes.append(f"data.schema_file {config.data.schema_file!r} cannot be read from this machine, so the spec "
                      "holds no hash of its content and the cache keys on its path alone: give each schema version "

@@ -59,6 +59,16 @@ def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
     assert "note: runtime.mysql_* / runtime.metadata_path are not used" in result.output
     assert "note: data.schema_file '/opt/schema.pbtxt' is read inside the container" in result.output
     assert "db.local" not in (tmp_path / "spec.json").read_text()
+    assert "a different file there stops the run" not in result.output  # /opt/schema.pbtxt is not on this machine
+    local = tmp_path / "schema.pbtxt"
+    local.write_bytes(Path(pipeline.SCHEMA_FILE).read_bytes())
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS,
+        "--set", f"data.schema_file={local}"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: data.schema_file {str(local)!r} is read inside the container: the image must hold it at that "
+            "path (or pass --set data.schema_file=gs://...); the spec holds the hash of this machine's copy, so a "
+            "different file there stops the run") in result.output
 
 
 def _import_schema_parameters(spec: dict) -> dict:
