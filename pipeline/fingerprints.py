@@ -19,6 +19,12 @@ import os
 import tensorflow as tf
 
 PACKAGE = "covid_cxr"
+# The key of the code fingerprint in Transform's custom_config and in the Tuner's / Trainer's.
+CODE_KEY = "code_sha256"
+
+
+class CodeChangedError(RuntimeError):
+    """The code a component runs is not the code the pipeline was built with."""
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -64,6 +70,18 @@ def code_fingerprint(entry_module: str) -> str:
         with open(_module_file(module), "rb") as f:
             digest.update(module.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
+
+
+def check_code(entry_module: str, built_with: str | None) -> None:
+    """Raises CodeChangedError unless the covid_cxr code ``entry_module`` reaches here is the code
+    whose fingerprint the pipeline was built with (``built_with``; None or "": nothing to check).
+    On Kubeflow / Vertex that catches an image built from another checkout than the compiled spec,
+    which would otherwise run old code and cache its result under the new code's key."""
+    if built_with and code_fingerprint(entry_module) != built_with:
+        raise CodeChangedError(
+            f"the code of {entry_module} here (sha256 {code_fingerprint(entry_module)[:12]}) is not the code the "
+            f"pipeline was built with ({built_with[:12]}): on Kubeflow / Vertex, build the image from the checkout "
+            "that compiled the spec, or compile again; locally, the code changed after the run started")
 
 
 def file_fingerprint(path: str) -> str:

@@ -57,3 +57,24 @@ def test_an_edit_of_the_schema_or_the_code_changes_the_cache_key(tmp_path, monke
     assert all(transformed[name] != trained[name] for name in ("Transform", "Tuner", "Trainer"))
     assert transformed["ImportSchema"] == edited["ImportSchema"]
     fingerprints.code_fingerprint.cache_clear()
+
+
+def test_components_refuse_to_run_other_code_than_the_pipeline_was_built_with():
+    import pytest
+    from tfx import v1 as tfx
+
+    from covid_cxr.trainer import task
+    from covid_cxr.transform import preprocessing
+
+    for module in ("covid_cxr.transform.preprocessing", "covid_cxr.trainer.task"):
+        fingerprints.check_code(module, fingerprints.code_fingerprint(module))  # the same code: runs
+        fingerprints.check_code(module, "")  # built without a fingerprint (older specs, direct calls): runs
+        with pytest.raises(fingerprints.CodeChangedError, match=rf"^the code of {module} here .* is not the code"):
+            fingerprints.check_code(module, "0" * 64)
+    stale = {fingerprints.CODE_KEY: "0" * 64}
+    # Each entry point checks before it does anything else.
+    with pytest.raises(fingerprints.CodeChangedError):
+        preprocessing.preprocessing_fn({}, {preprocessing.IMAGE_SIZE_KEY: 32, **stale})
+    for entry in (task.tuner_fn, task.run_fn):
+        with pytest.raises(fingerprints.CodeChangedError):
+            entry(tfx.components.FnArgs(custom_config=stale))

@@ -26,7 +26,7 @@ SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 PREPROCESSING_FN = "covid_cxr.transform.preprocessing.preprocessing_fn"
 RUN_FN = "covid_cxr.trainer.task.run_fn"
 TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
-CODE_KEY = "code_sha256"
+CODE_KEY = fingerprints.CODE_KEY
 
 
 def create_components(config: PipelineConfig, schema_sha256: Optional[str] = None) -> list:

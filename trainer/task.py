@@ -24,6 +24,7 @@ from tfx_bsl.public import tfxio
 
 from covid_cxr.data import features, writer
 from covid_cxr.evaluation import metrics as ci_metrics
+from covid_cxr.pipeline import fingerprints
 from covid_cxr.serving import export
 from covid_cxr.trainer import models, training
 from covid_cxr.transform import preprocessing
@@ -220,6 +221,7 @@ def _summary_for_the_model(data_summary: dict) -> dict:
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """Random search over family, learning rate, dropout, width, image size and fine-tune depth."""
     cfg = fn_args.custom_config
+    fingerprints.check_code(__name__, cfg.get(fingerprints.CODE_KEY))
     training.require_process_env(cfg["training"])
     task = features.get_task(cfg["model"]["task"])
     _data_summary(cfg, task)  # fails in seconds on data curated for another task
@@ -288,6 +290,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains (frozen base, then fine-tuning) the tuned family and any ``ensemble_with`` families,
     averages them when there are several, picks the threshold on eval, exports the SavedModel."""
     cfg = fn_args.custom_config
+    fingerprints.check_code(__name__, cfg.get(fingerprints.CODE_KEY))
     training.require_process_env(cfg["training"])
     task = features.get_task(cfg["model"]["task"])
     # `predict` repeats the curation settings recorded in it. Before training, so a directory that

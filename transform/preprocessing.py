@@ -8,6 +8,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from covid_cxr.data import features
+from covid_cxr.pipeline import fingerprints
 
 IMAGE_XF = "image_xf"  # float32 [size, size, 1], per-image contrast stretched to [0, 1]
 LABEL_XF = "label_xf"  # int64 class index
@@ -49,6 +50,7 @@ def decode_images(encoded: tf.Tensor, size: int, border_crop: float = 0.0) -> tf
 
 def preprocessing_fn(inputs, custom_config):
     """tf.Transform entry point (Transform component: ``preprocessing_fn`` module path)."""
+    fingerprints.check_code(__name__, custom_config.get(fingerprints.CODE_KEY))
     size = int(custom_config[IMAGE_SIZE_KEY])
     border_crop = float(custom_config.get(BORDER_CROP_KEY, 0.0))
     # Serving requests carry only the image: the Transform layer drops LABEL_XF and SOURCE_XF
