@@ -353,18 +353,18 @@ def _kind(reason: str) -> str:
 def _public_ref(it: _Item, patient_pseudonym: str, key: bytes) -> str:
     """The ref as written to the manifest, the rejections and the summary.
 
-    RSNA names each file by its raw patient id: the pseudonym takes its place. Any other DICOM file,
-    and in a tree that may be a hospital export (``Source.private_names``) any file below a subfolder
-    of the class folder or not named as an image, keeps only its class folder and extension:
-    hospitals name files and folders by patient id, name, accession number, UID and date, more than
-    a list of header values to scrub could cover.
+    RSNA names each file by its raw patient id: the pseudonym takes its place. Any other file of a
+    tree that may be a hospital export (``Source.private_names``), any DICOM file and any name that
+    is not UTF-8 keeps only its class folder and extension: hospitals name files and folders (and
+    previews, notes) by patient id, name, accession number, UID and date, more than a list of header
+    values to scrub could cover.
     """
     ref, path = it.candidate.source_ref, it.candidate.path
     if it.candidate.ref_has_patient_id and it.raw_patient and ref.count("/") <= 1:  # RSNA's own layout
         return ref.replace(it.raw_patient, patient_pseudonym)
     source = SOURCES.get(it.candidate.source)
     private = source is None or source.private_names  # an adapter passed in as an object: assume so
-    if (path and dicom.is_dicom(path)) or (private and images.ref_may_identify(ref, path)):
+    if private or (path and dicom.is_dicom(path)) or not images.is_utf8(ref):
         return images.public_ref(ref, f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}")
     return ref
 

@@ -122,8 +122,11 @@ def test_accepted_and_rejected_account_for_every_input(run):
     assert normal_1.startswith("near-duplicate of rsna:stage_2_train_images/") and normal_1.endswith(".dcm")
     assert reasons[("radiography", "Normal/Normal-3.png")].startswith("unreadable image: ")
     assert reasons[("kermany", "train/PNEUMONIA/person5_virus_1.jpeg")] == "not used by task covid-vs-normal"
-    assert reasons[("folder", "other/o.png")] == "unmapped class folder: other"
-    # DICOM files are written under pseudonyms (test_no_raw_identifier_in_any_output): found by reason.
+    # The folder source's files are written under pseudonyms (test_no_raw_identifier_in_any_output,
+    # test_names_in_an_export_tree_...): found by reason.
+    [unmapped_png] = [ref for (src, ref) in reasons if src == "folder" and ref.endswith(".png")]
+    assert re.fullmatch(r"other/[0-9a-f]{16}-[0-9a-f]{8}\.png", unmapped_png), unmapped_png
+    assert reasons[("folder", unmapped_png)] == "unmapped class folder: other"
     dicom_reasons = sorted(why for (src, ref), why in reasons.items() if src == "folder" and ref.endswith(".dcm"))
     assert dicom_reasons[:4] == ["lateral view: DICOM ViewPosition"] * 2 + ["not an X-ray: CT", "unmapped class folder: other"]
     assert len(dicom_reasons) == 5 and dicom_reasons[4].startswith("unreadable image: ")
@@ -235,21 +238,28 @@ def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run,
 
 def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     """Beside its DICOMs a hospital export holds previews, notes and bare-UID files, in folders named
-    by patient and accession number; an RSNA copy may have subfolders. Only class folders survive."""
+    by patient and accession number; an RSNA copy may have subfolders. Only class folders survive,
+    and a name that is not UTF-8 is written as a pseudonym from any source."""
     export, rsna = tmp_path / "export", tmp_path / "rsna"
     study = export / "COVID" / "DOE_JANE" / ACCESSION
     testing.write_dicom(study / "img.dcm", testing.radiograph(50), patient_id="PID-EXP-1")
     testing.write_image(study / "DOE_JANE_preview.jpg", testing.radiograph(51))
     (study / "DOE_JANE_notes.txt").write_text("notes")
     (export / "COVID" / SOP_UID).write_bytes(b"no preamble, no extension")  # a bare-UID name
-    testing.write_image(export / "healthy" / "h1.png", testing.radiograph(52))  # a plainly named image: kept
+    testing.write_image(export / "healthy" / "h1.png", testing.radiograph(52))
+    # A name that is not UTF-8 (an old export's Latin-1 "Müller"), in the export and in a public source.
+    latin1 = os.fsdecode(b"M\xfcller.png")
+    testing.write_image(export / "healthy" / latin1, testing.radiograph(54))
+    radiography = tmp_path / "radiography"
+    testing.write_image(radiography / "Normal" / latin1, testing.radiograph(55))
+    testing.write_image(radiography / "Normal" / "Normal-1.png", testing.radiograph(56))
     testing.make_rsna(rsna, [dict(id=RSNA_IDS[0], target="0", cls="Normal", seed=53)])
     os.makedirs(rsna / "stage_2_train_images" / "batch-DOE")
     os.rename(rsna / "stage_2_train_images" / f"{RSNA_IDS[0]}.dcm",
               rsna / "stage_2_train_images" / "batch-DOE" / f"{RSNA_IDS[0]}.dcm")
     out = tmp_path / "out"
-    curate({"folder": str(export), "rsna": str(rsna)}, str(out), "covid-vs-normal", class_map=CLASS_MAP, key=KEY,
-           workers=1)
+    curate({"folder": str(export), "rsna": str(rsna), "radiography": str(radiography)}, str(out), "covid-vs-normal",
+           class_map=CLASS_MAP, key=KEY, workers=1)
     rows = read_csv(out / "rejected.csv") + read_csv(out / "manifest.csv")
     written = (out / "rejected.csv").read_text() + (out / "manifest.csv").read_text() + (out / "summary.json").read_text()
     for secret in ("DOE", ACCESSION, SOP_UID, SOP_UID.rsplit(".", 1)[-1], RSNA_IDS[0]):
@@ -257,11 +267,13 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     refs = {r["source"]: [] for r in rows}
     for r in rows:
         refs[r["source"]].append(r["source_ref"])
-    folder_refs = sorted(refs["folder"])
-    assert "healthy/h1.png" in folder_refs
-    pseudonymous = [ref for ref in folder_refs if ref != "healthy/h1.png"]
+    # Every file of the export, plainly named images too: a preview may be named after the patient.
+    pseudonymous = refs["folder"]
     assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in pseudonymous) == [
-        "COVID/P", "COVID/P", "COVID/P.dcm", "COVID/P.jpg"]
+        "COVID/P", "COVID/P", "COVID/P.dcm", "COVID/P.jpg", "healthy/P.png", "healthy/P.png"]
+    # A public collection keeps its own names, except one that cannot be written as it is.
+    assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in refs["radiography"]) == [
+        "Normal/Normal-1.png", "Normal/P.png"]
     # The file in a subfolder is outside RSNA's layout, and its label row finds no image: both named by pseudonym.
     assert sorted(re.sub(r"[0-9a-f]{16}(-[0-9a-f]{8})?", "P", ref) for ref in refs["rsna"]) == [
         "stage_2_train_images/P.dcm"] * 2
@@ -272,7 +284,7 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     located = curate_mod.locate("folder", str(export), pseudonymous, KEY.encode())
     assert sorted(os.path.relpath(paths[0], export) for paths in located.values()) == sorted([
         f"COVID/DOE_JANE/{ACCESSION}/img.dcm", f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_preview.jpg",
-        f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_notes.txt", f"COVID/{SOP_UID}"])
+        f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_notes.txt", f"COVID/{SOP_UID}", "healthy/h1.png", f"healthy/{latin1}"])
 
 
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
@@ -470,6 +482,7 @@ def test_label_conflicts_are_reported(tmp_path, capsys):
                class_map={"healthy": "normal"}, key=KEY, progress=True)
     assert s["per_class"] == {"covid": 1, "normal": 2}
     assert s["duplicates"]["label_conflicts"] == 1
-    assert s["duplicates"]["label_conflict_examples"] == [
-        "folder:healthy/copy-of-a.jpg (normal) duplicates cohen:images/a.png (covid)"]
+    [example] = s["duplicates"]["label_conflict_examples"]
+    assert re.fullmatch(r"folder:healthy/[0-9a-f]{16}-[0-9a-f]{8}\.jpg \(normal\) duplicates cohen:images/a\.png \(covid\)",
+                        example), example
     assert "curating" in capsys.readouterr().err  # the progress bar

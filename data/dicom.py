@@ -110,16 +110,19 @@ def quiet_pydicom() -> Iterator[None]:
     """Silences pydicom's validation warnings and log lines while reading: they quote header values
     (e.g. "Invalid value for VR PN: '<name>'"), which must not reach the console or logs."""
     logger = logging.getLogger("pydicom")
-    disabled, propagate = logger.disabled, logger.propagate
+    disabled, propagate, level = logger.disabled, logger.propagate, logger.level
     # Disabling stops only pydicom's own logger; its children (pydicom.pixels.*, which log header
-    # values and decoder tracebacks) reach the root handlers unless propagation stops here.
+    # values and decoder tracebacks) inherit its level, and would reach its handlers (pydicom's
+    # config.debug adds one) and, propagating, the root's.
     logger.disabled, logger.propagate = True, False
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         logger.disabled, logger.propagate = disabled, propagate
+        logger.setLevel(level)
 
 
 def read_dicom(path: str) -> DicomImage:
@@ -159,12 +162,23 @@ def _read_dicom(path: str) -> DicomImage:
     except DicomError:
         raise
     except Exception as e:  # noqa: BLE001 - decoder errors: report the transfer syntax, not the header
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        name, compressed = _transfer_syntax(ds)
         hint = "; corrupt data, or it needs a decoder plugin such as pylibjpeg or GDCM" \
-            if getattr(syntax, "is_compressed", False) and isinstance(e, (RuntimeError, NotImplementedError)) else ""
+            if compressed and isinstance(e, (RuntimeError, NotImplementedError)) else ""
         raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
     return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id)
+
+
+def _transfer_syntax(ds) -> tuple[str, bool]:
+    """(name, compressed) of the data set's transfer syntax; named only when it is a standard one:
+    the field is free text in a broken file."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if syntax is not None and syntax.is_transfer_syntax:
+            return syntax.name, syntax.is_compressed
+    except (ValueError, AttributeError):
+        pass
+    return "unknown transfer syntax", False
 
 
 def _assume_transfer_syntax(ds) -> None:
@@ -189,7 +203,7 @@ def to_uint8(ds) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
-        raise DicomError(f"multi-frame DICOM ({frames} frames) is not a radiograph")
+        raise DicomError("multi-frame DICOM is not a radiograph")
     arr = ds.pixel_array  # pydicom converts YBR to RGB for colour data
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim == 3 and arr.shape[-1] == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):

@@ -1,4 +1,5 @@
 import logging
+import logging.handlers
 
 import numpy as np
 import pydicom
@@ -243,9 +244,28 @@ def test_a_non_standard_photometric_value_is_not_quoted(tmp_path):
 
 def test_pydicoms_child_loggers_are_quiet_while_reading(caplog):
     child = logging.getLogger("pydicom.pixels.decoders.base")  # logs header values and decoder tracebacks
-    with caplog.at_level(logging.DEBUG):
-        with dicom.quiet_pydicom():
-            child.error("photometric_interpretation: DOE_JANE")
-        assert "DOE_JANE" not in caplog.text
-        child.error("after reading")  # propagation is restored afterwards
-    assert "after reading" in caplog.text
+    parent = logging.getLogger("pydicom")
+    own = logging.handlers.BufferingHandler(100)  # where pydicom.config.debug(True) sends them
+    parent.addHandler(own)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            parent.setLevel(logging.DEBUG)
+            with dicom.quiet_pydicom():
+                child.error("photometric_interpretation: DOE_JANE")
+            assert "DOE_JANE" not in caplog.text and not own.buffer
+            child.error("after reading")  # level and propagation are restored afterwards
+        assert "after reading" in caplog.text and len(own.buffer) == 1
+        assert parent.level == logging.DEBUG
+    finally:
+        parent.removeHandler(own)
+        parent.setLevel(logging.NOTSET)
+
+
+def test_a_transfer_syntax_that_is_none_is_not_quoted(tmp_path):
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(14)))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.99999.4242"  # not a transfer syntax
+    ds.save_as(tmp_path / "odd.dcm", enforce_file_format=False)
+    with pytest.raises(dicom.DicomError) as e:
+        dicom.read_dicom(str(tmp_path / "odd.dcm"))
+    assert str(e.value).startswith("cannot decode pixel data (unknown transfer syntax; ")
+    assert e.value.__suppress_context__  # pydicom's own message, which quotes the value, is not printed with it

@@ -85,19 +85,20 @@ def is_image_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS or dicom.is_dicom(path)
 
 
-def ref_may_identify(ref: str, path: Optional[str], keep: int = 1) -> bool:
-    """Whether a file's relative path, in a tree that may be a hospital export, can name a patient
-    past its first ``keep`` folders: a DICOM file, a file in a subfolder below them (exports name
-    folders by patient, accession number, date), or one not named as an image (a bare UID, notes)."""
-    parts = ref.split("/")
-    return (bool(path) and dicom.is_dicom(path)) or len(parts) - 1 > keep \
-        or os.path.splitext(parts[-1])[1].lower() not in IMAGE_EXTENSIONS
-
-
 def public_ref(ref: str, token: str, keep: int = 1) -> str:
-    """``ref`` as it may be written when :func:`ref_may_identify`: its first ``keep`` folders, then
-    ``token`` and the extension when it is an image one."""
+    """A file's relative path as it may be written when its names may identify a patient: its first
+    ``keep`` folders (down to the class folder), then ``token`` and the extension when an image one."""
     return dicom.safe_ref(ref, token, keep=keep, extensions=IMAGE_EXTENSIONS)
+
+
+def is_utf8(name: str) -> bool:
+    """False for a path the file system gave with bytes that are not UTF-8 (surrogate escapes):
+    it cannot be written to a CSV, JSON or HTML file as it is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:

@@ -70,7 +70,8 @@ def _read_or_create(path: str) -> bytes:
 
 
 def pseudonymize(key: bytes, source: str, raw_id: str) -> str:
-    return hmac.new(key, f"{source}:{raw_id}".encode("utf-8"), hashlib.sha256).hexdigest()[:LENGTH]
+    # surrogateescape: a file name that is not UTF-8 hashes as the bytes it has on disk.
+    return hmac.new(key, f"{source}:{raw_id}".encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:LENGTH]
 
 
 def file_pseudonym(key: bytes, source: str, ref: str) -> str:

@@ -185,9 +185,15 @@ def _records(files: Sequence[str]):
             raise ValueError(f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None
 
 
+NESTED_CLASS_FOLDERS = -2  # _finding_of's depth when mapped folders inside each other disagree
+
+
 def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]]) -> tuple[Optional[str], int]:
-    """(finding, depth of the class folder) from the nearest mapped ancestor folder."""
+    """(finding, depth of the class folder) from the nearest mapped ancestor folder; (None, -1) when
+    there is none, (None, NESTED_CLASS_FOLDERS) when another mapped ancestor names another finding
+    (COVID/<patient>/NORMAL/...: no label to trust)."""
     default = _default_folder_map()
+    found = []
     for depth in range(len(rel_dirs) - 1, -1, -1):
         name = rel_dirs[depth]
         if class_map is not None:
@@ -197,8 +203,12 @@ def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]])
         else:
             finding = default.get(name.lower())
         if finding:
-            return finding, depth
-    return None, -1
+            found.append((finding, depth))
+    if not found:
+        return None, -1
+    if len({finding for finding, _ in found}) > 1:
+        return None, NESTED_CLASS_FOLDERS
+    return found[0]
 
 
 def _patient_of(path: str) -> str:
@@ -210,7 +220,7 @@ def _patient_of(path: str) -> str:
 
 
 def _lazy_key():
-    """The user's pseudonym key (as `covid-cxr curate` reads it), read on first use: only DICOM needs it."""
+    """The user's pseudonym key (as `covid-cxr curate` reads it), read on first use: only a folder tree needs it."""
     key: list[bytes] = []
 
     def get() -> bytes:
@@ -241,15 +251,15 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
-        # A DICOM file, or any file named below a subfolder of its class folder, is reported as
-        # <root>/.../<class folder>/file-<pseudonym>.dcm (images.public_ref), as curation's folder
+        # A folder tree may be a hospital export: every file is reported as
+        # <root>/.../<class folder>/file-<pseudonym>.<ext> (images.public_ref), as curation's folder
         # source writes it; `covid-cxr locate --source folder=<root>` finds it again.
         ref = "/".join(parts)
-        shown = (os.path.join(root, images.public_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
-                                                      keep=depth + 1))
-                 if images.ref_may_identify(ref, path, keep=depth + 1) else path)
+        shown = os.path.join(root, images.public_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
+                                                     keep=max(depth + 1, 0)))
         if finding is None:
-            skipped.append({"file": shown, "reason": "not in a mapped class folder"})
+            skipped.append({"file": shown, "reason": "in class folders inside each other that name different findings"
+                            if depth == NESTED_CLASS_FOLDERS else "not in a mapped class folder"})
             continue
         cls = task.class_of(finding)
         if cls is None:
@@ -273,7 +283,8 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         else:
             groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
         refs.append(shown)
-        sources.append(parts[0] if depth > 0 else os.path.basename(root))
+        source = parts[0] if depth > 0 else os.path.basename(root)
+        sources.append(source.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # a non-UTF-8 name
     if not encoded:
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
                          f"({len(skipped)} skipped; class folders must be named like "

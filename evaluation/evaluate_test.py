@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covid_cxr import cli
-from covid_cxr.data import features
+from covid_cxr.data import curate, features, pseudonym
 from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
 from covid_cxr.serving import predict, testing
@@ -114,7 +114,22 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
         assert f"| {source} | {entry['n']} |" in card
 
 
-def test_evaluate_class_folders(binary_model, tmp_path):
+def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_model, tmp_path):
+    records = testing.read_records(binary_model.data_dir)
+    image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
+    root = tmp_path / "tree"
+    for name in ("COVID/a.png", "Normal/b.png", "COVID/patient-7/Normal/c.png", "COVID/patient-8/COVID/d.png"):
+        os.makedirs((root / name).parent, exist_ok=True)
+        (root / name).write_bytes(image)
+    data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+    assert sorted(data.labels.tolist()) == [0, 1, 1]  # c.png has no label it can trust; d.png is COVID twice
+    [skipped] = data.skipped
+    assert skipped["reason"] == "in class folders inside each other that name different findings"
+    assert "patient-7" not in skipped["file"]
+
+
+def test_evaluate_class_folders(binary_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key")
     records = testing.read_records(binary_model.data_dir)
     root = tmp_path / "tree"
     expected = {"normal": 0, "covid": 0}
@@ -138,21 +153,26 @@ def test_evaluate_class_folders(binary_model, tmp_path):
     assert report["model"]["signature"] == "predict_image"
     assert report["class_counts"] == expected
     assert report["data"]["skipped"] == 3
-    reasons = {os.path.basename(s["file"]): s["reason"] for s in report["data"]["skipped_files"]}
-    assert "not used by task" in reasons["p.png"]
-    assert "unreadable" in reasons["broken.png"]
-    # misc/x.png is in no class folder, so every folder name of it may name a patient: pseudonymized.
-    [unmapped] = [name for name, reason in reasons.items() if reason == "not in a mapped class folder"]
-    assert re.fullmatch(r"file-[0-9a-f]+\.png", unmapped) and "misc" not in result.output
+    # A folder tree may be a hospital export: every file is shown by its class folder and a pseudonym.
+    reasons = {os.path.relpath(s["file"], root): s["reason"] for s in report["data"]["skipped_files"]}
+    shown = {re.sub(r"file-[0-9a-f]{8}", "P", name): reason for name, reason in reasons.items()}
+    assert set(shown) == {"site-x/Viral Pneumonia/P.png", "site-x/COVID/P.png", "P.png"}, reasons
+    assert "not used by task" in shown["site-x/Viral Pneumonia/P.png"]
+    assert "unreadable" in shown["site-x/COVID/P.png"]
+    assert shown["P.png"] == "not in a mapped class folder"  # misc/x.png: no folder of it is kept
+    assert "misc" not in result.output and "broken" not in result.output
     _check_consistent(report)
     # The same images through predict_image give the same matrix as the records through serving_default.
     by_records = json.loads(_run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json",
                                   "--bootstrap", "200", "--no-audit"]).output)
     assert report["confusion_matrix"] == by_records["confusion_matrix"]
-    # Misclassified films are named by their file; a folder tree's plain-hash groups are not shown.
+    # Misclassified films are named by pseudonyms the key's holder can locate; a folder tree's
+    # plain-hash groups are not shown.
     listed = report["errors"]["listed"]
     assert report["errors"]["n"] == by_records["errors"]["n"] and listed
-    assert all(os.path.isfile(e["ref"]) and "group" not in e for e in listed)
+    located = curate.locate("folder", str(root), [e["ref"] for e in listed], pseudonym.load_key()[0])
+    assert all(len(paths) == 1 and os.path.isfile(paths[0]) for paths in located.values()), located
+    assert all("group" not in e for e in listed)
     assert all("group" in e for e in by_records["errors"]["listed"])
 
 

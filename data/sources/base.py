@@ -57,7 +57,7 @@ class Source(abc.ABC):
     layout: ClassVar[str]  # one line, used in layout errors
     hidden_skipped: int = 0  # hidden files and folders under root, counted by every_candidate()
     # The tree may be a hospital export, whose files and folders are named by patient: curation
-    # writes such refs as class folder + pseudonym (curate._public_ref). Public collections' own
+    # writes every ref as class folder + pseudonym (curate._public_ref). Public collections' own
     # file names are kept: they are how their users find a film.
     private_names: ClassVar[bool] = False
 
