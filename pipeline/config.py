@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import typing
 from typing import Any, Mapping, Optional
@@ -224,6 +225,11 @@ class PipelineConfig:
         _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 0.0, 1.0, low_excluded=True)
         _in_range("tuner.image_sizes", tuner.image_sizes, 16, size, integer=True)  # models resize down only
         _in_range("runtime.beam_workers", self.runtime.beam_workers, 0, None, integer=True)
+        _in_range("training.seed", t.seed, 0, 2**32 - 1, integer=True)  # Keras' seed range
+        weights = self.model.weights
+        if weights.lower() not in models.WEIGHT_KEYWORDS and not weights.lower().endswith(".h5"):
+            raise ConfigError(f"model.weights must be {', '.join(models.WEIGHT_KEYWORDS)} or a path to an .h5 file, "
+                              f"got {weights!r}")
         for name in ("families", "ensemble_with"):
             unknown = [f for f in getattr(self.model, name) if f not in models.FAMILIES]
             if unknown:
@@ -277,12 +283,26 @@ def load_config(
         raise ConfigError(str(e)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: YAML keeps the last
+    silently, so a second `model:` section would drop the first."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"{twice!r} is given twice", node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: str) -> Mapping:
     try:
         with open(path, encoding="utf-8") as f:
-            content = yaml.safe_load(f) or {}
+            content = yaml.load(f, Loader=_UniqueKeyLoader) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path!r} is not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(content, dict):
@@ -316,6 +336,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
+            if value not in (True, False) or isinstance(value, float):
+                raise ValueError(value)  # 5 or 0.5 is no yes/no answer
             return bool(value)
         if kind in (int, float):
             if isinstance(value, bool):
@@ -325,6 +347,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 raise ValueError(value)
             return number
         if kind is str:
+            if isinstance(value, (list, dict)):
+                raise ValueError(value)  # would become its Python repr
             return "" if value is None else str(value)
         if kind is list:
             if isinstance(value, str):
@@ -333,7 +357,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             if not isinstance(value, list):
                 raise ValueError(value)
             return value
-    except (TypeError, ValueError, yaml.YAMLError):
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
     return value
 
@@ -348,6 +372,8 @@ def _in_range(name: str, values: Any, low: float, high: Optional[float], integer
             number = float(value)
         except (TypeError, ValueError):
             number = None
+        if number is not None and not math.isfinite(number):
+            number = None  # nan passes every comparison, inf no whole-number check
         below = number is not None and (number <= low if low_excluded else number < low)
         if number is None or (integer and number != int(number)) or below or (high is not None and number > high):
             kind = ("whole numbers" if listed else "a whole number") if integer else ("numbers" if listed else "a number")

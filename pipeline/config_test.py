@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,15 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
      "^runtime.beam_extra_args: argument --direct_num_workers: invalid int value: 'abc'$"),
     ({"model.border_crop": "0.3"}, r"model.border_crop must be between 0 and 0.25 \(of each side\), got 0.3"),
     ({"model.augment_gamma": "2"}, r"model.augment_contrast must be in \[0, 1\) and model.augment_gamma in \[0, 1\], got 0.0 and 2.0"),
+    # Caught here rather than in the Tuner, after ExampleGen, StatisticsGen and Transform have run.
+    ({"model.weights": "imagenett"}, "^model.weights must be auto, imagenet, none or a path to an .h5 file, got 'imagenett'$"),
+    ({"training.seed": "-1"}, "^training.seed must be a whole number between 0 and 4294967295, got -1$"),
+    ({"training.seed": "99999999999999999999"}, "^training.seed must be a whole number between 0 and 4294967295"),
+    ({"training.epochs": "inf"}, "^override: training.epochs: 'inf' is not a valid int$"),
+    ({"tuner.dense_units": "[.inf]"}, "^tuner.dense_units must be whole numbers at least 0, got inf$"),
+    ({"tuner.dropouts": "nan"}, "^tuner.dropouts must be numbers between 0.0 and 0.95, got 'nan'$"),
+    ({"tuner.learning_rates": "[.nan]"}, "^tuner.learning_rates must be numbers above 0.0 and at most 1.0, got nan$"),
+    ({"model.augment": "5"}, "^override: model.augment: '5' is not a valid bool$"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:
@@ -67,6 +77,20 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
         cfg.load_config("medium")
     with pytest.raises(cfg.ConfigError, match="cannot read config"):
         cfg.load_config(None, str(tmp_path / "missing.yaml"))
+    bad.write_bytes(b"\xff\xfe model: {}")
+    with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not UTF-8 text$"):
+        cfg.load_config(None, str(bad))
+    bad.write_text("model:\n  task: three-class\ntraining:\n  epochs: 2\nmodel:\n  image_size: 64\n")
+    with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not valid YAML: 'model' is given twice$"):
+        cfg.load_config(None, str(bad))
+    for text, message in (("model:\n  augment: 5\n", "model.augment: 5 is not a valid bool"),
+                          ("runtime:\n  pipeline_root: [a, b]\n", "runtime.pipeline_root: ['a', 'b'] is not a valid str"),
+                          ("data:\n  schema_file: {a: 1}\n", "data.schema_file: {'a': 1} is not a valid str")):
+        bad.write_text(text)
+        with pytest.raises(cfg.ConfigError, match=re.escape(message)):
+            cfg.load_config(None, str(bad))
+    bad.write_text("model:\n  augment: false\n")
+    assert cfg.load_config(None, str(bad)).model.augment is False
 
 
 def test_model_custom_config_excludes_runtime_paths():
