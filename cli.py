@@ -36,9 +36,12 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+MAX_MESSAGE = 300  # a TFRecord reader's error can carry the whole damaged record as bytes
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    line = (str(error).strip() or type(error).__name__).splitlines()[0]
+    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE] + " [...]"
 
 
 class CliGroup(click.Group):

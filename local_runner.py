@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 from tfx import v1 as tfx
@@ -32,11 +33,31 @@ def check_data(config: PipelineConfig) -> dict:
     return summary
 
 
+def check_writable(path: str, name: str) -> None:
+    """ConfigError unless ``path`` is, or can be made, a directory here: found after training, a
+    serving directory that is a file loses the whole run. Bucket URIs are left to the run."""
+    if not path or "://" in path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{name} {path!r} cannot be a directory: {existing!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {path!r} cannot be written: no write access to {existing!r}")
+
+
 def check_inputs(config: PipelineConfig) -> dict:
-    """Everything a run can check before it starts: the data, the schema, and where ML Metadata is kept."""
+    """Everything a run can check before it starts: the data, the schema, where ML Metadata is kept
+    and where the run writes."""
     summary = check_data(config)
     if config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
         raise ConfigError(f"data.schema_file {config.data.schema_file!r} cannot be read (no such file, or no access)")
+    runtime = config.runtime
+    check_writable(runtime.pipeline_root, "runtime.pipeline_root (--pipeline-root)")
+    check_writable(runtime.serving_dir, "runtime.serving_dir (--serving-dir)")
+    if runtime.metadata_path:
+        check_writable(os.path.dirname(runtime.metadata_path), "the folder of runtime.metadata_path")
     metadata.check_connection(config)
     return summary
 

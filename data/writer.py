@@ -170,7 +170,8 @@ def read_summary(data_dir: str) -> dict:
     """The summary.json of a curated directory, with a clear error when it is not one."""
     path = os.path.join(data_dir, features.SUMMARY)
     if not tf.io.gfile.isdir(data_dir):  # gfile: gs:// data on Kubeflow/Vertex
-        raise FileNotFoundError(f"data directory {data_dir!r} does not exist")
+        raise FileNotFoundError(f"data directory {data_dir!r} is a file, not a directory" if tf.io.gfile.exists(data_dir)
+                                else f"data directory {data_dir!r} does not exist")
     if not tf.io.gfile.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)):
         raise FileNotFoundError(
             f"no curated TFRecords ({features.TFRECORD_PATTERN}) in {data_dir!r}; "

@@ -35,6 +35,26 @@ def test_an_unreadable_schema_file_is_refused_before_the_run(tmp_path):
         local_runner.check_inputs(config)
 
 
+def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for field, value, message in (
+            ("runtime.serving_dir", a_file / "cvn", r"runtime.serving_dir \(--serving-dir\) '.*a-file/cvn' cannot be a "
+                                                     r"directory: '.*a-file' is a file$"),
+            ("runtime.pipeline_root", a_file, r"runtime.pipeline_root \(--pipeline-root\) '.*a-file' cannot be a directory"),
+            ("runtime.metadata_path", a_file / "m.sqlite", r"the folder of runtime.metadata_path '.*a-file' cannot be")):
+        config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path / "data"), field: str(value)})
+        with pytest.raises(cfg.ConfigError, match=message):
+            local_runner.check_inputs(config)
+    # Folders that do not exist yet, under one that does, are fine.
+    local_runner.check_inputs(cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "new" / "root"),
+        "runtime.serving_dir": str(tmp_path / "new" / "serving")}))
+    with pytest.raises(cfg.ConfigError, match=r"data directory '.*a-file' is a file, not a directory"):
+        local_runner.check_data(_config(a_file))
+
+
 def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     # `covid-cxr -v run ...`'s command line: TFX's Beam executors parse sys.argv as absl flags, where
     # -v is --verbosity, so ImportExampleGen (the first component) failed on it before the fix.
@@ -50,3 +70,14 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is not None  # the traceback --verbose shows
     assert sys.argv[1] == "-v"  # the command line is back once the DAG is done
+
+
+def test_a_failure_message_is_one_line_of_bounded_length():
+    from covid_cxr import cli
+
+    # A damaged TFRecord's error carries the record's bytes: 37 KB on one line, seen on a truncated shard.
+    long = ValueError("Not a valid TFRecord. Fewer than 25070 bytes: b'" + "0a" * 20000 + "'\nsecond line")
+    line = cli._first_line(long)
+    assert line.startswith("Not a valid TFRecord. Fewer than 25070 bytes: b'0a0a")
+    assert len(line) == cli.MAX_MESSAGE + len(" [...]") and line.endswith(" [...]")
+    assert cli._first_line(KeyError()) == "KeyError" and cli._first_line(OSError("short\nmore")) == "short"
