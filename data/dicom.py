@@ -42,6 +42,9 @@ _VIEWS = {"PA": "PA", "AP": "AP", "LL": LATERAL, "RL": LATERAL, "LATERAL": LATER
 NON_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "ES", "OP", "SR", "RTIMAGE"})
 
 
+MAX_PIXELS = 20_000 * 20_000  # larger pictures are refused before decoding (decompression bombs)
+
+
 class DicomError(Exception):
     """A DICOM file that cannot be turned into a radiograph (message is safe to log: no header values)."""
 
@@ -204,6 +207,9 @@ def to_uint8(ds) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise DicomError("multi-frame DICOM is not a radiograph")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * columns > MAX_PIXELS:
+        raise DicomError(f"image too large ({columns} x {rows} pixels)")
     arr = ds.pixel_array  # pydicom converts YBR to RGB for colour data
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim == 3 and arr.shape[-1] == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):

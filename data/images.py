@@ -43,7 +43,8 @@ _BRIGHT = 246  # >= this is border white
 _CONTENT_FRACTION = 0.10  # a row/column is content when >= 10% of its pixels are content pixels
 _GAP_FRACTION = 0.02  # runs of content separated by gaps up to 2% of the side are one run
 
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # decompression bombs beyond this are rejected, not decoded
+MAX_PIXELS = dicom.MAX_PIXELS  # decompression bombs beyond this are rejected, not decoded
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow only warns up to twice its limit: read_gray checks itself
 
 
 class ImageError(Exception):
@@ -113,6 +114,8 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageError(f"image too large ({im.width} x {im.height} pixels)")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return _pil_to_gray(im), None

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid_cxr.data import dedupe, images, testing
+from covid_cxr.data import dedupe, dicom, images, testing
 
 
 def framed(seed=1, top=20, bottom=12, left=16, right=8, size=(160, 128)):
@@ -140,3 +140,17 @@ def test_phash_same_picture_resized_and_reencoded_is_near_other_picture_is_far(t
     framed_a[40:360, 22:278] = a
     p = images.process(testing.write_image(tmp_path / "framed.png", framed_a))
     assert dedupe.hamming(p.phash, ha) <= 8
+
+
+def test_pictures_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    # Pillow only warns between its limit and twice it, and the warning is silenced while reading:
+    # a 25000 x 25000 PNG (4.5 MB on disk) took 2.85 GB to decode. The limit is shrunk here to test it.
+    monkeypatch.setattr(images, "MAX_PIXELS", 20 * 20 - 1)
+    monkeypatch.setattr(dicom, "MAX_PIXELS", 20 * 20 - 1)
+    png = testing.write_image(tmp_path / "big.png", testing.radiograph(1, (20, 20)))
+    with pytest.raises(images.ImageError, match=r"^image too large \(20 x 20 pixels\)$"):
+        images.read_gray(str(png))
+    with pytest.raises(images.ImageError, match=r"^image too large \(20 x 20 pixels\)$"):
+        images.read_gray(testing.write_dicom(tmp_path / "big.dcm", testing.radiograph(2, (20, 20))))
+    monkeypatch.setattr(images, "MAX_PIXELS", 20 * 20)
+    assert images.read_gray(str(png))[0].shape == (20, 20)
