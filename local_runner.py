@@ -33,20 +33,6 @@ def check_data(config: PipelineConfig) -> dict:
     return summary
 
 
-def check_writable(path: str, name: str) -> None:
-    """ConfigError unless ``path`` is, or can be made, a directory here: found after training, a
-    serving directory that is a file loses the whole run. Bucket URIs are left to the run."""
-    if not path or "://" in path:
-        return
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{name} {path!r} cannot be a directory: {existing!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{name} {path!r} cannot be written: no write access to {existing!r}")
-
-
 def check_inputs(config: PipelineConfig) -> dict:
     """Everything a run can check before it starts: the data, the schema, where ML Metadata is kept
     and where the run writes."""
@@ -54,10 +40,13 @@ def check_inputs(config: PipelineConfig) -> dict:
     if config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
         raise ConfigError(f"data.schema_file {config.data.schema_file!r} cannot be read (no such file, or no access)")
     runtime = config.runtime
-    check_writable(runtime.pipeline_root, "runtime.pipeline_root (--pipeline-root)")
-    check_writable(runtime.serving_dir, "runtime.serving_dir (--serving-dir)")
-    if runtime.metadata_path:
-        check_writable(os.path.dirname(runtime.metadata_path), "the folder of runtime.metadata_path")
+    try:
+        writer.check_writable(runtime.pipeline_root, "runtime.pipeline_root (--pipeline-root)")
+        writer.check_writable(runtime.serving_dir, "runtime.serving_dir (--serving-dir)")
+        if runtime.metadata_path:
+            writer.check_writable(os.path.dirname(runtime.metadata_path), "the folder of runtime.metadata_path")
+    except writer.OutputError as e:
+        raise ConfigError(str(e)) from None
     metadata.check_connection(config)
     return summary
 

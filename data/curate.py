@@ -68,7 +68,7 @@ import click
 from covid_cxr.data import dedupe, dicom, features, images, pseudonym
 from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
 from covid_cxr.data.sources.base import list_files
-from covid_cxr.data.writer import DatasetWriter
+from covid_cxr.data.writer import DatasetWriter, OutputError, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,10 @@ def curate(
     for s in source_objs:
         if out_abs == s.root or out_abs.startswith(s.root + os.sep):
             raise CurationError(f"output directory {out_dir} is inside the {s.name} source; choose another --out")
-    if os.path.exists(out_abs) and not os.path.isdir(out_abs):
-        raise CurationError(f"output {out_dir} exists and is not a directory")
+    try:  # before the images are read, not when the records are written
+        check_writable(out_dir, "output (--out)")
+    except OutputError as e:
+        raise CurationError(str(e)) from None
     try:
         key_bytes, key_origin = pseudonym.load_key(key)
     except pseudonym.PseudonymKeyError as e:

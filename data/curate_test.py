@@ -486,3 +486,12 @@ def test_label_conflicts_are_reported(tmp_path, capsys):
     assert re.fullmatch(r"folder:healthy/[0-9a-f]{16}-[0-9a-f]{8}\.jpg \(normal\) duplicates cohen:images/a\.png \(covid\)",
                         example), example
     assert "curating" in capsys.readouterr().err  # the progress bar
+
+
+def test_an_output_that_cannot_be_a_folder_is_refused_before_any_image_is_read(corpus, tmp_path, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    monkeypatch.setattr(curate_mod, "_label", lambda *a, **k: pytest.fail("images were read"))
+    for out in (a_file, a_file / "cvn"):
+        with pytest.raises(CurationError, match=r"^output \(--out\) '.*' cannot be a directory: '.*a-file' is a file$"):
+            curate(corpus, str(out), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1)

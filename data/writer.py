@@ -166,6 +166,25 @@ def check_fits_task(summary: dict, data_dir: str, task: features.Task) -> None:
                                f"({', '.join(task.classes)}); curate again with --task {task.name}")
 
 
+class OutputError(ValueError):
+    """An output location that cannot be written (one line)."""
+
+
+def check_writable(path: str, name: str) -> None:
+    """OutputError unless ``path`` is, or can be made, a directory here, checked before the work:
+    found after training, a serving directory that is a file loses the whole run. Creates nothing;
+    bucket URIs are left to the run."""
+    if not path or "://" in path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"{name} {path!r} cannot be a directory: {existing!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{name} {path!r} cannot be written: no write access to {existing!r}")
+
+
 def read_summary(data_dir: str) -> dict:
     """The summary.json of a curated directory, with a clear error when it is not one."""
     path = os.path.join(data_dir, features.SUMMARY)

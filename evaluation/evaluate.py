@@ -57,7 +57,7 @@ from typing import Mapping, Optional, Sequence
 import click
 import numpy as np
 
-from covid_cxr.data import dicom, features, images, jsonfile, pseudonym
+from covid_cxr.data import features, images, jsonfile, pseudonym, writer
 from covid_cxr.evaluation import errors, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict
 
@@ -694,6 +694,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
                      max_side, equalization):
     """Measure a model on labelled data: sensitivity, specificity, AUC ... with 95% CIs, a border
     shortcut audit and an HTML report."""
+    if out_dir:  # before the work, not when the report is written
+        writer.check_writable(out_dir, "--out")
     if data_dir is None:
         data_dir = held_out_split(pipeline_root)
     if not os.path.isdir(data_dir):

@@ -446,3 +446,12 @@ def test_evaluating_on_the_training_dataset_is_flagged(tmp_path):
     other = types.SimpleNamespace(metadata={"data_summary": dict(summary, accepted=40)})
     assert evaluate.training_data_warning(other, str(tmp_path)) is None
     assert evaluate.training_data_warning(types.SimpleNamespace(metadata={}), str(tmp_path)) is None
+
+
+def test_an_out_folder_that_cannot_be_made_fails_before_the_work(binary_model, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data",
+                                           binary_model.data_dir, "--out", str(a_file / "r")])
+    assert result.exit_code == 2 and result.output.startswith("covid-cxr: error: --out "), result.output
+    assert "is a file" in result.output

@@ -49,13 +49,16 @@ class ExplainError(Exception):
 
 def output_names(files: Sequence[str]) -> list[str]:
     """`<stem>.heatmap.png` per file, made unique with -2, -3 ... (inputs from many folders)."""
-    names, seen = [], {}
+    names, taken = [], set()
     for file in files:
         stem = os.path.splitext(os.path.basename(os.path.normpath(file)))[0] or "image"
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
-        count = seen.get(stem.lower(), 0) + 1
-        seen[stem.lower()] = count
-        names.append(f"{stem}{'' if count == 1 else f'-{count}'}.heatmap.png")
+        name, count = f"{stem}.heatmap.png", 1
+        while name.lower() in taken:  # a/x.png, b/x.png and c/x-2.png must not share x-2
+            count += 1
+            name = f"{stem}-{count}.heatmap.png"
+        taken.add(name.lower())
+        names.append(name)
     return names
 
 

@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 import click
 import numpy as np
 
-from covid_cxr.data import features, images
+from covid_cxr.data import features, images, writer
 from covid_cxr.serving import model_metadata
 
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
@@ -396,6 +396,8 @@ def predict_command(model_path, inputs, as_json, explain_dir, max_side, equaliza
 
     Research use only: not a diagnostic device. Exit code 1 when any input could not be classified.
     """
+    if explain_dir is not None:  # before the work: found at the end, it lost the predictions
+        writer.check_writable(explain_dir, "--explain")
     model = load_model(model_path)
     preparation = Preparation.from_metadata(model.metadata, max_side, equalization)
     result = predict_paths(model, inputs, explain_dir=explain_dir, preparation=preparation)

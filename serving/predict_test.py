@@ -327,3 +327,20 @@ def test_falling_back_to_saliency_says_why(binary_model, monkeypatch, caplog):
     assert explainer.load_error == "ValueError"
     assert "gradient saliency, not Grad-CAM: the model did not load as Keras (ValueError: Unknown layer: " \
            "'SomethingCustom')" in caplog.text
+
+
+def test_heat_map_names_are_unique_even_against_a_numbered_input():
+    names = explain.output_names(["x/a.png", "y/a.png", "z/a-2.png", "w/A.PNG", "v/", "odd name!.dcm"])
+    assert names == ["a.heatmap.png", "a-2.heatmap.png", "a-2-2.heatmap.png", "A-3.heatmap.png", "v.heatmap.png",
+                     "odd_name_.heatmap.png"]
+
+
+def test_an_explain_folder_that_cannot_be_made_fails_before_the_work(binary_model, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    image = data_testing.write_image(tmp_path / "in" / "x.png", data_testing.radiograph(1))
+    result = CliRunner().invoke(cli.main, ["predict", "--model", binary_model.serving_dir, "--explain",
+                                           str(a_file / "maps"), image])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith("covid-cxr: error: --explain ")
+    assert "is a file" in result.output and "\n" not in result.output.strip()
