@@ -19,6 +19,7 @@ import tensorflow as tf
 import yaml
 from tfx import v1 as tfx
 
+from covid_cxr.data import writer
 from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import SCHEMA_FILE, create_pipeline
@@ -31,7 +32,9 @@ IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 
 
 def _on_this_machine(path: str) -> bool:
-    return bool(path) and "://" not in path
+    """A path the containers cannot reach: no scheme, file://, or a scheme without a bucket (gs://)."""
+    scheme, sep, rest = path.partition("://")
+    return bool(path) and (not sep or scheme.lower() == "file" or not rest.split("/", 1)[0])
 
 
 # Paths every container must reach, and the flag that sets each. On the compiling machine's disk they
@@ -93,6 +96,11 @@ def is_kfp_package(output_file: str) -> bool:
 
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> list[str]:
     """Writes the spec of ``config`` as prepared by :func:`for_the_container`; returns its notes."""
+    parent = output_file.rsplit("/", 1)[0] if "/" in output_file else ""
+    try:  # before the compile, which takes a while
+        writer.check_writable("" if "://" in output_file else parent, "--output's folder")
+    except writer.OutputError as e:
+        raise ConfigError(str(e)) from None
     from_image = not config.data.schema_file
     config, notes = for_the_container(config)
     # The image's schema is this checkout's (Dockerfile): its hash keys the cache, and ImportSchema
@@ -112,9 +120,11 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> li
         text = yaml.safe_dump(spec, sort_keys=True)
     else:
         text = json.dumps(job, sort_keys=True)
-    parent = output_file.rsplit("/", 1)[0] if "/" in output_file else ""
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(output_file, "w") as out:  # a bucket URI is a valid output too
-        out.write(text)
+    try:
+        if parent:
+            tf.io.gfile.makedirs(parent)
+        with tf.io.gfile.GFile(output_file, "w") as out:  # a bucket URI is a valid output too
+            out.write(text)
+    except (OSError, tf.errors.OpError) as e:
+        raise ConfigError(f"--output {output_file!r} cannot be written: {getattr(e, 'message', None) or e}") from None
     return notes

@@ -40,15 +40,25 @@ def test_compiled_spec_has_the_whole_dag_on_the_given_image(tmp_path):
 
 @pytest.mark.parametrize("flag, field", [
     ("--data", "data.data_dir"), ("--pipeline-root", "runtime.pipeline_root"), ("--serving-dir", "runtime.serving_dir")])
-def test_a_path_on_this_machine_for_data_root_or_serving_is_refused(tmp_path, flag, field):
+@pytest.mark.parametrize("path", ["out/local", "file:///tmp/local", "gs://", "gs:///no-bucket"])
+def test_a_path_on_this_machine_for_data_root_or_serving_is_refused(tmp_path, flag, field, path):
     args = list(BUCKETS)
-    args[args.index(flag) + 1] = "out/local"
+    args[args.index(flag) + 1] = path
     result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1",
                                            "--output", str(tmp_path / "spec.json"), *args])
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == (f"covid-cxr: error: {field} 'out/local' is a path on this machine, which the "
+    assert result.output.strip() == (f"covid-cxr: error: {field} {path!r} is a path on this machine, which the "
                                      f"containers cannot reach (a push there would vanish with its pod): pass {flag} gs://...")
     assert not (tmp_path / "spec.json").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1",
+                                           "--output", str(tmp_path / "a-file" / "spec.json"), *BUCKETS])
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(r"covid-cxr: error: --output's folder '.*a-file' cannot be a directory: '.*a-file' is a file",
+                        result.output.strip()), result.output
 
 
 def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
