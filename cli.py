@@ -230,8 +230,7 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
     """Compile the pipeline to a Vertex AI (JSON) or Kubeflow Pipelines (YAML) spec."""
     from covid_cxr import kubeflow_runner
 
-    if not image.strip() or image != image.strip():
-        raise click.BadParameter(f"{image!r} is not an image reference (REGISTRY/NAME:TAG)", param_hint="--image")
+    kubeflow_runner.check_image(image)
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
     for note in kubeflow_runner.compile_pipeline(config, output, image):
         click.echo(f"note: {note}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import tensorflow as tf
 import yaml
@@ -29,6 +30,19 @@ from covid_cxr.trainer import models, training
 # Where the Dockerfile puts the reviewed schema. The spec names files by path, and the path of this
 # checkout on the compiling machine does not exist inside the container.
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
+
+
+# Docker's image reference grammar (distribution/reference): [registry[:port]/]path[:tag][@digest],
+# path components lowercase. A reference outside it compiles fine and fails every pod at pull time.
+_REGISTRY = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(rf"{_REGISTRY}{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?")
+
+
+def check_image(image: str) -> None:
+    if not IMAGE_REFERENCE.fullmatch(image):
+        raise ConfigError(f"--image {image!r} is not an image reference: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:<64 hex> "
+                          "(name in lowercase)")
 
 
 def _on_this_machine(path: str) -> bool:

@@ -204,8 +204,15 @@ def test_open_source_kubeflow_gets_a_spec_without_resolver_nodes(tmp_path):
     assert EXPECTED_TASKS - {"latest_blessed_model_resolver"} <= {name.split("-")[0] for name in tasks} | set(tasks)
 
 
-@pytest.mark.parametrize("image", ["", "  ", " registry.example/covid-cxr:1"])
-def test_a_blank_image_is_refused_rather_than_tfxs_default(tmp_path, image):
+@pytest.mark.parametrize("image", ["", "  ", " registry.example/covid-cxr:1", "reg/covid cxr:1", "REG/COVID-CXR:Latest",
+                                   "reg/x:1:2:3", "/home/me/image.tar", "reg/x@sha256:abc"])
+def test_a_blank_or_malformed_image_is_refused_rather_than_failing_every_pod(tmp_path, image):
     result = CliRunner().invoke(cli.main, ["compile", "--image", image, "--output", str(tmp_path / "spec.json"), *BUCKETS])
     assert result.exit_code == 2 and "is not an image reference" in result.output, result.output
     assert not (tmp_path / "spec.json").exists()
+
+
+@pytest.mark.parametrize("image", ["registry.example/covid-cxr:1", "REGISTRY/covid-cxr:0.1", "localhost:5000/team/covid_cxr",
+                                   "europe-docker.pkg.dev/proj/repo/covid-cxr@sha256:" + "0" * 64, "covid-cxr"])
+def test_image_references_docker_accepts_pass(image):
+    kubeflow_runner.check_image(image)
