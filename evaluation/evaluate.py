@@ -244,10 +244,13 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
                  preparation: Optional[predict.Preparation] = None) -> EvalData:
     preparation = preparation or predict.Preparation()
     root = os.path.normpath(root)
-    files, _ = predict.find_inputs([root])
+    inputs = predict.find_inputs([root])
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
     key = _lazy_key()
-    for path in files:
+    if inputs.hidden:  # counted, not listed: one row per macOS ._ file would bury the real ones
+        skipped.append({"file": root, "reason": f"{inputs.hidden} hidden files or folders (names starting with '.', "
+                                                 "__MACOSX) not read"})
+    for path in inputs.files + [e.file for e in inputs.skipped]:
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
@@ -257,6 +260,9 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         ref = "/".join(parts)
         shown = os.path.join(root, images.public_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
                                                      keep=max(depth + 1, 0)))
+        if not images.is_image_file(path):
+            skipped.append({"file": shown, "reason": "not an image file"})
+            continue
         if finding is None:
             skipped.append({"file": shown, "reason": "in class folders inside each other that name different findings"
                             if depth == NESTED_CLASS_FOLDERS else "not in a mapped class folder"})

@@ -187,25 +187,34 @@ class InputError:
         return {"file": self.file, "error": self.error}
 
 
-def find_inputs(paths: Iterable[str]) -> tuple[list[str], list[InputError]]:
-    """Files to predict (given files as given; directories walked recursively, sorted)."""
-    files: list[str] = []
-    errors: list[InputError] = []
+@dataclasses.dataclass
+class Inputs:
+    files: list[str]  # to predict: given files as given, walked directories' image files, sorted
+    errors: list[InputError]  # given paths that hold nothing to predict
+    skipped: list[InputError]  # walked directories' files that are not images: listed, not dropped
+    hidden: int = 0  # walked directories' hidden files and folders: counted, as curation does
+
+
+def find_inputs(paths: Iterable[str]) -> Inputs:
+    """The files to predict under ``paths``, and what was passed over and why."""
+    from covid_cxr.data.sources.base import list_files
+
+    found = Inputs([], [], [])
     for path in paths:
         if os.path.isdir(path):
-            found = []
-            for root, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [os.path.join(root, n) for n in sorted(names)
-                          if not n.startswith(".") and images.is_image_file(os.path.join(root, n))]
-            if not found:
-                errors.append(InputError(path, "no image files (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM) in this directory"))
-            files += found
+            hidden: list[str] = []
+            files = list_files(path, hidden=hidden)
+            found.hidden += len(hidden)
+            images_here = [f for f in files if images.is_image_file(f)]
+            found.skipped += [InputError(f, "not an image file") for f in files if not images.is_image_file(f)]
+            if not images_here:
+                found.errors.append(InputError(path, "no image files (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM) in this directory"))
+            found.files += images_here
         elif os.path.isfile(path):
-            files.append(path)
+            found.files.append(path)
         else:
-            errors.append(InputError(path, "no such file or directory"))
-    return files, errors
+            found.errors.append(InputError(path, "no such file or directory"))
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +310,8 @@ class PredictResult:
     model: ServingModel
     predictions: list[dict]
     errors: list[InputError]
+    skipped: list[InputError] = dataclasses.field(default_factory=list)
+    hidden: int = 0
 
     @property
     def failed(self) -> bool:
@@ -312,6 +323,8 @@ class PredictResult:
                       "classes": list(self.model.classes), "threshold": self.model.threshold},
             "predictions": self.predictions,
             "errors": [e.to_dict() for e in self.errors],
+            "skipped": [e.to_dict() for e in self.skipped],
+            "hidden_skipped": self.hidden,
         }
 
 
@@ -319,9 +332,10 @@ def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Option
                   preparation: Optional[Preparation] = None) -> PredictResult:
     """Finds, prepares and predicts every input; optionally writes one explanation PNG per image."""
     preparation = preparation or Preparation.from_metadata(model.metadata)
-    files, errors = find_inputs(paths)
+    inputs = find_inputs(paths)
+    errors = inputs.errors
     ok_files, pngs = [], []
-    for file in files:
+    for file in inputs.files:
         try:
             pngs.append(prepare(file, preparation))
             ok_files.append(file)
@@ -344,9 +358,9 @@ def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Option
             except explain.ExplainError as e:
                 row["explanation"], row["explanation_method"] = None, None
                 errors.append(InputError(row["file"], f"explanation failed: {e}"))
-    order = {f: i for i, f in enumerate(files)}
+    order = {f: i for i, f in enumerate(inputs.files)}
     errors.sort(key=lambda e: order.get(e.file, -1))
-    return PredictResult(model, rows, errors)
+    return PredictResult(model, rows, errors, inputs.skipped, inputs.hidden)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +388,8 @@ def format_table(result: PredictResult) -> str:
             lines.append(f"{shown_file:<{width}}  {entry['label']:<10}{probs}")
     explained = [r["explanation"] for r in result.predictions if r.get("explanation")]
     summary = f"{len(result.predictions)} predicted, {len(result.errors)} failed"
+    if result.skipped or result.hidden:
+        summary += f"; skipped {len(result.skipped)} files that are not images and {result.hidden} hidden files or folders"
     if explained:
         summary += f"; {len(explained)} explanation image(s) in {os.path.dirname(explained[0])}"
     lines.append(summary)

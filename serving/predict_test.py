@@ -207,6 +207,21 @@ def test_unreadable_inputs_are_reported_per_file(binary_model, tmp_path):
     assert table.exit_code == 1 and "ERROR: cannot decode image" in table.output
 
 
+def test_what_a_walked_folder_holds_besides_images_is_listed_or_counted(binary_model, tmp_path):
+    good = _write_pngs(binary_model, str(tmp_path / "in"), n=1)[0]
+    (tmp_path / "in" / "README.txt").write_text("notes")
+    (tmp_path / "in" / ".hidden.png").write_bytes(open(good, "rb").read())
+    os.makedirs(tmp_path / "in" / "__MACOSX")
+    result = _run(["--model", binary_model.serving_dir, "--json", str(tmp_path / "in")])
+    assert result.exit_code == 0, result.output  # nothing failed: the extras were passed over, and said so
+    out = json.loads(result.output)
+    assert [p["file"] for p in out["predictions"]] == [good]
+    assert out["skipped"] == [{"file": str(tmp_path / "in" / "README.txt"), "error": "not an image file"}]
+    assert out["hidden_skipped"] == 2
+    table = _run(["--model", binary_model.serving_dir, str(tmp_path / "in")])
+    assert "1 predicted, 0 failed; skipped 1 files that are not images and 2 hidden files or folders" in table.output
+
+
 def test_bad_model_dir_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(predict.predict_command, ["--model", str(tmp_path), str(tmp_path)])
     assert result.exit_code == 2
