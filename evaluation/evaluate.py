@@ -291,6 +291,11 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         refs.append(shown)
         source = parts[0] if depth > 0 else os.path.basename(root)
         sources.append(source.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # a non-UTF-8 name
+    if class_map:  # as curation: a mapped folder that no file is in is a typo, not an empty class
+        folders = {part.lower() for path in inputs.files for part in os.path.relpath(path, root).split(os.sep)[:-1]}
+        missing = sorted(name for name in class_map if name.lower() not in folders)
+        if missing:
+            raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
     if not encoded:
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
                          f"({len(skipped)} skipped; class folders must be named like "
@@ -719,7 +724,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         if model.task is None:
             raise click.UsageError("the model's metadata names no task: cannot map class folders")
         try:
-            mapping = parse_class_map(class_map) if class_map else None
+            mapping = parse_class_map(class_map) if class_map is not None else None  # "" is an empty map, an error
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--class-map")
         preparation = predict.Preparation.from_metadata(model.metadata, max_side, equalization)
@@ -727,6 +732,10 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
             data = load_folders(data_dir, model.task, mapping, preparation)
         except ValueError as e:
             raise click.UsageError(str(e))
+    present = sorted({int(label) for label in data.labels})
+    if len(present) == 1:  # as curation warns: a report with half its figures n/a
+        click.echo(f"covid-cxr: warning: every film is labelled {model.classes[present[0]]}: sensitivity or "
+                   "specificity, and AUC, cannot be measured", err=True)
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
     if warning:
         evaluation.report["data"]["warning"] = warning

@@ -195,7 +195,10 @@ def test_a_damaged_record_file_or_summary_is_named_in_one_line(binary_model, tmp
 
 
 def test_class_map_option(binary_model, tmp_path):
-    records = testing.read_records(binary_model.data_dir)[:6]
+    by_label = {}
+    for r in testing.read_records(binary_model.data_dir):
+        by_label.setdefault(tf.train.Example.FromString(r).features.feature["label"].bytes_list.value[0], []).append(r)
+    records = by_label[b"covid"][:3] + by_label[b"normal"][:3]
     for i, r in enumerate(records):
         feats = tf.train.Example.FromString(r).features.feature
         folder = "sick" if feats["label"].bytes_list.value[0] == b"covid" else "healthy"
@@ -459,3 +462,20 @@ def test_an_out_folder_that_cannot_be_made_fails_before_the_work(binary_model, t
                                            binary_model.data_dir, "--out", str(a_file / "r")])
     assert result.exit_code == 2 and result.output.startswith("covid-cxr: error: --out "), result.output
     assert "is a file" in result.output
+
+
+def test_class_map_mistakes_are_one_line_and_one_class_is_warned(binary_model, tmp_path):
+    records = testing.read_records(binary_model.data_dir)
+    image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
+    for name in ("Positive/a.png", "Positive/b.png"):
+        os.makedirs((tmp_path / "tree" / name).parent, exist_ok=True)
+        (tmp_path / "tree" / name).write_bytes(image)
+    base = ["evaluate", "--model", binary_model.serving_dir, "--data", str(tmp_path / "tree"), "--out", str(tmp_path / "r")]
+    for class_map, message in (("", "empty class map"),
+                               ("Positive=covid,Healthy=normal", "--class-map names folder(s) Healthy that hold no image")):
+        result = CliRunner().invoke(cli.main, [*base, "--class-map", class_map])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(cli.main, [*base, "--class-map", "Positive=covid", "--no-audit"])
+    assert result.exit_code == 0, result.output
+    assert "covid-cxr: warning: every film is labelled covid: sensitivity or specificity, and AUC, cannot be measured" \
+        in result.output
