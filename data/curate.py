@@ -487,6 +487,9 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
     except OSError as e:  # e.g. an unwritable output directory
         raise click.ClickException(f"{e.strerror or type(e).__name__}: {e.filename or out_dir}") from None
     click.echo(format_summary(summary, out_dir, time.monotonic() - started))
+    if not summary["accepted"]:  # nothing to train or evaluate on: a failed curation, exit code 1
+        raise click.ClickException(f"no image was accepted for task {summary['task']}: the reasons are in "
+                                   f"{os.path.join(out_dir, 'rejected.csv')}")
     missing = [c for c in summary["classes"] if not summary.get("per_class", {}).get(c)]
     if missing:  # `run` would refuse it; say so now, while the rejections are on screen
         click.echo(f"covid-cxr: warning: no accepted image of class {', '.join(missing)}: this directory cannot "

@@ -400,6 +400,13 @@ def test_cli_prints_a_summary(corpus, tmp_path):
                                                  "--out", str(tmp_path / "no-covid"), "--key", KEY])
     assert result.exit_code == 0, result.output
     assert "covid-cxr: warning: no accepted image of class covid: this directory cannot train or evaluate" in result.output
+    # Nothing accepted at all: the summary, then a failure naming where the reasons are.
+    result = CliRunner().invoke(curate_command, ["--source", f"folder={corpus['folder']}", "--class-map", "other=pneumonia",
+                                                 "--task", "covid-vs-normal", "--out", str(tmp_path / "none"), "--key", KEY])
+    assert result.exit_code == 1, result.output
+    assert "curated 0 images" in result.output
+    assert result.output.strip().endswith(f"Error: no image was accepted for task covid-vs-normal: the reasons are in "
+                                          f"{tmp_path / 'none' / 'rejected.csv'}")
 
 
 def test_hidden_files_are_counted_not_listed(tmp_path):
