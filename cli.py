@@ -6,7 +6,19 @@ import os
 import sys
 import warnings
 
-if "-v" not in sys.argv and "--verbose" not in sys.argv:
+
+def _verbose_requested(argv: list) -> bool:
+    """`covid-cxr -v CMD ...`: only options before the command are the group's (after it, -v is a
+    usage error the command reports in one line, without the import-time warnings)."""
+    for token in argv[1:]:
+        if token in ("-v", "--verbose"):
+            return True
+        if not token.startswith("-"):
+            return False
+    return False
+
+
+if not _verbose_requested(sys.argv):
     # Google client libraries warn about Python versions at import time; users need none of it.
     warnings.filterwarnings("ignore")
 

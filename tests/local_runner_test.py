@@ -71,13 +71,3 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     assert info.value.__cause__ is not None  # the traceback --verbose shows
     assert sys.argv[1] == "-v"  # the command line is back once the DAG is done
 
-
-def test_a_failure_message_is_one_line_of_bounded_length():
-    from covid_cxr import cli
-
-    # A damaged TFRecord's error carries the record's bytes: 37 KB on one line, seen on a truncated shard.
-    long = ValueError("Not a valid TFRecord. Fewer than 25070 bytes: b'" + "0a" * 20000 + "'\nsecond line")
-    line = cli._first_line(long)
-    assert line.startswith("Not a valid TFRecord. Fewer than 25070 bytes: b'0a0a")
-    assert len(line) == cli.MAX_MESSAGE + len(" [...]") and line.endswith(" [...]")
-    assert cli._first_line(KeyError()) == "KeyError" and cli._first_line(OSError("short\nmore")) == "short"
