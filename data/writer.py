@@ -88,6 +88,12 @@ class DatasetWriter:
         if not self._partials:  # nothing accepted: still one (empty) shard, as before
             self._next_shard()
         self._close_shard()
+        # summary.json is written last and marks a finished directory: an older one goes first, so
+        # that an interrupt from here on leaves a directory `run` refuses, not new shards under an
+        # old summary.
+        summary_path = os.path.join(self.out_dir, features.SUMMARY)
+        if os.path.exists(summary_path):
+            os.remove(summary_path)
         self._remove_old_shards()
         num_shards = len(self._partials)
         for shard, path in enumerate(self._partials):
@@ -97,7 +103,7 @@ class DatasetWriter:
         _write_csv(os.path.join(self.out_dir, features.REJECTED), REJECTED_FIELDS, self._rejected)
         summary = self.summary()
         summary.update(extra_summary or {})
-        with open(os.path.join(self.out_dir, features.SUMMARY), "w", encoding="utf-8") as f:
+        with open(summary_path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
         return summary
 

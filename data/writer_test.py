@@ -65,3 +65,24 @@ def test_nothing_accepted_still_writes_one_empty_shard(tmp_path):
     summary = writer.DatasetWriter(str(tmp_path / "out"), "covid-vs-normal").close()
     assert _read_shards(tmp_path / "out") == (["records-00000-of-00001.tfrecord.gz"], [])
     assert summary["accepted"] == 0
+
+
+def test_an_interrupted_close_leaves_no_summary_over_new_shards(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = writer.DatasetWriter(str(out), "covid-vs-normal")
+    first.add(_record(0), "ref0")
+    first.close()
+    assert (out / features.SUMMARY).exists()
+    second = writer.DatasetWriter(str(out), "covid-vs-normal")
+    second.add(_record(1), "ref1")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_write_csv", interrupted)  # after the new shards are in place
+    with pytest.raises(KeyboardInterrupt):
+        second.close()
+    # The old summary would describe shards that are gone: without one, `run` refuses the directory.
+    assert not (out / features.SUMMARY).exists()
+    with pytest.raises(FileNotFoundError, match="summary.json' is missing"):
+        writer.read_summary(str(out))
