@@ -36,7 +36,8 @@ IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 # path components lowercase. A reference outside it compiles fine and fails every pod at pull time.
 _REGISTRY = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_REFERENCE = re.compile(rf"{_REGISTRY}{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?")
+IMAGE_REFERENCE = re.compile(rf"{_REGISTRY}{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?",
+                             re.ASCII)
 
 
 def check_image(image: str) -> None:
@@ -48,7 +49,9 @@ def check_image(image: str) -> None:
 def _on_this_machine(path: str) -> bool:
     """A path the containers cannot reach: no scheme, file://, or a scheme without a bucket (gs://)."""
     scheme, sep, rest = path.partition("://")
-    return bool(path) and (not sep or scheme.lower() == "file" or not rest.split("/", 1)[0])
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return bool(path)  # no scheme ("/tmp/a://b" is a local path too)
+    return scheme.lower() == "file" or not rest.split("/", 1)[0]
 
 
 # Paths every container must reach, and the flag that sets each. On the compiling machine's disk they

@@ -43,8 +43,9 @@ Finding mapping per source (what each source's labels become; a task then maps f
 
 Privacy: only sex, age (over 89 recorded as 90) and view leave a DICOM header. Raw patient ids never
 reach records, manifest, rejected.csv, summary, logs or messages: RSNA's file names (the raw id) carry
-the pseudonym instead, and any other DICOM file is written as its class folder and
-``<patient pseudonym>-<file pseudonym>.dcm``, since its folder and file names may hold ids, names,
+the pseudonym instead, and any other DICOM file, every file of a source that may be a hospital
+export (folder, rsna) and any name that is not UTF-8 is written as its class folder and
+``<patient pseudonym>-<file pseudonym>.<ext>``, since its folder and file names may hold ids, names,
 accession numbers, UIDs or dates.
 """
 from __future__ import annotations
@@ -372,9 +373,9 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes) -> str:
 
 
 def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> dict[str, list[str]]:
-    """The files under ``root`` behind refs written for DICOM files of ``source``
-    (``<class folder>/<patient pseudonym>-<file pseudonym>.dcm`` by curation, ``.../file-<file
-    pseudonym>.dcm`` by evaluate with source "folder"): {written ref: [local paths]}."""
+    """The files under ``root`` behind pseudonymous refs written for files of ``source``
+    (``<class folder>/<patient pseudonym>-<file pseudonym>.<ext>`` by curation, ``.../file-<file
+    pseudonym>.<ext>`` by evaluate with source "folder"): {written ref: [local paths]}."""
     wanted: dict[str, list[str]] = {}
     for written in written_refs:
         name = os.path.splitext(written.rsplit("/", 1)[-1])[0]  # "<patient>-<file>" or "file-<file>"
@@ -524,8 +525,8 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
 @click.option("--key", default=None, help="The pseudonym key curation used (default: as for curate).")
 @click.argument("refs", nargs=-1, required=True)
 def locate_command(source_spec, key, refs):
-    """Find the local DICOM files behind refs that curation wrote as pseudonyms (manifest.csv,
-    rejected.csv), e.g. COVID/3f2a...-9c1d04be.dcm. Prints to this terminal only."""
+    """Find the local files behind refs that curation or evaluate wrote as pseudonyms (manifest.csv,
+    rejected.csv, reports), e.g. COVID/3f2a...-9c1d04be.dcm. Prints to this terminal only."""
     [(name, root)] = _parse_source_option([source_spec])
     if name not in SOURCES or not os.path.isdir(root):
         raise click.UsageError(f"--source {source_spec!r}: expected NAME=PATH with NAME one of {', '.join(SOURCES)} "

@@ -247,6 +247,7 @@ def test_pydicoms_child_loggers_are_quiet_while_reading(caplog):
     parent = logging.getLogger("pydicom")
     own = logging.handlers.BufferingHandler(100)  # where pydicom.config.debug(True) sends them
     parent.addHandler(own)
+    level = parent.level
     try:
         with caplog.at_level(logging.DEBUG):
             parent.setLevel(logging.DEBUG)
@@ -258,7 +259,7 @@ def test_pydicoms_child_loggers_are_quiet_while_reading(caplog):
         assert parent.level == logging.DEBUG
     finally:
         parent.removeHandler(own)
-        parent.setLevel(logging.NOTSET)
+        parent.setLevel(level)
 
 
 def test_a_transfer_syntax_that_is_none_is_not_quoted(tmp_path):

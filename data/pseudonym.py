@@ -75,7 +75,7 @@ def pseudonymize(key: bytes, source: str, raw_id: str) -> str:
 
 
 def file_pseudonym(key: bytes, source: str, ref: str) -> str:
-    """The last part of the name a DICOM file is written under (its path may hold ids, names, dates):
+    """The last part of the name a file is written under when its path may hold ids, names, dates:
     keyed on the path, so whoever holds the key can find the file again (`covid-cxr locate`)."""
     return pseudonymize(key, source, ref)[:8]
 

@@ -185,13 +185,18 @@ def _records(files: Sequence[str]):
             raise ValueError(f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None
 
 
+def _printable(text: str) -> str:
+    """A path as the report can hold it: a folder name that is not UTF-8 gets replacement marks."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 NESTED_CLASS_FOLDERS = -2  # _finding_of's depth when mapped folders inside each other disagree
 
 
 def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]]) -> tuple[Optional[str], int]:
-    """(finding, depth of the class folder) from the nearest mapped ancestor folder; (None, -1) when
-    there is none, (None, NESTED_CLASS_FOLDERS) when another mapped ancestor names another finding
-    (COVID/<patient>/NORMAL/...: no label to trust)."""
+    """(finding, depth of the class folder) from the mapped ancestor folders (the outermost one's
+    depth); (None, -1) when there is none, (None, NESTED_CLASS_FOLDERS) when they name different
+    findings (COVID/<patient>/NORMAL/...: no label to trust)."""
     default = _default_folder_map()
     found = []
     for depth in range(len(rel_dirs) - 1, -1, -1):
@@ -208,7 +213,7 @@ def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]])
         return None, -1
     if len({finding for finding, _ in found}) > 1:
         return None, NESTED_CLASS_FOLDERS
-    return found[0]
+    return found[-1]  # the outermost: COVID/<patient>/COVID/x.png keeps no folder below it
 
 
 def _patient_of(path: str) -> str:
@@ -245,6 +250,11 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
     preparation = preparation or predict.Preparation()
     root = os.path.normpath(root)
     inputs = predict.find_inputs([root])
+    if class_map:  # as curation: a mapped folder that no image is in is a typo, not an empty class
+        folders = {part.lower() for path in inputs.files for part in os.path.relpath(path, root).split(os.sep)[:-1]}
+        missing = sorted(name for name in class_map if name.lower() not in folders)
+        if missing:
+            raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
     key = _lazy_key()
     if inputs.hidden:  # counted, not listed: one row per macOS ._ file would bury the real ones
@@ -258,8 +268,8 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         # <root>/.../<class folder>/file-<pseudonym>.<ext> (images.public_ref), as curation's folder
         # source writes it; `covid-cxr locate --source folder=<root>` finds it again.
         ref = "/".join(parts)
-        shown = os.path.join(root, images.public_ref(ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}",
-                                                     keep=max(depth + 1, 0)))
+        shown = _printable(os.path.join(root, images.public_ref(
+            ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}", keep=max(depth + 1, 0))))
         if not images.is_image_file(path):
             skipped.append({"file": shown, "reason": "not an image file"})
             continue
@@ -289,13 +299,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         else:
             groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
         refs.append(shown)
-        source = parts[0] if depth > 0 else os.path.basename(root)
-        sources.append(source.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # a non-UTF-8 name
-    if class_map:  # as curation: a mapped folder that no file is in is a typo, not an empty class
-        folders = {part.lower() for path in inputs.files for part in os.path.relpath(path, root).split(os.sep)[:-1]}
-        missing = sorted(name for name in class_map if name.lower() not in folders)
-        if missing:
-            raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
+        sources.append(_printable(parts[0] if depth > 0 else os.path.basename(root)))
     if not encoded:
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
                          f"({len(skipped)} skipped; class folders must be named like "

@@ -19,6 +19,12 @@ from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
 from covid_cxr.serving import predict, testing
 
 binary_model = testing.tiny_model_fixture()
+
+
+@pytest.fixture(autouse=True)
+def _own_key_file(tmp_path, monkeypatch):
+    """A folder tree's files are named by keyed pseudonyms: the key file goes here, not in ~/.config."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
 three_class_model = testing.tiny_model_fixture("three-class")
 
 
@@ -126,6 +132,7 @@ def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_mode
     [skipped] = data.skipped
     assert skipped["reason"] == "in class folders inside each other that name different findings"
     assert "patient-7" not in skipped["file"]
+    assert not any("patient-8" in ref for ref in data.refs)  # d.png is named below the outer COVID folder
 
 
 def test_evaluate_class_folders(binary_model, tmp_path, monkeypatch):

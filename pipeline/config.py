@@ -226,10 +226,10 @@ class PipelineConfig:
         _in_range("tuner.image_sizes", tuner.image_sizes, 16, size, integer=True)  # models resize down only
         _in_range("runtime.beam_workers", self.runtime.beam_workers, 0, None, integer=True)
         _in_range("training.seed", t.seed, 0, 2**32 - 1, integer=True)  # Keras' seed range
-        weights = self.model.weights
-        if weights.lower() not in models.WEIGHT_KEYWORDS and not weights.lower().endswith(".h5"):
-            raise ConfigError(f"model.weights must be {', '.join(models.WEIGHT_KEYWORDS)} or a path to an .h5 file, "
-                              f"got {weights!r}")
+        try:
+            models.normalized_weights(self.model.weights)
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from None
         for name in ("families", "ensemble_with"):
             unknown = [f for f in getattr(self.model, name) if f not in models.FAMILIES]
             if unknown:
@@ -288,7 +288,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     silently, so a second `model:` section would drop the first."""
 
     def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        merge = "tag:yaml.org,2002:merge"  # `<<: *anchor` is resolved by the base class
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value if key.tag != merge]
         twice = next((key for key in keys if keys.count(key) > 1), None)
         if twice is not None:
             raise yaml.constructor.ConstructorError(None, None, f"{twice!r} is given twice", node.start_mark)

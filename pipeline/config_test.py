@@ -54,6 +54,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"model.augment_gamma": "2"}, r"model.augment_contrast must be in \[0, 1\) and model.augment_gamma in \[0, 1\], got 0.0 and 2.0"),
     # Caught here rather than in the Tuner, after ExampleGen, StatisticsGen and Transform have run.
     ({"model.weights": "imagenett"}, "^model.weights must be auto, imagenet, none or a path to an .h5 file, got 'imagenett'$"),
+    ({"model.weights": "w.H5"}, "^model.weights must be .* got 'w.H5'$"),  # what the Trainer would refuse
     ({"training.seed": "-1"}, "^training.seed must be a whole number between 0 and 4294967295, got -1$"),
     ({"training.seed": "99999999999999999999"}, "^training.seed must be a whole number between 0 and 4294967295"),
     ({"training.epochs": "inf"}, "^override: training.epochs: 'inf' is not a valid int$"),
@@ -91,6 +92,9 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
             cfg.load_config(None, str(bad))
     bad.write_text("model:\n  augment: false\n")
     assert cfg.load_config(None, str(bad)).model.augment is False
+    # YAML merge keys are not duplicates.
+    bad.write_text("training: &t\n  epochs: 3\nmodel:\n  augment: true\ntuner:\n  <<: {trials: 2}\n  epochs: 1\n")
+    assert cfg.load_config(None, str(bad)).tuner.trials == 2
 
 
 def test_model_custom_config_excludes_runtime_paths():

@@ -6,8 +6,8 @@ and hashes no code), and ImportSchemaGen would record the schema's path, not its
 in place and a cached run would serve the old model, or validate against the old schema. These
 fingerprints go into those components' properties so that an edit re-runs what it affects, and
 only that: each component's code fingerprint covers the covid_cxr modules its entry point imports,
-directly or through others. On Kubeflow / Vertex the container image carries the code (tag images
-by digest), and a schema path that only exists inside the image cannot be read when compiling.
+directly or through others, and the component checks it where it runs (check_code). On Kubeflow /
+Vertex the image carries the code and the default schema, both hashed from the compiling checkout.
 """
 from __future__ import annotations
 
@@ -21,10 +21,6 @@ import tensorflow as tf
 PACKAGE = "covid_cxr"
 # The key of the code fingerprint in Transform's custom_config and in the Tuner's / Trainer's.
 CODE_KEY = "code_sha256"
-
-
-class CodeChangedError(RuntimeError):
-    """The code a component runs is not the code the pipeline was built with."""
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -70,6 +66,10 @@ def code_fingerprint(entry_module: str) -> str:
         with open(_module_file(module), "rb") as f:
             digest.update(module.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
+
+
+class CodeChangedError(RuntimeError):
+    """The code a component runs is not the code the pipeline was built with."""
 
 
 def check_code(entry_module: str, built_with: str | None) -> None:

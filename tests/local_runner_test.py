@@ -70,4 +70,3 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is not None  # the traceback --verbose shows
     assert sys.argv[1] == "-v"  # the command line is back once the DAG is done
-

@@ -49,6 +49,17 @@ BACKBONE_PREPROCESS_NAME = "imagenet_preprocess"
 KERAS_CACHE_DIRS = (os.path.join(os.path.expanduser("~"), ".keras", "models"), "/tmp/.keras/models")
 WEIGHTS_HOST = ("storage.googleapis.com", 443)
 WEIGHT_KEYWORDS = ("auto", "imagenet", "none")  # any other `weights` value is an .h5 file
+
+
+def normalized_weights(weights: Optional[str]) -> str:
+    """A `weights` setting as the builders use it (a keyword in lowercase, "" as none, else an .h5
+    path); ValueError for anything else. The config checks with this before a run starts."""
+    weights = weights or "none"
+    if weights.lower() in WEIGHT_KEYWORDS:
+        return weights.lower()
+    if not weights.endswith(".h5"):
+        raise ValueError(f"weights must be {', '.join(WEIGHT_KEYWORDS)} or a path to an .h5 file, got {weights!r}")
+    return weights
 # A failing download must fail fast: reachability probe first, then a socket timeout on the download.
 NETWORK_PROBE_TIMEOUT_S = 5.0
 DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
@@ -645,11 +656,7 @@ def build_model(
         raise ValueError(f"unknown model family {hparams.family!r}")
     if fallback not in FALLBACK_CHOICES and fallback not in FAMILIES:
         raise ValueError(f"fallback must be one of {FALLBACK_CHOICES} or a family name, got {fallback!r}")
-    weights = weights or "none"
-    if weights.lower() in WEIGHT_KEYWORDS:
-        weights = weights.lower()
-    elif not weights.endswith(".h5"):
-        raise ValueError(f"weights must be 'imagenet', 'auto', 'none' or a path to an .h5 file, got {weights!r}")
+    weights = normalized_weights(weights)
 
     family = hparams.family
     notes: list[str] = []

@@ -7,8 +7,8 @@ folders are rejected ("unmapped class folder: X"); image files directly under RO
 ("not in a class folder"); other top-level files (README, CSV ...) are not inputs.
 
 DICOM files are welcome anywhere: their PatientID (pseudonymized) groups a patient's images; other
-files are each their own patient. Curation writes a DICOM file's ``source_ref`` as its class folder
-and a pseudonym (``curate._public_ref``).
+files are each their own patient. The tree may be a hospital export (``private_names``): curation
+writes every file's ``source_ref`` as its class folder and a pseudonym (``curate._public_ref``).
 """
 from __future__ import annotations
 
