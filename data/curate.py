@@ -58,6 +58,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import time
@@ -528,9 +529,14 @@ def locate_command(source_spec, key, refs):
     """Find the local files behind refs that curation or evaluate wrote as pseudonyms (manifest.csv,
     rejected.csv, reports), e.g. COVID/3f2a...-9c1d04be.dcm. Prints to this terminal only."""
     [(name, root)] = _parse_source_option([source_spec])
-    if name not in SOURCES or not os.path.isdir(root):
-        raise click.UsageError(f"--source {source_spec!r}: expected NAME=PATH with NAME one of {', '.join(SOURCES)} "
-                               "and PATH a directory")
+    if name not in SOURCES:
+        raise click.UsageError(f"--source {source_spec!r}: {name!r} is not a source; choose from {', '.join(SOURCES)}")
+    if not os.path.isdir(root):
+        raise click.UsageError(f"--source {source_spec!r}: {root!r} is not a directory")
+    malformed = [ref for ref in refs if not re.search(r"-[0-9a-f]{8}(?![0-9a-f])", ref)]
+    if malformed:  # a file's own name, or a truncated ref: no pseudonym to look for
+        raise click.UsageError(f"{malformed[0]!r} is not a pseudonymous ref (expected e.g. COVID/3f2a...-9c1d04be.dcm, "
+                               "as manifest.csv, rejected.csv or a report wrote it)")
     try:
         key_bytes, _ = pseudonym.load_key(key)
     except pseudonym.PseudonymKeyError as e:

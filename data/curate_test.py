@@ -234,6 +234,16 @@ def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run,
         f"COVID/{ACCESSION}-{SOP_UID}.dcm", "other/PID-OTHER-5.dcm"])
     wrong_key = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}", "--key", "other", refs[0]])
     assert wrong_key.exit_code == 1 and "not found" in wrong_key.output
+    # A row pasted whole from rejected.csv still names its pseudonym; a file's own name does not.
+    row = f"folder,{refs[0]},some reason"
+    pasted = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}", "--key", KEY, row])
+    assert pasted.exit_code == 0 and row in pasted.output, pasted.output
+    for bad, message in (("COVID/lat.dcm", "'COVID/lat.dcm' is not a pseudonymous ref"),
+                         ("", "'' is not a pseudonymous ref")):
+        result = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}", "--key", KEY, bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}/nope", "--key", KEY, refs[0]])
+    assert result.exit_code == 2 and "nope' is not a directory" in result.output, result.output
 
 
 def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
