@@ -28,7 +28,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from covid_cxr.data import dicom
 
@@ -125,8 +125,19 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
         raise ImageError("image too large") from None
     except FileNotFoundError:
         raise ImageError("file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError("cannot decode image (empty file)" if _is_empty(path)
+                         else "cannot decode image (not a format Pillow knows, or a damaged header)") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
-        raise ImageError(f"cannot decode image ({type(e).__name__})") from None
+        hint = "; truncated or corrupt" if isinstance(e, (OSError, SyntaxError, ValueError)) else ""
+        raise ImageError(f"cannot decode image ({type(e).__name__}{hint})") from None
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:

@@ -154,3 +154,15 @@ def test_pictures_over_the_pixel_limit_are_refused_before_decoding(tmp_path, mon
         images.read_gray(testing.write_dicom(tmp_path / "big.dcm", testing.radiograph(2, (20, 20))))
     monkeypatch.setattr(images, "MAX_PIXELS", 20 * 20)
     assert images.read_gray(str(png))[0].shape == (20, 20)
+
+
+def test_unreadable_pictures_say_what_is_wrong(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not a picture")
+    good = testing.write_image(tmp_path / "good.png", testing.radiograph(3))
+    (tmp_path / "cut.png").write_bytes(open(good, "rb").read()[:200])
+    for name, message in (("empty.png", r"^cannot decode image \(empty file\)$"),
+                          ("text.png", r"^cannot decode image \(not a format Pillow knows, or a damaged header\)$"),
+                          ("cut.png", r"^cannot decode image \(\w+; truncated or corrupt\)$")):
+        with pytest.raises(images.ImageError, match=message):
+            images.read_gray(str(tmp_path / name))
