@@ -88,3 +88,50 @@ def test_runs_on_different_test_films_or_no_run_are_one_line(error_overlap, bina
         error_overlap.main([first, other])
     with pytest.raises(SystemExit, match="error_overlap.py: .*no Trainer model or ImportExampleGen examples"):
         error_overlap.main([str(tmp_path / "empty")])
+
+
+def _subset_dir(path, serialized) -> str:
+    """A test split holding `serialized` records in the given order (another curation's split of the same films)."""
+    import tensorflow as tf
+
+    path.mkdir()
+    with tf.io.TFRecordWriter(str(path / "records-00000.tfrecord.gz"), options="GZIP") as writer:
+        for raw in serialized:
+            writer.write(raw)
+    return str(path)
+
+
+def test_across_splits_matches_films_by_their_image(error_overlap, binary_model, tmp_path, capsys):
+    model = predict.load_model(binary_model.model_dir)
+    data = ev.load_tfrecords(binary_model.data_dir)
+    scores = np.asarray(model.predict_examples(data.serialized)["covid_probability"]).ravel()
+    wrong = (scores > binary_model.threshold) != (data.labels == model.task.positive_index)
+    # The second split holds every other film of the first, in reverse order: other record numbers, same pictures.
+    shared = list(range(0, data.n, 2))[::-1]
+    roots = [_fake_root(tmp_path / "a", binary_model),
+             _fake_root(tmp_path / "b", binary_model,
+                        data_dir=_subset_dir(tmp_path / "split-b", [data.serialized[i] for i in shared]))]
+    assert wrong[shared].any() and wrong.sum() > wrong[shared].sum()  # the case this test is about
+    assert len(set(data.images)) == data.n  # distinct pictures: matching by image is matching by film
+
+    assert error_overlap.main(roots + ["--across-splits", "--json", "--out", str(tmp_path / "hard.png")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["distinct_films"] == data.n and summary["held_out_more_than_once"] == len(shared)
+    assert [r["misclassified"] for r in summary["runs"]] == [wrong.sum(), wrong[shared].sum()]
+    # The same model scores a picture the same in both splits: wrong twice exactly where it is wrong and shared.
+    assert summary["wrong_of_held_out"] == {"2 of 2": int(wrong[shared].sum())}
+    hard = summary["wrong_whenever_held_out"]
+    assert sorted(e["index"] for e in hard) == sorted(np.flatnonzero(wrong)[np.isin(np.flatnonzero(wrong), shared)])
+    assert all(e["held_out"] == 2 and e["covid_probability_per_run"] == pytest.approx([scores[e["index"]]] * 2)
+               and e["runs"] == roots for e in hard)
+    by_class = summary["errors_by_true_class"]
+    assert sum(row["errors"] for row in by_class.values()) == wrong.sum() + wrong[shared].sum()
+    assert sum(row["on_films_wrong_whenever_held_out"] for row in by_class.values()) == 2 * len(hard)
+    assert Image.open(tmp_path / "hard.png").size[0] > 100
+
+    assert error_overlap.main(roots + ["--across-splits"]) == 0
+    table = capsys.readouterr().out
+    assert f"wrong whenever held out: {len(hard)} films" in table
+    assert f"2 of 2: {len(hard)}" in table
+    with pytest.raises(SystemExit, match=r"error_overlap.py: .*b: its test split is not .*--across-splits"):
+        error_overlap.main(roots)
