@@ -164,10 +164,15 @@ def curate(
     hash_threshold: int = dedupe.DEFAULT_THRESHOLD,
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
+    hold_out: Optional[tuple[str, str]] = None,
 ) -> dict:
     """Curates ``sources`` for ``task`` into ``out_dir``; returns the summary written to summary.json.
 
     ``sources``: {name: path} / [(name, path)] with names from ``SOURCES``, or Source objects.
+    ``hold_out``: (source name, directory): that source's films go to their own curated directory,
+    an external test set for a model trained on ``out_dir``. They are curated with the others, so
+    a film duplicated in another source is found; every patient / near-duplicate group holding one
+    of them goes there whole, whatever its other films' sources.
     ``key``: pseudonym key (else env COVID_CXR_PSEUDONYM_KEY, else the per-user key file).
     ``workers``: image-processing processes (default: up to 4 CPUs; results never depend on it).
     ``progress``: tqdm bar (default: when stderr is a TTY). Raises CurationError for user errors.
@@ -183,12 +188,13 @@ def curate(
     if balance_cap is not None and balance_cap < 1:
         raise CurationError("balance cap must be at least 1")
     source_objs = build_sources(sources, class_map)
-    out_abs = os.path.abspath(out_dir)
-    for s in source_objs:
-        if out_abs == s.root or out_abs.startswith(s.root + os.sep):
-            raise CurationError(f"output directory {out_dir} is inside the {s.name} source; choose another --out")
+    _check_outside_sources(out_dir, "--out", source_objs)
+    if hold_out is not None:
+        _check_hold_out(hold_out, source_objs, out_dir)
     try:  # before the images are read, not when the records are written
         check_writable(out_dir, "output (--out)")
+        if hold_out is not None:
+            check_writable(hold_out[1], "held-out output (--hold-out)")
     except OutputError as e:
         raise CurationError(str(e)) from None
     try:
@@ -213,8 +219,13 @@ def curate(
         dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
         uf = _group(hashed, dups)
         balance = _apply_balance_cap(hashed, balance_cap)
+        held_groups = {uf.find(n) for n, it in enumerate(hashed)
+                       if hold_out is not None and it.reject is None and it.candidate.source == hold_out[0]}
 
-        with DatasetWriter(out_dir, task_obj.name) as writer:  # a failure leaves no partial shards behind
+        # A failure leaves no partial shards behind, in either directory.
+        with contextlib.ExitStack() as writers:
+            writer = writers.enter_context(DatasetWriter(out_dir, task_obj.name))
+            held_writer = writers.enter_context(DatasetWriter(hold_out[1], task_obj.name)) if hold_out else None
             crop_counts: collections.Counter = collections.Counter()
             group_sizes: collections.Counter = collections.Counter()
             for n, it in enumerate(hashed):
@@ -226,7 +237,8 @@ def curate(
                     png=spool.get(it.png_at), label=it.label, label_index=task_obj.classes.index(it.label),
                     patient_id=pid(it), group=group, source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
                 )
-                writer.add(record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
+                (held_writer if uf.find(n) in held_groups else writer).add(
+                    record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
                 crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
                 group_sizes[group] += 1
             rejected_by_source: dict = collections.defaultdict(collections.Counter)
@@ -235,20 +247,28 @@ def curate(
                     writer.reject(it.candidate.source, refs[it.index], it.reject)
                     rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
 
+            settings = {
+                "task": task_obj.name,
+                "sources": {s.name: s.root for s in source_objs},
+                "class_map": dict(sorted(class_map.items())) if class_map else None,
+                "max_side": max_side,
+                "crop": crop,
+                "equalize": equalize,
+                "balance_cap": balance_cap,
+                "hash": f"dct-phash-{images.HASH_BYTES * 8}",
+                "hash_threshold": hash_threshold,
+                "pseudonym_key": key_origin,
+                "pseudonym_key_id": pseudonym.key_id(key_bytes),
+            }
+            held = None
+            if held_writer is not None:  # its rejections stay in out_dir's rejected.csv, with all the others
+                held_summary = held_writer.close({"settings": settings, "held_out_of": {
+                    "source": hold_out[0], "training_data": out_dir}})
+                held = {"source": hold_out[0], "dir": hold_out[1], "accepted": held_summary["accepted"],
+                        "per_source_class": held_summary["per_source_class"]}
             summary = writer.close({
-                "settings": {
-                    "task": task_obj.name,
-                    "sources": {s.name: s.root for s in source_objs},
-                    "class_map": dict(sorted(class_map.items())) if class_map else None,
-                    "max_side": max_side,
-                    "crop": crop,
-                    "equalize": equalize,
-                    "balance_cap": balance_cap,
-                    "hash": f"dct-phash-{images.HASH_BYTES * 8}",
-                    "hash_threshold": hash_threshold,
-                    "pseudonym_key": key_origin,
-                    "pseudonym_key_id": pseudonym.key_id(key_bytes),
-                },
+                "settings": settings,
+                "held_out": held,
                 "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
                 "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
                 "hidden_skipped_per_source": {s.name: s.hidden_skipped for s in source_objs if s.hidden_skipped},
@@ -259,6 +279,29 @@ def curate(
             })
     log.info("curated %d images (%d rejected) into %s", summary["accepted"], summary["rejected"], out_dir)
     return summary
+
+
+def _check_hold_out(hold_out: tuple[str, str], source_objs: Sequence[Source], out_dir: str) -> None:
+    name, path = hold_out
+    names = [s.name for s in source_objs]
+    if name not in names:
+        raise CurationError(f"--hold-out {name}: not one of the sources given ({', '.join(names)})")
+    if len(names) < 2:
+        raise CurationError(f"--hold-out {name}: it is the only source; nothing would be left to train on")
+    if _inside(path, out_dir) or _inside(out_dir, path):
+        raise CurationError(f"--hold-out directory {path} and --out {out_dir} must not contain each other")
+    _check_outside_sources(path, "--hold-out", source_objs)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _check_outside_sources(path: str, option: str, source_objs: Sequence[Source]) -> None:
+    for s in source_objs:
+        if _inside(path, s.root):
+            raise CurationError(f"output directory {path} is inside the {s.name} source; choose another {option}")
 
 
 def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
@@ -440,13 +483,13 @@ def _workers_skip_main_module():
             sys.modules["__main__"] = main
 
 
-def _parse_source_option(values: Sequence[str]) -> list[tuple[str, str]]:
+def _parse_source_option(values: Sequence[str], option: str = "--source", form: str = "NAME=PATH") -> list[tuple[str, str]]:
     out = []
     for value in values:
         name, sep, path = value.partition("=")
         name, path = name.strip(), path.strip()
         if not sep or not name or not path:
-            raise click.UsageError(f"--source {value!r}: expected NAME=PATH, NAME one of {', '.join(SOURCES)}")
+            raise click.UsageError(f"{option} {value!r}: expected {form}, NAME one of {', '.join(SOURCES)}")
         out.append((name, path))
     return out
 
@@ -469,10 +512,14 @@ def _parse_source_option(values: Sequence[str]) -> list[tuple[str, str]]:
 @click.option("--hash-threshold", default=dedupe.DEFAULT_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
               help="Near-duplicate threshold: hamming distance between 256-bit perceptual hashes.")
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Image-processing processes (default: up to 4).")
+@click.option("--hold-out", "hold_out_spec", default=None, metavar="NAME=DIR",
+              help="Write source NAME's films (and every film sharing a patient or near-duplicate group with them) "
+                   "to DIR instead: an external test set for `covid-cxr evaluate`.")
 def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, equalize, balance_cap, key,
-                   hash_threshold, workers):
+                   hash_threshold, workers, hold_out_spec):
     """Curate public chest X-ray collections into de-identified, de-duplicated, patient-grouped TFRecords."""
     specs = _parse_source_option(source_specs)
+    hold_out = _parse_source_option([hold_out_spec], "--hold-out", "NAME=DIR")[0] if hold_out_spec is not None else None
     cmap = None
     if class_map is not None:
         try:
@@ -483,7 +530,7 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
     try:
         summary = curate(specs, out_dir, task, class_map=cmap, max_side=max_side, crop=not no_crop,
                          equalize=equalize, balance_cap=balance_cap, key=key, hash_threshold=hash_threshold,
-                         workers=workers)
+                         workers=workers, hold_out=hold_out)
     except CurationError as e:
         raise click.UsageError(str(e)) from None
     except OSError as e:  # e.g. an unwritable output directory
@@ -517,6 +564,12 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
     for source, n in summary.get("hidden_skipped_per_source", {}).items():
         lines.append(f"  {source}: {n} hidden files or folders skipped (names starting with '.', __MACOSX)")
     lines.append(f"  details: {os.path.join(out_dir, features.MANIFEST)}, {features.REJECTED}, {features.SUMMARY}")
+    held = summary.get("held_out")
+    if held:
+        lines.append(f"held out for external testing: {held['accepted']} images of source {held['source']} and of "
+                     f"the groups they share, into {held['dir']} (not counted above)")
+        for source, counts in held["per_source_class"].items():
+            lines.append(f"    {source}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
     return "\n".join(lines)
 
 

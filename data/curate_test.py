@@ -512,3 +512,73 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_any_image_is_read(c
     for out in (a_file, a_file / "cvn"):
         with pytest.raises(CurationError, match=r"^output \(--out\) '.*' cannot be a directory: '.*a-file' is a file$"):
             curate(corpus, str(out), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1)
+
+
+def test_hold_out_writes_one_source_apart_and_loses_nothing(run, corpus, tmp_path):
+    out, held = tmp_path / "train", tmp_path / "external"
+    summary = curate(corpus, str(out), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1,
+                     hold_out=("cohen", str(held)))
+    together = read_csv(run[0] / "manifest.csv")
+    kept, apart = read_csv(out / "manifest.csv"), read_csv(held / "manifest.csv")
+    # The same curation as without --hold-out, its records split by source: none lost, none in both.
+    assert sorted(map(str, kept + apart)) == sorted(map(str, together))
+    assert {r["source"] for r in apart} == {"cohen"} and "cohen" not in {r["source"] for r in kept}
+    assert len(read_records(held)) == len(apart) == 4 and len(read_records(out)) == len(kept)
+    assert not {r["group"] for r in kept} & {r["group"] for r in apart}
+    # Every rejection, the held-out source's too, stays in one rejected.csv.
+    assert read_csv(out / "rejected.csv") == read_csv(run[0] / "rejected.csv") and read_csv(held / "rejected.csv") == []
+    assert summary["held_out"] == {"source": "cohen", "dir": str(held), "accepted": 4,
+                                   "per_source_class": {"cohen": {"covid": 3, "normal": 1}}}
+    assert summary["accepted"] == len(kept) and "cohen" not in summary["per_source_class"]
+    held_summary = json.loads((held / "summary.json").read_text())
+    assert held_summary["settings"] == summary["settings"] and held_summary["task"] == "covid-vs-normal"
+    assert held_summary["held_out_of"] == {"source": "cohen", "training_data": str(out)}
+    assert run[1]["held_out"] is None
+
+
+def test_hold_out_takes_a_group_whole(corpus, tmp_path, monkeypatch):
+    """A film of another source that shares a group with a held-out film (a near-duplicate chain) goes
+    with it: training on it would show the model a held-out patient."""
+    real = curate_mod.dedupe.find_duplicates
+
+    def linked(hashes, threshold):  # the first Cohen film and the last film (Radiography's) near each other
+        found = real(hashes, threshold)
+        return curate_mod.dedupe.Duplicates(found.kept_of, found.pairs + [(0, len(hashes) - 1, 0)])
+
+    monkeypatch.setattr(curate_mod.dedupe, "find_duplicates", linked)
+    sources = {"cohen": corpus["cohen"], "radiography": corpus["radiography"]}
+    summary = curate(sources, str(tmp_path / "train"), "covid-vs-normal", key=KEY, workers=1,
+                     hold_out=("cohen", str(tmp_path / "external")))
+    apart = read_csv(tmp_path / "external" / "manifest.csv")
+    assert [r["source_ref"] for r in apart if r["source"] == "radiography"] == ["Normal/Normal-2.png"]
+    assert summary["held_out"]["per_source_class"] == {"cohen": {"covid": 3, "normal": 1}, "radiography": {"normal": 1}}
+    assert "Normal/Normal-2.png" not in {r["source_ref"] for r in read_csv(tmp_path / "train" / "manifest.csv")}
+
+
+def test_hold_out_errors_before_any_image_is_read(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(curate_mod, "_label", lambda *a, **k: pytest.fail("images were read"))
+    two = {"cohen": corpus["cohen"], "radiography": corpus["radiography"]}
+    for sources, hold_out, message in [
+        (two, ("rsna", str(tmp_path / "h")), r"--hold-out rsna: not one of the sources given \(cohen, radiography\)"),
+        ({"cohen": corpus["cohen"]}, ("cohen", str(tmp_path / "h")), "it is the only source; nothing would be left"),
+        (two, ("cohen", str(tmp_path / "o" / "h")), "must not contain each other"),
+        (two, ("cohen", str(tmp_path)), "must not contain each other"),
+        (two, ("cohen", os.path.join(corpus["radiography"], "h")), "inside the radiography source; choose another --hold-out"),
+    ]:
+        with pytest.raises(CurationError, match=message):
+            curate(sources, str(tmp_path / "o"), "covid-vs-normal", key=KEY, hold_out=hold_out)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_hold_out(corpus, tmp_path):
+    result = CliRunner().invoke(cli.main, [
+        "curate", "--source", f"cohen={corpus['cohen']}", "--source", f"radiography={corpus['radiography']}",
+        "--out", str(tmp_path / "train"), "--hold-out", f"cohen={tmp_path / 'external'}", "--key", KEY])
+    assert result.exit_code == 0, result.output
+    assert (f"held out for external testing: 4 images of source cohen and of the groups they share, into "
+            f"{tmp_path / 'external'} (not counted above)\n    cohen: covid 3, normal 1") in result.output
+    assert "accepted per class: normal 2, covid 1\n    radiography: covid 1, normal 2\n" in result.output
+    assert "warning" not in result.output
+    result = CliRunner().invoke(cli.main, ["curate", "--source", f"cohen={corpus['cohen']}", "--out", str(tmp_path / "o"),
+                                           "--hold-out", "cohen"])
+    assert result.exit_code == 2 and "--hold-out 'cohen': expected NAME=DIR" in result.output, result.output

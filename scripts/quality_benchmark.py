@@ -13,6 +13,11 @@ the curated ``group`` pseudonyms, so curating again under a fresh random pseudon
 stored; split 0 uses the user's own key) reshuffles which patients land in train / eval / test.
 One 15 % test split holds a few hundred films, so the spread over splits is what tells a real
 difference from a lucky split. ``--first-split 1`` leaves split 0 out (a fresh draw only).
+
+``--hold-out SOURCE`` curates with ``covid-cxr curate --hold-out``: that source's films (and any film
+sharing a patient or duplicate group with them) are kept out of training, tuning and the
+threshold, and the model is evaluated on them as an external test set as well (run names end in
+``-without-SOURCE``).
 """
 from __future__ import annotations
 
@@ -71,14 +76,17 @@ def evaluate(model, data, out_dir, log):
     return json.loads(result.stdout)
 
 
-def run_task(task, out, extra_sets, split=0):
-    name = task if split == 0 else f"{task}-split{split}"
+def run_task(task, out, extra_sets, split=0, hold_out=None):
+    name = task + (f"-without-{hold_out}" if hold_out else "") + (f"-split{split}" if split else "")
     log = os.path.join(out, f"{name}.log")
     curated = os.path.join(out, f"curated-{name}")
+    held_out = os.path.join(out, f"heldout-{name}")
     if not os.path.exists(os.path.join(curated, "summary.json")):
         args = CLI + ["curate", "--task", task, "--out", curated]
         for source in SOURCES[task]:
             args += ["--source", f"{source}={os.path.join(SHARED, REAL_SOURCE_DIRS[source])}"]
+        if hold_out:
+            args += ["--hold-out", f"{hold_out}={held_out}"]
         # Through the environment, not argv, so the key never shows in a process listing.
         sh(args, log, env={**os.environ, pseudonym.ENV_VAR: secrets.token_hex(32)} if split else None)
     root = os.path.join(out, f"root-{name}")
@@ -92,9 +100,12 @@ def run_task(task, out, extra_sets, split=0):
     models = sorted(glob.glob(os.path.join(root, "Trainer", "model", "*")), key=os.path.getmtime)
     model = models[-1]
     test_split = sorted(glob.glob(os.path.join(root, "ImportExampleGen", "examples", "*", "Split-test")))[-1]
-    result = {"task": task, "split": split, "pipeline_seconds": round(seconds), "model": model,
+    result = {"task": task, "split": split, "hold_out": hold_out, "pipeline_seconds": round(seconds), "model": model,
               "pushed": bool(glob.glob(os.path.join(serving, "*", "saved_model.pb"))),
               "test": evaluate(model, test_split, os.path.join(out, f"report-{name}"), log)}
+    if hold_out:
+        result["held_out"] = {"name": f"{hold_out} (held out of training: an unseen source)",
+                              **evaluate(model, held_out, os.path.join(out, f"report-{name}-heldout"), log)}
     if task in EXTERNAL:
         external_name, folder, dirs = EXTERNAL[task]
         external = os.path.join(out, f"external-{task}")  # the same films for every split
@@ -130,6 +141,8 @@ def main():
     parser.add_argument("--first-split", type=int, default=0,
                         help="number the splits from here; 1 and up skip split 0 (the user's key) and use fresh keys only")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for `run`")
+    parser.add_argument("--hold-out", choices=sorted({s for sources in SOURCES.values() for s in sources}),
+                        help="keep this source out of training and evaluate on it as an external test set")
     args = parser.parse_args()
     if args.first_split < 0:
         parser.error(f"--first-split must be 0 or more, got {args.first_split}")
@@ -140,13 +153,15 @@ def main():
     results = []
     for task in args.tasks:
         for split in range(args.first_split, args.first_split + args.splits):
-            results.append(run_task(task, args.out, args.sets, split))
+            if args.hold_out and args.hold_out not in SOURCES[task]:
+                raise SystemExit(f"--hold-out {args.hold_out}: {task} is not curated from it ({', '.join(SOURCES[task])})")
+            results.append(run_task(task, args.out, args.sets, split, args.hold_out))
         # Keep the other tasks' (and splits') results from earlier invocations into the same --out.
         earlier = []
         if os.path.exists(results_path):
             with open(results_path) as f:
-                done = {(x["task"], x["split"]) for x in results}
-                earlier = [r for r in json.load(f) if (r["task"], r.get("split", 0)) not in done]
+                done = {(x["task"], x["split"], x["hold_out"]) for x in results}
+                earlier = [r for r in json.load(f) if (r["task"], r.get("split", 0), r.get("hold_out")) not in done]
         with open(results_path, "w") as f:
             json.dump(earlier + results, f, indent=2)
     print("| task | split | n test | sensitivity | specificity | AUC | accuracy | pipeline minutes | pushed |")
@@ -158,10 +173,11 @@ def main():
         if "multiclass" in t:
             # The row above is COVID one-vs-rest already; add the three-class summary.
             print(f"| {r['task']} macro-F1 | {r['split']} | {t.get('n')} | {t['multiclass']['macro_f1']:.3f} | | | | | |")
-        if "external" in r:
-            e = r["external"]
-            print(f"| {r['task']} external: {e['name']} | {r['split']} | {e.get('n')} | {fmt(e.get('sensitivity'))} | "
-                  f"{fmt(e.get('specificity'))} | {fmt(e.get('auc'))} | {fmt(e.get('accuracy'))} | | |")
+        for key in ("held_out", "external"):
+            if key in r:
+                e = r[key]
+                print(f"| {r['task']} external: {e['name']} | {r['split']} | {e.get('n')} | {fmt(e.get('sensitivity'))} | "
+                      f"{fmt(e.get('specificity'))} | {fmt(e.get('auc'))} | {fmt(e.get('accuracy'))} | | |")
 
 
 if __name__ == "__main__":

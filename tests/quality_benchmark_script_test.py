@@ -90,3 +90,25 @@ def test_first_split_runs_fresh_draws_only(benchmark, monkeypatch, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         module.main()
     assert exit_info.value.code == 2 and "--first-split must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_hold_out_curates_a_source_apart_and_evaluates_on_it(benchmark, monkeypatch, tmp_path, capsys):
+    module, calls = benchmark
+    monkeypatch.setattr(module, "SHARED", str(tmp_path))
+    out = tmp_path / "out"
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "covid-vs-normal", "--first-split", "3",
+                                             "--hold-out", "cohen", "--out", str(out)])
+    module.main()
+    [curation] = [args for args, _ in calls if args[1] == "curate"]
+    held_out = str(out / "heldout-covid-vs-normal-without-cohen-split3")
+    assert curation[curation.index("--hold-out") + 1] == f"cohen={held_out}"
+    assert curation[curation.index("--out") + 1] == str(out / "curated-covid-vs-normal-without-cohen-split3")
+    [result] = module.json.load(open(out / "results.json"))
+    assert result["hold_out"] == "cohen" and result["held_out"]["data"] == held_out
+    assert result["test"]["data"].startswith(str(out / "root-covid-vs-normal-without-cohen-split3"))
+    assert "external: cohen (held out of training: an unseen source)" in capsys.readouterr().out
+    # A source the task is not curated from cannot be held out of it.
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "covid-vs-normal", "--hold-out", "kermany",
+                                             "--out", str(out)])
+    with pytest.raises(SystemExit, match="--hold-out kermany: covid-vs-normal is not curated from it"):
+        module.main()

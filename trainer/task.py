@@ -215,7 +215,10 @@ def _summary_for_the_model(data_summary: dict) -> dict:
     settings = dict(data_summary.get("settings") or {})
     if isinstance(settings.get("sources"), dict):
         settings["sources"] = sorted(settings["sources"])
-    return dict(data_summary, settings=settings)
+    served = dict(data_summary, settings=settings)
+    if isinstance(served.get("held_out"), dict):  # which source was held out, not the folder it went to
+        served["held_out"] = {k: v for k, v in served["held_out"].items() if k != "dir"}
+    return served
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:

@@ -220,3 +220,7 @@ def test_the_served_summary_names_sources_without_the_curating_machines_paths():
                       "patients": 9}
     assert summary["settings"]["sources"]["rsna"] == "/home/jdoe/DOE_JANE/rsna"  # the curation's own copy is kept
     assert trainer_task._summary_for_the_model({"patients": 1}) == {"settings": {}, "patients": 1}
+    held_out = {"source": "cohen", "dir": "/home/jdoe/external", "accepted": 4, "per_source_class": {"cohen": {"covid": 4}}}
+    served = trainer_task._summary_for_the_model({"held_out": held_out})
+    assert served["held_out"] == {"source": "cohen", "accepted": 4, "per_source_class": {"cohen": {"covid": 4}}}
+    assert trainer_task._summary_for_the_model({"held_out": None})["held_out"] is None
