@@ -46,12 +46,15 @@ bench: install
 ## Real-data quality per task: curate ../shared/data, run the full pipeline, evaluate held-out data
 ## (~10-25 minutes per task on 2 cores). TASKS="covid-vs-normal three-class" to choose; SPLITS=3 repeats
 ## each task on 3 patient-disjoint splits; FIRST_SPLIT=1 numbers them from 1 (fresh random keys only,
-## as docs/results.md's runs; 0 is your own pseudonym key).
+## as docs/results.md's runs; 0 is your own pseudonym key); HOLD_OUT=cohen keeps that source out of training
+## and tests on it too.
 TASKS ?= covid-vs-normal covid-vs-pneumonia covid-vs-noncovid three-class
 SPLITS ?= 1
 FIRST_SPLIT ?= 0
+HOLD_OUT ?=
 quality: install
-	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --splits $(SPLITS) --first-split $(FIRST_SPLIT) --out runs/quality
+	$(BIN)/python scripts/quality_benchmark.py --tasks $(TASKS) --splits $(SPLITS) --first-split $(FIRST_SPLIT) \
+		$(if $(HOLD_OUT),--hold-out $(HOLD_OUT)) --out runs/quality
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^covid-cxr' > constraints.txt
