@@ -58,7 +58,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images, jsonfile, pseudonym, writer
-from covid_cxr.evaluation import errors, metrics, model_card, shortcut_audit
+from covid_cxr.evaluation import errors, html_report, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict
 
 REPORT_JSON = "report.json"
@@ -121,6 +121,7 @@ class EvalData:
     slices: dict  # slice key -> value per example (source, view, sex when known)
     serialized: Optional[list] = None  # tf.Examples (TFRecords only)
     skipped: list = dataclasses.field(default_factory=list)  # [{"file", "reason"}]
+    hidden: int = 0  # hidden files and folders (".", __MACOSX) not read; counted, not listed
 
     @property
     def n(self) -> int:
@@ -257,9 +258,6 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
             raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
     key = _lazy_key()
-    if inputs.hidden:  # counted, not listed: one row per macOS ._ file would bury the real ones
-        skipped.append({"file": root, "reason": f"{inputs.hidden} hidden files or folders (names starting with '.', "
-                                                 "__MACOSX) not read"})
     for path in inputs.files + [e.file for e in inputs.skipped]:
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
@@ -305,8 +303,9 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
                          f"({len(skipped)} skipped; class folders must be named like "
                          f"{', '.join(sorted(set(task.classes)))} or given with --class-map)")
     slices = {features.SOURCE: sources} if len(set(sources)) > 1 else {}
+    # Hidden files are counted, not listed: one row per macOS ._ file would bury the real ones.
     return EvalData(root, "folders", None, encoded, np.asarray(labels, np.int64), groups, refs, slices,
-                    skipped=skipped)
+                    skipped=skipped, hidden=inputs.hidden)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,7 +475,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "model": {"path": model.path, "version": model.version, "family": model.metadata.get("family"),
                   "signature": signature},
         "data": {"path": data.path, "format": data.format, "n": data.n, "skipped": len(data.skipped),
-                 "skipped_files": data.skipped[:MAX_LISTED_SKIPS]},
+                 "skipped_files": data.skipped[:MAX_LISTED_SKIPS], "hidden_skipped": data.hidden},
         "threshold": threshold,
         "threshold_note": model_metadata.decision_note(model.metadata),
     }
@@ -561,8 +560,6 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
                  model: Optional[predict.ServingModel] = None) -> dict:
     """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}.
     With the evaluated ``model`` also its model card with this evaluation (:func:`model_card_text`)."""
-    from covid_cxr.evaluation import html_report
-
     os.makedirs(out_dir, exist_ok=True)
     pngs = make_plots(evaluation)
     files = {}
@@ -609,7 +606,7 @@ def summary_text(report: dict) -> str:
         f"task {report['task']}; model {model['path']} (version {model['version'] if model['version'] is not None else '?'})",
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
-        + (f"; {report['data']['skipped']} skipped" if report["data"]["skipped"] else "") + ")",
+        + html_report.skipped_text(report["data"]) + ")",
         *([f"WARNING: {report['data']['warning']}"] if report["data"].get("warning") else []),
         f"decision threshold {report['threshold']:.4f}: {report['threshold_note']}",
         "metric        value  [95% CI]  (k/n)",

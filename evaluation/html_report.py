@@ -138,6 +138,12 @@ def _errors_section(wrong: dict, pngs: Mapping[str, bytes]) -> str:
                      + [{"group": "patient (pseudonym)"}.get(k, k) for k in extra], rows))
 
 
+def skipped_text(data: dict) -> str:
+    """"; 4 skipped; 2 hidden files or folders not read", or "" when nothing was passed over."""
+    return ((f"; {data['skipped']} skipped" if data["skipped"] else "")
+            + (f"; {data['hidden_skipped']} hidden files or folders not read" if data.get("hidden_skipped") else ""))
+
+
 def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = None) -> str:
     """The HTML page for an evaluate report (evaluation/evaluate.py) and its PNGs by file name."""
     model, data = report["model"], report["data"]
@@ -151,7 +157,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         _table(["", ""], [
             ["model", f"<code>{_e(model['path'])}</code> (version {_e(model['version'])}, family {_e(model.get('family'))})"],
             ["data", f"<code>{_e(data['path'])}</code> ({_e(data['format'])}, signature {_e(model.get('signature'))})"],
-            ["examples", f"{report['n']} ({counts})" + (f"; {data['skipped']} skipped" if data["skipped"] else "")],
+            ["examples", f"{report['n']} ({counts})" + skipped_text(data)],
             ["decision threshold", f"{report['threshold']:.4f}: {_e(report['threshold_note'])}"],
         ]),
         "<h2>Metrics</h2>",
