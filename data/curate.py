@@ -22,7 +22,9 @@ Pipeline (``curate``), deterministic end to end:
 7. optional ``balance_cap``: at most N images per class, chosen by SHA-256 of "<source>:<ref>"
    (the rest rejected with "balance cap");
 8. ``DatasetWriter``: shards, manifest.csv, rejected.csv (every rejected input with its reason),
-   summary.json (counts per source/class, duplicates, rejections, settings).
+   summary.json (counts per source/class, duplicates, rejections, settings). With ``hold_out``, a
+   second writer takes the held-out source's groups whole (an external test set); rejections and
+   the curation-wide counts stay with the first.
 
 Finding mapping per source (what each source's labels become; a task then maps findings to classes):
 
