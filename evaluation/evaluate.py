@@ -354,8 +354,9 @@ def _slice_metrics(task, y, y_pred, covid, mask, n_boot, seed) -> dict:
 
 
 def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: int = 2000, seed: int = 0,
-            slices: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
-    """The metrics part of the report from labels and the model's signature outputs."""
+            slices: Optional[Mapping[str, Sequence[str]]] = None, groups: Optional[Sequence[str]] = None) -> dict:
+    """The metrics part of the report from labels and the model's signature outputs. With patient
+    ``groups`` of which some hold several films, also the intervals of resampling patients."""
     y = np.asarray(labels, np.int64)
     y_pred = np.asarray(outputs["label_index"], np.int64)
     probabilities = np.asarray(outputs["probabilities"], np.float64)
@@ -378,6 +379,9 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
         "confusion_matrix": {"classes": list(task.classes), "rows": "true class", "columns": "predicted class",
                              "matrix": cm.tolist()},
     }
+    if groups is not None and len(set(groups)) < y.size:
+        out["patient_bootstrap"] = metrics.patient_bootstrap(y == pos, y_pred == pos, covid, groups,
+                                                             correct=y == y_pred, n_boot=n_boot, seed=seed)
     if not task.is_binary:
         per_class = metrics.per_class_metrics(cm, task.classes, probabilities, y, n_boot=n_boot)
         aucs = [_scalar(per_class[c]["auc"]) for c in task.classes]
@@ -479,7 +483,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "threshold": threshold,
         "threshold_note": model_metadata.decision_note(model.metadata),
     }
-    report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices))
+    report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices, groups=data.groups))
     # Only the curation's keyed pseudonyms are shown; a folder tree's groups are plain hashes.
     shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
@@ -615,6 +619,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"  {name:<12}{_fmt(report[name])}")
     if "multiclass" in report:
         lines.append(f"  {'macro-F1':<12}{report['multiclass']['macro_f1']:.3f}")
+    if report.get("patient_bootstrap"):
+        lines.append(metrics.patient_ci_text(report["patient_bootstrap"]))
     cm = report["confusion_matrix"]
     width = max(len(c) for c in cm["classes"]) + 2
     lines.append("confusion matrix (rows true, columns predicted):")

@@ -84,6 +84,14 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     assert report["confusion_matrix"]["matrix"] == expected.tolist()
     assert report["auc"]["value"] == pytest.approx(metrics.roc_auc(np.array(truth) == 1, outputs["covid_probability"]))
 
+    # Synthetic patients have 1-3 films: the report also resamples whole patients.
+    boot = report["patient_bootstrap"]
+    groups = {tf.train.Example.FromString(r).features.feature["group"].bytes_list.value[0] for r in records}
+    assert boot["films"] == report["n"] and boot["patients"] == len(groups) < report["n"]
+    for name in ("sensitivity", "specificity", "accuracy", "auc"):
+        assert boot[name][0] <= report[name]["value"] <= boot[name][1], name
+    assert f"95% CI resampling the {len(groups)} patients of {report['n']} films" in evaluate.summary_text(report)
+
     # Per-source breakdown sums to the whole.
     assert sum(s["n"] for s in report["per_source"].values()) == report["n"]
     assert set(report["per_source"]) <= {"synthetic-a", "synthetic-b"}
@@ -109,7 +117,7 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4  # self-contained: every plot inlined
     assert f"Misclassified films ({wrong['n']})" in html
-    assert "Wilson" in html and "Shortcut audit" in html and "Not a diagnostic device".lower() in html.lower()
+    assert "Wilson" in html and "Shortcut audit" in html and "resampling the" in html and "Not a diagnostic device".lower() in html.lower()
     assert json.loads((out / "report.json").read_text())["n"] == report["n"]
     # The model card with this evaluation: the pushed card's sections plus CIs and per-source AUC.
     card = (out / "model_card.md").read_text()
@@ -118,6 +126,7 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     assert "| source | n | sensitivity (95% CI) | specificity (95% CI) | AUC within the source (95% CI) |" in card
     for source, entry in report["per_source"].items():
         assert f"| {source} | {entry['n']} |" in card
+    assert f"95% CI resampling the {boot['patients']} patients" in card
 
 
 def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_model, tmp_path):

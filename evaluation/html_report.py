@@ -163,6 +163,8 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         "<h2>Metrics</h2>",
         _table(["metric", "value", "95% CI", "k/n"], _metric_rows(report)),
         f"<p class=note>Proportions: Wilson score intervals. AUC: {_e(report['auc'].get('method', ''))}.</p>",
+        *([f"<p class=note>{_e(metrics.patient_ci_text(report['patient_bootstrap']))}.</p>"]
+          if report.get("patient_bootstrap") else []),
         _img(pngs, "roc.png", "ROC curve") + _img(pngs, "confusion_matrix.png", "confusion matrix"),
     ]
     cm = report["confusion_matrix"]

@@ -7,7 +7,9 @@ Conventions:
   interval (good coverage also for small n and for proportions near 0 or 1); an undefined
   proportion (n == 0) has ``value`` and ``ci95`` None, so the result is always valid JSON;
 - ROC AUC is rank based (Mann-Whitney U with mid-ranks: a tie counts one half), its 95% CI is a
-  stratified percentile bootstrap (``auc_bootstrap_ci``) or DeLong's (``auc_delong_ci``).
+  stratified percentile bootstrap (``auc_bootstrap_ci``) or DeLong's (``auc_delong_ci``);
+- those intervals treat every film as independent. When a patient has several films they are
+  not, and ``patient_bootstrap`` gives the intervals of resampling whole patients instead.
 """
 from __future__ import annotations
 
@@ -246,6 +248,54 @@ def auc_with_ci(y_true: Sequence[int], scores: Sequence[float], method: str = "b
             "n_positive": int(pos.size), "n_negative": int(neg.size)}
 
 
+def patient_bootstrap(y_pos: Sequence[bool], pred_pos: Sequence[bool], scores: Sequence[float],
+                      groups: Sequence[str], correct: Optional[Sequence[bool]] = None, n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile CIs of sensitivity, specificity, accuracy and AUC when whole patients (``groups``)
+    are resampled with replacement: a patient's films are correlated, so the per-film intervals are
+    too narrow when some patient has several. Each replicate weighs every film by how often its
+    group was drawn. Accuracy counts ``correct`` films (default: the binary decision is right; a
+    three-class report passes its own). ``{"patients", "films", "method", metric: [lo, hi] or None}``;
+    a metric is None when its class is absent. Deterministic for a given seed."""
+    y = np.asarray(y_pos, bool).reshape(-1)
+    hit = np.asarray(pred_pos, bool).reshape(-1) == y
+    s = np.asarray(scores, np.float64).reshape(-1)
+    right = hit if correct is None else np.asarray(correct, bool).reshape(-1)
+    if not (y.size == hit.size == s.size == right.size == len(groups)):
+        raise ValueError("labels, predictions, scores, groups and correct must have one entry per film")
+    _, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    n_groups = int(group_of.max()) + 1 if y.size else 0
+    rng = np.random.default_rng(seed)
+    drawn = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot) if n_groups else None
+    alpha = (1.0 - level) / 2.0
+
+    def interval(values: np.ndarray):
+        values = values[np.isfinite(values)]
+        return [float(v) for v in np.quantile(values, [alpha, 1.0 - alpha])] if values.size else None
+
+    out = {"patients": n_groups, "films": int(y.size),
+           "method": f"percentile bootstrap over patients ({n_boot} resamples, seed {seed})"}
+    if not n_groups:
+        return {**out, "sensitivity": None, "specificity": None, "accuracy": None, "auc": None}
+    weight = drawn[:, group_of].astype(np.float64)  # (replicate, film)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, films, good in (("sensitivity", y, hit), ("specificity", ~y, hit), ("accuracy", np.ones_like(y), right)):
+            out[name] = interval((weight[:, films] * good[films]).sum(1) / weight[:, films].sum(1)) if films.any() else None
+        if y.all() or not y.any():
+            out["auc"] = None
+            return out
+        # Weighted Mann-Whitney: each (positive, negative) pair counts the product of their weights.
+        order = np.argsort(s[~y], kind="stable")
+        neg_sorted = s[~y][order]
+        below = np.searchsorted(neg_sorted, s[y], side="left")
+        upto = np.searchsorted(neg_sorted, s[y], side="right")
+        w_pos, w_neg = weight[:, y], weight[:, ~y][:, order]
+        cumulative = np.concatenate([np.zeros((n_boot, 1)), np.cumsum(w_neg, axis=1)], axis=1)
+        beaten = cumulative[:, below] + 0.5 * (cumulative[:, upto] - cumulative[:, below])
+        out["auc"] = interval((w_pos * beaten).sum(1) / (w_pos.sum(1) * w_neg.sum(1)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Multi-class
 # --------------------------------------------------------------------------------------------
@@ -310,3 +360,11 @@ def within_source_warning(sources: Sequence[str]) -> str:
     """The one sentence every report (terminal, HTML, model card) prints for flagged sources."""
     return (f"within-source AUC wholly below the pooled AUC's interval: {', '.join(sources)}; there the model "
             "separates something other than the disease (the hospital, its markers)")
+
+
+def patient_ci_text(boot: Mapping) -> str:
+    """One line: the 95% intervals of resampling patients, for films that are not independent."""
+    shown = "; ".join(f"{name} [{boot[name][0]:.3f}, {boot[name][1]:.3f}]"
+                      for name in ("sensitivity", "specificity", "accuracy", "auc") if boot.get(name))
+    return (f"95% CI resampling the {boot['patients']} patients of {boot['films']} films (some have several): "
+            + (shown or "undefined"))

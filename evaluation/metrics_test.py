@@ -129,3 +129,59 @@ def test_three_class_macro_f1_and_one_vs_rest_by_hand():
     # positives (3 high, 1 low) vs negatives (1 high, 4 low): (3*4 + 3*0.5 + 1*0.5*4) / 20.
     assert covid["auc"]["value"] == pytest.approx((12 + 1.5 + 2) / 20)
     assert metrics.accuracy(y_true, y_pred) == pytest.approx(6 / 9)
+
+
+def _films_of_patients(seed=3, patients=60):
+    """Patients with 1-4 films each; a patient's films share its label and scores near each other."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, patients)
+    covid = rng.random(patients) < 0.5
+    groups = np.repeat([f"p{i:03d}" for i in range(patients)], sizes)
+    y = np.repeat(covid, sizes)
+    scores = np.clip(np.repeat(np.where(covid, 0.65, 0.35) + rng.normal(0, 0.2, patients), sizes)
+                     + rng.normal(0, 0.05, y.size), 0, 1)
+    return y, scores > 0.5, scores, groups
+
+
+def test_patient_bootstrap_equals_resampling_patients_explicitly():
+    y, pred, scores, groups = _films_of_patients()
+    correct = pred == y
+    got = metrics.patient_bootstrap(y, pred, scores, groups, n_boot=300, seed=5)
+    # The same draws, as explicit resamples: each drawn patient's films, concatenated.
+    names, group_of = np.unique(groups, return_inverse=True)
+    drawn = np.random.default_rng(5).multinomial(names.size, np.full(names.size, 1 / names.size), size=300)
+    replicates = {"sensitivity": [], "specificity": [], "accuracy": [], "auc": []}
+    for counts in drawn:
+        films = np.concatenate([np.repeat(np.flatnonzero(group_of == g), c) for g, c in enumerate(counts) if c])
+        yy, cc = y[films], correct[films]
+        replicates["sensitivity"].append(cc[yy].mean())
+        replicates["specificity"].append(cc[~yy].mean())
+        replicates["accuracy"].append(cc.mean())
+        replicates["auc"].append(metrics.roc_auc(yy.astype(int), scores[films]))
+    for name, values in replicates.items():
+        assert got[name] == pytest.approx(list(np.quantile(values, [0.025, 0.975])), abs=1e-12), name
+    assert got["patients"] == 60 and got["films"] == y.size
+
+
+def test_patient_bootstrap_does_not_narrow_when_a_patient_has_more_copies():
+    y, pred, scores, groups = _films_of_patients()
+    once = metrics.patient_bootstrap(y, pred, scores, groups, n_boot=400)
+    # Three films per film of the same patient: the same patients, the same evidence.
+    thrice = metrics.patient_bootstrap(*(np.repeat(a, 3) for a in (y, pred, scores, groups)), n_boot=400)
+    for name in ("sensitivity", "specificity", "accuracy", "auc"):
+        assert thrice[name] == pytest.approx(once[name]), name
+    # The per-film Wilson interval shrinks with the copies; the patients' does not.
+    k, n = int((pred & y).sum()), int(y.sum())
+    wilson_once, wilson_thrice = metrics.wilson_interval(k, n), metrics.wilson_interval(3 * k, 3 * n)
+    assert wilson_thrice[1] - wilson_thrice[0] < 0.65 * (wilson_once[1] - wilson_once[0])
+
+
+def test_patient_bootstrap_edge_cases():
+    one_class = metrics.patient_bootstrap([True, True, True], [True, False, True], [0.9, 0.2, 0.8], ["a", "a", "b"],
+                                          n_boot=50)
+    assert one_class["specificity"] is None and one_class["auc"] is None and one_class["sensitivity"] is not None
+    separated = metrics.patient_bootstrap([True, True, False, False], [True, True, False, False], [0.9, 0.8, 0.2, 0.1],
+                                          ["a", "a", "b", "c"], n_boot=50)
+    assert separated["auc"] == [1.0, 1.0] and separated["accuracy"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="one entry per film"):
+        metrics.patient_bootstrap([True], [True], [0.5], ["a", "b"])

@@ -145,6 +145,8 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
         if key in evaluation:
             lines.append(f"| {label} | {_ci_cell(evaluation[key])} |")
     lines += ["", "Proportions: Wilson score intervals; AUC: " + str(evaluation.get("auc", {}).get("method", "")) + "."]
+    if evaluation.get("patient_bootstrap"):
+        lines += ["", metrics.patient_ci_text(evaluation["patient_bootstrap"]) + "."]
     multiclass = evaluation.get("multiclass")
     if multiclass:
         lines.append(f"- three-class macro-F1: {multiclass['macro_f1']:.3f}")
