@@ -9,7 +9,7 @@ Conventions:
 - ROC AUC is rank based (Mann-Whitney U with mid-ranks: a tie counts one half), its 95% CI is a
   stratified percentile bootstrap (``auc_bootstrap_ci``) or DeLong's (``auc_delong_ci``);
 - those intervals treat every film as independent. When a patient has several films they are
-  not, and ``patient_bootstrap`` gives the intervals of resampling whole patients instead.
+  not, and ``patient_bootstrap`` adds the intervals of resampling whole patients.
 """
 from __future__ import annotations
 
@@ -248,15 +248,25 @@ def auc_with_ci(y_true: Sequence[int], scores: Sequence[float], method: str = "b
             "n_positive": int(pos.size), "n_negative": int(neg.size)}
 
 
+MIN_BOOTSTRAP_PATIENTS = 5  # fewer patients in a class: no resampling interval (it would look narrow, not be)
+_BOOTSTRAP_CHUNK = 200  # replicates weighed at once: memory stays ~ chunk x films, whatever n_boot
+
+
 def patient_bootstrap(y_pos: Sequence[bool], pred_pos: Sequence[bool], scores: Sequence[float],
                       groups: Sequence[str], correct: Optional[Sequence[bool]] = None, n_boot: int = 2000,
                       seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile CIs of sensitivity, specificity, accuracy and AUC when whole patients (``groups``)
-    are resampled with replacement: a patient's films are correlated, so the per-film intervals are
-    too narrow when some patient has several. Each replicate weighs every film by how often its
-    group was drawn. Accuracy counts ``correct`` films (default: the binary decision is right; a
-    three-class report passes its own). ``{"patients", "films", "method", metric: [lo, hi] or None}``;
-    a metric is None when its class is absent. Deterministic for a given seed."""
+    """Percentile CIs of sensitivity, specificity, accuracy and AUC when whole patients (``groups``:
+    the curation's patient / near-duplicate groups) are resampled with replacement. A patient's
+    films are alike, so the per-film intervals overstate the evidence when some patient has several.
+    Each replicate weighs every film by how often its group was drawn (the same figures as the
+    explicit resample). Accuracy counts ``correct`` films (default: the binary decision is right; a
+    three-class report passes its own).
+
+    A metric is None when fewer than MIN_BOOTSTRAP_PATIENTS patients hold films of its class (for
+    AUC: of either class): resampling a handful of patients gives intervals that look narrow and
+    are not. A replicate that drew no film of the class is left out of that metric's percentiles;
+    ``replicates`` says how many each metric used. Deterministic for a given seed.
+    ``{"patients", "films", "method", "replicates": {metric: n}, metric: [lo, hi] or None}``."""
     y = np.asarray(y_pos, bool).reshape(-1)
     hit = np.asarray(pred_pos, bool).reshape(-1) == y
     s = np.asarray(scores, np.float64).reshape(-1)
@@ -265,34 +275,39 @@ def patient_bootstrap(y_pos: Sequence[bool], pred_pos: Sequence[bool], scores: S
         raise ValueError("labels, predictions, scores, groups and correct must have one entry per film")
     _, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     n_groups = int(group_of.max()) + 1 if y.size else 0
-    rng = np.random.default_rng(seed)
-    drawn = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot) if n_groups else None
-    alpha = (1.0 - level) / 2.0
-
-    def interval(values: np.ndarray):
-        values = values[np.isfinite(values)]
-        return [float(v) for v in np.quantile(values, [alpha, 1.0 - alpha])] if values.size else None
-
-    out = {"patients": n_groups, "films": int(y.size),
-           "method": f"percentile bootstrap over patients ({n_boot} resamples, seed {seed})"}
-    if not n_groups:
-        return {**out, "sensitivity": None, "specificity": None, "accuracy": None, "auc": None}
-    weight = drawn[:, group_of].astype(np.float64)  # (replicate, film)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for name, films, good in (("sensitivity", y, hit), ("specificity", ~y, hit), ("accuracy", np.ones_like(y), right)):
-            out[name] = interval((weight[:, films] * good[films]).sum(1) / weight[:, films].sum(1)) if films.any() else None
-        if y.all() or not y.any():
-            out["auc"] = None
-            return out
+    names = ("sensitivity", "specificity", "accuracy", "auc")
+    enough = {"sensitivity": np.unique(group_of[y]).size >= MIN_BOOTSTRAP_PATIENTS,
+              "specificity": np.unique(group_of[~y]).size >= MIN_BOOTSTRAP_PATIENTS,
+              "accuracy": n_groups >= MIN_BOOTSTRAP_PATIENTS}
+    enough["auc"] = enough["sensitivity"] and enough["specificity"]
+    replicates = {name: [] for name in names if enough[name]}
+    if replicates:
         # Weighted Mann-Whitney: each (positive, negative) pair counts the product of their weights.
         order = np.argsort(s[~y], kind="stable")
         neg_sorted = s[~y][order]
-        below = np.searchsorted(neg_sorted, s[y], side="left")
-        upto = np.searchsorted(neg_sorted, s[y], side="right")
-        w_pos, w_neg = weight[:, y], weight[:, ~y][:, order]
-        cumulative = np.concatenate([np.zeros((n_boot, 1)), np.cumsum(w_neg, axis=1)], axis=1)
-        beaten = cumulative[:, below] + 0.5 * (cumulative[:, upto] - cumulative[:, below])
-        out["auc"] = interval((w_pos * beaten).sum(1) / (w_pos.sum(1) * w_neg.sum(1)))
+        below, upto = (np.searchsorted(neg_sorted, s[y], side=side) for side in ("left", "right"))
+        rng = np.random.default_rng(seed)
+        for start in range(0, n_boot, _BOOTSTRAP_CHUNK):
+            drawn = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=min(_BOOTSTRAP_CHUNK, n_boot - start))
+            weight = drawn[:, group_of].astype(np.float64)  # (replicate, film)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a replicate without the class: NaN, left out
+                for name, films, good in (("sensitivity", y, hit), ("specificity", ~y, hit),
+                                          ("accuracy", np.ones_like(y), right)):
+                    if name in replicates:
+                        replicates[name].append((weight[:, films] * good[films]).sum(1) / weight[:, films].sum(1))
+                if "auc" in replicates:
+                    w_pos, w_neg = weight[:, y], weight[:, ~y][:, order]
+                    cumulative = np.concatenate([np.zeros((len(drawn), 1)), np.cumsum(w_neg, axis=1)], axis=1)
+                    beaten = cumulative[:, below] + 0.5 * (cumulative[:, upto] - cumulative[:, below])
+                    replicates["auc"].append((w_pos * beaten).sum(1) / (w_pos.sum(1) * w_neg.sum(1)))
+    alpha = (1.0 - level) / 2.0
+    out = {"patients": n_groups, "films": int(y.size),
+           "method": f"percentile bootstrap over patients ({n_boot} resamples, seed {seed})", "replicates": {}}
+    for name in names:
+        values = np.concatenate(replicates[name]) if name in replicates else np.empty(0)
+        values = values[np.isfinite(values)]
+        out["replicates"][name] = int(values.size)
+        out[name] = [float(v) for v in np.quantile(values, [alpha, 1.0 - alpha])] if values.size else None
     return out
 
 
@@ -367,4 +382,4 @@ def patient_ci_text(boot: Mapping) -> str:
     shown = "; ".join(f"{name} [{boot[name][0]:.3f}, {boot[name][1]:.3f}]"
                       for name in ("sensitivity", "specificity", "accuracy", "auc") if boot.get(name))
     return (f"95% CI resampling the {boot['patients']} patients of {boot['films']} films (some have several): "
-            + (shown or "undefined"))
+            + (shown or f"too few patients (under {MIN_BOOTSTRAP_PATIENTS} in a class)"))

@@ -177,11 +177,32 @@ def test_patient_bootstrap_does_not_narrow_when_a_patient_has_more_copies():
 
 
 def test_patient_bootstrap_edge_cases():
-    one_class = metrics.patient_bootstrap([True, True, True], [True, False, True], [0.9, 0.2, 0.8], ["a", "a", "b"],
-                                          n_boot=50)
-    assert one_class["specificity"] is None and one_class["auc"] is None and one_class["sensitivity"] is not None
-    separated = metrics.patient_bootstrap([True, True, False, False], [True, True, False, False], [0.9, 0.8, 0.2, 0.1],
-                                          ["a", "a", "b", "c"], n_boot=50)
+    patients = [f"p{i}" for i in range(6)]
+    one_class = metrics.patient_bootstrap([True] * 6, [True] * 5 + [False], [0.9] * 5 + [0.2], patients, n_boot=50)
+    assert one_class["specificity"] is None and one_class["auc"] is None
+    assert one_class["sensitivity"] is not None and one_class["replicates"]["specificity"] == 0
+    # Under MIN_BOOTSTRAP_PATIENTS patients in a class: no interval rather than a falsely narrow one
+    # (one patient's three wrong films would resample to [0, 0]).
+    few = metrics.patient_bootstrap([True] * 6 + [False] * 3, [True] * 9, [0.9] * 9, patients + ["n", "n", "n"], n_boot=50)
+    assert few["specificity"] is None and few["auc"] is None and few["sensitivity"] == [1.0, 1.0]
+    assert "too few patients (under 5 in a class)" in metrics.patient_ci_text({**few, "sensitivity": None, "accuracy": None})
+    separated = metrics.patient_bootstrap([True] * 6 + [False] * 6, [True] * 6 + [False] * 6,
+                                          [0.9] * 6 + [0.1] * 6, [f"p{i}" for i in range(12)], n_boot=50)
     assert separated["auc"] == [1.0, 1.0] and separated["accuracy"] == [1.0, 1.0]
+    # A three-class report's own `correct` (here: every film right) is what accuracy counts.
+    assert metrics.patient_bootstrap([True] * 6 + [False] * 6, [False] * 12, [0.5] * 12, [f"p{i}" for i in range(12)],
+                                     correct=[True] * 12, n_boot=50)["accuracy"] == [1.0, 1.0]
     with pytest.raises(ValueError, match="one entry per film"):
         metrics.patient_bootstrap([True], [True], [0.5], ["a", "b"])
+
+
+def test_patient_bootstrap_leaves_out_replicates_without_the_class():
+    """5 of 40 patients are COVID: some resamples draw none, and sensitivity is undefined there."""
+    groups = [f"p{i:02d}" for i in range(40)]
+    y = np.arange(40) < 5
+    got = metrics.patient_bootstrap(y, y, np.where(y, 0.9, 0.1), groups, n_boot=400, seed=2)
+    names, group_of = np.unique(groups, return_inverse=True)
+    drawn = np.random.default_rng(2).multinomial(40, np.full(40, 1 / 40), size=400)
+    with_covid = int((drawn[:, group_of[y]].sum(1) > 0).sum())
+    assert 0 < with_covid < 400
+    assert got["replicates"] == {"sensitivity": with_covid, "specificity": 400, "accuracy": 400, "auc": with_covid}
