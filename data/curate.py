@@ -220,9 +220,10 @@ def curate(
         hashed = [it for it in items if it.processed is not None and it.reject is None]
         dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
         uf = _group(hashed, dups)
-        balance = _apply_balance_cap(hashed, balance_cap)
         held_groups = {uf.find(n) for n, it in enumerate(hashed)
                        if hold_out is not None and it.reject is None and it.candidate.source == hold_out[0]}
+        # The cap balances what is trained on: held-out films neither count towards it nor are cut.
+        balance = _apply_balance_cap([it for n, it in enumerate(hashed) if uf.find(n) not in held_groups], balance_cap)
 
         # A failure leaves no partial shards behind, in either directory.
         with contextlib.ExitStack() as writers:
@@ -545,6 +546,15 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
     if missing:  # `run` would refuse it; say so now, while the rejections are on screen
         click.echo(f"covid-cxr: warning: no accepted image of class {', '.join(missing)}: this directory cannot "
                    f"train or evaluate task {summary['task']}", err=True)
+    held = summary.get("held_out")
+    if held:
+        held_classes = {c for counts in held["per_source_class"].values() for c, n in counts.items() if n}
+        missing = [c for c in summary["classes"] if c not in held_classes]
+        if missing:  # evaluate still reports the other class's proportion; say now what it cannot
+            click.echo(f"covid-cxr: warning: the held-out films in {held['dir']} have no image of class "
+                       f"{', '.join(missing)}: they test "
+                       + ("nothing" if len(missing) == len(summary["classes"]) else "one class only, without an AUC"),
+                       err=True)
 
 
 def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = None) -> str:

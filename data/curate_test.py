@@ -536,6 +536,14 @@ def test_hold_out_writes_one_source_apart_and_loses_nothing(run, corpus, tmp_pat
     assert run[1]["held_out"] is None
 
 
+def test_the_balance_cap_counts_the_training_films_only(corpus, tmp_path):
+    summary = curate(corpus, str(tmp_path / "train"), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1,
+                     hold_out=("cohen", str(tmp_path / "external")), balance_cap=1)
+    assert summary["per_class"] == {"covid": 1, "normal": 1}
+    assert summary["held_out"]["per_source_class"] == {"cohen": {"covid": 3, "normal": 1}}  # none cut by the cap
+    assert summary["balance"] == {"cap": 1, "before": {"covid": 2, "normal": 5}}  # without Cohen's 3 + 1
+
+
 def test_hold_out_takes_a_group_whole(corpus, tmp_path, monkeypatch):
     """A film of another source that shares a group with a held-out film (a near-duplicate chain) goes
     with it: training on it would show the model a held-out patient."""
@@ -579,6 +587,14 @@ def test_cli_hold_out(corpus, tmp_path):
             f"{tmp_path / 'external'} (not counted above)\n    cohen: covid 3, normal 1") in result.output
     assert "accepted per class: normal 2, covid 1\n    radiography: covid 1, normal 2\n" in result.output
     assert "warning" not in result.output
+    # Held out, the Radiography films hold one class only (covid-vs-pneumonia: COVID; no pneumonia folder).
+    result = CliRunner().invoke(cli.main, [
+        "curate", "--source", f"cohen={corpus['cohen']}", "--source", f"radiography={corpus['radiography']}",
+        "--task", "covid-vs-pneumonia", "--out", str(tmp_path / "t2"), "--hold-out", f"radiography={tmp_path / 'e2'}",
+        "--key", KEY])
+    assert result.exit_code == 0, result.output
+    assert (f"covid-cxr: warning: the held-out films in {tmp_path / 'e2'} have no image of class pneumonia: they test "
+            "one class only, without an AUC") in result.output
     result = CliRunner().invoke(cli.main, ["curate", "--source", f"cohen={corpus['cohen']}", "--out", str(tmp_path / "o"),
                                            "--hold-out", "cohen"])
     assert result.exit_code == 2 and "--hold-out 'cohen': expected NAME=DIR" in result.output, result.output

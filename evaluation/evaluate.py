@@ -299,8 +299,9 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         refs.append(shown)
         sources.append(_printable(parts[0] if depth > 0 else os.path.basename(root)))
     if not encoded:
+        hidden = f", {inputs.hidden} hidden files or folders not read" if inputs.hidden else ""
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
-                         f"({len(skipped)} skipped; class folders must be named like "
+                         f"({len(skipped)} skipped{hidden}; class folders must be named like "
                          f"{', '.join(sorted(set(task.classes)))} or given with --class-map)")
     slices = {features.SOURCE: sources} if len(set(sources)) > 1 else {}
     # Hidden files are counted, not listed: one row per macOS ._ file would bury the real ones.

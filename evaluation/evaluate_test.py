@@ -227,8 +227,10 @@ def test_class_map_option(binary_model, tmp_path):
                    "--class-map", "sick=covid,healthy=normal"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["n"] == 6
+    (tmp_path / "._0.png").write_bytes(b"macOS metadata")
     no_map = CliRunner().invoke(evaluate.evaluate_command, ["--model", binary_model.serving_dir, "--data", str(tmp_path)])
     assert no_map.exit_code == 2 and "no usable labelled images" in no_map.output
+    assert re.search(r"\(\d+ skipped, 1 hidden files or folders not read; class folders must be named like", no_map.output)
 
 
 def test_dicom_file_and_folder_names_never_reach_the_report(binary_model, tmp_path, monkeypatch):

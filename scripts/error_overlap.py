@@ -35,19 +35,20 @@ from covid_cxr.evaluation import evaluate as ev
 from covid_cxr.serving import predict
 
 
-def run_errors(model_dir: str, data) -> tuple[dict, Optional[float]]:
-    """(the run's misclassified test films {index: entry}, most confidently wrong first; its threshold or None)."""
+def run_errors(model_dir: str, data) -> tuple[dict, Optional[float], str]:
+    """(the run's misclassified test films {index: entry}, most confidently wrong first; its threshold
+    or None; its task)."""
     model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
     task = ev.task_of(model, data)
     outputs = model.predict_examples(data.serialized)
     wrong = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
                                  data.groups, data.refs, data.slices, limit=data.n, threshold=model.threshold)
-    return {e["index"]: e for e in wrong["listed"]}, model.threshold
+    return {e["index"]: e for e in wrong["listed"]}, model.threshold, task.name
 
 
 def _scored_runs(roots: list[str], same_test_split: bool):
     """(root, its test split, its misclassified films by index, its threshold) for each root."""
-    first = None
+    first, tasks = None, []
     for root in roots:
         model_dir, examples = artifacts.trained_run(root)
         data = ev.load_tfrecords(os.path.join(examples, "Split-test"))
@@ -56,7 +57,10 @@ def _scored_runs(roots: list[str], same_test_split: bool):
         elif same_test_split and data.serialized != first.serialized:
             raise ValueError(f"{root}: its test split is not {roots[0]}'s; compare runs of the same curated data and split"
                              " (or pass --across-splits)")
-        wrong, threshold = run_errors(model_dir, data)
+        wrong, threshold, task = run_errors(model_dir, data)
+        if tasks and task != tasks[0]:  # one film's label means another class in another task
+            raise ValueError(f"{root}: a {task} model; {roots[0]}'s is {tasks[0]}: compare runs of one task")
+        tasks.append(task)
         yield root, data, wrong, threshold
 
 
@@ -106,6 +110,9 @@ def across_splits(roots: list[str]) -> tuple[dict, list]:
     always_by_class = Counter(e["true"] for f in always for _, e in f["wrong"])
     summary = {
         "runs": runs,
+        "note": None if len(roots) < 2 or any(f["held_out"] > 1 for f in films.values()) else (
+            "no film was held out in two runs: films are matched by their curated image bytes, so runs whose "
+            "curations used other settings (max side, crop, equalization) never match"),
         "distinct_films": len(films),
         "held_out_more_than_once": sum(f["held_out"] > 1 for f in films.values()),
         "wrong_of_held_out": {k: n for k, n in sorted(Counter(
@@ -149,6 +156,8 @@ def _print_across_splits(summary: dict) -> None:
     print(f"{len(summary['runs'])} runs, {summary['distinct_films']} distinct test films, "
           f"{summary['held_out_more_than_once']} held out more than once")
     _print_runs(summary["runs"])
+    if summary["note"]:
+        print(f"note: {summary['note']}")
     print("films held out more than once and wrong at least once, wrong / held out: "
           + (", ".join(f"{k}: {n}" for k, n in summary["wrong_of_held_out"].items()) or "none"))
     for c, row in summary["errors_by_true_class"].items():
@@ -161,7 +170,8 @@ def _print_across_splits(summary: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", help="pipeline roots of finished runs on the same curated data")
+    parser.add_argument("roots", nargs="+", help="pipeline roots of finished runs of one task: on the same curated data "
+                                                 "and split, or with --across-splits on splits of one curation setting")
     parser.add_argument("--across-splits", action="store_true",
                         help="the runs' test splits differ (fresh curations): match films by their image bytes")
     parser.add_argument("--out", metavar="PNG", help="write the films wrong in every run (or whenever held out) "

@@ -148,13 +148,14 @@ def main():
         parser.error(f"--first-split must be 0 or more, got {args.first_split}")
     if not os.path.isdir(SHARED):
         raise SystemExit(f"the real corpus is not at {SHARED}")
+    for task in args.tasks:  # before any run: a late task must not fail after hours of the others
+        if args.hold_out and args.hold_out not in SOURCES[task]:
+            raise SystemExit(f"--hold-out {args.hold_out}: {task} is not curated from it ({', '.join(SOURCES[task])})")
     os.makedirs(args.out, exist_ok=True)
     results_path = os.path.join(args.out, "results.json")
     results = []
     for task in args.tasks:
         for split in range(args.first_split, args.first_split + args.splits):
-            if args.hold_out and args.hold_out not in SOURCES[task]:
-                raise SystemExit(f"--hold-out {args.hold_out}: {task} is not curated from it ({', '.join(SOURCES[task])})")
             results.append(run_task(task, args.out, args.sets, split, args.hold_out))
         # Keep the other tasks' (and splits') results from earlier invocations into the same --out.
         earlier = []

@@ -135,3 +135,18 @@ def test_across_splits_matches_films_by_their_image(error_overlap, binary_model,
     assert f"2 of 2: {len(hard)}" in table
     with pytest.raises(SystemExit, match=r"error_overlap.py: .*b: its test split is not .*--across-splits"):
         error_overlap.main(roots)
+    assert summary["note"] is None
+
+
+def test_across_splits_notes_runs_without_a_common_film_and_refuses_mixed_tasks(
+        error_overlap, binary_model, three_class_model, tmp_path, capsys):
+    data = ev.load_tfrecords(binary_model.data_dir)
+    halves = [_fake_root(tmp_path / name, binary_model, data_dir=_subset_dir(tmp_path / f"split-{name}", data.serialized[i::2]))
+              for i, name in enumerate(("even", "odd"))]
+    assert error_overlap.main(halves + ["--across-splits"]) == 0
+    table = capsys.readouterr().out
+    assert "note: no film was held out in two runs: films are matched by their curated image bytes" in table
+    assert f"{data.n} distinct test films, 0 held out more than once" in table
+    other_task = _fake_root(tmp_path / "three", three_class_model)
+    with pytest.raises(SystemExit, match=r"error_overlap.py: .*three: a three-class model; .*even's is covid-vs-normal"):
+        error_overlap.main([halves[0], other_task, "--across-splits"])

@@ -108,7 +108,9 @@ def test_hold_out_curates_a_source_apart_and_evaluates_on_it(benchmark, monkeypa
     assert result["test"]["data"].startswith(str(out / "root-covid-vs-normal-without-cohen-split3"))
     assert "external: cohen (held out of training: an unseen source)" in capsys.readouterr().out
     # A source the task is not curated from cannot be held out of it.
-    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "covid-vs-normal", "--hold-out", "kermany",
-                                             "--out", str(out)])
+    calls.clear()
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "three-class", "covid-vs-normal",
+                                             "--hold-out", "kermany", "--out", str(out)])
     with pytest.raises(SystemExit, match="--hold-out kermany: covid-vs-normal is not curated from it"):
         module.main()
+    assert not calls  # three-class, listed first, did not run before the refusal
