@@ -59,7 +59,7 @@ import numpy as np
 
 from covid_cxr.data import features, images, jsonfile, pseudonym, writer
 from covid_cxr.evaluation import errors, html_report, metrics, model_card, shortcut_audit
-from covid_cxr.serving import model_metadata, predict
+from covid_cxr.serving import model_metadata, predict, typicality
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -380,6 +380,10 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
         "confusion_matrix": {"classes": list(task.classes), "rows": "true class", "columns": "predicted class",
                              "matrix": cm.tolist()},
     }
+    atypical = outputs.get(typicality.ATYPICAL_OUTPUT)  # absent for models exported before the check
+    if atypical is not None:
+        atypical = np.asarray(atypical, bool)
+        out["atypical"] = metrics.proportion(int(atypical.sum()), int(atypical.size))
     if groups is not None and len(set(groups)) < y.size:
         out["patient_bootstrap"] = metrics.patient_bootstrap(y == pos, y_pred == pos, covid, groups,
                                                              correct=y == y_pred, n_boot=n_boot, seed=seed)
@@ -399,6 +403,9 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
             values = np.asarray(values)
             table = {v: _slice_metrics(task, y, y_pred, covid, values == v, SLICE_BOOTSTRAP, seed)
                      for v in sorted(set(values.tolist()))}
+            if atypical is not None:
+                for v, entry in table.items():
+                    entry["atypical"] = int(atypical[values == v].sum())
             if key == features.SOURCE:
                 out["per_source"] = table
                 out["sources_below_pooled_auc"] = metrics.sources_below_pooled_auc(out["auc"], table)
@@ -622,6 +629,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"  {'macro-F1':<12}{report['multiclass']['macro_f1']:.3f}")
     if report.get("patient_bootstrap"):
         lines.append(metrics.patient_ci_text(report["patient_bootstrap"]))
+    if report.get("atypical"):
+        lines.append(typicality.rate_text(report["atypical"]))
     cm = report["confusion_matrix"]
     width = max(len(c) for c in cm["classes"]) + 2
     lines.append("confusion matrix (rows true, columns predicted):")
@@ -630,7 +639,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"  {c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
     for source, entry in report.get("per_source", {}).items():
         lines.append(f"  source {source}: n={entry['n']} sensitivity {_fmt(entry['sensitivity'])}; "
-                     f"specificity {_fmt(entry['specificity'])}; AUC within the source {_fmt(entry.get('auc'))}")
+                     f"specificity {_fmt(entry['specificity'])}; AUC within the source {_fmt(entry.get('auc'))}"
+                     + (f"; atypical {entry['atypical']}" if "atypical" in entry else ""))
     if report.get("sources_below_pooled_auc"):
         lines.append("WARNING: " + metrics.within_source_warning(report["sources_below_pooled_auc"]))
     wrong = report.get("errors")

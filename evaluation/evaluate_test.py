@@ -319,6 +319,11 @@ def test_terminal_summary(binary_model):
         m = report[name]
         assert f"{name:<11s} {m['value']:.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]  ({m['k']}/{m['n']})" in result.output
     assert f"decision threshold {report['threshold']:.4f}" in result.output
+    # The atypical-input check was fitted on these films: its rate is reported, per source too.
+    atypical = report["atypical"]
+    assert atypical["n"] == report["n"] and atypical["k"] <= 1
+    assert f"atypical inputs (unlike the training films; scored anyway): {atypical['k']}/{atypical['n']}" in result.output
+    assert sum(entry["atypical"] for entry in report["per_source"].values()) == atypical["k"]
 
 
 def test_within_source_auc_exposes_a_model_that_scores_the_source():

@@ -6,6 +6,7 @@ import html
 from typing import Mapping, Optional
 
 from covid_cxr.evaluation import errors, metrics, model_card
+from covid_cxr.serving import typicality
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -71,14 +72,17 @@ def _metric_rows(report: dict) -> list:
 
 
 def _slice_table(table: dict) -> str:
+    checked = all("atypical" in m for m in table.values())  # models with the atypical-input check
     rows = []
     for value, m in table.items():
         counts = ", ".join(f"{k} {v}" for k, v in m["class_counts"].items())
         rows.append([_e(value), _e(m["n"]), _e(counts),
                      f"{_num(m['sensitivity']['value'])} <span class=note>({_ci(m['sensitivity'])})</span>",
                      f"{_num(m['specificity']['value'])} <span class=note>({_ci(m['specificity'])})</span>",
-                     f"{_num(m['accuracy']['value'])}", f"{_num(m['auc']['value'])}"])
-    return _table(["value", "n", "classes", "sensitivity (95% CI)", "specificity (95% CI)", "accuracy", "AUC"], rows)
+                     f"{_num(m['accuracy']['value'])}", f"{_num(m['auc']['value'])}"]
+                    + ([_e(m["atypical"])] if checked else []))
+    return _table(["value", "n", "classes", "sensitivity (95% CI)", "specificity (95% CI)", "accuracy", "AUC"]
+                  + (["atypical"] if checked else []), rows)
 
 
 def _pipeline_section(pipeline: dict) -> str:
@@ -165,6 +169,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         f"<p class=note>Proportions: Wilson score intervals. AUC: {_e(report['auc'].get('method', ''))}.</p>",
         *([f"<p class=note>{_e(metrics.patient_ci_text(report['patient_bootstrap']))}.</p>"]
           if report.get("patient_bootstrap") else []),
+        *([f"<p class=note>{_e(typicality.rate_text(report['atypical']))}.</p>"] if report.get("atypical") else []),
         _img(pngs, "roc.png", "ROC curve") + _img(pngs, "confusion_matrix.png", "confusion matrix"),
     ]
     cm = report["confusion_matrix"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from covid_cxr.evaluation import metrics
-from covid_cxr.serving import model_metadata
+from covid_cxr.serving import model_metadata, typicality
 
 FILE_NAME = "model_card.md"
 COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
@@ -147,6 +147,8 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     lines += ["", "Proportions: Wilson score intervals; AUC: " + str(evaluation.get("auc", {}).get("method", "")) + "."]
     if evaluation.get("patient_bootstrap"):
         lines += ["", metrics.patient_ci_text(evaluation["patient_bootstrap"]) + "."]
+    if evaluation.get("atypical"):
+        lines += ["", typicality.rate_text(evaluation["atypical"]) + "."]
     multiclass = evaluation.get("multiclass")
     if multiclass:
         lines.append(f"- three-class macro-F1: {multiclass['macro_f1']:.3f}")
@@ -206,6 +208,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         f"- family: {metadata.get('family', '?')} {metadata.get('family_note') or ''}".rstrip(),
         f"- hyperparameters: {metadata.get('hyperparameters', {})}",
         f"- Transform image size: {metadata.get('transform_image_size', '?')}",
+        *([f"- {typicality.check_text(metadata['typicality'])}"] if metadata.get("typicality") else []),
         "",
     ]
     lines += _training_lines(metadata)

@@ -78,6 +78,9 @@ class TrainingConfig:
     # stops predicting the label (trainer.training.source_class_weights); 0: class balance only.
     source_balance: float = 0.0
     seed: int = 42
+    # The served model flags inputs unlike its training films (serving.typicality): features further
+    # from the training films' than this quantile of the eval films' are `atypical`. 0: no check.
+    atypical_quantile: float = 0.99
     # Phase 1 (frozen pretrained backbone) and Tuner trials train the head on backbone features
     # computed once per split, without augmentation, instead of running the backbone over augmented
     # films every epoch (trainer.training.fit_head_on_features). Phase 2 is unchanged.
@@ -176,6 +179,9 @@ class PipelineConfig:
         if not 0.0 <= self.model.augment_contrast < 1.0 or not 0.0 <= self.model.augment_gamma <= 1.0:
             raise ConfigError(f"model.augment_contrast must be in [0, 1) and model.augment_gamma in [0, 1], got "
                               f"{self.model.augment_contrast} and {self.model.augment_gamma}")
+        if self.training.atypical_quantile and not 0.5 <= self.training.atypical_quantile < 1.0:
+            raise ConfigError(f"training.atypical_quantile must be 0 (no check) or in [0.5, 1), got "
+                              f"{self.training.atypical_quantile}")
         if not 0.0 <= self.model.border_crop <= 0.25:
             raise ConfigError(f"model.border_crop must be between 0 and 0.25 (of each side), got {self.model.border_crop}")
         if not self.model.families:

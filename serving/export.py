@@ -6,7 +6,9 @@ Signatures (all apply the training Transform graph, so serving cannot drift from
   transform_features  serialized tf.Example [N]   TFMA's preprocessing hook
 Outputs of the two predict signatures:
   probabilities [N, C], covid_probability [N], label [N] (class name), label_index [N],
-  threshold [N] (the stored decision threshold), gate_score ([N] binary, [N, C] three-class).
+  threshold [N] (the stored decision threshold), gate_score ([N] binary, [N, C] three-class),
+  and, when the Trainer fitted the check, atypicality [N] (how unlike the training films the input
+  is; above 1 = atypical) and atypical [N] bool (serving/typicality.py).
 `gate_score` is the served decision re-expressed as "score > 0.5", so that the Evaluator, which
 gates at 0.5, judges exactly the label the model serves:
   binary       the COVID probability re-centred on the stored threshold, sigmoid(logit(p) - logit(t)):
@@ -27,7 +29,7 @@ from typing import Mapping
 import tensorflow as tf
 
 from covid_cxr.data import features
-from covid_cxr.serving import model_metadata
+from covid_cxr.serving import model_metadata, typicality
 from covid_cxr.transform import preprocessing
 
 EXAMPLES_SIGNATURE = "serving_default"
@@ -82,9 +84,13 @@ def _raw_image_spec(tf_transform_output) -> dict:
 
 
 def export_serving_model(model, tf_transform_output, task: features.Task, threshold: float,
-                         metadata: Mapping, export_dir: str) -> None:
-    """Saves `model` with the three signatures and the metadata asset into `export_dir`."""
+                         metadata: Mapping, export_dir: str, typicality_check=None) -> None:
+    """Saves `model` with the three signatures and the metadata asset into `export_dir`.
+
+    `typicality_check` (serving.typicality.tf_check): adds the `atypicality` and `atypical` outputs."""
     model.tft_layer = tf_transform_output.transform_features_layer()  # tracked so it is saved
+    if typicality_check is not None:
+        model.typicality_check = typicality_check  # tracked: its features model and arrays are saved
     classes = tf.constant(task.classes)
     stored_threshold = tf.constant(float(threshold), tf.float32)
 
@@ -101,7 +107,7 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
             covid = probabilities[:, task.positive_index]
             label_index, gate = three_class_decision(probabilities, task.positive_index, stored_threshold)
         n = tf.shape(covid)[0]
-        return {
+        outputs = {
             PROBABILITIES_OUTPUT: probabilities,
             "covid_probability": covid,
             "label": tf.gather(classes, label_index),
@@ -109,6 +115,11 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
             "threshold": tf.fill([n], stored_threshold),
             GATE_OUTPUT: gate,
         }
+        if typicality_check is not None:
+            atypicality = model.typicality_check(transformed[preprocessing.IMAGE_XF])
+            outputs[typicality.ATYPICALITY_OUTPUT] = atypicality
+            outputs[typicality.ATYPICAL_OUTPUT] = atypicality > 1.0
+        return outputs
 
     image_spec = _raw_image_spec(tf_transform_output)
 

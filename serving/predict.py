@@ -28,7 +28,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images, writer
-from covid_cxr.serving import model_metadata
+from covid_cxr.serving import model_metadata, typicality
 
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
 IMAGE_SIGNATURE = "predict_image"
@@ -281,6 +281,9 @@ def rows_from_outputs(model: ServingModel, files: Sequence[str], outputs: dict) 
             "threshold": float(outputs["threshold"][i]),
             "model_version": model.version,
         })
+        if typicality.ATYPICALITY_OUTPUT in outputs:  # models exported before the check have none
+            rows[-1]["atypicality"] = float(outputs[typicality.ATYPICALITY_OUTPUT][i])
+            rows[-1]["atypical"] = bool(outputs[typicality.ATYPICAL_OUTPUT][i])
     return rows
 
 
@@ -377,7 +380,9 @@ def format_table(result: PredictResult) -> str:
     names = list(result.predictions[0]["probabilities"]) if result.predictions else list(model.classes)
     entries = [(r["file"], r) for r in result.predictions] + [(e.file, e) for e in result.errors]
     width = min(60, max([len("file")] + [len(f) for f, _ in entries]))
-    header = f"{'file':<{width}}  {'label':<10}" + "".join(f"  {'P(' + n + ')':>13}" for n in names)
+    checked = any("atypical" in r for r in result.predictions)
+    header = (f"{'file':<{width}}  {'label':<10}" + "".join(f"  {'P(' + n + ')':>13}" for n in names)
+              + ("  atypicality" if checked else ""))
     lines += [header, "-" * len(header)]
     for file, entry in entries:
         shown_file = file if len(file) <= width else "..." + file[-(width - 3):]
@@ -385,9 +390,15 @@ def format_table(result: PredictResult) -> str:
             lines.append(f"{shown_file:<{width}}  ERROR: {entry.error}")
         else:
             probs = "".join(f"  {entry['probabilities'][n]:>13.4f}" for n in names)
-            lines.append(f"{shown_file:<{width}}  {entry['label']:<10}{probs}")
+            flag = (f"  {entry['atypicality']:>11.2f}" + ("  ATYPICAL" if entry["atypical"] else "")
+                    if "atypical" in entry else "")
+            lines.append(f"{shown_file:<{width}}  {entry['label']:<10}{probs}{flag}")
     explained = [r["explanation"] for r in result.predictions if r.get("explanation")]
     summary = f"{len(result.predictions)} predicted, {len(result.errors)} failed"
+    atypical = sum(bool(r.get("atypical")) for r in result.predictions)
+    if atypical:
+        summary += (f"; {atypical} ATYPICAL: unlike every film the model was trained on (another body part, "
+                    "view or modality?), so their labels are not to be trusted")
     if result.skipped or result.hidden:
         summary += f"; skipped {len(result.skipped)} files that are not images and {result.hidden} hidden files or folders"
     if explained:

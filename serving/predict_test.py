@@ -156,6 +156,32 @@ def test_table_output(binary_model, tmp_path):
     assert "2 predicted, 0 failed" in result.output
 
 
+def test_inputs_unlike_the_training_films_are_flagged_not_relabelled(binary_model, dense_model, tmp_path):
+    model = predict.load_model(binary_model.serving_dir)
+    _, pngs = _first_records(binary_model, n=len(testing.read_records(binary_model.data_dir)))
+    served = model.predict_images(pngs)
+    # The check was fitted on these very films, its threshold at their 0.99 quantile: one is above it.
+    assert model.metadata["typicality"]["eval_atypical"] == int(served["atypical"].sum()) == 1
+    np.testing.assert_array_equal(served["atypical"], served["atypicality"] > 1)
+    # A picture the model never saw anything like: a smooth diagonal ramp, no chest in it.
+    _write_pngs(binary_model, str(tmp_path / "in"), n=2)
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+    with open(tmp_path / "in" / "zz-ramp.png", "wb") as f:
+        f.write(images.encode_png(ramp))
+    out = json.loads(_run(["--model", binary_model.serving_dir, "--json", str(tmp_path / "in")]).output)
+    rows = {os.path.basename(p["file"]): p for p in out["predictions"]}
+    assert rows["zz-ramp.png"]["atypical"] and rows["zz-ramp.png"]["atypicality"] > 2
+    assert rows["zz-ramp.png"]["label"] in ("covid", "normal")  # still scored: the flag never changes the label
+    assert all(r["atypical"] == (r["atypicality"] > 1) for r in rows.values())
+    table = _run(["--model", binary_model.serving_dir, str(tmp_path / "in")]).output
+    assert "atypicality" in table and "ATYPICAL: unlike every film the model was trained on" in table
+    assert [line for line in table.splitlines() if "zz-ramp.png" in line][0].endswith("ATYPICAL")
+    # A model exported without the check (no pooled features) answers as before.
+    plain = json.loads(_run(["--model", dense_model.serving_dir, "--json", str(tmp_path / "in")]).output)
+    assert not any("atypical" in p or "atypicality" in p for p in plain["predictions"])
+    assert "atypicality" not in _run(["--model", dense_model.serving_dir, str(tmp_path / "in")]).output
+
+
 def test_three_class_table_names_the_decision_the_model_serves(three_class_model, tmp_path):
     paths = _write_pngs(three_class_model, str(tmp_path / "in"), n=2)
     result = _run(["--model", three_class_model.version_dir, *paths])

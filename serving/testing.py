@@ -158,7 +158,8 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
     import tensorflow_transform as tft
 
     from covid_cxr.data import synthetic
-    from covid_cxr.serving import export
+    from covid_cxr.serving import export, typicality
+    from covid_cxr.trainer import models
 
     task_obj = features.get_task(task)
     data_dir = os.path.join(base_dir, "data")
@@ -186,7 +187,15 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
         "target_sensitivity": 0.95,
         "history": history,
     }
-    export.export_serving_model(model, tft.TFTransformOutput(transform_dir), task_obj, threshold, metadata, model_dir)
+    check = None
+    if conv:  # the Trainer's atypical-input check, fitted on the same films (the dense model has none)
+        features_model = models.pooled_features(model)
+        pooled = features_model.predict(images, verbose=0)
+        fitted = typicality.fit(pooled, pooled)
+        check = typicality.tf_check(features_model, fitted)
+        metadata["typicality"] = fitted.summary("tiny-test-cnn pooled features")
+    export.export_serving_model(model, tft.TFTransformOutput(transform_dir), task_obj, threshold, metadata, model_dir,
+                                typicality_check=check)
     push_copy(model_dir, serving_dir, version)
     return TinyModel(task_obj, data_dir, transform_dir, model_dir, serving_dir, version, threshold, history)
 

@@ -824,8 +824,17 @@ def split_head(built: BuiltModel) -> tuple[keras.Model, keras.Model]:
         copy = layer.__class__.from_config(layer.get_config())
         x = copy(x)
         copy.set_weights(layer.get_weights())
-    return (keras.Model(model.input, pooled.output, name=f"{model.name}_features"),
-            keras.Model(inputs, x, name=f"{model.name}_head"))
+    return pooled_features(model), keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+def pooled_features(model: keras.Model) -> Optional[keras.Model]:
+    """``image_xf`` -> the pooled features the head reads (layer FEATURES_NAME), through ``model``'s own
+    layers; None for a model without that layer (cnn3 and cnn4 flatten instead of pooling)."""
+    try:
+        pooled = model.get_layer(FEATURES_NAME)
+    except ValueError:
+        return None
+    return keras.Model(model.input, pooled.output, name=f"{model.name}_features")
 
 
 def set_head_weights(built: BuiltModel, head: keras.Model) -> None:

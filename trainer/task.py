@@ -25,7 +25,7 @@ from tfx_bsl.public import tfxio
 from covid_cxr.data import features, writer
 from covid_cxr.evaluation import metrics as ci_metrics
 from covid_cxr.pipeline import fingerprints
-from covid_cxr.serving import export
+from covid_cxr.serving import export, typicality
 from covid_cxr.trainer import models, training
 from covid_cxr.transform import preprocessing
 
@@ -284,6 +284,27 @@ def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HP
     return _search_space(hp, cfg)
 
 
+def _typicality_check(member: models.BuiltModel, train_ds, eval_ds, quantile: float):
+    """(the served atypical-input check, its summary for the model card), fitted on the first member's
+    pooled features of the training films, unaugmented; (None, None) when off or not possible."""
+    if not quantile:
+        return None, None
+    features_model = models.pooled_features(member.model)
+    if features_model is None:
+        logging.warning("%s has no pooled features layer: the served model has no atypical-input check", member.family)
+        return None, None
+    try:
+        fitted = typicality.fit(_labels_and_scores(features_model, train_ds)[1],
+                                _labels_and_scores(features_model, eval_ds)[1], quantile)
+    except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
+        logging.warning("the served model has no atypical-input check: %s", e)
+        return None, None
+    logging.info("atypical-input check on %d %s features of %d training films: %d of %d eval films atypical "
+                 "(shrinkage %.3f)", fitted.mean.shape[0], member.family, fitted.train_films, fitted.eval_atypical,
+                 fitted.eval_films, fitted.shrinkage)
+    return typicality.tf_check(features_model, fitted), fitted.summary(f"{member.family} pooled features")
+
+
 def ensemble_families(tuned_family: str, ensemble_with) -> list[str]:
     """The Tuner's family first, then each ``model.ensemble_with`` family not already listed."""
     return list(dict.fromkeys([tuned_family, *ensemble_with]))
@@ -369,5 +390,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "history": history,
         "training": fits,
     }
+    check, metadata["typicality"] = _typicality_check(
+        members[0], _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
+        eval_ds, float(train_cfg.get("atypical_quantile", 0.0)))
     training.compile_for_export(built, task.num_classes)
-    export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir)
+    export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir,
+                                typicality_check=check)

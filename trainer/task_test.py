@@ -1,4 +1,5 @@
 """The Trainer's validation metrics are those of the served decision; its batches carry per-source weights."""
+import dataclasses
 import importlib
 import types
 
@@ -224,3 +225,29 @@ def test_the_served_summary_names_sources_without_the_curating_machines_paths():
     served = trainer_task._summary_for_the_model({"held_out": held_out})
     assert served["held_out"] == {"source": "cohen", "accepted": 4, "per_source_class": {"cohen": {"covid": 4}}}
     assert trainer_task._summary_for_the_model({"held_out": None})["held_out"] is None
+
+
+def _image_batches(n, size, seed, shift=0.0):
+    rng = np.random.default_rng(seed)
+    images = np.clip(rng.normal(0.5, 0.15, (n, size, size, 1)) + shift, 0, 1).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((images, np.zeros(n, np.int64))).batch(8)
+
+
+def test_the_atypical_input_check_is_fitted_on_the_first_members_pooled_features(caplog):
+    hparams = models.HParams(family="bn_double_conv", image_size=32, dense_units=8, dropout=0.0)
+    member = models.build_model(hparams, input_size=32, num_classes=2, weights="none")
+    check, summary = trainer_task._typicality_check(member, _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9)
+    assert summary["features"] == "bn_double_conv pooled features" and summary["train_films"] == 40
+    assert summary["eval_films"] == 20 and summary["eval_atypical"] == 2 and summary["quantile"] == 0.9
+    assert summary["dimensions"] == member.model.get_layer(models.FEATURES_NAME).output.shape[-1]
+    eval_images = np.concatenate([x.numpy() for x, _ in _image_batches(20, 32, 2)])
+    assert int(np.sum(check(tf.constant(eval_images)).numpy() > 1)) == 2  # the graph agrees with the fit
+    # Off, or impossible (a flattening CNN has no pooled features): the model is served without it, said so.
+    assert trainer_task._typicality_check(member, None, None, 0.0) == (None, None)
+    flat = models.build_model(dataclasses.replace(hparams, family="cnn3"), input_size=32, num_classes=2, weights="none")
+    with caplog.at_level("WARNING"):
+        assert trainer_task._typicality_check(flat, _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9) == (None, None)
+    assert "cnn3 has no pooled features layer: the served model has no atypical-input check" in caplog.text
+    with caplog.at_level("WARNING"):
+        assert trainer_task._typicality_check(member, _image_batches(4, 32, 1), _image_batches(2, 32, 2), 0.9) == (None, None)
+    assert "no atypical-input check: too few films" in caplog.text

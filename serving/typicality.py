@@ -1,0 +1,133 @@
+"""How unlike the training films an input is: the served model's own check for inputs it was never
+trained on (a CT slice, a lateral film, an abdominal radiograph, a photograph), which it would
+otherwise score as confidently as a chest film.
+
+The measure is the Mahalanobis distance of the input's pooled backbone features (the layer the
+classifier head reads) from the training films' features, with a Ledoit-Wolf shrunk covariance: the
+features have more dimensions (1,280 for MobileNetV2) than a split has training films, so the plain
+sample covariance is singular. Distances are divided by the distance at ``quantile`` of the *eval*
+films (training films sit closer to their own fit than new films do), so the served
+``atypicality`` is above 1 for about 1 - quantile of films like the training ones, and for most
+films unlike them. It is reported next to the prediction, never used to change it.
+
+Fitted in the Trainer (numpy, :func:`fit`), computed in the serving graph (:class:`TypicalityCheck`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+DEFAULT_QUANTILE = 0.99
+MIN_FIT_FILMS = 10  # fewer: no covariance worth the name (and no check is exported)
+ATYPICALITY_OUTPUT = "atypicality"  # distance / threshold, [N] float32
+ATYPICAL_OUTPUT = "atypical"  # atypicality > 1, [N] bool
+
+
+def shrunk_covariance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean, covariance, shrinkage) of the rows of ``x`` [N, D]: the Ledoit-Wolf estimate, the
+    sample covariance pulled towards a scaled identity by the amount that minimises the expected
+    squared error (Ledoit & Wolf 2004; the same formula as scikit-learn's LedoitWolf)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    centred = x - mean
+    sample = centred.T @ centred / n
+    mu = np.trace(sample) / d
+    squared = centred ** 2
+    beta_sum = float(np.sum(squared.T @ squared)) / n  # sum_ij mean_k x_ki^2 x_kj^2
+    delta_sum = float(np.sum(sample ** 2))
+    beta = (beta_sum - delta_sum) / (d * n)
+    delta = (delta_sum - 2 * mu * np.trace(sample) + d * mu ** 2) / d
+    shrinkage = 0.0 if delta <= 0 else float(min(beta, delta) / delta)
+    covariance = (1 - shrinkage) * sample + shrinkage * mu * np.eye(d)
+    return mean, covariance, shrinkage
+
+
+@dataclasses.dataclass(frozen=True)
+class Typicality:
+    mean: np.ndarray  # [D]
+    whiten: np.ndarray  # [D, D]: the Mahalanobis distance is ||(f - mean) @ whiten||
+    threshold: float  # the eval films' distance at `quantile`
+    quantile: float
+    shrinkage: float
+    train_films: int
+    eval_films: int
+    eval_atypical: int  # eval films above the threshold
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        return np.linalg.norm((np.asarray(features, dtype=np.float64) - self.mean) @ self.whiten, axis=1)
+
+    def atypicality(self, features: np.ndarray) -> np.ndarray:
+        return self.distances(features) / self.threshold
+
+    def summary(self, features_name: str) -> dict:
+        """What the model card and ``predict`` say about the check (no arrays)."""
+        return {
+            "features": features_name,
+            "dimensions": int(self.mean.shape[0]),
+            "quantile": self.quantile,
+            "threshold_distance": self.threshold,
+            "shrinkage": self.shrinkage,
+            "train_films": self.train_films,
+            "eval_films": self.eval_films,
+            "eval_atypical": self.eval_atypical,
+        }
+
+
+def fit(train_features: np.ndarray, eval_features: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> Typicality:
+    """The check fitted on the training films' features, its threshold set on the eval films'."""
+    train_features = np.asarray(train_features, dtype=np.float64)
+    eval_features = np.asarray(eval_features, dtype=np.float64)
+    if not 0.5 <= quantile < 1:
+        raise ValueError(f"the atypical-input quantile must be in [0.5, 1), got {quantile}")
+    if len(train_features) < MIN_FIT_FILMS or len(eval_features) < 1:
+        raise ValueError(f"too few films to fit the atypical-input check ({len(train_features)} training, "
+                         f"{len(eval_features)} eval; needs {MIN_FIT_FILMS} and 1)")
+    mean, covariance, shrinkage = shrunk_covariance(train_features)
+    values, vectors = np.linalg.eigh(covariance)
+    # Clipped for the all-constant feature of a degenerate fit; the shrinkage keeps real ones positive.
+    whiten = vectors / np.sqrt(np.maximum(values, 1e-12))
+    unscaled = Typicality(mean, whiten, 1.0, quantile, shrinkage, len(train_features), len(eval_features), 0)
+    eval_distances = unscaled.distances(eval_features)
+    threshold = float(np.quantile(eval_distances, quantile))
+    if not threshold > 0:
+        raise ValueError("the eval films' feature distances are all zero: the atypical-input check cannot be fitted")
+    return dataclasses.replace(unscaled, threshold=threshold,
+                               eval_atypical=int(np.sum(eval_distances > threshold)))
+
+
+def tf_check(features_model, fitted: Typicality):
+    """A tf.Module mapping ``image_xf`` to ``atypicality`` [N] in the serving graph; its arrays are
+    variables, so the SavedModel stores them once for every signature."""
+    import tensorflow as tf
+
+    class TypicalityCheck(tf.Module):
+        def __init__(self):
+            super().__init__(name="typicality_check")
+            self.features = features_model
+            self.mean = tf.Variable(fitted.mean.astype(np.float32), trainable=False, name="mean")
+            self.whiten = tf.Variable(fitted.whiten.astype(np.float32), trainable=False, name="whiten")
+            self.threshold = tf.Variable(np.float32(fitted.threshold), trainable=False, name="threshold")
+
+        def __call__(self, image_xf):
+            pooled = tf.cast(self.features(image_xf, training=False), tf.float32)
+            return tf.norm(tf.matmul(pooled - self.mean, self.whiten), axis=1) / self.threshold
+
+    return TypicalityCheck()
+
+
+def check_text(summary: dict) -> str:
+    """One line on the fitted check, from the model metadata's ``typicality``."""
+    return (f"atypical-input check: Mahalanobis distance of the {summary['features']} ({summary['dimensions']}) "
+            f"from {summary['train_films']} training films; above the {summary['quantile']:g} quantile of "
+            f"{summary['eval_films']} validation films ({summary['eval_atypical']} of them) = atypical. "
+            "Reported with each prediction, never changes it")
+
+
+def rate_text(entry: dict) -> str:
+    """How many evaluated films were atypical, from a report's ``atypical`` proportion."""
+    ci = entry.get("ci95")
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    value = f" = {entry['value']:.3f}" if entry.get("value") is not None else ""
+    return (f"atypical inputs (unlike the training films; scored anyway): {entry['k']}/{entry['n']}{value}{interval}")
