@@ -130,3 +130,14 @@ def test_card_says_which_epoch_of_which_phase_each_member_serves():
     scratch = model_card.render(dict(METADATA, training=fits[2:]), _report())
     assert "Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch.\n" in scratch and "fine-tuning" not in scratch.split("## Training")[1].split("##")[0]
     assert "## Training" not in model_card.render(METADATA, _report())  # metadata from before this section
+
+
+def test_card_describes_the_atypical_input_check_and_its_rate():
+    check = {"features": "mobilenet_v2 pooled features", "dimensions": 1280, "quantile": 0.99,
+             "threshold_distance": 41.2, "shrinkage": 0.31, "train_films": 1100, "eval_films": 250, "eval_atypical": 3}
+    evaluation = {"atypical": {"value": 0.0125, "ci95": [0.004, 0.036], "k": 3, "n": 240}}
+    card = model_card.render(dict(METADATA, typicality=check), _report(), evaluation=evaluation)
+    assert ("- atypical-input check: Mahalanobis distance of the mobilenet_v2 pooled features (1280) from 1100 "
+            "training films; above the 0.99 quantile of 250 validation films (3 of them) = atypical.") in card
+    assert "atypical inputs (unlike the training films; scored anyway): 3/240 = 0.013 [0.004, 0.036]." in card
+    assert "atypical" not in model_card.render(METADATA, _report())  # models exported before the check

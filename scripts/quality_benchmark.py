@@ -165,20 +165,23 @@ def main():
                 earlier = [r for r in json.load(f) if (r["task"], r.get("split", 0), r.get("hold_out")) not in done]
         with open(results_path, "w") as f:
             json.dump(earlier + results, f, indent=2)
-    print("| task | split | n test | sensitivity | specificity | AUC | accuracy | pipeline minutes | pushed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # "atypical": films the served atypical-input check flagged (serving/typicality.py).
+    print("| task | split | n test | sensitivity | specificity | AUC | accuracy | atypical | pipeline minutes | pushed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         t = r["test"]
         print(f"| {r['task']} | {r['split']} | {t.get('n')} | {fmt(t.get('sensitivity'))} | {fmt(t.get('specificity'))} | "
-              f"{fmt(t.get('auc'))} | {fmt(t.get('accuracy'))} | {r['pipeline_seconds'] / 60:.1f} | {r['pushed']} |")
+              f"{fmt(t.get('auc'))} | {fmt(t.get('accuracy'))} | {fmt(t.get('atypical'))} | "
+              f"{r['pipeline_seconds'] / 60:.1f} | {r['pushed']} |")
         if "multiclass" in t:
             # The row above is COVID one-vs-rest already; add the three-class summary.
-            print(f"| {r['task']} macro-F1 | {r['split']} | {t.get('n')} | {t['multiclass']['macro_f1']:.3f} | | | | | |")
+            print(f"| {r['task']} macro-F1 | {r['split']} | {t.get('n')} | {t['multiclass']['macro_f1']:.3f} | | | | | | |")
         for key in ("held_out", "external"):
             if key in r:
                 e = r[key]
                 print(f"| {r['task']} external: {e['name']} | {r['split']} | {e.get('n')} | {fmt(e.get('sensitivity'))} | "
-                      f"{fmt(e.get('specificity'))} | {fmt(e.get('auc'))} | {fmt(e.get('accuracy'))} | | |")
+                      f"{fmt(e.get('specificity'))} | {fmt(e.get('auc'))} | {fmt(e.get('accuracy'))} | "
+                      f"{fmt(e.get('atypical'))} | | |")
 
 
 if __name__ == "__main__":

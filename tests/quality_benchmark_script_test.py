@@ -25,7 +25,8 @@ def benchmark(monkeypatch, load_script):
         return 60.0
 
     monkeypatch.setattr(module, "sh", sh)
-    monkeypatch.setattr(module, "evaluate", lambda model, data, out_dir, log: {"n": 1, "data": data})
+    monkeypatch.setattr(module, "evaluate", lambda model, data, out_dir, log: {
+        "n": 4, "data": data, "atypical": {"value": 0.25, "ci95": [0.05, 0.7], "k": 1, "n": 4}})
     monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
     return module, calls
 
@@ -106,7 +107,10 @@ def test_hold_out_curates_a_source_apart_and_evaluates_on_it(benchmark, monkeypa
     [result] = module.json.load(open(out / "results.json"))
     assert result["hold_out"] == "cohen" and result["held_out"]["data"] == held_out
     assert result["test"]["data"].startswith(str(out / "root-covid-vs-normal-without-cohen-split3"))
-    assert "external: cohen (held out of training: an unseen source)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "external: cohen (held out of training: an unseen source)" in printed
+    assert "| AUC | accuracy | atypical | pipeline minutes |" in printed
+    assert printed.count("| 0.250 [0.050, 0.700] |") == 3  # own test split, held-out source, Kermany
     # A source the task is not curated from cannot be held out of it.
     calls.clear()
     monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "three-class", "covid-vs-normal",
