@@ -2,10 +2,10 @@
 trained on (a CT slice, a lateral film, an abdominal radiograph, a photograph), which it would
 otherwise score as confidently as a chest film.
 
-The measure is the Mahalanobis distance of the input's pooled backbone features (the layer the
-classifier head reads) from the training films' features, with a Ledoit-Wolf shrunk covariance: the
-features have more dimensions (1,280 for MobileNetV2) than a split has training films, so the plain
-sample covariance is singular. Distances are divided by the distance at ``quantile`` of the *eval*
+The measure is the Mahalanobis distance of the input's pooled backbone features (the layer each
+member's classifier head reads, all members side by side) from the training films' features, with a
+Ledoit-Wolf shrunk covariance: the features have more dimensions (2 x 1,280 for `full`'s MobileNetV2
+pair) than a split has training films, so the plain sample covariance is singular. Distances are divided by the distance at ``quantile`` of the *eval*
 films (training films sit closer to their own fit than new films do), so the served
 ``atypicality`` is above 1 for about 1 - quantile of films like the training ones, and for most
 films unlike them. It is reported next to the prediction, never used to change it.
@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-DEFAULT_QUANTILE = 0.99
+DEFAULT_QUANTILE = 0.95
 MIN_FIT_FILMS = 10  # fewer: no covariance worth the name (and no check is exported)
 ATYPICALITY_OUTPUT = "atypicality"  # distance / threshold, [N] float32
 ATYPICAL_OUTPUT = "atypical"  # atypicality > 1, [N] bool

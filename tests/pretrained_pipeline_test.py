@@ -17,7 +17,7 @@ import tf_keras as keras
 from covid_cxr.data import synthetic
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
-from covid_cxr.serving import model_metadata
+from covid_cxr.serving import model_metadata, predict
 from covid_cxr.trainer import models
 
 pytestmark = pytest.mark.slow
@@ -35,6 +35,15 @@ def _weights_dir(path) -> str:
         backbone.save_weights(os.path.join(path, spec.keras_files[0].replace("{rows}", "224")))
         keras.backend.clear_session()
     return str(path)
+
+
+def _split_records(root, split) -> list[bytes]:
+    import glob
+
+    import tensorflow as tf
+
+    files = glob.glob(os.path.join(root, "ImportExampleGen", "examples", "*", f"Split-{split}", "*.gz"))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
 def test_full_preset_trains_a_pretrained_pair_through_the_dag(tmp_path):
@@ -74,3 +83,11 @@ def test_full_preset_trains_a_pretrained_pair_through_the_dag(tmp_path):
         assert fit["kept"]["epoch_in_phase"] <= dict(fit["epochs_run"])[fit["kept"]["phase"]], fit
     card = open(os.path.join(outcome.destination, "model_card.md")).read()
     assert "| mobilenet_v2_035 | frozen backbone " in card and "members' probabilities are averaged" in card
+    # The atypical-input check: fitted on both members' pooled features, served, described, and it
+    # passed through the Evaluator (TFMA reads the same signature).
+    check = trained["typicality"]
+    assert check["features"] == "pooled features of mobilenet_v2 + mobilenet_v2_035" and check["quantile"] == 0.95
+    assert check["dimensions"] == 1280 + 1280  # MobileNetV2 0.35 also ends in 1,280 channels
+    assert "atypical-input check: Mahalanobis distance of the pooled features of mobilenet_v2 + mobilenet_v2_035" in card
+    served = predict.load_model(outcome.destination).predict_examples(_split_records(root, "test"))
+    assert served["atypicality"].shape == served["covid_probability"].shape and served["atypical"].dtype == bool

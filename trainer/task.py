@@ -284,14 +284,15 @@ def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HP
     return _search_space(hp, cfg)
 
 
-def _typicality_check(member: models.BuiltModel, train_ds, eval_ds, quantile: float):
-    """(the served atypical-input check, its summary for the model card), fitted on the first member's
+def _typicality_check(members: list, train_ds, eval_ds, quantile: float):
+    """(the served atypical-input check, its summary for the model card), fitted on every member's
     pooled features of the training films, unaugmented; (None, None) when off or not possible."""
     if not quantile:
         return None, None
-    features_model = models.pooled_features(member.model)
+    features_model, families = models.members_pooled_features(members)
     if features_model is None:
-        logging.warning("%s has no pooled features layer: the served model has no atypical-input check", member.family)
+        logging.warning("%s: no pooled features layer, so the served model has no atypical-input check",
+                        " + ".join(m.family for m in members))
         return None, None
     try:
         fitted = typicality.fit(_labels_and_scores(features_model, train_ds)[1],
@@ -299,10 +300,11 @@ def _typicality_check(member: models.BuiltModel, train_ds, eval_ds, quantile: fl
     except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
         logging.warning("the served model has no atypical-input check: %s", e)
         return None, None
-    logging.info("atypical-input check on %d %s features of %d training films: %d of %d eval films atypical "
-                 "(shrinkage %.3f)", fitted.mean.shape[0], member.family, fitted.train_films, fitted.eval_atypical,
+    name = f"pooled features of {' + '.join(families)}"
+    logging.info("atypical-input check on the %d %s of %d training films: %d of %d eval films atypical "
+                 "(shrinkage %.3f)", fitted.mean.shape[0], name, fitted.train_films, fitted.eval_atypical,
                  fitted.eval_films, fitted.shrinkage)
-    return typicality.tf_check(features_model, fitted), fitted.summary(f"{member.family} pooled features")
+    return typicality.tf_check(features_model, fitted), fitted.summary(name)
 
 
 def ensemble_families(tuned_family: str, ensemble_with) -> list[str]:
@@ -391,7 +393,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "training": fits,
     }
     check, metadata["typicality"] = _typicality_check(
-        members[0], _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
+        members, _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
         eval_ds, float(train_cfg.get("atypical_quantile", 0.0)))
     training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir,

@@ -233,21 +233,27 @@ def _image_batches(n, size, seed, shift=0.0):
     return tf.data.Dataset.from_tensor_slices((images, np.zeros(n, np.int64))).batch(8)
 
 
-def test_the_atypical_input_check_is_fitted_on_the_first_members_pooled_features(caplog):
+def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(caplog):
     hparams = models.HParams(family="bn_double_conv", image_size=32, dense_units=8, dropout=0.0)
     member = models.build_model(hparams, input_size=32, num_classes=2, weights="none")
-    check, summary = trainer_task._typicality_check(member, _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9)
-    assert summary["features"] == "bn_double_conv pooled features" and summary["train_films"] == 40
+    flat = models.build_model(dataclasses.replace(hparams, family="cnn3"), input_size=32, num_classes=2, weights="none")
+    check, summary = trainer_task._typicality_check([member, flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9)
+    assert summary["features"] == "pooled features of bn_double_conv" and summary["train_films"] == 40
     assert summary["eval_films"] == 20 and summary["eval_atypical"] == 2 and summary["quantile"] == 0.9
     assert summary["dimensions"] == member.model.get_layer(models.FEATURES_NAME).output.shape[-1]
     eval_images = np.concatenate([x.numpy() for x, _ in _image_batches(20, 32, 2)])
     assert int(np.sum(check(tf.constant(eval_images)).numpy() > 1)) == 2  # the graph agrees with the fit
-    # Off, or impossible (a flattening CNN has no pooled features): the model is served without it, said so.
-    assert trainer_task._typicality_check(member, None, None, 0.0) == (None, None)
-    flat = models.build_model(dataclasses.replace(hparams, family="cnn3"), input_size=32, num_classes=2, weights="none")
+    # Two pooling members: their features side by side.
+    second = models.build_model(dataclasses.replace(hparams, dense_units=4), input_size=32, num_classes=2, weights="none")
+    joined, families = models.members_pooled_features([member, flat, second])
+    assert families == ["bn_double_conv", "bn_double_conv"]
+    np.testing.assert_allclose(joined(eval_images, training=False).numpy(), np.concatenate(  # augmentation off
+        [models.pooled_features(m.model)(eval_images, training=False).numpy() for m in (member, second)], axis=1), rtol=1e-5)
+    # Off, or impossible (flattening CNNs have no pooled features): the model is served without it, said so.
+    assert trainer_task._typicality_check([member], None, None, 0.0) == (None, None)
     with caplog.at_level("WARNING"):
-        assert trainer_task._typicality_check(flat, _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9) == (None, None)
-    assert "cnn3 has no pooled features layer: the served model has no atypical-input check" in caplog.text
+        assert trainer_task._typicality_check([flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9) == (None, None)
+    assert "cnn3: no pooled features layer, so the served model has no atypical-input check" in caplog.text
     with caplog.at_level("WARNING"):
-        assert trainer_task._typicality_check(member, _image_batches(4, 32, 1), _image_batches(2, 32, 2), 0.9) == (None, None)
+        assert trainer_task._typicality_check([member], _image_batches(4, 32, 1), _image_batches(2, 32, 2), 0.9) == (None, None)
     assert "no atypical-input check: too few films" in caplog.text
