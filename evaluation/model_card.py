@@ -208,7 +208,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         f"- family: {metadata.get('family', '?')} {metadata.get('family_note') or ''}".rstrip(),
         f"- hyperparameters: {metadata.get('hyperparameters', {})}",
         f"- Transform image size: {metadata.get('transform_image_size', '?')}",
-        *([f"- {typicality.check_text(metadata['typicality'])}"] if metadata.get("typicality") else []),
+        *([f"- {typicality.check_text(metadata['typicality'])}."] if metadata.get("typicality") else []),
         "",
     ]
     lines += _training_lines(metadata)

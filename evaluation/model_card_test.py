@@ -138,6 +138,7 @@ def test_card_describes_the_atypical_input_check_and_its_rate():
     evaluation = {"atypical": {"value": 0.0125, "ci95": [0.004, 0.036], "k": 3, "n": 240}}
     card = model_card.render(dict(METADATA, typicality=check), _report(), evaluation=evaluation)
     assert ("- atypical-input check: Mahalanobis distance of the mobilenet_v2 pooled features (1280) from 1100 "
-            "training films; above the 0.99 quantile of 250 validation films (3 of them) = atypical.") in card
+            "training films; above the 0.99 quantile of 250 validation films (3 of them) = atypical. Reported with each "
+            "prediction, never changes it.") in card
     assert "atypical inputs (unlike the training films; scored anyway): 3/240 = 0.013 [0.004, 0.036]." in card
     assert "atypical" not in model_card.render(METADATA, _report())  # models exported before the check
