@@ -121,6 +121,9 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     assert html.count("data:image/png;base64,") == 4  # self-contained: every plot inlined
     assert f"Misclassified films ({wrong['n']})" in html
     assert "Wilson" in html and "Shortcut audit" in html and "resampling the" in html and "Not a diagnostic device".lower() in html.lower()
+    atypical = report["atypical"]  # the atypical-input check's share, and its column in the per-source table
+    assert f"atypical inputs (unlike the training films; scored anyway): {atypical['k']}/{atypical['n']}" in html
+    assert "<th>atypical</th>" in html
     assert json.loads((out / "report.json").read_text())["n"] == report["n"]
     # The model card with this evaluation: the pushed card's sections plus CIs and per-source AUC.
     card = (out / "model_card.md").read_text()
@@ -321,7 +324,8 @@ def test_terminal_summary(binary_model):
     assert f"decision threshold {report['threshold']:.4f}" in result.output
     # The atypical-input check was fitted on these films: its rate is reported, per source too.
     atypical = report["atypical"]
-    assert atypical["n"] == report["n"] and atypical["k"] <= 1
+    fitted = predict.load_model(binary_model.serving_dir).metadata["typicality"]
+    assert atypical["n"] == report["n"] == fitted["eval_films"] and atypical["k"] == fitted["eval_atypical"] >= 1
     assert f"atypical inputs (unlike the training films; scored anyway): {atypical['k']}/{atypical['n']}" in result.output
     assert sum(entry["atypical"] for entry in report["per_source"].values()) == atypical["k"]
 

@@ -119,6 +119,8 @@ def main(argv=None) -> int:
         rows = check(args.model, args.shared)
     except predict.ModelNotFound as e:
         raise SystemExit(f"atypical_check: {e.format_message()}") from None
+    except ValueError as e:  # e.g. a hand-edited metadata asset whose curation settings cannot be repeated
+        raise SystemExit(f"atypical_check: {e}") from None
     print(json.dumps(rows, indent=2) if args.json else table(rows))
     return 0
 

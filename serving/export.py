@@ -87,7 +87,8 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
                          metadata: Mapping, export_dir: str, typicality_check=None) -> None:
     """Saves `model` with the three signatures and the metadata asset into `export_dir`.
 
-    `typicality_check` (serving.typicality.tf_check): adds the `atypicality` and `atypical` outputs."""
+    `typicality_check` (serving.typicality.tf_check): scores the films in place of `model` (the same
+    layers, one pass) and adds the `atypicality` and `atypical` outputs."""
     model.tft_layer = tf_transform_output.transform_features_layer()  # tracked so it is saved
     if typicality_check is not None:
         model.typicality_check = typicality_check  # tracked: its features model and arrays are saved
@@ -96,7 +97,10 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
 
     def predict_from_raw(raw_features):
         transformed = model.tft_layer(raw_features)
-        scores = model(transformed[preprocessing.IMAGE_XF], training=False)
+        if typicality_check is not None:
+            scores, atypicality = model.typicality_check(transformed[preprocessing.IMAGE_XF])
+        else:
+            scores = model(transformed[preprocessing.IMAGE_XF], training=False)
         if task.is_binary:
             covid = tf.reshape(scores, [-1])
             probabilities = tf.stack([1.0 - covid, covid], axis=1)
@@ -116,7 +120,6 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
             GATE_OUTPUT: gate,
         }
         if typicality_check is not None:
-            atypicality = model.typicality_check(transformed[preprocessing.IMAGE_XF])
             outputs[typicality.ATYPICALITY_OUTPUT] = atypicality
             outputs[typicality.ATYPICAL_OUTPUT] = atypicality > 1.0
         return outputs

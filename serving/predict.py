@@ -397,8 +397,8 @@ def format_table(result: PredictResult) -> str:
     summary = f"{len(result.predictions)} predicted, {len(result.errors)} failed"
     atypical = sum(bool(r.get("atypical")) for r in result.predictions)
     if atypical:
-        summary += (f"; {atypical} ATYPICAL: unlike every film the model was trained on (another body part, "
-                    "view or modality?), so their labels are not to be trusted")
+        summary += (f"; {atypical} ATYPICAL: far from the training films (so are about 1 in 20 ordinary chest "
+                    "films): check body part, view and modality before trusting the label")
     if result.skipped or result.hidden:
         summary += f"; skipped {len(result.skipped)} files that are not images and {result.hidden} hidden files or folders"
     if explained:

@@ -26,6 +26,7 @@ SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (not imported: no tfx import here)
 TINY_VERSION = 1700000000
 TINY_IMAGE_SIZE = 32
+TINY_ATYPICAL_QUANTILE = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,12 +188,14 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
         "target_sensitivity": 0.95,
         "history": history,
     }
+    # The Trainer's atypical-input check, fitted on the same films (the dense model has no pooled
+    # features, so none); a low quantile, as a handful of films cannot place a 0.95 one.
+    scorer, _ = models.scorer_with_features([models.BuiltModel(model, None, metadata["family"], "")])
     check = None
-    if conv:  # the Trainer's atypical-input check, fitted on the same films (the dense model has none)
-        features_model = models.pooled_features(model)
-        pooled = features_model.predict(images, verbose=0)
-        fitted = typicality.fit(pooled, pooled)
-        check = typicality.tf_check(features_model, fitted)
+    if scorer is not None:
+        pooled = scorer.predict(images, verbose=0)[1]
+        fitted = typicality.fit(pooled, pooled, quantile=TINY_ATYPICAL_QUANTILE)
+        check = typicality.tf_check(scorer, fitted)
         metadata["typicality"] = fitted.summary("tiny-test-cnn pooled features")
     export.export_serving_model(model, tft.TFTransformOutput(transform_dir), task_obj, threshold, metadata, model_dir,
                                 typicality_check=check)

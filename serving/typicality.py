@@ -10,7 +10,8 @@ films (training films sit closer to their own fit than new films do), so the ser
 ``atypicality`` is above 1 for about 1 - quantile of films like the training ones, and for most
 films unlike them. It is reported next to the prediction, never used to change it.
 
-Fitted in the Trainer (numpy, :func:`fit`), computed in the serving graph (:class:`TypicalityCheck`).
+Fitted in the Trainer (numpy, :func:`fit`), computed in the serving graph (:func:`tf_check`), from the
+same pass of the backbones that scores the film.
 """
 from __future__ import annotations
 
@@ -75,44 +76,61 @@ class Typicality:
         }
 
 
+def min_eval_films(quantile: float) -> int:
+    """Validation films needed so that about two of them are expected above the quantile: fewer and
+    the threshold is one film's distance (or none), not a quantile."""
+    return int(np.ceil(2 / (1 - quantile) - 1e-9))
+
+
 def fit(train_features: np.ndarray, eval_features: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> Typicality:
     """The check fitted on the training films' features, its threshold set on the eval films'."""
     train_features = np.asarray(train_features, dtype=np.float64)
     eval_features = np.asarray(eval_features, dtype=np.float64)
     if not 0.5 <= quantile < 1:
         raise ValueError(f"the atypical-input quantile must be in [0.5, 1), got {quantile}")
-    if len(train_features) < MIN_FIT_FILMS or len(eval_features) < 1:
+    if len(train_features) < MIN_FIT_FILMS or len(eval_features) < min_eval_films(quantile):
         raise ValueError(f"too few films to fit the atypical-input check ({len(train_features)} training, "
-                         f"{len(eval_features)} eval; needs {MIN_FIT_FILMS} and 1)")
+                         f"{len(eval_features)} validation; needs {MIN_FIT_FILMS} and, for the {quantile:g} "
+                         f"quantile, {min_eval_films(quantile)})")
     mean, covariance, shrinkage = shrunk_covariance(train_features)
     values, vectors = np.linalg.eigh(covariance)
     # Clipped for the all-constant feature of a degenerate fit; the shrinkage keeps real ones positive.
     whiten = vectors / np.sqrt(np.maximum(values, 1e-12))
     unscaled = Typicality(mean, whiten, 1.0, quantile, shrinkage, len(train_features), len(eval_features), 0)
-    eval_distances = unscaled.distances(eval_features)
-    threshold = float(np.quantile(eval_distances, quantile))
+    distances = unscaled.distances(eval_features)
+    threshold = float(np.quantile(distances, quantile))
+    above = distances > threshold
+    if above.any() and (~above).any():
+        # Midway between the films either side, not on one film's distance: the served float32
+        # arithmetic then flags exactly the eval films counted here.
+        threshold = float((distances[~above].max() + distances[above].min()) / 2)
     if not threshold > 0:
         raise ValueError("the eval films' feature distances are all zero: the atypical-input check cannot be fitted")
-    return dataclasses.replace(unscaled, threshold=threshold,
-                               eval_atypical=int(np.sum(eval_distances > threshold)))
+    return dataclasses.replace(unscaled, threshold=threshold, eval_atypical=int(above.sum()))
 
 
-def tf_check(features_model, fitted: Typicality):
-    """A tf.Module mapping ``image_xf`` to ``atypicality`` [N] in the serving graph; its arrays are
-    variables, so the SavedModel stores them once for every signature."""
+def tf_check(scorer, fitted: Typicality):
+    """A tf.Module for the serving graph: called on ``image_xf``, it returns (the model's scores,
+    ``atypicality`` [N]) from one pass of ``scorer`` (``image_xf`` -> [scores, features], e.g.
+    trainer.models.scorer_with_features). Its arrays are variables, so the SavedModel stores them once
+    for every signature."""
     import tensorflow as tf
 
     class TypicalityCheck(tf.Module):
         def __init__(self):
             super().__init__(name="typicality_check")
-            self.features = features_model
+            self.scorer = scorer
             self.mean = tf.Variable(fitted.mean.astype(np.float32), trainable=False, name="mean")
             self.whiten = tf.Variable(fitted.whiten.astype(np.float32), trainable=False, name="whiten")
             self.threshold = tf.Variable(np.float32(fitted.threshold), trainable=False, name="threshold")
 
+        def atypicality(self, features):
+            features = tf.cast(features, tf.float32)
+            return tf.norm(tf.matmul(features - self.mean, self.whiten), axis=1) / self.threshold
+
         def __call__(self, image_xf):
-            pooled = tf.cast(self.features(image_xf, training=False), tf.float32)
-            return tf.norm(tf.matmul(pooled - self.mean, self.whiten), axis=1) / self.threshold
+            scores, features = self.scorer(image_xf, training=False)
+            return scores, self.atypicality(features)
 
     return TypicalityCheck()
 

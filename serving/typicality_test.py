@@ -36,7 +36,9 @@ def test_distances_are_the_mahalanobis_distance_of_the_shrunk_covariance():
 def test_the_threshold_is_the_eval_quantile_and_far_inputs_are_atypical():
     train, eval_films, fresh = _gaussian(500, 8, 1), _gaussian(400, 8, 2), _gaussian(2000, 8, 3)
     fitted = typicality.fit(train, eval_films, quantile=0.95)
-    assert fitted.threshold == pytest.approx(np.quantile(fitted.distances(eval_films), 0.95))
+    distances = np.sort(fitted.distances(eval_films))
+    assert distances[-21] < np.quantile(distances, 0.95) < distances[-20]  # 20 of 400 above the quantile,
+    assert fitted.threshold == pytest.approx((distances[-21] + distances[-20]) / 2)  # the threshold midway
     assert fitted.eval_atypical == int(np.sum(fitted.distances(eval_films) > fitted.threshold)) == 20
     # New films from the training distribution: about 5 % atypical; shifted or rescaled ones: nearly all.
     assert 0.02 < np.mean(fitted.atypicality(fresh) > 1) < 0.09
@@ -49,27 +51,43 @@ def test_the_threshold_is_the_eval_quantile_and_far_inputs_are_atypical():
 
 def test_fit_refuses_what_it_cannot_fit():
     with pytest.raises(ValueError, match="quantile must be in"):
-        typicality.fit(_gaussian(50, 3, 1), _gaussian(10, 3, 2), quantile=1.0)
+        typicality.fit(_gaussian(50, 3, 1), _gaussian(50, 3, 2), quantile=1.0)
     with pytest.raises(ValueError, match="too few films"):
-        typicality.fit(_gaussian(5, 3, 1), _gaussian(10, 3, 2))
-    with pytest.raises(ValueError, match="too few films"):
-        typicality.fit(_gaussian(50, 3, 1), np.zeros((0, 3)))
-    constant = np.ones((30, 3))
+        typicality.fit(_gaussian(5, 3, 1), _gaussian(40, 3, 2))
+    with pytest.raises(ValueError, match=r"too few films .*\(50 training, 39 validation; needs 10 and, for the 0.95 quantile, 40\)"):
+        typicality.fit(_gaussian(50, 3, 1), _gaussian(39, 3, 2))
+    assert typicality.min_eval_films(0.95) == 40 and typicality.min_eval_films(0.99) == 200
+    assert typicality.min_eval_films(0.8) == 10
+    constant = np.ones((50, 3))
     with pytest.raises(ValueError, match="all zero"):
-        typicality.fit(constant, constant[:5])
+        typicality.fit(constant, constant)
 
 
-def test_the_graph_check_agrees_with_numpy():
+def test_the_graph_check_agrees_with_numpy_and_passes_the_scores_through():
     tf = pytest.importorskip("tensorflow")
     train = _gaussian(300, 12, 1)
     fitted = typicality.fit(train, _gaussian(100, 12, 2))
+    calls = []
 
-    def flatten_features(image_xf, training=False):  # stands in for the pooled-features model
-        return tf.reshape(image_xf, [tf.shape(image_xf)[0], -1])
+    def scorer(image_xf, training=False):  # stands in for trainer.models.scorer_with_features
+        calls.append(training)
+        flat = tf.reshape(image_xf, [tf.shape(image_xf)[0], -1])
+        return tf.reduce_mean(flat, axis=1, keepdims=True), flat
 
-    check = typicality.tf_check(flatten_features, fitted)
+    check = typicality.tf_check(scorer, fitted)
     probe = np.concatenate([_gaussian(5, 12, 3), _gaussian(5, 12, 4) + 4.0]).astype(np.float32)
-    served = check(tf.constant(probe.reshape(10, 2, 6, 1))).numpy()
-    np.testing.assert_allclose(served, fitted.atypicality(probe), rtol=1e-4)
-    assert served[5:].min() > 1 > np.median(served[:5])
+    scores, served = check(tf.constant(probe.reshape(10, 2, 6, 1)))
+    np.testing.assert_allclose(served.numpy(), fitted.atypicality(probe), rtol=1e-4)
+    np.testing.assert_allclose(scores.numpy()[:, 0], probe.mean(axis=1), rtol=1e-5)
+    assert calls == [False]  # one pass, augmentation off
+    assert served.numpy()[5:].min() > 1 > np.median(served.numpy()[:5])
     assert len(check.trainable_variables) == 0 and len(check.variables) == 3
+
+
+def test_the_threshold_sits_between_eval_films_so_float32_flags_the_same_ones():
+    eval_films = _gaussian(41, 4, 2)  # 0.95 * 40 = 38: numpy's quantile is exactly one film's distance
+    fitted = typicality.fit(_gaussian(200, 4, 1), eval_films, quantile=0.95)
+    distances = fitted.distances(eval_films)
+    assert np.quantile(distances, 0.95) in distances and fitted.threshold not in distances
+    assert fitted.eval_atypical == int(np.sum(distances > np.quantile(distances, 0.95))) == 2
+    assert int(np.sum(np.float32(distances) / np.float32(fitted.threshold) > 1)) == 2

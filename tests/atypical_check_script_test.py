@@ -1,5 +1,6 @@
 """scripts/atypical_check.py on the tiny test model: a corpus laid out like ../shared/data, made here."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -59,8 +60,15 @@ def test_sets_are_scored_through_the_served_flag(atypical_check, binary_model, t
     assert "| uniform noise | 8 | 0 |" in printed and "Cohen" not in printed
 
 
-def test_a_model_without_the_check_or_no_model_is_one_line(atypical_check, dense_model, tmp_path):
+def test_a_model_without_the_check_or_no_model_is_one_line(atypical_check, binary_model, dense_model, tmp_path):
     with pytest.raises(SystemExit, match="exported without the atypical-input check"):
         atypical_check.main(["--model", dense_model.serving_dir, "--shared", str(tmp_path)])
     with pytest.raises(SystemExit, match="^atypical_check: .*nowhere.* does not exist$"):
         atypical_check.main(["--model", str(tmp_path / "nowhere"), "--shared", str(tmp_path)])
+    # A hand-edited metadata asset whose curation settings cannot be repeated.
+    edited = tmp_path / "edited"
+    shutil.copytree(binary_model.model_dir, edited)
+    asset = edited / "assets" / "covid_cxr.json"
+    asset.write_text(json.dumps(dict(json.loads(asset.read_text()), curation={"max_side": "huge"})))
+    with pytest.raises(SystemExit, match="^atypical_check: the model's metadata records curation settings that cannot be repeated"):
+        atypical_check.main(["--model", str(edited), "--shared", str(tmp_path)])

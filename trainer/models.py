@@ -827,27 +827,41 @@ def split_head(built: BuiltModel) -> tuple[keras.Model, keras.Model]:
     return pooled_features(model), keras.Model(inputs, x, name=f"{model.name}_head")
 
 
-def pooled_features(model: keras.Model, name: str = "") -> Optional[keras.Model]:
+def pooled_features(model: keras.Model) -> Optional[keras.Model]:
     """``image_xf`` -> the pooled features the head reads (layer FEATURES_NAME), through ``model``'s own
     layers; None for a model without that layer (cnn3 and cnn4 flatten instead of pooling)."""
     try:
         pooled = model.get_layer(FEATURES_NAME)
     except ValueError:
         return None
-    return keras.Model(model.input, pooled.output, name=name or f"{model.name}_features")
+    return keras.Model(model.input, pooled.output, name=f"{model.name}_features")
 
 
-def members_pooled_features(members: Sequence[BuiltModel]) -> tuple[Optional[keras.Model], list[str]]:
-    """(``image_xf`` -> every member's pooled features side by side, the families it covers); (None, [])
-    when no member pools. The members' own layers: nothing is copied or retrained."""
-    pooled = [(m.family, pooled_features(m.model, f"member{i}_features")) for i, m in enumerate(members)]
-    pooled = [(family, model) for family, model in pooled if model is not None]
-    if not pooled:
+def scorer_with_features(members: Sequence[BuiltModel]) -> tuple[Optional[keras.Model], list[str]]:
+    """(``image_xf`` -> [the served probabilities, every pooling member's features side by side], the
+    families whose features it returns); (None, []) when no member pools.
+
+    One pass of each backbone gives both outputs (the members' own layers: nothing is copied), so the
+    served graph can report how typical a film is without running the backbones a second time. The
+    probabilities are :func:`average_ensemble`'s (one member: that member's own).
+    """
+    pooled = [(m, pooled_features(m.model)) for m in members]
+    if not any(features is not None for _, features in pooled):
         return None, []
     inputs = keras.Input(shape=members[0].model.input_shape[1:], name=INPUT_NAME, dtype=tf.float32)
-    outputs = [model(inputs) for _, model in pooled]
-    joined = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="members_features")(outputs)
-    return keras.Model(inputs, joined, name="members_features"), [family for family, _ in pooled]
+    probabilities, features, families = [], [], []
+    for i, (member, member_features) in enumerate(pooled):
+        if member_features is None:
+            probabilities.append(member.model(inputs))
+            continue
+        both = keras.Model(member.model.input, [member.model.output, member_features.output], name=f"member{i}_scorer")
+        p, f = both(inputs)
+        probabilities.append(p)
+        features.append(f)
+        families.append(member.family)
+    joined_p = probabilities[0] if len(probabilities) == 1 else keras.layers.Average(name=OUTPUT_NAME)(probabilities)
+    joined_f = features[0] if len(features) == 1 else keras.layers.Concatenate(name="members_features")(features)
+    return keras.Model(inputs, [joined_p, joined_f], name="scorer_with_features"), families
 
 
 def set_head_weights(built: BuiltModel, head: keras.Model) -> None:

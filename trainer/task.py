@@ -284,19 +284,26 @@ def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HP
     return _search_space(hp, cfg)
 
 
+def _pooled(scorer, dataset) -> np.ndarray:
+    return np.concatenate([scorer(images, training=False)[1].numpy() for images, _ in dataset])
+
+
 def _typicality_check(members: list, train_ds, eval_ds, quantile: float):
-    """(the served atypical-input check, its summary for the model card), fitted on every member's
-    pooled features of the training films, unaugmented; (None, None) when off or not possible."""
+    """(the served atypical-input check, its summary for the model card), fitted on the pooled
+    features of the training films, unaugmented, of every member that pools; (None, None) when off
+    or not possible."""
     if not quantile:
         return None, None
-    features_model, families = models.members_pooled_features(members)
-    if features_model is None:
+    scorer, families = models.scorer_with_features(members)
+    if scorer is None:
         logging.warning("%s: no pooled features layer, so the served model has no atypical-input check",
                         " + ".join(m.family for m in members))
         return None, None
+    if len(families) < len(members):
+        logging.info("the atypical-input check leaves out %s (no pooled features)",
+                     " + ".join(m.family for m in members if m.family not in families))
     try:
-        fitted = typicality.fit(_labels_and_scores(features_model, train_ds)[1],
-                                _labels_and_scores(features_model, eval_ds)[1], quantile)
+        fitted = typicality.fit(_pooled(scorer, train_ds), _pooled(scorer, eval_ds), quantile)
     except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
         logging.warning("the served model has no atypical-input check: %s", e)
         return None, None
@@ -304,7 +311,7 @@ def _typicality_check(members: list, train_ds, eval_ds, quantile: float):
     logging.info("atypical-input check on the %d %s of %d training films: %d of %d eval films atypical "
                  "(shrinkage %.3f)", fitted.mean.shape[0], name, fitted.train_films, fitted.eval_atypical,
                  fitted.eval_films, fitted.shrinkage)
-    return typicality.tf_check(features_model, fitted), fitted.summary(name)
+    return typicality.tf_check(scorer, fitted), fitted.summary(name)
 
 
 def ensemble_families(tuned_family: str, ensemble_with) -> list[str]:
@@ -394,7 +401,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     }
     check, metadata["typicality"] = _typicality_check(
         members, _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
-        eval_ds, float(train_cfg.get("atypical_quantile", 0.0)))
+        eval_ds, float(train_cfg["atypical_quantile"]))
     training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir,
                                 typicality_check=check)

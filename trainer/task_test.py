@@ -242,18 +242,27 @@ def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(ca
     assert summary["eval_films"] == 20 and summary["eval_atypical"] == 2 and summary["quantile"] == 0.9
     assert summary["dimensions"] == member.model.get_layer(models.FEATURES_NAME).output.shape[-1]
     eval_images = np.concatenate([x.numpy() for x, _ in _image_batches(20, 32, 2)])
-    assert int(np.sum(check(tf.constant(eval_images)).numpy() > 1)) == 2  # the graph agrees with the fit
-    # Two pooling members: their features side by side.
-    second = models.build_model(dataclasses.replace(hparams, dense_units=4), input_size=32, num_classes=2, weights="none")
-    joined, families = models.members_pooled_features([member, flat, second])
-    assert families == ["bn_double_conv", "bn_double_conv"]
-    np.testing.assert_allclose(joined(eval_images, training=False).numpy(), np.concatenate(  # augmentation off
+    scores, atypicality = check(tf.constant(eval_images))
+    assert int(np.sum(atypicality.numpy() > 1)) == 2  # the graph agrees with the fit
+    # The served scores are the pair's average, though only one member's features are measured.
+    served = models.average_ensemble([member, flat]).model(eval_images, training=False).numpy()
+    np.testing.assert_allclose(scores.numpy(), served, rtol=1e-5)
+    # Several members: the served ensemble's probabilities and the pooling members' features side by
+    # side, from one pass (augmentation off).
+    second = models.build_model(dataclasses.replace(hparams, family="mobilenet_v2_035"), input_size=32, num_classes=2,
+                                weights="none")
+    scorer, families = models.scorer_with_features([member, flat, second])
+    assert families == ["bn_double_conv", "mobilenet_v2_035"]
+    scores, pooled = (t.numpy() for t in scorer(eval_images, training=False))
+    ensemble = models.average_ensemble([member, flat, second]).model
+    np.testing.assert_allclose(scores, ensemble(eval_images, training=False).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(pooled, np.concatenate(
         [models.pooled_features(m.model)(eval_images, training=False).numpy() for m in (member, second)], axis=1), rtol=1e-5)
     # Off, or impossible (flattening CNNs have no pooled features): the model is served without it, said so.
     assert trainer_task._typicality_check([member], None, None, 0.0) == (None, None)
     with caplog.at_level("WARNING"):
         assert trainer_task._typicality_check([flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9) == (None, None)
     assert "cnn3: no pooled features layer, so the served model has no atypical-input check" in caplog.text
-    with caplog.at_level("WARNING"):
-        assert trainer_task._typicality_check([member], _image_batches(4, 32, 1), _image_batches(2, 32, 2), 0.9) == (None, None)
+    with caplog.at_level("WARNING"):  # 0.9 needs 20 validation films
+        assert trainer_task._typicality_check([member], _image_batches(40, 32, 1), _image_batches(19, 32, 2), 0.9) == (None, None)
     assert "no atypical-input check: too few films" in caplog.text
