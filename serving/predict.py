@@ -397,8 +397,9 @@ def format_table(result: PredictResult) -> str:
     summary = f"{len(result.predictions)} predicted, {len(result.errors)} failed"
     atypical = sum(bool(r.get("atypical")) for r in result.predictions)
     if atypical:
-        summary += (f"; {atypical} ATYPICAL: far from the training films (so are about 1 in 20 ordinary chest "
-                    "films): check body part, view and modality before trusting the label")
+        quantile = (model.metadata.get("typicality") or {}).get("quantile", typicality.DEFAULT_QUANTILE)
+        summary += (f"; {atypical} ATYPICAL: far from the training films (by design, so are about {1 - quantile:.0%} "
+                    "of ordinary chest films): check body part, view and modality before trusting the label")
     if result.skipped or result.hidden:
         summary += f"; skipped {len(result.skipped)} files that are not images and {result.hidden} hidden files or folders"
     if explained:

@@ -176,7 +176,7 @@ def test_inputs_unlike_the_training_films_are_flagged_not_relabelled(binary_mode
     assert rows["zz-ramp.png"]["label"] in ("covid", "normal")  # still scored: the flag never changes the label
     assert all(r["atypical"] == (r["atypicality"] > 1) for r in rows.values())
     table = _run(["--model", binary_model.serving_dir, str(tmp_path / "in")]).output
-    assert "atypicality" in table and "ATYPICAL: far from the training films" in table
+    assert "atypicality" in table and "ATYPICAL: far from the training films (by design, so are about 20% of ordinary" in table
     assert [line for line in table.splitlines() if "zz-ramp.png" in line][0].endswith("ATYPICAL")
     # A model exported without the check (no pooled features) answers as before.
     plain = json.loads(_run(["--model", dense_model.serving_dir, "--json", str(tmp_path / "in")]).output)
