@@ -5,10 +5,11 @@ otherwise score as confidently as a chest film.
 The measure is the Mahalanobis distance of the input's pooled backbone features (the layer each
 member's classifier head reads, all members side by side) from the training films' features, with a
 Ledoit-Wolf shrunk covariance: the features have more dimensions (2 x 1,280 for `full`'s MobileNetV2
-pair) than a split has training films, so the plain sample covariance is singular. Distances are divided by the distance at ``quantile`` of the *eval*
-films (training films sit closer to their own fit than new films do), so the served
-``atypicality`` is above 1 for about 1 - quantile of films like the training ones, and for most
-films unlike them. It is reported next to the prediction, never used to change it.
+pair) than a split has training films, so the plain sample covariance is singular. Distances are
+divided by the distance at ``quantile`` of the *eval* films (training films sit closer to their own
+fit than new films do), so the served ``atypicality`` is above 1 for about 1 - quantile of films like
+the training ones, and for most films unlike them. It is reported next to the prediction, never used
+to change it.
 
 Fitted in the Trainer (numpy, :func:`fit`), computed in the serving graph (:func:`tf_check`), from the
 same pass of the backbones that scores the film.
