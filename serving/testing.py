@@ -190,13 +190,11 @@ def build_tiny_model(base_dir: str, task: str = "covid-vs-normal", patients_per_
     }
     # The Trainer's atypical-input check, fitted on the same films (the dense model has no pooled
     # features, so none); a low quantile, as a handful of films cannot place a 0.95 one.
-    scorer, _ = models.scorer_with_features([models.BuiltModel(model, None, metadata["family"], "")])
+    scorer, families = models.scorer_with_features([models.BuiltModel(model, None, metadata["family"], "")])
     check = None
     if scorer is not None:
         pooled = scorer.predict(images, verbose=0)[1]
-        fitted = typicality.fit(pooled, pooled, quantile=TINY_ATYPICAL_QUANTILE)
-        check = typicality.tf_check(scorer, fitted)
-        metadata["typicality"] = fitted.summary("tiny-test-cnn pooled features")
+        check, metadata["typicality"] = typicality.fitted_check(scorer, families, pooled, pooled, TINY_ATYPICAL_QUANTILE)
     export.export_serving_model(model, tft.TFTransformOutput(transform_dir), task_obj, threshold, metadata, model_dir,
                                 typicality_check=check)
     push_copy(model_dir, serving_dir, version)

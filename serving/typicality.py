@@ -136,6 +136,15 @@ def tf_check(scorer, fitted: Typicality):
     return TypicalityCheck()
 
 
+def fitted_check(scorer, families, train_features: np.ndarray, eval_features: np.ndarray,
+                 quantile: float = DEFAULT_QUANTILE):
+    """(the serving-graph check, its summary for the model metadata): :func:`fit` on the features
+    ``scorer`` gave the training and eval films, :func:`tf_check` around ``scorer``. Raises ValueError
+    as :func:`fit` does."""
+    fitted = fit(train_features, eval_features, quantile)
+    return tf_check(scorer, fitted), fitted.summary(f"pooled features of {' + '.join(families)}")
+
+
 def check_text(summary: dict) -> str:
     """One line on the fitted check, from the model metadata's ``typicality``."""
     return (f"atypical-input check: Mahalanobis distance of the {summary['features']} ({summary['dimensions']}) "

@@ -303,15 +303,15 @@ def _typicality_check(members: list, train_ds, eval_ds, quantile: float):
         logging.info("the atypical-input check leaves out %s (no pooled features)",
                      " + ".join(m.family for m in members if m.family not in families))
     try:
-        fitted = typicality.fit(_pooled(scorer, train_ds), _pooled(scorer, eval_ds), quantile)
+        check, summary = typicality.fitted_check(scorer, families, _pooled(scorer, train_ds), _pooled(scorer, eval_ds),
+                                                 quantile)
     except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
         logging.warning("the served model has no atypical-input check: %s", e)
         return None, None
-    name = f"pooled features of {' + '.join(families)}"
     logging.info("atypical-input check on the %d %s of %d training films: %d of %d eval films atypical "
-                 "(shrinkage %.3f)", fitted.mean.shape[0], name, fitted.train_films, fitted.eval_atypical,
-                 fitted.eval_films, fitted.shrinkage)
-    return typicality.tf_check(scorer, fitted), fitted.summary(name)
+                 "(shrinkage %.3f)", summary["dimensions"], summary["features"], summary["train_films"],
+                 summary["eval_atypical"], summary["eval_films"], summary["shrinkage"])
+    return check, summary
 
 
 def ensemble_families(tuned_family: str, ensemble_with) -> list[str]:
