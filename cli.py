@@ -24,6 +24,7 @@ if not _verbose_requested(sys.argv):
 
 import click  # noqa: E402
 
+from covid_cxr.messages import first_line  # noqa: E402
 from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names  # noqa: E402
 
 # User errors end in one line and exit code 2; a failing run ends in one line and exit code 1.
@@ -46,14 +47,6 @@ def _quiet_logs(verbose: bool) -> None:
 def _fail(message: str, code: int) -> None:
     click.echo(f"covid-cxr: error: {message}", err=True)
     sys.exit(code)
-
-
-MAX_MESSAGE = 300  # a TFRecord reader's error can carry the whole damaged record as bytes
-
-
-def _first_line(error: BaseException) -> str:
-    line = (str(error).strip() or type(error).__name__).splitlines()[0]
-    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE] + " [...]"
 
 
 class CliGroup(click.Group):
@@ -82,9 +75,9 @@ class CliGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DataValidationError as e:
-            _fail(_first_line(e) + " (the run stopped before Transform; fix the data or the schema)", 1)
+            _fail(first_line(e) + " (the run stopped before Transform; fix the data or the schema)", 1)
         except USER_ERRORS as e:
-            _fail(_first_line(e), 2)
+            _fail(first_line(e), 2)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
@@ -92,7 +85,7 @@ class CliGroup(click.Group):
         except Exception as e:  # a component failed: say which; --verbose shows the traceback
             if verbose:
                 logging.getLogger(__name__).error("the run failed", exc_info=e.__cause__ or e)
-            message = _first_line(e) if isinstance(e, PipelineRunError) else f"{type(e).__name__}: {_first_line(e)}"
+            message = first_line(e, with_type=not isinstance(e, PipelineRunError))
             _fail(f"the run failed: {message}" + ("" if verbose else " (re-run with --verbose for the details)"), 1)
 
 

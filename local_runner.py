@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 
 from covid_cxr.components.schema_gate import DataValidationError
 from covid_cxr.data import writer
+from covid_cxr.messages import first_line
 from covid_cxr.pipeline import fingerprints, metadata
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
@@ -81,8 +82,7 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
     except DataValidationError:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PipelineRunError(f"{metadata.failed_component(connection)} failed: {type(e).__name__}: {first_line}") from e
+        raise PipelineRunError(f"{metadata.failed_component(connection)} failed: {first_line(e, with_type=True)}") from e
     return metadata.latest_outcome(config)
 
 

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Optional
 
+from covid_cxr.messages import first_line
+
 STATISTICS = ("StatisticsGen", "statistics", "FeatureStats.pb")
 ANOMALIES = ("ExampleValidator", "anomalies", "SchemaDiff.pb")
 EVALUATION = ("Evaluator", "evaluation")
@@ -177,7 +179,7 @@ def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str =
         try:
             value = reader(pipeline_root)
         except Exception as e:  # noqa: BLE001 - a broken artifact must not stop the report
-            out["errors"].append(f"{key}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            out["errors"].append(f"{key}: {first_line(e, with_type=True)}")
             continue
         if value is not None:
             out[key] = value

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from covid_cxr.messages import first_line
 from covid_cxr.transform.preprocessing import IMAGE_XF
 
 logger = logging.getLogger(__name__)
@@ -546,7 +547,7 @@ def _load_backbone(
         try:
             return attempt(), source, failures
         except Exception as error:  # noqa: BLE001 - any failure means "try the next source"
-            failures.append(f"{source}: {type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}")
+            failures.append(f"{source}: {first_line(error, with_type=True, limit=160)}")
     return None, "", failures
 
 
