@@ -23,14 +23,18 @@ def test_shrunk_covariance_matches_scikit_learn():
     assert 0 < typicality.shrunk_covariance(_gaussian(40, 80, 1))[2] < 1
 
 
-def test_distances_are_the_mahalanobis_distance_of_the_shrunk_covariance():
-    train, probe = _gaussian(300, 6, 1), _gaussian(20, 6, 2)
-    fitted = typicality.fit(train, _gaussian(100, 6, 3))
+# Full rank (the smallest eigenvalue is the floor itself), and fewer films than features.
+@pytest.mark.parametrize("films, dims, rank", [(300, 6, 5), (40, 80, 39)])
+def test_distances_are_the_mahalanobis_distance_of_the_shrunk_covariance(films, dims, rank):
+    train, probe = _gaussian(films, dims, 1), _gaussian(20, dims, 2)
+    fitted = typicality.fit(train, _gaussian(100, dims, 3))
     mean, covariance, _ = typicality.shrunk_covariance(train)
     z = probe - mean
     expected = np.sqrt(np.einsum("ij,jk,ik->i", z, np.linalg.inv(covariance), z))
     np.testing.assert_allclose(fitted.distances(probe), expected, rtol=1e-8)
     np.testing.assert_allclose(fitted.atypicality(probe), expected / fitted.threshold, rtol=1e-8)
+    # With fewer films than features only the sample covariance's own directions are stored.
+    assert fitted.basis.shape == (dims, rank) and fitted.summary("f")["rank"] == rank
 
 
 def test_the_threshold_is_the_eval_quantile_and_far_inputs_are_atypical():
@@ -63,10 +67,12 @@ def test_fit_refuses_what_it_cannot_fit():
         typicality.fit(constant, constant)
 
 
-def test_the_graph_check_agrees_with_numpy_and_passes_the_scores_through():
+@pytest.mark.parametrize("films", [300, typicality.MIN_FIT_FILMS])  # full rank, and 9 of 12 directions
+def test_the_graph_check_agrees_with_numpy_and_passes_the_scores_through(films):
     tf = pytest.importorskip("tensorflow")
-    train = _gaussian(300, 12, 1)
+    train = _gaussian(films, 12, 1)
     fitted = typicality.fit(train, _gaussian(100, 12, 2))
+    assert fitted.basis.shape[1] == min(films - 1, 11)
     calls = []
 
     def scorer(image_xf, training=False):  # stands in for trainer.models.scorer_with_features
@@ -81,7 +87,7 @@ def test_the_graph_check_agrees_with_numpy_and_passes_the_scores_through():
     np.testing.assert_allclose(scores.numpy()[:, 0], probe.mean(axis=1), rtol=1e-5)
     assert calls == [False]  # one pass, augmentation off
     assert served.numpy()[5:].min() > 1 > np.median(served.numpy()[:5])
-    assert len(check.trainable_variables) == 0 and len(check.variables) == 3
+    assert len(check.trainable_variables) == 0 and len(check.variables) == 5
 
 
 def test_the_threshold_sits_between_eval_films_so_float32_flags_the_same_ones():
