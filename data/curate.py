@@ -71,7 +71,7 @@ import click
 
 from covid_cxr.data import dedupe, dicom, features, images, pseudonym
 from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
-from covid_cxr.data.sources.base import list_files
+from covid_cxr.data.sources.base import list_files, subdirs
 from covid_cxr.data.writer import DatasetWriter, OutputError, check_writable
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,8 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes) -> str:
 def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> dict[str, list[str]]:
     """The files under ``root`` behind pseudonymous refs written for files of ``source``
     (``<class folder>/<patient pseudonym>-<file pseudonym>.<ext>`` by curation, ``.../file-<file
-    pseudonym>.<ext>`` by evaluate with source "folder"): {written ref: [local paths]}."""
+    pseudonym>.<ext>`` and the top folders' ``folder-<pseudonym>`` by evaluate with source "folder"):
+    {written ref: [local paths]}."""
     wanted: dict[str, list[str]] = {}
     for written in written_refs:
         name = os.path.splitext(written.rsplit("/", 1)[-1])[0]  # "<patient>-<file>" or "file-<file>"
@@ -432,6 +433,9 @@ def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> d
         ref = os.path.relpath(path, root).replace(os.sep, "/")
         for written in wanted.get(pseudonym.file_pseudonym(key, source, ref), []):
             found[written].append(path)
+    for folder in subdirs(root):  # evaluate's source slices of a tree's top folders: "folder-<pseudonym>"
+        for written in wanted.get(pseudonym.file_pseudonym(key, source, folder + "/"), []):
+            found[written].append(os.path.join(root, folder))
     return found
 
 

@@ -217,6 +217,12 @@ def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]])
     return found[-1]  # the outermost: COVID/<patient>/COVID/x.png keeps no folder below it
 
 
+def _folder_source(key: bytes, folder: str) -> str:
+    """The source slice of the films under a top folder above the class folders (a site, or a
+    patient's name): a keyed pseudonym `covid-cxr locate` resolves, never the folder's name."""
+    return f"folder-{pseudonym.file_pseudonym(key, 'folder', folder + '/')}"
+
+
 def _patient_of(path: str) -> str:
     try:
         from covid_cxr.data.sources.kermany import patient_id_of
@@ -262,12 +268,14 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
-        # A folder tree may be a hospital export: every file is reported as
-        # <root>/.../<class folder>/file-<pseudonym>.<ext> (images.public_ref), as curation's folder
-        # source writes it; `covid-cxr locate --source folder=<root>` finds it again.
+        # A folder tree may be a hospital export, whose folders above the class folder too may be
+        # named by patient: every file is reported as <root>/<class folder>/file-<pseudonym>.<ext>
+        # (images.public_ref), as curation's folder source writes it; `covid-cxr locate --source
+        # folder=<root>` finds it again.
         ref = "/".join(parts)
-        shown = _printable(os.path.join(root, images.public_ref(
-            ref, f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}", keep=max(depth + 1, 0))))
+        token = f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}"
+        shown = _printable(os.path.join(root, images.public_ref("/".join(parts[depth:]), token, keep=1) if depth >= 0
+                                        else images.public_ref(ref, token, keep=0)))
         if not images.is_image_file(path):
             skipped.append({"file": shown, "reason": "not an image file"})
             continue
@@ -297,7 +305,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         else:
             groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
         refs.append(shown)
-        sources.append(_printable(parts[0] if depth > 0 else os.path.basename(root)))
+        sources.append(_folder_source(key(), parts[0]) if depth > 0 else _printable(os.path.basename(root)))
     if not encoded:
         hidden = f", {inputs.hidden} hidden files or folders not read" if inputs.hidden else ""
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "

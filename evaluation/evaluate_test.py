@@ -150,6 +150,26 @@ def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_mode
     assert not any("patient-8" in ref for ref in data.refs)  # d.png is named below the outer COVID folder
 
 
+def test_folders_above_the_class_folders_slice_by_pseudonym_not_by_name(binary_model, tmp_path, monkeypatch):
+    """A hospital export may name a patient's folder above the class folders: the films keep their
+    slices, under keyed pseudonyms the key's holder can locate, and the names go nowhere."""
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key")
+    records = testing.read_records(binary_model.data_dir)
+    image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
+    root = tmp_path / "tree"
+    for name in ("Smith_John_19500101/COVID/a.png", "Smith_John_19500101/Normal/b.png", "Doe_Jane/COVID/c.png",
+                 "Doe_Jane/Normal/d.png", "Doe_Jane/Normal/e.txt"):
+        os.makedirs((root / name).parent, exist_ok=True)
+        (root / name).write_bytes(image)
+    data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+    sources = data.slices[features.SOURCE]
+    assert len(sources) == 4 and len(set(sources)) == 2 and all(re.fullmatch(r"folder-[0-9a-f]{8}", s) for s in sources)
+    shown = [*data.refs, *(s["file"] for s in data.skipped)]
+    assert all(re.fullmatch(re.escape(str(root)) + r"/(COVID|Normal)/file-[0-9a-f]{8}(\.png)?", ref) for ref in shown), shown
+    located = curate.locate("folder", str(root), sorted(set(sources)), pseudonym.load_key()[0])
+    assert sorted(os.path.basename(paths[0]) for paths in located.values()) == ["Doe_Jane", "Smith_John_19500101"]
+
+
 def test_evaluate_class_folders(binary_model, tmp_path, monkeypatch):
     monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key")
     records = testing.read_records(binary_model.data_dir)
@@ -178,15 +198,16 @@ def test_evaluate_class_folders(binary_model, tmp_path, monkeypatch):
     assert report["class_counts"] == expected
     assert report["data"]["skipped"] == 4 and report["data"]["hidden_skipped"] == 1
     assert "; 4 skipped; 1 hidden files or folders not read)" in evaluate.summary_text(report)
-    # A folder tree may be a hospital export: every file is shown by its class folder and a pseudonym.
+    # A folder tree may be a hospital export: every file is shown by its class folder and a pseudonym,
+    # and the folders above the class folder (a site here, a patient's name elsewhere) are not shown.
     reasons = {os.path.relpath(s["file"], root): s["reason"] for s in report["data"]["skipped_files"]}
     shown = {re.sub(r"file-[0-9a-f]{8}", "P", name): reason for name, reason in reasons.items()}
-    assert set(shown) == {"site-x/Viral Pneumonia/P.png", "site-x/COVID/P.png", "P.png", "site-x/COVID/P"}, reasons
-    assert shown["site-x/COVID/P"] == "not an image file"
-    assert "not used by task" in shown["site-x/Viral Pneumonia/P.png"]
-    assert "unreadable" in shown["site-x/COVID/P.png"]
+    assert set(shown) == {"Viral Pneumonia/P.png", "COVID/P.png", "P.png", "COVID/P"}, reasons
+    assert shown["COVID/P"] == "not an image file"
+    assert "not used by task" in shown["Viral Pneumonia/P.png"]
+    assert "unreadable" in shown["COVID/P.png"]
     assert shown["P.png"] == "not in a mapped class folder"  # misc/x.png: no folder of it is kept
-    assert "misc" not in result.output and "broken" not in result.output
+    assert "misc" not in result.output and "broken" not in result.output and "site-x" not in result.output
     _check_consistent(report)
     # The same images through predict_image give the same matrix as the records through serving_default.
     by_records = json.loads(_run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--json",

@@ -114,10 +114,13 @@ def fit(train_features: np.ndarray, eval_features: np.ndarray, quantile: float =
     distances = unscaled.distances(eval_features)
     threshold = float(np.quantile(distances, quantile))
     above = distances > threshold
-    if above.any() and (~above).any():
-        # Midway between the films either side, not on one film's distance: the served float32
-        # arithmetic then flags exactly the eval films counted here.
+    # Never on one film's distance, where the served float32 arithmetic could land either side: midway
+    # between the films either side, or (the quantile on the farthest films, tied) just beyond them.
+    # Serving then flags exactly the eval films counted here.
+    if above.any():
         threshold = float((distances[~above].max() + distances[above].min()) / 2)
+    else:
+        threshold = float(distances.max()) * (1 + 1e-4)
     if not threshold > 0:
         raise ValueError("the eval films' feature distances are all zero: the atypical-input check cannot be fitted")
     return dataclasses.replace(unscaled, threshold=threshold, eval_atypical=int(above.sum()))

@@ -97,3 +97,14 @@ def test_the_threshold_sits_between_eval_films_so_float32_flags_the_same_ones():
     assert np.quantile(distances, 0.95) in distances and fitted.threshold not in distances
     assert fitted.eval_atypical == int(np.sum(distances > np.quantile(distances, 0.95))) == 2
     assert int(np.sum(np.float32(distances) / np.float32(fitted.threshold) > 1)) == 2
+
+
+def test_tied_farthest_eval_films_stay_typical_in_float32_too():
+    tf = pytest.importorskip("tensorflow")
+    train = _gaussian(200, 4, 1)
+    for eval_films in (np.repeat(_gaussian(1, 4, 2), 40, axis=0),  # all alike
+                       np.concatenate([_gaussian(37, 4, 3) * 0.1 + 4.5, np.repeat(_gaussian(1, 4, 4), 3, axis=0)])):
+        fitted = typicality.fit(train, eval_films, quantile=0.95)  # the quantile falls on the tied farthest films
+        assert fitted.eval_atypical == 0 and fitted.threshold > fitted.distances(eval_films).max()
+        check = typicality.tf_check(lambda x, training=False: (x, x), fitted)
+        assert not np.any(check.atypicality(tf.constant(eval_films, tf.float32)).numpy() > 1)
