@@ -193,11 +193,14 @@ def _existing_synthetic(data_dir: str, task: str, patients_per_class: int) -> di
 def demo(out, patients_per_class, preset, config_file, overrides, **named):
     """Generate the embedded synthetic dataset and run the whole pipeline on it (quick preset)."""
     from covid_cxr import local_runner
-    from covid_cxr.data import synthetic
+    from covid_cxr.data import synthetic, writer
 
     named["pipeline_root"] = named["pipeline_root"] or os.path.join(out, "root")
     named["serving_dir"] = named["serving_dir"] or os.path.join(out, "serving")
     config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"), **named)
+    # Where it writes, before the minutes of generating data (OutputError is a ValueError: one line).
+    writer.check_writable(config.data.data_dir, "the demo's data folder (--out)")
+    local_runner.check_settings(config)
     restart_with_process_env_if_needed(config)
     click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
     summary = _existing_synthetic(config.data.data_dir, config.model.task, patients_per_class)

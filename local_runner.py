@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 
+import tensorflow as tf
 from tfx import v1 as tfx
 
 from covid_cxr.components.schema_gate import DataValidationError
@@ -16,7 +17,7 @@ from covid_cxr.messages import first_line
 from covid_cxr.pipeline import fingerprints, metadata
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 from covid_cxr.pipeline.pipeline import create_pipeline
-from covid_cxr.trainer import training
+from covid_cxr.trainer import models, training
 
 
 def check_data(config: PipelineConfig) -> dict:
@@ -35,11 +36,22 @@ def check_data(config: PipelineConfig) -> dict:
 
 
 def check_inputs(config: PipelineConfig) -> dict:
-    """Everything a run can check before it starts: the data, the schema, where ML Metadata is kept
-    and where the run writes."""
+    """Everything a run can check before it starts: the data, then :func:`check_settings`."""
     summary = check_data(config)
+    check_settings(config)
+    return summary
+
+
+def check_settings(config: PipelineConfig) -> None:
+    """All but the data: the schema and weights files, where ML Metadata is kept and where the run
+    writes (`demo` checks these before it generates its data)."""
     if config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
         raise ConfigError(f"data.schema_file {config.data.schema_file!r} cannot be read (no such file, or no access)")
+    weights = config.model.weights
+    # A named file that is not there is a typo: found by the Trainer, the run would go on with the
+    # fallback family (as it does for `auto` with no file), which is not what was asked for.
+    if weights and weights.lower() not in models.WEIGHT_KEYWORDS and not tf.io.gfile.exists(weights):
+        raise ConfigError(f"model.weights {weights!r} does not exist (or: auto, imagenet, none)")
     runtime = config.runtime
     try:
         writer.check_writable(runtime.pipeline_root, "runtime.pipeline_root (--pipeline-root)")
@@ -49,7 +61,6 @@ def check_inputs(config: PipelineConfig) -> dict:
     except writer.OutputError as e:
         raise ConfigError(str(e)) from None
     metadata.check_connection(config)
-    return summary
 
 
 class PipelineRunError(RuntimeError):

@@ -149,7 +149,7 @@ def _read_dicom(path: str) -> DicomImage:
         # A forced read parses any bytes into a few bogus elements: without the preamble and pixels,
         # it was no DICOM file (or one cut short).
         raise DicomError("not a DICOM file, or one cut short (no preamble, no pixel data)" if forced
-                         else "DICOM has no pixel data")
+                         else "DICOM has no pixel data (a header-only file, or one cut short)")
     if forced:
         _assume_transfer_syntax(ds)
     try:
@@ -168,8 +168,22 @@ def _read_dicom(path: str) -> DicomImage:
         name, compressed = _transfer_syntax(ds)
         hint = "; corrupt data, or it needs a decoder plugin such as pylibjpeg or GDCM" \
             if compressed and isinstance(e, (RuntimeError, NotImplementedError)) else ""
+        if not compressed:
+            hint = _short_pixel_data(ds) or hint
         raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
     return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id)
+
+
+def _short_pixel_data(ds) -> str:
+    """"; pixel data cut short (N of M bytes)" when an uncompressed image holds fewer pixel bytes
+    than its size needs (a file cut short in transfer), else ""."""
+    try:
+        needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * \
+            ((int(ds.BitsAllocated) + 7) // 8) * int(ds.get("NumberOfFrames", 1) or 1)
+        held = len(ds.PixelData)
+    except Exception:  # noqa: BLE001 - a broken size field: no hint rather than a wrong one
+        return ""
+    return f"; pixel data cut short ({held} of {needed} bytes)" if held < needed else ""
 
 
 def _transfer_syntax(ds) -> tuple[str, bool]:

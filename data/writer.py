@@ -11,11 +11,13 @@ import collections
 import csv
 import json
 import os
+import tempfile
 from typing import Iterable, Mapping, Optional
 
 import tensorflow as tf
 
 from covid_cxr.data import features, jsonfile
+from covid_cxr.messages import first_line
 
 MANIFEST_FIELDS = ("source", "source_ref", "label", "label_index", "patient_id", "group", "view", "sex", "age", "hash", "note")
 REJECTED_FIELDS = ("source", "source_ref", "reason")
@@ -166,10 +168,15 @@ def check_fits_task(summary: dict, data_dir: str, task: features.Task) -> None:
                                f"for {task.name!r}; curate again with --task {task.name}")
     if not summary.get("accepted"):
         raise CurationMismatch(f"{data_dir!r} holds no accepted images")
-    foreign = sorted(set(summary.get("per_class") or {}) - set(task.classes))
+    per_class = summary.get("per_class") or {}
+    foreign = sorted(set(per_class) - set(task.classes))
     if foreign:
         raise CurationMismatch(f"{data_dir!r} holds labels {foreign} that task {task.name!r} does not know "
                                f"({', '.join(task.classes)}); curate again with --task {task.name}")
+    missing = [c for c in task.classes if not per_class.get(c)]
+    if missing:  # nothing to learn the class from, and no sensitivity or specificity to gate on
+        raise CurationMismatch(f"{data_dir!r} holds no {' and no '.join(missing)} images: task {task.name!r} "
+                               f"trains on {', '.join(task.classes)}; add a source with them and curate again")
 
 
 class OutputError(ValueError):
@@ -178,8 +185,8 @@ class OutputError(ValueError):
 
 def check_writable(path: str, name: str) -> None:
     """OutputError unless ``path`` is, or can be made, a directory here, checked before the work:
-    found after training, a serving directory that is a file loses the whole run. Creates nothing;
-    bucket URIs are left to the run."""
+    found after training, a serving directory that is a file loses the whole run. Leaves nothing
+    behind; bucket URIs are left to the run."""
     if not path or "://" in path:
         return
     existing = os.path.abspath(path)
@@ -187,8 +194,12 @@ def check_writable(path: str, name: str) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise OutputError(f"{name} {path!r} cannot be a directory: {existing!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{name} {path!r} cannot be written: no write access to {existing!r}")
+    # Tried, not asked (os.access): for root it says yes to read-only mounts and to /proc.
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise OutputError(f"{name} {path!r} cannot be written: {existing!r}: {e.strerror or first_line(e)}") from None
 
 
 def read_summary(data_dir: str) -> dict:

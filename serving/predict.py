@@ -28,6 +28,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images, writer
+from covid_cxr.messages import first_line
 from covid_cxr.serving import model_metadata, typicality
 
 PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
@@ -158,7 +159,8 @@ def load_model(path: str) -> ServingModel:
     try:
         loaded = tf.saved_model.load(model_dir)
     except Exception as e:  # noqa: BLE001 - a corrupt model is a user-facing one-liner
-        raise ModelNotFound(f"cannot load the SavedModel in {model_dir!r}: {type(e).__name__}", param_hint="--model")
+        raise ModelNotFound(f"cannot load the SavedModel in {model_dir!r}: {first_line(e, with_type=True)}",
+                            param_hint="--model")
     if IMAGE_SIGNATURE not in loaded.signatures:
         raise ModelNotFound(f"the SavedModel in {model_dir!r} has no {IMAGE_SIGNATURE!r} signature "
                             "(not a covid-cxr export?)", param_hint="--model")

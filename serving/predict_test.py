@@ -120,6 +120,15 @@ def test_a_stored_threshold_that_is_not_a_number_is_named(binary_model, tmp_path
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_damaged_model_is_one_line_that_says_what_is_wrong(binary_model, tmp_path):
+    copy = shutil.copytree(binary_model.model_dir, tmp_path / "m")
+    (copy / "saved_model.pb").write_bytes(b"cut short")
+    result = CliRunner().invoke(cli.main, ["predict", "--model", str(copy), *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert f"cannot load the SavedModel in '{copy}': " in line and len(line.split(": ", 3)[-1]) > len("OSError"), line
+
+
 def test_newest_version_is_used(binary_model, tmp_path):
     serving = tmp_path / "serving"
     testing.push_copy(binary_model.model_dir, str(serving), 5)

@@ -25,6 +25,12 @@ def test_data_of_another_task_or_with_foreign_labels_is_refused(tmp_path):
     path.write_text(json.dumps(tampered))
     with pytest.raises(cfg.ConfigError, match=r"labels \['pneumonia'\]"):
         local_runner.check_data(_config(tmp_path))
+    # A class with no films at all: nothing to learn it from, no sensitivity or specificity to gate on.
+    del tampered["per_class"]["pneumonia"]
+    tampered["per_class"]["normal"] = 0
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(cfg.ConfigError, match=r"holds no normal images: task 'covid-vs-normal' trains on normal, covid"):
+        local_runner.check_data(_config(tmp_path))
 
 
 def test_an_unreadable_schema_file_is_refused_before_the_run(tmp_path):
@@ -53,6 +59,22 @@ def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
         "runtime.serving_dir": str(tmp_path / "new" / "serving")}))
     with pytest.raises(cfg.ConfigError, match=r"data directory '.*a-file' is a file, not a directory"):
         local_runner.check_data(_config(a_file))
+    # Tried, not asked: os.access tells root that /proc is writable.
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path / "data"),
+                                                 "runtime.serving_dir": "/proc/covid-cxr-test/serving"})
+    with pytest.raises(cfg.ConfigError, match=r"runtime.serving_dir \(--serving-dir\) '/proc/covid-cxr-test/serving' "
+                                              r"cannot be written: '/proc': "):
+        local_runner.check_inputs(config)
+    assert not list(tmp_path.glob("tmp*"))  # the try leaves nothing behind
+
+
+def test_a_weights_file_that_is_not_there_is_refused_before_the_run(tmp_path):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    overrides = {"data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root")}
+    with pytest.raises(cfg.ConfigError, match=r"^model.weights '.*typo.h5' does not exist \(or: auto, imagenet, none\)$"):
+        local_runner.check_inputs(cfg.load_config("quick", overrides={**overrides, "model.weights": str(tmp_path / "typo.h5")}))
+    (tmp_path / "there.h5").write_bytes(b"")
+    local_runner.check_inputs(cfg.load_config("quick", overrides={**overrides, "model.weights": str(tmp_path / "there.h5")}))
 
 
 def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
