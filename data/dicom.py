@@ -143,6 +143,8 @@ def _read_dicom(path: str) -> DicomImage:
             ds, forced = pydicom.dcmread(path, force=True), True  # files without the DICM preamble exist
         except Exception as e:  # noqa: BLE001 - any parse failure is "not DICOM"
             raise DicomError(f"not a DICOM file ({type(e).__name__})") from None
+    except PermissionError:
+        raise DicomError("cannot read the file (permission denied)") from None
     except Exception as e:  # noqa: BLE001
         raise DicomError(f"cannot parse DICOM ({type(e).__name__})") from None
     if "PixelData" not in ds:

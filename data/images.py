@@ -125,6 +125,8 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
         raise ImageError("image too large") from None
     except FileNotFoundError:
         raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("cannot read the file (permission denied)") from None
     except UnidentifiedImageError:
         raise ImageError("cannot decode image (empty file)" if _is_empty(path)
                          else "cannot decode image (not a format Pillow knows, or a damaged header)") from None

@@ -166,3 +166,19 @@ def test_unreadable_pictures_say_what_is_wrong(tmp_path):
                           ("cut.png", r"^cannot decode image \(\w+; truncated or corrupt\)$")):
         with pytest.raises(images.ImageError, match=message):
             images.read_gray(str(tmp_path / name))
+
+
+def test_a_file_without_read_permission_says_so(tmp_path, monkeypatch):
+    # Root reads any file, so the refusal an ordinary user gets is simulated.
+    png = tmp_path / "a.png"
+    Image.fromarray(testing.radiograph(1)).save(png)
+    path = testing.write_dicom(tmp_path / "b.dcm", testing.radiograph(2))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(images.Image, "open", refuse)
+    monkeypatch.setattr(dicom.pydicom, "dcmread", refuse)
+    for name in (str(png), str(path)):
+        with pytest.raises(images.ImageError, match=r"^cannot read the file \(permission denied\)$"):
+            images.read_gray(name)

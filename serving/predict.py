@@ -413,7 +413,8 @@ def format_table(result: PredictResult) -> str:
 @click.command("predict")
 @click.option("--model", "model_path", required=True, type=click.Path(),
               help="Pushed version dir, serving base dir (newest version is used) or exported SavedModel.")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+# Not click's readable check: an unreadable file is one row's error ("cannot read image"), not the whole command's.
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (predictions and per-file errors) instead of a table.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
               help="Write a Grad-CAM heat-map overlay PNG per image into this directory.")
