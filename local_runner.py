@@ -50,8 +50,13 @@ def check_settings(config: PipelineConfig) -> None:
     weights = config.model.weights
     # A named file that is not there is a typo: found by the Trainer, the run would go on with the
     # fallback family (as it does for `auto` with no file), which is not what was asked for.
-    if weights and weights.lower() not in models.WEIGHT_KEYWORDS and not tf.io.gfile.exists(weights):
-        raise ConfigError(f"model.weights {weights!r} does not exist (or: auto, imagenet, none)")
+    if weights and weights.lower() not in models.WEIGHT_KEYWORDS:
+        try:
+            is_file = tf.io.gfile.exists(weights) and not tf.io.gfile.isdir(weights)  # as the Trainer reads it
+        except tf.errors.OpError as e:  # e.g. a file system scheme this TensorFlow cannot read
+            raise ConfigError(f"model.weights {weights!r} cannot be read: {first_line(e)}") from None
+        if not is_file:
+            raise ConfigError(f"model.weights {weights!r} is not a file (or: auto, imagenet, none)")
     runtime = config.runtime
     try:
         writer.check_writable(runtime.pipeline_root, "runtime.pipeline_root (--pipeline-root)")

@@ -596,7 +596,8 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
 @click.argument("refs", nargs=-1, required=True)
 def locate_command(source_spec, key, refs):
     """Find the local files behind refs that curation or evaluate wrote as pseudonyms (manifest.csv,
-    rejected.csv, reports), e.g. COVID/3f2a...-9c1d04be.dcm. Prints to this terminal only."""
+    rejected.csv, reports), e.g. COVID/3f2a...-9c1d04be.dcm, or evaluate's folder-9c1d04be source.
+    Prints to this terminal only."""
     [(name, root)] = _parse_source_option([source_spec])
     if name not in SOURCES:
         raise click.UsageError(f"--source {source_spec!r}: {name!r} is not a source; choose from {', '.join(SOURCES)}")

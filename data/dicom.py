@@ -170,7 +170,7 @@ def _read_dicom(path: str) -> DicomImage:
         name, compressed = _transfer_syntax(ds)
         hint = "; corrupt data, or it needs a decoder plugin such as pylibjpeg or GDCM" \
             if compressed and isinstance(e, (RuntimeError, NotImplementedError)) else ""
-        if not compressed:
+        if name != UNKNOWN_SYNTAX and not compressed:  # native pixel data: its length is known
             hint = _short_pixel_data(ds) or hint
         raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
     return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id)
@@ -180,12 +180,17 @@ def _short_pixel_data(ds) -> str:
     """"; pixel data cut short (N of M bytes)" when an uncompressed image holds fewer pixel bytes
     than its size needs (a file cut short in transfer), else ""."""
     try:
-        needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * \
-            ((int(ds.BitsAllocated) + 7) // 8) * int(ds.get("NumberOfFrames", 1) or 1)
-        held = len(ds.PixelData)
+        if ds["PixelData"].is_undefined_length:  # encapsulated (compressed) fragments
+            return ""
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * \
+            int(ds.BitsAllocated) * int(ds.get("NumberOfFrames", 1) or 1)
+        needed, held = (bits + 7) // 8, len(ds.PixelData)
     except Exception:  # noqa: BLE001 - a broken size field: no hint rather than a wrong one
         return ""
     return f"; pixel data cut short ({held} of {needed} bytes)" if held < needed else ""
+
+
+UNKNOWN_SYNTAX = "unknown transfer syntax"
 
 
 def _transfer_syntax(ds) -> tuple[str, bool]:
@@ -197,7 +202,7 @@ def _transfer_syntax(ds) -> tuple[str, bool]:
             return syntax.name, syntax.is_compressed
     except (ValueError, AttributeError):
         pass
-    return "unknown transfer syntax", False
+    return UNKNOWN_SYNTAX, False
 
 
 def _assume_transfer_syntax(ds) -> None:

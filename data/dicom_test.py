@@ -271,3 +271,16 @@ def test_a_transfer_syntax_that_is_none_is_not_quoted(tmp_path):
         dicom.read_dicom(str(tmp_path / "odd.dcm"))
     assert str(e.value).startswith("cannot decode pixel data (unknown transfer syntax; ")
     assert e.value.__suppress_context__  # pydicom's own message, which quotes the value, is not printed with it
+
+
+def test_the_cut_short_hint_counts_native_pixel_bytes_only(tmp_path):
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(7)))
+    assert dicom._short_pixel_data(ds) == ""  # whole
+    ds.PixelData = ds.PixelData[:100]
+    assert dicom._short_pixel_data(ds) == f"; pixel data cut short (100 of {ds.Rows * ds.Columns} bytes)"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0  # 1 bit per pixel: an eighth of the bytes
+    ds.PixelData = bytes((ds.Rows * ds.Columns + 7) // 8)
+    assert dicom._short_pixel_data(ds) == ""
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8 a small JPEG \xff\xd9"])  # compressed fragments
+    ds["PixelData"].is_undefined_length = True
+    assert dicom._short_pixel_data(ds) == ""

@@ -22,8 +22,9 @@ exported SavedModel, or a Trainer model artifact).
     (``data/images.py``: DICOM LUTs, MONOCHROME1, border crop, max side 512, or the curation settings
     in the model's metadata: ``serving.predict.Preparation``) and sent through
     ``predict_image``. Patient groups: a DICOM's PatientID (hashed, never shown), else the Kermany
-    file-name patient (``person12_...``), else the file itself. Source: the top-level folder when
-    the class folders are below it, else the data directory's name.
+    file-name patient (``person12_...``), else the file itself. Source: a keyed pseudonym of the
+    top-level folder when the class folders are below it (``folder-<pseudonym>``, never its name),
+    else the data directory's name.
 
 Metrics (evaluation/metrics.py) use the model's own stored decision threshold -- i.e. the model's
 ``label_index`` output: COVID probability > threshold (three-class: else the more probable other
@@ -500,7 +501,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "threshold_note": model_metadata.decision_note(model.metadata),
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices, groups=data.groups))
-    # Only the curation's keyed pseudonyms are shown; a folder tree's groups are plain hashes.
+    # Only the curation's keyed pseudonyms are shown; a folder tree's groups hold its folder names.
     shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
                                             shown_groups, data.refs, data.slices,

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from covid_cxr.data import features
+from covid_cxr.messages import first_line
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
 CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # the repo root is the package (links resolved)
@@ -312,7 +313,7 @@ def _read_yaml(path: str) -> Mapping:
     except UnicodeDecodeError:
         raise ConfigError(f"config {path!r} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config {path!r} is not valid YAML: {first_line(e)}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"config {path!r} must be a mapping of sections, got {type(content).__name__}")
     return content

@@ -35,6 +35,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from covid_cxr.messages import first_line
+
 log = logging.getLogger(__name__)
 GRAD_CAM = "grad-cam"
 SALIENCY = "gradient-saliency"
@@ -211,14 +213,14 @@ class Explainer:
             self._keras = keras.models.load_model(self.serving_model.path, compile=False)
         except Exception as e:  # noqa: BLE001 - fall back to differentiating the plain SavedModel
             self.load_error = f"{type(e).__name__}"
-            log.warning("explanations use gradient saliency, not Grad-CAM: the model did not load as Keras (%s: %s)",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            log.warning("explanations use gradient saliency, not Grad-CAM: the model did not load as Keras (%s)",
+                        first_line(e, with_type=True))
             return
         try:
             target = find_gradcam_target(self._keras)
         except Exception as e:  # noqa: BLE001 - an unusual graph: saliency still works
             log.warning("explanations use gradient saliency, not Grad-CAM: looking for the layer to attribute to "
-                        "failed (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                        "failed (%s)", first_line(e, with_type=True))
             target = None
         if target is None:  # e.g. an averaged pair of models: no single convolution feeds the output
             log.info("explanations use gradient saliency: no convolution reaches the output through a chain of layers")
@@ -279,7 +281,7 @@ class Explainer:
         except ExplainError:
             raise
         except Exception as e:  # noqa: BLE001 - one line per file, never a traceback
-            raise ExplainError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
+            raise ExplainError(first_line(e, with_type=True)) from None
         label = prediction["label"]
         probability = prediction["probabilities"].get(label)
         detail = f"Grad-CAM ({self.target_layer})" if method == GRAD_CAM else "gradient saliency"

@@ -146,7 +146,8 @@ def tf_check(scorer, fitted: Typicality):
         def atypicality(self, features):
             centred = tf.cast(features, tf.float32) - self.mean
             along = tf.matmul(centred, self.basis)
-            # The part outside the basis is computed, not taken as |centred|^2 - |along|^2: no cancellation.
+            # The part outside the basis is computed, not taken as |centred|^2 - |along|^2, whose
+            # difference of two large squares would lose the small residual of a typical film.
             outside = centred - tf.matmul(along, self.basis, transpose_b=True)
             squared = (tf.reduce_sum(tf.square(along * self.scales), axis=1)
                        + tf.reduce_sum(tf.square(outside), axis=1) / self.floor)

@@ -71,8 +71,11 @@ def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
 def test_a_weights_file_that_is_not_there_is_refused_before_the_run(tmp_path):
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
     overrides = {"data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root")}
-    with pytest.raises(cfg.ConfigError, match=r"^model.weights '.*typo.h5' does not exist \(or: auto, imagenet, none\)$"):
+    with pytest.raises(cfg.ConfigError, match=r"^model.weights '.*typo.h5' is not a file \(or: auto, imagenet, none\)$"):
         local_runner.check_inputs(cfg.load_config("quick", overrides={**overrides, "model.weights": str(tmp_path / "typo.h5")}))
+    (tmp_path / "folder.h5").mkdir()  # the Trainer would fall back on it too
+    with pytest.raises(cfg.ConfigError, match=r"^model.weights '.*folder.h5' is not a file"):
+        local_runner.check_inputs(cfg.load_config("quick", overrides={**overrides, "model.weights": str(tmp_path / "folder.h5")}))
     (tmp_path / "there.h5").write_bytes(b"")
     local_runner.check_inputs(cfg.load_config("quick", overrides={**overrides, "model.weights": str(tmp_path / "there.h5")}))
 

@@ -8,6 +8,7 @@ def test_first_line_is_the_first_line_cut_at_the_limit_with_the_type_on_request(
     assert messages.first_line(ValueError("x" * 400)) == "x" * messages.MAX_MESSAGE + " [...]"
     assert messages.first_line(ValueError("abcdef"), limit=3) == "abc [...]"
     assert messages.first_line(ValueError("bad\nvalue"), with_type=True) == "ValueError: bad"
+    assert messages.first_line(KeyError(), with_type=True) == "KeyError"
 
 
 def test_a_failure_message_is_one_line_of_bounded_length():
