@@ -52,7 +52,7 @@ def check_settings(config: PipelineConfig) -> None:
     # fallback family (as it does for `auto` with no file), which is not what was asked for.
     if weights and weights.lower() not in models.WEIGHT_KEYWORDS:
         try:
-            is_file = tf.io.gfile.exists(weights) and not tf.io.gfile.isdir(weights)  # as the Trainer reads it
+            is_file = models.is_weights_file(weights)  # as the Trainer reads it
         except tf.errors.OpError as e:  # e.g. a file system scheme this TensorFlow cannot read
             raise ConfigError(f"model.weights {weights!r} cannot be read: {first_line(e)}") from None
         if not is_file:

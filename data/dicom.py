@@ -128,6 +128,10 @@ def quiet_pydicom() -> Iterator[None]:
         logger.setLevel(level)
 
 
+PERMISSION_DENIED = "cannot read the file (permission denied)"  # also images.read_gray's, for any file
+UNKNOWN_SYNTAX = "unknown transfer syntax"
+
+
 def read_dicom(path: str) -> DicomImage:
     """Reads one DICOM radiograph. Raises DicomError (with a header-free message) when it cannot."""
     with quiet_pydicom():
@@ -144,7 +148,7 @@ def _read_dicom(path: str) -> DicomImage:
         except Exception as e:  # noqa: BLE001 - any parse failure is "not DICOM"
             raise DicomError(f"not a DICOM file ({type(e).__name__})") from None
     except PermissionError:
-        raise DicomError("cannot read the file (permission denied)") from None
+        raise DicomError(PERMISSION_DENIED) from None
     except Exception as e:  # noqa: BLE001
         raise DicomError(f"cannot parse DICOM ({type(e).__name__})") from None
     if "PixelData" not in ds:
@@ -188,9 +192,6 @@ def _short_pixel_data(ds) -> str:
     except Exception:  # noqa: BLE001 - a broken size field: no hint rather than a wrong one
         return ""
     return f"; pixel data cut short ({held} of {needed} bytes)" if held < needed else ""
-
-
-UNKNOWN_SYNTAX = "unknown transfer syntax"
 
 
 def _transfer_syntax(ds) -> tuple[str, bool]:

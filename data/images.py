@@ -126,7 +126,7 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except PermissionError:
-        raise ImageError("cannot read the file (permission denied)") from None
+        raise ImageError(dicom.PERMISSION_DENIED) from None
     except UnidentifiedImageError:
         raise ImageError("cannot decode image (empty file)" if _is_empty(path)
                          else "cannot decode image (not a format Pillow knows, or a damaged header)") from None

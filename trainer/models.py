@@ -512,6 +512,12 @@ def _download_imagenet(family: str, size: int) -> keras.Model:
         socket.setdefaulttimeout(previous)
 
 
+def is_weights_file(path: str) -> bool:
+    """Whether an explicit ``weights`` path is a file the builders can read (any TensorFlow file
+    system); raises tf.errors.OpError for a scheme this TensorFlow cannot read."""
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
 def _load_backbone(
     family: str, size: int, weights: str, weights_dir: Optional[str], allow_download: bool = True
 ) -> tuple[Optional[keras.Model], str, list[str]]:
@@ -535,7 +541,7 @@ def _load_backbone(
         if allow_download:
             attempts.append(("imagenet download", lambda: _download_imagenet(family, size)))
     elif weights != "auto":  # an explicit file
-        if tf.io.gfile.exists(weights) and not tf.io.gfile.isdir(weights):
+        if is_weights_file(weights):
             attempts.append((f"file {weights}", from_file(weights)))
         else:
             failures.append(f"weights file {weights!r} not found")
