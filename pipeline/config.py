@@ -78,6 +78,9 @@ class TrainingConfig:
     # 0..1: weight examples so a source that sends nearly all of one class (Cohen's COVID films)
     # stops predicting the label (trainer.training.source_class_weights); 0: class balance only.
     source_balance: float = 0.0
+    # 0..0.5: training targets pulled this far towards the uniform distribution (0 = hard labels;
+    # 0.5 would leave nothing to learn); trainer.models.HParams.label_smoothing.
+    label_smoothing: float = 0.0
     seed: int = 42
     # The served model flags inputs unlike its training films (serving.typicality): features further
     # from the training films' than this quantile of the eval films' are `atypical`. 0: no check.
@@ -224,6 +227,7 @@ class PipelineConfig:
         _in_range("training.epochs", t.epochs, 1, None, integer=True)
         _in_range("training.fine_tune_epochs", t.fine_tune_epochs, 0, None, integer=True)
         _in_range("training.early_stopping_patience", t.early_stopping_patience, 0, None, integer=True)
+        _in_range("training.label_smoothing", t.label_smoothing, 0.0, 0.5)
         _in_range("tuner.trials", tuner.trials, 1, None, integer=True)
         _in_range("tuner.epochs", tuner.epochs, 1, None, integer=True)
         _in_range("tuner.learning_rates", tuner.learning_rates, 0.0, 1.0, low_excluded=True)

@@ -30,6 +30,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"gate.min_auc": "-0.1"}, "between 0 and 1"),
     ({"training.target_specificity": "1.2"}, "training.target_specificity must be between 0 and 1"),
     ({"training.source_balance": "2"}, "training.source_balance must be between 0 and 1"),
+    ({"training.label_smoothing": "0.6"}, "^training.label_smoothing must be a number between 0.0 and 0.5, got 0.6$"),
     ({"training.atypical_quantile": "1"}, r"^training.atypical_quantile must be 0 \(no check\) or in \[0.5, 1\), got 1.0$"),
     ({"training.atypical_quantile": "0.3"}, "^training.atypical_quantile must be 0 .*, got 0.3$"),
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),

@@ -126,6 +126,9 @@ class HParams:
     dense_units: int = 64  # hidden Dense of the head; 0 = none
     fine_tune_layers: int = 20  # top backbone layers (with weights, non-BN) unfrozen in phase 2
     early_stopping_patience: int = 4  # epochs without val AUC (loss as tie-break) improvement
+    # Training targets pulled this far towards the uniform distribution (0 = hard 0/1 labels): the
+    # sources' labels are diagnoses, and some films do not show theirs (docs/results.md, stop 34).
+    label_smoothing: float = 0.0
     lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau on the val selection score), "cosine" or "none"
     reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.5
@@ -147,6 +150,8 @@ class HParams:
             raise ValueError("dense_units and fine_tune_layers must be >= 0")
         if self.learning_rate <= 0 or self.fine_tune_learning_rate <= 0:
             raise ValueError("learning rates must be > 0")
+        if not 0.0 <= self.label_smoothing <= 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5], got {self.label_smoothing}")
         if self.lr_schedule not in ("plateau", "cosine", "none"):
             raise ValueError(f"lr_schedule must be plateau, cosine or none, got {self.lr_schedule!r}")
 

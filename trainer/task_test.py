@@ -56,10 +56,12 @@ def test_search_space_takes_every_dimension_from_the_config():
     from covid_cxr.pipeline import config as pipeline_config
 
     cfg = pipeline_config.load_config("full", None, {"tuner.learning_rates": "[0.001]",
-                                                      "tuner.fine_tune_lr_factors": "[0.01, 0.1]"}).model_custom_config()
+                                                      "tuner.fine_tune_lr_factors": "[0.01, 0.1]",
+                                                      "training.label_smoothing": "0.1"}).model_custom_config()
     hp = keras_tuner.HyperParameters()
     hparams = trainer_task._search_space(hp, cfg)
     assert hparams.family == "mobilenet_v2" and hparams.image_size == 224 and hparams.fine_tune_layers == 40
+    assert hparams.label_smoothing == pytest.approx(0.1) and "label_smoothing" not in hp.values  # not a Tuner dimension
     # The first value of each choice, until a Tuner trial picks another: 0.001 x 0.01.
     assert hparams.fine_tune_learning_rate == pytest.approx(1e-5)
     assert hp.values["fine_tune_lr_factor"] == 0.01

@@ -186,9 +186,26 @@ def make_metrics(num_classes: int, positive_index: Optional[int] = None) -> list
     ]
 
 
-def make_loss(num_classes: int) -> keras.losses.Loss:
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy on integer labels with label smoothing, which Keras' sparse loss lacks."""
+
+    def __init__(self, num_classes: int, label_smoothing: float, name: str = "sparse_categorical_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def call(self, y_true, y_pred):
+        return keras.losses.categorical_crossentropy(_one_hot(y_true, self.num_classes), y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "label_smoothing": self.label_smoothing}
+
+
+def make_loss(num_classes: int, label_smoothing: float = 0.0) -> keras.losses.Loss:
     if num_classes == 2:
-        return keras.losses.BinaryCrossentropy(name="binary_crossentropy")
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, name="binary_crossentropy")
+    if label_smoothing:
+        return SparseSmoothedCrossentropy(num_classes, label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(name="sparse_categorical_crossentropy")
 
 
@@ -213,15 +230,16 @@ def compile_model(
     go to ``Model.compile`` (e.g. ``steps_per_execution``, ``jit_compile``, ``run_eagerly``).
     """
     models.set_phase(built, phase, hparams.fine_tune_layers)
-    _compile(built.model, phase_learning_rate(hparams, phase), num_classes, positive_index, compile_kwargs)
+    _compile(built.model, phase_learning_rate(hparams, phase), num_classes, positive_index, compile_kwargs,
+             hparams.label_smoothing)
     return built.model
 
 
 def _compile(model: keras.Model, learning_rate: float, num_classes: int, positive_index: Optional[int] = None,
-             compile_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+             compile_kwargs: Optional[Mapping[str, Any]] = None, label_smoothing: float = 0.0) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=make_loss(num_classes),
+        loss=make_loss(num_classes, label_smoothing),
         metrics=make_metrics(num_classes, positive_index),
         **dict(compile_kwargs or {}),
     )
@@ -406,6 +424,7 @@ def fit_head_on_features(
     verbose: Union[int, str] = 2,
     compile_kwargs: Optional[Mapping[str, Any]] = None,
     cache: Optional[FeatureCache] = None,
+    label_smoothing: float = 0.0,
 ) -> keras.callbacks.History:
     """Phase 1 (frozen pretrained backbone) trained on features computed once.
 
@@ -422,7 +441,7 @@ def fit_head_on_features(
     features_fn = features_function(extractor)  # one trace for both splits
     train = _cached_features(cache, built, "train", features_fn, train_pass)
     val = _cached_features(cache, built, "eval", features_fn, lambda: val_ds) if val_ds is not None else None
-    _compile(head, learning_rate, num_classes, compile_kwargs=compile_kwargs)
+    _compile(head, learning_rate, num_classes, compile_kwargs=compile_kwargs, label_smoothing=label_smoothing)
     history = head.fit(
         train.dataset(shuffle_seed=seed),
         validation_data=val.dataset() if val is not None else None,
@@ -552,7 +571,8 @@ def fit(
             result = fit_head_on_features(
                 built, base_lr, head_pass, val_ds, epochs=phase_epochs, initial_epoch=epoch,
                 num_classes=num_classes, callbacks=phase_callbacks, class_weight=class_weight, seed=seed,
-                verbose=verbose, compile_kwargs=compile_kwargs, cache=feature_cache)
+                verbose=verbose, compile_kwargs=compile_kwargs, cache=feature_cache,
+                label_smoothing=hparams.label_smoothing)
         else:
             result = built.model.fit(
                 train_ds() if callable(train_ds) else train_ds,

@@ -52,6 +52,28 @@ def test_compile_model_loss_metrics_and_phase_learning_rate(num_classes):
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
 
 
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_label_smoothing_pulls_the_training_targets_towards_uniform(num_classes):
+    """The loss of a hard-label-perfect prediction grows with smoothing, by the cross-entropy of the
+    smoothed target; compile_model gives the model the HParams' smoothing."""
+    y = np.array([0, 1] if num_classes == 2 else [0, 1, 2])
+    p = (np.array([[1e-4], [1 - 1e-4]]) if num_classes == 2 else np.eye(3) * (1 - 3e-4) + 1e-4).astype(np.float32)
+    assert float(T.make_loss(num_classes)(y[:, None], p)) < 1e-3
+    smoothing = 0.2
+    targets = np.eye(num_classes)[y] * (1 - smoothing) + smoothing / num_classes
+    if num_classes == 2:  # one sigmoid unit: the target of label 1 is 1 - s/2
+        targets = targets[:, 1:]
+        expected = -np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    else:
+        expected = -np.mean(np.sum(targets * np.log(p), axis=1))
+    assert float(T.make_loss(num_classes, smoothing)(y[:, None], p)) == pytest.approx(expected, rel=1e-3)
+    hp = M.HParams(family="cnn3", label_smoothing=smoothing)
+    model = T.compile_model(M.build_model(hp, S, num_classes, weights="none"), hp, num_classes, M.PHASE_HEAD)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(smoothing)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        M.HParams(label_smoothing=0.6)
+
+
 def test_sparse_metrics_match_one_hot_keras_metrics():
     y = np.array([0, 1, 2, 2, 1, 0, 2, 2])
     p = np.array(
