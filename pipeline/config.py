@@ -117,6 +117,10 @@ class TunerConfig:
     fine_tune_layers: list = dataclasses.field(default_factory=lambda: [0, 20])
     # Fine-tuning learning rate = learning rate x factor.
     fine_tune_lr_factors: list = dataclasses.field(default_factory=lambda: [0.1])
+    # Epochs of fine-tuning in each trial, after its `epochs` with the backbone frozen. 0: trials
+    # train the head only, which cannot compare fine-tuning depths or rates, so those two lists
+    # must then hold one value each.
+    fine_tune_epochs: int = 1
 
 
 @dataclasses.dataclass
@@ -195,6 +199,11 @@ class PipelineConfig:
             if not getattr(self.tuner, name):
                 raise ConfigError(f"tuner.{name} must list at least one value")
         self._validate_ranges()
+        searched = [n for n in ("fine_tune_layers", "fine_tune_lr_factors") if len(set(getattr(self.tuner, n))) > 1]
+        if self.tuner.enabled and searched and not self.tuner.fine_tune_epochs:
+            raise ConfigError(f"tuner.{searched[0]} lists several values, but with tuner.fine_tune_epochs 0 the Tuner's "
+                              "trials only train the head, which cannot tell them apart: list one value, or set "
+                              "tuner.fine_tune_epochs")
         if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
             raise ConfigError("data.*_buckets must all be at least 1")
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
@@ -230,6 +239,7 @@ class PipelineConfig:
         _in_range("training.label_smoothing", t.label_smoothing, 0.0, 0.5)
         _in_range("tuner.trials", tuner.trials, 1, None, integer=True)
         _in_range("tuner.epochs", tuner.epochs, 1, None, integer=True)
+        _in_range("tuner.fine_tune_epochs", tuner.fine_tune_epochs, 0, None, integer=True)
         _in_range("tuner.learning_rates", tuner.learning_rates, 0.0, 1.0, low_excluded=True)
         _in_range("tuner.dropouts", tuner.dropouts, 0.0, 0.95)
         _in_range("tuner.dense_units", tuner.dense_units, 0, None, integer=True)

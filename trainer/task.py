@@ -174,18 +174,23 @@ class _TrialModel(keras_tuner.HyperModel):
 
     With ``head_pass`` (``training.cache_frozen_features``), a trial on a pretrained backbone trains
     its head on backbone features computed once per family and size, kept in ``feature_cache`` and
-    shared by the trials (and by the Trainer, when it runs in the same process)."""
+    shared by the trials (and by the Trainer, when it runs in the same process).
+
+    With ``fine_tune_epochs`` (``tuner.fine_tune_epochs``), a trial on a pretrained backbone then
+    fine-tunes as the Trainer's phase 2 does, so the fine-tuning depth and learning rate it drew
+    are what its score measures; the head's epochs alone cannot tell them apart."""
 
     def __init__(self, build_fn: Callable, training_batches: Callable[[], tf.data.Dataset],
-                 num_classes: int, head_pass: Optional[Callable[[], tf.data.Dataset]] = None, seed: int = 42,
-                 feature_cache: Optional[training.FeatureCache] = None):
+                 task: features.Task, head_pass: Optional[Callable[[], tf.data.Dataset]] = None, seed: int = 42,
+                 feature_cache: Optional[training.FeatureCache] = None, fine_tune_epochs: int = 0):
         super().__init__()
-        self._num_classes = num_classes
+        self._task = task
         self._build_fn = build_fn
         self._training_batches = training_batches
         self._head_pass = head_pass
         self._seed = seed
         self._features: training.FeatureCache = {} if feature_cache is None else feature_cache
+        self._fine_tune_epochs = fine_tune_epochs
         self._built: Optional[tuple[models.BuiltModel, models.HParams]] = None
 
     def build(self, hp):
@@ -195,11 +200,26 @@ class _TrialModel(keras_tuner.HyperModel):
     def fit(self, hp, model, *args, validation_data=None, epochs=1, steps_per_epoch=None, **kwargs):
         built, hparams = self._built
         if self._head_pass is not None and built.model is model and built.pretrained:
-            return training.fit_head_on_features(
+            history = training.fit_head_on_features(
                 built, hparams.learning_rate, self._head_pass, validation_data, epochs=epochs,
-                num_classes=self._num_classes, seed=self._seed, cache=self._features, **kwargs)
-        return model.fit(self._training_batches(), *args, validation_data=validation_data, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, **kwargs)
+                num_classes=self._task.num_classes, seed=self._seed, cache=self._features,
+                label_smoothing=hparams.label_smoothing, **kwargs)
+        else:
+            history = model.fit(self._training_batches(), *args, validation_data=validation_data, epochs=epochs,
+                                steps_per_epoch=steps_per_epoch, **kwargs)
+        if not (self._fine_tune_epochs and built.pretrained and hparams.fine_tune_layers > 0):
+            return history
+        training.compile_model(built, hparams, self._task.num_classes, models.PHASE_FINE_TUNE, self._task.positive_index)
+        fine_tuned = model.fit(self._training_batches(), *args, validation_data=validation_data, initial_epoch=epochs,
+                               epochs=epochs + self._fine_tune_epochs, steps_per_epoch=steps_per_epoch, **kwargs)
+        # One history of both phases: the Tuner scores a trial by its best epoch, as the Trainer
+        # keeps the frozen phase's weights when fine-tuning never beats them.
+        both: dict[str, list] = {"phase": [], "epoch": []}
+        training.append_phase(both, history, models.PHASE_HEAD)
+        training.append_phase(both, fine_tuned, models.PHASE_FINE_TUNE)
+        result = keras.callbacks.History()
+        result.epoch, result.history = both.pop("epoch"), {k: v for k, v in both.items() if k != "phase"}
+        return result
 
 
 def _data_summary(cfg: dict, task: features.Task) -> dict:
@@ -246,8 +266,8 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     batches = functools.partial(_training_batches, fn_args, tf_transform_output, batch, train_cfg["seed"], weights)
     cache = _feature_cache(fn_args, fn_args.transform_graph_path, batch, train_cfg["seed"], weights, cfg["model"])
     tuner = keras_tuner.RandomSearch(
-        _TrialModel(build, batches(), task.num_classes,
-                    batches(one_pass=True) if train_cfg["cache_frozen_features"] else None, train_cfg["seed"], cache),
+        _TrialModel(build, batches(), task, batches(one_pass=True) if train_cfg["cache_frozen_features"] else None,
+                    train_cfg["seed"], cache, int(cfg["tuner"].get("fine_tune_epochs", 0))),
         objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
@@ -361,7 +381,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             steps_per_epoch=_steps(sum(counts.values()), batch),
             validation_steps=None,
             num_classes=task.num_classes,
-            callbacks=[tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, built.family), update_freq="epoch")],
+            callbacks=[keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, built.family), update_freq="epoch")],
             seed=seed,
             head_pass=head_pass,
             feature_cache=feature_cache,

@@ -16,6 +16,8 @@ from covid_cxr.trainer import models, training
 from covid_cxr.trainer import task as trainer_task
 from covid_cxr.transform import preprocessing
 
+BINARY = features.get_task("covid-vs-normal")
+
 
 def test_binary_validation_metrics_use_the_stored_threshold():
     labels = np.array([0, 0, 0, 1, 1, 1])
@@ -57,6 +59,7 @@ def test_search_space_takes_every_dimension_from_the_config():
 
     cfg = pipeline_config.load_config("full", None, {"tuner.learning_rates": "[0.001]",
                                                       "tuner.fine_tune_lr_factors": "[0.01, 0.1]",
+                                                      "tuner.fine_tune_epochs": "1",
                                                       "training.label_smoothing": "0.1"}).model_custom_config()
     hp = keras_tuner.HyperParameters()
     hparams = trainer_task._search_space(hp, cfg)
@@ -137,7 +140,7 @@ def test_every_tuner_trial_fits_on_training_batches_built_for_it():
         return made[-1]
 
     built = types.SimpleNamespace(model="model", pretrained=True)
-    hypermodel = trainer_task._TrialModel(lambda hp: (built, None), training_batches, 2)
+    hypermodel = trainer_task._TrialModel(lambda hp: (built, None), training_batches, BINARY)
     fitted = []
     model = types.SimpleNamespace(fit=lambda x, **kwargs: fitted.append((x, kwargs)) or "history")
     assert hypermodel.build(None) == "model"
@@ -147,36 +150,63 @@ def test_every_tuner_trial_fits_on_training_batches_built_for_it():
     assert fitted[0][1] == {"epochs": 1, "validation_data": None, "steps_per_epoch": None}
 
 
-def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mobilenet):
+def _small_batches():
     rng = np.random.RandomState(0)
     x, y = rng.rand(24, 32, 32, 1).astype("float32"), np.arange(24) % 2
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 
-    def batches():
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 
+def _trial_builder(weights, **fixed):
+    def build(hp):
+        hparams = models.HParams(family="mobilenet_v2_035", dropout=hp.Choice("dropout", [0.2, 0.4]),
+                                 fine_tune_layers=hp.Choice("fine_tune_layers", [0, 2]), **fixed)
+        built = models.build_model(hparams, 32, 2, weights=weights)
+        training.compile_model(built, hparams, 2, models.PHASE_HEAD)
+        return built, hparams
+    return build
+
+
+def _trial(hypermodel, **values):
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(values)
+    return hypermodel.fit(hp, hypermodel.build(hp), validation_data=_small_batches(), epochs=2, steps_per_epoch=3,
+                          verbose=0)
+
+
+def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mobilenet, monkeypatch):
     passes = []
 
     def head_pass():
         passes.append(1)
-        return batches()
+        return _small_batches()
 
-    def build(hp):
-        hparams = models.HParams(family="mobilenet_v2_035", dropout=hp.Choice("dropout", [0.2, 0.4]))
-        built = models.build_model(hparams, 32, 2, weights=pretrained_mobilenet)
-        training.compile_model(built, hparams, 2, models.PHASE_HEAD)
-        return built, hparams
-
-    hypermodel = trainer_task._TrialModel(build, lambda: pytest.fail("a cached trial must not read augmented batches"),
-                                          2, head_pass)
+    smoothing = []
+    make_loss = training.make_loss
+    monkeypatch.setattr(training, "make_loss", lambda n, s=0.0: smoothing.append(s) or make_loss(n, s))
+    hypermodel = trainer_task._TrialModel(_trial_builder(pretrained_mobilenet, label_smoothing=0.1),
+                                          lambda: pytest.fail("a cached trial must not read augmented batches"),
+                                          BINARY, head_pass)
     scores = []
     for dropout in (0.2, 0.4):
-        hp = keras_tuner.HyperParameters()
-        hp.values["dropout"] = dropout
-        model = hypermodel.build(hp)
-        history = hypermodel.fit(hp, model, validation_data=batches(), epochs=2, steps_per_epoch=3, verbose=0)
+        history = _trial(hypermodel, dropout=dropout)
         assert len(history.history["val_auc"]) == 2  # what the Tuner's objective reads
         scores.append(history.history["loss"])
     assert len(passes) == 1 and scores[0] != scores[1]
+    assert smoothing and set(smoothing) == {0.1}  # the cached head trains on the Trainer's loss too
+
+
+def test_tuner_trials_fine_tune_when_asked_so_the_depth_they_drew_is_what_they_score(pretrained_mobilenet):
+    def trials(fine_tune_epochs):
+        hypermodel = trainer_task._TrialModel(_trial_builder(pretrained_mobilenet), _small_batches, BINARY,
+                                              fine_tune_epochs=fine_tune_epochs)
+        return [_trial(hypermodel, dropout=0.2, fine_tune_layers=layers).history for layers in (0, 2)]
+
+    head_only = trials(0)
+    assert [len(h["val_auc"]) for h in head_only] == [2, 2]
+    assert head_only[0]["val_auc"] == head_only[1]["val_auc"]  # the head alone cannot tell the depths apart
+    no_fine_tuning, fine_tuned = trials(2)
+    assert len(no_fine_tuning["val_auc"]) == 2 and len(fine_tuned["val_auc"]) == 4  # two head epochs, then two more
+    assert fine_tuned["val_auc"][:2] == no_fine_tuning["val_auc"] and fine_tuned["loss"][2:] != fine_tuned["loss"][:2]
 
 
 def test_the_trainer_gets_the_tuners_feature_cache_only_for_the_same_inputs(monkeypatch):

@@ -585,15 +585,7 @@ def fit(
                 callbacks=phase_callbacks,
                 verbose=verbose,
             )
-        ran = len(result.epoch)
-        n_before = len(history["phase"])
-        for key, values in result.history.items():
-            history.setdefault(key, [math.nan] * n_before).extend(float(v) for v in values)
-        history["phase"].extend([phase] * ran)
-        history["epoch"].extend(result.epoch)
-        for key, values in history.items():  # pad keys this phase did not report
-            values.extend([math.nan] * (n_before + ran - len(values)))
-        epoch += ran
+        epoch += append_phase(history, result, phase)
         scores = [v for v in result.history.get(monitor, []) if not math.isnan(v)]
         phase_best = max(scores) if scores else -np.inf
         if best_weights is not None and phase_best <= best_score:
@@ -607,6 +599,20 @@ def fit(
             best_weights = built.model.get_weights()  # EarlyStopping already restored this phase's best
     history[KEPT] = [1.0 if e == kept_epoch else 0.0 for e in history["epoch"]]
     return history
+
+
+def append_phase(history: dict[str, list], result: keras.callbacks.History, phase: int) -> int:
+    """Append one phase's fit ``result`` to ``history`` (``{"phase": [...], "epoch": [...], metric:
+    [...]}``), padding keys only one side reported with NaN; returns the epochs it ran."""
+    ran = len(result.epoch)
+    n_before = len(history["phase"])
+    for key, values in result.history.items():
+        history.setdefault(key, [math.nan] * n_before).extend(float(v) for v in values)
+    history["phase"].extend([phase] * ran)
+    history["epoch"].extend(result.epoch)
+    for values in history.values():  # pad keys this phase did not report
+        values.extend([math.nan] * (n_before + ran - len(values)))
+    return ran
 
 
 PHASE_NAMES = {models.PHASE_END_TO_END: "end to end", models.PHASE_HEAD: "frozen backbone",
