@@ -286,6 +286,16 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     )
 
 
+def _check_eval_classes(task: features.Task, eval_counts: dict) -> None:
+    """Before any training: early stopping, the threshold and the atypical-input check are chosen on
+    the eval split, so every class must be in it (a few hundred films split by hash can miss one)."""
+    missing = [name for index, name in enumerate(task.classes) if not eval_counts.get(index)]
+    if missing:
+        raise ValueError(f"the eval split holds no {' and no '.join(missing)} films (eval counts per class: "
+                         f"{ {task.classes[k]: v for k, v in sorted(eval_counts.items())} }); the decision threshold is chosen "
+                         "on it: curate more films or give data.eval_buckets more buckets")
+
+
 def _covid_scores(task: features.Task, scores: np.ndarray) -> np.ndarray:
     """P(covid) [N] from the model's output ([N, 1] sigmoid or [N, C] softmax)."""
     return scores.reshape(-1) if task.is_binary else scores[:, task.positive_index]
@@ -357,6 +367,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     counts = _per_class(source_counts)
     eval_counts = _per_class(_count_source_labels(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch))
     logging.info("training examples per class %s, eval %s", dict(counts), dict(eval_counts))
+    _check_eval_classes(task, eval_counts)
     weights = _training_weights(source_counts, task, train_cfg)
 
     hparams = _hparams_from_tuner(fn_args.hyperparameters, cfg)

@@ -46,6 +46,14 @@ def test_three_class_validation_metrics_are_covid_one_vs_rest_at_the_stored_thre
     assert trainer_task._validation_metrics(task, labels, scores, threshold=0.5)["counts"]["tp"] == 1
 
 
+def test_an_eval_split_without_one_of_the_classes_is_refused_before_training():
+    trainer_task._check_eval_classes(BINARY, {0: 3, 1: 5})
+    with pytest.raises(ValueError, match=r"^the eval split holds no covid films \(eval counts per class: \{'normal': 3\}\)"):
+        trainer_task._check_eval_classes(BINARY, {0: 3})
+    with pytest.raises(ValueError, match="holds no normal and no pneumonia films"):
+        trainer_task._check_eval_classes(features.get_task("three-class"), {2: 4})
+
+
 def test_ensemble_families_start_with_the_tuned_family_without_repeats():
     assert trainer_task.ensemble_families("mobilenet_v2", []) == ["mobilenet_v2"]
     assert trainer_task.ensemble_families("mobilenet_v2", ["mobilenet_v2_035", "mobilenet_v2", "mobilenet_v2_035"]) == [
