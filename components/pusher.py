@@ -67,32 +67,36 @@ def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple:
     if existing:
         newest = os.path.join(serving_dir, str(existing[-1]))
         record_path = os.path.join(newest, PUSH_RECORD)
-        if tf.io.gfile.exists(record_path):
+        # The graph too: a push to a bucket cut short by an older version of this code left a record
+        # without one, and that version can never be served.
+        if tf.io.gfile.exists(record_path) and tf.io.gfile.exists(os.path.join(newest, GRAPH_FILE)):
             with tf.io.gfile.GFile(record_path) as f:
                 if json.load(f).get("fingerprint") == digest:
                     return False, newest, "this model is already the newest served version"
     version = max(int(time.time()), existing[-1] + 1 if existing else 0)
     final = f"{serving_dir.rstrip('/')}/{version}"
     files = _relative_files(model_dir)
+    record_text = json.dumps(dict(record, fingerprint=digest, version=version), indent=2, sort_keys=True)
     if "://" in serving_dir:
         # A bucket has no atomic directory rename: copy in place, the graph last. A server polling
         # the bucket sees no loadable version until the graph lands (TF Serving retries failed loads).
+        # The push record comes after it, so a push cut short is pushed again, never taken as done.
         _copy_files(model_dir, final, files[:-1])
-        _write_card_and_record(final, card, dict(record, fingerprint=digest, version=version))
+        _write(final, model_card.FILE_NAME, card)
         _copy_files(model_dir, final, files[-1:])
+        _write(final, PUSH_RECORD, record_text)
     else:
         staging = os.path.join(serving_dir, f".staging-{version}")  # non-numeric: TF Serving skips it
         _copy_files(model_dir, staging, files)
-        _write_card_and_record(staging, card, dict(record, fingerprint=digest, version=version))
+        _write(staging, model_card.FILE_NAME, card)
+        _write(staging, PUSH_RECORD, record_text)
         tf.io.gfile.rename(staging, final)  # atomic on a local disk: never a half-copied version
     return True, final, "pushed"
 
 
-def _write_card_and_record(version_dir: str, card: str, record: dict) -> None:
-    with tf.io.gfile.GFile(f"{version_dir}/{model_card.FILE_NAME}", "w") as f:
-        f.write(card)
-    with tf.io.gfile.GFile(f"{version_dir}/{PUSH_RECORD}", "w") as f:
-        f.write(json.dumps(record, indent=2, sort_keys=True))
+def _write(version_dir: str, name: str, text: str) -> None:
+    with tf.io.gfile.GFile(f"{version_dir}/{name}", "w") as f:
+        f.write(text)
 
 
 @tfx.dsl.components.component

@@ -59,3 +59,28 @@ def test_push_to_a_bucket_copies_in_place_with_the_graph_last(tmp_path, monkeypa
     assert tf.io.gfile.listdir(serving) == [os.path.basename(final)]  # no staging directory left
     again, where, _ = pusher.push(model, serving, "card", {})
     assert not again and where == final
+
+
+def test_a_push_to_a_bucket_cut_short_is_pushed_again(tmp_path, monkeypatch):
+    serving = f"ram://cut-short-{os.getpid()}"
+    model = _fake_model(str(tmp_path / "a"))
+    real_copy = pusher._copy_files
+
+    def preempted(src, dst, files):
+        if pusher.GRAPH_FILE in files:
+            raise SystemExit("pod preempted before the graph was copied")
+        real_copy(src, dst, files)
+
+    monkeypatch.setattr(pusher, "_copy_files", preempted)
+    try:
+        pusher.push(model, serving, "card", {})
+    except SystemExit:
+        pass
+    broken = f"{serving}/{pusher.versions(serving)[-1]}"
+    assert not tf.io.gfile.exists(f"{broken}/{pusher.PUSH_RECORD}")  # no record without the graph
+    monkeypatch.setattr(pusher, "_copy_files", real_copy)
+    pushed, final, why = pusher.push(model, serving, "card", {})
+    assert pushed and final != broken and why == "pushed" and tf.io.gfile.exists(f"{final}/{pusher.GRAPH_FILE}")
+    # A record left without its graph (an older push order) is not taken as the model being served.
+    tf.io.gfile.remove(f"{final}/{pusher.GRAPH_FILE}")
+    assert pusher.push(model, serving, "card", {})[0]
