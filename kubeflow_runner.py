@@ -54,6 +54,23 @@ def _on_this_machine(path: str) -> bool:
     return scheme.lower() == "file" or not rest.split("/", 1)[0]
 
 
+# What the Kubeflow / Vertex compiler accepts as a pipeline name (tfx.orchestration.kubeflow.v2).
+PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def _check_scheme(field: str, path: str) -> None:
+    """ConfigError for a URI whose scheme TensorFlow cannot open. The image installs this same stack
+    (constraints.txt), so a scheme unknown here (s3://, hdfs://, az://) fails every component there."""
+    scheme, sep, _ = path.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return
+    known = tf.io.gfile.get_registered_schemes()
+    if scheme.lower() not in known:
+        readable = ", ".join(f"{k}://" for k in sorted(known) if k and k != "ram")
+        raise ConfigError(f"{field} {path!r}: TensorFlow in the image has no file system for {scheme}:// (it reads "
+                          f"{readable} and paths), so every component would fail there: use a gs:// bucket")
+
+
 # Paths every container must reach, and the flag that sets each. On the compiling machine's disk they
 # do not exist in the containers, and a push there would vanish with its pod.
 _SHARED_PATHS = (("data", "data_dir", "--data"), ("runtime", "pipeline_root", "--pipeline-root"),
@@ -71,11 +88,20 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     train without it.
     """
     notes: list[str] = []
+    if not PIPELINE_NAME.fullmatch(config.runtime.pipeline_name):
+        raise ConfigError(f"runtime.pipeline_name {config.runtime.pipeline_name!r} is not a Kubeflow / Vertex pipeline "
+                          "name: lowercase letters, digits and '-', starting with a letter or digit, at most 128")
     for section, name, flag in _SHARED_PATHS:
         value = getattr(getattr(config, section), name)
         if _on_this_machine(value):
             raise ConfigError(f"{section}.{name} {value!r} is a path on this machine, which the containers cannot "
                               f"reach (a push there would vanish with its pod): pass {flag} gs://...")
+    for section, name in [(section, name) for section, name, _ in _SHARED_PATHS] + [
+            ("data", "schema_file"), ("model", "weights"), ("model", "weights_dir")]:
+        _check_scheme(f"{section}.{name}", getattr(getattr(config, section), name))
+    if config.data.schema_file and _on_this_machine(config.data.schema_file) and not config.data.schema_file.startswith("/"):
+        raise ConfigError(f"data.schema_file {config.data.schema_file!r} is a relative path, which each container would "
+                          "look for in its own working directory: give the absolute path in the image, or gs://...")
     if _on_this_machine(config.data.schema_file):
         checked = ("; the spec holds the hash of this machine's copy, so a different file there stops the run"
                    if fingerprints.file_fingerprint(config.data.schema_file) else "")
@@ -113,6 +139,12 @@ def is_kfp_package(output_file: str) -> bool:
 
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> list[str]:
     """Writes the spec of ``config`` as prepared by :func:`for_the_container`; returns its notes."""
+    if not output_file.strip():
+        raise ConfigError("--output must name a file (.json for Vertex AI, .yaml for open-source Kubeflow Pipelines)")
+    if is_kfp_package(output_file) and config.gate.compare_to_baseline:
+        raise ConfigError("a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX Resolver "
+                          "that finds the latest blessed model: add --set gate.compare_to_baseline=false (no AUC "
+                          "check against that model; every other bar stays), or write .json for Vertex AI")
     parent = output_file.rsplit("/", 1)[0] if "/" in output_file else ""
     try:  # before the compile, which takes a while
         writer.check_writable("" if "://" in output_file else parent, "--output's folder")

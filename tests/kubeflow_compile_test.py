@@ -233,3 +233,23 @@ def test_a_blank_or_malformed_image_is_refused_rather_than_failing_every_pod(tmp
                                    "europe-docker.pkg.dev/proj/repo/covid-cxr@sha256:" + "0" * 64, "covid-cxr"])
 def test_image_references_docker_accepts_pass(image):
     kubeflow_runner.check_image(image)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--data", "s3://bucket/curated"), "^data.data_dir 's3://bucket/curated': TensorFlow in the image has no file "
+                                        r"system for s3:// \(it reads file://, gs:// and paths\)"),
+    (("--set", "model.weights_dir=hdfs://nn/weights"), "^model.weights_dir 'hdfs://nn/weights': TensorFlow in the image"),
+    (("--set", "data.schema_file=schema/schema.pbtxt"), "^data.schema_file 'schema/schema.pbtxt' is a relative path"),
+    (("--set", "runtime.pipeline_name=My Pipeline_1"), "^runtime.pipeline_name 'My Pipeline_1' is not a Kubeflow"),
+    (("--output", "spec.yaml"), "^a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX "
+                                r"Resolver .*: add --set gate.compare_to_baseline=false"),
+    (("--output", " "), r"^--output must name a file \(.json for Vertex AI, .yaml for open-source Kubeflow Pipelines\)$"),
+])
+def test_specs_no_cluster_could_run_are_refused_in_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output", "spec.json",
+                                           *BUCKETS, *args])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert re.search(message, line.removeprefix("Error: ").removeprefix("covid-cxr: error: ")), line
+    assert list(tmp_path.iterdir()) == []  # no spec written
