@@ -14,7 +14,9 @@ WORKDIR /pipeline
 COPY requirements.txt constraints.txt setup.py ./
 # pyfarmhash 0.3.2 (pinned for tensorflow-data-validation) is a C++ source package on PyPI: compile
 # it, then drop the compiler in the same layer.
+# The same pip, setuptools and wheel as the Makefile's local install.
 RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && pip install --no-cache-dir pip==26.3 setuptools==84.2.1 wheel==0.48.0 \
     && pip install --no-cache-dir --ignore-requires-python -c constraints.txt -r requirements.txt \
     && apt-get purge -y --auto-remove g++ && rm -rf /var/lib/apt/lists/*
 COPY . /pipeline/src/covid_cxr
