@@ -253,3 +253,9 @@ def test_specs_no_cluster_could_run_are_refused_in_one_line(tmp_path, monkeypatc
     line = result.output.strip().splitlines()[-1]
     assert re.search(message, line.removeprefix("Error: ").removeprefix("covid-cxr: error: ")), line
     assert list(tmp_path.iterdir()) == []  # no spec written
+
+
+def test_the_image_installs_with_the_same_pip_setuptools_and_wheel_as_the_makefile():
+    root = Path(__file__).parent.parent
+    pins = re.compile(r"pip==[\w.]+ setuptools==[\w.]+ wheel==[\w.]+")
+    assert pins.findall((root / "Dockerfile").read_text()) == pins.findall((root / "Makefile").read_text()) != []
