@@ -139,8 +139,9 @@ def is_kfp_package(output_file: str) -> bool:
 
 def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> list[str]:
     """Writes the spec of ``config`` as prepared by :func:`for_the_container`; returns its notes."""
-    if not output_file.strip():
-        raise ConfigError("--output must name a file (.json for Vertex AI, .yaml for open-source Kubeflow Pipelines)")
+    if not output_file.lower().endswith((".json", ".yaml", ".yml")):
+        raise ConfigError(f"--output {output_file!r} must end in .json (a Vertex AI PipelineJob) or .yaml (a pipeline "
+                          "spec for open-source Kubeflow Pipelines)")
     if is_kfp_package(output_file) and config.gate.compare_to_baseline:
         raise ConfigError("a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX Resolver "
                           "that finds the latest blessed model: add --set gate.compare_to_baseline=false (no AUC "

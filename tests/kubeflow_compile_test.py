@@ -243,7 +243,8 @@ def test_image_references_docker_accepts_pass(image):
     (("--set", "runtime.pipeline_name=My Pipeline_1"), "^runtime.pipeline_name 'My Pipeline_1' is not a Kubeflow"),
     (("--output", "spec.yaml"), "^a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX "
                                 r"Resolver .*: add --set gate.compare_to_baseline=false"),
-    (("--output", " "), r"^--output must name a file \(.json for Vertex AI, .yaml for open-source Kubeflow Pipelines\)$"),
+    (("--output", " "), r"^--output ' ' must end in .json \(a Vertex AI PipelineJob\) or .yaml \(a pipeline spec for "),
+    (("--output", "spec.txt"), r"^--output 'spec.txt' must end in .json"),
 ])
 def test_specs_no_cluster_could_run_are_refused_in_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
