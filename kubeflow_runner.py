@@ -65,10 +65,10 @@ def _check_scheme(field: str, path: str) -> None:
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         return
     known = tf.io.gfile.get_registered_schemes()
-    if scheme.lower() not in known:
-        readable = ", ".join(f"{k}://" for k in sorted(known) if k and k != "ram")
+    if scheme not in known:  # as TensorFlow looks it up: "GS://" is not "gs://"
+        remote = ", ".join(f"{k}://" for k in sorted(known) if k not in ("", "file", "ram"))
         raise ConfigError(f"{field} {path!r}: TensorFlow in the image has no file system for {scheme}:// (it reads "
-                          f"{readable} and paths), so every component would fail there: use a gs:// bucket")
+                          f"{remote} buckets and its own paths), so every component would fail there: use a gs:// bucket")
 
 
 # Paths every container must reach, and the flag that sets each. On the compiling machine's disk they
@@ -99,8 +99,9 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     for section, name in [(section, name) for section, name, _ in _SHARED_PATHS] + [
             ("data", "schema_file"), ("model", "weights"), ("model", "weights_dir")]:
         _check_scheme(f"{section}.{name}", getattr(getattr(config, section), name))
-    if config.data.schema_file and _on_this_machine(config.data.schema_file) and not config.data.schema_file.startswith("/"):
-        raise ConfigError(f"data.schema_file {config.data.schema_file!r} is a relative path, which each container would "
+    schema = config.data.schema_file
+    if schema and _on_this_machine(schema) and not schema.removeprefix("file://").startswith("/"):
+        raise ConfigError(f"data.schema_file {schema!r} is a relative path, which each container would "
                           "look for in its own working directory: give the absolute path in the image, or gs://...")
     if _on_this_machine(config.data.schema_file):
         checked = ("; the spec holds the hash of this machine's copy, so a different file there stops the run"

@@ -203,7 +203,7 @@ class PipelineConfig:
         if self.tuner.enabled and searched and not self.tuner.fine_tune_epochs:
             raise ConfigError(f"tuner.{searched[0]} lists several values, but with tuner.fine_tune_epochs 0 the Tuner's "
                               "trials only train the head, which cannot tell them apart: list one value, or set "
-                              "tuner.fine_tune_epochs")
+                              "tuner.fine_tune_epochs above 0")
         if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
             raise ConfigError("data.*_buckets must all be at least 1")
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):

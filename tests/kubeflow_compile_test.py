@@ -178,34 +178,47 @@ def test_the_image_starts_tensorflow_as_the_full_preset_requires():
                              else value), name
 
 
-def _docker_ignores(patterns: list, path: str) -> bool:
-    """Whether Docker's build context leaves ``path`` out: the last pattern that matches the path, or
-    the leading directories of the path as many as the pattern has, decides; "!" re-includes."""
+def _ignored(patterns: list, path: str) -> bool:
+    """Docker's rule for one path: the last pattern matching the path or one of its parent folders
+    decides; "!" re-includes."""
+    prefixes = ["/".join(path.split("/")[:n]) for n in range(1, path.count("/") + 2)]
     ignored = False
     for pattern in patterns:
         include = pattern.startswith("!")
-        pattern = pattern.removeprefix("!").strip("/")
-        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-        depth = len(pattern.split("/"))
-        if re.fullmatch(regex, path) or re.fullmatch(regex, "/".join(path.split("/")[:depth])):
+        glob = pattern.removeprefix("!").strip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
             ignored = not include
     return ignored
+
+
+def _in_build_context(patterns: list, path: str) -> bool:
+    """Whether ``docker build`` sends ``path``. The legacy builder also skips a whole folder the
+    patterns leave out unless an exception names a path inside it (BuildKit only needs the rule)."""
+    parts = path.split("/")
+    for n in range(1, len(parts)):
+        folder = "/".join(parts[:n])
+        if _ignored(patterns, folder) and not any(p.startswith(f"!{folder}/") for p in patterns):
+            return False
+    return not _ignored(patterns, path)
 
 
 def test_only_the_package_goes_into_the_image():
     root = Path(__file__).parent.parent
     lines = (line.strip() for line in (root / ".dockerignore").read_text().splitlines())
     patterns = [line for line in lines if line and not line.startswith("#")]
-    needed = ["setup.py", "cli.py", "requirements.txt", "constraints.txt", "data/sources/cohen.py",
-              "pipeline/presets/full.yaml", "pipeline/schema/schema.pbtxt", "trainer/task.py"]
-    assert [p for p in needed if _docker_ignores(patterns, p)] == []
+    packages = [d for d in root.iterdir() if (d / "__init__.py").is_file() and d.name not in ("tests", "scripts")]
+    code = [p.name for p in root.glob("*.py")] + [str(p.relative_to(root)) for d in packages for p in d.rglob("*.py")]
+    needed = code + ["requirements.txt", "constraints.txt", "pipeline/presets/full.yaml", "pipeline/schema/schema.pbtxt"]
+    assert "setup.py" in needed and "data/sources/cohen.py" in needed and "trainer/task.py" in needed
+    assert [p for p in needed if not _in_build_context(patterns, p)] == []
     # What README's workflow and the test runs leave in the checkout: films, models, reports, caches.
     local = ["curated/cvn/train-00000-of-00001.gz", "curated/cvn/summary.json", "curated/cohen/manifest.csv",
              "serving/cvn/1796524851/saved_model.pb", "serving/cvn/1796524851/model_card.md", "report/errors.png",
              "report-cohen/report.json", "out/covid-vs-normal/root/metadata.sqlite", "runs/q/rejected.csv",
-             ".venv/lib/python3.11/site-packages/tfx/__init__.py", ".git/HEAD", "trainer/__pycache__/task.cpython-311.pyc",
-             "covid_cxr.egg-info/PKG-INFO", "README.md", "docs/results.md"]
-    assert [p for p in local if not _docker_ignores(patterns, p)] == []
+             ".venv/lib/python3.11/site-packages/tfx/__init__.py", ".git/HEAD", "data/sources/__pycache__/cohen.cpython-311.pyc",
+             "covid_cxr.egg-info/PKG-INFO", "README.md", "docs/results.md", "tests/cli_test.py", "scripts/threshold_check.py"]
+    assert [p for p in local if _in_build_context(patterns, p)] == []
 
 
 def test_open_source_kubeflow_gets_a_spec_without_resolver_nodes(tmp_path):
@@ -237,7 +250,9 @@ def test_image_references_docker_accepts_pass(image):
 
 @pytest.mark.parametrize("args, message", [
     (("--data", "s3://bucket/curated"), "^data.data_dir 's3://bucket/curated': TensorFlow in the image has no file "
-                                        r"system for s3:// \(it reads file://, gs:// and paths\)"),
+                                        r"system for s3:// \(it reads gs:// buckets and its own paths\)"),
+    (("--serving-dir", "GS://bucket/serving"), "^runtime.serving_dir 'GS://bucket/serving': TensorFlow in the image has "
+                                               "no file system for GS://"),
     (("--set", "model.weights_dir=hdfs://nn/weights"), "^model.weights_dir 'hdfs://nn/weights': TensorFlow in the image"),
     (("--set", "data.schema_file=schema/schema.pbtxt"), "^data.schema_file 'schema/schema.pbtxt' is a relative path"),
     (("--set", "runtime.pipeline_name=My Pipeline_1"), "^runtime.pipeline_name 'My Pipeline_1' is not a Kubeflow"),
@@ -260,3 +275,8 @@ def test_the_image_installs_with_the_same_pip_setuptools_and_wheel_as_the_makefi
     root = Path(__file__).parent.parent
     pins = re.compile(r"pip==[\w.]+ setuptools==[\w.]+ wheel==[\w.]+")
     assert pins.findall((root / "Dockerfile").read_text()) == pins.findall((root / "Makefile").read_text()) != []
+
+
+@pytest.mark.parametrize("schema", ["/pipeline/schema/schema.pbtxt", "file:///pipeline/schema/schema.pbtxt"])
+def test_an_absolute_schema_path_in_the_image_compiles(tmp_path, schema):
+    _compile(tmp_path, "--set", f"data.schema_file={schema}")

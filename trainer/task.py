@@ -253,6 +253,8 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     batch = train_cfg["batch_size"]
     source_counts = _count_source_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
+    _check_eval_classes(task, _per_class(_count_source_labels(fn_args.eval_files, fn_args.data_accessor,
+                                                              tf_transform_output, batch)))
     weights = _training_weights(source_counts, task, train_cfg)
 
     def build(hp):
@@ -267,7 +269,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     cache = _feature_cache(fn_args, fn_args.transform_graph_path, batch, train_cfg["seed"], weights, cfg["model"])
     tuner = keras_tuner.RandomSearch(
         _TrialModel(build, batches(), task, batches(one_pass=True) if train_cfg["cache_frozen_features"] else None,
-                    train_cfg["seed"], cache, int(cfg["tuner"].get("fine_tune_epochs", 0))),
+                    train_cfg["seed"], cache, int(cfg["tuner"]["fine_tune_epochs"])),
         objective=keras_tuner.Objective(training.TUNER_OBJECTIVE, direction="max"),
         max_trials=cfg["tuner"]["trials"],
         seed=train_cfg["seed"],
@@ -287,8 +289,9 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
 
 
 def _check_eval_classes(task: features.Task, eval_counts: dict) -> None:
-    """Before any training: early stopping, the threshold and the atypical-input check are chosen on
-    the eval split, so every class must be in it (a few hundred films split by hash can miss one)."""
+    """Before any training (Tuner and Trainer): the trials, early stopping, the threshold and the
+    atypical-input check are chosen on the eval split, so every class must be in it (a few hundred
+    films split by hash can miss one)."""
     missing = [name for index, name in enumerate(task.classes) if not eval_counts.get(index)]
     if missing:
         raise ValueError(f"the eval split holds no {' and no '.join(missing)} films (eval counts per class: "
