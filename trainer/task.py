@@ -75,12 +75,20 @@ def _training_batches(fn_args, tf_transform_output, batch_size: int, seed: int, 
                              not one_pass, seed, example_weights)
 
 
-def _labels_and_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    labels, scores = [], []
+def _scored_eval(model, scorer, dataset) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(labels, scores, pooled features or None) of every eval film. With the atypical-input
+    ``scorer`` the scores are its probabilities, which is what the export serves then, and the
+    features come from the same pass of each backbone."""
+    labels, scores, pooled = [], [], []
     for images, label in dataset:
         labels.append(label.numpy().reshape(-1))
-        scores.append(model(images, training=False).numpy())
-    return np.concatenate(labels), np.concatenate(scores)
+        if scorer is None:
+            scores.append(model(images, training=False).numpy())
+        else:
+            probabilities, member_features = scorer(images, training=False)
+            scores.append(probabilities.numpy())
+            pooled.append(member_features.numpy())
+    return np.concatenate(labels), np.concatenate(scores), np.concatenate(pooled) if pooled else None
 
 
 def _count_source_labels(files, data_accessor, tf_transform_output, batch_size: int) -> collections.Counter:
@@ -322,23 +330,30 @@ def _pooled(scorer, dataset) -> np.ndarray:
     return np.concatenate([scorer(images, training=False)[1].numpy() for images, _ in dataset])
 
 
-def _typicality_check(members: list, train_ds, eval_ds, quantile: float):
-    """(the served atypical-input check, its summary for the model card), fitted on the pooled
-    features of the training films, unaugmented, of every member that pools; (None, None) when off
-    or not possible."""
+def _typicality_scorer(members: list, quantile: float):
+    """(:func:`models.scorer_with_features` of the members, the families it measures) when the served
+    model gets an atypical-input check; (None, []) when it is off or no member pools."""
     if not quantile:
-        return None, None
+        return None, []
     scorer, families = models.scorer_with_features(members)
     if scorer is None:
         logging.warning("%s: no pooled features layer, so the served model has no atypical-input check",
                         " + ".join(m.family for m in members))
-        return None, None
+        return None, []
     if len(families) < len(members):
         logging.info("the atypical-input check leaves out %s (no pooled features)",
                      " + ".join(m.family for m in members if m.family not in families))
+    return scorer, families
+
+
+def _typicality_check(scorer, families: list, train_ds, eval_features: np.ndarray, quantile: float):
+    """(the served atypical-input check, its summary for the model card), fitted on the pooled
+    features of the training films, unaugmented, and the eval films' (``eval_features``, from
+    :func:`_scored_eval`); (None, None) without a scorer or when too few films."""
+    if scorer is None:
+        return None, None
     try:
-        check, summary = typicality.fitted_check(scorer, families, _pooled(scorer, train_ds), _pooled(scorer, eval_ds),
-                                                 quantile)
+        check, summary = typicality.fitted_check(scorer, families, _pooled(scorer, train_ds), eval_features, quantile)
     except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
         logging.warning("the served model has no atypical-input check: %s", e)
         return None, None
@@ -407,7 +422,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     for fit in fits:
         logging.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
 
-    labels, scores = _labels_and_scores(built.model, eval_ds)
+    quantile = float(train_cfg["atypical_quantile"])
+    scorer, scored_families = _typicality_scorer(members, quantile)
+    labels, scores, eval_features = _scored_eval(built.model, scorer, eval_ds)
     # Three-class too: COVID when P(covid) is above it, else the more probable other class.
     threshold = training.choose_threshold(labels.reshape(-1) == task.positive_index, _covid_scores(task, scores),
                                           train_cfg["target_sensitivity"], train_cfg["target_specificity"])
@@ -435,8 +452,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "training": fits,
     }
     check, metadata["typicality"] = _typicality_check(
-        members, _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
-        eval_ds, float(train_cfg["atypical_quantile"]))
+        scorer, scored_families, _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
+        eval_features, quantile)
     training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir,
                                 typicality_check=check)

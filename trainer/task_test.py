@@ -290,11 +290,21 @@ def _image_batches(n, size, seed, shift=0.0):
     return tf.data.Dataset.from_tensor_slices((images, np.zeros(n, np.int64))).batch(8)
 
 
+def _fitted_check(members, train_ds, eval_ds, quantile):
+    """run_fn's steps: the scorer, one eval pass (scores and features), the check fitted."""
+    scorer, families = trainer_task._typicality_scorer(members, quantile)
+    ensemble = models.average_ensemble(members).model if len(members) > 1 else members[0].model
+    _, scores, eval_features = trainer_task._scored_eval(ensemble, scorer, eval_ds) if eval_ds else (None, None, None)
+    if scorer is not None:  # the eval pass scores as the ensemble serves
+        np.testing.assert_allclose(scores, ensemble(np.concatenate([x for x, _ in eval_ds]), training=False), rtol=1e-5)
+    return trainer_task._typicality_check(scorer, families, train_ds, eval_features, quantile)
+
+
 def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(caplog):
     hparams = models.HParams(family="bn_double_conv", image_size=32, dense_units=8, dropout=0.0)
     member = models.build_model(hparams, input_size=32, num_classes=2, weights="none")
     flat = models.build_model(dataclasses.replace(hparams, family="cnn3"), input_size=32, num_classes=2, weights="none")
-    check, summary = trainer_task._typicality_check([member, flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9)
+    check, summary = _fitted_check([member, flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9)
     assert summary["features"] == "pooled features of bn_double_conv" and summary["train_films"] == 40
     assert summary["eval_films"] == 20 and summary["eval_atypical"] == 2 and summary["quantile"] == 0.9
     assert summary["dimensions"] == member.model.get_layer(models.FEATURES_NAME).output.shape[-1]
@@ -316,10 +326,10 @@ def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(ca
     np.testing.assert_allclose(pooled, np.concatenate(
         [models.pooled_features(m.model)(eval_images, training=False).numpy() for m in (member, second)], axis=1), rtol=1e-5)
     # Off, or impossible (flattening CNNs have no pooled features): the model is served without it, said so.
-    assert trainer_task._typicality_check([member], None, None, 0.0) == (None, None)
+    assert _fitted_check([member], None, None, 0.0) == (None, None)
     with caplog.at_level("WARNING"):
-        assert trainer_task._typicality_check([flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9) == (None, None)
+        assert _fitted_check([flat], _image_batches(40, 32, 1), _image_batches(20, 32, 2), 0.9) == (None, None)
     assert "cnn3: no pooled features layer, so the served model has no atypical-input check" in caplog.text
     with caplog.at_level("WARNING"):  # 0.9 needs 20 validation films
-        assert trainer_task._typicality_check([member], _image_batches(40, 32, 1), _image_batches(19, 32, 2), 0.9) == (None, None)
+        assert _fitted_check([member], _image_batches(40, 32, 1), _image_batches(19, 32, 2), 0.9) == (None, None)
     assert "no atypical-input check: too few films" in caplog.text
