@@ -43,8 +43,11 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    # Clamp float round-off (k == 0 or k == n give exactly 0 / 1 mathematically).
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # k == 0 and k == n give exactly 0 / 1 mathematically; round-off may leave 1e-17 or 1 - 2e-16,
+    # an interval that would not hold its own value.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def proportion(k: int, n: int) -> dict:
@@ -231,11 +234,21 @@ def auc_delong_ci(y_true: Sequence[int], scores: Sequence[float], z: float = Z95
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
+MIN_AUC_CI_FILMS = 5  # fewer films in a class: no AUC interval
+
+
 def auc_with_ci(y_true: Sequence[int], scores: Sequence[float], method: str = "bootstrap",
                 n_boot: int = 2000, seed: int = 0) -> dict:
-    """``{"value", "ci95", "method", "n_positive", "n_negative"}`` (value/ci95 None if a class is absent)."""
+    """``{"value", "ci95", "method", "n_positive", "n_negative"}`` (value/ci95 None if a class is absent).
+
+    ci95 is None too when a class has fewer than MIN_AUC_CI_FILMS films: with one negative film every
+    bootstrap replicate holds it, so the interval ignores that side's uncertainty (a simulated 95 %
+    interval held the true AUC 28 % of the time with 1 negative, 68 % with 2)."""
     pos, neg = _split_scores(y_true, scores)
     value = roc_auc(y_true, scores)
+    if min(pos.size, neg.size) < MIN_AUC_CI_FILMS:
+        return {"value": value, "ci95": None, "method": f"no interval: under {MIN_AUC_CI_FILMS} films of a class",
+                "n_positive": int(pos.size), "n_negative": int(neg.size)}
     if method == "bootstrap":
         ci = auc_bootstrap_ci(y_true, scores, n_boot=n_boot, seed=seed)
         label = f"stratified percentile bootstrap ({n_boot} resamples, seed {seed})"

@@ -100,6 +100,24 @@ def test_bootstrap_ci_is_deterministic_and_brackets_the_auc():
     assert full["value"] == pytest.approx(auc) and full["n_positive"] == 40 and full["n_negative"] == 60
 
 
+@pytest.mark.parametrize("k, n", [(0, 35), (57, 57), (0, 1), (1, 1), (3, 3)])
+def test_a_wilson_interval_at_zero_or_all_holds_its_own_value_exactly(k, n):
+    lo, hi = metrics.wilson_interval(k, n)
+    assert lo <= k / n <= hi and (lo == 0.0 if k == 0 else hi == 1.0)
+    assert 0.0 < hi < 1.0 if k == 0 else 0.0 < lo < 1.0  # the other side is a real bound
+
+
+def test_no_auc_interval_from_a_handful_of_films_of_one_class():
+    rng = np.random.default_rng(3)
+    for n_neg in (1, 4):
+        y = np.array([1] * 57 + [0] * n_neg)
+        auc = metrics.auc_with_ci(y, rng.normal(size=y.size) + y, n_boot=100)
+        assert auc["value"] is not None and auc["ci95"] is None and auc["n_negative"] == n_neg
+        assert auc["method"] == "no interval: under 5 films of a class"
+    y = np.array([1] * 57 + [0] * 5)
+    assert metrics.auc_with_ci(y, rng.normal(size=y.size) + y, n_boot=100)["ci95"] is not None
+
+
 def test_bootstrap_auc_replicate_equals_pairwise_definition():
     # The searchsorted form inside the bootstrap equals the pairwise definition on any sample.
     y = [1, 1, 0, 0, 0]
