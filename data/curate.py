@@ -164,6 +164,7 @@ def curate(
     balance_cap: Optional[int] = None,
     key: Optional[str] = None,
     hash_threshold: int = dedupe.DEFAULT_THRESHOLD,
+    group_threshold: int = dedupe.GROUP_THRESHOLD,
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
     hold_out: Optional[tuple[str, str]] = None,
@@ -189,6 +190,9 @@ def curate(
         raise CurationError(f"max side must be at least {images.MIN_SIDE} px")
     if balance_cap is not None and balance_cap < 1:
         raise CurationError("balance cap must be at least 1")
+    if group_threshold < hash_threshold:  # a rejected copy must always share its kept film's group
+        raise CurationError(f"the group threshold ({group_threshold}) must be at least the near-duplicate "
+                            f"threshold ({hash_threshold})")
     source_objs = build_sources(sources, class_map)
     _check_outside_sources(out_dir, "--out", source_objs)
     if hold_out is not None:
@@ -216,10 +220,13 @@ def curate(
                 pseudonyms[k] = pseudonym.pseudonymize(key_bytes, *k)
             return pseudonyms[k]
 
-        refs = {it.index: _public_ref(it, pid(it), key_bytes) for it in items}
+        by_name = {s.name: s for s in source_objs}
+        refs = {it.index: _public_ref(it, pid(it), key_bytes, by_name[it.candidate.source]) for it in items}
         hashed = [it for it in items if it.processed is not None and it.reject is None]
         dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
-        uf = _group(hashed, dups)
+        linked = dedupe.near_pairs([it.processed.phash for it in hashed], group_threshold)  # dups.pairs and more
+        duplicate_summary["grouped_pairs"] = len(linked)
+        uf = _group(hashed, linked)
         held_groups = {uf.find(n) for n, it in enumerate(hashed)
                        if hold_out is not None and it.reject is None and it.candidate.source == hold_out[0]}
         # The cap balances what is trained on: held-out films neither count towards it nor are cut.
@@ -260,6 +267,7 @@ def curate(
                 "balance_cap": balance_cap,
                 "hash": f"dct-phash-{images.HASH_BYTES * 8}",
                 "hash_threshold": hash_threshold,
+                "group_threshold": group_threshold,
                 "pseudonym_key": key_origin,
                 "pseudonym_key_id": pseudonym.key_id(key_bytes),
             }
@@ -275,6 +283,7 @@ def curate(
                 "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
                 "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
                 "hidden_skipped_per_source": {s.name: s.hidden_skipped for s in source_objs if s.hidden_skipped},
+                "patient_grouping": {s.name: s.patient_grouping for s in source_objs if s.patient_grouping},
                 "duplicates": duplicate_summary,
                 "largest_group": max(group_sizes.values(), default=0),
                 "crop": dict(sorted(crop_counts.items())),
@@ -370,13 +379,13 @@ def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], thresho
     }
 
 
-def _group(hashed: Sequence[_Item], dups: dedupe.Duplicates) -> dedupe.UnionFind:
-    """Union-find over "same patient" and every near pair (rejected copies too: they link patients)."""
+def _group(hashed: Sequence[_Item], near: Sequence[tuple[int, int, int]]) -> dedupe.UnionFind:
+    """Union-find over "same patient" and every pair in ``near`` (rejected copies too: they link patients)."""
     uf = dedupe.UnionFind(len(hashed))
     first_of_patient: dict[tuple[str, str], int] = {}
     for n, it in enumerate(hashed):
         uf.union(first_of_patient.setdefault((it.candidate.source, it.raw_patient), n), n)
-    for i, j, _ in dups.pairs:
+    for i, j, _ in near:
         uf.union(i, j)
     return uf
 
@@ -400,22 +409,31 @@ def _kind(reason: str) -> str:
     return "near-duplicate" if reason.startswith("near-duplicate of ") else reason.split(":", 1)[0].strip()
 
 
-def _public_ref(it: _Item, patient_pseudonym: str, key: bytes) -> str:
+def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -> str:
     """The ref as written to the manifest, the rejections and the summary.
 
-    RSNA names each file by its raw patient id: the pseudonym takes its place. Any other file of a
+    RSNA names each file by its raw (per-film) patientId: that id's pseudonym takes its place. Any other file of a
     tree that may be a hospital export (``Source.private_names``), any DICOM file and any name that
     is not UTF-8 keeps only its class folder and extension: hospitals name files and folders (and
     previews, notes) by patient id, name, accession number, UID and date, more than a list of header
     values to scrub could cover.
     """
     ref, path = it.candidate.source_ref, it.candidate.path
-    if it.candidate.ref_has_patient_id and it.raw_patient and ref.count("/") <= 1:  # RSNA's own layout
-        return ref.replace(it.raw_patient, patient_pseudonym)
-    source = SOURCES.get(it.candidate.source)
-    private = source is None or source.private_names  # an adapter passed in as an object: assume so
-    if private or (path and dicom.is_dicom(path)) or not images.is_utf8(ref):
-        return images.public_ref(ref, f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}")
+    folder, _, name = ref.rpartition("/")
+    ref_id = it.candidate.ref_id
+    if ref_id and name == f"{ref_id}.dcm" and folder and "/" not in folder:  # RSNA's own layout, nothing else
+        return f"{folder}/{pseudonym.pseudonymize(key, it.candidate.source, ref_id)}.dcm"
+    # An adapter passed in as an object, not one of SOURCES: its tree may be private.
+    private = source.private_names or type(source) is not SOURCES.get(source.name)
+    dicom_file = (path and dicom.is_dicom(path)) or (not path and name.lower().endswith((".dcm", ".dicom")))
+    if private or dicom_file or not images.is_utf8(ref):
+        shown = images.public_ref(ref, f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}")
+        top = ref.split("/")[0]
+        if "/" in ref and private and not source.names_a_class(top):
+            # Not a class or layout folder of a private tree: it may be named by patient (locate()
+            # finds it by the file's pseudonym, as evaluate's "folder-<pseudonym>" slices).
+            shown = f"folder-{pseudonym.file_pseudonym(key, it.candidate.source, top + '/')}/" + shown.split("/", 1)[1]
+        return shown
     return ref
 
 
@@ -518,12 +536,14 @@ def _parse_source_option(values: Sequence[str], option: str = "--source", form: 
 @click.option("--key", default=None, help=f"Pseudonym key (default: ${pseudonym.ENV_VAR}, else {pseudonym.default_key_path()}).")
 @click.option("--hash-threshold", default=dedupe.DEFAULT_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
               help="Near-duplicate threshold: hamming distance between 256-bit perceptual hashes.")
+@click.option("--group-threshold", default=dedupe.GROUP_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
+              help="Films at most this far apart are kept but share one patient group (so one split).")
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Image-processing processes (default: up to 4).")
 @click.option("--hold-out", "hold_out_spec", default=None, metavar="NAME=DIR",
               help="Write source NAME's films (and every film sharing a patient or near-duplicate group with them) "
                    "to DIR instead: an external test set for `covid-cxr evaluate`.")
 def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, equalize, balance_cap, key,
-                   hash_threshold, workers, hold_out_spec):
+                   hash_threshold, group_threshold, workers, hold_out_spec):
     """Curate public chest X-ray collections into de-identified, de-duplicated, patient-grouped TFRecords."""
     specs = _parse_source_option(source_specs)
     hold_out = _parse_source_option([hold_out_spec], "--hold-out", "NAME=DIR")[0] if hold_out_spec is not None else None
@@ -537,7 +557,7 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
     try:
         summary = curate(specs, out_dir, task, class_map=cmap, max_side=max_side, crop=not no_crop,
                          equalize=equalize, balance_cap=balance_cap, key=key, hash_threshold=hash_threshold,
-                         workers=workers, hold_out=hold_out)
+                         group_threshold=group_threshold, workers=workers, hold_out=hold_out)
     except CurationError as e:
         raise click.UsageError(str(e)) from None
     except OSError as e:  # e.g. an unwritable output directory
@@ -573,7 +593,10 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
                  f"(within a source {d.get('within_source', 0)}, across sources {d.get('cross_source', 0)})")
     if d.get("label_conflicts"):
         lines.append(f"  label conflicts (same picture, different labels; the kept copy's label wins): {d['label_conflicts']}")
-    lines.append(f"  patients {summary.get('patients', 0)}, groups {summary.get('groups', 0)}")
+    lines.append(f"  patients {summary.get('patients', 0)}, groups {summary.get('groups', 0)} (film pairs near enough "
+                 f"to share a group: {d.get('grouped_pairs', 0)})")
+    for source, grouping in summary.get("patient_grouping", {}).items():
+        lines.append(f"  {source} patients: {grouping}")
     lines.append(f"  rejected {summary['rejected']}:")
     for reason, n in sorted(summary.get("rejections", {}).items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"    {n:6d}  {reason}")

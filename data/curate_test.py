@@ -16,7 +16,7 @@ from PIL import Image
 
 from covid_cxr import cli
 from covid_cxr.data import curate as curate_mod
-from covid_cxr.data import features, images, pseudonym, testing
+from covid_cxr.data import dedupe, features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON, REAL_SOURCE_DIRS
 
@@ -125,10 +125,12 @@ def test_accepted_and_rejected_account_for_every_input(run):
     # The folder source's files are written under pseudonyms (test_no_raw_identifier_in_any_output,
     # test_names_in_an_export_tree_...): found by reason.
     [unmapped_png] = [ref for (src, ref) in reasons if src == "folder" and ref.endswith(".png")]
-    assert re.fullmatch(r"other/[0-9a-f]{16}-[0-9a-f]{8}\.png", unmapped_png), unmapped_png
-    assert reasons[("folder", unmapped_png)] == "unmapped class folder: other"
+    # An unmapped folder ("other") may be named by patient: only its pseudonym is written.
+    unmapped = "unmapped class folder: neither named like a finding nor in --class-map"
+    assert re.fullmatch(r"folder-[0-9a-f]{8}/[0-9a-f]{16}-[0-9a-f]{8}\.png", unmapped_png), unmapped_png
+    assert reasons[("folder", unmapped_png)] == unmapped
     dicom_reasons = sorted(why for (src, ref), why in reasons.items() if src == "folder" and ref.endswith(".dcm"))
-    assert dicom_reasons[:4] == ["lateral view: DICOM ViewPosition"] * 2 + ["not an X-ray: CT", "unmapped class folder: other"]
+    assert dicom_reasons[:4] == ["lateral view: DICOM ViewPosition"] * 2 + ["not an X-ray: CT", unmapped]
     assert len(dicom_reasons) == 5 and dicom_reasons[4].startswith("unreadable image: ")
     assert sorted(reasons[("rsna", r)].split(":")[0] for r in rsna_refs) == ["abnormal, no lung opacity", "not used by task covid-vs-normal"]
     assert summary["duplicates"]["within_source"] == 1 and summary["duplicates"]["cross_source"] == 2
@@ -196,6 +198,41 @@ def test_groups_merge_patients_through_duplicates(run):
     assert summary["patients"] == 9 and summary["groups"] == 8 and summary["largest_group"] == 3
 
 
+def test_a_re_cropped_copy_too_far_to_reject_still_shares_its_films_group(tmp_path):
+    """Copies with burnt-in marks sit between the reject and the group thresholds: kept, one group."""
+    film = testing.radiograph(50)
+    marked = film.copy()
+    marked[10:30, 12:60] = 255  # a burnt-in label
+    marked[90:96, 40:100] = 255  # an arrow
+    rad = tmp_path / "radiography"
+    testing.write_image(rad / "COVID" / "COVID-1.png", film)
+    testing.write_image(rad / "COVID" / "COVID-2.png", marked)
+    testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(51))
+    curate({"radiography": str(rad)}, str(tmp_path / "a"), "covid-vs-normal", key=KEY, workers=1, hash_threshold=0,
+           group_threshold=0)
+    curated = read_csv(tmp_path / "a" / "manifest.csv")
+    distance = dedupe.hamming(*(bytes.fromhex(r["hash"]) for r in curated if r["label"] == "covid"))
+    assert 0 < distance <= 128
+
+    def groups(group_threshold):
+        out = tmp_path / f"t{group_threshold}"
+        summary = curate({"radiography": str(rad)}, str(out), "covid-vs-normal", key=KEY, workers=1,
+                         hash_threshold=distance - 1, group_threshold=group_threshold)
+        rows = read_csv(out / "manifest.csv")
+        assert len(rows) == 3 and summary["rejected"] == 0  # both copies kept either way
+        return summary, {r["source_ref"]: r["group"] for r in rows}
+
+    summary, apart = groups(distance - 1)
+    assert apart["COVID/COVID-1.png"] != apart["COVID/COVID-2.png"] and summary["duplicates"]["grouped_pairs"] == 0
+    summary, joined = groups(distance)
+    assert joined["COVID/COVID-1.png"] == joined["COVID/COVID-2.png"] != joined["Normal/Normal-1.png"]
+    assert summary["groups"] == 2 and summary["duplicates"]["grouped_pairs"] == 1
+    assert summary["settings"]["group_threshold"] == distance
+    with pytest.raises(CurationError, match=r"^the group threshold \(3\) must be at least the near-duplicate "
+                                            r"threshold \(40\)$"):
+        curate({"radiography": str(rad)}, str(tmp_path / "b"), "covid-vs-normal", key=KEY, group_threshold=3)
+
+
 def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
     out, _ = run
     secrets = [*RSNA_IDS, DICOM_PID, "PID-LAT-9", "PID-CT-99", "PID-OTHER-5", "PID-ACC-3", *COHEN_IDS, "Doe", "Johanna",
@@ -219,7 +256,7 @@ def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
     rows = read_csv(out / "rejected.csv") + read_csv(out / "manifest.csv")
     dicom_refs = sorted(r["source_ref"] for r in rows if r["source"] == "folder" and r["source_ref"].endswith(".dcm"))
     assert len(dicom_refs) == 6
-    assert all(re.fullmatch(r"(COVID|other)/[0-9a-f]{16}-[0-9a-f]{8}\.dcm", ref) for ref in dicom_refs), dicom_refs
+    assert all(re.fullmatch(r"(COVID|folder-[0-9a-f]{8})/[0-9a-f]{16}-[0-9a-f]{8}\.dcm", ref) for ref in dicom_refs), dicom_refs
 
 
 def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run, corpus):
@@ -267,26 +304,34 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     os.makedirs(rsna / "stage_2_train_images" / "batch-DOE")
     os.rename(rsna / "stage_2_train_images" / f"{RSNA_IDS[0]}.dcm",
               rsna / "stage_2_train_images" / "batch-DOE" / f"{RSNA_IDS[0]}.dcm")
+    # Names RSNA's layout does not expect: a tail after the id (one not UTF-8), a folder beside it.
+    (rsna / "stage_2_train_images" / f"{RSNA_IDS[1]}.DOE").write_bytes(b"not a film")
+    (rsna / "stage_2_train_images" / os.fsdecode(RSNA_IDS[2].encode() + b".M\xfcller")).write_bytes(b"not a film")
+    testing.write_dicom(rsna / "DOE_BATCH" / "x.dcm", testing.radiograph(57))
+    testing.write_image(export / "DOE_UNMAPPED" / "u.png", testing.radiograph(58))  # not a class folder
     out = tmp_path / "out"
     curate({"folder": str(export), "rsna": str(rsna), "radiography": str(radiography)}, str(out), "covid-vs-normal",
            class_map=CLASS_MAP, key=KEY, workers=1)
     rows = read_csv(out / "rejected.csv") + read_csv(out / "manifest.csv")
     written = (out / "rejected.csv").read_text() + (out / "manifest.csv").read_text() + (out / "summary.json").read_text()
-    for secret in ("DOE", ACCESSION, SOP_UID, SOP_UID.rsplit(".", 1)[-1], RSNA_IDS[0]):
+    for secret in ("DOE", ACCESSION, SOP_UID, SOP_UID.rsplit(".", 1)[-1], *RSNA_IDS, "ller"):
         assert secret not in written, secret
     refs = {r["source"]: [] for r in rows}
     for r in rows:
         refs[r["source"]].append(r["source_ref"])
     # Every file of the export, plainly named images too: a preview may be named after the patient.
     pseudonymous = refs["folder"]
-    assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in pseudonymous) == [
-        "COVID/P", "COVID/P", "COVID/P.dcm", "COVID/P.jpg", "healthy/P.png", "healthy/P.png"]
+    assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in pseudonymous) == sorted([
+        "COVID/P", "COVID/P", "COVID/P.dcm", "COVID/P.jpg", "healthy/P.png", "healthy/P.png",
+        f"folder-{pseudonym.file_pseudonym(KEY.encode(), 'folder', 'DOE_UNMAPPED/')}/P.png"])
     # A public collection keeps its own names, except one that cannot be written as it is.
     assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in refs["radiography"]) == [
         "Normal/Normal-1.png", "Normal/P.png"]
-    # The file in a subfolder is outside RSNA's layout, and its label row finds no image: both named by pseudonym.
+    # The file in a subfolder is outside RSNA's layout, and its label row finds no image: both named by
+    # pseudonym; so are the two names with a tail after the id, and the folder beside the layout's.
     assert sorted(re.sub(r"[0-9a-f]{16}(-[0-9a-f]{8})?", "P", ref) for ref in refs["rsna"]) == [
-        "stage_2_train_images/P.dcm"] * 2
+        f"folder-{pseudonym.file_pseudonym(KEY.encode(), 'rsna', 'DOE_BATCH/')}/P.dcm",
+        "stage_2_train_images/P", "stage_2_train_images/P", "stage_2_train_images/P.dcm", "stage_2_train_images/P.dcm"]
     # Not an image, so rejected: the reason names no "extension" (here a UID's tail) for such trees.
     reasons = {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}
     assert sorted(reason for ref, reason in reasons.items() if ref.startswith("COVID/") and "." not in ref) == [
@@ -294,7 +339,8 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     located = curate_mod.locate("folder", str(export), pseudonymous, KEY.encode())
     assert sorted(os.path.relpath(paths[0], export) for paths in located.values()) == sorted([
         f"COVID/DOE_JANE/{ACCESSION}/img.dcm", f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_preview.jpg",
-        f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_notes.txt", f"COVID/{SOP_UID}", "healthy/h1.png", f"healthy/{latin1}"])
+        f"COVID/DOE_JANE/{ACCESSION}/DOE_JANE_notes.txt", f"COVID/{SOP_UID}", "healthy/h1.png", f"healthy/{latin1}",
+        "DOE_UNMAPPED/u.png"])
 
 
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
@@ -483,6 +529,12 @@ def test_real_corpus_duplicates_and_rejections(real_run):
         groups_of_patient.setdefault(r["patient_id"], set()).add(r["group"])
     assert all(len(g) == 1 for g in groups_of_patient.values())
     assert len({(r["source"], r["hash"]) for r in manifest}) == len(manifest)  # no exact duplicate left
+    # Re-crops of one film too far apart to reject (hash distance 48 and 52) are kept, in one group.
+    by_ref = {r["source_ref"]: r for r in manifest}
+    for cohen_ref, copy_ref in (("images/kjr-21-e25-g001-l-a.jpg", "COVID/COVID-1529.png"),
+                                ("images/16654_1_1.png", "COVID/COVID-326.png")):
+        assert by_ref[cohen_ref]["group"] == by_ref[copy_ref]["group"], (cohen_ref, copy_ref)
+    assert s["largest_group"] <= 12  # the looser grouping threshold does not chain films into a lump
     rsna_ids = {p.stem for p in (REAL_DATA / "rsna-pneumonia" / "stage_2_train_images").glob("*.dcm")}
     text = (out / "manifest.csv").read_text() + (out / "rejected.csv").read_text() + (out / "summary.json").read_text()
     assert not [i for i in rsna_ids if i in text]
@@ -547,13 +599,13 @@ def test_the_balance_cap_counts_the_training_films_only(corpus, tmp_path):
 def test_hold_out_takes_a_group_whole(corpus, tmp_path, monkeypatch):
     """A film of another source that shares a group with a held-out film (a near-duplicate chain) goes
     with it: training on it would show the model a held-out patient."""
-    real = curate_mod.dedupe.find_duplicates
+    real = curate_mod.dedupe.near_pairs
 
-    def linked(hashes, threshold):  # the first Cohen film and the last film (Radiography's) near each other
-        found = real(hashes, threshold)
-        return curate_mod.dedupe.Duplicates(found.kept_of, found.pairs + [(0, len(hashes) - 1, 0)])
+    def linked(hashes, threshold):  # grouping: the first Cohen film and the last film (Radiography's) near each other
+        pairs = real(hashes, threshold)
+        return pairs + [(0, len(hashes) - 1, threshold)] if threshold == curate_mod.dedupe.GROUP_THRESHOLD else pairs
 
-    monkeypatch.setattr(curate_mod.dedupe, "find_duplicates", linked)
+    monkeypatch.setattr(curate_mod.dedupe, "near_pairs", linked)
     sources = {"cohen": corpus["cohen"], "radiography": corpus["radiography"]}
     summary = curate(sources, str(tmp_path / "train"), "covid-vs-normal", key=KEY, workers=1,
                      hold_out=("cohen", str(tmp_path / "external")))

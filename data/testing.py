@@ -5,6 +5,7 @@ Everything is generated (nothing copied from the real corpus), deterministic and
 from __future__ import annotations
 
 import csv
+import json
 import os
 import warnings
 from pathlib import Path
@@ -20,6 +21,27 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_SOURCE_DIRS = {"cohen": "cohen-covid-chestxray", "rsna": "rsna-pneumonia", "kermany": "chest-xray-pneumonia",
                     "radiography": "covid19-radiography"}
 REAL_DATA_REASON = f"real corpus not found at {REAL_DATA} (only present on the project's shared machine)"
+
+
+def real_rsna_with_nih_mapping(dest) -> Path:
+    """The shared corpus's RSNA folder as RSNA's layout plus RSNA's NIH mapping file, under ``dest``.
+
+    The corpus ships no ``pneumonia-challenge-dataset-mappings_2018.json``, but its MANIFEST.csv
+    names each RSNA-style film's NIH original (``.../<patient>_<follow-up>.png``): the same link, in
+    RSNA's format. The films and CSVs are symlinked, never copied, and the corpus is not written."""
+    from covid_cxr.data.sources import rsna
+
+    source, root = REAL_DATA / REAL_SOURCE_DIRS["rsna"], Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in (rsna.IMAGES, rsna.LABELS, rsna.CLASSES):
+        if not (root / name).exists():
+            os.symlink(source / name, root / name)
+    prefix = f"{REAL_SOURCE_DIRS['rsna']}/{rsna.IMAGES}/"
+    with open(REAL_DATA / "MANIFEST.csv", newline="", encoding="utf-8") as f:
+        entries = [{"subset_img_id": Path(row["path"]).stem, "img_id": Path(row["source_path"]).name}
+                   for row in csv.DictReader(f) if row["path"].startswith(prefix)]
+    (root / rsna.NIH_MAPPING).write_text(json.dumps(entries))
+    return root
 
 # Header values that must never leave curation (tests grep the outputs for them).
 SECRET_NAME = "Doe^Johanna"

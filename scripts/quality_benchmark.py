@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from covid_cxr.data import pseudonym
+from covid_cxr.data import pseudonym, testing
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
 
 SHARED = str(REAL_DATA)
@@ -84,7 +84,11 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
     if not os.path.exists(os.path.join(curated, "summary.json")):
         args = CLI + ["curate", "--task", task, "--out", curated]
         for source in SOURCES[task]:
-            args += ["--source", f"{source}={os.path.join(SHARED, REAL_SOURCE_DIRS[source])}"]
+            # RSNA through its NIH mapping (built from the corpus's MANIFEST.csv): one NIH patient's
+            # films are one patient, as with RSNA's own mapping file.
+            path = (str(testing.real_rsna_with_nih_mapping(os.path.join(out, "rsna-with-nih-mapping")))
+                    if source == "rsna" else os.path.join(SHARED, REAL_SOURCE_DIRS[source]))
+            args += ["--source", f"{source}={path}"]
         if hold_out:
             args += ["--hold-out", f"{hold_out}={held_out}"]
         # Through the environment, not argv, so the key never shows in a process listing.

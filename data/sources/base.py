@@ -35,7 +35,7 @@ class Candidate:
     view: str = features.UNKNOWN
     sex: str = features.UNKNOWN
     age: int = features.UNKNOWN_AGE
-    ref_has_patient_id: bool = False  # the file name is the raw patient id (RSNA): pseudonymize the ref
+    ref_id: Optional[str] = None  # the raw id the file is named by (RSNA's per-film patientId): pseudonymized in the ref
 
     def __post_init__(self):
         if (self.finding is None) == (self.reject is None):
@@ -60,6 +60,8 @@ class Source(abc.ABC):
     # writes every ref as class folder + pseudonym (curate._public_ref). Public collections' own
     # file names are kept: they are how their users find a film.
     private_names: ClassVar[bool] = False
+    # How films are tied to patients, when the layout leaves it open (summary.json; RSNA, one line).
+    patient_grouping: Optional[str] = None
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
@@ -73,6 +75,11 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def candidates(self) -> Iterator[Candidate]:
         """Every input of the collection, in a deterministic order."""
+
+    def names_a_class(self, folder: str) -> bool:
+        """True when a top folder's name is the layout's own (a class or layout folder), so it may be
+        written as it is in a private tree (``private_names``): any other may be named by patient."""
+        return True
 
     def not_an_input(self, path: str) -> bool:
         """True for image files the layout holds that are not films (e.g. lung masks)."""

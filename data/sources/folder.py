@@ -3,7 +3,7 @@
 ``class_map`` maps folder names to findings, e.g. ``{"COVID": "covid", "healthy": "normal"}``
 (CLI: ``--class-map COVID=covid,healthy=normal``). Without a map, folders named like a finding
 (``covid``, ``normal``, ``pneumonia``, ``other_opacity``, any case) map to it. Files in unmapped
-folders are rejected ("unmapped class folder: X"); image files directly under ROOT are rejected
+folders are rejected ("unmapped class folder", the folder written as ``folder-<pseudonym>``); image files directly under ROOT are rejected
 ("not in a class folder"); other top-level files (README, CSV ...) are not inputs.
 
 DICOM files are welcome anywhere: their PatientID (pseudonymized) groups a patient's images; other
@@ -69,6 +69,9 @@ class FolderSource(Source):
             return self.class_map.get(folder)
         return folder.lower() if folder.lower() in features.FINDINGS else None
 
+    def names_a_class(self, folder: str) -> bool:
+        return self.finding_of(folder) is not None
+
     def candidates(self) -> Iterator[Candidate]:
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
@@ -76,7 +79,8 @@ class FolderSource(Source):
                 yield Candidate(self.name, self.ref(path), path, reject="not in a class folder")
         for folder in subdirs(self.root):
             finding = self.finding_of(folder)
-            reject = None if finding else f"unmapped class folder: {folder}"
+            # Not named: an unmapped folder may be named by patient (its refs show a pseudonym of it).
+            reject = None if finding else "unmapped class folder: neither named like a finding nor in --class-map"
             for path in list_files(os.path.join(self.root, folder)):
                 # patient_id None: a DICOM's PatientID, else the file is its own patient.
                 yield file_candidate(self, path, finding, reject)

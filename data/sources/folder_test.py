@@ -30,7 +30,7 @@ def test_mapping_and_unmapped_folders(tmp_path):
         "COVID/sub/b.jpg": ("covid", None),
         "healthy/c.png": ("normal", None),
         "healthy/e.dcm": ("normal", None),
-        "other/d.png": (None, "unmapped class folder: other"),
+        "other/d.png": (None, "unmapped class folder: neither named like a finding nor in --class-map"),
     }
 
 
@@ -38,7 +38,7 @@ def test_default_map_uses_finding_named_folders(tmp_path):
     testing.write_image(tmp_path / "f" / "Covid" / "a.png", testing.radiograph(1))
     testing.write_image(tmp_path / "f" / "misc" / "b.png", testing.radiograph(2))
     got = {c.source_ref: (c.finding, c.reject) for c in FolderSource(str(tmp_path / "f")).candidates()}
-    assert got == {"Covid/a.png": ("covid", None), "misc/b.png": (None, "unmapped class folder: misc")}
+    assert got == {"Covid/a.png": ("covid", None), "misc/b.png": (None, "unmapped class folder: neither named like a finding nor in --class-map")}
 
 
 def test_layout_errors(tmp_path):

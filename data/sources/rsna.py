@@ -11,15 +11,23 @@ Rows whose Target and class disagree are rejected ("inconsistent labels").
 Image files without a label row and label rows without an image file are rejected too.
 
 View (ViewPosition), sex and age (PatientAge, "58" or "058Y") come from the DICOM header at load
-time. The file name IS the raw patient id, so ``source_ref`` is written with the pseudonym in its
+time. The file name IS the raw patientId, so ``source_ref`` is written with its pseudonym in its
 place (``stage_2_train_images/<pseudonym>.dcm``). Only the labelled ``stage_2_train_images`` are
 read (the challenge's test images carry no labels).
+
+Patients: despite its name, RSNA's patientId is one per FILM. The films are NIH ChestX-ray8 films,
+and one NIH patient's follow-up films got several patientIds, so grouping by patientId can deal one
+patient into train and test (the shared corpus: 100 normals of 54 NIH patients, one with 11 films).
+RSNA published the link, ``pneumonia-challenge-dataset-mappings_2018.json`` (``subset_img_id`` =
+patientId, ``img_id`` = NIH image ``<patient>_<follow-up>.png``): placed beside the CSVs, it makes the
+NIH patient the patient. Without it each film is its own patient, and the summary says so.
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 from covid_cxr.data import features
 from covid_cxr.data.sources.base import Candidate, Source, list_files
@@ -30,6 +38,7 @@ IMAGES = "stage_2_train_images"
 LUNG_OPACITY = "Lung Opacity"
 NORMAL = "Normal"
 NOT_NORMAL = "No Lung Opacity / Not Normal"
+NIH_MAPPING = "pneumonia-challenge-dataset-mappings_2018.json"
 
 
 class RsnaSource(Source):
@@ -49,6 +58,36 @@ class RsnaSource(Source):
             missing = [c for c in columns if c not in header]
             if missing:
                 raise self.layout_error(f"{name} lacks column(s) {', '.join(missing)}")
+        self._nih_patient = self._read_nih_mapping()
+
+    def names_a_class(self, folder: str) -> bool:
+        return folder == IMAGES
+
+    def _read_nih_mapping(self) -> Optional[dict[str, str]]:
+        """{patientId: NIH patient number} from RSNA's mapping file beside the CSVs; None without it."""
+        path = os.path.join(self.root, NIH_MAPPING)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                entries = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self.layout_error(f"{NIH_MAPPING} is not readable JSON ({type(e).__name__})") from None
+        mapping: dict[str, str] = {}
+        for n, entry in enumerate(entries if isinstance(entries, list) else [None]):
+            film = entry.get("subset_img_id") if isinstance(entry, dict) else None
+            nih = entry.get("img_id") if isinstance(entry, dict) else None
+            if not (isinstance(film, str) and isinstance(nih, str) and film.strip() and nih.strip()):
+                # The entry's values are patient ids: only its position is said.
+                raise self.layout_error(f"{NIH_MAPPING} entry {n + 1} lacks string subset_img_id / img_id "
+                                        "(RSNA's file is a list of such objects)")
+            mapping[film.strip()] = os.path.splitext(nih.strip())[0].split("_", 1)[0]  # "00001684_000.png"
+        return mapping
+
+    def _patient_of(self, pid: str) -> str:
+        """The raw id that ties a film to its patient: the NIH patient when mapped, else the film's own."""
+        nih = self._nih_patient.get(pid) if self._nih_patient is not None else None
+        return f"nih:{nih}" if nih else pid
 
     def _read(self, name: str, column: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -69,12 +108,20 @@ class RsnaSource(Source):
             if os.path.dirname(path) == images_dir and ext.lower() == ".dcm" and stem not in files:
                 files[stem] = path
             else:  # a copy in a subfolder, another format: named by the raw id too, so pseudonymized
-                yield Candidate(self.name, self.ref(path), path, patient_id=stem, ref_has_patient_id=True,
+                yield Candidate(self.name, self.ref(path), path, patient_id=self._patient_of(stem), ref_id=stem,
                                 reject=f"not an RSNA image file: expected {IMAGES}/<patientId>.dcm")
-        for pid in sorted(set(targets) | set(files)):
+        ids = sorted(set(targets) | set(files))
+        if self._nih_patient is None:
+            self.patient_grouping = (f"one per film: RSNA's patientIds name films, not patients; put RSNA's {NIH_MAPPING} "
+                                     "beside the CSVs to keep each NIH patient's films in one split")
+        else:
+            mapped = sum(pid in self._nih_patient for pid in ids)
+            self.patient_grouping = (f"NIH patients from {NIH_MAPPING}: {mapped} of {len(ids)} patientIds mapped "
+                                     f"({len(ids) - mapped} unmapped, each its own patient)")
+        for pid in ids:
             path = files.get(pid)
             ref = self.ref(path) if path else f"{IMAGES}/{pid}.dcm"
-            common = dict(patient_id=pid, ref_has_patient_id=True)
+            common = dict(patient_id=self._patient_of(pid), ref_id=pid)
             if pid not in targets:
                 yield Candidate(self.name, ref, path, reject=f"no label: not in {LABELS}", **common)
                 continue

@@ -1,7 +1,9 @@
+import json
+
 import pytest
 
 from covid_cxr.data import testing
-from covid_cxr.data.sources import RsnaSource, SourceError
+from covid_cxr.data.sources import RsnaSource, SourceError, rsna
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
 
 
@@ -22,7 +24,7 @@ def test_labels_one_candidate_per_patient(tmp_path):
     assert got["ddd-4"].reject.startswith("inconsistent labels")
     assert got["eee-5"].reject == "missing image file"
     assert got["fff-6"].reject.startswith("no label")
-    assert all(c.ref_has_patient_id for c in got.values())
+    assert all(c.ref_id == c.patient_id for c in got.values())  # no NIH mapping: each film its own patient
     assert got["aaa-1"].load().shape == (128, 128)
 
 
@@ -42,6 +44,18 @@ def test_real_rsna_counts():
     assert sum(c.finding == "normal" for c in cands) == 100
 
 
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+def test_real_rsna_films_are_grouped_by_their_nih_patient(tmp_path):
+    """The corpus's 200 RSNA-style films come from fewer NIH patients (one has 11 films)."""
+    source = RsnaSource(str(testing.real_rsna_with_nih_mapping(tmp_path / "rsna")))
+    films = [c for c in source.candidates() if c.finding]
+    patients = {c.patient_id for c in films}
+    assert len(films) == 200 and all(p.startswith("nih:") for p in patients) and len(patients) < 150
+    assert max(sum(c.patient_id == p for c in films) for p in patients) >= 5
+    assert source.patient_grouping.startswith(f"NIH patients from {rsna.NIH_MAPPING}: 200 of 200 patientIds mapped")
+
+
 def test_a_copy_or_another_format_of_a_patients_film_is_rejected_not_lost(tmp_path):
     root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
     images = root / "stage_2_train_images"
@@ -51,7 +65,35 @@ def test_a_copy_or_another_format_of_a_patients_film_is_rejected_not_lost(tmp_pa
     got = {c.source_ref: c for c in RsnaSource(str(root)).every_candidate()}
     assert got["stage_2_train_images/aaa-1.dcm"].finding == "pneumonia"
     for ref in ("stage_2_train_images/aaa-1.png", "stage_2_train_images/sub/aaa-1.dcm"):
-        assert got[ref].reject.startswith("not an RSNA image file") and got[ref].ref_has_patient_id, ref
+        assert got[ref].reject.startswith("not an RSNA image file") and got[ref].ref_id == "aaa-1", ref
         assert got[ref].patient_id == "aaa-1"  # so curation writes the pseudonym in place of the raw id
     assert got["stray.png"].reject.startswith("outside the layout: expected the RSNA")
     assert len(got) == 4
+
+
+def _map_to_nih(root, pairs):
+    entries = [{"subset_img_id": film, "img_id": nih, "orig_labels": ["No Finding"]} for film, nih in pairs]
+    (root / "pneumonia-challenge-dataset-mappings_2018.json").write_text(json.dumps(entries))
+
+
+def test_rsnas_nih_mapping_ties_a_patients_films_together(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id=f"film-{n}", target="0", cls="Normal", seed=n) for n in range(4)])
+    source = RsnaSource(str(root))
+    assert len(list(source.candidates())) == 4 and source.patient_grouping.startswith("one per film: RSNA's patientIds")
+    _map_to_nih(root, [("film-0", "00001684_000.png"), ("film-1", "00001684_003.png"), ("film-2", "00000007_000.png")])
+    source = RsnaSource(str(root))
+    got = {c.ref_id: c for c in source.candidates()}
+    assert got["film-0"].patient_id == got["film-1"].patient_id == "nih:00001684"
+    assert got["film-2"].patient_id == "nih:00000007" and got["film-3"].patient_id == "film-3"  # unmapped: its own
+    assert source.patient_grouping.startswith("NIH patients from pneumonia-challenge-dataset-mappings_2018.json: "
+                                              "3 of 4 patientIds mapped (1 unmapped")
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"subset_img_id": "a"}', '[{"subset_img_id": "SECRET-ID", "img_id": 7}]'])
+def test_a_broken_nih_mapping_is_a_one_line_layout_error_without_its_ids(tmp_path, content):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="a", target="1", cls="Lung Opacity", seed=1)])
+    (root / "pneumonia-challenge-dataset-mappings_2018.json").write_text(content)
+    with pytest.raises(SourceError, match="pneumonia-challenge-dataset-mappings_2018.json (is not readable JSON|entry 1 "
+                                          "lacks string subset_img_id / img_id)") as e:
+        RsnaSource(str(root))
+    assert "SECRET" not in str(e.value) and "\n" not in str(e.value)
