@@ -363,6 +363,8 @@ def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], thresho
     for j, i in sorted(dups.kept_of.items()):
         kept, copy = hashed[i], hashed[j]
         copy.reject = f"near-duplicate of {kept.candidate.source}:{refs[kept.index]}"
+        if (copy.candidate.source, copy.candidate.path) == (kept.candidate.source, kept.candidate.path):
+            copy.reject += " (the same file, listed again for another patient)"  # Cohen's metadata does this
         by_sources["/".join(sorted({kept.candidate.source, copy.candidate.source}))] += 1
         if kept.candidate.finding != copy.candidate.finding:
             conflicts.append(f"{copy.candidate.source}:{refs[copy.index]} ({copy.candidate.finding}) duplicates "

@@ -116,7 +116,8 @@ def test_accepted_and_rejected_account_for_every_input(run):
     assert reasons[("cohen", "images/ct.png")] == "not an X-ray: CT"
     assert reasons[("cohen", "images/todo.png")] == "unlabelled: todo"
     assert reasons[("cohen", "images/s.png")] == "not used by task covid-vs-normal"
-    assert reasons[("cohen", "images/a.png")] == "near-duplicate of cohen:images/a.png"
+    assert reasons[("cohen", "images/a.png")] == ("near-duplicate of cohen:images/a.png (the same file, listed again "
+                                                  "for another patient)")
     assert reasons[("radiography", "COVID/COVID-1.png")] == "near-duplicate of cohen:images/b.png"
     normal_1 = reasons[("radiography", "Normal/Normal-1.png")]
     assert normal_1.startswith("near-duplicate of rsna:stage_2_train_images/") and normal_1.endswith(".dcm")

@@ -42,6 +42,8 @@ class RadiographySource(Source):
             if os.path.isdir(os.path.join(directory, "images")):
                 directory = os.path.join(directory, "images")  # masks/ beside it are not inputs
             for path in list_files(directory):
+                if self.not_an_input(path):  # a class with masks/ but no images/: still not films
+                    continue
                 # No patient ids: the file is its own patient (patient_id=ref).
                 yield file_candidate(self, path, finding, reject, patient_id=self.ref(path))
 

@@ -13,6 +13,7 @@ def test_class_folders(tmp_path):
     testing.write_image(root / "Lung_Opacity" / "images" / "Lung_Opacity-1.png", testing.radiograph(4))
     testing.write_image(root / "Lung_Opacity" / "masks" / "Lung_Opacity-1.png", testing.radiograph(5))
     testing.write_image(root / "Misc" / "m.png", testing.radiograph(6))
+    testing.write_image(root / "Normal" / "masks" / "Normal-1.png", testing.radiograph(10))  # no images/ beside it
     testing.write_image(root / "top.png", testing.radiograph(7))  # outside every class folder
     testing.write_image(root / "Lung_Opacity" / "beside.png", testing.radiograph(8))  # beside images/: not read
     (root / "COVID.metadata.xlsx").write_bytes(b"xlsx")

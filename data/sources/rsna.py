@@ -132,10 +132,16 @@ class RsnaSource(Source):
             yield Candidate(self.name, ref, path, finding=finding, reject=reject, **common)
 
 
+def _shown(value: str) -> str:
+    """A label value as a reason may quote it: RSNA's own values only (a CSV cell may hold anything)."""
+    return value if value in ("0", "1", LUNG_OPACITY, NORMAL, NOT_NORMAL, "") else "an unknown value"
+
+
 def _label(targets: set[str], classes: set[str]):
     """(finding, None) or (None, reason) from a patient's Target values and classes."""
     if len(targets) != 1 or len(classes) > 1:
-        return None, f"inconsistent labels: Target {sorted(targets)} class {sorted(classes)}"
+        return None, (f"inconsistent labels: Target {sorted(map(_shown, targets))} class "
+                      f"{sorted(map(_shown, classes))}")
     target = next(iter(targets))
     cls = next(iter(classes)) if classes else ""
     if target == "1" and cls in (LUNG_OPACITY, ""):
@@ -146,4 +152,4 @@ def _label(targets: set[str], classes: set[str]):
         return None, f"abnormal, no lung opacity: RSNA class '{NOT_NORMAL}'"
     if target == "0" and cls == "":
         return None, f"no label: Target 0 without a class in {CLASSES}"
-    return None, f"inconsistent labels: Target {target} class {cls or 'none'}"
+    return None, f"inconsistent labels: Target {_shown(target)} class {_shown(cls) or 'none'}"

@@ -14,10 +14,12 @@ def test_labels_one_candidate_per_patient(tmp_path):
         dict(id="ccc-3", target="0", cls="No Lung Opacity / Not Normal", seed=3),
         dict(id="ddd-4", target="1", cls="Normal", seed=4),
         dict(id="eee-5", target="0", cls="Normal", seed=None),
+        dict(id="ggg-7", target="0", cls="DOE^JANE 1977", seed=7),  # a cell holding anything
     ])
     testing.write_dicom(root / "stage_2_train_images" / "fff-6.dcm", testing.radiograph(6))
     got = {c.patient_id: c for c in RsnaSource(str(root)).candidates()}
-    assert sorted(got) == ["aaa-1", "bbb-2", "ccc-3", "ddd-4", "eee-5", "fff-6"]
+    assert sorted(got) == ["aaa-1", "bbb-2", "ccc-3", "ddd-4", "eee-5", "fff-6", "ggg-7"]
+    assert got["ggg-7"].reject == "inconsistent labels: Target 0 class an unknown value"  # not quoted
     assert got["aaa-1"].finding == "pneumonia" and got["aaa-1"].source_ref == "stage_2_train_images/aaa-1.dcm"
     assert got["bbb-2"].finding == "normal"
     assert got["ccc-3"].reject.startswith("abnormal, no lung opacity")
