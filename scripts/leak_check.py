@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Test films whose copy or whose patient sits in another split, for curated directories.
+
+For each curated directory: every film's ExampleGen split (TFX's own partition function applied to
+its ``group``, with the pipeline's bucket counts), then the test films that
+
+* have a film in train or eval within perceptual-hash distance ``--threshold`` in another group:
+  a re-crop of the same film that the curation's grouping did not join (default: the current
+  group threshold, so a curation made before it existed shows what it missed);
+* are RSNA films of the shared corpus whose NIH patient has a film in train or eval: RSNA's
+  patientId names a film, and curations without RSNA's NIH mapping grouped by it. The NIH patient
+  of a curated film is found by its image hash against the corpus's MANIFEST.csv.
+
+It reads manifests only (no model, no pipeline root), so it can tell how much a curation made
+before a grouping fix leaked, split by split:
+
+    .venv/bin/python scripts/leak_check.py runs37/curated-covid-vs-normal-split5*
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import itertools
+import json
+import os
+import re
+import sys
+
+import tensorflow as tf
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
+
+from covid_cxr.data import dedupe, features, images
+from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
+
+SPLITS = ("train", "eval", "test")
+NIH_FILE = re.compile(r"(\d{8})_\d{3}\.png$")
+
+
+def split_of(groups: list[str], buckets: tuple[int, int, int]) -> list[str]:
+    """The split ExampleGen deals each group into (the pipeline's SplitConfig, partitioned on group)."""
+    config = example_gen_pb2.SplitConfig(
+        splits=[example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=b) for n, b in zip(SPLITS, buckets)],
+        partition_feature_name=features.GROUP)
+    edges = list(itertools.accumulate(buckets))
+    out = []
+    for group in groups:
+        example = tf.train.Example()
+        example.features.feature[features.GROUP].bytes_list.value.append(group.encode())
+        # TFX's private partition function: the script must deal exactly as the pipeline did.
+        out.append(SPLITS[base_example_gen_executor._PartitionFn(example, len(SPLITS), edges, config)])
+    return out
+
+
+def nih_patient_by_hash(settings: dict, cache: dict) -> dict[str, str]:
+    """{image hash under these curation settings: NIH patient} for the corpus's RSNA-style films."""
+    key = (settings["max_side"], settings["crop"], settings["equalize"])
+    if key not in cache:
+        prefix = f"{REAL_SOURCE_DIRS['rsna']}/"
+        with open(REAL_DATA / "MANIFEST.csv", newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["path"].startswith(prefix)]
+        found = {}
+        for row in rows:
+            processed, _ = images.process_job((str(REAL_DATA / row["path"]), *key))
+            match = NIH_FILE.search(row["source_path"])
+            if processed is not None and match:
+                found[processed.phash.hex()] = match.group(1)
+        cache[key] = found
+    return cache[key]
+
+
+def check(curated: str, threshold: int, buckets: tuple[int, int, int], cache: dict) -> dict:
+    with open(os.path.join(curated, features.MANIFEST), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(curated, features.SUMMARY), encoding="utf-8") as f:
+        settings = json.load(f)["settings"]
+    split = split_of([r["group"] for r in rows], buckets)
+    test = [i for i, s in enumerate(split) if s == "test"]
+    copies = set()
+    for i, j, _ in dedupe.near_pairs([bytes.fromhex(r["hash"]) for r in rows], threshold):
+        if rows[i]["group"] != rows[j]["group"] and "test" in (split[i], split[j]) and split[i] != split[j]:
+            copies.add(i if split[i] == "test" else j)
+    patients = set()
+    if REAL_DATA.is_dir():
+        nih = nih_patient_by_hash(settings, cache)
+        patient_of = {i: nih.get(r["hash"]) for i, r in enumerate(rows) if r["source"] == "rsna"}
+        trained = {p for i, p in patient_of.items() if p and split[i] != "test"}
+        patients = {i for i in test if patient_of.get(i) and patient_of[i] in trained}
+    by_label = collections.Counter(rows[i]["label"] for i in copies | patients)
+    return {"curated": curated, "test_films": len(test), "test_with_copy_elsewhere": len(copies),
+            "test_rsna_patient_elsewhere": len(patients), "leaked_by_label": dict(sorted(by_label.items())),
+            "rsna_checked": REAL_DATA.is_dir()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("curated", nargs="+", help="curated directories (manifest.csv, summary.json)")
+    parser.add_argument("--threshold", type=int, default=dedupe.GROUP_THRESHOLD,
+                        help="hash distance under which two films count as one (default: the group threshold)")
+    parser.add_argument("--buckets", type=int, nargs=3, default=(14, 3, 3), metavar=("TRAIN", "EVAL", "TEST"),
+                        help="data.train_buckets / eval_buckets / test_buckets of the runs (default 14 3 3)")
+    args = parser.parse_args(argv)
+    cache: dict = {}
+    for curated in args.curated:
+        if not os.path.isfile(os.path.join(curated, features.MANIFEST)):
+            print(f"{curated}: no {features.MANIFEST}: not a curated directory", file=sys.stderr)
+            return 2
+        r = check(curated, args.threshold, tuple(args.buckets), cache)
+        rsna = r["test_rsna_patient_elsewhere"] if r["rsna_checked"] else "not checked (no shared corpus)"
+        print(f"{os.path.basename(os.path.normpath(curated))}: {r['test_films']} test films; with a copy "
+              f"(distance <= {args.threshold}) in train/eval: {r['test_with_copy_elsewhere']}; RSNA films whose NIH "
+              f"patient is in train/eval: {rsna}; by label {r['leaked_by_label']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
