@@ -15,8 +15,10 @@ Pipeline (``curate``), deterministic end to end:
    copy is kept, later copies are rejected ("near-duplicate of <source>:<ref>"). A copy whose finding
    differs from the kept one's is a label conflict: the kept (higher-priority) label wins and the
    pair is listed in summary.json (``duplicates.label_conflict_examples``);
-5. groups: union-find over "same patient" and "near-duplicate" links, so a patient and every
-   near-duplicate of any of its images share one ``group`` (the split key);
+5. groups: union-find over "same patient" and near links (hash distance <= ``group_threshold``,
+   default 56: rejected copies and kept re-crops alike), so a patient and every near copy or re-crop
+   of any of its images share one ``group`` (the split key); RSNA's films join by NIH patient when
+   RSNA's mapping file is beside its CSVs (``data/sources/rsna.py``);
 6. pseudonyms: ``patient_id`` = HMAC-SHA256(key, "<source>:<raw id>")[:16] (``data/pseudonym.py``);
    ``group`` = the pseudonym of the group's first patient;
 7. optional ``balance_cap``: at most N images per class, chosen by SHA-256 of "<source>:<ref>"
@@ -44,11 +46,12 @@ Finding mapping per source (what each source's labels become; a task then maps f
 | three-class | normal, pneumonia, covid | covid, normal, pneumonia |
 
 Privacy: only sex, age (over 89 recorded as 90) and view leave a DICOM header. Raw patient ids never
-reach records, manifest, rejected.csv, summary, logs or messages: RSNA's file names (the raw id) carry
-the pseudonym instead, and any other DICOM file, every file of a source that may be a hospital
-export (folder, rsna) and any name that is not UTF-8 is written as its class folder and
-``<patient pseudonym>-<file pseudonym>.<ext>``, since its folder and file names may hold ids, names,
-accession numbers, UIDs or dates.
+reach records, manifest, rejected.csv, summary, logs or messages: RSNA's file names (its per-film
+patientId) carry that id's pseudonym instead, and any other DICOM file, every file of a source that
+may be a hospital export (folder, rsna) and any name that is not UTF-8 is written as its class folder
+and ``<patient pseudonym>-<file pseudonym>.<ext>``, since its folder and file names may hold ids,
+names, accession numbers, UIDs or dates. In such a tree a top folder that is not a class (or layout)
+folder, and any top folder whose name is not UTF-8, is written as ``folder-<pseudonym>``.
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ def curate(
     balance_cap: Optional[int] = None,
     key: Optional[str] = None,
     hash_threshold: int = dedupe.DEFAULT_THRESHOLD,
-    group_threshold: int = dedupe.GROUP_THRESHOLD,
+    group_threshold: Optional[int] = None,
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
     hold_out: Optional[tuple[str, str]] = None,
@@ -190,7 +193,9 @@ def curate(
         raise CurationError(f"max side must be at least {images.MIN_SIDE} px")
     if balance_cap is not None and balance_cap < 1:
         raise CurationError("balance cap must be at least 1")
-    if group_threshold < hash_threshold:  # a rejected copy must always share its kept film's group
+    if group_threshold is None:  # a rejected copy always shares its kept film's group
+        group_threshold = max(dedupe.GROUP_THRESHOLD, hash_threshold)
+    elif group_threshold < hash_threshold:
         raise CurationError(f"the group threshold ({group_threshold}) must be at least the near-duplicate "
                             f"threshold ({hash_threshold})")
     source_objs = build_sources(sources, class_map)
@@ -223,8 +228,8 @@ def curate(
         by_name = {s.name: s for s in source_objs}
         refs = {it.index: _public_ref(it, pid(it), key_bytes, by_name[it.candidate.source]) for it in items}
         hashed = [it for it in items if it.processed is not None and it.reject is None]
-        dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold)
-        linked = dedupe.near_pairs([it.processed.phash for it in hashed], group_threshold)  # dups.pairs and more
+        linked = dedupe.near_pairs([it.processed.phash for it in hashed], group_threshold)
+        dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold, linked)
         duplicate_summary["grouped_pairs"] = len(linked)
         uf = _group(hashed, linked)
         held_groups = {uf.find(n) for n, it in enumerate(hashed)
@@ -254,7 +259,7 @@ def curate(
             rejected_by_source: dict = collections.defaultdict(collections.Counter)
             for it in items:
                 if it.reject is not None:
-                    writer.reject(it.candidate.source, refs[it.index], it.reject)
+                    writer.reject(it.candidate.source, refs[it.index], _writable(it.reject))
                     rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
 
             settings = {
@@ -355,16 +360,18 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
             it.raw_patient = it.candidate.source_ref  # no id published: the file is its own patient
 
 
-def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], threshold: int):
-    """Rejects later copies of near-duplicate images; returns (Duplicates, summary section)."""
-    dups = dedupe.find_duplicates([it.processed.phash for it in hashed], threshold)
+def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], threshold: int,
+                       linked: Sequence[tuple[int, int, int]]):
+    """Rejects later copies of near-duplicate images; returns (Duplicates, summary section).
+    ``linked``: the near pairs at the group threshold (the copies are among them)."""
+    dups = dedupe.find_duplicates([it.processed.phash for it in hashed], threshold, pairs=linked)
     by_sources: collections.Counter = collections.Counter()
     conflicts: list[str] = []  # the same picture under two labels: the kept (higher-priority) label wins
     for j, i in sorted(dups.kept_of.items()):
         kept, copy = hashed[i], hashed[j]
         copy.reject = f"near-duplicate of {kept.candidate.source}:{refs[kept.index]}"
         if (copy.candidate.source, copy.candidate.path) == (kept.candidate.source, kept.candidate.path):
-            copy.reject += " (the same file, listed again for another patient)"  # Cohen's metadata does this
+            copy.reject += " (the same file, listed again in the metadata)"  # Cohen's metadata.csv does this
         by_sources["/".join(sorted({kept.candidate.source, copy.candidate.source}))] += 1
         if kept.candidate.finding != copy.candidate.finding:
             conflicts.append(f"{copy.candidate.source}:{refs[copy.index]} ({copy.candidate.finding}) duplicates "
@@ -407,6 +414,12 @@ def _apply_balance_cap(hashed: Sequence[_Item], cap: Optional[int]) -> Optional[
     return {"cap": cap, "before": {label: len(m) for label, m in sorted(by_class.items())}}
 
 
+def _writable(reason: str) -> str:
+    """A reason that quotes a name which is not UTF-8 (an adapter's "unknown class folder: <name>")
+    keeps its kind only: the name cannot be written to the CSV as it is."""
+    return reason if images.is_utf8(reason) else f"{_kind(reason)}: a name that is not UTF-8"
+
+
 def _kind(reason: str) -> str:
     return "near-duplicate" if reason.startswith("near-duplicate of ") else reason.split(":", 1)[0].strip()
 
@@ -423,18 +436,18 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -
     ref, path = it.candidate.source_ref, it.candidate.path
     folder, _, name = ref.rpartition("/")
     ref_id = it.candidate.ref_id
-    if ref_id and name == f"{ref_id}.dcm" and folder and "/" not in folder:  # RSNA's own layout, nothing else
+    known = type(source) is SOURCES.get(source.name)  # else an adapter passed in as an object
+    if ref_id and name == f"{ref_id}.dcm" and known and source.names_a_class(folder):  # RSNA's own layout
         return f"{folder}/{pseudonym.pseudonymize(key, it.candidate.source, ref_id)}.dcm"
-    # An adapter passed in as an object, not one of SOURCES: its tree may be private.
-    private = source.private_names or type(source) is not SOURCES.get(source.name)
+    private = source.private_names or not known
     dicom_file = (path and dicom.is_dicom(path)) or (not path and name.lower().endswith((".dcm", ".dicom")))
     if private or dicom_file or not images.is_utf8(ref):
         shown = images.public_ref(ref, f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}")
         top = ref.split("/")[0]
-        if "/" in ref and private and not source.names_a_class(top):
-            # Not a class or layout folder of a private tree: it may be named by patient (locate()
-            # finds it by the file's pseudonym, as evaluate's "folder-<pseudonym>" slices).
-            shown = f"folder-{pseudonym.file_pseudonym(key, it.candidate.source, top + '/')}/" + shown.split("/", 1)[1]
+        if "/" in ref and (not images.is_utf8(top) or (private and not (known and source.names_a_class(top)))):
+            # Not a class or layout folder of a private tree, or not writable as it is: it may be named
+            # by patient (locate() finds the file by its own pseudonym).
+            shown = f"{pseudonym.folder_pseudonym(key, it.candidate.source, top)}/" + shown.split("/", 1)[1]
         return shown
     return ref
 
@@ -538,8 +551,9 @@ def _parse_source_option(values: Sequence[str], option: str = "--source", form: 
 @click.option("--key", default=None, help=f"Pseudonym key (default: ${pseudonym.ENV_VAR}, else {pseudonym.default_key_path()}).")
 @click.option("--hash-threshold", default=dedupe.DEFAULT_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
               help="Near-duplicate threshold: hamming distance between 256-bit perceptual hashes.")
-@click.option("--group-threshold", default=dedupe.GROUP_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
-              help="Films at most this far apart are kept but share one patient group (so one split).")
+@click.option("--group-threshold", default=None, type=click.IntRange(0, 128),
+              help=f"Films at most this far apart are kept but share one patient group, so one split "
+                   f"[default: {dedupe.GROUP_THRESHOLD}, or --hash-threshold when larger].")
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Image-processing processes (default: up to 4).")
 @click.option("--hold-out", "hold_out_spec", default=None, metavar="NAME=DIR",
               help="Write source NAME's films (and every film sharing a patient or near-duplicate group with them) "

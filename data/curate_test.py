@@ -117,7 +117,7 @@ def test_accepted_and_rejected_account_for_every_input(run):
     assert reasons[("cohen", "images/todo.png")] == "unlabelled: todo"
     assert reasons[("cohen", "images/s.png")] == "not used by task covid-vs-normal"
     assert reasons[("cohen", "images/a.png")] == ("near-duplicate of cohen:images/a.png (the same file, listed again "
-                                                  "for another patient)")
+                                                  "in the metadata)")
     assert reasons[("radiography", "COVID/COVID-1.png")] == "near-duplicate of cohen:images/b.png"
     normal_1 = reasons[("radiography", "Normal/Normal-1.png")]
     assert normal_1.startswith("near-duplicate of rsna:stage_2_train_images/") and normal_1.endswith(".dcm")
@@ -200,7 +200,8 @@ def test_groups_merge_patients_through_duplicates(run):
 
 
 def test_a_re_cropped_copy_too_far_to_reject_still_shares_its_films_group(tmp_path):
-    """Copies with burnt-in marks sit between the reject and the group thresholds: kept, one group."""
+    """A copy with burnt-in marks between the reject and the group thresholds is kept, in its film's
+    group (the thresholds are set around this pair's distance; the real-data test checks 40 / 56)."""
     film = testing.radiograph(50)
     marked = film.copy()
     marked[10:30, 12:60] = 255  # a burnt-in label
@@ -232,6 +233,9 @@ def test_a_re_cropped_copy_too_far_to_reject_still_shares_its_films_group(tmp_pa
     with pytest.raises(CurationError, match=r"^the group threshold \(3\) must be at least the near-duplicate "
                                             r"threshold \(40\)$"):
         curate({"radiography": str(rad)}, str(tmp_path / "b"), "covid-vs-normal", key=KEY, group_threshold=3)
+    # A looser reject threshold alone raises the group threshold with it.
+    summary = curate({"radiography": str(rad)}, str(tmp_path / "c"), "covid-vs-normal", key=KEY, hash_threshold=100)
+    assert summary["settings"]["group_threshold"] == 100
 
 
 def test_no_raw_identifier_in_any_output(run, corpus, tmp_path, caplog):
@@ -301,6 +305,7 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     radiography = tmp_path / "radiography"
     testing.write_image(radiography / "Normal" / latin1, testing.radiograph(55))
     testing.write_image(radiography / "Normal" / "Normal-1.png", testing.radiograph(56))
+    testing.write_image(radiography / os.fsdecode(b"M\xfcller") / "x.png", testing.radiograph(59))  # not a class
     testing.make_rsna(rsna, [dict(id=RSNA_IDS[0], target="0", cls="Normal", seed=53)])
     os.makedirs(rsna / "stage_2_train_images" / "batch-DOE")
     os.rename(rsna / "stage_2_train_images" / f"{RSNA_IDS[0]}.dcm",
@@ -327,7 +332,8 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
         f"folder-{pseudonym.file_pseudonym(KEY.encode(), 'folder', 'DOE_UNMAPPED/')}/P.png"])
     # A public collection keeps its own names, except one that cannot be written as it is.
     assert sorted(re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in refs["radiography"]) == [
-        "Normal/Normal-1.png", "Normal/P.png"]
+        "Normal/Normal-1.png", "Normal/P.png",
+        f"{pseudonym.folder_pseudonym(KEY.encode(), 'radiography', os.fsdecode(b'M' + bytes([252]) + b'ller'))}/P.png"]
     # The file in a subfolder is outside RSNA's layout, and its label row finds no image: both named by
     # pseudonym; so are the two names with a tail after the id, and the folder beside the layout's.
     assert sorted(re.sub(r"[0-9a-f]{16}(-[0-9a-f]{8})?", "P", ref) for ref in refs["rsna"]) == [
@@ -335,6 +341,7 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
         "stage_2_train_images/P", "stage_2_train_images/P", "stage_2_train_images/P.dcm", "stage_2_train_images/P.dcm"]
     # Not an image, so rejected: the reason names no "extension" (here a UID's tail) for such trees.
     reasons = {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}
+    assert list(reasons.values()).count("unknown class folder: a name that is not UTF-8") == 1  # the Latin-1 folder
     assert sorted(reason for ref, reason in reasons.items() if ref.startswith("COVID/") and "." not in ref) == [
         "not an image file", "not an image file"]
     located = curate_mod.locate("folder", str(export), pseudonymous, KEY.encode())

@@ -26,7 +26,7 @@ Pairwise distances are computed blockwise with one matrix product over the bit v
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -104,14 +104,16 @@ class Duplicates:
     pairs: list[tuple[int, int, int]]  # every near pair (i, j, distance), i < j
 
 
-def find_duplicates(hashes: Sequence[bytes], threshold: int = DEFAULT_THRESHOLD) -> Duplicates:
+def find_duplicates(hashes: Sequence[bytes], threshold: int = DEFAULT_THRESHOLD,
+                    pairs: Optional[Sequence[tuple[int, int, int]]] = None) -> Duplicates:
     """Greedy in index order: an image is kept unless it is near an earlier *kept* image.
 
     Index order is the caller's deterministic order, so the first copy is kept. The reason names the
-    earliest kept image it is near. All near pairs are returned too, for grouping: an image that is
-    near a rejected copy is still merged into that copy's group.
+    earliest kept image it is near. The near pairs (distance <= ``threshold``) are returned too.
+    ``pairs``: :func:`near_pairs` of ``hashes`` already found at a larger threshold (curation's
+    grouping one), so the search is not repeated; the farther pairs are ignored.
     """
-    pairs = near_pairs(hashes, threshold)
+    pairs = near_pairs(hashes, threshold) if pairs is None else [p for p in pairs if p[2] <= threshold]
     earlier: dict[int, list[int]] = {}
     for i, j, _ in pairs:
         earlier.setdefault(j, []).append(i)

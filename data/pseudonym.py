@@ -80,6 +80,12 @@ def file_pseudonym(key: bytes, source: str, ref: str) -> str:
     return pseudonymize(key, source, ref)[:8]
 
 
+def folder_pseudonym(key: bytes, source: str, folder: str) -> str:
+    """``folder-<pseudonym>``: how a top folder that may be named by patient (a site, a patient's
+    name) is written; `covid-cxr locate` finds it again."""
+    return f"folder-{file_pseudonym(key, source, folder + '/')}"
+
+
 def key_id(key: bytes) -> str:
     """A short fingerprint of the key (not the key): tells whether two runs used the same key."""
     return hmac.new(key, b"covid-cxr pseudonym key id", hashlib.sha256).hexdigest()[:8]

@@ -34,7 +34,7 @@ def real_rsna_with_nih_mapping(dest) -> Path:
     source, root = REAL_DATA / REAL_SOURCE_DIRS["rsna"], Path(dest)
     root.mkdir(parents=True, exist_ok=True)
     for name in (rsna.IMAGES, rsna.LABELS, rsna.CLASSES):
-        if not (root / name).exists():
+        if not os.path.lexists(root / name):
             os.symlink(source / name, root / name)
     prefix = f"{REAL_SOURCE_DIRS['rsna']}/{rsna.IMAGES}/"
     with open(REAL_DATA / "MANIFEST.csv", newline="", encoding="utf-8") as f:

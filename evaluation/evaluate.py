@@ -221,7 +221,7 @@ def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]])
 def _folder_source(key: bytes, folder: str) -> str:
     """The source slice of the films under a top folder above the class folders (a site, or a
     patient's name): a keyed pseudonym `covid-cxr locate` resolves, never the folder's name."""
-    return f"folder-{pseudonym.file_pseudonym(key, 'folder', folder + '/')}"
+    return pseudonym.folder_pseudonym(key, "folder", folder)
 
 
 def _patient_of(path: str) -> str:

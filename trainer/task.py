@@ -77,8 +77,8 @@ def _training_batches(fn_args, tf_transform_output, batch_size: int, seed: int, 
 
 def _scored_eval(model, scorer, dataset) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(labels, scores, pooled features or None) of every eval film. With the atypical-input
-    ``scorer`` the scores are its probabilities, which is what the export serves then, and the
-    features come from the same pass of each backbone."""
+    ``scorer`` the scores are its probabilities (the served ensemble's, computed by the same layers)
+    and the features come from the same pass of each backbone."""
     labels, scores, pooled = [], [], []
     for images, label in dataset:
         labels.append(label.numpy().reshape(-1))

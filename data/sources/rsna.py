@@ -35,6 +35,7 @@ from covid_cxr.data.sources.base import Candidate, Source, list_files
 LABELS = "stage_2_train_labels.csv"
 CLASSES = "stage_2_detailed_class_info.csv"
 IMAGES = "stage_2_train_images"
+TEST_IMAGES = "stage_2_test_images"  # unlabelled: its files are rejected as outside the layout
 LUNG_OPACITY = "Lung Opacity"
 NORMAL = "Normal"
 NOT_NORMAL = "No Lung Opacity / Not Normal"
@@ -61,7 +62,7 @@ class RsnaSource(Source):
         self._nih_patient = self._read_nih_mapping()
 
     def names_a_class(self, folder: str) -> bool:
-        return folder == IMAGES
+        return folder in (IMAGES, TEST_IMAGES)
 
     def _read_nih_mapping(self) -> Optional[dict[str, str]]:
         """{patientId: NIH patient number} from RSNA's mapping file beside the CSVs; None without it."""
@@ -77,11 +78,14 @@ class RsnaSource(Source):
         for n, entry in enumerate(entries if isinstance(entries, list) else [None]):
             film = entry.get("subset_img_id") if isinstance(entry, dict) else None
             nih = entry.get("img_id") if isinstance(entry, dict) else None
-            if not (isinstance(film, str) and isinstance(nih, str) and film.strip() and nih.strip()):
+            patient = os.path.splitext(nih.strip())[0].split("_", 1)[0] if isinstance(nih, str) else ""  # 00001684_000.png
+            if not (isinstance(film, str) and film.strip() and patient):
                 # The entry's values are patient ids: only its position is said.
-                raise self.layout_error(f"{NIH_MAPPING} entry {n + 1} lacks string subset_img_id / img_id "
-                                        "(RSNA's file is a list of such objects)")
-            mapping[film.strip()] = os.path.splitext(nih.strip())[0].split("_", 1)[0]  # "00001684_000.png"
+                raise self.layout_error(f"{NIH_MAPPING} entry {n + 1} lacks a subset_img_id or an NIH img_id "
+                                        "(RSNA's file is a list of objects with both)")
+            if mapping.setdefault(film.strip(), patient) != patient:
+                raise self.layout_error(f"{NIH_MAPPING} entry {n + 1} maps a patientId listed before to another "
+                                        "NIH patient")
         return mapping
 
     def _patient_of(self, pid: str) -> str:

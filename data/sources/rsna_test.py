@@ -91,11 +91,18 @@ def test_rsnas_nih_mapping_ties_a_patients_films_together(tmp_path):
                                               "3 of 4 patientIds mapped (1 unmapped")
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"subset_img_id": "a"}', '[{"subset_img_id": "SECRET-ID", "img_id": 7}]'])
-def test_a_broken_nih_mapping_is_a_one_line_layout_error_without_its_ids(tmp_path, content):
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "is not readable JSON"),
+    ('{"subset_img_id": "a"}', "entry 1 lacks a subset_img_id or an NIH img_id"),
+    ('[{"subset_img_id": "SECRET-ID", "img_id": 7}]', "entry 1 lacks a subset_img_id or an NIH img_id"),
+    ('[{"subset_img_id": "SECRET-ID", "img_id": "_000.png"}]', "entry 1 lacks a subset_img_id or an NIH img_id"),
+    ('[{"subset_img_id": "SECRET-ID", "img_id": "00000001_000.png"}, {"subset_img_id": "SECRET-ID", "img_id": '
+     '"00000001_001.png"}, {"subset_img_id": "SECRET-ID", "img_id": "00000002_000.png"}]',
+     "entry 3 maps a patientId listed before to another NIH patient"),
+])
+def test_a_broken_nih_mapping_is_a_one_line_layout_error_without_its_ids(tmp_path, content, problem):
     root = testing.make_rsna(tmp_path / "rsna", [dict(id="a", target="1", cls="Lung Opacity", seed=1)])
     (root / "pneumonia-challenge-dataset-mappings_2018.json").write_text(content)
-    with pytest.raises(SourceError, match="pneumonia-challenge-dataset-mappings_2018.json (is not readable JSON|entry 1 "
-                                          "lacks string subset_img_id / img_id)") as e:
+    with pytest.raises(SourceError, match=f"pneumonia-challenge-dataset-mappings_2018.json {problem}") as e:
         RsnaSource(str(root))
     assert "SECRET" not in str(e.value) and "\n" not in str(e.value)
