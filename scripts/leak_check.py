@@ -11,10 +11,13 @@ its ``group``, with the pipeline's bucket counts), then the test films that
   patientId names a film, and curations without RSNA's NIH mapping grouped by it. The NIH patient
   of a curated film is found by its image hash against the corpus's MANIFEST.csv.
 
-It reads manifests only (no model, no pipeline root), so it can tell how much a curation made
-before a grouping fix leaked, split by split:
+It reads manifests, so it can tell how much a curation made before a grouping fix leaked, split by
+split. With ``--roots`` (one pipeline root per curated directory, the run trained on it) it also
+scores that run's model on its test split and prints sensitivity / specificity at the stored
+threshold on every test film and on the films of the groups that did not leak:
 
     .venv/bin/python scripts/leak_check.py runs37/curated-covid-vs-normal-split5*
+    .venv/bin/python scripts/leak_check.py runs37/curated-covid-vs-normal-split52 --roots runs37/root-covid-vs-normal-split52
 """
 from __future__ import annotations
 
@@ -90,7 +93,29 @@ def check(curated: str, threshold: int, buckets: tuple[int, int, int], cache: di
     by_label = collections.Counter(rows[i]["label"] for i in copies | patients)
     return {"curated": curated, "test_films": len(test), "test_with_copy_elsewhere": len(copies),
             "test_rsna_patient_elsewhere": len(patients), "leaked_by_label": dict(sorted(by_label.items())),
-            "rsna_checked": REAL_DATA.is_dir()}
+            "rsna_checked": REAL_DATA.is_dir(), "leaked_groups": sorted({rows[i]["group"] for i in copies | patients})}
+
+
+def score_without(root: str, leaked_groups: set) -> dict:
+    """Sensitivity / specificity of the root's model at its stored threshold on its test split: all
+    films, and the films of groups that did not leak."""
+    import numpy as np
+
+    from covid_cxr.evaluation import artifacts, metrics
+    from covid_cxr.evaluation import evaluate as ev
+    from covid_cxr.serving import predict
+
+    model_dir, examples = artifacts.trained_run(root)
+    model = predict.load_model(os.path.join(model_dir, "Format-Serving"))
+    data = ev.load_tfrecords(os.path.join(examples, "Split-test"))
+    covid = data.labels == model.task.positive_index
+    called = np.asarray(model.predict_examples(data.serialized)["covid_probability"]).ravel() > model.threshold
+    clean = np.array([g not in leaked_groups for g in data.groups])
+    out = {}
+    for name, keep in (("all", np.ones_like(clean)), ("not leaked", clean)):
+        out[name] = {"sensitivity": metrics.proportion(int((called & covid & keep).sum()), int((covid & keep).sum())),
+                     "specificity": metrics.proportion(int((~called & ~covid & keep).sum()), int((~covid & keep).sum()))}
+    return out
 
 
 def main(argv=None) -> int:
@@ -100,9 +125,13 @@ def main(argv=None) -> int:
                         help="hash distance under which two films count as one (default: the group threshold)")
     parser.add_argument("--buckets", type=int, nargs=3, default=(14, 3, 3), metavar=("TRAIN", "EVAL", "TEST"),
                         help="data.train_buckets / eval_buckets / test_buckets of the runs (default 14 3 3)")
+    parser.add_argument("--roots", nargs="+", default=None, metavar="ROOT",
+                        help="the pipeline root trained on each curated directory, in the same order")
     args = parser.parse_args(argv)
+    if args.roots is not None and len(args.roots) != len(args.curated):
+        parser.error(f"--roots needs one pipeline root per curated directory ({len(args.curated)})")
     cache: dict = {}
-    for curated in args.curated:
+    for n, curated in enumerate(args.curated):
         if not os.path.isfile(os.path.join(curated, features.MANIFEST)):
             print(f"{curated}: no {features.MANIFEST}: not a curated directory", file=sys.stderr)
             return 2
@@ -111,6 +140,11 @@ def main(argv=None) -> int:
         print(f"{os.path.basename(os.path.normpath(curated))}: {r['test_films']} test films; with a copy "
               f"(distance <= {args.threshold}) in train/eval: {r['test_with_copy_elsewhere']}; RSNA films whose NIH "
               f"patient is in train/eval: {rsna}; by label {r['leaked_by_label']}")
+        if args.roots is not None:
+            for name, m in score_without(args.roots[n], set(r["leaked_groups"])).items():
+                sens, spec = m["sensitivity"], m["specificity"]
+                print(f"  {name:10s} test films at the stored threshold: sensitivity {sens['k']}/{sens['n']} = "
+                      f"{sens['value']:.3f}, specificity {spec['k']}/{spec['n']} = {spec['value']:.3f}")
     return 0
 
 
