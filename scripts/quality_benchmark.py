@@ -85,9 +85,11 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
         args = CLI + ["curate", "--task", task, "--out", curated]
         for source in SOURCES[task]:
             # RSNA through its NIH mapping (built from the corpus's MANIFEST.csv): one NIH patient's
-            # films are one patient, as with RSNA's own mapping file.
+            # films are one patient, as with RSNA's own mapping file. (Without the corpus, curation
+            # fails on the missing sources anyway.)
             path = (str(testing.real_rsna_with_nih_mapping(os.path.join(out, "rsna-with-nih-mapping")))
-                    if source == "rsna" else os.path.join(SHARED, REAL_SOURCE_DIRS[source]))
+                    if source == "rsna" and (REAL_DATA / "MANIFEST.csv").is_file()
+                    else os.path.join(SHARED, REAL_SOURCE_DIRS[source]))
             args += ["--source", f"{source}={path}"]
         if hold_out:
             args += ["--hold-out", f"{hold_out}={held_out}"]
