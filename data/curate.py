@@ -442,13 +442,13 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -
     private = source.private_names or not known
     dicom_file = (path and dicom.is_dicom(path)) or (not path and name.lower().endswith((".dcm", ".dicom")))
     if private or dicom_file or not images.is_utf8(ref):
-        shown = images.public_ref(ref, f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}")
+        token = f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}"
         top = ref.split("/")[0]
         if "/" in ref and (not images.is_utf8(top) or (private and not (known and source.names_a_class(top)))):
             # Not a class or layout folder of a private tree, or not writable as it is: it may be named
             # by patient (locate() finds the file by its own pseudonym).
-            shown = f"{pseudonym.folder_pseudonym(key, it.candidate.source, top)}/" + shown.split("/", 1)[1]
-        return shown
+            return f"{pseudonym.folder_pseudonym(key, it.candidate.source, top)}/" + images.public_ref(ref, token, keep=0)
+        return images.public_ref(ref, token)
     return ref
 
 

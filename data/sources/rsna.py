@@ -90,7 +90,7 @@ class RsnaSource(Source):
 
     def _patient_of(self, pid: str) -> str:
         """The raw id that ties a film to its patient: the NIH patient when mapped, else the film's own."""
-        nih = self._nih_patient.get(pid) if self._nih_patient is not None else None
+        nih = (self._nih_patient or {}).get(pid)
         return f"nih:{nih}" if nih else pid
 
     def _read(self, name: str, column: str) -> dict[str, set[str]]:
