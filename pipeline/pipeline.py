@@ -18,7 +18,7 @@ from covid_cxr.components.pusher import VersionedPusher
 from covid_cxr.components.schema_gate import ImportSchema, SchemaGate
 from covid_cxr.data import features
 from covid_cxr.pipeline import fingerprints
-from covid_cxr.pipeline.config import PipelineConfig
+from covid_cxr.pipeline.config import DataConfig, PipelineConfig
 from covid_cxr.pipeline.eval_config import TEST_SPLIT, build_eval_config
 from covid_cxr.transform import preprocessing
 
@@ -29,6 +29,19 @@ TUNER_FN = "covid_cxr.trainer.task.tuner_fn"
 CODE_KEY = fingerprints.CODE_KEY
 
 
+def split_config(data: DataConfig) -> example_gen_pb2.SplitConfig:
+    """ExampleGen's train / eval / test split (also what scripts/leak_check.py re-deals)."""
+    return example_gen_pb2.SplitConfig(
+        splits=[
+            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=data.train_buckets),
+            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_buckets),
+            example_gen_pb2.SplitConfig.Split(name=TEST_SPLIT, hash_buckets=data.test_buckets),
+        ],
+        # Hash on the patient/near-duplicate group: no patient, no picture in two splits.
+        partition_feature_name=features.GROUP,
+    )
+
+
 def create_components(config: PipelineConfig, schema_sha256: Optional[str] = None) -> list:
     """The DAG's components. ``schema_sha256``: the schema's content hash when the compiling machine
     reads it elsewhere than at the path the containers use (a Kubeflow image's copy); else hashed here."""
@@ -36,15 +49,7 @@ def create_components(config: PipelineConfig, schema_sha256: Optional[str] = Non
     example_gen = tfx.components.ImportExampleGen(
         input_base=data.data_dir,
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="all", pattern=features.TFRECORD_PATTERN)]),
-        output_config=tfx.proto.Output(split_config=example_gen_pb2.SplitConfig(
-            splits=[
-                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=data.train_buckets),
-                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_buckets),
-                example_gen_pb2.SplitConfig.Split(name=TEST_SPLIT, hash_buckets=data.test_buckets),
-            ],
-            # Hash on the patient/near-duplicate group: no patient, no picture in two splits.
-            partition_feature_name=features.GROUP,
-        )),
+        output_config=tfx.proto.Output(split_config=split_config(data)),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_file = data.schema_file or SCHEMA_FILE

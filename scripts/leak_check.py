@@ -32,27 +32,26 @@ import sys
 
 import tensorflow as tf
 from tfx.components.example_gen import base_example_gen_executor
-from tfx.proto import example_gen_pb2
 
 from covid_cxr.data import dedupe, features, images
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
+from covid_cxr.pipeline import pipeline
+from covid_cxr.pipeline.config import DataConfig
 
-SPLITS = ("train", "eval", "test")
 NIH_FILE = re.compile(r"(\d{8})_\d{3}\.png$")
 
 
-def split_of(groups: list[str], buckets: tuple[int, int, int]) -> list[str]:
-    """The split ExampleGen deals each group into (the pipeline's SplitConfig, partitioned on group)."""
-    config = example_gen_pb2.SplitConfig(
-        splits=[example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=b) for n, b in zip(SPLITS, buckets)],
-        partition_feature_name=features.GROUP)
-    edges = list(itertools.accumulate(buckets))
+def split_of(groups: list[str], data: DataConfig) -> list[str]:
+    """The split ExampleGen deals each group into, with the pipeline's own SplitConfig."""
+    config = pipeline.split_config(data)
+    names = [s.name for s in config.splits]
+    edges = list(itertools.accumulate(s.hash_buckets for s in config.splits))
     out = []
     for group in groups:
         example = tf.train.Example()
         example.features.feature[features.GROUP].bytes_list.value.append(group.encode())
         # TFX's private partition function: the script must deal exactly as the pipeline did.
-        out.append(SPLITS[base_example_gen_executor._PartitionFn(example, len(SPLITS), edges, config)])
+        out.append(names[base_example_gen_executor._PartitionFn(example, len(names), edges, config)])
     return out
 
 
@@ -73,12 +72,12 @@ def nih_patient_by_hash(settings: dict, cache: dict) -> dict[str, str]:
     return cache[key]
 
 
-def check(curated: str, threshold: int, buckets: tuple[int, int, int], cache: dict) -> dict:
+def check(curated: str, threshold: int, data: DataConfig, cache: dict) -> dict:
     with open(os.path.join(curated, features.MANIFEST), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     with open(os.path.join(curated, features.SUMMARY), encoding="utf-8") as f:
         settings = json.load(f)["settings"]
-    split = split_of([r["group"] for r in rows], buckets)
+    split = split_of([r["group"] for r in rows], data)
     test = [i for i, s in enumerate(split) if s == "test"]
     copies = set()
     for i, j, _ in dedupe.near_pairs([bytes.fromhex(r["hash"]) for r in rows], threshold):
@@ -123,19 +122,24 @@ def main(argv=None) -> int:
     parser.add_argument("curated", nargs="+", help="curated directories (manifest.csv, summary.json)")
     parser.add_argument("--threshold", type=int, default=dedupe.GROUP_THRESHOLD,
                         help="hash distance under which two films count as one (default: the group threshold)")
-    parser.add_argument("--buckets", type=int, nargs=3, default=(14, 3, 3), metavar=("TRAIN", "EVAL", "TEST"),
-                        help="data.train_buckets / eval_buckets / test_buckets of the runs (default 14 3 3)")
+    defaults = DataConfig()
+    parser.add_argument("--buckets", type=int, nargs=3, metavar=("TRAIN", "EVAL", "TEST"),
+                        default=(defaults.train_buckets, defaults.eval_buckets, defaults.test_buckets),
+                        help="data.train_buckets / eval_buckets / test_buckets of the runs (default: the config's)")
     parser.add_argument("--roots", nargs="+", default=None, metavar="ROOT",
                         help="the pipeline root trained on each curated directory, in the same order")
     args = parser.parse_args(argv)
     if args.roots is not None and len(args.roots) != len(args.curated):
         parser.error(f"--roots needs one pipeline root per curated directory ({len(args.curated)})")
+    if min(args.buckets) < 1:
+        parser.error("--buckets must all be at least 1")
+    data = DataConfig(**dict(zip(("train_buckets", "eval_buckets", "test_buckets"), args.buckets)))
     cache: dict = {}
     for n, curated in enumerate(args.curated):
         if not os.path.isfile(os.path.join(curated, features.MANIFEST)):
             print(f"{curated}: no {features.MANIFEST}: not a curated directory", file=sys.stderr)
             return 2
-        r = check(curated, args.threshold, tuple(args.buckets), cache)
+        r = check(curated, args.threshold, data, cache)
         rsna = r["test_rsna_patient_elsewhere"] if r["rsna_checked"] else "not checked (no shared corpus)"
         print(f"{os.path.basename(os.path.normpath(curated))}: {r['test_films']} test films; with a copy "
               f"(distance <= {args.threshold}) in train/eval: {r['test_with_copy_elsewhere']}; RSNA films whose NIH "

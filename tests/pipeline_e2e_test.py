@@ -116,6 +116,17 @@ def test_splits_are_patient_disjoint(first_run):
     assert not groups["eval"] & groups["test"]
 
 
+def test_leak_check_deals_every_group_into_the_split_example_gen_chose(first_run, load_script):
+    _, config, _, _ = first_run
+    split_of = {}
+    for split in ("train", "eval", "test"):
+        for record in _split(config, split):
+            split_of[tf.train.Example.FromString(record).features.feature[features.GROUP].bytes_list.value[0].decode()] = split
+    groups = sorted(split_of)
+    assert load_script("leak_check").split_of(groups, config.data) == [split_of[g] for g in groups]
+    assert set(split_of.values()) == {"train", "eval", "test"}
+
+
 def test_pushed_model_answers_on_both_signatures(first_run):
     _, config, outcome, _ = first_run
     model = tf.saved_model.load(outcome.destination)

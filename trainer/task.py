@@ -302,9 +302,9 @@ def _check_eval_classes(task: features.Task, eval_counts: dict) -> None:
     films split by hash can miss one)."""
     missing = [name for index, name in enumerate(task.classes) if not eval_counts.get(index)]
     if missing:
-        raise ValueError(f"the eval split holds no {' and no '.join(missing)} films (eval counts per class: "
-                         f"{ {task.classes[k]: v for k, v in sorted(eval_counts.items())} }); the decision threshold is chosen "
-                         "on it: curate more films or give data.eval_buckets more buckets")
+        counts = ", ".join(f"{name} {eval_counts.get(index, 0)}" for index, name in enumerate(task.classes))
+        raise ValueError(f"the eval split holds no {' and no '.join(missing)} films (eval films per class: {counts}); "
+                         "the decision threshold is chosen on it: curate more films or give data.eval_buckets more buckets")
 
 
 def _covid_scores(task: features.Task, scores: np.ndarray) -> np.ndarray:
