@@ -42,12 +42,36 @@ def test_crop_handles_white_and_uniform_grey_frames():
     assert images.content_box(grey) == (20, 180, 26, 154)
 
 
-def test_crop_never_returns_a_sliver():
+@pytest.mark.parametrize("strip", [(slice(90, 110), slice(20, 180)),  # thinner than MIN_SIDE
+                                   (slice(70, 130), slice(20, 180)),  # 30 % of the height
+                                   (slice(20, 180), slice(70, 130))])  # 30 % of the width
+def test_crop_never_returns_a_sliver(strip):
     img = np.zeros((200, 200), np.uint8)
-    img[90:110, 20:180] = testing.radiograph(4, (20, 160))  # a thin strip of content
+    rows, cols = strip
+    img[strip] = testing.radiograph(4, (rows.stop - rows.start, cols.stop - cols.start))
     out, did, note = images.crop_borders(img)
     assert not did and out is img
     assert note.startswith("crop refused")
+
+
+def test_a_thin_dark_band_across_the_film_does_not_cut_it():
+    img, box = framed(top=20, bottom=20, left=16, right=16)
+    img[100:103, :] = 0  # 3 rows: within the 2 % gap that still counts as one film
+    assert images.content_box(img) == box
+
+
+def test_white_bars_above_and_below_with_black_bars_beside():
+    img = np.zeros((200, 180), np.uint8)
+    img[:20], img[180:] = 255, 255
+    img[20:180, 26:154] = testing.radiograph(3)
+    assert images.content_box(img) == (20, 180, 26, 154)
+
+
+def test_a_label_in_the_corner_does_not_widen_the_film():
+    img = np.zeros((200, 200), np.uint8)
+    img[40:, 40:] = testing.radiograph(9, (160, 160))
+    img[0:30, 0:40] = 128  # a grey label block beside the film, above it
+    assert images.content_box(img) == (40, 200, 40, 200)
 
 
 def test_no_border_means_no_crop():

@@ -364,6 +364,10 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
     assert report["auc"]["value"] == pytest.approx(0.8)
     for source in ("a", "b"):
         assert report["per_source"][source]["auc"]["value"] == pytest.approx(0.5)
+    # Each source's table counts its own films: "a" calls everything COVID, "b" nothing.
+    a, b = report["per_source"]["a"], report["per_source"]["b"]
+    assert [(a[m]["k"], a[m]["n"]) for m in ("sensitivity", "specificity")] == [(40, 40), (0, 10)]
+    assert [(b[m]["k"], b[m]["n"]) for m in ("sensitivity", "specificity")] == [(0, 10), (40, 40)]
     assert report["sources_below_pooled_auc"] == ["a", "b"]
     from covid_cxr.evaluation import html_report
 

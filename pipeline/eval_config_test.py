@@ -90,6 +90,14 @@ def test_the_gate_judges_the_stored_threshold_and_blesses_only_above_the_bars(ca
     accepted = _gate(calls_everything_covid, tmp_path / "lenient", min_sensitivity=0.9, min_specificity=0.0)
     assert accepted.blessed and not accepted.failures
 
+    # gate.min_auc is a bar too: just above the AUC this model reaches, the same model is refused.
+    auc = accepted.metrics["AUC"]
+    assert auc < 0.99
+    too_high = _gate(calls_everything_covid, tmp_path / "auc", min_sensitivity=0.0, min_specificity=0.0,
+                     min_auc=round(auc + 0.01, 4))
+    assert not too_high.blessed
+    assert [f.split(" ")[0] for f in too_high.failures] == ["AUC"], too_high.failures
+
 
 def test_three_class_gate_counts_the_served_label_covid_one_vs_rest(three_class_model, tmp_path):
     model = tf.saved_model.load(three_class_model.model_dir)

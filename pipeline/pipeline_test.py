@@ -4,6 +4,7 @@ import json
 import pytest
 from tfx.utils import dependency_utils
 
+from covid_cxr.data import features
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline import pipeline
@@ -20,6 +21,16 @@ def test_the_dag_has_every_stage_and_the_tuner_is_optional(tmp_path):
                             "VersionedPusher"]
     assert "Tuner" not in _ids(cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path),
                                                                    "tuner.enabled": "false"}))
+
+
+def test_example_gen_splits_on_the_group_with_the_configured_buckets(tmp_path):
+    # The group, not the patient id: re-crops of one film join a group across patients (data/dedupe.py),
+    # and the synthetic end-to-end data cannot tell the two apart (group == patient there).
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "data.eval_buckets": "5"})
+    example_gen = next(c for c in pipeline.create_components(config) if c.id == "ImportExampleGen")
+    split = json.loads(example_gen.exec_properties["output_config"])["split_config"]
+    assert split["partition_feature_name"] == features.GROUP == "group"
+    assert [(s["name"], s["hash_buckets"]) for s in split["splits"]] == [("train", 14), ("eval", 5), ("test", 3)]
 
 
 def test_without_a_baseline_there_is_no_resolver_and_no_auc_regression_bar(tmp_path):

@@ -307,6 +307,17 @@ def _check_eval_classes(task: features.Task, eval_counts: dict) -> None:
                          "the decision threshold is chosen on it: curate more films or give data.eval_buckets more buckets")
 
 
+def _decision_threshold(task: features.Task, labels: np.ndarray, scores: np.ndarray, train_cfg: dict) -> float:
+    """The stored threshold on P(covid), chosen on the eval split for the config's targets. Three-class
+    too: COVID when P(covid) is above it, else the more probable other class."""
+    sensitivity, specificity = train_cfg["target_sensitivity"], train_cfg["target_specificity"]
+    threshold = training.choose_threshold(labels.reshape(-1) == task.positive_index, _covid_scores(task, scores),
+                                          sensitivity, specificity)
+    logging.info("decision threshold %.4f (eval targets: sensitivity %.2f, specificity %.2f)", threshold,
+                 sensitivity, specificity)
+    return threshold
+
+
 def _covid_scores(task: features.Task, scores: np.ndarray) -> np.ndarray:
     """P(covid) [N] from the model's output ([N, 1] sigmoid or [N, C] softmax)."""
     return scores.reshape(-1) if task.is_binary else scores[:, task.positive_index]
@@ -425,11 +436,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     quantile = float(train_cfg["atypical_quantile"])
     scorer, scored_families = _typicality_scorer(members, quantile)
     labels, scores, eval_features = _scored_eval(built.model, scorer, eval_ds)
-    # Three-class too: COVID when P(covid) is above it, else the more probable other class.
-    threshold = training.choose_threshold(labels.reshape(-1) == task.positive_index, _covid_scores(task, scores),
-                                          train_cfg["target_sensitivity"], train_cfg["target_specificity"])
-    logging.info("decision threshold %.4f (eval targets: sensitivity %.2f, specificity %.2f)", threshold,
-                 train_cfg["target_sensitivity"], train_cfg["target_specificity"])
+    threshold = _decision_threshold(task, labels, scores, train_cfg)
     validation = _validation_metrics(task, labels, scores, threshold)
 
     tf.io.gfile.makedirs(fn_args.model_run_dir)

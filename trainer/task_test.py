@@ -47,6 +47,21 @@ def test_three_class_validation_metrics_are_covid_one_vs_rest_at_the_stored_thre
     assert trainer_task._validation_metrics(task, labels, scores, threshold=0.5)["counts"]["tp"] == 1
 
 
+def test_the_stored_threshold_is_chosen_on_p_covid_for_the_configured_targets():
+    # 20 COVID films scored 0.40..0.97, 20 normals 0.05..0.62: the two targets pull apart.
+    p_covid = np.concatenate([np.linspace(0.40, 0.97, 20), np.linspace(0.05, 0.62, 20)])
+    is_covid = np.arange(40) < 20
+    expected = training.choose_threshold(is_covid, p_covid, 0.95, 0.6)
+    assert expected != training.choose_threshold(is_covid, p_covid, 0.6, 0.95)  # a swap would show
+    three_class = features.get_task("three-class")
+    for task, scores in ((BINARY, p_covid[:, None]),
+                         (three_class, np.stack([(1 - p_covid) * 0.7, (1 - p_covid) * 0.3, p_covid], axis=1))):
+        labels = np.where(is_covid, task.positive_index, 0)
+        threshold = trainer_task._decision_threshold(
+            task, labels, scores, {"target_sensitivity": 0.95, "target_specificity": 0.6})
+        assert threshold == pytest.approx(expected, abs=0), task.name
+
+
 def test_an_eval_split_without_one_of_the_classes_is_refused_before_training():
     trainer_task._check_eval_classes(BINARY, {0: 3, 1: 5})
     with pytest.raises(ValueError, match=r"^the eval split holds no covid films \(eval films per class: normal 3, covid 0\)"):

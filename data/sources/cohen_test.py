@@ -17,6 +17,7 @@ from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
     ("Pneumonia", "pneumonia"), ("Pneumonia/Viral/SARS", "pneumonia"), ("Pneumonia/Bacterial/Streptococcus", "pneumonia"),
     ("Pneumonia/Fungal/Pneumocystis", "pneumonia"), ("Pneumonia/Aspiration", "pneumonia"),
     ("ARDS", "other_opacity"), ("Tuberculosis", "other_opacity"),
+    ("non-COVID pneumonia", "pneumonia"),  # COVID only as a whole term, never as a substring
 ])
 def test_finding_mapping(text, finding):
     assert finding_of(text) == (finding, None)
@@ -25,6 +26,7 @@ def test_finding_mapping(text, finding):
 @pytest.mark.parametrize("text, reason", [
     ("todo", "unlabelled: todo"), ("Unknown", "unlabelled: Unknown"), ("", "unlabelled: blank"),
     ("Cardiomegaly", "unrecognised finding: Cardiomegaly"),
+    ("Finding unclear", "unrecognised finding: Finding unclear"),  # only "No Finding" is normal
 ])
 def test_finding_rejections(text, reason):
     assert finding_of(text) == (None, reason)
