@@ -23,7 +23,7 @@ from tfx import v1 as tfx
 from covid_cxr.data import writer
 from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
-from covid_cxr.pipeline.pipeline import SCHEMA_FILE, create_pipeline
+from covid_cxr.pipeline.pipeline import SCHEMA_FILE, beam_runner, create_pipeline
 from covid_cxr.trainer import models, training
 
 
@@ -154,6 +154,15 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> li
         raise ConfigError(str(e)) from None
     from_image = not config.data.schema_file
     config, notes = for_the_container(config)
+    runner, staged = beam_runner(config)
+    if "direct" not in runner.lower() and not staged:
+        # A remote Beam runner's workers import covid_cxr (Transform's preprocessing_fn): this image has it.
+        runtime = dataclasses.replace(config.runtime, beam_extra_args=[
+            *config.runtime.beam_extra_args, f"--sdk_container_image={image}"])
+        config = dataclasses.replace(config, runtime=runtime)
+        notes.append(f"runtime.beam_extra_args runs Beam on {runner}, whose workers need this package: added "
+                     f"--sdk_container_image={image}; pass your own --sdk_container_image, --setup_file or "
+                     "--extra_packages to choose otherwise")
     # The image's schema is this checkout's (Dockerfile): its hash keys the cache, and ImportSchema
     # stops a run whose image was built from a checkout with another schema.
     schema_sha256 = fingerprints.file_fingerprint(SCHEMA_FILE) if from_image else None

@@ -48,10 +48,10 @@ class ModelConfig:
     # 0 by default: 0.1 cost 0.015 test AUC on covid-vs-normal and did not help the films it
     # aimed at (docs/results.md, stop 14).
     border_crop: float = 0.0
-    families: list = dataclasses.field(default_factory=lambda: ["mobilenet_v2"])  # Tuner chooses among these
+    families: list[str] = dataclasses.field(default_factory=lambda: ["mobilenet_v2"])  # Tuner chooses among these
     # Families trained next to the Tuner's choice with the same hyperparameters; the served model
     # averages their probabilities (empty: one model). Two different backbones err on different films.
-    ensemble_with: list = dataclasses.field(default_factory=list)
+    ensemble_with: list[str] = dataclasses.field(default_factory=list)
     weights: str = "auto"  # auto | imagenet | none | path to an .h5 file
     weights_dir: str = ""  # where `auto` looks for offline ImageNet files
     # When no pretrained weights can be had: a family to build instead (the BatchNorm scratch CNN
@@ -110,13 +110,13 @@ class TunerConfig:
     enabled: bool = True
     trials: int = 4
     epochs: int = 3
-    learning_rates: list = dataclasses.field(default_factory=lambda: [1e-3, 3e-4])
-    dropouts: list = dataclasses.field(default_factory=lambda: [0.2, 0.5])
-    dense_units: list = dataclasses.field(default_factory=lambda: [64, 128])
-    image_sizes: list = dataclasses.field(default_factory=list)  # empty: only model.image_size
-    fine_tune_layers: list = dataclasses.field(default_factory=lambda: [0, 20])
+    learning_rates: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 3e-4])
+    dropouts: list[float] = dataclasses.field(default_factory=lambda: [0.2, 0.5])
+    dense_units: list[int] = dataclasses.field(default_factory=lambda: [64, 128])
+    image_sizes: list[int] = dataclasses.field(default_factory=list)  # empty: only model.image_size
+    fine_tune_layers: list[int] = dataclasses.field(default_factory=lambda: [0, 20])
     # Fine-tuning learning rate = learning rate x factor.
-    fine_tune_lr_factors: list = dataclasses.field(default_factory=lambda: [0.1])
+    fine_tune_lr_factors: list[float] = dataclasses.field(default_factory=lambda: [0.1])
     # Epochs of fine-tuning in each trial, after its `epochs` with the backbone frozen. 0: trials
     # train the head only, which cannot compare fine-tuning depths or rates, so those two lists
     # must then hold one value each.
@@ -134,7 +134,7 @@ class GateConfig:
     # The latest blessed model (a TFX Resolver) as the baseline for that AUC check. Off for open-source
     # Kubeflow Pipelines 2.x, whose backend cannot run Resolver nodes (Vertex AI and LocalDagRunner can).
     compare_to_baseline: bool = True
-    slice_features: list = dataclasses.field(default_factory=lambda: ["source", "view", "sex"])
+    slice_features: list[str] = dataclasses.field(default_factory=lambda: ["source", "view", "sex"])
 
 
 @dataclasses.dataclass
@@ -152,7 +152,7 @@ class RuntimeConfig:
     mysql_password: str = ""
     beam_running_mode: str = "in_memory"  # in_memory | multi_threading | multi_processing
     beam_workers: int = 0  # 0 = one per CPU core
-    beam_extra_args: list = dataclasses.field(default_factory=list)
+    beam_extra_args: list[str] = dataclasses.field(default_factory=list)
     enable_cache: bool = True
 
 
@@ -311,10 +311,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         merge = "tag:yaml.org,2002:merge"  # `<<: *anchor` is resolved by the base class
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value if key.tag != merge]
-        twice = next((key for key in keys if keys.count(key) > 1), None)
-        if twice is not None:
-            raise yaml.constructor.ConstructorError(None, None, f"{twice!r} is given twice", node.start_mark)
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == merge:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:  # pointing at the second one
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
         return super().construct_mapping(node, deep)
 
 
@@ -327,7 +331,10 @@ def _read_yaml(path: str) -> Mapping:
     except UnicodeDecodeError:
         raise ConfigError(f"config {path!r} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path!r} is not valid YAML: {first_line(e)}") from None
+        # The line and the problem ("expected ',' or ']'"), not only the parser's context line.
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"config {path!r} is not valid YAML{where}: {problem or first_line(e)}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"config {path!r} must be a mapping of sections, got {type(content).__name__}")
     return content
@@ -373,16 +380,27 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             if isinstance(value, (list, dict)):
                 raise ValueError(value)  # would become its Python repr
             return "" if value is None else str(value)
-        if kind is list:
+        if typing.get_origin(kind) is list:
             if isinstance(value, str):
                 value = yaml.safe_load(value) if value.strip().startswith("[") else [
                     yaml.safe_load(v) for v in value.split(",") if v.strip()]
             if not isinstance(value, list):
                 raise ValueError(value)
-            return value
+            # Each item as its declared type: `[--direct_num_workers, 2]` is two options, `[[a]]` no family.
+            [item_kind] = typing.get_args(kind)
+            return [_coerce(item, item_kind, f"{where}[{i}]") for i, item in enumerate(value)]
+    except ConfigError:
+        raise  # an item's own message
     except (TypeError, ValueError, OverflowError, yaml.YAMLError):
-        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(kind)}") from None
     return value
+
+
+def _type_name(kind: Any) -> str:
+    """int, float, ..., and "list of str" for list[str]."""
+    if typing.get_origin(kind) is list:
+        return f"list of {_type_name(typing.get_args(kind)[0])}"
+    return getattr(kind, "__name__", str(kind))
 
 
 def _in_range(name: str, values: Any, low: float, high: Optional[float], integer: bool = False,

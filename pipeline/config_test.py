@@ -38,7 +38,7 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"training.atypical_quantile": "0.3"}, "^training.atypical_quantile must be 0 .*, got 0.3$"),
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
     ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"^tuner.fine_tune_lr_factors must be numbers above 0.0 and at most 1.0, got 2"),
-    ({"tuner.fine_tune_lr_factors": "[abc]"}, r"^tuner.fine_tune_lr_factors must be numbers .*, got 'abc'$"),
+    ({"tuner.fine_tune_lr_factors": "[abc]"}, r"^override: tuner.fine_tune_lr_factors\[0\]: 'abc' is not a valid float$"),
     ({"training.epochs": "-1"}, r"^training.epochs must be a whole number at least 1, got -1$"),
     ({"training.batch_size": "0"}, "^training.batch_size must be a whole number at least 1, got 0$"),
     ({"tuner.trials": "0"}, "^tuner.trials must be a whole number at least 1"),
@@ -64,8 +64,8 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"training.seed": "-1"}, "^training.seed must be a whole number between 0 and 4294967295, got -1$"),
     ({"training.seed": "99999999999999999999"}, "^training.seed must be a whole number between 0 and 4294967295"),
     ({"training.epochs": "inf"}, "^override: training.epochs: 'inf' is not a valid int$"),
-    ({"tuner.dense_units": "[.inf]"}, "^tuner.dense_units must be whole numbers at least 0, got inf$"),
-    ({"tuner.dropouts": "nan"}, "^tuner.dropouts must be numbers between 0.0 and 0.95, got 'nan'$"),
+    ({"tuner.dense_units": "[.inf]"}, r"^override: tuner.dense_units\[0\]: inf is not a valid int$"),
+    ({"tuner.dropouts": "nan"}, "^tuner.dropouts must be numbers between 0.0 and 0.95, got nan$"),
     ({"tuner.learning_rates": "[.nan]"}, "^tuner.learning_rates must be numbers above 0.0 and at most 1.0, got nan$"),
     ({"model.augment": "5"}, "^override: model.augment: '5' is not a valid bool$"),
 ])
@@ -77,8 +77,8 @@ def test_bad_values_are_one_line_config_errors(overrides, message):
 
 def test_malformed_yaml_and_unknown_preset(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: [unclosed\n")
-    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+    bad.write_text("model:\n  families: [unclosed\n")
+    with pytest.raises(cfg.ConfigError, match=r"is not valid YAML \(line 3, column 1\): expected ',' or '\]', but got"):
         cfg.load_config(None, str(bad))
     with pytest.raises(cfg.ConfigError, match="unknown preset"):
         cfg.load_config("medium")
@@ -88,16 +88,24 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
     with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not UTF-8 text$"):
         cfg.load_config(None, str(bad))
     bad.write_text("model:\n  task: three-class\ntraining:\n  epochs: 2\nmodel:\n  image_size: 64\n")
-    with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not valid YAML: 'model' is given twice$"):
+    with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not valid YAML \(line 5, column 1\): 'model' is given twice$"):
         cfg.load_config(None, str(bad))
     for text, message in (("model:\n  augment: 5\n", "model.augment: 5 is not a valid bool"),
                           ("runtime:\n  pipeline_root: [a, b]\n", "runtime.pipeline_root: ['a', 'b'] is not a valid str"),
-                          ("data:\n  schema_file: {a: 1}\n", "data.schema_file: {'a': 1} is not a valid str")):
+                          ("data:\n  schema_file: {a: 1}\n", "data.schema_file: {'a': 1} is not a valid str"),
+                          ("model:\n  families: [[cnn3]]\n", "model.families[0]: ['cnn3'] is not a valid str"),
+                          ("model:\n  ensemble_with: [{a: 1}]\n", "model.ensemble_with[0]: {'a': 1} is not a valid str"),
+                          ("tuner:\n  dense_units: [64, many]\n", "tuner.dense_units[1]: 'many' is not a valid int"),
+                          ("tuner:\n  dropouts: 0.2\n", "tuner.dropouts: 0.2 is not a valid list of float")):
         bad.write_text(text)
         with pytest.raises(cfg.ConfigError, match=re.escape(message)):
             cfg.load_config(None, str(bad))
     bad.write_text("model:\n  augment: false\n")
     assert cfg.load_config(None, str(bad)).model.augment is False
+    # List items take their declared type: YAML reads `2` as a number and `1e-3` as text.
+    bad.write_text("runtime:\n  beam_extra_args: [--direct_num_workers, 2]\ntuner:\n  learning_rates: [1e-3]\n")
+    config = cfg.load_config(None, str(bad))
+    assert config.runtime.beam_extra_args == ["--direct_num_workers", "2"] and config.tuner.learning_rates == [0.001]
     # YAML merge keys are not duplicates.
     bad.write_text("training: &t\n  epochs: 3\nmodel:\n  augment: true\ntuner:\n  <<: {trials: 2}\n  epochs: 1\n")
     assert cfg.load_config(None, str(bad)).tuner.trials == 2

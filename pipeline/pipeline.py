@@ -125,13 +125,22 @@ _DEPENDENCY_OPTIONS = ("extra_packages", "setup_file", "requirements_file", "sdk
 DIRECT_RUNNER_IMAGE = "--sdk_container_image=unused-by-the-direct-runner"
 
 
-def beam_args(config: PipelineConfig) -> list[str]:
+def _configured_beam_args(config: PipelineConfig) -> list[str]:
     runtime = config.runtime
-    args = [f"--direct_running_mode={runtime.beam_running_mode}",
+    return [f"--direct_running_mode={runtime.beam_running_mode}",
             f"--direct_num_workers={runtime.beam_workers}"] + list(runtime.beam_extra_args)
-    options = PipelineOptions(args).get_all_options()
-    direct = "direct" in (options["runner"] or "direct").lower()  # direct, DirectRunner, BundleBased...
-    if direct and not any(options[o] for o in _DEPENDENCY_OPTIONS):
+
+
+def beam_runner(config: PipelineConfig) -> tuple[str, bool]:
+    """(the Beam runner the config names, "direct" if none; whether it names how workers get the code)."""
+    options = PipelineOptions(_configured_beam_args(config)).get_all_options()
+    return options["runner"] or "direct", any(options[o] for o in _DEPENDENCY_OPTIONS)
+
+
+def beam_args(config: PipelineConfig) -> list[str]:
+    args = _configured_beam_args(config)
+    runner, staged = beam_runner(config)
+    if "direct" in runner.lower() and not staged:  # direct, DirectRunner, BundleBased...
         args.append(DIRECT_RUNNER_IMAGE)
     return args
 

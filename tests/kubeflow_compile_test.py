@@ -81,6 +81,21 @@ def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
             "different file there stops the run") in result.output
 
 
+def test_a_remote_beam_runner_gets_the_image_as_its_workers_container(tmp_path):
+    dataflow = "runtime.beam_extra_args=[--runner=DataflowRunner,--project=p,--region=us-central1]"
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",
+                                           str(tmp_path / "spec.json"), *BUCKETS, "--set", dataflow])
+    assert result.exit_code == 0, result.output
+    assert ("note: runtime.beam_extra_args runs Beam on DataflowRunner, whose workers need this package: added "
+            "--sdk_container_image=registry.example/covid-cxr:1") in result.output
+    assert "--sdk_container_image=registry.example/covid-cxr:1" in json.dumps(json.loads((tmp_path / "spec.json").read_text()))
+    # The user's own choice of how workers get the code is kept as it is; the DirectRunner's placeholder stays.
+    spec, text = _compile(tmp_path, "--set", dataflow[:-1] + ",--setup_file=./setup.py]")
+    assert "--setup_file=./setup.py" in text and "--sdk_container_image" not in text
+    spec, text = _compile(tmp_path)
+    assert pipeline.DIRECT_RUNNER_IMAGE in text and "--sdk_container_image=registry" not in text
+
+
 def _import_schema_parameters(spec: dict) -> dict:
     inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ImportSchema"]["inputs"]["parameters"]
     return {name: value["runtimeValue"]["constantValue"]["stringValue"] for name, value in inputs.items()}
