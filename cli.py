@@ -28,7 +28,7 @@ from covid_cxr.messages import first_line  # noqa: E402
 from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names  # noqa: E402
 
 # User errors end in one line and exit code 2; a failing run ends in one line and exit code 1.
-USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, FileNotFoundError, PermissionError, ValueError)
 
 
 def _quiet_logs(verbose: bool) -> None:
@@ -225,6 +225,8 @@ def run(data_dir, preset, config_file, overrides, **named):
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
     local_runner.check_inputs(config)  # a wrong --data or database fails at once, not after the restart below
     restart_with_process_env_if_needed(config)
+    for note in local_runner.settings_notes(config):
+        click.echo(f"note: {note}", err=True)
     print_outcome(local_runner.run(config))
 
 

@@ -68,6 +68,17 @@ def check_settings(config: PipelineConfig) -> None:
     metadata.check_connection(config)
 
 
+def settings_notes(config: PipelineConfig) -> list[str]:
+    """What the run will do differently from what the config seems to ask, said before it starts."""
+    weights_dir = config.model.weights_dir
+    if config.model.weights.lower() == "auto" and weights_dir and not tf.io.gfile.isdir(weights_dir):
+        # Legitimate (the `full` preset names ../shared/weights, which a user's machine may not have),
+        # but a mistyped folder would otherwise show only in the Trainer's log and the model card.
+        return [f"model.weights_dir {weights_dir!r} is not a folder here: `auto` downloads ImageNet weights instead, "
+                f"and without network access trains model.fallback ({config.model.fallback})"]
+    return []
+
+
 class PipelineRunError(RuntimeError):
     """A component failed while the pipeline ran (not a mistake in the user's input)."""
 

@@ -205,15 +205,18 @@ def check_writable(path: str, name: str) -> None:
 def read_summary(data_dir: str) -> dict:
     """The summary.json of a curated directory, with a clear error when it is not one."""
     path = os.path.join(data_dir, features.SUMMARY)
-    if not tf.io.gfile.isdir(data_dir):  # gfile: gs:// data on Kubeflow/Vertex
-        raise FileNotFoundError(f"data directory {data_dir!r} is a file, not a directory" if tf.io.gfile.exists(data_dir)
-                                else f"data directory {data_dir!r} does not exist")
-    if not tf.io.gfile.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)):
-        raise FileNotFoundError(
-            f"no curated TFRecords ({features.TFRECORD_PATTERN}) in {data_dir!r}; "
-            "run `covid-cxr curate` (or `covid-cxr demo`) to make some"
-        )
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path!r} is missing: {data_dir!r} was not written by covid-cxr curate")
-    with tf.io.gfile.GFile(path) as f:
-        return jsonfile.load_object(f, path, "curation summary")
+    try:
+        if not tf.io.gfile.isdir(data_dir):  # gfile: gs:// data on Kubeflow/Vertex
+            raise FileNotFoundError(f"data directory {data_dir!r} is a file, not a directory"
+                                    if tf.io.gfile.exists(data_dir) else f"data directory {data_dir!r} does not exist")
+        if not tf.io.gfile.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)):
+            raise FileNotFoundError(
+                f"no curated TFRecords ({features.TFRECORD_PATTERN}) in {data_dir!r}; "
+                "run `covid-cxr curate` (or `covid-cxr demo`) to make some"
+            )
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{path!r} is missing: {data_dir!r} was not written by covid-cxr curate")
+        with tf.io.gfile.GFile(path) as f:
+            return jsonfile.load_object(f, path, "curation summary")
+    except tf.errors.OpError as e:  # no access, or a bucket this machine cannot reach: the user's to fix
+        raise PermissionError(f"cannot read the data directory {data_dir!r}: {first_line(e)}") from None

@@ -19,6 +19,15 @@ def test_read_summary_reads_through_tensorflow_file_systems(tmp_path):
         writer.read_summary(remote)
 
 
+def test_a_data_directory_that_cannot_be_read_is_a_user_error(monkeypatch):
+    def denied(path):
+        raise tf.errors.PermissionDeniedError(None, None, "Permission denied; no credentials for bucket b")
+
+    monkeypatch.setattr(tf.io.gfile, "isdir", denied)
+    with pytest.raises(PermissionError, match=r"^cannot read the data directory 'gs://b/c': Permission denied; no cred"):
+        writer.read_summary("gs://b/c")
+
+
 def _record(i: int, label: str = "covid") -> features.Record:
     return features.Record(png=b"\x89PNG fake %d" % i, label=label, label_index=features.get_task("covid-vs-normal")
                            .classes.index(label), patient_id=f"p{i}", group=f"g{i}", source="s", view="PA", sex="F", age=40)

@@ -61,6 +61,9 @@ def _numeric_versions(path: str) -> list[int]:
 
 def resolve_model_dir(path: str) -> tuple[str, Optional[int]]:
     """(SavedModel directory, version or None) for a version dir, serving base dir or model artifact."""
+    if "://" in path:
+        raise ModelNotFound(f"{path!r} is not a local directory: predict and evaluate read the model from this "
+                            "machine's disk (copy it here first, e.g. gsutil cp -r)", param_hint="--model")
     if not os.path.exists(path):
         raise ModelNotFound(f"{path!r} does not exist", param_hint="--model")
     if _is_saved_model(path):

@@ -109,6 +109,8 @@ def test_model_resolution(binary_model, tmp_path):
         predict.resolve_model_dir(str(tmp_path / "missing"))
     with pytest.raises(predict.ModelNotFound):
         predict.resolve_model_dir(str(tmp_path))
+    with pytest.raises(predict.ModelNotFound, match=r"^'gs://b/serving' is not a local directory: predict and evaluate"):
+        predict.resolve_model_dir("gs://b/serving")
 
 
 def test_a_stored_threshold_that_is_not_a_number_is_named(binary_model, tmp_path):

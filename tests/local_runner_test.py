@@ -80,6 +80,16 @@ def test_a_weights_file_that_is_not_there_is_refused_before_the_run(tmp_path):
     local_runner.check_inputs(cfg.load_config("quick", overrides={**overrides, "model.weights": str(tmp_path / "there.h5")}))
 
 
+def test_a_weights_folder_that_is_not_there_is_said_before_the_run(tmp_path):
+    overrides = {"model.weights": "auto", "model.weights_dir": str(tmp_path / "wieghts")}
+    [note] = local_runner.settings_notes(cfg.load_config("full", overrides=overrides))
+    assert note == (f"model.weights_dir {str(tmp_path / 'wieghts')!r} is not a folder here: `auto` downloads ImageNet "
+                    "weights instead, and without network access trains model.fallback (bn_double_conv)")
+    (tmp_path / "wieghts").mkdir()
+    assert local_runner.settings_notes(cfg.load_config("full", overrides=overrides)) == []
+    assert local_runner.settings_notes(cfg.load_config("full", overrides={**overrides, "model.weights": "none"})) == []
+
+
 def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     # `covid-cxr -v run ...`'s command line: TFX's Beam executors parse sys.argv as absl flags, where
     # -v is --verbosity, so ImportExampleGen (the first component) failed on it before the fix.

@@ -113,11 +113,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def _unreadable_folder(error: OSError) -> None:
+    """os.walk skips a folder it cannot list: every film in it would vanish without a word."""
+    if not isinstance(error, FileNotFoundError):  # a missing folder is the caller's to report
+        raise SourceError(f"cannot read folder {error.filename!r}: {error.strerror}")
+
+
 def list_files(directory: str, hidden: Optional[list] = None) -> list[str]:
     """Regular files under ``directory``, recursively, sorted, hidden files and folders skipped
     (appended to ``hidden`` when given; a hidden folder counts once, its contents are not walked)."""
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(directory):
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=_unreadable_folder):
         if hidden is not None:
             hidden.extend(os.path.join(dirpath, n) for n in sorted(dirnames + filenames) if _is_hidden(n))
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))

@@ -1,7 +1,9 @@
+import os
+
 import pytest
 
 from covid_cxr.data import testing
-from covid_cxr.data.sources import FolderSource, SourceError, parse_class_map
+from covid_cxr.data.sources import FolderSource, SourceError, base, parse_class_map
 
 
 def test_parse_class_map():
@@ -50,3 +52,22 @@ def test_layout_errors(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(SourceError, match="no class subfolders"):
         FolderSource(str(tmp_path / "flat"), {"A": "covid"})
+
+
+def test_a_folder_that_cannot_be_read_stops_curation_naming_it(tmp_path, monkeypatch):
+    # os.walk would skip it, and its films would be neither accepted nor rejected. (Tests may run as
+    # root, whom chmod 000 does not stop: the listing is refused here instead.)
+    root = tmp_path / "f"
+    testing.write_image(root / "COVID" / "a.png", testing.radiograph(1))
+    (root / "COVID" / "locked").mkdir()
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SourceError, match=r"^cannot read folder '.*COVID/locked': Permission denied$"):
+        list(FolderSource(str(root), {"COVID": "covid"}).candidates())
+    assert base.list_files(str(root / "missing")) == []  # a folder that is not there: the caller says so
