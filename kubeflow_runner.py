@@ -8,7 +8,7 @@ A .json output is a PipelineJob for Vertex AI Pipelines
 (`google.cloud.aiplatform.PipelineJob(template_path=...)`); a .yaml output is a bare KFP pipeline
 spec (schema 2.1) for open-source Kubeflow Pipelines 2.x (see README).
 The container image must have this package installed (see Dockerfile); the data, the pipeline root
-and the serving directory must be bucket (or other file-system URI) paths the containers can reach.
+and the serving directory must be gs:// paths the containers can reach (the file systems this TensorFlow reads).
 """
 from __future__ import annotations
 
