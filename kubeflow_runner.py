@@ -114,6 +114,13 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
                      "a new path")
     if config.runtime.mysql_host or config.runtime.metadata_path:
         notes.append("runtime.mysql_* / runtime.metadata_path are not used: Kubeflow and Vertex AI keep ML Metadata themselves")
+    runner, staged = beam_runner(config)
+    if "dataflow" in runner.lower() and not staged:
+        # Its workers import covid_cxr (Transform's preprocessing_fn). The pipeline's image cannot serve:
+        # a Dataflow worker image must start Beam's /opt/apache/beam/boot, which it lacks.
+        raise ConfigError("runtime.beam_extra_args runs Beam on Dataflow, whose workers must import this package: add "
+                          "--sdk_container_image=<an image built FROM apache/beam_python3.11_sdk:2.61.0 with it "
+                          "installed> or --setup_file=<setup.py of this checkout>")
     if _on_this_machine(config.model.weights) and config.model.weights.lower() not in models.WEIGHT_KEYWORDS:
         raise ConfigError(f"model.weights {config.model.weights!r} is a file on this machine, which the "
                           "containers cannot read: copy it to a bucket and pass --set model.weights=gs://...")
@@ -154,15 +161,6 @@ def compile_pipeline(config: PipelineConfig, output_file: str, image: str) -> li
         raise ConfigError(str(e)) from None
     from_image = not config.data.schema_file
     config, notes = for_the_container(config)
-    runner, staged = beam_runner(config)
-    if "direct" not in runner.lower() and not staged:
-        # A remote Beam runner's workers import covid_cxr (Transform's preprocessing_fn): this image has it.
-        runtime = dataclasses.replace(config.runtime, beam_extra_args=[
-            *config.runtime.beam_extra_args, f"--sdk_container_image={image}"])
-        config = dataclasses.replace(config, runtime=runtime)
-        notes.append(f"runtime.beam_extra_args runs Beam on {runner}, whose workers need this package: added "
-                     f"--sdk_container_image={image}; pass your own --sdk_container_image, --setup_file or "
-                     "--extra_packages to choose otherwise")
     # The image's schema is this checkout's (Dockerfile): its hash keys the cache, and ImportSchema
     # stops a run whose image was built from a checkout with another schema.
     schema_sha256 = fingerprints.file_fingerprint(SCHEMA_FILE) if from_image else None

@@ -70,13 +70,22 @@ def check_settings(config: PipelineConfig) -> None:
 
 def settings_notes(config: PipelineConfig) -> list[str]:
     """What the run will do differently from what the config seems to ask, said before it starts."""
-    weights_dir = config.model.weights_dir
-    if config.model.weights.lower() == "auto" and weights_dir and not tf.io.gfile.isdir(weights_dir):
-        # Legitimate (the `full` preset names ../shared/weights, which a user's machine may not have),
-        # but a mistyped folder would otherwise show only in the Trainer's log and the model card.
-        return [f"model.weights_dir {weights_dir!r} is not a folder here: `auto` downloads ImageNet weights instead, "
-                f"and without network access trains model.fallback ({config.model.fallback})"]
-    return []
+    model = config.model
+    transfer = any(models.is_transfer(f) for f in [*model.families, *model.ensemble_with])
+    if model.weights.lower() != "auto" or not model.weights_dir or not transfer:
+        return []
+    try:
+        there = tf.io.gfile.isdir(model.weights_dir)
+    except tf.errors.OpError:
+        there = False
+    if there:
+        return []
+    # Legitimate (the `full` preset names ../shared/weights, which a user's machine may not have),
+    # but a mistyped folder would otherwise show only in the Trainer's log and the model card.
+    offline = {"error": "the run stops", "none": "the same families train from random weights"}.get(
+        model.fallback, f"{model.fallback} trains instead")
+    return [f"model.weights_dir {model.weights_dir!r} is not a folder here: `auto` downloads ImageNet weights "
+            f"instead; without network access {offline} (model.fallback)"]
 
 
 class PipelineRunError(RuntimeError):

@@ -218,5 +218,6 @@ def read_summary(data_dir: str) -> dict:
             raise FileNotFoundError(f"{path!r} is missing: {data_dir!r} was not written by covid-cxr curate")
         with tf.io.gfile.GFile(path) as f:
             return jsonfile.load_object(f, path, "curation summary")
-    except tf.errors.OpError as e:  # no access, or a bucket this machine cannot reach: the user's to fix
+    except (tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError, tf.errors.FailedPreconditionError,
+            tf.errors.UnimplementedError) as e:  # no access, or no credentials for it: the user's to fix
         raise PermissionError(f"cannot read the data directory {data_dir!r}: {first_line(e)}") from None

@@ -316,7 +316,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == merge:
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:  # pointing at the second one
+            try:
+                twice = key in seen
+            except TypeError:  # a list or mapping as a key: the base class says so in YAML's words
+                continue
+            if twice:  # pointing at the second one
                 raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
@@ -331,10 +335,12 @@ def _read_yaml(path: str) -> Mapping:
     except UnicodeDecodeError:
         raise ConfigError(f"config {path!r} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        # The line and the problem ("expected ',' or ']'"), not only the parser's context line.
-        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"config {path!r} is not valid YAML{where}: {problem or first_line(e)}") from None
+        # Where the construct began and what went wrong where, not only the parser's first line.
+        parts = [f"{text} (line {mark.line + 1}, column {mark.column + 1})"
+                 for text, mark in ((getattr(e, "context", None), getattr(e, "context_mark", None)),
+                                    (getattr(e, "problem", None), getattr(e, "problem_mark", None)))
+                 if text and mark is not None]
+        raise ConfigError(f"config {path!r} is not valid YAML: {'; '.join(parts) or first_line(e)}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"config {path!r} must be a mapping of sections, got {type(content).__name__}")
     return content
@@ -381,13 +387,16 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 raise ValueError(value)  # would become its Python repr
             return "" if value is None else str(value)
         if typing.get_origin(kind) is list:
-            if isinstance(value, str):
+            [item_kind] = typing.get_args(kind)
+            if isinstance(value, str):  # --set: `[a, b]` is YAML; `a,b` is text split at commas
                 value = yaml.safe_load(value) if value.strip().startswith("[") else [
-                    yaml.safe_load(v) for v in value.split(",") if v.strip()]
+                    v.strip() if item_kind is str else yaml.safe_load(v) for v in value.split(",") if v.strip()]
             if not isinstance(value, list):
                 raise ValueError(value)
             # Each item as its declared type: `[--direct_num_workers, 2]` is two options, `[[a]]` no family.
-            [item_kind] = typing.get_args(kind)
+            for i, item in enumerate(value):
+                if item is None:
+                    raise ConfigError(f"{where}[{i}]: an empty item")
             return [_coerce(item, item_kind, f"{where}[{i}]") for i, item in enumerate(value)]
     except ConfigError:
         raise  # an item's own message

@@ -78,7 +78,7 @@ def test_bad_values_are_one_line_config_errors(overrides, message):
 def test_malformed_yaml_and_unknown_preset(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  families: [unclosed\n")
-    with pytest.raises(cfg.ConfigError, match=r"is not valid YAML \(line 3, column 1\): expected ',' or '\]', but got"):
+    with pytest.raises(cfg.ConfigError, match=r"is not valid YAML: while parsing a flow sequence \(line 2, column 13\); expected ',' or '\]', but got .* \(line 3, column 1\)"):
         cfg.load_config(None, str(bad))
     with pytest.raises(cfg.ConfigError, match="unknown preset"):
         cfg.load_config("medium")
@@ -88,7 +88,7 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
     with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not UTF-8 text$"):
         cfg.load_config(None, str(bad))
     bad.write_text("model:\n  task: three-class\ntraining:\n  epochs: 2\nmodel:\n  image_size: 64\n")
-    with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not valid YAML \(line 5, column 1\): 'model' is given twice$"):
+    with pytest.raises(cfg.ConfigError, match=r"^config '.*bad.yaml' is not valid YAML: 'model' is given twice \(line 5, column 1\)$"):
         cfg.load_config(None, str(bad))
     for text, message in (("model:\n  augment: 5\n", "model.augment: 5 is not a valid bool"),
                           ("runtime:\n  pipeline_root: [a, b]\n", "runtime.pipeline_root: ['a', 'b'] is not a valid str"),
@@ -96,7 +96,9 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
                           ("model:\n  families: [[cnn3]]\n", "model.families[0]: ['cnn3'] is not a valid str"),
                           ("model:\n  ensemble_with: [{a: 1}]\n", "model.ensemble_with[0]: {'a': 1} is not a valid str"),
                           ("tuner:\n  dense_units: [64, many]\n", "tuner.dense_units[1]: 'many' is not a valid int"),
-                          ("tuner:\n  dropouts: 0.2\n", "tuner.dropouts: 0.2 is not a valid list of float")):
+                          ("tuner:\n  dropouts: 0.2\n", "tuner.dropouts: 0.2 is not a valid list of float"),
+                          ("runtime:\n  beam_extra_args: [--a=1, ~]\n", "runtime.beam_extra_args[1]: an empty item"),
+                          ("model:\n  {[a]: 1}\n", "found unhashable key (line 2, column 4)")):
         bad.write_text(text)
         with pytest.raises(cfg.ConfigError, match=re.escape(message)):
             cfg.load_config(None, str(bad))

@@ -81,19 +81,19 @@ def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
             "different file there stops the run") in result.output
 
 
-def test_a_remote_beam_runner_gets_the_image_as_its_workers_container(tmp_path):
-    dataflow = "runtime.beam_extra_args=[--runner=DataflowRunner,--project=p,--region=us-central1]"
+def test_dataflow_without_a_way_to_ship_the_package_to_its_workers_is_refused(tmp_path):
+    dataflow = "runtime.beam_extra_args=[--runner=DataflowRunner,--project=p,--region=us-central1"
     result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",
-                                           str(tmp_path / "spec.json"), *BUCKETS, "--set", dataflow])
-    assert result.exit_code == 0, result.output
-    assert ("note: runtime.beam_extra_args runs Beam on DataflowRunner, whose workers need this package: added "
-            "--sdk_container_image=registry.example/covid-cxr:1") in result.output
-    assert "--sdk_container_image=registry.example/covid-cxr:1" in json.dumps(json.loads((tmp_path / "spec.json").read_text()))
-    # The user's own choice of how workers get the code is kept as it is; the DirectRunner's placeholder stays.
-    spec, text = _compile(tmp_path, "--set", dataflow[:-1] + ",--setup_file=./setup.py]")
+                                           str(tmp_path / "spec.json"), *BUCKETS, "--set", dataflow + "]"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("covid-cxr: error: runtime.beam_extra_args runs Beam on Dataflow, whose workers "
+                                    "must import this package: add --sdk_container_image=")
+    assert not (tmp_path / "spec.json").exists()
+    # The user's own choice of how workers get the code is kept as it is.
+    spec, text = _compile(tmp_path, "--set", dataflow + ",--sdk_container_image=registry.example/beam-worker:1]")
+    assert "--sdk_container_image=registry.example/beam-worker:1" in text and pipeline.DIRECT_RUNNER_IMAGE not in text
+    spec, text = _compile(tmp_path, "--set", "runtime.beam_extra_args=[--runner, DataflowRunner, --setup_file=./setup.py]")
     assert "--setup_file=./setup.py" in text and "--sdk_container_image" not in text
-    spec, text = _compile(tmp_path)
-    assert pipeline.DIRECT_RUNNER_IMAGE in text and "--sdk_container_image=registry" not in text
 
 
 def _import_schema_parameters(spec: dict) -> dict:

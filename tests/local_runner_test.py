@@ -84,7 +84,11 @@ def test_a_weights_folder_that_is_not_there_is_said_before_the_run(tmp_path):
     overrides = {"model.weights": "auto", "model.weights_dir": str(tmp_path / "wieghts")}
     [note] = local_runner.settings_notes(cfg.load_config("full", overrides=overrides))
     assert note == (f"model.weights_dir {str(tmp_path / 'wieghts')!r} is not a folder here: `auto` downloads ImageNet "
-                    "weights instead, and without network access trains model.fallback (bn_double_conv)")
+                    "weights instead; without network access bn_double_conv trains instead (model.fallback)")
+    [note] = local_runner.settings_notes(cfg.load_config("full", overrides={**overrides, "model.fallback": "error"}))
+    assert note.endswith("without network access the run stops (model.fallback)")
+    # Scratch families read no weights: nothing to say.
+    assert local_runner.settings_notes(cfg.load_config("quick", overrides=overrides)) == []
     (tmp_path / "wieghts").mkdir()
     assert local_runner.settings_notes(cfg.load_config("full", overrides=overrides)) == []
     assert local_runner.settings_notes(cfg.load_config("full", overrides={**overrides, "model.weights": "none"})) == []
