@@ -118,7 +118,13 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
     except DataValidationError:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained
-        raise PipelineRunError(f"{metadata.failed_component(connection)} failed: {first_line(e, with_type=True)}") from e
+        failed = metadata.failed_component(connection)
+        if failed == "ImportExampleGen":
+            # Its error on a damaged shard is the record's bytes, with no file name: find and name the
+            # shard (raises UnreadableDataError), a user error like `evaluate`'s on the same file.
+            for _ in writer.read_records(writer.record_files(config.data.data_dir)):
+                pass
+        raise PipelineRunError(f"{failed} failed: {first_line(e, with_type=True)}") from e
     return metadata.latest_outcome(config)
 
 

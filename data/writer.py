@@ -11,8 +11,9 @@ import collections
 import csv
 import json
 import os
+import re
 import tempfile
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -179,6 +180,10 @@ def check_fits_task(summary: dict, data_dir: str, task: features.Task) -> None:
                                f"trains on {', '.join(task.classes)}; add a source with them and curate again")
 
 
+class UnreadableDataError(ValueError):
+    """Curated data that cannot be read as it is: no access, no credentials, a damaged file."""
+
+
 class OutputError(ValueError):
     """An output location that cannot be written (one line)."""
 
@@ -209,7 +214,7 @@ def read_summary(data_dir: str) -> dict:
         if not tf.io.gfile.isdir(data_dir):  # gfile: gs:// data on Kubeflow/Vertex
             raise FileNotFoundError(f"data directory {data_dir!r} is a file, not a directory"
                                     if tf.io.gfile.exists(data_dir) else f"data directory {data_dir!r} does not exist")
-        if not tf.io.gfile.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)):
+        if not record_files(data_dir):
             raise FileNotFoundError(
                 f"no curated TFRecords ({features.TFRECORD_PATTERN}) in {data_dir!r}; "
                 "run `covid-cxr curate` (or `covid-cxr demo`) to make some"
@@ -219,5 +224,23 @@ def read_summary(data_dir: str) -> dict:
         with tf.io.gfile.GFile(path) as f:
             return jsonfile.load_object(f, path, "curation summary")
     except (tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError, tf.errors.FailedPreconditionError,
-            tf.errors.UnimplementedError) as e:  # no access, or no credentials for it: the user's to fix
-        raise PermissionError(f"cannot read the data directory {data_dir!r}: {first_line(e)}") from None
+            tf.errors.UnimplementedError) as e:  # no access, no credentials, an unknown scheme: the user's to fix
+        raise UnreadableDataError(f"cannot read the data directory {data_dir!r}: {first_line(e)}") from None
+
+
+def record_files(data_dir: str) -> list[str]:
+    """The curated TFRecord shards of ``data_dir``, in order (the files ImportExampleGen reads)."""
+    return sorted(tf.io.gfile.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
+
+
+def read_records(files: Sequence[str]) -> Iterator[bytes]:
+    """The serialized records of gzip TFRecord ``files``, in order; a damaged file is named."""
+    for path in files:
+        try:
+            for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                yield record.numpy()
+        except tf.errors.OpError as e:  # truncated, not gzip, not TFRecords
+            # TensorFlow's message without its "{{function_node ...}}" prefix and "[Op:...]" suffix
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or "").split("\n")[0].strip(" '") or type(e).__name__
+            raise UnreadableDataError(
+                f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None

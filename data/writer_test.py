@@ -24,8 +24,10 @@ def test_a_data_directory_that_cannot_be_read_is_a_user_error(monkeypatch):
         raise tf.errors.PermissionDeniedError(None, None, "Permission denied; no credentials for bucket b")
 
     monkeypatch.setattr(tf.io.gfile, "isdir", denied)
-    with pytest.raises(PermissionError, match=r"^cannot read the data directory 'gs://b/c': Permission denied; no cred"):
+    with pytest.raises(writer.UnreadableDataError,
+                       match=r"^cannot read the data directory 'gs://b/c': Permission denied; no cred"):
         writer.read_summary("gs://b/c")
+    assert issubclass(writer.UnreadableDataError, ValueError)  # the CLI's user errors: one line, exit code 2
 
 
 def _record(i: int, label: str = "covid") -> features.Record:

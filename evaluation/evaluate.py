@@ -52,7 +52,6 @@ import dataclasses
 import glob
 import json
 import os
-import re
 from typing import Mapping, Optional, Sequence
 
 import click
@@ -149,7 +148,7 @@ def load_tfrecords(data_dir: str) -> EvalData:
     task_name = (_curation_summary(data_dir) or {}).get("task")
     serialized, encoded, labels, groups, refs = [], [], [], [], []
     slices: dict = {k: [] for k in SLICE_KEYS}
-    for i, raw in enumerate(_records(files)):
+    for i, raw in enumerate(writer.read_records(files)):
         feats = tf.train.Example.FromString(raw).features.feature
 
         def text(name, default=""):
@@ -171,20 +170,6 @@ def load_tfrecords(data_dir: str) -> EvalData:
     slices = {k: v for k, v in slices.items() if any(x != features.UNKNOWN for x in v)}
     return EvalData(data_dir, "tfrecords", task_name, encoded, np.asarray(labels, np.int64), groups, refs,
                     slices, serialized=serialized)
-
-
-def _records(files: Sequence[str]):
-    """The serialized records of gzip TFRecord ``files``, in order; a damaged file is named."""
-    import tensorflow as tf
-
-    for path in files:
-        try:
-            for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-                yield record.numpy()
-        except tf.errors.OpError as e:  # truncated, not gzip, not TFRecords
-            # TensorFlow's message without its "{{function_node ...}}" prefix and "[Op:...]" suffix
-            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or "").split("\n")[0].strip(" '") or type(e).__name__
-            raise ValueError(f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None
 
 
 def _printable(text: str) -> str:

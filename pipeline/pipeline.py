@@ -133,13 +133,17 @@ def _configured_beam_args(config: PipelineConfig) -> list[str]:
 
 def beam_runner(config: PipelineConfig) -> tuple[str, bool]:
     """(the Beam runner the config names, "direct" if none; whether it names how workers get the code)."""
-    options = PipelineOptions(_configured_beam_args(config)).get_all_options()
+    return _runner_of(_configured_beam_args(config))
+
+
+def _runner_of(args: list[str]) -> tuple[str, bool]:
+    options = PipelineOptions(args).get_all_options()
     return options["runner"] or "direct", any(options[o] for o in _DEPENDENCY_OPTIONS)
 
 
 def beam_args(config: PipelineConfig) -> list[str]:
     args = _configured_beam_args(config)
-    runner, staged = beam_runner(config)
+    runner, staged = _runner_of(args)
     if "direct" in runner.lower() and not staged:  # direct, DirectRunner, BundleBased...
         args.append(DIRECT_RUNNER_IMAGE)
     return args

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from covid_cxr import local_runner
-from covid_cxr.data import features, synthetic
+from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
 
 
@@ -109,3 +109,18 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is not None  # the traceback --verbose shows
     assert sys.argv[1] == "-v"  # the command line is back once the DAG is done
+
+
+def test_a_damaged_record_file_is_named_when_example_gen_fails_on_it(tmp_path):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    shard = sorted((tmp_path / "data").glob(features.TFRECORD_PATTERN))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
+    config = cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
+        "runtime.serving_dir": str(tmp_path / "serving")})
+    # ImportExampleGen's own error is the damaged record's bytes, with no file name.
+    with pytest.raises(writer.UnreadableDataError,
+                       match=rf"^{shard}: not a readable gzip TFRecord file \(DataLossError: ") as info:
+        local_runner.run(config)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "serving").exists()

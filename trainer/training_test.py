@@ -591,6 +591,19 @@ def test_with_a_specificity_target_validation_slack_is_shared_between_the_two_ba
     assert T.choose_threshold(y, s, 0.90, 0.0) == sens_first
 
 
+def test_a_balanced_threshold_on_a_score_itself_counts_that_score_as_not_covid():
+    # Scores one float32 step apart leave no float32 between them: the threshold is the lower score
+    # itself, and the counts that choose it must read `score > t` as the export does.
+    s = np.full(8, 0.2, np.float32)
+    for i, n in enumerate([3, 3, 0, 0, 1, 2, 2, 2]):  # float32 steps above 0.2: three positives, five negatives
+        for _ in range(n):
+            s[i] = np.nextafter(s[i], np.float32(1.0))
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    t = T._balanced_threshold(y, s.astype(np.float64), 0.5, 0.5)
+    assert t == float(s[5])  # the negatives' highest score, two steps up
+    assert T.sensitivity_specificity(y, s, t) == pytest.approx((2 / 3, 1.0))
+
+
 def test_when_the_two_targets_cannot_both_be_met_sensitivity_comes_first():
     y = [1, 1, 1, 1, 0, 0, 0, 0]
     s = [0.2, 0.6, 0.7, 0.8, 0.3, 0.5, 0.65, 0.9]  # no threshold gives 100% sensitivity and 75% specificity
