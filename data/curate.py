@@ -337,8 +337,12 @@ def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
     return items
 
 
+# The film's own pixels would carry that text into the records, the model's artifacts and errors.png.
+BURNED_IN = "burned-in annotation: DICOM BurnedInAnnotation YES (text in the picture may name the patient)"
+
+
 def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress, spool: "_PngSpool") -> None:
-    """Processes the images; applies DICOM header rules (modality, lateral view) and fields."""
+    """Processes the images; applies DICOM header rules (modality, lateral view, burned-in text) and fields."""
     jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]
     for it, (result, error) in zip(todo, _run_jobs(jobs, workers, progress)):
         if result is None:
@@ -352,7 +356,7 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
         it.raw_patient = it.raw_patient or header.patient_id
         it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
         it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
-        it.reject = header.refusal()
+        it.reject = header.refusal() or (BURNED_IN if header.burned_in_annotation else None)
         if it.reject is None and it.view == features.UNKNOWN and header.view in features.VIEWS:
             it.view = header.view
     for it in todo:
@@ -444,9 +448,10 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -
     if private or dicom_file or not images.is_utf8(ref):
         token = f"{patient_pseudonym}-{pseudonym.file_pseudonym(key, it.candidate.source, ref)}"
         top = ref.split("/")[0]
-        if "/" in ref and (not images.is_utf8(top) or (private and not (known and source.names_a_class(top)))):
-            # Not a class or layout folder of a private tree, or not writable as it is: it may be named
-            # by patient (locate() finds the file by its own pseudonym).
+        layout_folder = known and source.names_a_class(top)
+        if "/" in ref and (not images.is_utf8(top) or ((private or dicom_file) and not layout_folder)):
+            # Not a class or layout folder of a private tree or above a DICOM file, or not writable as
+            # it is: it may be named by patient (locate() finds the file by its own pseudonym).
             return f"{pseudonym.folder_pseudonym(key, it.candidate.source, top)}/" + images.public_ref(ref, token, keep=0)
         return images.public_ref(ref, token)
     return ref

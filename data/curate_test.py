@@ -20,7 +20,7 @@ from covid_cxr.data import dedupe, features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON, REAL_SOURCE_DIRS
 
-KEY = "test-key"
+KEY = "curate-test-key-0123456789abcdef"  # MIN_KEY_CHARS or more
 RSNA_IDS = ("11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb", "33333333-cccc-4ccc-8ccc-cccccccccccc")
 DICOM_PID = "SECRETPID-123"
 ACCESSION = "ACC20200101077"
@@ -274,7 +274,8 @@ def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run,
     assert sorted(os.path.relpath(p, corpus["folder"]) for p in located.values()) == sorted([
         f"COVID/{DICOM_PID}_scan.dcm", "COVID/lat.dcm", "COVID/ct.dcm", f"COVID/{testing.SECRET_DATE}/{ACCESSION}.dcm",
         f"COVID/{ACCESSION}-{SOP_UID}.dcm", "other/PID-OTHER-5.dcm"])
-    wrong_key = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}", "--key", "other", refs[0]])
+    wrong_key = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}",
+                                              "--key", "another-key-0123456789abcdef0123", refs[0]])
     assert wrong_key.exit_code == 1 and "not found" in wrong_key.output
     # A row pasted whole from rejected.csv still names its pseudonym; a file's own name does not.
     row = f"folder,{refs[0]},some reason"
@@ -351,6 +352,37 @@ def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
         "DOE_UNMAPPED/u.png"])
 
 
+def test_a_dicom_that_declares_burned_in_text_is_rejected_and_a_cohen_dicom_folder_is_not_written(tmp_path):
+    import pydicom
+
+    cohen = tmp_path / "cohen"
+    testing.write_dicom(cohen / "images" / "a.dcm", testing.radiograph(60), patient_id="PID-C-1")
+    testing.write_dicom(cohen / "DOE_JOHN" / "b.dcm", testing.radiograph(61), patient_id="PID-C-2")
+    burned = testing.write_dicom(cohen / "images" / "c.dcm", testing.radiograph(62), patient_id="PID-C-3")
+    ds = pydicom.dcmread(burned)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(burned)
+    for i in (1, 2):
+        testing.write_image(cohen / "images" / f"n{i}.png", testing.radiograph(62 + i))
+    row = ("0", "M", "50")
+    testing.write_csv(cohen / "metadata.csv", testing.COHEN_FIELDS, [
+        ("pc1", *row, "COVID-19", "PA", "X-ray", "images", "a.dcm"),
+        ("pc2", *row, "COVID-19", "PA", "X-ray", "DOE_JOHN", "b.dcm"),  # a hospital's folder, beside the layout's
+        ("pc3", *row, "COVID-19", "PA", "X-ray", "images", "c.dcm"),
+        ("pn1", *row, "No Finding", "PA", "X-ray", "images", "n1.png"),
+        ("pn2", *row, "No Finding", "PA", "X-ray", "images", "n2.png")])
+    out = tmp_path / "out"
+    curate({"cohen": str(cohen)}, str(out), "covid-vs-normal", key=KEY, workers=1)
+    accepted = sorted(r["source_ref"] for r in read_csv(out / "manifest.csv"))
+    rejected = {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}
+    assert list(rejected.values()) == [curate_mod.BURNED_IN]
+    assert re.fullmatch(r"images/[0-9a-f]{16}-[0-9a-f]{8}\.dcm", next(iter(rejected)))
+    folder = pseudonym.folder_pseudonym(KEY.encode(), "cohen", "DOE_JOHN")
+    assert [re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in accepted] == [
+        f"{folder}/P.dcm", "images/P.dcm", "images/n1.png", "images/n2.png"]
+    assert "DOE" not in (out / "manifest.csv").read_text() + (out / "summary.json").read_text()
+
+
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
     out, _ = run
     again = tmp_path / "again"
@@ -373,7 +405,7 @@ def test_key_changes_pseudonyms_and_default_key_file_is_stable(corpus, tmp_path,
     assert (tmp_path / "cfg" / "covid-cxr" / "pseudonym.key").is_file()
     assert s1["settings"]["pseudonym_key"] == "key file"
     assert filecmp.cmp(tmp_path / "k1" / "manifest.csv", tmp_path / "k2" / "manifest.csv", shallow=False)
-    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "another")
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "another-key-0123456789abcdef0123")
     s3 = curate(corpus, str(tmp_path / "k3"), "covid-vs-normal", class_map=CLASS_MAP, workers=1)
     ids1 = {r["patient_id"] for r in read_csv(tmp_path / "k1" / "manifest.csv")}
     ids3 = {r["patient_id"] for r in read_csv(tmp_path / "k3" / "manifest.csv")}

@@ -59,6 +59,8 @@ class DicomImage:
     # The raw PatientID ("" when absent), for pseudonymization only: never write, log or put it in
     # an exception message.
     patient_id: str = dataclasses.field(default="", repr=False)
+    # BurnedInAnnotation YES: the modality says the pixels carry text that may identify the patient.
+    burned_in_annotation: bool = False
 
 
 def is_dicom(path: str) -> bool:
@@ -164,6 +166,7 @@ def _read_dicom(path: str) -> DicomImage:
         patient_id = str(ds.get("PatientID", "") or "").strip()
         modality = str(ds.get("Modality", "") or "").strip().upper()
         sex, age, view = parse_sex(ds.get("PatientSex")), parse_age(ds.get("PatientAge")), parse_view(ds.get("ViewPosition"))
+        burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
     except Exception as e:  # noqa: BLE001
         raise DicomError(f"unreadable DICOM header ({type(e).__name__})") from None
     try:
@@ -177,7 +180,8 @@ def _read_dicom(path: str) -> DicomImage:
         if name != UNKNOWN_SYNTAX and not compressed:  # native pixel data: its length is known
             hint = _short_pixel_data(ds) or hint
         raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
-    return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id)
+    return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id,
+                      burned_in_annotation=burned_in)
 
 
 def _short_pixel_data(ds) -> str:

@@ -60,6 +60,7 @@ class Header:
     view: str = dicom.UNKNOWN
     modality: str = ""
     patient_id: str = dataclasses.field(default="", repr=False)  # raw PatientID: never written/logged
+    burned_in_annotation: bool = False  # DICOM BurnedInAnnotation YES
 
     def refusal(self) -> Optional[str]:
         """Why a frontal chest-film model must not take this DICOM (curation, predict and evaluate
@@ -109,7 +110,7 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
             d = dicom.read_dicom(path)
         except dicom.DicomError as e:
             raise ImageError(str(e)) from None
-        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.patient_id)
+        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.patient_id, d.burned_in_annotation)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

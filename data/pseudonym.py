@@ -5,7 +5,9 @@ The key comes from, in order: the ``--key`` option, the environment variable
 (default ``~/.config/covid-cxr/pseudonym.key``) created once with 32 random bytes and mode 0600, so
 re-runs give the same pseudonyms. Without the key, pseudonyms cannot be linked back to raw ids by
 hashing guessed ids (which a plain hash would allow). Keep the key private and stable: changing it
-changes every patient_id and group.
+changes every patient_id and group. A key shorter than ``MIN_KEY_CHARS`` is refused: a short one can
+be found by guessing (the summary's key id, or one public raw id and its pseudonym, confirms a guess),
+and with it every pseudonym turned back into its patient id.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Optional
 
 ENV_VAR = "COVID_CXR_PSEUDONYM_KEY"
 LENGTH = 16  # hex chars (64 bits): collisions are negligible for any realistic number of patients
+MIN_KEY_CHARS = 32  # 128 bits as random hex; the key file holds 64
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,21 @@ def load_key(key: Optional[str] = None, key_file: Optional[str] = None) -> tuple
     if key is not None:
         if not key.strip():
             raise PseudonymKeyError("the pseudonym key given is empty: pass a secret, or leave --key out to use the key file")
-        return key.encode("utf-8"), "option"
+        return _long_enough(key, "given with --key"), "option"
     env = os.environ.get(ENV_VAR, "")
     if env:
-        return env.encode("utf-8"), "environment"
+        return _long_enough(env, f"in ${ENV_VAR}"), "environment"
     path = key_file or default_key_path()
     return _read_or_create(path), "key file"
+
+
+def _long_enough(key: str, where: str) -> bytes:
+    if len(key) < MIN_KEY_CHARS:
+        raise PseudonymKeyError(
+            f"the pseudonym key {where} has {len(key)} characters: a short key can be guessed, and with it every "
+            f"pseudonym turned back into its patient id. Use {MIN_KEY_CHARS} or more random characters, e.g. "
+            "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
+    return key.encode("utf-8")
 
 
 def _read_or_create(path: str) -> bytes:
@@ -66,7 +78,7 @@ def _read_or_create(path: str) -> bytes:
         raise PseudonymKeyError(f"pseudonym key file {path} is empty; delete it to create a new key, or pass --key")
     if mode & 0o077:
         log.warning("pseudonym key file %s is readable by other users (mode %o); chmod 600 it", path, mode)
-    return text.encode("utf-8")
+    return _long_enough(text, f"in {path}")
 
 
 def pseudonymize(key: bytes, source: str, raw_id: str) -> str:

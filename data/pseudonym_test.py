@@ -18,9 +18,9 @@ def test_pseudonyms_are_keyed_deterministic_and_short():
 
 def test_key_precedence_option_env_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
-    monkeypatch.setenv(pseudonym.ENV_VAR, "from-env")
-    assert pseudonym.load_key("from-option") == (b"from-option", "option")
-    assert pseudonym.load_key() == (b"from-env", "environment")
+    monkeypatch.setenv(pseudonym.ENV_VAR, "from-env-0123456789abcdef0123456789")
+    assert pseudonym.load_key("from-option-0123456789abcdef012345") == (b"from-option-0123456789abcdef012345", "option")
+    assert pseudonym.load_key() == (b"from-env-0123456789abcdef0123456789", "environment")
     monkeypatch.delenv(pseudonym.ENV_VAR)
     assert not (tmp_path / "cfg").exists()
     key, origin = pseudonym.load_key()
@@ -42,10 +42,28 @@ def test_empty_key_file_is_a_clear_error(tmp_path, monkeypatch):
     path.write_text("\n")
     with pytest.raises(pseudonym.PseudonymKeyError, match="is empty"):
         pseudonym.load_key(key_file=str(path))
-    monkeypatch.setenv(pseudonym.ENV_VAR, "from-the-environment")
+    monkeypatch.setenv(pseudonym.ENV_VAR, "from-the-environment-0123456789abcdef")
     for empty in ("", "  "):  # `--key ""` must not quietly fall back to another key
         with pytest.raises(pseudonym.PseudonymKeyError, match="the pseudonym key given is empty"):
             pseudonym.load_key(empty)
+
+
+def test_a_key_short_enough_to_guess_is_refused_wherever_it_comes_from(tmp_path, monkeypatch):
+    # With "stmungo2024", a word list found the key from the summary's key id in a millisecond, and
+    # with it the raw ids behind every pseudonym.
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    short = "x" * (pseudonym.MIN_KEY_CHARS - 1)
+    with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key given with --key has 31 characters: "):
+        pseudonym.load_key(short)
+    assert pseudonym.load_key(short + "x")[0] == (short + "x").encode()
+    monkeypatch.setenv(pseudonym.ENV_VAR, "stmungo2024")
+    with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key in \$COVID_CXR_PSEUDONYM_KEY has 11 "):
+        pseudonym.load_key()
+    monkeypatch.delenv(pseudonym.ENV_VAR)
+    path = tmp_path / "k"
+    path.write_text("stmungo2024\n")
+    with pytest.raises(pseudonym.PseudonymKeyError, match=rf"^the pseudonym key in {path} has 11 characters: .*token_hex"):
+        pseudonym.load_key(key_file=str(path))
 
 
 def test_key_id_does_not_reveal_the_key():

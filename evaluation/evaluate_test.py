@@ -153,7 +153,7 @@ def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_mode
 def test_folders_above_the_class_folders_slice_by_pseudonym_not_by_name(binary_model, tmp_path, monkeypatch):
     """A hospital export may name a patient's folder above the class folders: the films keep their
     slices, under keyed pseudonyms the key's holder can locate, and the names go nowhere."""
-    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key")
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key-0123456789abcdef")
     records = testing.read_records(binary_model.data_dir)
     image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
     root = tmp_path / "tree"
@@ -171,7 +171,7 @@ def test_folders_above_the_class_folders_slice_by_pseudonym_not_by_name(binary_m
 
 
 def test_evaluate_class_folders(binary_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key")
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key-0123456789abcdef")
     records = testing.read_records(binary_model.data_dir)
     root = tmp_path / "tree"
     expected = {"normal": 0, "covid": 0}

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             corpus = f"shared corpus ({', '.join(sources)})"
         before = reset_peak()
         started = time.perf_counter()
-        summary = curate.curate(sources, os.path.join(tmp, "out"), "covid-vs-normal", key="benchmark",
+        summary = curate.curate(sources, os.path.join(tmp, "out"), "covid-vs-normal", key="benchmark-key-0123456789abcdef0123",
                                 workers=args.workers, progress=False)
         seconds = time.perf_counter() - started
         peak = round(_status_mib("VmHWM"))

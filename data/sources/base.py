@@ -78,7 +78,8 @@ class Source(abc.ABC):
 
     def names_a_class(self, folder: str) -> bool:
         """True when a top folder's name is the layout's own (a class or layout folder), so it may be
-        written as it is in a private tree (``private_names``): any other may be named by patient."""
+        written as it is in a private tree (``private_names``) or above a DICOM file: any other may be
+        named by patient."""
         return True
 
     def not_an_input(self, path: str) -> bool:

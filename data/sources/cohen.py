@@ -99,6 +99,11 @@ class CohenSource(Source):
     name = "cohen"
     layout = "the ieee8023/covid-chestxray-dataset layout: metadata.csv + images/"
 
+    def names_a_class(self, folder: str) -> bool:
+        # metadata.csv's `folder` column: the repository's own image folders. Any other name is kept for
+        # a public image, but a DICOM file's folder may be a hospital's (named by patient or study).
+        return folder in ("images", "volumes")
+
     def validate(self) -> None:
         path = os.path.join(self.root, "metadata.csv")
         if not os.path.isfile(path):
