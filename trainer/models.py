@@ -377,6 +377,21 @@ class TransferSpec:
     keras_files: tuple[str, ...]
     # Extra names accepted in weights_dir (e.g. the offline copies in /work/shared/weights).
     extra_files: tuple[str, ...] = ()
+    # What Keras' constructor adds only for weights="imagenet", done to a backbone built from a file.
+    from_file: Optional[Callable[[keras.Model], None]] = None
+
+
+# tf_keras efficientnet.py: the stem divides once more by sqrt(ImageNet std) only when weights ==
+# "imagenet" (tensorflow#49930). Built from the same file, the pretrained layers saw inputs at half
+# their scale.
+_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def _efficientnet_stem_as_imagenet(backbone: keras.Model) -> None:
+    """Folds the missing division into the stem's Normalization: (x - mean) / sqrt(var * std)."""
+    norm = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization))
+    mean, variance, count = norm.get_weights()
+    norm.set_weights([mean, variance * np.asarray(_IMAGENET_STDDEV_RGB, variance.dtype).reshape(variance.shape), count])
 
 
 _apps = keras.applications
@@ -410,7 +425,7 @@ TRANSFER_SPECS: dict[str, TransferSpec] = {
     ),
     "efficientnet_b0": TransferSpec(
         _apps.EfficientNetB0, _apps.efficientnet.preprocess_input, {}, 32,
-        ("efficientnetb0_notop.h5",),
+        ("efficientnetb0_notop.h5",), from_file=_efficientnet_stem_as_imagenet,
     ),
 }
 
@@ -505,7 +520,10 @@ def network_reachable(host: str = WEIGHTS_HOST[0], port: int = WEIGHTS_HOST[1], 
 
 def _create_backbone(family: str, size: int, weights: Optional[str]) -> keras.Model:
     spec = TRANSFER_SPECS[family]
-    return spec.constructor(include_top=False, weights=weights, input_shape=(size, size, 3), **spec.kwargs)
+    backbone = spec.constructor(include_top=False, weights=weights, input_shape=(size, size, 3), **spec.kwargs)
+    if weights not in (None, "imagenet") and spec.from_file is not None:
+        spec.from_file(backbone)
+    return backbone
 
 
 def _download_imagenet(family: str, size: int) -> keras.Model:

@@ -360,6 +360,25 @@ def test_pretrained_file_loads_and_backbone_runs_in_inference_mode(tmp_path):
     assert any(np.abs(a - w.numpy()).max() > 0 for a, w in zip(before, rbn.non_trainable_weights))
 
 
+def test_efficientnet_from_a_file_is_the_network_keras_builds_for_imagenet(tmp_path, monkeypatch):
+    # Keras divides once more by sqrt(ImageNet std) in the stem only for weights="imagenet": built
+    # from the same file, the pretrained layers saw inputs at half their scale.
+    from tf_keras.src.applications import efficientnet
+
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(S, S, 3))
+    stem = next(l for l in source.layers if isinstance(l, keras.layers.Normalization))
+    stem.set_weights([np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225]) ** 2, np.int64(0)])
+    path = str(tmp_path / "efficientnetb0_notop.h5")
+    source.save_weights(path)
+    built = M.build_model(M.HParams(family="efficientnet_b0"), S, 2, weights=path)
+    assert built.pretrained and path in built.note
+    monkeypatch.setattr(efficientnet.data_utils, "get_file", lambda *a, **k: path)  # "download" that file
+    keras_route = keras.applications.EfficientNetB0(include_top=False, weights="imagenet", input_shape=(S, S, 3))
+    x = np.random.RandomState(0).rand(2, S, S, 3).astype(np.float32) * 255.0
+    ours, theirs = built.backbone(x, training=False).numpy(), keras_route(x, training=False).numpy()
+    assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
+
+
 def test_keras_cache_is_used_before_download(tmp_path, monkeypatch):
     source = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(S, S, 3))
     cache = tmp_path / "cache"
