@@ -1,6 +1,7 @@
 import csv
 import filecmp
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ from covid_cxr import cli
 from covid_cxr.data import curate as curate_mod
 from covid_cxr.data import dedupe, features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
+from covid_cxr.data.sources import Candidate
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON, REAL_SOURCE_DIRS
 
 KEY = "curate-test-key-0123456789abcdef"  # MIN_KEY_CHARS or more
@@ -137,6 +139,7 @@ def test_accepted_and_rejected_account_for_every_input(run):
     assert summary["duplicates"]["within_source"] == 1 and summary["duplicates"]["cross_source"] == 2
     assert summary["duplicates"]["by_sources"] == {"cohen": 1, "cohen/radiography": 1, "radiography/rsna": 1}
     assert summary["rejections"]["near-duplicate"] == 3
+    assert summary["duplicates"]["label_conflicts"] == 0  # the cross-source copies carry the same finding
     assert summary["settings"]["task"] == "covid-vs-normal" and summary["settings"]["pseudonym_key"] == "option"
 
 
@@ -431,6 +434,44 @@ def test_balance_cap_is_deterministic_and_recorded(corpus, tmp_path):
     assert sum(r["reason"] == "balance cap" for r in read_csv(tmp_path / "b1" / "rejected.csv")) == 7
 
 
+def test_the_balance_cap_keeps_films_by_hash_not_by_source_priority():
+    # Input order is source priority: keeping the first N would fill a class from one source.
+    candidates = [Candidate(source, f"x/{n}.png", None, finding="covid") for source in ("cohen", "radiography")
+                  for n in range(4)]
+
+    def kept(order):
+        items = [curate_mod._Item(i, c, label="covid") for i, c in enumerate(order)]
+        assert curate_mod._apply_balance_cap(items, 3) == {"cap": 3, "before": {"covid": 8}}
+        return {(it.candidate.source, it.candidate.source_ref) for it in items if it.reject is None}
+
+    by_hash = sorted(((c.source, c.source_ref) for c in candidates),
+                     key=lambda k: hashlib.sha256(f"{k[0]}:{k[1]}".encode()).hexdigest())
+    assert kept(candidates) == kept(candidates[::-1]) == set(by_hash[:3])
+
+
+def test_patients_are_per_source_and_films_without_an_id_are_their_own(tmp_path):
+    cohen = testing.make_cohen(tmp_path / "cohen", [dict(patientid="IM-0001", finding="COVID-19", filename="a.png", seed=1)])
+    # Kermany's IM-0001 is another source's patient: the same raw id does not make them one.
+    testing.write_image(tmp_path / "kermany" / "train" / "NORMAL" / "IM-0001-0001.jpeg", testing.radiograph(2))
+    testing.write_image(tmp_path / "f" / "covid" / "b.png", testing.radiograph(3))  # no id: each file its own patient
+    testing.write_image(tmp_path / "f" / "covid" / "c.png", testing.radiograph(4))
+    sources = {"cohen": str(cohen), "kermany": str(tmp_path / "kermany"), "folder": str(tmp_path / "f")}
+    summary = curate(sources, str(tmp_path / "o"), "covid-vs-normal", key=KEY, workers=1)
+    rows = read_csv(tmp_path / "o" / "manifest.csv")
+    assert len(rows) == summary["accepted"] == 4
+    assert len({r["patient_id"] for r in rows}) == len({r["group"] for r in rows}) == 4
+    assert summary["patients"] == summary["groups"] == 4
+
+
+def test_a_film_refused_by_its_dicom_header_rejects_no_copy_of_it(tmp_path):
+    # Near-duplicates are looked for among the films the task uses: a lateral film is not one.
+    testing.write_dicom(tmp_path / "f" / "covid" / "lat.dcm", testing.radiograph(60), view="LL", patient_id="PID-1")
+    testing.write_image(tmp_path / "f" / "normal" / "copy.png", testing.radiograph(60))
+    summary = curate({"folder": str(tmp_path / "f")}, str(tmp_path / "o"), "covid-vs-normal", key=KEY, workers=1)
+    assert summary["accepted"] == 1 and summary["per_class"]["normal"] == 1
+    assert summary["rejections"] == {"lateral view": 1} and summary["duplicates"]["rejected"] == 0
+
+
 def test_processing_options(corpus, tmp_path):
     base = curate(corpus, str(tmp_path / "o1"), "covid-vs-normal", class_map=CLASS_MAP, key=KEY, workers=1,
                   max_side=64, crop=False, equalize="clahe")
@@ -456,7 +497,12 @@ def test_curate_user_errors(corpus, tmp_path):
         curate({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", key=KEY, class_map={"A": "covid"})
     with pytest.raises(CurationError, match="inside the cohen source"):
         curate({"cohen": corpus["cohen"]}, os.path.join(corpus["cohen"], "out"), "covid-vs-normal", key=KEY)
+    with pytest.raises(CurationError, match="balance cap must be at least 1"):
+        curate({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", key=KEY, balance_cap=0)
     assert not (tmp_path / "x").exists()
+    # Beside a source, under a name that starts with the source folder's: not inside it.
+    cohen = testing.make_cohen(tmp_path / "cohen", [dict(patientid="1", finding="COVID-19", filename="a.png", seed=1)])
+    assert curate({"cohen": str(cohen)}, str(tmp_path / "cohen-curated"), "covid-vs-normal", key=KEY, workers=1)["accepted"] == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -70,3 +70,6 @@ def test_key_id_does_not_reveal_the_key():
     assert pseudonym.key_id(b"secret") == pseudonym.key_id(b"secret")
     assert pseudonym.key_id(b"secret") != pseudonym.key_id(b"other")
     assert "secret" not in pseudonym.key_id(b"secret")
+    # Nothing of the key shows: keys alike in their first bytes still get unrelated ids.
+    assert pseudonym.key_id(b"secret-1") != pseudonym.key_id(b"secret-2")
+    assert pseudonym.key_id(b"secret") not in b"secret".hex()

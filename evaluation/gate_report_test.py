@@ -1,6 +1,8 @@
 """Reading an Evaluator output: only the gate's own metrics, at the served decision, reach the report."""
+import pytest
 import tensorflow as tf
-from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+from google.protobuf import json_format
+from tensorflow_model_analysis.proto import metrics_for_slice_pb2, validation_result_pb2
 
 from covid_cxr.evaluation import gate_report
 
@@ -21,3 +23,74 @@ def test_compiled_training_metrics_in_an_older_evaluation_do_not_overwrite_the_s
     _write_metrics(tmp_path, {"binary_accuracy": 0.647, "recall": 1.0, "accuracy": 0.529, "loss": 6.53})
     report = gate_report.read_gate_report(str(tmp_path), blessed=False)
     assert report.metrics == {"accuracy": 0.647, "sensitivity": 1.0}
+
+
+def _record(slice_column=None, slice_value=None):
+    record = metrics_for_slice_pb2.MetricsForSlice()
+    if slice_column:
+        key = record.slice_key.single_slice_keys.add()
+        key.column, key.bytes_value = slice_column, slice_value.encode()
+    return record
+
+
+def _add(record, name, value, model_name="", is_diff=False, class_id=None):
+    kv = record.metric_keys_and_values.add()
+    kv.key.name, kv.key.model_name, kv.key.is_diff = name, model_name, is_diff
+    if class_id is not None:
+        kv.key.sub_key.class_id.value = class_id
+    kv.value.double_value.value = value
+    return kv.key
+
+
+def _write(directory, records, name="metrics"):
+    with tf.io.TFRecordWriter(f"{directory}/{name}-00000-of-00001.tfrecord") as out:
+        for record in records:
+            out.write(record.SerializeToString())
+
+
+def test_with_a_baseline_the_candidates_own_values_are_reported_and_its_changes_apart(tmp_path):
+    # TFMA writes the candidate's values, the baseline's, and the candidate's change against it.
+    record = _record()
+    for name, candidate, baseline in (("recall", 0.9, 0.5), ("true_positives", 9, 5), ("false_positives", 3, 1),
+                                      ("true_negatives", 27, 29), ("false_negatives", 1, 5)):
+        _add(record, name, candidate, model_name="candidate")
+        _add(record, name, baseline, model_name="baseline")
+        _add(record, name, candidate - baseline, model_name="candidate", is_diff=True)
+    _write(tmp_path, [record])
+    report = gate_report.read_gate_report(str(tmp_path), blessed=True)
+    assert report.metrics["sensitivity"] == 0.9 and report.metrics["sensitivity change"] == pytest.approx(0.4)
+    assert report.metrics["true positives"] == 9 and report.metrics["true positives change"] == 4
+    assert report.confusion_counts() == {"tp": 9, "fp": 3, "tn": 27, "fn": 1}
+    assert report.intervals()["sensitivity"]["k"] == 9
+
+
+def test_without_all_four_counts_there_are_no_intervals():
+    report = gate_report.GateReport(True, {"true positives": 9.0, "false positives": 3.0, "true negatives": 27.0}, [], {})
+    assert report.confusion_counts() is None and report.intervals() == {}
+
+
+def test_failures_name_their_bar_and_slice_and_slices_are_kept_apart_from_the_whole_split(tmp_path):
+    overall, cohen = _record(), _record("source", "cohen")
+    _add(overall, "specificity", 0.0)  # a value of 0 is a value
+    covid_sensitivity = _add(overall, "recall", 0.8, class_id=2)
+    _add(cohen, "auc", 0.7)
+    auc_change = _add(cohen, "auc", -0.02, is_diff=True)
+    _write(tmp_path, [overall, cohen])
+    validation = validation_result_pb2.ValidationResult(validation_ok=False)
+    for record, key, value, threshold in (
+            (overall, covid_sensitivity, 0.8, dict(value_threshold=dict(lower_bound=0.9))),
+            (cohen, auc_change, -0.02, dict(change_threshold=dict(absolute=-0.01)))):
+        per_slice = validation.metric_validations_per_slice.add()
+        per_slice.slice_key.CopyFrom(record.slice_key)
+        failure = per_slice.failures.add()
+        failure.metric_key.CopyFrom(key)
+        failure.metric_value.double_value.value = value
+        json_format.ParseDict(threshold, failure.metric_threshold)
+    _write(tmp_path, [validation], name="validations")
+    report = gate_report.read_gate_report(str(tmp_path), blessed=False, classes=["normal", "pneumonia", "covid"])
+    assert report.headline() == "NOT BLESSED"
+    assert report.metrics == {"specificity": 0.0, "sensitivity (covid vs rest)": 0.8}
+    assert report.slices == {"source:cohen": {"AUC": 0.7, "AUC change": -0.02}}
+    assert report.failures == [
+        "sensitivity (covid vs rest) 0.800 is below the required minimum 0.900",
+        "AUC change -0.020 is below the allowed change against the last blessed model (-0.010) (slice source:cohen)"]

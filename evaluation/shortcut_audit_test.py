@@ -2,6 +2,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from covid_cxr.evaluation import shortcut_audit
@@ -72,3 +73,60 @@ def test_single_class_is_not_run():
     images, labels, groups = _dataset(leaky=True, n_patients=4)
     result = shortcut_audit.audit(images, [0] * len(labels), groups)
     assert result["flagged"] is None and result["verdict"].startswith("not run")
+
+
+def test_the_flag_is_set_by_flag_auc():
+    images, labels, groups = _dataset(leaky=True)
+    result = shortcut_audit.audit(images, labels, groups, n_boot=50, flag_auc=1.0)  # no AUC is above 1
+    assert result["flagged"] is False and result["verdict"].startswith("no border shortcut detected")
+    assert result["auc"]["value"] > 0.9
+
+
+def test_folds_are_capped_at_the_number_of_groups():
+    images, labels, groups = _dataset(leaky=True, n_patients=3)
+    result = shortcut_audit.audit(images, labels, groups, folds=5, n_boot=50)
+    assert result["folds"] == 3 and result["n_groups"] == 3 and "3-fold" in result["method"]
+
+
+def test_large_groups_are_dealt_first_so_folds_stay_balanced():
+    folds = shortcut_audit.group_folds(["big"] * 10 + [f"s{i}" for i in range(10)], 2)
+    assert np.bincount(folds).tolist() == [10, 10]
+
+
+def test_features_are_standardized_on_the_training_folds_only(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(2.0, 3.0, size=(40, 4)), np.arange(40) % 2
+    fitted = []
+    real = shortcut_audit.fit_logistic
+
+    def fit(x_train, y_train, *args, **kwargs):
+        fitted.append(x_train)
+        return real(x_train, y_train, *args, **kwargs)
+
+    monkeypatch.setattr(shortcut_audit, "fit_logistic", fit)
+    scores = shortcut_audit.cross_validated_scores(x, y, [str(i) for i in range(40)], folds=4)
+    assert len(fitted) == 4 and not np.isnan(scores).any()
+    for x_train in fitted:  # the test fold's films play no part in the scaling
+        np.testing.assert_allclose(x_train.mean(axis=0), 0, atol=1e-9)
+        np.testing.assert_allclose(x_train.std(axis=0), 1, rtol=1e-9)
+
+
+def test_a_fold_whose_training_films_lack_a_class_is_not_scored():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), np.array([1] * 6 + [0] * 24)
+    groups = ["positives"] * 6 + [f"n{i}" for i in range(24)]  # every positive in one group, so one fold
+    scores = shortcut_audit.cross_validated_scores(x, y, groups, folds=3)
+    unscored = shortcut_audit.group_folds(groups, 3) == shortcut_audit.group_folds(groups, 3)[0]  # the positives' fold
+    assert np.isnan(scores[unscored]).all() and not np.isnan(scores[~unscored]).any()
+
+
+def test_fit_logistic_is_l2_logistic_regression_with_the_penalty_on_the_mean_loss():
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(size=200) > 0).astype(np.float64)
+    w, b = shortcut_audit.fit_logistic(x, y, l2=1.0)
+    # scikit-learn minimises C * sum(log-loss) + |w|^2 / 2: the same optimum for C = 1 / l2.
+    reference = linear_model.LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(x, y)
+    np.testing.assert_allclose(w, reference.coef_[0], atol=1e-4)
+    assert b == pytest.approx(reference.intercept_[0], abs=1e-4)

@@ -78,3 +78,37 @@ def test_components_refuse_to_run_other_code_than_the_pipeline_was_built_with():
     for entry in (task.tuner_fn, task.run_fn):
         with pytest.raises(fingerprints.CodeChangedError):
             entry(tfx.components.FnArgs(custom_config=stale))
+
+
+def test_a_code_fingerprint_covers_what_the_entry_imports_and_the_packages_around_it(tmp_path, monkeypatch):
+    files = {
+        "__init__.py": "",
+        "a/__init__.py": "",
+        "a/entry.py": "from covid_cxr.b import helper\n\n\ndef f():\n    import covid_cxr.c\n",
+        "b/__init__.py": "",
+        "b/helper.py": "x = 1\n",
+        "c.py": "y = 2\n",
+        "d.py": "z = 3\n",  # imported by nothing the entry reaches
+    }
+    for relpath, text in files.items():
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relpath).write_text(text)
+    monkeypatch.setattr(fingerprints, "PACKAGE_ROOT", str(tmp_path))
+
+    def after_editing(relpath):
+        with open(tmp_path / relpath, "a") as f:
+            f.write("# an edit\n")
+        fingerprints.code_fingerprint.cache_clear()
+        return fingerprints.code_fingerprint("covid_cxr.a.entry")
+
+    try:
+        fingerprints.code_fingerprint.cache_clear()
+        before = fingerprints.code_fingerprint("covid_cxr.a.entry")
+        assert after_editing("d.py") == before
+        # the entry, a from-import, a function-level import, and every package whose __init__ runs
+        for relpath in ("a/entry.py", "b/helper.py", "c.py", "b/__init__.py", "a/__init__.py", "__init__.py"):
+            edited = after_editing(relpath)
+            assert edited != before, relpath
+            before = edited
+    finally:
+        fingerprints.code_fingerprint.cache_clear()

@@ -21,6 +21,13 @@ def test_shrunk_covariance_matches_scikit_learn():
         np.testing.assert_allclose(covariance, reference.covariance_, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(mean, reference.location_)
     assert 0 < typicality.shrunk_covariance(_gaussian(40, 80, 1))[2] < 1
+    # Heavy-tailed films: the estimate's own noise exceeds its distance from the identity, and the
+    # shrinkage stops at 1 (all identity), as scikit-learn's does.
+    heavy = np.random.default_rng(0).standard_t(1, size=(20, 8))
+    mean, covariance, shrinkage = typicality.shrunk_covariance(heavy)
+    reference = sklearn_covariance.LedoitWolf().fit(heavy)
+    assert shrinkage == reference.shrinkage_ == 1.0
+    np.testing.assert_allclose(covariance, np.trace(covariance) / 8 * np.eye(8), rtol=1e-12)
 
 
 # Full rank (the smallest eigenvalue is the floor itself), and fewer films than features.

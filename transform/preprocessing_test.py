@@ -35,6 +35,18 @@ def test_contrast_stretch_removes_exposure_differences():
     assert np.abs(a - b).mean() < 0.02
 
 
+def test_resizing_averages_fine_detail_rather_than_sampling_it():
+    # One-pixel stripes between a black and a white band: area resizing renders them mid-grey;
+    # sampling every sixth column would make them all black or all white (aliasing).
+    film = np.zeros((64, 96), np.uint8)
+    film[:, 32:64:2] = 255
+    film[:, 64:] = 255
+    image = preprocessing.decode_images(tf.constant([_encode(film, "PNG")]), 16).numpy()[0, :, :, 0]
+    assert image[:, :5].max() < 1e-6 and image[:, 11:].min() > 1 - 1e-6
+    stripes = image[:, 6:10]
+    assert abs(stripes.mean() - 0.5) < 0.05 and np.ptp(stripes) < 0.1
+
+
 def test_preprocessing_fn_outputs_image_label_and_source():
     png = _encode(np.zeros((8, 8), np.uint8) + np.arange(8, dtype=np.uint8) * 30, "PNG")
     out = preprocessing.preprocessing_fn(

@@ -27,6 +27,7 @@ def test_finding_mapping(text, finding):
     ("todo", "unlabelled: todo"), ("Unknown", "unlabelled: Unknown"), ("", "unlabelled: blank"),
     ("Cardiomegaly", "unrecognised finding: Cardiomegaly"),
     ("Finding unclear", "unrecognised finding: Finding unclear"),  # only "No Finding" is normal
+    ("ARDS, Cardiomegaly", "unrecognised finding: ARDS, Cardiomegaly"),  # other_opacity only when nothing else is named
 ])
 def test_finding_rejections(text, reason):
     assert finding_of(text) == (None, reason)
@@ -38,6 +39,7 @@ def test_views():
     assert view_of("AP Supine") == ("AP Supine", None)
     assert view_of("AP Erect") == ("AP", None)
     assert view_of("L") == (None, "lateral view: L")
+    assert [view_of(v) for v in ("LL", "RL", "Lateral")] == [(None, f"lateral view: {v}") for v in ("LL", "RL", "Lateral")]
     assert view_of("") == (None, "unknown view: blank")
     assert view_of("?") == (None, "unknown view: ?")
     assert view_of("Axial") == (None, "not a frontal view: Axial")
@@ -95,6 +97,24 @@ def test_a_malformed_row_a_path_outside_and_a_non_utf8_file_are_named(tmp_path):
     (root / "metadata.csv").write_bytes((root / "metadata.csv").read_bytes() + "4,Straße\n".encode("latin-1"))
     with pytest.raises(SourceError, match=r"metadata.csv is not UTF-8 text \(byte \d+\): save it as UTF-8$"):
         list(CohenSource(str(root)).candidates())
+
+
+def test_only_x_rays_inside_the_source_folder_are_used(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="1", finding="COVID-19", view="PA", filename="a.png", seed=1),
+        dict(patientid="2", finding="COVID-19", view="PA", modality="MRI", filename="mri.png", seed=2),
+        dict(patientid="3", finding="COVID-19", view="PA", modality="", filename="blank.png", seed=3),
+        # a folder beside the source whose name starts with the source's own: still outside it
+        dict(patientid="4", finding="COVID-19", view="PA", filename="../../cohen-extra/b.png", seed=None),
+    ])
+    testing.write_image(tmp_path / "cohen-extra" / "b.png", testing.radiograph(4))
+    got = {c.source_ref: c for c in CohenSource(str(root)).candidates()}
+    assert got["images/a.png"].finding == "covid"
+    assert got["images/mri.png"].reject == "not an X-ray: MRI"
+    assert got["images/blank.png"].reject == "not an X-ray: blank"
+    outside = got["images/../../cohen-extra/b.png"]
+    assert outside.reject == "outside the source: metadata.csv names a file outside its folder" and outside.path is None
+    assert len(got) == 4
 
 
 def test_layout_errors(tmp_path):

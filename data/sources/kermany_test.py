@@ -41,6 +41,15 @@ def test_layout_and_labels(tmp_path):
     assert len(got) == 8
 
 
+def test_class_folders_outside_train_test_val_are_not_used(tmp_path):
+    root = tmp_path / "kermany"
+    testing.write_image(root / "train" / "NORMAL" / "IM-0001-0001.jpeg", testing.radiograph(1))
+    testing.write_image(root / "backup" / "NORMAL" / "IM-0002-0001.jpeg", testing.radiograph(2))  # a copy, say
+    got = {c.source_ref: (c.finding, c.reject) for c in KermanySource(str(root)).every_candidate()}
+    assert got == {"train/NORMAL/IM-0001-0001.jpeg": ("normal", None),
+                   "backup/NORMAL/IM-0002-0001.jpeg": (None, "unknown folder: backup/NORMAL")}
+
+
 def test_kaggle_zip_extra_level_and_layout_error(tmp_path):
     testing.write_image(tmp_path / "z" / "chest_xray" / "train" / "NORMAL" / "IM-0001-0001.jpeg", testing.radiograph(1))
     assert [c.source_ref for c in KermanySource(str(tmp_path / "z")).candidates()] == ["chest_xray/train/NORMAL/IM-0001-0001.jpeg"]

@@ -35,6 +35,16 @@ def test_class_folders(tmp_path):
     assert source.hidden_skipped == 2  # the ._ file and the __MACOSX folder: counted, not listed
 
 
+def test_class_folder_names_of_other_releases(tmp_path):
+    # Releases spell the folders differently ("COVID-19", "Lung Opacity"); matched in any case.
+    root = tmp_path / "rad"
+    for n, folder in enumerate(("COVID-19", "NORMAL", "viral pneumonia", "Lung Opacity")):
+        testing.write_image(root / folder / f"{n}.png", testing.radiograph(n))
+    got = {c.source_ref: c.finding for c in RadiographySource(str(root)).every_candidate()}
+    assert got == {"COVID-19/0.png": "covid", "NORMAL/1.png": "normal", "viral pneumonia/2.png": "pneumonia",
+                   "Lung Opacity/3.png": "other_opacity"}
+
+
 def test_layout_error(tmp_path):
     (tmp_path / "x" / "stuff").mkdir(parents=True)
     with pytest.raises(SourceError, match="no class folder"):

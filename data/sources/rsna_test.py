@@ -39,6 +39,19 @@ def test_a_patient_with_conflicting_rows_is_rejected():
     assert finding is None and reason.startswith("inconsistent labels")
 
 
+def test_a_missing_class_is_no_label_for_target_0_and_pneumonia_for_target_1():
+    # Target 1 needs no class to be an opacity; Target 0 without one is normal or "not normal": unknown.
+    assert rsna._label({"1"}, set()) == rsna._label({"1"}, {""}) == ("pneumonia", None)
+    assert rsna._label({"0"}, set()) == (None, "no label: Target 0 without a class in stage_2_detailed_class_info.csv")
+
+
+def test_an_upper_case_dcm_extension_is_an_rsna_image_file(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=None)])
+    testing.write_dicom(root / "stage_2_train_images" / "aaa-1.DCM", testing.radiograph(1))
+    [c] = RsnaSource(str(root)).every_candidate()
+    assert (c.source_ref, c.finding, c.ref_id) == ("stage_2_train_images/aaa-1.DCM", "pneumonia", "aaa-1")
+
+
 def test_layout_errors(tmp_path):
     root = testing.make_rsna(tmp_path / "rsna", [dict(id="a", target="1", cls="Lung Opacity", seed=1)])
     (root / "stage_2_detailed_class_info.csv").unlink()

@@ -1,0 +1,48 @@
+import os
+
+import pytest
+
+from covid_cxr.data import testing
+from covid_cxr.data.sources import base
+from covid_cxr.data.sources.base import Candidate
+
+
+def test_a_candidate_has_exactly_one_of_finding_and_reject_and_a_known_finding():
+    assert Candidate("folder", "a.png", None, finding="covid").reject is None
+    with pytest.raises(ValueError, match="exactly one of finding / reject"):
+        Candidate("folder", "a.png", None)
+    with pytest.raises(ValueError, match="exactly one of finding / reject"):
+        Candidate("folder", "a.png", None, finding="covid", reject="unknown class folder: x")
+    with pytest.raises(ValueError, match="unknown finding 'flu'"):
+        Candidate("folder", "a.png", None, finding="flu")
+
+
+def test_files_are_listed_in_path_order_whatever_order_the_folder_gives(tmp_path, monkeypatch):
+    # Curation keeps the first of two near-duplicates: the order must not be the file system's.
+    names = [f"{n:02d}.png" for n in range(5)]
+    for name in names:
+        testing.write_image(tmp_path / "d" / name, testing.radiograph(1, (16, 16)))
+    testing.write_image(tmp_path / "d" / "sub" / "a.png", testing.radiograph(1, (16, 16)))
+    listing = os.scandir
+
+    class Backwards:  # a file system that lists a folder backwards (os.walk's scandir: an iterator it closes)
+        def __init__(self, path="."):
+            with listing(path) as entries:
+                self.entries = iter(sorted(entries, key=lambda e: e.name, reverse=True))
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(os, "scandir", Backwards)
+
+    listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d"))]
+    assert listed == names + [os.path.join("sub", "a.png")]
