@@ -145,7 +145,10 @@ def restart_with_process_env_if_needed(config) -> None:
                   {**os.environ, **missing})
 
 
-def print_outcome(outcome) -> None:
+REFUSED_EXIT = 3  # `run --require-blessed`: the run worked and the gate refused the model
+
+
+def print_outcome(outcome, serving_dir: str) -> None:
     if outcome is None:
         click.echo("The pipeline finished but recorded no push decision.")
         return
@@ -167,10 +170,19 @@ def print_outcome(outcome) -> None:
         click.echo(f"Model pushed to {outcome.destination}")
     elif outcome.blessed:
         click.echo(f"Not pushed again: {outcome.reason} ({outcome.destination})")
-    else:
+    elif _holds_a_model(serving_dir):
         click.echo("Not pushed: the serving directory keeps its previous model.")
+    else:
+        click.echo(f"Not pushed, and {serving_dir} holds no earlier model. predict and evaluate take the "
+                   f"refused one as --model {outcome.model_uri}")
     click.echo(f"Model artifact: {outcome.model_uri}")
     click.echo(f"Evaluation:     {outcome.evaluation_uri}")
+
+
+def _holds_a_model(serving_dir: str) -> bool:
+    from covid_cxr.components import pusher
+
+    return bool(pusher.versions(serving_dir))  # the run checked the folder before it started
 
 
 def _existing_synthetic(data_dir: str, task: str, patients_per_class: int) -> dict:
@@ -212,13 +224,15 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
         summary = synthetic.generate(config.data.data_dir, config.model.task, patients_per_class)
     click.echo(f"  {summary['accepted']} images of {summary['patients']} patients: {summary['per_class']}")
     click.echo(f"Running the pipeline (pipeline root {config.runtime.pipeline_root}) ...")
-    print_outcome(local_runner.run(config))
+    print_outcome(local_runner.run(config), config.runtime.serving_dir)
 
 
 @main.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Curated TFRecords (covid-cxr curate --out).")
+@click.option("--require-blessed", is_flag=True,
+              help=f"Exit with code {REFUSED_EXIT} when the gate refuses the model (for CI; by default a refusal exits 0).")
 @config_options
-def run(data_dir, preset, config_file, overrides, **named):
+def run(data_dir, require_blessed, preset, config_file, overrides, **named):
     """Run the pipeline on curated TFRecords with LocalDagRunner."""
     from covid_cxr import local_runner
 
@@ -227,7 +241,10 @@ def run(data_dir, preset, config_file, overrides, **named):
     restart_with_process_env_if_needed(config)
     for note in local_runner.settings_notes(config):
         click.echo(f"note: {note}", err=True)
-    print_outcome(local_runner.run(config))
+    outcome = local_runner.run(config)
+    print_outcome(outcome, config.runtime.serving_dir)
+    if require_blessed and not (outcome and outcome.blessed):
+        sys.exit(REFUSED_EXIT)
 
 
 @main.command("compile")

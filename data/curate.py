@@ -457,6 +457,10 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -
     return ref
 
 
+# "<patient>-<file>" / "file-<file>" / "folder-<file>" pseudonyms, or an RSNA film's "<patient>.dcm".
+PSEUDONYMOUS_REF = re.compile(r"-[0-9a-f]{8}(?![0-9a-f])|(?:^|/)[0-9a-f]{16}\.dcm(?![0-9A-Za-z])")
+
+
 def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> dict[str, list[str]]:
     """The files under ``root`` behind pseudonymous refs written for files of ``source``
     (``<class folder>/<patient pseudonym>-<file pseudonym>.<ext>`` by curation, ``.../file-<file
@@ -464,13 +468,15 @@ def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> d
     {written ref: [local paths]}."""
     wanted: dict[str, list[str]] = {}
     for written in written_refs:
-        name = os.path.splitext(written.rsplit("/", 1)[-1])[0]  # "<patient>-<file>" or "file-<file>"
+        name = os.path.splitext(written.rsplit("/", 1)[-1])[0]  # "<patient>-<file>", "file-<file>", RSNA's "<patient>"
         wanted.setdefault(name.rsplit("-", 1)[-1], []).append(written)
     found: dict[str, list[str]] = {written: [] for written in written_refs}
     for path in list_files(root):
         ref = os.path.relpath(path, root).replace(os.sep, "/")
-        for written in wanted.get(pseudonym.file_pseudonym(key, source, ref), []):
-            found[written].append(path)
+        stem = os.path.splitext(os.path.basename(path))[0]  # RSNA names a film by its patientId
+        for token in (pseudonym.file_pseudonym(key, source, ref), pseudonym.pseudonymize(key, source, stem)):
+            for written in wanted.get(token, []):
+                found[written].append(path)
     for folder in subdirs(root):  # evaluate's source slices of a tree's top folders: "folder-<pseudonym>"
         for written in wanted.get(pseudonym.file_pseudonym(key, source, folder + "/"), []):
             found[written].append(os.path.join(root, folder))
@@ -647,10 +653,10 @@ def locate_command(source_spec, key, refs):
         raise click.UsageError(f"--source {source_spec!r}: {name!r} is not a source; choose from {', '.join(SOURCES)}")
     if not os.path.isdir(root):
         raise click.UsageError(f"--source {source_spec!r}: {root!r} is not a directory")
-    malformed = [ref for ref in refs if not re.search(r"-[0-9a-f]{8}(?![0-9a-f])", ref)]
+    malformed = [ref for ref in refs if not PSEUDONYMOUS_REF.search(ref)]
     if malformed:  # a file's own name, or a truncated ref: no pseudonym to look for
-        raise click.UsageError(f"{malformed[0]!r} is not a pseudonymous ref (expected e.g. COVID/3f2a...-9c1d04be.dcm, "
-                               "as manifest.csv, rejected.csv or a report wrote it)")
+        raise click.UsageError(f"{malformed[0]!r} is not a pseudonymous ref (expected e.g. COVID/3f2a...-9c1d04be.dcm "
+                               "or stage_2_train_images/3f2a....dcm, as manifest.csv, rejected.csv or a report wrote it)")
     try:
         key_bytes, _ = pseudonym.load_key(key)
     except pseudonym.PseudonymKeyError as e:

@@ -290,6 +290,14 @@ def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run,
         assert result.exit_code == 2 and message in result.output, result.output
     result = CliRunner().invoke(cli.main, ["locate", "--source", f"folder={corpus['folder']}/nope", "--key", KEY, refs[0]])
     assert result.exit_code == 2 and "nope' is not a directory" in result.output, result.output
+    # RSNA films are written as "<patient pseudonym>.dcm", accepted and rejected alike.
+    rsna = sorted(r["source_ref"] for r in rows if r["source"] == "rsna")
+    assert rsna and all(re.fullmatch(r"stage_2_train_images/[0-9a-f]{16}\.dcm", ref) for ref in rsna), rsna
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"rsna={corpus['rsna']}", "--key", KEY, *rsna])
+    assert result.exit_code == 0, result.output
+    located = dict(line.split("\t") for line in result.output.strip().splitlines())
+    assert sorted(os.path.basename(p) for p in located.values()) == sorted(
+        f"{i}.dcm" for i in RSNA_IDS if os.path.exists(os.path.join(corpus["rsna"], "stage_2_train_images", f"{i}.dcm")))
 
 
 def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):

@@ -376,12 +376,17 @@ def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Option
 # --------------------------------------------------------------------------------------------
 
 
+MAX_SKIPPED_SHOWN = 20  # a folder of DICOM exports can hold hundreds of notes and previews
+
+
 def format_table(result: PredictResult) -> str:
     model = result.model
     decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
                 else "no COVID threshold: label = most probable class")
     lines = [f"model {model.path} (version {model.version if model.version is not None else '?'}, "
              f"task {model.task_name}, {decision})"]
+    if (model.metadata.get("data_summary") or {}).get("synthetic"):
+        lines.append("WARNING: this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs")
     names = list(result.predictions[0]["probabilities"]) if result.predictions else list(model.classes)
     entries = [(r["file"], r) for r in result.predictions] + [(e.file, e) for e in result.errors]
     width = min(60, max([len("file")] + [len(f) for f, _ in entries]))
@@ -410,6 +415,9 @@ def format_table(result: PredictResult) -> str:
     if explained:
         summary += f"; {len(explained)} explanation image(s) in {os.path.dirname(explained[0])}"
     lines.append(summary)
+    lines += [f"skipped, not an image: {e.file}" for e in result.skipped[:MAX_SKIPPED_SHOWN]]
+    if len(result.skipped) > MAX_SKIPPED_SHOWN:
+        lines.append(f"... and {len(result.skipped) - MAX_SKIPPED_SHOWN} more (--json lists every one)")
     return "\n".join(lines)
 
 

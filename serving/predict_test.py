@@ -166,6 +166,17 @@ def test_table_output(binary_model, tmp_path):
     assert result.exit_code == 0, result.output
     assert "P(covid)" in result.output and "film1.png" in result.output
     assert "2 predicted, 0 failed" in result.output
+    assert "SYNTHETIC" not in result.output  # the fixture's metadata holds no curation summary
+
+
+def test_a_model_trained_on_the_demos_synthetic_images_says_so_before_any_label(binary_model, tmp_path):
+    copy = shutil.copytree(binary_model.model_dir, tmp_path / "m")
+    asset = copy / "assets" / "covid_cxr.json"
+    asset.write_text(json.dumps(dict(json.loads(asset.read_text()), data_summary={"synthetic": True})))
+    result = CliRunner().invoke(cli.main, ["predict", "--model", str(copy), *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1] == ("WARNING: this model was trained on SYNTHETIC images (the demo): its "
+                                             "labels say nothing about radiographs")
 
 
 def test_inputs_unlike_the_training_films_are_flagged_not_relabelled(binary_model, dense_model, tmp_path):
@@ -260,6 +271,7 @@ def test_what_a_walked_folder_holds_besides_images_is_listed_or_counted(binary_m
     assert out["hidden_skipped"] == 2
     table = _run(["--model", binary_model.serving_dir, str(tmp_path / "in")])
     assert "1 predicted, 0 failed; skipped 1 files that are not images and 2 hidden files or folders" in table.output
+    assert table.output.strip().splitlines()[-1] == f"skipped, not an image: {tmp_path / 'in' / 'README.txt'}"
 
 
 def test_bad_model_dir_is_a_usage_error(tmp_path):

@@ -21,3 +21,31 @@ def test_the_demo_checks_where_it_writes_before_it_generates_data(tmp_path):
         f"covid-cxr: error: runtime.pipeline_root (--pipeline-root) '{a_file / 'root'}' cannot be a directory: "
         f"'{a_file}' is a file"]
     assert not (tmp_path / "demo").exists()  # no synthetic data was written first
+
+
+def test_a_refused_model_says_where_it_is_and_can_fail_the_command(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+    from covid_cxr.evaluation import gate_report
+    from covid_cxr.pipeline import metadata
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    refused = metadata.RunOutcome(
+        blessed=False, pushed=False, destination="", reason="", model_uri="root/Trainer/model/9",
+        evaluation_uri="root/Evaluator/evaluation/10",
+        report=gate_report.GateReport(False, {"sensitivity": 0.5}, ["sensitivity 0.5000 is below the minimum 0.9"], {}))
+    monkeypatch.setattr(local_runner, "run", lambda config: refused)
+    serving = tmp_path / "serving"
+    args = ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
+            "--serving-dir", str(serving)]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output  # a refusal is the gate at work, not a failed run
+    assert "NOT BLESSED" in result.output
+    assert (f"Not pushed, and {serving} holds no earlier model. predict and evaluate take the refused one as "
+            "--model root/Trainer/model/9") in result.output
+    (serving / "1700000000").mkdir(parents=True)
+    result = CliRunner().invoke(cli.main, [*args, "--require-blessed"])
+    assert result.exit_code == cli.REFUSED_EXIT == 3, result.output
+    assert "Not pushed: the serving directory keeps its previous model." in result.output
