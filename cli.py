@@ -145,7 +145,7 @@ def restart_with_process_env_if_needed(config) -> None:
                   {**os.environ, **missing})
 
 
-REFUSED_EXIT = 3  # `run --require-blessed`: the run worked and the gate refused the model
+REFUSED_EXIT = 3  # `run --require-blessed`: the run ended without a blessed model (the gate refused it)
 
 
 def print_outcome(outcome, serving_dir: str) -> None:
@@ -230,7 +230,8 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
 @main.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Curated TFRecords (covid-cxr curate --out).")
 @click.option("--require-blessed", is_flag=True,
-              help=f"Exit with code {REFUSED_EXIT} when the gate refuses the model (for CI; by default a refusal exits 0).")
+              help=f"Exit with code {REFUSED_EXIT} unless the run ends with a blessed model (for CI; by default a "
+                   "refusal exits 0).")
 @config_options
 def run(data_dir, require_blessed, preset, config_file, overrides, **named):
     """Run the pipeline on curated TFRecords with LocalDagRunner."""

@@ -122,7 +122,10 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
         if failed == "ImportExampleGen":
             # Its error on a damaged shard is the record's bytes, with no file name: find and name the
             # shard (raises UnreadableDataError), a user error like `evaluate`'s on the same file.
-            for _ in writer.read_records(writer.record_files(config.data.data_dir)):
+            try:
+                for _ in writer.read_records(writer.record_files(config.data.data_dir)):
+                    pass
+            except tf.errors.OpError:  # the folder itself cannot be listed: say what failed, as below
                 pass
         raise PipelineRunError(f"{failed} failed: {first_line(e, with_type=True)}") from e
     return metadata.latest_outcome(config)

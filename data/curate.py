@@ -457,8 +457,24 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -
     return ref
 
 
-# "<patient>-<file>" / "file-<file>" / "folder-<file>" pseudonyms, or an RSNA film's "<patient>.dcm".
-PSEUDONYMOUS_REF = re.compile(r"-[0-9a-f]{8}(?![0-9a-f])|(?:^|/)[0-9a-f]{16}\.dcm(?![0-9A-Za-z])")
+# "<patient>-<file>" / "file-<file>" / "folder-<file>": the file's (or top folder's) own pseudonym last.
+FILE_REF = re.compile(r"-([0-9a-f]{8})(?![0-9a-f])")
+# RSNA's layout: "<layout folder>/<patient>.dcm", the film named by its patientId's pseudonym.
+RSNA_FILM_REF = re.compile(r"([^/]+)/([0-9a-f]{16})\.dcm")
+
+
+def _ref_key(written: str) -> Optional[tuple]:
+    """What locate looks for: ("file", <8 hex>) or ("film", <folder>, <16 hex>), from the first
+    field of ``written`` that holds a pseudonym (a row pasted from rejected.csv names its own file
+    before the near-duplicate in its reason); None when none does."""
+    for field in written.split(","):
+        film = RSNA_FILM_REF.fullmatch(field.strip())
+        if film:
+            return "film", film.group(1), film.group(2)
+        pseudonyms = FILE_REF.findall(field)
+        if pseudonyms:
+            return "file", pseudonyms[-1]
+    return None
 
 
 def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> dict[str, list[str]]:
@@ -466,20 +482,23 @@ def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> d
     (``<class folder>/<patient pseudonym>-<file pseudonym>.<ext>`` by curation, ``.../file-<file
     pseudonym>.<ext>`` and the top folders' ``folder-<pseudonym>`` by evaluate with source "folder"):
     {written ref: [local paths]}."""
-    wanted: dict[str, list[str]] = {}
+    wanted: dict[tuple, list[str]] = {}
     for written in written_refs:
-        name = os.path.splitext(written.rsplit("/", 1)[-1])[0]  # "<patient>-<file>", "file-<file>", RSNA's "<patient>"
-        wanted.setdefault(name.rsplit("-", 1)[-1], []).append(written)
+        wanted.setdefault(_ref_key(written), []).append(written)
     found: dict[str, list[str]] = {written: [] for written in written_refs}
+
+    def add(path: str, *ref_key) -> None:
+        for written in wanted.get(ref_key, []):
+            found[written].append(path)
+
     for path in list_files(root):
         ref = os.path.relpath(path, root).replace(os.sep, "/")
-        stem = os.path.splitext(os.path.basename(path))[0]  # RSNA names a film by its patientId
-        for token in (pseudonym.file_pseudonym(key, source, ref), pseudonym.pseudonymize(key, source, stem)):
-            for written in wanted.get(token, []):
-                found[written].append(path)
+        add(path, "file", pseudonym.file_pseudonym(key, source, ref))
+        folder, _, name = ref.rpartition("/")
+        if name.endswith(".dcm"):  # as _public_ref writes an RSNA film: its folder, its patientId's pseudonym
+            add(path, "film", folder, pseudonym.pseudonymize(key, source, name[:-len(".dcm")]))
     for folder in subdirs(root):  # evaluate's source slices of a tree's top folders: "folder-<pseudonym>"
-        for written in wanted.get(pseudonym.file_pseudonym(key, source, folder + "/"), []):
-            found[written].append(os.path.join(root, folder))
+        add(os.path.join(root, folder), "file", pseudonym.file_pseudonym(key, source, folder + "/"))
     return found
 
 
@@ -653,12 +672,12 @@ def locate_command(source_spec, key, refs):
         raise click.UsageError(f"--source {source_spec!r}: {name!r} is not a source; choose from {', '.join(SOURCES)}")
     if not os.path.isdir(root):
         raise click.UsageError(f"--source {source_spec!r}: {root!r} is not a directory")
-    malformed = [ref for ref in refs if not PSEUDONYMOUS_REF.search(ref)]
+    malformed = [ref for ref in refs if _ref_key(ref) is None]
     if malformed:  # a file's own name, or a truncated ref: no pseudonym to look for
         raise click.UsageError(f"{malformed[0]!r} is not a pseudonymous ref (expected e.g. COVID/3f2a...-9c1d04be.dcm "
                                "or stage_2_train_images/3f2a....dcm, as manifest.csv, rejected.csv or a report wrote it)")
     try:
-        key_bytes, _ = pseudonym.load_key(key)
+        key_bytes, _ = pseudonym.load_key(key, allow_short=True)  # finds files an older, short key named
     except pseudonym.PseudonymKeyError as e:
         raise click.UsageError(str(e)) from None
     found = locate(name, os.path.abspath(root), refs, key_bytes)

@@ -300,6 +300,27 @@ def test_the_owner_of_the_key_can_locate_the_file_behind_a_pseudonymous_ref(run,
         f"{i}.dcm" for i in RSNA_IDS if os.path.exists(os.path.join(corpus["rsna"], "stage_2_train_images", f"{i}.dcm")))
 
 
+def test_locate_takes_an_rsna_films_folder_and_a_pasted_rows_own_ref(tmp_path):
+    key, rid = KEY.encode(), RSNA_IDS[0]
+    rsna = tmp_path / "rsna"
+    for rel in (f"stage_2_train_images/{rid}.dcm", f"previews/{rid}.dcm", f"stage_2_train_images/{rid}.txt"):
+        (rsna / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rsna / rel).write_bytes(b"x")
+    film = f"stage_2_train_images/{pseudonym.pseudonymize(key, 'rsna', rid)}.dcm"
+    assert curate_mod.locate("rsna", str(rsna), [film], key) == {film: [str(rsna / "stage_2_train_images" / f"{rid}.dcm")]}
+    # A rejected.csv row pasted whole names its own file first, then the copy it duplicates.
+    folder = tmp_path / "folder"
+    (folder / "COVID").mkdir(parents=True)
+    refs = {}
+    for name in ("a.dcm", "b.dcm"):
+        (folder / "COVID" / name).write_bytes(b"x")
+        refs[name] = f"COVID/{'0' * 16}-{pseudonym.file_pseudonym(key, 'folder', f'COVID/{name}')}.dcm"
+    row = f"folder,{refs['b.dcm']},near-duplicate of folder:{refs['a.dcm']}"
+    assert curate_mod.locate("folder", str(folder), [row], key) == {row: [str(folder / "COVID" / "b.dcm")]}
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"rsna={rsna}", "--key", "short-old-key", film])
+    assert result.exit_code == 1 and "not found" in result.output, result.output  # an older short key is taken
+
+
 def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     """Beside its DICOMs a hospital export holds previews, notes and bare-UID files, in folders named
     by patient and accession number; an RSNA copy may have subfolders. Only class folders survive,

@@ -35,29 +35,31 @@ def default_key_path() -> str:
     return os.path.join(base, "covid-cxr", "pseudonym.key")
 
 
-def load_key(key: Optional[str] = None, key_file: Optional[str] = None) -> tuple[bytes, str]:
-    """(key bytes, where it came from: "option", "environment" or "key file")."""
+def load_key(key: Optional[str] = None, key_file: Optional[str] = None, allow_short: bool = False) -> tuple[bytes, str]:
+    """(key bytes, where it came from: "option", "environment" or "key file"). ``allow_short``: for
+    reading old pseudonyms only (`locate`), never for writing new ones."""
     if key is not None:
         if not key.strip():
             raise PseudonymKeyError("the pseudonym key given is empty: pass a secret, or leave --key out to use the key file")
-        return _long_enough(key, "given with --key"), "option"
+        return _long_enough(key, "given with --key", allow_short), "option"
     env = os.environ.get(ENV_VAR, "")
     if env:
-        return _long_enough(env, f"in ${ENV_VAR}"), "environment"
+        return _long_enough(env, f"in ${ENV_VAR}", allow_short), "environment"
     path = key_file or default_key_path()
-    return _read_or_create(path), "key file"
+    return _long_enough(_read_or_create(path), f"in {path}", allow_short), "key file"
 
 
-def _long_enough(key: str, where: str) -> bytes:
-    if len(key) < MIN_KEY_CHARS:
+def _long_enough(key: str, where: str, allow_short: bool) -> bytes:
+    if len(key) < MIN_KEY_CHARS and not allow_short:
         raise PseudonymKeyError(
             f"the pseudonym key {where} has {len(key)} characters: a short key can be guessed, and with it every "
             f"pseudonym turned back into its patient id. Use {MIN_KEY_CHARS} or more random characters, e.g. "
-            "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
+            "`python3 -c 'import secrets; print(secrets.token_hex(32))'` (a new key gives new pseudonyms; "
+            "`covid-cxr locate` still takes the old key to find files it named)")
     return key.encode("utf-8")
 
 
-def _read_or_create(path: str) -> bytes:
+def _read_or_create(path: str) -> str:
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         try:
@@ -78,7 +80,7 @@ def _read_or_create(path: str) -> bytes:
         raise PseudonymKeyError(f"pseudonym key file {path} is empty; delete it to create a new key, or pass --key")
     if mode & 0o077:
         log.warning("pseudonym key file %s is readable by other users (mode %o); chmod 600 it", path, mode)
-    return _long_enough(text, f"in {path}")
+    return text
 
 
 def pseudonymize(key: bytes, source: str, raw_id: str) -> str:

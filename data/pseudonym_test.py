@@ -56,6 +56,7 @@ def test_a_key_short_enough_to_guess_is_refused_wherever_it_comes_from(tmp_path,
     with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key given with --key has 31 characters: "):
         pseudonym.load_key(short)
     assert pseudonym.load_key(short + "x")[0] == (short + "x").encode()
+    assert pseudonym.load_key(short, allow_short=True) == (short.encode(), "option")  # locate: old pseudonyms
     monkeypatch.setenv(pseudonym.ENV_VAR, "stmungo2024")
     with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key in \$COVID_CXR_PSEUDONYM_KEY has 11 "):
         pseudonym.load_key()

@@ -388,10 +388,14 @@ _IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
 
 def _efficientnet_stem_as_imagenet(backbone: keras.Model) -> None:
-    """Folds the missing division into the stem's Normalization: (x - mean) / sqrt(var * std)."""
+    """Folds the missing division into the stem's Normalization: (x - mean) / sqrt(var * std).
+    Only for Keras' ImageNet file (stem variance std ** 2): a file trained from scratch, or one
+    saved from a backbone already built here, has other statistics and is left as it is."""
     norm = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization))
     mean, variance, count = norm.get_weights()
-    norm.set_weights([mean, variance * np.asarray(_IMAGENET_STDDEV_RGB, variance.dtype).reshape(variance.shape), count])
+    std = np.asarray(_IMAGENET_STDDEV_RGB, variance.dtype).reshape(variance.shape)
+    if np.allclose(variance, std ** 2, rtol=1e-3):
+        norm.set_weights([mean, variance * std, count])
 
 
 _apps = keras.applications

@@ -377,6 +377,16 @@ def test_efficientnet_from_a_file_is_the_network_keras_builds_for_imagenet(tmp_p
     x = np.random.RandomState(0).rand(2, S, S, 3).astype(np.float32) * 255.0
     ours, theirs = built.backbone(x, training=False).numpy(), keras_route(x, training=False).numpy()
     assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
+    # A file saved from the backbone built here (its stem already divided) or from one trained from
+    # scratch (stem variance 1) is not Keras' ImageNet file: its stem is left as it is.
+    def stem_variance(model):
+        return next(l for l in model.layers if isinstance(l, keras.layers.Normalization)).get_weights()[1]
+
+    scratch = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(S, S, 3))
+    for other in (built.backbone, scratch):
+        other.save_weights(path)
+        rebuilt = M.build_model(M.HParams(family="efficientnet_b0"), S, 2, weights=path).backbone
+        np.testing.assert_array_equal(stem_variance(rebuilt), stem_variance(other))
 
 
 def test_keras_cache_is_used_before_download(tmp_path, monkeypatch):
