@@ -241,6 +241,8 @@ def read_records(files: Sequence[str]) -> Iterator[bytes]:
                 yield record.numpy()
         except tf.errors.OpError as e:  # truncated, not gzip, not TFRecords
             # TensorFlow's message without its "{{function_node ...}}" prefix and "[Op:...]" suffix
-            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or "").split("\n")[0].strip(" '") or type(e).__name__
+            # and its unpaired quote ("truncated record at 193491' failed with EOF reached")
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message or "").split("\n")[0]
+            reason = re.sub(r"(?<=\d)'", "", reason).strip(" '") or type(e).__name__
             raise UnreadableDataError(
                 f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None

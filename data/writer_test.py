@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import tensorflow as tf
@@ -28,6 +29,17 @@ def test_a_data_directory_that_cannot_be_read_is_a_user_error(monkeypatch):
                        match=r"^cannot read the data directory 'gs://b/c': Permission denied; no cred"):
         writer.read_summary("gs://b/c")
     assert issubclass(writer.UnreadableDataError, ValueError)  # the CLI's user errors: one line, exit code 2
+
+
+def test_a_damaged_record_file_is_named_with_tensorflows_reason_cleaned(tmp_path):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=2, seed=0)
+    shard = sorted((tmp_path / "data").glob(features.TFRECORD_PATTERN))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(writer.UnreadableDataError) as info:
+        list(writer.read_records([str(shard)]))
+    # TensorFlow says "truncated record at 1234' failed with EOF reached [Op:IteratorGetNext]"
+    assert re.fullmatch(rf"{re.escape(str(shard))}: not a readable gzip TFRecord file "
+                        r"\(DataLossError: truncated record at \d+ failed with EOF reached\)", str(info.value)), info.value
 
 
 def _record(i: int, label: str = "covid") -> features.Record:

@@ -397,6 +397,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             for i, item in enumerate(value):
                 if item is None:
                     raise ConfigError(f"{where}[{i}]: an empty item")
+                if item_kind is str and isinstance(item, bool):  # not "True": the user wrote on/no/yes/off
+                    raise ConfigError(f"{where}[{i}]: YAML reads a bare yes/no/on/off/true/false as {item}; "
+                                      "quote it to mean the word")
             return [_coerce(item, item_kind, f"{where}[{i}]") for i, item in enumerate(value)]
     except ConfigError:
         raise  # an item's own message

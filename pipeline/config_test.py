@@ -98,6 +98,8 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
                           ("tuner:\n  dense_units: [64, many]\n", "tuner.dense_units[1]: 'many' is not a valid int"),
                           ("tuner:\n  dropouts: 0.2\n", "tuner.dropouts: 0.2 is not a valid list of float"),
                           ("runtime:\n  beam_extra_args: [--a=1, ~]\n", "runtime.beam_extra_args[1]: an empty item"),
+                          ("gate:\n  slice_features: [source, no]\n",
+                           "gate.slice_features[1]: YAML reads a bare yes/no/on/off/true/false as False; quote it"),
                           ("model:\n  {[a]: 1}\n", "found unhashable key (line 2, column 4)")):
         bad.write_text(text)
         with pytest.raises(cfg.ConfigError, match=re.escape(message)):
