@@ -1,6 +1,10 @@
 # Container image for Kubeflow Pipelines / Vertex AI: every component runs this image.
 # Same pinned stack as the local .venv (constraints.txt), on Python 3.11.
-FROM python:3.11-slim-bookworm
+# Dataflow's worker image is this file built on Beam's SDK image, which keeps Beam's entry point:
+#   docker build --build-arg BASE=apache/beam_python3.11_sdk:2.61.0 -t <worker image> .
+# (kubeflow_runner.BEAM_WORKER_BASE), passed as --sdk_container_image in runtime.beam_extra_args.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # training.reproducible (on in the `full` preset): TensorFlow must start with one inter-op thread
 # and a fixed intra-op count, OpenMP's the same (trainer.training.reproducible_thread_env). Build

@@ -30,6 +30,9 @@ from covid_cxr.trainer import models, training
 # Where the Dockerfile puts the reviewed schema. The spec names files by path, and the path of this
 # checkout on the compiling machine does not exist inside the container.
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
+# The Dockerfile's base for a Dataflow worker image (Beam's SDK image of the pinned Beam and Python).
+BEAM_WORKER_BASE = "apache/beam_python3.11_sdk:2.61.0"
+CONTAINER_BEAM_WORKERS = 4  # the DirectRunner's workers in a pod: Vertex AI's default machine has 4 vCPUs
 
 
 # Docker's image reference grammar (distribution/reference): [registry[:port]/]path[:tag][@digest],
@@ -115,12 +118,25 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     if config.runtime.mysql_host or config.runtime.metadata_path:
         notes.append("runtime.mysql_* / runtime.metadata_path are not used: Kubeflow and Vertex AI keep ML Metadata themselves")
     runner, staged = beam_runner(config)
-    if "dataflow" in runner.lower() and not staged:
-        # Its workers import covid_cxr (Transform's preprocessing_fn). The pipeline's image cannot serve:
-        # a Dataflow worker image must start Beam's /opt/apache/beam/boot, which it lacks.
-        raise ConfigError("runtime.beam_extra_args runs Beam on Dataflow, whose workers must import this package: add "
-                          "--sdk_container_image=<an image built FROM apache/beam_python3.11_sdk:2.61.0 with it "
-                          "installed> or --setup_file=<setup.py of this checkout>")
+    direct = "direct" in runner.lower()
+    if "dataflow" in runner.lower() and not {"sdk_container_image", "worker_harness_container_image"} & set(staged):
+        # Its workers import covid_cxr (Transform's preprocessing_fn) and load the model with tf_keras
+        # (Evaluator). The pipeline's image cannot serve as is: a worker image must start Beam's
+        # /opt/apache/beam/boot. A --setup_file cannot install the stack: tfx 1.16 declares
+        # Python < 3.11, so the workers' pip refuses it, and the setup file would be a path in the pod.
+        raise ConfigError(f"runtime.beam_extra_args runs Beam on {runner}, whose workers need this package and its "
+                          "pinned stack: add --sdk_container_image=<this Dockerfile built with --build-arg "
+                          f"BASE={BEAM_WORKER_BASE}> (a --setup_file cannot: the workers' pip refuses tfx 1.16 "
+                          "on Python 3.11)")
+    if config.runtime.beam_workers == 0 and direct:
+        # Beam's 0 is os.cpu_count(): in a pod, the node's cores, not the pod's share of them.
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, beam_workers=CONTAINER_BEAM_WORKERS))
+        notes.append(f"runtime.beam_workers=0 (one per core) would count the node's cores in a pod, not the pod's: "
+                     f"set to {CONTAINER_BEAM_WORKERS}, the cores of Vertex AI's default machine "
+                     "(--set runtime.beam_workers=N for yours)")
+    if config.training.reproducible and not direct:
+        notes.append(f"training.reproducible: runs on {runner} do not repeat exactly (the examples' order follows its "
+                     "workers; only the DirectRunner's one worker keeps it)")
     if _on_this_machine(config.model.weights) and config.model.weights.lower() not in models.WEIGHT_KEYWORDS:
         raise ConfigError(f"model.weights {config.model.weights!r} is a file on this machine, which the "
                           "containers cannot read: copy it to a bucket and pass --set model.weights=gs://...")

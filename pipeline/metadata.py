@@ -26,9 +26,23 @@ def connection_config(config: PipelineConfig) -> metadata_store_pb2.ConnectionCo
         return tfx.orchestration.metadata.mysql_metadata_connection_config(
             host=runtime.mysql_host, port=runtime.mysql_port, database=runtime.mysql_database,
             username=runtime.mysql_user, password=password)
-    path = runtime.metadata_path or os.path.join(runtime.pipeline_root, "metadata.sqlite")
+    path = sqlite_path(config)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return sqlite_connection(path)
+
+
+def sqlite_path(config: PipelineConfig) -> str:
+    """Where the SQLite store is kept: ``runtime.metadata_path``, else in the pipeline root when that
+    is local. SQLite cannot open a bucket path, and "gs://b/root" would become a folder "./gs:/b/root"
+    of whatever directory the command runs in, each with its own baseline and cache."""
+    runtime = config.runtime
+    if runtime.metadata_path:
+        return runtime.metadata_path
+    if "://" in runtime.pipeline_root and not runtime.pipeline_root.startswith("file://"):
+        raise ConfigError(f"runtime.pipeline_root {runtime.pipeline_root!r} is a bucket, where ML Metadata's SQLite "
+                          "store cannot be kept: pass --set runtime.metadata_path=<a local file, kept between runs> "
+                          "(the baseline model and the cache are looked up there) or use runtime.mysql_host")
+    return os.path.join(runtime.pipeline_root.removeprefix("file://"), "metadata.sqlite")
 
 
 @contextlib.contextmanager
@@ -46,9 +60,10 @@ def _native_stderr_silenced():
 
 
 def check_connection(config: PipelineConfig) -> None:
-    """Fails early, in one line, when ML Metadata's MySQL / MariaDB cannot be used (SQLite needs no check)."""
+    """Fails early, in one line, when ML Metadata's MySQL / MariaDB cannot be used, or SQLite has no local path."""
     runtime = config.runtime
     if not runtime.mysql_host:
+        sqlite_path(config)
         return
     where = f"MySQL/MariaDB at {runtime.mysql_host}:{runtime.mysql_port}"
     try:

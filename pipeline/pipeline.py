@@ -131,14 +131,15 @@ def _configured_beam_args(config: PipelineConfig) -> list[str]:
             f"--direct_num_workers={runtime.beam_workers}"] + list(runtime.beam_extra_args)
 
 
-def beam_runner(config: PipelineConfig) -> tuple[str, bool]:
-    """(the Beam runner the config names, "direct" if none; whether it names how workers get the code)."""
+def beam_runner(config: PipelineConfig) -> tuple[str, tuple[str, ...]]:
+    """(the Beam runner the config names, "direct" if none; the options it gives for how workers get
+    the code, e.g. ("sdk_container_image",))."""
     return _runner_of(_configured_beam_args(config))
 
 
-def _runner_of(args: list[str]) -> tuple[str, bool]:
+def _runner_of(args: list[str]) -> tuple[str, tuple[str, ...]]:
     options = PipelineOptions(args).get_all_options()
-    return options["runner"] or "direct", any(options[o] for o in _DEPENDENCY_OPTIONS)
+    return options["runner"] or "direct", tuple(o for o in _DEPENDENCY_OPTIONS if options[o])
 
 
 def beam_args(config: PipelineConfig) -> list[str]:

@@ -86,14 +86,44 @@ def test_dataflow_without_a_way_to_ship_the_package_to_its_workers_is_refused(tm
     result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",
                                            str(tmp_path / "spec.json"), *BUCKETS, "--set", dataflow + "]"])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("covid-cxr: error: runtime.beam_extra_args runs Beam on Dataflow, whose workers "
-                                    "must import this package: add --sdk_container_image=")
+    assert result.output.startswith("covid-cxr: error: runtime.beam_extra_args runs Beam on DataflowRunner, whose "
+                                    "workers need this package and its pinned stack: add --sdk_container_image=")
+    assert f"--build-arg BASE={kubeflow_runner.BEAM_WORKER_BASE}" in result.output
     assert not (tmp_path / "spec.json").exists()
-    # The user's own choice of how workers get the code is kept as it is.
-    spec, text = _compile(tmp_path, "--set", dataflow + ",--sdk_container_image=registry.example/beam-worker:1]")
+    # A setup file cannot install tfx 1.16 on Python 3.11 workers (and names a file the pod lacks).
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",
+                                           str(tmp_path / "spec.json"), *BUCKETS, "--set",
+                                           "runtime.beam_extra_args=[--runner, DataflowRunner, --setup_file=./setup.py]"])
+    assert result.exit_code == 2 and "the workers' pip refuses tfx 1.16" in result.output, result.output
+    # The user's worker image is kept as it is; its runs cannot repeat exactly, which is said.
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",
+                                           str(tmp_path / "spec.json"), *BUCKETS, "--set",
+                                           dataflow + ",--sdk_container_image=registry.example/beam-worker:1]"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "spec.json").read_text()
     assert "--sdk_container_image=registry.example/beam-worker:1" in text and pipeline.DIRECT_RUNNER_IMAGE not in text
-    spec, text = _compile(tmp_path, "--set", "runtime.beam_extra_args=[--runner, DataflowRunner, --setup_file=./setup.py]")
-    assert "--setup_file=./setup.py" in text and "--sdk_container_image" not in text
+    assert "note: training.reproducible: runs on DataflowRunner do not repeat exactly" in result.output
+
+
+def test_the_worker_image_base_is_beams_sdk_image_of_the_pinned_beam_and_python():
+    root = Path(__file__).parent.parent
+    beam = re.search(r"^apache-beam==(\S+)$", (root / "constraints.txt").read_text(), re.M).group(1)
+    assert kubeflow_runner.BEAM_WORKER_BASE == f"apache/beam_python3.11_sdk:{beam}"
+    dockerfile = (root / "Dockerfile").read_text()
+    assert f"--build-arg BASE={kubeflow_runner.BEAM_WORKER_BASE}" in dockerfile
+    assert re.search(r"^ARG BASE=\S+\nFROM \$\{BASE\}$", dockerfile, re.M)
+
+
+def test_the_direct_runners_one_worker_per_core_becomes_a_fixed_count_in_the_pods(tmp_path):
+    result = CliRunner().invoke(cli.main, ["compile", "--preset", "quick", "--image", "registry.example/covid-cxr:1",
+                                           "--output", str(tmp_path / "spec.json"), *BUCKETS])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "spec.json").read_text()
+    assert "--direct_num_workers=0" not in text
+    assert f"--direct_num_workers={kubeflow_runner.CONTAINER_BEAM_WORKERS}" in text
+    assert "note: runtime.beam_workers=0 (one per core) would count the node's cores in a pod" in result.output
+    _, text = _compile(tmp_path, "--preset", "quick", "--set", "runtime.beam_workers=3")
+    assert "--direct_num_workers=3" in text
 
 
 def _import_schema_parameters(spec: dict) -> dict:

@@ -1,5 +1,6 @@
 """The runner's data checks: a directory that cannot feed the configured task fails before any component runs."""
 import json
+import pathlib
 import sys
 
 import pytest
@@ -53,6 +54,13 @@ def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
         config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path / "data"), field: str(value)})
         with pytest.raises(cfg.ConfigError, match=message):
             local_runner.check_inputs(config)
+    # ML Metadata's SQLite store cannot live in a bucket root; it must be named, and it is checked then.
+    bucket = {"data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": "gs://b/root"}
+    with pytest.raises(cfg.ConfigError, match=r"^runtime.pipeline_root 'gs://b/root' is a bucket, where ML Metadata's "
+                                              r"SQLite store cannot be kept: pass --set runtime.metadata_path="):
+        local_runner.check_inputs(cfg.load_config("quick", overrides=bucket))
+    local_runner.check_inputs(cfg.load_config("quick", overrides={**bucket, "runtime.metadata_path": str(tmp_path / "m")}))
+    assert not (pathlib.Path.cwd() / "gs:").exists()
     # Folders that do not exist yet, under one that does, are fine.
     local_runner.check_inputs(cfg.load_config("quick", overrides={
         "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "new" / "root"),

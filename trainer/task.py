@@ -207,15 +207,21 @@ class _TrialModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, validation_data=None, epochs=1, steps_per_epoch=None, **kwargs):
         built, hparams = self._built
+        fine_tunes = bool(self._fine_tune_epochs and built.pretrained and hparams.fine_tune_layers > 0)
+        head_kwargs = dict(kwargs)
+        if fine_tunes and validation_data is not None:
+            # Fine-tune from the head's best epoch, as the Trainer does; never stops the head early.
+            head_kwargs["callbacks"] = [*training.best_epoch_callbacks(training.MONITOR, patience=epochs),
+                                        *kwargs.get("callbacks", [])]
         if self._head_pass is not None and built.model is model and built.pretrained:
             history = training.fit_head_on_features(
                 built, hparams.learning_rate, self._head_pass, validation_data, epochs=epochs,
                 num_classes=self._task.num_classes, seed=self._seed, cache=self._features,
-                label_smoothing=hparams.label_smoothing, **kwargs)
+                label_smoothing=hparams.label_smoothing, **head_kwargs)
         else:
             history = model.fit(self._training_batches(), *args, validation_data=validation_data, epochs=epochs,
-                                steps_per_epoch=steps_per_epoch, **kwargs)
-        if not (self._fine_tune_epochs and built.pretrained and hparams.fine_tune_layers > 0):
+                                steps_per_epoch=steps_per_epoch, **head_kwargs)
+        if not fine_tunes:
             return history
         training.compile_model(built, hparams, self._task.num_classes, models.PHASE_FINE_TUNE, self._task.positive_index)
         fine_tuned = model.fit(self._training_batches(), *args, validation_data=validation_data, initial_epoch=epochs,

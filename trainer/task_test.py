@@ -231,6 +231,32 @@ def test_tuner_trials_fine_tune_when_asked_so_the_depth_they_drew_is_what_they_s
     assert fine_tuned["loss"][2:] != fine_tuned["loss"][:2]
 
 
+def test_a_fine_tuning_trial_fine_tunes_from_the_heads_best_epoch(pretrained_mobilenet, monkeypatch):
+    class FirstEpochBest(training.SelectionScore):  # the head's first epoch scores best, whatever it learnt
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_selection"] = 1.0 if epoch == 0 else 0.0
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            head_weights.append(self.model.get_weights())
+
+    head_weights, fine_tune_start = [], []
+    compile_model = training.compile_model
+    monkeypatch.setattr(training, "SelectionScore", FirstEpochBest)
+    monkeypatch.setattr(training, "compile_model", lambda built, hparams, n, phase, *args: (
+        phase == models.PHASE_FINE_TUNE and fine_tune_start.append(built.model.get_weights()),
+        compile_model(built, hparams, n, phase, *args))[1])
+    hypermodel = trainer_task._TrialModel(_trial_builder(pretrained_mobilenet), _small_batches, BINARY,
+                                          fine_tune_epochs=1)
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(dropout=0.2, fine_tune_layers=2)
+    hypermodel.fit(hp, hypermodel.build(hp), validation_data=_small_batches(), epochs=2, steps_per_epoch=3,
+                   verbose=0, callbacks=[Record()])
+    assert len(head_weights) == 3 and len(fine_tune_start) == 1  # two head epochs, one of fine-tuning
+    same = [all(np.array_equal(a, b) for a, b in zip(epoch, fine_tune_start[0])) for epoch in head_weights[:2]]
+    assert same == [True, False]
+
+
 def test_the_tuner_scores_a_fine_tuning_trial_on_its_best_epoch_of_both_phases(monkeypatch):
     def history(first_epoch, val_auc):
         result = keras.callbacks.History()

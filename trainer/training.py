@@ -552,18 +552,12 @@ def fit(
             continue
         compile_model(built, hparams, num_classes, phase, compile_kwargs=compile_kwargs)
         base_lr = phase_learning_rate(hparams, phase)
-        stopper = keras.callbacks.EarlyStopping(
-            monitor=monitor,
-            mode="max",
-            patience=hparams.early_stopping_patience,
-            restore_best_weights=True,
-            # No `baseline` of phase 1's best for phase 2: fine-tuning's validation score dips and
-            # climbs, and stopping it once it had not beaten phase 1 within the patience cut off
-            # fine-tunings that went on to beat it (docs/results.md, stop 27).
-            verbose=0,
-        )
+        # No `baseline` of phase 1's best for phase 2: fine-tuning's validation score dips and
+        # climbs, and stopping it once it had not beaten phase 1 within the patience cut off
+        # fine-tunings that went on to beat it (docs/results.md, stop 27).
+        score, stopper = best_epoch_callbacks(monitor, hparams.early_stopping_patience)
         phase_callbacks = [
-            SelectionScore(),
+            score,
             stopper,
             *_schedule_callbacks(hparams, monitor, epoch, phase_epochs, base_lr),
             *callbacks,
@@ -600,6 +594,13 @@ def fit(
             best_weights = built.model.get_weights()  # EarlyStopping already restored this phase's best
     history[KEPT] = [1.0 if e == kept_epoch else 0.0 for e in history["epoch"]]
     return history
+
+
+def best_epoch_callbacks(monitor: str, patience: int) -> tuple[SelectionScore, keras.callbacks.EarlyStopping]:
+    """The selection score, then early stopping on ``monitor`` after ``patience`` epochs without a
+    better one. At the end of the fit (stopped or not) the best epoch's weights are restored."""
+    return SelectionScore(), keras.callbacks.EarlyStopping(
+        monitor=monitor, mode="max", patience=patience, restore_best_weights=True, verbose=0)
 
 
 def append_phase(history: dict[str, list], result: keras.callbacks.History, phase: int) -> int:
