@@ -39,9 +39,10 @@ def _quiet_logs(verbose: bool) -> None:
     # what failed in one line of its own.
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.FATAL)
     logging.getLogger().setLevel(level)
-    for name in ("tensorflow", "apache_beam"):
-        logging.getLogger(name).setLevel(level if verbose else logging.ERROR)
-    logging.getLogger("absl").setLevel(level if verbose else logging.CRITICAL)
+    logging.getLogger("tensorflow").setLevel(level if verbose else logging.ERROR)
+    # Beam logs a failing transform's traceback at ERROR before raising; the CLI's line says it.
+    for name in ("apache_beam", "absl"):
+        logging.getLogger(name).setLevel(level if verbose else logging.CRITICAL)
 
 
 def _fail(message: str, code: int) -> None:

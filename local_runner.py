@@ -119,11 +119,12 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained
         failed = metadata.failed_component(connection)
-        if failed == "ImportExampleGen":
-            # Its error on a damaged shard is the record's bytes, with no file name: find and name the
-            # shard (raises UnreadableDataError), a user error like `evaluate`'s on the same file.
+        if failed in ("ImportExampleGen", "Transform"):
+            # Their errors on a damaged shard, a record that is no tf.Example or an image that does
+            # not decode name no file: find and name it (raises UnreadableDataError), a user error
+            # like `evaluate`'s on the same file.
             try:
-                for _ in writer.read_records(writer.record_files(config.data.data_dir)):
+                for _ in writer.read_examples(writer.record_files(config.data.data_dir)):
                     pass
             except tf.errors.OpError:  # the folder itself cannot be listed: say what failed, as below
                 pass

@@ -246,3 +246,30 @@ def read_records(files: Sequence[str]) -> Iterator[bytes]:
             reason = re.sub(r"(?<=\d)'", "", reason).strip(" '") or type(e).__name__
             raise UnreadableDataError(
                 f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None
+
+
+# The first bytes of what tf.io.decode_image, the Transform's decoder, reads: PNG, JPEG, GIF, BMP.
+DECODABLE_IMAGE_STARTS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def read_examples(files: Sequence[str]) -> Iterator[tuple[bytes, tf.train.Example]]:
+    """(serialized, parsed) curated examples of gzip TFRecord ``files``, in order. A record that is
+    not one is named by file and position: not a tf.Example, not exactly one image and one integer
+    label index, or an image the Transform cannot decode (judged by its first bytes)."""
+    for path in files:
+        for i, raw in enumerate(read_records([path])):
+            def bad(what: str) -> UnreadableDataError:
+                return UnreadableDataError(f"{path}: record {i} {what}: not a curated covid-cxr dataset")
+
+            try:
+                example = tf.train.Example.FromString(raw)
+            except Exception:  # protobuf's DecodeError, whichever implementation is loaded
+                raise bad("is not a tf.Example") from None
+            feats = example.features.feature
+            images = feats[features.IMAGE].bytes_list.value if features.IMAGE in feats else []
+            labels = feats[features.LABEL_INDEX].int64_list.value if features.LABEL_INDEX in feats else []
+            if len(images) != 1 or len(labels) != 1:
+                raise bad(f"has no single {features.IMAGE} (bytes) and {features.LABEL_INDEX} (int64)")
+            if not images[0].startswith(DECODABLE_IMAGE_STARTS):
+                raise bad(f"has an {features.IMAGE} that is not PNG, JPEG, GIF or BMP data")
+            yield raw, example

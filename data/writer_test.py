@@ -42,6 +42,35 @@ def test_a_damaged_record_file_is_named_with_tensorflows_reason_cleaned(tmp_path
                         r"\(DataLossError: truncated record at \d+ failed with EOF reached\)", str(info.value)), info.value
 
 
+def test_records_that_are_not_curated_examples_are_named_by_file_and_position(tmp_path):
+    synthetic.generate(str(tmp_path / "d"), "covid-vs-normal", patients_per_class=2, seed=0)
+    shards = writer.record_files(str(tmp_path / "d"))
+    good = tf.train.Example.FromString(next(writer.read_records(shards)))
+
+    def with_feature(name, feature):
+        example = tf.train.Example()
+        example.CopyFrom(good)
+        example.features.feature[name].CopyFrom(feature)
+        return example.SerializeToString()
+
+    path = str(tmp_path / "bad.tfrecord.gz")
+    for record, what in (
+            (b"hello world", "is not a tf.Example"),
+            (with_feature(features.IMAGE, tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))),
+             "has no single image (bytes) and label_index (int64)"),
+            (with_feature(features.LABEL_INDEX, tf.train.Feature(int64_list=tf.train.Int64List(value=[]))),
+             "has no single image (bytes) and label_index (int64)"),
+            (with_feature(features.IMAGE, tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"not a png"]))),
+             "has an image that is not PNG, JPEG, GIF or BMP data")):
+        with tf.io.TFRecordWriter(path, options="GZIP") as w:
+            w.write(good.SerializeToString())
+            w.write(record)
+        with pytest.raises(writer.UnreadableDataError) as info:
+            list(writer.read_examples([path]))
+        assert str(info.value) == f"{path}: record 1 {what}: not a curated covid-cxr dataset"
+    assert [e for _, e in writer.read_examples(shards)][0] == good  # curated records pass
+
+
 def _record(i: int, label: str = "covid") -> features.Record:
     return features.Record(png=b"\x89PNG fake %d" % i, label=label, label_index=features.get_task("covid-vs-normal")
                            .classes.index(label), patient_id=f"p{i}", group=f"g{i}", source="s", view="PA", sex="F", age=40)

@@ -142,22 +142,17 @@ def is_tfrecord_dir(path: str) -> bool:
 
 
 def load_tfrecords(data_dir: str) -> EvalData:
-    import tensorflow as tf
-
     files = _tfrecord_files(data_dir)
     task_name = (_curation_summary(data_dir) or {}).get("task")
     serialized, encoded, labels, groups, refs = [], [], [], [], []
     slices: dict = {k: [] for k in SLICE_KEYS}
-    for i, raw in enumerate(writer.read_records(files)):
-        feats = tf.train.Example.FromString(raw).features.feature
+    for i, (raw, example) in enumerate(writer.read_examples(files)):
+        feats = example.features.feature
 
         def text(name, default=""):
             values = feats[name].bytes_list.value if name in feats else []
             return values[0].decode("utf-8", "replace") if values else default
 
-        if features.LABEL_INDEX not in feats or features.IMAGE not in feats:
-            raise ValueError(f"record {i} in {data_dir!r} has no {features.LABEL_INDEX} or {features.IMAGE}: "
-                             "not a curated covid-cxr dataset")
         serialized.append(raw)
         encoded.append(feats[features.IMAGE].bytes_list.value[0])
         labels.append(int(feats[features.LABEL_INDEX].int64_list.value[0]))

@@ -230,6 +230,12 @@ def test_a_damaged_record_file_or_summary_is_named_in_one_line(binary_model, tmp
     result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", str(data)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert f"{shard}: not a readable gzip TFRecord file (DataLossError: " in result.output
+    with tf.io.TFRecordWriter(str(shard), options="GZIP") as w:
+        w.write(b"hello world")
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", str(data)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"covid-cxr: error: {shard}: record 0 is not a tf.Example: not a curated "
+                                     "covid-cxr dataset")
     shutil.copy(sorted(pathlib.Path(binary_model.data_dir).glob(features.TFRECORD_PATTERN))[0], shard)
     (data / features.SUMMARY).write_text("[1]")
     result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", str(data)])

@@ -4,10 +4,12 @@ import pathlib
 import sys
 
 import pytest
+import tensorflow as tf
 
 from covid_cxr import local_runner
 from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import metadata
 
 
 def _config(data_dir, task="covid-vs-normal"):
@@ -119,16 +121,39 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     assert sys.argv[1] == "-v"  # the command line is back once the DAG is done
 
 
-def test_a_damaged_record_file_is_named_when_example_gen_fails_on_it(tmp_path):
+def _rewrite_records(shard, change) -> None:
+    records = [change(i, raw) for i, raw in enumerate(writer.read_records([str(shard)]))]
+    with tf.io.TFRecordWriter(str(shard), options="GZIP") as w:
+        for raw in records:
+            w.write(raw)
+
+
+def _image_replaced(i, raw):
+    if i != 2:
+        return raw
+    example = tf.train.Example.FromString(raw)
+    example.features.feature[features.IMAGE].bytes_list.value[0] = b"not a png"
+    return example.SerializeToString()
+
+
+@pytest.mark.parametrize("damage, failed_in, message", [
+    (lambda shard: shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2]), "ImportExampleGen",
+     r"not a readable gzip TFRecord file \(DataLossError: "),
+    (lambda shard: _rewrite_records(shard, lambda i, raw: b"hello world" if i == 2 else raw), "ImportExampleGen",
+     r"record 2 is not a tf.Example: not a curated covid-cxr dataset$"),
+    (lambda shard: _rewrite_records(shard, _image_replaced), "Transform",
+     r"record 2 has an image that is not PNG, JPEG, GIF or BMP data: not a curated covid-cxr dataset$")],
+    ids=["cut-short", "not-an-example", "image-not-decodable"])
+def test_a_damaged_record_is_named_when_a_component_fails_on_it(tmp_path, damage, failed_in, message):
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
     shard = sorted((tmp_path / "data").glob(features.TFRECORD_PATTERN))[0]
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
+    damage(shard)
     config = cfg.load_config("quick", overrides={
         "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
         "runtime.serving_dir": str(tmp_path / "serving")})
-    # ImportExampleGen's own error is the damaged record's bytes, with no file name.
-    with pytest.raises(writer.UnreadableDataError,
-                       match=rf"^{shard}: not a readable gzip TFRecord file \(DataLossError: ") as info:
+    # The component's own error names no file (ImportExampleGen's is the damaged record's bytes).
+    with pytest.raises(writer.UnreadableDataError, match=rf"^{shard}: {message}") as info:
         local_runner.run(config)
     assert "\n" not in str(info.value)
+    assert metadata.failed_component(metadata.connection_config(config)) == failed_in
     assert not (tmp_path / "serving").exists()
