@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
@@ -155,10 +156,17 @@ def print_outcome(outcome, serving_dir: str) -> None:
         return
     click.echo("")
     click.echo(outcome.report.headline())
+    absent = outcome.report.unmeasurable()
     for name in ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples"):
         for key, value in outcome.report.metrics.items():
             if key.startswith(name) and not key.endswith("change"):
-                click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")
+                if math.isnan(value) or (absent and name == "AUC"):  # TFMA reports 0 with one class
+                    click.echo(f"  {key:<28} not measurable")
+                else:
+                    click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")
+    if absent:
+        click.echo(f"  the test split holds no {absent} films (its patients are drawn by hash): curate more "
+                   "patients, or change data.*_buckets")
     counts = outcome.report.confusion_counts()
     if counts:
         click.echo(f"  at the served decision: {counts['tp']} TP, {counts['fn']} FN, {counts['tn']} TN, {counts['fp']} FP")

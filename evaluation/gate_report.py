@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -45,6 +46,16 @@ class GateReport:
                 if key.startswith(count) and "change" not in key:
                     found[short] = int(round(value))
         return found if len(found) == 4 else None
+
+    def unmeasurable(self) -> Optional[str]:
+        """Which side of the served decision the test split has no films of ("COVID", "non-COVID"),
+        so that sensitivity or specificity, and AUC, mean nothing; None when it has both."""
+        c = self.confusion_counts()
+        if c is None:
+            return None
+        if c["tp"] + c["fn"] == 0:
+            return "COVID"
+        return "non-COVID" if c["tn"] + c["fp"] == 0 else None
 
     def intervals(self) -> dict:
         """Sensitivity and specificity with Wilson 95% intervals from the counts ({} without them)."""
@@ -125,5 +136,6 @@ def _failure_sentence(failure, classes: Optional[Sequence[str]] = None) -> str:
         bar = f"the allowed change against the last blessed model ({threshold.change_threshold.absolute.value:+.3f})"
     else:
         bar = "its threshold"
-    shown = f"{value:.3f}" if value is not None else "unavailable"
-    return f"{name} {shown} is below {bar}"
+    if value is None or math.isnan(value):  # e.g. specificity on a test split without negatives
+        return f"{name} could not be measured on the test split, so it cannot meet {bar}"
+    return f"{name} {value:.3f} is below {bar}"

@@ -94,3 +94,26 @@ def test_failures_name_their_bar_and_slice_and_slices_are_kept_apart_from_the_wh
     assert report.failures == [
         "sensitivity (covid vs rest) 0.800 is below the required minimum 0.900",
         "AUC change -0.020 is below the allowed change against the last blessed model (-0.010) (slice source:cohen)"]
+
+
+def test_a_test_split_without_one_side_says_so_instead_of_printing_nan(tmp_path):
+    record = _record()
+    for name, value in (("true_positives", 6), ("false_negatives", 0), ("true_negatives", 0),
+                        ("false_positives", 0), ("auc", 0.0)):
+        _add(record, name, value)
+    specificity = _add(record, "specificity", float("nan"))
+    _write(tmp_path, [record])
+    validation = validation_result_pb2.ValidationResult(validation_ok=False)
+    failure = validation.metric_validations_per_slice.add().failures.add()
+    failure.metric_key.CopyFrom(specificity)
+    failure.metric_value.double_value.value = float("nan")
+    json_format.ParseDict(dict(value_threshold=dict(lower_bound=0.8)), failure.metric_threshold)
+    _write(tmp_path, [validation], name="validations")
+    report = gate_report.read_gate_report(str(tmp_path), blessed=False)
+    assert report.unmeasurable() == "non-COVID"
+    assert report.failures == ["specificity could not be measured on the test split, so it cannot meet the "
+                               "required minimum 0.800"]
+    assert gate_report.GateReport(False, {"true positives": 0, "false negatives": 0, "true negatives": 3,
+                                          "false positives": 1}, [], {}).unmeasurable() == "COVID"
+    assert gate_report.GateReport(False, {"true positives": 1, "false negatives": 0, "true negatives": 3,
+                                          "false positives": 1}, [], {}).unmeasurable() is None

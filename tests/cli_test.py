@@ -49,3 +49,28 @@ def test_a_refused_model_says_where_it_is_and_can_fail_the_command(tmp_path, mon
     result = CliRunner().invoke(cli.main, [*args, "--require-blessed"])
     assert result.exit_code == cli.REFUSED_EXIT == 3, result.output
     assert "Not pushed: the serving directory keeps its previous model." in result.output
+
+
+def test_a_test_split_without_normal_films_is_named_not_printed_as_nan(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+    from covid_cxr.evaluation import gate_report
+    from covid_cxr.pipeline import metadata
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    metrics = {"sensitivity": 1.0, "specificity": float("nan"), "AUC": 0.0, "true positives": 6,
+               "false negatives": 0, "true negatives": 0, "false positives": 0}
+    refused = metadata.RunOutcome(
+        blessed=False, pushed=False, destination="", reason="", model_uri="m", evaluation_uri="e",
+        report=gate_report.GateReport(False, metrics, [], {}))
+    monkeypatch.setattr(local_runner, "run", lambda config: refused)
+    result = CliRunner().invoke(cli.main, ["run", "--preset", "quick", "--data", str(tmp_path / "data"),
+                                           "--pipeline-root", str(tmp_path / "root"),
+                                           "--serving-dir", str(tmp_path / "serving")])
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert "sensitivity 1.0000" in lines and "specificity not measurable" in lines and "AUC not measurable" in lines
+    assert any(line.startswith("the test split holds no non-COVID films") for line in lines), lines
+    assert "nan" not in result.output
