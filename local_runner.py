@@ -63,6 +63,9 @@ def check_settings(config: PipelineConfig) -> None:
         writer.check_writable(runtime.serving_dir, "runtime.serving_dir (--serving-dir)")
         if runtime.metadata_path:
             writer.check_writable(os.path.dirname(runtime.metadata_path), "the folder of runtime.metadata_path")
+            if os.path.isdir(runtime.metadata_path):
+                raise writer.OutputError(f"runtime.metadata_path {runtime.metadata_path!r} is a directory: name the "
+                                         "SQLite file ML Metadata keeps, e.g. .../metadata.sqlite")
     except writer.OutputError as e:
         raise ConfigError(str(e)) from None
     metadata.check_connection(config)

@@ -1,4 +1,6 @@
 """The command line's own behaviour: which -v is the group's (its one-line failures: messages_test.py)."""
+import json
+
 from covid_cxr import cli
 
 
@@ -74,3 +76,21 @@ def test_a_test_split_without_normal_films_is_named_not_printed_as_nan(tmp_path,
     assert "sensitivity 1.0000" in lines and "specificity not measurable" in lines and "AUC not measurable" in lines
     assert any(line.startswith("the test split holds no non-COVID films") for line in lines), lines
     assert "nan" not in result.output
+
+
+def test_the_demo_does_not_replace_a_curated_dataset(tmp_path):
+    from click.testing import CliRunner
+
+    from covid_cxr.data import synthetic
+
+    summary = synthetic.generate(str(tmp_path / "demo" / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    summary_file = tmp_path / "demo" / "data" / "summary.json"
+    summary_file.write_text(json.dumps({k: v for k, v in summary.items() if k != "synthetic"}))  # as `curate` writes it
+    before = {p.name: p.read_bytes() for p in (tmp_path / "demo" / "data").iterdir()}
+    result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"covid-cxr: error: the demo's data folder '{tmp_path / 'demo' / 'data'}' holds a dataset `curate` wrote, "
+        "which the demo would replace: choose another --out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "demo" / "data").iterdir()} == before
+    assert not (tmp_path / "demo" / "root").exists()

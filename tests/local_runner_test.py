@@ -52,7 +52,8 @@ def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
             ("runtime.serving_dir", a_file / "cvn", r"runtime.serving_dir \(--serving-dir\) '.*a-file/cvn' cannot be a "
                                                      r"directory: '.*a-file' is a file$"),
             ("runtime.pipeline_root", a_file, r"runtime.pipeline_root \(--pipeline-root\) '.*a-file' cannot be a directory"),
-            ("runtime.metadata_path", a_file / "m.sqlite", r"the folder of runtime.metadata_path '.*a-file' cannot be")):
+            ("runtime.metadata_path", a_file / "m.sqlite", r"the folder of runtime.metadata_path '.*a-file' cannot be"),
+            ("runtime.metadata_path", tmp_path, r"runtime.metadata_path '.*' is a directory: name the SQLite file")):
         config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path / "data"), field: str(value)})
         with pytest.raises(cfg.ConfigError, match=message):
             local_runner.check_inputs(config)
