@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
 import math
 import os
 import typing
@@ -449,9 +450,17 @@ def _beam_args_error(args: list) -> Optional[str]:
     from apache_beam.options.pipeline_options import PipelineOptions  # only when validating
 
     stderr = io.StringIO()
+    args = [str(a) for a in args]
+    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_log.level
+    beam_log.setLevel(logging.ERROR)  # its "Discarding unparseable args": said below in one line
     try:
         with contextlib.redirect_stderr(stderr):
-            PipelineOptions([str(a) for a in args]).get_all_options()
+            known = PipelineOptions(args).get_all_options()
+        # An option no Beam options class knows is dropped with that log line: a typo goes unnoticed.
+        unknown = sorted(set(PipelineOptions(args).get_all_options(retain_unknown_options=True)) - set(known))
     except SystemExit:
         return stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-    return None
+    finally:
+        beam_log.setLevel(level)
+    return f"--{unknown[0]} is not a Beam option (Beam would drop it)" if unknown else None
