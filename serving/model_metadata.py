@@ -38,7 +38,15 @@ def read(model_dir: str) -> dict:
     if not exists(path):
         return {}
     with opener(path) as f:
-        return jsonfile.load_object(f, path, "covid-cxr metadata file")
+        metadata = jsonfile.load_object(f, path, "covid-cxr metadata file")
+    # A hand-edited value of the wrong kind would fail far from here ("'int' object is not iterable").
+    for key, kinds, what in (("classes", list, "a list of class names"), ("task", str, "a task name"),
+                             ("curation", dict, "an object"), ("data_summary", dict, "an object")):
+        value = metadata.get(key)
+        if value is not None and (not isinstance(value, kinds) or
+                                  (key == "classes" and not all(isinstance(c, str) for c in value))):
+            raise ValueError(f"{path}: {key!r} must be {what}, got {value!r}")
+    return metadata
 
 
 def threshold_applies(metadata: Mapping) -> bool:

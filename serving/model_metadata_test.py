@@ -1,6 +1,7 @@
 """The metadata asset is read the same way from local and bucket paths; its decision rule is described."""
 import json
 import os
+import re
 
 import pytest
 import tensorflow as tf
@@ -23,6 +24,13 @@ def test_reads_the_asset_locally_and_through_tensorflow_file_systems(tmp_path):
     (local / "assets" / model_metadata.ASSET).write_text("[1, 2, 3]")  # JSON, but not the object it must be
     with pytest.raises(ValueError, match=r"covid_cxr.json: not a covid-cxr metadata file \(a JSON list where an object"):
         model_metadata.read(str(local))
+    for edit, message in (({"classes": 5}, "'classes' must be a list of class names, got 5"),
+                          ({"classes": ["normal", 1]}, "'classes' must be a list of class names, got ['normal', 1]"),
+                          ({"curation": "x"}, "'curation' must be an object, got 'x'"),
+                          ({"task": ["three-class"]}, "'task' must be a task name, got ['three-class']")):
+        (local / "assets" / model_metadata.ASSET).write_text(json.dumps({**stored, **edit}))
+        with pytest.raises(ValueError, match=re.escape(f"covid_cxr.json: {message}")):
+            model_metadata.read(str(local))
     (local / "assets" / model_metadata.ASSET).write_text(json.dumps(stored))
 
     remote = "ram://covid_cxr_metadata_test/model"  # TensorFlow's in-memory file system stands in for gs://
