@@ -596,6 +596,27 @@ def test_hidden_files_are_counted_not_listed(tmp_path):
     assert "._COVID" not in written and "DS_Store" not in written and "thumbnails" not in written
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_in_a_source_is_a_rejection_not_a_hang(tmp_path):
+    rad, tree = tmp_path / "rad", tmp_path / "tree"
+    testing.write_image(rad / "COVID" / "COVID-1.png", testing.radiograph(1))
+    testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(2))
+    testing.write_image(tree / "COVID" / "a.png", testing.radiograph(3))
+    (tree / "COVID" / "Doe_Jane").mkdir()
+    with testing.fifo(rad / "COVID" / "COVID-2.png"), testing.fifo(tree / "COVID" / "Doe_Jane" / "scan.dcm"):
+        result = CliRunner().invoke(curate_command, ["--source", f"radiography={rad}", "--source", f"folder={tree}",
+                                                     "--task", "covid-vs-normal", "--out", str(tmp_path / "o"),
+                                                     "--key", KEY])
+    assert result.exit_code == 0, result.output
+    rejected = read_csv(tmp_path / "o" / features.REJECTED)
+    reasons = {(r["source"], r["source_ref"]): r["reason"] for r in rejected}
+    assert reasons[("radiography", "COVID/COVID-2.png")] == "not a regular file: a named pipe (FIFO)"
+    [(ref, reason)] = [(ref, why) for (src, ref), why in reasons.items() if src == "folder"]
+    assert reason == "not a regular file: a named pipe (FIFO)" and "Doe" not in ref  # a private tree's name
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["rejections"]["not a regular file"] == 2
+
+
 # ---- real corpus ------------------------------------------------------------------------------
 
 real = [pytest.mark.realdata, pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)]

@@ -67,6 +67,8 @@ def is_dicom(path: str) -> bool:
     """True for files with the DICM magic (or a .dcm/.dicom extension)."""
     if path.lower().endswith((".dcm", ".dicom")):
         return True
+    if not os.path.isfile(path):  # a named pipe or device: opening it may block forever
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(132)

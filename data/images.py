@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import stat
 import warnings
 from typing import Optional
 
@@ -87,6 +88,24 @@ def is_image_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS or dicom.is_dicom(path)
 
 
+def not_regular(path: str) -> Optional[str]:
+    """Why ``path`` is no regular file to read (a rejection reason), or None. Checked without opening
+    it: opening a named pipe waits for a writer forever, a device may never end."""
+    try:
+        mode = os.stat(path).st_mode  # follows a symbolic link to its target
+    except OSError as e:
+        if not os.path.islink(path):
+            return None  # gone, or not for us to stat: the reader says why
+        return "broken symbolic link: " + ("its target does not exist" if isinstance(e, FileNotFoundError)
+                                           else (e.strerror or type(e).__name__).lower())
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "a special file")
+    return f"not a regular file: {kind}"
+
+
 def public_ref(ref: str, token: str, keep: int = 1) -> str:
     """A file's relative path as it may be written when its names may identify a patient: its first
     ``keep`` folders (down to the class folder), then ``token`` and the extension when an image one."""
@@ -105,6 +124,9 @@ def is_utf8(name: str) -> bool:
 
 def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
     """Any supported file -> (uint8 [H, W] grayscale, DICOM header fields or None)."""
+    irregular = not_regular(path)
+    if irregular:  # never opened: a named pipe would hang the run
+        raise ImageError(irregular)
     if dicom.is_dicom(path):
         try:
             d = dicom.read_dicom(path)

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -206,3 +208,12 @@ def test_a_file_without_read_permission_says_so(tmp_path, monkeypatch):
     for name in (str(png), str(path)):
         with pytest.raises(images.ImageError, match=r"^cannot read the file \(permission denied\)$"):
             images.read_gray(name)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_is_refused_unopened(tmp_path):
+    with testing.fifo(tmp_path / "scan.dcm") as pipe, testing.fifo(tmp_path / "scan") as bare:
+        assert not dicom.is_dicom(bare)
+        for path in (pipe, bare):
+            with pytest.raises(images.ImageError, match=r"^not a regular file: a named pipe \(FIFO\)$"):
+                images.read_gray(path)

@@ -4,9 +4,11 @@ Everything is generated (nothing copied from the real corpus), deterministic and
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -47,6 +49,30 @@ def real_rsna_with_nih_mapping(dest) -> Path:
 SECRET_NAME = "Doe^Johanna"
 SECRET_INSTITUTION = "St Secretia Hospital"
 SECRET_DATE = "19770412"
+
+
+@contextlib.contextmanager
+def fifo(path):
+    """A named pipe at ``path`` for as long as the block runs. Code that opens one waits for a writer
+    forever: a thread keeps opening it for writing and closing it at once, so code that wrongly opens
+    it reads an empty file and the test fails instead of hanging."""
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def unblock():
+        while not stop.wait(0.1):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader yet (ENXIO)
+                pass
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield str(path)
+    finally:
+        stop.set()
+        thread.join()
 
 
 def radiograph(seed: int, size: tuple[int, int] = (160, 128), border: int = 0) -> np.ndarray:

@@ -196,8 +196,11 @@ class InputError:
 class Inputs:
     files: list[str]  # to predict: given files as given, walked directories' image files, sorted
     errors: list[InputError]  # given paths that hold nothing to predict
-    skipped: list[InputError]  # walked directories' files that are not images: listed, not dropped
+    skipped: list[InputError]  # walked directories' files that are not images (or not regular files): listed, not dropped
     hidden: int = 0  # walked directories' hidden files and folders: counted, as curation does
+
+
+NOT_AN_IMAGE = "not an image file"
 
 
 def find_inputs(paths: Iterable[str]) -> Inputs:
@@ -208,17 +211,19 @@ def find_inputs(paths: Iterable[str]) -> Inputs:
     for path in paths:
         if os.path.isdir(path):
             hidden: list[str] = []
-            files = list_files(path, hidden=hidden)
+            irregular: list[tuple[str, str]] = []
+            files = list_files(path, hidden=hidden, irregular=irregular)
             found.hidden += len(hidden)
             images_here = [f for f in files if images.is_image_file(f)]
-            found.skipped += [InputError(f, "not an image file") for f in files if not images.is_image_file(f)]
+            found.skipped += [InputError(f, NOT_AN_IMAGE) for f in files if not images.is_image_file(f)]
+            found.skipped += [InputError(f, reason) for f, reason in irregular]  # a named pipe: never opened
             if not images_here:
                 found.errors.append(InputError(path, "no image files (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM) in this directory"))
             found.files += images_here
         elif os.path.isfile(path):
             found.files.append(path)
         else:
-            found.errors.append(InputError(path, "no such file or directory"))
+            found.errors.append(InputError(path, images.not_regular(path) or "no such file or directory"))
     return found
 
 
@@ -411,11 +416,14 @@ def format_table(result: PredictResult) -> str:
         summary += (f"; {atypical} ATYPICAL: far from the training films (by design, so are about {1 - quantile:.0%} "
                     "of ordinary chest films): check body part, view and modality before trusting the label")
     if result.skipped or result.hidden:
-        summary += f"; skipped {len(result.skipped)} files that are not images and {result.hidden} hidden files or folders"
+        summary += (f"; skipped {len(result.skipped)} files that are not images"
+                    + (" or not regular files" if any(e.error != NOT_AN_IMAGE for e in result.skipped) else "")
+                    + f" and {result.hidden} hidden files or folders")
     if explained:
         summary += f"; {len(explained)} explanation image(s) in {os.path.dirname(explained[0])}"
     lines.append(summary)
-    lines += [f"skipped, not an image: {e.file}" for e in result.skipped[:MAX_SKIPPED_SHOWN]]
+    lines += [f"skipped, {'not an image' if e.error == NOT_AN_IMAGE else e.error}: {e.file}"
+              for e in result.skipped[:MAX_SKIPPED_SHOWN]]
     if len(result.skipped) > MAX_SKIPPED_SHOWN:
         lines.append(f"... and {len(result.skipped) - MAX_SKIPPED_SHOWN} more (--json lists every one)")
     return "\n".join(lines)

@@ -272,6 +272,24 @@ def test_what_a_walked_folder_holds_besides_images_is_listed_or_counted(binary_m
     table = _run(["--model", binary_model.serving_dir, str(tmp_path / "in")])
     assert "1 predicted, 0 failed; skipped 1 files that are not images and 2 hidden files or folders" in table.output
     assert table.output.strip().splitlines()[-1] == f"skipped, not an image: {tmp_path / 'in' / 'README.txt'}"
+    if hasattr(os, "mkfifo"):  # one that is not a regular file says why
+        with data_testing.fifo(tmp_path / "in" / "scan.png") as pipe:
+            table = _run(["--model", binary_model.serving_dir, str(tmp_path / "in")])
+        assert table.exit_code == 0, table.output
+        assert "skipped 2 files that are not images or not regular files and 2 hidden" in table.output
+        assert table.output.strip().splitlines()[-1] == f"skipped, not a regular file: a named pipe (FIFO): {pipe}"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_in_a_walked_folder_is_skipped_with_its_reason_unopened(tmp_path):
+    data_testing.write_image(tmp_path / "in" / "a.png", data_testing.radiograph(1))
+    with data_testing.fifo(tmp_path / "in" / "b.png") as pipe:
+        inputs = predict.find_inputs([str(tmp_path / "in")])
+        given = predict.find_inputs([pipe])  # named on the command line
+    assert inputs.files == [str(tmp_path / "in" / "a.png")] and not inputs.errors
+    assert [e.to_dict() for e in inputs.skipped] == [{"file": pipe, "error": "not a regular file: a named pipe (FIFO)"}]
+    assert not given.files and [e.to_dict() for e in given.errors] == [
+        {"file": pipe, "error": "not a regular file: a named pipe (FIFO)"}]
 
 
 def test_bad_model_dir_is_a_usage_error(tmp_path):

@@ -90,16 +90,20 @@ class Source(abc.ABC):
         """:meth:`candidates`, then every other image file under ``root`` as rejected: a file the
         layout does not expect (a stray image, a second copy) is recorded, never silently left out.
         Hidden files and folders (names starting with ".", ``__MACOSX``) are counted in
-        ``hidden_skipped`` instead: one record per macOS ``._`` file would bury the real rejections."""
+        ``hidden_skipped`` instead: one record per macOS ``._`` file would bury the real rejections.
+        Entries that are not regular files (named pipes, devices, broken links) are rejected, unopened."""
         seen = set()
         for candidate in self.candidates():
             if candidate.path:
                 seen.add(os.path.abspath(candidate.path))
             yield candidate
         hidden: list[str] = []
-        for path in list_files(self.root, hidden=hidden):
+        irregular: list[tuple[str, str]] = []
+        for path in list_files(self.root, hidden=hidden, irregular=irregular):
             if os.path.abspath(path) not in seen and images.is_image_file(path) and not self.not_an_input(path):
                 yield Candidate(self.name, self.ref(path), path, reject=f"outside the layout: expected {self.layout}")
+        for path, reason in irregular:  # no path: nothing downstream may open it
+            yield Candidate(self.name, self.ref(path), None, reject=reason)
         self.hidden_skipped = len(hidden)
 
     # helpers for adapters
@@ -120,16 +124,32 @@ def _unreadable_folder(error: OSError) -> None:
         raise SourceError(f"cannot read folder {error.filename!r}: {error.strerror}")
 
 
-def list_files(directory: str, hidden: Optional[list] = None) -> list[str]:
+def list_files(directory: str, hidden: Optional[list] = None, irregular: Optional[list] = None) -> list[str]:
     """Regular files under ``directory``, recursively, sorted, hidden files and folders skipped
-    (appended to ``hidden`` when given; a hidden folder counts once, its contents are not walked)."""
+    (appended to ``hidden`` when given; a hidden folder counts once, its contents are not walked).
+    Other entries (named pipes, sockets, devices, broken symbolic links) are never opened: they are
+    appended to ``irregular`` as sorted (path, reason) pairs when given."""
     out: list[str] = []
+    odd: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(directory, onerror=_unreadable_folder):
         if hidden is not None:
             hidden.extend(os.path.join(dirpath, n) for n in sorted(dirnames + filenames) if _is_hidden(n))
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        out.extend(os.path.join(dirpath, f) for f in filenames if not _is_hidden(f))
-    return sorted(out, key=lambda p: os.path.relpath(p, directory).split(os.sep))
+        for name in filenames:
+            if not _is_hidden(name):
+                path = os.path.join(dirpath, name)
+                reason = images.not_regular(path)
+                if reason:
+                    odd.append((path, reason))
+                else:
+                    out.append(path)
+
+    def order(path: str) -> list[str]:
+        return os.path.relpath(path, directory).split(os.sep)
+
+    if irregular is not None:
+        irregular.extend(sorted(odd, key=lambda pair: order(pair[0])))
+    return sorted(out, key=order)
 
 
 def subdirs(directory: str) -> list[str]:

@@ -46,3 +46,16 @@ def test_files_are_listed_in_path_order_whatever_order_the_folder_gives(tmp_path
 
     listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d"))]
     assert listed == names + [os.path.join("sub", "a.png")]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_entries_that_are_not_regular_files_are_listed_apart_and_never_opened(tmp_path):
+    # Opening a named pipe waits for a writer forever: curation and predict hung on one.
+    testing.write_image(tmp_path / "d" / "COVID" / "a.png", testing.radiograph(1, (16, 16)))
+    os.symlink(tmp_path / "gone.png", tmp_path / "d" / "COVID" / "b.png")  # a broken link
+    with testing.fifo(tmp_path / "d" / "COVID" / "c.png") as pipe:
+        irregular: list = []
+        listed = base.list_files(str(tmp_path / "d"), irregular=irregular)
+        assert listed == [str(tmp_path / "d" / "COVID" / "a.png")]
+        assert irregular == [(str(tmp_path / "d" / "COVID" / "b.png"), "broken symbolic link: its target does not exist"),
+                             (pipe, "not a regular file: a named pipe (FIFO)")]
