@@ -596,6 +596,19 @@ def test_hidden_files_are_counted_not_listed(tmp_path):
     assert "._COVID" not in written and "DS_Store" not in written and "thumbnails" not in written
 
 
+def test_films_in_a_linked_sub_folder_are_curated_and_a_broken_link_is_rejected(tmp_path):
+    rad = tmp_path / "rad"
+    testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(2))
+    testing.write_image(tmp_path / "site-b" / "COVID-7.png", testing.radiograph(7))
+    (rad / "COVID").mkdir()
+    os.symlink(tmp_path / "site-b", rad / "COVID" / "site-b")
+    os.symlink(tmp_path / "gone.png", rad / "COVID" / "COVID-8.png")
+    summary = curate({"radiography": str(rad)}, str(tmp_path / "o"), "covid-vs-normal", key=KEY, workers=1)
+    assert summary["per_class"] == {"covid": 1, "normal": 1}
+    [row] = read_csv(tmp_path / "o" / features.REJECTED)
+    assert (row["source_ref"], row["reason"]) == ("COVID/COVID-8.png", "broken symbolic link: its target does not exist")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_named_pipe_in_a_source_is_a_rejection_not_a_hang(tmp_path):
     rad, tree = tmp_path / "rad", tmp_path / "tree"

@@ -280,6 +280,15 @@ def test_what_a_walked_folder_holds_besides_images_is_listed_or_counted(binary_m
         assert table.output.strip().splitlines()[-1] == f"skipped, not a regular file: a named pipe (FIFO): {pipe}"
 
 
+def test_a_linked_sub_folder_is_walked(tmp_path):
+    data_testing.write_image(tmp_path / "elsewhere" / "a.png", data_testing.radiograph(1))
+    (tmp_path / "in").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "linked")
+    os.symlink(tmp_path / "in", tmp_path / "in" / "linked-loop")
+    inputs = predict.find_inputs([str(tmp_path / "in")])
+    assert inputs.files == [str(tmp_path / "in" / "linked" / "a.png")] and not inputs.errors and not inputs.skipped
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_named_pipe_in_a_walked_folder_is_skipped_with_its_reason_unopened(tmp_path):
     data_testing.write_image(tmp_path / "in" / "a.png", data_testing.radiograph(1))

@@ -128,10 +128,18 @@ def list_files(directory: str, hidden: Optional[list] = None, irregular: Optiona
     """Regular files under ``directory``, recursively, sorted, hidden files and folders skipped
     (appended to ``hidden`` when given; a hidden folder counts once, its contents are not walked).
     Other entries (named pipes, sockets, devices, broken symbolic links) are never opened: they are
-    appended to ``irregular`` as sorted (path, reason) pairs when given."""
+    appended to ``irregular`` as sorted (path, reason) pairs when given. Symbolic links to folders are
+    followed (a collection assembled from links), each folder read once: a link back up the tree or a
+    second link to one folder lists its files once, under the first path in sorted order."""
     out: list[str] = []
     odd: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(directory, onerror=_unreadable_folder):
+    walked: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=_unreadable_folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:  # a loop, or a folder already read under another name
+            dirnames[:] = []
+            continue
+        walked.add(real)
         if hidden is not None:
             hidden.extend(os.path.join(dirpath, n) for n in sorted(dirnames + filenames) if _is_hidden(n))
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))

@@ -59,3 +59,14 @@ def test_entries_that_are_not_regular_files_are_listed_apart_and_never_opened(tm
         assert listed == [str(tmp_path / "d" / "COVID" / "a.png")]
         assert irregular == [(str(tmp_path / "d" / "COVID" / "b.png"), "broken symbolic link: its target does not exist"),
                              (pipe, "not a regular file: a named pipe (FIFO)")]
+
+
+def test_linked_folders_are_followed_once_and_a_loop_neither_hangs_nor_repeats(tmp_path):
+    # os.walk left symlinked sub-folders out: their films were neither accepted nor rejected.
+    testing.write_image(tmp_path / "elsewhere" / "b.png", testing.radiograph(1, (16, 16)))
+    testing.write_image(tmp_path / "d" / "COVID" / "a.png", testing.radiograph(2, (16, 16)))
+    os.symlink(tmp_path / "elsewhere", tmp_path / "d" / "COVID" / "linked")
+    os.symlink(tmp_path / "d", tmp_path / "d" / "COVID" / "loop")  # back up the tree
+    os.symlink(tmp_path / "d" / "COVID" / "linked", tmp_path / "d" / "zz-again")  # a second way in
+    listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d"))]
+    assert listed == [os.path.join("COVID", "a.png"), os.path.join("COVID", "linked", "b.png")]
