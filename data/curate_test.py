@@ -554,6 +554,22 @@ def test_cli_errors_are_one_line_usage_errors(corpus, tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_label_csv_that_cannot_be_read_is_a_one_line_user_error_naming_it(tmp_path, monkeypatch):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
+    labels = root / "stage_2_train_labels.csv"
+    labels.write_bytes(labels.read_bytes() + b"bbb-2,,,,," + b"1" * 200_000 + b"\n")
+    limit = csv.field_size_limit()
+    monkeypatch.setattr(csv, "field_size_limit", lambda *new: limit)  # a csv.Error: was "the run failed", exit 1
+    for content, message in ((None, f"{labels}: row 2 (line 3) cannot be read as CSV: field larger than field limit"),
+                             (b"patientId,Target\nM\xfcller,1\n", f"{labels} is not UTF-8 text (byte 18): save it as UTF-8")):
+        if content:
+            labels.write_bytes(content)
+        result = CliRunner().invoke(cli.main, ["curate", "--source", f"rsna={root}", "--out", str(tmp_path / "o"),
+                                               "--key", KEY])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"covid-cxr: error: {message}") and len(result.output.splitlines()) == 1
+
+
 def test_cli_prints_a_summary(corpus, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(curate_command, [

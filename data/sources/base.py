@@ -8,6 +8,7 @@ pseudonyms and writing happen in ``covid_cxr.data.curate``, identically for ever
 from __future__ import annotations
 
 import abc
+import csv
 import dataclasses
 import os
 from typing import ClassVar, Iterator, Optional
@@ -158,6 +159,33 @@ def list_files(directory: str, hidden: Optional[list] = None, irregular: Optiona
     if irregular is not None:
         irregular.extend(sorted(odd, key=lambda pair: order(pair[0])))
     return sorted(out, key=order)
+
+
+def read_csv(path: str) -> tuple[list[str], list[dict]]:
+    """A metadata CSV's header and rows (dicts, as ``csv.DictReader`` gives them; a BOM dropped).
+    SourceError naming the file when it is not UTF-8, and the row when the csv module cannot read it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    # A long cell is public data (a Cohen clinical note of 200,000 characters), not an error: the
+    # csv module's default limit (131072 characters) is raised to the file's size, which is in memory
+    # already, for this file only.
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    header: Optional[list[str]] = None
+    rows: list[dict] = []
+    try:
+        header = list(reader.fieldnames or [])
+        for row in reader:
+            rows.append(row)
+    except csv.Error as e:
+        where = "its header" if header is None else f"row {len(rows) + 1}"  # as a malformed row's ref counts
+        raise SourceError(f"{path}: {where} (line {reader.reader.line_num}) cannot be read as CSV: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
+    return header, rows
 
 
 def subdirs(directory: str) -> list[str]:

@@ -70,3 +70,19 @@ def test_linked_folders_are_followed_once_and_a_loop_neither_hangs_nor_repeats(t
     os.symlink(tmp_path / "d" / "COVID" / "linked", tmp_path / "d" / "zz-again")  # a second way in
     listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d"))]
     assert listed == [os.path.join("COVID", "a.png"), os.path.join("COVID", "linked", "b.png")]
+
+
+def test_a_metadata_csv_is_read_with_long_cells_and_its_errors_name_the_file_and_row(tmp_path, monkeypatch):
+    note = "x" * 200_000  # a long clinical note: over the csv module's default field limit (131072)
+    path = testing.write_csv(tmp_path / "m.csv", ("id", "notes"), [("1", "short"), ("2", note)])
+    limit = base.csv.field_size_limit()
+    assert base.read_csv(path) == (["id", "notes"], [{"id": "1", "notes": "short"}, {"id": "2", "notes": note}])
+    assert base.csv.field_size_limit() == limit  # raised for that file only
+    # Any other csv.Error (here the old limit, kept) is the user's to fix: file, row and line, one line.
+    monkeypatch.setattr(base.csv, "field_size_limit", lambda *new: limit)
+    with pytest.raises(base.SourceError, match=rf"^{path}: row 2 \(line 3\) cannot be read as CSV: field larger "
+                                               r"than field limit \(131072\)$"):
+        base.read_csv(path)
+    (tmp_path / "latin.csv").write_bytes("id,notes\n1,Straße\n".encode("latin-1"))
+    with pytest.raises(base.SourceError, match=rf"^{tmp_path / 'latin.csv'} is not UTF-8 text \(byte 15\): save it as UTF-8$"):
+        base.read_csv(str(tmp_path / "latin.csv"))

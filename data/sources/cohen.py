@@ -14,13 +14,12 @@ Patient id: ``patientid``; sex/age from the ``sex``/``age`` columns.
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 from typing import Iterator, Optional
 
 from covid_cxr.data import dicom, features
-from covid_cxr.data.sources.base import Candidate, Source, SourceError, list_files
+from covid_cxr.data.sources.base import Candidate, Source, list_files, read_csv
 
 REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
 
@@ -108,23 +107,15 @@ class CohenSource(Source):
         path = os.path.join(self.root, "metadata.csv")
         if not os.path.isfile(path):
             raise self.layout_error("metadata.csv not found")
-        header = next(csv.reader(self._lines()), [])
+        header, _ = read_csv(path)
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise self.layout_error(f"metadata.csv lacks column(s) {', '.join(missing)}")
         if not os.path.isdir(os.path.join(self.root, "images")):
             raise self.layout_error("images/ not found")
 
-    def _lines(self) -> list[str]:
-        path = os.path.join(self.root, "metadata.csv")
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                return f.read().splitlines(keepends=True)
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-
     def candidates(self) -> Iterator[Candidate]:
-        rows = list(csv.DictReader(self._lines()))
+        _, rows = read_csv(os.path.join(self.root, "metadata.csv"))
         out: list[tuple[str, int, Candidate]] = []
         named: set[str] = set()
         for n, row in enumerate(rows):

@@ -99,6 +99,16 @@ def test_a_malformed_row_a_path_outside_and_a_non_utf8_file_are_named(tmp_path):
         list(CohenSource(str(root)).candidates())
 
 
+def test_a_long_clinical_note_is_read_not_refused(tmp_path):
+    # The csv module refuses a cell over 131072 characters: the run failed on one long note.
+    root = testing.make_cohen(tmp_path / "cohen", [dict(patientid="1", finding="COVID-19", filename="a.png", seed=1)])
+    lines = (root / "metadata.csv").read_text(encoding="utf-8").splitlines()
+    rows = [lines[0] + ",clinical_notes", lines[1] + ',"' + "fever, cough. " * 15_000 + '"']
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    [a] = CohenSource(str(root)).candidates()
+    assert a.finding == "covid" and a.source_ref == "images/a.png"
+
+
 def test_only_x_rays_inside_the_source_folder_are_used(tmp_path):
     root = testing.make_cohen(tmp_path / "cohen", [
         dict(patientid="1", finding="COVID-19", view="PA", filename="a.png", seed=1),

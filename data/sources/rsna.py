@@ -24,13 +24,12 @@ NIH patient the patient. Without it each film is its own patient, and the summar
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 from typing import Iterator, Optional
 
 from covid_cxr.data import features
-from covid_cxr.data.sources.base import Candidate, Source, list_files
+from covid_cxr.data.sources.base import Candidate, Source, list_files, read_csv
 
 LABELS = "stage_2_train_labels.csv"
 CLASSES = "stage_2_detailed_class_info.csv"
@@ -54,8 +53,7 @@ class RsnaSource(Source):
         if not os.path.isdir(os.path.join(self.root, IMAGES)):
             raise self.layout_error(f"{IMAGES}/ not found")
         for name, columns in ((LABELS, ("patientId", "Target")), (CLASSES, ("patientId", "class"))):
-            with open(os.path.join(self.root, name), newline="", encoding="utf-8-sig") as f:
-                header = next(csv.reader(f), [])
+            header, _ = read_csv(os.path.join(self.root, name))
             missing = [c for c in columns if c not in header]
             if missing:
                 raise self.layout_error(f"{name} lacks column(s) {', '.join(missing)}")
@@ -95,11 +93,10 @@ class RsnaSource(Source):
 
     def _read(self, name: str, column: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        with open(os.path.join(self.root, name), newline="", encoding="utf-8-sig") as f:
-            for row in csv.DictReader(f):
-                pid = (row.get("patientId") or "").strip()
-                if pid:
-                    out.setdefault(pid, set()).add((row.get(column) or "").strip())
+        for row in read_csv(os.path.join(self.root, name))[1]:
+            pid = (row.get("patientId") or "").strip()
+            if pid:
+                out.setdefault(pid, set()).add((row.get(column) or "").strip())
         return out
 
     def candidates(self) -> Iterator[Candidate]:

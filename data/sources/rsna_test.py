@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -128,3 +129,18 @@ def test_a_broken_nih_mapping_is_a_one_line_layout_error_without_its_ids(tmp_pat
     with pytest.raises(SourceError, match=f"pneumonia-challenge-dataset-mappings_2018.json {problem}") as e:
         RsnaSource(str(root))
     assert "SECRET" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_label_files_that_are_not_utf8_or_not_csv_are_named(tmp_path, monkeypatch):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
+    labels = root / rsna.LABELS
+    good = labels.read_bytes()
+    labels.write_bytes(good + "bbb-2,,,,,0 # Müller\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=rf"^{labels} is not UTF-8 text \(byte {len(good) + 15}\): save it as UTF-8$"):
+        RsnaSource(str(root))
+    labels.write_bytes(good + b"bbb-2,,,,," + b"1" * 200_000 + b"\n")  # a cell over the csv module's limit
+    assert len(list(RsnaSource(str(root)).candidates())) == 2  # read: the row's patient has no film
+    limit = csv.field_size_limit()
+    monkeypatch.setattr(csv, "field_size_limit", lambda *new: limit)  # a csv.Error all the same
+    with pytest.raises(SourceError, match=rf"^{labels}: row 2 \(line 3\) cannot be read as CSV: field larger than"):
+        RsnaSource(str(root))
