@@ -428,6 +428,10 @@ def _kind(reason: str) -> str:
     return "near-duplicate" if reason.startswith("near-duplicate of ") else reason.split(":", 1)[0].strip()
 
 
+# A rejected row of a layout's own metadata file (Cohen's, RSNA's): a fixed name and a number, no file's.
+METADATA_ROW_REF = re.compile(r"(metadata|stage_2_train_labels|stage_2_detailed_class_info)\.csv row \d+")
+
+
 def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -> str:
     """The ref as written to the manifest, the rejections and the summary.
 
@@ -443,6 +447,8 @@ def _public_ref(it: _Item, patient_pseudonym: str, key: bytes, source: Source) -
     known = type(source) is SOURCES.get(source.name)  # else an adapter passed in as an object
     if ref_id and name == f"{ref_id}.dcm" and known and source.names_a_class(folder):  # RSNA's own layout
         return f"{folder}/{pseudonym.pseudonymize(key, it.candidate.source, ref_id)}.dcm"
+    if path is None and known and METADATA_ROW_REF.fullmatch(ref):  # names no one: written as it is
+        return ref
     private = source.private_names or not known
     dicom_file = (path and dicom.is_dicom(path)) or (not path and name.lower().endswith((".dcm", ".dicom")))
     if private or dicom_file or not images.is_utf8(ref):

@@ -554,6 +554,18 @@ def test_cli_errors_are_one_line_usage_errors(corpus, tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_rsna_label_rows_without_a_patient_id_are_in_rejected_csv_and_the_counts(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id=RSNA_IDS[0], target="0", cls="Normal", seed=1)])
+    with open(root / "stage_2_train_labels.csv", "a", encoding="utf-8") as f:
+        f.write(",,,,,1\n ,,,,,0\n")
+    summary = curate({"rsna": str(root)}, str(tmp_path / "o"), "covid-vs-normal", key=KEY, workers=1)
+    rows = [(r["source_ref"], r["reason"]) for r in read_csv(tmp_path / "o" / features.REJECTED)]
+    reason = "malformed stage_2_train_labels.csv row: blank patientId"
+    assert rows == [("stage_2_train_labels.csv row 2", reason), ("stage_2_train_labels.csv row 3", reason)]
+    assert summary["rejections"] == {"malformed stage_2_train_labels.csv row": 2}
+    assert summary["inputs_per_source"] == {"rsna": 3} and summary["accepted"] == 1
+
+
 def test_a_label_csv_that_cannot_be_read_is_a_one_line_user_error_naming_it(tmp_path, monkeypatch):
     root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
     labels = root / "stage_2_train_labels.csv"

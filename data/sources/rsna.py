@@ -8,7 +8,8 @@ Labels: Target 1 / "Lung Opacity" -> pneumonia; Target 0 / "Normal" -> normal;
 Target 0 / "No Lung Opacity / Not Normal" -> REJECTED ("abnormal, no lung opacity"): these films are
 abnormal (so not normal) but show no opacity (so not other_opacity), and no task class fits them.
 Rows whose Target and class disagree are rejected ("inconsistent labels").
-Image files without a label row and label rows without an image file are rejected too.
+Image files without a label row, label rows without an image file and rows with a blank patientId
+("malformed stage_2_train_labels.csv row", ref ``<csv> row <n>``) are rejected too.
 
 View (ViewPosition), sex and age (PatientAge, "58" or "058Y") come from the DICOM header at load
 time. The file name IS the raw patientId, so ``source_ref`` is written with its pseudonym in its
@@ -91,17 +92,23 @@ class RsnaSource(Source):
         nih = (self._nih_patient or {}).get(pid)
         return f"nih:{nih}" if nih else pid
 
-    def _read(self, name: str, column: str) -> dict[str, set[str]]:
+    def _read(self, name: str, column: str, blank: list[Candidate]) -> dict[str, set[str]]:
+        """{patientId: values of ``column``}; a row without a patientId is appended to ``blank``, rejected."""
         out: dict[str, set[str]] = {}
-        for row in read_csv(os.path.join(self.root, name))[1]:
+        for n, row in enumerate(read_csv(os.path.join(self.root, name))[1]):
             pid = (row.get("patientId") or "").strip()
             if pid:
                 out.setdefault(pid, set()).add((row.get(column) or "").strip())
+            else:  # its label belongs to no film: said, not dropped (numbered as Cohen's metadata rows)
+                blank.append(Candidate(self.name, f"{name} row {n + 1}", None,
+                                       reject=f"malformed {name} row: blank patientId"))
         return out
 
     def candidates(self) -> Iterator[Candidate]:
-        targets = self._read(LABELS, "Target")
-        classes = self._read(CLASSES, "class")
+        blank: list[Candidate] = []
+        targets = self._read(LABELS, "Target", blank)
+        classes = self._read(CLASSES, "class", blank)
+        yield from blank
         images_dir = os.path.join(self.root, IMAGES)
         files: dict[str, str] = {}
         for path in list_files(images_dir):

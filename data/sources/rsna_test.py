@@ -144,3 +144,18 @@ def test_label_files_that_are_not_utf8_or_not_csv_are_named(tmp_path, monkeypatc
     monkeypatch.setattr(csv, "field_size_limit", lambda *new: limit)  # a csv.Error all the same
     with pytest.raises(SourceError, match=rf"^{labels}: row 2 \(line 3\) cannot be read as CSV: field larger than"):
         RsnaSource(str(root))
+
+
+def test_label_rows_without_a_patient_id_are_rejected_not_dropped(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
+    with open(root / rsna.LABELS, "a", encoding="utf-8") as f:
+        f.write(",,,,,1\n ,,,,,0\n")
+    with open(root / rsna.CLASSES, "a", encoding="utf-8") as f:
+        f.write(",Normal\n")
+    got = {c.source_ref: c for c in RsnaSource(str(root)).candidates()}
+    assert got["stage_2_train_images/aaa-1.dcm"].finding == "pneumonia"
+    assert {ref: (c.path, c.reject) for ref, c in got.items() if c.reject} == {
+        "stage_2_train_labels.csv row 2": (None, "malformed stage_2_train_labels.csv row: blank patientId"),
+        "stage_2_train_labels.csv row 3": (None, "malformed stage_2_train_labels.csv row: blank patientId"),
+        "stage_2_detailed_class_info.csv row 2": (None, "malformed stage_2_detailed_class_info.csv row: blank patientId"),
+    }
