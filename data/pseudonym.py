@@ -3,7 +3,8 @@
 The key comes from, in order: the ``--key`` option, the environment variable
 ``COVID_CXR_PSEUDONYM_KEY``, or a per-user key file ``$XDG_CONFIG_HOME/covid-cxr/pseudonym.key``
 (default ``~/.config/covid-cxr/pseudonym.key``) created once with 32 random bytes and mode 0600, so
-re-runs give the same pseudonyms. Without the key, pseudonyms cannot be linked back to raw ids by
+re-runs give the same pseudonyms. A blank key is refused wherever it comes from (a variable set but
+blank is not passed over for the key file). Without the key, pseudonyms cannot be linked back to raw ids by
 hashing guessed ids (which a plain hash would allow). Keep the key private and stable: changing it
 changes every patient_id and group. A key shorter than ``MIN_KEY_CHARS`` is refused: a short one can
 be found by guessing (the summary's key id, or one public raw id and its pseudonym, confirms a guess),
@@ -42,17 +43,21 @@ def load_key(key: Optional[str] = None, key_file: Optional[str] = None, allow_sh
         if not key.strip():
             raise PseudonymKeyError("the pseudonym key given is empty: pass a secret, or leave --key out to use the key file")
         return _long_enough(key, "given with --key", allow_short), "option"
-    env = os.environ.get(ENV_VAR, "")
-    if env:
+    env = os.environ.get(ENV_VAR)
+    if env is not None:  # set but blank (a secret that did not expand): refused as `--key ""` is, not passed over
+        if not env.strip():
+            raise PseudonymKeyError(f"the pseudonym key in ${ENV_VAR} is empty: set it to a secret, or unset it to "
+                                    "use the key file")
         return _long_enough(env, f"in ${ENV_VAR}", allow_short), "environment"
     path = key_file or default_key_path()
     return _long_enough(_read_or_create(path), f"in {path}", allow_short), "key file"
 
 
 def _long_enough(key: str, where: str, allow_short: bool) -> bytes:
-    if len(key) < MIN_KEY_CHARS and not allow_short:
+    chars = len(key.strip())  # white space around a key makes it no harder to guess
+    if chars < MIN_KEY_CHARS and not allow_short:
         raise PseudonymKeyError(
-            f"the pseudonym key {where} has {len(key)} characters: a short key can be guessed, and with it every "
+            f"the pseudonym key {where} has {chars} characters: a short key can be guessed, and with it every "
             f"pseudonym turned back into its patient id. Use {MIN_KEY_CHARS} or more random characters, e.g. "
             "`python3 -c 'import secrets; print(secrets.token_hex(32))'` (a new key gives new pseudonyms; "
             "`covid-cxr locate` still takes the old key to find files it named)")

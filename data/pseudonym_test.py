@@ -74,3 +74,18 @@ def test_key_id_does_not_reveal_the_key():
     # Nothing of the key shows: keys alike in their first bytes still get unrelated ids.
     assert pseudonym.key_id(b"secret-1") != pseudonym.key_id(b"secret-2")
     assert pseudonym.key_id(b"secret") not in b"secret".hex()
+
+
+def test_a_blank_key_is_refused_from_the_environment_as_from_the_option(tmp_path, monkeypatch):
+    # 40 spaces in the variable were taken as a key: a blank one must not pass, nor fall back to the key file.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    for blank in (" " * 40, "", "\t\n"):
+        monkeypatch.setenv(pseudonym.ENV_VAR, blank)
+        with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key in \$COVID_CXR_PSEUDONYM_KEY is "
+                                                              r"empty: set it to a secret, or unset it"):
+            pseudonym.load_key()
+    monkeypatch.setenv(pseudonym.ENV_VAR, " " * 30 + "x" * 10)  # padding is not length
+    with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key in \$COVID_CXR_PSEUDONYM_KEY has 10 "):
+        pseudonym.load_key()
+    assert not (tmp_path / "cfg").exists()
+
