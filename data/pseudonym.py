@@ -64,13 +64,29 @@ def _long_enough(key: str, where: str, allow_short: bool) -> bytes:
     return key.encode("utf-8")
 
 
+def _hint(path: str) -> str:
+    """Where the key file's place comes from and what else to do: an OS error alone ("Not a directory:
+    .../covid-cxr") did not say it was the pseudonym key's folder."""
+    where = ""
+    if path == default_key_path():
+        var, folder = ("XDG_CONFIG_HOME", "covid-cxr") if os.environ.get("XDG_CONFIG_HOME") else ("HOME", ".config/covid-cxr")
+        where = f"the key file is kept in ${var}/{folder}: set {var} to a folder, or "
+    return f" ({where}give the key with --key or ${ENV_VAR})"
+
+
 def _read_or_create(path: str) -> str:
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        except OSError as e:  # e.g. $XDG_CONFIG_HOME is a file
+            raise PseudonymKeyError(f"cannot create the pseudonym key file {path}: {e.strerror}: {e.filename}"
+                                    + _hint(path)) from None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # created concurrently: use that one
             pass
+        except OSError as e:
+            raise PseudonymKeyError(f"cannot create the pseudonym key file {path}: {e.strerror}" + _hint(path)) from None
         else:
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(secrets.token_hex(32) + "\n")
@@ -80,7 +96,7 @@ def _read_or_create(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             text = f.read().strip()
     except OSError as e:
-        raise PseudonymKeyError(f"cannot read pseudonym key file {path}: {e.strerror}") from None
+        raise PseudonymKeyError(f"cannot read pseudonym key file {path}: {e.strerror}" + _hint(path)) from None
     if not text:
         raise PseudonymKeyError(f"pseudonym key file {path} is empty; delete it to create a new key, or pass --key")
     if mode & 0o077:

@@ -89,3 +89,17 @@ def test_a_blank_key_is_refused_from_the_environment_as_from_the_option(tmp_path
         pseudonym.load_key()
     assert not (tmp_path / "cfg").exists()
 
+
+def test_a_key_file_that_cannot_be_made_says_it_is_the_key_files_place_and_what_sets_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    (tmp_path / "outfile").write_text("not a folder")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "outfile"))
+    with pytest.raises(pseudonym.PseudonymKeyError, match=(
+            rf"^cannot create the pseudonym key file {tmp_path}/outfile/covid-cxr/pseudonym.key: Not a directory: "
+            rf"{tmp_path}/outfile/covid-cxr \(the key file is kept in \$XDG_CONFIG_HOME/covid-cxr: set XDG_CONFIG_HOME "
+            r"to a folder, or give the key with --key or \$COVID_CXR_PSEUDONYM_KEY\)$")):
+        pseudonym.load_key()
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "outfile"))
+    with pytest.raises(pseudonym.PseudonymKeyError, match=r"kept in \$HOME/.config/covid-cxr: set HOME to a folder"):
+        pseudonym.load_key()
