@@ -39,6 +39,10 @@ def parse_class_map(text: str) -> dict[str, str]:
     return out
 
 
+def _not_shown(folders: list[str]) -> str:
+    return f"{len(folders)} top folder(s) there, not shown: they may be named after patients"
+
+
 class FolderSource(Source):
     name = "folder"
     layout = "one subfolder per class, mapped to findings with --class-map FOLDER=FINDING,..."
@@ -57,12 +61,12 @@ class FolderSource(Source):
             if bad:
                 raise SourceError(f"folder source: class map finding(s) {', '.join(bad)} not in {', '.join(features.FINDINGS)}")
             missing = [k for k in self.class_map if k not in folders]
-            if missing:
-                raise self.layout_error(
-                    f"class map names folder(s) {', '.join(missing)} that do not exist (folders: {', '.join(folders)})"
-                )
+            if missing:  # the map's own names only: the tree's may be patients' (README: "not shown")
+                raise self.layout_error(f"class map names folder(s) {', '.join(missing)} that do not exist (names "
+                                        f"match exactly, case included; {_not_shown(folders)})")
         elif not any(f.lower() in features.FINDINGS for f in folders):
-            raise self.layout_error(f"no folder is named like a finding and no class map was given (folders: {', '.join(folders)})")
+            raise self.layout_error(f"no folder is named like a finding ({', '.join(features.FINDINGS)}, any "
+                                    f"case) and no class map was given ({_not_shown(folders)})")
 
     def finding_of(self, folder: str) -> Optional[str]:
         if self.class_map is not None:

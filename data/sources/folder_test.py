@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 
@@ -52,6 +53,22 @@ def test_layout_errors(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(SourceError, match="no class subfolders"):
         FolderSource(str(tmp_path / "flat"), {"A": "covid"})
+
+
+def test_layout_errors_count_the_top_folders_without_naming_them(tmp_path):
+    # A hospital export's top folders may be patients: "(folders: Doe_Johnathan, Smith_Jane)" showed them.
+    for name in ("Doe_Johnathan", "Smith_Jane"):
+        testing.write_image(tmp_path / "f" / name / "a.png", testing.radiograph(1))
+    for class_map, problem in ((None, r"no folder is named like a finding \(covid, normal, pneumonia, other_opacity, "
+                                      r"any case\) and no class map was given"),
+                               ({"covid": "covid"}, r"class map names folder\(s\) covid that do not exist \(names "
+                                                    r"match exactly, case included; ")):
+        with pytest.raises(SourceError) as raised:
+            FolderSource(str(tmp_path / "f"), class_map)
+        message = str(raised.value)
+        assert re.search(problem, message), message
+        assert "2 top folder(s) there, not shown: they may be named after patients" in message
+        assert "Doe" not in message and "Smith" not in message
 
 
 def test_a_folder_that_cannot_be_read_stops_curation_naming_it(tmp_path, monkeypatch):
