@@ -245,7 +245,8 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
             raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
     key = _lazy_key()
-    for path in inputs.files + [e.file for e in inputs.skipped]:
+    passed_over = {e.file: e.error for e in inputs.skipped}  # not images, named pipes: never opened
+    for path in inputs.files + list(passed_over):
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
         finding, depth = _finding_of(parts[:-1], class_map)
@@ -257,8 +258,8 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         token = f"file-{pseudonym.file_pseudonym(key(), 'folder', ref)}"
         shown = _printable(os.path.join(root, images.public_ref("/".join(parts[depth:]), token, keep=1) if depth >= 0
                                         else images.public_ref(ref, token, keep=0)))
-        if not images.is_image_file(path):
-            skipped.append({"file": shown, "reason": "not an image file"})
+        if path in passed_over:
+            skipped.append({"file": shown, "reason": passed_over[path]})
             continue
         if finding is None:
             skipped.append({"file": shown, "reason": "in class folders inside each other that name different findings"

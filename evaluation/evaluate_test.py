@@ -150,6 +150,20 @@ def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_mode
     assert not any("patient-8" in ref for ref in data.refs)  # d.png is named below the outer COVID folder
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_in_a_class_folder_is_skipped_with_its_own_reason_unopened(binary_model, tmp_path):
+    records = testing.read_records(binary_model.data_dir)
+    image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
+    root = tmp_path / "tree"
+    for name in ("COVID/a.png", "Normal/b.png", "Normal/notes.txt"):
+        os.makedirs((root / name).parent, exist_ok=True)
+        (root / name).write_bytes(image)
+    with data_testing.fifo(root / "Normal" / "c.png"):
+        data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+    assert sorted(s["reason"] for s in data.skipped) == ["not a regular file: a named pipe (FIFO)", "not an image file"]
+    assert sorted(data.labels.tolist()) == [0, 1]
+
+
 def test_folders_above_the_class_folders_slice_by_pseudonym_not_by_name(binary_model, tmp_path, monkeypatch):
     """A hospital export may name a patient's folder above the class folders: the films keep their
     slices, under keyed pseudonyms the key's holder can locate, and the names go nowhere."""
