@@ -160,7 +160,8 @@ def print_outcome(outcome, serving_dir: str) -> None:
     for name in ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples"):
         for key, value in outcome.report.metrics.items():
             if key.startswith(name) and not key.endswith("change"):
-                if math.isnan(value) or (absent and name == "AUC"):  # TFMA reports 0 with one class
+                # TFMA reports 0 for these when the test split holds one side only
+                if math.isnan(value) or (absent and (name == "AUC" or key.startswith("sensitivity at"))):
                     click.echo(f"  {key:<28} not measurable")
                 else:
                     click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")

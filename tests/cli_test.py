@@ -62,7 +62,8 @@ def test_a_test_split_without_normal_films_is_named_not_printed_as_nan(tmp_path,
     from covid_cxr.pipeline import metadata
 
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
-    metrics = {"sensitivity": 1.0, "specificity": float("nan"), "AUC": 0.0, "true positives": 6,
+    metrics = {"sensitivity": 1.0, "sensitivity at the gate's specificity": 0.0, "specificity": float("nan"),
+               "AUC": 0.0, "true positives": 6,
                "false negatives": 0, "true negatives": 0, "false positives": 0}
     refused = metadata.RunOutcome(
         blessed=False, pushed=False, destination="", reason="", model_uri="m", evaluation_uri="e",
@@ -74,6 +75,7 @@ def test_a_test_split_without_normal_films_is_named_not_printed_as_nan(tmp_path,
     assert result.exit_code == 0, result.output
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert "sensitivity 1.0000" in lines and "specificity not measurable" in lines and "AUC not measurable" in lines
+    assert "sensitivity at the gate's specificity not measurable" in lines
     assert any(line.startswith("the test split holds no non-COVID films") for line in lines), lines
     assert "nan" not in result.output
 
