@@ -139,6 +139,9 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"image too large ({im.width} x {im.height} pixels)")
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:  # as a multi-frame DICOM: which page would be the film?
+                    raise ImageError(f"multi-page image ({frames} pages) is not a radiograph")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return _pil_to_gray(im), None
@@ -171,6 +174,8 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
         values = np.asarray(im, dtype=np.float64)
         if values.ndim != 2:
             raise ImageError(f"unsupported image mode {mode}")
+        if not np.isfinite(values).all():  # a float image: NaN or infinity has no grey level
+            raise ImageError("pixel values that are not finite numbers (NaN or infinity)")
         lo, hi = float(values.min()), float(values.max())
         if hi <= lo:
             return np.zeros(values.shape, dtype=np.uint8)

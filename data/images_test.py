@@ -140,6 +140,21 @@ def test_blank_and_tiny_images_are_rejected(tmp_path):
     assert "too small" in images.process_job((str(tmp_path / "tiny.png"), 512, True, "none"))[1]
 
 
+def test_a_float_image_with_nan_and_a_multi_page_image_are_refused_with_their_reason(tmp_path):
+    film = testing.radiograph(15, (120, 100)).astype(np.float32)
+    Image.fromarray(film, mode="F").save(tmp_path / "float.tif")
+    result, reason = images.process_job((str(tmp_path / "float.tif"), 512, True, "none"))
+    assert result is not None and not reason  # a float film is fine
+    film[5, 5] = np.nan
+    Image.fromarray(film, mode="F").save(tmp_path / "nan.tif")
+    assert images.process_job((str(tmp_path / "nan.tif"), 512, True, "none"))[1] == (
+        "pixel values that are not finite numbers (NaN or infinity)")
+    pages = [Image.fromarray(testing.radiograph(seed, (120, 100))) for seed in (16, 17)]
+    pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
+    assert images.process_job((str(tmp_path / "two.tif"), 512, True, "none"))[1] == (
+        "multi-page image (2 pages) is not a radiograph")
+
+
 def test_process_outputs_bounded_grayscale_png(tmp_path):
     img, _ = framed(12, size=(400, 300))
     path = testing.write_image(tmp_path / "a.png", img)
