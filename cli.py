@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import warnings
@@ -156,12 +155,12 @@ def print_outcome(outcome, serving_dir: str) -> None:
         return
     click.echo("")
     click.echo(outcome.report.headline())
-    absent = outcome.report.unmeasurable()
+    absent = outcome.report.missing_side()
+    unmeasurable = outcome.report.unmeasurable()
     for name in ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples"):
         for key, value in outcome.report.metrics.items():
             if key.startswith(name) and not key.endswith("change"):
-                # TFMA reports 0 for these when the test split holds one side only
-                if math.isnan(value) or (absent and (name == "AUC" or key.startswith("sensitivity at"))):
+                if key in unmeasurable:
                     click.echo(f"  {key:<28} not measurable")
                 else:
                     click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")
@@ -227,8 +226,8 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
     writer.check_writable(config.data.data_dir, "the demo's data folder (--out)")
     local_runner.check_settings(config)
     restart_with_process_env_if_needed(config)
-    click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
     summary = _existing_synthetic(config.data.data_dir, config.model.task, patients_per_class)
+    click.echo(f"Generating synthetic radiographs (NOT medical data) for {config.model.task} in {config.data.data_dir} ...")
     if summary:
         # Rewriting identical records would still change file times, which ExampleGen fingerprints:
         # reusing them is what lets a second demo hit the cache and push nothing new.

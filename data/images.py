@@ -140,7 +140,9 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"image too large ({im.width} x {im.height} pixels)")
                 frames = getattr(im, "n_frames", 1)
-                if frames > 1:  # as a multi-frame DICOM: which page would be the film?
+                # As a multi-frame DICOM: which page would be the film? (An MPO JPEG's second frame
+                # is the camera's preview of the first.)
+                if frames > 1 and im.format != "MPO":
                     raise ImageError(f"multi-page image ({frames} pages) is not a radiograph")
                 im.load()
                 im = ImageOps.exif_transpose(im)

@@ -153,6 +153,10 @@ def test_a_float_image_with_nan_and_a_multi_page_image_are_refused_with_their_re
     pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
     assert images.process_job((str(tmp_path / "two.tif"), 512, True, "none"))[1] == (
         "multi-page image (2 pages) is not a radiograph")
+    # A phone's JPEG (MPO) carries a preview of the picture as its second frame: one picture.
+    pages[0].save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[pages[0].resize((50, 60))])
+    result, reason = images.process_job((str(tmp_path / "phone.jpg"), 512, True, "none"))
+    assert result is not None and not reason
 
 
 def test_process_outputs_bounded_grayscale_png(tmp_path):

@@ -248,8 +248,9 @@ def read_records(files: Sequence[str]) -> Iterator[bytes]:
                 f"{path}: not a readable gzip TFRecord file ({type(e).__name__}: {reason})") from None
 
 
-# The first bytes of what tf.io.decode_image, the Transform's decoder, reads: PNG, JPEG, GIF, BMP.
-DECODABLE_IMAGE_STARTS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+# The first bytes of what the Transform decodes (tf.io.decode_image with one channel: PNG, JPEG; it
+# refuses one-channel GIF and BMP).
+DECODABLE_IMAGE_STARTS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
 def read_examples(files: Sequence[str]) -> Iterator[tuple[bytes, tf.train.Example]]:
@@ -271,5 +272,5 @@ def read_examples(files: Sequence[str]) -> Iterator[tuple[bytes, tf.train.Exampl
             if len(images) != 1 or len(labels) != 1:
                 raise bad(f"has no single {features.IMAGE} (bytes) and {features.LABEL_INDEX} (int64)")
             if not images[0].startswith(DECODABLE_IMAGE_STARTS):
-                raise bad(f"has an {features.IMAGE} that is not PNG, JPEG, GIF or BMP data")
+                raise bad(f"has an {features.IMAGE} that is not PNG or JPEG data")
             yield raw, example

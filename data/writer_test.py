@@ -61,7 +61,7 @@ def test_records_that_are_not_curated_examples_are_named_by_file_and_position(tm
             (with_feature(features.LABEL_INDEX, tf.train.Feature(int64_list=tf.train.Int64List(value=[]))),
              "has no single image (bytes) and label_index (int64)"),
             (with_feature(features.IMAGE, tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"not a png"]))),
-             "has an image that is not PNG, JPEG, GIF or BMP data")):
+             "has an image that is not PNG or JPEG data")):
         with tf.io.TFRecordWriter(path, options="GZIP") as w:
             w.write(good.SerializeToString())
             w.write(record)

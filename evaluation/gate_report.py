@@ -40,22 +40,16 @@ class GateReport:
 
     def confusion_counts(self) -> Optional[dict]:
         """{"tp", "fp", "tn", "fn"} at the served decision on the whole test split, or None."""
-        found = {}
-        for key, value in self.metrics.items():
-            for count, short in COUNTS.items():
-                if key.startswith(count) and "change" not in key:
-                    found[short] = int(round(value))
-        return found if len(found) == 4 else None
+        return _counts(self.metrics)
 
-    def unmeasurable(self) -> Optional[str]:
-        """Which side of the served decision the test split has no films of ("COVID", "non-COVID"),
-        so that sensitivity or specificity, and AUC, mean nothing; None when it has both."""
-        c = self.confusion_counts()
-        if c is None:
-            return None
-        if c["tp"] + c["fn"] == 0:
-            return "COVID"
-        return "non-COVID" if c["tn"] + c["fp"] == 0 else None
+    def missing_side(self) -> Optional[str]:
+        """Which side of the served decision the test split has no films of ("COVID", "non-COVID");
+        None when it has both (or without counts)."""
+        return _missing_side(self.metrics)
+
+    def unmeasurable(self) -> set:
+        """The overall metrics that mean nothing on this test split (see :func:`_unmeasurable`)."""
+        return _unmeasurable(self.metrics)
 
     def intervals(self) -> dict:
         """Sensitivity and specificity with Wilson 95% intervals from the counts ({} without them)."""
@@ -64,6 +58,40 @@ class GateReport:
             return {}
         rates = ci_metrics.binary_metrics_from_counts(**c)
         return {name: rates[name] for name in ("sensitivity", "specificity")}
+
+
+def _counts(metrics: dict) -> Optional[dict]:
+    found = {}
+    for key, value in metrics.items():
+        for count, short in COUNTS.items():
+            if key.startswith(count) and "change" not in key:
+                found[short] = int(round(value))
+    return found if len(found) == 4 else None
+
+
+def _missing_side(metrics: dict) -> Optional[str]:
+    c = _counts(metrics)
+    if c is None:
+        return None
+    if c["tp"] + c["fn"] == 0:
+        return "COVID"
+    return "non-COVID" if c["tn"] + c["fp"] == 0 else None
+
+
+def _unmeasurable(metrics: dict) -> set:
+    """Names of ``metrics`` without meaning on this test split, which TFMA reports as NaN or as 0: a
+    rate with no films to count, the AUC of a class (or side) the split holds no films of, and the
+    sensitivity at the gate's specificity, or the macro AUC, of a split that lacks one."""
+    one_sided = _missing_side(metrics) is not None
+    out = {key for key, value in metrics.items() if isinstance(value, float) and math.isnan(value)}
+    for key in metrics:
+        if key.startswith("AUC") and not key.endswith("change"):
+            per_class = key[len("AUC"):]  # "" or " (pneumonia vs rest)"
+            if f"sensitivity{per_class}" in out or (one_sided and per_class in ("", " (covid vs rest)")):
+                out.add(key)
+    wanted = ("sensitivity at", "macro AUC") if one_sided else ("macro AUC",) if any(
+        key.startswith("AUC (") for key in out) else ()
+    return out | {key for key in metrics if wanted and key.startswith(wanted) and not key.endswith("change")}
 
 
 def metric_name(key, classes: Optional[Sequence[str]] = None) -> str:
@@ -111,10 +139,11 @@ def read_gate_report(evaluation_uri: str, blessed: bool, classes: Optional[Seque
     failures = []
     if _has_validation(evaluation_uri):
         validation = tfma.load_validation_result(evaluation_uri)
+        unmeasurable = frozenset(_unmeasurable(slices.get("overall", {})))
         for per_slice in validation.metric_validations_per_slice:
             where = _slice_name(per_slice.slice_key)
             for failure in per_slice.failures:
-                sentence = _failure_sentence(failure, classes)
+                sentence = _failure_sentence(failure, classes, unmeasurable if where == "overall" else frozenset())
                 failures.append(sentence if where == "overall" else f"{sentence} (slice {where})")
     overall = slices.pop("overall", {})
     return GateReport(blessed=blessed, metrics=overall, failures=failures, slices=slices)
@@ -126,7 +155,7 @@ def _has_validation(evaluation_uri: str) -> bool:
         n.startswith("validations") for n in tf.io.gfile.listdir(evaluation_uri))
 
 
-def _failure_sentence(failure, classes: Optional[Sequence[str]] = None) -> str:
+def _failure_sentence(failure, classes: Optional[Sequence[str]] = None, unmeasurable: frozenset = frozenset()) -> str:
     name = metric_name(failure.metric_key, classes)
     value = _value(failure.metric_value)
     threshold = failure.metric_threshold
@@ -136,6 +165,6 @@ def _failure_sentence(failure, classes: Optional[Sequence[str]] = None) -> str:
         bar = f"the allowed change against the last blessed model ({threshold.change_threshold.absolute.value:+.3f})"
     else:
         bar = "its threshold"
-    if value is None or math.isnan(value):  # e.g. specificity on a test split without negatives
+    if value is None or math.isnan(value) or name in unmeasurable:  # e.g. specificity without negatives
         return f"{name} could not be measured on the test split, so it cannot meet {bar}"
     return f"{name} {value:.3f} is below {bar}"

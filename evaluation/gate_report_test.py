@@ -110,10 +110,41 @@ def test_a_test_split_without_one_side_says_so_instead_of_printing_nan(tmp_path)
     json_format.ParseDict(dict(value_threshold=dict(lower_bound=0.8)), failure.metric_threshold)
     _write(tmp_path, [validation], name="validations")
     report = gate_report.read_gate_report(str(tmp_path), blessed=False)
-    assert report.unmeasurable() == "non-COVID"
+    assert report.missing_side() == "non-COVID" and report.unmeasurable() == {"specificity", "AUC"}
     assert report.failures == ["specificity could not be measured on the test split, so it cannot meet the "
                                "required minimum 0.800"]
     assert gate_report.GateReport(False, {"true positives": 0, "false negatives": 0, "true negatives": 3,
-                                          "false positives": 1}, [], {}).unmeasurable() == "COVID"
+                                          "false positives": 1}, [], {}).missing_side() == "COVID"
     assert gate_report.GateReport(False, {"true positives": 1, "false negatives": 0, "true negatives": 3,
-                                          "false positives": 1}, [], {}).unmeasurable() is None
+                                          "false positives": 1}, [], {}).missing_side() is None
+
+
+def test_an_auc_gate_failure_on_a_one_sided_test_split_is_not_given_a_value(tmp_path):
+    record = _record()
+    for name, value in (("true_positives", 6), ("false_negatives", 0), ("true_negatives", 0), ("false_positives", 0)):
+        _add(record, name, value)
+    auc = _add(record, "auc", 0.0)  # TFMA's AUC with one class present
+    _write(tmp_path, [record])
+    validation = validation_result_pb2.ValidationResult(validation_ok=False)
+    failure = validation.metric_validations_per_slice.add().failures.add()
+    failure.metric_key.CopyFrom(auc)
+    failure.metric_value.double_value.value = 0.0
+    json_format.ParseDict(dict(value_threshold=dict(lower_bound=0.9)), failure.metric_threshold)
+    _write(tmp_path, [validation], name="validations")
+    report = gate_report.read_gate_report(str(tmp_path), blessed=False)
+    assert report.failures == ["AUC could not be measured on the test split, so it cannot meet the required minimum 0.900"]
+
+
+def test_three_class_metrics_are_unmeasurable_only_for_the_class_the_split_lacks():
+    nan = float("nan")
+    counts = {"true positives": 5, "false negatives": 1, "true negatives": 20, "false positives": 2}
+    no_pneumonia = {**counts, "sensitivity (covid vs rest)": 0.83, "AUC (covid vs rest)": 0.95,
+                    "sensitivity (normal vs rest)": 0.9, "AUC (normal vs rest)": 0.91,
+                    "sensitivity (pneumonia vs rest)": nan, "AUC (pneumonia vs rest)": 0.0,
+                    "macro AUC": 0.62, "sensitivity at the gate's specificity": 0.8}
+    assert gate_report.GateReport(False, no_pneumonia, [], {}).unmeasurable() == {
+        "sensitivity (pneumonia vs rest)", "AUC (pneumonia vs rest)", "macro AUC"}
+    no_covid = {**no_pneumonia, "true positives": 0, "false negatives": 0, "sensitivity (pneumonia vs rest)": 0.7,
+                "AUC (pneumonia vs rest)": 0.88, "sensitivity (covid vs rest)": nan, "AUC (covid vs rest)": 0.0}
+    assert gate_report.GateReport(False, no_covid, [], {}).unmeasurable() == {
+        "sensitivity (covid vs rest)", "AUC (covid vs rest)", "macro AUC", "sensitivity at the gate's specificity"}

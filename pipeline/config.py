@@ -463,4 +463,8 @@ def _beam_args_error(args: list) -> Optional[str]:
         return stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
     finally:
         beam_log.setLevel(level)
-    return f"--{unknown[0]} is not a Beam option (Beam would drop it)" if unknown else None
+    if not unknown:
+        return None
+    # As the user wrote it ("-v", "--foo=bar"), not as Beam keys it ("v", "foo").
+    written = next((a.split("=", 1)[0] for a in args if a.lstrip("-").split("=", 1)[0] == unknown[0]), unknown[0])
+    return f"{written} is not a Beam option (Beam would drop it)"

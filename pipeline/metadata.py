@@ -37,7 +37,10 @@ def sqlite_path(config: PipelineConfig) -> str:
     of whatever directory the command runs in, each with its own baseline and cache."""
     runtime = config.runtime
     if runtime.metadata_path:
-        return runtime.metadata_path
+        if "://" in runtime.metadata_path and not runtime.metadata_path.startswith("file://"):
+            raise ConfigError(f"runtime.metadata_path {runtime.metadata_path!r} is not a local file, which ML "
+                              "Metadata's SQLite store must be (or use runtime.mysql_host)")
+        return runtime.metadata_path.removeprefix("file://")
     if "://" in runtime.pipeline_root and not runtime.pipeline_root.startswith("file://"):
         raise ConfigError(f"runtime.pipeline_root {runtime.pipeline_root!r} is a bucket, where ML Metadata's SQLite "
                           "store cannot be kept: pass --set runtime.metadata_path=<a local file, kept between runs> "

@@ -93,10 +93,11 @@ class Source(abc.ABC):
         Hidden files and folders (names starting with ".", ``__MACOSX``) are counted in
         ``hidden_skipped`` instead: one record per macOS ``._`` file would bury the real rejections.
         Entries that are not regular files (named pipes, devices, broken links) are rejected, unopened."""
-        seen = set()
+        seen, named = set(), set()
         for candidate in self.candidates():
             if candidate.path:
                 seen.add(os.path.abspath(candidate.path))
+            named.add(candidate.source_ref)  # also a named file that was missing, or a named pipe
             yield candidate
         hidden: list[str] = []
         irregular: list[tuple[str, str]] = []
@@ -104,7 +105,8 @@ class Source(abc.ABC):
             if os.path.abspath(path) not in seen and images.is_image_file(path) and not self.not_an_input(path):
                 yield Candidate(self.name, self.ref(path), path, reject=f"outside the layout: expected {self.layout}")
         for path, reason in irregular:  # no path: nothing downstream may open it
-            yield Candidate(self.name, self.ref(path), None, reject=reason)
+            if self.ref(path) not in named:  # the adapter rejected it already, with this reason
+                yield Candidate(self.name, self.ref(path), None, reject=reason)
         self.hidden_skipped = len(hidden)
 
     # helpers for adapters
@@ -130,14 +132,18 @@ def list_files(directory: str, hidden: Optional[list] = None, irregular: Optiona
     (appended to ``hidden`` when given; a hidden folder counts once, its contents are not walked).
     Other entries (named pipes, sockets, devices, broken symbolic links) are never opened: they are
     appended to ``irregular`` as sorted (path, reason) pairs when given. Symbolic links to folders are
-    followed (a collection assembled from links), each folder read once: a link back up the tree or a
-    second link to one folder lists its files once, under the first path in sorted order."""
+    followed (a collection assembled from links), each folder read once: a second link to one folder
+    lists its files once, under the first path in sorted order; a link back up to ``directory`` or
+    above it is not followed."""
     out: list[str] = []
     odd: list[tuple[str, str]] = []
     walked: set[str] = set()
+    top = os.path.realpath(directory)
     for dirpath, dirnames, filenames in os.walk(directory, onerror=_unreadable_folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in walked:  # a loop, or a folder already read under another name
+        # A loop, a folder already read under another name, or a link up to the listed folder or
+        # above it: listed from a class folder, the folder above holds the other classes' films.
+        if real in walked or (dirpath != directory and os.path.commonpath([real, top]) == real):
             dirnames[:] = []
             continue
         walked.add(real)

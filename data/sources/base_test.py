@@ -70,6 +70,11 @@ def test_linked_folders_are_followed_once_and_a_loop_neither_hangs_nor_repeats(t
     os.symlink(tmp_path / "d" / "COVID" / "linked", tmp_path / "d" / "zz-again")  # a second way in
     listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d"))]
     assert listed == [os.path.join("COVID", "a.png"), os.path.join("COVID", "linked", "b.png")]
+    # Listed from one class folder (Radiography, Kermany, folder sources), the link up the tree must
+    # not bring in the other classes' films: they would be labelled with this folder's class.
+    testing.write_image(tmp_path / "d" / "Normal" / "n.png", testing.radiograph(3, (16, 16)))
+    listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d" / "COVID"))]
+    assert listed == [os.path.join("COVID", "a.png"), os.path.join("COVID", "linked", "b.png")]
 
 
 def test_a_metadata_csv_is_read_with_long_cells_and_its_errors_name_the_file_and_row(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import os
 import re
 from typing import Iterator, Optional
 
-from covid_cxr.data import dicom, features
+from covid_cxr.data import dicom, features, images
 from covid_cxr.data.sources.base import Candidate, Source, list_files, read_csv
 
 REQUIRED_COLUMNS = ("patientid", "finding", "view", "modality", "filename")
@@ -142,8 +142,8 @@ class CohenSource(Source):
             finding = None
             if reject is None:
                 finding, reject = finding_of(row.get("finding", ""))
-            if reject is None and not exists:
-                finding, reject = None, "missing image file"
+            if reject is None and not exists:  # a named pipe or a broken link is not opened either
+                finding, reject = None, images.not_regular(path) or "missing image file"
             out.append((ref, n, Candidate(
                 self.name, ref, path if exists else None, finding=finding, reject=reject,
                 patient_id=(row.get("patientid") or "").strip() or None,

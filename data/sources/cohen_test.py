@@ -151,3 +151,12 @@ def test_real_cohen_counts():
     assert reasons["unknown view"] == 39 and reasons["unlabelled"] == 28
     assert not reasons["unrecognised finding"] and not reasons["missing image file"]
     assert collections.Counter(c.finding for c in cands)["normal"] == 19
+
+
+def test_a_named_film_that_is_a_broken_link_is_rejected_once_with_that_reason(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="1", finding="COVID-19", view="PA", filename="a.png", seed=1),
+        dict(patientid="2", finding="COVID-19", view="PA", filename="c.png", seed=None)])
+    (root / "images" / "c.png").symlink_to(tmp_path / "nowhere.png")
+    got = [(c.source_ref, c.reject) for c in CohenSource(str(root)).every_candidate()]
+    assert got == [("images/a.png", None), ("images/c.png", "broken symbolic link: its target does not exist")]

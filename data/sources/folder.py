@@ -40,7 +40,7 @@ def parse_class_map(text: str) -> dict[str, str]:
 
 
 def _not_shown(folders: list[str]) -> str:
-    return f"{len(folders)} top folder(s) there, not shown: they may be named after patients"
+    return f"{len(folders)} top folder(s) there, not shown: they may be patients' names"
 
 
 class FolderSource(Source):
@@ -62,11 +62,11 @@ class FolderSource(Source):
                 raise SourceError(f"folder source: class map finding(s) {', '.join(bad)} not in {', '.join(features.FINDINGS)}")
             missing = [k for k in self.class_map if k not in folders]
             if missing:  # the map's own names only: the tree's may be patients' (README: "not shown")
-                raise self.layout_error(f"class map names folder(s) {', '.join(missing)} that do not exist (names "
-                                        f"match exactly, case included; {_not_shown(folders)})")
+                raise SourceError(f"folder source at {self.root}: class map names folder(s) {', '.join(missing)} "
+                                  f"that do not exist (exact names, case included; {_not_shown(folders)})")
         elif not any(f.lower() in features.FINDINGS for f in folders):
-            raise self.layout_error(f"no folder is named like a finding ({', '.join(features.FINDINGS)}, any "
-                                    f"case) and no class map was given ({_not_shown(folders)})")
+            raise SourceError(f"folder source at {self.root}: no folder is named like a finding "
+                              f"({', '.join(features.FINDINGS)}, any case) and no --class-map ({_not_shown(folders)})")
 
     def finding_of(self, folder: str) -> Optional[str]:
         if self.class_map is not None:

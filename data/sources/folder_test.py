@@ -60,14 +60,15 @@ def test_layout_errors_count_the_top_folders_without_naming_them(tmp_path):
     for name in ("Doe_Johnathan", "Smith_Jane"):
         testing.write_image(tmp_path / "f" / name / "a.png", testing.radiograph(1))
     for class_map, problem in ((None, r"no folder is named like a finding \(covid, normal, pneumonia, other_opacity, "
-                                      r"any case\) and no class map was given"),
-                               ({"covid": "covid"}, r"class map names folder\(s\) covid that do not exist \(names "
-                                                    r"match exactly, case included; ")):
+                                      r"any case\) and no --class-map"),
+                               ({"covid": "covid"}, r"class map names folder\(s\) covid that do not exist \(exact "
+                                                    r"names, case included; ")):
         with pytest.raises(SourceError) as raised:
             FolderSource(str(tmp_path / "f"), class_map)
         message = str(raised.value)
         assert re.search(problem, message), message
-        assert "2 top folder(s) there, not shown: they may be named after patients" in message
+        assert "2 top folder(s) there, not shown: they may be patients' names" in message
+        assert len(message) - len(str(tmp_path / "f")) < 230  # one line under messages.MAX_MESSAGE
         assert "Doe" not in message and "Smith" not in message
 
 

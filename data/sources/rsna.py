@@ -29,7 +29,7 @@ import json
 import os
 from typing import Iterator, Optional
 
-from covid_cxr.data import features
+from covid_cxr.data import features, images
 from covid_cxr.data.sources.base import Candidate, Source, list_files, read_csv
 
 LABELS = "stage_2_train_labels.csv"
@@ -133,8 +133,9 @@ class RsnaSource(Source):
             if pid not in targets:
                 yield Candidate(self.name, ref, path, reject=f"no label: not in {LABELS}", **common)
                 continue
-            if path is None:
-                yield Candidate(self.name, ref, None, reject="missing image file", **common)
+            if path is None:  # a named pipe or a broken link is not listed as a file: say which
+                yield Candidate(self.name, ref, None, reject=images.not_regular(os.path.join(self.root, ref))
+                                or "missing image file", **common)
                 continue
             finding, reject = _label(targets[pid], classes.get(pid, set()))
             yield Candidate(self.name, ref, path, finding=finding, reject=reject, **common)

@@ -159,3 +159,12 @@ def test_label_rows_without_a_patient_id_are_rejected_not_dropped(tmp_path):
         "stage_2_train_labels.csv row 3": (None, "malformed stage_2_train_labels.csv row: blank patientId"),
         "stage_2_detailed_class_info.csv row 2": (None, "malformed stage_2_detailed_class_info.csv row: blank patientId"),
     }
+
+
+def test_a_named_film_that_is_a_broken_link_is_rejected_once_with_that_reason(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1),
+                                                 dict(id="bbb-2", target="0", cls="Normal", seed=None)])
+    (root / "stage_2_train_images" / "bbb-2.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    got = [(c.source_ref, c.reject) for c in RsnaSource(str(root)).every_candidate()]
+    assert got == [("stage_2_train_images/aaa-1.dcm", None),
+                   ("stage_2_train_images/bbb-2.dcm", "broken symbolic link: its target does not exist")]
