@@ -84,3 +84,51 @@ def test_a_push_to_a_bucket_cut_short_is_pushed_again(tmp_path, monkeypatch):
     # A record left without its graph (an older push order) is not taken as the model being served.
     tf.io.gfile.remove(f"{final}/{pusher.GRAPH_FILE}")
     assert pusher.push(model, serving, "card", {})[0]
+
+
+def test_a_model_served_before_is_pushed_again_when_another_one_is_newest(tmp_path):
+    # Rolling back: A, then B, then A again. Only the NEWEST version counts as "already serving".
+    serving = str(tmp_path / "serving")
+    model_a, model_b = _fake_model(str(tmp_path / "a")), _fake_model(str(tmp_path / "b"), b"other graph")
+    assert pusher.push(model_a, serving, "card", {})[0]
+    assert pusher.push(model_b, serving, "card", {})[0]
+    pushed, final, why = pusher.push(model_a, serving, "card", {})
+    assert pushed and why == "pushed" and int(os.path.basename(final)) == pusher.versions(serving)[-1]
+    assert len(pusher.versions(serving)) == 3
+
+
+def test_fingerprint_sees_a_renamed_file(tmp_path):
+    a = _fake_model(str(tmp_path / "x"))
+    b = _fake_model(str(tmp_path / "y"))
+    os.rename(os.path.join(b, "variables", "variables.index"), os.path.join(b, "variables", "other.index"))
+    assert pusher.fingerprint(a) != pusher.fingerprint(b)
+
+
+def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
+    from tfx import v1 as tfx
+
+    from covid_cxr.evaluation import gate_report
+
+    monkeypatch.setattr(pusher.gate_report, "read_gate_report", lambda uri, blessed, classes: gate_report.GateReport(
+        blessed, {"sensitivity": 0.5}, [] if blessed else ["sensitivity 0.500 is below the required minimum 0.900"], {}))
+    monkeypatch.setattr(pusher.model_card, "render", lambda metadata, report: "card")
+    serving = str(tmp_path / "serving")
+    model = tfx.types.standard_artifacts.Model()
+    model.uri = str(tmp_path / "model")
+    _fake_model(os.path.join(model.uri, "Format-Serving"))
+
+    def run(blessed):
+        blessing = tfx.types.standard_artifacts.ModelBlessing()
+        blessing.set_int_custom_property("blessed", blessed)
+        evaluation = tfx.types.standard_artifacts.ModelEvaluation()
+        evaluation.uri = str(tmp_path / "evaluation")
+        pushed = tfx.types.standard_artifacts.PushedModel()
+        pusher.VersionedPusher.test_call(model=model, model_blessing=blessing, evaluation=evaluation,
+                                         pushed_model=pushed, serving_dir=serving, gate="{}")
+        return pushed
+
+    refused = run(0)
+    assert refused.get_int_custom_property("pushed") == 0 and pusher.versions(serving) == []
+    assert refused.get_string_custom_property("reason") == "NOT BLESSED: sensitivity 0.500 is below the required minimum 0.900"
+    blessed = run(1)
+    assert blessed.get_int_custom_property("pushed") == 1 and len(pusher.versions(serving)) == 1

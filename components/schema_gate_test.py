@@ -73,3 +73,23 @@ def test_the_gate_passes_clean_splits_and_stops_on_anomalies_or_unvalidated_spli
     artifact = _anomalies(tmp_path / "c", {"train": clean, "test": None})
     with pytest.raises(DataValidationError, match="split test: no SchemaDiff.pb: this split was not validated"):
         SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
+
+
+def test_the_gate_stops_on_dataset_level_anomalies_and_on_an_artifact_that_validated_no_split(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from covid_cxr.components.schema_gate import DataValidationError, SchemaGate
+
+    schema = _schema_artifact(tmp_path)
+    (tmp_path / "out" / SCHEMA_FILE_NAME).write_text(SCHEMA)
+    validated = tfx.types.standard_artifacts.Schema()
+    validated.uri = str(tmp_path / "validated")
+    # e.g. a split with far fewer examples than the schema expects: no feature is at fault
+    few = anomalies_pb2.Anomalies()
+    few.dataset_anomaly_info.short_description = "Low num examples in dataset"
+    with pytest.raises(DataValidationError, match="^data validation failed, 1 anomaly: split eval: dataset: Low num examples in dataset$"):
+        SchemaGate.test_call(schema=schema, anomalies=_anomalies(tmp_path / "d", {"train": anomalies_pb2.Anomalies(), "eval": few}),
+                             validated_schema=validated)
+    with pytest.raises(DataValidationError, match="no split was validated"):
+        SchemaGate.test_call(schema=schema, anomalies=_anomalies(tmp_path / "e", {}), validated_schema=validated)
+    assert not (tmp_path / "validated" / SCHEMA_FILE_NAME).exists()

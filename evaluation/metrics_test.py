@@ -231,3 +231,15 @@ def test_patient_bootstrap_leaves_out_replicates_without_the_class():
     with_covid = int((drawn[:, group_of[y]].sum(1) > 0).sum())
     assert 0 < with_covid < 400
     assert got["replicates"] == {"sensitivity": with_covid, "specificity": 400, "accuracy": 400, "auc": with_covid}
+
+
+def test_delong_interval_stays_within_zero_and_one():
+    # Near-perfect separation on few films: AUC + 1.96 SE is above 1, the interval stops at 1.
+    y = [0] * 6 + [1] * 6
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
+    auc, var = metrics.auc_delong(y, scores)
+    assert auc + 1.96 * var ** 0.5 > 1.0  # the case the clip is for
+    lo, hi = metrics.auc_delong_ci(y, scores)
+    assert 0.0 <= lo < auc < hi == 1.0
+    lo, hi = metrics.auc_delong_ci([1 - v for v in y], scores)  # the mirror image stops at 0
+    assert lo == 0.0 < hi <= 1.0

@@ -29,6 +29,9 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"gate.max_auc_regression": "2"}, "gate.max_auc_regression must be between -1 and 1"),
     ({"gate.min_auc": "-0.1"}, "between 0 and 1"),
     ({"training.target_specificity": "1.2"}, "training.target_specificity must be between 0 and 1"),
+    # Every gate bar and training target is checked, not only the first of each kind.
+    ({"gate.min_specificity": "1.5"}, "^gate.min_specificity must be between 0 and 1, got 1.5$"),
+    ({"training.target_sensitivity": "1.2"}, "^training.target_sensitivity must be between 0 and 1, got 1.2$"),
     ({"training.source_balance": "2"}, "training.source_balance must be between 0 and 1"),
     ({"tuner.fine_tune_layers": "[0, 20]", "tuner.fine_tune_epochs": "0"},
      "^tuner.fine_tune_layers lists several values, but with tuner.fine_tune_epochs 0 the Tuner's trials only train"),
@@ -71,11 +74,36 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"tuner.dropouts": "nan"}, "^tuner.dropouts must be numbers between 0.0 and 0.95, got nan$"),
     ({"tuner.learning_rates": "[.nan]"}, "^tuner.learning_rates must be numbers above 0.0 and at most 1.0, got nan$"),
     ({"model.augment": "5"}, "^override: model.augment: '5' is not a valid bool$"),
+    ({"data.test_buckets": "0"}, "^data.\\*_buckets must all be at least 1$"),
+    ({"runtime.beam_running_mode": "threads"}, "^runtime.beam_running_mode 'threads' is not in_memory, multi_threading or multi_processing$"),
+    ({"model.families": "[]"}, "^model.families must name at least one model family$"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:
         cfg.load_config(None, None, overrides)
     assert "\n" not in str(info.value)
+
+
+def test_the_ends_of_every_range_are_accepted():
+    # A gate demanding every COVID film (sensitivity 1) is strict, not wrong.
+    config = cfg.load_config(None, None, {"gate.min_sensitivity": "1", "gate.min_specificity": "1", "gate.min_auc": "1",
+                                          "training.target_sensitivity": "1", "training.target_specificity": "1",
+                                          "training.source_balance": "1", "gate.max_auc_regression": "-1"})
+    assert (config.gate.min_sensitivity, config.training.target_sensitivity) == (1.0, 1.0)
+    assert cfg.load_config(None, None, {"gate.max_auc_regression": "1", "training.early_stopping_patience": "0",
+                                        "training.atypical_quantile": "0.5"}).gate.max_auc_regression == 1.0
+
+
+def test_yes_no_on_off_answers_from_the_command_line():
+    for text, value in (("on", True), ("yes", True), ("1", True), ("off", False), ("no", False), ("0", False)):
+        assert cfg.load_config(None, None, {"runtime.enable_cache": text}).runtime.enable_cache is value, text
+
+
+def test_several_fine_tuning_values_are_fine_when_the_tuner_does_not_run():
+    # Without the Tuner the first value of each list is used; nothing is left for trials to tell apart.
+    config = cfg.load_config(None, None, {"tuner.enabled": "false", "tuner.fine_tune_layers": "[0, 20]",
+                                          "tuner.fine_tune_epochs": "0"})
+    assert config.tuner.fine_tune_layers == [0, 20]
 
 
 def test_malformed_yaml_and_unknown_preset(tmp_path):
@@ -100,6 +128,9 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
                           ("model:\n  ensemble_with: [{a: 1}]\n", "model.ensemble_with[0]: {'a': 1} is not a valid str"),
                           ("tuner:\n  dense_units: [64, many]\n", "tuner.dense_units[1]: 'many' is not a valid int"),
                           ("tuner:\n  dropouts: 0.2\n", "tuner.dropouts: 0.2 is not a valid list of float"),
+                          ("training:\n  epochs: 2.5\n", "training.epochs: 2.5 is not a valid int"),  # not 2
+                          ("training:\n  epochs: true\n", "training.epochs: True is not a valid int"),  # not 1
+                          ("gate:\n  min_auc: false\n", "gate.min_auc: False is not a valid float"),
                           ("runtime:\n  beam_extra_args: [--a=1, ~]\n", "runtime.beam_extra_args[1]: an empty item"),
                           ("gate:\n  slice_features: [source, no]\n",
                            "gate.slice_features[1]: YAML reads a bare yes/no/on/off/true/false as False; quote it"),

@@ -4,6 +4,7 @@ Models with a known decision make the outcome certain: a stored threshold near 0
 COVID (sensitivity 1, specificity 0), so the same model must pass a low bar and fail a specificity
 bar, and the counts must be exactly the class sizes.
 """
+import json
 import os
 
 import numpy as np
@@ -119,3 +120,38 @@ def test_three_class_gate_counts_the_served_label_covid_one_vs_rest(three_class_
         "tn": int((~predicted_covid & ~is_covid).sum()), "fp": int((predicted_covid & ~is_covid).sum())}
     for name in ("sensitivity (covid vs rest)", "specificity (covid vs rest)", "macro AUC", "accuracy"):
         assert name in report.metrics, sorted(report.metrics)
+
+
+def _metric(config, spec_index, name):
+    [metric] = [m for m in config.metrics_specs[spec_index].metrics if m.class_name == name]
+    return metric
+
+
+def test_the_auc_may_drop_against_the_baseline_by_at_most_the_allowed_amount_and_only_overall_is_gated():
+    config = eval_config.build_eval_config(cfg.load_config("quick", overrides={"gate.max_auc_regression": "0.02"}))
+    [auc] = _metric(config, 0, "AUC").per_slice_thresholds
+    change = auc.threshold.change_threshold
+    # change = candidate AUC - baseline AUC must be >= -0.02
+    assert change.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+    assert change.absolute.value == pytest.approx(-0.02)
+    # Must improve by 0.05 when the allowed regression is negative.
+    strict = eval_config.build_eval_config(cfg.load_config("quick", overrides={"gate.max_auc_regression": "-0.05"}))
+    assert _metric(strict, 0, "AUC").per_slice_thresholds[0].threshold.change_threshold.absolute.value == pytest.approx(0.05)
+    # No Resolver baseline (open-source Kubeflow): no change threshold, the value bars still apply.
+    alone = eval_config.build_eval_config(cfg.load_config("quick", overrides={"gate.compare_to_baseline": "false"}))
+    assert not _metric(alone, 0, "AUC").per_slice_thresholds[0].threshold.HasField("change_threshold")
+    # Every gated bar applies to the whole test split only, never to a slice.
+    gated = [m for m in config.metrics_specs[0].metrics if m.per_slice_thresholds]
+    assert {m.class_name for m in gated} == {"Recall", "Specificity", "AUC"}
+    for metric in gated:
+        for threshold in metric.per_slice_thresholds:
+            assert list(threshold.slicing_specs) == [tfma.SlicingSpec()], metric.class_name
+
+
+def test_the_reported_sensitivity_at_specificity_uses_the_specificity_bar():
+    config = eval_config.build_eval_config(cfg.load_config("quick", overrides={"gate.min_specificity": "0.85",
+                                                                                "gate.min_sensitivity": "0.7"}))
+    assert json.loads(_metric(config, 0, "SensitivityAtSpecificity").config) == {"specificity": 0.85}
+    three = eval_config.build_eval_config(cfg.load_config("quick", overrides={"model.task": "three-class"}))
+    task = features.get_task("three-class")
+    assert list(three.metrics_specs[1].binarize.class_ids.values) == [task.positive_index]  # COVID one-vs-rest gates

@@ -121,6 +121,10 @@ def test_a_stored_threshold_that_is_not_a_number_is_named(binary_model, tmp_path
     assert result.exit_code == 2
     assert "covid_cxr.json: the stored threshold 'high' is not a number" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    # JSON true is no threshold either (Python would read it as 1.0: nothing ever called COVID)
+    asset.write_text(json.dumps(dict(json.loads(asset.read_text()), threshold=True)))
+    result = CliRunner().invoke(cli.main, ["predict", "--model", str(copy), *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
+    assert result.exit_code == 2 and "the stored threshold True is not a number" in result.output
 
 
 def test_a_damaged_model_is_one_line_that_says_what_is_wrong(binary_model, tmp_path):
@@ -467,3 +471,30 @@ def test_the_atypical_input_check_reuses_the_scoring_pass(binary_model):
     # The tiny model has two convolutions: one pass of them scores the film and measures its features.
     assert _ops_reachable(binary_model.model_dir, predict.EXAMPLES_SIGNATURE, "Conv2D") == 2
     assert _ops_reachable(binary_model.model_dir, predict.IMAGE_SIGNATURE, "Conv2D") == 2
+
+
+def test_a_film_scored_exactly_at_the_stored_threshold_is_served_as_not_covid(binary_model, tmp_path):
+    # choose_threshold may store a film's own float32 score (two adjacent scores leave no float32
+    # between them); the served rule is "P(covid) > threshold", so that film is not COVID, and its
+    # gate_score must not be above 0.5 either.
+    import tensorflow_transform as tft
+    import tf_keras as keras
+
+    from covid_cxr.serving import export
+    from covid_cxr.transform import preprocessing
+
+    inputs = keras.Input((testing.TINY_IMAGE_SIZE, testing.TINY_IMAGE_SIZE, 1), name=preprocessing.IMAGE_XF)
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    score = 0.25  # every film's P(covid), exactly (no sigmoid to round it differently in the served graph)
+    constant = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(score),
+                                  name="probabilities")(pooled)
+    model = keras.Model(inputs, constant)
+    out = str(tmp_path / "at-threshold")
+    export.export_serving_model(model, tft.TFTransformOutput(binary_model.transform_dir), binary_model.task, score,
+                                {}, out)
+    served = tf.saved_model.load(out).signatures[export.EXAMPLES_SIGNATURE](
+        examples=tf.constant(testing.read_records(binary_model.data_dir)[:4]))
+    assert np.all(served["covid_probability"].numpy() == np.float32(score))
+    assert served["label_index"].numpy().tolist() == [0] * 4
+    assert served["label"].numpy().tolist() == [b"normal"] * 4
+    assert np.all(served[export.GATE_OUTPUT].numpy() <= 0.5)

@@ -96,3 +96,30 @@ def test_the_demo_does_not_replace_a_curated_dataset(tmp_path):
         "which the demo would replace: choose another --out"]  # before it says it generates anything
     assert {p.name: p.read_bytes() for p in (tmp_path / "demo" / "data").iterdir()} == before
     assert not (tmp_path / "demo" / "root").exists()
+
+
+def test_data_anomalies_and_an_interrupt_end_the_run_with_their_own_exit_codes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.components.schema_gate import DataValidationError
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    args = ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
+            "--serving-dir", str(tmp_path / "serving")]
+
+    def fails_with(error):
+        def run(config):
+            raise error
+        monkeypatch.setattr(local_runner, "run", run)
+        return CliRunner().invoke(cli.main, args)
+
+    # Bad data is a failed run (1), not a usage error (2): the command line was right.
+    result = fails_with(DataValidationError("data validation failed, 1 anomaly: split test: feature label: Unexpected"))
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "covid-cxr: error: data validation failed, 1 anomaly: split test: feature label: Unexpected "
+        "(the run stopped before Transform; fix the data or the schema)")
+    result = fails_with(KeyboardInterrupt())
+    assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "covid-cxr: error: interrupted"

@@ -30,6 +30,15 @@ def test_binary_validation_metrics_use_the_stored_threshold():
     assert result["auc"] == pytest.approx(7 / 9)
 
 
+def test_a_film_scored_exactly_at_the_stored_threshold_counts_as_not_covid_as_the_export_serves_it():
+    # choose_threshold may return a film's own score (adjacent float32 scores leave no gap): the
+    # validation metrics must read "score > t" as the export does, or they report a decision not served.
+    labels = np.array([0, 1, 1])
+    scores = np.array([[0.3], [0.3], [0.8]], np.float32)
+    result = trainer_task._validation_metrics(BINARY, labels, scores, threshold=float(np.float32(0.3)))
+    assert result["counts"] == {"tp": 1, "fn": 1, "tn": 1, "fp": 0}
+
+
 def test_three_class_validation_metrics_are_covid_one_vs_rest_at_the_stored_threshold():
     task = features.get_task("three-class")
     covid = task.positive_index
@@ -89,12 +98,22 @@ def test_search_space_takes_every_dimension_from_the_config():
     hparams = trainer_task._search_space(hp, cfg)
     assert hparams.family == "mobilenet_v2" and hparams.image_size == 224 and hparams.fine_tune_layers == 40
     assert hparams.label_smoothing == pytest.approx(0.1) and "label_smoothing" not in hp.values  # not a Tuner dimension
+    assert hparams.early_stopping_patience == 3  # the config's (full preset), not HParams' default of 4
     # The first value of each choice, until a Tuner trial picks another: 0.001 x 0.01.
     assert hparams.fine_tune_learning_rate == pytest.approx(1e-5)
     assert hp.values["fine_tune_lr_factor"] == 0.01
     assert list(hp.values)[-1] == "fine_tune_lr_factor"  # declared after the dimensions it was added after
     hp.values["fine_tune_lr_factor"] = 0.1
     assert trainer_task._search_space(hp, cfg).fine_tune_learning_rate == pytest.approx(1e-4)
+
+
+def test_the_tuner_searches_every_listed_image_size_up_to_the_transform_size():
+    from covid_cxr.pipeline import config as pipeline_config
+
+    cfg_ = pipeline_config.load_config("quick", None, {"tuner.image_sizes": "[64, 48]"}).model_custom_config()
+    hp = keras_tuner.HyperParameters()
+    assert trainer_task._search_space(hp, cfg_).image_size == 64  # the Transform's own size is a choice too
+    assert hp.space[[p.name for p in hp.space].index("image_size")].values == [64, 48]
 
 
 def test_a_single_fine_tune_lr_factor_is_not_a_tuner_dimension():
@@ -374,3 +393,60 @@ def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(ca
     with caplog.at_level("WARNING"):  # 0.9 needs 20 validation films
         assert _fitted_check([member], _image_batches(40, 32, 1), _image_batches(19, 32, 2), 0.9) == (None, None)
     assert "no atypical-input check: too few films" in caplog.text
+
+
+def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None):
+    """run_fn on synthetic data with the Transform, the fits and the export stood in for: returns
+    (the model it exports, its metadata, the members it built)."""
+    from covid_cxr.serving import export
+
+    data_dir = str(tmp_path / "data")
+    synthetic.generate(data_dir, "covid-vs-normal", patients_per_class=2, seed=0)
+    config = cfg.load_config("quick", overrides={"data.data_dir": data_dir, "model.image_size": "32",
+                                                 "model.ensemble_with": ensemble_with,
+                                                 "training.atypical_quantile": "0"})
+    fn_args = tfx.components.FnArgs(
+        custom_config=dict(config.model_custom_config(), data_dir=data_dir), train_files=["t"], eval_files=["e"],
+        transform_output="unused", model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "model"),
+        hyperparameters=None, data_accessor=None)
+    rng = np.random.RandomState(0)
+    images = rng.rand(8, 32, 32, 1).astype("float32")
+    labels = np.arange(8) % 2
+    monkeypatch.setattr(trainer_task.tft, "TFTransformOutput", lambda path: None)
+    monkeypatch.setattr(trainer_task, "_count_source_labels",
+                        lambda *a: __import__("collections").Counter({("s", 0): 4, ("s", 1): 4}))
+    monkeypatch.setattr(trainer_task, "_dataset",
+                        lambda *a, **k: tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
+    monkeypatch.setattr(trainer_task, "_training_batches", lambda *a, **k: None)
+    monkeypatch.setattr(training, "fit", lambda built, *a, **k: {"phase": [0], "epoch": [0], "val_auc": [0.5],
+                                                                 training.KEPT: [1.0]})
+    built = []
+    real_build = trainer_task._build
+
+    def build(hparams, cfg_, task):
+        family = (built_as or {}).get(hparams.family, hparams.family)
+        built.append(real_build(dataclasses.replace(hparams, family=family), cfg_, task))
+        return built[-1]
+
+    monkeypatch.setattr(trainer_task, "_build", build)
+    exported = {}
+    monkeypatch.setattr(export, "export_serving_model",
+                        lambda model, tto, task, threshold, metadata, out, typicality_check=None:
+                        exported.update(model=model, metadata=metadata))
+    trainer_task.run_fn(fn_args)
+    return exported["model"], exported["metadata"], built, images
+
+
+def test_the_trainer_serves_the_mean_of_its_ensemble_members(tmp_path, monkeypatch):
+    model, metadata, built, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]")
+    assert metadata["ensemble_members"] == ["cnn3", "cnn4"] and metadata["family"] == "cnn3+cnn4"
+    expected = np.mean([m.model(images, training=False).numpy() for m in built], axis=0)
+    np.testing.assert_allclose(model(images, training=False).numpy(), expected, rtol=1e-5)
+
+
+def test_a_member_built_as_a_family_already_trained_is_skipped(tmp_path, monkeypatch):
+    # e.g. two transfer families without weights, both falling back to the same scratch CNN
+    model, metadata, built, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]", built_as={"cnn4": "cnn3"})
+    assert len(built) == 2 and metadata["ensemble_members"] == ["cnn3"] and metadata["family"] == "cnn3"
+    np.testing.assert_allclose(model(images, training=False).numpy(),
+                               built[0].model(images, training=False).numpy(), rtol=1e-6)

@@ -96,6 +96,14 @@ def test_sparse_metrics_match_one_hot_keras_metrics():
     assert T.SparseAUC.from_config(auc.get_config()).num_classes == 3
 
 
+def test_three_class_training_metrics_report_recall_and_precision_of_covid_the_last_class():
+    # fit() compiles without a positive index: "recall"/"precision" in the history and the model
+    # card must still be COVID's (the last class index), not another class's.
+    metrics = {m.name: m for m in T.make_metrics(3)}
+    assert metrics["recall"].class_id == 2 and metrics["precision"].class_id == 2
+    assert {m.name: m for m in T.make_metrics(3, positive_index=1)}["recall"].class_id == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # class_weights
 # ------------------------------------------------------------------------------------------------
@@ -112,6 +120,8 @@ def test_class_weights_balanced():
         T.class_weights([0, 0])
     with pytest.raises(ValueError):
         T.class_weights({-1: 3})
+    with pytest.raises(ValueError, match=">= 0"):
+        T.class_weights([3, -1])  # a negative count is a bug upstream, not a class to up-weight
 
 
 def test_source_class_weights_at_strength_zero_are_the_class_weights():
@@ -119,6 +129,26 @@ def test_source_class_weights_at_strength_zero_are_the_class_weights():
     weights = T.source_class_weights(counts, 2, 0.0)
     balanced = T.class_weights({0: 480, 1: 590})
     assert weights == {cell: balanced[cell[1]] for cell in counts}  # exactly: runs with it off repeat bit for bit
+
+
+def test_source_class_weights_at_strength_zero_equal_the_class_weights_bit_for_bit_for_any_counts():
+    # n * w / n is not always w in floating point (here for 4743 three-class films): the shortcut at
+    # strength 0 is what keeps runs with the option off identical to runs from before it existed.
+    counts = {("a", 0): 3000, ("b", 0): 385, ("a", 1): 4743, ("b", 2): 4264}
+    balanced = T.class_weights({0: 3385, 1: 4743, 2: 4264}, 3)
+    assert T.source_class_weights(counts, 3, 0.0) == {cell: balanced[cell[1]] for cell in counts}
+
+
+def test_source_class_weights_follow_the_documented_formula_also_for_one_class_sources():
+    # (n_s / (k_s * n_sc)) ** strength within each class, k_s the classes present in the source: at
+    # strength 1 every source's cell holds n_s / k_s of its class's mass, so a one-class source (RSNA's
+    # normals) keeps its share next to the sources that hold both classes.
+    counts = {("cohen", 1): 290, ("cohen", 0): 10, ("radiography", 1): 300, ("radiography", 0): 400, ("rsna", 0): 70}
+    for strength in (1.0, 0.5):
+        weights = T.source_class_weights(counts, 2, strength)
+        within = {("cohen", 0): 300 / (2 * 10), ("radiography", 0): 700 / (2 * 400), ("rsna", 0): 70 / (1 * 70)}
+        for cell in within:  # same class: weights in the ratio of the formula
+            assert weights[cell] / weights[("rsna", 0)] == pytest.approx((within[cell] / within[("rsna", 0)]) ** strength)
 
 
 def test_full_source_balance_makes_the_source_carry_no_label():
@@ -293,6 +323,8 @@ class ScriptedScore(keras.callbacks.Callback):
     ([0.70, 0.80, 0.85, 0.84, 0.95, 0.94, 0.93, 0.92, 0.99], 8, 2),
     # beats it at its second epoch: ordinary patience, stopping three epochs after the best
     ([0.70, 0.91, 0.93, 0.92, 0.92, 0.92, 0.99, 0.99], 6, 2),
+    # only ties phase 1's best: that does not beat it, so phase 1's weights are served
+    ([0.70, 0.90, 0.85, 0.84, 0.83, 0.99], 5, 1),
 ])
 def test_phase_two_stops_on_its_own_patience_and_serves_phase_one_unless_it_beats_it(pretrained_mobilenet, monkeypatch, phase_two, ran, kept_phase):
     scores = [0.85, 0.90] + phase_two
@@ -450,6 +482,8 @@ def test_lr_schedules():
     (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), T.MONITOR, 0, 5, 1e-3)
     assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau) and plateau.monitor == T.MONITOR
     assert plateau.mode == "max"
+    # factor and patience from the HParams; the LR never drops below a thousandth of the phase's own
+    assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 2, pytest.approx(1e-6))
     assert T._schedule_callbacks(M.HParams(family="cnn3", lr_schedule="none"), "val_loss", 0, 5, 1e-3) == []
 
 
@@ -515,6 +549,9 @@ def test_choose_threshold_ties_and_float_rounding():
     y = np.ones(20, int)
     s = np.linspace(0.05, 1.0, 20)
     assert s[0] <= T.choose_threshold(y, s, 0.95) < s[1]
+    # 0.95 * 20 is exactly 19.0, but 0.55 * 100 is 55.00000000000001: 55 of 100 positives must suffice.
+    y, s = np.ones(100, int), np.linspace(0.01, 0.99, 100)
+    assert T.sensitivity_specificity(y, s, T.choose_threshold(y, s, 0.55))[0] == pytest.approx(0.55)
     # Saturated scores (1 - 1e-12 rounds to the logit clip): still inside the gap.
     t = T.choose_threshold([0, 1], [1 - 1e-12, 1.0], 1.0)
     assert 1 - 1e-12 <= t < 1.0 and T.sensitivity_specificity([0, 1], [1 - 1e-12, 1.0], t) == (1.0, 1.0)
@@ -544,6 +581,15 @@ def test_the_threshold_is_stored_as_the_float32_the_export_compares_scores_with(
     t = T.choose_threshold([0, 1, 1], scores, 1.0)
     assert t == float(np.float32(t)) and float(scores[0]) < t < float(scores[1])
     assert t == pytest.approx(math.sqrt(1e-8 * 5e-8), rel=1e-3)  # logit ~ log near 0: the geometric middle
+
+
+def test_a_gap_between_adjacent_float32_scores_gives_the_lower_score_itself():
+    # No float32 lies strictly inside: whichever way the logit middle rounds, the stored threshold is
+    # the lower score (rejected by "score > t"), never a float64 the export would round to the upper one.
+    for value in (0.3, 0.5, 0.7, 0.9, 0.999):
+        lower = np.float32(value)
+        upper = np.nextafter(lower, np.float32(1.0))
+        assert T.choose_threshold([0, 1], np.array([lower, upper]), 1.0) == float(lower), value
 
 
 def test_choose_threshold_matches_brute_force():
@@ -602,6 +648,24 @@ def test_a_balanced_threshold_on_a_score_itself_counts_that_score_as_not_covid()
     t = T._balanced_threshold(y, s.astype(np.float64), 0.5, 0.5)
     assert t == float(s[5])  # the negatives' highest score, two steps up
     assert T.sensitivity_specificity(y, s, t) == pytest.approx((2 / 3, 1.0))
+
+
+def test_targets_met_exactly_on_validation_still_share_the_slack():
+    # 10 COVID films, 20 normals, both targets 0.9. No threshold is above both bars; two sit exactly on
+    # one bar: sensitivity 0.9 / specificity 0.95 (the sensitivity-only choice) and 1.0 / 0.9. The
+    # second has the larger other margin (0.1 of 10 films against 0.05 of 20), so it is chosen.
+    y = np.r_[np.ones(10, int), np.zeros(20, int)]
+    s = np.r_[[0.25], np.linspace(0.6, 0.9, 9), np.linspace(0.01, 0.2, 18), [0.4, 0.95]]
+    assert T.sensitivity_specificity(y, s, T.choose_threshold(y, s, 0.9)) == (0.9, 0.95)
+    assert T.sensitivity_specificity(y, s, T.choose_threshold(y, s, 0.9, 0.9)) == (1.0, 0.9)
+
+
+def test_a_specificity_target_of_one_is_a_bar_like_any_other():
+    # At target 1 the margin is counted in the standard error just inside 1 (n films), not divided by 0.
+    y = np.r_[np.ones(10, int), np.zeros(10, int)]
+    s = np.r_[[0.3, 0.35], np.linspace(0.6, 0.9, 8), np.linspace(0.01, 0.2, 10)]
+    assert T.sensitivity_specificity(y, s, T.choose_threshold(y, s, 0.8)) == (0.8, 1.0)
+    assert T.sensitivity_specificity(y, s, T.choose_threshold(y, s, 0.8, 1.0)) == (1.0, 1.0)
 
 
 def test_when_the_two_targets_cannot_both_be_met_sensitivity_comes_first():
