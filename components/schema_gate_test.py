@@ -50,15 +50,21 @@ def _anomalies(tmp_path, per_split):
     return artifact
 
 
+def _gate_artifacts(tmp_path):
+    """The reviewed schema SchemaGate reads, and the artifact it copies it to when the data passes."""
+    schema = _schema_artifact(tmp_path)
+    (tmp_path / "out" / SCHEMA_FILE_NAME).write_text(SCHEMA)
+    validated = tfx.types.standard_artifacts.Schema()
+    validated.uri = str(tmp_path / "validated")
+    return schema, validated
+
+
 def test_the_gate_passes_clean_splits_and_stops_on_anomalies_or_unvalidated_splits(tmp_path):
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     from covid_cxr.components.schema_gate import DataValidationError, SchemaGate
 
-    schema = _schema_artifact(tmp_path)
-    (tmp_path / "out" / SCHEMA_FILE_NAME).write_text(SCHEMA)
-    validated = tfx.types.standard_artifacts.Schema()
-    validated.uri = str(tmp_path / "validated")
+    schema, validated = _gate_artifacts(tmp_path)
     clean = anomalies_pb2.Anomalies()
     artifact = _anomalies(tmp_path / "a", {"train": clean, "test": clean})
     SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
@@ -80,10 +86,7 @@ def test_the_gate_stops_on_dataset_level_anomalies_and_on_an_artifact_that_valid
 
     from covid_cxr.components.schema_gate import DataValidationError, SchemaGate
 
-    schema = _schema_artifact(tmp_path)
-    (tmp_path / "out" / SCHEMA_FILE_NAME).write_text(SCHEMA)
-    validated = tfx.types.standard_artifacts.Schema()
-    validated.uri = str(tmp_path / "validated")
+    schema, validated = _gate_artifacts(tmp_path)
     # e.g. a split with far fewer examples than the schema expects: no feature is at fault
     few = anomalies_pb2.Anomalies()
     few.dataset_anomaly_info.short_description = "Low num examples in dataset"
