@@ -37,15 +37,24 @@ def sqlite_path(config: PipelineConfig) -> str:
     of whatever directory the command runs in, each with its own baseline and cache."""
     runtime = config.runtime
     if runtime.metadata_path:
-        if "://" in runtime.metadata_path and not runtime.metadata_path.startswith("file://"):
+        path = _on_this_machine(runtime.metadata_path)
+        if path is None:
             raise ConfigError(f"runtime.metadata_path {runtime.metadata_path!r} is not a local file, which ML "
                               "Metadata's SQLite store must be (or use runtime.mysql_host)")
-        return runtime.metadata_path.removeprefix("file://")
-    if "://" in runtime.pipeline_root and not runtime.pipeline_root.startswith("file://"):
+        return path
+    root = _on_this_machine(runtime.pipeline_root)
+    if root is None:
         raise ConfigError(f"runtime.pipeline_root {runtime.pipeline_root!r} is a bucket, where ML Metadata's SQLite "
                           "store cannot be kept: pass --set runtime.metadata_path=<a local file, kept between runs> "
                           "(the baseline model and the cache are looked up there) or use runtime.mysql_host")
-    return os.path.join(runtime.pipeline_root.removeprefix("file://"), "metadata.sqlite")
+    return os.path.join(root, "metadata.sqlite")
+
+
+def _on_this_machine(path: str) -> Optional[str]:
+    """``path`` as a path on this machine's disk (``file://`` dropped), or None for a bucket (gs://...)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    return path.removeprefix("file://")
 
 
 @contextlib.contextmanager
