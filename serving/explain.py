@@ -50,11 +50,19 @@ class ExplainError(Exception):
 
 
 def output_names(files: Sequence[str]) -> list[str]:
-    """`<stem>.heatmap.png` per file, made unique with -2, -3 ... (inputs from many folders)."""
+    """`<stem>.heatmap.png` per file, made unique with -2, -3 ... (inputs from many folders). A DICOM
+    file's name is not used: hospitals name exports by patient name, id, accession number, UID and
+    date (curation writes them as pseudonyms too), so its heat map is `dicom-<n>.heatmap.png`, n its
+    position among the files (predict's table names each row's heat map)."""
+    from covid_cxr.data import dicom
+
     names, taken = [], set()
-    for file in files:
-        stem = os.path.splitext(os.path.basename(os.path.normpath(file)))[0] or "image"
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+    for n, file in enumerate(files, start=1):
+        if dicom.is_dicom(file):
+            stem = f"dicom-{n}"
+        else:
+            stem = os.path.splitext(os.path.basename(os.path.normpath(file)))[0] or "image"
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
         name, count = f"{stem}.heatmap.png", 1
         while name.lower() in taken:  # a/x.png, b/x.png and c/x-2.png must not share x-2
             count += 1

@@ -407,7 +407,9 @@ def format_table(result: PredictResult) -> str:
             probs = "".join(f"  {entry['probabilities'][n]:>13.4f}" for n in names)
             flag = (f"  {entry['atypicality']:>11.2f}" + ("  ATYPICAL" if entry["atypical"] else "")
                     if "atypical" in entry else "")
-            lines.append(f"{shown_file:<{width}}  {entry['label']:<10}{probs}{flag}")
+            # Which heat map is this row's: a DICOM's is named by its position, not by its file.
+            heat_map = f"  {os.path.basename(entry['explanation'])}" if entry.get("explanation") else ""
+            lines.append(f"{shown_file:<{width}}  {entry['label']:<10}{probs}{flag}{heat_map}")
     explained = [r["explanation"] for r in result.predictions if r.get("explanation")]
     summary = f"{len(result.predictions)} predicted, {len(result.errors)} failed"
     atypical = sum(bool(r.get("atypical")) for r in result.predictions)

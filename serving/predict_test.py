@@ -428,9 +428,31 @@ def test_falling_back_to_saliency_says_why(binary_model, monkeypatch, caplog):
 
 
 def test_heat_map_names_are_unique_even_against_a_numbered_input():
-    names = explain.output_names(["x/a.png", "y/a.png", "z/a-2.png", "w/A.PNG", "v/", "odd name!.dcm"])
+    names = explain.output_names(["x/a.png", "y/a.png", "z/a-2.png", "w/A.PNG", "v/", "odd name!.jpg"])
     assert names == ["a.heatmap.png", "a-2.heatmap.png", "a-2-2.heatmap.png", "A-3.heatmap.png", "v.heatmap.png",
                      "odd_name_.heatmap.png"]
+
+
+def test_a_dicom_heat_map_is_not_named_by_its_file(tmp_path):
+    """Hospital exports name DICOM files by patient name, id and date: the heat map, an artifact that
+    gets shared, is named by the file's position instead (the table says which row's it is)."""
+    film = data_testing.radiograph(1, size=(96, 96))
+    no_extension = data_testing.write_dicom(tmp_path / "1.2.826.0.1.3680043.8.498.4242", film)
+    names = explain.output_names(["Doe^Jane/Doe^Jane_19870611.dcm", "x/a.png", no_extension, "y/B.DICOM"])
+    assert names == ["dicom-1.heatmap.png", "a.heatmap.png", "dicom-3.heatmap.png", "dicom-4.heatmap.png"]
+
+
+def test_explain_names_no_dicom_file_on_disk_and_the_table_says_which_is_which(binary_model, tmp_path):
+    film = data_testing.radiograph(2, size=(180, 150), border=12)
+    folder = tmp_path / "Doe^Jane_19870611"
+    folder.mkdir()
+    dcm = data_testing.write_dicom(folder / "Doe^Jane_ACC4242.dcm", film)
+    out_dir = tmp_path / "explain"
+    result = _run(["--model", binary_model.serving_dir, "--explain", str(out_dir), dcm])
+    assert result.exit_code == 0, result.output
+    assert os.listdir(out_dir) == ["dicom-1.heatmap.png"]
+    row = next(line for line in result.output.splitlines() if "Doe^Jane_ACC4242" in line)
+    assert row.endswith("dicom-1.heatmap.png")
 
 
 def test_an_explain_folder_that_cannot_be_made_fails_before_the_work(binary_model, tmp_path):
