@@ -337,8 +337,7 @@ def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
     return items
 
 
-# The film's own pixels would carry that text into the records, the model's artifacts and errors.png.
-BURNED_IN = "burned-in annotation: DICOM BurnedInAnnotation YES (text in the picture may name the patient)"
+BURNED_IN = images.BURNED_IN  # Header.refusal(): the picture may carry the patient's name
 
 
 def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress, spool: "_PngSpool") -> None:
@@ -356,7 +355,7 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
         it.raw_patient = it.raw_patient or header.patient_id
         it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
         it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
-        it.reject = header.refusal() or (BURNED_IN if header.burned_in_annotation else None)
+        it.reject = header.refusal()  # another modality, a lateral view, burned-in text
         if it.reject is None and it.view == features.UNKNOWN and header.view in features.VIEWS:
             it.view = header.view
     for it in todo:

@@ -52,6 +52,10 @@ class ImageError(Exception):
     """An input that cannot become a curated image (message is safe to log)."""
 
 
+# The film's own pixels would carry that text into the records, the model's artifacts, heat maps and errors.png.
+BURNED_IN = "burned-in annotation: DICOM BurnedInAnnotation YES (text in the picture may name the patient)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Header:
     """What a DICOM header may contribute (all else stays in the file)."""
@@ -65,11 +69,14 @@ class Header:
 
     def refusal(self) -> Optional[str]:
         """Why a frontal chest-film model must not take this DICOM (curation, predict and evaluate
-        alike), or None: another modality, or a lateral / oblique view."""
+        alike), or None: another modality, a lateral / oblique view, or text burned into the picture
+        (its pixels would carry it into records, heat maps, errors.png and report.html)."""
         if self.modality in dicom.NON_RADIOGRAPH_MODALITIES:
             return f"not an X-ray: {self.modality}"
         if self.view in (dicom.LATERAL, "oblique"):
             return f"{self.view} view: DICOM ViewPosition"
+        if self.burned_in_annotation:
+            return BURNED_IN
         return None
 
 

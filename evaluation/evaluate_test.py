@@ -277,6 +277,26 @@ def test_class_map_option(binary_model, tmp_path):
     assert re.search(r"\(\d+ skipped, 1 hidden files or folders not read; class folders must be named like", no_map.output)
 
 
+def test_a_film_that_declares_burned_in_text_is_skipped_as_curation_rejects_it(binary_model, tmp_path):
+    """BurnedInAnnotation YES: the picture itself may carry the patient's name. Curation rejects such a
+    film; evaluated, it would be drawn into errors.png and report.html."""
+    import pydicom
+
+    root = tmp_path / "tree"
+    films = []
+    for i, r in enumerate(testing.read_records(binary_model.data_dir)[:4]):
+        feats = tf.train.Example.FromString(r).features.feature
+        folder = root / ("COVID" if feats["label"].bytes_list.value[0] == b"covid" else "Normal")
+        pixels = np.asarray(Image.open(io.BytesIO(feats["image"].bytes_list.value[0])))
+        films.append(data_testing.write_dicom(folder / f"film{i}.dcm", pixels, patient_id=f"P{i}"))
+    ds = pydicom.dcmread(films[0])
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(films[0])
+    data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+    assert data.n == 3
+    assert [s["reason"] for s in data.skipped] == [curate.BURNED_IN]
+
+
 def test_dicom_file_and_folder_names_never_reach_the_report(binary_model, tmp_path, monkeypatch):
     """Hospital exports name DICOM files and folders by patient id, date, accession number: the
     report names such a film by its class folder and a keyed pseudonym instead."""

@@ -442,6 +442,23 @@ def test_a_dicom_heat_map_is_not_named_by_its_file(tmp_path):
     assert names == ["dicom-1.heatmap.png", "a.heatmap.png", "dicom-3.heatmap.png", "dicom-4.heatmap.png"]
 
 
+def test_a_film_that_declares_burned_in_text_is_refused_and_no_heat_map_draws_it(binary_model, tmp_path):
+    """BurnedInAnnotation YES: the picture may carry the patient's name; curation rejects such a film,
+    and a heat map (an artifact that gets shared) would copy its pixels."""
+    import pydicom
+
+    film = data_testing.write_dicom(tmp_path / "in" / "a.dcm", data_testing.radiograph(2, size=(180, 150), border=12))
+    ds = pydicom.dcmread(film)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(film)
+    out_dir = tmp_path / "explain"
+    result = _run(["--model", binary_model.serving_dir, "--explain", str(out_dir), "--json", film])
+    assert result.exit_code == 1, result.output
+    [error] = json.loads(result.output)["errors"]
+    assert error["error"].startswith("refused as curation refuses it: burned-in annotation")
+    assert not out_dir.exists() or not os.listdir(out_dir)
+
+
 def test_explain_names_no_dicom_file_on_disk_and_the_table_says_which_is_which(binary_model, tmp_path):
     film = data_testing.radiograph(2, size=(180, 150), border=12)
     folder = tmp_path / "Doe^Jane_19870611"
