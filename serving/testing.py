@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 from typing import Optional
 
 from covid_cxr.data import features
@@ -77,12 +78,42 @@ def _instances(serialized: list[bytes]) -> list[dict]:
     return out
 
 
+# Modules that keep an optional dependency's ImportError, traceback and all, at module level;
+# apache_beam's first import loads them (through google.cloud.bigquery) when pandas-gbq or
+# db-dtypes is not installed.
+_KEEPS_IMPORT_ERRORS = ("google.cloud.bigquery._pandas_helpers", "google.cloud.bigquery._pyarrow_helpers")
+
+
+def _beam_modules():
+    """apache_beam and tf.Transform's Beam API, without pinning the caller's frames for good.
+
+    google.cloud.bigquery (imported by apache_beam) stores the ImportError of its optional
+    pandas_gbq and db_dtypes as module globals. Their tracebacks hold the frames of the import
+    chain, and through ``f_back`` every frame that was on the stack at the first ``import
+    apache_beam``: run_transform's, build_tiny_model's, the fixture's. Those frames, with their
+    final locals, then live until interpreter teardown: run_transform's ``pipeline`` kept the whole
+    Beam graph (tfx_bsl coders holding protobuf repeated fields) alive until the last garbage
+    collection of Py_Finalize, after the protobuf (upb) module's state is gone, where
+    PyUpb_RepeatedContainer_Dealloc dereferenced it: SIGSEGV at exit (status 139) after every test
+    passed, whenever a test file that builds a tiny model ran alone. The exceptions stay (their
+    messages are what bigquery reports); only their tracebacks, kept for nobody, are dropped.
+    """
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+
+    for name in _KEEPS_IMPORT_ERRORS:
+        for value in list(vars(sys.modules.get(name) or object()).values()):
+            while isinstance(value, BaseException):
+                value.__traceback__ = None
+                value = value.__context__
+    return beam, tft, tft_beam, dataset_metadata, metadata_io
+
+
 def run_transform(data_dir: str, transform_dir: str, image_size: int = TINY_IMAGE_SIZE) -> None:
     """Analyzes the records with the project's preprocessing_fn and writes the transform graph."""
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-    import tensorflow_transform as tft
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+    beam, tft, tft_beam, dataset_metadata, metadata_io = _beam_modules()
 
     from covid_cxr.transform import preprocessing
 
