@@ -56,6 +56,21 @@ def test_crop_never_returns_a_sliver(strip):
     assert note.startswith("crop refused")
 
 
+def test_a_crop_narrower_than_min_side_is_refused_even_when_not_a_sliver():
+    img = np.zeros((80, 200), np.uint8)
+    img[20:50, 20:180] = testing.radiograph(4, (30, 160))  # 37 % of the height, but 30 rows < MIN_SIDE
+    out, did, note = images.crop_borders(img)
+    assert not did and out is img
+    assert note == "crop refused: content box 38% x 80% of the image"
+
+
+def test_noisy_near_black_bars_are_border_too():
+    img, box = framed(top=24, bottom=24, left=20, right=20)
+    bars = img == 0
+    img[bars] = np.random.default_rng(0).integers(0, 13, size=int(bars.sum()))  # JPEG-like noise up to 12
+    assert images.content_box(img) == box
+
+
 def test_a_thin_dark_band_across_the_film_does_not_cut_it():
     img, box = framed(top=20, bottom=20, left=16, right=16)
     img[100:103, :] = 0  # 3 rows: within the 2 % gap that still counts as one film
@@ -112,6 +127,12 @@ def test_read_gray_converts_modes(tmp_path):
     np.testing.assert_array_equal(images.read_gray(str(tmp_path / "rgb.png"))[0], film)
     Image.fromarray(np.dstack([rgb, np.full(film.shape, 255, np.uint8)])).save(tmp_path / "rgba.png")
     np.testing.assert_array_equal(images.read_gray(str(tmp_path / "rgba.png"))[0], film)
+    transparent = np.dstack([rgb, np.full(film.shape, 255, np.uint8)])
+    transparent[:, :10, 3] = 0  # a transparent margin is black, like a border, not white
+    Image.fromarray(transparent).save(tmp_path / "transparent.png")
+    out = images.read_gray(str(tmp_path / "transparent.png"))[0]
+    assert (out[:, :10] == 0).all()
+    np.testing.assert_array_equal(out[:, 10:], film[:, 10:])
     deep = film.astype(np.uint16) * 200 + 1000
     Image.fromarray(deep).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
@@ -138,6 +159,31 @@ def test_blank_and_tiny_images_are_rejected(tmp_path):
     testing.write_image(tmp_path / "tiny.png", testing.radiograph(11, (20, 20)))
     assert "blank" in images.process_job((str(tmp_path / "blank.png"), 512, True, "none"))[1]
     assert "too small" in images.process_job((str(tmp_path / "tiny.png"), 512, True, "none"))[1]
+    # 16-bit: a single level is blank too (no stretch by a zero range)
+    Image.fromarray(np.full((100, 100), 3000, np.uint16)).save(tmp_path / "blank16.png")
+    assert images.process_job((str(tmp_path / "blank16.png"), 512, True, "none"))[1] == "blank image (a single grey level)"
+    side = images.MIN_SIDE
+    testing.write_image(tmp_path / "edge.png", testing.radiograph(11, (side - 1, 100)))
+    testing.write_image(tmp_path / "least.png", testing.radiograph(11, (side, 100)))
+    assert images.process_job((str(tmp_path / "edge.png"), 512, False, "none"))[1] == f"image too small (100x{side - 1})"
+    assert images.process_job((str(tmp_path / "least.png"), 512, False, "none"))[1] == ""
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    film = testing.radiograph(12, (120, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned: rotate 90 degrees clockwise to view
+    Image.fromarray(film).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    gray = images.read_gray(str(tmp_path / "turned.jpg"))[0]
+    assert gray.shape == (80, 120)
+    assert np.abs(gray.astype(int) - np.rot90(film, -1)).mean() < 3
+
+
+def test_dicom_lateral_and_oblique_views_are_refused(tmp_path):
+    film = testing.radiograph(13)
+    refusals = {view: images.read_gray(testing.write_dicom(tmp_path / f"{view}.dcm", film, view=view))[1].refusal()
+                for view in ("PA", "LL", "LAO")}
+    assert refusals == {"PA": None, "LL": "lateral view: DICOM ViewPosition", "LAO": "oblique view: DICOM ViewPosition"}
 
 
 def test_a_float_image_with_nan_and_a_multi_page_image_are_refused_with_their_reason(tmp_path):
@@ -185,6 +231,8 @@ def test_phash_same_picture_resized_and_reencoded_is_near_other_picture_is_far(t
     framed_a[40:360, 22:278] = a
     p = images.process(testing.write_image(tmp_path / "framed.png", framed_a))
     assert dedupe.hamming(p.phash, ha) <= 8
+    # and before resizing and equalization: the same file hashes alike whatever the settings
+    assert images.process(str(tmp_path / "framed.png"), max_side=64, equalization="hist").phash == p.phash
 
 
 def test_pictures_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
