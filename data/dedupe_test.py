@@ -58,3 +58,17 @@ def test_find_duplicates_keeps_first_copy_and_reports_all_pairs():
     # b is a copy of a (kept); c is only near the rejected b, so c is kept; the last a is a copy of a.
     assert d.kept_of == {2: 0, 5: 0}
     assert (2, 3, 30) in d.pairs and (0, 5, 0) in d.pairs
+
+
+def test_find_duplicates_names_the_earliest_kept_copy_and_filters_given_pairs_at_the_threshold():
+    a, other = random_hashes(2, seed=4)
+    assert dedupe.near_pairs([a, flip(a, [0])], 1) == [(0, 1, 1)]  # two images are enough for a pair
+    b = flip(a, range(0, 50))  # 50 from a: kept at 40
+    c = flip(a, range(0, 25))  # 25 from both a and b
+    hashes = [a, b, other, c]
+    assert dedupe.find_duplicates(hashes, 40).kept_of == {3: 0}  # the earliest kept image it is near, not the last
+    grouping = dedupe.near_pairs(hashes, 56)
+    assert (0, 1, 50) in grouping
+    d = dedupe.find_duplicates(hashes, 40, pairs=grouping)
+    assert d.kept_of == {3: 0} and d.pairs == [(0, 3, 25), (1, 3, 25)]
+    assert dedupe.find_duplicates(hashes, 25, pairs=grouping).pairs == [(0, 3, 25), (1, 3, 25)]  # <=, inclusive
