@@ -103,3 +103,28 @@ def test_a_key_file_that_cannot_be_made_says_it_is_the_key_files_place_and_what_
     monkeypatch.setenv("HOME", str(tmp_path / "outfile"))
     with pytest.raises(pseudonym.PseudonymKeyError, match=r"kept in \$HOME/.config/covid-cxr: set HOME to a folder"):
         pseudonym.load_key()
+
+
+def test_file_names_that_are_not_utf8_keep_distinct_pseudonyms_and_folders_are_found_as_locate_names_them():
+    key = b"k" * 32
+    a, b = (os.fsdecode(b"M" + bytes([byte]) + b"ller") for byte in (252, 246))  # Latin-1 u-umlaut, o-umlaut
+    assert pseudonym.pseudonymize(key, "folder", a) != pseudonym.pseudonymize(key, "folder", b)
+    # `locate` names a folder by the pseudonym of "<folder>/": a file called like the folder gets another
+    assert pseudonym.folder_pseudonym(key, "cohen", "DOE") == "folder-" + pseudonym.file_pseudonym(key, "cohen", "DOE/")
+    assert pseudonym.file_pseudonym(key, "cohen", "DOE") != pseudonym.file_pseudonym(key, "cohen", "DOE/")
+    assert len(pseudonym.file_pseudonym(key, "cohen", "DOE")) == 8
+
+
+def test_a_key_file_others_can_read_is_warned_about(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    path = tmp_path / "pseudonym.key"
+    path.write_text("0123456789abcdef" * 4 + "\n")
+    path.chmod(0o600)
+    with caplog.at_level("WARNING", logger=pseudonym.__name__):
+        pseudonym.load_key(key_file=str(path))
+    assert not caplog.records
+    path.chmod(0o644)
+    with caplog.at_level("WARNING", logger=pseudonym.__name__):
+        assert pseudonym.load_key(key_file=str(path)) == (b"0123456789abcdef" * 4, "key file")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"pseudonym key file {path} is readable by other users (mode 644); chmod 600 it"]
