@@ -11,6 +11,14 @@ from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
 SAMPLES = REAL_DATA / "dicom-samples"
 
 
+class Decoded(dict):
+    """A data set whose pixels decoded (as a newer pydicom might), its header fields as items."""
+
+    def __init__(self, pixel_array=None, **header):
+        super().__init__(header)
+        self.pixel_array = np.zeros((4, 4), np.uint8) if pixel_array is None else pixel_array
+
+
 def corr(a, b) -> float:
     return float(np.corrcoef(np.asarray(a, float).ravel(), np.asarray(b, float).ravel())[0, 1])
 
@@ -59,6 +67,48 @@ def test_voi_lut_sequence_is_applied(tmp_path):
     inside = (values >= 1024) & (values < 3072)
     expected = (values[inside] - 1024) / 2047 * 255
     assert np.abs(row[inside] - expected).max() <= 2
+
+
+def test_a_voi_lut_with_a_first_mapped_value_wins_over_a_window(tmp_path):
+    img = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (8, 1))
+    lut = np.linspace(0, 65535, 2048).astype(int)  # maps 1024..3071; below and above clamp to its ends
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "l.dcm", img, bits_stored=12, voi_lut=lut, voi_lut_first=1024,
+                                               window=(500, 200))).pixels
+    row, values = out[0], img[0]
+    assert row[values < 1024].max() == 0 and row[values >= 3072].min() == 255
+    inside = (values >= 1024) & (values < 3072)
+    assert np.abs(row[inside] - (values[inside] - 1024) / 2047 * 255).max() <= 2
+
+
+def test_signed_8bit_is_stretched_from_its_range_not_clipped_at_zero(tmp_path):
+    img = testing.radiograph(3)
+    signed = (img.astype(np.int16) - 128).astype(np.int8)
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "s.dcm", signed)).pixels
+    assert out.min() == 0 and out.max() == 255
+    assert corr(out, img) > 0.999
+
+
+def test_a_single_level_16bit_dicom_decodes_to_black_and_rgb_to_luminance(tmp_path):
+    flat = dicom.read_dicom(testing.write_dicom(tmp_path / "f.dcm", np.full((40, 40), 1000, np.uint16), bits_stored=12))
+    assert flat.pixels.shape == (40, 40) and not flat.pixels.any()  # images.process then calls it blank
+    rgb = np.zeros((1, 3, 3), np.uint8)
+    rgb[0, 0, 0] = rgb[0, 1, 1] = rgb[0, 2, 2] = 255  # pure red, green, blue
+    assert dicom.to_uint8(Decoded(rgb, PhotometricInterpretation="RGB")).tolist() == [[76, 150, 29]]
+
+
+def test_burned_in_annotation_yes_only_and_the_patient_id_without_padding(tmp_path):
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(4), patient_id=" RAW-77 "))
+    flags = {}
+    for value in ("YES", "NO", None):
+        if value is None:
+            del ds.BurnedInAnnotation
+        else:
+            ds.BurnedInAnnotation = value
+        ds.save_as(tmp_path / "b.dcm")
+        d = dicom.read_dicom(str(tmp_path / "b.dcm"))
+        flags[value] = d.burned_in_annotation
+    assert flags == {"YES": True, "NO": False, None: False}
+    assert d.patient_id == "RAW-77"  # one patient, one pseudonym, however the id was padded
 
 
 def test_rescale_slope_intercept_before_windowing(tmp_path):
@@ -233,9 +283,6 @@ def test_a_non_standard_photometric_value_is_not_quoted(tmp_path):
     with pytest.raises(dicom.DicomError) as e:  # pydicom's decoder refuses it first
         dicom.read_dicom(str(tmp_path / "odd.dcm"))
     assert "DOE_JANE" not in str(e.value)
-
-    class Decoded(dict):  # a data set whose pixels decoded, as a newer pydicom might
-        pixel_array = np.zeros((4, 4), np.uint8)
 
     with pytest.raises(dicom.DicomError, match=r"^unsupported photometric interpretation \(not a standard term\)$"):
         dicom.to_uint8(Decoded(PhotometricInterpretation="DOE_JANE"))
