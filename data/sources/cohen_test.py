@@ -28,6 +28,7 @@ def test_finding_mapping(text, finding):
     ("Cardiomegaly", "unrecognised finding: Cardiomegaly"),
     ("Finding unclear", "unrecognised finding: Finding unclear"),  # only "No Finding" is normal
     ("ARDS, Cardiomegaly", "unrecognised finding: ARDS, Cardiomegaly"),  # other_opacity only when nothing else is named
+    ("No Finding, Cardiomegaly", "unrecognised finding: No Finding, Cardiomegaly"),  # normal only when nothing else is
 ])
 def test_finding_rejections(text, reason):
     assert finding_of(text) == (None, reason)
@@ -43,6 +44,7 @@ def test_views():
     assert view_of("") == (None, "unknown view: blank")
     assert view_of("?") == (None, "unknown view: ?")
     assert view_of("Axial") == (None, "not a frontal view: Axial")
+    assert view_of("Apical lordotic") == (None, "not a frontal view: Apical lordotic")  # "AP" only as a word
 
 
 def test_ages_over_89_are_recorded_as_90():
@@ -78,6 +80,25 @@ def test_selection_and_rejection_rules(tmp_path):
     assert got[("images/orphan.png", None)].reject == "not in metadata.csv"
     assert len(got) == 10
     assert a.load().shape == (160, 128)
+
+
+def test_the_folder_column_modality_spellings_sex_case_and_a_blank_patient_id(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [])
+    testing.write_image(root / "images" / "a.png", testing.radiograph(1))
+    testing.write_image(root / "volumes" / "v.png", testing.radiograph(2))
+    testing.write_image(root / "images" / "v.png", testing.radiograph(3))  # same name, the other folder
+    testing.write_csv(root / "metadata.csv", testing.COHEN_FIELDS, [
+        ("1", "0", "f", "40", "COVID-19", "PA", "CXR", "images", "a.png"),
+        ("", "0", "m", "41", "COVID-19", "AP", "xray", "volumes", "v.png"),
+    ])
+    got = {c.source_ref: c for c in CohenSource(str(root)).candidates()}
+    a, v = got["images/a.png"], got["volumes/v.png"]
+    assert (a.finding, a.sex, a.patient_id, a.reject) == ("covid", "F", "1", None)
+    assert (v.finding, v.sex, v.patient_id, v.reject) == ("covid", "M", None, None)  # no id: not one shared "" patient
+    assert v.path.endswith("volumes/v.png") and v.load().shape == (160, 128)
+    assert got["images/v.png"].reject == "not in metadata.csv"
+    src = CohenSource(str(root))
+    assert [src.names_a_class(f) for f in ("images", "volumes", "DOE_JOHN")] == [True, True, False]
 
 
 def test_a_malformed_row_a_path_outside_and_a_non_utf8_file_are_named(tmp_path):

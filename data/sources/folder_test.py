@@ -44,6 +44,15 @@ def test_default_map_uses_finding_named_folders(tmp_path):
     assert got == {"Covid/a.png": ("covid", None), "misc/b.png": (None, "unmapped class folder: neither named like a finding nor in --class-map")}
 
 
+def test_a_class_map_names_folders_exactly_and_hidden_files_at_the_top_are_not_inputs(tmp_path):
+    testing.write_image(tmp_path / "f" / "covid" / "a.png", testing.radiograph(1))
+    testing.write_image(tmp_path / "f" / "Covid" / "b.png", testing.radiograph(2))
+    testing.write_image(tmp_path / "f" / "._a.png", testing.radiograph(3))  # e.g. macOS's AppleDouble file
+    got = {c.source_ref: (c.finding, c.reject) for c in FolderSource(str(tmp_path / "f"), {"covid": "covid"}).candidates()}
+    assert got == {"covid/a.png": ("covid", None),
+                   "Covid/b.png": (None, "unmapped class folder: neither named like a finding nor in --class-map")}
+
+
 def test_layout_errors(tmp_path):
     testing.write_image(tmp_path / "f" / "A" / "a.png", testing.radiograph(1))
     with pytest.raises(SourceError, match="do not exist"):

@@ -96,6 +96,14 @@ def test_a_copy_or_another_format_of_a_patients_film_is_rejected_not_lost(tmp_pa
     assert len(got) == 4
 
 
+def test_a_film_only_in_a_subfolder_is_not_taken_for_its_patient(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="bbb-2", target="0", cls="Normal", seed=None)])
+    testing.write_dicom(root / "stage_2_train_images" / "sub" / "bbb-2.dcm", testing.radiograph(3))
+    got = {c.source_ref: c.reject for c in RsnaSource(str(root)).every_candidate()}
+    assert got == {"stage_2_train_images/sub/bbb-2.dcm": "not an RSNA image file: expected stage_2_train_images/<patientId>.dcm",
+                   "stage_2_train_images/bbb-2.dcm": "missing image file"}
+
+
 def _map_to_nih(root, pairs):
     entries = [{"subset_img_id": film, "img_id": nih, "orig_labels": ["No Finding"]} for film, nih in pairs]
     (root / "pneumonia-challenge-dataset-mappings_2018.json").write_text(json.dumps(entries))
