@@ -243,3 +243,41 @@ def test_delong_interval_stays_within_zero_and_one():
     assert 0.0 <= lo < auc < hi == 1.0
     lo, hi = metrics.auc_delong_ci([1 - v for v in y], scores)  # the mirror image stops at 0
     assert lo == 0.0 < hi <= 1.0
+
+
+def test_one_vs_rest_tells_missed_films_from_false_alarms_and_wilson_refuses_k_over_n():
+    cm = metrics.confusion_matrix([0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1], 2)  # two of class 1 called 0
+    assert metrics.one_vs_rest(cm, 0) == {"tp": 3, "fp": 2, "tn": 1, "fn": 0}
+    assert metrics.one_vs_rest(cm, 1) == {"tp": 1, "fp": 0, "tn": 3, "fn": 2}
+    per_class = metrics.per_class_metrics(cm, ["normal", "covid"])
+    assert per_class["covid"]["sensitivity"]["value"] == pytest.approx(1 / 3)
+    assert per_class["covid"]["precision"]["value"] == 1.0
+    assert metrics.wilson_interval(5, 5)[1] == 1.0
+    with pytest.raises(ValueError, match=r"successes 6 not in \[0, 5\]"):
+        metrics.wilson_interval(6, 5)
+
+
+def test_patient_bootstrap_counts_patients_not_films_and_ties_count_one_half():
+    # Six films of a class, but of two patients: too few patients for that class's (or AUC's) interval.
+    y = [True] * 6 + [False] * 6
+    two, six = ["a", "b"] * 3, [f"p{i}" for i in range(6)]
+    few = metrics.patient_bootstrap(y, y, [0.9] * 6 + [0.1] * 6, six + two, n_boot=50)
+    assert few["specificity"] is None and few["auc"] is None and few["sensitivity"] == [1.0, 1.0]
+    few = metrics.patient_bootstrap(y, y, [0.9] * 6 + [0.1] * 6, two + six, n_boot=50)
+    assert few["sensitivity"] is None and few["auc"] is None and few["specificity"] == [1.0, 1.0]
+    tied = metrics.patient_bootstrap(y, y, [0.5] * 12, [f"p{i}" for i in range(12)], n_boot=50)
+    assert tied["auc"] == [0.5, 0.5]
+
+
+def test_a_source_is_flagged_only_when_its_whole_interval_is_below_the_pooled_one():
+    pooled = {"value": 0.95, "ci95": [0.92, 0.97]}
+    per_source = {"below": {"auc": {"ci95": [0.70, 0.90]}}, "overlapping": {"auc": {"ci95": [0.80, 0.99]}},
+                  "no interval": {"auc": {"ci95": None}}, "no auc": {}}
+    assert metrics.sources_below_pooled_auc(pooled, per_source) == ["below"]
+    assert metrics.sources_below_pooled_auc({"value": 0.95, "ci95": None}, per_source) == []
+
+
+def test_logit_keeps_zero_and_one_finite():
+    out = metrics.logit(np.array([0.0, 0.5, 1.0]))
+    assert out[1] == 0.0 and out[0] == pytest.approx(-16.118, abs=0.01) and out[2] == pytest.approx(-out[0])
+    assert np.isfinite(metrics.logit(np.array([0.0, 1.0], np.float32))).all()
