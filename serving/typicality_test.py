@@ -65,6 +65,8 @@ def test_fit_refuses_what_it_cannot_fit():
         typicality.fit(_gaussian(50, 3, 1), _gaussian(50, 3, 2), quantile=1.0)
     with pytest.raises(ValueError, match="too few films"):
         typicality.fit(_gaussian(5, 3, 1), _gaussian(40, 3, 2))
+    with pytest.raises(ValueError, match=r"\(9 training, 40 validation; needs 10 and"):  # one short of MIN_FIT_FILMS
+        typicality.fit(_gaussian(typicality.MIN_FIT_FILMS - 1, 3, 1), _gaussian(40, 3, 2))
     with pytest.raises(ValueError, match=r"too few films .*\(50 training, 39 validation; needs 10 and, for the 0.95 quantile, 40\)"):
         typicality.fit(_gaussian(50, 3, 1), _gaussian(39, 3, 2))
     assert typicality.min_eval_films(0.95) == 40 and typicality.min_eval_films(0.99) == 200
