@@ -77,3 +77,28 @@ def test_border_crop_removes_the_outer_band_before_resizing():
                                           "source": tf.constant([[b"cohen"]])},
                                          {preprocessing.IMAGE_SIZE_KEY: 50, preprocessing.BORDER_CROP_KEY: 0.1})
     np.testing.assert_allclose(out[preprocessing.IMAGE_XF].numpy()[0], cropped)
+
+
+def test_a_single_grey_level_stays_black_and_no_border_crop_key_means_no_crop():
+    flat = preprocessing.decode_images(tf.constant([_encode(np.full((40, 40), 90, np.uint8), "PNG")]), 16).numpy()
+    assert np.isfinite(flat).all() and flat.max() < 0.1  # no 0 / 0, nor resizing's round-off stretched to 1
+    film = np.zeros((100, 100), np.uint8)
+    film[:, 95:] = 255  # a bright band in the outer 5 %
+    film[40:60, 40:60] = 100
+    png = _encode(film, "PNG")
+    out = preprocessing.preprocessing_fn({"image": tf.constant([[png]]), "label_index": tf.constant([[1]], tf.int64),
+                                          "source": tf.constant([[b"cohen"]])}, {preprocessing.IMAGE_SIZE_KEY: 50})
+    np.testing.assert_array_equal(out[preprocessing.IMAGE_XF].numpy()[0],
+                                  preprocessing.decode_images(tf.constant([png]), 50).numpy()[0])
+    assert out[preprocessing.IMAGE_XF].numpy()[0, :, -1].min() == 1.0
+
+
+def test_downscaling_averages_stripes_finer_than_an_output_pixel():
+    # One white column in three: every output pixel covers two periods, so each is a third grey.
+    # Sampling (bilinear without antialiasing) would read the neighbours of one white column: half grey.
+    film = np.zeros((64, 96), np.uint8)
+    film[:, 24:72:3] = 255  # between a black and a white band, as above
+    film[:, 72:] = 255
+    image = preprocessing.decode_images(tf.constant([_encode(film, "PNG")]), 16).numpy()[0, :, :, 0]
+    stripes = image[:, 5:11]
+    assert abs(stripes.mean() - 1 / 3) < 0.02 and np.ptp(stripes) < 0.02
