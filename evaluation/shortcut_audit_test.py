@@ -130,3 +130,23 @@ def test_fit_logistic_is_l2_logistic_regression_with_the_penalty_on_the_mean_los
     reference = linear_model.LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(x, y)
     np.testing.assert_allclose(w, reference.coef_[0], atol=1e-4)
     assert b == pytest.approx(reference.intercept_[0], abs=1e-4)
+
+
+def test_without_groups_each_film_is_its_own_group_and_mismatched_groups_are_refused():
+    images, labels, groups = _dataset(leaky=True, n_patients=10)
+    result = shortcut_audit.audit(images, labels, n_boot=50)
+    assert result["n_groups"] == 20 and result["folds"] == 5 and result["auc"]["value"] > 0.8
+    with pytest.raises(ValueError, match=r"^20 images, 20 labels, 19 groups$"):
+        shortcut_audit.audit(images, labels, groups[:-1])
+
+
+def test_films_of_an_unscored_fold_are_left_out_not_scored_zero():
+    images, labels, _ = _dataset(leaky=True, n_patients=10)
+    groups = ["positives" if label else f"n{i}" for i, label in enumerate(labels)]  # every positive in one fold
+    result = shortcut_audit.audit(images, labels, groups, n_boot=50)
+    assert result["n_scored"] == 10 and result["verdict"] == "not run: the held-out folds lacked a class"
+
+
+def test_a_colour_image_is_audited_as_its_grey_level():
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(shortcut_audit.border_features(rgb), shortcut_audit.border_features(rgb.mean(axis=-1)))
