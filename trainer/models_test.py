@@ -143,6 +143,7 @@ def test_augmentation_only_in_training():
     assert np.abs(a - x).max() > 0.05 and np.abs(a - b).max() > 0.05
     # The whole model: deterministic at inference, stochastic in training (augmentation + dropout).
     model = built.model
+    assert model.get_layer("head_dropout").rate == M.HParams().dropout > 0
     np.testing.assert_array_equal(model(x, training=False).numpy(), model(x, training=False).numpy())
     assert np.abs(model(x, training=True).numpy() - model(x, training=True).numpy()).max() > 0
 
@@ -212,6 +213,10 @@ def test_resizing_when_image_size_differs():
     assert xcep.image_size == 71 and "71" in xcep.note
     small = M.build_model(M.HParams(family="bn_double_conv"), 16, 2, weights="none")  # 5 poolings
     assert small.image_size == 32 and small.model.get_layer("resize").height == 32
+    # Down: area (averages, no aliasing of fine texture); up: bilinear.
+    down = M.build_model(M.HParams(family="cnn3", image_size=S // 2), S, 2, weights="none").model.get_layer("resize")
+    assert (down.height, down.interpolation) == (S // 2, "area")
+    assert built.model.get_layer("resize").interpolation == "bilinear"
 
 
 @pytest.mark.parametrize("family", sorted(M.TRANSFER_FAMILIES))
