@@ -116,6 +116,8 @@ def test_class_weights_balanced():
     w3 = T.class_weights({0: 50, 2: 25}, num_classes=3)
     assert w3 == pytest.approx({0: 75 / 150, 1: 1.0, 2: 1.0})
     assert T.class_weights({1: 10, 0: 10}) == {0: 1.0, 1: 1.0}
+    # num_classes counts a class above every one seen: three classes share the total, not two
+    assert T.class_weights({0: 50, 1: 50}, num_classes=3) == pytest.approx({0: 100 / 150, 1: 100 / 150, 2: 1.0})
     with pytest.raises(ValueError):
         T.class_weights([0, 0])
     with pytest.raises(ValueError):
@@ -347,6 +349,13 @@ def test_phase_two_stops_on_its_own_patience_and_serves_phase_one_unless_it_beat
     assert summary["kept"]["phase"] == T.PHASE_NAMES[kept_phase]
     assert summary["kept"]["epoch_in_phase"] == (best + 1 if kept_phase == 1 else best - 1)
     assert summary["kept"]["val_selection"] == pytest.approx(scores[best])
+
+
+def test_a_randomly_initialised_backbone_trains_end_to_end_in_one_phase():
+    hp = M.HParams(family="mobilenet_v2_035", fine_tune_layers=10)
+    built = M.build_model(hp, S, 2, weights="none")
+    assert built.backbone is not None and not built.pretrained
+    assert T._phases(built, hp, 3, 2) == [(M.PHASE_END_TO_END, 3)]  # no frozen random backbone
 
 
 def test_fit_skips_phase_two_without_fine_tune_layers(pretrained_mobilenet):
