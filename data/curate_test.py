@@ -415,6 +415,29 @@ def test_a_dicom_that_declares_burned_in_text_is_rejected_and_a_cohen_dicom_fold
     assert "DOE" not in (out / "manifest.csv").read_text() + (out / "summary.json").read_text()
 
 
+def test_the_metadata_s_patient_view_and_sex_win_over_a_dicom_header_s(tmp_path):
+    cohen = tmp_path / "cohen"
+    for name, seed, pid in (("a.dcm", 70, "PID-X-1"), ("b.dcm", 71, "PID-X-2")):  # one patient, two DICOM ids
+        testing.write_dicom(cohen / "images" / name, testing.radiograph(seed), patient_id=pid, view="PA", sex="M")
+    for i in (1, 2):
+        testing.write_image(cohen / "images" / f"n{i}.png", testing.radiograph(72 + i))
+    testing.write_csv(cohen / "metadata.csv", testing.COHEN_FIELDS, [
+        ("pc1", "0", "F", "50", "COVID-19", "AP", "X-ray", "images", "a.dcm"),
+        ("pc1", "0", "F", "50", "COVID-19", "AP", "X-ray", "images", "b.dcm"),
+        ("pn1", "0", "M", "50", "No Finding", "PA", "X-ray", "images", "n1.png"),
+        ("pn2", "0", "M", "50", "No Finding", "PA", "X-ray", "images", "n2.png")])
+    out = tmp_path / "out"
+    summary = curate({"cohen": str(cohen)}, str(out), "covid-vs-normal", key=KEY, workers=1)
+    covid = [{k: ex.features.feature[k].bytes_list.value[0].decode() for k in (features.VIEW, features.SEX,
+                                                                             features.PATIENT_ID)}
+             for ex in read_records(out) if ex.features.feature[features.LABEL].bytes_list.value[0] == b"covid"]
+    assert len(covid) == 2 and covid[0] == covid[1]  # one patient, as the metadata says
+    assert (covid[0][features.VIEW], covid[0][features.SEX]) == ("AP", "F")
+    assert summary["patients"] == 3
+    with pytest.raises(CurationError, match=rf"^max side must be at least {images.MIN_SIDE} px$"):
+        curate({"cohen": str(cohen)}, str(tmp_path / "small"), "covid-vs-normal", key=KEY, max_side=images.MIN_SIDE - 1)
+
+
 def test_rerun_is_byte_identical_and_independent_of_workers(run, corpus, tmp_path, monkeypatch):
     out, _ = run
     again = tmp_path / "again"
