@@ -233,8 +233,11 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
                      f"specificity >= {gate.get('min_specificity', '?')}, AUC >= {gate.get('min_auc', '?')}, "
                      f"AUC loss vs the last blessed model <= {gate.get('max_auc_regression', '?')}")
     else:
-        lines.append("- deployment gate: sensitivity AND specificity (and AUC) minimums on the held-out test split "
-                     "(see the gate failures below when not blessed)")
+        # No push record: the model was never pushed (a refused model from the run's Trainer, say), so this
+        # card has no gate decision or failures to show; "see below" sent readers to nothing.
+        lines.append("- deployment gate: sensitivity AND specificity (and AUC) minimums on the held-out test split; "
+                     "no gate decision is recorded with this model (only a pushed, blessed version carries one): "
+                     "a model that was not pushed may have been refused")
     lines.append("")
     lines += _data_lines(metadata, report, evaluation)
     if report is not None:
