@@ -74,10 +74,11 @@ def _check_scheme(field: str, path: str) -> None:
                           f"{remote} buckets and its own paths), so every component would fail there: use a gs:// bucket")
 
 
-# Paths every container must reach, and the flag that sets each. On the compiling machine's disk they
-# do not exist in the containers, and a push there would vanish with its pod.
-_SHARED_PATHS = (("data", "data_dir", "--data"), ("runtime", "pipeline_root", "--pipeline-root"),
-                 ("runtime", "serving_dir", "--serving-dir"))
+# Paths every container must reach, the flag that sets each and what a path on the compiling machine's
+# disk would do there (the data is only read: "a push would vanish" was wrong for --data).
+_SHARED_PATHS = (("data", "data_dir", "--data", "ImportExampleGen would find no data there"),
+                 ("runtime", "pipeline_root", "--pipeline-root", "artifacts written there would vanish with their pod"),
+                 ("runtime", "serving_dir", "--serving-dir", "a push there would vanish with its pod"))
 
 
 def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]]:
@@ -94,12 +95,12 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     if not PIPELINE_NAME.fullmatch(config.runtime.pipeline_name):
         raise ConfigError(f"runtime.pipeline_name {config.runtime.pipeline_name!r} is not a Kubeflow / Vertex pipeline "
                           "name: lowercase letters, digits and '-', starting with a letter or digit, at most 128")
-    for section, name, flag in _SHARED_PATHS:
+    for section, name, flag, why in _SHARED_PATHS:
         value = getattr(getattr(config, section), name)
         if _on_this_machine(value):
             raise ConfigError(f"{section}.{name} {value!r} is a path on this machine, which the containers cannot "
-                              f"reach (a push there would vanish with its pod): pass {flag} gs://...")
-    for section, name in [(section, name) for section, name, _ in _SHARED_PATHS] + [
+                              f"reach ({why}): pass {flag} gs://...")
+    for section, name in [(section, name) for section, name, _, _ in _SHARED_PATHS] + [
             ("data", "schema_file"), ("model", "weights"), ("model", "weights_dir")]:
         _check_scheme(f"{section}.{name}", getattr(getattr(config, section), name))
     schema = config.data.schema_file

@@ -38,17 +38,19 @@ def test_compiled_spec_has_the_whole_dag_on_the_given_image(tmp_path):
     assert "gs://bucket/curated" in text and "gs://bucket/serving" in text
 
 
-@pytest.mark.parametrize("flag, field", [
-    ("--data", "data.data_dir"), ("--pipeline-root", "runtime.pipeline_root"), ("--serving-dir", "runtime.serving_dir")])
+@pytest.mark.parametrize("flag, field, why", [
+    ("--data", "data.data_dir", "ImportExampleGen would find no data there"),
+    ("--pipeline-root", "runtime.pipeline_root", "artifacts written there would vanish with their pod"),
+    ("--serving-dir", "runtime.serving_dir", "a push there would vanish with its pod")])
 @pytest.mark.parametrize("path", ["out/local", "file:///tmp/local", "gs://", "gs:///no-bucket"])
-def test_a_path_on_this_machine_for_data_root_or_serving_is_refused(tmp_path, flag, field, path):
+def test_a_path_on_this_machine_for_data_root_or_serving_is_refused(tmp_path, flag, field, why, path):
     args = list(BUCKETS)
     args[args.index(flag) + 1] = path
     result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1",
                                            "--output", str(tmp_path / "spec.json"), *args])
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (f"covid-cxr: error: {field} {path!r} is a path on this machine, which the "
-                                     f"containers cannot reach (a push there would vanish with its pod): pass {flag} gs://...")
+                                     f"containers cannot reach ({why}): pass {flag} gs://...")
     assert not (tmp_path / "spec.json").exists()
 
 
