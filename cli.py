@@ -61,6 +61,10 @@ class CliGroup(click.Group):
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.UsageError as e:
             command = f"{e.ctx.command_path} " if e.ctx is not None else ""
+            if isinstance(e, click.NoSuchOption) and e.option_name in ("-v", "--verbose"):
+                # `covid-cxr run ... -v` is the natural guess after a run failed with "re-run with --verbose".
+                _fail(f"{e.format_message()} here: -v / --verbose goes before the command, as in `covid-cxr -v "
+                      f"{e.ctx.info_name if e.ctx is not None else 'run'} ...`", e.exit_code)
             _fail(f"{e.format_message()} (see `{command}--help`)", e.exit_code)
         except click.ClickException as e:
             _fail(e.format_message(), e.exit_code)
