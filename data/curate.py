@@ -605,6 +605,10 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
         except ValueError as e:
             raise click.UsageError(f"--class-map: {e}") from None
     started = time.monotonic()
+    # The key file is created on first use; its log line is hidden without -v, and losing the key loses
+    # `covid-cxr locate` and the same split on a re-curation: say where it was created.
+    key_file = pseudonym.default_key_path()
+    new_key_file = key is None and pseudonym.ENV_VAR not in os.environ and not os.path.exists(key_file)
     try:
         summary = curate(specs, out_dir, task, class_map=cmap, max_side=max_side, crop=not no_crop,
                          equalize=equalize, balance_cap=balance_cap, key=key, hash_threshold=hash_threshold,
@@ -614,6 +618,9 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
     except OSError as e:  # e.g. an unwritable output directory
         raise click.ClickException(f"{e.strerror or type(e).__name__}: {e.filename or out_dir}") from None
     click.echo(format_summary(summary, out_dir, time.monotonic() - started))
+    if new_key_file and os.path.isfile(key_file):
+        click.echo(f"created the pseudonym key file {key_file} (mode 0600): keep it, and keep it secret; "
+                   "`covid-cxr locate` and the same pseudonyms and split on a re-curation need it")
     if not summary["accepted"]:  # nothing to train or evaluate on: a failed curation, exit code 1
         raise click.ClickException(f"no image was accepted for task {summary['task']}: the reasons are in "
                                    f"{os.path.join(out_dir, 'rejected.csv')}")
