@@ -57,10 +57,10 @@ def _long_enough(key: str, where: str, allow_short: bool) -> bytes:
     chars = len(key.strip())  # white space around a key makes it no harder to guess
     if chars < MIN_KEY_CHARS and not allow_short:
         raise PseudonymKeyError(
-            f"the pseudonym key {where} has {chars} characters: a short key can be guessed, and with it every "
-            f"pseudonym turned back into its patient id. Use {MIN_KEY_CHARS} or more random characters, e.g. "
-            "`python3 -c 'import secrets; print(secrets.token_hex(32))'` (a new key gives new pseudonyms; "
-            "`covid-cxr locate` still takes the old key to find files it named)")
+            # Under 300 characters with the CLI's prefix and suffix (it was about 400, an unreadable wrap).
+            f"the pseudonym key {where} has {chars} characters: a short key can be guessed and the pseudonyms "
+            f"reversed. Use {MIN_KEY_CHARS}+ random characters, e.g. "
+            "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
     return key.encode("utf-8")
 
 
