@@ -627,7 +627,10 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
     missing = [c for c in summary["classes"] if not summary.get("per_class", {}).get(c)]
     if missing:  # `run` would refuse it; say so now, while the rejections are on screen
         click.echo(f"covid-cxr: warning: no accepted image of class {', '.join(missing)}: this directory cannot "
-                   f"train or evaluate task {summary['task']}", err=True)
+                   f"train task {summary['task']}"
+                   # evaluate still measures what it holds (one class: a proportion, no AUC)
+                   + (", and evaluate on it reports one class only, without an AUC"
+                      if len(missing) == len(summary["classes"]) - 1 else ""), err=True)
     held = summary.get("held_out")
     if held:
         held_classes = {c for counts in held["per_source_class"].values() for c, n in counts.items() if n}

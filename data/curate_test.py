@@ -621,7 +621,7 @@ def test_cli_prints_a_summary(corpus, tmp_path):
     result = CliRunner().invoke(curate_command, ["--source", f"kermany={corpus['kermany']}", "--task", "covid-vs-normal",
                                                  "--out", str(tmp_path / "no-covid"), "--key", KEY])
     assert result.exit_code == 0, result.output
-    assert "covid-cxr: warning: no accepted image of class covid: this directory cannot train or evaluate" in result.output
+    assert "covid-cxr: warning: no accepted image of class covid: this directory cannot train task covid-vs-normal, and evaluate on it reports one class only" in result.output
     # Nothing accepted at all: the summary, then a failure naming where the reasons are.
     result = CliRunner().invoke(curate_command, ["--source", f"folder={corpus['folder']}", "--class-map", "other=pneumonia",
                                                  "--task", "covid-vs-normal", "--out", str(tmp_path / "none"), "--key", KEY])
