@@ -161,13 +161,16 @@ def print_outcome(outcome, serving_dir: str) -> None:
     click.echo(outcome.report.headline())
     absent = outcome.report.missing_side()
     unmeasurable = outcome.report.unmeasurable()
+    # One column for the values: "sensitivity at the gate's specificity" is longer than the old fixed 28.
+    shown = ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples")
+    width = max([28] + [len(key) for key in outcome.report.metrics if key.startswith(shown) and not key.endswith("change")])
     for name in ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples"):
         for key, value in outcome.report.metrics.items():
             if key.startswith(name) and not key.endswith("change"):
                 if key in unmeasurable:
-                    click.echo(f"  {key:<28} not measurable")
+                    click.echo(f"  {key:<{width}} not measurable")
                 else:
-                    click.echo(f"  {key:<28} {value:.4f}" if name != "examples" else f"  {key:<28} {int(value)}")
+                    click.echo(f"  {key:<{width}} {value:.4f}" if name != "examples" else f"  {key:<{width}} {int(value)}")
     if absent:
         click.echo(f"  the test split holds no {absent} films (its patients are drawn by hash): curate more "
                    "patients, or change data.*_buckets")
@@ -176,7 +179,7 @@ def print_outcome(outcome, serving_dir: str) -> None:
         click.echo(f"  at the served decision: {counts['tp']} TP, {counts['fn']} FN, {counts['tn']} TN, {counts['fp']} FP")
         for name, entry in outcome.report.intervals().items():
             if entry["value"] is not None:
-                click.echo(f"  {name + ' 95% CI (Wilson)':<28} {entry['ci95'][0]:.4f} - {entry['ci95'][1]:.4f}")
+                click.echo(f"  {name + ' 95% CI (Wilson)':<{width}} {entry['ci95'][0]:.4f} - {entry['ci95'][1]:.4f}")
     for failure in outcome.report.failures:
         click.echo(f"  failed: {failure}")
     if outcome.pushed:
