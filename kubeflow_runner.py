@@ -127,8 +127,8 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
         # Python < 3.11, so the workers' pip refuses it, and the setup file would be a path in the pod.
         raise ConfigError(f"runtime.beam_extra_args runs Beam on {runner}, whose workers need this package and its "
                           "pinned stack: add --sdk_container_image=<this Dockerfile built with --build-arg "
-                          f"BASE={BEAM_WORKER_BASE}> (a --setup_file cannot: the workers' pip refuses tfx 1.16 "
-                          "on Python 3.11)")
+                          f"BASE={BEAM_WORKER_BASE}> (not --setup_file: the workers' pip refuses tfx 1.16 on "
+                          "Python 3.11)")  # under 300 characters with the CLI's prefix
     if config.runtime.beam_workers == 0 and direct:
         # Beam's 0 is os.cpu_count(): in a pod, the node's cores, not the pod's share of them.
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, beam_workers=CONTAINER_BEAM_WORKERS))
