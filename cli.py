@@ -31,10 +31,36 @@ from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, 
 USER_ERRORS = (ConfigError, FileNotFoundError, PermissionError, ValueError)
 
 
+class _LogHandler(logging.StreamHandler):
+    """Log lines that read like the CLI's own ("covid-cxr: warning: ..."; -v adds time and logger name),
+    written to the sys.stderr of the moment (a test runner swaps it)."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s" if verbose else "%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"covid-cxr: {record.levelname.lower()}: {super().format(record)}"
+
+
 def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
 
     level = logging.INFO if verbose else logging.WARNING
+    # Our own root handler, set before TFX and its dependencies load: one of them calls basicConfig,
+    # whose "WARNING:root:..." lines reached users (basicConfig does nothing once root has a handler).
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _LogHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(_LogHandler(verbose))
     # Quiet mode hides absl's ERROR lines too: TFX logs "Execution N failed" there, and the CLI says
     # what failed in one line of its own.
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.FATAL)

@@ -123,3 +123,25 @@ def test_data_anomalies_and_an_interrupt_end_the_run_with_their_own_exit_codes(t
         "(the run stopped before Transform; fix the data or the schema)")
     result = fails_with(KeyboardInterrupt())
     assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "covid-cxr: error: interrupted"
+
+
+def test_log_lines_read_like_the_cli_s_own_even_after_a_library_configures_logging(capsys):
+    """Some TFX dependency calls logging.basicConfig() at import, which printed "WARNING:root:..."."""
+    import logging
+
+    root = logging.getLogger()
+    try:
+        cli._quiet_logs(verbose=False)
+        logging.basicConfig()  # what the dependency does: a no-op once the CLI's handler is there
+        logging.getLogger("covid_cxr.trainer.task").warning("cnn3: no pooled features layer")
+        logging.getLogger("covid_cxr.trainer.task").info("hidden without -v")
+        cli._quiet_logs(verbose=True)  # again, as a restarted run does: still one handler
+        logging.getLogger("covid_cxr.trainer.task").info("shown with -v")
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == "covid-cxr: warning: cnn3: no pooled features layer"
+        assert len(err) == 2 and err[1].startswith("covid-cxr: info: ") and err[1].endswith(
+            " covid_cxr.trainer.task: shown with -v")
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, cli._LogHandler)]:
+            root.removeHandler(handler)
+        root.setLevel(logging.WARNING)

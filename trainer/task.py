@@ -29,6 +29,9 @@ from covid_cxr.serving import export, typicality
 from covid_cxr.trainer import models, training
 from covid_cxr.transform import preprocessing
 
+# A module logger: logging.warning() on the root logger configures it, and users then saw "WARNING:root:".
+log = logging.getLogger(__name__)
+
 HISTORY_FILE = "history.json"  # in the model run directory, read by `covid-cxr evaluate`
 
 
@@ -120,7 +123,7 @@ def _per_class(source_counts: collections.Counter) -> collections.Counter:
 
 def _training_weights(source_counts: collections.Counter, task: features.Task, train_cfg: dict) -> dict:
     weights = training.source_class_weights(source_counts, task.num_classes, float(train_cfg.get("source_balance", 0.0)))
-    logging.info("example weights per (source, class): %s",
+    log.info("example weights per (source, class): %s",
                  {f"{s}/{task.classes[c]}": round(w, 3) for (s, c), w in sorted(weights.items())})
     return weights
 
@@ -319,7 +322,7 @@ def _decision_threshold(task: features.Task, labels: np.ndarray, scores: np.ndar
     sensitivity, specificity = train_cfg["target_sensitivity"], train_cfg["target_specificity"]
     threshold = training.choose_threshold(labels.reshape(-1) == task.positive_index, _covid_scores(task, scores),
                                           sensitivity, specificity)
-    logging.info("decision threshold %.4f (eval targets: sensitivity %.2f, specificity %.2f)", threshold,
+    log.info("decision threshold %.4f (eval targets: sensitivity %.2f, specificity %.2f)", threshold,
                  sensitivity, specificity)
     return threshold
 
@@ -354,11 +357,11 @@ def _typicality_scorer(members: list, quantile: float):
         return None, []
     scorer, families = models.scorer_with_features(members)
     if scorer is None:
-        logging.warning("%s: no pooled features layer, so the served model has no atypical-input check",
+        log.warning("%s: no pooled features layer, so the served model has no atypical-input check",
                         " + ".join(m.family for m in members))
         return None, []
     if len(families) < len(members):
-        logging.info("the atypical-input check leaves out %s (no pooled features)",
+        log.info("the atypical-input check leaves out %s (no pooled features)",
                      " + ".join(m.family for m in members if m.family not in families))
     return scorer, families
 
@@ -372,9 +375,9 @@ def _typicality_check(scorer, families: list, train_ds, eval_features: np.ndarra
     try:
         check, summary = typicality.fitted_check(scorer, families, _pooled(scorer, train_ds), eval_features, quantile)
     except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
-        logging.warning("the served model has no atypical-input check: %s", e)
+        log.warning("the served model has no atypical-input check: %s", e)
         return None, None
-    logging.info("atypical-input check on the %d %s of %d training films: %d of %d eval films atypical "
+    log.info("atypical-input check on the %d %s of %d training films: %d of %d eval films atypical "
                  "(shrinkage %.3f)", summary["dimensions"], summary["features"], summary["train_films"],
                  summary["eval_atypical"], summary["eval_films"], summary["shrinkage"])
     return check, summary
@@ -401,7 +404,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     source_counts = _count_source_labels(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch)
     counts = _per_class(source_counts)
     eval_counts = _per_class(_count_source_labels(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch))
-    logging.info("training examples per class %s, eval %s", dict(counts), dict(eval_counts))
+    log.info("training examples per class %s, eval %s", dict(counts), dict(eval_counts))
     _check_eval_classes(task, eval_counts)
     weights = _training_weights(source_counts, task, train_cfg)
 
@@ -417,9 +420,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         member_hparams = dataclasses.replace(hparams, family=family)
         built = _build(member_hparams, cfg, task)
         if built.family in [m.family for m in members]:  # e.g. two transfer families fell back to one CNN
-            logging.warning("ensemble member %s was built as %s, which is trained already: skipped", family, built.family)
+            log.warning("ensemble member %s was built as %s, which is trained already: skipped", family, built.family)
             continue
-        logging.info("training %s (%s)", built.family, built.note)
+        log.info("training %s (%s)", built.family, built.note)
         histories.append(training.fit(
             built, member_hparams, train_ds, eval_ds,
             epochs=train_cfg["epochs"],
@@ -437,7 +440,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     history = training.concatenate_histories(histories, [m.family for m in members])
     fits = [{"family": m.family, **training.summarize_fit(h)} for m, h in zip(members, histories)]
     for fit in fits:
-        logging.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
+        log.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
 
     quantile = float(train_cfg["atypical_quantile"])
     scorer, scored_families = _typicality_scorer(members, quantile)
