@@ -55,10 +55,11 @@ def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
 
     level = logging.INFO if verbose else logging.WARNING
-    # Our own root handler, set before TFX and its dependencies load: one of them calls basicConfig,
-    # whose "WARNING:root:..." lines reached users (basicConfig does nothing once root has a handler).
+    # Our own root handler instead of the plain one that absl's first log call (TFMA's, at import)
+    # installs through basicConfig: its "WARNING:covid_cxr.trainer.task:..." lines reached users.
+    # Handlers of other types (a test runner's capture) stay.
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _LogHandler)]:
+    for handler in [h for h in root.handlers if type(h) in (logging.StreamHandler, _LogHandler)]:
         root.removeHandler(handler)
     root.addHandler(_LogHandler(verbose))
     # Quiet mode hides absl's ERROR lines too: TFX logs "Execution N failed" there, and the CLI says
