@@ -3,7 +3,7 @@ import os
 import pytest
 
 from covid_cxr.data import testing
-from covid_cxr.data.sources import base
+from covid_cxr.data.sources import RadiographySource, base
 from covid_cxr.data.sources.base import Candidate
 
 
@@ -91,3 +91,25 @@ def test_a_metadata_csv_is_read_with_long_cells_and_its_errors_name_the_file_and
     (tmp_path / "latin.csv").write_bytes("id,notes\n1,Straße\n".encode("latin-1"))
     with pytest.raises(base.SourceError, match=rf"^{tmp_path / 'latin.csv'} is not UTF-8 text \(byte 15\): save it as UTF-8$"):
         base.read_csv(str(tmp_path / "latin.csv"))
+
+
+def test_files_are_ordered_folder_by_folder_not_as_path_strings(tmp_path):
+    # "a-b" sorts before "a/" as a string ("-" < "/") but after "a" as a folder name: listed folder by
+    # folder, as subdirs() and the adapters' class loops order them.
+    for folder in ("a", "a-b"):
+        testing.write_image(tmp_path / "d" / folder / "x.png", testing.radiograph(1, (16, 16)))
+    listed = [os.path.relpath(p, tmp_path / "d") for p in base.list_files(str(tmp_path / "d"))]
+    assert listed == [os.path.join("a", "x.png"), os.path.join("a-b", "x.png")]
+
+
+def test_a_metadata_csv_saved_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path):
+    # Excel's "CSV UTF-8" starts with a BOM: read as text it would rename the first column "\ufeffid".
+    (tmp_path / "bom.csv").write_bytes("id,finding\n1,COVID-19\n".encode("utf-8-sig"))
+    assert base.read_csv(str(tmp_path / "bom.csv")) == (["id", "finding"], [{"id": "1", "finding": "COVID-19"}])
+
+
+def test_a_file_without_extension_in_a_class_folder_is_rejected_saying_so(tmp_path):
+    testing.write_image(tmp_path / "rad" / "COVID" / "a.png", testing.radiograph(1, (16, 16)))
+    (tmp_path / "rad" / "COVID" / "README").write_text("about")
+    got = {c.source_ref: c.reject for c in RadiographySource(str(tmp_path / "rad")).candidates()}
+    assert got == {"COVID/a.png": None, "COVID/README": "not an image file: no extension"}

@@ -14,6 +14,7 @@ from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
     ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
     ("NORMAL2-IM-1094-0001-0002.jpeg", "NORMAL2-IM-1094"),
     ("weird_name.jpeg", "weird_name"),
+    ("PERSON12_virus_3.jpeg", "PERSON12"),  # matched in any case, like the other patterns
 ])
 def test_patient_ids_from_file_names(name, pid):
     assert patient_id_of(name) == pid
@@ -34,6 +35,7 @@ def test_layout_and_labels(tmp_path):
     assert got["train/NORMAL/IM-0001-0001.jpeg"].patient_id == got["test/NORMAL/IM-0001-0002.jpeg"].patient_id == "IM-0001"
     assert (got["train/PNEUMONIA/person7_virus_9.jpeg"].finding, got["train/PNEUMONIA/person7_virus_9.jpeg"].patient_id) == ("pneumonia", "person7")
     assert got["val/PNEUMONIA/odd.jpeg"].patient_id == "odd"  # unparseable: own id, not dropped
+    assert got["val/PNEUMONIA/odd.jpeg"].finding == "pneumonia"  # val/ is a split like train/ and test/
     assert got["train/OTHER/x.jpeg"].reject == "unknown folder: train/OTHER"
     assert got["train/NORMAL/notes.txt"].reject == "not an image file: .txt"
     for ref in ("train/stray.jpeg", "loose.jpeg"):  # recorded, not silently left out
@@ -56,6 +58,13 @@ def test_kaggle_zip_extra_level_and_layout_error(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(SourceError, match="NORMAL"):
         KermanySource(str(tmp_path / "empty"))
+
+    # A tree with its own layout AND a nested chest_xray/ copy (the Kaggle zip's duplicate level):
+    # the root's own films are used; the nested copy is recorded as rejected, not preferred.
+    testing.write_image(tmp_path / "z" / "train" / "PNEUMONIA" / "person1_virus_1.jpeg", testing.radiograph(2))
+    got = {c.source_ref: (c.finding, c.reject) for c in KermanySource(str(tmp_path / "z")).every_candidate()}
+    assert got == {"train/PNEUMONIA/person1_virus_1.jpeg": ("pneumonia", None),
+                   "chest_xray/train/NORMAL/IM-0001-0001.jpeg": (None, "unknown folder: chest_xray/train")}
 
 
 @pytest.mark.realdata
