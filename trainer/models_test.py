@@ -1,6 +1,7 @@
 """Tests for covid_cxr.trainer.models: every family's shapes, phases, augmentation, weights, export."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -157,6 +158,23 @@ def test_augment_config_controls_layers():
     assert some.model.get_layer(M.AUGMENTATION_NAME).layers[0].height_factor == 0.2
     grey = M.build_model(M.HParams(family="cnn3", augment=M.AugmentConfig(gamma=0.3)), S, 2, weights="none")
     assert [l.name for l in grey.model.get_layer(M.AUGMENTATION_NAME).layers][0] == "aug_intensity"
+
+
+def test_augment_config_maps_to_keras_layer_factors():
+    # Keras factors are fractions: rotation of a full turn (15 degrees -> 15/360), shift and zoom of
+    # the height AND the width; every geometric layer fills as configured.
+    cfg = M.AugmentConfig(rotation_degrees=18, shift=0.15, shear=0.1, zoom=0.2, fill_mode="constant")
+    layers = {l.name: l for l in M.augmentation_block(cfg).layers}
+    assert layers["aug_rotation"].factor == pytest.approx(18 / 360)
+    assert (layers["aug_shift"].height_factor, layers["aug_shift"].width_factor) == (0.15, 0.15)
+    assert (layers["aug_zoom"].height_factor, layers["aug_zoom"].width_factor) == (0.2, 0.2)
+    assert layers["aug_flip"].mode == "horizontal"
+    assert {n: l.fill_mode for n, l in layers.items() if n != "aug_flip"} == dict.fromkeys(
+        ("aug_rotation", "aug_shift", "aug_shear", "aug_zoom"), "constant")
+    # A flip alone is still augmentation; nothing at all is none.
+    flip_only = M.AugmentConfig(rotation_degrees=0, shift=0, shear=0, zoom=0, horizontal_flip=True)
+    assert [l.name for l in M.augmentation_block(flip_only).layers] == ["aug_flip"]
+    assert M.augmentation_block(dataclasses.replace(flip_only, horizontal_flip=False)) is None
 
 
 def test_random_shear_geometry():
@@ -464,6 +482,21 @@ def test_ensemble_serves_the_mean_of_its_members():
     three_class = M.build_model(M.HParams(family="cnn3"), S, 3, weights="none")
     with pytest.raises(ValueError, match="disagree"):
         M.average_ensemble([members[0], three_class])
+
+
+def test_ensemble_summarises_its_members():
+    # Metadata only (the members' networks are not run): pretrained only when every member is, the
+    # largest internal size, each member's requested family and every fallback reason kept.
+    member = built_for("cnn3")
+    a = dataclasses.replace(member, pretrained=True, image_size=S, requested_family="cnn3")
+    b = dataclasses.replace(member, family="cnn4", pretrained=False, image_size=2 * S, requested_family="vgg19",
+                            fallback_reason="no vgg19 weights")
+    ensemble = M.average_ensemble([a, b])
+    assert (ensemble.family, ensemble.requested_family) == ("cnn3+cnn4", "cnn3+vgg19")
+    assert not ensemble.pretrained and M.average_ensemble([a, a]).pretrained
+    assert ensemble.image_size == 2 * S
+    assert ensemble.fallback_reason == "no vgg19 weights" and ensemble.fell_back
+    assert M.average_ensemble([a, a]).fallback_reason is None
 
 
 @pytest.mark.parametrize("ensemble", [False, True], ids=["single", "ensemble"])
