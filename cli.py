@@ -191,7 +191,7 @@ def print_outcome(outcome, serving_dir: str) -> None:
     # One column for the values: "sensitivity at the gate's specificity" is longer than the old fixed 28.
     shown = ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples")
     width = max([28] + [len(key) for key in outcome.report.metrics if key.startswith(shown) and not key.endswith("change")])
-    for name in ("sensitivity", "specificity", "AUC", "accuracy", "precision", "examples"):
+    for name in shown:
         for key, value in outcome.report.metrics.items():
             if key.startswith(name) and not key.endswith("change"):
                 if key in unmeasurable:

@@ -337,9 +337,6 @@ def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
     return items
 
 
-BURNED_IN = images.BURNED_IN  # Header.refusal(): the picture may carry the patient's name
-
-
 def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress, spool: "_PngSpool") -> None:
     """Processes the images; applies DICOM header rules (modality, lateral view, burned-in text) and fields."""
     jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]

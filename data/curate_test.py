@@ -407,7 +407,7 @@ def test_a_dicom_that_declares_burned_in_text_is_rejected_and_a_cohen_dicom_fold
     curate({"cohen": str(cohen)}, str(out), "covid-vs-normal", key=KEY, workers=1)
     accepted = sorted(r["source_ref"] for r in read_csv(out / "manifest.csv"))
     rejected = {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}
-    assert list(rejected.values()) == [curate_mod.BURNED_IN]
+    assert list(rejected.values()) == [images.BURNED_IN]
     assert re.fullmatch(r"images/[0-9a-f]{16}-[0-9a-f]{8}\.dcm", next(iter(rejected)))
     folder = pseudonym.folder_pseudonym(KEY.encode(), "cohen", "DOE_JOHN")
     assert [re.sub(r"[0-9a-f]{16}-[0-9a-f]{8}", "P", ref) for ref in accepted] == [

@@ -605,7 +605,7 @@ def _fmt(entry) -> str:
 def summary_text(report: dict) -> str:
     model = report["model"]
     lines = [
-        f"task {report['task']}; model {model['path']} ({'version ' + str(model['version']) if model['version'] is not None else 'no push record, so no gate approval on file'})",
+        f"task {report['task']}; model {model['path']} ({model_metadata.version_text(model['version'])})",
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
         + html_report.skipped_text(report["data"]) + ")",

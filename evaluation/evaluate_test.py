@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from covid_cxr import cli
-from covid_cxr.data import curate, features, pseudonym
+from covid_cxr.data import curate, features, images, pseudonym
 from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
 from covid_cxr.serving import predict, testing
@@ -294,7 +294,7 @@ def test_a_film_that_declares_burned_in_text_is_skipped_as_curation_rejects_it(b
     ds.save_as(films[0])
     data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
     assert data.n == 3
-    assert [s["reason"] for s in data.skipped] == [curate.BURNED_IN]
+    assert [s["reason"] for s in data.skipped] == [images.BURNED_IN]
 
 
 def test_dicom_file_and_folder_names_never_reach_the_report(binary_model, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import html
 from typing import Mapping, Optional
 
 from covid_cxr.evaluation import errors, metrics, model_card
-from covid_cxr.serving import typicality
+from covid_cxr.serving import model_metadata, typicality
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -159,7 +159,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         "<p class=warn><b>Research use only, not a diagnostic device.</b> These numbers describe this model on "
         "this data; they do not transfer to another hospital's films without measuring there.</p>",
         _table(["", ""], [
-            ["model", f"<code>{_e(model['path'])}</code> ({'version ' + _e(model['version']) if model['version'] is not None else 'no push record, so no gate approval on file'}, family {_e(model.get('family'))})"],
+            ["model", f"<code>{_e(model['path'])}</code> ({_e(model_metadata.version_text(model['version']))}, family {_e(model.get('family'))})"],
             ["data", f"<code>{_e(data['path'])}</code> ({_e(data['format'])}, signature {_e(model.get('signature'))})"],
             ["examples", f"{report['n']} ({counts})" + skipped_text(data)],
             ["decision threshold", f"{report['threshold']:.4f}: {_e(report['threshold_note'])}"],

@@ -20,6 +20,12 @@ ASSET = "covid_cxr.json"
 COVID_THRESHOLD_RULE = "covid_threshold"
 
 
+def version_text(version) -> str:
+    """How predict and evaluate name a model's version. A model without one has no push record (e.g. the
+    run's refused Trainer artifact, which `run` names for --model): "version ?" did not say no gate passed it."""
+    return f"version {version}" if version is not None else "no push record, so no gate approval on file"
+
+
 def asset_path(model_dir: str) -> str:
     return os.path.join(model_dir, "assets", ASSET)
 

@@ -388,10 +388,7 @@ def format_table(result: PredictResult) -> str:
     model = result.model
     decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
                 else "no COVID threshold: label = most probable class")
-    # No push record (e.g. the run's refused Trainer artifact, which `run` names for --model): "version ?"
-    # did not tell the user that no gate passed it.
-    version = f"version {model.version}" if model.version is not None else "no push record, so no gate approval on file"
-    lines = [f"model {model.path} ({version}, "
+    lines = [f"model {model.path} ({model_metadata.version_text(model.version)}, "
              f"task {model.task_name}, {decision})"]
     if (model.metadata.get("data_summary") or {}).get("synthetic"):
         lines.append("WARNING: this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs")
