@@ -287,7 +287,7 @@ def curate(
                 "held_out": held,
                 "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
                 "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
-                "hidden_skipped_per_source": {s.name: s.hidden_skipped for s in source_objs if s.hidden_skipped},
+                "not_read_per_source": {s.name: s.not_read for s in source_objs if s.not_read},
                 "patient_grouping": {s.name: s.patient_grouping for s in source_objs if s.patient_grouping},
                 "duplicates": duplicate_summary,
                 "largest_group": max(group_sizes.values(), default=0),
@@ -658,8 +658,8 @@ def format_summary(summary: Mapping, out_dir: str, seconds: Optional[float] = No
     lines.append(f"  rejected {summary['rejected']}:")
     for reason, n in sorted(summary.get("rejections", {}).items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"    {n:6d}  {reason}")
-    for source, n in summary.get("hidden_skipped_per_source", {}).items():
-        lines.append(f"  {source}: {n} hidden files or folders skipped (names starting with '.', __MACOSX)")
+    for source, not_read in summary.get("not_read_per_source", {}).items():
+        lines.extend(f"  {source}: {n} {reason}" for reason, n in not_read.items())
     lines.append(f"  details: {os.path.join(out_dir, features.MANIFEST)}, {features.REJECTED}, {features.SUMMARY}")
     held = summary.get("held_out")
     if held:

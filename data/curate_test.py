@@ -631,20 +631,26 @@ def test_cli_prints_a_summary(corpus, tmp_path):
                                           f"{tmp_path / 'none' / 'rejected.csv'}")
 
 
-def test_hidden_files_are_counted_not_listed(tmp_path):
+def test_hidden_files_and_lung_masks_are_counted_not_listed(tmp_path):
     rad = tmp_path / "rad"
-    testing.write_image(rad / "COVID" / "COVID-1.png", testing.radiograph(1))
+    testing.write_image(rad / "COVID" / "images" / "COVID-1.png", testing.radiograph(1))
     testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(2))
-    (rad / "COVID" / "._COVID-1.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    testing.write_image(rad / "COVID" / "masks" / "COVID-1.png", testing.radiograph(4))
+    testing.write_image(rad / "Normal" / "masks" / "Normal-1.png", testing.radiograph(5))
+    (rad / "COVID" / "images" / "._COVID-1.png").write_bytes(b"\0\5\26\7 AppleDouble")
     (rad / ".DS_Store").write_bytes(b"Bud1")
     testing.write_image(rad / ".thumbnails" / "t.png", testing.radiograph(3))
     result = CliRunner().invoke(curate_command, ["--source", f"radiography={rad}", "--task", "covid-vs-normal",
                                                  "--out", str(tmp_path / "o"), "--key", KEY])
     assert result.exit_code == 0, result.output
     assert "radiography: 3 hidden files or folders skipped (names starting with '.', __MACOSX)" in result.output
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["hidden_skipped_per_source"] == {"radiography": 3}
+    assert "radiography: 2 lung-mask files not read (masks/ holds masks, not films)" in result.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["not_read_per_source"] == {"radiography": {
+        "hidden files or folders skipped (names starting with '.', __MACOSX)": 3,
+        "lung-mask files not read (masks/ holds masks, not films)": 2}}
     written = (tmp_path / "o" / features.MANIFEST).read_text() + (tmp_path / "o" / features.REJECTED).read_text()
     assert "._COVID" not in written and "DS_Store" not in written and "thumbnails" not in written
+    assert "masks" not in written
 
 
 def test_films_in_a_linked_sub_folder_are_curated_and_a_broken_link_is_rejected(tmp_path):

@@ -8,6 +8,7 @@ pseudonyms and writing happen in ``covid_cxr.data.curate``, identically for ever
 from __future__ import annotations
 
 import abc
+import collections
 import csv
 import dataclasses
 import os
@@ -17,6 +18,11 @@ import numpy as np
 
 from covid_cxr.data import features, images
 
+
+
+# Why files under a source's root are not read: counted per source and reason (``Source.not_read``,
+# summary.json's ``not_read_per_source``), never listed one by one.
+HIDDEN = "hidden files or folders skipped (names starting with '.', __MACOSX)"
 
 
 class SourceError(ValueError):
@@ -56,7 +62,8 @@ class Source(abc.ABC):
 
     name: ClassVar[str]
     layout: ClassVar[str]  # one line, used in layout errors
-    hidden_skipped: int = 0  # hidden files and folders under root, counted by every_candidate()
+    # Files under root that are not inputs, counted by every_candidate(): {reason: count}, non-zero counts only.
+    not_read: dict[str, int]
     # The tree may be a hospital export, whose files and folders are named by patient: curation
     # writes every ref as class folder + pseudonym (curate._public_ref). Public collections' own
     # file names are kept: they are how their users find a film.
@@ -66,6 +73,7 @@ class Source(abc.ABC):
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self.not_read = {}
         if not os.path.isdir(self.root):
             raise SourceError(f"{self.name} source: {root} is not a directory")
         self.validate()
@@ -83,16 +91,18 @@ class Source(abc.ABC):
         named by patient."""
         return True
 
-    def not_an_input(self, path: str) -> bool:
-        """True for image files the layout holds that are not films (e.g. lung masks)."""
-        return False
+    def not_an_input(self, path: str) -> Optional[str]:
+        """For an image file the layout holds that is not a film (e.g. a lung mask), why it is not read:
+        the reason its count is shown under ("N <reason>"); None for every other file."""
+        return None
 
     def every_candidate(self) -> Iterator[Candidate]:
         """:meth:`candidates`, then every other image file under ``root`` as rejected: a file the
         layout does not expect (a stray image, a second copy) is recorded, never silently left out.
-        Hidden files and folders (names starting with ".", ``__MACOSX``) are counted in
-        ``hidden_skipped`` instead: one record per macOS ``._`` file would bury the real rejections.
-        Entries that are not regular files (named pipes, devices, broken links) are rejected, unopened."""
+        Hidden files and folders (names starting with ".", ``__MACOSX``) and the image files the layout
+        holds that are not films (:meth:`not_an_input`) are counted in ``not_read`` instead, per reason:
+        one record per macOS ``._`` file or lung mask would bury the real rejections. Entries that are
+        not regular files (named pipes, devices, broken links) are rejected, unopened."""
         seen, named = set(), set()
         for candidate in self.candidates():
             if candidate.path:
@@ -101,13 +111,20 @@ class Source(abc.ABC):
             yield candidate
         hidden: list[str] = []
         irregular: list[tuple[str, str]] = []
-        for path in list_files(self.root, hidden=hidden, irregular=irregular):
-            if os.path.abspath(path) not in seen and images.is_image_file(path) and not self.not_an_input(path):
+        files = list_files(self.root, hidden=hidden, irregular=irregular)
+        not_read = collections.Counter({HIDDEN: len(hidden)})
+        for path in files:
+            if os.path.abspath(path) in seen or not images.is_image_file(path):
+                continue
+            reason = self.not_an_input(path)
+            if reason:
+                not_read[reason] += 1
+            else:
                 yield Candidate(self.name, self.ref(path), path, reject=f"outside the layout: expected {self.layout}")
         for path, reason in irregular:  # no path: nothing downstream may open it
             if self.ref(path) not in named:  # the adapter rejected it already, with this reason
                 yield Candidate(self.name, self.ref(path), None, reject=reason)
-        self.hidden_skipped = len(hidden)
+        self.not_read = {reason: n for reason, n in not_read.items() if n}
 
     # helpers for adapters
     def ref(self, path: str) -> str:

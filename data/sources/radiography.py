@@ -2,7 +2,7 @@
 
 Folders (case-insensitive): ``COVID`` / ``COVID-19`` -> covid, ``Normal`` -> normal,
 ``Viral Pneumonia`` -> pneumonia, ``Lung_Opacity`` -> other_opacity. Later releases keep the films in
-``<class>/images/`` beside ``<class>/masks/`` (lung masks, not inputs: skipped); the ``*.metadata.xlsx``
+``<class>/images/`` beside ``<class>/masks/`` (lung masks, not inputs: counted, not read); the ``*.metadata.xlsx``
 files at the top level are not inputs either. No patient ids are published: every file is its own
 patient (its near-duplicates are still merged into one group by curation). Its COVID class re-uses
 Cohen images resized to 224 px, and its Normal/Viral Pneumonia classes re-use RSNA and Kermany films:
@@ -11,7 +11,7 @@ curation's cross-source duplicate detection is what keeps them apart.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 from covid_cxr.data import features
 from covid_cxr.data.sources.base import Candidate, Source, file_candidate, list_files, subdirs
@@ -24,6 +24,7 @@ CLASS_FOLDERS = {
     "lung_opacity": features.OTHER_OPACITY,
     "lung opacity": features.OTHER_OPACITY,
 }
+MASKS = "lung-mask files not read (masks/ holds masks, not films)"
 
 
 class RadiographySource(Source):
@@ -47,5 +48,5 @@ class RadiographySource(Source):
                 # No patient ids: the file is its own patient (patient_id=ref).
                 yield file_candidate(self, path, finding, reject, patient_id=self.ref(path))
 
-    def not_an_input(self, path: str) -> bool:
-        return "masks" in self.ref(path).split("/")[:-1]
+    def not_an_input(self, path: str) -> Optional[str]:
+        return MASKS if "masks" in self.ref(path).split("/")[:-1] else None

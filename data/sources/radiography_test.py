@@ -2,6 +2,8 @@ import pytest
 
 from covid_cxr.data import testing
 from covid_cxr.data.sources import RadiographySource, SourceError
+from covid_cxr.data.sources.base import HIDDEN
+from covid_cxr.data.sources.radiography import MASKS
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
 
 
@@ -17,6 +19,7 @@ def test_class_folders(tmp_path):
     testing.write_image(root / "top.png", testing.radiograph(7))  # outside every class folder
     testing.write_image(root / "Lung_Opacity" / "beside.png", testing.radiograph(8))  # beside images/: not read
     (root / "COVID.metadata.xlsx").write_bytes(b"xlsx")
+    (root / "Lung_Opacity" / "masks" / "README.txt").write_text("masks")  # not an image: neither listed nor counted
     (root / "COVID" / "._COVID-1.png").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS resource fork
     testing.write_image(root / "__MACOSX" / "COVID" / "COVID-1.png", testing.radiograph(9))
     source = RadiographySource(str(root))
@@ -27,12 +30,13 @@ def test_class_folders(tmp_path):
         "Viral Pneumonia/Viral Pneumonia-1.png": ("pneumonia", None),
         "Lung_Opacity/images/Lung_Opacity-1.png": ("other_opacity", None),
         "Misc/m.png": (None, "unknown class folder: Misc"),
-        # recorded, not silently left out; the lung masks are not films and are not listed
+        # recorded, not silently left out; the lung masks are not films: counted below, not listed
         "Lung_Opacity/beside.png": (None, f"outside the layout: expected {RadiographySource.layout}"),
         "top.png": (None, f"outside the layout: expected {RadiographySource.layout}"),
     }
     assert len({c.patient_id for c in got.values() if c.patient_id}) == 5  # each file its own patient
-    assert source.hidden_skipped == 2  # the ._ file and the __MACOSX folder: counted, not listed
+    # the ._ file and the __MACOSX folder; both masks, whether or not images/ is beside masks/
+    assert source.not_read == {HIDDEN: 2, MASKS: 2}
 
 
 def test_class_folder_names_of_other_releases(tmp_path):
