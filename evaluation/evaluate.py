@@ -720,6 +720,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
     model = predict.load_model(model_path)
+    predict.warn_if_unpushed(model)
     warning = None
     if is_tfrecord_dir(data_dir):
         if class_map:

@@ -257,6 +257,16 @@ def test_a_damaged_record_file_or_summary_is_named_in_one_line(binary_model, tmp
     assert f"{data / features.SUMMARY}: not a curation summary (a JSON list where an object belongs)" in result.output
 
 
+def test_a_model_never_pushed_is_warned_about_on_stderr(binary_model, tmp_path):
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "evaluate", "--model", binary_model.model_dir, "--data", binary_model.data_dir, "--json", "--no-audit",
+        "--bootstrap", "100", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["model"]["version"] is None  # the JSON stays JSON
+    assert (f"covid-cxr: warning: model {binary_model.model_dir}: no push record, so no gate approval on file"
+            in result.stderr.splitlines()[0]), result.stderr
+
+
 def test_class_map_option(binary_model, tmp_path):
     by_label = {}
     for r in testing.read_records(binary_model.data_dir):

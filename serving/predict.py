@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Iterable, Optional, Sequence
@@ -36,6 +37,8 @@ IMAGE_SIGNATURE = "predict_image"
 EXAMPLES_SIGNATURE = "serving_default"
 TRANSFORM_SIGNATURE = "transform_features"
 BATCH_SIZE = 16
+
+log = logging.getLogger(__name__)
 
 
 class ModelNotFound(click.BadParameter):
@@ -176,6 +179,16 @@ def load_model(path: str) -> ServingModel:
                             "number", param_hint="--model")
     return ServingModel(model_dir, version, metadata, classes, task,
                         float(threshold) if threshold is not None else None, loaded)
+
+
+def warn_if_unpushed(model: ServingModel) -> None:
+    """predict and evaluate on a model without a push record (a Trainer artifact, e.g. the one `run` names
+    when the gate refused it, or a bare export): the header's version says so, and this warning line on
+    stderr makes it hard to miss in a script's log, whatever the output format."""
+    if model.version is None:
+        log.warning("model %s: %s (a Trainer artifact or a bare export, e.g. a model the gate refused); for "
+                    "results to rely on, use a pushed version (<serving_dir>/<version>/)",
+                    model.path, model_metadata.version_text(None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,6 +464,7 @@ def predict_command(model_path, inputs, as_json, explain_dir, max_side, equaliza
     if explain_dir is not None:  # before the work: found at the end, it lost the predictions
         writer.check_writable(explain_dir, "--explain")
     model = load_model(model_path)
+    warn_if_unpushed(model)
     preparation = Preparation.from_metadata(model.metadata, max_side, equalization)
     result = predict_paths(model, inputs, explain_dir=explain_dir, preparation=preparation)
     if as_json:

@@ -146,6 +146,21 @@ def test_newest_version_is_used(binary_model, tmp_path):
     assert model.version == 12 and model.path == str(serving / "12")
 
 
+def test_a_model_never_pushed_is_warned_about_on_stderr_whatever_the_output(binary_model, tmp_path):
+    inputs = _write_pngs(binary_model, str(tmp_path / "in"), 1)
+    runner = CliRunner(mix_stderr=False)
+    result = runner.invoke(cli.main, ["predict", "--model", binary_model.model_dir, "--json", *inputs])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["model"]["version"] is None  # the JSON stays JSON
+    assert result.stderr.splitlines() == [
+        f"covid-cxr: warning: model {binary_model.model_dir}: no push record, so no gate approval on file (a Trainer "
+        "artifact or a bare export, e.g. a model the gate refused); for results to rely on, use a pushed version "
+        "(<serving_dir>/<version>/)"]
+    assert len(result.stderr) < 300 + len(binary_model.model_dir)
+    result = runner.invoke(cli.main, ["predict", "--model", binary_model.version_dir, *inputs])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr  # a pushed version: no warning
+
+
 def test_predict_json_fields(binary_model, tmp_path):
     paths = _write_pngs(binary_model, str(tmp_path / "in"), n=len(testing.read_records(binary_model.data_dir)))
     result = _run(["--model", binary_model.serving_dir, "--json", str(tmp_path / "in")])
@@ -177,9 +192,10 @@ def test_a_model_trained_on_the_demos_synthetic_images_says_so_before_any_label(
     copy = shutil.copytree(binary_model.model_dir, tmp_path / "m")
     asset = copy / "assets" / "covid_cxr.json"
     asset.write_text(json.dumps(dict(json.loads(asset.read_text()), data_summary={"synthetic": True})))
-    result = CliRunner().invoke(cli.main, ["predict", "--model", str(copy), *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(copy),
+                                                           *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[1] == ("WARNING: this model was trained on SYNTHETIC images (the demo): its "
+    assert result.stdout.splitlines()[1] == ("WARNING: this model was trained on SYNTHETIC images (the demo): its "
                                              "labels say nothing about radiographs")
 
 
