@@ -220,6 +220,8 @@ def print_outcome(outcome, serving_dir: str) -> None:
                    f"refused one as --model {outcome.model_uri}")
     click.echo(f"Model artifact: {outcome.model_uri}")
     click.echo(f"Evaluation:     {outcome.evaluation_uri}")
+    if outcome.decision_record:  # the gate's verdict, failures and thresholds, for a refused model too
+        click.echo(f"Gate decision:  {outcome.decision_record}")
 
 
 def _holds_a_model(serving_dir: str) -> bool:

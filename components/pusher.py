@@ -4,6 +4,12 @@ Unlike TFX's stock Pusher it never pushes the same model twice: a re-run whose E
 an unchanged (cached) model finds the model's content fingerprint already at the newest version and
 records "already serving". An unblessed model is never copied, so the serving directory keeps the
 previous blessed version. A model card is written beside every pushed version.
+
+Every decision, blessed or not, is also written into the Pusher's own PushedModel artifact
+(``<pipeline_root>/VersionedPusher/pushed_model/<id>/covid_cxr_decision.json``: the gate's verdict,
+its failures, the test metrics and the gate's thresholds), never into the serving directory, whose
+version folders TF Serving reads: a refused model's decision is on file too (`run` names the file,
+and `covid-cxr evaluate` on the refused Trainer artifact finds it for the model card).
 """
 
 import hashlib
@@ -15,7 +21,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
-from covid_cxr.evaluation import gate_report, model_card
+from covid_cxr.evaluation import artifacts, gate_report, model_card
 from covid_cxr.serving import model_metadata
 
 PUSH_RECORD = "covid_cxr_push.json"  # beside saved_model.pb; TF Serving ignores it
@@ -112,13 +118,17 @@ def VersionedPusher(
     model_dir = path_utils.serving_model_path(model.uri)
     metadata = model_metadata.read(model_dir)
     report = gate_report.read_gate_report(evaluation.uri, blessed, metadata.get("classes"))
+    record = {"model_uri": model.uri, "evaluation_uri": evaluation.uri, "metrics": report.metrics,
+              "intervals": report.intervals(), "gate": json.loads(gate)}
     if not blessed:
         pushed, destination, why = False, "", "NOT BLESSED: " + ("; ".join(report.failures) or "see the evaluation")
     else:
-        card = model_card.render(dict(metadata, gate=json.loads(gate)), report)
-        record = {"model_uri": model.uri, "evaluation_uri": evaluation.uri, "metrics": report.metrics,
-                  "intervals": report.intervals(), "gate": json.loads(gate)}
+        card = model_card.render(dict(metadata, gate=record["gate"]), report)
         pushed, destination, why = push(model_dir, serving_dir, card, record)
+    decision = dict(record, blessed=blessed, failures=list(report.failures), pushed=pushed,
+                    pushed_destination=destination, reason=why)
+    tf.io.gfile.makedirs(pushed_model.uri)
+    _write(pushed_model.uri, artifacts.DECISION_RECORD, json.dumps(decision, indent=2, sort_keys=True))
     pushed_model.set_int_custom_property("pushed", int(pushed))
     pushed_model.set_string_custom_property("pushed_destination", destination)
     pushed_model.set_string_custom_property("reason", why)

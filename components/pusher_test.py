@@ -4,6 +4,7 @@ import os
 import tensorflow as tf
 
 from covid_cxr.components import pusher
+from covid_cxr.evaluation import artifacts
 
 
 def _fake_model(path, content=b"graph"):
@@ -117,18 +118,33 @@ def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
     model.uri = str(tmp_path / "model")
     _fake_model(os.path.join(model.uri, "Format-Serving"))
 
-    def run(blessed):
+    gate = {"min_sensitivity": 0.9, "min_specificity": 0.85}
+
+    def run(blessed, pushed_uri):
         blessing = tfx.types.standard_artifacts.ModelBlessing()
         blessing.set_int_custom_property("blessed", blessed)
         evaluation = tfx.types.standard_artifacts.ModelEvaluation()
         evaluation.uri = str(tmp_path / "evaluation")
         pushed = tfx.types.standard_artifacts.PushedModel()
+        pushed.uri = pushed_uri
         pusher.VersionedPusher.test_call(model=model, model_blessing=blessing, evaluation=evaluation,
-                                         pushed_model=pushed, serving_dir=serving, gate="{}")
-        return pushed
+                                         pushed_model=pushed, serving_dir=serving, gate=json.dumps(gate))
+        with tf.io.gfile.GFile(f"{pushed_uri}/{artifacts.DECISION_RECORD}") as f:
+            return pushed, json.load(f)
 
-    refused = run(0)
+    # The Pusher's own artifact holds the decision, written through tf.io.gfile: a URI (TF's in-memory
+    # file system here, as gs:// on Vertex) as well as a local folder.
+    refused, decision = run(0, "ram://root/VersionedPusher/pushed_model/7")
     assert refused.get_int_custom_property("pushed") == 0 and pusher.versions(serving) == []
     assert refused.get_string_custom_property("reason") == "NOT BLESSED: sensitivity 0.500 is below the required minimum 0.900"
-    blessed = run(1)
+    assert decision == {
+        "blessed": False, "failures": ["sensitivity 0.500 is below the required minimum 0.900"], "gate": gate,
+        "metrics": {"sensitivity": 0.5}, "intervals": {}, "model_uri": model.uri,
+        "evaluation_uri": str(tmp_path / "evaluation"), "pushed": False, "pushed_destination": "",
+        "reason": "NOT BLESSED: sensitivity 0.500 is below the required minimum 0.900"}
+    assert not os.path.exists(serving)  # nothing of a refused model in the serving directory
+    blessed, decision = run(1, str(tmp_path / "root" / "VersionedPusher" / "pushed_model" / "8"))
     assert blessed.get_int_custom_property("pushed") == 1 and len(pusher.versions(serving)) == 1
+    assert decision["blessed"] and decision["failures"] == [] and decision["pushed"]
+    assert decision["pushed_destination"] == blessed.get_string_custom_property("pushed_destination")
+    assert os.listdir(serving) == [str(pusher.versions(serving)[0])]  # TF Serving's layout: version folders only

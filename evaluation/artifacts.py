@@ -6,6 +6,7 @@ the highest execution id that holds files. Read here:
   ExampleValidator/anomalies/<id>/Split-*/SchemaDiff.pb     TFDV anomalies per split
   Evaluator/evaluation/<id>/ (+ Evaluator/blessing/<id>/BLESSED)   TFMA metrics per slice
   Trainer/model_run/<id>/history.json                       training curves
+  VersionedPusher/pushed_model/<id>/covid_cxr_decision.json  the gate's decision on a Trainer model
 Everything is summarized into plain JSON-ready dicts; missing pieces are simply absent.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 from typing import Optional
 
+from covid_cxr.data import jsonfile
 from covid_cxr.messages import first_line
 
 STATISTICS = ("StatisticsGen", "statistics", "FeatureStats.pb")
@@ -22,6 +24,8 @@ EVALUATION = ("Evaluator", "evaluation")
 BLESSING = ("Evaluator", "blessing")
 MODEL_RUN = ("Trainer", "model_run")
 HISTORY_FILE = "history.json"  # mirrors trainer.task.HISTORY_FILE
+PUSHED_MODEL = ("VersionedPusher", "pushed_model")
+DECISION_RECORD = "covid_cxr_decision.json"  # components/pusher.py writes one per decision, blessed or not
 MAX_TOP_VALUES = 8
 MAX_CATEGORIES = 20  # string features with more unique values get no value list
 NO_VALUE_LIST = frozenset({"image", "patient_id", "group"})  # bytes and pseudonymous ids: counts only
@@ -144,6 +148,32 @@ def read_evaluation(pipeline_root: str, model_uri: str = "", evaluation_uri: str
     report = gate_report.read_gate_report(uri, blessed)
     return {"uri": uri, "blessed": blessed, "metrics": report.metrics, "slices": report.slices,
             "failures": list(report.failures)}
+
+
+def gate_decision(model_uri: str) -> Optional[tuple[dict, str]]:
+    """(record, its path): the newest gate decision the Pusher recorded for the Trainer model artifact
+    ``model_uri`` (``<root>/Trainer/model/<id>``), found under that artifact's own pipeline root;
+    None when there is none (not a Trainer artifact, or a run from before decision records).
+    ValueError naming the file when a record is not a JSON object."""
+    model_dir = os.path.normpath(model_uri)
+    parts = model_dir.split(os.sep)
+    if parts[-3:-1] != ["Trainer", "model"]:
+        return None
+    pipeline_root = os.path.dirname(os.path.dirname(os.path.dirname(model_dir)))
+    base = os.path.join(pipeline_root, *PUSHED_MODEL)
+    if not os.path.isdir(base):
+        return None
+    for i in sorted((int(n) for n in os.listdir(base) if n.isdigit()), reverse=True):
+        path = os.path.join(base, str(i), DECISION_RECORD)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            record = jsonfile.load_object(f, path, "gate decision record")
+        # The run may have named the artifact by another path (relative, or its bucket's URI): within
+        # one pipeline root "Trainer/model/<id>" names one artifact.
+        if str(record.get("model_uri", "")).rstrip("/").split("/")[-3:] == parts[-3:]:
+            return record, path
+    return None
 
 
 def newest_history(pipeline_root: str) -> Optional[tuple[dict, str]]:

@@ -544,17 +544,35 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     return out
 
 
-def model_card_text(model: predict.ServingModel, report: dict) -> str:
-    """The card the Pusher wrote for this model (its gate and held-out figures, from the push
-    record when the model was pushed), plus this evaluation's intervals, per-source table and audit."""
+def gate_decision(model: predict.ServingModel) -> tuple[dict, Optional[str]]:
+    """(record, its path) of the gate's decision on this model: the push record of a pushed version
+    (only blessed models are pushed), else the decision record the run's Pusher wrote for its Trainer
+    artifact (blessed or not: the failures too); ({}, None) when neither is on file."""
     record = push_record(model)
+    if record.get("metrics"):
+        return dict(record, blessed=True), os.path.join(model.path, predict.PUSH_RECORD)
+    uri = trainer_model_uri(model)
+    if uri:
+        from covid_cxr.evaluation import artifacts
+
+        found = artifacts.gate_decision(uri)
+        if found:
+            return found
+    return {}, None
+
+
+def model_card_text(model: predict.ServingModel, report: dict) -> str:
+    """The card the Pusher wrote for this model (its gate and held-out figures, from the gate's
+    decision record when there is one: a refused model's says so, and why), plus this evaluation's
+    intervals, per-source table and audit."""
+    record, _ = gate_decision(model)
     metadata = dict(model.metadata, **({"gate": record["gate"]} if record.get("gate") else {}))
     gate = None
     if record.get("metrics"):
         from covid_cxr.evaluation import gate_report
 
-        # Only blessed models are pushed.
-        gate = gate_report.GateReport(blessed=True, metrics=record["metrics"], failures=[], slices={})
+        gate = gate_report.GateReport(blessed=bool(record["blessed"]), metrics=record["metrics"],
+                                      failures=list(record.get("failures") or []), slices={})
     return model_card.render(metadata, gate, json_safe(report))
 
 
@@ -602,10 +620,18 @@ def _fmt(entry) -> str:
     return text
 
 
+def gate_decision_text(decision: Mapping) -> str:
+    """One line: what the run's gate decided on an unpushed model, and where that is recorded."""
+    verdict = "BLESSED" if decision["blessed"] else "NOT BLESSED"
+    failures = "; ".join(decision["failures"])
+    return f"the run's gate decided {verdict}{': ' + failures if failures else ''} ({decision['record']})"
+
+
 def summary_text(report: dict) -> str:
     model = report["model"]
     lines = [
         f"task {report['task']}; model {model['path']} ({model_metadata.version_text(model['version'])})",
+        *([gate_decision_text(model["gate_decision"])] if model.get("gate_decision") else []),
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
         + html_report.skipped_text(report["data"]) + ")",
@@ -748,6 +774,11 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
     if warning:
         evaluation.report["data"]["warning"] = warning
+    decision, decision_path = gate_decision(model)
+    if decision_path and model.version is None:  # a pushed version's is its version: the gate blessed it
+        evaluation.report["model"]["gate_decision"] = {
+            "blessed": bool(decision.get("blessed")), "failures": list(decision.get("failures") or []),
+            "record": decision_path}
     history, history_source = find_history(model, pipeline_root)
     evaluation.history = history
     evaluation.report["training_history"] = {

@@ -537,6 +537,41 @@ def test_the_evaluation_card_of_a_pushed_model_keeps_its_gate_and_held_out_figur
     assert "Held-out test evaluation" not in unpushed and "## Metrics with 95% confidence intervals" in unpushed
 
 
+def test_a_refused_trainer_artifact_s_card_and_summary_say_what_the_gate_decided(binary_model, tmp_path):
+    root = tmp_path / "root"
+    artifact = root / "Trainer" / "model" / "9"
+    os.makedirs(artifact)
+    os.symlink(binary_model.model_dir, artifact / "Format-Serving")
+    gate = {"min_sensitivity": 0.9, "min_specificity": 0.85, "min_auc": 0.0, "max_auc_regression": 0.01}
+    failure = "sensitivity 0.8500 is below the required minimum 0.9000"
+
+    def decision(execution, model_uri, blessed):
+        folder = root / "VersionedPusher" / "pushed_model" / str(execution)
+        os.makedirs(folder)
+        (folder / "covid_cxr_decision.json").write_text(json.dumps({
+            "blessed": blessed, "failures": [] if blessed else [failure], "gate": gate, "model_uri": model_uri,
+            "metrics": {"sensitivity": 0.85, "specificity": 0.9, "examples": 40.0}}))
+        return folder / "covid_cxr_decision.json"
+
+    # The run named the artifact by its own (relative) path; a newer decision judged another model.
+    record = decision(12, "out/root/Trainer/model/9", False)
+    decision(13, str(root / "Trainer" / "model" / "10"), True)
+    report = {"data": {"path": "elsewhere", "format": "tfrecords"}, "n": 40, "class_counts": {"normal": 20, "covid": 20}}
+    card = evaluate.model_card_text(predict.load_model(str(artifact)), report)
+    assert "## Held-out test evaluation (NOT BLESSED)" in card
+    assert f"Gate failures:\n- {failure}" in card
+    assert "- deployment gate on the held-out test split: sensitivity >= 0.9, specificity >= 0.85" in card
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "evaluate", "--model", str(artifact), "--data", binary_model.data_dir, "--no-audit", "--bootstrap", "100",
+        "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stdout.splitlines()[1] == f"the run's gate decided NOT BLESSED: {failure} ({record})"
+    assert "(NOT BLESSED)" in (tmp_path / "report" / "model_card.md").read_text()
+    record.write_text("{")  # a damaged record is named, not passed over as "no decision"
+    with pytest.raises(ValueError, match=re.escape(f"{record}: not a gate decision record (invalid JSON")):
+        evaluate.model_card_text(predict.load_model(str(artifact)), report)
+
+
 def test_default_folder_names_follow_the_curation_adapters():
     mapping = evaluate._default_folder_map()
     for folder, finding in (("COVID", "covid"), ("Normal", "normal"), ("NORMAL", "normal"), ("PNEUMONIA", "pneumonia"),

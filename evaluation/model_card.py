@@ -233,11 +233,11 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
                      f"specificity >= {gate.get('min_specificity', '?')}, AUC >= {gate.get('min_auc', '?')}, "
                      f"AUC loss vs the last blessed model <= {gate.get('max_auc_regression', '?')}")
     else:
-        # No push record: the model was never pushed (a refused model from the run's Trainer, say), so this
-        # card has no gate decision or failures to show; "see below" sent readers to nothing.
+        # No push record and no decision record (a bare export, or a run from before the Pusher recorded
+        # every decision): no gate decision or failures to show; "see below" sent readers to nothing.
         lines.append("- deployment gate: sensitivity AND specificity (and AUC) minimums on the held-out test split; "
-                     "no gate decision is recorded with this model (only a pushed, blessed version carries one): "
-                     "a model that was not pushed may have been refused")
+                     "no gate decision is on file for this model (a pushed version carries one, and so does a "
+                     "Trainer artifact in its pipeline root): a model that was not pushed may have been refused")
     lines.append("")
     lines += _data_lines(metadata, report, evaluation)
     if report is not None:

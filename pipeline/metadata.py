@@ -8,11 +8,13 @@ import os
 import socket
 from typing import Optional
 
+import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from covid_cxr.evaluation import gate_report
+from covid_cxr.evaluation.artifacts import DECISION_RECORD
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
 
 MYSQL_PASSWORD_ENV = "COVID_CXR_MYSQL_PASSWORD"  # used when runtime.mysql_password is empty
@@ -109,6 +111,7 @@ class RunOutcome:
     model_uri: str
     evaluation_uri: str
     report: gate_report.GateReport
+    decision_record: str = ""  # the Pusher's record of the gate's decision ("" when it wrote none: older runs)
 
 
 def _latest_pusher_execution(store, pipeline_name: str):
@@ -169,6 +172,7 @@ def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:
         return value.int_value if value.HasField("int_value") else value.string_value
 
     blessed = bool(prop(blessing, "blessed"))
+    decision_record = f"{pushed.uri.rstrip('/')}/{DECISION_RECORD}"
     return RunOutcome(
         blessed=blessed,
         pushed=bool(prop(pushed, "pushed")),
@@ -177,4 +181,5 @@ def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:
         model_uri=by_type["Model"].uri,
         evaluation_uri=evaluation.uri,
         report=gate_report.read_gate_report(evaluation.uri, blessed, config.task.classes),
+        decision_record=decision_record if tf.io.gfile.exists(decision_record) else "",
     )

@@ -37,7 +37,8 @@ def test_a_refused_model_says_where_it_is_and_can_fail_the_command(tmp_path, mon
     refused = metadata.RunOutcome(
         blessed=False, pushed=False, destination="", reason="", model_uri="root/Trainer/model/9",
         evaluation_uri="root/Evaluator/evaluation/10",
-        report=gate_report.GateReport(False, {"sensitivity": 0.5}, ["sensitivity 0.5000 is below the minimum 0.9"], {}))
+        report=gate_report.GateReport(False, {"sensitivity": 0.5}, ["sensitivity 0.5000 is below the minimum 0.9"], {}),
+        decision_record="root/VersionedPusher/pushed_model/11/covid_cxr_decision.json")
     monkeypatch.setattr(local_runner, "run", lambda config: refused)
     serving = tmp_path / "serving"
     args = ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
@@ -47,6 +48,7 @@ def test_a_refused_model_says_where_it_is_and_can_fail_the_command(tmp_path, mon
     assert "NOT BLESSED" in result.output
     assert (f"Not pushed, and {serving} holds no earlier model. predict and evaluate take the refused one as "
             "--model root/Trainer/model/9") in result.output
+    assert "Gate decision:  root/VersionedPusher/pushed_model/11/covid_cxr_decision.json" in result.output
     (serving / "1700000000").mkdir(parents=True)
     result = CliRunner().invoke(cli.main, [*args, "--require-blessed"])
     assert result.exit_code == cli.REFUSED_EXIT == 3, result.output

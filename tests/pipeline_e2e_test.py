@@ -222,6 +222,19 @@ def test_the_same_model_is_refused_at_an_impossible_bar(first_run):
     assert not outcome.blessed and not outcome.pushed
     assert any(f.startswith("AUC change") for f in outcome.report.failures), outcome.report.failures
     assert pusher.versions(config.runtime.serving_dir) == [int(os.path.basename(first.destination))]
+    # The refusal is on file in the Pusher's own artifact, and evaluate on the refused model finds it.
+    assert outcome.decision_record.startswith(os.path.join(config.runtime.pipeline_root, "VersionedPusher", ""))
+    with open(outcome.decision_record) as f:
+        decision = json.load(f)
+    assert not decision["blessed"] and decision["failures"] == outcome.report.failures
+    assert decision["gate"]["max_auc_regression"] == -0.05 and decision["model_uri"] == outcome.model_uri
+    with open(first.decision_record) as f:
+        assert json.load(f)["blessed"]
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", outcome.model_uri, "--data", config.data.data_dir,
+                                           "--no-audit", "--bootstrap", "100", "--out", os.path.join(root, "refused")])
+    assert result.exit_code == 0, result.output
+    assert f"the run's gate decided NOT BLESSED: {outcome.report.failures[0]}" in result.output
+    assert "(NOT BLESSED)" in open(os.path.join(root, "refused", "model_card.md")).read()
 
 
 def test_a_broken_model_is_not_blessed_and_serving_keeps_the_previous_one(first_run):
