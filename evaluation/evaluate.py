@@ -767,9 +767,10 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
             data = load_folders(data_dir, model.task, mapping, preparation)
         except ValueError as e:
             raise click.UsageError(str(e))
+    task = task_of(model, data)  # a task mismatch in one line before any label is named by its class
     present = sorted({int(label) for label in data.labels})
     if len(present) == 1:  # as curation warns: a report with half its figures n/a
-        click.echo(f"covid-cxr: warning: every film is labelled {model.classes[present[0]]}: sensitivity or "
+        click.echo(f"covid-cxr: warning: every film is labelled {task.classes[present[0]]}: sensitivity or "
                    "specificity, and AUC, cannot be measured", err=True)
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
     if warning:

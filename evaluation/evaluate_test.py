@@ -619,3 +619,21 @@ def test_class_map_mistakes_are_one_line_and_one_class_is_warned(binary_model, t
     assert result.exit_code == 0, result.output
     assert "covid-cxr: warning: every film is labelled covid: sensitivity or specificity, and AUC, cannot be measured" \
         in result.output
+
+
+def test_one_class_data_of_another_task_is_refused_as_a_mismatch_not_a_crash(binary_model, three_class_model, tmp_path):
+    """Three-class records all of class 2 (covid) against a binary model: the task mismatch in one line,
+    not an IndexError from the one-class warning (index 2 of a two-class model)."""
+    data = tmp_path / "covid-only"
+    data.mkdir()
+    shutil.copy(os.path.join(three_class_model.data_dir, features.SUMMARY), data / features.SUMMARY)
+    covid = [r for r in testing.read_records(three_class_model.data_dir)
+             if tf.train.Example.FromString(r).features.feature[features.LABEL_INDEX].int64_list.value[0] == 2]
+    assert covid
+    with tf.io.TFRecordWriter(str(data / "records-00000-of-00001.tfrecord.gz"), options="GZIP") as w:
+        for record in covid:
+            w.write(record)
+    result = CliRunner().invoke(cli.main, ["evaluate", "--model", binary_model.serving_dir, "--data", str(data),
+                                           "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "curated for task 'three-class'" in result.output
