@@ -75,7 +75,7 @@ import click
 from covid_cxr.data import dedupe, dicom, features, images, pseudonym
 from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
 from covid_cxr.data.sources.base import list_files, subdirs
-from covid_cxr.data.writer import DatasetWriter, OutputError, check_writable
+from covid_cxr.data.writer import DatasetWriter, OutputError, check_writable, reason_kind
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def curate(
             for it in items:
                 if it.reject is not None:
                     writer.reject(it.candidate.source, refs[it.index], _writable(it.reject))
-                    rejected_by_source[it.candidate.source][_kind(it.reject)] += 1
+                    rejected_by_source[it.candidate.source][reason_kind(it.reject)] += 1
 
             settings = {
                 "task": task_obj.name,
@@ -417,11 +417,7 @@ def _apply_balance_cap(hashed: Sequence[_Item], cap: Optional[int]) -> Optional[
 def _writable(reason: str) -> str:
     """A reason that quotes a name which is not UTF-8 (an adapter's "unknown class folder: <name>")
     keeps its kind only: the name cannot be written to the CSV as it is."""
-    return reason if images.is_utf8(reason) else f"{_kind(reason)}: a name that is not UTF-8"
-
-
-def _kind(reason: str) -> str:
-    return "near-duplicate" if reason.startswith("near-duplicate of ") else reason.split(":", 1)[0].strip()
+    return reason if images.is_utf8(reason) else f"{reason_kind(reason)}: a name that is not UTF-8"
 
 
 # A rejected row of a layout's own metadata file (Cohen's, RSNA's): a fixed name and a number, no file's.

@@ -114,7 +114,7 @@ class DatasetWriter:
         by_source_class: dict = collections.defaultdict(collections.Counter)
         for row in self._accepted:
             by_source_class[row["source"]][row["label"]] += 1
-        rejections = collections.Counter(_reason_kind(r["reason"]) for r in self._rejected)
+        rejections = collections.Counter(reason_kind(r["reason"]) for r in self._rejected)
         return {
             "task": self.task.name,
             "classes": list(self.task.classes),
@@ -137,8 +137,9 @@ class DatasetWriter:
                 os.remove(path)
 
 
-def _reason_kind(reason: str) -> str:
-    """'unreadable image: truncated file' -> 'unreadable image' (summary groups by kind).
+def reason_kind(reason: str) -> str:
+    """'unreadable image: truncated file' -> 'unreadable image' (summary.json and curation's per-source
+    counts group rejections by kind).
 
     'near-duplicate of <source>:<ref>' -> 'near-duplicate' (the ref itself may contain ':').
     """
