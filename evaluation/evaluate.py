@@ -58,6 +58,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images, jsonfile, pseudonym, writer
+from covid_cxr.data.sources import kermany, parse_class_map, radiography
 from covid_cxr.evaluation import errors, html_report, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict, typicality
 
@@ -73,35 +74,12 @@ MAX_LISTED_SKIPS = 50
 
 
 def _default_folder_map() -> dict[str, str]:
-    """Folder name (lower case) -> finding, from the curation adapters when importable."""
+    """Folder name (lower case) -> finding: the finding names and the curation adapters' class folders."""
     mapping = {f: f for f in features.FINDINGS}
-    mapping.update({"covid-19": features.COVID, "covid19": features.COVID, "viral pneumonia": features.PNEUMONIA,
-                    "lung_opacity": features.OTHER_OPACITY, "lung opacity": features.OTHER_OPACITY})
-    try:
-        from covid_cxr.data.sources import kermany, radiography
-
-        mapping.update({k.lower(): v for k, v in radiography.CLASS_FOLDERS.items()})
-        mapping.update({k.lower(): v for k, v in kermany.CLASS_FOLDERS.items()})
-    except (ImportError, AttributeError):  # the built-in names above are the same
-        pass
+    mapping["covid19"] = features.COVID
+    mapping.update({k.lower(): v for k, v in radiography.CLASS_FOLDERS.items()})
+    mapping.update({k.lower(): v for k, v in kermany.CLASS_FOLDERS.items()})
     return mapping
-
-
-def parse_class_map(text: str) -> dict[str, str]:
-    """"COVID=covid,healthy=normal" -> {folder: finding}; the curation folder source's parser when present."""
-    try:
-        from covid_cxr.data.sources.folder import parse_class_map as curation_parser
-    except ImportError:
-        curation_parser = None
-    if curation_parser is not None:
-        return curation_parser(text)
-    out = {}
-    for item in (text or "").split(","):
-        folder, sep, finding = item.partition("=")
-        if not sep or finding.strip().lower() not in features.FINDINGS:
-            raise ValueError(f"bad class map entry {item.strip()!r}: expected FOLDER=FINDING")
-        out[folder.strip()] = finding.strip().lower()
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,14 +182,6 @@ def _folder_source(key: bytes, folder: str) -> str:
     return pseudonym.folder_pseudonym(key, "folder", folder)
 
 
-def _patient_of(path: str) -> str:
-    try:
-        from covid_cxr.data.sources.kermany import patient_id_of
-    except ImportError:
-        return os.path.splitext(os.path.basename(path))[0]
-    return patient_id_of(path)
-
-
 def _lazy_key():
     """The user's pseudonym key (as `covid-cxr curate` reads it), read on first use: only a folder tree needs it."""
     key: list[bytes] = []
@@ -285,7 +255,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         if patient:  # a raw DICOM PatientID never leaves this function
             groups.append("dicom:" + pseudonym.pseudonymize(key(), "folder", patient))
         else:
-            groups.append(os.path.join(os.path.dirname(rel), _patient_of(path)))
+            groups.append(os.path.join(os.path.dirname(rel), kermany.patient_id_of(path)))
         refs.append(shown)
         sources.append(_folder_source(key(), parts[0]) if depth > 0 else _printable(os.path.basename(root)))
     if not encoded:
