@@ -240,8 +240,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
             skipped.append({"file": shown, "reason": f"finding {finding} is not used by task {task.name}"})
             continue
         try:
-            processed = images.process(path, max_side=preparation.max_side, crop=preparation.crop,
-                                       equalization=preparation.equalization)
+            processed = predict.process(path, preparation)
         except images.ImageError as e:
             skipped.append({"file": shown, "reason": f"unreadable image: {e}"})
             continue

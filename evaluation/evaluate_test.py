@@ -637,3 +637,30 @@ def test_one_class_data_of_another_task_is_refused_as_a_mismatch_not_a_crash(bin
                                            "--out", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
     assert "curated for task 'three-class'" in result.output
+
+
+def test_a_film_that_fails_outside_the_decoders_is_skipped_as_curation_rejects_it(binary_model, tmp_path, monkeypatch):
+    """Out of memory on one huge film (or any failure images.process does not turn into an ImageError):
+    skipped with curation's reason, as predict and curate treat it, not the end of the evaluation."""
+    records = testing.read_records(binary_model.data_dir)
+    root = tmp_path / "tree"
+    for i, r in enumerate(records):
+        feats = tf.train.Example.FromString(r).features.feature
+        folder = {"covid": "COVID", "normal": "Normal"}[feats["label"].bytes_list.value[0].decode()]
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / f"img{i}.png").write_bytes(feats["image"].bytes_list.value[0])
+    huge = root / "COVID" / "img0.png" if (root / "COVID" / "img0.png").exists() else root / "Normal" / "img0.png"
+    process = images.process
+
+    def out_of_memory(path, *args, **kwargs):
+        if os.path.basename(path) == huge.name:
+            raise MemoryError()
+        return process(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "process", out_of_memory)
+    result = _run(["--model", binary_model.serving_dir, "--data", str(root), "--json", "--bootstrap", "200",
+                   "--no-audit", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == len(records) - 1
+    assert [s["reason"] for s in report["data"]["skipped_files"]] == ["unreadable image: image too large (out of memory)"]

@@ -267,16 +267,19 @@ class Preparation:
         return cls(max_side=int(side), crop=bool(settings.get("crop", True)), equalization=equalization)
 
 
+def process(path: str, preparation: Preparation = Preparation()) -> images.Processed:
+    """One input file -> what curation makes of it. Raises images.ImageError with curation's reason
+    for any failure (``images.process_job``: a decoder's crash or running out of memory included)."""
+    processed, reason = images.process_job((path, preparation.max_side, preparation.crop, preparation.equalization))
+    if processed is None:
+        raise images.ImageError(reason)
+    return processed
+
+
 def prepare(path: str, preparation: Preparation = Preparation()) -> bytes:
     """One input file -> the PNG bytes curation would have stored. Raises images.ImageError, also for
     a DICOM that curation would refuse (another modality, a lateral view): the model never saw one."""
-    try:
-        processed = images.process(path, max_side=preparation.max_side, crop=preparation.crop,
-                                   equalization=preparation.equalization)
-    except images.ImageError:
-        raise
-    except (OSError, ValueError, MemoryError) as e:
-        raise images.ImageError(f"cannot read image ({type(e).__name__})") from None
+    processed = process(path, preparation)
     refusal = processed.header.refusal() if processed.header is not None else None
     if refusal:
         raise images.ImageError(f"refused as curation refuses it: {refusal}")

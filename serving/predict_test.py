@@ -553,3 +553,19 @@ def test_a_film_scored_exactly_at_the_stored_threshold_is_served_as_not_covid(bi
     assert served["label_index"].numpy().tolist() == [0] * 4
     assert served["label"].numpy().tolist() == [b"normal"] * 4
     assert np.all(served[export.GATE_OUTPUT].numpy() <= 0.5)
+
+
+def test_a_film_that_fails_outside_the_decoders_is_one_rows_error_with_curations_reason(binary_model, tmp_path,
+                                                                                       monkeypatch):
+    paths = _write_pngs(binary_model, tmp_path / "films", n=2)
+    process = images.process
+
+    def failing(path, *args, **kwargs):
+        if path == paths[0]:
+            raise RuntimeError("a decoder library failed")
+        return process(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "process", failing)
+    result = predict.predict_paths(predict.load_model(binary_model.serving_dir), paths)
+    assert [r["file"] for r in result.predictions] == [paths[1]]
+    assert [e.to_dict() for e in result.errors] == [{"file": paths[0], "error": "cannot process image (RuntimeError)"}]
