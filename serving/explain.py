@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from covid_cxr.data import images
 from covid_cxr.messages import first_line
 
 log = logging.getLogger(__name__)
@@ -295,15 +296,8 @@ class Explainer:
         detail = f"Grad-CAM ({self.target_layer})" if method == GRAD_CAM else "gradient saliency"
         caption = f"{label} {probability:.3f} | {detail}" if probability is not None else f"{label} | {detail}"
         with open(out_path, "wb") as f:
-            f.write(overlay_png(_decode_gray(png), heat, caption))
+            f.write(overlay_png(images.decode_png(png), heat, caption))
         return method
-
-
-def _decode_gray(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as im:
-        return np.asarray(im.convert("L"))
 
 
 def overlay_png(gray: np.ndarray, heat: np.ndarray, caption: str = "") -> bytes:
