@@ -22,9 +22,10 @@ import sys
 from typing import Optional
 
 from covid_cxr.data import features
+from covid_cxr.serving import predict
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "schema", "schema.pbtxt")
-PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (not imported: no tfx import here)
+PUSH_RECORD = predict.PUSH_RECORD
 TINY_VERSION = 1700000000
 TINY_IMAGE_SIZE = 32
 TINY_ATYPICAL_QUANTILE = 0.8
