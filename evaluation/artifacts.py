@@ -11,7 +11,6 @@ Everything is summarized into plain JSON-ready dicts; missing pieces are simply 
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -177,16 +176,25 @@ def gate_decision(model_uri: str) -> Optional[tuple[dict, str]]:
 
 
 def newest_history(pipeline_root: str) -> Optional[tuple[dict, str]]:
-    """(history, path) from the newest Trainer model_run with a history.json, or None."""
+    """(history, path) from the newest Trainer model_run with a history.json (:func:`read_history`), or None."""
     base = os.path.join(pipeline_root, MODEL_RUN[0], MODEL_RUN[1])
     if not os.path.isdir(base):
         return None
     for i in sorted((int(n) for n in os.listdir(base) if n.isdigit()), reverse=True):
         path = os.path.join(base, str(i), HISTORY_FILE)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f), path
+            return read_history(path)
     return None
+
+
+def read_history(path: str) -> tuple[Optional[dict], str]:
+    """(the Trainer's history in ``path``, ``path``); (None, why) for a damaged file: the report goes
+    on without training curves, as it does without any other broken artifact."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return jsonfile.load_object(f, path, "training history"), path
+    except (OSError, ValueError) as e:
+        return None, f"unreadable: {first_line(e)}"
 
 
 def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> dict:

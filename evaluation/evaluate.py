@@ -407,8 +407,7 @@ def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = Non
     for directory in candidates:
         path = os.path.join(directory, artifacts.HISTORY_FILE)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f), path
+            return artifacts.read_history(path)
     if pipeline_root:
         found = artifacts.newest_history(pipeline_root)
         if found:

@@ -664,3 +664,23 @@ def test_a_film_that_fails_outside_the_decoders_is_skipped_as_curation_rejects_i
     report = json.loads(result.output)
     assert report["n"] == len(records) - 1
     assert [s["reason"] for s in report["data"]["skipped_files"]] == ["unreadable image: image too large (out of memory)"]
+
+
+def test_a_damaged_history_file_costs_the_training_curves_not_the_evaluation(binary_model, tmp_path):
+    """A truncated history.json: the report goes on without curves and says which file, as for any broken
+    artifact under --pipeline-root, not a bare "Expecting value: line 1 column 1" that ends the command."""
+    root = tmp_path / "root"
+    run_dir = root / "Trainer" / "model_run" / "9"
+    os.makedirs(run_dir)
+    (run_dir / "history.json").write_text('{"loss": [0.7,')
+    served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3,
+                               extra={"model_uri": str(root / "Trainer" / "model" / "9")})
+    model = predict.load_model(served)
+    model.metadata.pop("history")
+    history, source = evaluate.find_history(model)
+    assert history is None and str(run_dir / "history.json") in source and "not a training history" in source
+    history, source = artifacts.newest_history(str(root))
+    assert history is None
+    (run_dir / "history.json").write_text("[0.7, 0.6]")  # JSON, but not the history's object
+    history, source = evaluate.find_history(model)
+    assert history is None and "not a training history" in source
