@@ -377,11 +377,7 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
 
 def push_record(model: predict.ServingModel) -> dict:
     """The pusher's record beside a pushed version ({} when absent or unreadable)."""
-    try:
-        with open(os.path.join(model.path, predict.PUSH_RECORD), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    return predict.read_push_record(model.path)
 
 
 def trainer_model_uri(model: predict.ServingModel) -> Optional[str]:

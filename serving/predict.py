@@ -82,19 +82,25 @@ def resolve_model_dir(path: str) -> tuple[str, Optional[int]]:
                         param_hint="--model")
 
 
+def read_push_record(model_dir: str) -> dict:
+    """The pusher's record beside a pushed version ({} when absent, unreadable or not a JSON object)."""
+    try:
+        with open(os.path.join(model_dir, PUSH_RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _version_of(model_dir: str) -> Optional[int]:
     name = os.path.basename(os.path.normpath(model_dir))
     if name.isdigit():
         return int(name)
-    record = os.path.join(model_dir, PUSH_RECORD)
-    if os.path.isfile(record):
-        try:
-            with open(record, encoding="utf-8") as f:
-                version = json.load(f).get("version")
-            return int(version) if version is not None else None
-        except (OSError, ValueError, TypeError):
-            return None
-    return None
+    version = read_push_record(model_dir).get("version")
+    try:
+        return int(version) if version is not None else None
+    except (ValueError, TypeError):
+        return None
 
 
 @dataclasses.dataclass

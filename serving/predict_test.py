@@ -569,3 +569,19 @@ def test_a_film_that_fails_outside_the_decoders_is_one_rows_error_with_curations
     result = predict.predict_paths(predict.load_model(binary_model.serving_dir), paths)
     assert [r["file"] for r in result.predictions] == [paths[1]]
     assert [e.to_dict() for e in result.errors] == [{"file": paths[0], "error": "cannot process image (RuntimeError)"}]
+
+
+def test_a_push_record_that_is_not_an_object_is_no_record(binary_model, tmp_path):
+    """A hand-edited or foreign covid_cxr_push.json (a JSON list): no version and no record, as for an
+    unreadable one, in predict and evaluate alike, not an AttributeError."""
+    from covid_cxr.evaluation import evaluate
+
+    model_dir = tmp_path / "current"
+    shutil.copytree(binary_model.version_dir, model_dir)
+    (model_dir / predict.PUSH_RECORD).write_text("[1700000000]")
+    assert predict.resolve_model_dir(str(model_dir)) == (str(model_dir), None)
+    model = predict.load_model(str(model_dir))
+    assert model.version is None and evaluate.push_record(model) == {} and evaluate.trainer_model_uri(model) is None
+    (model_dir / predict.PUSH_RECORD).write_text('{"version": 7, "model_uri": "/r/Trainer/model/3"}')
+    model = predict.load_model(str(model_dir))
+    assert model.version == 7 and evaluate.trainer_model_uri(model) == "/r/Trainer/model/3"
