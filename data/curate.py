@@ -229,7 +229,7 @@ def curate(
         refs = {it.index: _public_ref(it, pid(it), key_bytes, by_name[it.candidate.source]) for it in items}
         hashed = [it for it in items if it.processed is not None and it.reject is None]
         linked = dedupe.near_pairs([it.processed.phash for it in hashed], group_threshold)
-        dups, duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold, linked)
+        duplicate_summary = _reject_duplicates(hashed, refs, hash_threshold, linked)
         duplicate_summary["grouped_pairs"] = len(linked)
         uf = _group(hashed, linked)
         held_groups = {uf.find(n) for n, it in enumerate(hashed)
@@ -362,7 +362,7 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
 
 def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], threshold: int,
                        linked: Sequence[tuple[int, int, int]]):
-    """Rejects later copies of near-duplicate images; returns (Duplicates, summary section).
+    """Rejects later copies of near-duplicate images; returns the summary's "duplicates" section.
     ``linked``: the near pairs at the group threshold (the copies are among them)."""
     dups = dedupe.find_duplicates([it.processed.phash for it in hashed], threshold, pairs=linked)
     by_sources: collections.Counter = collections.Counter()
@@ -377,7 +377,7 @@ def _reject_duplicates(hashed: Sequence[_Item], refs: Mapping[int, str], thresho
             conflicts.append(f"{copy.candidate.source}:{refs[copy.index]} ({copy.candidate.finding}) duplicates "
                              f"{kept.candidate.source}:{refs[kept.index]} ({kept.candidate.finding})")
     within = sum(n for k, n in by_sources.items() if "/" not in k)
-    return dups, {
+    return {
         "rejected": len(dups.kept_of),
         "within_source": within,
         "cross_source": len(dups.kept_of) - within,
