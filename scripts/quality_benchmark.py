@@ -32,6 +32,7 @@ import time
 
 from covid_cxr.data import pseudonym, testing
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
+from covid_cxr.evaluation import artifacts
 
 SHARED = str(REAL_DATA)
 CLI = [os.path.join(os.path.dirname(sys.executable), "covid-cxr")]
@@ -105,7 +106,8 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
     seconds = sh(args, log)
     models = sorted(glob.glob(os.path.join(root, "Trainer", "model", "*")), key=os.path.getmtime)
     model = models[-1]
-    test_split = sorted(glob.glob(os.path.join(root, "ImportExampleGen", "examples", "*", "Split-test")))[-1]
+    # The newest by execution id, a number ("12" after "9"), as `covid-cxr evaluate --pipeline-root` finds it.
+    test_split = os.path.join(artifacts.newest_execution(root, "ImportExampleGen", "examples"), "Split-test")
     result = {"task": task, "split": split, "hold_out": hold_out, "pipeline_seconds": round(seconds), "model": model,
               "pushed": bool(glob.glob(os.path.join(serving, "*", "saved_model.pb"))),
               "test": evaluate(model, test_split, os.path.join(out, f"report-{name}"), log)}

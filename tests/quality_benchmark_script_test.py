@@ -118,3 +118,14 @@ def test_hold_out_curates_a_source_apart_and_evaluates_on_it(benchmark, monkeypa
     with pytest.raises(SystemExit, match="--hold-out kermany: covid-vs-normal is not curated from it"):
         module.main()
     assert not calls  # three-class, listed first, did not run before the refusal
+
+
+def test_a_reused_root_is_measured_on_its_newest_test_split(benchmark, tmp_path):
+    """Execution ids are numbers: examples/12 is newer than examples/9 (a string sort put 9 last)."""
+    module, _ = benchmark
+    root = tmp_path / "root-covid-vs-pneumonia"
+    for execution in ("9", "12"):
+        os.makedirs(root / "ImportExampleGen" / "examples" / execution / "Split-test")
+    # (the stubbed run then adds examples/1: older still)
+    result = module.run_task("covid-vs-pneumonia", str(tmp_path), [])
+    assert result["test"]["data"] == str(root / "ImportExampleGen" / "examples" / "12" / "Split-test")
