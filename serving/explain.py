@@ -287,16 +287,16 @@ class Explainer:
         try:
             image_xf = self.serving_model.transform_images([png])
             heat, method = self.heatmap(image_xf[0], int(prediction["label_index"]))
+            label = prediction["label"]
+            probability = prediction["probabilities"].get(label)
+            detail = f"Grad-CAM ({self.target_layer})" if method == GRAD_CAM else "gradient saliency"
+            caption = f"{label} {probability:.3f} | {detail}" if probability is not None else f"{label} | {detail}"
+            with open(out_path, "wb") as f:  # a full disk fails this file's heat map, not the predictions
+                f.write(overlay_png(images.decode_png(png), heat, caption))
         except ExplainError:
             raise
         except Exception as e:  # noqa: BLE001 - one line per file, never a traceback
             raise ExplainError(first_line(e, with_type=True)) from None
-        label = prediction["label"]
-        probability = prediction["probabilities"].get(label)
-        detail = f"Grad-CAM ({self.target_layer})" if method == GRAD_CAM else "gradient saliency"
-        caption = f"{label} {probability:.3f} | {detail}" if probability is not None else f"{label} | {detail}"
-        with open(out_path, "wb") as f:
-            f.write(overlay_png(images.decode_png(png), heat, caption))
         return method
 
 

@@ -585,3 +585,19 @@ def test_a_push_record_that_is_not_an_object_is_no_record(binary_model, tmp_path
     (model_dir / predict.PUSH_RECORD).write_text('{"version": 7, "model_uri": "/r/Trainer/model/3"}')
     model = predict.load_model(str(model_dir))
     assert model.version == 7 and evaluate.trainer_model_uri(model) == "/r/Trainer/model/3"
+
+
+def test_a_heat_map_that_cannot_be_written_fails_its_row_not_the_predictions(binary_model, tmp_path):
+    """One overlay the disk refuses (here: a folder where its file goes; a full disk alike) is that
+    row's explanation error; every film is still predicted and printed."""
+    _write_pngs(binary_model, str(tmp_path / "a"), n=2)
+    out_dir = tmp_path / "explain"
+    os.makedirs(out_dir / "film0.heatmap.png")
+    result = CliRunner().invoke(cli.main, ["predict", "--model", binary_model.serving_dir, "--json", "--explain",
+                                           str(out_dir), str(tmp_path / "a")])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert [os.path.basename(p["file"]) for p in report["predictions"]] == ["film0.png", "film1.png"]
+    assert report["predictions"][0]["explanation"] is None and report["predictions"][1]["explanation"]
+    [error] = report["errors"]
+    assert error["file"].endswith("film0.png") and error["error"].startswith("explanation failed: IsADirectoryError")
