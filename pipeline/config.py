@@ -455,12 +455,15 @@ def _beam_args_error(args: list) -> Optional[str]:
     level = beam_log.level
     beam_log.setLevel(logging.ERROR)  # its "Discarding unparseable args": said below in one line
     try:
-        with contextlib.redirect_stderr(stderr):
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):  # its help, if asked
             known = PipelineOptions(args).get_all_options()
         # An option no Beam options class knows is dropped with that log line: a typo goes unnoticed.
         unknown = sorted(set(PipelineOptions(args).get_all_options(retain_unknown_options=True)) - set(known))
     except SystemExit:
-        return stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        lines = stderr.getvalue().strip().splitlines()
+        if not lines:  # argparse exits without an error line after printing its help
+            return "Beam's option parser printed its help and exited (-h / --help is not an option to run with)"
+        return lines[-1].split("error: ", 1)[-1]
     finally:
         beam_log.setLevel(level)
     if not unknown:

@@ -62,6 +62,9 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"runtime.beam_extra_args": "[--runner=DirectRunner, --direct_num_wokers=2]"},
      r"^runtime.beam_extra_args: --direct_num_wokers is not a Beam option \(Beam would drop it\)$"),
     ({"runtime.beam_extra_args": "[-v]"}, r"^runtime.beam_extra_args: -v is not a Beam option \(Beam would drop it\)$"),
+    # argparse's help exits without an error line (it was an IndexError, "the run failed").
+    ({"runtime.beam_extra_args": "[--help]"}, r"^runtime.beam_extra_args: Beam's option parser printed its help and "
+                                              r"exited \(-h / --help is not an option to run with\)$"),
     ({"model.border_crop": "0.3"}, r"model.border_crop must be between 0 and 0.25 \(of each side\), got 0.3"),
     ({"model.augment_gamma": "2"}, r"model.augment_contrast must be in \[0, 1\) and model.augment_gamma in \[0, 1\], got 0.0 and 2.0"),
     # Caught here rather than in the Tuner, after ExampleGen, StatisticsGen and Transform have run.
