@@ -81,3 +81,29 @@ def test_gallery_shows_the_listed_films_and_is_absent_without_errors():
     png = errors.gallery_png([_png(0), _png(200)], [entry], title="1 shown")
     assert Image.open(io.BytesIO(png)).size[0] > 100
     assert errors.gallery_png([_png(0)], [], title="none") is None
+
+
+def test_a_film_given_no_chance_of_its_true_class_still_ranks_by_the_class_that_won():
+    # Two pneumonia films called normal with P(pneumonia) = 0: log(P(predicted) / P(true)) is clipped
+    # as metrics.logit clips, so the more confident call (0.95) comes first rather than a tie at infinity.
+    probabilities = np.array([[0.55, 0.0, 0.45], [0.95, 0.0, 0.05]])
+    out = errors.misclassified(THREE, np.array([1, 1]), np.array([0, 0]), probabilities, None, ["a", "b"],
+                               threshold=0.5)
+    assert [e["index"] for e in out["listed"]] == [1, 0]
+
+
+def test_each_listed_film_carries_its_own_group_and_the_gallery_its_own_pictures(monkeypatch):
+    covid = np.array([0.9, 0.2, 0.8])
+    labels, predicted = np.array([0, 1, 0]), np.array([1, 0, 1])
+    out = errors.misclassified(BINARY, labels, predicted, np.stack([1 - covid, covid], axis=1), ["g0", "g1", "g2"],
+                               ["r0", "r1", "r2"], threshold=0.5)
+    assert [(e["index"], e["group"], e["ref"]) for e in out["listed"]] == [(0, "g0", "r0"), (2, "g2", "r2"), (1, "g1", "r1")]
+    from covid_cxr.evaluation import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "gallery_png", lambda grays, captions, title: drawn.append((grays, captions)) or b"png")
+    # Thumbnails are picked by each entry's index into the evaluated images, and only the first `limit`.
+    assert errors.gallery_png([_png(10), _png(20), _png(30)], out["listed"], title="t", limit=2) == b"png"
+    [(grays, captions)] = drawn
+    assert [int(g.mean()) for g in grays] == [10, 30]
+    assert captions == [errors.caption(e) for e in out["listed"][:2]]

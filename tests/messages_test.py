@@ -7,6 +7,7 @@ def test_first_line_is_the_first_line_cut_at_the_limit_with_the_type_on_request(
     assert messages.first_line(ValueError("  \n")) == "ValueError"
     assert messages.first_line(ValueError("x" * 400)) == "x" * messages.MAX_MESSAGE + " [...]"
     assert messages.first_line(ValueError("abcdef"), limit=3) == "abc [...]"
+    assert messages.first_line(ValueError("abc"), limit=3) == "abc"  # exactly the limit: nothing was cut
     assert messages.first_line(ValueError("bad\nvalue"), with_type=True) == "ValueError: bad"
     assert messages.first_line(KeyError(), with_type=True) == "KeyError"
 
