@@ -60,3 +60,24 @@ def test_the_binary_gate_judges_the_served_decision_where_scores_saturate(thresh
     np.testing.assert_array_equal(gate > 0.5, covid > threshold)
     order = np.argsort(covid, kind="stable")
     assert (np.diff(gate[order]) >= 0).all()  # still ranks films by P(covid)
+
+
+def test_the_binary_gate_is_the_covid_probability_recentred_and_keeps_every_film_apart():
+    # sigmoid(logit(p) - logit(t)): the Evaluator's AUC is P(covid)'s only if no two films tie on the gate,
+    # near the threshold or near 0 and 1 alike.
+    threshold = np.float32(0.3)
+    covid = np.array([1e-6, 1e-5, 1e-4, 0.1, 0.29, 0.31, 0.4, 0.9, 0.9999, 0.99999], np.float32)
+    gate = export._recentred(tf.constant(covid), tf.constant(threshold)).numpy()
+    assert (np.diff(gate) > 0).all()
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    np.testing.assert_allclose(gate[3:8], 1 / (1 + np.exp(-(logit(covid[3:8]) - logit(threshold)))), rtol=1e-5)
+
+
+def test_a_class_that_lost_has_a_gate_of_its_probability_against_the_winners():
+    # normal 0.6, pneumonia 0.3, COVID 0.1 under a threshold of 0.5: normal is served; pneumonia's gate is
+    # 0.3 / (0.3 + 0.6), not 0.5 (a tie at the Evaluator's cut would blur its per-class AUC).
+    p = np.zeros((1, 3), np.float32)
+    p[0, COVID], p[0, OTHERS[0]], p[0, OTHERS[1]] = 0.1, 0.6, 0.3
+    label, gate = _decide(p, 0.5)
+    assert label[0] == OTHERS[0]
+    assert gate[0, OTHERS[0]] == pytest.approx(0.6 / 0.9) and gate[0, OTHERS[1]] == pytest.approx(0.3 / 0.9)

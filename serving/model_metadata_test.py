@@ -27,6 +27,7 @@ def test_reads_the_asset_locally_and_through_tensorflow_file_systems(tmp_path):
     for edit, message in (({"classes": 5}, "'classes' must be a list of class names, got 5"),
                           ({"classes": ["normal", 1]}, "'classes' must be a list of class names, got ['normal', 1]"),
                           ({"curation": "x"}, "'curation' must be an object, got 'x'"),
+                          ({"data_summary": [1]}, "'data_summary' must be an object, got [1]"),
                           ({"task": ["three-class"]}, "'task' must be a task name, got ['three-class']")):
         (local / "assets" / model_metadata.ASSET).write_text(json.dumps({**stored, **edit}))
         with pytest.raises(ValueError, match=re.escape(f"covid_cxr.json: {message}")):
