@@ -155,3 +155,20 @@ def test_the_reported_sensitivity_at_specificity_uses_the_specificity_bar():
     three = eval_config.build_eval_config(cfg.load_config("quick", overrides={"model.task": "three-class"}))
     task = features.get_task("three-class")
     assert list(three.metrics_specs[1].binarize.class_ids.values) == [task.positive_index]  # COVID one-vs-rest gates
+
+
+@pytest.mark.parametrize("task, gated_spec", [("covid-vs-normal", 0), ("three-class", 1)])
+def test_each_bar_is_its_own_gate_setting_on_the_served_decision(task, gated_spec):
+    # The everything-COVID model above has sensitivity 1: it cannot tell the sensitivity bar from another.
+    config = cfg.load_config("quick", overrides={"model.task": task, "gate.min_sensitivity": "0.91",
+                                                  "gate.min_specificity": "0.82", "gate.min_auc": "0.73"})
+    built = eval_config.build_eval_config(config)
+    bars = {m.class_name: m.per_slice_thresholds[0].threshold.value_threshold.lower_bound.value
+            for m in built.metrics_specs[gated_spec].metrics if m.per_slice_thresholds}
+    assert bars == pytest.approx({"Recall": 0.91, "Specificity": 0.82, "AUC": 0.73})
+    # Judged on the gate_score output (the served label) against the records' label index, sliced as configured.
+    [spec] = built.model_specs
+    assert (spec.signature_name, spec.label_key, spec.prediction_key) == (
+        export.EXAMPLES_SIGNATURE, features.LABEL_INDEX, export.GATE_OUTPUT)
+    assert [list(s.feature_keys) for s in built.slicing_specs] == [[]] + [[f] for f in config.gate.slice_features]
+    assert config.gate.slice_features
