@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 
@@ -138,3 +139,53 @@ def test_an_interrupted_close_leaves_no_summary_over_new_shards(tmp_path, monkey
     assert not (out / features.SUMMARY).exists()
     with pytest.raises(FileNotFoundError, match="summary.json' is missing"):
         writer.read_summary(str(out))
+
+
+def test_the_summary_counts_patients_groups_and_rejections_by_kind(tmp_path):
+    w = writer.DatasetWriter(str(tmp_path / "out"), "covid-vs-normal")
+    w.add(_record(0), "ref0")
+    w.add(features.Record(png=b"\x89PNG x", label="normal", label_index=0, patient_id="p0", group="g0", source="s"), "a")
+    w.add(dataclasses.replace(_record(1), group="g0"), "ref1")  # p1's film duplicates p0's: two patients, one group
+    for reason in ("unreadable image: truncated file", "unreadable image: not an image",
+                   "near-duplicate of cohen:images/a.png", "near-duplicate of rsna:x:y.dcm"):
+        w.reject("s", "r", reason)
+    summary = w.close()
+    assert (summary["accepted"], summary["rejected"], summary["patients"], summary["groups"]) == (3, 4, 2, 1)
+    assert summary["rejections"] == {"unreadable image": 2, "near-duplicate": 2}
+    assert summary["per_source_class"] == {"s": {"covid": 2, "normal": 1}}
+    # A label that is not its index's class would train the wrong class: refused, not written.
+    with pytest.raises(ValueError, match="label 'covid' is not class 0 of covid-vs-normal"):
+        writer.DatasetWriter(str(tmp_path / "other"), "covid-vs-normal").add(
+            features.Record(png=b"\x89PNG", label="covid", label_index=0, patient_id="p", group="g", source="s"), "r")
+
+
+@pytest.mark.parametrize("summary, message", [
+    ({"task": "covid-vs-pneumonia", "accepted": 4, "per_class": {"covid": 2, "pneumonia": 2}},
+     "curated for task 'covid-vs-pneumonia' but the config asks for 'covid-vs-normal'"),
+    ({"task": "covid-vs-normal", "accepted": 0, "per_class": {}}, "holds no accepted images"),
+    ({"task": "covid-vs-normal", "accepted": 5, "per_class": {"covid": 2, "normal": 2, "pneumonia": 1}},
+     "holds labels ['pneumonia'] that task 'covid-vs-normal' does not know"),
+    ({"task": "covid-vs-normal", "accepted": 2, "per_class": {"covid": 2, "normal": 0}}, "holds no normal images"),
+    ({"task": "covid-vs-normal", "accepted": 2, "per_class": {"covid": 2}}, "holds no normal images"),
+])
+def test_a_curated_directory_must_fit_the_task(summary, message):
+    with pytest.raises(writer.CurationMismatch, match=re.escape(message)):
+        writer.check_fits_task(summary, "d", features.get_task("covid-vs-normal"))
+    writer.check_fits_task({"task": "covid-vs-normal", "accepted": 4, "per_class": {"covid": 2, "normal": 2}}, "d",
+                           features.get_task("covid-vs-normal"))
+
+
+def test_an_output_path_is_tried_before_the_work_and_a_bucket_is_left_to_the_run(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(writer.OutputError, match=r"^--out '.*file/sub' cannot be a directory: '.*file' is a file$"):
+        writer.check_writable(str(tmp_path / "file" / "sub"), "--out")
+    writer.check_writable(str(tmp_path / "new" / "dir"), "--out")
+    assert not (tmp_path / "new").exists()  # tried, not made
+
+    def unwritable(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(writer.tempfile, "TemporaryFile", unwritable)
+    with pytest.raises(writer.OutputError, match=r"cannot be written: .*: Permission denied$"):
+        writer.check_writable(str(tmp_path / "new"), "--out")
+    writer.check_writable("gs://bucket/out", "--out")  # not this machine's to try
