@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import re
 
@@ -149,7 +150,9 @@ def test_the_summary_counts_patients_groups_and_rejections_by_kind(tmp_path):
     for reason in ("unreadable image: truncated file", "unreadable image: not an image",
                    "near-duplicate of cohen:images/a.png", "near-duplicate of rsna:x:y.dcm"):
         w.reject("s", "r", reason)
-    summary = w.close()
+    summary = w.close({"settings": {"max_side": 512}})  # curation's own entries join the counts
+    assert summary["settings"] == {"max_side": 512}
+    assert json.loads((tmp_path / "out" / features.SUMMARY).read_text()) == summary
     assert (summary["accepted"], summary["rejected"], summary["patients"], summary["groups"]) == (3, 4, 2, 1)
     assert summary["rejections"] == {"unreadable image": 2, "near-duplicate": 2}
     assert summary["per_source_class"] == {"s": {"covid": 2, "normal": 1}}
