@@ -5,7 +5,9 @@ import os
 import pathlib
 import re
 import shutil
+import types
 
+import click
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -148,6 +150,8 @@ def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_mode
     assert skipped["reason"] == "in class folders inside each other that name different findings"
     assert "patient-7" not in skipped["file"]
     assert not any("patient-8" in ref for ref in data.refs)  # d.png is named below the outer COVID folder
+    # ... which is its class folder: no folder above it, so no source slice of its own (a pseudonym of "COVID").
+    assert features.SOURCE not in data.slices
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
@@ -373,6 +377,16 @@ def test_three_class_report(three_class_model, tmp_path):
     assert all(sum(e["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for e in wrong["listed"])
 
 
+def test_labels_outside_the_tasks_classes_are_refused():
+    # A record's label_index of 2 names no class of a binary model: refused, not scored as a negative.
+    task = features.TASKS["covid-vs-normal"]
+    model = types.SimpleNamespace(task=task)
+    assert evaluate.task_of(model, types.SimpleNamespace(task_name=None, path="d", labels=np.array([0, 1]))) is task
+    for labels in ([0, 2], [-1, 1]):
+        with pytest.raises(click.UsageError, match=r"labels in 'd' are outside 0\.\.1 of task covid-vs-normal"):
+            evaluate.task_of(model, types.SimpleNamespace(task_name=None, path="d", labels=np.array(labels)))
+
+
 def test_task_mismatch_is_refused(binary_model, three_class_model):
     result = CliRunner().invoke(evaluate.evaluate_command,
                                 ["--model", binary_model.serving_dir, "--data", three_class_model.data_dir])
@@ -432,6 +446,47 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
     page = html_report.render(dict(full, training_history={"source": "s", "epochs": 8, "members": [fit]}), pngs={})
     assert ("<tr><td>mobilenet_v2_035</td><td>frozen backbone 4, fine-tuning 4</td>"
             "<td>frozen backbone, epoch 3 (fine-tuning did not beat it)</td><td>0.9778</td></tr>") in page
+
+
+def test_the_html_page_shows_every_part_of_the_report():
+    from covid_cxr.evaluation import html_report
+
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos, pos, pos, 1 - pos, 1 - pos, 1 - pos])
+    covid = np.array([0.9, 0.8, 0.2, 0.1, 0.3, 0.7])
+    outputs = {"label_index": np.where(covid > 0.5, pos, 1 - pos), "covid_probability": covid,
+               "probabilities": np.stack([1 - covid, covid] if pos == 1 else [covid, 1 - covid], axis=1),
+               "atypical": np.array([0, 0, 1, 0, 0, 0], bool)}
+    slices = {features.SOURCE: ["a"] * 3 + ["b"] * 3, features.VIEW: ["PA", "AP", "PA", "PA", "AP", "PA"]}
+    report = evaluate.compute(task, labels, outputs, n_boot=100, slices=slices)
+    report.update(task=task.name, threshold=0.5, threshold_note="the note", model={"path": "m", "version": 3},
+                  data={"path": "d", "format": "folders", "skipped": 1, "hidden_skipped": 0,
+                        "skipped_files": [{"file": "d/x.txt", "reason": "not an image file"}]},
+                  errors=errors.misclassified(task, labels, outputs["label_index"], outputs["probabilities"],
+                                              [f"g{i}" for i in range(6)], [f"r{i}" for i in range(6)], slices, threshold=0.5),
+                  shortcut_audit={"verdict": "SHORTCUT: borders", "flagged": True, "method": "borders", "n": 6,
+                                  "n_groups": 6, "auc": {"value": 0.9, "ci95": [0.8, 0.95]}, "flag_auc": 0.6})
+    pipeline = {"root": "r", "evaluation": {"uri": "u", "blessed": False, "failures": ["AUC 0.700 is below 0.8"],
+                                            "metrics": {"AUC": 0.7, "AUC change": -0.1, "Precision": float("nan")},
+                                            "slices": {}}}
+    page = html_report.render(report, pngs={}, pipeline=pipeline)
+    sens = report["sensitivity"]
+    assert (f"<tr><td>sensitivity (COVID recall)</td><td>{sens['value']:.3f}</td><td>{sens['ci95'][0]:.3f} – "
+            f"{sens['ci95'][1]:.3f}</td><td>2/3</td></tr>") in page
+    assert "0.5000: the note" in page and "; 1 skipped" in page
+    # Per source: "a" holds COVID films only (no specificity), "b" normal ones only; the atypical column.
+    a, b = report["per_source"]["a"], report["per_source"]["b"]
+    assert (f"<td>{a['sensitivity']['value']:.3f} <span class=note>({a['sensitivity']['ci95'][0]:.3f} – "
+            f"{a['sensitivity']['ci95'][1]:.3f})</span></td><td>n/a <span class=note>(n/a)</span></td>") in page
+    assert (f"<td>n/a <span class=note>(n/a)</span></td><td>{b['specificity']['value']:.3f} <span class=note>"
+            f"({b['specificity']['ci95'][0]:.3f} – {b['specificity']['ci95'][1]:.3f})</span></td>") in page
+    assert "<th>atypical</th>" in page and "<h2>Per view</h2>" in page
+    assert "<h2>Misclassified films (2)</h2>" in page and "<th>patient (pseudonym)</th>" in page
+    assert "<p class=warn>SHORTCUT: borders</p>" in page
+    assert "TFMA (Evaluator, test split): NOT BLESSED" in page and "<li>AUC 0.700 is below 0.8</li>" in page
+    assert "AUC change" not in page and ">nan<" not in page
+    assert "<h2>Skipped inputs (1)</h2>" in page and "<td>not an image file</td>" in page
 
 
 def test_a_source_is_flagged_only_when_its_whole_interval_is_below_the_pooled_one():

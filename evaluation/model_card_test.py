@@ -67,6 +67,8 @@ def test_card_with_evaluation_shows_confidence_intervals():
     lo, hi = metrics.wilson_interval(65, 70)
     assert f"| sensitivity | {65 / 70:.3f} | {lo:.3f} – {hi:.3f} | 65/70 |" in card
     assert "| AUC | 0.950 | 0.920 – 0.970 | 70 pos / 130 neg |" in card
+    lo, hi = metrics.wilson_interval(115, 120)
+    assert f"| NPV | {115 / 120:.3f} | {lo:.3f} – {hi:.3f} | 115/120 |" in card
     assert "| cohen | 70 |" in card and "n/a" in card
     assert "AUC within the source (95% CI)" in card
     assert "| 0.550 (0.410 – 0.700) |" in card  # the within-source AUC column
@@ -142,3 +144,53 @@ def test_card_describes_the_atypical_input_check_and_its_rate():
             "prediction, never changes it.") in card
     assert "atypical inputs (unlike the training films; scored anyway): 3/240 = 0.013 [0.004, 0.036]." in card
     assert "atypical" not in model_card.render(METADATA, _report())  # models exported before the check
+
+
+def test_counts_are_whole_numbers_however_tfma_stored_them():
+    # Three-class gate reports name their counts "... (covid vs rest)"; TFMA stores them as floats.
+    report = gate_report.GateReport(blessed=True, metrics={"true positives (covid vs rest)": 64.99999,
+                                                           "examples": 199.9999, "AUC": 0.95}, failures=[], slices={})
+    card = model_card.render(METADATA, report)
+    assert "| true positives (covid vs rest) | 65 |" in card and "| examples | 200 |" in card
+    assert "| AUC | 0.9500 |" in card
+
+
+def test_validation_intervals_read_low_to_high_and_only_source_slices_count_as_sources():
+    report = _report()
+    report.slices["view:PA"] = {"examples": 200.0}  # TFMA slices by view and sex too: not sources
+    card = model_card.render(METADATA, report)
+    assert "- held-out test examples per source: cohen 70, rsna 130\n" in card
+    assert "- validation examples per class (early stopping, threshold choice): normal 150, covid 60\n" in card
+    lo, hi = metrics.wilson_interval(57, 60)
+    assert f"sensitivity {57 / 60:.3f} (95% CI {lo:.3f}–{hi:.3f}, 57/60)" in card and lo < hi
+
+
+def test_synthetic_data_is_named_and_a_phase_never_run_never_lost():
+    assert "SYNTHETIC" not in model_card.render(METADATA, _report())
+    synthetic = dict(METADATA, data_summary=dict(METADATA["data_summary"], synthetic=True))
+    assert "**the data is SYNTHETIC**" in model_card.render(synthetic, _report())
+    # A member stopped before fine-tuning serves its frozen phase: fine-tuning did not lose, it never ran.
+    fit = {"family": "mobilenet_v2", "epochs_run": [["frozen backbone", 5]],
+           "kept": {"phase": "frozen backbone", "epoch_in_phase": 4, "val_auc": 0.9}}
+    assert "| mobilenet_v2 | frozen backbone 5 | frozen backbone, epoch 4 | 0.9000 |" in \
+        model_card.render(dict(METADATA, training=[fit]), _report())
+
+
+def test_three_class_evaluation_lines_and_curation_settings():
+    metadata = {"task": "three-class", "classes": ["normal", "pneumonia", "covid"], "threshold": 0.31,
+                "decision_rule": model_metadata.COVID_THRESHOLD_RULE, "curation": {"max_side": 512, "equalization": "clahe"}}
+    boot = {"patients": 30, "films": 45, "sensitivity": [0.81, 0.97], "specificity": None, "accuracy": [0.7, 0.9]}
+    evaluation = {"data": {"path": "/data/test"}, "sensitivity": metrics.proportion(9, 10),
+                  "multiclass": {"macro_f1": 0.8123}, "patient_bootstrap": boot,
+                  "per_source": {"radiography": {"n": 130, "sensitivity": metrics.proportion(9, 10),
+                                                 "specificity": metrics.proportion(110, 120),
+                                                 "auc": {"value": 0.55, "ci95": [0.41, 0.70]}}}}
+    card = model_card.render(metadata, _report(), evaluation=evaluation)
+    assert "- the gate judges COVID one-vs-rest" in card
+    assert "- curation settings: equalization=clahe, max_side=512" in card
+    assert "- three-class macro-F1: 0.812" in card
+    assert metrics.patient_ci_text(boot) + "." in card
+    sens, spec = metrics.wilson_interval(9, 10), metrics.wilson_interval(110, 120)
+    assert (f"| radiography | 130 | 0.900 ({sens[0]:.3f} – {sens[1]:.3f}) | {110 / 120:.3f} ({spec[0]:.3f} – {spec[1]:.3f}) "
+            "| 0.550 (0.410 – 0.700) |") in card
+    assert "one-vs-rest" not in model_card.render(METADATA, _report())  # binary: COVID is the positive class
