@@ -191,6 +191,16 @@ def test_random_shear_geometry():
     assert M.RandomShear.from_config(layer.get_config()).factor == 0.3
 
 
+def test_random_shear_turns_both_axes_about_the_centre_of_a_non_square_image():
+    layer = M.RandomShear(0.3, fill_mode="constant", interpolation="nearest")
+    x = np.zeros((16, 21, 31, 1), np.float32)
+    x[:, 10, :, :] = 1.0  # a horizontal line through the centre (row 10 of 21; column 15 of 31)
+    y = layer(x, training=True).numpy()
+    np.testing.assert_array_equal(y[:, 10, 15, 0], 1.0)  # the centre is (width - 1) / 2, (height - 1) / 2
+    moved = [np.argmax(y[i, :, 0, 0]) != 10 for i in range(16)]  # the line's left end moves up or down
+    assert sum(moved) >= 8
+
+
 def test_random_intensity_changes_grey_levels_only_in_training():
     rng = np.random.default_rng(0)
     x = rng.uniform(0.2, 0.8, (16, 12, 12, 1)).astype(np.float32)
@@ -212,6 +222,9 @@ def test_random_intensity_changes_grey_levels_only_in_training():
     np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), inner.mean(axis=(1, 2, 3)), atol=1e-5)
     ratio = z.std(axis=(1, 2, 3)) / inner.std(axis=(1, 2, 3))
     assert ratio.min() < 0.9 and ratio.max() > 1.1 and ((ratio > 0.49) & (ratio < 1.51)).all()
+    # Stretched about the mean, black and white films' extremes stay in the Transform's [0, 1] range.
+    stretched = contrast(x, training=True).numpy()
+    assert stretched.min() == 0.0 and stretched.max() == 1.0
     assert M.RandomIntensity.from_config(contrast.get_config()).contrast == 0.5
 
 
@@ -324,6 +337,14 @@ def test_weights_dir_in_a_bucket_is_read_through_tensorflow_file_systems(tmp_pat
     assert built.pretrained and bucket in built.note
     for a, b in zip(made.get_weights(), built.backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_weight_file_of_the_input_size_comes_first_then_224(tmp_path):
+    pattern = M.TRANSFER_SPECS["mobilenet_v2_035"].keras_files[0]
+    for rows in ("128", "224", "96"):
+        (tmp_path / pattern.replace("{rows}", rows)).write_bytes(b"")
+    assert M.find_weight_file("mobilenet_v2_035", [str(tmp_path)], 96) == str(tmp_path / pattern.replace("{rows}", "96"))
+    assert M.find_weight_file("mobilenet_v2_035", [str(tmp_path)], 160) == str(tmp_path / pattern.replace("{rows}", "224"))
 
 
 def test_corrupt_weight_file_falls_back(tmp_path, caplog):
