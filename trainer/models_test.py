@@ -347,6 +347,23 @@ def test_the_weight_file_of_the_input_size_comes_first_then_224(tmp_path):
     assert M.find_weight_file("mobilenet_v2_035", [str(tmp_path)], 160) == str(tmp_path / pattern.replace("{rows}", "224"))
 
 
+def test_no_download_is_tried_offline_and_a_missing_file_is_named(tmp_path, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(M, "KERAS_CACHE_DIRS", ())
+    monkeypatch.setattr(M, "network_reachable", lambda *args, **kwargs: False)
+
+    def download(family, size):
+        raise AssertionError("downloaded although the network is unreachable")
+
+    monkeypatch.setattr(M, "_download_imagenet", download)
+    backbone, source, failures = M._load_backbone("mobilenet_v2_035", S, "imagenet", None)
+    assert (backbone, source) == (None, "")
+    assert failures == [f"download skipped: {M.WEIGHTS_HOST[0]}:{M.WEIGHTS_HOST[1]} unreachable"]
+    missing = str(tmp_path / "missing.h5")
+    assert M._load_backbone("mobilenet_v2_035", S, missing, None) == (None, "", [f"weights file {missing!r} not found"])
+
+
 def test_corrupt_weight_file_falls_back(tmp_path, caplog):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an hdf5 file")
