@@ -321,6 +321,35 @@ def test_locate_takes_an_rsna_films_folder_and_a_pasted_rows_own_ref(tmp_path):
     assert result.exit_code == 1 and "not found" in result.output, result.output  # an older short key is taken
 
 
+def test_locate_finds_the_top_folder_behind_evaluates_source_pseudonym(tmp_path):
+    # `covid-cxr evaluate` names a tree's top folders (a site, a patient's name) folder-<pseudonym>.
+    key = KEY.encode()
+    for rel in ("Doe_Jane/COVID/a.png", "Doe_Jane_2/Normal/b.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    source = pseudonym.folder_pseudonym(key, "folder", "Doe_Jane")
+    assert curate_mod.locate("folder", str(tmp_path), [source], key) == {source: [str(tmp_path / "Doe_Jane")]}
+    # The same pseudonym asked for twice (a ref and a pasted row naming it) is found for both.
+    row = f"folder,{source},not in a mapped class folder"
+    assert curate_mod.locate("folder", str(tmp_path), [source, row], key) == {
+        source: [str(tmp_path / "Doe_Jane")], row: [str(tmp_path / "Doe_Jane")]}
+
+
+def test_locate_exits_1_unless_every_ref_is_found_and_takes_a_film_with_spaces_around(tmp_path):
+    key, rid = KEY.encode(), RSNA_IDS[0]
+    rsna = tmp_path / "rsna"
+    (rsna / "stage_2_train_images").mkdir(parents=True)
+    (rsna / "stage_2_train_images" / f"{rid}.dcm").write_bytes(b"x")
+    film = f"stage_2_train_images/{pseudonym.pseudonymize(key, 'rsna', rid)}.dcm"
+    pasted = f"rsna, {film} ,near-duplicate"  # a row pasted with spaces after its commas
+    assert curate_mod.locate("rsna", str(rsna), [pasted], key) == {pasted: [str(rsna / "stage_2_train_images" / f"{rid}.dcm")]}
+    other = f"stage_2_train_images/{'0' * 16}.dcm"
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"rsna={rsna}", "--key", KEY, film, other])
+    assert result.exit_code == 1, result.output
+    assert f"{film}\t{rsna / 'stage_2_train_images' / f'{rid}.dcm'}" in result.output and f"{other}\tnot found" in result.output
+    assert CliRunner().invoke(cli.main, ["locate", "--source", f"rsna={rsna}", "--key", KEY, film]).exit_code == 0
+
+
 def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     """Beside its DICOMs a hospital export holds previews, notes and bare-UID files, in folders named
     by patient and accession number; an RSNA copy may have subfolders. Only class folders survive,
