@@ -93,3 +93,20 @@ def test_the_trainer_gets_the_data_directory_not_a_summary_read_when_the_dag_was
     custom = json.loads(custom) if isinstance(custom, str) else custom
     assert custom["data_dir"] == "gs://bucket/not-readable-here"
     assert "data_summary" not in custom
+
+
+def test_each_stage_reads_only_its_own_splits_and_the_pusher_gets_the_gate(tmp_path):
+    # The test split is the gate's alone; the Transform's statistics come from training data only.
+    config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "gate.min_sensitivity": "0.93"})
+    components = {c.id: c for c in pipeline.create_components(config)}
+    assert json.loads(components["Evaluator"].exec_properties["example_splits"]) == ["test"]
+    assert json.loads(components["Transform"].exec_properties["splits_config"]) == {
+        "analyze": ["train"], "transform": ["train", "eval"]}
+    trainer = components["Trainer"]
+    assert json.loads(trainer.exec_properties["train_args"]) == {"splits": ["train"]}
+    assert json.loads(trainer.exec_properties["eval_args"]) == {"splits": ["eval"]}  # early stopping, threshold
+    assert trainer.inputs["hyperparameters"].producer_component_id == "Tuner"
+    assert json.loads(components["VersionedPusher"].exec_properties["gate"]) == config.to_dict()["gate"]
+    assert json.loads(components["VersionedPusher"].exec_properties["gate"])["min_sensitivity"] == 0.93
+    uncached = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "runtime.enable_cache": "false"})
+    assert pipeline.create_pipeline(uncached).enable_cache is False
