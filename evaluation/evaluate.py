@@ -100,6 +100,7 @@ class EvalData:
     serialized: Optional[list] = None  # tf.Examples (TFRecords only)
     skipped: list = dataclasses.field(default_factory=list)  # [{"file", "reason"}]
     hidden: int = 0  # hidden files and folders (".", __MACOSX) not read; counted, not listed
+    masks: int = 0  # lung masks in masks/ folders (the radiography layout's) not read; counted, not listed
 
     @property
     def n(self) -> int:
@@ -216,9 +217,13 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
     key = _lazy_key()
     passed_over = {e.file: e.error for e in inputs.skipped}  # not images, named pipes: never opened
+    masks = 0
     for path in inputs.files + list(passed_over):
         rel = os.path.relpath(path, root)
         parts = rel.split(os.sep)
+        if path not in passed_over and radiography.not_a_film("/".join(parts)):
+            masks += 1  # as curation: counted, not read (COVID/masks/x.png is no COVID film)
+            continue
         finding, depth = _finding_of(parts[:-1], class_map)
         # A folder tree may be a hospital export, whose folders above the class folder too may be
         # named by patient: every file is reported as <root>/<class folder>/file-<pseudonym>.<ext>
@@ -258,14 +263,15 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         refs.append(shown)
         sources.append(_folder_source(key(), parts[0]) if depth > 0 else _printable(os.path.basename(root)))
     if not encoded:
-        hidden = f", {inputs.hidden} hidden files or folders not read" if inputs.hidden else ""
+        counted = ((f", {inputs.hidden} hidden files or folders not read" if inputs.hidden else "")
+                   + (f", {masks} {radiography.MASKS}" if masks else ""))
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
-                         f"({len(skipped)} skipped{hidden}; class folders must be named like "
+                         f"({len(skipped)} skipped{counted}; class folders must be named like "
                          f"{', '.join(sorted(set(task.classes)))} or given with --class-map)")
     slices = {features.SOURCE: sources} if len(set(sources)) > 1 else {}
     # Hidden files are counted, not listed: one row per macOS ._ file would bury the real ones.
     return EvalData(root, "folders", None, encoded, np.asarray(labels, np.int64), groups, refs, slices,
-                    skipped=skipped, hidden=inputs.hidden)
+                    skipped=skipped, hidden=inputs.hidden, masks=masks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +447,8 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "model": {"path": model.path, "version": model.version, "family": model.metadata.get("family"),
                   "signature": signature},
         "data": {"path": data.path, "format": data.format, "n": data.n, "skipped": len(data.skipped),
-                 "skipped_files": data.skipped[:MAX_LISTED_SKIPS], "hidden_skipped": data.hidden},
+                 "skipped_files": data.skipped[:MAX_LISTED_SKIPS], "hidden_skipped": data.hidden,
+                 "masks_skipped": data.masks},
         "threshold": threshold,
         "threshold_note": model_metadata.decision_note(model.metadata),
     }

@@ -154,6 +154,33 @@ def test_class_folders_inside_each_other_that_disagree_give_no_label(binary_mode
     assert features.SOURCE not in data.slices
 
 
+def test_lung_masks_of_the_radiography_layout_are_counted_not_read_as_films(binary_model, tmp_path):
+    """COVID/images/ beside COVID/masks/: as curation, the masks are not films of the class."""
+    from covid_cxr.data.sources import radiography
+
+    records = testing.read_records(binary_model.data_dir)
+    image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
+    root = tmp_path / "tree"
+    for name in ("COVID/images/a.png", "COVID/masks/a.png", "Normal/images/b.png", "Normal/masks/b.png",
+                 "Normal/masks/c.png"):
+        os.makedirs((root / name).parent, exist_ok=True)
+        (root / name).write_bytes(image)
+    out = tmp_path / "report"
+    result = _run(["--model", binary_model.serving_dir, "--data", str(root), "--no-audit", "--bootstrap", "100",
+                   "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 2 and report["class_counts"] == {"normal": 1, "covid": 1}
+    assert report["data"]["masks_skipped"] == 3 and report["data"]["skipped"] == 0
+    shown = f"3 {radiography.MASKS}"
+    assert f"normal 1, covid 1; {shown})" in result.output
+    assert shown in (out / "report.html").read_text()
+    shutil.rmtree(root / "COVID" / "images")
+    shutil.rmtree(root / "Normal" / "images")
+    with pytest.raises(ValueError, match=re.escape(f"(0 skipped, {shown}; class folders")):
+        evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_named_pipe_in_a_class_folder_is_skipped_with_its_own_reason_unopened(binary_model, tmp_path):
     records = testing.read_records(binary_model.data_dir)

@@ -5,6 +5,7 @@ import base64
 import html
 from typing import Mapping, Optional
 
+from covid_cxr.data.sources import radiography
 from covid_cxr.evaluation import errors, metrics, model_card
 from covid_cxr.serving import model_metadata, typicality
 
@@ -143,9 +144,11 @@ def _errors_section(wrong: dict, pngs: Mapping[str, bytes]) -> str:
 
 
 def skipped_text(data: dict) -> str:
-    """"; 4 skipped; 2 hidden files or folders not read", or "" when nothing was passed over."""
+    """"; 4 skipped; 2 hidden files or folders not read; 3 lung-mask files not read (...)", or "" when
+    nothing was passed over."""
     return ((f"; {data['skipped']} skipped" if data["skipped"] else "")
-            + (f"; {data['hidden_skipped']} hidden files or folders not read" if data.get("hidden_skipped") else ""))
+            + (f"; {data['hidden_skipped']} hidden files or folders not read" if data.get("hidden_skipped") else "")
+            + (f"; {data['masks_skipped']} {radiography.MASKS}" if data.get("masks_skipped") else ""))
 
 
 def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = None) -> str:

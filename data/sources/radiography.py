@@ -27,6 +27,13 @@ CLASS_FOLDERS = {
 MASKS = "lung-mask files not read (masks/ holds masks, not films)"
 
 
+def not_a_film(ref: str) -> Optional[str]:
+    """Why the image file at ``ref`` ("/"-separated, relative to the tree's root) is not a film: MASKS
+    for one in a ``masks/`` folder (this layout's lung masks), else None. Curation and ``covid-cxr
+    evaluate``'s folder walk both count such files, not read."""
+    return MASKS if "masks" in ref.split("/")[:-1] else None
+
+
 class RadiographySource(Source):
     name = "radiography"
     layout = "the COVID-19 Radiography Database layout: COVID/, Normal/, Viral Pneumonia/, Lung_Opacity/"
@@ -49,4 +56,4 @@ class RadiographySource(Source):
                 yield file_candidate(self, path, finding, reject, patient_id=self.ref(path))
 
     def not_an_input(self, path: str) -> Optional[str]:
-        return MASKS if "masks" in self.ref(path).split("/")[:-1] else None
+        return not_a_film(self.ref(path))
