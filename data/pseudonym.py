@@ -4,7 +4,8 @@ The key comes from, in order: the ``--key`` option, the environment variable
 ``COVID_CXR_PSEUDONYM_KEY``, or a per-user key file ``$XDG_CONFIG_HOME/covid-cxr/pseudonym.key``
 (default ``~/.config/covid-cxr/pseudonym.key``) created once with 32 random bytes and mode 0600, so
 re-runs give the same pseudonyms. A blank key is refused wherever it comes from (a variable set but
-blank is not passed over for the key file). Without the key, pseudonyms cannot be linked back to raw ids by
+blank is not passed over for the key file), and so is a given key with white space around it (the
+key file's is dropped, so the same secret would give other pseudonyms). Without the key, pseudonyms cannot be linked back to raw ids by
 hashing guessed ids (which a plain hash would allow). Keep the key private and stable: changing it
 changes every patient_id and group. A key shorter than ``MIN_KEY_CHARS`` is refused: a short one can
 be found by guessing (the summary's key id, or one public raw id and its pseudonym, confirms a guess),
@@ -61,6 +62,10 @@ def _long_enough(key: str, where: str, allow_short: bool) -> bytes:
             f"the pseudonym key {where} has {chars} characters: a short key can be guessed and the pseudonyms "
             f"reversed. Use {MIN_KEY_CHARS}+ random characters, e.g. "
             "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
+    if key != key.strip():  # a key file's is dropped: kept here, the same secret would give other pseudonyms
+        raise PseudonymKeyError(
+            f"the pseudonym key {where} starts or ends with white space (a trailing newline from a secret file?): "
+            "remove it; kept, it would give other pseudonyms than the same key in a key file")
     return key.encode("utf-8")
 
 

@@ -128,3 +128,23 @@ def test_a_key_file_others_can_read_is_warned_about(tmp_path, monkeypatch, caplo
         assert pseudonym.load_key(key_file=str(path)) == (b"0123456789abcdef" * 4, "key file")
     assert [r.getMessage() for r in caplog.records] == [
         f"pseudonym key file {path} is readable by other users (mode 644); chmod 600 it"]
+
+
+def test_a_given_key_with_white_space_around_it_is_refused_not_hashed_as_another_key(tmp_path, monkeypatch):
+    """A mounted secret ends in a newline: hashed as it is, it gave other pseudonyms than the same key
+    in a key file (whose white space is dropped), and `locate` found nothing."""
+    secret = "0123456789abcdef" * 4
+    path = tmp_path / "pseudonym.key"
+    path.write_text(secret + "\n")
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    assert pseudonym.load_key(key_file=str(path))[0] == secret.encode()
+    for padded in (secret + "\n", " " + secret, secret + "\t"):
+        with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key given with --key starts or ends "
+                                                              r"with white space \(a trailing newline"):
+            pseudonym.load_key(padded, allow_short=True)
+        monkeypatch.setenv(pseudonym.ENV_VAR, padded)
+        with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key in \$COVID_CXR_PSEUDONYM_KEY starts"):
+            pseudonym.load_key(key_file=str(path))
+        monkeypatch.delenv(pseudonym.ENV_VAR)
+    monkeypatch.setenv(pseudonym.ENV_VAR, secret)
+    assert pseudonym.load_key(key_file=str(path)) == (secret.encode(), "environment")
