@@ -576,7 +576,7 @@ def _parse_source_option(values: Sequence[str], option: str = "--source", form: 
 @click.option("--equalize", default="none", show_default=True, type=click.Choice(images.EQUALIZE_MODES),
               help="Contrast equalization of the stored images.")
 @click.option("--balance-cap", default=None, type=click.IntRange(1), help="At most N images per class.")
-@click.option("--key", default=None, help=f"Pseudonym key (default: ${pseudonym.ENV_VAR}, else {pseudonym.default_key_path()}).")
+@pseudonym.key_option
 @click.option("--hash-threshold", default=dedupe.DEFAULT_THRESHOLD, show_default=True, type=click.IntRange(0, 128),
               help="Near-duplicate threshold: hamming distance between 256-bit perceptual hashes.")
 @click.option("--group-threshold", default=None, type=click.IntRange(0, 128),
@@ -598,22 +598,16 @@ def curate_command(source_specs, class_map, task, out_dir, max_side, no_crop, eq
         except ValueError as e:
             raise click.UsageError(f"--class-map: {e}") from None
     started = time.monotonic()
-    # The key file is created on first use; its log line is hidden without -v, and losing the key loses
-    # `covid-cxr locate` and the same split on a re-curation: say where it was created.
-    key_file = pseudonym.default_key_path()
-    new_key_file = key is None and pseudonym.ENV_VAR not in os.environ and not os.path.exists(key_file)
-    try:
-        summary = curate(specs, out_dir, task, class_map=cmap, max_side=max_side, crop=not no_crop,
-                         equalize=equalize, balance_cap=balance_cap, key=key, hash_threshold=hash_threshold,
-                         group_threshold=group_threshold, workers=workers, hold_out=hold_out)
-    except CurationError as e:
-        raise click.UsageError(str(e)) from None
-    except OSError as e:  # e.g. an unwritable output directory
-        raise click.ClickException(f"{e.strerror or type(e).__name__}: {e.filename or out_dir}") from None
-    click.echo(format_summary(summary, out_dir, time.monotonic() - started))
-    if new_key_file and os.path.isfile(key_file):
-        click.echo(f"created the pseudonym key file {key_file} (mode 0600): keep it, and keep it secret; "
-                   "`covid-cxr locate` and the same pseudonyms and split on a re-curation need it")
+    with pseudonym.announcing_new_key_file(key):  # after the summary, or the error
+        try:
+            summary = curate(specs, out_dir, task, class_map=cmap, max_side=max_side, crop=not no_crop,
+                             equalize=equalize, balance_cap=balance_cap, key=key, hash_threshold=hash_threshold,
+                             group_threshold=group_threshold, workers=workers, hold_out=hold_out)
+        except CurationError as e:
+            raise click.UsageError(str(e)) from None
+        except OSError as e:  # e.g. an unwritable output directory
+            raise click.ClickException(f"{e.strerror or type(e).__name__}: {e.filename or out_dir}") from None
+        click.echo(format_summary(summary, out_dir, time.monotonic() - started))
     if not summary["accepted"]:  # nothing to train or evaluate on: a failed curation, exit code 1
         raise click.ClickException(f"no image was accepted for task {summary['task']}: the reasons are in "
                                    f"{os.path.join(out_dir, 'rejected.csv')}")

@@ -13,13 +13,16 @@ and with it every pseudonym turned back into its patient id.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import stat
-from typing import Optional
+from typing import Iterator, Optional
+
+import click
 
 ENV_VAR = "COVID_CXR_PSEUDONYM_KEY"
 LENGTH = 16  # hex chars (64 bits): collisions are negligible for any realistic number of patients
@@ -35,6 +38,26 @@ class PseudonymKeyError(ValueError):
 def default_key_path() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "covid-cxr", "pseudonym.key")
+
+
+# The commands that make pseudonyms (curate, evaluate on a folder tree) take the key the same way.
+key_option = click.option("--key", default=None,
+                          help=f"Pseudonym key (default: ${ENV_VAR}, else {default_key_path()}).")
+
+
+@contextlib.contextmanager
+def announcing_new_key_file(key: Optional[str], err: bool = False) -> Iterator[None]:
+    """Runs a command's work, which may create the per-user key file (no ``--key``, no ``$ENV_VAR``),
+    and then says so when it did, error or not: the log line is hidden without -v, and losing the key
+    loses `covid-cxr locate` and the same pseudonyms. On stdout, or stderr with ``err`` (a JSON stdout)."""
+    path = default_key_path()
+    new = key is None and ENV_VAR not in os.environ and not os.path.exists(path)
+    try:
+        yield
+    finally:
+        if new and os.path.isfile(path):
+            click.echo(f"created the pseudonym key file {path} (mode 0600): keep it, and keep it secret; "
+                       "`covid-cxr locate` and the same pseudonyms and split on a re-curation need it", err=err)
 
 
 def load_key(key: Optional[str] = None, key_file: Optional[str] = None, allow_short: bool = False) -> tuple[bytes, str]:

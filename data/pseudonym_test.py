@@ -148,3 +148,23 @@ def test_a_given_key_with_white_space_around_it_is_refused_not_hashed_as_another
         monkeypatch.delenv(pseudonym.ENV_VAR)
     monkeypatch.setenv(pseudonym.ENV_VAR, secret)
     assert pseudonym.load_key(key_file=str(path)) == (secret.encode(), "environment")
+
+
+def test_a_new_key_file_is_announced_after_the_work_that_made_it_even_a_failed_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    path = pseudonym.default_key_path()
+    with pytest.raises(RuntimeError):
+        with pseudonym.announcing_new_key_file(None, err=True):
+            pseudonym.load_key()
+            raise RuntimeError("the work failed after the key file was made")
+    assert capsys.readouterr() == ("", f"created the pseudonym key file {path} (mode 0600): keep it, and keep it "
+                                       "secret; `covid-cxr locate` and the same pseudonyms and split on a "
+                                       "re-curation need it\n")
+    with pseudonym.announcing_new_key_file(None):  # there already: nothing to say
+        pseudonym.load_key()
+    os.remove(path)
+    secret = "0123456789abcdef" * 4
+    with pseudonym.announcing_new_key_file(secret):  # a given key makes no file
+        pseudonym.load_key(secret)
+    assert capsys.readouterr() == ("", "") and not os.path.exists(path)

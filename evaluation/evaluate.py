@@ -1,6 +1,6 @@
 """`covid-cxr evaluate`: measure a covid-cxr model on labelled data, with confidence intervals.
 
-    covid-cxr evaluate --model DIR --data DIR [--json] [--out REPORT_DIR] [--pipeline-root ROOT]
+    covid-cxr evaluate --model DIR --data DIR [--json] [--out REPORT_DIR] [--pipeline-root ROOT] [--key KEY]
 
 --model: as for `covid-cxr predict` (pushed version dir, serving base dir -> newest version, any
 exported SavedModel, or a Trainer model artifact).
@@ -24,7 +24,8 @@ exported SavedModel, or a Trainer model artifact).
     ``predict_image``. Patient groups: a DICOM's PatientID (hashed, never shown), else the Kermany
     file-name patient (``person12_...``), else the file itself. Source: a keyed pseudonym of the
     top-level folder when the class folders are below it (``folder-<pseudonym>``, never its name),
-    else the data directory's name.
+    else the data directory's name. The pseudonym key is curation's (``--key``, else
+    ``$COVID_CXR_PSEUDONYM_KEY``, else the per-user key file, created on first use and announced on stderr).
 
 Metrics (evaluation/metrics.py) use the model's own stored decision threshold -- i.e. the model's
 ``label_index`` output: COVID probability > threshold (three-class: else the more probable other
@@ -183,13 +184,14 @@ def _folder_source(key: bytes, folder: str) -> str:
     return pseudonym.folder_pseudonym(key, "folder", folder)
 
 
-def _lazy_key():
-    """The user's pseudonym key (as `covid-cxr curate` reads it), read on first use: only a folder tree needs it."""
+def _lazy_key(given: Optional[str] = None):
+    """The user's pseudonym key (``given``, else as `covid-cxr curate` reads it), read on first use: only
+    a folder tree needs it."""
     key: list[bytes] = []
 
     def get() -> bytes:
         if not key:
-            key.append(pseudonym.load_key()[0])
+            key.append(pseudonym.load_key(given)[0])
         return key[0]
 
     return get
@@ -205,7 +207,9 @@ def _curation_summary(data_dir: str) -> Optional[dict]:
 
 
 def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str, str]] = None,
-                 preparation: Optional[predict.Preparation] = None) -> EvalData:
+                 preparation: Optional[predict.Preparation] = None, key: Optional[str] = None) -> EvalData:
+    """The labelled images of a class-per-folder tree; ``key``: the pseudonym key its files are named
+    by (default: as `covid-cxr curate` reads it). ValueError (one line) when nothing is usable."""
     preparation = preparation or predict.Preparation()
     root = os.path.normpath(root)
     inputs = predict.find_inputs([root])
@@ -215,7 +219,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         if missing:
             raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
-    key = _lazy_key()
+    key = _lazy_key(key)
     passed_over = {e.file: e.error for e in inputs.skipped}  # not images, named pipes: never opened
     masks = 0
     for path in inputs.files + list(passed_over):
@@ -706,8 +710,9 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
                    "metadata's, else 512).")
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")
+@pseudonym.key_option
 def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, class_map, n_boot, no_audit,
-                     max_side, equalization):
+                     max_side, equalization, key):
     """Measure a model on labelled data: sensitivity, specificity, AUC ... with 95% CIs, a border
     shortcut audit and an HTML report."""
     if out_dir:  # before the work, not when the report is written
@@ -734,10 +739,11 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--class-map")
         preparation = predict.Preparation.from_metadata(model.metadata, max_side, equalization)
-        try:
-            data = load_folders(data_dir, model.task, mapping, preparation)
-        except ValueError as e:
-            raise click.UsageError(str(e))
+        with pseudonym.announcing_new_key_file(key, err=True):  # stderr: --json keeps stdout JSON
+            try:
+                data = load_folders(data_dir, model.task, mapping, preparation, key)
+            except ValueError as e:
+                raise click.UsageError(str(e))
     task = task_of(model, data)  # a task mismatch in one line before any label is named by its class
     present = sorted({int(label) for label in data.labels})
     if len(present) == 1:  # as curation warns: a report with half its figures n/a

@@ -31,7 +31,8 @@ three_class_model = testing.tiny_model_fixture("three-class")
 
 
 def _run(args):
-    return CliRunner().invoke(evaluate.evaluate_command, args, catch_exceptions=False)
+    """Its output is stdout: --json's JSON, not the stderr line announcing a new pseudonym key file."""
+    return CliRunner(mix_stderr=False).invoke(evaluate.evaluate_command, args, catch_exceptions=False)
 
 
 def _check_consistent(report):
@@ -179,6 +180,34 @@ def test_lung_masks_of_the_radiography_layout_are_counted_not_read_as_films(bina
     shutil.rmtree(root / "Normal" / "images")
     with pytest.raises(ValueError, match=re.escape(f"(0 skipped, {shown}; class folders")):
         evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+
+
+def test_a_folder_tree_s_key_is_given_with_key_or_its_new_key_file_announced(binary_model, tmp_path, monkeypatch):
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    records = testing.read_records(binary_model.data_dir)
+    image = tf.train.Example.FromString(records[0]).features.feature["image"].bytes_list.value[0]
+    root = tmp_path / "tree"
+    for name in ("COVID/a.png", "Normal/b.png"):
+        os.makedirs((root / name).parent, exist_ok=True)
+        (root / name).write_bytes(image)
+    args = ["evaluate", "--model", binary_model.serving_dir, "--data", str(root), "--json", "--no-audit",
+            "--bootstrap", "100", "--out", str(tmp_path / "r")]
+    key_file = tmp_path / "config" / "covid-cxr" / "pseudonym.key"
+    first = CliRunner(mix_stderr=False).invoke(cli.main, args)
+    assert first.exit_code == 0, first.output + first.stderr
+    assert json.loads(first.stdout)["n"] == 2  # stdout stays JSON
+    assert f"created the pseudonym key file {key_file} (mode 0600): keep it" in first.stderr
+    second = CliRunner(mix_stderr=False).invoke(cli.main, args)
+    assert second.exit_code == 0 and "pseudonym key file" not in second.stderr, second.stderr
+    os.remove(key_file)
+    given = "evaluate-given-key-0123456789abcdef"
+    keyed = CliRunner(mix_stderr=False).invoke(cli.main, [*args, "--key", given])
+    assert keyed.exit_code == 0 and not key_file.exists(), keyed.stderr
+    refs = [e["ref"] for e in json.loads(keyed.stdout)["errors"]["listed"]]
+    assert refs and all(paths for paths in curate.locate("folder", str(root), refs, given.encode()).values())
+    short = CliRunner().invoke(cli.main, [*args, "--key", "short"])
+    assert short.exit_code == 2 and len(short.output.strip().splitlines()) == 1, short.output
+    assert "the pseudonym key given with --key has 5 characters" in short.output
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
