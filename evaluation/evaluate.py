@@ -16,8 +16,8 @@ exported SavedModel, or a Trainer model artifact).
     curation adapters use: finding names themselves (covid, normal, pneumonia, other_opacity) plus
     the radiography adapter's (COVID, COVID-19, Normal, Viral Pneumonia, Lung_Opacity / Lung Opacity)
     and the Kermany adapter's (NORMAL, PNEUMONIA); ``--class-map FOLDER=FINDING,...`` (the curation
-    folder source's syntax) replaces it. Findings map to the model task's classes
-    (``features.Task.finding_to_class``); files whose finding the task does not use, in no mapped
+    folder source's syntax and rule: exact folder names, case included) replaces it. Findings map to the
+    model task's classes (``features.Task.finding_to_class``); files whose finding the task does not use, in no mapped
     folder, or unreadable are skipped and listed. Images are prepared exactly as curation/predict do
     (``data/images.py``: DICOM LUTs, MONOCHROME1, border crop, max side 512, or the curation settings
     in the model's metadata: ``serving.predict.Preparation``) and sent through
@@ -60,6 +60,7 @@ import numpy as np
 
 from covid_cxr.data import features, images, jsonfile, pseudonym, writer
 from covid_cxr.data.sources import kermany, parse_class_map, radiography
+from covid_cxr.data.sources.folder import mapped_finding, unmatched_names
 from covid_cxr.evaluation import errors, html_report, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict, typicality
 
@@ -164,9 +165,7 @@ def _finding_of(rel_dirs: Sequence[str], class_map: Optional[Mapping[str, str]])
     for depth in range(len(rel_dirs) - 1, -1, -1):
         name = rel_dirs[depth]
         if class_map is not None:
-            finding = class_map.get(name)
-            if finding is None:
-                finding = {k.lower(): v for k, v in class_map.items()}.get(name.lower())
+            finding = mapped_finding(class_map, name)
         else:
             finding = default.get(name.lower())
         if finding:
@@ -214,10 +213,11 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
     root = os.path.normpath(root)
     inputs = predict.find_inputs([root])
     if class_map:  # as curation: a mapped folder that no image is in is a typo, not an empty class
-        folders = {part.lower() for path in inputs.files for part in os.path.relpath(path, root).split(os.sep)[:-1]}
-        missing = sorted(name for name in class_map if name.lower() not in folders)
+        missing = sorted(unmatched_names(
+            class_map, {part for path in inputs.files for part in os.path.relpath(path, root).split(os.sep)[:-1]}))
         if missing:
-            raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r}")
+            raise ValueError(f"--class-map names folder(s) {', '.join(missing)} that hold no image under {root!r} "
+                             "(exact names, case included, as curation matches them)")
     encoded, labels, groups, refs, sources, skipped = [], [], [], [], [], []
     key = _lazy_key(key)
     passed_over = {e.file: e.error for e in inputs.skipped}  # not images, named pipes: never opened
@@ -701,7 +701,7 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
 @click.option("--pipeline-root", default=None, type=click.Path(),
               help="Add the newest TFDV statistics/anomalies and TFMA slice metrics found under this root.")
 @click.option("--class-map", default=None, metavar="FOLDER=FINDING,...",
-              help="Folder trees only: class folder -> finding (replaces the default folder names).")
+              help="Folder trees only: class folder (exact name, as curate) -> finding (replaces the default names).")
 @click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100, 100000),
               help="Bootstrap resamples for the AUC confidence interval.")
 @click.option("--no-audit", is_flag=True, help="Skip the border-only shortcut audit.")

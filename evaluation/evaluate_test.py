@@ -723,7 +723,10 @@ def test_class_map_mistakes_are_one_line_and_one_class_is_warned(binary_model, t
         (tmp_path / "tree" / name).write_bytes(image)
     base = ["evaluate", "--model", binary_model.serving_dir, "--data", str(tmp_path / "tree"), "--out", str(tmp_path / "r")]
     for class_map, message in (("", "empty class map"),
-                               ("Positive=covid,Healthy=normal", "--class-map names folder(s) Healthy that hold no image")):
+                               ("Positive=covid,Healthy=normal", "--class-map names folder(s) Healthy that hold no image"),
+                               # as curation matches a map: the folder's exact name, or the same map picks other films
+                               ("positive=covid", "--class-map names folder(s) positive that hold no image under "
+                                                  f"{str(tmp_path / 'tree')!r} (exact names, case included, as curation")):
         result = CliRunner().invoke(cli.main, [*base, "--class-map", class_map])
         assert result.exit_code == 2 and message in result.output, result.output
     result = CliRunner().invoke(cli.main, [*base, "--class-map", "Positive=covid", "--no-audit"])

@@ -13,7 +13,7 @@ writes every file's ``source_ref`` as its class folder and a pseudonym (``curate
 from __future__ import annotations
 
 import os
-from typing import Iterator, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 from covid_cxr.data import features, images
 from covid_cxr.data.sources.base import Candidate, Source, SourceError, file_candidate, list_files, subdirs
@@ -39,6 +39,20 @@ def parse_class_map(text: str) -> dict[str, str]:
     return out
 
 
+def mapped_finding(class_map: Mapping[str, str], folder: str) -> Optional[str]:
+    """The finding a ``--class-map`` gives ``folder``: by its exact name, case included, in curation and
+    `covid-cxr evaluate` alike, so one map picks the same films in both (a map is explicit; folder
+    names without one are matched in any case)."""
+    return class_map.get(folder)
+
+
+def unmatched_names(class_map: Mapping[str, str], folders: Iterable[str]) -> list[str]:
+    """The map's folder names that :func:`mapped_finding` matches to none of ``folders``: a typo, not an
+    empty class."""
+    present = set(folders)
+    return [name for name in class_map if name not in present]
+
+
 def _not_shown(folders: list[str]) -> str:
     return f"{len(folders)} top folder(s) there, not shown: they may be patients' names"
 
@@ -60,7 +74,7 @@ class FolderSource(Source):
             bad = [f for f in self.class_map.values() if f not in features.FINDINGS]
             if bad:
                 raise SourceError(f"folder source: class map finding(s) {', '.join(bad)} not in {', '.join(features.FINDINGS)}")
-            missing = [k for k in self.class_map if k not in folders]
+            missing = unmatched_names(self.class_map, folders)
             if missing:  # the map's own names only: the tree's may be patients' (README: "not shown")
                 raise SourceError(f"folder source at {self.root}: class map names folder(s) {', '.join(missing)} "
                                   f"that do not exist (exact names, case included; {_not_shown(folders)})")
@@ -70,7 +84,7 @@ class FolderSource(Source):
 
     def finding_of(self, folder: str) -> Optional[str]:
         if self.class_map is not None:
-            return self.class_map.get(folder)
+            return mapped_finding(self.class_map, folder)
         return folder.lower() if folder.lower() in features.FINDINGS else None
 
     def names_a_class(self, folder: str) -> bool:
