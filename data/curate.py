@@ -570,7 +570,7 @@ def _parse_source_option(values: Sequence[str], option: str = "--source", form: 
 @click.option("--task", default="covid-vs-normal", show_default=True, type=click.Choice(list(features.TASKS)),
               help="Task whose classes the records are labelled with.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--max-side", default=images.DEFAULT_MAX_SIDE, show_default=True, type=click.IntRange(images.MIN_SIDE, 8192),
+@click.option("--max-side", default=images.DEFAULT_MAX_SIDE, show_default=True, type=click.IntRange(images.MIN_SIDE, images.MAX_SIDE),
               help="Longest side of the stored PNGs (never upscaled).")
 @click.option("--no-crop", is_flag=True, help="Keep black borders and bars (cropping is on by default).")
 @click.option("--equalize", default="none", show_default=True, type=click.Choice(images.EQUALIZE_MODES),

@@ -37,6 +37,7 @@ EQUALIZE_MODES = ("none", "clahe", "hist")
 DEFAULT_MAX_SIDE = 512
 MIN_CROP_FRACTION = 0.35  # a crop keeping less than this of the height or width is a sliver: refused
 MIN_SIDE = 32  # smaller inputs are not usable radiographs
+MAX_SIDE = 8192  # the largest --max-side curation stores, so the largest predict and evaluate can repeat
 # What curation, `predict` and `evaluate` read from a folder; any file with the DICM magic is DICOM too.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"})
 _DARK = 12  # <= this is border black (8-bit)

@@ -705,9 +705,7 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
 @click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100, 100000),
               help="Bootstrap resamples for the AUC confidence interval.")
 @click.option("--no-audit", is_flag=True, help="Skip the border-only shortcut audit.")
-@click.option("--max-side", default=None, type=click.IntRange(32, 10000),
-              help="Folder trees only: longest side after cropping, as in curation (default: the model "
-                   "metadata's, else 512).")
+@predict.max_side_option("Folder trees only: ")
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")
 @pseudonym.key_option

@@ -272,6 +272,13 @@ class Preparation:
         return cls(max_side=int(side), crop=bool(settings.get("crop", True)), equalization=equalization)
 
 
+def max_side_option(scope: str = ""):
+    """``--max-side`` of predict and evaluate (``scope``: the help's prefix): curation's bounds."""
+    return click.option("--max-side", default=None, type=click.IntRange(images.MIN_SIDE, images.MAX_SIDE),
+                        help=f"{scope + 'longest' if scope else 'Longest'} side after cropping, as in curation "
+                             f"(default: the model metadata's, else {images.DEFAULT_MAX_SIDE}).")
+
+
 def process(path: str, preparation: Preparation = Preparation()) -> images.Processed:
     """One input file -> what curation makes of it. Raises images.ImageError with curation's reason
     for any failure (``images.process_job``: a decoder's crash or running out of memory included)."""
@@ -460,8 +467,7 @@ def format_table(result: PredictResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (predictions and per-file errors) instead of a table.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
               help="Write a Grad-CAM heat-map overlay PNG per image into this directory.")
-@click.option("--max-side", default=None, type=click.IntRange(32, 10000),
-              help="Longest side after cropping, as in curation (default: the model metadata's, else 512).")
+@max_side_option()
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Equalization as in curation (default: the model metadata's, else none).")
 def predict_command(model_path, inputs, as_json, explain_dir, max_side, equalization):

@@ -150,3 +150,18 @@ def test_log_lines_read_like_the_cli_s_own_even_after_a_library_configures_loggi
         for handler in [h for h in root.handlers if h is plain or isinstance(h, cli._LogHandler)]:
             root.removeHandler(handler)
         root.setLevel(logging.WARNING)
+
+
+def test_max_side_has_curations_bounds_in_every_command():
+    """predict and evaluate repeat curation's --max-side: a side curation cannot store is refused alike."""
+    from click.testing import CliRunner
+
+    from covid_cxr.data import images
+
+    commands = (["curate", "--source", "folder=x", "--out", "o"], ["predict", "--model", "m", "x.png"],
+                ["evaluate", "--model", "m", "--data", "d"])
+    for side in (images.MIN_SIDE - 1, images.MAX_SIDE + 1):
+        for args in commands:
+            result = CliRunner().invoke(cli.main, [*args, "--max-side", str(side)])
+            assert result.exit_code == 2, result.output
+            assert f"'--max-side': {side} is not in the range {images.MIN_SIDE}<=x<={images.MAX_SIDE}." in result.output
