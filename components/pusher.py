@@ -22,9 +22,8 @@ from tfx import v1 as tfx
 from tfx.utils import path_utils
 
 from covid_cxr.evaluation import artifacts, gate_report, model_card
+from covid_cxr.evaluation.artifacts import PUSH_RECORD
 from covid_cxr.serving import model_metadata
-
-PUSH_RECORD = "covid_cxr_push.json"  # beside saved_model.pb; TF Serving ignores it
 
 
 def fingerprint(model_dir: str) -> str:

@@ -7,6 +7,7 @@ the highest execution id that holds files. Read here:
   Evaluator/evaluation/<id>/ (+ Evaluator/blessing/<id>/BLESSED)   TFMA metrics per slice
   Trainer/model_run/<id>/history.json                       training curves
   VersionedPusher/pushed_model/<id>/covid_cxr_decision.json  the gate's decision on a Trainer model
+and, in the serving directory, ``<version>/covid_cxr_push.json`` (PUSH_RECORD): a pushed version's record.
 Everything is summarized into plain JSON-ready dicts; missing pieces are simply absent.
 """
 from __future__ import annotations
@@ -22,9 +23,14 @@ ANOMALIES = ("ExampleValidator", "anomalies", "SchemaDiff.pb")
 EVALUATION = ("Evaluator", "evaluation")
 BLESSING = ("Evaluator", "blessing")
 MODEL_RUN = ("Trainer", "model_run")
-HISTORY_FILE = "history.json"  # mirrors trainer.task.HISTORY_FILE
+# trainer.task.HISTORY_FILE's value, not imported: the Trainer's code fingerprint would then cover this
+# module (pipeline/fingerprints.py); trainer/task_test.py pins the two equal.
+HISTORY_FILE = "history.json"
 PUSHED_MODEL = ("VersionedPusher", "pushed_model")
 DECISION_RECORD = "covid_cxr_decision.json"  # components/pusher.py writes one per decision, blessed or not
+# Beside a pushed version's saved_model.pb (TF Serving ignores it): written by components/pusher.py, read
+# by `covid-cxr predict` / `evaluate`. Here, not in either: this module imports neither tfx nor TensorFlow.
+PUSH_RECORD = "covid_cxr_push.json"
 MAX_TOP_VALUES = 8
 MAX_CATEGORIES = 20  # string features with more unique values get no value list
 NO_VALUE_LIST = frozenset({"image", "patient_id", "group"})  # bytes and pseudonymous ids: counts only

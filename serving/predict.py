@@ -29,12 +29,12 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images, writer
+from covid_cxr.evaluation.artifacts import PUSH_RECORD
 from covid_cxr.messages import first_line
 from covid_cxr.serving import model_metadata, typicality
 # The exported model's signature names, as serving/export.py writes them.
 from covid_cxr.serving.export import EXAMPLES_SIGNATURE, IMAGE_SIGNATURE, TRANSFORM_SIGNATURE
 
-PUSH_RECORD = "covid_cxr_push.json"  # mirrors components.pusher.PUSH_RECORD (no tfx import here)
 BATCH_SIZE = 16
 
 log = logging.getLogger(__name__)

@@ -450,3 +450,10 @@ def test_a_member_built_as_a_family_already_trained_is_skipped(tmp_path, monkeyp
     assert len(built) == 2 and metadata["ensemble_members"] == ["cnn3"] and metadata["family"] == "cnn3"
     np.testing.assert_allclose(model(images, training=False).numpy(),
                                built[0].model(images, training=False).numpy(), rtol=1e-6)
+
+
+def test_the_trainer_writes_its_history_where_evaluate_reads_it():
+    """Two definitions on purpose: importing evaluation.artifacts would change the Trainer's code fingerprint."""
+    from covid_cxr.evaluation import artifacts
+
+    assert trainer_task.HISTORY_FILE == artifacts.HISTORY_FILE
