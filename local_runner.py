@@ -121,7 +121,10 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
     except DataValidationError:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained
-        failed = metadata.failed_component(connection)
+        try:
+            failed = metadata.failed_component(connection, config.runtime.pipeline_name)
+        except Exception:  # noqa: BLE001 - an unreadable store must not hide the run's own error
+            failed = metadata.UNKNOWN_COMPONENT
         if failed in ("ImportExampleGen", "Transform"):
             # Their errors on a damaged shard, a record that is no tf.Example or an image that does
             # not decode name no file: find and name it (raises UnreadableDataError), a user error

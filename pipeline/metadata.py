@@ -114,21 +114,28 @@ class RunOutcome:
     decision_record: str = ""  # the Pusher's record of the gate's decision ("" when it wrote none: older runs)
 
 
-def _latest_pusher_execution(store, pipeline_name: str):
+UNKNOWN_COMPONENT = "a component"  # how a failure is named when the store names no failed component
+
+
+def _pipeline_executions(store, pipeline_name: str) -> list:
+    """The executions of this pipeline only: a shared (MySQL) store holds other pipelines' runs too."""
     context = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if context is None:
-        return None
-    executions = [e for e in store.get_executions_by_context(context.id)
+    return store.get_executions_by_context(context.id) if context is not None else []
+
+
+def _latest_pusher_execution(store, pipeline_name: str):
+    executions = [e for e in _pipeline_executions(store, pipeline_name)
                   if store.get_execution_types_by_id([e.type_id])[0].name.endswith("VersionedPusher")]
     return max(executions, key=lambda e: e.id) if executions else None
 
 
-def failed_component(connection: metadata_store_pb2.ConnectionConfig) -> str:
-    """The component type of the newest FAILED execution ("a component" if none is recorded)."""
+def failed_component(connection: metadata_store_pb2.ConnectionConfig, pipeline_name: str) -> str:
+    """The component type of this pipeline's newest FAILED execution (UNKNOWN_COMPONENT if none is recorded)."""
     store = metadata_store.MetadataStore(connection)
-    failed = [e for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.FAILED]
+    failed = [e for e in _pipeline_executions(store, pipeline_name)
+              if e.last_known_state == metadata_store_pb2.Execution.FAILED]
     if not failed:
-        return "a component"
+        return UNKNOWN_COMPONENT
     newest = max(failed, key=lambda e: e.id)
     return store.get_execution_types_by_id([newest.type_id])[0].name.rsplit(".", 1)[-1]
 

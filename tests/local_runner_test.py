@@ -156,5 +156,47 @@ def test_a_damaged_record_is_named_when_a_component_fails_on_it(tmp_path, damage
     with pytest.raises(writer.UnreadableDataError, match=rf"^{shard}: {message}") as info:
         local_runner.run(config)
     assert "\n" not in str(info.value)
-    assert metadata.failed_component(metadata.connection_config(config)) == failed_in
+    assert metadata.failed_component(metadata.connection_config(config), config.runtime.pipeline_name) == failed_in
     assert not (tmp_path / "serving").exists()
+
+
+def test_a_store_that_cannot_say_what_failed_does_not_hide_the_runs_error(tmp_path, monkeypatch):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    config = cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
+        "runtime.serving_dir": str(tmp_path / "serving")})
+
+    class FailingRunner:
+        def run(self, pipeline):
+            raise RuntimeError("the component's own error")
+
+    def store_down(connection, pipeline_name):
+        raise RuntimeError("metadata store unavailable")
+
+    monkeypatch.setattr(local_runner, "create_pipeline", lambda config, connection: None)
+    monkeypatch.setattr(local_runner.tfx.orchestration, "LocalDagRunner", FailingRunner)
+    monkeypatch.setattr(metadata, "failed_component", store_down)
+    with pytest.raises(local_runner.PipelineRunError) as info:
+        local_runner.run(config)
+    assert str(info.value) == "a component failed: RuntimeError: the component's own error"
+    assert str(info.value.__cause__) == "the component's own error"
+
+
+def test_the_failed_component_is_this_pipelines_in_a_shared_store(tmp_path):
+    """A MySQL store may hold other pipelines' runs: their newer failure is not this run's."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata.sqlite_connection(str(tmp_path / "m.sqlite"))
+    store = metadata_store.MetadataStore(connection)
+    context_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline"))
+    failed = metadata_store_pb2.Execution.FAILED
+    for pipeline, component in (("covid-cxr-covid-vs-normal", "Trainer"), ("covid-cxr-three-class", "Transform")):
+        type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name=f"tfx.components.{component}"))
+        [execution] = store.put_executions([metadata_store_pb2.Execution(type_id=type_id, last_known_state=failed)])
+        [context] = store.put_contexts([metadata_store_pb2.Context(type_id=context_type, name=pipeline)])
+        store.put_attributions_and_associations(
+            [], [metadata_store_pb2.Association(execution_id=execution, context_id=context)])
+    assert metadata.failed_component(connection, "covid-cxr-covid-vs-normal") == "Trainer"
+    assert metadata.failed_component(connection, "covid-cxr-three-class") == "Transform"
+    assert metadata.failed_component(connection, "another-pipeline") == metadata.UNKNOWN_COMPONENT
