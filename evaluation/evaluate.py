@@ -392,12 +392,7 @@ def push_record(model: predict.ServingModel) -> dict:
 
 def trainer_model_uri(model: predict.ServingModel) -> Optional[str]:
     """The Trainer Model artifact this model came from: its push record's, or its own directory's."""
-    recorded = push_record(model).get("model_uri")
-    if recorded:
-        return recorded
-    if os.path.basename(os.path.normpath(model.path)) == "Format-Serving":  # <artifact>/Format-Serving
-        return os.path.dirname(os.path.normpath(model.path))
-    return None
+    return push_record(model).get("model_uri") or predict.trainer_artifact(model.path)
 
 
 def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = None) -> tuple[Optional[dict], str]:
@@ -605,8 +600,10 @@ def gate_decision_text(decision: Mapping) -> str:
 def summary_text(report: dict) -> str:
     model = report["model"]
     lines = [
-        f"task {report['task']}; model {model['path']} ({model_metadata.version_text(model['version'])})",
-        *([gate_decision_text(model["gate_decision"])] if model.get("gate_decision") else []),
+        f"task {report['task']}; model {model['path']} ({html_report.approval_text(model)})",
+        # A blessed one is the header's (approval_text).
+        *([gate_decision_text(model["gate_decision"])]
+          if model.get("gate_decision") and not model["gate_decision"]["blessed"] else []),
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
         + html_report.skipped_text(report["data"]) + ")",

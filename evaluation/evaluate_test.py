@@ -683,6 +683,34 @@ def test_a_refused_trainer_artifact_s_card_and_summary_say_what_the_gate_decided
         evaluate.model_card_text(predict.load_model(str(artifact)), report)
 
 
+def test_an_unpushed_artifact_the_gate_blessed_is_named_so_not_as_unapproved(binary_model, tmp_path):
+    """The Pusher copies nothing when the same model is serving already: its Trainer artifact has no push
+    record, but its run's gate blessed it. "no gate approval on file" beside "BLESSED" contradicted itself."""
+    root = tmp_path / "root"
+    artifact = root / "Trainer" / "model" / "9"
+    os.makedirs(artifact)
+    os.symlink(binary_model.model_dir, artifact / "Format-Serving")
+    folder = root / "VersionedPusher" / "pushed_model" / "12"
+    os.makedirs(folder)
+    record = folder / "covid_cxr_decision.json"
+    record.write_text(json.dumps({"blessed": True, "failures": [], "model_uri": str(artifact),
+                                  "metrics": {"sensitivity": 0.95, "specificity": 0.9, "examples": 40.0}}))
+    args = ["--data", binary_model.data_dir, "--no-audit", "--bootstrap", "100", "--out", str(tmp_path / "report")]
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["evaluate", "--model", str(artifact), *args])
+    assert result.exit_code == 0, result.output + result.stderr
+    header = result.stdout.splitlines()[0]
+    assert header.endswith(f"/Format-Serving (not pushed; the run's gate decided BLESSED (record: {record}))"), header
+    assert "no gate approval" not in result.stdout + result.stderr and "decided BLESSED" not in result.stdout.splitlines()[1]
+    assert "warning" not in result.stderr, result.stderr
+    assert f"not pushed; the run&#x27;s gate decided BLESSED (record: {record})" in \
+        (tmp_path / "report" / "report.html").read_text()
+    record.write_text(json.dumps({"blessed": False, "failures": ["too few"], "model_uri": str(artifact),
+                                  "metrics": {"sensitivity": 0.5}}))
+    refused = CliRunner(mix_stderr=False).invoke(cli.main, ["evaluate", "--model", str(artifact), *args])
+    assert "no push record, so no gate approval on file" in refused.stdout.splitlines()[0]
+    assert "covid-cxr: warning: model " in refused.stderr  # a refused model keeps its warning
+
+
 def test_default_folder_names_follow_the_curation_adapters():
     mapping = evaluate._default_folder_map()
     for folder, finding in (("COVID", "covid"), ("Normal", "normal"), ("NORMAL", "normal"), ("PNEUMONIA", "pneumonia"),

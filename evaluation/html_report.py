@@ -7,7 +7,7 @@ from typing import Mapping, Optional
 
 from covid_cxr.data.sources import radiography
 from covid_cxr.evaluation import errors, metrics, model_card
-from covid_cxr.serving import model_metadata, typicality
+from covid_cxr.serving import predict, typicality
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -143,6 +143,13 @@ def _errors_section(wrong: dict, pngs: Mapping[str, bytes]) -> str:
                      + [{"group": "patient (pseudonym)"}.get(k, k) for k in extra], rows))
 
 
+def approval_text(model: Mapping) -> str:
+    """The report's word on the model's approval (``predict.approval_text``): its version, or the gate's
+    BLESSED decision on it when it was not pushed."""
+    decision = model.get("gate_decision") or {}
+    return predict.approval_text(model["version"], decision.get("record") if decision.get("blessed") else None)
+
+
 def skipped_text(data: dict) -> str:
     """"; 4 skipped; 2 hidden files or folders not read; 3 lung-mask files not read (...)", or "" when
     nothing was passed over."""
@@ -162,7 +169,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         "<p class=warn><b>Research use only, not a diagnostic device.</b> These numbers describe this model on "
         "this data; they do not transfer to another hospital's films without measuring there.</p>",
         _table(["", ""], [
-            ["model", f"<code>{_e(model['path'])}</code> ({_e(model_metadata.version_text(model['version']))}, family {_e(model.get('family'))})"],
+            ["model", f"<code>{_e(model['path'])}</code> ({_e(approval_text(model))}, family {_e(model.get('family'))})"],
             ["data", f"<code>{_e(data['path'])}</code> ({_e(data['format'])}, signature {_e(model.get('signature'))})"],
             ["examples", f"{report['n']} ({counts})" + skipped_text(data)],
             ["decision threshold", f"{report['threshold']:.4f}: {_e(report['threshold_note'])}"],

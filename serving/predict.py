@@ -29,6 +29,7 @@ import click
 import numpy as np
 
 from covid_cxr.data import features, images, writer
+from covid_cxr.evaluation import artifacts
 from covid_cxr.evaluation.artifacts import PUSH_RECORD
 from covid_cxr.messages import first_line
 from covid_cxr.serving import model_metadata, typicality
@@ -186,11 +187,38 @@ def load_model(path: str) -> ServingModel:
                         float(threshold) if threshold is not None else None, loaded)
 
 
+def trainer_artifact(model_dir: str) -> Optional[str]:
+    """The Trainer model artifact (``<root>/Trainer/model/<id>``) whose ``Format-Serving`` ``model_dir`` is, else None."""
+    model_dir = os.path.normpath(model_dir)
+    return os.path.dirname(model_dir) if os.path.basename(model_dir) == "Format-Serving" else None
+
+
+def blessed_record(model: ServingModel) -> Optional[str]:
+    """For a Trainer artifact without a push record: the path of its run's Pusher record of a BLESSED gate
+    decision on it (the Pusher copied nothing: the same model was serving already); None for any other
+    model, or none on file. A damaged record counts as none here: evaluate names it."""
+    uri = trainer_artifact(model.path) if model.version is None else None
+    try:
+        found = artifacts.gate_decision(uri) if uri else None
+    except ValueError:
+        return None
+    return found[1] if found and found[0].get("blessed") else None
+
+
+def approval_text(version: Optional[int], blessed: Optional[str] = None) -> str:
+    """How predict and evaluate name a model's approval: its version; for an unpushed model the gate
+    blessed, that and its record (``blessed``: :func:`blessed_record`); else that none is on file."""
+    if version is None and blessed:
+        return f"not pushed; the run's gate decided BLESSED (record: {blessed})"
+    return model_metadata.version_text(version)
+
+
 def warn_if_unpushed(model: ServingModel) -> None:
     """predict and evaluate on a model without a push record (a Trainer artifact, e.g. the one `run` names
     when the gate refused it, or a bare export): the header's version says so, and this warning line on
-    stderr makes it hard to miss in a script's log, whatever the output format."""
-    if model.version is None:
+    stderr makes it hard to miss in a script's log, whatever the output format. Not for a Trainer artifact
+    its run's gate blessed (:func:`blessed_record`): the header names that decision."""
+    if model.version is None and not blessed_record(model):
         log.warning("model %s: %s (a Trainer artifact or a bare export, e.g. a model the gate refused); for "
                     "results to rely on, use a pushed version (<serving_dir>/<version>/)",
                     model.path, model_metadata.version_text(None))
@@ -416,7 +444,7 @@ def format_table(result: PredictResult) -> str:
     model = result.model
     decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
                 else "no COVID threshold: label = most probable class")
-    lines = [f"model {model.path} ({model_metadata.version_text(model.version)}, "
+    lines = [f"model {model.path} ({approval_text(model.version, blessed_record(model))}, "
              f"task {model.task_name}, {decision})"]
     if (model.metadata.get("data_summary") or {}).get("synthetic"):
         lines.append("WARNING: this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs")

@@ -161,6 +161,24 @@ def test_a_model_never_pushed_is_warned_about_on_stderr_whatever_the_output(bina
     assert result.exit_code == 0 and result.stderr == "", result.stderr  # a pushed version: no warning
 
 
+def test_an_unpushed_artifact_the_gate_blessed_is_named_so_without_the_warning(binary_model, tmp_path):
+    artifact = tmp_path / "root" / "Trainer" / "model" / "9"
+    os.makedirs(artifact)
+    os.symlink(binary_model.model_dir, artifact / "Format-Serving")
+    record = tmp_path / "root" / "VersionedPusher" / "pushed_model" / "12" / "covid_cxr_decision.json"
+    os.makedirs(record.parent)
+    record.write_text(json.dumps({"blessed": True, "failures": [], "model_uri": str(artifact)}))
+    inputs = _write_pngs(binary_model, str(tmp_path / "in"), 1)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(artifact), *inputs])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    assert f"Format-Serving (not pushed; the run's gate decided BLESSED (record: {record}), task " in \
+        result.stdout.splitlines()[0]
+    record.write_text(json.dumps({"blessed": False, "failures": ["too few"], "model_uri": str(artifact)}))
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(artifact), *inputs])
+    assert "(no push record, so no gate approval on file, task " in result.stdout.splitlines()[0]
+    assert result.stderr.startswith("covid-cxr: warning: model "), result.stderr
+
+
 def test_predict_json_fields(binary_model, tmp_path):
     paths = _write_pngs(binary_model, str(tmp_path / "in"), n=len(testing.read_records(binary_model.data_dir)))
     result = _run(["--model", binary_model.serving_dir, "--json", str(tmp_path / "in")])
