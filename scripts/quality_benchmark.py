@@ -104,10 +104,10 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
     for item in ["runtime.enable_cache=false", *extra_sets]:
         args += ["--set", item]
     seconds = sh(args, log)
-    models = sorted(glob.glob(os.path.join(root, "Trainer", "model", "*")), key=os.path.getmtime)
-    model = models[-1]
-    # The newest by execution id, a number ("12" after "9"), as `covid-cxr evaluate --pipeline-root` finds it.
-    test_split = os.path.join(artifacts.newest_execution(root, "ImportExampleGen", "examples"), "Split-test")
+    # The newest model and examples by execution id, a number ("12" after "9"), as `covid-cxr evaluate
+    # --pipeline-root` finds them (a file's time is not the run's order: a copied root's are the copy's).
+    model, examples = artifacts.trained_run(root)
+    test_split = os.path.join(examples, "Split-test")
     result = {"task": task, "split": split, "hold_out": hold_out, "pipeline_seconds": round(seconds), "model": model,
               "pushed": bool(glob.glob(os.path.join(serving, "*", "saved_model.pb"))),
               "test": evaluate(model, test_split, os.path.join(out, f"report-{name}"), log)}

@@ -20,7 +20,7 @@ def benchmark(monkeypatch, load_script):
             open(os.path.join(out, "summary.json"), "w").close()
         elif command == "run":
             root = args[args.index("--pipeline-root") + 1]
-            os.makedirs(os.path.join(root, "Trainer", "model", "7"))
+            os.makedirs(os.path.join(root, "Trainer", "model", "7", "Format-Serving"))
             os.makedirs(os.path.join(root, "ImportExampleGen", "examples", "1", "Split-test"))
         return 60.0
 
@@ -129,3 +129,12 @@ def test_a_reused_root_is_measured_on_its_newest_test_split(benchmark, tmp_path)
     # (the stubbed run then adds examples/1: older still)
     result = module.run_task("covid-vs-pneumonia", str(tmp_path), [])
     assert result["test"]["data"] == str(root / "ImportExampleGen" / "examples" / "12" / "Split-test")
+
+
+def test_a_reused_root_is_measured_with_its_newest_model_by_execution_id_not_file_time(benchmark, tmp_path):
+    module, _ = benchmark
+    models = tmp_path / "root-covid-vs-pneumonia" / "Trainer" / "model"
+    for execution in ("12", "9"):
+        os.makedirs(models / execution / "Format-Serving")
+    os.utime(models / "9", (2_000_000_000, 2_000_000_000))  # touched last (a copy, a restore): not the newest run
+    assert module.run_task("covid-vs-pneumonia", str(tmp_path), [])["model"] == str(models / "12")
