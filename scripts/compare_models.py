@@ -33,7 +33,6 @@ Decoded images are cached next to --cache (default /tmp) per size, so the first 
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import os
 import time
@@ -43,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from covid_cxr.data import features
+from covid_cxr.data import features, writer
 from covid_cxr.evaluation import metrics
 from covid_cxr.trainer import models as M
 from covid_cxr.trainer import training as T
@@ -61,7 +60,7 @@ def load(data_dir: str, size: int, cache_dir: str, border_crop: float = 0.0):
         z = np.load(cache)
         return z["x"].astype(np.float32), z["y"], z["g"], z["s"]
     xs, ys, gs, ss = [], [], [], []
-    files = sorted(glob.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
+    files = writer.record_files(data_dir)
     if not files:
         raise SystemExit(f"no {features.TFRECORD_PATTERN} in {data_dir}: run `covid-cxr curate` first")
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):

@@ -14,14 +14,13 @@ The model is NOT meant to be accurate: a couple of steps of training.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import shutil
 import sys
 from typing import Optional
 
-from covid_cxr.data import features
+from covid_cxr.data import features, writer
 from covid_cxr.serving import predict
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "schema", "schema.pbtxt")
@@ -58,10 +57,7 @@ def raw_schema():
 
 
 def read_records(data_dir: str) -> list[bytes]:
-    import tensorflow as tf
-
-    files = sorted(glob.glob(os.path.join(data_dir, features.TFRECORD_PATTERN)))
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return list(writer.read_records(writer.record_files(data_dir)))
 
 
 def _instances(serialized: list[bytes]) -> list[dict]:
