@@ -679,7 +679,7 @@ def locate_command(source_spec, key, refs):
         raise click.UsageError(f"{malformed[0]!r} is not a pseudonymous ref (expected e.g. COVID/3f2a...-9c1d04be.dcm "
                                "or stage_2_train_images/3f2a....dcm, as manifest.csv, rejected.csv or a report wrote it)")
     try:
-        key_bytes, _ = pseudonym.load_key(key, allow_short=True)  # finds files an older, short key named
+        key_bytes, _ = pseudonym.load_key(key, allow_short=True, create=False)  # short: finds files an older key named
     except pseudonym.PseudonymKeyError as e:
         raise click.UsageError(str(e)) from None
     found = locate(name, os.path.abspath(root), refs, key_bytes)

@@ -350,6 +350,18 @@ def test_locate_exits_1_unless_every_ref_is_found_and_takes_a_film_with_spaces_a
     assert CliRunner().invoke(cli.main, ["locate", "--source", f"rsna={rsna}", "--key", KEY, film]).exit_code == 0
 
 
+def test_locate_without_any_key_refuses_instead_of_creating_one(tmp_path, monkeypatch):
+    # A key made now could not find files an earlier curation named: say so, and leave no key file behind.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    (tmp_path / "rsna" / "stage_2_train_images").mkdir(parents=True)
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"rsna={tmp_path / 'rsna'}",
+                                           f"stage_2_train_images/{'0' * 16}.dcm"])
+    assert result.exit_code == 2, result.output
+    assert "no pseudonym key file at" in result.output and "--key" in result.output
+    assert not (tmp_path / "cfg").exists()
+
+
 def test_names_in_an_export_tree_are_not_written_but_can_be_located(tmp_path):
     """Beside its DICOMs a hospital export holds previews, notes and bare-UID files, in folders named
     by patient and accession number; an RSNA copy may have subfolders. Only class folders survive,

@@ -60,9 +60,11 @@ def announcing_new_key_file(key: Optional[str], err: bool = False) -> Iterator[N
                        "`covid-cxr locate` and the same pseudonyms and split on a re-curation need it", err=err)
 
 
-def load_key(key: Optional[str] = None, key_file: Optional[str] = None, allow_short: bool = False) -> tuple[bytes, str]:
+def load_key(key: Optional[str] = None, key_file: Optional[str] = None, allow_short: bool = False,
+             create: bool = True) -> tuple[bytes, str]:
     """(key bytes, where it came from: "option", "environment" or "key file"). ``allow_short``: for
-    reading old pseudonyms only (`locate`), never for writing new ones."""
+    reading old pseudonyms only (`locate`), never for writing new ones. ``create=False`` (`locate`): a
+    missing key file is an error, not a new key, which could find nothing."""
     if key is not None:
         if not key.strip():
             raise PseudonymKeyError("the pseudonym key given is empty: pass a secret, or leave --key out to use the key file")
@@ -74,6 +76,9 @@ def load_key(key: Optional[str] = None, key_file: Optional[str] = None, allow_sh
                                     "use the key file")
         return _long_enough(env, f"in ${ENV_VAR}", allow_short), "environment"
     path = key_file or default_key_path()
+    if not create and not os.path.exists(path):
+        raise PseudonymKeyError(f"no pseudonym key file at {path}: give the key curation used with --key or ${ENV_VAR} "
+                                "(a new key would find nothing)")
     return _long_enough(_read_or_create(path), f"in {path}", allow_short), "key file"
 
 
