@@ -241,7 +241,7 @@ def _existing_synthetic(data_dir: str, task: str, patients_per_class: int) -> di
     if not summary.get("synthetic"):  # writing the demo's data there would delete its records
         raise writer.OutputError(f"the demo's data folder {data_dir!r} holds a dataset `curate` wrote, which the "
                                  "demo would replace: choose another --out")
-    same = summary.get("synthetic") and summary.get("task") == task and summary.get("patients_per_class") == patients_per_class
+    same = summary.get("task") == task and summary.get("patients_per_class") == patients_per_class
     return summary if same else {}
 
 
