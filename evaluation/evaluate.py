@@ -751,7 +751,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     if decision_path and model.version is None:  # a pushed version's is its version: the gate blessed it
         evaluation.report["model"]["gate_decision"] = {
             "blessed": bool(decision.get("blessed")), "failures": list(decision.get("failures") or []),
-            "record": decision_path}
+            "record": decision_path, "served_as": str(decision.get("pushed_destination") or "")}
     history, history_source = find_history(model, pipeline_root)
     evaluation.history = history
     evaluation.report["training_history"] = {

@@ -704,6 +704,12 @@ def test_an_unpushed_artifact_the_gate_blessed_is_named_so_not_as_unapproved(bin
     assert "warning" not in result.stderr, result.stderr
     assert f"not pushed; the run&#x27;s gate decided BLESSED (record: {record})" in \
         (tmp_path / "report" / "report.html").read_text()
+    record.write_text(json.dumps({"blessed": True, "failures": [], "model_uri": str(artifact), "pushed": True,
+                                  "pushed_destination": "/srv/cvn/17", "metrics": {"sensitivity": 0.95}}))
+    pushed = CliRunner(mix_stderr=False).invoke(cli.main, ["evaluate", "--model", str(artifact), *args])
+    assert pushed.stdout.splitlines()[0].endswith(
+        f"/Format-Serving (served as /srv/cvn/17; the run's gate decided BLESSED (record: {record}))"), pushed.stdout
+    assert "served as /srv/cvn/17" in (tmp_path / "report" / "report.html").read_text()
     record.write_text(json.dumps({"blessed": False, "failures": ["too few"], "model_uri": str(artifact),
                                   "metrics": {"sensitivity": 0.5}}))
     refused = CliRunner(mix_stderr=False).invoke(cli.main, ["evaluate", "--model", str(artifact), *args])

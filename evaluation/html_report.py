@@ -147,7 +147,9 @@ def approval_text(model: Mapping) -> str:
     """The report's word on the model's approval (``predict.approval_text``): its version, or the gate's
     BLESSED decision on it when it was not pushed."""
     decision = model.get("gate_decision") or {}
-    return predict.approval_text(model["version"], decision.get("record") if decision.get("blessed") else None)
+    if not decision.get("blessed"):
+        return predict.approval_text(model["version"])
+    return predict.approval_text(model["version"], decision.get("record"), decision.get("served_as", ""))
 
 
 def skipped_text(data: dict) -> str:

@@ -193,23 +193,28 @@ def trainer_artifact(model_dir: str) -> Optional[str]:
     return os.path.dirname(model_dir) if os.path.basename(model_dir) == "Format-Serving" else None
 
 
-def blessed_record(model: ServingModel) -> Optional[str]:
-    """For a Trainer artifact without a push record: the path of its run's Pusher record of a BLESSED gate
-    decision on it (the Pusher copied nothing: the same model was serving already); None for any other
-    model, or none on file. A damaged record counts as none here: evaluate names it."""
+def blessed_record(model: ServingModel) -> tuple[Optional[str], str]:
+    """For a Trainer artifact (no push record of its own): (the path of its run's Pusher record of a
+    BLESSED gate decision on it, the version folder the Pusher served it as: its push, or the newest
+    version when the same model was serving already; "" if none); (None, "") for any other model, or
+    none on file. A damaged record counts as none here: evaluate names it."""
     uri = trainer_artifact(model.path) if model.version is None else None
     try:
         found = artifacts.gate_decision(uri) if uri else None
     except ValueError:
-        return None
-    return found[1] if found and found[0].get("blessed") else None
+        return None, ""
+    if not found or not found[0].get("blessed"):
+        return None, ""
+    return found[1], str(found[0].get("pushed_destination") or "")
 
 
-def approval_text(version: Optional[int], blessed: Optional[str] = None) -> str:
-    """How predict and evaluate name a model's approval: its version; for an unpushed model the gate
-    blessed, that and its record (``blessed``: :func:`blessed_record`); else that none is on file."""
+def approval_text(version: Optional[int], blessed: Optional[str] = None, served_as: str = "") -> str:
+    """How predict and evaluate name a model's approval: its version; for a Trainer artifact the gate
+    blessed, that, where it is served (a user given the artifact may not know it was pushed) and the
+    record (``blessed``, ``served_as``: :func:`blessed_record`); else that none is on file."""
     if version is None and blessed:
-        return f"not pushed; the run's gate decided BLESSED (record: {blessed})"
+        return (f"{'served as ' + served_as if served_as else 'not pushed'}; the run's gate decided BLESSED "
+                f"(record: {blessed})")
     return model_metadata.version_text(version)
 
 
@@ -218,7 +223,7 @@ def warn_if_unpushed(model: ServingModel) -> None:
     when the gate refused it, or a bare export): the header's version says so, and this warning line on
     stderr makes it hard to miss in a script's log, whatever the output format. Not for a Trainer artifact
     its run's gate blessed (:func:`blessed_record`): the header names that decision."""
-    if model.version is None and not blessed_record(model):
+    if model.version is None and not blessed_record(model)[0]:
         log.warning("model %s: %s (a Trainer artifact or a bare export, e.g. a model the gate refused); for "
                     "results to rely on, use a pushed version (<serving_dir>/<version>/)",
                     model.path, model_metadata.version_text(None))
@@ -444,7 +449,7 @@ def format_table(result: PredictResult) -> str:
     model = result.model
     decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
                 else "no COVID threshold: label = most probable class")
-    lines = [f"model {model.path} ({approval_text(model.version, blessed_record(model))}, "
+    lines = [f"model {model.path} ({approval_text(model.version, *blessed_record(model))}, "
              f"task {model.task_name}, {decision})"]
     if (model.metadata.get("data_summary") or {}).get("synthetic"):
         lines.append("WARNING: this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs")

@@ -173,6 +173,13 @@ def test_an_unpushed_artifact_the_gate_blessed_is_named_so_without_the_warning(b
     assert result.exit_code == 0 and result.stderr == "", result.stderr
     assert f"Format-Serving (not pushed; the run's gate decided BLESSED (record: {record}), task " in \
         result.stdout.splitlines()[0]
+    # The artifact of a model the run pushed: where it is served, not "not pushed".
+    record.write_text(json.dumps({"blessed": True, "failures": [], "model_uri": str(artifact),
+                                  "pushed": True, "pushed_destination": "/srv/cvn/17"}))
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(artifact), *inputs])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    assert f"Format-Serving (served as /srv/cvn/17; the run's gate decided BLESSED (record: {record}), task " in \
+        result.stdout.splitlines()[0]
     record.write_text(json.dumps({"blessed": False, "failures": ["too few"], "model_uri": str(artifact)}))
     result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(artifact), *inputs])
     assert "(no push record, so no gate approval on file, task " in result.stdout.splitlines()[0]
