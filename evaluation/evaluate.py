@@ -61,7 +61,7 @@ import numpy as np
 from covid_cxr.data import features, images, jsonfile, pseudonym, writer
 from covid_cxr.data.sources import kermany, parse_class_map, radiography
 from covid_cxr.data.sources.folder import mapped_finding, unmatched_names
-from covid_cxr.evaluation import errors, html_report, metrics, model_card, shortcut_audit
+from covid_cxr.evaluation import artifacts, errors, html_report, metrics, model_card, shortcut_audit
 from covid_cxr.serving import model_metadata, predict, typicality
 
 REPORT_JSON = "report.json"
@@ -397,8 +397,6 @@ def trainer_model_uri(model: predict.ServingModel) -> Optional[str]:
 
 def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = None) -> tuple[Optional[dict], str]:
     """(training history, where it came from) -- metadata asset, Trainer model_run, or pipeline root."""
-    from covid_cxr.evaluation import artifacts
-
     if model.metadata.get("history"):
         return model.metadata["history"], "model metadata asset (assets/covid_cxr.json)"
     candidates = []
@@ -523,8 +521,6 @@ def gate_decision(model: predict.ServingModel) -> tuple[dict, Optional[str]]:
         return dict(record, blessed=True), os.path.join(model.path, predict.PUSH_RECORD)
     uri = trainer_model_uri(model)
     if uri:
-        from covid_cxr.evaluation import artifacts
-
         found = artifacts.gate_decision(uri)
         if found:
             return found
@@ -659,8 +655,6 @@ def one_line_errors(program: str):
 
 def held_out_split(pipeline_root: Optional[str]) -> str:
     """The newest ExampleGen `Split-test` under a pipeline root: data no training step has seen."""
-    from covid_cxr.evaluation import artifacts
-
     if not pipeline_root:
         raise click.UsageError("pass --data DIR, or --pipeline-root DIR to evaluate on that run's test split")
     examples = artifacts.newest_execution(pipeline_root, "ImportExampleGen", "examples")
@@ -761,8 +755,6 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     }
     pipeline = None
     if pipeline_root:
-        from covid_cxr.evaluation import artifacts
-
         try:
             pipeline = artifacts.read_pipeline(pipeline_root, trainer_model_uri(model) or "",
                                                push_record(model).get("evaluation_uri", ""))
