@@ -68,7 +68,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import click
 
@@ -104,6 +104,15 @@ class _Item:
     sex: str = features.UNKNOWN
     age: int = features.UNKNOWN_AGE
     png_at: Optional[tuple[int, int]] = None  # (offset, length) of the processed PNG in the spool
+
+
+class _Placed(NamedTuple):
+    """An accepted item and where it goes."""
+
+    item: _Item
+    patient: str  # pseudonyms
+    group: str
+    held_out: bool
 
 
 class _PngSpool:
@@ -237,65 +246,80 @@ def curate(
         # The cap balances what is trained on: held-out films neither count towards it nor are cut.
         balance = _apply_balance_cap([it for n, it in enumerate(hashed) if uf.find(n) not in held_groups], balance_cap)
 
-        # A failure leaves no partial shards behind, in either directory.
-        with contextlib.ExitStack() as writers:
-            writer = writers.enter_context(DatasetWriter(out_dir, task_obj.name))
-            held_writer = writers.enter_context(DatasetWriter(hold_out[1], task_obj.name)) if hold_out else None
-            crop_counts: collections.Counter = collections.Counter()
-            group_sizes: collections.Counter = collections.Counter()
-            for n, it in enumerate(hashed):
-                if it.reject is not None:
-                    continue
-                p = it.processed
-                group = pid(hashed[uf.find(n)])  # the pseudonym of the group's first patient
-                record = features.Record(
-                    png=spool.get(it.png_at), label=it.label, label_index=task_obj.classes.index(it.label),
-                    patient_id=pid(it), group=group, source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
-                )
-                (held_writer if uf.find(n) in held_groups else writer).add(
-                    record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
-                crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
-                group_sizes[group] += 1
-            rejected_by_source: dict = collections.defaultdict(collections.Counter)
-            for it in items:
-                if it.reject is not None:
-                    writer.reject(it.candidate.source, refs[it.index], _writable(it.reject))
-                    rejected_by_source[it.candidate.source][reason_kind(it.reject)] += 1
-
-            settings = {
-                "task": task_obj.name,
-                "sources": {s.name: s.root for s in source_objs},
-                "class_map": dict(sorted(class_map.items())) if class_map else None,
-                "max_side": max_side,
-                "crop": crop,
-                "equalize": equalize,
-                "balance_cap": balance_cap,
-                "hash": f"dct-phash-{images.HASH_BYTES * 8}",
-                "hash_threshold": hash_threshold,
-                "group_threshold": group_threshold,
-                "pseudonym_key": key_origin,
-                "pseudonym_key_id": pseudonym.key_id(key_bytes),
-            }
-            held = None
-            if held_writer is not None:  # its rejections stay in out_dir's rejected.csv, with all the others
-                held_summary = held_writer.close({"settings": settings, "held_out_of": {
-                    "source": hold_out[0], "training_data": out_dir}})
-                held = {"source": hold_out[0], "dir": hold_out[1], "accepted": held_summary["accepted"],
-                        "per_source_class": held_summary["per_source_class"]}
-            summary = writer.close({
-                "settings": settings,
-                "held_out": held,
-                "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
-                "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
-                "not_read_per_source": {s.name: s.not_read for s in source_objs if s.not_read},
-                "patient_grouping": {s.name: s.patient_grouping for s in source_objs if s.patient_grouping},
-                "duplicates": duplicate_summary,
-                "largest_group": max(group_sizes.values(), default=0),
-                "crop": dict(sorted(crop_counts.items())),
-                "balance": balance,
-            })
+        placed = [_Placed(it, pid(it), pid(hashed[uf.find(n)]), uf.find(n) in held_groups)  # group: its first patient's
+                  for n, it in enumerate(hashed) if it.reject is None]
+        settings = _settings(task_obj, source_objs, class_map, max_side, crop, equalize, balance_cap,
+                             hash_threshold, group_threshold, key_origin, key_bytes)
+        summary = _write_outputs(out_dir, hold_out, task_obj, settings, source_objs, items, placed, refs, spool,
+                                 duplicate_summary, balance)
     log.info("curated %d images (%d rejected) into %s", summary["accepted"], summary["rejected"], out_dir)
     return summary
+
+
+def _settings(task_obj: features.Task, source_objs: Sequence[Source], class_map, max_side, crop, equalize,
+              balance_cap, hash_threshold, group_threshold, key_origin, key_bytes) -> dict:
+    """summary.json's ``settings``: what it takes to curate the same directory again."""
+    return {
+        "task": task_obj.name,
+        "sources": {s.name: s.root for s in source_objs},
+        "class_map": dict(sorted(class_map.items())) if class_map else None,
+        "max_side": max_side,
+        "crop": crop,
+        "equalize": equalize,
+        "balance_cap": balance_cap,
+        "hash": f"dct-phash-{images.HASH_BYTES * 8}",
+        "hash_threshold": hash_threshold,
+        "group_threshold": group_threshold,
+        "pseudonym_key": key_origin,
+        "pseudonym_key_id": pseudonym.key_id(key_bytes),
+    }
+
+
+def _write_outputs(out_dir: str, hold_out: Optional[tuple[str, str]], task_obj: features.Task, settings: dict,
+                   source_objs: Sequence[Source], items: Sequence[_Item],
+                   placed: Sequence["_Placed"], refs: Mapping[int, str], spool: _PngSpool,
+                   duplicate_summary: dict, balance: Optional[dict]) -> dict:
+    """Writes every accepted item of ``placed`` to the curated directory (or the held-out one)
+    and every rejected item of ``items`` to out_dir's rejected.csv; returns out_dir's summary."""
+    # A failure leaves no partial shards behind, in either directory.
+    with contextlib.ExitStack() as writers:
+        writer = writers.enter_context(DatasetWriter(out_dir, task_obj.name))
+        held_writer = writers.enter_context(DatasetWriter(hold_out[1], task_obj.name)) if hold_out else None
+        crop_counts: collections.Counter = collections.Counter()
+        group_sizes: collections.Counter = collections.Counter()
+        for it, patient, group, held_out in placed:
+            p = it.processed
+            record = features.Record(
+                png=spool.get(it.png_at), label=it.label, label_index=task_obj.classes.index(it.label),
+                patient_id=patient, group=group, source=it.candidate.source, view=it.view, sex=it.sex, age=it.age,
+            )
+            (held_writer if held_out else writer).add(record, refs[it.index], image_hash=p.phash.hex(), note=p.note)
+            crop_counts["cropped" if p.cropped else ("refused" if p.note else "unchanged")] += 1
+            group_sizes[group] += 1
+        rejected_by_source: dict = collections.defaultdict(collections.Counter)
+        for it in items:
+            if it.reject is not None:
+                writer.reject(it.candidate.source, refs[it.index], _writable(it.reject))
+                rejected_by_source[it.candidate.source][reason_kind(it.reject)] += 1
+
+        held = None
+        if held_writer is not None:  # its rejections stay in out_dir's rejected.csv, with all the others
+            held_summary = held_writer.close({"settings": settings, "held_out_of": {
+                "source": hold_out[0], "training_data": out_dir}})
+            held = {"source": hold_out[0], "dir": hold_out[1], "accepted": held_summary["accepted"],
+                    "per_source_class": held_summary["per_source_class"]}
+        return writer.close({
+            "settings": settings,
+            "held_out": held,
+            "inputs_per_source": dict(collections.Counter(it.candidate.source for it in items)),
+            "rejections_per_source": {s: dict(sorted(c.items())) for s, c in sorted(rejected_by_source.items())},
+            "not_read_per_source": {s.name: s.not_read for s in source_objs if s.not_read},
+            "patient_grouping": {s.name: s.patient_grouping for s in source_objs if s.patient_grouping},
+            "duplicates": duplicate_summary,
+            "largest_group": max(group_sizes.values(), default=0),
+            "crop": dict(sorted(crop_counts.items())),
+            "balance": balance,
+        })
 
 
 def _check_hold_out(hold_out: tuple[str, str], source_objs: Sequence[Source], out_dir: str) -> None:
