@@ -102,23 +102,6 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
     return binary_metrics_from_counts(c["tp"], c["fp"], c["tn"], c["fn"])
 
 
-def sensitivity(y_true, y_pred) -> Optional[float]:
-    return binary_metrics(y_true, y_pred)["sensitivity"]["value"]
-
-
-def specificity(y_true, y_pred) -> Optional[float]:
-    return binary_metrics(y_true, y_pred)["specificity"]["value"]
-
-
-def precision(y_true, y_pred) -> Optional[float]:
-    return binary_metrics(y_true, y_pred)["precision"]["value"]
-
-
-def accuracy(y_true, y_pred) -> Optional[float]:
-    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
-    return float(np.mean(y_true == y_pred)) if y_true.size else None
-
-
 # --------------------------------------------------------------------------------------------
 # ROC and AUC
 # --------------------------------------------------------------------------------------------
@@ -177,11 +160,6 @@ def roc_curve(y_true: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarra
     tpr = np.concatenate([[0.0], tps / n1 if n1 else np.zeros_like(tps, dtype=float)])
     fpr = np.concatenate([[0.0], fps / n0 if n0 else np.zeros_like(fps, dtype=float)])
     return fpr, tpr, thresholds
-
-
-def trapezoid_auc(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
 def auc_bootstrap_ci(y_true: Sequence[int], scores: Sequence[float], n_boot: int = 2000, seed: int = 0,
