@@ -17,7 +17,7 @@ from PIL import Image
 
 from covid_cxr import cli
 from covid_cxr.data import curate as curate_mod
-from covid_cxr.data import dedupe, features, images, pseudonym, testing
+from covid_cxr.data import features, images, pseudonym, testing
 from covid_cxr.data.curate import CurationError, curate, curate_command
 from covid_cxr.data.sources import Candidate
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON, REAL_SOURCE_DIRS
@@ -216,7 +216,7 @@ def test_a_re_cropped_copy_too_far_to_reject_still_shares_its_films_group(tmp_pa
     curate({"radiography": str(rad)}, str(tmp_path / "a"), "covid-vs-normal", key=KEY, workers=1, hash_threshold=0,
            group_threshold=0)
     curated = read_csv(tmp_path / "a" / "manifest.csv")
-    distance = dedupe.hamming(*(bytes.fromhex(r["hash"]) for r in curated if r["label"] == "covid"))
+    distance = testing.hamming(*(bytes.fromhex(r["hash"]) for r in curated if r["label"] == "covid"))
     assert 0 < distance <= 128
 
     def groups(group_threshold):

@@ -43,12 +43,8 @@ def hash_bits(hashes: Sequence[bytes]) -> np.ndarray:
     return np.unpackbits(packed, axis=1).astype(np.float32)
 
 
-def hamming(a: bytes, b: bytes) -> int:
-    return int(np.unpackbits(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
-
-
 def near_pairs(hashes: Sequence[bytes], threshold: int) -> list[tuple[int, int, int]]:
-    """All (i, j, distance) with i < j and hamming(hashes[i], hashes[j]) <= threshold, sorted."""
+    """All (i, j, distance) with i < j and Hamming distance(hashes[i], hashes[j]) <= threshold, sorted."""
     bits = hash_bits(hashes)
     n = len(hashes)
     if n < 2:
@@ -90,12 +86,6 @@ class UnionFind:
             a, b = b, a
         self.parent[b] = a
         return a
-
-    def groups(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for i in range(len(self.parent)):
-            out.setdefault(self.find(i), []).append(i)
-        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,11 @@ def fifo(path):
         thread.join()
 
 
+def hamming(a: bytes, b: bytes) -> int:
+    """Bit distance of two hashes, one pair at a time: the oracle for dedupe.near_pairs."""
+    return int(np.unpackbits(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
+
+
 def radiograph(seed: int, size: tuple[int, int] = (160, 128), border: int = 0) -> np.ndarray:
     """A distinct smooth grayscale 'film' per seed (uint8), optionally inside a black border."""
     h, w = size
