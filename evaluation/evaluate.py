@@ -267,10 +267,9 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
         refs.append(shown)
         sources.append(_folder_source(key(), parts[0]) if depth > 0 else _printable(os.path.basename(root)))
     if not encoded:
-        counted = ((f", {inputs.hidden} hidden files or folders not read" if inputs.hidden else "")
-                   + (f", {masks} {radiography.MASKS}" if masks else ""))
+        passed_over = html_report.passed_over_text(len(skipped), inputs.hidden, masks, zero_skipped=True)
         raise ValueError(f"no usable labelled images under {root!r} for task {task.name} "
-                         f"({len(skipped)} skipped{counted}; class folders must be named like "
+                         f"({passed_over}; class folders must be named like "
                          f"{', '.join(sorted(set(task.classes)))} or given with --class-map)")
     slices = {features.SOURCE: sources} if len(set(sources)) > 1 else {}
     # Hidden files are counted, not listed: one row per macOS ._ file would bury the real ones.

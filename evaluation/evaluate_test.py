@@ -178,7 +178,7 @@ def test_lung_masks_of_the_radiography_layout_are_counted_not_read_as_films(bina
     assert shown in (out / "report.html").read_text()
     shutil.rmtree(root / "COVID" / "images")
     shutil.rmtree(root / "Normal" / "images")
-    with pytest.raises(ValueError, match=re.escape(f"(0 skipped, {shown}; class folders")):
+    with pytest.raises(ValueError, match=re.escape(f"(0 skipped; {shown}; class folders")):
         evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
 
 
@@ -344,7 +344,7 @@ def test_class_map_option(binary_model, tmp_path):
     (tmp_path / "._0.png").write_bytes(b"macOS metadata")
     no_map = CliRunner().invoke(evaluate.evaluate_command, ["--model", binary_model.serving_dir, "--data", str(tmp_path)])
     assert no_map.exit_code == 2 and "no usable labelled images" in no_map.output
-    assert re.search(r"\(\d+ skipped, 1 hidden files or folders not read; class folders must be named like", no_map.output)
+    assert re.search(r"\(\d+ skipped; 1 hidden files or folders not read; class folders must be named like", no_map.output)
 
 
 def test_a_film_that_declares_burned_in_text_is_skipped_as_curation_rejects_it(binary_model, tmp_path):

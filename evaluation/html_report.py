@@ -152,12 +152,19 @@ def approval_text(model: Mapping) -> str:
     return predict.approval_text(model["version"], decision.get("record"), decision.get("served_as", ""))
 
 
+def passed_over_text(skipped: int, hidden: int, masks: int, zero_skipped: bool = False) -> str:
+    """"4 skipped; 2 hidden files or folders not read; 3 lung-mask files not read (...)": the counts
+    that are not 0 (the skipped one always with ``zero_skipped``). One wording for the report and
+    evaluate's "no usable images" error."""
+    return "; ".join(([f"{skipped} skipped"] if skipped or zero_skipped else [])
+                     + ([f"{hidden} hidden files or folders not read"] if hidden else [])
+                     + ([f"{masks} {radiography.MASKS}"] if masks else []))
+
+
 def skipped_text(data: dict) -> str:
-    """"; 4 skipped; 2 hidden files or folders not read; 3 lung-mask files not read (...)", or "" when
-    nothing was passed over."""
-    return ((f"; {data['skipped']} skipped" if data["skipped"] else "")
-            + (f"; {data['hidden_skipped']} hidden files or folders not read" if data.get("hidden_skipped") else "")
-            + (f"; {data['masks_skipped']} {radiography.MASKS}" if data.get("masks_skipped") else ""))
+    """"; " + passed_over_text of a report's data, or "" when nothing was passed over."""
+    text = passed_over_text(data["skipped"], data.get("hidden_skipped") or 0, data.get("masks_skipped") or 0)
+    return "; " + text if text else ""
 
 
 def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = None) -> str:
