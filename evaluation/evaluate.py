@@ -526,11 +526,10 @@ def gate_decision(model: predict.ServingModel) -> tuple[dict, Optional[str]]:
     return {}, None
 
 
-def model_card_text(model: predict.ServingModel, report: dict) -> str:
+def model_card_text(model: predict.ServingModel, report: dict, record: Mapping) -> str:
     """The card the Pusher wrote for this model (its gate and held-out figures, from the gate's
-    decision record when there is one: a refused model's says so, and why), plus this evaluation's
-    intervals, per-source table and audit."""
-    record, _ = gate_decision(model)
+    decision ``record`` (:func:`gate_decision`) when there is one: a refused model's says so, and
+    why), plus this evaluation's intervals, per-source table and audit."""
     metadata = dict(model.metadata, **({"gate": record["gate"]} if record.get("gate") else {}))
     gate = None
     if record.get("metrics"):
@@ -542,9 +541,10 @@ def model_card_text(model: predict.ServingModel, report: dict) -> str:
 
 
 def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] = None,
-                 model: Optional[predict.ServingModel] = None) -> dict:
+                 model: Optional[predict.ServingModel] = None, decision: Optional[Mapping] = None) -> dict:
     """Writes the PNGs, report.json and report.html into out_dir; returns {kind: path}.
-    With the evaluated ``model`` also its model card with this evaluation (:func:`model_card_text`)."""
+    With the evaluated ``model`` also its model card with this evaluation and the gate's ``decision``
+    record (:func:`model_card_text`)."""
     os.makedirs(out_dir, exist_ok=True)
     pngs = make_plots(evaluation)
     files = {}
@@ -562,7 +562,7 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
         f.write(html_report.render(evaluation.report, pngs, pipeline))
     if model is not None:
         with open(files[model_card.FILE_NAME], "w", encoding="utf-8") as f:
-            f.write(model_card_text(model, evaluation.report))
+            f.write(model_card_text(model, evaluation.report, decision or {}))
     with open(files[REPORT_JSON], "w", encoding="utf-8") as f:
         json.dump(json_safe(evaluation.report), f, indent=2, allow_nan=False)
     return files
@@ -710,7 +710,10 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
     model = predict.load_model(model_path)
-    predict.warn_if_unpushed(model)
+    # Read once, for the warning, the summary and the model card; a damaged record stops here, before the work.
+    decision, decision_path = gate_decision(model)
+    predict.warn_if_unpushed(model, predict.blessed_of(
+        (decision, decision_path) if decision_path and model.version is None else None))
     warning = None
     if is_tfrecord_dir(data_dir):
         if class_map:
@@ -740,7 +743,6 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
     if warning:
         evaluation.report["data"]["warning"] = warning
-    decision, decision_path = gate_decision(model)
     if decision_path and model.version is None:  # a pushed version's is its version: the gate blessed it
         evaluation.report["model"]["gate_decision"] = {
             "blessed": bool(decision.get("blessed")), "failures": list(decision.get("failures") or []),
@@ -761,7 +763,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
             raise click.BadParameter(str(e), param_hint="--pipeline-root")
         evaluation.report["pipeline"] = pipeline
     if out_dir:
-        write_report(evaluation, out_dir, pipeline, model)
+        write_report(evaluation, out_dir, pipeline, model, decision)
     if as_json:
         click.echo(json.dumps(json_safe(evaluation.report), indent=2, allow_nan=False))
     else:

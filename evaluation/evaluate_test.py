@@ -629,6 +629,12 @@ def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):
     assert evaluate.find_history(model_no_record, str(root))[0]["val_loss"] == [0.8, 0.7]
 
 
+def _card(model_path, report):
+    """The model card as `evaluate --out` writes it: the gate decision read, then the card."""
+    model = predict.load_model(model_path)
+    return evaluate.model_card_text(model, report, evaluate.gate_decision(model)[0])
+
+
 def test_the_evaluation_card_of_a_pushed_model_keeps_its_gate_and_held_out_figures(binary_model, tmp_path):
     gate = {"min_sensitivity": 0.9, "min_specificity": 0.85, "min_auc": 0.0, "max_auc_regression": 0.01}
     served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 5, extra={
@@ -637,14 +643,14 @@ def test_the_evaluation_card_of_a_pushed_model_keeps_its_gate_and_held_out_figur
               "sensitivity": {"value": 0.9, "ci95": [0.7, 0.97], "k": 18, "n": 20},
               "per_source": {"rsna": {"n": 40, "sensitivity": {"value": None}, "specificity": {"value": None},
                                       "auc": {"value": None}}}}
-    card = evaluate.model_card_text(predict.load_model(served), report)
+    card = _card(served, report)
     # From the push record: the gate the model passed and its figures on the pipeline's test split.
     assert "- deployment gate on the held-out test split: sensitivity >= 0.9, specificity >= 0.85" in card
     assert "## Held-out test evaluation (BLESSED)" in card and "0.93" in card
     # From this evaluation.
     assert "## Metrics with 95% confidence intervals (elsewhere)" in card and "| rsna | 40 |" in card
     # A model that was never pushed has no gate section, only this evaluation.
-    unpushed = evaluate.model_card_text(predict.load_model(binary_model.model_dir), report)
+    unpushed = _card(binary_model.model_dir, report)
     assert "Held-out test evaluation" not in unpushed and "## Metrics with 95% confidence intervals" in unpushed
 
 
@@ -668,7 +674,7 @@ def test_a_refused_trainer_artifact_s_card_and_summary_say_what_the_gate_decided
     record = decision(12, "out/root/Trainer/model/9", False)
     decision(13, str(root / "Trainer" / "model" / "10"), True)
     report = {"data": {"path": "elsewhere", "format": "tfrecords"}, "n": 40, "class_counts": {"normal": 20, "covid": 20}}
-    card = evaluate.model_card_text(predict.load_model(str(artifact)), report)
+    card = _card(str(artifact), report)
     assert "## Held-out test evaluation (NOT BLESSED)" in card
     assert f"Gate failures:\n- {failure}" in card
     assert "- deployment gate on the held-out test split: sensitivity >= 0.9, specificity >= 0.85" in card
@@ -680,10 +686,10 @@ def test_a_refused_trainer_artifact_s_card_and_summary_say_what_the_gate_decided
     assert "(NOT BLESSED)" in (tmp_path / "report" / "model_card.md").read_text()
     record.write_text("{")  # a damaged record is named, not passed over as "no decision"
     with pytest.raises(ValueError, match=re.escape(f"{record}: not a gate decision record (invalid JSON")):
-        evaluate.model_card_text(predict.load_model(str(artifact)), report)
+        _card(str(artifact), report)
 
 
-def test_an_unpushed_artifact_the_gate_blessed_is_named_so_not_as_unapproved(binary_model, tmp_path):
+def test_an_unpushed_artifact_the_gate_blessed_is_named_so_not_as_unapproved(binary_model, tmp_path, monkeypatch):
     """The Pusher copies nothing when the same model is serving already: its Trainer artifact has no push
     record, but its run's gate blessed it. "no gate approval on file" beside "BLESSED" contradicted itself."""
     root = tmp_path / "root"
@@ -696,8 +702,11 @@ def test_an_unpushed_artifact_the_gate_blessed_is_named_so_not_as_unapproved(bin
     record.write_text(json.dumps({"blessed": True, "failures": [], "model_uri": str(artifact),
                                   "metrics": {"sensitivity": 0.95, "specificity": 0.9, "examples": 40.0}}))
     args = ["--data", binary_model.data_dir, "--no-audit", "--bootstrap", "100", "--out", str(tmp_path / "report")]
+    reads = []
+    monkeypatch.setattr(artifacts, "gate_decision", lambda uri, read=artifacts.gate_decision: reads.append(uri) or read(uri))
     result = CliRunner(mix_stderr=False).invoke(cli.main, ["evaluate", "--model", str(artifact), *args])
     assert result.exit_code == 0, result.output + result.stderr
+    assert len(reads) == 1  # one read for the warning, the summary, the report and the model card
     header = result.stdout.splitlines()[0]
     assert header.endswith(f"/Format-Serving (not pushed; the run's gate decided BLESSED (record: {record}))"), header
     assert "no gate approval" not in result.stdout + result.stderr and "decided BLESSED" not in result.stdout.splitlines()[1]

@@ -203,6 +203,11 @@ def blessed_record(model: ServingModel) -> tuple[Optional[str], str]:
         found = artifacts.gate_decision(uri) if uri else None
     except ValueError:
         return None, ""
+    return blessed_of(found)
+
+
+def blessed_of(found: Optional[tuple[dict, str]]) -> tuple[Optional[str], str]:
+    """:func:`blessed_record` of a decision record already read: (record, path), or None."""
     if not found or not found[0].get("blessed"):
         return None, ""
     return found[1], str(found[0].get("pushed_destination") or "")
@@ -218,12 +223,12 @@ def approval_text(version: Optional[int], blessed: Optional[str] = None, served_
     return model_metadata.version_text(version)
 
 
-def warn_if_unpushed(model: ServingModel) -> None:
+def warn_if_unpushed(model: ServingModel, blessed: tuple[Optional[str], str]) -> None:
     """predict and evaluate on a model without a push record (a Trainer artifact, e.g. the one `run` names
     when the gate refused it, or a bare export): the header's version says so, and this warning line on
     stderr makes it hard to miss in a script's log, whatever the output format. Not for a Trainer artifact
-    its run's gate blessed (:func:`blessed_record`): the header names that decision."""
-    if model.version is None and not blessed_record(model)[0]:
+    its run's gate blessed (``blessed``: :func:`blessed_record`): the header names that decision."""
+    if model.version is None and not blessed[0]:
         log.warning("model %s: %s (a Trainer artifact or a bare export, e.g. a model the gate refused); for "
                     "results to rely on, use a pushed version (<serving_dir>/<version>/)",
                     model.path, model_metadata.version_text(None))
@@ -445,11 +450,12 @@ def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Option
 MAX_SKIPPED_SHOWN = 20  # a folder of DICOM exports can hold hundreds of notes and previews
 
 
-def format_table(result: PredictResult) -> str:
+def format_table(result: PredictResult, blessed: tuple[Optional[str], str]) -> str:
+    """The table `predict` prints; ``blessed``: :func:`blessed_record` of the model, for its header."""
     model = result.model
     decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
                 else "no COVID threshold: label = most probable class")
-    lines = [f"model {model.path} ({approval_text(model.version, *blessed_record(model))}, "
+    lines = [f"model {model.path} ({approval_text(model.version, *blessed)}, "
              f"task {model.task_name}, {decision})"]
     if (model.metadata.get("data_summary") or {}).get("synthetic"):
         lines.append("WARNING: this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs")
@@ -511,11 +517,12 @@ def predict_command(model_path, inputs, as_json, explain_dir, max_side, equaliza
     if explain_dir is not None:  # before the work: found at the end, it lost the predictions
         writer.check_writable(explain_dir, "--explain")
     model = load_model(model_path)
-    warn_if_unpushed(model)
+    blessed = blessed_record(model)  # read once: the warning and the table's header
+    warn_if_unpushed(model, blessed)
     preparation = Preparation.from_metadata(model.metadata, max_side, equalization)
     result = predict_paths(model, inputs, explain_dir=explain_dir, preparation=preparation)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(format_table(result))
+        click.echo(format_table(result, blessed))
     sys.exit(1 if result.failed else 0)

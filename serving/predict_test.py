@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from covid_cxr import cli
 from covid_cxr.data import dicom, images
 from covid_cxr.data import testing as data_testing
+from covid_cxr.evaluation import artifacts
 from covid_cxr.serving import explain, predict, testing
 
 binary_model = testing.tiny_model_fixture()
@@ -161,7 +162,7 @@ def test_a_model_never_pushed_is_warned_about_on_stderr_whatever_the_output(bina
     assert result.exit_code == 0 and result.stderr == "", result.stderr  # a pushed version: no warning
 
 
-def test_an_unpushed_artifact_the_gate_blessed_is_named_so_without_the_warning(binary_model, tmp_path):
+def test_an_unpushed_artifact_the_gate_blessed_is_named_so_without_the_warning(binary_model, tmp_path, monkeypatch):
     artifact = tmp_path / "root" / "Trainer" / "model" / "9"
     os.makedirs(artifact)
     os.symlink(binary_model.model_dir, artifact / "Format-Serving")
@@ -169,8 +170,11 @@ def test_an_unpushed_artifact_the_gate_blessed_is_named_so_without_the_warning(b
     os.makedirs(record.parent)
     record.write_text(json.dumps({"blessed": True, "failures": [], "model_uri": str(artifact)}))
     inputs = _write_pngs(binary_model, str(tmp_path / "in"), 1)
+    reads = []
+    monkeypatch.setattr(artifacts, "gate_decision", lambda uri, read=artifacts.gate_decision: reads.append(uri) or read(uri))
     result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(artifact), *inputs])
     assert result.exit_code == 0 and result.stderr == "", result.stderr
+    assert len(reads) == 1  # one read for the warning and the header
     assert f"Format-Serving (not pushed; the run's gate decided BLESSED (record: {record}), task " in \
         result.stdout.splitlines()[0]
     # The artifact of a model the run pushed: where it is served, not "not pushed".
