@@ -106,7 +106,11 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
     seconds = sh(args, log)
     # The newest model and examples by execution id, a number ("12" after "9"), as `covid-cxr evaluate
     # --pipeline-root` finds them (a file's time is not the run's order: a copied root's are the copy's).
-    model, examples = artifacts.trained_run(root)
+    try:
+        model, examples = artifacts.trained_run(root)
+    except ValueError as e:  # the run stopped before a model: its log says why; no traceback
+        print(f"quality_benchmark: {e}; see {log}", file=sys.stderr)
+        raise SystemExit(2) from None
     test_split = os.path.join(examples, "Split-test")
     result = {"task": task, "split": split, "hold_out": hold_out, "pipeline_seconds": round(seconds), "model": model,
               "pushed": bool(glob.glob(os.path.join(serving, "*", "saved_model.pb"))),

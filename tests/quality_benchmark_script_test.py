@@ -138,3 +138,19 @@ def test_a_reused_root_is_measured_with_its_newest_model_by_execution_id_not_fil
         os.makedirs(models / execution / "Format-Serving")
     os.utime(models / "9", (2_000_000_000, 2_000_000_000))  # touched last (a copy, a restore): not the newest run
     assert module.run_task("covid-vs-pneumonia", str(tmp_path), [])["model"] == str(models / "12")
+
+
+def test_a_run_that_left_no_trained_model_is_one_line_and_exit_code_2(benchmark, monkeypatch, tmp_path, capsys):
+    module, calls = benchmark
+    stub = module.sh
+    monkeypatch.setattr(module, "sh", lambda args, log, env=None: 60.0 if args[1] == "run" else stub(args, log, env))
+    monkeypatch.setattr(module, "SHARED", str(tmp_path))
+    out = tmp_path / "out"
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "covid-vs-normal", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"quality_benchmark: {out / 'root-covid-vs-normal'}: no Trainer model or ImportExampleGen examples (not a "
+        f"finished pipeline root?); see {out / 'covid-vs-normal.log'}\n")
+    assert [args[1] for args, _ in calls] == ["curate"]  # curated; the (stubbed) run left no model
