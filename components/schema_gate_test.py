@@ -25,6 +25,14 @@ def test_the_schema_is_imported_as_written(tmp_path):
     assert (tmp_path / "out" / SCHEMA_FILE_NAME).read_text() == SCHEMA
 
 
+def test_a_schema_the_compiling_machine_could_not_read_is_imported_unchecked(tmp_path):
+    """kubeflow_runner: a schema only the container image holds has no hash in the spec ("")."""
+    path = tmp_path / "schema.pbtxt"
+    path.write_text(SCHEMA)
+    ImportSchema.test_call(schema_file=str(path), content_sha256="", schema=_schema_artifact(tmp_path))
+    assert (tmp_path / "out" / SCHEMA_FILE_NAME).read_text() == SCHEMA
+
+
 def test_a_schema_edited_after_the_dag_was_built_is_refused(tmp_path):
     path = tmp_path / "schema.pbtxt"
     path.write_text(SCHEMA)
@@ -75,6 +83,11 @@ def test_the_gate_passes_clean_splits_and_stops_on_anomalies_or_unvalidated_spli
     artifact = _anomalies(tmp_path / "b", {"train": clean, "test": bad})
     with pytest.raises(DataValidationError, match=r"1 anomaly: split test: feature label: Unexpected string values$"):
         SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
+    # Every anomaly of every split is listed, not just the first.
+    artifact = _anomalies(tmp_path / "f", {"train": bad, "test": bad})
+    with pytest.raises(DataValidationError, match=r"^data validation failed, 2 anomalies: split train: feature label: "
+                                                  r"Unexpected string values; split test: feature label: Unexpected"):
+        SchemaGate.test_call(schema=schema, anomalies=artifact, validated_schema=validated)
     # A split without its anomalies file was never validated: the gate fails closed.
     artifact = _anomalies(tmp_path / "c", {"train": clean, "test": None})
     with pytest.raises(DataValidationError, match="split test: no SchemaDiff.pb: this split was not validated"):
@@ -96,3 +109,29 @@ def test_the_gate_stops_on_dataset_level_anomalies_and_on_an_artifact_that_valid
     with pytest.raises(DataValidationError, match="no split was validated"):
         SchemaGate.test_call(schema=schema, anomalies=_anomalies(tmp_path / "e", {}), validated_schema=validated)
     assert not (tmp_path / "validated" / SCHEMA_FILE_NAME).exists()
+
+
+def test_a_schema_that_does_not_parse_is_refused_by_name_and_not_imported(tmp_path):
+    from google.protobuf import text_format
+
+    path = tmp_path / "schema.pbtxt"
+    path.write_text('feature { name: "label" type: BYTES\n')  # the closing brace lost in an edit
+    with pytest.raises(text_format.ParseError):
+        ImportSchema.test_call(schema_file=str(path), content_sha256=fingerprints.file_fingerprint(str(path)),
+                               schema=_schema_artifact(tmp_path))
+    assert not (tmp_path / "out" / SCHEMA_FILE_NAME).exists()
+
+
+def test_an_anomaly_without_a_short_description_is_named_by_its_description(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from covid_cxr.components.schema_gate import read_split_anomalies
+
+    found = anomalies_pb2.Anomalies()
+    found.anomaly_info["label"].short_description = "Unexpected string values"
+    found.anomaly_info["age"].description = "The feature was present in fewer examples than expected."
+    found.dataset_anomaly_info.description = "The dataset has 3 examples, fewer than 10."
+    artifact = _anomalies(tmp_path, {"test": found})
+    assert read_split_anomalies(os.path.join(artifact.uri, "Split-test")) == [
+        "feature age: The feature was present in fewer examples than expected.",
+        "feature label: Unexpected string values", "dataset: The dataset has 3 examples, fewer than 10."]  # by name

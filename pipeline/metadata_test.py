@@ -1,0 +1,124 @@
+"""What a run's ML Metadata says, read from a small store written here as TFX's runner writes one."""
+import os
+
+import pytest
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from covid_cxr.evaluation import gate_report
+from covid_cxr.evaluation.artifacts import DECISION_RECORD
+from covid_cxr.pipeline import config as cfg
+from covid_cxr.pipeline import metadata
+
+INPUT, OUTPUT = metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.OUTPUT
+
+
+class Store:
+    """An ML Metadata store with executions of TFX components and their input / output artifacts."""
+
+    def __init__(self, connection):
+        self.store = metadata_store.MetadataStore(connection)
+        self.context_type = self.store.put_context_type(metadata_store_pb2.ContextType(name="pipeline"))
+        self.contexts = {}
+
+    def artifact(self, type_name, uri, **properties):
+        type_id = self.store.put_artifact_type(metadata_store_pb2.ArtifactType(name=type_name))
+        artifact = metadata_store_pb2.Artifact(type_id=type_id, uri=uri)
+        for name, value in properties.items():
+            field = "int_value" if isinstance(value, int) else "string_value"
+            setattr(artifact.custom_properties[name], field, value)
+        return self.store.put_artifacts([artifact])[0]
+
+    def execution(self, component, pipeline, events):
+        """events: [(artifact id, INPUT or OUTPUT, key)]; returns the execution id."""
+        type_id = self.store.put_execution_type(metadata_store_pb2.ExecutionType(name=f"tfx.components.{component}"))
+        [execution] = self.store.put_executions([metadata_store_pb2.Execution(type_id=type_id)])
+        for artifact, kind, key in events:
+            event = metadata_store_pb2.Event(artifact_id=artifact, execution_id=execution, type=kind)
+            event.path.steps.add(key=key)
+            self.store.put_events([event])
+        if pipeline not in self.contexts:
+            [self.contexts[pipeline]] = self.store.put_contexts(
+                [metadata_store_pb2.Context(type_id=self.context_type, name=pipeline)])
+        self.store.put_attributions_and_associations(
+            [], [metadata_store_pb2.Association(execution_id=execution, context_id=self.contexts[pipeline])])
+        return execution
+
+
+def test_the_evaluation_of_a_model_is_the_newest_that_judged_it_as_the_candidate(tmp_path):
+    connection = metadata.sqlite_connection(str(tmp_path / "m.sqlite"))
+    store = Store(connection)
+    model, other = store.artifact("Model", "/r/Trainer/model/3"), store.artifact("Model", "/r/Trainer/model/8")
+    for evaluation, candidate, baseline in (("/r/Evaluator/evaluation/4", model, None),
+                                            ("/r/Evaluator/evaluation/6", model, None),
+                                            ("/r/Evaluator/evaluation/9", other, model)):  # model as the baseline
+        events = [(candidate, INPUT, "model"), (store.artifact("ModelEvaluation", evaluation), OUTPUT, "evaluation"),
+                  (store.artifact("ModelBlessing", evaluation + "-blessing"), OUTPUT, "blessing")]
+        if baseline is not None:
+            events.append((baseline, INPUT, "baseline_model"))
+        store.execution("Evaluator", "p", events)
+    store.execution("Trainer", "p", [(model, OUTPUT, "model")])
+    read_only = metadata.sqlite_connection(str(tmp_path / "m.sqlite"), read_only=True)
+    assert metadata.evaluation_of_model(read_only, "/r/Trainer/model/3/") == "/r/Evaluator/evaluation/6"
+    assert metadata.evaluation_of_model(read_only, "/r/Trainer/model/8") == "/r/Evaluator/evaluation/9"
+    assert metadata.evaluation_of_model(read_only, "/r/Trainer/model/5") is None
+
+
+def test_a_report_never_creates_a_store(tmp_path):
+    with pytest.raises(Exception):
+        metadata_store.MetadataStore(metadata.sqlite_connection(str(tmp_path / "none.sqlite"), read_only=True))
+    assert not os.path.exists(tmp_path / "none.sqlite")
+
+
+def test_the_latest_outcome_is_this_pipelines_newest_pushers(tmp_path, monkeypatch):
+    monkeypatch.setattr(gate_report, "read_gate_report", lambda uri, blessed, classes: gate_report.GateReport(
+        blessed, {"uri": uri}, [] if blessed else ["too few"], {}))
+    config = cfg.load_config("quick", overrides={"runtime.pipeline_root": str(tmp_path / "root")})
+    assert metadata.latest_outcome(config) is None
+    store = Store(metadata.connection_config(config))
+    pushed_dir = tmp_path / "root" / "VersionedPusher" / "pushed_model"
+
+    def pusher_run(pipeline, n, blessed, **pushed):
+        events = [(store.artifact("Model", f"/r/Trainer/model/{n}"), INPUT, "model"),
+                  (store.artifact("ModelBlessing", f"/r/blessing/{n}", blessed=blessed), INPUT, "model_blessing"),
+                  (store.artifact("ModelEvaluation", f"/r/evaluation/{n}"), INPUT, "evaluation"),
+                  (store.artifact("PushedModel", str(pushed_dir / str(n)), **pushed), OUTPUT, "pushed_model")]
+        store.execution("VersionedPusher", pipeline, events)
+
+    pusher_run(config.runtime.pipeline_name, 1, 0, pushed=0, reason="NOT BLESSED: too few")
+    pusher_run(config.runtime.pipeline_name, 2, 1, pushed=1, pushed_destination="/srv/5", reason="pushed")
+    pusher_run("another-pipeline", 3, 0, pushed=0, reason="NOT BLESSED")
+    outcome = metadata.latest_outcome(config)
+    assert (outcome.blessed, outcome.pushed, outcome.destination, outcome.reason) == (True, True, "/srv/5", "pushed")
+    assert (outcome.model_uri, outcome.evaluation_uri) == ("/r/Trainer/model/2", "/r/evaluation/2")
+    assert outcome.report.metrics == {"uri": "/r/evaluation/2"}
+    assert outcome.decision_record == ""  # a run from before decision records
+    os.makedirs(pushed_dir / "4")
+    (pushed_dir / "4" / DECISION_RECORD).write_text("{}")
+    pusher_run(config.runtime.pipeline_name, 4, 0, pushed=0, reason="NOT BLESSED: too few")
+    outcome = metadata.latest_outcome(config)
+    assert (outcome.blessed, outcome.pushed, outcome.destination) == (False, False, "")
+    assert outcome.decision_record == f"{pushed_dir / '4'}/{DECISION_RECORD}"
+
+
+def test_the_sqlite_store_is_a_local_file(tmp_path):
+    def path(**runtime):
+        return metadata.sqlite_path(cfg.load_config("quick", overrides={f"runtime.{k}": v for k, v in runtime.items()}))
+
+    assert path(pipeline_root=str(tmp_path)) == str(tmp_path / "metadata.sqlite")
+    assert path(pipeline_root=f"file://{tmp_path}") == str(tmp_path / "metadata.sqlite")
+    assert path(pipeline_root="gs://b/root", metadata_path=f"file://{tmp_path}/m.sqlite") == f"{tmp_path}/m.sqlite"
+    assert path(pipeline_root=str(tmp_path), metadata_path="kept/m.sqlite") == "kept/m.sqlite"
+
+
+def test_the_mysql_password_is_the_configs_else_the_environments(monkeypatch):
+    monkeypatch.setenv(metadata.MYSQL_PASSWORD_ENV, "from-env")
+
+    def connection(**runtime):
+        overrides = {"runtime.mysql_host": "db.internal", "runtime.mysql_user": "cxr"}
+        return metadata.connection_config(cfg.load_config("quick", overrides={
+            **overrides, **{f"runtime.{k}": v for k, v in runtime.items()}})).mysql
+
+    mysql = connection(mysql_password="from-config", mysql_port=3307)
+    assert (mysql.host, mysql.port, mysql.user, mysql.password) == ("db.internal", 3307, "cxr", "from-config")
+    assert connection().password == "from-env"
