@@ -22,7 +22,8 @@ def test_push_creates_numeric_versions_and_never_pushes_the_same_model_twice(tmp
     pushed, first, _ = pusher.push(model_a, serving, "card", {"k": 1})
     assert pushed and pusher.versions(serving) == [int(os.path.basename(first))]
     assert open(os.path.join(first, "model_card.md")).read() == "card"
-    assert json.load(open(os.path.join(first, pusher.PUSH_RECORD)))["fingerprint"] == pusher.fingerprint(model_a)
+    record = json.load(open(os.path.join(first, pusher.PUSH_RECORD)))
+    assert record == {"k": 1, "fingerprint": pusher.fingerprint(model_a), "version": int(os.path.basename(first))}
 
     again, where, why = pusher.push(model_a, serving, "card", {})
     assert not again and where == first and "already" in why
@@ -112,7 +113,8 @@ def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pusher.gate_report, "read_gate_report", lambda uri, blessed, classes: gate_report.GateReport(
         blessed, {"sensitivity": 0.5}, [] if blessed else ["sensitivity 0.500 is below the required minimum 0.900"], {}))
-    monkeypatch.setattr(pusher.model_card, "render", lambda metadata, report: "card")
+    cards = []
+    monkeypatch.setattr(pusher.model_card, "render", lambda metadata, report: cards.append(metadata) or "card")
     serving = str(tmp_path / "serving")
     model = tfx.types.standard_artifacts.Model()
     model.uri = str(tmp_path / "model")
@@ -148,3 +150,9 @@ def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
     assert decision["blessed"] and decision["failures"] == [] and decision["pushed"]
     assert decision["pushed_destination"] == blessed.get_string_custom_property("pushed_destination")
     assert os.listdir(serving) == [str(pusher.versions(serving)[0])]  # TF Serving's layout: version folders only
+    assert [card["gate"] for card in cards] == [gate]  # the card states the gate the model passed
+    # The same model blessed again (a cached re-run): nothing copied, and the record says so.
+    again, decision = run(1, str(tmp_path / "root" / "VersionedPusher" / "pushed_model" / "9"))
+    assert again.get_int_custom_property("pushed") == 0 and len(pusher.versions(serving)) == 1
+    assert decision["blessed"] and not decision["pushed"] and decision["reason"] == "this model is already the newest served version"
+    assert decision["pushed_destination"] == blessed.get_string_custom_property("pushed_destination")
