@@ -104,3 +104,19 @@ def test_the_caption_names_the_label_its_probability_and_the_method(known_model,
         explain.ExplainError("the model is not differentiable with respect to its input")))
     with pytest.raises(explain.ExplainError, match="^the model is not differentiable with respect to its input$"):
         explainer.write_overlay(b"film", prediction, str(tmp_path / "c.png"))
+
+
+def test_saliency_differentiates_a_plain_saved_model_that_answers_with_a_dict(known_model):
+    """When tf_keras cannot load the model: its SavedModel's __call__ (without a training argument here)."""
+    class Loaded:
+        def __call__(self, x):
+            return {"probabilities": known_model(x)}
+
+    class Serving:
+        _loaded = Loaded()
+
+    explainer = explain.Explainer(Serving())
+    explainer._ready = True
+    heat, method = explainer.heatmap(HALVES, 1)
+    assert method == explain.SALIENCY
+    np.testing.assert_allclose(heat, _explainer(known_model, grad_cam=False).heatmap(HALVES, 1)[0])
