@@ -29,10 +29,10 @@ class Store:
             setattr(artifact.custom_properties[name], field, value)
         return self.store.put_artifacts([artifact])[0]
 
-    def execution(self, component, pipeline, events):
+    def execution(self, component, pipeline, events, state=metadata_store_pb2.Execution.COMPLETE):
         """events: [(artifact id, INPUT or OUTPUT, key)]; returns the execution id."""
         type_id = self.store.put_execution_type(metadata_store_pb2.ExecutionType(name=f"tfx.components.{component}"))
-        [execution] = self.store.put_executions([metadata_store_pb2.Execution(type_id=type_id)])
+        [execution] = self.store.put_executions([metadata_store_pb2.Execution(type_id=type_id, last_known_state=state)])
         for artifact, kind, key in events:
             event = metadata_store_pb2.Event(artifact_id=artifact, execution_id=execution, type=kind)
             event.path.steps.add(key=key)
@@ -62,6 +62,17 @@ def test_the_evaluation_of_a_model_is_the_newest_that_judged_it_as_the_candidate
     assert metadata.evaluation_of_model(read_only, "/r/Trainer/model/3/") == "/r/Evaluator/evaluation/6"
     assert metadata.evaluation_of_model(read_only, "/r/Trainer/model/8") == "/r/Evaluator/evaluation/9"
     assert metadata.evaluation_of_model(read_only, "/r/Trainer/model/5") is None
+
+
+def test_the_failed_component_is_the_newest_failure(tmp_path):
+    connection = metadata.sqlite_connection(str(tmp_path / "m.sqlite"))
+    store = Store(connection)
+    assert metadata.failed_component(connection, "p") == metadata.UNKNOWN_COMPONENT
+    failed = metadata_store_pb2.Execution.FAILED
+    store.execution("Transform", "p", [], state=failed)  # an earlier run's failure
+    store.execution("Trainer", "p", [], state=failed)
+    store.execution("Evaluator", "p", [])  # newer, but it did not fail
+    assert metadata.failed_component(connection, "p") == "Trainer"
 
 
 def test_a_report_never_creates_a_store(tmp_path):
