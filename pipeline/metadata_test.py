@@ -76,7 +76,7 @@ def test_the_failed_component_is_the_newest_failure(tmp_path):
 
 
 def test_a_report_never_creates_a_store(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="unable to open database file"):
         metadata_store.MetadataStore(metadata.sqlite_connection(str(tmp_path / "none.sqlite"), read_only=True))
     assert not os.path.exists(tmp_path / "none.sqlite")
 
