@@ -547,6 +547,9 @@ def write_report(evaluation: Evaluation, out_dir: str, pipeline: Optional[dict] 
     record (:func:`model_card_text`)."""
     os.makedirs(out_dir, exist_ok=True)
     pngs = make_plots(evaluation)
+    for name in (ERRORS_PNG, HISTORY_PNG):  # a plot this evaluation has not: not an earlier report's in its place
+        if name not in pngs and os.path.lexists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
     files = {}
     for name, data in pngs.items():
         path = os.path.join(out_dir, name)

@@ -841,3 +841,19 @@ def test_a_damaged_history_file_costs_the_training_curves_not_the_evaluation(bin
     (run_dir / "history.json").write_text("[0.7, 0.6]")  # JSON, but not the history's object
     history, source = evaluate.find_history(model)
     assert history is None and "not a training history" in source
+
+
+def test_a_plot_this_evaluation_has_not_does_not_stay_from_an_earlier_report(binary_model, tmp_path, monkeypatch):
+    """Re-run into the same --out: errors.png / training_curves.png of an earlier evaluation (other films,
+    another model) must not sit beside a report that has no misclassified films or no history."""
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in (evaluate.ERRORS_PNG, evaluate.HISTORY_PNG):
+        (out / name).write_bytes(b"an earlier evaluation's plot")
+    make_plots = evaluate.make_plots
+    monkeypatch.setattr(evaluate, "make_plots", lambda ev: {k: v for k, v in make_plots(ev).items()
+                                                            if k not in (evaluate.ERRORS_PNG, evaluate.HISTORY_PNG)})
+    result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--no-audit",
+                   "--bootstrap", "100", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out)) == ["confusion_matrix.png", "model_card.md", "report.html", "report.json", "roc.png"]
