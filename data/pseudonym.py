@@ -130,6 +130,8 @@ def _read_or_create(path: str) -> str:
             text = f.read().strip()
     except OSError as e:
         raise PseudonymKeyError(f"cannot read pseudonym key file {path}: {e.strerror}" + _hint(path)) from None
+    except UnicodeDecodeError:  # a binary file there: the bare codec error named no file
+        raise PseudonymKeyError(f"pseudonym key file {path} is not text (not UTF-8)" + _hint(path)) from None
     if not text:
         raise PseudonymKeyError(f"pseudonym key file {path} is empty; delete it to create a new key, or pass --key")
     if mode & 0o077:

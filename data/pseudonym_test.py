@@ -42,6 +42,9 @@ def test_empty_key_file_is_a_clear_error(tmp_path, monkeypatch):
     path.write_text("\n")
     with pytest.raises(pseudonym.PseudonymKeyError, match="is empty"):
         pseudonym.load_key(key_file=str(path))
+    path.write_bytes(b"\xff\xfe" + b"\xfa" * 40)  # not text: named, not a bare "'utf-8' codec can't decode"
+    with pytest.raises(pseudonym.PseudonymKeyError, match=f"key file {path} is not text"):
+        pseudonym.load_key(key_file=str(path))
     monkeypatch.setenv(pseudonym.ENV_VAR, "from-the-environment-0123456789abcdef")
     for empty in ("", "  "):  # `--key ""` must not quietly fall back to another key
         with pytest.raises(pseudonym.PseudonymKeyError, match="the pseudonym key given is empty"):
