@@ -11,6 +11,7 @@ import sys
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from covid_cxr.components import pusher
 from covid_cxr.components.schema_gate import DataValidationError
 from covid_cxr.data import writer
 from covid_cxr.messages import first_line
@@ -68,6 +69,11 @@ def check_settings(config: PipelineConfig) -> None:
                                          "SQLite file ML Metadata keeps, e.g. .../metadata.sqlite")
     except writer.OutputError as e:
         raise ConfigError(str(e)) from None
+    served, version = pusher.served_task(runtime.serving_dir)
+    if served and served != config.task.name:  # a push would swap what its clients get for another task's model
+        raise ConfigError(f"runtime.serving_dir (--serving-dir) {runtime.serving_dir!r} serves a {served} model "
+                          f"(version {version}); this run's {config.task.name} model would replace it: choose "
+                          "another --serving-dir")
     metadata.check_connection(config)
 
 

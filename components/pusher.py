@@ -45,6 +45,18 @@ def versions(serving_dir: str) -> list[int]:
     return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(serving_dir) if n.rstrip("/").isdigit())
 
 
+def served_task(serving_dir: str):
+    """(task, version) of the newest version in `serving_dir` (what TF Serving serves), else (None, None)."""
+    existing = versions(serving_dir)
+    if not existing:
+        return None, None
+    try:
+        task = model_metadata.read(os.path.join(serving_dir, str(existing[-1]))).get("task")
+    except ValueError:  # a damaged metadata file: no task to compare
+        task = None
+    return task, existing[-1]
+
+
 GRAPH_FILE = "saved_model.pb"
 
 

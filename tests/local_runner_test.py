@@ -79,6 +79,24 @@ def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
     assert not list(tmp_path.glob("tmp*"))  # the try leaves nothing behind
 
 
+def test_a_serving_directory_that_serves_another_task_is_refused_before_the_run(tmp_path):
+    """`demo --task three-class` into the demo's --out (or one --serving-dir for two tasks) would push a
+    three-class model over the covid-vs-normal one its clients call; a damaged or task-less version blocks nothing."""
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    serving = tmp_path / "serving"
+    (serving / "7" / "assets").mkdir(parents=True)
+    overrides = {"data.data_dir": str(tmp_path / "data"), "runtime.serving_dir": str(serving),
+                 "runtime.pipeline_root": str(tmp_path / "root")}
+    (serving / "7" / "assets" / "covid_cxr.json").write_text(json.dumps({"task": "three-class"}))
+    with pytest.raises(cfg.ConfigError, match=r"serving_dir \(--serving-dir\) '.*serving' serves a three-class model "
+                                              r"\(version 7\); this run's covid-vs-normal model would replace it"):
+        local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
+    (serving / "7" / "assets" / "covid_cxr.json").write_text(json.dumps({"task": "covid-vs-normal"}))
+    local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
+    (serving / "7" / "assets" / "covid_cxr.json").write_text("{not json")
+    local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
+
+
 def test_a_weights_file_that_is_not_there_is_refused_before_the_run(tmp_path):
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
     overrides = {"data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root")}
