@@ -203,6 +203,11 @@ def read_history(path: str) -> tuple[Optional[dict], str]:
         return None, f"unreadable: {first_line(e)}"
 
 
+def under_root(uri: str, pipeline_root: str) -> bool:
+    """Whether an artifact path lies under this pipeline root (a model pushed from another root does not)."""
+    return os.path.abspath(uri).startswith(os.path.abspath(pipeline_root) + os.sep)
+
+
 def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> dict:
     """Everything above that exists, plus the errors met while reading (one line each).
     `model_uri` / `evaluation_uri`: the Trainer model being evaluated and the evaluation that blessed
@@ -213,12 +218,16 @@ def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str =
     if not any(os.path.isdir(os.path.join(pipeline_root, c)) for c in components):
         raise FileNotFoundError(f"no pipeline run under {pipeline_root!r} (none of {', '.join(components)})")
     # A model pushed from another root names that root's artifacts: not this root's to show.
-    root = os.path.abspath(pipeline_root) + os.sep
-    model_uri, evaluation_uri = (uri if os.path.abspath(uri or os.sep).startswith(root) else ""
+    foreign = model_uri if model_uri and not under_root(model_uri, pipeline_root) else ""
+    model_uri, evaluation_uri = (uri if uri and under_root(uri, pipeline_root) else ""
                                  for uri in (model_uri, evaluation_uri))
     out: dict = {"root": pipeline_root, "errors": []}
     readers = (("statistics", read_statistics), ("anomalies", read_anomalies),
                ("evaluation", lambda root: read_evaluation(root, model_uri, evaluation_uri)))
+    if foreign:  # this root's newest Evaluator output judged another model: its figures are not this one's
+        readers = readers[:2]
+        out["errors"].append(f"evaluation: not shown: the model was trained under another pipeline root ({foreign}), "
+                             "so this root's Evaluator judged another model")
     for key, reader in readers:
         try:
             value = reader(pipeline_root)

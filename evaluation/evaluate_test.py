@@ -627,6 +627,12 @@ def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):
     model_no_record.metadata.pop("history")
     assert evaluate.find_history(model_no_record)[0] is None
     assert evaluate.find_history(model_no_record, str(root))[0]["val_loss"] == [0.8, 0.7]
+    # A model from another root: that root's newest curves are another model's, not this one's.
+    other = tmp_path / "another-root" / "Trainer" / "model_run" / "4"
+    os.makedirs(other)
+    (other / "history.json").write_text(json.dumps({"loss": [0.5], "val_loss": [0.5], "phase": [1]}))
+    shutil.rmtree(run_dir)
+    assert evaluate.find_history(model, str(tmp_path / "another-root")) == (None, "not found")
 
 
 def _card(model_path, report):
@@ -857,3 +863,18 @@ def test_a_plot_this_evaluation_has_not_does_not_stay_from_an_earlier_report(bin
                    "--bootstrap", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(out)) == ["confusion_matrix.png", "model_card.md", "report.html", "report.json", "roc.png"]
+
+
+def test_the_evaluator_section_of_another_pipeline_root_is_not_shown_as_this_models(tmp_path, monkeypatch):
+    """`evaluate --model <a pushed model> --pipeline-root <another run's root>`: that root's newest TFMA
+    figures judged another model and sat in the report beside this model's own, disagreeing."""
+    root = tmp_path / "root"
+    _write_fake_pipeline_root(str(root))
+    monkeypatch.setattr(artifacts, "read_evaluation", lambda *args: {"uri": "e", "blessed": False, "metrics": {}})
+    own = artifacts.read_pipeline(str(root), str(root / "Trainer" / "model" / "9"))
+    assert own["evaluation"]["uri"] == "e" and own["errors"] == []
+    other = str(tmp_path / "other-root" / "Trainer" / "model" / "9")
+    pipeline = artifacts.read_pipeline(str(root), other)
+    assert "evaluation" not in pipeline and "statistics" in pipeline
+    assert pipeline["errors"] == [f"evaluation: not shown: the model was trained under another pipeline root ({other}), "
+                                  "so this root's Evaluator judged another model"]
