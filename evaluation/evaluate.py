@@ -682,6 +682,17 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
             "figures overstate it; for held-out figures pass <pipeline_root>/ImportExampleGen/examples/<id>/Split-test")
 
 
+def check_out_beside_model(out_dir: str, model_dir: str) -> None:
+    """The report goes beside the model, not into it (its model_card.md is the pushed card, which the
+    evaluation's would replace) nor into the serving directory (TF Serving's version folders only)."""
+    out, model = os.path.realpath(out_dir), os.path.realpath(model_dir)
+    serving = os.path.dirname(model) if os.path.basename(model).isdigit() else None
+    if out == model or out.startswith(model + os.sep) or out == serving:
+        where = "its serving directory" if out == serving else "the model's own folder"
+        raise click.BadParameter(f"{out_dir!r} is {where}: the report would overwrite its model_card.md or sit "
+                                 "among TF Serving's versions; choose another folder", param_hint="--out")
+
+
 @click.command("evaluate")
 @click.option("--model", "model_path", required=True, type=click.Path(),
               help="Pushed version dir, serving base dir (newest version) or exported SavedModel.")
@@ -713,6 +724,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
     model = predict.load_model(model_path)
+    if out_dir:
+        check_out_beside_model(out_dir, model.path)
     # Read once, for the warning, the summary and the model card; a damaged record stops here, before the work.
     decision, decision_path = gate_decision(model)
     predict.warn_if_unpushed(model, predict.blessed_of(

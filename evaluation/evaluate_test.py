@@ -878,3 +878,17 @@ def test_the_evaluator_section_of_another_pipeline_root_is_not_shown_as_this_mod
     assert "evaluation" not in pipeline and "statistics" in pipeline
     assert pipeline["errors"] == [f"evaluation: not shown: the model was trained under another pipeline root ({other}), "
                                   "so this root's Evaluator judged another model"]
+
+
+def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binary_model, tmp_path):
+    """`--out` = the pushed version: its model_card.md (the Pusher's, with the gate's figures) was replaced
+    by this evaluation's; `--out` = the serving directory: report files among TF Serving's versions."""
+    served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3)
+    card = os.path.join(served, "model_card.md")
+    pathlib.Path(card).write_text("the pushed card")
+    for out in (served, os.path.join(served, "report"), str(tmp_path / "serving")):
+        result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(tmp_path / "serving"), "--data",
+                                               binary_model.data_dir, "--no-audit", "--bootstrap", "100", "--out", out])
+        assert result.exit_code == 2 and "choose another folder" in result.output, result.output
+    assert pathlib.Path(card).read_text() == "the pushed card"
+    assert sorted(os.listdir(tmp_path / "serving")) == ["3"]
