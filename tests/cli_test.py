@@ -165,3 +165,26 @@ def test_max_side_has_curations_bounds_in_every_command():
             result = CliRunner().invoke(cli.main, [*args, "--max-side", str(side)])
             assert result.exit_code == 2, result.output
             assert f"'--max-side': {side} is not in the range {images.MIN_SIDE}<=x<={images.MAX_SIDE}." in result.output
+
+
+def test_training_on_the_held_out_external_test_set_is_warned_about(tmp_path, monkeypatch):
+    """`run --data curated/cohen` (the folder `curate --hold-out cohen=curated/cohen` wrote) trained on the
+    external test set without a word."""
+    import json
+
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "held"), "covid-vs-normal", patients_per_class=3, seed=0)
+    summary_file = tmp_path / "held" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["held_out_of"] = {"source": "cohen", "training_data": "curated/cvn"}
+    summary_file.write_text(json.dumps(summary))
+    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "run", "--preset", "quick", "--data", str(tmp_path / "held"), "--pipeline-root", str(tmp_path / "root"),
+        "--serving-dir", str(tmp_path / "serving")])
+    assert result.exit_code == 0, result.output
+    assert "is the external test set `curate --hold-out` wrote (cohen's films, held out of 'curated/cvn')" in result.stderr
