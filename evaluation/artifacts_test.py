@@ -136,9 +136,13 @@ def test_a_pipeline_report_ignores_another_roots_artifacts_and_collects_errors(t
     elsewhere = _folder(tmp_path, "other", *artifacts.EVALUATION, "1")
     asked = []
     monkeypatch.setattr(artifacts, "_evaluation_of_model", lambda root, model_uri: asked.append(model_uri))
-    pipeline = artifacts.read_pipeline(root, model_uri=str(tmp_path / "other" / "Trainer" / "model" / "1"),
-                                       evaluation_uri=elsewhere)
-    assert pipeline["evaluation"]["uri"] == newest and asked == [""] and pipeline["errors"] == []
+    assert artifacts.read_pipeline(root, evaluation_uri=elsewhere)["evaluation"]["uri"] == newest and asked == [""]
+    # A model trained under another root: this root's Evaluator judged another model, so nothing is shown.
+    foreign = str(tmp_path / "other" / "Trainer" / "model" / "1")
+    pipeline = artifacts.read_pipeline(root, model_uri=foreign, evaluation_uri=elsewhere)
+    assert "evaluation" not in pipeline and asked == [""]
+    assert pipeline["errors"] == [f"evaluation: not shown: the model was trained under another pipeline root "
+                                  f"({foreign}), so this root's Evaluator judged another model"]
     assert artifacts.read_pipeline(root, evaluation_uri=mine)["evaluation"]["uri"] == mine
 
     def broken(pipeline_root):
