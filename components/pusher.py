@@ -10,6 +10,14 @@ Every decision, blessed or not, is also written into the Pusher's own PushedMode
 its failures, the test metrics and the gate's thresholds), never into the serving directory, whose
 version folders TF Serving reads: a refused model's decision is on file too (`run` names the file,
 and `covid-cxr evaluate` on the refused Trainer artifact finds it for the model card).
+
+A blessed model is never pushed over another task's model: when the newest version in the serving
+directory is a model of another task (one serving directory set for two tasks' pipelines), the
+component fails with :class:`ServingDirError` before copying anything. That is a misconfiguration,
+not a gate decision, so it stops the run like any other component error, and writes no decision
+record: a failed execution publishes no PushedModel artifact to hold one (on a local run TFX even
+deletes its output folder), and "blessed, not pushed" would read as a gate outcome.
+`run` and `demo` make the same check before the run (local_runner.check_settings).
 """
 
 import hashlib
@@ -55,6 +63,19 @@ def served_task(serving_dir: str):
     except ValueError:  # a damaged metadata file: no task to compare
         task = None
     return task, existing[-1]
+
+
+class ServingDirError(RuntimeError):
+    """The serving directory serves another task's model: a push would swap what its clients get."""
+
+
+def check_served_task(serving_dir: str, task) -> None:
+    """ServingDirError when the newest version in `serving_dir` is a model of another task than `task`
+    (a task-less or damaged version, or an unknown `task`, blocks nothing)."""
+    served, version = served_task(serving_dir)
+    if served and task and served != task:
+        raise ServingDirError(f"runtime.serving_dir {serving_dir!r} serves a {served} model (version {version}); "
+                              f"this {task} model was not pushed over it: use a per-task serving directory")
 
 
 GRAPH_FILE = "saved_model.pb"
@@ -134,6 +155,7 @@ def VersionedPusher(
     if not blessed:
         pushed, destination, why = False, "", "NOT BLESSED: " + ("; ".join(report.failures) or "see the evaluation")
     else:
+        check_served_task(serving_dir, metadata.get("task"))
         card = model_card.render(dict(metadata, gate=record["gate"]), report)
         pushed, destination, why = push(model_dir, serving_dir, card, record)
     decision = dict(record, blessed=blessed, failures=list(report.failures), pushed=pushed,

@@ -1,6 +1,7 @@
 import json
 import os
 
+import pytest
 import tensorflow as tf
 
 from covid_cxr.components import pusher
@@ -106,7 +107,12 @@ def test_fingerprint_sees_a_renamed_file(tmp_path):
     assert pusher.fingerprint(a) != pusher.fingerprint(b)
 
 
-def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
+GATE = {"min_sensitivity": 0.9, "min_specificity": 0.85}
+
+
+def _executor(tmp_path, monkeypatch, task=None):
+    """(run, model, cards): run(blessed, pushed_uri, serving_dir) runs the VersionedPusher's executor on a
+    fake Trainer model (of `task`, when given) and returns its PushedModel and decision record."""
     from tfx import v1 as tfx
 
     from covid_cxr.evaluation import gate_report
@@ -115,14 +121,13 @@ def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
         blessed, {"sensitivity": 0.5}, [] if blessed else ["sensitivity 0.500 is below the required minimum 0.900"], {}))
     cards = []
     monkeypatch.setattr(pusher.model_card, "render", lambda metadata, report: cards.append(metadata) or "card")
-    serving = str(tmp_path / "serving")
     model = tfx.types.standard_artifacts.Model()
     model.uri = str(tmp_path / "model")
-    _fake_model(os.path.join(model.uri, "Format-Serving"))
+    model_dir = _fake_model(os.path.join(model.uri, "Format-Serving"))
+    if task:
+        _write_task(model_dir, task)
 
-    gate = {"min_sensitivity": 0.9, "min_specificity": 0.85}
-
-    def run(blessed, pushed_uri):
+    def run(blessed, pushed_uri, serving):
         blessing = tfx.types.standard_artifacts.ModelBlessing()
         blessing.set_int_custom_property("blessed", blessed)
         evaluation = tfx.types.standard_artifacts.ModelEvaluation()
@@ -130,9 +135,25 @@ def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
         pushed = tfx.types.standard_artifacts.PushedModel()
         pushed.uri = pushed_uri
         pusher.VersionedPusher.test_call(model=model, model_blessing=blessing, evaluation=evaluation,
-                                         pushed_model=pushed, serving_dir=serving, gate=json.dumps(gate))
+                                         pushed_model=pushed, serving_dir=serving, gate=json.dumps(GATE))
         with tf.io.gfile.GFile(f"{pushed_uri}/{artifacts.DECISION_RECORD}") as f:
             return pushed, json.load(f)
+    return run, model, cards
+
+
+def _write_task(model_dir, task):
+    os.makedirs(os.path.join(model_dir, "assets"), exist_ok=True)
+    with open(os.path.join(model_dir, "assets", "covid_cxr.json"), "w") as f:
+        json.dump({"task": task}, f)
+
+
+def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
+    run_pusher, model, cards = _executor(tmp_path, monkeypatch)
+    serving = str(tmp_path / "serving")
+    gate = GATE
+
+    def run(blessed, pushed_uri):
+        return run_pusher(blessed, pushed_uri, serving)
 
     # The Pusher's own artifact holds the decision, written through tf.io.gfile: a URI (TF's in-memory
     # file system here, as gs:// on Vertex) as well as a local folder.
@@ -156,3 +177,48 @@ def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
     assert again.get_int_custom_property("pushed") == 0 and len(pusher.versions(serving)) == 1
     assert decision["blessed"] and not decision["pushed"] and decision["reason"] == "this model is already the newest served version"
     assert decision["pushed_destination"] == blessed.get_string_custom_property("pushed_destination")
+
+
+def test_a_blessed_model_is_not_pushed_over_another_tasks_model(tmp_path, monkeypatch):
+    """One serving directory set for two tasks' pipelines (on Kubeflow / Vertex, where `run`'s check does
+    not run): a three-class model pushed over the covid-vs-normal one would change what its clients get."""
+    run, _, _ = _executor(tmp_path, monkeypatch, task="three-class")
+    serving = tmp_path / "serving"
+    _write_task(_fake_model(str(serving / "7")), "covid-vs-normal")
+    before = sorted(str(p) for p in serving.rglob("*"))
+    with pytest.raises(pusher.ServingDirError) as refused:
+        run(1, str(tmp_path / "root" / "VersionedPusher" / "pushed_model" / "8"), str(serving))
+    assert str(refused.value) == (
+        f"runtime.serving_dir {str(serving)!r} serves a covid-vs-normal model (version 7); this three-class "
+        "model was not pushed over it: use a per-task serving directory")
+    assert sorted(str(p) for p in serving.rglob("*")) == before and pusher.versions(str(serving)) == [7]
+    assert not (tmp_path / "root").exists()  # a misconfiguration, not a gate decision: no decision record
+
+
+def _spy_served_task(monkeypatch):
+    """What the executor found served before it pushed: (serving_dir, (task, version)) for each look."""
+    looks, real = [], pusher.served_task
+    monkeypatch.setattr(pusher, "served_task", lambda serving_dir: looks.append((serving_dir, real(serving_dir))) or looks[-1][1])
+    return looks
+
+
+def test_a_blessed_model_is_pushed_over_its_own_tasks_model(tmp_path, monkeypatch):
+    run, _, _ = _executor(tmp_path, monkeypatch, task="three-class")
+    looks = _spy_served_task(monkeypatch)
+    serving = tmp_path / "serving"
+    _write_task(_fake_model(str(serving / "7"), b"an older three-class graph"), "three-class")
+    pushed, decision = run(1, str(tmp_path / "root" / "VersionedPusher" / "pushed_model" / "2"), str(serving))
+    assert looks == [(str(serving), ("three-class", 7))]  # the served task was checked, and it is this one
+    assert pushed.get_int_custom_property("pushed") == 1 and decision["reason"] == "pushed"
+    assert len(pusher.versions(str(serving))) == 2
+
+
+def test_a_blessed_model_is_pushed_into_an_empty_serving_directory(tmp_path, monkeypatch):
+    run, _, _ = _executor(tmp_path, monkeypatch, task="three-class")
+    looks = _spy_served_task(monkeypatch)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pushed, decision = run(1, str(tmp_path / "root" / "VersionedPusher" / "pushed_model" / "1"), str(empty))
+    assert looks == [(str(empty), (None, None))]  # checked: nothing served, so nothing to conflict with
+    assert pushed.get_int_custom_property("pushed") == 1 and decision["reason"] == "pushed"
+    assert len(pusher.versions(str(empty))) == 1
