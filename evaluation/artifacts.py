@@ -203,9 +203,16 @@ def read_history(path: str) -> tuple[Optional[dict], str]:
         return None, f"unreadable: {first_line(e)}"
 
 
-def under_root(uri: str, pipeline_root: str) -> bool:
-    """Whether an artifact path lies under this pipeline root (a model pushed from another root does not)."""
-    return os.path.abspath(uri).startswith(os.path.abspath(pipeline_root) + os.sep)
+def under_root(uri: str, pipeline_root: str) -> Optional[bool]:
+    """Whether an artifact path lies under this pipeline root (a model pushed from another root does
+    not), by its path or with links resolved; None when this machine cannot tell: a bucket's URI, or
+    a relative path (the run's, from its working directory: the default root is relative) not found here."""
+    if not uri or "://" in uri:
+        return None
+    if os.path.abspath(uri).startswith(os.path.abspath(pipeline_root) + os.sep) or \
+            os.path.realpath(uri).startswith(os.path.realpath(pipeline_root) + os.sep):
+        return True
+    return False if os.path.isabs(uri) or os.path.exists(uri) else None
 
 
 def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> dict:
@@ -218,9 +225,8 @@ def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str =
     if not any(os.path.isdir(os.path.join(pipeline_root, c)) for c in components):
         raise FileNotFoundError(f"no pipeline run under {pipeline_root!r} (none of {', '.join(components)})")
     # A model pushed from another root names that root's artifacts: not this root's to show.
-    foreign = model_uri if model_uri and not under_root(model_uri, pipeline_root) else ""
-    model_uri, evaluation_uri = (uri if uri and under_root(uri, pipeline_root) else ""
-                                 for uri in (model_uri, evaluation_uri))
+    foreign = model_uri if under_root(model_uri, pipeline_root) is False else ""
+    model_uri, evaluation_uri = (uri if under_root(uri, pipeline_root) else "" for uri in (model_uri, evaluation_uri))
     out: dict = {"root": pipeline_root, "errors": []}
     readers = (("statistics", read_statistics), ("anomalies", read_anomalies),
                ("evaluation", lambda root: read_evaluation(root, model_uri, evaluation_uri)))

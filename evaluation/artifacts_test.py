@@ -154,3 +154,23 @@ def test_a_pipeline_report_ignores_another_roots_artifacts_and_collects_errors(t
     assert pipeline["errors"] == ["statistics: OSError: disk on fire"] and pipeline["evaluation"]["uri"] == newest
     with pytest.raises(FileNotFoundError, match="no pipeline run under"):
         artifacts.read_pipeline(str(tmp_path / "other" / "Evaluator"))
+
+
+def test_a_model_uri_this_machine_cannot_place_is_not_taken_for_another_roots(tmp_path, gate_reports, monkeypatch):
+    """The default pipeline root is relative (out/<task>/root): the push record names the model by the run's
+    relative path. From another working directory, through a link to the root, or with a Kubeflow run's root
+    copied here from its bucket, the model is not "trained under another pipeline root"."""
+    root = tmp_path / "root"
+    newest = _folder(root, *artifacts.EVALUATION, "6")
+    asked = []
+    monkeypatch.setattr(artifacts, "_evaluation_of_model", lambda root, model_uri: asked.append(model_uri))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for uri in ("out/cvn/root/Trainer/model/3", "gs://bucket/cvn/root/Trainer/model/3"):
+        pipeline = artifacts.read_pipeline(str(root), model_uri=uri)
+        assert pipeline["evaluation"]["uri"] == newest and pipeline["errors"] == [], uri
+    model = _folder(root, "Trainer", "model", "3")
+    os.symlink(root, tmp_path / "link")
+    pipeline = artifacts.read_pipeline(str(tmp_path / "link"), model_uri=model)
+    assert pipeline["evaluation"]["uri"] == newest.replace(str(root), str(tmp_path / "link"))
+    assert pipeline["errors"] == [] and asked[-1] == model

@@ -406,7 +406,7 @@ def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = Non
         path = os.path.join(directory, artifacts.HISTORY_FILE)
         if os.path.isfile(path):
             return artifacts.read_history(path)
-    if pipeline_root and not (uri and not artifacts.under_root(uri, pipeline_root)):  # not another model's
+    if pipeline_root and artifacts.under_root(uri or "", pipeline_root) is not False:  # not another root's model's
         found = artifacts.newest_history(pipeline_root)
         if found:
             return found[0], found[1] + " (newest Trainer run under the pipeline root)"

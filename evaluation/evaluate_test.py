@@ -608,7 +608,7 @@ def test_pipeline_root_statistics_and_anomalies(binary_model, tmp_path):
     assert result.exit_code == 2 and f"no pipeline run under '{empty}'" in result.output, result.output
 
 
-def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):
+def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path, monkeypatch):
     """Without a history in the metadata, the push record's model_uri leads to the model_run dir."""
     root = tmp_path / "root"
     run_dir = root / "Trainer" / "model_run" / "9"
@@ -633,6 +633,14 @@ def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path):
     (other / "history.json").write_text(json.dumps({"loss": [0.5], "val_loss": [0.5], "phase": [1]}))
     shutil.rmtree(run_dir)
     assert evaluate.find_history(model, str(tmp_path / "another-root")) == (None, "not found")
+    # The run's relative path (the default pipeline root is relative), read from another directory: not
+    # another root's model, so the root's newest curves are still found.
+    relative = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving-rel"), 4,
+                                 extra={"model_uri": "out/root/Trainer/model/9"})
+    model = predict.load_model(relative)
+    model.metadata.pop("history")
+    monkeypatch.chdir(tmp_path / "serving-rel")
+    assert evaluate.find_history(model, str(tmp_path / "another-root"))[0]["val_loss"] == [0.5]
 
 
 def _card(model_path, report):
