@@ -684,13 +684,18 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
 
 def check_out_beside_model(out_dir: str, model_dir: str) -> None:
     """The report goes beside the model, not into it (its model_card.md is the pushed card, which the
-    evaluation's would replace) nor into the serving directory (TF Serving's version folders only)."""
+    evaluation's would replace) nor into its serving directory or a folder there (another version's card;
+    TF Serving's version folders only)."""
     out, model = os.path.realpath(out_dir), os.path.realpath(model_dir)
     serving = os.path.dirname(model) if os.path.basename(model).isdigit() else None
-    if out == model or out.startswith(model + os.sep) or out == serving:
-        where = "its serving directory" if out == serving else "the model's own folder"
-        raise click.BadParameter(f"{out_dir!r} is {where}: the report would overwrite its model_card.md or sit "
-                                 "among TF Serving's versions; choose another folder", param_hint="--out")
+    if serving and (out == serving or out.startswith(serving + os.sep)):  # another version's folder too
+        where = "its serving directory" if out == serving else "inside its serving directory"
+    elif out == model or out.startswith(model + os.sep):
+        where = "the model's own folder"
+    else:
+        return
+    raise click.BadParameter(f"{out_dir!r} is {where}: the report would overwrite a model_card.md or sit "
+                             "among TF Serving's versions; choose another folder", param_hint="--out")
 
 
 @click.command("evaluate")

@@ -900,3 +900,19 @@ def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binar
         assert result.exit_code == 2 and "choose another folder" in result.output, result.output
     assert pathlib.Path(card).read_text() == "the pushed card"
     assert sorted(os.listdir(tmp_path / "serving")) == ["3"]
+
+
+def test_the_report_is_not_written_into_another_version_of_the_serving_directory(binary_model, tmp_path):
+    """`--model serving/2 --out serving/3` replaced version 3's pushed model_card.md; `--out serving/report`
+    put report files among TF Serving's versions."""
+    serving = str(tmp_path / "serving")
+    older = testing.push_copy(binary_model.model_dir, serving, 2)
+    newer = testing.push_copy(binary_model.model_dir, serving, 3)
+    card = os.path.join(newer, "model_card.md")
+    pathlib.Path(card).write_text("the pushed card")
+    for out in (newer, os.path.join(serving, "report")):
+        result = CliRunner().invoke(cli.main, ["evaluate", "--model", older, "--data", binary_model.data_dir,
+                                               "--no-audit", "--bootstrap", "100", "--out", out])
+        assert result.exit_code == 2 and "choose another folder" in result.output, result.output
+    assert pathlib.Path(card).read_text() == "the pushed card"
+    assert sorted(os.listdir(serving)) == ["2", "3"]
