@@ -188,3 +188,35 @@ def test_training_on_the_held_out_external_test_set_is_warned_about(tmp_path, mo
         "--serving-dir", str(tmp_path / "serving")])
     assert result.exit_code == 0, result.output
     assert "is the external test set `curate --hold-out` wrote (cohen's films, held out of 'curated/cvn')" in result.stderr
+
+
+def test_the_held_out_warning_is_said_once_when_run_restarts_itself(tmp_path, monkeypatch):
+    """`run` restarts itself for training.reproducible / onednn and the restarted process checks its
+    inputs again: a warning given before the restart was said twice."""
+    import json
+
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+    from covid_cxr.trainer import training
+
+    synthetic.generate(str(tmp_path / "held"), "covid-vs-normal", patients_per_class=3, seed=0)
+    summary_file = tmp_path / "held" / "summary.json"
+    summary_file.write_text(json.dumps(dict(json.loads(summary_file.read_text()),
+                                            held_out_of={"source": "cohen", "training_data": "curated/cvn"})))
+    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    args = ["run", "--preset", "quick", "--data", str(tmp_path / "held"), "--pipeline-root", str(tmp_path / "root"),
+            "--serving-dir", str(tmp_path / "serving")]
+
+    def execve(*_):  # the restart: this process ends, the same command runs again with the variables set
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.os, "execve", execve)
+    stderr = ""
+    for missing in ({"TF_DETERMINISTIC_OPS": "1"}, {}):  # before the restart, then the restarted process
+        monkeypatch.setattr(training, "process_env_problems", lambda *_, missing=missing: missing)
+        result = CliRunner(mix_stderr=False).invoke(cli.main, args)
+        assert result.exit_code == 0, result.output
+        stderr += result.stderr
+    assert stderr.count("is the external test set `curate --hold-out` wrote") == 1, stderr
