@@ -69,8 +69,9 @@ def check_settings(config: PipelineConfig) -> None:
                                          "SQLite file ML Metadata keeps, e.g. .../metadata.sqlite")
     except writer.OutputError as e:
         raise ConfigError(str(e)) from None
-    served, version = pusher.served_task(runtime.serving_dir)
-    if served and served != config.task.name:  # a push would swap what its clients get for another task's model
+    other = pusher.other_task_served(runtime.serving_dir, config.task.name)
+    if other:  # a push would swap what its clients get for another task's model
+        served, version = other
         raise ConfigError(f"runtime.serving_dir (--serving-dir) {runtime.serving_dir!r} serves a {served} model "
                           f"(version {version}); this run's {config.task.name} model would replace it: choose "
                           "another --serving-dir")

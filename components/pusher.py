@@ -69,11 +69,19 @@ class ServingDirError(RuntimeError):
     """The serving directory serves another task's model: a push would swap what its clients get."""
 
 
-def check_served_task(serving_dir: str, task) -> None:
-    """ServingDirError when the newest version in `serving_dir` is a model of another task than `task`
-    (a task-less or damaged version, or an unknown `task`, blocks nothing)."""
+def other_task_served(serving_dir: str, task):
+    """(task, version) of the newest version in `serving_dir` when it is a model of another task than
+    `task`, else None: a task-less or damaged version, or an unknown `task`, blocks nothing. The one rule
+    for the Pusher and for `run` / `demo`'s check before the run (local_runner.check_settings)."""
     served, version = served_task(serving_dir)
-    if served and task and served != task:
+    return (served, version) if served and task and served != task else None
+
+
+def check_served_task(serving_dir: str, task) -> None:
+    """ServingDirError when the newest version in `serving_dir` is a model of another task than `task`."""
+    other = other_task_served(serving_dir, task)
+    if other:
+        served, version = other
         raise ServingDirError(f"runtime.serving_dir {serving_dir!r} serves a {served} model (version {version}); "
                               f"this {task} model was not pushed over it: use a per-task serving directory")
 
