@@ -526,6 +526,16 @@ def gate_decision(model: predict.ServingModel) -> tuple[dict, Optional[str]]:
     return {}, None
 
 
+def run_decision(model: predict.ServingModel, decision: Mapping,
+                 decision_path: Optional[str]) -> Optional[tuple[Mapping, str]]:
+    """The run's decision record on ``model`` ((record, path), from :func:`gate_decision`) when that is what
+    speaks for it, else None: a model loaded from a serving directory's version carries its own record (the
+    gate blessed it; its version says so), and a model with no record on file has none."""
+    if model.version is not None or not decision_path:
+        return None
+    return decision, decision_path
+
+
 def model_card_text(model: predict.ServingModel, report: dict, record: Mapping) -> str:
     """The card the Pusher wrote for this model (its gate and held-out figures, from the gate's
     decision ``record`` (:func:`gate_decision`) when there is one: a refused model's says so, and
@@ -733,8 +743,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         check_out_beside_model(out_dir, model.path)
     # Read once, for the warning, the summary and the model card; a damaged record stops here, before the work.
     decision, decision_path = gate_decision(model)
-    predict.warn_if_unpushed(model, predict.blessed_of(
-        (decision, decision_path) if decision_path and model.version is None else None))
+    from_run = run_decision(model, decision, decision_path)
+    predict.warn_if_unpushed(model, predict.blessed_of(from_run))
     warning = None
     if is_tfrecord_dir(data_dir):
         if class_map:
@@ -764,7 +774,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit)
     if warning:
         evaluation.report["data"]["warning"] = warning
-    if decision_path and model.version is None:  # a pushed version's is its version: the gate blessed it
+    if from_run:
         evaluation.report["model"]["gate_decision"] = {
             "blessed": bool(decision.get("blessed")), "failures": list(decision.get("failures") or []),
             "record": decision_path, "served_as": str(decision.get("pushed_destination") or "")}

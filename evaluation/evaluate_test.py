@@ -740,6 +740,16 @@ def test_an_unpushed_artifact_the_gate_blessed_is_named_so_not_as_unapproved(bin
     assert "covid-cxr: warning: model " in refused.stderr  # a refused model keeps its warning
 
 
+def test_the_run_s_decision_record_speaks_for_a_model_without_a_version_only():
+    """A pushed version carries its own record (its version names the approval); a Trainer artifact or bare
+    export is named by its run's decision record, when there is one."""
+    record, path = {"blessed": False, "failures": ["too few"]}, "/r/VersionedPusher/pushed_model/12/decision.json"
+    unversioned, pushed = types.SimpleNamespace(version=None), types.SimpleNamespace(version=3)
+    assert evaluate.run_decision(unversioned, record, path) == (record, path)
+    assert evaluate.run_decision(pushed, dict(record, blessed=True), "/srv/3/covid_cxr_push.json") is None
+    assert evaluate.run_decision(unversioned, {}, None) is None
+
+
 def test_default_folder_names_follow_the_curation_adapters():
     mapping = evaluate._default_folder_map()
     for folder, finding in (("COVID", "covid"), ("Normal", "normal"), ("NORMAL", "normal"), ("PNEUMONIA", "pneumonia"),
