@@ -608,6 +608,21 @@ def test_pipeline_root_statistics_and_anomalies(binary_model, tmp_path):
     assert result.exit_code == 2 and f"no pipeline run under '{empty}'" in result.output, result.output
 
 
+def test_the_push_record_is_read_once_per_evaluation(binary_model, tmp_path, monkeypatch):
+    """The gate decision, the Trainer artifact (for the history and the pipeline's evaluation) and the
+    Evaluator's output all come from the one push record: read once, not once per use."""
+    root = tmp_path / "root"
+    _write_fake_pipeline_root(str(root))
+    served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3,
+                               extra={"model_uri": str(root / "Trainer" / "model" / "9")})
+    reads = []
+    monkeypatch.setattr(predict, "read_push_record", lambda path, read=predict.read_push_record: reads.append(path) or read(path))
+    result = _run(["--model", served, "--data", binary_model.data_dir, "--json", "--no-audit", "--bootstrap", "100",
+                   "--out", str(tmp_path / "report"), "--pipeline-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert reads == [served]
+
+
 def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path, monkeypatch):
     """Without a history in the metadata, the push record's model_uri leads to the model_run dir."""
     root = tmp_path / "root"
