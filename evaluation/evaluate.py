@@ -741,9 +741,9 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         data_dir = held_out_split(pipeline_root)
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
+    if out_dir:  # on the directory the load will pick, before the load (a minute on a busy machine)
+        check_out_beside_model(out_dir, predict.saved_model_dir(model_path))
     model = predict.load_model(model_path)
-    if out_dir:
-        check_out_beside_model(out_dir, model.path)
     pushed = push_record(model)  # read once, for the gate decision, the history and the pipeline's evaluation
     # Read once, for the warning, the summary and the model card; a damaged record stops here, before the work.
     decision, decision_path = gate_decision(model, pushed)

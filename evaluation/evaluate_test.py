@@ -913,10 +913,16 @@ def test_the_evaluator_section_of_another_pipeline_root_is_not_shown_as_this_mod
                                   "so this root's Evaluator judged another model"]
 
 
-def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binary_model, tmp_path):
+def _no_model_load(monkeypatch):
+    """A refused --out is refused before the model loads (a minute on a busy machine), not after."""
+    monkeypatch.setattr(predict, "load_model", lambda path: pytest.fail(f"the model was loaded ({path})"))
+
+
+def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binary_model, tmp_path, monkeypatch):
     """`--out` = the pushed version: its model_card.md (the Pusher's, with the gate's figures) was replaced
     by this evaluation's; `--out` = the serving directory: report files among TF Serving's versions."""
     served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3)
+    _no_model_load(monkeypatch)
     card = os.path.join(served, "model_card.md")
     pathlib.Path(card).write_text("the pushed card")
     for out in (served, os.path.join(served, "report"), str(tmp_path / "serving")):
@@ -927,12 +933,13 @@ def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binar
     assert sorted(os.listdir(tmp_path / "serving")) == ["3"]
 
 
-def test_the_report_is_not_written_into_another_version_of_the_serving_directory(binary_model, tmp_path):
+def test_the_report_is_not_written_into_another_version_of_the_serving_directory(binary_model, tmp_path, monkeypatch):
     """`--model serving/2 --out serving/3` replaced version 3's pushed model_card.md; `--out serving/report`
     put report files among TF Serving's versions."""
     serving = str(tmp_path / "serving")
     older = testing.push_copy(binary_model.model_dir, serving, 2)
     newer = testing.push_copy(binary_model.model_dir, serving, 3)
+    _no_model_load(monkeypatch)
     card = os.path.join(newer, "model_card.md")
     pathlib.Path(card).write_text("the pushed card")
     for out in (newer, os.path.join(serving, "report")):

@@ -64,20 +64,27 @@ def _numeric_versions(path: str) -> list[int]:
 
 def resolve_model_dir(path: str) -> tuple[str, Optional[int]]:
     """(SavedModel directory, version or None) for a version dir, serving base dir or model artifact."""
+    model_dir = saved_model_dir(path)
+    return model_dir, _version_of(model_dir)
+
+
+def saved_model_dir(path: str) -> str:
+    """The SavedModel directory `load_model(path)` loads: `path` itself, a Trainer model artifact's
+    Format-Serving, or a serving base dir's newest numeric version. Found on disk, nothing loaded or read:
+    a check on it comes before the minute a load can take."""
     if "://" in path:
         raise ModelNotFound(f"{path!r} is not a local directory: predict and evaluate read the model from this "
                             "machine's disk (copy it here first, e.g. gsutil cp -r)", param_hint="--model")
     if not os.path.exists(path):
         raise ModelNotFound(f"{path!r} does not exist", param_hint="--model")
     if _is_saved_model(path):
-        return path, _version_of(path)
+        return path
     serving = os.path.join(path, "Format-Serving")  # a Trainer model artifact
     if _is_saved_model(serving):
-        return serving, None
+        return serving
     versions = _numeric_versions(path)
     if versions:
-        newest = os.path.join(path, str(versions[-1]))
-        return newest, versions[-1]
+        return os.path.join(path, str(versions[-1]))
     raise ModelNotFound(f"{path!r} holds no SavedModel (saved_model.pb) and no numeric version directory",
                         param_hint="--model")
 
@@ -96,6 +103,8 @@ def _version_of(model_dir: str) -> Optional[int]:
     name = os.path.basename(os.path.normpath(model_dir))
     if name.isdigit():
         return int(name)
+    if name == "Format-Serving":  # a Trainer artifact's export: the Pusher writes no record there
+        return None
     version = read_push_record(model_dir).get("version")
     try:
         return int(version) if version is not None else None
