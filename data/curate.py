@@ -192,36 +192,9 @@ def curate(
     ``workers``: image-processing processes (default: up to 4 CPUs; results never depend on it).
     ``progress``: tqdm bar (default: when stderr is a TTY). Raises CurationError for user errors.
     """
-    try:
-        task_obj = features.get_task(task)
-    except ValueError as e:
-        raise CurationError(str(e)) from None
-    if equalize not in images.EQUALIZE_MODES:
-        raise CurationError(f"unknown equalization {equalize!r}; choose one of: {', '.join(images.EQUALIZE_MODES)}")
-    if max_side < images.MIN_SIDE:
-        raise CurationError(f"max side must be at least {images.MIN_SIDE} px")
-    if balance_cap is not None and balance_cap < 1:
-        raise CurationError("balance cap must be at least 1")
-    if group_threshold is None:  # a rejected copy always shares its kept film's group
-        group_threshold = max(dedupe.GROUP_THRESHOLD, hash_threshold)
-    elif group_threshold < hash_threshold:
-        raise CurationError(f"the group threshold ({group_threshold}) must be at least the near-duplicate "
-                            f"threshold ({hash_threshold})")
-    source_objs = build_sources(sources, class_map)
-    _check_outside_sources(out_dir, "--out", source_objs)
-    if hold_out is not None:
-        _check_hold_out(hold_out, source_objs, out_dir)
-    try:  # before the images are read, not when the records are written
-        check_writable(out_dir, "output (--out)")
-        if hold_out is not None:
-            check_writable(hold_out[1], "held-out output (--hold-out)")
-    except OutputError as e:
-        raise CurationError(str(e)) from None
-    try:
-        key_bytes, key_origin = pseudonym.load_key(key)
-    except pseudonym.PseudonymKeyError as e:
-        raise CurationError(str(e)) from None
-
+    task_obj, source_objs, group_threshold, key_bytes, key_origin = _check_arguments(
+        sources, out_dir, task, class_map=class_map, max_side=max_side, equalize=equalize, balance_cap=balance_cap,
+        key=key, hash_threshold=hash_threshold, group_threshold=group_threshold, hold_out=hold_out)
     items = _label(source_objs, task_obj)
     with contextlib.closing(_PngSpool()) as spool:
         _load_pixels([it for it in items if it.label is not None], max_side, crop, equalize, workers, progress, spool)
@@ -254,6 +227,54 @@ def curate(
                                  duplicate_summary, balance)
     log.info("curated %d images (%d rejected) into %s", summary["accepted"], summary["rejected"], out_dir)
     return summary
+
+
+class _Checked(NamedTuple):
+    """curate()'s arguments once checked, and what the checks resolved."""
+
+    task: features.Task
+    sources: list[Source]
+    group_threshold: int  # the default resolved: never below the near-duplicate threshold
+    key: bytes
+    key_origin: str
+
+
+def _check_arguments(sources: Union[Mapping[str, str], Iterable[SourceSpec]], out_dir: str, task: str, *,
+                     class_map: Optional[Mapping[str, str]], max_side: int, equalize: str,
+                     balance_cap: Optional[int], key: Optional[str], hash_threshold: int,
+                     group_threshold: Optional[int], hold_out: Optional[tuple[str, str]]) -> _Checked:
+    """Every check of curate()'s arguments (as curate() takes them), before any image is read: a mistake
+    costs no time; CurationError (one line) for the first that fails."""
+    try:
+        task_obj = features.get_task(task)
+    except ValueError as e:
+        raise CurationError(str(e)) from None
+    if equalize not in images.EQUALIZE_MODES:
+        raise CurationError(f"unknown equalization {equalize!r}; choose one of: {', '.join(images.EQUALIZE_MODES)}")
+    if max_side < images.MIN_SIDE:
+        raise CurationError(f"max side must be at least {images.MIN_SIDE} px")
+    if balance_cap is not None and balance_cap < 1:
+        raise CurationError("balance cap must be at least 1")
+    if group_threshold is None:  # a rejected copy always shares its kept film's group
+        group_threshold = max(dedupe.GROUP_THRESHOLD, hash_threshold)
+    elif group_threshold < hash_threshold:
+        raise CurationError(f"the group threshold ({group_threshold}) must be at least the near-duplicate "
+                            f"threshold ({hash_threshold})")
+    source_objs = build_sources(sources, class_map)
+    _check_outside_sources(out_dir, "--out", source_objs)
+    if hold_out is not None:
+        _check_hold_out(hold_out, source_objs, out_dir)
+    try:  # before the images are read, not when the records are written
+        check_writable(out_dir, "output (--out)")
+        if hold_out is not None:
+            check_writable(hold_out[1], "held-out output (--hold-out)")
+    except OutputError as e:
+        raise CurationError(str(e)) from None
+    try:
+        key_bytes, key_origin = pseudonym.load_key(key)
+    except pseudonym.PseudonymKeyError as e:
+        raise CurationError(str(e)) from None
+    return _Checked(task_obj, source_objs, group_threshold, key_bytes, key_origin)
 
 
 def _settings(task_obj: features.Task, source_objs: Sequence[Source], class_map, max_side, crop, equalize,

@@ -577,6 +577,20 @@ def test_processing_options(corpus, tmp_path):
     assert cropped["crop"]["cropped"] >= 1  # a.png has a 12-px black frame
 
 
+def test_the_arguments_are_checked_in_one_place_before_any_image_is_read(corpus, tmp_path, monkeypatch):
+    """curate()'s checks, and the values they resolve (the default group threshold), without curating."""
+    monkeypatch.setattr(curate_mod, "_label", lambda *a, **k: pytest.fail("images were read"))
+    arguments = dict(class_map=None, max_side=images.DEFAULT_MAX_SIDE, equalize="none", balance_cap=None, key=KEY,
+                     hash_threshold=100, group_threshold=None, hold_out=None)
+    checked = curate_mod._check_arguments({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", **arguments)
+    assert (checked.task.name, [s.name for s in checked.sources], checked.group_threshold) == \
+        ("covid-vs-normal", ["cohen"], 100)
+    with pytest.raises(CurationError, match="^balance cap must be at least 1$"):
+        curate_mod._check_arguments({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal",
+                                    **dict(arguments, balance_cap=0))
+    assert not (tmp_path / "x").exists()
+
+
 def test_curate_user_errors(corpus, tmp_path):
     with pytest.raises(CurationError, match="unknown source 'nih'"):
         curate({"nih": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", key=KEY)
