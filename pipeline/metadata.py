@@ -123,9 +123,14 @@ def _pipeline_executions(store, pipeline_name: str) -> list:
     return store.get_executions_by_context(context.id) if context is not None else []
 
 
+# A Pusher that failed, or is still running (another run in a shared store), has no outputs to read yet.
+_FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
+
 def _latest_pusher_execution(store, pipeline_name: str):
     executions = [e for e in _pipeline_executions(store, pipeline_name)
-                  if store.get_execution_types_by_id([e.type_id])[0].name.endswith("VersionedPusher")]
+                  if e.last_known_state in _FINISHED
+                  and store.get_execution_types_by_id([e.type_id])[0].name.endswith("VersionedPusher")]
     return max(executions, key=lambda e: e.id) if executions else None
 
 
@@ -158,7 +163,7 @@ def evaluation_of_model(connection: metadata_store_pb2.ConnectionConfig, model_u
 
 
 def latest_outcome(config: PipelineConfig) -> Optional[RunOutcome]:
-    """What the newest Pusher execution of this pipeline saw and did; None if it never ran."""
+    """What the newest Pusher execution of this pipeline that completed saw and did; None if none did."""
     store = metadata_store.MetadataStore(connection_config(config))
     execution = _latest_pusher_execution(store, config.runtime.pipeline_name)
     if execution is None:

@@ -81,7 +81,9 @@ def test_a_report_never_creates_a_store(tmp_path):
     assert not os.path.exists(tmp_path / "none.sqlite")
 
 
-def test_the_latest_outcome_is_this_pipelines_newest_pushers(tmp_path, monkeypatch):
+def _outcome_store(tmp_path, monkeypatch):
+    """(config, store, pusher_run(pipeline, n, blessed, **PushedModel properties), the Pusher's output folder)
+    for latest_outcome, with a gate report that names its evaluation."""
     monkeypatch.setattr(gate_report, "read_gate_report", lambda uri, blessed, classes: gate_report.GateReport(
         blessed, {"uri": uri}, [] if blessed else ["too few"], {}))
     config = cfg.load_config("quick", overrides={"runtime.pipeline_root": str(tmp_path / "root")})
@@ -96,6 +98,11 @@ def test_the_latest_outcome_is_this_pipelines_newest_pushers(tmp_path, monkeypat
                   (store.artifact("PushedModel", str(pushed_dir / str(n)), **pushed), OUTPUT, "pushed_model")]
         store.execution("VersionedPusher", pipeline, events)
 
+    return config, store, pusher_run, pushed_dir
+
+
+def test_the_latest_outcome_is_this_pipelines_newest_pushers(tmp_path, monkeypatch):
+    config, _, pusher_run, pushed_dir = _outcome_store(tmp_path, monkeypatch)
     pusher_run(config.runtime.pipeline_name, 1, 0, pushed=0, reason="NOT BLESSED: too few")
     pusher_run(config.runtime.pipeline_name, 2, 1, pushed=1, pushed_destination="/srv/5", reason="pushed")
     pusher_run("another-pipeline", 3, 0, pushed=0, reason="NOT BLESSED")
@@ -110,6 +117,21 @@ def test_the_latest_outcome_is_this_pipelines_newest_pushers(tmp_path, monkeypat
     outcome = metadata.latest_outcome(config)
     assert (outcome.blessed, outcome.pushed, outcome.destination) == (False, False, "")
     assert outcome.decision_record == f"{pushed_dir / '4'}/{DECISION_RECORD}"
+
+
+def test_a_pusher_that_failed_or_still_runs_is_not_the_latest_outcome(tmp_path, monkeypatch):
+    """Such a Pusher has its inputs but no PushedModel (a KeyError): the newest that completed is the outcome."""
+    config, store, pusher_run, _ = _outcome_store(tmp_path, monkeypatch)
+    name = config.runtime.pipeline_name
+    for n, state in ((3, metadata_store_pb2.Execution.FAILED), (4, metadata_store_pb2.Execution.RUNNING)):
+        store.execution("VersionedPusher", name, [(store.artifact("Model", f"/r/Trainer/model/{n}"), INPUT, "model")],
+                        state=state)
+    assert metadata.latest_outcome(config) is None  # none completed
+    pusher_run(name, 5, 1, pushed=1, pushed_destination="/srv/6", reason="pushed")
+    store.execution("VersionedPusher", name, [(store.artifact("Model", "/r/Trainer/model/7"), INPUT, "model")],
+                    state=metadata_store_pb2.Execution.FAILED)
+    outcome = metadata.latest_outcome(config)
+    assert (outcome.model_uri, outcome.destination) == ("/r/Trainer/model/5", "/srv/6")
 
 
 def test_the_sqlite_store_is_a_local_file(tmp_path):
