@@ -745,7 +745,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         check_out_beside_model(out_dir, predict.saved_model_dir(model_path))
     model = predict.load_model(model_path)
     pushed = push_record(model)  # read once, for the gate decision, the history and the pipeline's evaluation
-    # Read once, for the warning, the summary and the model card; a damaged record stops here, before the work.
+    # The decision, read once for the warning, the summary and the model card; a damaged record stops here,
+    # before the work.
     decision, decision_path = gate_decision(model, pushed)
     from_run = run_decision(model, decision, decision_path)
     predict.warn_if_unpushed(model, predict.blessed_of(from_run))
