@@ -621,6 +621,15 @@ def test_the_push_record_is_read_once_per_evaluation(binary_model, tmp_path, mon
                    "--out", str(tmp_path / "report"), "--pipeline-root", str(root)])
     assert result.exit_code == 0, result.output
     assert reads == [served]
+    # A Trainer artifact's export: loading it reads no record (the Pusher writes none there), evaluate its one.
+    artifact = tmp_path / "other-root" / "Trainer" / "model" / "9"
+    os.makedirs(artifact)
+    os.symlink(binary_model.model_dir, artifact / "Format-Serving")
+    reads.clear()
+    result = _run(["--model", str(artifact), "--data", binary_model.data_dir, "--json", "--no-audit", "--bootstrap",
+                   "100", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert reads == [str(artifact / "Format-Serving")]
 
 
 def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path, monkeypatch):
