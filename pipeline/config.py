@@ -207,6 +207,8 @@ class PipelineConfig:
                               "tuner.fine_tune_epochs above 0")
         if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
             raise ConfigError("data.*_buckets must all be at least 1")
+        for name in ("train_buckets", "eval_buckets", "test_buckets"):  # ExampleGen's proto field is a uint32
+            _in_range(f"data.{name}", getattr(self.data, name), 1, 2**32 - 1, integer=True)
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             raise ConfigError(f"runtime.beam_running_mode {self.runtime.beam_running_mode!r} is not "
                               "in_memory, multi_threading or multi_processing")
@@ -248,6 +250,7 @@ class PipelineConfig:
         _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 0.0, 1.0, low_excluded=True)
         _in_range("tuner.image_sizes", tuner.image_sizes, 16, size, integer=True)  # models resize down only
         _in_range("runtime.beam_workers", self.runtime.beam_workers, 0, None, integer=True)
+        _in_range("runtime.mysql_port", self.runtime.mysql_port, 1, 65535, integer=True)
         _in_range("training.seed", t.seed, 0, 2**32 - 1, integer=True)  # Keras' seed range
         try:
             models.normalized_weights(self.model.weights)

@@ -78,6 +78,10 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"tuner.learning_rates": "[.nan]"}, "^tuner.learning_rates must be numbers above 0.0 and at most 1.0, got nan$"),
     ({"model.augment": "5"}, "^override: model.augment: '5' is not a valid bool$"),
     ({"data.test_buckets": "0"}, "^data.\\*_buckets must all be at least 1$"),
+    # ExampleGen's split proto holds a uint32: more failed minutes later as "Value out of range", blamed on a component.
+    ({"data.train_buckets": "100000000000"}, "^data.train_buckets must be a whole number between 1 and 4294967295, got 100000000000$"),
+    ({"runtime.mysql_port": "70000"}, "^runtime.mysql_port must be a whole number between 1 and 65535, got 70000$"),
+    ({"runtime.mysql_port": "-1"}, "^runtime.mysql_port must be a whole number between 1 and 65535, got -1$"),
     ({"runtime.beam_running_mode": "threads"}, "^runtime.beam_running_mode 'threads' is not in_memory, multi_threading or multi_processing$"),
     ({"model.families": "[]"}, "^model.families must name at least one model family$"),
 ])
