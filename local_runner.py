@@ -122,9 +122,12 @@ def run(config: PipelineConfig) -> metadata.RunOutcome:
     check_inputs(config)
     training.require_process_env(config.to_dict()["training"])  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)
+    # Built before the try: no component ran yet, so an error here is not blamed on the newest
+    # failed execution in the store (an earlier run's).
+    pipeline = create_pipeline(config, connection)
     try:
         with _argv_of_program_only():
-            tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
+            tfx.orchestration.LocalDagRunner().run(pipeline)
     except DataValidationError:
         raise
     except Exception as e:  # noqa: BLE001 - say which component failed; the cause stays chained

@@ -218,3 +218,20 @@ def test_the_failed_component_is_this_pipelines_in_a_shared_store(tmp_path):
     assert metadata.failed_component(connection, "covid-cxr-covid-vs-normal") == "Trainer"
     assert metadata.failed_component(connection, "covid-cxr-three-class") == "Transform"
     assert metadata.failed_component(connection, "another-pipeline") == metadata.UNKNOWN_COMPONENT
+
+
+def test_an_error_building_the_pipeline_is_not_blamed_on_an_earlier_runs_failed_component(tmp_path, monkeypatch):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    config = cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
+        "runtime.serving_dir": str(tmp_path / "serving")})
+
+    def bad_pipeline(config, connection):
+        raise ValueError("Value out of range: 100000000000")
+
+    monkeypatch.setattr(local_runner, "create_pipeline", bad_pipeline)
+    # The store's newest failure is an earlier run's: it was reported as "ImportSchema failed: ...".
+    monkeypatch.setattr(metadata, "failed_component", lambda connection, pipeline_name: "ImportSchema")
+    with pytest.raises(ValueError, match="^Value out of range: 100000000000$") as info:
+        local_runner.run(config)
+    assert not isinstance(info.value, local_runner.PipelineRunError)
