@@ -133,10 +133,15 @@ def push(model_dir: str, serving_dir: str, card: str, record: dict) -> tuple:
         _write(final, PUSH_RECORD, record_text)
     else:
         staging = os.path.join(serving_dir, f".staging-{version}")  # non-numeric: TF Serving skips it
-        _copy_files(model_dir, staging, files)
-        _write(staging, model_card.FILE_NAME, card)
-        _write(staging, PUSH_RECORD, record_text)
-        tf.io.gfile.rename(staging, final)  # atomic on a local disk: never a half-copied version
+        try:
+            _copy_files(model_dir, staging, files)
+            _write(staging, model_card.FILE_NAME, card)
+            _write(staging, PUSH_RECORD, record_text)
+            tf.io.gfile.rename(staging, final)  # atomic on a local disk: never a half-copied version
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM: no model-sized leftover that no re-run reuses
+            if tf.io.gfile.exists(staging):
+                tf.io.gfile.rmtree(staging)
+            raise
     return True, final, "pushed"
 
 

@@ -36,6 +36,20 @@ def test_push_creates_numeric_versions_and_never_pushes_the_same_model_twice(tmp
     assert not [n for n in os.listdir(serving) if n.startswith(".staging")]
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), OSError("No space left on device")])
+def test_a_local_push_cut_short_leaves_no_staged_copy(tmp_path, monkeypatch, error):
+    serving = tmp_path / "serving"
+    model = _fake_model(str(tmp_path / "a"))
+
+    def cut_short(version_dir, name, text):
+        raise error
+
+    monkeypatch.setattr(pusher, "_write", cut_short)
+    with pytest.raises(type(error)):
+        pusher.push(model, str(serving), "card", {})
+    assert os.listdir(serving) == []  # the re-run stages under a new version number: nothing would remove it
+
+
 def test_fingerprint_ignores_location_but_not_content(tmp_path):
     a = _fake_model(str(tmp_path / "x"))
     b = _fake_model(str(tmp_path / "y"))
