@@ -220,3 +220,34 @@ def test_the_held_out_warning_is_said_once_when_run_restarts_itself(tmp_path, mo
         assert result.exit_code == 0, result.output
         stderr += result.stderr
     assert stderr.count("is the external test set `curate --hold-out` wrote") == 1, stderr
+
+
+def test_sigterm_ends_the_command_in_one_line_like_an_interrupt(tmp_path, monkeypatch):
+    """`kill PID` (or a container stopping) during a run: before, the process died silently with exit 143, and a
+    Pusher's half-staged copy stayed in the serving directory (SIGTERM never unwound the stack)."""
+    import os
+    import signal
+    import time
+
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+
+    def run(config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(local_runner, "run", run)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli.main, ["run", "--preset", "quick", "--data", str(tmp_path / "data"),
+                                               "--pipeline-root", str(tmp_path / "root"),
+                                               "--serving-dir", str(tmp_path / "serving")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1] == "covid-cxr: error: terminated (SIGTERM)"
