@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import re
 import typing
 from typing import Any, Mapping, Optional
 
@@ -212,6 +213,11 @@ class PipelineConfig:
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):
             raise ConfigError(f"runtime.beam_running_mode {self.runtime.beam_running_mode!r} is not "
                               "in_memory, multi_threading or multi_processing")
+        if self.runtime.mysql_host and not re.fullmatch(r"(?![0-9]+$)[0-9A-Za-z_$]{1,64}", self.runtime.mysql_database):
+            # ML Metadata creates it unquoted: an empty name aborted the process without a word, and "a-b" came
+            # back as "refused user ..., check the password" from a CREATE DATABASE syntax error.
+            raise ConfigError(f"runtime.mysql_database {self.runtime.mysql_database!r} must be 1-64 letters, digits, _ "
+                              "or $ (not only digits): ML Metadata creates it with that name unquoted")
         beam_error = _beam_args_error(list(self.runtime.beam_extra_args))
         if beam_error:
             raise ConfigError(f"runtime.beam_extra_args: {beam_error}")

@@ -81,6 +81,10 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     # ExampleGen's split proto holds a uint32: more failed minutes later as "Value out of range", blamed on a component.
     ({"data.train_buckets": "100000000000"}, "^data.train_buckets must be a whole number between 1 and 4294967295, got 100000000000$"),
     ({"runtime.mysql_port": "70000"}, "^runtime.mysql_port must be a whole number between 1 and 65535, got 70000$"),
+    ({"runtime.mysql_host": "db", "runtime.mysql_database": ""},
+     r"^runtime.mysql_database '' must be 1-64 letters, digits, _ or \$ \(not only digits\)"),
+    ({"runtime.mysql_host": "db", "runtime.mysql_database": "mlmd-prod"}, "^runtime.mysql_database 'mlmd-prod' must be"),
+    ({"runtime.mysql_host": "db", "runtime.mysql_database": "2024"}, "^runtime.mysql_database '2024' must be"),
     ({"runtime.mysql_port": "-1"}, "^runtime.mysql_port must be a whole number between 1 and 65535, got -1$"),
     ({"runtime.beam_running_mode": "threads"}, "^runtime.beam_running_mode 'threads' is not in_memory, multi_threading or multi_processing$"),
     ({"model.families": "[]"}, "^model.families must name at least one model family$"),
