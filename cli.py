@@ -164,7 +164,7 @@ def config_options(func):
 
 
 def build_config(preset, config_file, overrides, task=None, pipeline_root=None, serving_dir=None,
-                 min_sensitivity=None, min_specificity=None, data_dir=None):
+                 min_sensitivity=None, min_specificity=None, data_dir=None, command_defaults=None):
     values = dict(parse_override(o) for o in overrides)
     named = {
         "data.data_dir": data_dir, "model.task": task, "runtime.pipeline_root": pipeline_root,
@@ -172,7 +172,7 @@ def build_config(preset, config_file, overrides, task=None, pipeline_root=None, 
         "gate.min_specificity": min_specificity,
     }
     values.update({k: v for k, v in named.items() if v is not None})
-    return load_config(preset, config_file, values)
+    return load_config(preset, config_file, values, command_defaults)
 
 
 def restart_with_process_env_if_needed(config) -> None:
@@ -268,9 +268,10 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
     from covid_cxr import local_runner
     from covid_cxr.data import synthetic, writer
 
-    named["pipeline_root"] = named["pipeline_root"] or os.path.join(out, "root")
-    named["serving_dir"] = named["serving_dir"] or os.path.join(out, "serving")
-    config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"), **named)
+    # Beneath --config and --set, which say where otherwise (as named flags they overrode both, unsaid).
+    under_out = {"runtime.pipeline_root": os.path.join(out, "root"), "runtime.serving_dir": os.path.join(out, "serving")}
+    config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"),
+                          command_defaults=under_out, **named)
     # Where it writes, before the minutes of generating data (OutputError is a ValueError: one line).
     writer.check_writable(config.data.data_dir, "the demo's data folder (--out)")
     local_runner.check_settings(config)

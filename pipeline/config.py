@@ -291,8 +291,10 @@ def load_config(
     preset: Optional[str] = None,
     config_file: Optional[str] = None,
     overrides: Optional[Mapping[str, Any]] = None,
+    command_defaults: Optional[Mapping[str, Any]] = None,
 ) -> PipelineConfig:
-    """Defaults, then the preset, then the YAML file, then dotted overrides (``gate.min_auc``)."""
+    """Defaults, then the preset, then a command's own dotted defaults (`demo`'s paths under --out), then
+    the YAML file, then dotted overrides (``gate.min_auc``)."""
     config = PipelineConfig()
     if preset:
         if preset not in preset_names():
@@ -302,17 +304,22 @@ def load_config(
         # the command runs from; relative paths in a user's file or --set stay relative to the cwd.
         if config.model.weights_dir and not os.path.isabs(config.model.weights_dir):
             config.model.weights_dir = os.path.normpath(os.path.join(CHECKOUT_DIR, config.model.weights_dir))
+    _apply_dotted(config, command_defaults or {})
     if config_file:
         _apply(config, _read_yaml(config_file), config_file)
-    for key, value in (overrides or {}).items():
-        section, _, field = key.partition(".")
-        if not field:
-            raise ConfigError(f"override {key!r} must be section.field, e.g. gate.min_sensitivity")
-        _apply(config, {section: {field: value}}, "override")  # the field names itself in the message
+    _apply_dotted(config, overrides or {})
     try:
         return config.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _apply_dotted(config: PipelineConfig, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        section, _, field = key.partition(".")
+        if not field:
+            raise ConfigError(f"override {key!r} must be section.field, e.g. gate.min_sensitivity")
+        _apply(config, {section: {field: value}}, "override")  # the field names itself in the message
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

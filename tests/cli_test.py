@@ -251,3 +251,27 @@ def test_sigterm_ends_the_command_in_one_line_like_an_interrupt(tmp_path, monkey
         signal.signal(signal.SIGTERM, previous)
     assert result.exit_code == 143, result.output
     assert result.output.strip().splitlines()[-1] == "covid-cxr: error: terminated (SIGTERM)"
+
+
+def test_the_demos_paths_under_out_give_way_to_config_and_set(tmp_path, monkeypatch):
+    """`demo --set runtime.serving_dir=...` (or a --config naming it) pushed into <out>/serving all the same."""
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    used = []
+    monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: {"accepted": 0, "patients": 0, "per_class": {}})
+    monkeypatch.setattr(local_runner, "run", lambda config: used.append(config.runtime))
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(f"runtime:\n  pipeline_root: {tmp_path / 'file-root'}\n")
+    out = tmp_path / "demo"
+    for args, root, serving in (
+            ([], out / "root", out / "serving"),
+            (["--config", str(config_file), "--set", f"runtime.serving_dir={tmp_path / 'set-serving'}"],
+             tmp_path / "file-root", tmp_path / "set-serving"),
+            (["--config", str(config_file), "--pipeline-root", str(tmp_path / "flag-root")],
+             tmp_path / "flag-root", out / "serving")):
+        result = CliRunner().invoke(cli.main, ["demo", "--out", str(out), *args])
+        assert result.exit_code == 0, result.output
+        assert (used[-1].pipeline_root, used[-1].serving_dir) == (str(root), str(serving))
