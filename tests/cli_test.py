@@ -275,3 +275,20 @@ def test_the_demos_paths_under_out_give_way_to_config_and_set(tmp_path, monkeypa
         result = CliRunner().invoke(cli.main, ["demo", "--out", str(out), *args])
         assert result.exit_code == 0, result.output
         assert (used[-1].pipeline_root, used[-1].serving_dir) == (str(root), str(serving))
+
+
+def test_processes_the_command_starts_inherit_its_quiet_warnings(monkeypatch):
+    """runtime.beam_running_mode=multi_processing starts Beam's workers as new Pythons: without -v they printed the
+    import-time FutureWarnings this process hides (36 lines in a quick run)."""
+    import os
+
+    from click.testing import CliRunner
+
+    for args, inherited in ((["predict", "--help"], "ignore"), (["-v", "predict", "--help"], None)):
+        monkeypatch.setenv("PYTHONWARNINGS", "")  # restored after the test
+        monkeypatch.delenv("PYTHONWARNINGS")
+        assert CliRunner().invoke(cli.main, args).exit_code == 0
+        assert os.environ.get("PYTHONWARNINGS") == inherited
+    monkeypatch.setenv("PYTHONWARNINGS", "default")  # the user's own choice stays
+    CliRunner().invoke(cli.main, ["predict", "--help"])
+    assert os.environ["PYTHONWARNINGS"] == "default"
