@@ -19,6 +19,8 @@ from tfx.utils import io_utils
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
+from covid_cxr.messages import first_line
+
 ANOMALIES_FILE = "SchemaDiff.pb"
 SCHEMA_FILE_NAME = "schema.pbtxt"  # where ImportSchemaGen, and so Transform, expect it in a Schema artifact
 
@@ -29,6 +31,24 @@ class DataValidationError(RuntimeError):
 
 class SchemaChangedError(RuntimeError):
     """The schema file's content is not the content the DAG was built with."""
+
+
+class SchemaFileError(ValueError):
+    """The schema file is not a tensorflow_metadata Schema in text format, or declares no feature."""
+
+
+def parse_schema(content: bytes, path: str) -> schema_pb2.Schema:
+    """The Schema in ``content``, or a SchemaFileError naming ``path`` (protobuf's own error names no file)."""
+    try:
+        schema = text_format.Parse(content.decode("utf-8"), schema_pb2.Schema())
+    except UnicodeDecodeError:
+        raise SchemaFileError(f"{path} is not a schema: not UTF-8 text") from None
+    except text_format.ParseError as e:
+        raise SchemaFileError(f"{path} is not a schema (a tensorflow_metadata Schema in text format): "
+                              f"{first_line(e)}") from None
+    if not schema.feature:  # validation would then report every feature of the data as unexpected
+        raise SchemaFileError(f"{path} is an empty schema: it declares no feature")
+    return schema
 
 
 @tfx.dsl.components.component
@@ -42,7 +62,7 @@ def ImportSchema(
     if content_sha256 and found != content_sha256:
         raise SchemaChangedError(f"{schema_file} changed after the pipeline was built (sha256 {found[:12]}, "
                                  f"built with {content_sha256[:12]}); build or compile the pipeline again")
-    text_format.Parse(content.decode("utf-8"), schema_pb2.Schema())  # a broken schema fails here, by name
+    parse_schema(content, schema_file)  # a broken schema fails here, by name
     io_utils.write_bytes_file(os.path.join(schema.uri, SCHEMA_FILE_NAME), content)
 
 

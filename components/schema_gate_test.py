@@ -1,10 +1,11 @@
 """ImportSchema keys TFX's cache on the schema's content and refuses a file edited after the DAG was built."""
 import os
+import re
 
 import pytest
 from tfx import v1 as tfx
 
-from covid_cxr.components.schema_gate import SCHEMA_FILE_NAME, ImportSchema, SchemaChangedError
+from covid_cxr.components.schema_gate import SCHEMA_FILE_NAME, ImportSchema, SchemaChangedError, SchemaFileError
 from covid_cxr.pipeline import fingerprints
 
 SCHEMA = 'feature { name: "label" type: BYTES }\n'
@@ -111,14 +112,21 @@ def test_the_gate_stops_on_dataset_level_anomalies_and_on_an_artifact_that_valid
     assert not (tmp_path / "validated" / SCHEMA_FILE_NAME).exists()
 
 
-def test_a_schema_that_does_not_parse_is_refused_by_name_and_not_imported(tmp_path):
-    from google.protobuf import text_format
-
+@pytest.mark.parametrize("content, message", [
+    (b'feature { name: "label" type: BYTES\n', r"is not a schema \(a tensorflow_metadata Schema in text format\): "
+                                              r"1:31 : Expected \"}\"\.$"),  # the closing brace lost in an edit
+    (b"root:x:0:0:root:/root:/bin/bash\n", r"is not a schema \(.*\): 1:1 : Message type .* has no field named \"root\"\.$"),
+    (b"\xff\xfe\x00", "is not a schema: not UTF-8 text$"),
+    (b"", "is an empty schema: it declares no feature$"),
+    (b"# reviewed\n", "is an empty schema: it declares no feature$")],
+    ids=["unbalanced", "another-file", "binary", "empty", "comment-only"])
+def test_a_schema_that_does_not_parse_is_refused_by_name_and_not_imported(tmp_path, content, message):
     path = tmp_path / "schema.pbtxt"
-    path.write_text('feature { name: "label" type: BYTES\n')  # the closing brace lost in an edit
-    with pytest.raises(text_format.ParseError):
+    path.write_bytes(content)
+    with pytest.raises(SchemaFileError, match=f"^{re.escape(str(path))} {message}") as info:
         ImportSchema.test_call(schema_file=str(path), content_sha256=fingerprints.file_fingerprint(str(path)),
                                schema=_schema_artifact(tmp_path))
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "out" / SCHEMA_FILE_NAME).exists()
 
 

@@ -133,7 +133,7 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     config = cfg.load_config("quick", overrides={
         "data.data_dir": str(tmp_path / "data"), "data.schema_file": str(bad_schema),
         "runtime.pipeline_root": str(tmp_path / "root"), "runtime.serving_dir": str(tmp_path / "serving")})
-    with pytest.raises(local_runner.PipelineRunError, match=r"^ImportSchema failed: ParseError: ") as info:
+    with pytest.raises(local_runner.PipelineRunError, match=rf"^ImportSchema failed: SchemaFileError: {bad_schema} is not a schema ") as info:
         local_runner.run(config)
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is not None  # the traceback --verbose shows
