@@ -235,3 +235,22 @@ def test_an_error_building_the_pipeline_is_not_blamed_on_an_earlier_runs_failed_
     with pytest.raises(ValueError, match="^Value out of range: 100000000000$") as info:
         local_runner.run(config)
     assert not isinstance(info.value, local_runner.PipelineRunError)
+
+
+def test_a_metadata_file_that_is_not_sqlite_is_refused_before_the_run(tmp_path):
+    """It failed as "a component failed: RuntimeError: Failed to establish connection to Metadata storage with
+    error: ... file is not a database query: CREATE TABLE IF NOT EXISTS `Type` ..." (exit 1)."""
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    overrides = {"data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
+                 "runtime.serving_dir": str(tmp_path / "serving")}
+    config = cfg.load_config("quick", overrides={**overrides, "runtime.metadata_path": str(notes)})
+    with pytest.raises(cfg.ConfigError, match=rf"^ML Metadata's store '{notes}' is not an SQLite database: "):
+        local_runner.check_inputs(config)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "metadata.sqlite").write_bytes(b"\x00" * 100)  # the default place, damaged
+    with pytest.raises(cfg.ConfigError, match="metadata.sqlite' is not an SQLite database"):
+        local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
+    (tmp_path / "root" / "metadata.sqlite").write_bytes(b"")  # an empty file: SQLite makes it a store
+    local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
