@@ -1,3 +1,5 @@
+import hashlib
+import hmac
 import os
 import stat
 
@@ -27,6 +29,7 @@ def test_key_precedence_option_env_file(tmp_path, monkeypatch):
     assert origin == "key file" and len(key) == 64
     path = tmp_path / "cfg" / "covid-cxr" / "pseudonym.key"
     assert path.is_file() and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700  # the key's folder is private too
     assert pseudonym.load_key() == (key, "key file")  # created once, then reused
 
 
@@ -106,6 +109,11 @@ def test_a_key_file_that_cannot_be_made_says_it_is_the_key_files_place_and_what_
     monkeypatch.setenv("HOME", str(tmp_path / "outfile"))
     with pytest.raises(pseudonym.PseudonymKeyError, match=r"kept in \$HOME/.config/covid-cxr: set HOME to a folder"):
         pseudonym.load_key()
+    # A key file the user named: no word about $HOME or $XDG_CONFIG_HOME, which did not choose its place.
+    with pytest.raises(pseudonym.PseudonymKeyError, match=(
+            rf"^cannot create the pseudonym key file {tmp_path}/outfile/k: File exists: {tmp_path}/outfile "
+            r"\(give the key with --key or \$COVID_CXR_PSEUDONYM_KEY\)$")):
+        pseudonym.load_key(key_file=str(tmp_path / "outfile" / "k"))
 
 
 def test_file_names_that_are_not_utf8_keep_distinct_pseudonyms_and_folders_are_found_as_locate_names_them():
@@ -126,11 +134,12 @@ def test_a_key_file_others_can_read_is_warned_about(tmp_path, monkeypatch, caplo
     with caplog.at_level("WARNING", logger=pseudonym.__name__):
         pseudonym.load_key(key_file=str(path))
     assert not caplog.records
-    path.chmod(0o644)
-    with caplog.at_level("WARNING", logger=pseudonym.__name__):
-        assert pseudonym.load_key(key_file=str(path)) == (b"0123456789abcdef" * 4, "key file")
+    for mode in (0o644, 0o640):  # the file's group counts as other users
+        path.chmod(mode)
+        with caplog.at_level("WARNING", logger=pseudonym.__name__):
+            assert pseudonym.load_key(key_file=str(path)) == (b"0123456789abcdef" * 4, "key file")
     assert [r.getMessage() for r in caplog.records] == [
-        f"pseudonym key file {path} is readable by other users (mode 644); chmod 600 it"]
+        f"pseudonym key file {path} is readable by other users (mode {mode:o}); chmod 600 it" for mode in (0o644, 0o640)]
 
 
 def test_a_given_key_with_white_space_around_it_is_refused_not_hashed_as_another_key(tmp_path, monkeypatch):
@@ -140,6 +149,8 @@ def test_a_given_key_with_white_space_around_it_is_refused_not_hashed_as_another
     path = tmp_path / "pseudonym.key"
     path.write_text(secret + "\n")
     monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    assert pseudonym.load_key(key_file=str(path))[0] == secret.encode()
+    path.write_text(f" {secret} \r\n")  # saved by a Windows editor, or padded: the same key
     assert pseudonym.load_key(key_file=str(path))[0] == secret.encode()
     for padded in (secret + "\n", " " + secret, secret + "\t"):
         with pytest.raises(pseudonym.PseudonymKeyError, match=r"^the pseudonym key given with --key starts or ends "
@@ -171,3 +182,29 @@ def test_a_new_key_file_is_announced_after_the_work_that_made_it_even_a_failed_o
     with pseudonym.announcing_new_key_file(secret):  # a given key makes no file
         pseudonym.load_key(secret)
     assert capsys.readouterr() == ("", "") and not os.path.exists(path)
+
+
+def test_pseudonyms_are_the_documented_keyed_hash_and_stay_the_same_across_releases():
+    """Curated datasets, manifests and summaries written by earlier releases are read with today's code:
+    `locate` must find their films and a re-curation must give the same patients, groups and key id."""
+    key = b"0123456789abcdef" * 4
+    expected = hmac.new(key, b"rsna:abc", hashlib.sha256).hexdigest()[:16]  # the module docstring's definition
+    assert pseudonym.pseudonymize(key, "rsna", "abc") == expected == "b3a471803257bc8d"
+    assert pseudonym.file_pseudonym(key, "folder", "COVID/Doe_Jane.dcm") == "231c90bf"
+    assert pseudonym.folder_pseudonym(key, "cohen", "DOE") == "folder-6e190d16"
+    assert pseudonym.key_id(key) == "4b7072fe"
+
+
+def test_a_key_file_another_process_creates_at_the_same_moment_is_used_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    path = tmp_path / "cfg" / "pseudonym.key"
+    theirs = "f" * 64
+    makedirs = os.makedirs
+
+    def racing_makedirs(name, *args, **kwargs):  # the other process wins between the check and the create
+        makedirs(name, *args, **kwargs)
+        path.write_text(theirs + "\n")
+
+    monkeypatch.setattr(os, "makedirs", racing_makedirs)
+    assert pseudonym.load_key(key_file=str(path)) == (theirs.encode(), "key file")
+    assert path.read_text() == theirs + "\n"
