@@ -1,5 +1,8 @@
+import builtins
 import logging
 import logging.handlers
+import re
+import warnings
 
 import numpy as np
 import pydicom
@@ -141,6 +144,9 @@ def test_header_parsing():
         [58, 58, 0, 0, 0, -1, -1, -1, -1]
     # Ages over 89 identify a patient (HIPAA Safe Harbor): all of them are recorded as 90.
     assert [dicom.parse_age(a) for a in ("089Y", "090Y", "097Y", "104", "100Y")] == [89, 90, 90, 90, 90]
+    # Months, weeks and days in whole years; 120 is the oldest plausible age; an Age String has 3 digits.
+    assert [dicom.parse_age(a) for a in ("030M", "104W", "730D", "000Y", "120Y", "121Y", "1000D")] == \
+        [2, 2, 2, 0, 90, -1, -1]
     assert [dicom.parse_sex(s) for s in ("M", "f", "O", "", None)] == ["M", "F", "unknown", "unknown", "unknown"]
     assert [dicom.parse_view(v) for v in ("PA", "ap", "LL", "RL", "", None)] == ["PA", "AP", "lateral", "lateral", "unknown", "unknown"]
 
@@ -155,6 +161,7 @@ def test_the_patient_id_is_exposed_but_not_in_repr(tmp_path):
     ("COVID/ACC-123/19770412/1.2.826.0.1.99.dcm", 1, "COVID/tok.dcm"),
     ("site/COVID/DOE_JANE.DICOM", 2, "site/COVID/tok.DICOM"),
     ("COVID/SECRET-7", 1, "COVID/tok"),  # no extension: none added
+    ("COVID/JANE.DOE", 1, "COVID/tok"),  # what follows a dot in a name is not an extension to keep
     ("SECRET-7.dcm", 1, "tok.dcm"),
     ("DOE_JANE/x.dcm", 0, "tok.dcm"),  # not in a class folder: no folder kept
 ])
@@ -318,6 +325,11 @@ def test_a_transfer_syntax_that_is_none_is_not_quoted(tmp_path):
         dicom.read_dicom(str(tmp_path / "odd.dcm"))
     assert str(e.value).startswith("cannot decode pixel data (unknown transfer syntax; ")
     assert e.value.__suppress_context__  # pydicom's own message, which quotes the value, is not printed with it
+    ds.PixelData = ds.PixelData[:100]  # without a known syntax the data may be compressed: no byte count
+    ds.save_as(tmp_path / "odd-short.dcm", enforce_file_format=False)
+    with pytest.raises(dicom.DicomError) as e:
+        dicom.read_dicom(str(tmp_path / "odd-short.dcm"))
+    assert "cut short" not in str(e.value)
 
 
 def test_the_cut_short_hint_counts_native_pixel_bytes_only(tmp_path):
@@ -331,3 +343,52 @@ def test_the_cut_short_hint_counts_native_pixel_bytes_only(tmp_path):
     ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8 a small JPEG \xff\xd9"])  # compressed fragments
     ds["PixelData"].is_undefined_length = True
     assert dicom._short_pixel_data(ds) == ""
+
+
+def test_reading_silences_pydicoms_warnings_and_logs_and_names_a_file_it_may_not_read(tmp_path, monkeypatch, caplog,
+                                                                                       recwarn):
+    path = testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(15))
+    dcmread = pydicom.dcmread
+
+    def chatty_dcmread(*args, **kwargs):  # as pydicom warns and logs about a value it validates
+        warnings.warn("Invalid value for VR PN: 'DOE^JANE'")
+        logging.getLogger("pydicom").warning("Invalid value for VR PN: 'DOE^JANE'")
+        return dcmread(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", chatty_dcmread)
+    with caplog.at_level(logging.DEBUG):
+        assert dicom.read_dicom(path).pixels.shape == testing.radiograph(15).shape
+    assert "DOE" not in caplog.text and not [w for w in recwarn if "DOE" in str(w.message)]
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(pydicom, "dcmread", refused)
+    with pytest.raises(dicom.DicomError, match=rf"^{re.escape(dicom.PERMISSION_DENIED)}$"):
+        dicom.read_dicom(path)
+
+
+def test_a_child_logger_given_its_own_level_stays_off_the_root_log_while_reading(caplog):
+    child = logging.getLogger("pydicom.pixels.utils")
+    level = child.level
+    child.setLevel(logging.DEBUG)  # configured by hand: it no longer inherits pydicom's silenced level
+    try:
+        with caplog.at_level(logging.DEBUG), dicom.quiet_pydicom():
+            child.error("patient_name: DOE_JANE")
+        assert "DOE_JANE" not in caplog.text
+    finally:
+        child.setLevel(level)
+
+
+def test_too_large_a_picture_is_refused_before_it_is_decoded_and_the_largest_allowed_is_not():
+    side = int(dicom.MAX_PIXELS ** 0.5)
+    with pytest.raises(dicom.DicomError, match=rf"^image too large \({side + 1} x {side} pixels\)$"):
+        dicom.to_uint8(Decoded(Rows=side, Columns=side + 1))
+    assert dicom.to_uint8(Decoded(Rows=side, Columns=side)).shape == (4, 4)
+
+
+def test_a_named_pipe_is_never_opened_to_look_for_the_dicom_magic(tmp_path, monkeypatch):
+    with testing.fifo(tmp_path / "pipe") as pipe:
+        monkeypatch.setattr(builtins, "open", lambda *a, **k: pytest.fail("opened a named pipe"))
+        assert not dicom.is_dicom(pipe)
+        monkeypatch.undo()
