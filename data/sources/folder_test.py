@@ -11,7 +11,7 @@ def test_parse_class_map():
     assert parse_class_map("COVID=covid, healthy = normal") == {"COVID": "covid", "healthy": "normal"}
     assert parse_class_map("Viral Pneumonia=PNEUMONIA") == {"Viral Pneumonia": "pneumonia"}
     for bad, msg in (("COVID", "FOLDER=FINDING"), ("COVID=flu", "must be one of"), ("", "empty"),
-                     ("A=covid,A=normal", "twice"), ("=covid", "FOLDER=FINDING")):
+                     ("A=covid,A=normal", "twice"), ("=covid", "FOLDER=FINDING"), ("COVID=", "FOLDER=FINDING")):
         with pytest.raises(ValueError, match=msg):
             parse_class_map(bad)
 
@@ -40,14 +40,17 @@ def test_mapping_and_unmapped_folders(tmp_path):
 def test_default_map_uses_finding_named_folders(tmp_path):
     testing.write_image(tmp_path / "f" / "Covid" / "a.png", testing.radiograph(1))
     testing.write_image(tmp_path / "f" / "misc" / "b.png", testing.radiograph(2))
-    got = {c.source_ref: (c.finding, c.reject) for c in FolderSource(str(tmp_path / "f")).candidates()}
-    assert got == {"Covid/a.png": ("covid", None), "misc/b.png": (None, "unmapped class folder: neither named like a finding nor in --class-map")}
+    for class_map in (None, {}):  # an empty map is no map
+        got = {c.source_ref: (c.finding, c.reject) for c in FolderSource(str(tmp_path / "f"), class_map).candidates()}
+        assert got == {"Covid/a.png": ("covid", None),
+                       "misc/b.png": (None, "unmapped class folder: neither named like a finding nor in --class-map")}
 
 
 def test_a_class_map_names_folders_exactly_and_hidden_files_at_the_top_are_not_inputs(tmp_path):
     testing.write_image(tmp_path / "f" / "covid" / "a.png", testing.radiograph(1))
     testing.write_image(tmp_path / "f" / "Covid" / "b.png", testing.radiograph(2))
     testing.write_image(tmp_path / "f" / "._a.png", testing.radiograph(3))  # e.g. macOS's AppleDouble file
+    (tmp_path / "f" / "old.png").mkdir()  # a top folder named like an image is a folder, not a loose film
     got = {c.source_ref: (c.finding, c.reject) for c in FolderSource(str(tmp_path / "f"), {"covid": "covid"}).candidates()}
     assert got == {"covid/a.png": ("covid", None),
                    "Covid/b.png": (None, "unmapped class folder: neither named like a finding nor in --class-map")}
@@ -59,6 +62,12 @@ def test_layout_errors(tmp_path):
         FolderSource(str(tmp_path / "f"), {"B": "covid"})
     with pytest.raises(SourceError, match="no folder is named like a finding"):
         FolderSource(str(tmp_path / "f"))
+    with pytest.raises(SourceError, match=r"^folder source: class map finding\(s\) flu not in covid, normal, "):
+        FolderSource(str(tmp_path / "f"), {"A": "flu"})  # a map not parsed by parse_class_map
+    testing.write_image(tmp_path / "f" / "Covid" / "b.png", testing.radiograph(2))
+    # A map's name that differs from a folder only in case is refused: its films would all be "unmapped".
+    with pytest.raises(SourceError, match=r"class map names folder\(s\) covid that do not exist \(exact names, case"):
+        FolderSource(str(tmp_path / "f"), {"covid": "covid", "A": "normal"})
     (tmp_path / "flat").mkdir()
     with pytest.raises(SourceError, match="no class subfolders"):
         FolderSource(str(tmp_path / "flat"), {"A": "covid"})
