@@ -6,9 +6,11 @@ import pytest
 import tensorflow as tf
 
 from covid_cxr import local_runner
+from covid_cxr.components.schema_gate import DataValidationError
 from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
+from covid_cxr.trainer import training
 
 
 def _config(data_dir, task="covid-vs-normal"):
@@ -178,21 +180,26 @@ def test_a_damaged_record_is_named_when_a_component_fails_on_it(tmp_path, damage
     assert not (tmp_path / "serving").exists()
 
 
+def _dag_raising(monkeypatch, error: Exception) -> None:
+    """The DAG fails at once with ``error``, as a component's failure reaches LocalDagRunner's caller."""
+    class FailingRunner:
+        def run(self, pipeline):
+            raise error
+
+    monkeypatch.setattr(local_runner, "create_pipeline", lambda config, connection: None)
+    monkeypatch.setattr(local_runner.tfx.orchestration, "LocalDagRunner", FailingRunner)
+
+
 def test_a_store_that_cannot_say_what_failed_does_not_hide_the_runs_error(tmp_path, monkeypatch):
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
     config = cfg.load_config("quick", overrides={
         "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
         "runtime.serving_dir": str(tmp_path / "serving")})
 
-    class FailingRunner:
-        def run(self, pipeline):
-            raise RuntimeError("the component's own error")
-
     def store_down(connection, pipeline_name):
         raise RuntimeError("metadata store unavailable")
 
-    monkeypatch.setattr(local_runner, "create_pipeline", lambda config, connection: None)
-    monkeypatch.setattr(local_runner.tfx.orchestration, "LocalDagRunner", FailingRunner)
+    _dag_raising(monkeypatch, RuntimeError("the component's own error"))
     monkeypatch.setattr(metadata, "failed_component", store_down)
     with pytest.raises(local_runner.PipelineRunError) as info:
         local_runner.run(config)
@@ -254,3 +261,58 @@ def test_a_metadata_file_that_is_not_sqlite_is_refused_before_the_run(tmp_path):
         local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
     (tmp_path / "root" / "metadata.sqlite").write_bytes(b"")  # an empty file: SQLite makes it a store
     local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
+
+
+def _checked_config(tmp_path, **overrides):
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    return cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
+        "runtime.serving_dir": str(tmp_path / "serving"), **overrides})
+
+
+def test_a_data_validation_failure_is_the_schema_gates_own_error_and_the_process_env_is_checked_first(
+        tmp_path, monkeypatch):
+    config = _checked_config(tmp_path)
+    refusal = DataValidationError("the data does not match the schema")
+    _dag_raising(monkeypatch, refusal)
+    with pytest.raises(DataValidationError) as info:  # not a PipelineRunError: the CLI says it as a data error
+        local_runner.run(config)
+    assert info.value is refusal
+    # training.reproducible in a process started without its threads: refused before the DAG starts.
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "4")
+    _dag_raising(monkeypatch, AssertionError("the DAG ran"))
+    with pytest.raises(training.ProcessEnvError, match="TF_NUM_INTEROP_THREADS=1"):
+        local_runner.run(_checked_config(tmp_path, **{"training.reproducible": True}))
+
+
+def test_no_data_directory_is_refused_and_weight_keywords_are_taken_in_any_case(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"^no data directory: pass --data DIR \(a directory written by "):
+        local_runner.check_inputs(cfg.load_config("quick", overrides={"data.data_dir": ""}))
+    for keyword in ("ImageNet", "NONE", "Auto"):  # keywords, not file names
+        local_runner.check_inputs(_checked_config(tmp_path, **{"model.weights": keyword}))
+
+
+def test_the_weights_folder_note_for_any_transfer_family_any_case_of_auto_and_only_a_named_folder(tmp_path, monkeypatch):
+    missing = str(tmp_path / "wieghts")
+    isdir = tf.io.gfile.isdir
+
+    def bucket_denied(path):  # a bucket this machine has no access to
+        if path.startswith("gs://"):
+            raise tf.errors.PermissionDeniedError(None, None, "no credentials")
+        return isdir(path)
+
+    monkeypatch.setattr(tf.io.gfile, "isdir", bucket_denied)
+    notes = {
+        "auto in capitals": {"model.weights": "AUTO", "model.weights_dir": missing},
+        "a transfer family in the ensemble only": {"model.weights_dir": missing, "model.ensemble_with": ["mobilenet_v2_035"]},
+        "a folder this TensorFlow cannot ask about": {"model.weights_dir": "gs://bucket/weights"},
+        "no folder named": {"model.weights_dir": ""},
+    }
+    said = {why: local_runner.settings_notes(cfg.load_config(
+        "quick" if "ensemble" in why else "full", overrides={"model.weights": "auto", **overrides}))
+        for why, overrides in notes.items()}
+    assert {why: len(lines) for why, lines in said.items()} == {
+        "auto in capitals": 1, "a transfer family in the ensemble only": 1,
+        "a folder this TensorFlow cannot ask about": 1, "no folder named": 0}
+    assert said["a folder this TensorFlow cannot ask about"][0].startswith(
+        "model.weights_dir 'gs://bucket/weights' is not a folder here: ")
