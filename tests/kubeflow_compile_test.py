@@ -42,7 +42,8 @@ def test_compiled_spec_has_the_whole_dag_on_the_given_image(tmp_path):
     ("--data", "data.data_dir", "ImportExampleGen would find no data there"),
     ("--pipeline-root", "runtime.pipeline_root", "artifacts written there would vanish with their pod"),
     ("--serving-dir", "runtime.serving_dir", "a push there would vanish with its pod")])
-@pytest.mark.parametrize("path", ["out/local", "file:///tmp/local", "gs://", "gs:///no-bucket"])
+@pytest.mark.parametrize("path", ["out/local", "file:///tmp/local", "FILE://localhost/tmp/local", "gs://",
+                                  "gs:///no-bucket"])
 def test_a_path_on_this_machine_for_data_root_or_serving_is_refused(tmp_path, flag, field, why, path):
     args = list(BUCKETS)
     args[args.index(flag) + 1] = path
@@ -303,6 +304,7 @@ def test_image_references_docker_accepts_pass(image):
     (("--set", "model.weights_dir=hdfs://nn/weights"), "^model.weights_dir 'hdfs://nn/weights': TensorFlow in the image"),
     (("--set", "data.schema_file=schema/schema.pbtxt"), "^data.schema_file 'schema/schema.pbtxt' is a relative path"),
     (("--set", "runtime.pipeline_name=My Pipeline_1"), "^runtime.pipeline_name 'My Pipeline_1' is not a Kubeflow"),
+    (("--set", f"runtime.pipeline_name={'a' * 64}"), "^runtime.pipeline_name 'a{64}' is not a Kubeflow.*, at most 63$"),
     (("--output", "spec.yaml"), "^a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX "
                                 r"Resolver .*: add --set gate.compare_to_baseline=false"),
     (("--output", " "), r"^--output ' ' must end in .json \(a Vertex AI PipelineJob\) or .yaml \(a pipeline spec for "),
@@ -327,3 +329,28 @@ def test_the_image_installs_with_the_same_pip_setuptools_and_wheel_as_the_makefi
 @pytest.mark.parametrize("schema", ["/pipeline/schema/schema.pbtxt", "file:///pipeline/schema/schema.pbtxt"])
 def test_an_absolute_schema_path_in_the_image_compiles(tmp_path, schema):
     _compile(tmp_path, "--set", f"data.schema_file={schema}")
+
+
+def _invoke(tmp_path, *extra, output="spec.json"):
+    return CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",
+                                         str(tmp_path / output), *BUCKETS, *extra])
+
+
+def test_what_the_containers_can_run_compiles_with_notes_only_for_what_applies(tmp_path):
+    # Weight keywords in any case, an upper-case extension and the longest pipeline name are accepted.
+    result = _invoke(tmp_path, "--set", "model.weights=ImageNet", "--set", f"runtime.pipeline_name={'a' * 63}",
+                     output="spec.JSON")
+    assert result.exit_code == 0 and (tmp_path / "spec.JSON").is_file(), result.output
+    # The DirectRunner repeats a reproducible run; no weights folder named, none to leave out.
+    result = _invoke(tmp_path, "--preset", "quick", "--set", "training.reproducible=true")
+    assert result.exit_code == 0, result.output
+    assert "do not repeat exactly" not in result.output and "model.weights_dir" not in result.output
+    # Dataflow's older worker-image flag ships the package too; its workers are Dataflow's, not the pod's cores.
+    result = _invoke(tmp_path, "--preset", "quick", "--set", "runtime.beam_extra_args=[--runner=DataflowRunner,"
+                     "--project=p,--region=us-central1,--worker_harness_container_image=registry.example/beam-worker:1]")
+    assert result.exit_code == 0, result.output
+    assert "runtime.beam_workers=0" not in result.output
+    assert f"--direct_num_workers={kubeflow_runner.CONTAINER_BEAM_WORKERS}" not in (tmp_path / "spec.json").read_text()
+    result = _invoke(tmp_path, "--set", "runtime.metadata_path=/var/mlmd/metadata.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "note: runtime.mysql_* / runtime.metadata_path are not used" in result.output
