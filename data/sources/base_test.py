@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from covid_cxr.data import testing
-from covid_cxr.data.sources import RadiographySource, base
+from covid_cxr.data import images, testing
+from covid_cxr.data.sources import FolderSource, RadiographySource, base
 from covid_cxr.data.sources.base import Candidate
 
 
@@ -15,6 +15,8 @@ def test_a_candidate_has_exactly_one_of_finding_and_reject_and_a_known_finding()
         Candidate("folder", "a.png", None, finding="covid", reject="unknown class folder: x")
     with pytest.raises(ValueError, match="unknown finding 'flu'"):
         Candidate("folder", "a.png", None, finding="flu")
+    with pytest.raises(images.ImageError, match="^missing image file$"):  # a film the metadata names, not there
+        Candidate("cohen", "images/a.png", None, finding="covid").load()
 
 
 def test_files_are_listed_in_path_order_whatever_order_the_folder_gives(tmp_path, monkeypatch):
@@ -88,6 +90,9 @@ def test_a_metadata_csv_is_read_with_long_cells_and_its_errors_name_the_file_and
     with pytest.raises(base.SourceError, match=rf"^{path}: row 2 \(line 3\) cannot be read as CSV: field larger "
                                                r"than field limit \(131072\)$"):
         base.read_csv(path)
+    header = testing.write_csv(tmp_path / "h.csv", ("id", note), [("1", "2")])
+    with pytest.raises(base.SourceError, match=rf"^{header}: its header \(line 1\) cannot be read as CSV: field larger"):
+        base.read_csv(header)
     (tmp_path / "latin.csv").write_bytes("id,notes\n1,Straße\n".encode("latin-1"))
     with pytest.raises(base.SourceError, match=rf"^{tmp_path / 'latin.csv'} is not UTF-8 text \(byte 15\): save it as UTF-8$"):
         base.read_csv(str(tmp_path / "latin.csv"))
@@ -113,3 +118,13 @@ def test_a_file_without_extension_in_a_class_folder_is_rejected_saying_so(tmp_pa
     (tmp_path / "rad" / "COVID" / "README").write_text("about")
     got = {c.source_ref: c.reject for c in RadiographySource(str(tmp_path / "rad")).candidates()}
     assert got == {"COVID/a.png": None, "COVID/README": "not an image file: no extension"}
+
+
+def test_files_not_read_are_counted_only_for_reasons_that_occurred(tmp_path):
+    testing.write_image(tmp_path / "f" / "covid" / "a.png", testing.radiograph(1))
+    source = FolderSource(str(tmp_path / "f"))
+    assert [c.source_ref for c in source.every_candidate()] == ["covid/a.png"]
+    assert source.not_read == {}  # summary.json's not_read_per_source lists no reason with 0
+    (tmp_path / "f" / "covid" / "._a.png").write_bytes(b"AppleDouble")
+    list(source.every_candidate())
+    assert source.not_read == {base.HIDDEN: 1}
