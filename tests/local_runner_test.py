@@ -191,10 +191,7 @@ def _dag_raising(monkeypatch, error: Exception) -> None:
 
 
 def test_a_store_that_cannot_say_what_failed_does_not_hide_the_runs_error(tmp_path, monkeypatch):
-    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
-    config = cfg.load_config("quick", overrides={
-        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
-        "runtime.serving_dir": str(tmp_path / "serving")})
+    config = _checked_config(tmp_path)
 
     def store_down(connection, pipeline_name):
         raise RuntimeError("metadata store unavailable")
@@ -228,10 +225,7 @@ def test_the_failed_component_is_this_pipelines_in_a_shared_store(tmp_path):
 
 
 def test_an_error_building_the_pipeline_is_not_blamed_on_an_earlier_runs_failed_component(tmp_path, monkeypatch):
-    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
-    config = cfg.load_config("quick", overrides={
-        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_root": str(tmp_path / "root"),
-        "runtime.serving_dir": str(tmp_path / "serving")})
+    config = _checked_config(tmp_path)
 
     def bad_pipeline(config, connection):
         raise ValueError("Value out of range: 100000000000")
