@@ -1,10 +1,12 @@
 """The `covid-cxr` command: demo, run, curate, locate, evaluate, predict, compile."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 
 
@@ -82,6 +84,22 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+@contextlib.contextmanager
+def _process_state_restored():
+    """The SIGTERM handler and PYTHONWARNINGS that :func:`main` sets are the command's: a caller in the same
+    process (a test runner, which then starts processes of its own) gets its own back when the command ends."""
+    handler, env = signal.getsignal(signal.SIGTERM), os.environ.get("PYTHONWARNINGS")
+    try:
+        yield
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+        if env is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = env
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"covid-cxr: error: {message}", err=True)
     sys.exit(code)
@@ -94,6 +112,10 @@ class CliGroup(click.Group):
         # Click's own usage errors print usage, a hint and the error on three lines; one is enough.
         extra.pop("standalone_mode", None)
         self.args = list(sys.argv[1:] if args is None else args)  # to restart the same command
+        with _process_state_restored():
+            self._main(args, prog_name, **extra)
+
+    def _main(self, args, prog_name, **extra):
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.UsageError as e:

@@ -277,18 +277,52 @@ def test_the_demos_paths_under_out_give_way_to_config_and_set(tmp_path, monkeypa
         assert (used[-1].pipeline_root, used[-1].serving_dir) == (str(root), str(serving))
 
 
-def test_processes_the_command_starts_inherit_its_quiet_warnings(monkeypatch):
+def test_processes_the_command_starts_inherit_its_quiet_warnings(tmp_path, monkeypatch):
     """runtime.beam_running_mode=multi_processing starts Beam's workers as new Pythons: without -v they printed the
-    import-time FutureWarnings this process hides (36 lines in a quick run)."""
+    import-time FutureWarnings this process hides (36 lines in a quick run). The process that ran the command (a
+    test runner) gets its own setting back: the end-to-end tests' subprocesses must show what the CLI itself hides."""
     import os
+    import subprocess
+    import sys
 
     from click.testing import CliRunner
 
-    for args, inherited in ((["predict", "--help"], "ignore"), (["-v", "predict", "--help"], None)):
-        monkeypatch.setenv("PYTHONWARNINGS", "")  # restored after the test
-        monkeypatch.delenv("PYTHONWARNINGS")
-        assert CliRunner().invoke(cli.main, args).exit_code == 0
-        assert os.environ.get("PYTHONWARNINGS") == inherited
-    monkeypatch.setenv("PYTHONWARNINGS", "default")  # the user's own choice stays
-    CliRunner().invoke(cli.main, ["predict", "--help"])
-    assert os.environ["PYTHONWARNINGS"] == "default"
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
+    printed = []
+
+    def run(config):  # a process the run starts, as Beam starts its workers
+        printed.append(subprocess.run([sys.executable, "-c", "import warnings; warnings.warn('old', FutureWarning)"],
+                                      capture_output=True, text=True, check=True).stderr)
+
+    monkeypatch.setattr(local_runner, "run", run)
+    monkeypatch.setattr(cli, "print_outcome", lambda outcome, serving_dir: None)
+    args = ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
+            "--serving-dir", str(tmp_path / "serving")]
+    for environment, verbose, shown in ((None, [], False), (None, ["-v"], True), ("default", [], True)):
+        if environment is None:
+            monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+        else:  # the user's own choice stays
+            monkeypatch.setenv("PYTHONWARNINGS", environment)
+        assert CliRunner().invoke(cli.main, [*verbose, *args]).exit_code == 0
+        assert ("FutureWarning: old" in printed[-1]) == shown, (environment, verbose, printed[-1])
+        assert os.environ.get("PYTHONWARNINGS") == environment  # as it was before the command
+
+
+def test_the_sigterm_handler_is_the_commands_only(tmp_path):
+    """After the command the caller's own SIGTERM handling is back (a test runner's, a script's)."""
+    import signal
+
+    from click.testing import CliRunner
+
+    def own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        assert CliRunner().invoke(cli.main, ["run", "--data", str(tmp_path / "missing")]).exit_code == 2
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
