@@ -57,9 +57,9 @@ def _on_this_machine(path: str) -> bool:
     return scheme.lower() == "file" or not rest.split("/", 1)[0]
 
 
-# What the Kubeflow / Vertex compiler accepts as a pipeline name (tfx.orchestration.kubeflow.v2), and
-# no longer than TFX's Pipeline takes (tfx.orchestration.pipeline: 63 characters).
-PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# What the Kubeflow / Vertex compiler accepts as a pipeline name (tfx.orchestration.kubeflow.v2); its length
+# is TFX's Pipeline's limit on every runner, checked with the config (config.MAX_PIPELINE_NAME).
+PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 def _check_scheme(field: str, path: str) -> None:
@@ -95,7 +95,7 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     notes: list[str] = []
     if not PIPELINE_NAME.fullmatch(config.runtime.pipeline_name):
         raise ConfigError(f"runtime.pipeline_name {config.runtime.pipeline_name!r} is not a Kubeflow / Vertex pipeline "
-                          "name: lowercase letters, digits and '-', starting with a letter or digit, at most 63")
+                          "name: lowercase letters, digits and '-', starting with a letter or digit")
     for section, name, flag, why in _SHARED_PATHS:
         value = getattr(getattr(config, section), name)
         if _on_this_machine(value):

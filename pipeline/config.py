@@ -139,6 +139,9 @@ class GateConfig:
     slice_features: list[str] = dataclasses.field(default_factory=lambda: ["source", "view", "sex"])
 
 
+MAX_PIPELINE_NAME = 63  # tfx.orchestration.pipeline.Pipeline refuses longer names
+
+
 @dataclasses.dataclass
 class RuntimeConfig:
     # Empty: derived from the task (covid-cxr-<task>, out/<task>/root, out/<task>/serving), so two
@@ -185,6 +188,9 @@ class PipelineConfig:
             raise ConfigError(f"gate.max_auc_regression must be between -1 and 1, got {self.gate.max_auc_regression}")
         runtime, task = self.runtime, self.model.task
         runtime.pipeline_name = runtime.pipeline_name or f"covid-cxr-{task}"
+        if len(runtime.pipeline_name) > MAX_PIPELINE_NAME:  # on every runner; Kubeflow's characters: kubeflow_runner
+            raise ConfigError(f"runtime.pipeline_name {runtime.pipeline_name!r} is {len(runtime.pipeline_name)} characters: "
+                              f"TFX takes at most {MAX_PIPELINE_NAME}")
         runtime.pipeline_root = runtime.pipeline_root or os.path.join("out", task, "root")
         runtime.serving_dir = runtime.serving_dir or os.path.join("out", task, "serving")
         if not 0.0 <= self.model.augment_contrast < 1.0 or not 0.0 <= self.model.augment_gamma <= 1.0:
@@ -206,8 +212,6 @@ class PipelineConfig:
             raise ConfigError(f"tuner.{searched[0]} lists several values, but with tuner.fine_tune_epochs 0 the Tuner's "
                               "trials only train the head, which cannot tell them apart: list one value, or set "
                               "tuner.fine_tune_epochs above 0")
-        if min(self.data.train_buckets, self.data.eval_buckets, self.data.test_buckets) < 1:
-            raise ConfigError("data.*_buckets must all be at least 1")
         for name in ("train_buckets", "eval_buckets", "test_buckets"):  # ExampleGen's proto field is a uint32
             _in_range(f"data.{name}", getattr(self.data, name), 1, 2**32 - 1, integer=True)
         if self.runtime.beam_running_mode not in ("in_memory", "multi_threading", "multi_processing"):

@@ -77,7 +77,9 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"tuner.dropouts": "nan"}, "^tuner.dropouts must be numbers between 0.0 and 0.95, got nan$"),
     ({"tuner.learning_rates": "[.nan]"}, "^tuner.learning_rates must be numbers above 0.0 and at most 1.0, got nan$"),
     ({"model.augment": "5"}, "^override: model.augment: '5' is not a valid bool$"),
-    ({"data.test_buckets": "0"}, "^data.\\*_buckets must all be at least 1$"),
+    ({"data.test_buckets": "0"}, "^data.test_buckets must be a whole number between 1 and 4294967295, got 0$"),
+    # TFX's Pipeline takes at most 63 on every runner: `run` failed on it after its checks, `demo` after generating data.
+    ({"runtime.pipeline_name": "p" * 64}, "^runtime.pipeline_name 'p{64}' is 64 characters: TFX takes at most 63$"),
     # ExampleGen's split proto holds a uint32: more failed minutes later as "Value out of range", blamed on a component.
     ({"data.train_buckets": "100000000000"}, "^data.train_buckets must be a whole number between 1 and 4294967295, got 100000000000$"),
     ({"runtime.mysql_port": "70000"}, "^runtime.mysql_port must be a whole number between 1 and 65535, got 70000$"),
@@ -103,6 +105,7 @@ def test_the_ends_of_every_range_are_accepted():
     assert (config.gate.min_sensitivity, config.training.target_sensitivity) == (1.0, 1.0)
     assert cfg.load_config(None, None, {"gate.max_auc_regression": "1", "training.early_stopping_patience": "0",
                                         "training.atypical_quantile": "0.5"}).gate.max_auc_regression == 1.0
+    assert cfg.load_config(None, None, {"runtime.pipeline_name": "p" * 63}).runtime.pipeline_name == "p" * 63
 
 
 def test_yes_no_on_off_answers_from_the_command_line():

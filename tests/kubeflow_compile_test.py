@@ -304,7 +304,7 @@ def test_image_references_docker_accepts_pass(image):
     (("--set", "model.weights_dir=hdfs://nn/weights"), "^model.weights_dir 'hdfs://nn/weights': TensorFlow in the image"),
     (("--set", "data.schema_file=schema/schema.pbtxt"), "^data.schema_file 'schema/schema.pbtxt' is a relative path"),
     (("--set", "runtime.pipeline_name=My Pipeline_1"), "^runtime.pipeline_name 'My Pipeline_1' is not a Kubeflow"),
-    (("--set", f"runtime.pipeline_name={'a' * 64}"), "^runtime.pipeline_name 'a{64}' is not a Kubeflow.*, at most 63$"),
+    (("--set", f"runtime.pipeline_name={'a' * 64}"), "^runtime.pipeline_name 'a{64}' is 64 characters: TFX takes at most 63$"),
     (("--output", "spec.yaml"), "^a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX "
                                 r"Resolver .*: add --set gate.compare_to_baseline=false"),
     (("--output", " "), r"^--output ' ' must end in .json \(a Vertex AI PipelineJob\) or .yaml \(a pipeline spec for "),
