@@ -1,5 +1,6 @@
 """The runner's data checks: a directory that cannot feed the configured task fails before any component runs."""
 import json
+import shutil
 import sys
 
 import pytest
@@ -10,6 +11,7 @@ from covid_cxr.components.schema_gate import DataValidationError
 from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
+from covid_cxr.pipeline.pipeline import SCHEMA_FILE
 from covid_cxr.trainer import training
 
 
@@ -130,12 +132,21 @@ def test_a_failing_component_is_named_in_one_line(tmp_path, monkeypatch):
     # -v is --verbosity, so ImportExampleGen (the first component) failed on it before the fix.
     monkeypatch.setattr(sys, "argv", ["covid-cxr", "-v", "run", "--data", str(tmp_path / "data")])
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=0)
-    bad_schema = tmp_path / "schema.pbtxt"
-    bad_schema.write_text("this is { not a schema\n")
+    schema = tmp_path / "schema.pbtxt"
+    shutil.copy(SCHEMA_FILE, schema)
     config = cfg.load_config("quick", overrides={
-        "data.data_dir": str(tmp_path / "data"), "data.schema_file": str(bad_schema),
+        "data.data_dir": str(tmp_path / "data"), "data.schema_file": str(schema),
         "runtime.pipeline_root": str(tmp_path / "root"), "runtime.serving_dir": str(tmp_path / "serving")})
-    with pytest.raises(local_runner.PipelineRunError, match=rf"^ImportSchema failed: SchemaFileError: {bad_schema} is not a schema ") as info:
+    build = local_runner.create_pipeline
+
+    def edited_once_built(config, connection):  # the file changes after the DAG holds its hash: ImportSchema stops
+        pipeline = build(config, connection)
+        with open(schema, "a") as f:
+            f.write("# edited\n")
+        return pipeline
+
+    monkeypatch.setattr(local_runner, "create_pipeline", edited_once_built)
+    with pytest.raises(local_runner.PipelineRunError, match=rf"^ImportSchema failed: SchemaChangedError: {schema} changed ") as info:
         local_runner.run(config)
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is not None  # the traceback --verbose shows
@@ -255,6 +266,18 @@ def test_a_metadata_file_that_is_not_sqlite_is_refused_before_the_run(tmp_path):
         local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
     (tmp_path / "root" / "metadata.sqlite").write_bytes(b"")  # an empty file: SQLite makes it a store
     local_runner.check_inputs(cfg.load_config("quick", overrides=overrides))
+
+
+@pytest.mark.parametrize("content", ["this is { not a schema\n", "# reviewed\n"], ids=["broken", "no-feature"])
+def test_a_schema_file_that_is_not_a_schema_is_refused_before_the_run(tmp_path, content):
+    """It failed as "ImportSchema failed: SchemaFileError: ..." (exit 1) after ImportExampleGen and StatisticsGen had
+    read the whole dataset; `demo` found it after generating its data."""
+    schema = tmp_path / "schema.pbtxt"
+    schema.write_text(content)
+    config = _checked_config(tmp_path, **{"data.schema_file": str(schema)})
+    with pytest.raises(cfg.ConfigError, match=rf"^data.schema_file: {schema} is (not a|an empty) schema") as info:
+        local_runner.check_settings(config)
+    assert "\n" not in str(info.value)
 
 
 def _checked_config(tmp_path, **overrides):
