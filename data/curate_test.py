@@ -577,17 +577,21 @@ def test_processing_options(corpus, tmp_path):
     assert cropped["crop"]["cropped"] >= 1  # a.png has a 12-px black frame
 
 
-def test_the_arguments_are_checked_in_one_place_before_any_image_is_read(corpus, tmp_path, monkeypatch):
-    """curate()'s checks, and the values they resolve (the default group threshold), without curating."""
-    monkeypatch.setattr(curate_mod, "_label", lambda *a, **k: pytest.fail("images were read"))
-    arguments = dict(class_map=None, max_side=images.DEFAULT_MAX_SIDE, equalize="none", balance_cap=None, key=KEY,
-                     hash_threshold=100, group_threshold=None, hold_out=None)
-    checked = curate_mod._check_arguments({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal", **arguments)
-    assert (checked.task.name, [s.name for s in checked.sources], checked.group_threshold) == \
-        ("covid-vs-normal", ["cohen"], 100)
-    with pytest.raises(CurationError, match="^balance cap must be at least 1$"):
-        curate_mod._check_arguments({"cohen": corpus["cohen"]}, str(tmp_path / "x"), "covid-vs-normal",
-                                    **dict(arguments, balance_cap=0))
+@pytest.mark.parametrize("arguments, message", [
+    (dict(task="covid-vs-flu"), "^unknown task"),
+    (dict(equalize="magic"), "^unknown equalization 'magic'"),
+    (dict(max_side=8), "^max side must be at least"),
+    (dict(balance_cap=0), "^balance cap must be at least 1$"),
+    (dict(hash_threshold=6, group_threshold=5), r"^the group threshold \(5\) must be at least the near-duplicate"),
+    (dict(hold_out=("kermany", "held")), "^--hold-out kermany: not one of the sources given"),
+    (dict(key=" "), "^the pseudonym key given is empty")])
+def test_each_argument_is_checked_before_the_sources_are_read(corpus, tmp_path, monkeypatch, arguments, message):
+    """A mistake costs no time: every check comes before the first film is listed or read (the sources' own
+    listing errors are test_curate_user_errors'), and --out is not created."""
+    monkeypatch.setattr(curate_mod, "_label", lambda *a, **k: pytest.fail("the sources were read first"))
+    arguments = {"task": "covid-vs-normal", "key": KEY, **arguments}
+    with pytest.raises(CurationError, match=message):
+        curate({"cohen": corpus["cohen"]}, str(tmp_path / "x"), **arguments)
     assert not (tmp_path / "x").exists()
 
 
