@@ -82,12 +82,6 @@ def check_settings(config: PipelineConfig) -> None:
                           f"(version {version}); this run's {config.task.name} model would replace it: choose "
                           "another --serving-dir")
     metadata.check_connection(config)
-    store = None if runtime.mysql_host else metadata.sqlite_path(config)
-    if store and os.path.isfile(store) and os.path.getsize(store):
-        with open(store, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":  # ML Metadata's error quotes its CREATE TABLE query, minutes in
-                raise ConfigError(f"ML Metadata's store {store!r} is not an SQLite database: name a new file or an "
-                                  "earlier run's store (runtime.metadata_path; by default <pipeline_root>/metadata.sqlite)")
 
 
 def settings_notes(config: PipelineConfig) -> list[str]:

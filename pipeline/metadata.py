@@ -74,10 +74,16 @@ def _native_stderr_silenced():
 
 
 def check_connection(config: PipelineConfig) -> None:
-    """Fails early, in one line, when ML Metadata's MySQL / MariaDB cannot be used, or SQLite has no local path."""
+    """Fails early, in one line, when ML Metadata's MySQL / MariaDB cannot be used, or SQLite has no local path
+    or a file there that is not an SQLite database (an empty one is: SQLite makes it a store)."""
     runtime = config.runtime
     if not runtime.mysql_host:
-        sqlite_path(config)
+        store = sqlite_path(config)
+        if os.path.isfile(store) and os.path.getsize(store):
+            with open(store, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":  # ML Metadata's error quotes its CREATE TABLE query, minutes in
+                    raise ConfigError(f"ML Metadata's store {store!r} is not an SQLite database: name a new file or an "
+                                      "earlier run's store (runtime.metadata_path; by default <pipeline_root>/metadata.sqlite)")
         return
     where = f"MySQL/MariaDB at {runtime.mysql_host}:{runtime.mysql_port}"
     try:
