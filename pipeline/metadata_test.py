@@ -91,12 +91,12 @@ def _outcome_store(tmp_path, monkeypatch):
     store = Store(metadata.connection_config(config))
     pushed_dir = tmp_path / "root" / "VersionedPusher" / "pushed_model"
 
-    def pusher_run(pipeline, n, blessed, **pushed):
+    def pusher_run(pipeline, n, blessed, state=metadata_store_pb2.Execution.COMPLETE, **pushed):
         events = [(store.artifact("Model", f"/r/Trainer/model/{n}"), INPUT, "model"),
                   (store.artifact("ModelBlessing", f"/r/blessing/{n}", blessed=blessed), INPUT, "model_blessing"),
                   (store.artifact("ModelEvaluation", f"/r/evaluation/{n}"), INPUT, "evaluation"),
                   (store.artifact("PushedModel", str(pushed_dir / str(n)), **pushed), OUTPUT, "pushed_model")]
-        store.execution("VersionedPusher", pipeline, events)
+        store.execution("VersionedPusher", pipeline, events, state)
 
     return config, store, pusher_run, pushed_dir
 
@@ -132,6 +132,9 @@ def test_a_pusher_that_failed_or_still_runs_is_not_the_latest_outcome(tmp_path, 
                     state=metadata_store_pb2.Execution.FAILED)
     outcome = metadata.latest_outcome(config)
     assert (outcome.model_uri, outcome.destination) == ("/r/Trainer/model/5", "/srv/6")
+    # A re-run whose Pusher TFX took from its cache completed too: its outcome is the newest.
+    pusher_run(name, 8, 1, metadata_store_pb2.Execution.CACHED, pushed=1, pushed_destination="/srv/8", reason="pushed")
+    assert metadata.latest_outcome(config).model_uri == "/r/Trainer/model/8"
 
 
 def test_the_sqlite_store_is_a_local_file(tmp_path):
