@@ -20,6 +20,7 @@ import tensorflow as tf
 import yaml
 from tfx import v1 as tfx
 
+from covid_cxr.components import schema_gate
 from covid_cxr.data import writer
 from covid_cxr.pipeline import fingerprints
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
@@ -108,6 +109,8 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     if schema and _on_this_machine(schema) and not schema.removeprefix("file://").startswith("/"):
         raise ConfigError(f"data.schema_file {schema!r} is a relative path, which each container would "
                           "look for in its own working directory: give the absolute path in the image, or gs://...")
+    if config.data.schema_file and fingerprints.file_fingerprint(config.data.schema_file):
+        schema_gate.check_schema_file(config.data.schema_file)  # the spec pins this content: the pods read the same
     if _on_this_machine(config.data.schema_file):
         checked = ("; the spec holds the hash of this machine's copy, so a different file there stops the run"
                    if fingerprints.file_fingerprint(config.data.schema_file) else "")

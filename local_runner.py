@@ -10,7 +10,6 @@ import sys
 
 import tensorflow as tf
 from tfx import v1 as tfx
-from tfx.utils import io_utils
 
 from covid_cxr.components import pusher, schema_gate
 from covid_cxr.components.schema_gate import DataValidationError
@@ -50,10 +49,7 @@ def check_settings(config: PipelineConfig) -> None:
     if config.data.schema_file:
         if not fingerprints.file_fingerprint(config.data.schema_file):
             raise ConfigError(f"data.schema_file {config.data.schema_file!r} cannot be read (no such file, or no access)")
-        try:  # ImportSchema's own check, which runs after ImportExampleGen and StatisticsGen have read the data
-            schema_gate.parse_schema(io_utils.read_bytes_file(config.data.schema_file), config.data.schema_file)
-        except schema_gate.SchemaFileError as e:
-            raise ConfigError(f"data.schema_file: {e}") from None
+        schema_gate.check_schema_file(config.data.schema_file)
     weights = config.model.weights
     # A named file that is not there is a typo: found by the Trainer, the run would go on with the
     # fallback family (as it does for `auto` with no file), which is not what was asked for.

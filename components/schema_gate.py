@@ -51,6 +51,15 @@ def parse_schema(content: bytes, path: str) -> schema_pb2.Schema:
     return schema
 
 
+def check_schema_file(path: str) -> None:
+    """ImportSchema's check of ``data.schema_file`` (``path``, readable here), made before a run (`run`, `demo`,
+    `compile`): the component makes it after ImportExampleGen and StatisticsGen have read the data."""
+    try:
+        parse_schema(io_utils.read_bytes_file(path), path)
+    except SchemaFileError as e:
+        raise SchemaFileError(f"data.schema_file: {e}") from None
+
+
 @tfx.dsl.components.component
 def ImportSchema(
     schema_file: tfx.dsl.components.Parameter[str],

@@ -84,6 +84,20 @@ def test_settings_the_cluster_ignores_or_must_provide_are_noted(tmp_path):
             "different file there stops the run") in result.output
 
 
+def test_a_schema_file_this_machine_reads_that_is_not_a_schema_is_refused(tmp_path):
+    """The spec pins this copy's hash, so the image must hold the same file: ImportSchema would refuse it in the
+    cluster after ImportExampleGen and StatisticsGen had read the data."""
+    local = tmp_path / "schema.pbtxt"
+    local.write_text('feature { name: "label" type: BYTES\n')
+    result = CliRunner().invoke(cli.main, [
+        "compile", "--image", "registry.example/covid-cxr:1", "--output", str(tmp_path / "spec.json"), *BUCKETS,
+        "--set", f"data.schema_file={local}"])
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(rf'covid-cxr: error: data.schema_file: {re.escape(str(local))} is not a schema \(.*\): 1:31 : Expected "}}"\.',
+                        result.output.strip()), result.output
+    assert not (tmp_path / "spec.json").exists()
+
+
 def test_dataflow_without_a_way_to_ship_the_package_to_its_workers_is_refused(tmp_path):
     dataflow = "runtime.beam_extra_args=[--runner=DataflowRunner,--project=p,--region=us-central1"
     result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--output",

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from covid_cxr import local_runner
-from covid_cxr.components.schema_gate import DataValidationError
+from covid_cxr.components.schema_gate import DataValidationError, SchemaFileError
 from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
@@ -275,7 +275,7 @@ def test_a_schema_file_that_is_not_a_schema_is_refused_before_the_run(tmp_path, 
     schema = tmp_path / "schema.pbtxt"
     schema.write_text(content)
     config = _checked_config(tmp_path, **{"data.schema_file": str(schema)})
-    with pytest.raises(cfg.ConfigError, match=rf"^data.schema_file: {schema} is (not a|an empty) schema") as info:
+    with pytest.raises(SchemaFileError, match=rf"^data.schema_file: {schema} is (not a|an empty) schema") as info:
         local_runner.check_settings(config)
     assert "\n" not in str(info.value)
 
