@@ -161,7 +161,7 @@ def main(verbose: bool) -> None:
     """covid-cxr: public chest X-rays -> a COVID-19 classifier that is deployed only when it
     proves its sensitivity and specificity on held-out patients."""
     _quiet_logs(verbose)
-    if not verbose:  # Beam's multi_processing workers are new Pythons: without it each printed 36 import-time warnings
+    if not verbose:  # Beam's multi_processing workers are new Pythons: without it a quick run printed 36 warning lines
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
     signal.signal(signal.SIGTERM, _raise_terminated)
 

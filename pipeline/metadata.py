@@ -129,7 +129,8 @@ def _pipeline_executions(store, pipeline_name: str) -> list:
     return store.get_executions_by_context(context.id) if context is not None else []
 
 
-# A Pusher that failed, or is still running (another run in a shared store), has no outputs to read yet.
+# A Pusher that failed, is still running (another run in a shared store) or was stopped (Ctrl-C, SIGTERM: TFX
+# leaves its execution RUNNING) has no outputs to read.
 _FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
 
