@@ -331,7 +331,7 @@ def run(data_dir, require_blessed, preset, config_file, overrides, **named):
         click.echo(f"covid-cxr: warning: {data_dir!r} is the external test set `curate --hold-out` wrote "
                    f"({held.get('source')}'s films, held out of {held.get('training_data')!r}): trained on, "
                    "they no longer test anything", err=True)
-    for note in local_runner.settings_notes(config):
+    for note in [*local_runner.split_notes(config, summary), *local_runner.settings_notes(config)]:
         click.echo(f"note: {note}", err=True)
     outcome = local_runner.run(config)
     print_outcome(outcome, config.runtime.serving_dir)

@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import csv
 import os
 import sys
 
@@ -13,11 +15,11 @@ from tfx import v1 as tfx
 
 from covid_cxr.components import pusher, schema_gate
 from covid_cxr.components.schema_gate import DataValidationError
-from covid_cxr.data import writer
+from covid_cxr.data import features, writer
 from covid_cxr.messages import first_line
 from covid_cxr.pipeline import fingerprints, metadata
 from covid_cxr.pipeline.config import ConfigError, PipelineConfig
-from covid_cxr.pipeline.pipeline import create_pipeline
+from covid_cxr.pipeline.pipeline import create_pipeline, split_config, split_of
 from covid_cxr.trainer import models, training
 
 
@@ -33,7 +35,52 @@ def check_data(config: PipelineConfig) -> dict:
         writer.check_fits_task(summary, config.data.data_dir, config.task)
     except writer.CurationMismatch as e:
         raise ConfigError(str(e)) from None
+    for split, per_class in (split_counts(config, summary) or {}).items():
+        missing = [c for c, n in per_class.items() if not n]
+        if missing:  # else found by the Trainer (eval) or only in the gate's report (test), minutes in
+            raise ConfigError(f"the {split} split would hold no {' and no '.join(missing)} films ({split} films per "
+                              f"class: {_per_class(per_class)}; patients are dealt by hash): add patients of that class, or "
+                              f"change data.*_buckets, which deals them anew (now {_buckets(config)})")
     return summary
+
+
+def _buckets(config: PipelineConfig) -> str:
+    data = config.data
+    return f"train/eval/test {data.train_buckets}/{data.eval_buckets}/{data.test_buckets}"
+
+
+def _per_class(per_class: dict) -> str:
+    return ", ".join(f"{c} {n}" for c, n in per_class.items())
+
+
+def split_counts(config: PipelineConfig, summary: dict) -> dict[str, dict[str, int]] | None:
+    """{split: films per class} as ImportExampleGen will deal the curated films, from manifest.csv
+    (written with the records, and far cheaper to read than them); None where that cannot be known
+    here: a bucket URI (Kubeflow's data), no manifest, or one that does not match the summary."""
+    data_dir = config.data.data_dir
+    path = os.path.join(data_dir, features.MANIFEST)
+    if "://" in data_dir or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [(r["group"], r["label"]) for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error):
+        return None  # left to the Trainer's own check
+    if dict(collections.Counter(label for _, label in rows)) != summary.get("per_class"):
+        return None  # edited by hand: the manifest no longer says what the records hold
+    counts = {s.name: dict.fromkeys(config.task.classes, 0) for s in split_config(config.data).splits}
+    for split, (_, label) in zip(split_of([g for g, _ in rows], config.data), rows):
+        counts[split][label] += 1
+    return counts
+
+
+def split_notes(config: PipelineConfig, summary: dict) -> list[str]:
+    """The films per split and class ExampleGen will write, said before the run (none where unknown)."""
+    counts = split_counts(config, summary)
+    if not counts:
+        return []
+    return [f"films per split ({_buckets(config)} buckets): "
+            + "; ".join(f"{split} {_per_class(per_class)}" for split, per_class in counts.items())]
 
 
 def check_inputs(config: PipelineConfig) -> dict:

@@ -6,12 +6,16 @@ schema) -> ExampleValidator -> SchemaGate (anomalies stop the run) -> Transform 
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
+import itertools
 import json
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx import v1 as tfx
+from tensorflow.core.example import feature_pb2
 from tfx.proto import example_gen_pb2
 
 from covid_cxr.components.pusher import VersionedPusher
@@ -30,7 +34,7 @@ CODE_KEY = fingerprints.CODE_KEY
 
 
 def split_config(data: DataConfig) -> example_gen_pb2.SplitConfig:
-    """ExampleGen's train / eval / test split (also what scripts/leak_check.py re-deals)."""
+    """ExampleGen's train / eval / test split (split_of deals a group as it does)."""
     return example_gen_pb2.SplitConfig(
         splits=[
             example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=data.train_buckets),
@@ -40,6 +44,22 @@ def split_config(data: DataConfig) -> example_gen_pb2.SplitConfig:
         # Hash on the patient/near-duplicate group: no patient, no picture in two splits.
         partition_feature_name=features.GROUP,
     )
+
+
+def split_of(groups: Iterable[str], data: DataConfig) -> list[str]:
+    """The split ImportExampleGen deals each group into, computed as TFX 1.16 does (its private
+    base_example_gen_executor._PartitionFn, which pipeline_test compares this with): sha256 of the
+    serialized partition feature, modulo the total buckets, into the split whose cumulative edge is above."""
+    config = split_config(data)
+    names = [s.name for s in config.splits]
+    edges = list(itertools.accumulate(s.hash_buckets for s in config.splits))
+    out = []
+    for group in groups:
+        # The group as the curated tf.Example carries it (features.Record.to_example).
+        key = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[group.encode("utf-8")]))
+        bucket = int(hashlib.sha256(key.SerializeToString(deterministic=True)).hexdigest(), 16) % edges[-1]
+        out.append(names[bisect.bisect(edges, bucket)])
+    return out
 
 
 def create_components(config: PipelineConfig, schema_sha256: Optional[str] = None) -> list:

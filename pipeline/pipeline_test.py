@@ -33,6 +33,26 @@ def test_example_gen_splits_on_the_group_with_the_configured_buckets(tmp_path):
     assert [(s["name"], s["hash_buckets"]) for s in split["splits"]] == [("train", 14), ("eval", 5), ("test", 3)]
 
 
+
+@pytest.mark.parametrize("buckets", [(14, 3, 3), (1, 1, 1), (7, 5, 2)])
+def test_split_of_deals_each_group_as_example_gens_own_partition_function(buckets):
+    import tensorflow as tf
+    from tfx.components.example_gen import base_example_gen_executor
+
+    data = cfg.DataConfig(**dict(zip(("train_buckets", "eval_buckets", "test_buckets"), buckets)))
+    config = pipeline.split_config(data)
+    edges = [sum(buckets[:i + 1]) for i in range(3)]
+    groups = [f"{i:016x}" for i in range(200)] + ["", "patient 7", "rsna:0004cfab", "é-ü"]
+
+    def tfx_split(group):
+        example = tf.train.Example()
+        example.features.feature[features.GROUP].bytes_list.value.append(group.encode("utf-8"))
+        return ("train", "eval", "test")[base_example_gen_executor._PartitionFn(example, 3, edges, config)]
+
+    dealt = pipeline.split_of(groups, data)
+    assert dealt == [tfx_split(g) for g in groups]
+    assert set(dealt) == {"train", "eval", "test"}
+
 def test_without_a_baseline_there_is_no_resolver_and_no_auc_regression_bar(tmp_path):
     def auc_thresholds(config):
         evaluator = next(c for c in pipeline.create_components(config) if c.id == "Evaluator")

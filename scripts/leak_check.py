@@ -24,35 +24,18 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import itertools
 import json
 import os
 import re
 import sys
 
-import tensorflow as tf
-from tfx.components.example_gen import base_example_gen_executor
 
 from covid_cxr.data import dedupe, features, images
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
-from covid_cxr.pipeline import pipeline
+from covid_cxr.pipeline.pipeline import split_of  # ExampleGen's own deal (pinned to TFX's function)
 from covid_cxr.pipeline.config import DataConfig
 
 NIH_FILE = re.compile(r"(\d{8})_\d{3}\.png$")
-
-
-def split_of(groups: list[str], data: DataConfig) -> list[str]:
-    """The split ExampleGen deals each group into, with the pipeline's own SplitConfig."""
-    config = pipeline.split_config(data)
-    names = [s.name for s in config.splits]
-    edges = list(itertools.accumulate(s.hash_buckets for s in config.splits))
-    out = []
-    for group in groups:
-        example = tf.train.Example()
-        example.features.feature[features.GROUP].bytes_list.value.append(group.encode())
-        # TFX's private partition function: the script must deal exactly as the pipeline did.
-        out.append(names[base_example_gen_executor._PartitionFn(example, len(names), edges, config)])
-    return out
 
 
 def nih_patient_by_hash(settings: dict, cache: dict) -> dict[str, str]:
