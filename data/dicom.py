@@ -117,18 +117,26 @@ def quiet_pydicom() -> Iterator[None]:
     """Silences pydicom's validation warnings and log lines while reading: they quote header values
     (e.g. "Invalid value for VR PN: '<name>'"), which must not reach the console or logs."""
     logger = logging.getLogger("pydicom")
-    disabled, propagate, level = logger.disabled, logger.propagate, logger.level
-    # Disabling stops only pydicom's own logger; its children (pydicom.pixels.*, which log header
-    # values and decoder tracebacks) inherit its level, and would reach its handlers (pydicom's
-    # config.debug adds one) and, propagating, the root's.
-    logger.disabled, logger.propagate = True, False
+    propagate, level = logger.propagate, logger.level
+    # A disabled logger drops only its own records: pydicom's children (pydicom.pixels.*, which log
+    # header values and decoder tracebacks) would still reach its handlers (config.debug adds one)
+    # and, propagating, the root's. One made while reading inherits the level set here; one there now
+    # may have a level set by hand, so those are disabled too.
+    loggers = [logger] + [child for name, child in list(logging.Logger.manager.loggerDict.items())
+                          if name.startswith("pydicom.") and isinstance(child, logging.Logger)]
+    disabled = [each.disabled for each in loggers]
+    for each in loggers:
+        each.disabled = True
+    logger.propagate = False
     logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.disabled, logger.propagate = disabled, propagate
+        for each, was in zip(loggers, disabled):
+            each.disabled = was
+        logger.propagate = propagate
         logger.setLevel(level)
 
 

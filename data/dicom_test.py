@@ -368,15 +368,21 @@ def test_reading_silences_pydicoms_warnings_and_logs_and_names_a_file_it_may_not
         dicom.read_dicom(path)
 
 
-def test_a_child_logger_given_its_own_level_stays_off_the_root_log_while_reading(caplog):
+def test_a_child_logger_given_its_own_level_stays_off_the_root_log_and_pydicoms_handlers_while_reading(caplog):
     child = logging.getLogger("pydicom.pixels.utils")
+    parent = logging.getLogger("pydicom")
+    own = logging.handlers.BufferingHandler(100)  # where pydicom.config.debug(True) sends them
+    parent.addHandler(own)
     level = child.level
     child.setLevel(logging.DEBUG)  # configured by hand: it no longer inherits pydicom's silenced level
     try:
         with caplog.at_level(logging.DEBUG), dicom.quiet_pydicom():
             child.error("patient_name: DOE_JANE")
-        assert "DOE_JANE" not in caplog.text
+        assert "DOE_JANE" not in caplog.text and not own.buffer
+        child.error("after reading")  # pydicom's handlers get its records again afterwards
+        assert [r.getMessage() for r in own.buffer] == ["after reading"]
     finally:
+        parent.removeHandler(own)
         child.setLevel(level)
 
 
