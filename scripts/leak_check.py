@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Test films whose copy or whose patient sits in another split, for curated directories.
 
-For each curated directory: every film's ExampleGen split (TFX's own partition function applied to
-its ``group``, with the pipeline's bucket counts), then the test films that
+For each curated directory: every film's ExampleGen split (its ``group`` dealt as TFX's partition
+function deals it, with the pipeline's bucket counts: ``pipeline.split_of``), then the test films that
 
 * have a film in train or eval within perceptual-hash distance ``--threshold`` in another group:
   a re-crop of the same film that the curation's grouping did not join (default: the current
