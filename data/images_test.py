@@ -284,3 +284,117 @@ def test_a_named_pipe_is_refused_unopened(tmp_path):
         for path in (pipe, bare):
             with pytest.raises(images.ImageError, match=r"^not a regular file: a named pipe \(FIFO\)$"):
                 images.read_gray(path)
+
+
+def test_a_grey_frame_with_jpeg_noise_or_a_film_touching_one_edge_is_still_a_frame():
+    film = testing.radiograph(3)
+    film = np.where(np.abs(film.astype(int) - 128) <= 3, 132, film).astype(np.uint8)
+    noisy = (128 + np.random.default_rng(0).integers(-1, 2, size=(200, 180))).astype(np.uint8)  # levels 127-129
+    noisy[20:180, 26:154] = film
+    assert images.content_box(noisy) == (20, 180, 26, 154)
+    # The film reaches the left edge: a fifth of the edge is film, the rest still one grey level.
+    touching = np.full((200, 180), 128, np.uint8)
+    touching[20:180, 0:128] = film
+    assert images.content_box(touching) == (20, 180, 0, 128)
+
+
+def test_a_gap_of_two_percent_of_the_side_is_bridged_and_a_wider_one_cuts_the_film():
+    img, box = framed(top=20, bottom=20, left=16, right=16)  # 200 rows: gaps up to 4 rows are bridged
+    img[100:104, :] = 0
+    assert images.content_box(img) == box
+    img[104, :] = 0  # 5 rows: two runs, the longer (rows 20-99) wins
+    assert images.content_box(img)[:2] == (20, 100)
+
+
+def test_of_two_equal_films_the_first_is_kept_and_a_picture_without_grey_levels_is_left_whole():
+    img = np.zeros((200, 160), np.uint8)
+    img[10:80], img[120:190] = testing.radiograph(1, (70, 160)), testing.radiograph(2, (70, 160))
+    assert images.content_box(img)[:2] == (10, 80)
+    # Only black and white (a drawing, a mask): no content to crop to, no crop and no refusal note.
+    drawing = np.zeros((120, 100), np.uint8)
+    drawing[30:90, 20:80:3] = 255
+    assert images.content_box(drawing) == (0, 120, 0, 100)
+    out, did, note = images.crop_borders(drawing)
+    assert out is drawing and not did and note == ""
+
+
+def test_a_crop_of_exactly_the_minimum_fraction_is_kept_and_one_narrower_than_min_side_is_refused():
+    img = np.zeros((200, 200), np.uint8)
+    img[20:90, 20:180] = testing.radiograph(4, (70, 160))  # 35 % of the height: not a sliver
+    out, did, note = images.crop_borders(img)
+    assert did and note == "" and out.shape == (70, 160)
+    narrow = np.zeros((200, 80), np.uint8)
+    narrow[20:180, 20:50] = testing.radiograph(4, (160, 30))  # 38 % of the width, but 30 columns < MIN_SIDE
+    out, did, note = images.crop_borders(narrow)
+    assert not did and out is narrow
+    assert note == "crop refused: content box 80% x 38% of the image"
+
+
+def test_resize_rounds_the_short_side_and_averages_what_it_merges():
+    assert images.resize_max_side(testing.radiograph(6, (300, 155)), 100).shape == (100, 52)  # 51.67 -> 52
+    stripes = np.tile(np.array([0, 255], np.uint8), (100, 100))  # 1-pixel columns, 100 x 200
+    out = images.resize_max_side(stripes, 100)
+    assert out.shape == (50, 100) and np.abs(out.astype(int) - 127.5).max() <= 1  # area, not sampling
+
+
+def test_clahe_is_the_documented_clip_and_grid():
+    low_contrast = (testing.radiograph(8, (256, 256)) // 4 + 100).astype(np.uint8)
+    import cv2
+
+    expected = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(low_contrast)
+    np.testing.assert_array_equal(images.equalize(low_contrast, "clahe"), expected)
+
+
+def test_phash_is_the_16x16_lowest_dct_frequencies_against_their_median():
+    from scipy.fft import dctn
+    import cv2
+
+    gray = testing.radiograph(21, (150, 120))
+    small = cv2.resize(gray.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA)
+    low = dctn(small.astype(np.float64), norm="ortho")[:16, :16]  # an independent DCT-II
+    expected = np.packbits((low > np.median(low)).ravel()).tobytes()
+    assert images.perceptual_hash(gray) == expected
+
+
+def test_the_stored_film_is_equalized_after_resizing_and_a_tenth_of_a_row_is_content(tmp_path):
+    path = testing.write_image(tmp_path / "a.png", testing.radiograph(22, (400, 300)))
+    plain = images.decode_png(images.process(path, max_side=64, crop=False).png)
+    stored = images.decode_png(images.process(path, max_side=64, crop=False, equalization="hist").png)
+    np.testing.assert_array_equal(stored, images.equalize(plain, "hist"))  # its own histogram, at its own size
+    img = np.zeros((200, 100), np.uint8)
+    img[40:180] = testing.radiograph(23, (140, 100))
+    img[20:40, 45:55] = 128  # 10 % of each of these rows is content
+    assert images.content_box(img)[:2] == (20, 180)
+
+
+def test_deep_levels_are_rounded_and_grey_with_alpha_is_laid_on_black(tmp_path):
+    Image.fromarray(np.repeat(np.array([[1000, 1001, 1002]], np.uint16), 40, axis=0)).save(tmp_path / "deep.png")
+    assert images.read_gray(str(tmp_path / "deep.png"))[0][0].tolist() == [0, 128, 255]  # 127.5 rounds
+    film = testing.radiograph(9)
+    alpha = np.full(film.shape, 255, np.uint8)
+    alpha[:, :10] = 0
+    Image.fromarray(np.dstack([film, alpha]), mode="LA").save(tmp_path / "la.png")
+    out = images.read_gray(str(tmp_path / "la.png"))[0]
+    assert (out[:, :10] == 0).all()
+    np.testing.assert_array_equal(out[:, 10:], film[:, 10:])
+
+
+def test_a_film_too_narrow_is_refused_and_running_out_of_memory_is_named(tmp_path, monkeypatch):
+    side = images.MIN_SIDE
+    testing.write_image(tmp_path / "narrow.png", testing.radiograph(11, (100, side - 1)))
+    assert images.process_job((str(tmp_path / "narrow.png"), 512, False, "none"))[1] == f"image too small ({side - 1}x100)"
+
+    def exhausted(path):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "read_gray", exhausted)
+    assert images.process_job((str(tmp_path / "narrow.png"), 512, False, "none")) == (None, "image too large (out of memory)")
+
+
+def test_an_upper_case_extension_is_an_image_and_a_missing_file_is_not_called_a_broken_link(tmp_path):
+    assert images.is_image_file(str(tmp_path / "FILM.PNG")) and images.is_image_file(str(tmp_path / "x.Jpeg"))
+    assert not images.is_image_file(str(tmp_path / "notes.txt"))
+    assert images.process_job((str(tmp_path / "gone.png"), 512, True, "none")) == (None, "file not found")
+    os.symlink(tmp_path / "gone.png", tmp_path / "link.png")
+    assert images.process_job((str(tmp_path / "link.png"), 512, True, "none")) == (
+        None, "broken symbolic link: its target does not exist")
