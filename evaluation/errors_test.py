@@ -107,3 +107,14 @@ def test_each_listed_film_carries_its_own_group_and_the_gallery_its_own_pictures
     [(grays, captions)] = drawn
     assert [int(g.mean()) for g in grays] == [10, 30]
     assert captions == [errors.caption(e) for e in out["listed"][:2]]
+
+
+def test_each_listed_film_carries_its_own_slices_and_equally_wrong_films_keep_their_order():
+    covid = np.array([0.9, 0.3, 0.9, 0.2, 0.9])
+    labels, predicted = np.array([0, 1, 0, 1, 0]), (covid > 0.5).astype(int)
+    out = errors.misclassified(BINARY, labels, predicted, np.stack([1 - covid, covid], axis=1), None,
+                               [f"r{i}" for i in range(5)], {"source": list("abcde"), "view": ["PA", "AP", "AP", "PA", "L"]},
+                               threshold=0.5)
+    # Films 0, 2 and 4 are equally wrong (0.9): in their own order, then 3 (0.2), then 1 (0.3).
+    assert [(e["index"], e["source"], e["view"]) for e in out["listed"]] == [
+        (0, "a", "PA"), (2, "c", "AP"), (4, "e", "L"), (3, "d", "PA"), (1, "b", "AP")]
