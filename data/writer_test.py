@@ -192,3 +192,63 @@ def test_an_output_path_is_tried_before_the_work_and_a_bucket_is_left_to_the_run
     with pytest.raises(writer.OutputError, match=r"cannot be written: .*: Permission denied$"):
         writer.check_writable(str(tmp_path / "new"), "--out")
     writer.check_writable("gs://bucket/out", "--out")  # not this machine's to try
+
+
+def test_the_manifest_lists_each_record_once_in_shard_order_and_every_rejection_keeps_its_reason(tmp_path):
+    import csv
+
+    out = tmp_path / "out"
+    w = writer.DatasetWriter(str(out), "covid-vs-normal", records_per_shard=2)
+    for i in range(5):
+        w.add(_record(i, "covid" if i % 2 else "normal"), f"ref{i}", image_hash=f"h{i}", note=f"n{i}" if i == 3 else "")
+    reasons = ["unreadable image: truncated", "near-duplicate of cohen:a:b.png", "lateral view: DICOM ViewPosition"]
+    for i, reason in enumerate(reasons):
+        w.reject(f"src{i}", f"bad{i}", reason)
+    summary = w.close()
+    with open(out / features.MANIFEST, newline="", encoding="utf-8") as f:
+        manifest = list(csv.DictReader(f))
+    with open(out / features.REJECTED, newline="", encoding="utf-8") as f:
+        rejected = list(csv.DictReader(f))
+    _, pngs = _read_shards(out)
+    # One manifest row per written record, in the same order: nothing lost, nothing twice.
+    assert [row["source_ref"] for row in manifest] == [f"ref{i}" for i in range(5)]
+    assert pngs == [b"\x89PNG fake %d" % i for i in range(5)]
+    assert [(row["label"], row["label_index"], row["patient_id"], row["group"], row["hash"], row["note"])
+            for row in manifest] == [("covid" if i % 2 else "normal", str(i % 2), f"p{i}", f"g{i}", f"h{i}",
+                                      "n3" if i == 3 else "") for i in range(5)]
+    assert (manifest[0]["source"], manifest[0]["view"], manifest[0]["sex"], manifest[0]["age"]) == ("s", "PA", "F", "40")
+    assert rejected == [{"source": f"src{i}", "source_ref": f"bad{i}", "reason": r} for i, r in enumerate(reasons)]
+    assert (summary["accepted"], summary["rejected"]) == (len(manifest), len(rejected))
+    assert summary["per_class"] == {"normal": 3, "covid": 2}
+    assert summary["rejections"] == {"unreadable image": 1, "near-duplicate": 1, "lateral view": 1}
+
+
+def test_close_removes_old_shards_only(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "records-notes.txt").write_text("mine")  # named like a shard, but not one
+    (out / "records-00003-of-00004.tfrecord.gz").write_bytes(b"stale")
+    w = writer.DatasetWriter(str(out), "covid-vs-normal")
+    w.add(_record(0), "ref0")
+    w.close()
+    assert (out / "records-notes.txt").read_text() == "mine"
+    assert _read_shards(out)[0] == ["records-00000-of-00001.tfrecord.gz"]
+
+
+def test_record_files_are_in_shard_order_whatever_the_directory_lists(tmp_path):
+    import random
+
+    names = [f"records-{i:05d}-of-00040.tfrecord.gz" for i in range(40)]
+    random.Random(0).shuffle(names)
+    for name in names:  # created out of order: a directory lists them in its own order
+        (tmp_path / name).write_bytes(b"")
+    assert writer.record_files(str(tmp_path)) == [str(tmp_path / n) for n in sorted(names)]
+
+
+def test_an_image_is_judged_by_the_whole_png_signature(tmp_path):
+    out = tmp_path / "out"
+    w = writer.DatasetWriter(str(out), "covid-vs-normal")
+    w.add(_record(0), "ref0")  # b"\x89PNG fake 0": the signature's first four bytes only
+    w.close()
+    with pytest.raises(writer.UnreadableDataError, match="record 0 has an image that is not PNG or JPEG data"):
+        list(writer.read_examples(writer.record_files(str(out))))

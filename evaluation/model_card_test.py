@@ -194,3 +194,20 @@ def test_three_class_evaluation_lines_and_curation_settings():
     assert (f"| radiography | 130 | 0.900 ({sens[0]:.3f} – {sens[1]:.3f}) | {110 / 120:.3f} ({spec[0]:.3f} – {spec[1]:.3f}) "
             "| 0.550 (0.410 – 0.700) |") in card
     assert "one-vs-rest" not in model_card.render(METADATA, _report())  # binary: COVID is the positive class
+
+
+def test_the_data_line_tells_patients_from_split_groups():
+    summary = METADATA["data_summary"]
+    card = model_card.render(METADATA, _report())
+    assert (f"- curated dataset: {summary['accepted']} images of {summary['patients']} patients "
+            f"({summary['groups']} split groups); {summary['rejected']} inputs rejected\n") in card
+
+
+def test_a_metric_the_evaluation_could_not_measure_is_na_not_a_crash():
+    # Evaluation data holding COVID films only: no specificity, no NPV to give.
+    evaluation = {"data": {"path": "/data/covid-only"}, "n": 10, "class_counts": {"covid": 10},
+                  "sensitivity": metrics.proportion(9, 10), "specificity": metrics.proportion(0, 0),
+                  "npv": metrics.proportion(0, 0)}
+    card = model_card.render(METADATA, _report(), evaluation=evaluation)
+    assert "| specificity | n/a | n/a |  |\n" in card and "| NPV | n/a | n/a |  |\n" in card
+    assert "| sensitivity | 0.900 | " in card
