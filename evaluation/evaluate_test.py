@@ -957,3 +957,65 @@ def test_the_report_is_not_written_into_another_version_of_the_serving_directory
         assert result.exit_code == 2 and "choose another folder" in result.output, result.output
     assert pathlib.Path(card).read_text() == "the pushed card"
     assert sorted(os.listdir(serving)) == ["2", "3"]
+
+
+def test_the_html_page_shows_this_reports_threshold_counts_and_table_columns():
+    import html
+
+    from covid_cxr.evaluation import html_report
+    from covid_cxr.serving import typicality
+
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos] * 4 + [1 - pos] * 2)
+    covid = np.array([0.9, 0.8, 0.45, 0.2, 0.1, 0.6])
+    outputs = {"label_index": np.where(covid > 0.4, pos, 1 - pos), "covid_probability": covid,
+               "probabilities": np.stack([1 - covid, covid] if pos == 1 else [covid, 1 - covid], axis=1),
+               "atypical": np.array([0, 1, 0, 0, 0, 0], bool)}
+    report = evaluate.compute(task, labels, outputs, n_boot=100, slices={features.SOURCE: ["a"] * 3 + ["b"] * 3})
+    entry = {"index": 3, "ref": "r3", "true": "covid", "predicted": "normal", "covid_probability": 0.2, "view": "AP"}
+    report.update(task=task.name, threshold=0.4, threshold_note="chosen", data={"path": "d", "format": "folders", "skipped": 2},
+                  model={"path": "m", "version": None, "gate_decision": {"blessed": True, "record": "rec.json"}},
+                  errors={"n": 120, "order": "o", "listed": [entry]})  # more errors than the page lists
+    pipeline = {"root": "r", "anomalies": {"uri": "a", "splits": {"train": [], "eval": []}},
+                "evaluation": {"uri": "u", "blessed": True, "failures": [], "metrics": {"examples": 200.0}, "slices": {}}}
+    page = html_report.render(report, pngs={}, pipeline=pipeline)
+    assert "<td>0.4000: chosen</td>" in page
+    counts = ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
+    assert f"<td>{report['n']} ({counts}); 2 skipped</td>" in page  # no "0 hidden ..." when none were
+    auc = report["auc"]
+    assert (auc["n_positive"], auc["n_negative"]) == (4, 2)
+    assert "<td>4 pos / 2 neg</td></tr>" in page
+    cm = report["confusion_matrix"]
+    assert len({tuple(row) for row in cm["matrix"]}) == 2  # the rows differ: each must sit beside its class
+    for c, row in zip(cm["classes"], cm["matrix"]):
+        assert "<tr><td>" + c + "</td>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" in page
+    a = report["per_source"]["a"]  # COVID films only: an accuracy, no AUC
+    assert f"<td>{a['accuracy']['value']:.3f}</td><td>n/a</td>" in page
+    assert "<h2>Misclassified films (120)</h2>" in page
+    assert html.escape(predict.approval_text(None, "rec.json")) in page  # the gate's BLESSED, not "not pushed" alone
+    assert "<th>view</th>" in page and "<td>AP</td></tr>" in page  # each listed film's view
+    assert html.escape(typicality.rate_text(report["atypical"])) in page
+    assert "<p class=ok>No anomalies in splits train, eval.</p>" in page
+    assert "<tr><td>overall</td><td>200</td></tr>" in page  # TFMA's example count, a whole number
+
+
+def test_the_html_three_class_table_gives_each_class_its_own_recall_and_specificity():
+    from covid_cxr.evaluation import html_report
+
+    task = features.TASKS["three-class"]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    probabilities = rng.dirichlet(np.ones(3), size=30) + np.eye(3)[labels] * 0.5
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    outputs = {"label_index": probabilities.argmax(1), "covid_probability": probabilities[:, task.positive_index],
+               "probabilities": probabilities}
+    report = evaluate.compute(task, labels, outputs, n_boot=50)
+    report.update(task=task.name, threshold=0.5, threshold_note="n", model={"path": "m", "version": 1},
+                  data={"path": "d", "format": "tfrecords", "skipped": 0})
+    page = html_report.render(report, pngs={})
+    for c, m in report["multiclass"]["per_class"].items():
+        sens, spec = m["sensitivity"], m["specificity"]
+        assert sens["value"] != spec["value"]
+        assert (f"<tr><td>{c}</td><td>{m['support']}</td><td>{sens['value']:.3f} ({sens['ci95'][0]:.3f} – "
+                f"{sens['ci95'][1]:.3f})</td><td>{spec['value']:.3f} ({spec['ci95'][0]:.3f} – {spec['ci95'][1]:.3f})</td>") in page
