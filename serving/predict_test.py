@@ -630,3 +630,29 @@ def test_a_heat_map_that_cannot_be_written_fails_its_row_not_the_predictions(bin
     assert report["predictions"][0]["explanation"] is None and report["predictions"][1]["explanation"]
     [error] = report["errors"]
     assert error["file"].endswith("film0.png") and error["error"].startswith("explanation failed: IsADirectoryError")
+
+
+def test_the_transform_signature_needs_no_label(binary_model):
+    # The transform_features signature (TFMA's preprocessing hook) transforms films whose labels are not sent.
+    from covid_cxr.data import features
+
+    records = testing.read_records(binary_model.data_dir)[:2]
+    unlabelled = []
+    for record in records:
+        example = tf.train.Example.FromString(record)
+        del example.features.feature[features.LABEL]
+        del example.features.feature[features.LABEL_INDEX]
+        unlabelled.append(example.SerializeToString())
+    transform = tf.saved_model.load(binary_model.model_dir).signatures["transform_features"]
+    full, bare = transform(examples=tf.constant(records)), transform(examples=tf.constant(unlabelled))
+    assert bare["image_xf"].shape[0] == 2
+    np.testing.assert_array_equal(bare["image_xf"].numpy(), full["image_xf"].numpy())
+
+
+def test_a_three_class_model_serves_the_covid_column_as_its_covid_probability(three_class_model):
+    out = predict.load_model(three_class_model.serving_dir).predict_examples(_first_records(three_class_model, 6)[0])
+    covid = three_class_model.task.positive_index
+    np.testing.assert_allclose(out["covid_probability"], out["probabilities"][:, covid], atol=1e-7)
+    called = out["covid_probability"] > three_class_model.threshold
+    assert called.any() and not called.all()  # the tiny model's threshold halves its films
+    np.testing.assert_array_equal(out["label_index"] == covid, called)
