@@ -109,15 +109,16 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     if schema and _on_this_machine(schema) and not schema.removeprefix("file://").startswith("/"):
         raise ConfigError(f"data.schema_file {schema!r} is a relative path, which each container would "
                           "look for in its own working directory: give the absolute path in the image, or gs://...")
-    if config.data.schema_file and fingerprints.file_fingerprint(config.data.schema_file):
-        schema_gate.check_schema_file(config.data.schema_file)  # the spec pins this content: the pods read the same
-    if _on_this_machine(config.data.schema_file):
+    readable_here = bool(schema and fingerprints.file_fingerprint(schema))  # read once for the three uses below
+    if readable_here:
+        schema_gate.check_schema_file(schema)  # the spec pins this content: the pods read the same
+    if _on_this_machine(schema):
         checked = ("; the spec holds the hash of this machine's copy, so a different file there stops the run"
-                   if fingerprints.file_fingerprint(config.data.schema_file) else "")
-        notes.append(f"data.schema_file {config.data.schema_file!r} is read inside the container: the image must "
+                   if readable_here else "")
+        notes.append(f"data.schema_file {schema!r} is read inside the container: the image must "
                      f"hold it at that path (or pass --set data.schema_file=gs://...){checked}")
-    elif config.data.schema_file and not fingerprints.file_fingerprint(config.data.schema_file):
-        notes.append(f"data.schema_file {config.data.schema_file!r} cannot be read from this machine, so the spec "
+    elif schema and not readable_here:
+        notes.append(f"data.schema_file {schema!r} cannot be read from this machine, so the spec "
                      "holds no hash of its content and the cache keys on its path alone: give each schema version "
                      "a new path")
     if config.runtime.mysql_host or config.runtime.metadata_path:
