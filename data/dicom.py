@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 import warnings
 from typing import Iterator
 
@@ -115,7 +116,31 @@ def parse_view(value) -> str:
 @contextlib.contextmanager
 def quiet_pydicom() -> Iterator[None]:
     """Silences pydicom's validation warnings and log lines while reading: they quote header values
-    (e.g. "Invalid value for VR PN: '<name>'"), which must not reach the console or logs."""
+    (e.g. "Invalid value for VR PN: '<name>'"), which must not reach the console or logs.
+
+    Safe when several threads read at once: the first to enter silences, the last to leave restores.
+    (Each saving and restoring on its own, a thread leaving first would make the others loud again.)"""
+    global _quiet_readers, _loud_state
+    with _quiet_lock:
+        if not _quiet_readers:
+            _loud_state = _silence_pydicom()
+        _quiet_readers += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_readers -= 1
+            if not _quiet_readers:
+                _loud_state()
+
+
+_quiet_lock = threading.Lock()
+_quiet_readers = 0  # threads inside quiet_pydicom
+_loud_state = None  # restores what the first of them silenced
+
+
+def _silence_pydicom():
+    """Silences pydicom's loggers and every warning; returns the function that undoes it."""
     logger = logging.getLogger("pydicom")
     propagate, level = logger.propagate, logger.level
     # A disabled logger drops only its own records: pydicom's children (pydicom.pixels.*, which log
@@ -129,15 +154,18 @@ def quiet_pydicom() -> Iterator[None]:
         each.disabled = True
     logger.propagate = False
     logger.setLevel(logging.CRITICAL + 1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
+    # What warnings.catch_warnings does, but entered and left once for all reading threads.
+    ignoring = warnings.catch_warnings()
+    ignoring.__enter__()
+    warnings.simplefilter("ignore")
+
+    def restore():
+        ignoring.__exit__(None, None, None)
         for each, was in zip(loggers, disabled):
             each.disabled = was
         logger.propagate = propagate
         logger.setLevel(level)
+    return restore
 
 
 PERMISSION_DENIED = "cannot read the file (permission denied)"  # also images.read_gray's, for any file

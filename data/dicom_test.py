@@ -2,6 +2,7 @@ import builtins
 import logging
 import logging.handlers
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -398,3 +399,37 @@ def test_a_named_pipe_is_never_opened_to_look_for_the_dicom_magic(tmp_path, monk
         monkeypatch.setattr(builtins, "open", lambda *a, **k: pytest.fail("opened a named pipe"))
         assert not dicom.is_dicom(pipe)
         monkeypatch.undo()
+
+
+def test_a_reader_leaving_first_leaves_the_others_quiet_and_the_last_restores(caplog, recwarn):
+    # Two threads read at once; the first finishes while the second is still reading.
+    entered, first_left, second_may_leave = threading.Event(), threading.Event(), threading.Event()
+    heard = []
+
+    def first():
+        with dicom.quiet_pydicom():
+            entered.wait()
+        first_left.set()
+
+    def second():
+        with dicom.quiet_pydicom():
+            entered.set()
+            first_left.wait()
+            logging.getLogger("pydicom").error("patient_name: DOE_JANE")
+            warnings.warn("Invalid value for VR PN: 'DOE^JANE'")
+            heard.append(logging.getLogger("pydicom").disabled)
+            second_may_leave.wait()
+
+    with caplog.at_level(logging.DEBUG):
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        first_left.wait(10)
+        second_may_leave.set()
+        for thread in threads:
+            thread.join(10)
+        assert heard == [True] and "DOE" not in caplog.text and not [w for w in recwarn if "DOE" in str(w.message)]
+        logging.getLogger("pydicom").error("after reading")  # the last to leave restored it
+        warnings.warn("after reading too")
+    assert "after reading" in caplog.text and [str(w.message) for w in recwarn] == ["after reading too"]
+    assert dicom._quiet_readers == 0
