@@ -88,6 +88,9 @@ class TrainingConfig:
     # from the training films' than this quantile of the eval films' are `atypical`. 0: no check.
     # 0.95 rather than 0.99: 0.99 let most lateral films through (docs/results.md, stop 35).
     atypical_quantile: float = 0.95
+    # 0.5..<1: an ensemble member whose eval AUC alone is below this is not averaged into the served
+    # model (it never learned: quick's cnn4 once ended at 0.50); when none reaches it the best is served.
+    member_min_auc: float = 0.6
     # Phase 1 (frozen pretrained backbone) and Tuner trials train the head on backbone features
     # computed once per split, without augmentation, instead of running the backbone over augmented
     # films every epoch (trainer.training.fit_head_on_features). Phase 2 is unchanged.
@@ -199,6 +202,8 @@ class PipelineConfig:
         if self.training.atypical_quantile and not 0.5 <= self.training.atypical_quantile < 1.0:
             raise ConfigError(f"training.atypical_quantile must be 0 (no check) or in [0.5, 1), got "
                               f"{self.training.atypical_quantile}")
+        if not 0.5 <= self.training.member_min_auc < 1.0:  # below chance, a member that learned nothing passes
+            raise ConfigError(f"training.member_min_auc must be in [0.5, 1), got {self.training.member_min_auc}")
         if not 0.0 <= self.model.border_crop <= 0.25:
             raise ConfigError(f"model.border_crop must be between 0 and 0.25 (of each side), got {self.model.border_crop}")
         if not self.model.families:

@@ -332,12 +332,17 @@ def _covid_scores(task: features.Task, scores: np.ndarray) -> np.ndarray:
     return scores.reshape(-1) if task.is_binary else scores[:, task.positive_index]
 
 
+def _eval_auc(task: features.Task, labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
+    """COVID-vs-rest AUC of P(covid): what the Evaluator's gate judges, every task."""
+    return ci_metrics.roc_auc(labels.reshape(-1) == task.positive_index, _covid_scores(task, scores))
+
+
 def _validation_metrics(task: features.Task, labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """COVID-vs-rest sensitivity, specificity (Wilson CIs) and AUC on the eval split at the served decision."""
     covid_scores = _covid_scores(task, scores)
     is_covid = labels.reshape(-1) == task.positive_index
     result = ci_metrics.binary_metrics(is_covid, covid_scores > threshold)  # the export's rule, every task
-    return {"split": "eval", "auc": ci_metrics.roc_auc(is_covid, covid_scores), **result}
+    return {"split": "eval", "auc": _eval_auc(task, labels, scores), **result}
 
 
 def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HParams:
@@ -388,9 +393,32 @@ def ensemble_families(tuned_family: str, ensemble_with) -> list[str]:
     return list(dict.fromkeys([tuned_family, *ensemble_with]))
 
 
+def select_members(members: list, aucs: list[float], floor: float) -> tuple[list, list]:
+    """(members served, members dropped) of an ensemble, given each member's eval AUC alone.
+
+    A member below ``floor`` (``training.member_min_auc``) has not learned (quick's cnn4 once ended
+    at AUC 0.50) and averaging it in would only dilute the others. When none reaches the floor the
+    best one is served (the first on ties: the Tuner's family) and the Evaluator's gate judges it.
+    """
+    if len(members) < 2:
+        return list(members), []
+    served = [i for i, auc in enumerate(aucs) if auc >= floor]
+    if not served:
+        served = [int(np.argmax(aucs))]  # the first of ties
+        log.warning("no ensemble member reached training.member_min_auc %.2f: serving the best alone, %s "
+                    "(eval AUC %.3f), for the Evaluator's gate to judge", floor, members[served[0]].family,
+                    aucs[served[0]])
+    dropped = [i for i in range(len(members)) if i not in served]
+    for i in dropped:
+        log.warning("ensemble member %s dropped: eval AUC %.3f is below training.member_min_auc %.2f",
+                    members[i].family, aucs[i], floor)
+    return [members[i] for i in served], [members[i] for i in dropped]
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains (frozen base, then fine-tuning) the tuned family and any ``ensemble_with`` families,
-    averages them when there are several, picks the threshold on eval, exports the SavedModel."""
+    averages those whose eval AUC reaches ``training.member_min_auc`` when there are several, picks
+    the threshold on eval, exports the SavedModel."""
     cfg = fn_args.custom_config
     fingerprints.check_code(__name__, cfg.get(fingerprints.CODE_KEY))
     training.require_process_env(cfg["training"])
@@ -436,17 +464,23 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             feature_cache=feature_cache,
         ))
         members.append(built)
-    built = models.average_ensemble(members) if len(members) > 1 else members[0]
-    history = training.concatenate_histories(histories, [m.family for m in members])
+    history = training.concatenate_histories(histories, [m.family for m in members])  # every member's curves
     fits = [{"family": m.family, **training.summarize_fit(h)} for m, h in zip(members, histories)]
     for fit in fits:
         log.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
+    # Each member alone on eval, when there is a choice to make (a lone member's AUC is the validation's).
+    aucs = [_eval_auc(task, *_scored_eval(m.model, None, eval_ds)[:2]) for m in members] if len(members) > 1 else []
+    min_auc = float(train_cfg["member_min_auc"])
+    served, _ = select_members(members, aucs, min_auc)
+    built = models.average_ensemble(served) if len(served) > 1 else served[0]
 
     quantile = float(train_cfg["atypical_quantile"])
-    scorer, scored_families = _typicality_scorer(members, quantile)
+    scorer, scored_families = _typicality_scorer(served, quantile)
     labels, scores, eval_features = _scored_eval(built.model, scorer, eval_ds)
     threshold = _decision_threshold(task, labels, scores, train_cfg)
     validation = _validation_metrics(task, labels, scores, threshold)
+    for fit, auc in zip(fits, aucs or [validation["auc"]]):
+        fit.update(eval_auc=auc, served=fit["family"] in [m.family for m in served])
 
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
@@ -454,7 +488,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     metadata = {
         "family": built.family,
         "family_note": built.note,
-        "ensemble_members": [m.family for m in members],
+        "ensemble_members": [m.family for m in served],
+        "member_min_auc": min_auc,
         "hyperparameters": hparams.to_dict(),
         "transform_image_size": cfg["model"]["image_size"],
         "train_class_counts": {task.classes[k]: v for k, v in sorted(counts.items())},

@@ -395,31 +395,46 @@ def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(ca
     assert "no atypical-input check: too few films" in caplog.text
 
 
-def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None):
+def _brightness_model(slope):
+    """A stand-in for a trained member: P(covid) = sigmoid(slope x (the film's mean - 0.3)), so a
+    slope above 0 separates _run_fn_with_stand_ins's bright COVID films and 0 is chance (AUC 0.5)."""
+    inputs = keras.Input((32, 32, 1))
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([np.array([[slope]], np.float32), np.array([-0.3 * slope], np.float32)])
+    return model
+
+
+def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None, slopes=None, overrides=None):
     """run_fn on synthetic data with the Transform, the fits and the export stood in for: returns
-    (the model it exports, its metadata, the members it built)."""
+    (the model it exports, its metadata, the members it built). A family in ``slopes`` "trains" into
+    a :func:`_brightness_model` of that slope; the others keep their initial weights."""
     from covid_cxr.serving import export
 
     data_dir = str(tmp_path / "data")
     synthetic.generate(data_dir, "covid-vs-normal", patients_per_class=2, seed=0)
     config = cfg.load_config("quick", overrides={"data.data_dir": data_dir, "model.image_size": "32",
                                                  "model.ensemble_with": ensemble_with,
-                                                 "training.atypical_quantile": "0"})
+                                                 "training.atypical_quantile": "0", **(overrides or {})})
     fn_args = tfx.components.FnArgs(
         custom_config=dict(config.model_custom_config(), data_dir=data_dir), train_files=["t"], eval_files=["e"],
         transform_output="unused", model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "model"),
         hyperparameters=None, data_accessor=None)
     rng = np.random.RandomState(0)
-    images = rng.rand(8, 32, 32, 1).astype("float32")
     labels = np.arange(8) % 2
+    images = (rng.rand(8, 32, 32, 1) * 0.2 + 0.4 * labels[:, None, None, None]).astype("float32")  # COVID brighter
     monkeypatch.setattr(trainer_task.tft, "TFTransformOutput", lambda path: None)
     monkeypatch.setattr(trainer_task, "_count_source_labels",
                         lambda *a: __import__("collections").Counter({("s", 0): 4, ("s", 1): 4}))
     monkeypatch.setattr(trainer_task, "_dataset",
                         lambda *a, **k: tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
     monkeypatch.setattr(trainer_task, "_training_batches", lambda *a, **k: None)
-    monkeypatch.setattr(training, "fit", lambda built, *a, **k: {"phase": [0], "epoch": [0], "val_auc": [0.5],
-                                                                 training.KEPT: [1.0]})
+    def fit(built, *args, **kwargs):
+        if built.family in (slopes or {}):
+            built.model = _brightness_model(slopes[built.family])
+        return {"phase": [0], "epoch": [0], "val_auc": [0.5], training.KEPT: [1.0]}
+
+    monkeypatch.setattr(training, "fit", fit)
     built = []
     real_build = trainer_task._build
 
@@ -438,10 +453,91 @@ def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None):
 
 
 def test_the_trainer_serves_the_mean_of_its_ensemble_members(tmp_path, monkeypatch):
-    model, metadata, built, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]")
+    model, metadata, built, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]",
+                                                            slopes={"cnn3": 10.0, "cnn4": 5.0})
     assert metadata["ensemble_members"] == ["cnn3", "cnn4"] and metadata["family"] == "cnn3+cnn4"
     expected = np.mean([m.model(images, training=False).numpy() for m in built], axis=0)
     np.testing.assert_allclose(model(images, training=False).numpy(), expected, rtol=1e-5)
+    assert [(f["family"], f["eval_auc"], f["served"]) for f in metadata["training"]] == [
+        ("cnn3", 1.0, True), ("cnn4", 1.0, True)]
+
+
+def test_a_member_at_chance_is_not_averaged_into_the_served_model(tmp_path, monkeypatch, caplog):
+    typicality_members = []
+    typicality_scorer = trainer_task._typicality_scorer
+    monkeypatch.setattr(trainer_task, "_typicality_scorer", lambda members, quantile: (
+        typicality_members.append([m.family for m in members]), typicality_scorer(members, quantile))[1])
+    with caplog.at_level("WARNING"):
+        model, metadata, built, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]",
+                                                                slopes={"cnn3": 10.0, "cnn4": 0.0})
+    assert "ensemble member cnn4 dropped: eval AUC 0.500 is below training.member_min_auc 0.60" in caplog.text
+    assert metadata["ensemble_members"] == ["cnn3"] and metadata["family"] == "cnn3"
+    np.testing.assert_allclose(model(images, training=False).numpy(), built[0].model(images, training=False).numpy(),
+                               rtol=1e-6)
+    assert typicality_members == [["cnn3"]]  # the atypical-input check measures the served members only
+    assert metadata["member_min_auc"] == 0.6
+    assert [(f["family"], f["eval_auc"], f["served"]) for f in metadata["training"]] == [
+        ("cnn3", 1.0, True), ("cnn4", 0.5, False)]
+    assert metadata["history"]["member_names"] == ["cnn3", "cnn4"]  # both members' curves are kept
+    assert metadata["validation_metrics"]["auc"] == 1.0
+
+
+def test_when_no_member_reaches_the_floor_the_best_is_served_alone(tmp_path, monkeypatch, caplog):
+    # cnn3 ranks every COVID film below the normals (AUC 0), cnn4 is at chance (0.5): the better one is served.
+    with caplog.at_level("WARNING"):
+        model, metadata, built, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]",
+                                                                slopes={"cnn3": -10.0, "cnn4": 0.0})
+    assert ("no ensemble member reached training.member_min_auc 0.60: serving the best alone, cnn4 (eval AUC 0.500)"
+            in caplog.text)
+    assert "ensemble member cnn3 dropped: eval AUC 0.000 is below training.member_min_auc 0.60" in caplog.text
+    assert metadata["ensemble_members"] == ["cnn4"] and metadata["family"] == "cnn4"
+    np.testing.assert_allclose(model(images, training=False).numpy(), built[1].model(images, training=False).numpy(),
+                               rtol=1e-6)
+    assert [(f["family"], f["served"]) for f in metadata["training"]] == [("cnn3", False), ("cnn4", True)]
+
+
+def _members(*families):
+    return [types.SimpleNamespace(family=family) for family in families]
+
+
+def test_members_below_the_floor_are_dropped_and_the_rest_served(caplog):
+    members = _members("mobilenet_v2", "cnn4", "cnn3")
+    with caplog.at_level("WARNING"):
+        served, dropped = trainer_task.select_members(members, [0.9, 0.5, 0.6], 0.6)
+    assert served == [members[0], members[2]] and dropped == [members[1]]  # the floor itself is enough
+    assert caplog.messages == ["ensemble member cnn4 dropped: eval AUC 0.500 is below training.member_min_auc 0.60"]
+    caplog.clear()
+    assert trainer_task.select_members(members[:2], [0.97, 0.95], 0.6) == (members[:2], [])  # full's two learn
+    assert not caplog.messages
+
+
+def test_when_every_member_is_below_the_floor_the_best_is_kept_the_first_on_ties(caplog):
+    members = _members("cnn3", "cnn4", "bn_double_conv")
+    with caplog.at_level("WARNING"):
+        assert trainer_task.select_members(members, [0.52, 0.58, 0.4], 0.6) == ([members[1]], [members[0], members[2]])
+    assert caplog.messages[0] == ("no ensemble member reached training.member_min_auc 0.60: serving the best alone, "
+                                  "cnn4 (eval AUC 0.580), for the Evaluator's gate to judge")
+    assert len(caplog.messages) == 3  # and one line per member dropped
+    assert trainer_task.select_members(members, [0.55, 0.55, 0.5], 0.6)[0] == [members[0]]  # the Tuner's family
+
+
+def test_a_lone_member_is_served_whatever_its_auc():
+    member = _members("cnn3")
+    assert trainer_task.select_members(member, [], 0.6) == (member, [])
+    assert trainer_task.select_members(member, [0.5], 0.6) == (member, [])
+
+
+def test_a_members_eval_auc_is_the_gates_covid_vs_rest_auc():
+    three_class = features.get_task("three-class")
+    covid = three_class.positive_index
+    others = [i for i in range(3) if i != covid]
+    labels = np.array([covid, covid, others[0], others[1], others[0], others[1]])
+    scores = np.zeros((6, 3))
+    scores[:, covid] = [0.5, 0.4, 0.45, 0.1, 0.2, 0.3]  # one normal above a COVID film: 7/8
+    scores[:, others[0]] = [0.5, 0.6, 0.55, 0.0, 0.8, 0.0]
+    scores[:, others[1]] = 1 - scores[:, covid] - scores[:, others[0]]
+    assert trainer_task._eval_auc(three_class, labels, scores) == pytest.approx(7 / 8)
+    assert trainer_task._eval_auc(BINARY, np.array([0, 0, 1, 1]), np.array([[0.1], [0.6], [0.5], [0.9]])) == 0.75
 
 
 def test_a_member_built_as_a_family_already_trained_is_skipped(tmp_path, monkeypatch):
