@@ -789,6 +789,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         "source": history_source,
         "epochs": max((len(v) for v in history.values() if isinstance(v, list)), default=0) if history else 0,
         "members": model.metadata.get("training") or [],  # epochs per phase, weights served (trainer/task.py)
+        "member_min_auc": model.metadata.get("member_min_auc"),  # why a member is not served
     }
     pipeline = None
     if pipeline_root:

@@ -104,6 +104,7 @@ def test_evaluate_tfrecords_json_files_and_consistency(binary_model, tmp_path):
     audit = report["shortcut_audit"]
     assert audit["n"] == report["n"] and audit["flag_auc"] == 0.6 and "verdict" in audit
     assert report["training_history"]["epochs"] == 2
+    assert report["training_history"]["member_min_auc"] is None  # the fixture's metadata predates the floor
 
     # The misclassified films are exactly the confusion matrix's off-diagonal, most confidently wrong first.
     wrong = report["errors"]
@@ -502,6 +503,12 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
     page = html_report.render(dict(full, training_history={"source": "s", "epochs": 8, "members": [fit]}), pngs={})
     assert ("<tr><td>mobilenet_v2_035</td><td>frozen backbone 4, fine-tuning 4</td>"
             "<td>frozen backbone, epoch 3 (fine-tuning did not beat it)</td><td>0.9778</td></tr>") in page
+    assert "Not served" not in page
+    # ... and which members it leaves out, and why.
+    dropped = dict(fit, family="cnn4", eval_auc=0.5, served=False)
+    page = html_report.render(dict(full, training_history={"source": "s", "epochs": 8, "members": [fit, dropped],
+                                                           "member_min_auc": 0.6}), pngs={})
+    assert "<p class=note>Not served: cnn4 (eval AUC 0.500), below training.member_min_auc 0.60.</p>" in page
 
 
 def test_the_html_page_shows_every_part_of_the_report():

@@ -232,6 +232,9 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         rows = model_card.training_rows(history.get("members"))
         if rows:
             parts.append(_table(list(model_card.TRAINING_COLUMNS), [[_e(cell) for cell in row] for row in rows]))
+        dropped = model_card.dropped_members_note(history.get("members"), history.get("member_min_auc"))
+        if dropped:
+            parts.append(f"<p class=note>{_e(dropped)}</p>")
         parts.append(f"<p class=note>history: {_e(history['source'])}</p>")
     if pipeline:
         parts.append(_pipeline_section(pipeline))

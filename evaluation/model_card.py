@@ -115,19 +115,35 @@ def training_rows(fits) -> list[list[str]]:
     return rows
 
 
+def dropped_members_note(fits, min_auc=None) -> Optional[str]:
+    """One line naming the trained members the served model leaves out, and why (their eval AUC
+    below ``training.member_min_auc``: trainer/task.py:select_members); None when it serves all."""
+    dropped = [fit for fit in fits or [] if fit.get("served") is False]  # models before the floor: no key
+    if not dropped:
+        return None
+    floor = "training.member_min_auc" + ("" if min_auc is None else f" {min_auc:.2f}")
+    named = ", ".join(f"{fit.get('family', '?')} (eval AUC {fit['eval_auc']:.3f})" for fit in dropped)
+    note = f"Not served: {named}, below {floor}"
+    if min_auc is not None and all(fit.get("eval_auc", min_auc) < min_auc for fit in fits):
+        note += "; no member reached it, so the best one is served alone"
+    return note + "."
+
+
 def _training_lines(metadata: dict) -> list[str]:
     """Per trained family (ensemble member): epochs run per phase and which epoch's weights it serves."""
-    rows = training_rows(metadata.get("training"))
+    fits = metadata.get("training")
+    rows = training_rows(fits)
     if not rows:
         return []
     lines = ["## Training", "", "| " + " | ".join(TRAINING_COLUMNS) + " |", "|---" * len(TRAINING_COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     rules = ["Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch"]
-    if any("fine-tuning" in dict(_epochs_run(fit)) for fit in metadata["training"]):
+    if any("fine-tuning" in dict(_epochs_run(fit)) for fit in fits):
         rules.append("fine-tuning's weights are served only if they beat the frozen phase's best")
-    if len(rows) > 1:
-        rules.append("the members' probabilities are averaged")
-    return lines + ["", "; ".join(rules) + ".", ""]
+    if sum(fit.get("served", True) for fit in fits) > 1:
+        rules.append("the served members' probabilities are averaged")
+    note = dropped_members_note(fits, metadata.get("member_min_auc"))
+    return lines + ["", "; ".join(rules) + ".", *([note] if note else []), ""]
 
 
 def _value_and_ci(entry) -> str:

@@ -128,10 +128,36 @@ def test_card_says_which_epoch_of_which_phase_each_member_serves():
     old_format = dict(fits[1], epochs_run={"fine-tuning": 4, "frozen backbone": 4})
     assert "| mobilenet_v2_035 | fine-tuning 4, frozen backbone 4 | frozen backbone, epoch 3 (fine-tuning did not beat it) |" in \
         model_card.render(dict(METADATA, training=[old_format]), _report())
-    assert "fine-tuning's weights are served only if they beat the frozen phase's best; the members' probabilities are averaged." in card
+    assert ("fine-tuning's weights are served only if they beat the frozen phase's best; the served members' probabilities "
+            "are averaged.") in card
     scratch = model_card.render(dict(METADATA, training=fits[2:]), _report())
     assert "Each phase stops early on the validation AUC (loss breaks ties) and keeps its best epoch.\n" in scratch and "fine-tuning" not in scratch.split("## Training")[1].split("##")[0]
     assert "## Training" not in model_card.render(METADATA, _report())  # metadata from before this section
+
+
+def test_card_says_which_members_are_not_served_and_why():
+    def fit(family, eval_auc, served):
+        return {"family": family, "epochs_run": [["end to end", 5]], "eval_auc": eval_auc, "served": served}
+
+    training = [fit("cnn3", 0.81, True), fit("cnn4", 0.5, False)]
+    card = model_card.render(dict(METADATA, training=training, member_min_auc=0.6), _report())
+    assert "| cnn4 | end to end 5 |" in card  # still listed: it was trained
+    assert ("keeps its best epoch.\nNot served: cnn4 (eval AUC 0.500), below training.member_min_auc 0.60.\n"
+            in card)
+    assert "probabilities are averaged" not in card  # one member served
+    both = model_card.render(dict(METADATA, training=[fit("cnn3", 0.81, True), fit("cnn4", 0.7, True)],
+                                  member_min_auc=0.6), _report())
+    assert "Not served" not in both and "the served members' probabilities are averaged." in both
+    # None reached the floor: the best was served alone.
+    below = [fit("cnn3", 0.55, True), fit("cnn4", 0.5, False), fit("cnn5", 0.45, False)]
+    assert ("Not served: cnn4 (eval AUC 0.500), cnn5 (eval AUC 0.450), below training.member_min_auc 0.60; no member "
+            "reached it, so the best one is served alone.") in model_card.render(
+                dict(METADATA, training=below, member_min_auc=0.6), _report())
+    # Models from before the floor record neither: nothing said, every member averaged.
+    old = model_card.render(dict(METADATA, training=[{"family": "a"}, {"family": "b"}]), _report())
+    assert "Not served" not in old and "the served members' probabilities are averaged." in old
+    assert model_card.dropped_members_note(training) == ("Not served: cnn4 (eval AUC 0.500), below "
+                                                         "training.member_min_auc.")
 
 
 def test_card_describes_the_atypical_input_check_and_its_rate():

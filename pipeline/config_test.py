@@ -39,6 +39,9 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"training.label_smoothing": "0.6"}, "^training.label_smoothing must be a number between 0.0 and 0.5, got 0.6$"),
     ({"training.atypical_quantile": "1"}, r"^training.atypical_quantile must be 0 \(no check\) or in \[0.5, 1\), got 1.0$"),
     ({"training.atypical_quantile": "0.3"}, "^training.atypical_quantile must be 0 .*, got 0.3$"),
+    ({"training.member_min_auc": "0.49"}, r"^training.member_min_auc must be in \[0.5, 1\), got 0.49$"),
+    ({"training.member_min_auc": "1"}, r"^training.member_min_auc must be in \[0.5, 1\), got 1.0$"),
+    ({"training.member_min_auc": "nan"}, r"^training.member_min_auc must be in \[0.5, 1\), got nan$"),
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
     ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"^tuner.fine_tune_lr_factors must be numbers above 0.0 and at most 1.0, got 2"),
     ({"tuner.fine_tune_lr_factors": "[abc]"}, r"^override: tuner.fine_tune_lr_factors\[0\]: 'abc' is not a valid float$"),
@@ -105,6 +108,8 @@ def test_the_ends_of_every_range_are_accepted():
     assert (config.gate.min_sensitivity, config.training.target_sensitivity) == (1.0, 1.0)
     assert cfg.load_config(None, None, {"gate.max_auc_regression": "1", "training.early_stopping_patience": "0",
                                         "training.atypical_quantile": "0.5"}).gate.max_auc_regression == 1.0
+    assert cfg.load_config(None, None, {"training.member_min_auc": "0.5"}).training.member_min_auc == 0.5
+    assert cfg.load_config(None, None, {"training.member_min_auc": "0.999"}).training.member_min_auc == 0.999
     assert cfg.load_config(None, None, {"runtime.pipeline_name": "p" * 63}).runtime.pipeline_name == "p" * 63
 
 
