@@ -698,17 +698,27 @@ def training_data_warning(model: predict.ServingModel, data_dir: str) -> Optiona
 def check_out_beside_model(out_dir: str, model_dir: str) -> None:
     """The report goes beside the model, not into it (its model_card.md is the pushed card, which the
     evaluation's would replace) nor into its serving directory or a folder there (another version's card;
-    TF Serving's version folders only)."""
+    TF Serving's version folders only), nor into the Trainer model artifact whose Format-Serving it is
+    (a TFX artifact: ML Metadata's record of a run's output, not a folder for reports)."""
     out, model = os.path.realpath(out_dir), os.path.realpath(model_dir)
     serving = os.path.dirname(model) if os.path.basename(model).isdigit() else None
-    if serving and (out == serving or out.startswith(serving + os.sep)):  # another version's folder too
+    artifact = predict.trainer_artifact(model_dir)  # by name: a Format-Serving linked elsewhere still has one
+    artifact = os.path.realpath(artifact) if artifact else None
+
+    def within(folder: Optional[str]) -> bool:
+        return bool(folder) and (out == folder or out.startswith(folder + os.sep))
+
+    why = "the report would overwrite a model_card.md or sit among TF Serving's versions"
+    if within(serving):  # another version's folder too
         where = "its serving directory" if out == serving else "inside its serving directory"
-    elif out == model or out.startswith(model + os.sep):
+    elif within(model):
         where = "the model's own folder"
+    elif within(artifact):  # beside Format-Serving
+        where = "its Trainer model artifact" if out == artifact else "inside its Trainer model artifact"
+        why = "the report would be written into a TFX artifact"
     else:
         return
-    raise click.BadParameter(f"{out_dir!r} is {where}: the report would overwrite a model_card.md or sit "
-                             "among TF Serving's versions; choose another folder", param_hint="--out")
+    raise click.BadParameter(f"{out_dir!r} is {where}: {why}; choose another folder", param_hint="--out")
 
 
 @click.command("evaluate")

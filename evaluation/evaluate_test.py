@@ -966,6 +966,23 @@ def test_the_report_is_not_written_into_another_version_of_the_serving_directory
     assert sorted(os.listdir(serving)) == ["2", "3"]
 
 
+def test_the_report_is_not_written_into_the_models_trainer_artifact(binary_model, tmp_path, monkeypatch):
+    """`--model root/Trainer/model/9 --out root/Trainer/model/9/rep`: beside Format-Serving (the SavedModel),
+    not in it, so the report went into the TFX artifact; with --model its Format-Serving too."""
+    artifact = tmp_path / "root" / "Trainer" / "model" / "9"
+    artifact.mkdir(parents=True)
+    shutil.copytree(binary_model.model_dir, artifact / "Format-Serving")
+    _no_model_load(monkeypatch)
+    for model in (artifact, artifact / "Format-Serving"):
+        for out in (artifact / "rep", artifact, artifact / "rep" / "deeper"):
+            result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(model), "--data", binary_model.data_dir,
+                                                   "--no-audit", "--bootstrap", "100", "--out", str(out)])
+            assert result.exit_code == 2 and "choose another folder" in result.output, result.output
+            assert "TFX artifact" in result.output and "Traceback" not in result.output, result.output
+            assert len(result.output.strip().splitlines()[-1]) < 300, result.output
+    assert sorted(os.listdir(artifact)) == ["Format-Serving"]
+
+
 def test_the_html_page_shows_this_reports_threshold_counts_and_table_columns():
     import html
 
