@@ -324,16 +324,16 @@ def run(data_dir, require_blessed, preset, config_file, overrides, **named):
     from covid_cxr import local_runner
 
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
-    summary = local_runner.check_inputs(config)  # a wrong --data or database fails at once, not after the restart below
+    checked = local_runner.check_inputs(config)  # a wrong --data or database fails at once, not after the restart below
     restart_with_process_env_if_needed(config)  # the restarted process checks again: warn after it, once
-    held = summary.get("held_out_of")
+    held = checked.summary.get("held_out_of")
     if isinstance(held, dict):  # `curate --hold-out`'s external test set, given as the training data
         click.echo(f"covid-cxr: warning: {data_dir!r} is the external test set `curate --hold-out` wrote "
                    f"({held.get('source')}'s films, held out of {held.get('training_data')!r}): trained on, "
                    "they no longer test anything", err=True)
-    for note in [*local_runner.split_notes(config, summary), *local_runner.settings_notes(config)]:
+    for note in [*local_runner.split_notes(config, checked.split_counts), *local_runner.settings_notes(config)]:
         click.echo(f"note: {note}", err=True)
-    outcome = local_runner.run(config)
+    outcome = local_runner.run(config, checked)  # checked above: the data, its films per split, the settings
     print_outcome(outcome, config.runtime.serving_dir)
     if require_blessed and not (outcome and outcome.blessed):
         sys.exit(REFUSED_EXIT)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import dataclasses
 import os
 import sys
 
@@ -23,7 +24,16 @@ from covid_cxr.pipeline.pipeline import create_pipeline, split_config, split_of
 from covid_cxr.trainer import models, training
 
 
-def check_data(config: PipelineConfig) -> dict:
+@dataclasses.dataclass(frozen=True)
+class CheckedData:
+    """What :func:`check_data` read: the curation's summary and the films per split (:func:`split_counts`,
+    None where unknown), for the run's notes and the run itself, which count nothing again."""
+
+    summary: dict
+    split_counts: dict[str, dict[str, int]] | None
+
+
+def check_data(config: PipelineConfig) -> CheckedData:
     """Fails early, in one line, when the data directory cannot feed this config."""
     if not config.data.data_dir:
         raise ConfigError("no data directory: pass --data DIR (a directory written by `covid-cxr curate`)")
@@ -35,13 +45,14 @@ def check_data(config: PipelineConfig) -> dict:
         writer.check_fits_task(summary, config.data.data_dir, config.task)
     except writer.CurationMismatch as e:
         raise ConfigError(str(e)) from None
-    for split, per_class in (split_counts(config, summary) or {}).items():
+    counts = split_counts(config, summary)  # manifest.csv, read once per run
+    for split, per_class in (counts or {}).items():
         missing = [c for c, n in per_class.items() if not n]
         if missing:  # else found by the Trainer (eval) or only in the gate's report (test), minutes in
             raise ConfigError(f"the {split} split would hold no {' and no '.join(missing)} films ({split} films per "
                               f"class: {_per_class(per_class)}; patients are dealt by hash): add patients of that class, or "
                               f"change data.*_buckets, which deals them anew (now {_buckets(config)})")
-    return summary
+    return CheckedData(summary, counts)
 
 
 def _buckets(config: PipelineConfig) -> str:
@@ -74,20 +85,20 @@ def split_counts(config: PipelineConfig, summary: dict) -> dict[str, dict[str, i
     return counts
 
 
-def split_notes(config: PipelineConfig, summary: dict) -> list[str]:
-    """The films per split and class ExampleGen will write, said before the run (none where unknown)."""
-    counts = split_counts(config, summary)
+def split_notes(config: PipelineConfig, counts: dict[str, dict[str, int]] | None) -> list[str]:
+    """The films per split and class ExampleGen will write (:func:`split_counts`'s ``counts``), said before
+    the run (none where unknown)."""
     if not counts:
         return []
     return [f"films per split ({_buckets(config)} buckets): "
             + "; ".join(f"{split} {_per_class(per_class)}" for split, per_class in counts.items())]
 
 
-def check_inputs(config: PipelineConfig) -> dict:
+def check_inputs(config: PipelineConfig) -> CheckedData:
     """Everything a run can check before it starts: the data, then :func:`check_settings`."""
-    summary = check_data(config)
+    checked = check_data(config)
     check_settings(config)
-    return summary
+    return checked
 
 
 def check_settings(config: PipelineConfig) -> None:
@@ -167,8 +178,11 @@ def _argv_of_program_only():
         sys.argv = saved
 
 
-def run(config: PipelineConfig) -> metadata.RunOutcome:
-    check_inputs(config)
+def run(config: PipelineConfig, checked: CheckedData | None = None) -> metadata.RunOutcome:
+    """Runs the DAG; ``checked``: :func:`check_inputs` passed already in this process (`covid-cxr run`'s,
+    whose notes came from it), else it is run here."""
+    if checked is None:
+        check_inputs(config)
     training.require_process_env(config.to_dict()["training"])  # before the DAG, not only when the Tuner gets there
     connection = metadata.connection_config(config)
     # Built before the try: no component ran yet, so an error here is not blamed on the newest

@@ -40,7 +40,7 @@ def test_a_refused_model_says_where_it_is_and_can_fail_the_command(tmp_path, mon
         evaluation_uri="root/Evaluator/evaluation/10",
         report=gate_report.GateReport(False, {"sensitivity": 0.5}, ["sensitivity 0.5000 is below the minimum 0.9"], {}),
         decision_record="root/VersionedPusher/pushed_model/11/covid_cxr_decision.json")
-    monkeypatch.setattr(local_runner, "run", lambda config: refused)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: refused)
     serving = tmp_path / "serving"
     args = ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
             "--serving-dir", str(serving)]
@@ -71,7 +71,7 @@ def test_a_test_split_without_normal_films_is_named_not_printed_as_nan(tmp_path,
     refused = metadata.RunOutcome(
         blessed=False, pushed=False, destination="", reason="", model_uri="m", evaluation_uri="e",
         report=gate_report.GateReport(False, metrics, [], {}))
-    monkeypatch.setattr(local_runner, "run", lambda config: refused)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: refused)
     result = CliRunner().invoke(cli.main, ["run", "--preset", "quick", "--data", str(tmp_path / "data"),
                                            "--pipeline-root", str(tmp_path / "root"),
                                            "--serving-dir", str(tmp_path / "serving")])
@@ -113,7 +113,7 @@ def test_data_anomalies_and_an_interrupt_end_the_run_with_their_own_exit_codes(t
             "--serving-dir", str(tmp_path / "serving")]
 
     def fails_with(error):
-        def run(config):
+        def run(config, checked=None):
             raise error
         monkeypatch.setattr(local_runner, "run", run)
         return CliRunner().invoke(cli.main, args)
@@ -183,7 +183,7 @@ def test_training_on_the_held_out_external_test_set_is_warned_about(tmp_path, mo
     summary = json.loads(summary_file.read_text())
     summary["held_out_of"] = {"source": "cohen", "training_data": "curated/cvn"}
     summary_file.write_text(json.dumps(summary))
-    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
     result = CliRunner(mix_stderr=False).invoke(cli.main, [
         "run", "--preset", "quick", "--data", str(tmp_path / "held"), "--pipeline-root", str(tmp_path / "root"),
         "--serving-dir", str(tmp_path / "serving")])
@@ -191,6 +191,43 @@ def test_training_on_the_held_out_external_test_set_is_warned_about(tmp_path, mo
     assert "is the external test set `curate --hold-out` wrote (cohen's films, held out of 'curated/cvn')" in result.stderr
     assert ("note: films per split (train/eval/test 14/3/3 buckets): train normal 2, covid 3; eval normal 1, covid 1; "
             "test normal 3, covid 2\n") in result.stderr
+
+
+def test_one_run_reads_the_manifest_once(tmp_path, monkeypatch):
+    """The films per split were counted three times (manifest.csv read each time): `run`'s check of its
+    inputs, its note, and local_runner.run's own check of the same inputs, again."""
+    import builtins
+
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import features, synthetic
+    from covid_cxr.pipeline import metadata
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    reads, counted, launched = [], [], []
+    real_open, split_counts = builtins.open, local_runner.split_counts
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith(features.MANIFEST):
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    class Runner:  # the DAG launch, done: what comes before it is real
+        def run(self, pipeline):
+            launched.append(pipeline)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(local_runner, "split_counts", lambda *a: counted.append(a) or split_counts(*a))
+    monkeypatch.setattr(local_runner, "create_pipeline", lambda config, connection: "the pipeline")
+    monkeypatch.setattr(local_runner.tfx.orchestration, "LocalDagRunner", Runner)
+    monkeypatch.setattr(metadata, "latest_outcome", lambda config: None)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
+        "--serving-dir", str(tmp_path / "serving")])
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert launched == ["the pipeline"] and "note: films per split (" in result.stderr
+    assert (len(reads), len(counted)) == (1, 1), (reads, counted)
 
 
 def test_the_held_out_warning_is_said_once_when_run_restarts_itself(tmp_path, monkeypatch):
@@ -208,7 +245,7 @@ def test_the_held_out_warning_is_said_once_when_run_restarts_itself(tmp_path, mo
     summary_file = tmp_path / "held" / "summary.json"
     summary_file.write_text(json.dumps(dict(json.loads(summary_file.read_text()),
                                             held_out_of={"source": "cohen", "training_data": "curated/cvn"})))
-    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
     args = ["run", "--preset", "quick", "--data", str(tmp_path / "held"), "--pipeline-root", str(tmp_path / "root"),
             "--serving-dir", str(tmp_path / "serving")]
 
@@ -239,7 +276,7 @@ def test_sigterm_ends_the_command_in_one_line_like_an_interrupt(tmp_path, monkey
 
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
 
-    def run(config):
+    def run(config, checked=None):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError("SIGTERM did not stop the run")
@@ -265,7 +302,7 @@ def test_the_demos_paths_under_out_give_way_to_config_and_set(tmp_path, monkeypa
 
     used = []
     monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: {"accepted": 0, "patients": 0, "per_class": {}})
-    monkeypatch.setattr(local_runner, "run", lambda config: used.append(config.runtime))
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: used.append(config.runtime))
     config_file = tmp_path / "c.yaml"
     config_file.write_text(f"runtime:\n  pipeline_root: {tmp_path / 'file-root'}\n")
     out = tmp_path / "demo"
@@ -296,7 +333,7 @@ def test_processes_the_command_starts_inherit_its_quiet_warnings(tmp_path, monke
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
     printed = []
 
-    def run(config):  # a process the run starts, as Beam starts its workers
+    def run(config, checked=None):  # a process the run starts, as Beam starts its workers
         printed.append(subprocess.run([sys.executable, "-c", "import warnings; warnings.warn('old', FutureWarning)"],
                                       capture_output=True, text=True, check=True).stderr)
 

@@ -22,7 +22,7 @@ def _config(data_dir, task="covid-vs-normal"):
 
 def test_data_of_another_task_or_with_foreign_labels_is_refused(tmp_path):
     summary = synthetic.generate(str(tmp_path), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
-    assert local_runner.check_data(_config(tmp_path))["accepted"] == summary["accepted"]
+    assert local_runner.check_data(_config(tmp_path)).summary["accepted"] == summary["accepted"]
     with pytest.raises(cfg.ConfigError, match="curated for task 'covid-vs-normal'"):
         local_runner.check_data(_config(tmp_path, "three-class"))
     # A summary claiming labels the task does not have (e.g. hand-merged directories).
@@ -53,7 +53,7 @@ def test_a_split_that_would_lack_a_class_is_refused_before_the_run(tmp_path):
                                               r"normal 0, covid 3;.*\(now train/eval/test 3/2/1\)$"):
         local_runner.check_data(cfg.load_config("quick", overrides=other))
     # What ExampleGen will write is said as a note; the counts are split_of's (pinned to TFX's deal).
-    assert local_runner.split_notes(_config(tmp_path), summary) == [
+    assert local_runner.split_notes(_config(tmp_path), local_runner.split_counts(_config(tmp_path), summary)) == [
         "films per split (train/eval/test 14/3/3 buckets): train normal 6, covid 6; eval normal 0, covid 1; "
         "test normal 0, covid 0"]
     # Unknown here, left to the Trainer: data in a bucket (Kubeflow), no manifest, one that is not the records'.
@@ -63,7 +63,7 @@ def test_a_split_that_would_lack_a_class_is_refused_before_the_run(tmp_path):
     manifest.write_text("\n".join(rows[:-1]) + "\n")
     assert local_runner.split_counts(_config(tmp_path), summary) is None
     manifest.unlink()
-    assert local_runner.split_counts(_config(tmp_path), summary) is None and local_runner.split_notes(_config(tmp_path), summary) == []
+    assert local_runner.split_counts(_config(tmp_path), summary) is None and local_runner.split_notes(_config(tmp_path), None) == []
 
 def test_an_unreadable_schema_file_is_refused_before_the_run(tmp_path):
     synthetic.generate(str(tmp_path), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)

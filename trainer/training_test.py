@@ -751,7 +751,7 @@ def test_run_restarts_itself_once_with_the_tensorflow_settings_it_needs(tmp_path
         raise SystemExit(0)  # where the real one replaces the process
 
     monkeypatch.setattr(os, "execve", fake_execve)
-    monkeypatch.setattr(local_runner, "run", lambda config: runs.append(config))
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: runs.append(config))
     args = ["run", "--data", data, "--set", "training.reproducible=true", "--set", "training.onednn=on"]
     for name in (*T.THREAD_VARIABLES, T.ONEDNN_VARIABLE):
         monkeypatch.delenv(name, raising=False)
