@@ -105,9 +105,10 @@ def check_settings(config: PipelineConfig) -> None:
     """All but the data: the schema and weights files, where ML Metadata is kept and where the run
     writes (`demo` checks these before it generates its data)."""
     if config.data.schema_file:
-        if not fingerprints.file_fingerprint(config.data.schema_file):
+        content = fingerprints.file_content(config.data.schema_file)  # read once: readable here, and a Schema
+        if content is None:
             raise ConfigError(f"data.schema_file {config.data.schema_file!r} cannot be read (no such file, or no access)")
-        schema_gate.check_schema_file(config.data.schema_file)
+        schema_gate.check_schema_file(config.data.schema_file, content)
     weights = config.model.weights
     # A named file that is not there is a typo: found by the Trainer, the run would go on with the
     # fallback family (as it does for `auto` with no file), which is not what was asked for.

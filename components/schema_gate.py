@@ -51,11 +51,12 @@ def parse_schema(content: bytes, path: str) -> schema_pb2.Schema:
     return schema
 
 
-def check_schema_file(path: str) -> None:
-    """ImportSchema's check of ``data.schema_file`` (``path``, readable here), made before a run (`run`, `demo`,
-    `compile`): the component makes it after ImportExampleGen and StatisticsGen have read the data."""
+def check_schema_file(path: str, content: bytes | None = None) -> None:
+    """ImportSchema's check of ``data.schema_file`` (``path``, readable here; its ``content`` when read
+    already), made before a run (`run`, `demo`, `compile`): the component makes it after ImportExampleGen
+    and StatisticsGen have read the data."""
     try:
-        parse_schema(io_utils.read_bytes_file(path), path)
+        parse_schema(io_utils.read_bytes_file(path) if content is None else content, path)
     except SchemaFileError as e:
         raise SchemaFileError(f"data.schema_file: {e}") from None
 

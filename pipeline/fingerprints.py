@@ -84,11 +84,18 @@ def check_code(entry_module: str, built_with: str | None) -> None:
             "that compiled the spec, or compile again; locally, the code changed after the run started")
 
 
-def file_fingerprint(path: str) -> str:
-    """SHA-256 of a file's content, or "" when it cannot be read here (e.g. a path that exists only
-    inside the container image); the component then checks nothing and the path alone keys the cache."""
+def file_content(path: str) -> bytes | None:
+    """A file's content, or None when it cannot be read here (e.g. a path that exists only inside the
+    container image)."""
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            return f.read()
     except (tf.errors.OpError, OSError):
-        return ""
+        return None
+
+
+def file_fingerprint(path: str) -> str:
+    """SHA-256 of a file's content, or "" when it cannot be read here (:func:`file_content`); the
+    component then checks nothing and the path alone keys the cache."""
+    content = file_content(path)
+    return "" if content is None else hashlib.sha256(content).hexdigest()
