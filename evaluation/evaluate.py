@@ -385,9 +385,10 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
 
 
 def push_record(model: predict.ServingModel) -> dict:
-    """The pusher's record beside a pushed version ({} when absent or unreadable). `evaluate` reads it once
-    and passes it (``record``) to the functions below; without it they read it themselves."""
-    return predict.read_push_record(model.path)
+    """The pusher's record beside a pushed version ({} when absent or unreadable): the load's, when it read
+    it (a renamed export's version), else read here. `evaluate` takes it once and passes it (``record``)
+    to the functions below; without it they take it themselves."""
+    return predict.read_push_record(model.path) if model.push_record is None else model.push_record
 
 
 def trainer_model_uri(model: predict.ServingModel, record: Optional[Mapping] = None) -> Optional[str]:

@@ -639,6 +639,23 @@ def test_the_push_record_is_read_once_per_evaluation(binary_model, tmp_path, mon
     assert reads == [str(artifact / "Format-Serving")]
 
 
+def test_the_push_record_of_a_renamed_export_is_read_once_per_evaluation(binary_model, tmp_path, monkeypatch):
+    """A pushed version copied under another name (not a number): its version comes from the push record,
+    which the load read for it and evaluate read again for the gate decision, the history and the pipeline."""
+    root = tmp_path / "root"
+    _write_fake_pipeline_root(str(root))
+    served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3,
+                               extra={"model_uri": str(root / "Trainer" / "model" / "9")})
+    renamed = shutil.copytree(served, tmp_path / "current")
+    reads = []
+    monkeypatch.setattr(predict, "read_push_record", lambda path, read=predict.read_push_record: reads.append(path) or read(path))
+    result = _run(["--model", str(renamed), "--data", binary_model.data_dir, "--json", "--no-audit", "--bootstrap",
+                   "100", "--out", str(tmp_path / "report"), "--pipeline-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"]["version"] == 3  # the record's
+    assert reads == [str(renamed)]
+
+
 def test_history_found_next_to_the_trainer_artifact(binary_model, tmp_path, monkeypatch):
     """Without a history in the metadata, the push record's model_uri leads to the model_run dir."""
     root = tmp_path / "root"

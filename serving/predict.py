@@ -65,7 +65,7 @@ def _numeric_versions(path: str) -> list[int]:
 def resolve_model_dir(path: str) -> tuple[str, Optional[int]]:
     """(SavedModel directory, version or None) for a version dir, serving base dir or model artifact."""
     model_dir = saved_model_dir(path)
-    return model_dir, _version_of(model_dir)
+    return model_dir, _version_of(model_dir)[0]
 
 
 def saved_model_dir(path: str) -> str:
@@ -99,17 +99,20 @@ def read_push_record(model_dir: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _version_of(model_dir: str) -> Optional[int]:
+def _version_of(model_dir: str) -> tuple[Optional[int], Optional[dict]]:
+    """(version, the push record when it was read for it: a renamed export's; None when the folder's
+    name says: a numbered version, or a Trainer artifact's Format-Serving)."""
     name = os.path.basename(os.path.normpath(model_dir))
     if name.isdigit():
-        return int(name)
+        return int(name), None
     if name == "Format-Serving":  # a Trainer artifact's export: the Pusher writes no record there
-        return None
-    version = read_push_record(model_dir).get("version")
+        return None, None
+    record = read_push_record(model_dir)
+    version = record.get("version")
     try:
-        return int(version) if version is not None else None
+        return (int(version) if version is not None else None), record
     except (ValueError, TypeError):
-        return None
+        return None, record
 
 
 @dataclasses.dataclass
@@ -123,6 +126,9 @@ class ServingModel:
     task: Optional[features.Task]
     threshold: Optional[float]  # None: the label is the argmax (three-class models exported before the rule)
     _loaded: object = dataclasses.field(repr=False, default=None)
+    # The push record (read_push_record) when the load read it for the version (a renamed export's), so
+    # evaluate reads it no more; None when the load did not read it.
+    push_record: Optional[dict] = dataclasses.field(repr=False, default=None)
 
     @property
     def task_name(self) -> str:
@@ -176,7 +182,8 @@ def load_model(path: str) -> ServingModel:
     """Loads the SavedModel that `path` designates (see resolve_model_dir)."""
     import tensorflow as tf
 
-    model_dir, version = resolve_model_dir(path)
+    model_dir = saved_model_dir(path)
+    version, record = _version_of(model_dir)
     try:
         loaded = tf.saved_model.load(model_dir)
     except Exception as e:  # noqa: BLE001 - a corrupt model is a user-facing one-liner
@@ -193,7 +200,7 @@ def load_model(path: str) -> ServingModel:
         raise ModelNotFound(f"{model_metadata.asset_path(model_dir)}: the stored threshold {threshold!r} is not a "
                             "number", param_hint="--model")
     return ServingModel(model_dir, version, metadata, classes, task,
-                        float(threshold) if threshold is not None else None, loaded)
+                        float(threshold) if threshold is not None else None, loaded, record)
 
 
 def trainer_artifact(model_dir: str) -> Optional[str]:
