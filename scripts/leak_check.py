@@ -29,11 +29,10 @@ import os
 import re
 import sys
 
-
 from covid_cxr.data import dedupe, features, images
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
-from covid_cxr.pipeline.pipeline import split_of  # ExampleGen's own deal (pinned to TFX's function)
 from covid_cxr.pipeline.config import DataConfig
+from covid_cxr.pipeline.pipeline import split_of  # ExampleGen's own deal (pinned to TFX's function)
 
 NIH_FILE = re.compile(r"(\d{8})_\d{3}\.png$")
 
