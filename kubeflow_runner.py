@@ -109,9 +109,10 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
     if schema and _on_this_machine(schema) and not schema.removeprefix("file://").startswith("/"):
         raise ConfigError(f"data.schema_file {schema!r} is a relative path, which each container would "
                           "look for in its own working directory: give the absolute path in the image, or gs://...")
-    readable_here = bool(schema and fingerprints.file_fingerprint(schema))  # read once for the three uses below
+    content = fingerprints.file_content(schema) if schema else None  # read once for the three uses below
+    readable_here = content is not None
     if readable_here:
-        schema_gate.check_schema_file(schema)  # the spec pins this content: the pods read the same
+        schema_gate.check_schema_file(schema, content)  # the spec pins this content: the pods read the same
     if _on_this_machine(schema):
         checked = ("; the spec holds the hash of this machine's copy, so a different file there stops the run"
                    if readable_here else "")
