@@ -310,7 +310,8 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
         summary = synthetic.generate(config.data.data_dir, config.model.task, patients_per_class)
     click.echo(f"  {summary['accepted']} images of {summary['patients']} patients: {summary['per_class']}")
     click.echo(f"Running the pipeline (pipeline root {config.runtime.pipeline_root}) ...")
-    print_outcome(local_runner.run(config), config.runtime.serving_dir)
+    # The settings were checked above, before the data was generated: only the data is checked now.
+    print_outcome(local_runner.run(config, local_runner.check_data(config)), config.runtime.serving_dir)
 
 
 @main.command()

@@ -230,6 +230,32 @@ def test_one_run_reads_the_manifest_once(tmp_path, monkeypatch):
     assert (len(reads), len(counted)) == (1, 1), (reads, counted)
 
 
+def test_the_demo_checks_its_settings_once_and_its_generated_data(tmp_path, monkeypatch):
+    """`demo` checked its settings before generating the data, then local_runner.run checked them again."""
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.pipeline import metadata
+
+    settings, data, launched = [], [], []
+    check_settings, check_data = local_runner.check_settings, local_runner.check_data
+
+    class Runner:  # the DAG launch, done: what comes before it is real
+        def run(self, pipeline):
+            launched.append(pipeline)
+
+    monkeypatch.setattr(local_runner, "check_settings", lambda config: settings.append(config) or check_settings(config))
+    monkeypatch.setattr(local_runner, "check_data", lambda config: data.append(config) or check_data(config))
+    monkeypatch.setattr(local_runner, "create_pipeline", lambda config, connection: "the pipeline")
+    monkeypatch.setattr(local_runner.tfx.orchestration, "LocalDagRunner", Runner)
+    monkeypatch.setattr(metadata, "latest_outcome", lambda config: None)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["demo", "--out", str(tmp_path / "demo"),
+                                                           "--patients-per-class", "12"])
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert launched == ["the pipeline"] and (len(settings), len(data)) == (1, 1), (settings, data)
+    assert (tmp_path / "demo" / "data" / "manifest.csv").exists()  # checked after it was generated
+
+
 def test_the_held_out_warning_is_said_once_when_run_restarts_itself(tmp_path, monkeypatch):
     """`run` restarts itself for training.reproducible / onednn and the restarted process checks its
     inputs again: a warning given before the restart was said twice."""
