@@ -1060,3 +1060,299 @@ def test_the_html_three_class_table_gives_each_class_its_own_recall_and_specific
         assert sens["value"] != spec["value"]
         assert (f"<tr><td>{c}</td><td>{m['support']}</td><td>{sens['value']:.3f} ({sens['ci95'][0]:.3f} – "
                 f"{sens['ci95'][1]:.3f})</td><td>{spec['value']:.3f} ({spec['ci95'][0]:.3f} – {spec['ci95'][1]:.3f})</td>") in page
+
+
+def _binary_outputs(task, covid, threshold=0.5):
+    pos = task.positive_index
+    covid = np.asarray(covid, np.float64)
+    return {"label_index": np.where(covid > threshold, pos, 1 - pos), "covid_probability": covid,
+            "probabilities": np.stack([1 - covid, covid] if pos == 1 else [covid, 1 - covid], axis=1)}
+
+
+def test_each_sources_row_counts_its_own_films_in_source_order():
+    """Per source: its own class counts and accuracy (correct films of its own), sources in sorted order; patient
+    intervals only when some patient has several films; no empty per-slice table beside the per-source one."""
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos, pos, 1 - pos, pos, 1 - pos, 1 - pos, 1 - pos])
+    outputs = _binary_outputs(task, [0.9, 0.2, 0.1, 0.8, 0.7, 0.3, 0.2])
+    sources = ["z", "z", "z", "a", "a", "a", "a"]
+    report = evaluate.compute(task, labels, outputs, n_boot=100, slices={features.SOURCE: sources},
+                              groups=[f"g{i}" for i in range(7)])
+    assert list(report["per_source"]) == ["a", "z"]
+    z, a = report["per_source"]["z"], report["per_source"]["a"]
+    assert (z["class_counts"], a["class_counts"]) == ({"normal": 1, "covid": 2}, {"normal": 3, "covid": 1})
+    assert ((z["accuracy"]["k"], z["accuracy"]["n"]), (a["accuracy"]["k"], a["accuracy"]["n"])) == ((2, 3), (3, 4))
+    assert "slices" not in report and "patient_bootstrap" not in report  # seven films, seven patients
+    shared = evaluate.compute(task, labels, outputs, n_boot=100, groups=["g0", "g0", *[f"g{i}" for i in range(2, 7)]])
+    assert shared["patient_bootstrap"]["patients"] == 6
+
+
+def test_three_class_macro_auc_is_none_when_a_class_has_no_films():
+    task = features.TASKS["three-class"]
+    labels = np.array([0, 0, 0, 2, 2, 2])  # no pneumonia films: its one-vs-rest AUC cannot be measured
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.6, 0.1, 0.3], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6], [0.1, 0.3, 0.6],
+                              [0.5, 0.1, 0.4]])
+    outputs = {"label_index": probabilities.argmax(1), "covid_probability": probabilities[:, 2],
+               "probabilities": probabilities}
+    report = evaluate.compute(task, labels, outputs, n_boot=50)
+    assert report["multiclass"]["per_class"]["pneumonia"]["auc"]["value"] is None
+    assert report["multiclass"]["macro_auc"] is None
+
+
+def test_json_safe_turns_non_finite_numbers_into_null_inside_tuples_too():
+    value = {"ci95": (np.float64("nan"), 0.5), "x": [float("inf")], 1: np.int64(3)}
+    assert evaluate.json_safe(value) == {"ci95": [None, 0.5], "x": [None], "1": 3}
+    json.dumps(evaluate.json_safe(value), allow_nan=False)
+
+
+def _summary_report(task, labels, outputs, **extra):
+    report = evaluate.compute(task, labels, outputs, n_boot=50, slices=extra.pop("slices", None))
+    report.update(task=task.name, threshold=0.5, threshold_note="the note", model={"path": "m", "version": 3},
+                  data={"path": "d", "format": "tfrecords", "skipped": 0}, **extra)
+    return report
+
+
+def test_the_terminal_summary_lines_follow_the_report():
+    """The confusion matrix's rows beside their classes, each source's own figures, the three most confidently
+    wrong films, the data warning and the written files; three-class adds macro-F1."""
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos] * 4 + [1 - pos] * 2)
+    outputs = _binary_outputs(task, [0.9, 0.8, 0.45, 0.2, 0.1, 0.6], threshold=0.4)
+    outputs["atypical"] = np.array([0, 1, 0, 0, 0, 0], bool)
+    wrong = [{"index": i, "ref": f"r{i}", "true": "covid", "predicted": "normal", "covid_probability": 0.1}
+             for i in range(4)]
+    report = _summary_report(task, labels, outputs, slices={features.SOURCE: ["a"] * 3 + ["b"] * 3},
+                             errors={"n": 4, "order": "o", "listed": wrong},
+                             files={"report.html": "out/report.html", "model_card.md": "out/model_card.md"})
+    report["data"]["warning"] = "this is the curated dataset the model was trained on"
+    lines = evaluate.summary_text(report).splitlines()
+    cm = report["confusion_matrix"]
+    assert len({tuple(row) for row in cm["matrix"]}) == 2
+    width = max(len(c) for c in cm["classes"]) + 2
+    for c, row in zip(cm["classes"], cm["matrix"]):
+        assert f"  {c:<{width}}" + "".join(f"{v:>{width}}" for v in row) in lines
+    a, b = report["per_source"]["a"], report["per_source"]["b"]
+    assert (f"  source b: n=3 sensitivity {evaluate._fmt(b['sensitivity'])}; specificity "
+            f"{evaluate._fmt(b['specificity'])}; AUC within the source {evaluate._fmt(b['auc'])}; atypical 0") in lines
+    assert b["sensitivity"]["value"] != b["specificity"]["value"] and a["atypical"] == 1
+    assert any(line.startswith("  source a: n=3 ") and line.endswith("; atypical 1") for line in lines)
+    assert ("misclassified: 4; most confidently wrong: " + "; ".join(
+        f"r{i} covid -> normal ({errors.odds(wrong[i])})" for i in range(3))) in lines
+    assert "WARNING: this is the curated dataset the model was trained on" in lines
+    assert lines[-2:] == ["report: out/report.html", "model card with this evaluation: out/model_card.md"]
+    right = _summary_report(task, labels, outputs, errors={"n": 0, "order": "o", "listed": []})
+    assert not any(line.startswith(("misclassified", "WARNING", "report:")) for line in evaluate.summary_text(right).splitlines())
+    three = features.TASKS["three-class"]
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7], [0.3, 0.5, 0.2]])
+    report = _summary_report(three, np.array([0, 1, 2, 0]), {"label_index": probabilities.argmax(1),
+                                                             "covid_probability": probabilities[:, 2],
+                                                             "probabilities": probabilities})
+    assert f"  macro-F1    {report['multiclass']['macro_f1']:.3f}" in evaluate.summary_text(report).splitlines()
+
+
+def test_the_roc_point_and_the_galleries_title_follow_the_report(monkeypatch):
+    """The ROC marks the served decision at (1 - specificity, sensitivity); three-class draws COVID vs rest and
+    each other class once; the gallery's title counts the thumbnails it can show of all the errors."""
+    from covid_cxr.evaluation import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "roc_png", lambda curves, point, title: drawn.update(curves=curves, point=point) or b"roc")
+    monkeypatch.setattr(plots, "confusion_png", lambda *args: b"cm")
+    monkeypatch.setattr(errors, "gallery_png", lambda images, listed, title: drawn.update(title=title) or b"gallery")
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos] * 4 + [1 - pos] * 6)
+    outputs = _binary_outputs(task, [0.9, 0.8, 0.7, 0.2, 0.1, 0.2, 0.3, 0.1, 0.6, 0.2])
+    report = evaluate.compute(task, labels, outputs, n_boot=50)
+    report["errors"] = {"n": 30, "listed": [{"index": 0}] * 30}
+    evaluation = evaluate.Evaluation(report, labels, outputs["label_index"], outputs["probabilities"],
+                                     outputs["covid_probability"], task, images=[b"png"] * 10)
+    assert set(evaluate.make_plots(evaluation)) == {evaluate.ROC_PNG, evaluate.CONFUSION_PNG, evaluate.ERRORS_PNG}
+    assert drawn["point"] == pytest.approx((1 - 5 / 6, 3 / 4))
+    assert drawn["title"] == f"Misclassified: {errors.MAX_GALLERY} of 30, most confidently wrong first"
+    three = features.TASKS["three-class"]
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7], [0.3, 0.5, 0.2]])
+    labels = np.array([0, 1, 2, 0])
+    report = evaluate.compute(three, labels, {"label_index": probabilities.argmax(1),
+                                              "covid_probability": probabilities[:, 2], "probabilities": probabilities},
+                              n_boot=50)
+    evaluate.make_plots(evaluate.Evaluation(report, labels, probabilities.argmax(1), probabilities, probabilities[:, 2],
+                                            three))
+    assert [name for name, _, _ in drawn["curves"]] == ["covid vs rest", "normal vs rest", "pneumonia vs rest"]
+
+
+def test_a_report_written_without_a_model_has_no_model_card(tmp_path):
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos, pos, 1 - pos, 1 - pos])
+    outputs = _binary_outputs(task, [0.9, 0.2, 0.1, 0.3])
+    report = _summary_report(task, labels, outputs)
+    evaluation = evaluate.Evaluation(report, labels, outputs["label_index"], outputs["probabilities"],
+                                     outputs["covid_probability"], task)
+    files = evaluate.write_report(evaluation, str(tmp_path / "out"))
+    assert sorted(files) == ["confusion_matrix.png", "report.html", "report.json", "roc.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(files)
+
+
+def test_a_pushed_version_whose_record_holds_no_figures_is_judged_by_its_runs_decision(monkeypatch):
+    """An older push record (no metrics) does not stand for the gate's verdict: the run's decision record on its
+    Trainer artifact does."""
+    run = ({"blessed": False, "failures": ["too few"]}, "/r/VersionedPusher/pushed_model/12/covid_cxr_decision.json")
+    asked = []
+    monkeypatch.setattr(artifacts, "gate_decision", lambda uri: asked.append(uri) or run)
+    model = types.SimpleNamespace(path="/srv/3", version=3)
+    assert evaluate.gate_decision(model, {"model_uri": "/r/Trainer/model/9", "version": 3}) == run
+    assert asked == ["/r/Trainer/model/9"]
+    pushed = evaluate.gate_decision(model, {"model_uri": "/r/Trainer/model/9", "metrics": {"AUC": 0.9}})
+    assert pushed == ({"model_uri": "/r/Trainer/model/9", "metrics": {"AUC": 0.9}, "blessed": True},
+                      os.path.join("/srv/3", predict.PUSH_RECORD))
+
+
+def test_the_held_out_split_is_a_runs_newest_split_test(tmp_path):
+    root = tmp_path / "root"
+    (root / "ImportExampleGen" / "examples" / "4" / "Split-test").mkdir(parents=True)
+    (root / "ImportExampleGen" / "examples" / "4" / "Split-test" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"")
+    assert evaluate.held_out_split(str(root)) == str(root / "ImportExampleGen" / "examples" / "4" / "Split-test")
+    (root / "ImportExampleGen" / "examples" / "7" / "Split-train").mkdir(parents=True)  # newest, without a test split
+    with pytest.raises(click.BadParameter, match="no ImportExampleGen test split under"):
+        evaluate.held_out_split(str(root))
+    with pytest.raises(click.UsageError, match="pass --data DIR, or --pipeline-root DIR"):
+        evaluate.held_out_split(None)
+
+
+def test_a_runs_split_folder_and_an_empty_one_are_read_as_tfrecords(tmp_path):
+    """ExampleGen names its shards data_tfrecord-*.gz: `evaluate --data <root>/.../Split-test` reads them; a
+    folder of shards holding no record is refused in one line."""
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "curated"), "covid-vs-normal", patients_per_class=2, seed=0)
+    records = testing.read_records(str(tmp_path / "curated"))
+    split = tmp_path / "Split-test"
+    split.mkdir()
+    edited = []
+    for i, record in enumerate(records):  # a duplicate group spanning patients; records without a group
+        example = tf.train.Example.FromString(record)
+        feats = example.features.feature
+        if i < 2:
+            feats[features.GROUP].bytes_list.value[:] = [b"dup-1"]
+        elif i == 2:
+            del feats[features.GROUP]
+        elif i == 3:
+            del feats[features.GROUP], feats[features.PATIENT_ID]
+        feats[features.VIEW].bytes_list.value[:] = [b"PA" if i == 0 else features.UNKNOWN.encode()]
+        del feats[features.SEX]
+        edited.append(example.SerializeToString())
+    with tf.io.TFRecordWriter(str(split / "data_tfrecord-00000-of-00001.gz"), options="GZIP") as w:
+        for record in edited:
+            w.write(record)
+    assert evaluate.is_tfrecord_dir(str(split))
+    data = evaluate.load_tfrecords(str(split))
+    assert data.n == len(records) and data.refs[-1] == f"record {len(records) - 1}"
+    patient = tf.train.Example.FromString(records[2]).features.feature[features.PATIENT_ID].bytes_list.value[0].decode()
+    assert data.groups[:4] == ["dup-1", "dup-1", patient, "record-3"]
+    # A slice known for some films only is kept (the rest "unknown"); one known for none is dropped.
+    assert data.slices[features.VIEW] == ["PA"] + [features.UNKNOWN] * (len(records) - 1)
+    assert features.SEX not in data.slices
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with tf.io.TFRecordWriter(str(empty / "data_tfrecord-00000-of-00001.gz"), options="GZIP"):
+        pass
+    with pytest.raises(ValueError, match=re.escape(f"no records in {str(empty)!r}")):
+        evaluate.load_tfrecords(str(empty))
+
+
+def test_the_training_data_warning_needs_the_same_films_per_source(tmp_path):
+    """As many films of the task, but from other sources: another dataset, not the one trained on."""
+    summary = {"task": "covid-vs-normal", "accepted": 12, "per_source_class": {"rsna": {"normal": 12}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    other = types.SimpleNamespace(metadata={"data_summary": dict(summary, per_source_class={"cohen": {"normal": 12}})})
+    assert evaluate.training_data_warning(other, str(tmp_path)) is None
+    assert evaluate.training_data_warning(types.SimpleNamespace(metadata={"data_summary": summary}), str(tmp_path))
+
+
+def test_an_out_folder_beside_the_model_or_its_serving_directory_is_fine(tmp_path):
+    """Only the model's own folder and its serving directory are refused: a sibling whose name starts like the
+    serving directory's, or a folder beside an exported model that is no version, is not."""
+    (tmp_path / "serving" / "3").mkdir(parents=True)
+    (tmp_path / "export").mkdir()
+    evaluate.check_out_beside_model(str(tmp_path / "serving-report"), str(tmp_path / "serving" / "3"))
+    evaluate.check_out_beside_model(str(tmp_path / "report"), str(tmp_path / "export"))
+    with pytest.raises(click.BadParameter, match="is its serving directory"):
+        evaluate.check_out_beside_model(str(tmp_path / "serving"), str(tmp_path / "serving" / "3"))
+    with pytest.raises(click.BadParameter, match="is the model's own folder"):  # a folder inside an export
+        evaluate.check_out_beside_model(str(tmp_path / "export" / "report"), str(tmp_path / "export"))
+
+
+def test_covid19_folders_are_covid_by_default():
+    assert evaluate._finding_of(["COVID19", "x"], None) == ("covid", 0)
+    assert evaluate._finding_of(["covid-19"], None) == ("covid", 0)
+
+
+def test_a_folder_trees_patients_are_named_by_file_within_their_folder(tmp_path):
+    """Kermany's person<N>_ films of one folder are one patient; the same file name in two class folders is two."""
+    root = tmp_path / "tree"
+    for i, name in enumerate(("COVID/person3_virus_1.png", "COVID/person3_virus_2.png", "COVID/img1.png",
+                              "Normal/img1.png")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data_testing.radiograph(i)).save(root / name)
+    data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+    assert data.n == 4
+    assert len(set(data.groups)) == 3
+    assert data.groups.count(os.path.join("COVID", "person3")) == 2
+
+
+def test_a_class_map_on_tfrecords_is_refused_and_the_training_data_warning_reaches_the_report(
+        binary_model, tmp_path, monkeypatch):
+    args = ["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--no-audit", "--bootstrap", "100",
+            "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(cli.main, ["evaluate", *args, "--class-map", "sick=covid"])
+    assert result.exit_code == 2 and "--class-map applies to folder trees, not to TFRecords" in result.output, result.output
+    monkeypatch.setattr(evaluate, "training_data_warning", lambda model, data_dir: "trained on these films")
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["evaluate", *args, "--json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["data"]["warning"] == "trained on these films"
+    assert "covid-cxr: warning: trained on these films" in result.stderr
+    assert "every film is labelled" not in result.stderr  # both classes are there
+
+
+def test_a_dicoms_patient_id_is_grouped_by_its_pseudonym_only(tmp_path):
+    """Films of one DICOM PatientID are one patient group, named by a keyed pseudonym: the raw id is in no field
+    load_folders returns."""
+    root = tmp_path / "tree"
+    for i, (folder, patient) in enumerate((("COVID", "MRN-4711"), ("COVID", "MRN-4711"), ("Normal", "MRN-0815"))):
+        data_testing.write_dicom(root / folder / f"film{i}.dcm", data_testing.radiograph(i), patient_id=patient)
+    data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+    assert data.n == 3 and len(set(data.groups)) == 2 and data.groups[0] == data.groups[1]
+    assert not any("MRN" in str(value) for value in (*data.groups, *data.refs, data.slices))
+
+
+def test_the_shortcut_audit_takes_covid_as_its_positive_class():
+    """evaluate() hands the audit COVID films as positives: its counts are the report's COVID count."""
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    encoded = []
+    for i in range(12):
+        buffer = io.BytesIO()
+        Image.fromarray(data_testing.radiograph(i, border=8 if i < 3 else 0)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    labels = np.array([pos] * 3 + [1 - pos] * 9)
+    covid = np.linspace(0.9, 0.1, 12)
+    model = types.SimpleNamespace(task=task, threshold=0.5, metadata={}, path="m", version=1,
+                                  predict_images=lambda images: _binary_outputs(task, covid))
+    data = evaluate.EvalData("d", "folders", None, encoded, labels, [f"g{i}" for i in range(12)],
+                             [f"r{i}" for i in range(12)], {})
+    report = evaluate.evaluate(model, data, n_boot=100).report
+    audit = report["shortcut_audit"]
+    assert report["class_counts"]["covid"] == audit["n_positive"] == 3 and audit["n"] == 12
+
+
+def test_the_scripts_one_line_errors_cover_os_errors_too():
+    for error in (FileNotFoundError(2, "No such file or directory", "root/Split-test"), ValueError("bad split"),
+                  click.BadParameter("not a model")):
+        with pytest.raises(SystemExit) as info:
+            with evaluate.one_line_errors("threshold_check.py"):
+                raise error
+        message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+        assert info.value.code == f"threshold_check.py: {message}"
