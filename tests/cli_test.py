@@ -392,3 +392,318 @@ def test_the_sigterm_handler_is_the_commands_only(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is own
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _outcome(blessed, pushed, metrics, failures=(), destination="", reason="", decision_record=""):
+    from covid_cxr.evaluation import gate_report
+    from covid_cxr.pipeline import metadata
+
+    return metadata.RunOutcome(
+        blessed=blessed, pushed=pushed, destination=destination, reason=reason, model_uri="root/Trainer/model/9",
+        evaluation_uri="root/Evaluator/evaluation/10",
+        report=gate_report.GateReport(blessed, metrics, list(failures), {}), decision_record=decision_record)
+
+
+def test_a_pushed_models_figures_are_printed_in_one_column_with_counts_and_intervals(capsys, tmp_path):
+    """The run's closing lines: each gate figure in one column (no '... change' diffs against the baseline),
+    the example count whole, the counts at the served decision in TP FN TN FP order, Wilson intervals from
+    those counts, where the model went; no 'Gate decision' line without a record."""
+    from covid_cxr.evaluation import metrics as ci
+
+    figures = {"sensitivity": 0.9, "sensitivity change": 0.01, "specificity": 0.8, "AUC": 0.93, "AUC change": -0.02,
+               "accuracy": 0.85, "precision": 0.82, "examples": 40.0, "true positives": 18.0, "false negatives": 2.0,
+               "true negatives": 16.0, "false positives": 4.0}
+    cli.print_outcome(_outcome(True, True, figures, destination="serving/17"), str(tmp_path / "serving"))
+    sens, spec = ci.wilson_interval(18, 20), ci.wilson_interval(16, 20)
+    assert capsys.readouterr().out.splitlines() == [
+        "",
+        "BLESSED",
+        f"  {'sensitivity':<28} 0.9000",
+        f"  {'specificity':<28} 0.8000",
+        f"  {'AUC':<28} 0.9300",
+        f"  {'accuracy':<28} 0.8500",
+        f"  {'precision':<28} 0.8200",
+        f"  {'examples':<28} 40",
+        "  at the served decision: 18 TP, 2 FN, 16 TN, 4 FP",
+        f"  {'sensitivity 95% CI (Wilson)':<28} {sens[0]:.4f} - {sens[1]:.4f}",
+        f"  {'specificity 95% CI (Wilson)':<28} {spec[0]:.4f} - {spec[1]:.4f}",
+        "Model pushed to serving/17",
+        "Model artifact: root/Trainer/model/9",
+        "Evaluation:     root/Evaluator/evaluation/10",
+    ]
+
+
+def test_a_blessed_model_not_pushed_again_and_a_refused_ones_failures_are_said(capsys, tmp_path):
+    cli.print_outcome(_outcome(True, False, {"sensitivity": 0.9}, destination="serving/17",
+                               reason="this model is already the newest served version"), str(tmp_path))
+    out = capsys.readouterr().out
+    assert "Not pushed again: this model is already the newest served version (serving/17)" in out
+    assert "Not pushed:" not in out and "Model pushed" not in out
+    failure = "sensitivity 0.5000 is below the minimum 0.9"
+    cli.print_outcome(_outcome(False, False, {"sensitivity": 0.5}, failures=[failure],
+                               decision_record="root/VersionedPusher/pushed_model/11/covid_cxr_decision.json"), str(tmp_path))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "NOT BLESSED" and f"  failed: {failure}" in lines
+    assert lines[-1] == "Gate decision:  root/VersionedPusher/pushed_model/11/covid_cxr_decision.json"
+    cli.print_outcome(None, str(tmp_path))
+    assert capsys.readouterr().out == "The pipeline finished but recorded no push decision.\n"
+
+
+def test_require_blessed_fails_a_run_that_recorded_no_decision(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    result = CliRunner().invoke(cli.main, ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root",
+                                           str(tmp_path / "root"), "--serving-dir", str(tmp_path / "serving"),
+                                           "--require-blessed"])
+    assert result.exit_code == cli.REFUSED_EXIT, result.output
+    assert result.output.strip().splitlines()[-1] == "The pipeline finished but recorded no push decision."
+
+
+def test_named_gate_flags_set_their_own_field_and_win_over_set_even_at_zero():
+    config = cli.build_config("quick", None, ["gate.min_sensitivity=0.5", "gate.min_specificity=0.6"],
+                              min_sensitivity=0.0, min_specificity=0.7)
+    assert (config.gate.min_sensitivity, config.gate.min_specificity) == (0.0, 0.7)
+    config = cli.build_config("quick", None, ["gate.min_sensitivity=0.5"], min_specificity=0.75)
+    assert (config.gate.min_sensitivity, config.gate.min_specificity) == (0.5, 0.75)
+
+
+def test_each_command_starts_from_its_own_preset(monkeypatch, tmp_path):
+    """demo: quick; run and compile: full (real training), unless --preset says otherwise."""
+    from click.testing import CliRunner
+
+    presets = []
+
+    def build_config(preset, *args, **kwargs):
+        presets.append(preset)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli, "build_config", build_config)
+    for args in (["demo", "--out", str(tmp_path / "d")], ["run", "--data", str(tmp_path)],
+                 ["compile", "--image", "registry.example/covid-cxr:1", "--data", "gs://b/d"],
+                 ["run", "--preset", "quick", "--data", str(tmp_path)]):
+        assert CliRunner().invoke(cli.main, args).exit_code == 2
+    assert presets == ["quick", "full", "full", "quick"]
+
+
+def test_file_and_permission_errors_are_user_errors_and_other_failures_name_the_run(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    args = ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
+            "--serving-dir", str(tmp_path / "serving")]
+
+    def component():
+        raise ValueError("the component's own error")
+
+    def fails_with(error, verbose=()):
+        def run(config):
+            if isinstance(error, local_runner.PipelineRunError):
+                try:
+                    component()
+                except ValueError as cause:
+                    raise error from cause
+            raise error
+        monkeypatch.setattr(local_runner, "run", run)
+        result = CliRunner().invoke(cli.main, [*verbose, *args])
+        result.lines = [line for line in result.output.strip().splitlines() if not line.startswith("note: ")]
+        return result
+
+    for error in (PermissionError(13, "Permission denied", "serving"), FileNotFoundError(2, "No such file", "x")):
+        result = fails_with(error)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == f"covid-cxr: error: {error}"
+    result = fails_with(RuntimeError("boom\nsecond line"))
+    assert result.exit_code == 1 and result.lines == [
+        "covid-cxr: error: the run failed: RuntimeError: boom (re-run with --verbose for the details)"]
+    result = fails_with(local_runner.PipelineRunError("Trainer failed: ValueError: the component's own error"))
+    assert result.exit_code == 1 and result.lines == [
+        "covid-cxr: error: the run failed: Trainer failed: ValueError: the component's own error "
+        "(re-run with --verbose for the details)"]
+    # --verbose: the component's traceback (not the CLI's PipelineRunError wrapping it), then the line, no hint.
+    result = fails_with(local_runner.PipelineRunError("Trainer failed: ValueError: the component's own error"), ["-v"])
+    assert result.exit_code == 1, result.output
+    assert "in component" in result.output and "PipelineRunError" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "covid-cxr: error: the run failed: Trainer failed: ValueError: the component's own error")
+
+
+def test_a_verbose_flag_after_the_command_names_where_it_goes_and_usage_errors_name_their_help(monkeypatch):
+    from click.testing import CliRunner
+
+    for flag in ("-v", "--verbose"):
+        result = CliRunner().invoke(cli.main, ["predict", flag], prog_name="covid-cxr")
+        assert result.exit_code == 2 and result.output == (
+            f"covid-cxr: error: No such option: {flag} here: -v / --verbose goes before the command, as in "
+            "`covid-cxr -v predict ...`\n")
+    result = CliRunner().invoke(cli.main, ["run"], prog_name="covid-cxr")
+    assert result.exit_code == 2 and result.output == "covid-cxr: error: Missing option '--data'. (see `covid-cxr run --help`)\n"
+
+
+def test_an_abort_or_a_commands_own_click_error_ends_in_one_line_with_exit_1(tmp_path, monkeypatch):
+    """click.Abort, and a ClickException that is no usage error (curate's 'no image was accepted'), keep exit 1."""
+    import click
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    for error, line in ((click.Abort(), "covid-cxr: error: aborted"),
+                        (click.ClickException("no image was accepted"), "covid-cxr: error: no image was accepted")):
+        def run(config, error=error):
+            raise error
+
+        monkeypatch.setattr(local_runner, "run", run)
+        result = CliRunner().invoke(cli.main, ["run", "--preset", "quick", "--data", str(tmp_path / "data"),
+                                               "--pipeline-root", str(tmp_path / "root"), "--serving-dir", str(tmp_path / "s")])
+        assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == line, result.output
+
+
+def test_import_time_warnings_are_hidden_unless_the_group_is_verbose(monkeypatch):
+    """cli.py filters warnings when it is imported (Google client libraries warn about Python versions then):
+    loaded afresh as its own module under each command line, the filter is there without -v only."""
+    import importlib.util
+    import warnings
+
+    for argv, shown in ((["covid-cxr", "run", "--data", "d"], False), (["covid-cxr", "-v", "run", "--data", "d"], True)):
+        monkeypatch.setattr("sys.argv", argv)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spec = importlib.util.spec_from_file_location("covid_cxr_cli_fresh", cli.__file__)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            warnings.warn("at import", FutureWarning)
+        assert bool(caught) == shown, (argv, caught)
+
+
+def test_quiet_logs_hide_library_noise_that_verbose_shows(capsys):
+    """Without -v: TensorFlow's warnings and Beam's and absl's errors (a failing transform's traceback, TFX's
+    'Execution N failed') are not shown, the CLI says what failed; -v shows their progress lines."""
+    import logging
+
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level for name in ("tensorflow", "apache_beam", "absl")}
+    try:
+        cli._quiet_logs(verbose=False)
+        logging.getLogger("tensorflow").warning("tf warning")
+        logging.getLogger("tensorflow").error("tf error")
+        logging.getLogger("apache_beam").error("beam error")
+        logging.getLogger("absl").error("absl error")
+        err = capsys.readouterr().err
+        assert "tf error" in err and "tf warning" not in err and "beam error" not in err and "absl error" not in err, err
+        cli._quiet_logs(verbose=True)
+        for name in ("tensorflow", "apache_beam", "absl"):
+            logging.getLogger(name).info(f"{name} progress")
+        err = capsys.readouterr().err
+        assert all(f"{name} progress" in err for name in ("tensorflow", "apache_beam", "absl")), err
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, cli._LogHandler)]:
+            root.removeHandler(handler)
+        root.setLevel(logging.WARNING)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_a_commands_help_is_no_failure():
+    """`covid-cxr run --help` ends the command with click's Exit from inside the group's invoke: help and exit 0,
+    not 'the run failed'."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli.main, ["run", "--help"], prog_name="covid-cxr")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: covid-cxr run [OPTIONS]") and "error" not in result.output
+
+
+def test_the_demo_reuses_its_own_data_only_for_the_same_task_and_patients(tmp_path, monkeypatch):
+    """A second demo with the same settings reuses the records (ExampleGen's cache then pushes nothing new); another
+    --patients-per-class or --task generates them again."""
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    generate, generated = synthetic.generate, []
+    monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: generated.append(args[1:]) or generate(*args, **kwargs))
+    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    out = tmp_path / "demo"
+    for args, again in (([], True), ([], False), (["--patients-per-class", "5"], True),
+                        (["--patients-per-class", "5", "--task", "covid-vs-pneumonia"], True)):
+        before = len(generated)
+        result = CliRunner().invoke(cli.main, ["demo", "--out", str(out), "--patients-per-class", "4", *args])
+        assert result.exit_code == 0, result.output
+        assert (len(generated) > before) == again and ("reusing the synthetic data already there" in result.output) != again
+    assert generated[-1] == ("covid-vs-pneumonia", 5)
+
+
+def test_the_demo_names_its_data_folder_when_out_cannot_hold_it(tmp_path):
+    from click.testing import CliRunner
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "data").write_text("not a folder")
+    result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"covid-cxr: error: the demo's data folder (--out) '{tmp_path / 'demo' / 'data'}' "), line
+
+
+def test_the_demo_restarts_for_tensorflows_settings_before_it_generates_data(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+    from covid_cxr.trainer import training
+
+    def execve(path, argv, env):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(training, "process_env_problems", lambda *_: {"TF_DETERMINISTIC_OPS": "1"})
+    monkeypatch.setattr(cli.os, "execve", execve)
+    monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: _fail_test("generated before the restart"))
+    monkeypatch.setattr(local_runner, "run", lambda config: _fail_test("ran before the restart"))
+    result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("restarting with the TensorFlow settings of training.reproducible / training.onednn: "
+                                    "TF_DETERMINISTIC_OPS=1")
+
+
+def _fail_test(message):
+    import pytest
+
+    pytest.fail(message)
+
+
+def test_runs_settings_notes_are_said_before_the_run(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import local_runner
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    monkeypatch.setattr(local_runner, "settings_notes", lambda config: ["model.weights: the weights_dir copy is used"])
+    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
+        "--serving-dir", str(tmp_path / "serving")])
+    assert result.exit_code == 0, result.output
+    assert "note: model.weights: the weights_dir copy is used\n" in result.stderr
+
+
+def test_compile_prints_its_notes_then_where_the_spec_went(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import kubeflow_runner
+
+    monkeypatch.setattr(kubeflow_runner, "compile_pipeline", lambda config, output, image: ["beam_workers is fixed"])
+    out = str(tmp_path / "spec.json")
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--data", "gs://b/d",
+                                           "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
+                                           "--output", out])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["note: beam_workers is fixed", f"Pipeline spec written to {out}"]
