@@ -111,6 +111,12 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def patient_group(seed: int, finding: str, index: int) -> str:
+    """The pseudonym, and split group, of the ``index``-th synthetic patient with ``finding``: the
+    first n patients of a larger dataset are those of a smaller one, so they land in the same splits."""
+    return hashlib.sha256(f"synthetic:{seed}:{finding}:{index}".encode()).hexdigest()[:16]
+
+
 def generate(out_dir: str, task: str = "covid-vs-normal", patients_per_class: int = 60, seed: int = 0) -> dict:
     """Writes a curated-format synthetic dataset for `task` and returns its summary."""
     task_obj = features.get_task(task)
@@ -120,7 +126,7 @@ def generate(out_dir: str, task: str = "covid-vs-normal", patients_per_class: in
         for finding in findings:
             label = task_obj.class_of(finding)
             for p in range(patients_per_class):
-                patient = hashlib.sha256(f"synthetic:{seed}:{finding}:{p}".encode()).hexdigest()[:16]
+                patient = patient_group(seed, finding, p)
                 anatomy = random_anatomy(rng)
                 source, sex = rng.choice(SOURCES), rng.choice(("M", "F"))
                 age = int(rng.integers(18, 90))

@@ -329,6 +329,7 @@ def test_the_demos_paths_under_out_give_way_to_config_and_set(tmp_path, monkeypa
     used = []
     monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: {"accepted": 0, "patients": 0, "per_class": {}})
     monkeypatch.setattr(local_runner, "run", lambda config, checked=None: used.append(config.runtime))
+    monkeypatch.setattr(local_runner, "check_data", lambda config: None)  # nothing was generated to check
     config_file = tmp_path / "c.yaml"
     config_file.write_text(f"runtime:\n  pipeline_root: {tmp_path / 'file-root'}\n")
     out = tmp_path / "demo"
@@ -456,7 +457,7 @@ def test_require_blessed_fails_a_run_that_recorded_no_decision(tmp_path, monkeyp
     from covid_cxr.data import synthetic
 
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
-    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
     result = CliRunner().invoke(cli.main, ["run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root",
                                            str(tmp_path / "root"), "--serving-dir", str(tmp_path / "serving"),
                                            "--require-blessed"])
@@ -504,7 +505,7 @@ def test_file_and_permission_errors_are_user_errors_and_other_failures_name_the_
         raise ValueError("the component's own error")
 
     def fails_with(error, verbose=()):
-        def run(config):
+        def run(config, checked=None):
             if isinstance(error, local_runner.PipelineRunError):
                 try:
                     component()
@@ -558,7 +559,7 @@ def test_an_abort_or_a_commands_own_click_error_ends_in_one_line_with_exit_1(tmp
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
     for error, line in ((click.Abort(), "covid-cxr: error: aborted"),
                         (click.ClickException("no image was accepted"), "covid-cxr: error: no image was accepted")):
-        def run(config, error=error):
+        def run(config, checked=None, error=error):
             raise error
 
         monkeypatch.setattr(local_runner, "run", run)
@@ -631,15 +632,39 @@ def test_the_demo_reuses_its_own_data_only_for_the_same_task_and_patients(tmp_pa
 
     generate, generated = synthetic.generate, []
     monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: generated.append(args[1:]) or generate(*args, **kwargs))
-    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
     out = tmp_path / "demo"
-    for args, again in (([], True), ([], False), (["--patients-per-class", "5"], True),
-                        (["--patients-per-class", "5", "--task", "covid-vs-pneumonia"], True)):
+    for args, again in (([], True), ([], False), (["--patients-per-class", "13"], True),
+                        (["--patients-per-class", "13", "--task", "covid-vs-pneumonia"], True)):
         before = len(generated)
-        result = CliRunner().invoke(cli.main, ["demo", "--out", str(out), "--patients-per-class", "4", *args])
+        result = CliRunner().invoke(cli.main, ["demo", "--out", str(out), "--patients-per-class", "12", *args])
         assert result.exit_code == 0, result.output
         assert (len(generated) > before) == again and ("reusing the synthetic data already there" in result.output) != again
-    assert generated[-1] == ("covid-vs-pneumonia", 5)
+    assert generated[-1] == ("covid-vs-pneumonia", 13)
+
+
+def test_the_demos_fewest_patients_deal_every_class_into_every_split_and_one_fewer_does_not():
+    """`demo --patients-per-class 4` (the old minimum) generated its data and then was refused: at the default
+    buckets its seed left eval without a normal patient."""
+    from click.testing import CliRunner
+
+    from covid_cxr.data import features, synthetic
+    from covid_cxr.pipeline import config as cfg
+    from covid_cxr.pipeline.pipeline import split_of
+
+    data = cfg.load_config("quick").data
+
+    def missing(task, patients):  # (split, class) pairs without a patient, as local_runner.check_data counts them
+        findings = [f for f in features.FINDINGS if task.class_of(f) and f != features.OTHER_OPACITY]
+        groups = [(synthetic.patient_group(0, f, p), task.class_of(f)) for f in findings for p in range(patients)]
+        dealt = set(zip(split_of([g for g, _ in groups], data), [label for _, label in groups]))
+        return {(split, label) for split in ("train", "eval", "test") for label in task.classes} - dealt
+
+    fewest = cli.DEMO_MIN_PATIENTS_PER_CLASS
+    assert not any(missing(features.get_task(name), fewest) for name in features.TASKS)
+    assert missing(features.get_task("covid-vs-normal"), fewest - 1) == {("test", "normal")}
+    result = CliRunner().invoke(cli.main, ["demo", "--patients-per-class", str(fewest - 1)])
+    assert result.exit_code == 2 and f"{fewest}<=x<=10000" in result.output, result.output
 
 
 def test_the_demo_names_its_data_folder_when_out_cannot_hold_it(tmp_path):
@@ -666,7 +691,7 @@ def test_the_demo_restarts_for_tensorflows_settings_before_it_generates_data(tmp
     monkeypatch.setattr(training, "process_env_problems", lambda *_: {"TF_DETERMINISTIC_OPS": "1"})
     monkeypatch.setattr(cli.os, "execve", execve)
     monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: _fail_test("generated before the restart"))
-    monkeypatch.setattr(local_runner, "run", lambda config: _fail_test("ran before the restart"))
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: _fail_test("ran before the restart"))
     result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("restarting with the TensorFlow settings of training.reproducible / training.onednn: "
@@ -687,7 +712,7 @@ def test_runs_settings_notes_are_said_before_the_run(tmp_path, monkeypatch):
 
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
     monkeypatch.setattr(local_runner, "settings_notes", lambda config: ["model.weights: the weights_dir copy is used"])
-    monkeypatch.setattr(local_runner, "run", lambda config: None)
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
     result = CliRunner(mix_stderr=False).invoke(cli.main, [
         "run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
         "--serving-dir", str(tmp_path / "serving")])
