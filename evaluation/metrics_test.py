@@ -287,3 +287,87 @@ def test_logit_keeps_zero_and_one_finite():
     out = metrics.logit(np.array([0.0, 0.5, 1.0]))
     assert out[1] == 0.0 and out[0] == pytest.approx(-16.118, abs=0.01) and out[2] == pytest.approx(-out[0])
     assert np.isfinite(metrics.logit(np.array([0.0, 1.0], np.float32))).all()
+
+
+# ---- round 9 ---------------------------------------------------------------------------------
+
+
+def test_z95_is_the_normal_quantile_and_an_empty_proportion_has_no_wilson_interval():
+    from statistics import NormalDist
+
+    assert metrics.Z95 == pytest.approx(NormalDist().inv_cdf(0.975), abs=1e-12)
+    lo, hi = metrics.wilson_interval(0, 0)
+    assert np.isnan(lo) and np.isnan(hi)
+
+
+def test_confusion_matrix_refuses_a_prediction_outside_the_classes_and_infers_them_from_both():
+    # A negative index would wrap to the last column (np.add.at): refused, as one too large is.
+    with pytest.raises(ValueError, match=r"class indices must be in \[0, 2\)"):
+        metrics.confusion_matrix([0, 1], [0, -1], 2)
+    with pytest.raises(ValueError, match=r"class indices must be in \[0, 2\)"):
+        metrics.confusion_matrix([0, 1], [0, 2], 2)
+    # Without num_classes, a class only ever predicted still has its column.
+    assert metrics.confusion_matrix([0, 0], [0, 2]).tolist() == [[1, 0, 1], [0, 0, 0], [0, 0, 0]]
+
+
+def test_scores_and_labels_of_different_lengths_are_refused():
+    for fn in (metrics.roc_auc, metrics.auc_delong, metrics.auc_bootstrap_ci):
+        with pytest.raises(ValueError, match="3 labels but 2 scores"):
+            fn([1, 0, 1], [0.5, 0.4])
+
+
+def test_roc_curve_of_one_class_stays_finite():
+    fpr, tpr, _ = metrics.roc_curve([0, 0, 0], [0.2, 0.5, 0.9])
+    assert tpr.tolist() == [0.0, 0.0, 0.0, 0.0] and fpr.tolist() == [0.0, 1 / 3, 2 / 3, 1.0]
+    fpr, tpr, _ = metrics.roc_curve([1, 1], [0.2, 0.5])
+    assert fpr.tolist() == [0.0, 0.0, 0.0] and tpr.tolist() == [0.0, 0.5, 1.0]
+
+
+def test_auc_with_ci_uses_the_method_and_seed_asked_for_and_names_them():
+    rng = np.random.default_rng(4)
+    y = np.array([1] * 20 + [0] * 25)
+    s = rng.normal(size=y.size) + y
+    delong = metrics.auc_with_ci(y, s, method="delong")
+    assert delong["method"] == "DeLong" and delong["ci95"] == pytest.approx(list(metrics.auc_delong_ci(y, s)))
+    boot = metrics.auc_with_ci(y, s, n_boot=300, seed=7)
+    assert boot["method"] == "stratified percentile bootstrap (300 resamples, seed 7)"
+    assert boot["ci95"] == list(metrics.auc_bootstrap_ci(y, s, n_boot=300, seed=7))
+    assert boot["ci95"] != list(metrics.auc_bootstrap_ci(y, s, n_boot=300, seed=0))
+    with pytest.raises(ValueError, match="unknown AUC CI method 'wald'"):
+        metrics.auc_with_ci(y, s, method="wald")
+
+
+def test_per_class_metrics_pass_the_auc_method_and_resamples_on_and_support_counts_true_films():
+    y_true = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    y_pred = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # class 1: tp 5, fn 1, fp 3
+    cm = metrics.confusion_matrix(y_true, y_pred, 2)
+    probabilities = np.eye(2)[y_pred] * 0.6 + 0.2
+    per_class = metrics.per_class_metrics(cm, ["normal", "covid"], probabilities, y_true, auc_method="delong")
+    assert per_class["covid"]["support"] == 6 and per_class["normal"]["support"] == 5
+    assert per_class["covid"]["auc"]["method"] == "DeLong"
+    per_class = metrics.per_class_metrics(cm, ["normal", "covid"], probabilities, y_true, n_boot=123)
+    assert per_class["covid"]["auc"]["method"] == "stratified percentile bootstrap (123 resamples, seed 0)"
+
+
+def test_a_class_never_true_nor_predicted_scores_zero_f1_in_the_macro_mean():
+    cm = metrics.confusion_matrix([0, 1, 0, 1], [0, 1, 0, 1], 3)  # class 2 absent: F1 0, not 1
+    assert metrics.f1_from_counts(0, 0, 0) == 0.0
+    assert metrics.macro_f1(cm) == pytest.approx(2 / 3)
+
+
+def test_patient_bootstrap_gives_no_accuracy_interval_under_five_patients():
+    y = [True, True, False, False] * 2
+    few = metrics.patient_bootstrap(y, y, [0.9, 0.9, 0.1, 0.1] * 2, ["a", "b", "c", "d"] * 2, n_boot=50)
+    assert few["patients"] == 4 and few["accuracy"] is None and few["replicates"]["accuracy"] == 0
+
+
+def test_a_source_interval_touching_the_pooled_one_is_not_flagged():
+    pooled = {"ci95": [0.92, 0.97]}
+    assert metrics.sources_below_pooled_auc(pooled, {"touching": {"auc": {"ci95": [0.80, 0.92]}}}) == []
+
+
+def test_patient_ci_text_names_patients_films_and_each_interval():
+    boot = {"patients": 12, "films": 30, "sensitivity": [0.5, 0.9], "specificity": None, "accuracy": [0.6, 0.8],
+            "auc": [0.7, 0.95]}
+    assert metrics.patient_ci_text(boot) == ("95% CI resampling the 12 patients of 30 films (some have several): "
+                                             "sensitivity [0.500, 0.900]; accuracy [0.600, 0.800]; auc [0.700, 0.950]")
