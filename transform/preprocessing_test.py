@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -102,3 +103,32 @@ def test_downscaling_averages_stripes_finer_than_an_output_pixel():
     image = preprocessing.decode_images(tf.constant([_encode(film, "PNG")]), 16).numpy()[0, :, :, 0]
     stripes = image[:, 5:11]
     assert abs(stripes.mean() - 1 / 3) < 0.02 and np.ptp(stripes) < 0.02
+
+
+# ---- round 9 ---------------------------------------------------------------------------------
+
+
+def test_an_odd_output_size_is_square_too():
+    film = np.zeros((40, 40), np.uint8)
+    film[:, 20:] = 200
+    image = preprocessing.decode_images(tf.constant([_encode(film, "PNG")]), 17).numpy()
+    assert image.shape == (1, 17, 17, 1)
+    assert image[0, :, :7].max() == 0.0 and image[0, :, -7:].min() > 0.999
+
+
+def test_two_adjacent_grey_levels_are_stretched_to_the_full_range():
+    # A film with almost no contrast (one 8-bit step) still fills [0, 1]: the guard against 0 / 0
+    # must not damp a real, small range.
+    film = np.full((32, 32), 100, np.uint8)
+    film[:, 16:] = 101
+    image = preprocessing.decode_images(tf.constant([_encode(film, "PNG")]), 16).numpy()[0]
+    assert image.min() == 0.0 and image.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_five_percent_border_crop_is_cropped():
+    film = np.zeros((100, 100), np.uint8)
+    film[:, 95:] = 255  # a bright band in the outer 5 %
+    film[40:60, 40:60] = 100
+    image = preprocessing.decode_images(tf.constant([_encode(film, "PNG")]), 50, border_crop=0.05).numpy()[0]
+    assert image[:, -1].max() < 0.1  # the band is gone; the centre square is now the brightest
+    assert image[25, 25] > 0.999
