@@ -231,3 +231,87 @@ def test_the_checkout_is_found_through_a_linked_package_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tmp_path)},
                          cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert out.strip() == repo
+
+
+# ---- round 9 ---------------------------------------------------------------------------------
+
+
+def test_the_defaults_are_the_readmes():
+    # README's configuration table ("| field | default | meaning |"), field by field.
+    c = cfg.load_config(None)
+    assert (c.data.train_buckets, c.data.eval_buckets, c.data.test_buckets) == (14, 3, 3)
+    assert (c.model.task, c.model.image_size, c.model.border_crop) == ("covid-vs-normal", 224, 0.0)
+    assert (c.model.weights, c.model.fallback, c.model.augment) == ("auto", "bn_double_conv", True)
+    assert (c.training.batch_size, c.training.epochs, c.training.fine_tune_epochs) == (32, 12, 6)
+    assert (c.training.target_sensitivity, c.training.target_specificity, c.training.seed) == (0.95, 0.0, 42)
+    assert c.training.atypical_quantile == 0.95
+    assert (c.tuner.enabled, c.tuner.trials, c.tuner.epochs, c.tuner.fine_tune_epochs) == (True, 4, 3, 1)
+    assert (c.gate.min_sensitivity, c.gate.min_specificity, c.gate.min_auc) == (0.90, 0.85, 0.0)
+    assert (c.gate.max_auc_regression, c.gate.compare_to_baseline) == (0.01, True)
+    assert c.gate.slice_features == ["source", "view", "sex"]
+    assert (c.runtime.mysql_port, c.runtime.mysql_database, c.runtime.mysql_user) == (3306, "covid_cxr_mlmd", "root")
+    assert (c.runtime.beam_running_mode, c.runtime.beam_workers, c.runtime.enable_cache) == ("in_memory", 0, True)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.augment_contrast": "1"}, r"^model.augment_contrast must be in \[0, 1\) .* got 1.0 and 0.0$"),
+    ({"model.augment_contrast": "-0.1"}, r"^model.augment_contrast must be in \[0, 1\) .* got -0.1 and 0.0$"),
+    ({"model.border_crop": "-0.1"}, r"^model.border_crop must be between 0 and 0.25 \(of each side\), got -0.1$"),
+    ({"training.fine_tune_epochs": "-1"}, "^training.fine_tune_epochs must be a whole number at least 0, got -1$"),
+    ({"tuner.epochs": "0"}, "^tuner.epochs must be a whole number at least 1, got 0$"),
+    ({"tuner.fine_tune_layers": "[-1]"}, r"^tuner.fine_tune_layers must be whole numbers at least 0, got -1$"),
+    ({"tuner.dense_units": "[-1]"}, r"^tuner.dense_units must be whole numbers at least 0, got -1$"),
+    ({"model.families": "[cnn3, bogus]"}, "^model.families: unknown family 'bogus'"),  # every family, not the first
+    ({"runtime.mysql_host": "db", "runtime.mysql_database": "d" * 65}, "^runtime.mysql_database 'd{65}' must be 1-64"),
+    ({"runtime.beam_running_mode": ""}, "^runtime.beam_running_mode '' is not in_memory"),
+])
+def test_more_bad_values_are_one_line_config_errors(overrides, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.load_config(None, None, overrides)
+
+
+def test_more_ends_of_ranges_and_documented_values_are_accepted():
+    c = cfg.load_config(None, None, {"model.augment_gamma": "1", "model.augment_contrast": "0.9", "model.border_crop": "0.25",
+                                     "training.atypical_quantile": "0", "model.fallback": "none"})
+    assert (c.model.augment_gamma, c.model.border_crop, c.training.atypical_quantile) == (1.0, 0.25, 0.0)
+    assert cfg.load_config(None, None, {"model.fallback": "error"}).model.fallback == "error"
+    db = "d" * 64
+    assert cfg.load_config(None, None, {"runtime.mysql_host": "db", "runtime.mysql_database": db}).runtime.mysql_database == db
+    # Without a MySQL host the database name is never used, so it is not judged.
+    assert cfg.load_config(None, None, {"runtime.mysql_database": "a-b"}).runtime.mysql_database == "a-b"
+    # The same fine-tuning value twice is one value: nothing for head-only trials to tell apart.
+    c = cfg.load_config(None, None, {"tuner.fine_tune_layers": "[20, 20]", "tuner.fine_tune_epochs": "0"})
+    assert c.tuner.fine_tune_layers == [20, 20]
+    # A trailing comma on the command line lists no empty item.
+    c = cfg.load_config(None, None, {"tuner.dense_units": "64,128,", "model.families": "cnn3,"})
+    assert (c.tuner.dense_units, c.model.families) == ([64, 128], ["cnn3"])
+    assert cfg.load_config("quick", overrides={"runtime.serving_dir": "/srv"}).runtime.serving_dir == "/srv"
+
+
+def test_a_config_file_beats_a_commands_own_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("runtime:\n  pipeline_root: from-file\n")
+    c = cfg.load_config(None, str(path), command_defaults={"runtime.pipeline_root": "demo-out/root",
+                                                          "runtime.serving_dir": "demo-out/serving"})
+    assert (c.runtime.pipeline_root, c.runtime.serving_dir) == ("from-file", "demo-out/serving")
+
+
+def test_sections_that_are_not_known_mappings_and_empty_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    for text, message in (("model: 5\n", "section 'model' must be a mapping"),
+                          ("modle:\n  task: three-class\n", "unknown section 'modle'; sections: data, model, training")):
+        path.write_text(text)
+        with pytest.raises(cfg.ConfigError, match=re.escape(message)):
+            cfg.load_config(None, str(path))
+    path.write_text("data:\n  schema_file: ~\nruntime:\n  mysql_password:\n")  # YAML null: empty, not "None"
+    c = cfg.load_config(None, str(path))
+    assert (c.data.schema_file, c.runtime.mysql_password) == ("", "")
+
+
+def test_parse_override_splits_at_the_first_equals_sign_and_strips_both_sides():
+    assert cfg.parse_override(" gate.min_auc = 0.8 ") == ("gate.min_auc", "0.8")
+    assert cfg.parse_override("runtime.beam_extra_args=[--direct_num_workers=2]") == (
+        "runtime.beam_extra_args", "[--direct_num_workers=2]")
+    for text in ("=0.8", " =0.8", "gate.min_auc"):
+        with pytest.raises(cfg.ConfigError, match="must look like section.field=value"):
+            cfg.parse_override(text)
