@@ -773,3 +773,106 @@ def test_run_restarts_itself_once_with_the_tensorflow_settings_it_needs(tmp_path
     monkeypatch.setenv(T.ONEDNN_VARIABLE, "0")
     result = CliRunner().invoke(cli.main, args)
     assert f"{T.ONEDNN_VARIABLE}=1 (was 0)" in result.output and restarts[-1][1][T.ONEDNN_VARIABLE] == "1", result.output
+
+
+# ---- round 9 ---------------------------------------------------------------------------------
+
+
+def test_selection_score_is_auc_minus_a_thousandth_of_the_loss():
+    logs = {"val_auc": 0.9, "val_loss": 0.5}
+    T.SelectionScore().on_epoch_end(0, logs)
+    assert logs["val_selection"] == pytest.approx(0.9 - 0.0005, abs=1e-12)
+
+
+def test_lr_schedules_past_their_phase_and_the_plateau_floor_of_another_rate():
+    (cosine,) = T._schedule_callbacks(M.HParams(family="cnn3", lr_schedule="cosine"), "val_loss", first_epoch=4,
+                                      epochs=4, base_lr=1e-3)
+    assert cosine.schedule(10, None) == pytest.approx(0.0, abs=1e-18)  # past the phase: stays at the bottom
+    (plateau,) = T._schedule_callbacks(M.HParams(family="cnn3"), T.MONITOR, 0, 5, 3e-4)
+    assert plateau.min_lr == pytest.approx(3e-7)  # a thousandth of this phase's rate, not of 1e-3
+
+
+def test_source_class_weights_ignore_an_empty_cell():
+    weights = T.source_class_weights({("a", 0): 6, ("a", 1): 2, ("b", 1): 0}, 2, 1.0)
+    assert set(weights) == {("a", 0), ("a", 1)}
+
+
+def test_a_key_only_a_later_phase_or_member_reports_lines_up_with_its_epochs():
+    class Result:
+        def __init__(self, epoch, history):
+            self.epoch, self.history = epoch, history
+
+    history = {"phase": [], "epoch": []}
+    assert T.append_phase(history, Result([0, 1], {"val_auc": [0.7, 0.8]}), 1) == 2
+    T.append_phase(history, Result([2], {"val_auc": [0.9], "lr": [1e-4]}), 2)
+    assert history["val_auc"] == [0.7, 0.8, 0.9] and history["phase"] == [1, 1, 2]
+    assert math.isnan(history["lr"][0]) and math.isnan(history["lr"][1]) and history["lr"][2] == 1e-4
+    merged = T.concatenate_histories([{"epoch": [0, 1], "val_auc": [0.7, 0.8]}, {"epoch": [0], "val_auc": [0.9], "lr": [1e-4]}])
+    assert math.isnan(merged["lr"][0]) and math.isnan(merged["lr"][1]) and merged["lr"][2] == 1e-4
+
+
+def test_summarize_fit_counts_the_kept_epoch_within_its_phase():
+    history = {"phase": [1, 1, 1, 2, 2], "epoch": [0, 1, 2, 3, 4], T.MONITOR: [0.5, 0.6, 0.7, 0.8, 0.75],
+               "val_auc": [0.5, 0.6, 0.7, math.nan, 0.75], T.KEPT: [0.0, 0.0, 0.0, 1.0, 0.0]}
+    summary = T.summarize_fit(history)
+    assert summary["epochs_run"] == [["frozen backbone", 3], ["fine-tuning", 2]]
+    assert summary["kept"] == {"phase": "fine-tuning", "epoch_in_phase": 1, "val_selection": 0.8, "val_auc": None}
+    assert T.summarize_fit({**history, T.KEPT: [0.0] * 5})["kept"] is None  # no epoch flagged: nothing kept
+
+
+def test_choose_threshold_refuses_infinite_and_two_column_scores_and_specificity_needs_negatives():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        T.choose_threshold([0, 1], [0.1, np.inf])
+    with pytest.raises(ValueError, match=r"y_score must be \[N\] or \[N, 1\]"):
+        T.choose_threshold([0, 1], [[0.9, 0.1], [0.2, 0.8]])  # softmax columns: the caller picks COVID's
+    sens, spec = T.sensitivity_specificity([1, 1], [0.3, 0.7], 0.5)
+    assert sens == 0.5 and math.isnan(spec)
+
+
+def test_the_balanced_threshold_counts_a_covid_film_on_the_threshold_as_missed():
+    # Float32 steps above 0.2: five of six COVID films within two steps of the one normal. A balanced
+    # threshold at the lowest score itself would count the two COVID films there as found; by
+    # `score > t` they are missed (2/3 < 0.75), so no threshold meets both targets: sensitivity first.
+    s = np.full(7, 0.2, np.float32)
+    for i, n in enumerate([2, 2, 1, 1, 0, 0, 0]):
+        for _ in range(n):
+            s[i] = np.nextafter(s[i], np.float32(1.0))
+    y = np.array([1, 1, 1, 1, 1, 1, 0])
+    t = T.choose_threshold(y, s.astype(np.float64), 0.75, 0.6)
+    assert T.sensitivity_specificity(y, s, t)[0] >= 0.75
+
+
+def test_the_standard_error_is_of_the_target_kept_half_a_film_off_zero_and_one():
+    assert T._standard_error(0.95, 100) == pytest.approx(math.sqrt(0.95 * 0.05 / 100))
+    assert T._standard_error(1.0, 10) == pytest.approx(math.sqrt(0.95 * 0.05 / 10))
+    assert T._standard_error(0.0, 20) == pytest.approx(math.sqrt(0.025 * 0.975 / 20))
+
+
+def test_end_to_end_training_uses_the_learning_rate_not_the_fine_tuning_one():
+    hp = M.HParams(family="cnn3", learning_rate=1e-3, fine_tune_learning_rate=1e-5)
+    assert T.phase_learning_rate(hp, M.PHASE_END_TO_END) == 1e-3
+    assert (T.phase_learning_rate(hp, M.PHASE_HEAD), T.phase_learning_rate(hp, M.PHASE_FINE_TUNE)) == (1e-3, 1e-5)
+
+
+def test_the_shared_feature_caches_keep_the_two_most_recently_used_sets(monkeypatch):
+    import collections
+
+    monkeypatch.setattr(T, "_SHARED_FEATURE_CACHES", collections.OrderedDict())
+    first = T.shared_feature_cache("run-a")
+    first["features"] = "a"
+    T.shared_feature_cache("run-b")["features"] = "b"
+    assert T.shared_feature_cache("run-a") is first  # used again: now the most recent
+    T.shared_feature_cache("run-c")  # a third set evicts the least recently used, run-b
+    assert T.shared_feature_cache("run-a") == {"features": "a"}
+    assert T.shared_feature_cache("run-b") == {}  # computed again
+    assert len(T._SHARED_FEATURE_CACHES) == T.SHARED_FEATURE_CACHES_KEPT == 2
+
+
+def test_a_gap_between_adjacent_float64_scores_still_accepts_the_upper_one():
+    # The logit middle of two neighbouring float64 values may round onto the upper one; the threshold
+    # is kept inside [lower, upper), so that `score > t` still accepts the COVID film.
+    for value in np.linspace(0.01, 0.99, 60):
+        lower = float(value)
+        upper = float(np.nextafter(lower, 1.0))
+        t = T.choose_threshold([0, 1], [lower, upper], 1.0)
+        assert lower <= t < upper, value
