@@ -173,9 +173,6 @@ def test_training_on_the_held_out_external_test_set_is_warned_about(tmp_path, mo
     external test set without a word."""
     import json
 
-    from click.testing import CliRunner
-
-    from covid_cxr import local_runner
     from covid_cxr.data import synthetic
 
     synthetic.generate(str(tmp_path / "held"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
@@ -183,11 +180,7 @@ def test_training_on_the_held_out_external_test_set_is_warned_about(tmp_path, mo
     summary = json.loads(summary_file.read_text())
     summary["held_out_of"] = {"source": "cohen", "training_data": "curated/cvn"}
     summary_file.write_text(json.dumps(summary))
-    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
-    result = CliRunner(mix_stderr=False).invoke(cli.main, [
-        "run", "--preset", "quick", "--data", str(tmp_path / "held"), "--pipeline-root", str(tmp_path / "root"),
-        "--serving-dir", str(tmp_path / "serving")])
-    assert result.exit_code == 0, result.output
+    result = _run_without_the_dag(tmp_path / "held", tmp_path, monkeypatch)
     assert "is the external test set `curate --hold-out` wrote (cohen's films, held out of 'curated/cvn')" in result.stderr
     assert ("note: films per split (train/eval/test 14/3/3 buckets): train normal 2, covid 3; eval normal 1, covid 1; "
             "test normal 3, covid 2\n") in result.stderr
@@ -704,19 +697,27 @@ def _fail_test(message):
     pytest.fail(message)
 
 
-def test_runs_settings_notes_are_said_before_the_run(tmp_path, monkeypatch):
+def _run_without_the_dag(data, tmp_path, monkeypatch):
+    """`covid-cxr run --preset quick` on ``data`` with everything before the DAG real; its result, exit 0."""
     from click.testing import CliRunner
 
+    from covid_cxr import local_runner
+
+    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "run", "--preset", "quick", "--data", str(data), "--pipeline-root", str(tmp_path / "root"),
+        "--serving-dir", str(tmp_path / "serving")])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_runs_settings_notes_are_said_before_the_run(tmp_path, monkeypatch):
     from covid_cxr import local_runner
     from covid_cxr.data import synthetic
 
     synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
     monkeypatch.setattr(local_runner, "settings_notes", lambda config: ["model.weights: the weights_dir copy is used"])
-    monkeypatch.setattr(local_runner, "run", lambda config, checked=None: None)
-    result = CliRunner(mix_stderr=False).invoke(cli.main, [
-        "run", "--preset", "quick", "--data", str(tmp_path / "data"), "--pipeline-root", str(tmp_path / "root"),
-        "--serving-dir", str(tmp_path / "serving")])
-    assert result.exit_code == 0, result.output
+    result = _run_without_the_dag(tmp_path / "data", tmp_path, monkeypatch)
     assert "note: model.weights: the weights_dir copy is used\n" in result.stderr
 
 

@@ -18,3 +18,25 @@ def load_script():
     """``load_script("compare_models")``: scripts/compare_models.py imported fresh as a module
     (scripts/ is not a package), so tests can call and patch its functions."""
     return _load_script
+
+
+@pytest.fixture
+def gfile_reads(monkeypatch):
+    """``reads = gfile_reads(path)``: every later opening of ``path`` through tf.io.gfile.GFile (how
+    fingerprints and ImportSchema, via tfx's fileio, read a file) is appended to ``reads``."""
+    import tensorflow as tf
+
+    gfile = tf.io.gfile.GFile
+
+    def watch(path) -> list:
+        reads = []
+
+        def counting(name, *args, **kwargs):
+            if str(name) == str(path):
+                reads.append(name)
+            return gfile(name, *args, **kwargs)
+
+        monkeypatch.setattr(tf.io.gfile, "GFile", counting)
+        return reads
+
+    return watch

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 from google.protobuf import json_format
@@ -99,21 +98,14 @@ def test_a_schema_file_this_machine_reads_that_is_not_a_schema_is_refused(tmp_pa
     assert not (tmp_path / "spec.json").exists()
 
 
-def test_compile_reads_a_local_schema_file_once_for_its_checks(tmp_path, monkeypatch):
+def test_compile_reads_a_local_schema_file_once_for_its_checks(tmp_path, gfile_reads):
     """Readable here, a Schema, and noted with the hash the spec pins: one read (it was two, then parsed)."""
     local = tmp_path / "schema.pbtxt"
     local.write_bytes(Path(pipeline.SCHEMA_FILE).read_bytes())
     config = cfg.load_config("quick", overrides={
         "data.data_dir": "gs://bucket/curated", "runtime.pipeline_root": "gs://bucket/root",
         "runtime.serving_dir": "gs://bucket/serving", "data.schema_file": str(local)})
-    reads, gfile = [], tf.io.gfile.GFile
-
-    def counting(name, *args, **kwargs):  # fingerprints' and ImportSchema's reader (via tfx's fileio) alike
-        if str(name) == str(local):
-            reads.append(name)
-        return gfile(name, *args, **kwargs)
-
-    monkeypatch.setattr(tf.io.gfile, "GFile", counting)
+    reads = gfile_reads(local)
     _, notes = kubeflow_runner.for_the_container(config)
     assert len(reads) == 1, reads
     assert any("the spec holds the hash of this machine's copy" in note for note in notes), notes

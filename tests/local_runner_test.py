@@ -306,19 +306,12 @@ def test_a_schema_file_that_is_not_a_schema_is_refused_before_the_run(tmp_path, 
     assert "\n" not in str(info.value)
 
 
-def test_check_settings_reads_the_schema_file_once(tmp_path, monkeypatch):
+def test_check_settings_reads_the_schema_file_once(tmp_path, gfile_reads):
     """It was read twice: once for file_fingerprint (is it readable here?), once more to parse it."""
     schema = tmp_path / "schema.pbtxt"
     shutil.copy(SCHEMA_FILE, schema)
     config = _checked_config(tmp_path, **{"data.schema_file": str(schema)})
-    reads, gfile = [], tf.io.gfile.GFile
-
-    def counting(name, *args, **kwargs):  # file_fingerprint's and ImportSchema's reader (via tfx's fileio) alike
-        if str(name) == str(schema):
-            reads.append(name)
-        return gfile(name, *args, **kwargs)
-
-    monkeypatch.setattr(tf.io.gfile, "GFile", counting)
+    reads = gfile_reads(schema)
     local_runner.check_settings(config)
     assert len(reads) == 1, reads
     schema.write_text("# reviewed\n")  # still parsed: the one read is the checked one
