@@ -102,7 +102,9 @@ def _served_weights(fit: Mapping) -> str:
     return text
 
 
-TRAINING_COLUMNS = ("member", "epochs run", "weights served", "validation AUC there")
+# "validation AUC there" is Keras's binned AUC while training; "eval AUC alone" the exact one the
+# Trainer computed afterwards for training.member_min_auc (the two differ in the third decimal).
+TRAINING_COLUMNS = ("member", "epochs run", "weights served", "validation AUC there", "eval AUC alone")
 
 
 def training_rows(fits) -> list[list[str]]:
@@ -110,8 +112,9 @@ def training_rows(fits) -> list[list[str]]:
     rows = []
     for fit in fits or []:
         epochs = ", ".join(f"{phase} {n}" for phase, n in _epochs_run(fit)) or "?"
-        auc = (fit.get("kept") or {}).get("val_auc")
-        rows.append([str(fit.get("family", "?")), epochs, _served_weights(fit), "n/a" if auc is None else f"{auc:.4f}"])
+        aucs = [(fit.get("kept") or {}).get("val_auc"), fit.get("eval_auc")]  # eval_auc: models since stop 46
+        rows.append([str(fit.get("family", "?")), epochs, _served_weights(fit),
+                     *["n/a" if auc is None else f"{auc:.4f}" for auc in aucs]])
     return rows
 
 

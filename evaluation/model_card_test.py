@@ -123,7 +123,10 @@ def test_card_says_which_epoch_of_which_phase_each_member_serves():
     assert "| mobilenet_v2 | frozen backbone 4, fine-tuning 9 | fine-tuning, epoch 6 | 0.9812 |" in card
     assert ("| mobilenet_v2_035 | frozen backbone 4, fine-tuning 4 | frozen backbone, epoch 3 "
             "(fine-tuning did not beat it) | 0.9778 |") in card
-    assert "| cnn3 | end to end 12 | not recorded | n/a |" in card
+    assert "| cnn3 | end to end 12 | not recorded | n/a | n/a |" in card
+    # Since stop 46 each member's exact AUC alone on eval (what training.member_min_auc judges) beside Keras's.
+    scored = model_card.render(dict(METADATA, training=[dict(fits[0], eval_auc=0.98374, served=True)]), _report())
+    assert "| fine-tuning, epoch 6 | 0.9812 | 0.9837 |" in scored
     # A model exported by 94adce6 stored epochs_run as an object (keys sorted): still rendered.
     old_format = dict(fits[1], epochs_run={"fine-tuning": 4, "frozen backbone": 4})
     assert "| mobilenet_v2_035 | fine-tuning 4, frozen backbone 4 | frozen backbone, epoch 3 (fine-tuning did not beat it) |" in \
