@@ -84,7 +84,7 @@ def view_of(text: str) -> tuple[Optional[str], Optional[str]]:
 def age_of(text: str) -> int:
     try:
         age = int(float((text or "").strip()))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf", "1e400" (a float, but no whole number of years)
         return features.UNKNOWN_AGE
     return dicom.reportable_age(age)
 

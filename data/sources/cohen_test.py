@@ -181,3 +181,8 @@ def test_a_named_film_that_is_a_broken_link_is_rejected_once_with_that_reason(tm
     (root / "images" / "c.png").symlink_to(tmp_path / "nowhere.png")
     got = [(c.source_ref, c.reject) for c in CohenSource(str(root)).every_candidate()]
     assert got == [("images/a.png", None), ("images/c.png", "broken symbolic link: its target does not exist")]
+
+
+def test_an_infinite_age_is_unknown_not_a_crash():
+    # float("inf") parses, int() of it raises OverflowError: one such cell stopped the whole curation.
+    assert [age_of(a) for a in ("inf", "-inf", "1e400", "nan")] == [features.UNKNOWN_AGE] * 4
