@@ -4,7 +4,7 @@ import pytest
 
 from covid_cxr.data import features, testing
 from covid_cxr.data.sources import CohenSource, SourceError
-from covid_cxr.data.sources.cohen import age_of, finding_of, view_of
+from covid_cxr.data.sources.cohen import age_of, finding_of, sex_of, view_of
 from covid_cxr.data.testing import REAL_DATA, REAL_DATA_REASON
 
 
@@ -183,6 +183,57 @@ def test_a_named_film_that_is_a_broken_link_is_rejected_once_with_that_reason(tm
     assert got == [("images/a.png", None), ("images/c.png", "broken symbolic link: its target does not exist")]
 
 
+# Round 10: every spelling of COVID-19 and every named pathogen alone (a term dropped from the lists
+# turned its films into "unrecognised finding" rejections, and no test noticed).
+@pytest.mark.parametrize("text, finding", [
+    ("COVID19", "covid"), ("covid", "covid"), ("SARS-CoV-2", "covid"), ("Pneumonia/Viral/SARS-CoV-2", "covid"),
+    ("MERS-CoV", "pneumonia"), ("MERS", "pneumonia"), ("H1N1", "pneumonia"), ("E. Coli", "pneumonia"),
+    ("Aspergillosis", "pneumonia"), ("Fungal", "pneumonia"), ("Aspiration", "pneumonia"), ("Herpes", "pneumonia"),
+    ("RSV", "pneumonia"), ("Candida", "pneumonia"), ("Histoplasmosis", "pneumonia"), ("Cryptococcus", "pneumonia"),
+    ("Staphylococcus", "pneumonia"), ("MRSA", "pneumonia"), ("Chlamydophila", "pneumonia"), ("Nocardia", "pneumonia"),
+    ("Haemophilus", "pneumonia"), ("Pseudomonas", "pneumonia"), ("Moraxella", "pneumonia"), ("Mycoplasma", "pneumonia"),
+    ("Viral", "pneumonia"),
+])
+def test_every_covid_spelling_and_pathogen_alone(text, finding):
+    assert finding_of(text) == (finding, None)
+
+
+def test_a_finding_of_separators_only_is_unrecognised_not_other_opacity():
+    assert finding_of("/") == (None, "unrecognised finding: /")
+    assert finding_of(" , ") == (None, "unrecognised finding: ,")
+
+
+def test_only_pa_itself_is_pa_and_an_unknown_sex_is_unknown():
+    assert view_of("pa") == ("PA", None)
+    assert view_of("Panoramic") == (None, "not a frontal view: Panoramic")
+    assert [sex_of(s) for s in ("f", " M ", "O", "Unknown", "male")] == ["F", "M"] + [features.UNKNOWN] * 3
+
+
 def test_an_infinite_age_is_unknown_not_a_crash():
     # float("inf") parses, int() of it raises OverflowError: one such cell stopped the whole curation.
     assert [age_of(a) for a in ("inf", "-inf", "1e400", "nan")] == [features.UNKNOWN_AGE] * 4
+
+
+def test_modality_in_any_case_and_candidates_in_ref_order(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="1", finding="COVID-19", filename="c.png", modality="X-RAY", seed=1),
+        dict(patientid="2", finding="COVID-19", filename="b.png", modality="x-ray", seed=2),
+        dict(patientid="3", finding="COVID-19", filename="a.png", modality="XRAY", seed=3),
+        dict(patientid="4", finding="COVID-19", filename="a.png", modality="cxr", seed=3),  # listed twice: row order
+    ])
+    testing.write_image(root / "images" / "b0.png", testing.radiograph(4))  # unlisted: sorted in, not last
+    got = [(c.source_ref, c.patient_id, c.finding, c.reject) for c in CohenSource(str(root)).candidates()]
+    assert got == [("images/a.png", "3", "covid", None), ("images/a.png", "4", "covid", None),
+                   ("images/b.png", "2", "covid", None), ("images/b0.png", None, None, "not in metadata.csv"),
+                   ("images/c.png", "1", "covid", None)]
+
+
+def test_a_layout_without_images_or_without_view_and_modality_columns_is_refused(tmp_path):
+    root = testing.make_cohen(tmp_path / "cohen", [dict(patientid="1", finding="COVID-19", filename="a.png", seed=None)])
+    (root / "images").rmdir()
+    with pytest.raises(SourceError, match="images/ not found"):
+        CohenSource(str(root))
+    testing.write_csv(tmp_path / "cols" / "metadata.csv", ("patientid", "finding", "filename"), [("1", "COVID-19", "a.png")])
+    (tmp_path / "cols" / "images").mkdir()
+    with pytest.raises(SourceError, match=r"metadata.csv lacks column\(s\) view, modality "):
+        CohenSource(str(tmp_path / "cols"))
