@@ -176,3 +176,95 @@ def test_a_named_film_that_is_a_broken_link_is_rejected_once_with_that_reason(tm
     got = [(c.source_ref, c.reject) for c in RsnaSource(str(root)).every_candidate()]
     assert got == [("stage_2_train_images/aaa-1.dcm", None),
                    ("stage_2_train_images/bbb-2.dcm", "broken symbolic link: its target does not exist")]
+
+
+# Round 10.
+def test_two_classes_or_an_unknown_target_without_a_class_are_inconsistent_whichever_comes_first():
+    assert rsna._label({"0"}, {rsna.NORMAL, rsna.NOT_NORMAL}) == (
+        None, "inconsistent labels: Target ['0'] class ['No Lung Opacity / Not Normal', 'Normal']")
+    assert rsna._label({"1"}, {rsna.LUNG_OPACITY, rsna.NORMAL}) == (
+        None, "inconsistent labels: Target ['1'] class ['Lung Opacity', 'Normal']")
+    assert rsna._label({"2"}, set()) == (None, "inconsistent labels: Target an unknown value class none")
+    assert rsna._label({""}, {""}) == (None, "inconsistent labels: Target  class none")
+
+
+def test_a_film_with_a_class_row_but_no_target_row_has_no_label(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
+    testing.write_dicom(root / rsna.IMAGES / "bbb-2.dcm", testing.radiograph(2))
+    with open(root / rsna.CLASSES, "a", encoding="utf-8") as f:
+        f.write("bbb-2,Normal\n")
+    got = {c.source_ref: c.reject for c in RsnaSource(str(root)).every_candidate()}
+    assert got == {"stage_2_train_images/aaa-1.dcm": None,
+                   "stage_2_train_images/bbb-2.dcm": "no label: not in stage_2_train_labels.csv"}
+
+
+def test_a_second_dcm_of_one_patientid_differing_in_case_is_rejected_not_lost(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="1", cls="Lung Opacity", seed=1)])
+    testing.write_dicom(root / rsna.IMAGES / "aaa-1.DCM", testing.radiograph(2))  # sorted first: the film
+    got = {c.source_ref: c for c in RsnaSource(str(root)).every_candidate()}
+    assert got["stage_2_train_images/aaa-1.DCM"].finding == "pneumonia"
+    assert got["stage_2_train_images/aaa-1.dcm"].reject == (
+        "not an RSNA image file: expected stage_2_train_images/<patientId>.dcm")
+    assert len(got) == 2
+
+
+def test_nih_mapping_ids_with_spaces_are_mapped(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id=f"film-{n}", target="0", cls="Normal", seed=n) for n in range(2)])
+    _map_to_nih(root, [(" film-0 ", " 00001684_000.png "), ("film-1", "00001684_001.png")])
+    got = {c.ref_id: c.patient_id for c in RsnaSource(str(root)).candidates()}
+    assert got == {"film-0": "nih:00001684", "film-1": "nih:00001684"}
+
+
+def test_the_grouping_note_counts_this_sources_patientids_only(tmp_path):
+    # RSNA's mapping file lists all 26,684 challenge films: those not here are not counted as mapped.
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="film-0", target="0", cls="Normal", seed=1),
+                                                 dict(id="film-1", target="0", cls="Normal", seed=None),
+                                                 dict(id="film-2", target="0", cls="Normal", seed=2)])
+    _map_to_nih(root, [("film-0", "00000001_000.png"), ("film-1", "00000002_000.png"),
+                       ("film-8", "00000008_000.png"), ("film-9", "00000009_000.png")])
+    source = RsnaSource(str(root))
+    list(source.candidates())
+    assert source.patient_grouping.startswith("NIH patients from pneumonia-challenge-dataset-mappings_2018.json: "
+                                              "2 of 3 patientIds mapped (1 unmapped")
+
+
+def test_label_cells_padded_with_spaces_are_read(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [])
+    for n in (1, 2):
+        testing.write_dicom(root / rsna.IMAGES / f"p-{n}.dcm", testing.radiograph(n))
+    testing.write_csv(root / rsna.LABELS, ("patientId", "x", "y", "width", "height", "Target"),
+                      [(" p-1 ", "", "", "", "", " 1 "), ("p-2", "", "", "", "", "0 ")])
+    testing.write_csv(root / rsna.CLASSES, ("patientId", "class"), [("p-1", " Lung Opacity "), (" p-2", "Normal ")])
+    got = {c.ref_id: (c.finding, c.reject) for c in RsnaSource(str(root)).candidates()}
+    assert got == {"p-1": ("pneumonia", None), "p-2": ("normal", None)}
+
+
+def test_conflicting_targets_without_a_class_row_show_no_class(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="aaa-1", target="0", cls="Normal", seed=1)])
+    testing.write_csv(root / rsna.LABELS, ("patientId", "x", "y", "width", "height", "Target"),
+                      [("aaa-1", "", "", "", "", "0"), ("aaa-1", "", "", "", "", "1")])
+    testing.write_csv(root / rsna.CLASSES, ("patientId", "class"), [])
+    [c] = RsnaSource(str(root)).candidates()
+    assert c.reject == "inconsistent labels: Target ['0', '1'] class []"
+
+
+def test_the_layout_folders_and_columns_and_private_names(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="a", target="1", cls="Lung Opacity", seed=1)])
+    source = RsnaSource(str(root))
+    # Both layout folders are named as they are (not as folder-<pseudonym>); any other file name may hold an id.
+    assert [source.names_a_class(f) for f in (rsna.IMAGES, rsna.TEST_IMAGES, "DOE_JANE")] == [True, True, False]
+    assert source.private_names is True
+    testing.write_csv(root / rsna.CLASSES, ("patientId", "kind"), [("a", "Lung Opacity")])
+    with pytest.raises(SourceError, match=r"stage_2_detailed_class_info.csv lacks column\(s\) class "):
+        RsnaSource(str(root))
+    root = testing.make_rsna(tmp_path / "empty", [])
+    (root / rsna.IMAGES).rmdir()
+    with pytest.raises(SourceError, match="stage_2_train_images/ not found"):
+        RsnaSource(str(root))
+
+
+def test_a_nih_mapping_that_is_not_utf8_is_a_layout_error(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [dict(id="a", target="1", cls="Lung Opacity", seed=1)])
+    (root / rsna.NIH_MAPPING).write_bytes(b'[{"subset_img_id": "M\xfcller"}]')
+    with pytest.raises(SourceError, match=r"mappings_2018.json is not readable JSON \(UnicodeDecodeError\)"):
+        RsnaSource(str(root))
