@@ -107,3 +107,8 @@ def test_a_folder_that_cannot_be_read_stops_curation_naming_it(tmp_path, monkeyp
     with pytest.raises(SourceError, match=r"^cannot read folder '.*COVID/locked': Permission denied$"):
         list(FolderSource(str(root), {"COVID": "covid"}).candidates())
     assert base.list_files(str(root / "missing")) == []  # a folder that is not there: the caller says so
+
+
+def test_a_folder_tree_may_be_a_hospital_export():
+    # Round 10: private_names makes curation write every file of the tree as its class folder and a pseudonym.
+    assert FolderSource.private_names is True

@@ -77,3 +77,8 @@ def test_real_kermany_ids():
     stems = {c.source_ref.rsplit("/", 1)[1].rsplit(".", 1)[0] for c in cands}
     assert not stems & {c.patient_id for c in cands}
     assert len({c.patient_id for c in cands}) < 800  # several films per patient
+
+
+def test_a_normal_film_without_a_number_after_normal_keeps_its_patient():
+    # Round 10: NORMAL\d* (not \d+): "NORMAL-IM-0001-0002" is patient NORMAL-IM-0001, with its other films.
+    assert patient_id_of("NORMAL-IM-0001-0002.jpeg") == patient_id_of("NORMAL-IM-0001-0001.jpeg") == "NORMAL-IM-0001"

@@ -62,3 +62,10 @@ def test_real_radiography_counts():
     assert sum(c.finding == "covid" for c in cands) == 600
     assert sum(c.finding == "normal" for c in cands) == 600
     assert len(cands) == 1200
+
+
+def test_only_a_folder_named_masks_holds_masks():
+    # Round 10: a film whose own name holds "masks", or a folder merely containing the word, is a film.
+    from covid_cxr.data.sources.radiography import not_a_film
+    assert not_a_film("COVID/masks/COVID-1.png") == not_a_film("Normal/images/masks/x.png") == MASKS
+    assert [not_a_film(r) for r in ("COVID/masks", "COVID/images/masks-1.png", "Normal/unmasks/x.png")] == [None] * 3
