@@ -915,3 +915,30 @@ def test_cli_hold_out(corpus, tmp_path):
     result = CliRunner().invoke(cli.main, ["curate", "--source", f"cohen={corpus['cohen']}", "--out", str(tmp_path / "o"),
                                            "--hold-out", "cohen"])
     assert result.exit_code == 2 and "--hold-out 'cohen': expected NAME=DIR" in result.output, result.output
+
+
+def test_the_metadata_s_age_wins_over_a_dicom_header_s_which_fills_in_a_blank_one(tmp_path):
+    # Round 10: the header's age replaced the metadata's (sex and view were pinned, age was not).
+    cohen = tmp_path / "cohen"
+    for name, seed in (("a.dcm", 80), ("b.dcm", 81)):
+        testing.write_dicom(cohen / "images" / name, testing.radiograph(seed), patient_id="PID-" + name, age="033Y")
+    testing.write_csv(cohen / "metadata.csv", testing.COHEN_FIELDS, [
+        ("pa", "0", "F", "50", "COVID-19", "PA", "X-ray", "images", "a.dcm"),
+        ("pb", "0", "F", "", "COVID-19", "PA", "X-ray", "images", "b.dcm")])
+    out = tmp_path / "out"
+    curate({"cohen": str(cohen)}, str(out), "covid-vs-normal", key=KEY, workers=1)
+    assert sorted(ex.features.feature[features.AGE].int64_list.value[0] for ex in read_records(out)) == [33, 50]
+
+
+def test_a_held_out_sources_rejected_copy_does_not_take_the_kept_film_with_it(corpus, tmp_path):
+    # Round 10: Radiography's COVID-1.png, a re-encoding of Cohen's images/b.png, is rejected as its
+    # near-duplicate; only the held-out source's accepted films take their groups apart, so b.png (and its
+    # patient's a.png) stay with the training data.
+    out, held = tmp_path / "train", tmp_path / "external"
+    sources = {"cohen": corpus["cohen"], "radiography": corpus["radiography"]}
+    curate(sources, str(out), "covid-vs-normal", key=KEY, workers=1, hold_out=("radiography", str(held)))
+    kept = {(r["source"], r["source_ref"]) for r in read_csv(out / "manifest.csv")}
+    assert {("cohen", "images/a.png"), ("cohen", "images/b.png")} <= kept
+    assert {r["source"] for r in read_csv(held / "manifest.csv")} == {"radiography"}
+    assert {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}["COVID/COVID-1.png"].startswith(
+        "near-duplicate of cohen:images/b.png")
