@@ -942,3 +942,31 @@ def test_a_held_out_sources_rejected_copy_does_not_take_the_kept_film_with_it(co
     assert {r["source"] for r in read_csv(held / "manifest.csv")} == {"radiography"}
     assert {r["source_ref"]: r["reason"] for r in read_csv(out / "rejected.csv")}["COVID/COVID-1.png"].startswith(
         "near-duplicate of cohen:images/b.png")
+
+
+def test_an_adapter_passed_as_an_object_and_a_missing_dicom_keep_their_names_private(tmp_path):
+    # Round 10: a Source subclass curation does not know (its names unknown to it) is written as a private
+    # tree; a metadata row naming a DICOM that is not there gets a pseudonym too (a DICOM's name may hold an id).
+    from covid_cxr.data.sources import RadiographySource
+
+    class Hospital(RadiographySource):
+        pass
+
+    rad = tmp_path / "rad"
+    testing.write_image(rad / "COVID" / "DOE_JANE" / "x.png", testing.radiograph(1))
+    testing.write_image(rad / "Normal" / "y.png", testing.radiograph(2))
+    cohen = testing.make_cohen(tmp_path / "cohen", [
+        dict(patientid="1", finding="COVID-19", filename="a.png", seed=3),
+        dict(patientid="2", finding="COVID-19", filename="DOE_JOHN.dcm", seed=None)])
+    out = tmp_path / "out"
+    curate([("cohen", str(cohen)), Hospital(str(rad))], str(out), "covid-vs-normal", key=KEY, workers=1)
+    written = (out / "manifest.csv").read_text() + (out / "rejected.csv").read_text()
+    assert "DOE" not in written and "x.png" not in written and "y.png" not in written
+    assert "images/a.png" in written
+
+
+def test_the_terminal_summary_lists_the_most_frequent_rejection_first():
+    text = curate_mod.format_summary({"accepted": 1, "task": "covid-vs-normal", "classes": ["normal", "covid"],
+                                      "rejected": 5, "rejections": {"a reason": 1, "b reason": 3, "c reason": 1}}, "out")
+    assert [line.split(None, 1)[1] for line in text.splitlines() if line.endswith(" reason")] == [
+        "b reason", "a reason", "c reason"]
