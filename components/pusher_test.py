@@ -155,10 +155,10 @@ def _executor(tmp_path, monkeypatch, task=None):
     return run, model, cards
 
 
-def _write_task(model_dir, task):
+def _write_task(model_dir, task, **metadata):
     os.makedirs(os.path.join(model_dir, "assets"), exist_ok=True)
     with open(os.path.join(model_dir, "assets", "covid_cxr.json"), "w") as f:
-        json.dump({"task": task}, f)
+        json.dump(dict(metadata, task=task), f)
 
 
 def test_only_a_blessed_model_is_pushed(tmp_path, monkeypatch):
@@ -236,3 +236,109 @@ def test_a_blessed_model_is_pushed_into_an_empty_serving_directory(tmp_path, mon
     assert looks == [(str(empty), (None, None))]  # checked: nothing served, so nothing to conflict with
     assert pushed.get_int_custom_property("pushed") == 1 and decision["reason"] == "pushed"
     assert len(pusher.versions(str(empty))) == 1
+
+
+def test_fingerprint_does_not_depend_on_the_order_the_file_system_lists(tmp_path, monkeypatch):
+    # Another file system (a bucket, another disk) may list the same model's folders and files in
+    # another order: the same model must keep its fingerprint, or it is pushed twice.
+    model = _fake_model(str(tmp_path / "a"))
+    os.makedirs(os.path.join(model, "assets"))
+    for name, content in (("assets/covid_cxr.json", b"{}"), ("variables/variables.data-00000-of-00001", b"w")):
+        with open(os.path.join(model, name), "wb") as f:
+            f.write(content)
+    listed_in_order = pusher.fingerprint(model)
+    real_walk = tf.io.gfile.walk
+    monkeypatch.setattr(tf.io.gfile, "walk", lambda top: [(root, dirs[::-1], names[::-1])
+                                                          for root, dirs, names in list(real_walk(top))[::-1]])
+    assert pusher.fingerprint(model) == listed_in_order
+
+
+def test_a_buckets_version_folders_listed_with_a_trailing_slash_are_versions(tmp_path, monkeypatch):
+    serving = tmp_path / "serving"
+    for name in ("12", "7", ".staging-13"):
+        os.makedirs(serving / name)
+    (serving / "notes.txt").write_text("not a version")
+    real_listdir = tf.io.gfile.listdir
+    # GCS lists a "folder" as "7/".
+    monkeypatch.setattr(tf.io.gfile, "listdir", lambda path: [n + "/" if os.path.isdir(os.path.join(path, n)) else n
+                                                              for n in real_listdir(path)])
+    assert pusher.versions(str(serving)) == [7, 12]
+
+
+def test_a_version_is_the_time_of_the_push_and_never_below_the_newest(tmp_path, monkeypatch):
+    serving = str(tmp_path / "serving")
+    monkeypatch.setattr(pusher.time, "time", lambda: 1_700_000_000.7)
+    first = pusher.push(_fake_model(str(tmp_path / "a")), serving, "card", {})[1]
+    assert first == f"{serving}/1700000000"  # TF Serving's newest is the latest push
+    # A newest version from a clock ahead of this one (another machine), or a push in the same second.
+    second = pusher.push(_fake_model(str(tmp_path / "b"), b"other graph"), serving, "card", {})[1]
+    assert second == f"{serving}/1700000001" and pusher.versions(serving) == [1700000000, 1700000001]
+
+
+def test_only_the_newest_versions_task_decides_and_a_task_less_model_blocks_nothing(tmp_path):
+    serving = tmp_path / "serving"
+    _write_task(_fake_model(str(serving / "3")), "three-class")
+    _write_task(_fake_model(str(serving / "11")), "covid-vs-normal")
+    assert pusher.served_task(str(serving)) == ("covid-vs-normal", 11)  # what TF Serving serves: the newest
+    assert pusher.other_task_served(str(serving), "covid-vs-normal") is None
+    assert pusher.other_task_served(str(serving), "three-class") == ("covid-vs-normal", 11)
+    assert pusher.other_task_served(str(serving), None) is None  # a model that names no task: nothing to compare
+
+
+def test_a_local_push_is_staged_under_a_name_tf_serving_skips(tmp_path, monkeypatch):
+    staged = []
+    real_copy = pusher._copy_files
+    monkeypatch.setattr(pusher, "_copy_files", lambda src, dst, files: (staged.append(dst), real_copy(src, dst, files)))
+    serving = str(tmp_path / "serving")
+    final = pusher.push(_fake_model(str(tmp_path / "a")), serving, "card", {})[1]
+    # A numeric name would be a version TF Serving loads while it is half copied.
+    assert [os.path.basename(d) for d in staged] == [f".staging-{os.path.basename(final)}"]
+
+
+def test_a_local_push_that_fails_before_staging_anything_raises_its_own_error(tmp_path, monkeypatch):
+    def full_disk(src, dst, files):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pusher, "_copy_files", full_disk)
+    serving = tmp_path / "serving"
+    with pytest.raises(OSError, match="No space left on device"):  # not a NotFoundError from the cleanup
+        pusher.push(_fake_model(str(tmp_path / "a")), str(serving), "card", {})
+    assert not serving.exists() or os.listdir(serving) == []
+
+
+def test_a_refusal_names_every_failure_or_where_to_look(tmp_path, monkeypatch):
+    from covid_cxr.evaluation import gate_report
+
+    run, _, _ = _executor(tmp_path, monkeypatch)
+    failures = ["sensitivity 0.500 is below the required minimum 0.900",
+                "specificity 0.400 is below the required minimum 0.850"]
+    monkeypatch.setattr(pusher.gate_report, "read_gate_report",
+                        lambda uri, blessed, classes: gate_report.GateReport(False, {}, list(failures), {}))
+    refused, decision = run(0, str(tmp_path / "pushed" / "1"), str(tmp_path / "serving"))
+    assert decision["reason"] == refused.get_string_custom_property("reason") == "NOT BLESSED: " + "; ".join(failures)
+    failures.clear()  # refused without a failure the report could name (e.g. no metrics could be read)
+    refused, decision = run(0, str(tmp_path / "pushed" / "2"), str(tmp_path / "serving"))
+    assert decision["reason"] == "NOT BLESSED: see the evaluation" and decision["failures"] == []
+
+
+def test_the_pushed_versions_record_carries_the_evaluation_it_was_blessed_on(tmp_path, monkeypatch):
+    from covid_cxr.evaluation import gate_report
+
+    run, model, _ = _executor(tmp_path, monkeypatch)
+    _write_task(os.path.join(model.uri, "Format-Serving"), "covid-vs-normal", classes=["normal", "covid"])
+    asked = []
+    metrics = {"sensitivity": 0.9, "specificity": 0.8, "true positives": 9, "false negatives": 1,
+               "true negatives": 8, "false positives": 2}
+    monkeypatch.setattr(pusher.gate_report, "read_gate_report", lambda uri, blessed, classes: asked.append(
+        (uri, blessed, classes)) or gate_report.GateReport(blessed, metrics, [], {}))
+    pushed, decision = run(1, str(tmp_path / "pushed" / "1"), str(tmp_path / "serving"))
+    assert asked == [(str(tmp_path / "evaluation"), True, ["normal", "covid"])]  # the model's own class names
+    intervals = gate_report.GateReport(True, metrics, [], {}).intervals()
+    assert set(intervals) == {"sensitivity", "specificity"} and decision["intervals"] == intervals
+    with open(os.path.join(decision["pushed_destination"], pusher.PUSH_RECORD)) as f:
+        record = json.load(f)
+    # What predict and evaluate read beside the served version: the gate's figures, not only its version.
+    assert {k: record[k] for k in ("model_uri", "evaluation_uri", "metrics", "intervals", "gate")} == {
+        "model_uri": model.uri, "evaluation_uri": str(tmp_path / "evaluation"), "metrics": metrics,
+        "intervals": intervals, "gate": GATE}
+    assert record["version"] == int(os.path.basename(decision["pushed_destination"]))
