@@ -13,10 +13,10 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from covid_cxr import cli
-from covid_cxr.data import dicom, images
+from covid_cxr.data import dicom, features, images
 from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts
-from covid_cxr.serving import explain, predict, testing
+from covid_cxr.serving import explain, predict, testing, typicality
 
 binary_model = testing.tiny_model_fixture()
 dense_model = testing.tiny_model_fixture(conv=False)
@@ -656,3 +656,181 @@ def test_a_three_class_model_serves_the_covid_column_as_its_covid_probability(th
     called = out["covid_probability"] > three_class_model.threshold
     assert called.any() and not called.all()  # the tiny model's threshold halves its films
     np.testing.assert_array_equal(out["label_index"] == covid, called)
+
+
+def test_a_missing_path_a_file_and_a_damaged_push_record_are_named_for_what_they_are(tmp_path):
+    with pytest.raises(predict.ModelNotFound, match=r"^'.*missing' does not exist$"):
+        predict.resolve_model_dir(str(tmp_path / "missing"))
+    (tmp_path / "saved_model.pb.gz").write_bytes(b"a file, not a folder")
+    with pytest.raises(predict.ModelNotFound, match="holds no SavedModel"):
+        predict.resolve_model_dir(str(tmp_path / "saved_model.pb.gz"))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "saved_model.pb").write_bytes(b"")  # found on disk; nothing is loaded
+    for damaged in ('{"version": 7', '{"version": [7]}'):  # cut short; hand-edited
+        (export / predict.PUSH_RECORD).write_text(damaged)
+        assert predict.resolve_model_dir(str(export)) == (str(export), None), damaged
+    assert predict.read_push_record(str(export)) == {"version": [7]}
+    (export / predict.PUSH_RECORD).write_text('{"version": 7')
+    assert predict.read_push_record(str(export)) == {}
+
+
+def test_preparation_prefers_the_curation_settings_and_takes_curations_own_names_and_bounds():
+    both = {"data_summary": {"settings": {"max_side": 256, "crop": False, "equalize": "clahe"}},
+            "curation": {"max_side": 384, "crop": True, "equalize": "hist"}}
+    assert predict.Preparation.from_metadata(both) == predict.Preparation(384, True, "hist")
+    assert predict.Preparation.from_metadata({"curation": {"equalization": "clahe"}}).equalization == "clahe"
+    assert predict.Preparation.from_metadata({"curation": {"max_side": images.MIN_SIDE}}).max_side == images.MIN_SIDE
+
+
+def test_a_model_of_a_task_this_version_does_not_know_is_named_by_its_metadata():
+    unknown = predict.ServingModel("m", None, {"task": "covid-vs-tb"}, ("tb", "covid"), None, 0.5)
+    assert unknown.task_name == "covid-vs-tb"
+    assert predict.ServingModel("m", None, {}, (), None, None).task_name == "unknown"
+
+
+def test_a_saved_model_that_is_not_a_covid_cxr_export_is_refused_as_the_model(tmp_path):
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": x * 2}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "other"), signatures={"serving_default": module.double})
+    with pytest.raises(predict.ModelNotFound, match=r"has no 'predict_image' signature \(not a covid-cxr export\?\)"):
+        predict.load_model(str(tmp_path / "other"))
+
+
+def test_a_damaged_decision_record_is_no_gate_approval_here_and_a_version_is_named_as_such(tmp_path):
+    artifact = tmp_path / "root" / "Trainer" / "model" / "9"
+    record = tmp_path / "root" / "VersionedPusher" / "pushed_model" / "12" / artifacts.DECISION_RECORD
+    os.makedirs(record.parent)
+    record.write_text("[1]")  # evaluate names it; predict's header and warning treat it as none
+    model = predict.ServingModel(str(artifact / "Format-Serving"), None, {}, (), None, None)
+    assert predict.blessed_record(model) == (None, "")
+    # A pushed version is named by its version, whatever decision record is at hand.
+    assert predict.approval_text(7, "rec.json", "/srv/7") == "version 7"
+
+
+def test_a_model_of_an_unknown_task_keeps_the_class_names_its_metadata_lists(binary_model, tmp_path):
+    copy = shutil.copytree(binary_model.model_dir, tmp_path / "m")
+    asset = copy / "assets" / "covid_cxr.json"
+    asset.write_text(json.dumps(dict(json.loads(asset.read_text()), task="covid-vs-tb", classes=["tb", "covid"])))
+    model = predict.load_model(str(copy))
+    assert model.task is None and model.classes == ("tb", "covid") and model.class_names(2) == ("tb", "covid")
+
+
+def test_each_row_reports_its_own_films_outputs_as_the_graph_served_them():
+    model = predict.ServingModel("m", 3, {}, ("normal", "covid"), features.TASKS["covid-vs-normal"], 0.4)
+    outputs = {"probabilities": np.array([[0.9, 0.1], [0.3, 0.7]]), "label": np.array([b"normal", b"covid"]),
+               "label_index": np.array([0, 1]), "covid_probability": np.array([0.1, 0.7]),
+               "threshold": np.array([0.45, 0.45]),  # the graph's own constant, not the metadata's
+               typicality.ATYPICALITY_OUTPUT: np.array([0.5, 1.5]), typicality.ATYPICAL_OUTPUT: np.array([False, True])}
+    assert predict.rows_from_outputs(model, ["a.png", "b.png"], outputs) == [
+        {"file": "a.png", "label": "normal", "label_index": 0, "probabilities": {"normal": 0.9, "covid": 0.1},
+         "covid_probability": 0.1, "threshold": 0.45, "model_version": 3, "atypicality": 0.5, "atypical": False},
+        {"file": "b.png", "label": "covid", "label_index": 1, "probabilities": {"normal": 0.3, "covid": 0.7},
+         "covid_probability": 0.7, "threshold": 0.45, "model_version": 3, "atypicality": 1.5, "atypical": True}]
+
+
+def test_the_table_shortens_long_file_names_and_lists_at_most_twenty_skipped_files():
+    model = predict.ServingModel("m", 3, {}, ("normal", "covid"), features.TASKS["covid-vs-normal"], 0.4)
+    long = "/data/" + "x" * 80 + "/film.png"
+    row = {"file": long, "label": "covid", "label_index": 1, "probabilities": {"normal": 0.3, "covid": 0.7},
+           "covid_probability": 0.7, "threshold": 0.4, "model_version": 3}
+
+    def table(n_skipped):
+        skipped = [predict.InputError(f"/in/note{i:02d}.txt", predict.NOT_AN_IMAGE) for i in range(n_skipped)]
+        return predict.format_table(predict.PredictResult(model, [row], [], skipped), (None, "")).splitlines()
+
+    lines = table(21)
+    assert lines[1] == f"{'file':<60}  {'label':<10}{'P(normal)':>15}{'P(covid)':>15}"
+    assert lines[2] == "-" * len(lines[1])
+    assert lines[3] == f"...{long[-57:]}  {'covid':<10}{0.3:>15.4f}{0.7:>15.4f}"  # the end of its path, 60 wide
+    assert lines[5:] == [f"skipped, not an image: /in/note{i:02d}.txt" for i in range(20)] + [
+        "... and 1 more (--json lists every one)"]
+    assert table(20)[-1] == "skipped, not an image: /in/note19.txt"  # twenty are all shown: no "... and 0 more"
+
+
+
+def _scoring_model(unprocessable=b"bad"):
+    """A ServingModel stand-in for predict_pngs: every film 'normal', a batch holding ``unprocessable`` fails in TF."""
+    model = predict.ServingModel("m", 3, {}, ("normal", "covid"), features.TASKS["covid-vs-normal"], 0.4)
+
+    def predict_images(pngs):
+        if unprocessable in pngs:
+            raise tf.errors.InvalidArgumentError(None, None, "Invalid PNG data")
+        n = len(pngs)
+        return {"probabilities": np.tile([[0.9, 0.1]], (n, 1)), "label": np.array([b"normal"] * n),
+                "label_index": np.zeros(n, int), "covid_probability": np.full(n, 0.1), "threshold": np.full(n, 0.4)}
+
+    model.predict_images = predict_images
+    return model
+
+
+def test_a_batch_the_model_cannot_process_is_retried_film_by_film_and_the_film_named():
+    rows, errors = predict.predict_pngs(_scoring_model(), ["a.png", "b.png", "c.png"], [b"ok", b"bad", b"ok"])
+    assert [r["file"] for r in rows] == ["a.png", "c.png"]
+    assert [e.to_dict() for e in errors] == [
+        {"file": "b.png", "error": "the model could not process it (InvalidArgumentError)"}]
+
+
+def test_errors_are_listed_in_the_inputs_order_whichever_step_failed(tmp_path, monkeypatch):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"")
+
+    def prepare(path, preparation):
+        if path.endswith("b.png"):
+            raise images.ImageError("cannot decode image")
+        return b"bad"  # a.png prepares, then the model fails on it
+
+    monkeypatch.setattr(predict, "prepare", prepare)
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "gone.png")]
+    result = predict.predict_paths(_scoring_model(), paths)
+    assert [(os.path.basename(e.file), e.error.split(" (")[0]) for e in result.errors] == [
+        ("gone.png", "no such file or directory"), ("a.png", "the model could not process it"),
+        ("b.png", "cannot decode image")]
+
+
+def test_no_explanation_folder_is_made_when_no_film_was_predicted(tmp_path):
+    result = predict.predict_paths(_scoring_model(), [str(tmp_path / "gone.png")], explain_dir=str(tmp_path / "maps"))
+    assert result.predictions == [] and len(result.errors) == 1
+    assert not (tmp_path / "maps").exists()  # check_writable left nothing either: no empty folder to wonder about
+
+
+def test_the_json_names_the_models_threshold_and_what_was_passed_over():
+    result = predict.PredictResult(_scoring_model(), [], [predict.InputError("x.png", "cannot decode image")],
+                                   [predict.InputError("n.txt", predict.NOT_AN_IMAGE)], 2)
+    assert result.to_dict() == {
+        "model": {"path": "m", "version": 3, "task": "covid-vs-normal", "classes": ["normal", "covid"], "threshold": 0.4},
+        "predictions": [], "errors": [{"file": "x.png", "error": "cannot decode image"}],
+        "skipped": [{"file": "n.txt", "error": "not an image file"}], "hidden_skipped": 2}
+
+
+def test_hidden_files_alone_are_counted_in_the_tables_summary():
+    row = {"file": "a.png", "label": "normal", "label_index": 0, "probabilities": {"normal": 0.9, "covid": 0.1},
+           "covid_probability": 0.1, "threshold": 0.4, "model_version": 3}
+    table = predict.format_table(predict.PredictResult(_scoring_model(), [row], [], [], hidden=2), (None, ""))
+    assert table.splitlines()[-1] == "1 predicted, 0 failed; skipped 0 files that are not images and 2 hidden files or folders"
+
+
+def test_the_table_names_each_rows_heat_map_and_the_folder_they_are_in():
+    row = {"file": "a.dcm", "label": "normal", "label_index": 0, "probabilities": {"normal": 0.9, "covid": 0.1},
+           "covid_probability": 0.1, "threshold": 0.4, "model_version": 3, "explanation": "/maps/image-1.heatmap.png"}
+    lines = predict.format_table(predict.PredictResult(_scoring_model(), [row], []), (None, "")).splitlines()
+    assert lines[3].endswith("  image-1.heatmap.png")
+    assert lines[-1] == "1 predicted, 0 failed; 1 explanation image(s) in /maps"
+
+
+def test_the_tables_atypical_count_is_of_the_flagged_films():
+    rows = [{"file": f"{name}.png", "label": "normal", "label_index": 0, "probabilities": {"normal": 0.9, "covid": 0.1},
+             "covid_probability": 0.1, "threshold": 0.4, "model_version": 3, "atypicality": score, "atypical": score > 1}
+            for name, score in (("a", 0.5), ("b", 1.5), ("c", 0.9))]
+    summary = predict.format_table(predict.PredictResult(_scoring_model(), rows, []), (None, "")).splitlines()[-1]
+    assert summary.startswith("3 predicted, 0 failed; 1 ATYPICAL: far from the training films")
+
+
+def test_max_side_and_equalize_given_on_the_command_line_prepare_the_films(monkeypatch):
+    used = []
+    monkeypatch.setattr(predict, "load_model", lambda path: _scoring_model())
+    monkeypatch.setattr(predict, "predict_paths", lambda model, paths, explain_dir=None, preparation=None: used.append(
+        preparation) or predict.PredictResult(model, [], []))
+    result = _run(["--model", "m", "--max-side", "256", "--equalize", "clahe", "a.png"])
+    assert result.exit_code == 0, result.output
+    assert used == [predict.Preparation(256, True, "clahe")]
