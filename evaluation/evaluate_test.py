@@ -502,13 +502,14 @@ def test_within_source_auc_exposes_a_model_that_scores_the_source():
            "kept": {"phase": "frozen backbone", "epoch_in_phase": 3, "val_selection": 0.97, "val_auc": 0.9778}}
     page = html_report.render(dict(full, training_history={"source": "s", "epochs": 8, "members": [fit]}), pngs={})
     assert ("<tr><td>mobilenet_v2_035</td><td>frozen backbone 4, fine-tuning 4</td>"
-            "<td>frozen backbone, epoch 3 (fine-tuning did not beat it)</td><td>0.9778</td></tr>") in page
+            "<td>frozen backbone, epoch 3 (fine-tuning did not beat it)</td><td>0.9778</td><td>n/a</td></tr>") in page
     assert "Not served" not in page
     # ... and which members it leaves out, and why.
     dropped = dict(fit, family="cnn4", eval_auc=0.5, served=False)
     page = html_report.render(dict(full, training_history={"source": "s", "epochs": 8, "members": [fit, dropped],
                                                            "member_min_auc": 0.6}), pngs={})
     assert "<p class=note>Not served: cnn4 (eval AUC 0.500), below training.member_min_auc 0.60.</p>" in page
+    assert "<tr><td>cnn4</td>" in page and "<td>0.9778</td><td>0.5000</td></tr>" in page  # Keras's AUC, then the exact one
 
 
 def test_the_html_page_shows_every_part_of_the_report():
