@@ -180,8 +180,9 @@ def _argv_of_program_only():
 
 
 def run(config: PipelineConfig, checked: CheckedData | None = None) -> metadata.RunOutcome:
-    """Runs the DAG; ``checked``: :func:`check_inputs` passed already in this process (`covid-cxr run`'s,
-    whose notes came from it), else it is run here."""
+    """Runs the DAG. ``checked``: what this process found checking its inputs already (`covid-cxr run`:
+    :func:`check_inputs`, whose counts its notes print; `demo`: its settings before it generated the data,
+    :func:`check_data` after); without it, :func:`check_inputs` runs here."""
     if checked is None:
         check_inputs(config)
     training.require_process_env(config.to_dict()["training"])  # before the DAG, not only when the Tuner gets there
