@@ -384,26 +384,17 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
     return out
 
 
-def push_record(model: predict.ServingModel) -> dict:
-    """The pusher's record beside a pushed version ({} when absent or unreadable): the load's, when it read
-    it (a renamed export's version), else read here. `evaluate` takes it once and passes it (``record``)
-    to the functions below; without it they take it themselves."""
-    return predict.read_push_record(model.path) if model.push_record is None else model.push_record
+def trainer_model_uri(model: predict.ServingModel) -> Optional[str]:
+    """The Trainer Model artifact this model came from: its push record's, or its own directory's."""
+    return model.push_record.get("model_uri") or predict.trainer_artifact(model.path)
 
 
-def trainer_model_uri(model: predict.ServingModel, record: Optional[Mapping] = None) -> Optional[str]:
-    """The Trainer Model artifact this model came from: its push ``record``'s, or its own directory's."""
-    record = push_record(model) if record is None else record
-    return record.get("model_uri") or predict.trainer_artifact(model.path)
-
-
-def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = None,
-                 record: Optional[Mapping] = None) -> tuple[Optional[dict], str]:
+def find_history(model: predict.ServingModel, pipeline_root: Optional[str] = None) -> tuple[Optional[dict], str]:
     """(training history, where it came from) -- metadata asset, Trainer model_run, or pipeline root."""
     if model.metadata.get("history"):
         return model.metadata["history"], "model metadata asset (assets/covid_cxr.json)"
     candidates = []
-    uri = trainer_model_uri(model, record)
+    uri = trainer_model_uri(model)
     if uri:  # <root>/Trainer/model/<id> -> <root>/Trainer/model_run/<id>/history.json
         candidates.append(os.path.join(os.path.dirname(os.path.dirname(uri)), "model_run", os.path.basename(uri)))
     for directory in candidates:
@@ -515,14 +506,14 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     return out
 
 
-def gate_decision(model: predict.ServingModel, record: Optional[Mapping] = None) -> tuple[dict, Optional[str]]:
+def gate_decision(model: predict.ServingModel) -> tuple[dict, Optional[str]]:
     """(record, its path) of the gate's decision on this model: the push record of a pushed version
     (only blessed models are pushed), else the decision record the run's Pusher wrote for its Trainer
     artifact (blessed or not: the failures too); ({}, None) when neither is on file."""
-    record = push_record(model) if record is None else record
+    record = model.push_record
     if record.get("metrics"):
         return dict(record, blessed=True), os.path.join(model.path, predict.PUSH_RECORD)
-    uri = trainer_model_uri(model, record)
+    uri = trainer_model_uri(model)
     if uri:
         found = artifacts.gate_decision(uri)
         if found:
@@ -755,10 +746,9 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     if out_dir:  # on the directory the load will pick, before the load (a minute on a busy machine)
         check_out_beside_model(out_dir, predict.saved_model_dir(model_path))
     model = predict.load_model(model_path)
-    pushed = push_record(model)  # read once, for the gate decision, the history and the pipeline's evaluation
     # The decision, read once for the warning, the summary and the model card; a damaged record stops here,
     # before the work.
-    decision, decision_path = gate_decision(model, pushed)
+    decision, decision_path = gate_decision(model)
     from_run = run_decision(model, decision, decision_path)
     predict.warn_if_unpushed(model, predict.blessed_of(from_run))
     warning = None
@@ -794,7 +784,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         evaluation.report["model"]["gate_decision"] = {
             "blessed": bool(decision.get("blessed")), "failures": list(decision.get("failures") or []),
             "record": decision_path, "served_as": str(decision.get("pushed_destination") or "")}
-    history, history_source = find_history(model, pipeline_root, pushed)
+    history, history_source = find_history(model, pipeline_root)
     evaluation.history = history
     evaluation.report["training_history"] = {
         "source": history_source,
@@ -805,8 +795,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     pipeline = None
     if pipeline_root:
         try:
-            pipeline = artifacts.read_pipeline(pipeline_root, trainer_model_uri(model, pushed) or "",
-                                               pushed.get("evaluation_uri", ""))
+            pipeline = artifacts.read_pipeline(pipeline_root, trainer_model_uri(model) or "",
+                                               model.push_record.get("evaluation_uri", ""))
         except FileNotFoundError as e:
             raise click.BadParameter(str(e), param_hint="--pipeline-root")
         evaluation.report["pipeline"] = pipeline

@@ -618,7 +618,7 @@ def test_pipeline_root_statistics_and_anomalies(binary_model, tmp_path):
 
 def test_the_push_record_is_read_once_per_evaluation(binary_model, tmp_path, monkeypatch):
     """The gate decision, the Trainer artifact (for the history and the pipeline's evaluation) and the
-    Evaluator's output all come from the one push record: read once, not once per use."""
+    Evaluator's output all come from the one push record: read once, at load, not once per use."""
     root = tmp_path / "root"
     _write_fake_pipeline_root(str(root))
     served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3,
@@ -642,7 +642,7 @@ def test_the_push_record_is_read_once_per_evaluation(binary_model, tmp_path, mon
 
 def test_the_push_record_of_a_renamed_export_is_read_once_per_evaluation(binary_model, tmp_path, monkeypatch):
     """A pushed version copied under another name (not a number): its version comes from the push record,
-    which the load read for it and evaluate read again for the gate decision, the history and the pipeline."""
+    the same one read that serves the gate decision, the history and the pipeline."""
     root = tmp_path / "root"
     _write_fake_pipeline_root(str(root))
     served = testing.push_copy(binary_model.model_dir, str(tmp_path / "serving"), 3,
@@ -1203,10 +1203,11 @@ def test_a_pushed_version_whose_record_holds_no_figures_is_judged_by_its_runs_de
     run = ({"blessed": False, "failures": ["too few"]}, "/r/VersionedPusher/pushed_model/12/covid_cxr_decision.json")
     asked = []
     monkeypatch.setattr(artifacts, "gate_decision", lambda uri: asked.append(uri) or run)
-    model = types.SimpleNamespace(path="/srv/3", version=3)
-    assert evaluate.gate_decision(model, {"model_uri": "/r/Trainer/model/9", "version": 3}) == run
+    model = types.SimpleNamespace(path="/srv/3", version=3, push_record={"model_uri": "/r/Trainer/model/9", "version": 3})
+    assert evaluate.gate_decision(model) == run
     assert asked == ["/r/Trainer/model/9"]
-    pushed = evaluate.gate_decision(model, {"model_uri": "/r/Trainer/model/9", "metrics": {"AUC": 0.9}})
+    model.push_record = {"model_uri": "/r/Trainer/model/9", "metrics": {"AUC": 0.9}}
+    pushed = evaluate.gate_decision(model)
     assert pushed == ({"model_uri": "/r/Trainer/model/9", "metrics": {"AUC": 0.9}, "blessed": True},
                       os.path.join("/srv/3", predict.PUSH_RECORD))
 

@@ -62,12 +62,6 @@ def _numeric_versions(path: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit() and _is_saved_model(os.path.join(path, n)))
 
 
-def resolve_model_dir(path: str) -> tuple[str, Optional[int]]:
-    """(SavedModel directory, version or None) for a version dir, serving base dir or model artifact."""
-    model_dir = saved_model_dir(path)
-    return model_dir, _version_of(model_dir)[0]
-
-
 def saved_model_dir(path: str) -> str:
     """The SavedModel directory `load_model(path)` loads: `path` itself, a Trainer model artifact's
     Format-Serving, or a serving base dir's newest numeric version. Found on disk, nothing loaded or read:
@@ -99,20 +93,19 @@ def read_push_record(model_dir: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _version_of(model_dir: str) -> tuple[Optional[int], Optional[dict]]:
-    """(version, the push record when it was read for it: a renamed export's; None when the folder's
-    name says: a numbered version, or a Trainer artifact's Format-Serving)."""
+def version_of(model_dir: str, record: dict) -> Optional[int]:
+    """The version `model_dir` serves as: its folder's number, else its push ``record``'s (a renamed
+    export's); None for a Trainer artifact's Format-Serving (the Pusher writes no record there)."""
     name = os.path.basename(os.path.normpath(model_dir))
     if name.isdigit():
-        return int(name), None
-    if name == "Format-Serving":  # a Trainer artifact's export: the Pusher writes no record there
-        return None, None
-    record = read_push_record(model_dir)
+        return int(name)
+    if name == "Format-Serving":
+        return None
     version = record.get("version")
     try:
-        return (int(version) if version is not None else None), record
+        return int(version) if version is not None else None
     except (ValueError, TypeError):
-        return None, record
+        return None
 
 
 @dataclasses.dataclass
@@ -126,9 +119,8 @@ class ServingModel:
     task: Optional[features.Task]
     threshold: Optional[float]  # None: the label is the argmax (three-class models exported before the rule)
     _loaded: object = dataclasses.field(repr=False, default=None)
-    # The push record (read_push_record) when the load read it for the version (a renamed export's), so
-    # evaluate reads it no more; None when the load did not read it.
-    push_record: Optional[dict] = dataclasses.field(repr=False, default=None)
+    # The Pusher's record beside a pushed version (read_push_record; {} when there is none), read once at load.
+    push_record: dict = dataclasses.field(repr=False, default_factory=dict)
 
     @property
     def task_name(self) -> str:
@@ -179,11 +171,11 @@ def _example_for_transform(encoded: bytes) -> bytes:
 
 
 def load_model(path: str) -> ServingModel:
-    """Loads the SavedModel that `path` designates (see resolve_model_dir)."""
+    """Loads the SavedModel that `path` designates (see saved_model_dir)."""
     import tensorflow as tf
 
     model_dir = saved_model_dir(path)
-    version, record = _version_of(model_dir)
+    record = read_push_record(model_dir)
     try:
         loaded = tf.saved_model.load(model_dir)
     except Exception as e:  # noqa: BLE001 - a corrupt model is a user-facing one-liner
@@ -199,7 +191,7 @@ def load_model(path: str) -> ServingModel:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
         raise ModelNotFound(f"{model_metadata.asset_path(model_dir)}: the stored threshold {threshold!r} is not a "
                             "number", param_hint="--model")
-    return ServingModel(model_dir, version, metadata, classes, task,
+    return ServingModel(model_dir, version_of(model_dir, record), metadata, classes, task,
                         float(threshold) if threshold is not None else None, loaded, record)
 
 

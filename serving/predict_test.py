@@ -98,20 +98,26 @@ def test_saved_model_answers_without_covid_cxr(binary_model, tmp_path):
     assert answer["covid"] == pytest.approx(float(expected["covid_probability"][0]), abs=1e-6)
 
 
+def _resolved(path: str) -> tuple:
+    """(SavedModel directory, version) as load_model finds them, without loading."""
+    model_dir = predict.saved_model_dir(path)
+    return model_dir, predict.version_of(model_dir, predict.read_push_record(model_dir))
+
+
 def test_model_resolution(binary_model, tmp_path):
-    assert predict.resolve_model_dir(binary_model.serving_dir) == (binary_model.version_dir, binary_model.version)
-    assert predict.resolve_model_dir(binary_model.version_dir) == (binary_model.version_dir, binary_model.version)
-    assert predict.resolve_model_dir(binary_model.model_dir) == (binary_model.model_dir, None)
+    assert _resolved(binary_model.serving_dir) == (binary_model.version_dir, binary_model.version)
+    assert _resolved(binary_model.version_dir) == (binary_model.version_dir, binary_model.version)
+    assert _resolved(binary_model.model_dir) == (binary_model.model_dir, None)
     artifact = tmp_path / "Trainer" / "model" / "7"
     os.makedirs(artifact)
     os.symlink(binary_model.model_dir, artifact / "Format-Serving")
-    assert predict.resolve_model_dir(str(artifact)) == (str(artifact / "Format-Serving"), None)
+    assert _resolved(str(artifact)) == (str(artifact / "Format-Serving"), None)
     with pytest.raises(predict.ModelNotFound):
-        predict.resolve_model_dir(str(tmp_path / "missing"))
+        _resolved(str(tmp_path / "missing"))
     with pytest.raises(predict.ModelNotFound):
-        predict.resolve_model_dir(str(tmp_path))
+        _resolved(str(tmp_path))
     with pytest.raises(predict.ModelNotFound, match=r"^'gs://b/serving' is not a local directory: predict and evaluate"):
-        predict.resolve_model_dir("gs://b/serving")
+        _resolved("gs://b/serving")
 
 
 def test_a_stored_threshold_that_is_not_a_number_is_named(binary_model, tmp_path):
@@ -608,9 +614,9 @@ def test_a_push_record_that_is_not_an_object_is_no_record(binary_model, tmp_path
     model_dir = tmp_path / "current"
     shutil.copytree(binary_model.version_dir, model_dir)
     (model_dir / predict.PUSH_RECORD).write_text("[1700000000]")
-    assert predict.resolve_model_dir(str(model_dir)) == (str(model_dir), None)
+    assert _resolved(str(model_dir)) == (str(model_dir), None)
     model = predict.load_model(str(model_dir))
-    assert model.version is None and evaluate.push_record(model) == {} and evaluate.trainer_model_uri(model) is None
+    assert model.version is None and model.push_record == {} and evaluate.trainer_model_uri(model) is None
     (model_dir / predict.PUSH_RECORD).write_text('{"version": 7, "model_uri": "/r/Trainer/model/3"}')
     model = predict.load_model(str(model_dir))
     assert model.version == 7 and evaluate.trainer_model_uri(model) == "/r/Trainer/model/3"
@@ -660,16 +666,16 @@ def test_a_three_class_model_serves_the_covid_column_as_its_covid_probability(th
 
 def test_a_missing_path_a_file_and_a_damaged_push_record_are_named_for_what_they_are(tmp_path):
     with pytest.raises(predict.ModelNotFound, match=r"^'.*missing' does not exist$"):
-        predict.resolve_model_dir(str(tmp_path / "missing"))
+        _resolved(str(tmp_path / "missing"))
     (tmp_path / "saved_model.pb.gz").write_bytes(b"a file, not a folder")
     with pytest.raises(predict.ModelNotFound, match="holds no SavedModel"):
-        predict.resolve_model_dir(str(tmp_path / "saved_model.pb.gz"))
+        _resolved(str(tmp_path / "saved_model.pb.gz"))
     export = tmp_path / "export"
     export.mkdir()
     (export / "saved_model.pb").write_bytes(b"")  # found on disk; nothing is loaded
     for damaged in ('{"version": 7', '{"version": [7]}'):  # cut short; hand-edited
         (export / predict.PUSH_RECORD).write_text(damaged)
-        assert predict.resolve_model_dir(str(export)) == (str(export), None), damaged
+        assert _resolved(str(export)) == (str(export), None), damaged
     assert predict.read_push_record(str(export)) == {"version": [7]}
     (export / predict.PUSH_RECORD).write_text('{"version": 7')
     assert predict.read_push_record(str(export)) == {}
