@@ -73,3 +73,31 @@ def test_find_duplicates_names_the_earliest_kept_copy_and_filters_given_pairs_at
     d = dedupe.find_duplicates(hashes, 40, pairs=grouping)
     assert d.kept_of == {3: 0} and d.pairs == [(0, 3, 25), (1, 3, 25)]
     assert dedupe.find_duplicates(hashes, 25, pairs=grouping).pairs == [(0, 3, 25), (1, 3, 25)]  # <=, inclusive
+
+
+def test_no_hashes_have_no_pairs_and_no_duplicates():
+    assert dedupe.hash_bits([]).shape == (0, 0)
+    assert dedupe.near_pairs([], 40) == []
+    assert dedupe.find_duplicates([]) == dedupe.Duplicates({}, [])
+
+
+def test_union_returns_the_new_root_and_is_a_no_op_within_a_set():
+    uf = dedupe.UnionFind(5)
+    assert uf.union(4, 2) == 2 and uf.union(3, 4) == 2 and uf.union(2, 3) == 2
+    assert [uf.find(i) for i in range(5)] == [0, 1, 2, 2, 2]
+
+
+def test_by_default_a_copy_40_bits_away_is_rejected_and_one_41_away_kept():
+    a, other = random_hashes(2, seed=5)
+    hashes = [a, other, flip(a, range(40)), flip(a, range(41, 82))]
+    assert dedupe.find_duplicates(hashes).kept_of == {2: 0}
+    # the documented measurements (module docstring): grouping is looser than rejection
+    assert (dedupe.DEFAULT_THRESHOLD, dedupe.GROUP_THRESHOLD) == (40, 56)
+
+
+def test_find_compresses_the_path_it_walks():
+    uf = dedupe.UnionFind(5)
+    for i in range(3, -1, -1):
+        uf.union(i, i + 1)  # a chain 4 -> 3 -> 2 -> 1 -> 0
+    assert uf.parent[4] == 3 and uf.find(4) == 0
+    assert uf.parent == [0] * 5  # every film walked now points at the root: long duplicate chains stay cheap
