@@ -36,9 +36,12 @@ _BLOCK = 1024
 
 
 def hash_bits(hashes: Sequence[bytes]) -> np.ndarray:
-    """[N] equal-length byte strings -> [N, bits] float32 0/1 matrix."""
+    """[N] equal-length byte strings -> [N, bits] float32 0/1 matrix; ValueError when their lengths differ."""
     if not hashes:
         return np.zeros((0, 0), dtype=np.float32)
+    lengths = {len(h) for h in hashes}
+    if len(lengths) > 1:  # joined and reshaped they would be cut at the wrong places without a word
+        raise ValueError(f"perceptual hashes differ in length: {min(lengths)} and {max(lengths)} bytes")
     packed = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)
     return np.unpackbits(packed, axis=1).astype(np.float32)
 

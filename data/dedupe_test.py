@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from covid_cxr.data import dedupe
 from covid_cxr.data.testing import hamming
@@ -101,3 +102,13 @@ def test_find_compresses_the_path_it_walks():
         uf.union(i, i + 1)  # a chain 4 -> 3 -> 2 -> 1 -> 0
     assert uf.parent[4] == 3 and uf.find(4) == 0
     assert uf.parent == [0] * 5  # every film walked now points at the root: long duplicate chains stay cheap
+
+
+def test_hashes_of_unequal_length_are_refused_not_misread():
+    h32, h8 = random_hashes(1)[0], random_hashes(1, nbytes=8)[0]
+    # 8 + 24 bytes would reshape into two 16-byte rows without complaint: silently wrong pairs
+    for hashes in ([h8, h32[:24]], [h32, h8], [h32, b""]):
+        lengths = sorted({len(h) for h in hashes})
+        message = rf"^perceptual hashes differ in length: {lengths[0]} and {lengths[-1]} bytes$"
+        with pytest.raises(ValueError, match=message):
+            dedupe.near_pairs(hashes, 40)
