@@ -128,3 +128,63 @@ def test_files_not_read_are_counted_only_for_reasons_that_occurred(tmp_path):
     (tmp_path / "f" / "covid" / "._a.png").write_bytes(b"AppleDouble")
     list(source.every_candidate())
     assert source.not_read == {base.HIDDEN: 1}
+
+
+class _Tree(base.Source):
+    """A minimal adapter: no inputs of its own, so every file under root is outside its layout."""
+    name, layout = "tree", "nothing"
+
+    def candidates(self):
+        return iter(())
+
+
+class _PrivateTree(_Tree):
+    private_names = True
+
+
+def test_a_relative_root_gives_absolute_paths(tmp_path, monkeypatch):
+    testing.write_image(tmp_path / "f" / "covid" / "a.png", testing.radiograph(1, (16, 16)))
+    monkeypatch.chdir(tmp_path)
+    source = FolderSource("f")
+    assert source.root == str(tmp_path / "f")
+    assert [c.path for c in source.every_candidate()] == [str(tmp_path / "f" / "covid" / "a.png")]
+
+
+def test_a_stray_file_is_rejected_and_only_a_regular_one_keeps_its_path(tmp_path):
+    testing.write_image(tmp_path / "t" / "a.png", testing.radiograph(1, (16, 16)))
+    os.symlink(tmp_path / "gone.png", tmp_path / "t" / "stray.png")  # not a regular file: never to be opened
+    got = [(c.source_ref, c.path, c.reject) for c in _Tree(str(tmp_path / "t")).every_candidate()]
+    assert got == [("a.png", str(tmp_path / "t" / "a.png"), "outside the layout: expected nothing"),
+                   ("stray.png", None, "broken symbolic link: its target does not exist")]
+
+
+def test_an_empty_metadata_csv_has_no_columns_and_no_rows(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert base.read_csv(str(tmp_path / "empty.csv")) == ([], [])
+
+
+def test_subdirs_are_sorted_whatever_order_the_folder_gives(tmp_path, monkeypatch):
+    for name in ("b", "a", "c", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "file").write_text("x")
+    listing = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: sorted(listing(path), reverse=True))
+    assert base.subdirs(str(tmp_path)) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("source_class, name, reject, expected", [
+    (_Tree, "a.txt", None, "not an image file: .txt"),
+    (_PrivateTree, "1.2.840.113619.2.55", None, "not an image file"),  # the "extension" may be the tail of a UID
+    (_Tree, "a.txt", "unknown class folder: x", "unknown class folder: x"),  # the adapter's reason is kept
+    (_Tree, "a.png", "unknown class folder: x", "unknown class folder: x"),
+])
+def test_file_candidate_rejections(tmp_path, source_class, name, reject, expected):
+    source = source_class(str(tmp_path))
+    candidate = base.file_candidate(source, str(tmp_path / name), "covid", reject=reject)
+    assert (candidate.source_ref, candidate.finding, candidate.reject) == (name, None, expected)
+
+
+def test_by_default_an_adapter_names_no_input_apart_and_owns_its_top_folders(tmp_path):
+    # a public layout's folders are written as they are above a DICOM file; a private tree overrides this
+    source = _Tree(str(tmp_path))
+    assert source.names_a_class("COVID") is True and source.not_an_input(str(tmp_path / "a.png")) is None
