@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from tfx import v1 as tfx
 from tfx.utils import dependency_utils
 
 from covid_cxr.data import features
@@ -87,7 +88,9 @@ def test_tfx_builds_no_package_of_itself_for_the_direct_runner():
 
 
 @pytest.mark.parametrize("extra", [["--runner", "DataflowRunner"], ["--runner=PortableRunner"],
-                                   ["--setup_file=./setup.py"], ["--sdk_container_image=gcr.io/p/covid-cxr:1"]])
+                                   ["--setup_file=./setup.py"], ["--sdk_container_image=gcr.io/p/covid-cxr:1"],
+                                   ["--worker_harness_container_image=gcr.io/p/w:1"], ["--extra_packages=a.tar.gz"],
+                                   ["--requirements_file=requirements.txt"]])
 def test_a_remote_runner_or_the_users_own_dependencies_are_left_alone(extra):
     args = pipeline.beam_args(cfg.load_config("quick", overrides={"runtime.beam_extra_args": json.dumps(extra)}))
     assert pipeline.DIRECT_RUNNER_IMAGE not in args
@@ -130,3 +133,92 @@ def test_each_stage_reads_only_its_own_splits_and_the_pusher_gets_the_gate(tmp_p
     assert json.loads(components["VersionedPusher"].exec_properties["gate"])["min_sensitivity"] == 0.93
     uncached = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "runtime.enable_cache": "false"})
     assert pipeline.create_pipeline(uncached).enable_cache is False
+
+
+def _by_id(config, schema_sha256=None):
+    return {c.id: c for c in pipeline.create_components(config, schema_sha256)}
+
+
+def test_each_component_reads_the_outputs_it_must(tmp_path):
+    # The Transform learns from the schema only once SchemaGate passed it; the Trainer gets the
+    # transformed films, the Evaluator the raw ones (its model takes serialized tf.Examples).
+    components = _by_id(cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path)}))
+    resolver = components.pop("latest_blessed_model_resolver")
+    wiring = {cid: {key: (channel.producer_component_id, channel.output_key) for key, channel in c.inputs.items()}
+              for cid, c in components.items()}
+    transformed = {"examples": ("Transform", "transformed_examples"), "transform_graph": ("Transform", "transform_graph")}
+    assert wiring == {
+        "ImportExampleGen": {},
+        "StatisticsGen": {"examples": ("ImportExampleGen", "examples")},
+        "ImportSchema": {},
+        "ExampleValidator": {"statistics": ("StatisticsGen", "statistics"), "schema": ("ImportSchema", "schema")},
+        "SchemaGate": {"schema": ("ImportSchema", "schema"), "anomalies": ("ExampleValidator", "anomalies")},
+        "Transform": {"examples": ("ImportExampleGen", "examples"), "schema": ("SchemaGate", "validated_schema")},
+        "Tuner": transformed,
+        "Trainer": {**transformed, "hyperparameters": ("Tuner", "best_hyperparameters")},
+        "Evaluator": {"examples": ("ImportExampleGen", "examples"), "model": ("Trainer", "model"),
+                      "baseline_model": ("latest_blessed_model_resolver", "model")},
+        "VersionedPusher": {"model": ("Trainer", "model"), "model_blessing": ("Evaluator", "blessing"),
+                            "evaluation": ("Evaluator", "evaluation")},
+    }
+    # The baseline is the newest blessed model of earlier runs, from the store: not this run's Trainer.
+    assert {key: (channel.producer_component_id, channel.type_name) for key, channel in resolver.raw_inputs.items()} == {
+        "model": (None, "Model"), "model_blessing": (None, "ModelBlessing")}
+    assert resolver.exec_properties["resolver_class"] is tfx.dsl.experimental.LatestBlessedModelStrategy
+    assert int(components["Transform"].exec_properties["disable_statistics"])  # StatisticsGen profiles the raw data
+
+
+def test_example_gen_reads_the_curated_shards_of_the_data_directory(tmp_path):
+    example_gen = _by_id(cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path)}))["ImportExampleGen"]
+    assert example_gen.exec_properties["input_base"] == str(tmp_path)
+    assert json.loads(example_gen.exec_properties["input_config"]) == {
+        "splits": [{"name": "all", "pattern": features.TFRECORD_PATTERN}]}
+
+
+def _import_schema(config, schema_sha256=None):
+    props = _by_id(config, schema_sha256)["ImportSchema"].exec_properties
+    return props["schema_file"], props["content_sha256"]
+
+
+def test_the_schema_imported_is_the_configured_one_pinned_by_its_content(tmp_path):
+    overrides = {"data.data_dir": str(tmp_path)}
+    assert _import_schema(cfg.load_config("quick", overrides=overrides)) == (
+        pipeline.SCHEMA_FILE, fingerprints.file_fingerprint(pipeline.SCHEMA_FILE))
+    mine = tmp_path / "mine.pbtxt"
+    mine.write_text("# reviewed\n")
+    config = cfg.load_config("quick", overrides={**overrides, "data.schema_file": str(mine)})
+    assert _import_schema(config) == (str(mine), fingerprints.file_fingerprint(str(mine)))
+    # A hash given by the caller (the image's copy, read elsewhere) is the one pinned, as given.
+    assert _import_schema(config, "ab" * 32) == (str(mine), "ab" * 32)
+    [schema_gen] = [c for c in pipeline.create_pipeline(config, schema_sha256="cd" * 32).components
+                    if c.id == "ImportSchema"]
+    assert schema_gen.exec_properties["content_sha256"] == "cd" * 32
+
+
+def test_the_trainer_and_tuner_key_their_cache_on_the_training_codes_fingerprint(tmp_path):
+    components = _by_id(cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path)}))
+    code = fingerprints.code_fingerprint("covid_cxr.trainer.task")
+    for cid in ("Tuner", "Trainer"):
+        custom = components[cid].exec_properties["custom_config"]
+        custom = json.loads(custom) if isinstance(custom, str) else custom
+        assert custom[pipeline.CODE_KEY] == code, cid
+
+
+def test_the_pipeline_runs_under_its_configured_name_root_store_and_serving_directory(tmp_path):
+    config = cfg.load_config("quick", overrides={
+        "data.data_dir": str(tmp_path / "data"), "runtime.pipeline_name": "my-run",
+        "runtime.pipeline_root": str(tmp_path / "root"), "runtime.serving_dir": str(tmp_path / "serving")})
+    connection = object()
+    built = pipeline.create_pipeline(config, connection)
+    assert (built.pipeline_info.pipeline_name, built.pipeline_info.pipeline_root) == ("my-run", str(tmp_path / "root"))
+    assert built.metadata_connection_config is connection
+    pusher = next(c for c in built.components if c.id == "VersionedPusher")
+    assert pusher.exec_properties["serving_dir"] == str(tmp_path / "serving")
+
+
+@pytest.mark.parametrize("runner", [["--runner=DirectRunner"], ["--runner", "BundleBasedDirectRunner"],
+                                    ["--runner=SwitchingDirectRunner"]])
+def test_the_direct_runner_named_in_any_spelling_gets_the_placeholder_image(runner):
+    config = cfg.load_config("quick", overrides={"runtime.beam_extra_args": json.dumps(runner)})
+    assert pipeline.beam_runner(config) == (runner[-1].removeprefix("--runner="), ())
+    assert pipeline.beam_args(config)[-len(runner) - 1:] == [*runner, pipeline.DIRECT_RUNNER_IMAGE]
