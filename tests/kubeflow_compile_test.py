@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 from google.protobuf import json_format
@@ -310,7 +311,8 @@ def test_open_source_kubeflow_gets_a_spec_without_resolver_nodes(tmp_path):
 
 
 @pytest.mark.parametrize("image", ["", "  ", " registry.example/covid-cxr:1", "reg/covid cxr:1", "REG/COVID-CXR:Latest",
-                                   "reg/x:1:2:3", "/home/me/image.tar", "reg/x@sha256:abc"])
+                                   "reg/x:1:2:3", "/home/me/image.tar", "reg/x@sha256:abc",
+                                   "localhost:/team/x:1", "reg/x:" + "a" * 129, "reg/covid-:1", "reg/covid_/x"])
 def test_a_blank_or_malformed_image_is_refused_rather_than_failing_every_pod(tmp_path, image):
     result = CliRunner().invoke(cli.main, ["compile", "--image", image, "--output", str(tmp_path / "spec.json"), *BUCKETS])
     assert result.exit_code == 2 and "is not an image reference" in result.output, result.output
@@ -318,7 +320,8 @@ def test_a_blank_or_malformed_image_is_refused_rather_than_failing_every_pod(tmp
 
 
 @pytest.mark.parametrize("image", ["registry.example/covid-cxr:1", "REGISTRY/covid-cxr:0.1", "localhost:5000/team/covid_cxr",
-                                   "europe-docker.pkg.dev/proj/repo/covid-cxr@sha256:" + "0" * 64, "covid-cxr"])
+                                   "europe-docker.pkg.dev/proj/repo/covid-cxr@sha256:" + "0" * 64, "covid-cxr",
+                                   "reg/x:" + "a" * 128, "reg/a__b/c--d:v1.0-rc_2"])
 def test_image_references_docker_accepts_pass(image):
     kubeflow_runner.check_image(image)
 
@@ -330,6 +333,10 @@ def test_image_references_docker_accepts_pass(image):
                                                "no file system for GS://"),
     (("--set", "model.weights_dir=hdfs://nn/weights"), "^model.weights_dir 'hdfs://nn/weights': TensorFlow in the image"),
     (("--set", "data.schema_file=schema/schema.pbtxt"), "^data.schema_file 'schema/schema.pbtxt' is a relative path"),
+    (("--set", "data.schema_file=s3://bucket/schema.pbtxt"), "^data.schema_file 's3://bucket/schema.pbtxt': TensorFlow "
+                                                             "in the image has no file system for s3://"),
+    (("--set", "runtime.pipeline_name=covid_cxr"), "^runtime.pipeline_name 'covid_cxr' is not a Kubeflow"),
+    (("--set", "runtime.pipeline_name=-covid-cxr"), "^runtime.pipeline_name '-covid-cxr' is not a Kubeflow"),
     (("--set", "runtime.pipeline_name=My Pipeline_1"), "^runtime.pipeline_name 'My Pipeline_1' is not a Kubeflow"),
     (("--set", f"runtime.pipeline_name={'a' * 64}"), "^runtime.pipeline_name 'a{64}' is 64 characters: TFX takes at most 63$"),
     (("--output", "spec.yaml"), "^a .yaml spec is for open-source Kubeflow Pipelines, whose backend cannot run the TFX "
@@ -381,3 +388,32 @@ def test_what_the_containers_can_run_compiles_with_notes_only_for_what_applies(t
     result = _invoke(tmp_path, "--set", "runtime.metadata_path=/var/mlmd/metadata.sqlite")
     assert result.exit_code == 0, result.output
     assert "note: runtime.mysql_* / runtime.metadata_path are not used" in result.output
+
+
+def test_a_yml_output_is_a_pipeline_spec_too_and_a_failed_write_is_one_line(tmp_path, monkeypatch):
+    result = _invoke(tmp_path, "--set", "gate.compare_to_baseline=false", output="spec.YML")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "spec.YML").read_text())["schemaVersion"] == "2.1.0"
+
+    def denied(path):
+        raise tf.errors.PermissionDeniedError(None, None, "no access to the folder")
+
+    monkeypatch.setattr(tf.io.gfile, "makedirs", denied)
+    result = _invoke(tmp_path, output="new/spec.json")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"covid-cxr: error: --output {str(tmp_path / 'new/spec.json')!r} cannot be "
+                                     "written: no access to the folder")
+
+
+def test_no_note_for_one_worker_the_images_own_schema_or_a_dataflow_run_not_asked_to_repeat(tmp_path):
+    # The image's own schema, one Beam worker kept as it is, a DataflowRunner run that need not repeat exactly,
+    # and a local folder whose name holds "://" (no scheme): it is left out like any local folder.
+    result = _invoke(tmp_path, "--set", "runtime.beam_workers=1", "--set", "model.weights_dir=/home/me/odd://weights")
+    assert result.exit_code == 0, result.output
+    assert "data.schema_file" not in result.output and "runtime.beam_workers" not in result.output
+    assert "--direct_num_workers=1" in (tmp_path / "spec.json").read_text()
+    assert "note: model.weights_dir '/home/me/odd://weights' is on this machine" in result.output
+    result = _invoke(tmp_path, "--set", "training.reproducible=false", "--set", "runtime.beam_extra_args=[--runner="
+                     "DataflowRunner,--project=p,--region=us-central1,--sdk_container_image=registry.example/w:1]")
+    assert result.exit_code == 0, result.output
+    assert "do not repeat exactly" not in result.output
