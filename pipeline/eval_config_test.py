@@ -172,3 +172,35 @@ def test_each_bar_is_its_own_gate_setting_on_the_served_decision(task, gated_spe
         export.EXAMPLES_SIGNATURE, features.LABEL_INDEX, export.GATE_OUTPUT)
     assert [list(s.feature_keys) for s in built.slicing_specs] == [[]] + [[f] for f in config.gate.slice_features]
     assert config.gate.slice_features
+
+
+# What the gate report, the CLI and the model card show besides the bars (gate_report.PLAIN_NAMES):
+# the confusion counts, precision, accuracy and the number of films; the plots are TFMA's own view.
+REPORTED = ["ExampleCount", "Recall", "Specificity", "AUC", "Precision", "BinaryAccuracy", "ConfusionMatrixPlot",
+            *eval_config.COUNT_METRICS, "SensitivityAtSpecificity"]
+
+
+def _names(spec) -> list:
+    return sorted(m.class_name for m in spec.metrics)
+
+
+@pytest.mark.parametrize("task", ["covid-vs-normal", "covid-vs-noncovid"])
+def test_a_binary_task_measures_everything_the_report_shows_and_nothing_the_model_compiled(task):
+    built = eval_config.build_eval_config(cfg.load_config("quick", overrides={"model.task": task}))
+    [spec] = built.metrics_specs
+    assert _names(spec) == sorted(REPORTED)
+    assert not spec.HasField("binarize") and not spec.HasField("aggregate")
+    assert eval_config.COUNT_METRICS == ("TruePositives", "FalsePositives", "TrueNegatives", "FalseNegatives")
+    # The model's compiled metrics score its raw output (and made TFMA rebuild it in every Beam bundle).
+    assert built.options.HasField("include_default_metrics") and not built.options.include_default_metrics.value
+
+
+def test_three_class_measures_covid_vs_rest_like_a_binary_task_and_macro_averages_over_all_classes():
+    built = eval_config.build_eval_config(cfg.load_config("quick", overrides={"model.task": "three-class"}))
+    overall, covid, macro = built.metrics_specs
+    assert _names(overall) == ["ExampleCount", "MultiClassConfusionMatrixPlot", "SparseCategoricalAccuracy"]
+    assert _names(covid) == sorted(set(REPORTED) - {"ExampleCount"})
+    assert _names(macro) == ["AUC", "Precision", "Recall"]
+    assert list(macro.binarize.class_ids.values) == [0, 1, 2]
+    assert macro.aggregate.macro_average and dict(macro.aggregate.class_weights) == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert not built.options.include_default_metrics.value
