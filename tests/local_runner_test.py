@@ -1,4 +1,5 @@
 """The runner's data checks: a directory that cannot feed the configured task fails before any component runs."""
+import csv
 import json
 import shutil
 import sys
@@ -372,3 +373,83 @@ def test_the_weights_folder_note_for_any_transfer_family_any_case_of_auto_and_on
         "a folder this TensorFlow cannot ask about": 1, "no folder named": 0}
     assert said["a folder this TensorFlow cannot ask about"][0].startswith(
         "model.weights_dir 'gs://bucket/weights' is not a folder here: ")
+
+
+def test_a_split_lacking_every_class_names_them_all_and_the_counts_are_returned_for_the_run(tmp_path):
+    synthetic.generate(str(tmp_path), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    config = _config(tmp_path)
+    checked = local_runner.check_data(config)
+    assert checked.split_counts == local_runner.split_counts(config, checked.summary) is not None  # not counted again
+    sparse = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path), "data.train_buckets": "50",
+                                                 "data.eval_buckets": "1", "data.test_buckets": "1"})
+    with pytest.raises(cfg.ConfigError, match=r"^the eval split would hold no normal and no covid films \(eval films "
+                                              r"per class: normal 0, covid 0; "):
+        local_runner.check_data(sparse)
+
+
+def _manifest_edited(path, change) -> None:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(change(rows))
+
+
+def _patients_renamed(rows):
+    column = rows[0].index("patient_id")
+    return [rows[0]] + [[*r[:column], "one patient", *r[column + 1:]] for r in rows[1:]]
+
+
+def test_films_are_counted_by_the_group_example_gen_deals_and_an_unusable_manifest_is_left_to_the_trainer(
+        tmp_path, monkeypatch):
+    summary = synthetic.generate(str(tmp_path / "data"), "covid-vs-normal", patients_per_class=3, seed=DEALT_SEED)
+    config = _config(tmp_path / "data")
+    counts = local_runner.split_counts(config, summary)
+    shutil.copytree(tmp_path / "data", tmp_path / "gs:" / "bucket" / "curated")
+    manifest = tmp_path / "data" / features.MANIFEST
+    _manifest_edited(manifest, _patients_renamed)  # the group, not the patient id, decides the split
+    assert local_runner.split_counts(config, summary) == counts
+    _manifest_edited(manifest, lambda rows: [["grp" if c == "group" else c for c in rows[0]]] + rows[1:])
+    assert local_runner.split_counts(config, summary) is None
+    # A bucket URI is never read as a local path, even where one of that name exists.
+    monkeypatch.chdir(tmp_path)
+    assert local_runner.split_counts(_config("gs:/bucket/curated"), summary) == counts  # that local path
+    assert local_runner.split_counts(_config("gs://bucket/curated"), summary) is None
+
+
+def test_weights_in_a_file_system_this_tensorflow_cannot_read_are_refused_in_one_line(tmp_path):
+    config = _checked_config(tmp_path, **{"model.weights": "s3://bucket/mobilenet.h5"})
+    with pytest.raises(cfg.ConfigError, match=r"^model.weights 's3://bucket/mobilenet.h5' cannot be read: ") as info:
+        local_runner.check_settings(config)
+    assert "\n" not in str(info.value)
+
+
+def test_a_run_given_no_checks_checks_its_inputs_before_the_dag(tmp_path, monkeypatch):
+    _dag_raising(monkeypatch, AssertionError("the DAG ran"))
+    with pytest.raises(cfg.ConfigError, match=r"^data directory '.*missing' does not exist"):
+        local_runner.run(_config(tmp_path / "missing"))
+    serving = _checked_config(tmp_path, **{"runtime.serving_dir": str(tmp_path / "a-file" / "serving")})
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(cfg.ConfigError, match=r"runtime.serving_dir \(--serving-dir\) '.*' cannot be a directory"):
+        local_runner.run(serving)
+
+
+def test_a_run_given_its_checks_does_not_repeat_them_and_returns_the_runs_outcome(tmp_path, monkeypatch):
+    config = _checked_config(tmp_path)
+    checked = local_runner.check_inputs(config)
+
+    def checked_again(config):
+        raise AssertionError("checked again")
+
+    ran = []
+
+    class Runner:
+        def run(self, pipeline):
+            ran.append(pipeline)
+
+    for check in ("check_inputs", "check_data", "check_settings"):
+        monkeypatch.setattr(local_runner, check, checked_again)
+    monkeypatch.setattr(local_runner, "create_pipeline", lambda config, connection: "the DAG")
+    monkeypatch.setattr(local_runner.tfx.orchestration, "LocalDagRunner", Runner)
+    monkeypatch.setattr(metadata, "latest_outcome", lambda c: ("the outcome of", c))
+    assert local_runner.run(config, checked) == ("the outcome of", config)
+    assert ran == ["the DAG"]
