@@ -86,8 +86,8 @@ _SHARED_PATHS = (("data", "data_dir", "--data", "ImportExampleGen would find no 
 def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]]:
     """The config with paths that only exist on the compiling machine replaced; plus what changed.
 
-    The data, the pipeline root and the serving directory must be URIs (gs://...); a local one is an
-    error. The schema comes from the image unless given. A local ``model.weights_dir`` (the ``full``
+    The data, the pipeline root and the serving directory must be URIs (gs://...); an empty or
+    local one is an error. The schema comes from the image unless given. A local ``model.weights_dir`` (the ``full``
     preset's offline copies) is left out: inside the container ``auto`` then downloads ImageNet
     weights, which a cluster can usually do; a bucket path is kept (weights are read through
     tf.io.gfile). A local ``model.weights`` file is an error: the container cannot have it and would
@@ -99,6 +99,8 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
                           "name: lowercase letters, digits and '-', starting with a letter or digit")
     for section, name, flag, why in _SHARED_PATHS:
         value = getattr(getattr(config, section), name)
+        if not value:  # else compiled: ImportExampleGen, or every writer, would fail only in the cluster
+            raise ConfigError(f"{section}.{name} is empty: pass {flag} gs://...")
         if _on_this_machine(value):
             raise ConfigError(f"{section}.{name} {value!r} is a path on this machine, which the containers cannot "
                               f"reach ({why}): pass {flag} gs://...")

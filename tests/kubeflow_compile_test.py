@@ -1,4 +1,5 @@
 """`covid-cxr compile`: a KFP v2 spec that a container can actually run."""
+import dataclasses
 import hashlib
 import json
 import re
@@ -417,3 +418,17 @@ def test_no_note_for_one_worker_the_images_own_schema_or_a_dataflow_run_not_aske
                      "DataflowRunner,--project=p,--region=us-central1,--sdk_container_image=registry.example/w:1]")
     assert result.exit_code == 0, result.output
     assert "do not repeat exactly" not in result.output
+
+
+def test_an_empty_data_root_or_serving_directory_is_refused_in_one_line(tmp_path):
+    """An empty --data compiled to a spec whose ImportExampleGen had no input_base: found only in the cluster."""
+    result = _invoke(tmp_path, "--data", "")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "covid-cxr: error: data.data_dir is empty: pass --data gs://..."
+    assert not (tmp_path / "spec.json").exists()
+    config = cfg.load_config("full", overrides={"data.data_dir": "gs://bucket/curated", "runtime.pipeline_root": "gs://b/r",
+                                                "runtime.serving_dir": "gs://b/s"})
+    for section, name, flag in (("runtime", "pipeline_root", "--pipeline-root"), ("runtime", "serving_dir", "--serving-dir")):
+        emptied = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **{name: ""}))
+        with pytest.raises(cfg.ConfigError, match=rf"^{section}.{name} is empty: pass {flag} gs://\.\.\.$"):
+            kubeflow_runner.for_the_container(emptied)
