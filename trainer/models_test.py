@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -378,8 +379,6 @@ def test_weights_none_is_silent_and_scratch_ignores_weights(caplog):
 
 
 def _closed_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -438,11 +437,14 @@ def test_efficientnet_from_a_file_is_the_network_keras_builds_for_imagenet(tmp_p
     x = np.random.RandomState(0).rand(2, S, S, 3).astype(np.float32) * 255.0
     ours, theirs = built.backbone(x, training=False).numpy(), keras_route(x, training=False).numpy()
     assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
-    # A file saved from the backbone built here (its stem already divided) or from one trained from
-    # scratch (stem variance 1) is not Keras' ImageNet file: its stem is left as it is.
+
     def stem_variance(model):
         return next(l for l in model.layers if isinstance(l, keras.layers.Normalization)).get_weights()[1]
 
+    # Downloaded (weights="imagenet"), Keras divides by itself: the stem is not divided a second time.
+    np.testing.assert_array_equal(stem_variance(M._download_imagenet("efficientnet_b0", S)), stem_variance(keras_route))
+    # A file saved from the backbone built here (its stem already divided) or from one trained from
+    # scratch (stem variance 1) is not Keras' ImageNet file: its stem is left as it is.
     scratch = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(S, S, 3))
     for other in (built.backbone, scratch):
         other.save_weights(path)
@@ -565,3 +567,245 @@ def test_saved_model_with_augmentation_serves_without_project_code(ensemble, tmp
         reloaded = reloaded.get_layer("covid_cxr_cnn3")
     assert isinstance(reloaded.get_layer(M.AUGMENTATION_NAME).get_layer("aug_shear"), M.RandomShear)
     assert isinstance(reloaded.get_layer(M.AUGMENTATION_NAME).get_layer("aug_intensity"), M.RandomIntensity)
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings, limits and small builders' details
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, expected", [
+    (None, "none"), ("", "none"), ("IMAGENET", "imagenet"), ("Auto", "auto"), ("None", "none"),
+    ("/w/mine.h5", "/w/mine.h5"), ("gs://b/Mine.h5", "gs://b/Mine.h5"),
+])
+def test_normalized_weights_keywords_in_lowercase_and_paths_kept(given, expected):
+    assert M.normalized_weights(given) == expected
+
+
+@pytest.mark.parametrize("given", ["imagnet", "/w/mine.keras", "weights.h5.txt"])
+def test_normalized_weights_rejects_what_is_neither_keyword_nor_h5(given):
+    with pytest.raises(ValueError, match="weights must be auto, imagenet, none or a path to an .h5 file"):
+        M.normalized_weights(given)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("image_size", 8), ("dense_units", 0), ("fine_tune_layers", 0), ("label_smoothing", 0.5),
+    ("lr_schedule", "cosine"), ("lr_schedule", "none"), ("dropout", 0.0),
+])
+def test_hparams_accept_their_limits(field, value):
+    assert getattr(M.HParams(**{field: value}), field) == value
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("image_size", 7, "image_size must be >= 8"), ("dropout", 1.0, "dropout"), ("dense_units", -1, ">= 0"),
+    ("fine_tune_layers", -1, ">= 0"), ("learning_rate", 0.0, "> 0"), ("fine_tune_learning_rate", 0.0, "> 0"),
+    ("label_smoothing", 0.51, "label_smoothing"), ("lr_schedule", "step", "lr_schedule"),
+])
+def test_hparams_reject_values_past_their_limits(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        M.HParams(**{field: value})
+
+
+def test_augment_config_limits_and_intensity_alone_is_augmentation():
+    assert M.AugmentConfig(contrast=0.99, gamma=1.0).gamma == 1.0  # gamma's upper limit is allowed
+    geometry_off = dict(rotation_degrees=0, shift=0, shear=0, zoom=0, horizontal_flip=False)
+    assert not M.AugmentConfig(**geometry_off).active
+    for grey in ({"contrast": 0.3, "gamma": 0.1}, {"contrast": 0.3}, {"gamma": 0.1}):
+        config = M.AugmentConfig(**geometry_off, **grey)
+        assert config.active and not dataclasses.replace(config, enabled=False).active
+        (layer,) = M.augmentation_block(config).layers
+        assert (layer.name, layer.contrast, layer.gamma) == ("aug_intensity", grey.get("contrast", 0.0), grey.get("gamma", 0.0))
+
+
+def test_random_shear_zero_is_identity_negative_refused_and_config_round_trips():
+    x = images(4, 9)
+    np.testing.assert_array_equal(M.RandomShear(0.0)(x, training=True).numpy(), x)
+    with pytest.raises(ValueError, match="shear factor must be >= 0"):
+        M.RandomShear(-0.1)
+    layer = M.RandomShear(0.2, fill_mode="constant", interpolation="nearest", fill_value=0.5, seed=3)
+    copy = M.RandomShear.from_config(layer.get_config())
+    assert (copy.factor, copy.fill_mode, copy.interpolation, copy.fill_value, copy.seed) == (0.2, "constant", "nearest", 0.5, 3)
+    gamma = M.RandomIntensity.from_config(M.RandomIntensity(contrast=0.1, gamma=0.4, seed=5).get_config())
+    assert (gamma.contrast, gamma.gamma, gamma.seed) == (0.1, 0.4, 5)
+
+
+def test_random_shear_draws_both_directions():
+    layer = M.RandomShear(0.3, fill_mode="constant", interpolation="nearest", seed=0)
+    x = np.zeros((32, 21, 21, 1), np.float32)
+    x[:, :, 10, :] = 1.0  # a vertical line through the centre: its top end moves left or right
+    top = np.argmax(layer(x, training=True).numpy()[:, 0, :, 0], axis=1)
+    assert (top < 10).sum() >= 4 and (top > 10).sum() >= 4
+
+
+SCRATCH_LAYOUT = {  # family: (conv filters bottom to top, dropout rates inside the features, head input)
+    "cnn3": ([32, 32, 64], [], "flatten"),
+    "cnn4": ([32, 64, 128, 128], [0.25] * 4, "flatten"),
+    "bn_double_conv": ([16, 16, 32, 32, 64, 64, 128, 128, 256, 256], [0.2, 0.2], M.FEATURES_NAME),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SCRATCH_LAYOUT))
+def test_scratch_families_layout(family):
+    filters, dropouts, last = SCRATCH_LAYOUT[family]
+    model = built_for(family).model
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == filters
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    # bn_double_conv's convs feed BatchNorm (no bias of their own); the others end in ReLU.
+    assert all(c.use_bias == (family != "bn_double_conv") for c in convs)
+    assert len([l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]) == (
+        len(filters) if family == "bn_double_conv" else 0)
+    inner = [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout) and l.name != "head_dropout"]
+    assert inner == dropouts
+    pools = [l for l in model.layers if isinstance(l, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))]
+    blocks = len(filters) // (2 if family == "bn_double_conv" else 1)  # a 2x2 max-pool ends each block
+    assert [(type(p), p.pool_size) for p in pools] == [(keras.layers.MaxPooling2D, (2, 2))] * blocks
+    head_dense = model.get_layer("head_dense")
+    assert model.layers[model.layers.index(head_dense) - 1].name == last
+    if last == M.FEATURES_NAME:  # global average pooling
+        assert isinstance(model.get_layer(M.FEATURES_NAME), keras.layers.GlobalAveragePooling2D)
+
+
+@pytest.mark.parametrize("family, minimum", [("cnn3", 8), ("cnn4", 16), ("bn_double_conv", 32)])
+def test_scratch_families_smallest_input_is_raised_to_their_minimum(family, minimum):
+    assert M.min_image_size(family) == minimum
+    built = M.build_model(M.HParams(family=family), 8, 2, weights="none")
+    assert built.image_size == minimum
+    assert ("resize" in [l.name for l in built.model.layers]) == (minimum != 8)
+    assert built.model(images(2, 8), training=False).shape == (2, 1)
+    raised = M.build_model(M.HParams(family=family, image_size=8), S, 2, weights="none")
+    assert raised.image_size == minimum
+    assert ("raised from 8 to" in raised.note) == (minimum != 8)
+
+
+def test_head_layers_follow_dense_units_and_dropout():
+    bare = M.build_model(M.HParams(family="cnn3", dense_units=0, dropout=0.0), S, 2, weights="none").model
+    names = [l.name for l in bare.layers]
+    assert "head_dense" not in names and "head_dropout" not in names and names[-2:] == ["flatten", M.OUTPUT_NAME]
+    wide = M.build_model(M.HParams(family="cnn3", dense_units=7, dropout=0.3), S, 2, weights="none").model
+    assert wide.get_layer("head_dense").units == 7 and wide.get_layer("head_dropout").rate == 0.3
+    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+        M.build_model(M.HParams(family="cnn3"), S, 1, weights="none")
+
+
+def test_set_phase_rejects_unknown_phases_and_end_to_end_trains_the_whole_backbone():
+    built = built_for("mobilenet_v2_035")
+    with pytest.raises(ValueError, match="phase must be"):
+        M.set_phase(built, 3)
+    try:
+        assert M.set_phase(built, M.PHASE_END_TO_END) == list(built.backbone.layers)
+        assert M.set_phase(built, M.PHASE_HEAD) == []
+        total, trainable = M.count_params(built.model)
+        backbone_params = int(sum(np.prod(w.shape) for w in built.backbone.weights))
+        head_params = int(sum(np.prod(w.shape) for w in built.model.trainable_weights))
+        assert (total, trainable) == (backbone_params + head_params, head_params) and trainable < total
+    finally:
+        M.set_phase(built, M.PHASE_HEAD)
+
+
+def test_ensemble_names_a_member_without_requested_family_by_its_family_and_joins_every_fallback():
+    member = built_for("cnn3")
+    plain = dataclasses.replace(member, requested_family="", note="cnn3 note")
+    a = dataclasses.replace(member, requested_family="vgg19", fallback_reason="no vgg19", note="vgg note")
+    b = dataclasses.replace(member, requested_family="xception", fallback_reason="no xception", note="x note")
+    assert M.average_ensemble([plain, a]).requested_family == "cnn3+vgg19"
+    both = M.average_ensemble([a, plain, b])
+    assert both.fallback_reason == "no vgg19; no xception"
+    assert both.note == "mean of 3 models: vgg note | cnn3 note | x note"
+
+
+# ------------------------------------------------------------------------------------------------
+# Weight sources in detail
+# ------------------------------------------------------------------------------------------------
+
+_SKIPPED = f"download skipped: {M.WEIGHTS_HOST[0]}:{M.WEIGHTS_HOST[1]} unreachable"
+
+
+def test_a_file_of_another_size_is_found_last_and_the_first_by_name(tmp_path):
+    pattern = M.TRANSFER_SPECS["mobilenet_v2_035"].keras_files[0]
+    for rows in ("192", "128"):
+        (tmp_path / pattern.replace("{rows}", rows)).write_bytes(b"")
+    assert M.find_weight_file("mobilenet_v2_035", [str(tmp_path)], 96) == str(tmp_path / pattern.replace("{rows}", "128"))
+
+
+def test_the_download_has_a_socket_timeout_only_while_it_runs(monkeypatch):
+    seen = []
+
+    def create(family, size, weights):
+        seen.append((family, size, weights, socket.getdefaulttimeout()))
+        raise OSError("offline")
+
+    before = socket.getdefaulttimeout()
+    monkeypatch.setattr(M, "_create_backbone", create)
+    with pytest.raises(OSError):  # restored also when the download fails
+        M._download_imagenet("vgg19", 48)
+    assert seen == [("vgg19", 48, "imagenet", M.DOWNLOAD_SOCKET_TIMEOUT_S)] and socket.getdefaulttimeout() == before
+
+
+@pytest.mark.parametrize("case", ["empty weights_dir", "extra file in the Keras cache", "directory as file", "proxy"])
+def test_load_backbone_sources_and_failures(case, tmp_path, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    downloaded = []
+
+    def download(family, size):
+        downloaded.append(family)
+        return "a backbone"
+
+    monkeypatch.setattr(M, "_download_imagenet", download)
+    family, weights, weights_dir = "mobilenet_v2", "imagenet", None
+    if case == "empty weights_dir":
+        family, weights, weights_dir = "mobilenet_v2_035", "auto", str(tmp_path)
+        expected = (None, "", [f"no mobilenet_v2_035 file in weights_dir {weights_dir!r}", _SKIPPED])
+    elif case == "extra file in the Keras cache":  # only the official Keras names are the cache's
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        (cache / M.TRANSFER_SPECS["mobilenet_v2"].extra_files[0]).write_bytes(b"")
+        monkeypatch.setattr(M, "KERAS_CACHE_DIRS", (str(cache),))
+        expected = (None, "", [_SKIPPED])
+    elif case == "directory as file":
+        weights = str(tmp_path / "folder.h5")
+        os.mkdir(weights)
+        expected = (None, "", [f"weights file {weights!r} not found"])
+    else:  # behind a proxy the probe cannot tell: the download is tried
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+        expected = ("a backbone", "imagenet download", [])
+    assert M._load_backbone(family, S, weights, weights_dir) == expected
+    assert downloaded == (["mobilenet_v2"] if case == "proxy" else [])
+
+
+def test_a_transfer_fallback_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "network_reachable", lambda *a, **k: True)
+    tried = []
+
+    def download(family, size):
+        tried.append(family)
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(M, "_download_imagenet", download)
+    built = M.build_model(M.HParams(family="densenet121"), S, 2, weights="imagenet", weights_dir=str(tmp_path),
+                          fallback="mobilenet_v2_035")
+    assert tried == ["densenet121"]
+    assert (built.family, built.pretrained, built.requested_family) == ("mobilenet_v2_035", False, "densenet121")
+    assert built.fallback_reason == "imagenet download: OSError: connection reset"
+    assert built.note.endswith("fallback: family mobilenet_v2_035; mobilenet_v2_035: random init")
+
+
+@pytest.mark.parametrize("fallback", ["none", "mobilenet_v2_035"])
+def test_falling_back_to_the_same_family_is_random_init(fallback, tmp_path):
+    built = M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights="auto", weights_dir=str(tmp_path),
+                          fallback=fallback)
+    assert (built.family, built.pretrained, built.backbone is not None) == ("mobilenet_v2_035", False, True)
+    assert built.note == (f"no pretrained weights for mobilenet_v2_035 ({built.fallback_reason}); "
+                          "fallback: mobilenet_v2_035 from random init")
+
+
+def test_transfer_features_are_the_backbone_output_averaged_and_only_pretrained_heads_split():
+    built = built_for("mobilenet_v2_035")
+    x = images(2)
+    preprocessed = keras.Model(built.model.input, built.model.get_layer(M.BACKBONE_PREPROCESS_NAME).output)(x)
+    expected = built.backbone(preprocessed, training=False).numpy().mean(axis=(1, 2))
+    np.testing.assert_allclose(M.pooled_features(built.model)(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert M.pooled_features(built_for("cnn3").model) is None
+    with pytest.raises(ValueError, match="only a pretrained backbone"):
+        M.split_head(built)  # random init: trained end to end, never on fixed features
