@@ -802,10 +802,10 @@ def test_falling_back_to_the_same_family_is_random_init(fallback, tmp_path):
 
 def test_transfer_features_are_the_backbone_output_averaged_and_only_pretrained_heads_split():
     built = built_for("mobilenet_v2_035")
-    x = images(2)
-    preprocessed = keras.Model(built.model.input, built.model.get_layer(M.BACKBONE_PREPROCESS_NAME).output)(x)
-    expected = built.backbone(preprocessed, training=False).numpy().mean(axis=(1, 2))
-    np.testing.assert_allclose(M.pooled_features(built.model)(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
+    # (numerically: a random-init backbone's features are too tiny and noisy to tell a mean from a max)
+    pooled = built.model.get_layer(M.FEATURES_NAME)
+    assert isinstance(pooled, keras.layers.GlobalAveragePooling2D)
+    assert built.model.layers[built.model.layers.index(pooled) - 1] is built.backbone
     assert M.pooled_features(built_for("cnn3").model) is None
     with pytest.raises(ValueError, match="only a pretrained backbone"):
         M.split_head(built)  # random init: trained end to end, never on fixed features
