@@ -606,6 +606,12 @@ def test_hparams_reject_values_past_their_limits(field, value, match):
         M.HParams(**{field: value})
 
 
+def test_hparams_take_their_augmentation_as_a_mapping():
+    assert M.HParams(augment={"zoom": 0.2, "gamma": 0.1}).augment == M.AugmentConfig(zoom=0.2, gamma=0.1)
+    with pytest.raises(TypeError):
+        M.HParams(augment={"zooom": 0.2})
+
+
 def test_augment_config_limits_and_intensity_alone_is_augmentation():
     assert M.AugmentConfig(contrast=0.99, gamma=1.0).gamma == 1.0  # gamma's upper limit is allowed
     geometry_off = dict(rotation_degrees=0, shift=0, shear=0, zoom=0, horizontal_flip=False)
@@ -712,6 +718,9 @@ def test_ensemble_names_a_member_without_requested_family_by_its_family_and_join
     both = M.average_ensemble([a, plain, b])
     assert both.fallback_reason == "no vgg19; no xception"
     assert both.note == "mean of 3 models: vgg note | cnn3 note | x note"
+    other_input = M.build_model(M.HParams(family="cnn3"), 2 * S, 2, weights="none")  # same output, other input
+    with pytest.raises(ValueError, match="disagree"):
+        M.average_ensemble([member, other_input])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -742,7 +751,8 @@ def test_the_download_has_a_socket_timeout_only_while_it_runs(monkeypatch):
     assert seen == [("vgg19", 48, "imagenet", M.DOWNLOAD_SOCKET_TIMEOUT_S)] and socket.getdefaulttimeout() == before
 
 
-@pytest.mark.parametrize("case", ["empty weights_dir", "extra file in the Keras cache", "directory as file", "proxy"])
+@pytest.mark.parametrize("case", ["empty weights_dir", "extra file in the Keras cache", "directory as file"] + [
+    f"{name} proxy" for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")])
 def test_load_backbone_sources_and_failures(case, tmp_path, monkeypatch):
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -768,10 +778,10 @@ def test_load_backbone_sources_and_failures(case, tmp_path, monkeypatch):
         os.mkdir(weights)
         expected = (None, "", [f"weights file {weights!r} not found"])
     else:  # behind a proxy the probe cannot tell: the download is tried
-        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+        monkeypatch.setenv(case.split()[0], "http://proxy.invalid:3128")
         expected = ("a backbone", "imagenet download", [])
     assert M._load_backbone(family, S, weights, weights_dir) == expected
-    assert downloaded == (["mobilenet_v2"] if case == "proxy" else [])
+    assert downloaded == (["mobilenet_v2"] if case.endswith("proxy") else [])
 
 
 def test_a_transfer_fallback_never_downloads(tmp_path, monkeypatch):
