@@ -373,9 +373,11 @@ def test_corrupt_weight_file_falls_back(tmp_path, caplog):
 
 
 def test_weights_none_is_silent_and_scratch_ignores_weights(caplog):
-    M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights="none")
-    M.build_model(M.HParams(family="cnn3"), S, 2, weights="imagenet")
+    transfer = M.build_model(M.HParams(family="mobilenet_v2_035"), S, 2, weights="none")
+    scratch = M.build_model(M.HParams(family="cnn3"), S, 2, weights="imagenet")
     assert _warnings(caplog) == []
+    assert transfer.note == "mobilenet_v2_035: random init (weights='none')"
+    assert scratch.note == "cnn3: scratch CNN on 1-channel input" and not scratch.pretrained
 
 
 def _closed_port() -> int:
