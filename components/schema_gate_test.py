@@ -143,3 +143,69 @@ def test_an_anomaly_without_a_short_description_is_named_by_its_description(tmp_
     assert read_split_anomalies(os.path.join(artifact.uri, "Split-test")) == [
         "feature age: The feature was present in fewer examples than expected.",
         "feature label: Unexpected string values", "dataset: The dataset has 3 examples, fewer than 10."]  # by name
+
+
+def test_the_pre_run_check_reads_the_content_it_is_given_and_names_the_setting(tmp_path):
+    """`run` / `compile` hand over the content they fingerprinted: that, not the file read again, is checked."""
+    from covid_cxr.components.schema_gate import check_schema_file
+
+    missing = str(tmp_path / "only-in-the-image.pbtxt")
+    check_schema_file(missing, SCHEMA.encode())  # never read: it need not exist here
+    path = tmp_path / "schema.pbtxt"
+    path.write_text(SCHEMA)
+    with pytest.raises(SchemaFileError, match=f"^data.schema_file: {re.escape(str(path))} is an empty schema"):
+        check_schema_file(str(path), b"# reviewed\n")
+    check_schema_file(str(path))  # read from the file when no content is given
+    path.write_text("")
+    with pytest.raises(SchemaFileError, match=f"^data.schema_file: {re.escape(str(path))} is an empty schema"):
+        check_schema_file(str(path))
+
+
+def test_a_schema_edited_after_the_build_is_named_with_both_hashes_in_order(tmp_path):
+    path = tmp_path / "schema.pbtxt"
+    path.write_text(SCHEMA)
+    built_with = fingerprints.file_fingerprint(str(path))
+    path.write_text(SCHEMA + "# reviewed again\n")
+    found = fingerprints.file_fingerprint(str(path))
+    with pytest.raises(SchemaChangedError, match=re.escape(f"(sha256 {found[:12]}, built with {built_with[:12]});")):
+        ImportSchema.test_call(schema_file=str(path), content_sha256=built_with, schema=_schema_artifact(tmp_path))
+
+
+def test_an_anomaly_with_both_descriptions_is_named_by_its_short_one(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from covid_cxr.components.schema_gate import read_split_anomalies
+
+    found = anomalies_pb2.Anomalies()
+    for info in (found.anomaly_info["label"], found.dataset_anomaly_info):
+        info.short_description, info.description = "Short", "The long description of the anomaly."
+    artifact = _anomalies(tmp_path, {"test": found})
+    assert read_split_anomalies(os.path.join(artifact.uri, "Split-test")) == ["feature label: Short", "dataset: Short"]
+
+
+def test_a_gate_run_again_replaces_the_schema_it_passed_before(tmp_path):
+    """A retried SchemaGate writes to the same output: the reviewed schema replaces what lies there."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from covid_cxr.components.schema_gate import SchemaGate
+
+    schema, validated = _gate_artifacts(tmp_path)
+    os.makedirs(validated.uri)
+    (tmp_path / "validated" / SCHEMA_FILE_NAME).write_text("# an earlier attempt's\n")
+    SchemaGate.test_call(schema=schema, anomalies=_anomalies(tmp_path / "a", {"train": anomalies_pb2.Anomalies()}),
+                         validated_schema=validated)
+    assert (tmp_path / "validated" / SCHEMA_FILE_NAME).read_text() == SCHEMA
+
+
+def test_anomalies_are_listed_by_feature_name_whatever_order_the_file_holds_them_in(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from covid_cxr.components.schema_gate import read_split_anomalies
+
+    found = anomalies_pb2.Anomalies()
+    names = ["zeta", "label", "age", "mid", "b", "yy"]  # a protobuf map's own order is its hash's
+    for name in names:
+        found.anomaly_info[name].short_description = "Unexpected"
+    artifact = _anomalies(tmp_path, {"test": found})
+    assert read_split_anomalies(os.path.join(artifact.uri, "Split-test")) == [
+        f"feature {name}: Unexpected" for name in sorted(names)]
