@@ -1,8 +1,10 @@
 """The Trainer's validation metrics are those of the served decision; its batches carry per-source weights."""
 import dataclasses
+import functools
 import importlib
 import types
 
+import attr
 import keras_tuner
 import numpy as np
 import pytest
@@ -405,31 +407,58 @@ def _brightness_model(slope):
     return model
 
 
-def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None, slopes=None, overrides=None):
-    """run_fn on synthetic data with the Transform, the fits and the export stood in for: returns
-    (the model it exports, its metadata, the members it built). A family in ``slopes`` "trains" into
-    a :func:`_brightness_model` of that slope; the others keep their initial weights."""
-    from covid_cxr.serving import export
+def _stand_in_inputs(tmp_path, monkeypatch, overrides=None, eval_counts=None, record=None):
+    """tuner_fn's and run_fn's inputs on synthetic data, the Transform stood in for: returns (fn_args,
+    images, labels). Eight training films, four per class; the eval split counts ``eval_counts``
+    (default the same) and holds the same films. ``record`` collects each dataset read: "datasets"
+    (the arguments of each ``_dataset``) and "training_batches" (``one_pass`` of each set made; the
+    set is stood in for by ("training batches", one_pass))."""
+    import collections
 
     data_dir = str(tmp_path / "data")
     synthetic.generate(data_dir, "covid-vs-normal", patients_per_class=2, seed=0)
     config = cfg.load_config("quick", overrides={"data.data_dir": data_dir, "model.image_size": "32",
-                                                 "model.ensemble_with": ensemble_with,
                                                  "training.atypical_quantile": "0", **(overrides or {})})
     fn_args = tfx.components.FnArgs(
         custom_config=dict(config.model_custom_config(), data_dir=data_dir), train_files=["t"], eval_files=["e"],
-        transform_output="unused", model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "model"),
+        # The Trainer's executor copies transform_graph_path to the deprecated transform_output; the Tuner's does not.
+        transform_output="transform graph", transform_graph_path="transform graph", working_dir=str(tmp_path / "tuning"),
+        model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "model"),
         hyperparameters=None, data_accessor=None)
     rng = np.random.RandomState(0)
     labels = np.arange(8) % 2
     images = (rng.rand(8, 32, 32, 1) * 0.2 + 0.4 * labels[:, None, None, None]).astype("float32")  # COVID brighter
-    monkeypatch.setattr(trainer_task.tft, "TFTransformOutput", lambda path: None)
-    monkeypatch.setattr(trainer_task, "_count_source_labels",
-                        lambda *a: __import__("collections").Counter({("s", 0): 4, ("s", 1): 4}))
-    monkeypatch.setattr(trainer_task, "_dataset",
-                        lambda *a, **k: tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
-    monkeypatch.setattr(trainer_task, "_training_batches", lambda *a, **k: None)
-    def fit(built, *args, **kwargs):
+    record = {} if record is None else record
+    monkeypatch.setattr(trainer_task.tft, "TFTransformOutput",
+                        lambda path: None if path == "transform graph" else pytest.fail(f"no Transform graph at {path}"))
+    counts = {"t": {("s", 0): 4, ("s", 1): 4}, "e": eval_counts or {("s", 0): 4, ("s", 1): 4}}
+    monkeypatch.setattr(trainer_task, "_count_source_labels", lambda files, *a: collections.Counter(counts[files[0]]))
+
+    def dataset(*args, **kwargs):
+        record.setdefault("datasets", []).append(args)
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    monkeypatch.setattr(trainer_task, "_dataset", dataset)
+    monkeypatch.setattr(trainer_task, "_training_batches", lambda *a, one_pass=False: (
+        record.setdefault("training_batches", []).append(one_pass), ("training batches", one_pass))[1])
+    return fn_args, images, labels
+
+
+def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None, slopes=None, overrides=None,
+                           eval_counts=None, record=None):
+    """run_fn on synthetic data with the Transform, the fits and the export stood in for: returns
+    (the model it exports, its metadata, the members it built). A family in ``slopes`` "trains" into
+    a :func:`_brightness_model` of that slope; the others keep their initial weights. ``record``
+    also collects (:func:`_stand_in_inputs`) "fits" (the keyword arguments of each fit) and
+    "export" (the export's threshold and atypical-input check)."""
+    from covid_cxr.serving import export
+
+    record = {} if record is None else record
+    fn_args, images, _ = _stand_in_inputs(tmp_path, monkeypatch, dict(overrides or {}, **{"model.ensemble_with": ensemble_with}),
+                                          eval_counts, record)
+
+    def fit(built, hparams, train_ds, eval_ds, **kwargs):
+        record.setdefault("fits", []).append(dict(kwargs, train_ds=train_ds))
         if built.family in (slopes or {}):
             built.model = _brightness_model(slopes[built.family])
         return {"phase": [0], "epoch": [0], "val_auc": [0.5], training.KEPT: [1.0]}
@@ -447,8 +476,9 @@ def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None, 
     exported = {}
     monkeypatch.setattr(export, "export_serving_model",
                         lambda model, tto, task, threshold, metadata, out, typicality_check=None:
-                        exported.update(model=model, metadata=metadata))
+                        exported.update(model=model, metadata=metadata, threshold=threshold, check=typicality_check))
     trainer_task.run_fn(fn_args)
+    record["export"] = {"threshold": exported["threshold"], "check": exported["check"]}
     return exported["model"], exported["metadata"], built, images
 
 
@@ -553,3 +583,266 @@ def test_the_trainer_writes_its_history_where_evaluate_reads_it():
     from covid_cxr.evaluation import artifacts
 
     assert trainer_task.HISTORY_FILE == artifacts.HISTORY_FILE
+
+
+_TRANSFORM_OUTPUT = types.SimpleNamespace(transformed_metadata=types.SimpleNamespace(schema=None))
+
+
+class _RecordingAccessor(_FakeAccessor):
+    """A _FakeAccessor that keeps the options each read asked for."""
+
+    def __init__(self, sources, labels):
+        super().__init__(sources, labels)
+        self.options = []
+
+    def tf_dataset_factory(self, files, options, schema):
+        self.options.append(options)
+        return super().tf_dataset_factory(files, options, schema)
+
+
+def _training_set(accessor, **kwargs):
+    fn_args = types.SimpleNamespace(train_files=["f"], data_accessor=accessor)
+    return trainer_task._training_batches(fn_args, _TRANSFORM_OUTPUT, 4, 7, {("cohen", 1): 2.0, ("rsna", 0): 0.5},
+                                          **kwargs)()
+
+
+@pytest.mark.parametrize("read, endless", [
+    (lambda accessor: trainer_task._dataset(["f"], accessor, _TRANSFORM_OUTPUT, 4, True, 7), True),
+    (lambda accessor: trainer_task._dataset(["f"], accessor, _TRANSFORM_OUTPUT, 4, False, 7), False),
+    (_training_set, True),
+    (functools.partial(_training_set, one_pass=True), False),  # backbone features computed once
+    (lambda accessor: trainer_task._count_source_labels(["f"], accessor, _TRANSFORM_OUTPUT, 4), False),
+], ids=["training", "eval", "training-batches", "one-pass", "counting"])
+def test_training_reads_are_endless_and_shuffled_by_the_seed_and_every_other_read_one_ordered_pass(read, endless):
+    accessor = _RecordingAccessor([b"cohen", b"rsna"], [1, 0])
+    read(accessor)
+    (options,) = accessor.options
+    assert options.batch_size == 4 and options.label_key == preprocessing.LABEL_XF
+    assert (options.num_epochs, options.shuffle) == ((None, True) if endless else (1, False))
+    if endless:
+        assert options.shuffle_seed == 7
+
+
+def test_training_batches_are_weighted_with_the_weights_given():
+    _, labels, weights = next(iter(_training_set(_FakeAccessor([b"cohen", b"rsna"], [1, 0]))))
+    assert labels.numpy().tolist() == [1, 0] and weights.numpy().tolist() == [2.0, 0.5]
+
+
+def test_example_weights_balance_the_tasks_classes_at_the_configured_strength():
+    import collections
+
+    three_class = features.get_task("three-class")
+    counts = collections.Counter({("cohen", 2): 6, ("cohen", 0): 2, ("rsna", 0): 2, ("rsna", 1): 2})
+    # Strength 0: n / (3 classes x n_class) for every source, whatever the task's classes present.
+    assert trainer_task._training_weights(counts, three_class, {"source_balance": 0.0}) == pytest.approx(
+        {("cohen", 2): 12 / 18, ("cohen", 0): 1.0, ("rsna", 0): 1.0, ("rsna", 1): 2.0})
+    balanced = trainer_task._training_weights(counts, three_class, {"source_balance": 0.5})
+    assert balanced == pytest.approx(training.source_class_weights(counts, 3, 0.5))
+    assert balanced != pytest.approx(training.source_class_weights(counts, 3, 0.0))
+
+
+def test_an_epoch_is_every_training_film_once_rounded_up_to_whole_batches():
+    assert [trainer_task._steps(n, 4) for n in (0, 1, 4, 5, 8, 9)] == [1, 1, 1, 2, 2, 3]
+
+
+def test_an_eval_class_counted_zero_is_missing_too():
+    with pytest.raises(ValueError, match=r"holds no covid films \(eval films per class: normal 3, covid 0\)"):
+        trainer_task._check_eval_classes(BINARY, {0: 3, 1: 0})
+
+
+def _searched_config(**overrides):
+    return cfg.load_config("full", None, {"tuner.fine_tune_epochs": "1", **overrides}).model_custom_config()
+
+
+def test_the_search_space_takes_the_first_of_each_listed_value_and_the_augmentation_from_the_config():
+    cfg_ = _searched_config(**{"tuner.dropouts": "[0.4, 0.2]", "tuner.dense_units": "[32, 64]",
+                               "tuner.fine_tune_layers": "[20, 10]", "model.augment": "false",
+                               "model.augment_contrast": "0.2", "model.augment_gamma": "0.3"})
+    hparams = trainer_task._search_space(keras_tuner.HyperParameters(), cfg_)
+    assert (hparams.dropout, hparams.dense_units, hparams.fine_tune_layers) == (0.4, 32, 20)
+    assert hparams.augment == models.AugmentConfig(enabled=False, contrast=0.2, gamma=0.3)
+
+
+def test_the_trainer_takes_the_tuners_best_values_when_the_tuner_ran():
+    cfg_ = _searched_config(**{"tuner.dropouts": "[0.4, 0.2]", "tuner.dense_units": "[32, 64]"})
+    hp = keras_tuner.HyperParameters()
+    trainer_task._search_space(hp, cfg_)
+    hp.values.update(dropout=0.2, dense_units=64)
+    hparams = trainer_task._hparams_from_tuner(hp.get_config(), cfg_)
+    assert (hparams.dropout, hparams.dense_units) == (0.2, 64)
+    assert trainer_task._hparams_from_tuner(None, cfg_).dropout == 0.4  # no Tuner: the first values
+
+
+def test_members_are_built_with_the_configured_weights_and_fallback(monkeypatch):
+    cfg_ = cfg.load_config("quick", None, {"model.fallback": "cnn4", "model.weights": "none"}).model_custom_config()
+    made = []
+    monkeypatch.setattr(models, "build_model", lambda hparams, **kwargs: made.append(kwargs))
+    trainer_task._build(trainer_task._hparams_from_tuner(None, cfg_), cfg_, BINARY)
+    assert made == [{"input_size": cfg_["model"]["image_size"], "num_classes": 2, "weights": "none",
+                     "weights_dir": cfg_["model"]["weights_dir"] or None, "fallback": "cnn4"}]
+
+
+@pytest.mark.parametrize("measured, logged", [
+    (["mobilenet_v2"], ["the atypical-input check leaves out cnn3 (no pooled features)"]),
+    (["cnn3", "mobilenet_v2"], [])], ids=["one-left-out", "all-measured"])
+def test_the_atypical_input_check_names_the_members_it_leaves_out(monkeypatch, caplog, measured, logged):
+    monkeypatch.setattr(models, "scorer_with_features", lambda members: ("scorer", measured))
+    with caplog.at_level("INFO", logger=trainer_task.__name__):
+        assert trainer_task._typicality_scorer(_members("cnn3", "mobilenet_v2"), 0.9) == ("scorer", measured)
+    assert caplog.messages == logged
+
+
+def test_the_trainer_reads_eval_films_in_one_ordered_pass_and_fits_as_configured(tmp_path, monkeypatch):
+    record, cache_keys, cache = {}, [], {"the Tuner's": "features"}
+    monkeypatch.setattr(trainer_task, "_feature_cache", lambda *args: cache_keys.append(args[1:4]) or cache)
+    _run_fn_with_stand_ins(tmp_path, monkeypatch, "[cnn4]", eval_counts={("s", 0): 2, ("s", 1): 2}, record=record,
+                           overrides={"training.cache_frozen_features": "true", "training.epochs": "3",
+                                      "training.fine_tune_epochs": "2", "training.batch_size": "3"})
+    # Eval films, and the training films the atypical-input check is fitted on: one ordered pass each.
+    assert record["datasets"] and all(args[3:5] == (3, False) for args in record["datasets"])
+    assert sorted(record["training_batches"]) == [False, True]  # augmented batches, and one pass for the features
+    fits = [{k: fit[k] for k in ("train_ds", "head_pass", "epochs", "fine_tune_epochs", "steps_per_epoch")}
+            for fit in record["fits"]]
+    assert cache_keys == [("transform graph", 3, 42)] and all(fit["feature_cache"] is cache for fit in record["fits"])
+    assert fits == 2 * [{"train_ds": ("training batches", False), "head_pass": ("training batches", True),
+                         "epochs": 3, "fine_tune_epochs": 2, "steps_per_epoch": 3}]  # 8 training films, 3 a batch
+
+
+def test_the_served_model_carries_its_run_and_the_threshold_and_check_it_was_given(tmp_path, monkeypatch):
+    import json
+
+    data_dir = tmp_path / "data"
+    monkeypatch.setattr(trainer_task, "_typicality_check", lambda *args: ("the check", {"eval_atypical": 1}))
+    real_read = writer.read_summary
+    monkeypatch.setattr(writer, "read_summary", lambda d: dict(real_read(d), settings=dict(
+        real_read(d)["settings"], sources={"rsna": "/home/jdoe/rsna", "cohen": "/c"})))
+    record = {}
+    model, metadata, _, images = _run_fn_with_stand_ins(
+        tmp_path, monkeypatch, "[]", eval_counts={("s", 0): 3, ("s", 1): 5}, record=record,
+        overrides={"tuner.image_sizes": "[24, 32]", "training.source_balance": "0.5",
+                   "training.target_sensitivity": "0.9", "training.target_specificity": "0.5"})
+    assert metadata["transform_image_size"] == 32 and metadata["hyperparameters"]["image_size"] == 24
+    assert metadata["train_class_counts"] == {"normal": 4, "covid": 4}
+    assert metadata["eval_class_counts"] == {"normal": 3, "covid": 5}
+    assert (metadata["source_balance"], metadata["target_sensitivity"], metadata["target_specificity"]) == (0.5, 0.9, 0.5)
+    assert metadata["data_summary"]["settings"]["sources"] == ["cohen", "rsna"]  # names, not the curator's folders
+    assert metadata["data_summary"]["accepted"] == real_read(str(data_dir))["accepted"]
+    with open(tmp_path / "run" / trainer_task.HISTORY_FILE) as f:
+        assert json.load(f) == metadata["history"]
+    # A lone member's eval AUC is the validation's.
+    assert [f["eval_auc"] for f in metadata["training"]] == [metadata["validation_metrics"]["auc"]]
+    labels = np.arange(8) % 2
+    expected = trainer_task._decision_threshold(BINARY, labels, model(images, training=False).numpy(),
+                                                {"target_sensitivity": 0.9, "target_specificity": 0.5})
+    assert record["export"] == {"threshold": expected, "check": "the check"}
+    assert metadata["typicality"] == {"eval_atypical": 1}
+
+
+@pytest.mark.parametrize("fn", ["tuner_fn", "run_fn"])
+def test_tuner_and_trainer_refuse_an_eval_split_missing_a_class_before_training(tmp_path, monkeypatch, fn):
+    fn_args, _, _ = _stand_in_inputs(tmp_path, monkeypatch, eval_counts={("s", 0): 4})
+    monkeypatch.setattr(trainer_task, "_build", lambda *a: pytest.fail("built before the eval split was checked"))
+    with pytest.raises(ValueError, match=r"^the eval split holds no covid films"):
+        getattr(trainer_task, fn)(fn_args)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_tuner_maximises_the_objective_over_the_configured_trials_and_epochs(tmp_path, monkeypatch, cache):
+    record, phases = {}, []
+    fn_args, _, _ = _stand_in_inputs(tmp_path, monkeypatch, record=record, overrides={
+        "training.cache_frozen_features": str(cache).lower(), "training.batch_size": "3", "tuner.trials": "3",
+        "tuner.epochs": "2", "model.families": "[cnn3]", "model.weights": "none"})
+    monkeypatch.setattr(training, "compile_model", lambda built, hparams, n, phase, *args: phases.append(phase))
+    result = trainer_task.tuner_fn(attr.evolve(fn_args, transform_output=None))  # as the Tuner's executor makes them
+    tuner, config = result.tuner, fn_args.custom_config
+    assert tuner.oracle.objective.name == training.TUNER_OBJECTIVE and tuner.oracle.objective.direction == "max"
+    assert tuner.oracle.max_trials == 3 and tuner.oracle.seed == config["training"]["seed"]  # a run repeats
+    assert tuner.hypermodel._head_pass == (("training batches", True) if cache else None)
+    assert tuner.hypermodel._fine_tune_epochs == config["tuner"]["fine_tune_epochs"]
+    assert {k: result.fit_kwargs[k] for k in ("steps_per_epoch", "epochs")} == {"steps_per_epoch": 3, "epochs": 2}
+    assert record["datasets"] and all(args[3:5] == (3, False) for args in record["datasets"])  # eval: one pass
+    assert phases and set(phases) == {models.PHASE_END_TO_END}  # a scratch CNN's trials train end to end
+
+
+def _stub_trial(monkeypatch, pretrained=True, fine_tune_layers=2, head_pass=None, same_model=True,
+                validation_data="eval", feature_cache=None):
+    """A _TrialModel trial (3 head epochs, 2 of fine-tuning asked) on stand-in fits: returns the
+    keyword arguments of each model.fit, each fit_head_on_features, then the trial's history."""
+    fits, head_fits = [], []
+
+    def history(first_epoch, epochs):
+        result = keras.callbacks.History()
+        result.epoch, result.history = list(range(first_epoch, epochs)), {"val_auc": [0.5] * (epochs - first_epoch)}
+        return result
+
+    model = types.SimpleNamespace(fit=lambda *args, **kwargs: fits.append(kwargs) or history(
+        kwargs.get("initial_epoch", 0), kwargs["epochs"]))
+    monkeypatch.setattr(training, "compile_model", lambda *args: None)
+    monkeypatch.setattr(training, "fit_head_on_features", lambda *args, **kwargs: head_fits.append(kwargs) or history(
+        0, kwargs["epochs"]))
+    built = types.SimpleNamespace(model=model, pretrained=pretrained)
+    hparams = models.HParams(fine_tune_layers=fine_tune_layers, label_smoothing=0.1)
+    hypermodel = trainer_task._TrialModel(lambda hp: (built, hparams), lambda: "batches", BINARY, head_pass=head_pass,
+                                          seed=7, feature_cache=feature_cache, fine_tune_epochs=2)
+    hypermodel.build(None)
+    result = hypermodel.fit(None, model if same_model else types.SimpleNamespace(fit=model.fit),
+                            validation_data=validation_data, epochs=3, callbacks=["the tuner's"])
+    return fits, head_fits, result
+
+
+def test_a_fine_tuning_trial_picks_up_at_the_heads_last_epoch_and_stops_only_its_head_at_the_best_epoch(monkeypatch):
+    fits, _, result = _stub_trial(monkeypatch)
+    (head, fine_tune) = fits
+    *best_epoch, tuners = head["callbacks"]
+    assert tuners == "the tuner's" and [type(c) for c in best_epoch] == [training.SelectionScore, keras.callbacks.EarlyStopping]
+    assert best_epoch[1].patience == 3 and best_epoch[1].monitor == training.MONITOR  # never stops the head early
+    assert (fine_tune["initial_epoch"], fine_tune["epochs"], fine_tune["callbacks"]) == (3, 5, ["the tuner's"])
+    assert result.epoch == [0, 1, 2, 3, 4]
+    fits, _, _ = _stub_trial(monkeypatch, validation_data=None)  # nothing to pick the best epoch on
+    assert [f["callbacks"] for f in fits] == [["the tuner's"], ["the tuner's"]]
+
+
+@pytest.mark.parametrize("trial", [{"fine_tune_layers": 0}, {"pretrained": False}], ids=["no-depth", "scratch"])
+def test_a_trial_with_nothing_to_fine_tune_fits_its_first_phase_only(monkeypatch, trial):
+    fits, _, result = _stub_trial(monkeypatch, **trial)
+    assert len(fits) == 1 and fits[0]["callbacks"] == ["the tuner's"] and result.epoch == [0, 1, 2]
+
+
+@pytest.mark.parametrize("same_model, cached", [(True, True), (False, False)], ids=["built", "another-model"])
+def test_a_trials_head_trains_on_cached_features_only_for_the_model_it_built(monkeypatch, same_model, cached):
+    cache = {"the Tuner's": "features"}
+    fits, head_fits, _ = _stub_trial(monkeypatch, fine_tune_layers=0, head_pass="one pass", same_model=same_model,
+                                     feature_cache=cache)
+    assert (len(head_fits), len(fits)) == ((1, 0) if cached else (0, 1))
+    if cached:  # the features shared with the Trainer; the Trainer's seed and loss
+        assert head_fits[0]["cache"] is cache and (head_fits[0]["seed"], head_fits[0]["label_smoothing"]) == (7, 0.1)
+
+
+def test_p_covid_is_the_covid_classs_column_wherever_the_task_lists_it():
+    covid_first = features.Task("covid-first", (features.COVID, features.NORMAL, features.PNEUMONIA), {})
+    scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    np.testing.assert_array_equal(trainer_task._covid_scores(covid_first, scores), [0.7, 0.1])
+    np.testing.assert_array_equal(trainer_task._covid_scores(BINARY, np.array([[0.7], [0.1]])), [0.7, 0.1])
+
+
+@pytest.mark.parametrize("fn", ["tuner_fn", "run_fn"])
+def test_tuner_and_trainer_refuse_code_other_than_the_pipeline_was_built_with(tmp_path, monkeypatch, fn):
+    from covid_cxr.pipeline import fingerprints
+
+    fn_args, _, _ = _stand_in_inputs(tmp_path, monkeypatch)
+    fn_args.custom_config[fingerprints.CODE_KEY] = "0" * 64
+    monkeypatch.setattr(trainer_task, "_data_summary", lambda *a: pytest.fail("read the data before checking the code"))
+    with pytest.raises(fingerprints.CodeChangedError, match="is not the code the pipeline was built with"):
+        getattr(trainer_task, fn)(fn_args)
+
+
+def test_the_atypical_input_check_is_fitted_on_the_training_films_pooled_features_at_the_configured_quantile(monkeypatch):
+    fitted = []
+    monkeypatch.setattr(trainer_task.typicality, "fitted_check", lambda *args: fitted.append(args) or (
+        "check", {k: 1 for k in ("dimensions", "features", "train_films", "eval_atypical", "eval_films", "shrinkage")}))
+    train = tf.data.Dataset.from_tensor_slices((np.arange(6, dtype=np.float32)[:, None], np.zeros(6))).batch(4)
+    scorer = lambda images, training: (None, tf.concat([images, 2 * images], axis=1))  # noqa: E731
+    check, _ = trainer_task._typicality_check(scorer, ["cnn4"], train, "the eval features", 0.8)
+    (args,) = fitted
+    assert check == "check" and args[0] is scorer and args[1] == ["cnn4"] and args[3:] == ("the eval features", 0.8)
+    np.testing.assert_array_equal(args[2], np.stack([np.arange(6), 2 * np.arange(6)], axis=1))  # every batch's
