@@ -121,7 +121,11 @@ def main(argv=None) -> int:
         if not os.path.isfile(os.path.join(curated, features.MANIFEST)):
             print(f"{curated}: no {features.MANIFEST}: not a curated directory", file=sys.stderr)
             return 2
-        r = check(curated, args.threshold, data, cache)
+        try:
+            r = check(curated, args.threshold, data, cache)
+        except (OSError, KeyError, ValueError) as e:  # a damaged manifest or summary: name it, no traceback
+            print(f"{curated}: cannot check: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
         rsna = r["test_rsna_patient_elsewhere"] if r["rsna_checked"] else "not checked (no shared corpus)"
         print(f"{os.path.basename(os.path.normpath(curated))}: {r['test_films']} test films; with a copy "
               f"(distance <= {args.threshold}) in train/eval: {r['test_with_copy_elsewhere']}; RSNA films whose NIH "
