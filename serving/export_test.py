@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from covid_cxr.data import features
 from covid_cxr.serving import export
+from covid_cxr.transform import preprocessing
 
 TASK = features.get_task("three-class")
 COVID = TASK.positive_index
@@ -81,3 +82,115 @@ def test_a_class_that_lost_has_a_gate_of_its_probability_against_the_winners():
     label, gate = _decide(p, 0.5)
     assert label[0] == OTHERS[0]
     assert gate[0, OTHERS[0]] == pytest.approx(0.6 / 0.9) and gate[0, OTHERS[1]] == pytest.approx(0.3 / 0.9)
+
+
+def test_a_film_called_covid_lowers_the_other_classes_gates_as_covid_grows_more_certain():
+    # Threshold 0.5: COVID is served for both films; the more probable other class's gate is
+    # 1 - COVID's gate (0.4, then 0.1), not one cap at 0.5 that would tie every film called COVID.
+    label, gate = _decide(_films([0.6, 0.9], other_share=0.7), 0.5)
+    np.testing.assert_array_equal(label, [COVID, COVID])
+    np.testing.assert_allclose(gate[:, OTHERS[0]], 1 - gate[:, COVID], rtol=1e-5)
+    np.testing.assert_allclose(gate[:, OTHERS[0]], [0.4, 0.1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_the_binary_gate_stays_a_number_at_certain_scores_and_thresholds(threshold):
+    # P(covid) of exactly 0 or 1 against a threshold of 0 or 1: the unclipped logits would give inf - inf.
+    covid = np.array([0.0, 0.5, 1.0], np.float32)
+    gate = export._recentred(tf.constant(covid), tf.constant(np.float32(threshold))).numpy()
+    assert np.isfinite(gate).all()
+    np.testing.assert_array_equal(gate > 0.5, covid > threshold)
+
+
+# export_serving_model, with stand-ins for the Transform graph and the network: the "image" bytes are
+# the probabilities as text ("0.1,0.6,0.3"), which the fake Transform parses and the model passes through.
+class _FakeTransformLayer(tf.Module):
+    def __call__(self, raw):
+        text = tf.reshape(raw[features.IMAGE], [-1])
+        return {preprocessing.IMAGE_XF: tf.strings.to_number(tf.strings.split(text, ",")).to_tensor()}
+
+
+class _FakeTransformOutput:
+    def __init__(self):
+        self.layer = _FakeTransformLayer()
+
+    def transform_features_layer(self):
+        return self.layer
+
+    def raw_feature_spec(self):
+        return {features.IMAGE: tf.io.FixedLenFeature([1], tf.string), features.LABEL: tf.io.FixedLenFeature([1], tf.string),
+                features.LABEL_INDEX: tf.io.FixedLenFeature([1], tf.int64)}
+
+
+class _FakeTypicality(tf.Module):
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):  # the model's scores and an atypicality of twice the first input
+        return self.model(x, training=False), 2.0 * x[:, 0]
+
+
+def _identity_model(width):
+    from tf_keras import layers, models  # the project's Keras (TF_USE_LEGACY_KERAS)
+
+    model = models.Sequential([layers.Dense(width, input_shape=(width,), kernel_initializer="identity",
+                                            bias_initializer="zeros")])
+    return model
+
+
+def _exported(tmp_path, task_name, threshold, typical=False):
+    from covid_cxr.serving import model_metadata
+
+    task = features.get_task(task_name)
+    model = _identity_model(1 if task.is_binary else 3)
+    export_dir = str(tmp_path / task_name)
+    export.export_serving_model(model, _FakeTransformOutput(), task, threshold, {"note": "kept", "threshold": 0.9},
+                                export_dir, typicality_check=_FakeTypicality(model) if typical else None)
+    return tf.saved_model.load(export_dir), model_metadata.read(export_dir), task
+
+
+def _example(image: bytes, **extra) -> bytes:
+    feats = {features.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+    feats.update({k: tf.train.Feature(int64_list=tf.train.Int64List(value=[v])) for k, v in extra.items()})
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def test_binary_export_serves_the_stored_threshold_decision_through_both_predict_signatures(tmp_path):
+    loaded, metadata, task = _exported(tmp_path, "covid-vs-normal", 0.3, typical=True)
+    films = [b"0.1", b"0.3", b"0.31", b"0.9"]
+    by_bytes = loaded.signatures[export.IMAGE_SIGNATURE](image_bytes=tf.constant(films))
+    by_example = loaded.signatures[export.EXAMPLES_SIGNATURE](examples=tf.constant([_example(f) for f in films]))
+    for served in (by_bytes, by_example):
+        covid = np.array([0.1, 0.3, 0.31, 0.9], np.float32)
+        np.testing.assert_allclose(served["covid_probability"].numpy(), covid)
+        np.testing.assert_allclose(served[export.PROBABILITIES_OUTPUT].numpy()[:, task.positive_index], covid)
+        np.testing.assert_allclose(served[export.PROBABILITIES_OUTPUT].numpy().sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_array_equal(served["label_index"].numpy(), [0, 0, 1, 1])  # p > t, not p >= t
+        assert [v.decode() for v in served["label"].numpy()] == [task.classes[i] for i in (0, 0, 1, 1)]
+        np.testing.assert_allclose(served["threshold"].numpy(), [0.3] * 4)
+        np.testing.assert_array_equal(served[export.GATE_OUTPUT].numpy() > 0.5, covid > 0.3)
+        assert not np.allclose(served[export.GATE_OUTPUT].numpy(), covid)  # re-centred, not P(covid)
+        np.testing.assert_allclose(served["atypicality"].numpy(), 2 * covid)
+        np.testing.assert_array_equal(served["atypical"].numpy(), 2 * covid > 1.0)
+    # The asset: the caller's metadata kept, and the export's own task, classes, threshold and rule over it.
+    assert metadata == {"note": "kept", "task": task.name, "classes": list(task.classes), "threshold": 0.3,
+                        "decision_rule": "covid_threshold"}
+
+
+def test_three_class_export_serves_covid_above_the_threshold_else_the_more_probable_other_class(tmp_path):
+    loaded, metadata, task = _exported(tmp_path, "three-class", 0.2)
+    p = _films([0.1, 0.25], other_share=0.3)  # COVID is never the argmax, yet the second film is called COVID
+    text = [",".join(str(v) for v in row).encode() for row in p]
+    served = loaded.signatures[export.IMAGE_SIGNATURE](image_bytes=tf.constant(text))
+    np.testing.assert_allclose(served["covid_probability"].numpy(), [0.1, 0.25], rtol=1e-6)
+    np.testing.assert_array_equal(served["label_index"].numpy(), [OTHERS[1], COVID])
+    assert [v.decode() for v in served["label"].numpy()] == [task.classes[OTHERS[1]], task.classes[COVID]]
+    assert "atypicality" not in served  # no typicality check fitted
+    assert metadata["decision_rule"] == "covid_threshold" and metadata["classes"] == list(task.classes)
+
+
+def test_the_transform_signature_needs_no_label(tmp_path):
+    loaded, _, _ = _exported(tmp_path, "covid-vs-normal", 0.5)
+    # TFMA's hook may see films without labels: label and label_index are not parsed.
+    out = loaded.signatures[export.TRANSFORM_SIGNATURE](examples=tf.constant([_example(b"0.7"), _example(b"0.2")]))
+    np.testing.assert_allclose(out[preprocessing.IMAGE_XF].numpy(), [[0.7], [0.2]])
