@@ -1,6 +1,6 @@
 import math
 
-from covid_cxr.evaluation import plots
+from covid_cxr.evaluation import metrics, plots
 
 ENSEMBLE_HISTORY = {"member": [0, 0, 0, 1, 1], "phase": [1, 2, 2, 1, 2], "epoch": [0, 0, 1, 0, 0],
                     "member_names": ["mobilenet_v2", "mobilenet_v2_035"], "kept": [0.0, 0.0, 1.0, 1.0, 0.0],
@@ -90,3 +90,84 @@ def test_history_panels_phase_changes_and_the_served_epochs(drawn):
     # A metric recorded for fewer epochs than the run had: no ring past its end.
     plots.history_png({"loss": [0.5, 0.4], "kept": [0.0, 0.0, 1.0]})
     assert [line for line in drawn[-1].axes[0].lines if line.get_marker() == "o"][0].get_xdata().size == 0
+
+
+def test_roc_axes_and_curve_data_follow_the_metrics_module(drawn):
+    y, s = np.array([0, 1, 0, 1, 1]), np.array([0.2, 0.3, 0.6, 0.7, 0.9])
+    # An undefined curve listed first does not stop the defined ones after it from being drawn.
+    plots.roc_png([("one class", np.zeros(3), np.array([0.1, 0.2, 0.3])), ("all", y, s)], title="ROC test split")
+    [ax] = drawn[-1].axes
+    fpr, tpr, _ = metrics.roc_curve(y, s)
+    curve = ax.lines[-1]
+    np.testing.assert_array_equal(curve.get_xdata(), fpr)  # x is the false positive rate, y the sensitivity
+    np.testing.assert_array_equal(curve.get_ydata(), tpr)
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "1 - specificity (false positive rate)", "sensitivity (true positive rate)", "ROC test split")
+    assert ax.get_xlim() == ax.get_ylim() == (-0.01, 1.01)  # the corners (0, 0) and (1, 1) stay in view
+
+
+def test_roc_without_any_labelled_line_has_no_empty_legend(drawn):
+    plots.roc_png([("one class", np.ones(3), np.array([0.1, 0.5, 0.9]))])
+    [ax] = drawn[-1].axes
+    assert ax.get_legend() is None
+    assert _texts(ax) == ["ROC undefined:\nthe data holds one class only"]
+
+
+def test_confusion_shares_are_per_true_class_and_drawn_on_an_absolute_scale(drawn):
+    cm = np.array([[3, 1], [2, 2]])
+    plots.confusion_png(cm, ["normal", "covid"], title="Confusion test split")
+    ax = drawn[-1].axes[0]
+    assert _texts(ax) == ["3\n75%", "1\n25%", "2\n50%", "2\n50%"]  # each row sums to 100%, not the whole table
+    assert [t.get_color() for t in ax.texts] == ["white", "black", "black", "black"]  # legible on dark cells
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0.5, 0.5]])
+    assert ax.images[0].get_clim() == (0, 1)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["normal", "covid"]
+    assert ax.get_title() == "Confusion test split"
+
+
+def test_gallery_shows_every_image_on_a_partial_last_row_without_axes(drawn):
+    grays = [np.full((8, 8), 10 * v, dtype=np.uint8) for v in range(7)]
+    plots.gallery_png(grays, [f"film {v}" for v in range(7)], title="Gallery", columns=6)
+    fig = drawn[-1]
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == [f"film {v}" for v in range(7)]  # the 7th is not dropped
+    assert not any(ax.axison for ax in fig.axes)
+    assert fig._suptitle.get_text() == "Gallery"
+    assert {ax.images[0].get_clim() for ax in shown} == {(0, 255)}  # grey levels as stored, not re-stretched
+
+
+@pytest.mark.parametrize("history, expected", [
+    ({"loss": [0.5, 0.4], "learning_rate": [0.1, 0.01]}, {"loss": [0.5, 0.4]}),  # bookkeeping
+    ({"loss": [0.5], "note": "12"}, {"loss": [0.5]}),  # a text value is not a series of its characters
+    ({"loss": [0.5], "names": ["a", "b"], "gaps": [0.1, None]}, {"loss": [0.5]}),  # not numbers: not plotted
+])
+def test_numeric_series_keeps_only_numeric_lists(history, expected):
+    assert plots.numeric_series(history) == expected
+
+
+def test_a_member_without_epochs_has_no_span():
+    assert plots._member_spans({"member": [0, 0], "member_names": ["a", "b"]}) == [("a", (0, 1))]
+
+
+def test_history_layout_member_changes_and_names(drawn):
+    history = {"loss": [0.5, 0.4, 0.6, 0.5], "auc": [0.6, 0.7, 0.6, 0.8], "precision": [0.5] * 4,
+               "recall": [0.4] * 4, "phase": [1, 1, 1, 1], "member": [0, 0, 1, 1], "member_names": ["big", "small"]}
+    plots.history_png(history)
+    axes = drawn[-1].axes
+    panels = [ax for ax in axes if ax.axison]
+    assert [ax.get_title() for ax in panels] == ["loss", "auc", "precision", "recall"]
+    assert len(axes) == 6  # three columns, two rows: the unused two are blank
+    assert panels[3].get_subplotspec().rowspan.start == 1 and panels[3].get_subplotspec().colspan.start == 0
+    loss = panels[0]
+    assert loss.get_xlabel() == "epoch"
+    # The next ensemble member in the same phase is still a change (between epochs 2 and 3).
+    assert [list(d.get_xdata())[0] for d in loss.lines if d.get_linestyle() == ":"] == [2.5]
+    # Each member's name is centred over its epochs (1-based: epochs 1-2, then 3-4).
+    assert [(t.get_text(), t.get_position()[0]) for t in loss.texts] == [("big", 1.5), ("small", 3.5)]
+
+
+def test_only_epochs_flagged_kept_get_a_ring_not_nan_padding(drawn):
+    # trainer.training.concatenate_histories pads a member's missing "kept" with NaN: not a served epoch.
+    plots.history_png({"loss": [0.5, 0.4, 0.3], "kept": [math.nan, 1.0, 0.0]})
+    [ring] = [line for line in drawn[-1].axes[0].lines if line.get_marker() == "o"]
+    assert list(ring.get_xdata()) == [2]
