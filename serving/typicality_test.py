@@ -57,7 +57,9 @@ def test_the_threshold_is_the_eval_quantile_and_far_inputs_are_atypical():
     assert np.mean(fitted.atypicality((fresh - 5.0) * 4 + 5.0) > 1) > 0.99
     summary = fitted.summary("test features")
     assert summary["dimensions"] == 8 and summary["quantile"] == 0.95 and summary["eval_atypical"] == 20
-    assert summary["train_films"] == 500 and summary["eval_films"] == 400
+    assert summary["train_films"] == 500 and summary["eval_films"] == 400 and summary["features"] == "test features"
+    assert summary["threshold_distance"] == fitted.threshold > 1  # the distance, not the scaled 1
+    assert summary["shrinkage"] == fitted.shrinkage == typicality.shrunk_covariance(train)[2] > 0
 
 
 def test_fit_refuses_what_it_cannot_fit():
@@ -117,3 +119,55 @@ def test_tied_farthest_eval_films_stay_typical_in_float32_too():
         assert fitted.eval_atypical == 0 and fitted.threshold > fitted.distances(eval_films).max()
         check = typicality.tf_check(lambda x, training=False: (x, x), fitted)
         assert not np.any(check.atypicality(tf.constant(eval_films, tf.float32)).numpy() > 1)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.49, 1.0])
+def test_fit_refuses_a_quantile_outside_one_half_to_one(quantile):
+    with pytest.raises(ValueError, match=rf"^the atypical-input quantile must be in \[0.5, 1\), got {quantile}$"):
+        typicality.fit(_gaussian(50, 3, 1), _gaussian(50, 3, 2), quantile=quantile)
+
+
+def test_the_lowest_quantile_accepted_is_the_median():
+    eval_films = _gaussian(50, 3, 2)
+    fitted = typicality.fit(_gaussian(50, 3, 1), eval_films, quantile=0.5)
+    assert fitted.quantile == 0.5 and fitted.eval_atypical == 25  # the farther half of the eval films
+    assert int(np.sum(fitted.atypicality(eval_films) > 1)) == 25
+
+
+def test_constant_training_features_still_give_finite_distances():
+    """A degenerate fit (every training film's features alike): the floor is clipped above zero, so the
+    eval films get finite distances and a threshold, not infinities."""
+    eval_films = np.ones((40, 3)) + np.linspace(0.0, 1.0, 40)[:, None]
+    fitted = typicality.fit(np.ones((50, 3)), eval_films)
+    assert np.isfinite(fitted.threshold) and fitted.threshold > 0 and fitted.eval_atypical == 2
+    atypicality = fitted.atypicality(eval_films)
+    assert np.all(np.isfinite(atypicality)) and int(np.sum(atypicality > 1)) == 2
+
+
+def test_fitted_check_fits_at_the_quantile_given_and_names_every_family():
+    tf = pytest.importorskip("tensorflow")
+    train, eval_films = _gaussian(200, 4, 1), _gaussian(100, 4, 2)
+    check, summary = typicality.fitted_check(lambda x, training=False: (x, x), ["densenet121", "mobilenet_v2"],
+                                             train, eval_films, quantile=0.8)
+    assert summary == typicality.fit(train, eval_films, quantile=0.8).summary("pooled features of densenet121 + mobilenet_v2")
+    assert summary["quantile"] == 0.8 and summary["eval_atypical"] == 20
+    _, served = check(tf.constant(eval_films, tf.float32))
+    assert int(np.sum(served.numpy() > 1)) == 20
+
+
+def test_the_check_and_rate_lines_give_each_count_in_its_place():
+    summary = typicality.fit(_gaussian(60, 3, 1), _gaussian(45, 3, 2), quantile=0.9).summary("pooled features of f")
+    assert typicality.check_text(summary) == (
+        f"atypical-input check: Mahalanobis distance of the pooled features of f (3) from 60 training films; above "
+        f"the 0.9 quantile of 45 validation films ({summary['eval_atypical']} of them) = atypical. Reported with each "
+        "prediction, never changes it")
+    assert summary["eval_atypical"] not in (45, 60)  # told apart from the film counts
+
+
+@pytest.mark.parametrize("entry, text", [
+    ({"k": 3, "n": 240, "value": 0.0125, "ci95": [0.004, 0.036]}, "3/240 = 0.013 [0.004, 0.036]"),
+    ({"k": 0, "n": 240, "value": 0.0, "ci95": None}, "0/240 = 0.000"),  # none atypical is still a rate
+    ({"k": 0, "n": 0, "value": None}, "0/0"),  # no films evaluated: no rate, no interval
+])
+def test_the_rate_line_gives_the_count_the_rate_and_its_interval_when_known(entry, text):
+    assert typicality.rate_text(entry) == f"atypical inputs (unlike the training films; scored anyway): {text}"
