@@ -73,15 +73,21 @@ def output_names(files: Sequence[str]) -> list[str]:
     return names
 
 
+def _node_key(layer_name: str, index: int) -> str:
+    """How a tf_keras Functional model names a layer's node in its ``_network_nodes`` (the module
+    function tf_keras.src.engine.functional._make_node_key; a model has no such attribute)."""
+    return f"{layer_name}_ib-{index}"
+
+
 def _network_node(model, layer):
-    """The node of `layer` that belongs to `model`'s graph (a nested model has its own node too)."""
+    """The node of `layer` that belongs to `model`'s graph (a nested model has its own node too, and
+    a layer another model reuses has one in that model's graph)."""
     network_nodes = getattr(model, "_network_nodes", None)
-    make_key = getattr(model, "_make_node_key", None)
     nodes = getattr(layer, "_inbound_nodes", [])
-    if network_nodes is None or make_key is None:
+    if network_nodes is None:
         return nodes[-1] if nodes else None
     for index, node in enumerate(nodes):
-        if make_key(layer.name, index) in network_nodes:
+        if _node_key(layer.name, index) in network_nodes:
             return node
     return None
 

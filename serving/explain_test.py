@@ -313,3 +313,17 @@ def test_saliency_is_smoothed_with_the_films_size_and_scaled_by_its_99th_percent
 def test_heat_map_names_differ_on_a_case_insensitive_disk_whichever_case_comes_first():
     assert explain.output_names(["x/A.png", "y/a.png", "z/A.PNG"]) == ["A.heatmap.png", "a-2.heatmap.png",
                                                                        "A-3.heatmap.png"]
+
+
+def test_the_grad_cam_plan_follows_the_models_own_graph_when_another_model_shares_its_layers():
+    """Layers reused by a second model get a node in each: each model's plan takes its own."""
+    import tf_keras as keras
+
+    first = _known()
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = first.get_layer("relu")(first.get_layer("conv")(first.get_layer("identity")(inputs)))
+    second = keras.Model(inputs, first.layers[-1](first.layers[-2](x)))
+    for model in (first, second):
+        plan = explain.find_gradcam_target(model)
+        assert plan.layer_name == "relu"
+        np.testing.assert_allclose(plan(HALVES[None])[1], first(HALVES[None]), rtol=1e-6)
