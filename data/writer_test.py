@@ -252,3 +252,66 @@ def test_an_image_is_judged_by_the_whole_png_signature(tmp_path):
     w.close()
     with pytest.raises(writer.UnreadableDataError, match="record 0 has an image that is not PNG or JPEG data"):
         list(writer.read_examples(writer.record_files(str(out))))
+
+
+@pytest.mark.parametrize("reason, kind", [
+    ("unreadable image: truncated file", "unreadable image"),
+    ("unreadable image: DICOM: no pixel data", "unreadable image"),  # the detail may hold ':' too
+    ("near-duplicate of rsna:x:y.dcm", "near-duplicate"),
+    ("lateral view", "lateral view"),
+])
+def test_a_rejection_is_counted_by_the_kind_before_its_detail(reason, kind):
+    assert writer.reason_kind(reason) == kind
+
+
+def test_the_summary_names_the_task_and_counts_every_rejection(tmp_path):
+    w = writer.DatasetWriter(str(tmp_path / "out"), "three-class")
+    for ref in ("a", "b", "c"):  # the same reason thrice: three rejections, one kind
+        w.reject("s", ref, "unreadable image: truncated file")
+    summary = w.close()
+    assert (summary["task"], summary["classes"]) == ("three-class", list(features.get_task("three-class").classes))
+    assert (summary["rejected"], summary["rejections"]) == (3, {"unreadable image": 3})
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d.write_text("x"), "data directory '{d}' is a file, not a directory"),
+    (lambda d: None, "data directory '{d}' does not exist"),
+    (lambda d: (d.mkdir(), (d / features.SUMMARY).write_text("{}")),
+     "no curated TFRecords (" + features.TFRECORD_PATTERN + ") in '{d}'; run `covid-cxr curate`"),
+])
+def test_a_data_directory_that_is_not_a_curated_one_is_named_with_why(tmp_path, make, message):
+    make(tmp_path / "d")
+    with pytest.raises(FileNotFoundError) as info:
+        writer.read_summary(str(tmp_path / "d"))
+    assert str(info.value).startswith(message.format(d=tmp_path / "d")), info.value
+
+
+@pytest.mark.parametrize("error", [tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError,
+                                   tf.errors.FailedPreconditionError, tf.errors.UnimplementedError])
+def test_every_kind_of_unreadable_data_directory_is_a_user_error(monkeypatch, error):
+    def failing(path):
+        raise error(None, None, "File system scheme 'xyz' not implemented")
+
+    monkeypatch.setattr(tf.io.gfile, "isdir", failing)
+    with pytest.raises(writer.UnreadableDataError, match="^cannot read the data directory 'xyz://b/c': File system"):
+        writer.read_summary("xyz://b/c")
+
+
+def test_an_unwritable_output_is_named_with_the_systems_reason_and_a_bucket_is_never_tried(tmp_path, monkeypatch):
+    def unwritable(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(writer.tempfile, "TemporaryFile", unwritable)
+    with pytest.raises(writer.OutputError) as info:
+        writer.check_writable(str(tmp_path / "new"), "--out")
+    assert str(info.value) == f"--out '{tmp_path / 'new'}' cannot be written: '{tmp_path}': Permission denied"
+    writer.check_writable("gs://bucket/out", "--out")  # not a folder "gs:" here, whatever this machine allows
+
+
+def test_a_jpeg_image_is_a_curated_example(tmp_path):
+    w = writer.DatasetWriter(str(tmp_path / "out"), "covid-vs-normal")
+    w.add(dataclasses.replace(_record(0), png=tf.io.encode_jpeg(tf.zeros((8, 8, 1), tf.uint8)).numpy()), "ref0")
+    w.close()
+    [(_, example)] = writer.read_examples(writer.record_files(str(tmp_path / "out")))
+    assert example.features.feature[features.IMAGE].bytes_list.value[0].startswith(b"\xff\xd8\xff")
+
