@@ -38,8 +38,11 @@ class DatasetWriter:
         self._shard: Optional[tf.io.TFRecordWriter] = None
 
     def add(self, record: features.Record, source_ref: str, image_hash: str = "", note: str = "") -> None:
-        if self.task.classes[record.label_index] != record.label:
-            raise ValueError(f"label {record.label!r} is not class {record.label_index} of {self.task.name}")
+        classes = self.task.classes
+        # A negative index would pass as a class counted from the end and be written as a negative label.
+        if not 0 <= record.label_index < len(classes) or classes[record.label_index] != record.label:
+            raise ValueError(f"label {record.label!r} is not class {record.label_index} of {self.task.name} "
+                             f"({', '.join(classes)})")
         row = {
             "source": record.source,
             "source_ref": source_ref,

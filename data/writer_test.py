@@ -315,3 +315,12 @@ def test_a_jpeg_image_is_a_curated_example(tmp_path):
     [(_, example)] = writer.read_examples(writer.record_files(str(tmp_path / "out")))
     assert example.features.feature[features.IMAGE].bytes_list.value[0].startswith(b"\xff\xd8\xff")
 
+
+@pytest.mark.parametrize("label_index", [-1, 2])
+def test_a_label_index_that_is_no_class_of_the_task_is_refused(tmp_path, label_index):
+    # -1 would pass as the last class ("covid") and be written as label -1; 2 would be an IndexError.
+    w = writer.DatasetWriter(str(tmp_path / "out"), "covid-vs-normal")
+    with pytest.raises(ValueError, match=f"^label 'covid' is not class {label_index} of covid-vs-normal "
+                                         r"\(normal, covid\)$"):
+        w.add(dataclasses.replace(_record(0), label_index=label_index), "ref0")
+    assert w.close()["accepted"] == 0
