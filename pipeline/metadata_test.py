@@ -1,5 +1,6 @@
 """What a run's ML Metadata says, read from a small store written here as TFX's runner writes one."""
 import os
+import socket
 
 import pytest
 from ml_metadata.metadata_store import metadata_store
@@ -72,6 +73,8 @@ def test_the_failed_component_is_the_newest_failure(tmp_path):
     store.execution("Transform", "p", [], state=failed)  # an earlier run's failure
     store.execution("Trainer", "p", [], state=failed)
     store.execution("Evaluator", "p", [])  # newer, but it did not fail
+    store.execution("Pusher", "p", [], state=metadata_store_pb2.Execution.RUNNING)  # nor has this one, yet
+    store.execution("Transform", "another-pipeline", [], state=failed)  # a shared store's other pipeline
     assert metadata.failed_component(connection, "p") == "Trainer"
 
 
@@ -116,6 +119,7 @@ def test_the_latest_outcome_is_this_pipelines_newest_pushers(tmp_path, monkeypat
     pusher_run(config.runtime.pipeline_name, 4, 0, pushed=0, reason="NOT BLESSED: too few")
     outcome = metadata.latest_outcome(config)
     assert (outcome.blessed, outcome.pushed, outcome.destination) == (False, False, "")
+    assert (outcome.report.blessed, outcome.report.failures) == (False, ["too few"])  # read as the run judged it
     assert outcome.decision_record == f"{pushed_dir / '4'}/{DECISION_RECORD}"
 
 
@@ -130,6 +134,7 @@ def test_a_pusher_that_failed_or_still_runs_is_not_the_latest_outcome(tmp_path, 
     pusher_run(name, 5, 1, pushed=1, pushed_destination="/srv/6", reason="pushed")
     store.execution("VersionedPusher", name, [(store.artifact("Model", "/r/Trainer/model/7"), INPUT, "model")],
                     state=metadata_store_pb2.Execution.FAILED)
+    store.execution("Trainer", name, [(store.artifact("Model", "/r/Trainer/model/9"), OUTPUT, "model")])  # not a Pusher
     outcome = metadata.latest_outcome(config)
     assert (outcome.model_uri, outcome.destination) == ("/r/Trainer/model/5", "/srv/6")
     # A re-run whose Pusher TFX took from its cache completed too: its outcome is the newest.
@@ -155,6 +160,85 @@ def test_the_mysql_password_is_the_configs_else_the_environments(monkeypatch):
         return metadata.connection_config(cfg.load_config("quick", overrides={
             **overrides, **{f"runtime.{k}": v for k, v in runtime.items()}})).mysql
 
-    mysql = connection(mysql_password="from-config", mysql_port=3307)
-    assert (mysql.host, mysql.port, mysql.user, mysql.password) == ("db.internal", 3307, "cxr", "from-config")
+    mysql = connection(mysql_password="from-config", mysql_port=3307, mysql_database="cxr_runs")
+    assert (mysql.host, mysql.port, mysql.database, mysql.user, mysql.password) == (
+        "db.internal", 3307, "cxr_runs", "cxr", "from-config")
     assert connection().password == "from-env"
+
+
+@pytest.mark.parametrize("runtime, message", [
+    ({"pipeline_root": "/r", "metadata_path": "gs://b/m.sqlite"},
+     "^runtime.metadata_path 'gs://b/m.sqlite' is not a local file, which ML Metadata's SQLite store must be"),
+    ({"pipeline_root": "s3://b/root"}, "^runtime.pipeline_root 's3://b/root' is a bucket, where ML Metadata's SQLite"),
+])
+def test_a_bucket_is_no_place_for_the_sqlite_store(runtime, message):
+    config = cfg.load_config("quick", overrides={f"runtime.{k}": v for k, v in runtime.items()})
+    for check in (metadata.sqlite_path, metadata.check_connection, metadata.connection_config):
+        with pytest.raises(cfg.ConfigError, match=message):
+            check(config)
+
+
+def _sqlite_config(tmp_path, content=None):
+    store = tmp_path / "kept" / "m.sqlite"
+    if content is not None:
+        store.parent.mkdir()
+        store.write_bytes(content)
+    return cfg.load_config("quick", overrides={"runtime.pipeline_root": str(tmp_path / "root"),
+                                                "runtime.metadata_path": str(store)}), store
+
+
+@pytest.mark.parametrize("content", [b"notes, not a store", b"SQLite format 3 notes", b"SQLite format"])
+def test_a_file_that_is_not_an_sqlite_database_is_refused_before_the_run(tmp_path, content):
+    config, store = _sqlite_config(tmp_path, content)
+    with pytest.raises(cfg.ConfigError, match=f"^ML Metadata's store '{store}' is not an SQLite database: name a new"):
+        metadata.check_connection(config)
+    assert store.read_bytes() == content
+
+
+def test_a_new_empty_or_earlier_sqlite_store_is_used(tmp_path):
+    config, store = _sqlite_config(tmp_path)
+    metadata.check_connection(config)  # none yet: ML Metadata makes it
+    metadata_store.MetadataStore(metadata.connection_config(config))  # its folder is made for it
+    metadata.check_connection(config)  # an earlier run's store
+    store.write_bytes(b"")
+    metadata.check_connection(config)  # empty: SQLite makes it a store
+
+
+def _mysql_config(port):
+    return cfg.load_config("quick", overrides={"runtime.mysql_host": "127.0.0.1", "runtime.mysql_port": str(port),
+                                               "runtime.mysql_user": "cxr", "runtime.mysql_database": "cxr_runs"})
+
+
+def test_an_unreachable_mysql_is_one_line_with_the_systems_reason():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(cfg.ConfigError, match=rf"^ML Metadata: cannot reach MySQL/MariaDB at 127\.0\.0\.1:{port} "
+                                              r"\(runtime.mysql_host, runtime.mysql_port\): Connection refused$"):
+        metadata.check_connection(_mysql_config(port))
+
+
+def test_a_refused_mysql_login_is_one_line_and_the_stores_native_hint_is_silenced(monkeypatch, capfd):
+    class Reached:
+        def close(self):
+            pass
+
+    tried = []
+
+    def refusing(connection):
+        tried.append(connection.mysql)
+        os.write(2, b"MySQL 8 authentication hint\n")  # what MLMD's C++ prints on any failure
+        raise RuntimeError("mysql_real_connect failed: errno: 1045, error: Access denied\n")
+
+    monkeypatch.setattr(metadata.socket, "create_connection", lambda address, timeout: Reached())
+    monkeypatch.setattr(metadata.metadata_store, "MetadataStore", refusing)
+    with pytest.raises(cfg.ConfigError) as info:
+        metadata.check_connection(_mysql_config(3306))
+    assert str(info.value) == (
+        "ML Metadata: MySQL/MariaDB at 127.0.0.1:3306 refused user 'cxr' with database 'cxr_runs': check "
+        "runtime.mysql_user, the password (runtime.mysql_password or COVID_CXR_MYSQL_PASSWORD) and that the user "
+        "may create that database (mysql_real_connect failed: errno: 1045, error: Access denied)")
+    assert [(c.host, c.port, c.database) for c in tried] == [("127.0.0.1", 3306, "cxr_runs")]
+    assert "hint" not in capfd.readouterr().err
+    os.write(2, b"after\n")  # and stderr is back
+    assert capfd.readouterr().err == "after\n"
