@@ -48,6 +48,26 @@ def _write(directory, records, name="metrics"):
             out.write(record.SerializeToString())
 
 
+def _write_failures(directory, failures) -> None:
+    """The Evaluator's validations file: one failed bar per (record whose slice it is on, metric key,
+    value, threshold as a dict)."""
+    validation = validation_result_pb2.ValidationResult(validation_ok=False)
+    for record, key, value, threshold in failures:
+        per_slice = validation.metric_validations_per_slice.add()
+        per_slice.slice_key.CopyFrom(record.slice_key)
+        failure = per_slice.failures.add()
+        failure.metric_key.CopyFrom(key)
+        failure.metric_value.double_value.value = value
+        json_format.ParseDict(threshold, failure.metric_threshold)
+    _write(directory, [validation], name="validations")
+
+
+def _one_sided(record):
+    """Six COVID films found, no non-COVID film: the counts of a test split with one side only."""
+    for name, value in (("true_positives", 6), ("false_negatives", 0), ("true_negatives", 0), ("false_positives", 0)):
+        _add(record, name, value)
+
+
 def test_with_a_baseline_the_candidates_own_values_are_reported_and_its_changes_apart(tmp_path):
     # TFMA writes the candidate's values, the baseline's, and the candidate's change against it.
     record = _record()
@@ -76,17 +96,8 @@ def test_failures_name_their_bar_and_slice_and_slices_are_kept_apart_from_the_wh
     _add(cohen, "auc", 0.7)
     auc_change = _add(cohen, "auc", -0.02, is_diff=True)
     _write(tmp_path, [overall, cohen])
-    validation = validation_result_pb2.ValidationResult(validation_ok=False)
-    for record, key, value, threshold in (
-            (overall, covid_sensitivity, 0.8, dict(value_threshold=dict(lower_bound=0.9))),
-            (cohen, auc_change, -0.02, dict(change_threshold=dict(absolute=-0.01)))):
-        per_slice = validation.metric_validations_per_slice.add()
-        per_slice.slice_key.CopyFrom(record.slice_key)
-        failure = per_slice.failures.add()
-        failure.metric_key.CopyFrom(key)
-        failure.metric_value.double_value.value = value
-        json_format.ParseDict(threshold, failure.metric_threshold)
-    _write(tmp_path, [validation], name="validations")
+    _write_failures(tmp_path, [(overall, covid_sensitivity, 0.8, dict(value_threshold=dict(lower_bound=0.9))),
+                               (cohen, auc_change, -0.02, dict(change_threshold=dict(absolute=-0.01)))])
     report = gate_report.read_gate_report(str(tmp_path), blessed=False, classes=["normal", "pneumonia", "covid"])
     assert report.headline() == "NOT BLESSED"
     assert report.metrics == {"specificity": 0.0, "sensitivity (covid vs rest)": 0.8}
@@ -98,17 +109,11 @@ def test_failures_name_their_bar_and_slice_and_slices_are_kept_apart_from_the_wh
 
 def test_a_test_split_without_one_side_says_so_instead_of_printing_nan(tmp_path):
     record = _record()
-    for name, value in (("true_positives", 6), ("false_negatives", 0), ("true_negatives", 0),
-                        ("false_positives", 0), ("auc", 0.0)):
-        _add(record, name, value)
+    _one_sided(record)
+    _add(record, "auc", 0.0)
     specificity = _add(record, "specificity", float("nan"))
     _write(tmp_path, [record])
-    validation = validation_result_pb2.ValidationResult(validation_ok=False)
-    failure = validation.metric_validations_per_slice.add().failures.add()
-    failure.metric_key.CopyFrom(specificity)
-    failure.metric_value.double_value.value = float("nan")
-    json_format.ParseDict(dict(value_threshold=dict(lower_bound=0.8)), failure.metric_threshold)
-    _write(tmp_path, [validation], name="validations")
+    _write_failures(tmp_path, [(record, specificity, float("nan"), dict(value_threshold=dict(lower_bound=0.8)))])
     report = gate_report.read_gate_report(str(tmp_path), blessed=False)
     assert report.missing_side() == "non-COVID" and report.unmeasurable() == {"specificity", "AUC"}
     assert report.failures == ["specificity could not be measured on the test split, so it cannot meet the "
@@ -121,16 +126,10 @@ def test_a_test_split_without_one_side_says_so_instead_of_printing_nan(tmp_path)
 
 def test_an_auc_gate_failure_on_a_one_sided_test_split_is_not_given_a_value(tmp_path):
     record = _record()
-    for name, value in (("true_positives", 6), ("false_negatives", 0), ("true_negatives", 0), ("false_positives", 0)):
-        _add(record, name, value)
+    _one_sided(record)
     auc = _add(record, "auc", 0.0)  # TFMA's AUC with one class present
     _write(tmp_path, [record])
-    validation = validation_result_pb2.ValidationResult(validation_ok=False)
-    failure = validation.metric_validations_per_slice.add().failures.add()
-    failure.metric_key.CopyFrom(auc)
-    failure.metric_value.double_value.value = 0.0
-    json_format.ParseDict(dict(value_threshold=dict(lower_bound=0.9)), failure.metric_threshold)
-    _write(tmp_path, [validation], name="validations")
+    _write_failures(tmp_path, [(record, auc, 0.0, dict(value_threshold=dict(lower_bound=0.9)))])
     report = gate_report.read_gate_report(str(tmp_path), blessed=False)
     assert report.failures == ["AUC could not be measured on the test split, so it cannot meet the required minimum 0.900"]
 
@@ -232,19 +231,11 @@ def test_a_metric_without_a_plain_number_is_left_out(tmp_path):
 
 def test_a_slice_failure_shows_its_value_even_when_the_whole_split_cannot_measure_that_metric(tmp_path):
     overall, cohen = _record(), _record("source", "cohen")
-    for name, value in (("true_positives", 6), ("false_negatives", 0), ("true_negatives", 0), ("false_positives", 0)):
-        _add(overall, name, value)
+    _one_sided(overall)
     _add(overall, "auc", 0.0)
     cohen_auc = _add(cohen, "auc", 0.3)
     _write(tmp_path, [overall, cohen])
-    validation = validation_result_pb2.ValidationResult(validation_ok=False)
-    per_slice = validation.metric_validations_per_slice.add()
-    per_slice.slice_key.CopyFrom(cohen.slice_key)
-    failure = per_slice.failures.add()
-    failure.metric_key.CopyFrom(cohen_auc)
-    failure.metric_value.double_value.value = 0.3
-    json_format.ParseDict(dict(value_threshold=dict(lower_bound=0.9)), failure.metric_threshold)
-    _write(tmp_path, [validation], name="validations")
+    _write_failures(tmp_path, [(cohen, cohen_auc, 0.3, dict(value_threshold=dict(lower_bound=0.9)))])
     report = gate_report.read_gate_report(str(tmp_path), blessed=False)
     assert "AUC" in report.unmeasurable()
     assert report.failures == ["AUC 0.300 is below the required minimum 0.900 (slice source:cohen)"]
