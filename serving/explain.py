@@ -12,9 +12,13 @@ How an explanation is made for one image (the PNG the model was given):
    pooling. The class score is the model's probability for the *predicted* class (for a sigmoid
    model: p for COVID, 1 - p for the other class). Channel weights = spatially averaged gradients;
    map = ReLU(sum of weighted channels), scaled to [0, 1] by its maximum (an all-zero map means no
-   positive evidence was found), upsampled bilinearly to S x S;
-4. **fallback, gradient saliency** (Simonyan et al. 2014), used when the model has no convolution
-   (or its layers cannot be reached): |d score / d image_xf|, lightly Gaussian-smoothed, scaled by its
+   positive evidence was found), upsampled bilinearly to S x S. An averaged ensemble (the ``full``
+   preset's pair, trainer/models.average_ensemble) has no single convolution on the path to its
+   output: each member gets its own Grad-CAM map for its own probability of the predicted class, and
+   the film's map is the mean of the members' maps, scaled to a maximum of 1 again -- each member
+   counts equally, as in the averaged probability;
+4. **fallback, gradient saliency** (Simonyan et al. 2014), used when the model (or one member of an
+   ensemble) has no convolution, or its layers cannot be reached: |d score / d image_xf|, lightly Gaussian-smoothed, scaled by its
    99th percentile and clipped to [0, 1]. If tf_keras cannot load the model at all, the plain
    SavedModel's ``__call__`` is differentiated instead (still saliency);
 5. the map is resized onto the PNG (image_xf is a non-aspect-preserving resize of it, so this is the
@@ -144,23 +148,65 @@ def _accepts_training(layer) -> bool:
         return False
 
 
-def find_gradcam_target(model):
-    """A GradCamPlan for the last 4-D convolution activation, or None when there is no convolution."""
-    import tf_keras as keras
+@dataclasses.dataclass
+class AveragedPlans:
+    """Grad-CAM for an averaged ensemble: one GradCamPlan per member; the map is their maps' mean."""
 
-    in_graph = []  # (layer, node) in topological order, InputLayers excluded
+    members: list
+
+    @property
+    def layer_name(self) -> str:
+        return " + ".join(plan.layer_name for plan in self.members)
+
+
+def _graph_layers(model) -> list:
+    """(layer, node) of `model`'s own graph in topological order, InputLayers excluded."""
+    in_graph = []
     for layer in model.layers:
         node = _network_node(model, layer)
-        if node is None or type(layer).__name__ == "InputLayer":
-            continue
-        in_graph.append((layer, node))
+        if node is not None and type(layer).__name__ != "InputLayer":
+            in_graph.append((layer, node))
+    return in_graph
 
-    def output(node):
-        return _single(node.outputs)
+
+def _output(node):
+    return _single(node.outputs)
+
+
+def _averaged_members(model, in_graph) -> Optional[list]:
+    """The member models when `model` is nested models that each take the model's input, averaged by
+    its last layer (trainer/models.average_ensemble); otherwise None."""
+    if not in_graph or type(in_graph[-1][0]).__name__ != "Average":
+        return None
+    members, model_input = in_graph[:-1], _name(_single(model.inputs))
+    if not all(_is_nested_model(layer) and _name(_single(node.input_tensors)) == model_input
+               for layer, node in members):
+        return None
+    return [layer for layer, _ in members]
+
+
+def _name(tensor) -> Optional[str]:
+    return None if tensor is None else tensor.name
+
+
+def find_gradcam_target(model):
+    """A GradCamPlan for the last 4-D convolution activation, AveragedPlans for an averaged ensemble
+    whose every member has one, or None (no convolution, or layers after it that are not a chain)."""
+    in_graph = _graph_layers(model)
+    members = _averaged_members(model, in_graph)
+    if members is None:
+        return _chain_plan(model, in_graph)
+    plans = [_chain_plan(member, _graph_layers(member)) for member in members]
+    return AveragedPlans(plans) if all(plans) else None
+
+
+def _chain_plan(model, in_graph):
+    """The GradCamPlan of one model (not an ensemble), or None."""
+    import tf_keras as keras
 
     last = None
     for i, (layer, node) in enumerate(in_graph):
-        tensor = output(node)
+        tensor = _output(node)
         if tensor is not None and tensor.shape.rank == 4 and _is_conv(layer):
             last = i
     if last is None:
@@ -168,7 +214,7 @@ def find_gradcam_target(model):
     if not _is_nested_model(in_graph[last][0]):
         while last + 1 < len(in_graph):
             layer, node = in_graph[last + 1]
-            tensor = output(node)
+            tensor = _output(node)
             if tensor is None or tensor.shape.rank != 4 or not (
                     {c.__name__ for c in type(layer).__mro__} & set(_FOLLOW_CLASS_NAMES)):
                 break
@@ -176,18 +222,18 @@ def find_gradcam_target(model):
     layer, node = in_graph[last]
     # The layers after the target must be a chain: each consumes exactly the previous output.
     suffix = [entry[0] for entry in in_graph[last + 1:]]
-    previous = output(node)
+    previous = _output(node)
     for _, next_node in in_graph[last + 1:]:
         inputs = _single(next_node.input_tensors)
         if inputs is None or previous is None or inputs.name != previous.name:
             return None
-        previous = output(next_node)
+        previous = _output(next_node)
     if _is_nested_model(layer):
         source = _single(node.input_tensors)
         if source is None:
             return None
         return GradCamPlan(layer.name, keras.Model(model.inputs, source), layer, suffix)
-    return GradCamPlan(layer.name, keras.Model(model.inputs, output(node)), None, suffix)
+    return GradCamPlan(layer.name, keras.Model(model.inputs, _output(node)), None, suffix)
 
 
 def _class_score(predictions, class_index: int):
@@ -198,6 +244,27 @@ def _class_score(predictions, class_index: int):
         p = predictions[:, 0]
         return p if class_index == 1 else 1.0 - p
     return predictions[:, class_index]
+
+
+def _scaled_to_peak(heat: np.ndarray) -> np.ndarray:
+    """`heat` divided by its maximum; all zeros when nothing is positive (no 0 / 0)."""
+    top = float(np.max(heat))
+    return heat / top if top > 0 else np.zeros_like(heat)
+
+
+def _grad_cam(plan, x, class_index: int, size: tuple) -> np.ndarray:
+    """One plan's Grad-CAM map [S, S] in [0, 1] for the model's probability of `class_index`."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        activations, predictions = plan(x)
+        score = _class_score(predictions, class_index)
+    grads = tape.gradient(score, activations)
+    if grads is None:
+        raise ExplainError("no gradient from the class score to the last convolution")
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = _scaled_to_peak(tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))[0].numpy())
+    return tf.image.resize(cam[..., None], size, method="bilinear")[..., 0].numpy()
 
 
 class Explainer:
@@ -237,11 +304,14 @@ class Explainer:
             log.warning("explanations use gradient saliency, not Grad-CAM: looking for the layer to attribute to "
                         "failed (%s)", first_line(e, with_type=True))
             target = None
-        if target is None:  # e.g. an averaged pair of models: no single convolution feeds the output
+        if target is None:  # e.g. a dense model, or an ensemble member without a convolution
             log.info("explanations use gradient saliency: no convolution reaches the output through a chain of layers")
         else:
             self.target_layer = target.layer_name
             self._grad_model = target
+            if isinstance(target, AveragedPlans):
+                log.info("explanations use Grad-CAM: the mean of the %d members' maps (%s)", len(target.members),
+                         target.layer_name)
 
     def _call_plain(self, x):
         loaded = self.serving_model._loaded
@@ -258,18 +328,10 @@ class Explainer:
         x = tf.constant(np.asarray(image_xf, dtype=np.float32).reshape((1,) + tuple(np.shape(image_xf)[-3:])))
         size = int(x.shape[1]), int(x.shape[2])
         if self._grad_model is not None:
-            with tf.GradientTape() as tape:
-                activations, predictions = self._grad_model(x)
-                score = _class_score(predictions, class_index)
-            grads = tape.gradient(score, activations)
-            if grads is None:
-                raise ExplainError("no gradient from the class score to the last convolution")
-            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-            cam = tf.nn.relu(tf.reduce_sum(activations * weights, axis=-1))[0]
-            top = float(tf.reduce_max(cam))
-            cam = cam / top if top > 0 else tf.zeros_like(cam)
-            cam = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
-            return np.clip(cam.numpy(), 0.0, 1.0).astype(np.float32), GRAD_CAM
+            plans = self._grad_model.members if isinstance(self._grad_model, AveragedPlans) else [self._grad_model]
+            maps = [_grad_cam(plan, x, class_index, size) for plan in plans]
+            cam = maps[0] if len(maps) == 1 else _scaled_to_peak(np.mean(maps, axis=0))
+            return np.clip(cam, 0.0, 1.0).astype(np.float32), GRAD_CAM
         with tf.GradientTape() as tape:
             tape.watch(x)
             predictions = self._keras(x, training=False) if self._keras is not None else self._call_plain(x)
@@ -295,7 +357,9 @@ class Explainer:
             heat, method = self.heatmap(image_xf[0], int(prediction["label_index"]))
             label = prediction["label"]
             probability = prediction["probabilities"].get(label)
-            detail = f"Grad-CAM ({self.target_layer})" if method == GRAD_CAM else "gradient saliency"
+            detail = "gradient saliency" if method != GRAD_CAM else (
+                f"Grad-CAM, mean of {len(self._grad_model.members)} models"  # the layer names overflow the bar
+                if isinstance(self._grad_model, AveragedPlans) else f"Grad-CAM ({self.target_layer})")
             caption = f"{label} {probability:.3f} | {detail}" if probability is not None else f"{label} | {detail}"
             with open(out_path, "wb") as f:  # a full disk fails this file's heat map, not the predictions
                 f.write(overlay_png(images.decode_png(png), heat, caption))

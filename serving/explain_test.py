@@ -118,18 +118,28 @@ def test_the_overlay_colours_the_heat_under_a_caption_bar():
     np.testing.assert_array_equal(top[0], red)  # rounded, not truncated
 
 
-def test_the_caption_names_the_label_its_probability_and_the_method(known_model, monkeypatch, tmp_path):
-    class Serving:
-        def transform_images(self, pngs):
-            return HALVES[None]
+class _HalvesServing:
+    def transform_images(self, pngs):
+        return HALVES[None]
 
-    explainer = _explainer(known_model, grad_cam=True)
-    explainer.serving_model = Serving()
+
+def _drawn(explainer, monkeypatch):
+    """(captions, heat maps) that `explainer.write_overlay` draws from now on, for the film HALVES."""
+    explainer.serving_model = _HalvesServing()
     captions, heats = [], []
     monkeypatch.setattr(explain.images, "decode_png", lambda png: np.zeros((SIZE, SIZE), dtype=np.uint8))
     monkeypatch.setattr(explain, "overlay_png",
                         lambda gray, heat, caption: captions.append(caption) or heats.append(heat) or b"png")
-    prediction = {"label_index": 1, "label": "covid", "probabilities": {"covid": 0.73106, "normal": 0.26894}}
+    return captions, heats
+
+
+COVID_ROW = {"label_index": 1, "label": "covid", "probabilities": {"covid": 0.73106, "normal": 0.26894}}
+
+
+def test_the_caption_names_the_label_its_probability_and_the_method(known_model, monkeypatch, tmp_path):
+    explainer = _explainer(known_model, grad_cam=True)
+    captions, heats = _drawn(explainer, monkeypatch)
+    prediction = COVID_ROW
     assert explainer.write_overlay(b"film", prediction, str(tmp_path / "a.png")) == explain.GRAD_CAM
     assert captions == ["covid 0.731 | Grad-CAM (relu)"] and (tmp_path / "a.png").read_bytes() == b"png"
     # The map explains the predicted class: the other label lights the other half.
@@ -327,3 +337,68 @@ def test_the_grad_cam_plan_follows_the_models_own_graph_when_another_model_share
         plan = explain.find_gradcam_target(model)
         assert plan.layer_name == "relu"
         np.testing.assert_allclose(plan(HALVES[None])[1], first(HALVES[None]), rtol=1e-6)
+
+
+def _averaged(*members):
+    """An ensemble as trainer/models.average_ensemble builds it: each member model on the input, averaged."""
+    import tf_keras as keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    return keras.Model(inputs, keras.layers.Average()([member(inputs) for member in members]))
+
+
+def _dark_is_covid():
+    """_known with its channels swapped: the dark half raises P(COVID), so its map is the dark half."""
+    model = _known()
+    model.get_layer("conv").set_weights([np.array([[[[-1.0, 1.0]]]]), np.array([1.0, 0.0])])
+    return model
+
+
+def test_an_averaged_ensembles_grad_cam_is_the_mean_of_its_members_maps_scaled_to_a_peak_of_1():
+    ensemble = _averaged(_known(), _known(downsample=True))
+    plan = explain.find_gradcam_target(ensemble)
+    assert isinstance(plan, explain.AveragedPlans) and plan.layer_name == "relu + relu"
+    for member, sub_plan in zip(ensemble.layers[1:3], plan.members):  # each member's own prediction
+        np.testing.assert_allclose(sub_plan(HALVES[None])[1], member(HALVES[None]), rtol=1e-6)
+    heat, method = _explainer(ensemble, grad_cam=True).heatmap(HALVES, 1)
+    upsampled = np.tile([0, 0, 0, 0.25, 0.75, 1, 1, 1], (SIZE, 1))  # the downsampled member's map
+    assert method == explain.GRAD_CAM
+    np.testing.assert_allclose(heat, (HALVES[..., 0] + upsampled) / 2, atol=1e-5)
+    # Members that disagree: each half is lit by one of them, 0.5 in the mean, scaled back to 1.
+    heat, _ = _explainer(_averaged(_known(), _dark_is_covid()), grad_cam=True).heatmap(HALVES, 1)
+    np.testing.assert_allclose(heat, np.ones((SIZE, SIZE)), atol=1e-5)
+
+
+def test_an_ensembles_caption_counts_its_members_instead_of_naming_their_layers(monkeypatch, tmp_path):
+    explainer = _explainer(_averaged(_known(), _known(), _known()), grad_cam=True)
+    captions, _ = _drawn(explainer, monkeypatch)
+    assert explainer.write_overlay(b"film", COVID_ROW, str(tmp_path / "a.png")) == explain.GRAD_CAM
+    assert captions == ["covid 0.731 | Grad-CAM, mean of 3 models"]
+
+
+def test_an_ensemble_with_a_member_without_convolution_or_not_averaging_its_members_has_no_grad_cam_plan():
+    import tf_keras as keras
+
+    dense = _tiny(lambda keras, x: keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(x)))
+    assert explain.find_gradcam_target(_averaged(_known(), dense)) is None
+    inputs = keras.Input((SIZE, SIZE, 1))  # members averaged, then another layer: not the served mean
+    mean = keras.layers.Average()([_known()(inputs), _known()(inputs)])
+    assert explain.find_gradcam_target(keras.Model(inputs, keras.layers.Dense(1)(mean))) is None
+    summed = keras.layers.Add()([_known()(inputs), _known()(inputs)])  # not a mean of probabilities
+    assert explain.find_gradcam_target(keras.Model(inputs, summed)) is None
+    # A member fed a transformed input, not the model's input, is not a member of an averaged ensemble.
+    shifted = keras.layers.Rescaling(1.0, offset=0.1)(inputs)
+    assert explain.find_gradcam_target(keras.Model(inputs, keras.layers.Average()(
+        [_known()(inputs), _known()(shifted)]))) is None
+
+
+def test_a_saved_and_reloaded_ensemble_keeps_its_members_grad_cam(tmp_path):
+    """The served model is a SavedModel revived by tf_keras: its members are revived nested models."""
+    import tf_keras as keras
+
+    _averaged(_known(), _known(downsample=True)).save(str(tmp_path / "model"), save_format="tf")
+    revived = keras.models.load_model(str(tmp_path / "model"), compile=False)
+    heat, method = _explainer(revived, grad_cam=True).heatmap(HALVES, 1)
+    assert method == explain.GRAD_CAM
+    np.testing.assert_allclose(heat, (HALVES[..., 0] + np.tile([0, 0, 0, 0.25, 0.75, 1, 1, 1], (SIZE, 1))) / 2,
+                               atol=1e-5)

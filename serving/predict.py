@@ -513,9 +513,9 @@ def format_table(result: PredictResult, blessed: tuple[Optional[str], str]) -> s
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (predictions and per-file errors) instead of a table.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
-              help="Write a heat-map overlay PNG per image into this directory: Grad-CAM for a single "
-                   "convolutional model, gradient saliency for an averaged ensemble such as the full preset's "
-                   "(the caption names the method).")
+              help="Write a heat-map overlay PNG per image into this directory: Grad-CAM (for an averaged "
+                   "ensemble such as the full preset's, the mean of its members' maps), or gradient saliency "
+                   "for a model without a convolution (the caption names the method).")
 @max_side_option()
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Equalization as in curation (default: the model metadata's, else none).")
