@@ -1,0 +1,112 @@
+"""Attention audit: does the *model* find its evidence in the film's borders?
+
+The shortcut audit (shortcut_audit.py) asks whether the *data* lets a classifier read the label from
+the outer band of the film alone. This asks where the served model looks. For each film, the heat
+map `covid-cxr predict --explain` would draw for the predicted class (Grad-CAM; for an averaged
+ensemble the mean of its members' maps) is split into the shortcut audit's outer band (15% of each
+side) and the centre, where the lungs are:
+
+* border share: the band's share of the map's total heat. A map spread evenly puts the band's area
+  share there (51% for a 15% band). Per true class: the mean, with a normal-approximation 95% CI;
+* peak in border: whether the map's hottest pixel lies in the band, with a Wilson 95% CI (a peak
+  placed at random lands there with the band's area share).
+
+Reading it: a class whose maps sit in the band clearly more than the others' is recognised, on these
+films, by something outside the lungs -- markers, text, collimation, shoulders. The band is a fixed
+frame, not a lung segmentation (apices and costophrenic angles reach into it), so compare the classes
+with each other and with the area share rather than reading one number alone. Blank maps (no positive
+evidence for the predicted class) are counted and left out of the figures.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from covid_cxr.evaluation import metrics, shortcut_audit
+
+BORDER_FRACTION = shortcut_audit.BORDER_FRACTION
+
+
+def border_share(heat: np.ndarray, border: float = BORDER_FRACTION) -> Optional[float]:
+    """The outer band's share of a square map's total heat; None for a blank map."""
+    heat = np.asarray(heat, dtype=np.float64)
+    total = float(heat.sum())
+    if total <= 0:
+        return None
+    return float(heat[shortcut_audit.border_mask(heat.shape[0], border)].sum() / total)
+
+
+def peak_in_border(heat: np.ndarray, border: float = BORDER_FRACTION) -> bool:
+    """Whether the map's hottest pixel (the first, row by row, of equal ones) lies in the outer band."""
+    heat = np.asarray(heat)
+    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return bool(shortcut_audit.border_mask(heat.shape[0], border)[row, col])
+
+
+def band_area_share(size: int, border: float = BORDER_FRACTION) -> float:
+    return float(shortcut_audit.border_mask(size, border).mean())
+
+
+def _mean_with_ci(values: Sequence[float]) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    half = metrics.Z95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"value": mean, "ci95": [mean - half, mean + half] if len(values) > 1 else None, "n": len(values)}
+
+
+def audit(heatmaps: Sequence[Callable[[], np.ndarray]], labels: Sequence[int], classes: Sequence[str],
+          border: float = BORDER_FRACTION) -> dict:
+    """Per true class: border share and peak-in-border rate of each film's heat map.
+
+    heatmaps: one callable per film returning its square map (computed one at a time: a few hundred
+    224 x 224 maps are cheap, their Grad-CAM passes are not, and a progress line can follow each).
+    """
+    if len(heatmaps) != len(labels):
+        raise ValueError(f"{len(heatmaps)} heat maps for {len(labels)} labels")
+    shares: dict[int, list] = {}
+    peaks: dict[int, list] = {}
+    blank: dict[int, int] = {}
+    size = None
+    for make, label in zip(heatmaps, labels):
+        heat = make()
+        size = heat.shape[0]
+        share = border_share(heat, border)
+        if share is None:
+            blank[int(label)] = blank.get(int(label), 0) + 1
+            continue
+        shares.setdefault(int(label), []).append(share)
+        peaks.setdefault(int(label), []).append(peak_in_border(heat, border))
+    per_class = {}
+    for index, name in enumerate(classes):
+        if index not in shares and index not in blank:
+            continue
+        films = shares.get(index, [])
+        per_class[name] = {
+            "films": len(films) + blank.get(index, 0),
+            "blank_maps": blank.get(index, 0),
+            "border_share": _mean_with_ci(films) if films else None,
+            "peak_in_border": metrics.proportion(int(sum(peaks.get(index, []))), len(films)) if films else None,
+        }
+    return {
+        "border_fraction": border,
+        "band_area_share": band_area_share(size, border) if size else None,
+        "per_true_class": per_class,
+    }
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The audit as lines for a terminal."""
+    area = result["band_area_share"]
+    lines = [f"outer {result['border_fraction']:.0%} band: {area:.0%} of the film's area" if area is not None
+             else "no heat maps"]
+    for name, entry in result["per_true_class"].items():
+        share, peak = entry["border_share"], entry["peak_in_border"]
+        if share is None:
+            lines.append(f"  {name}: {entry['films']} films, every map blank")
+            continue
+        interval = f" [{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}]" if share["ci95"] else ""
+        lines.append(f"  {name}: {entry['films']} films: border share {share['value']:.2f}{interval}; "
+                     f"peak in border {peak['k']}/{peak['n']} = {peak['value']:.2f} "
+                     f"[{peak['ci95'][0]:.2f}, {peak['ci95'][1]:.2f}]; blank maps {entry['blank_maps']}")
+    return lines

@@ -1,0 +1,70 @@
+"""The attention audit's figures on heat maps whose answer is known."""
+import numpy as np
+import pytest
+
+from covid_cxr.evaluation import attention_audit
+
+SIZE = 20  # a 15% band is 3 pixels: the centre is 14 x 14, the band 204 of 400 pixels
+
+
+def _spot(row, col, size=SIZE):
+    heat = np.zeros((size, size), dtype=np.float32)
+    heat[row, col] = 1.0
+    return heat
+
+
+def test_the_border_share_is_the_bands_part_of_the_maps_heat():
+    assert attention_audit.border_share(np.ones((SIZE, SIZE))) == pytest.approx(204 / 400)
+    assert attention_audit.border_share(_spot(0, 10)) == 1.0 and attention_audit.border_share(_spot(10, 10)) == 0.0
+    half = _spot(1, 1) + _spot(10, 10) * 3  # a quarter of the heat in the band
+    assert attention_audit.border_share(half) == pytest.approx(0.25)
+    assert attention_audit.border_share(np.zeros((SIZE, SIZE))) is None  # no evidence: no share, not 0 / 0
+
+
+@pytest.mark.parametrize("row, col, in_border", [(2, 10, True), (3, 10, False), (10, 16, False), (10, 17, True),
+                                                 (19, 19, True), (10, 3, False)])
+def test_the_peak_is_in_the_border_when_the_hottest_pixel_is_in_the_band(row, col, in_border):
+    heat = _spot(row, col) + 0.5 * _spot(10, 10)  # a lesser peak in the centre
+    assert attention_audit.peak_in_border(heat) is in_border
+
+
+def test_the_band_area_share_follows_the_border_fraction():
+    assert attention_audit.band_area_share(SIZE) == pytest.approx(204 / 400)
+    assert attention_audit.band_area_share(SIZE, 0.25) == pytest.approx(1 - (10 / 20) ** 2)
+
+
+def test_the_audit_reports_each_true_class_and_counts_blank_maps_apart():
+    maps = [_spot(0, 0), _spot(10, 10), _spot(0, 5) + _spot(10, 10), np.zeros((SIZE, SIZE)),  # normal
+            _spot(10, 10), _spot(9, 9)]  # covid: all centre
+    calls = []
+    makers = [lambda heat=heat, i=i: calls.append(i) or heat for i, heat in enumerate(maps)]
+    result = attention_audit.audit(makers, [0, 0, 0, 0, 1, 1], ("normal", "covid"))
+    assert calls == list(range(6))  # each map made once, in order
+    assert result["band_area_share"] == pytest.approx(204 / 400) and result["border_fraction"] == 0.15
+    normal, covid = result["per_true_class"]["normal"], result["per_true_class"]["covid"]
+    assert (normal["films"], normal["blank_maps"], covid["films"], covid["blank_maps"]) == (4, 1, 2, 0)
+    assert normal["border_share"]["value"] == pytest.approx((1 + 0 + 0.5) / 3) and normal["border_share"]["n"] == 3
+    lo, hi = normal["border_share"]["ci95"]
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.5 / np.sqrt(3), rel=1e-3)  # sd 0.5 over 3 maps
+    # The tie at (0, 5) and (10, 10) goes to the first hottest pixel row by row: the band's.
+    assert (normal["peak_in_border"]["k"], normal["peak_in_border"]["n"]) == (2, 3)
+    assert covid["border_share"]["value"] == 0.0 and covid["peak_in_border"]["k"] == 0
+    assert covid["border_share"]["ci95"] == [0.0, 0.0]
+
+
+def test_a_class_without_films_is_left_out_and_one_whose_maps_are_all_blank_says_so():
+    result = attention_audit.audit([lambda: np.zeros((SIZE, SIZE))], [2], ("normal", "pneumonia", "covid"))
+    assert list(result["per_true_class"]) == ["covid"]
+    assert result["per_true_class"]["covid"] == {"films": 1, "blank_maps": 1, "border_share": None,
+                                                 "peak_in_border": None}
+    lines = attention_audit.summary_lines(result)
+    assert lines == ["outer 15% band: 51% of the film's area", "  covid: 1 films, every map blank"]
+
+
+def test_one_film_has_no_interval_and_a_count_mismatch_is_refused():
+    result = attention_audit.audit([lambda: _spot(0, 0)], [1], ("normal", "covid"))
+    assert result["per_true_class"]["covid"]["border_share"] == {"value": 1.0, "ci95": None, "n": 1}
+    assert attention_audit.summary_lines(result)[1].startswith("  covid: 1 films: border share 1.00; peak in border 1/1")
+    with pytest.raises(ValueError, match="^2 heat maps for 1 labels$"):
+        attention_audit.audit([lambda: _spot(0, 0)] * 2, [1], ("normal", "covid"))
+    assert attention_audit.summary_lines(attention_audit.audit([], [], ("normal", "covid"))) == ["no heat maps"]
