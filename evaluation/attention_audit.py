@@ -95,6 +95,27 @@ def audit(heatmaps: Sequence[Callable[[], np.ndarray]], labels: Sequence[int], c
     }
 
 
+def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted: Sequence[int],
+                classes: Sequence[str], border: float = BORDER_FRACTION,
+                progress: Optional[Callable[[str], None]] = None) -> dict:
+    """`audit` on a served model's own heat maps (serving/explain.py) of its predicted class for each
+    encoded film, with the method and the layers they come from."""
+    from covid_cxr.serving import explain
+
+    explainer = explain.Explainer(model)
+
+    def heat_map(film: int):
+        def make():
+            if progress and film % 50 == 0:
+                progress(f"attention audit: film {film + 1} of {len(images)}")
+            return explainer.heatmap(model.transform_images([images[film]])[0], int(predicted[film]))[0]
+        return make
+
+    result = audit([heat_map(i) for i in range(len(images))], labels, classes, border)
+    result.update(method=explainer.method, target=explainer.target_layer)
+    return result
+
+
 def summary_lines(result: dict) -> list[str]:
     """The audit as lines for a terminal."""
     area = result["band_area_share"]

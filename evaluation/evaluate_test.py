@@ -1358,3 +1358,30 @@ def test_the_scripts_one_line_errors_cover_os_errors_too():
                 raise error
         message = error.format_message() if isinstance(error, click.ClickException) else str(error)
         assert info.value.code == f"threshold_check.py: {message}"
+
+
+def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and_the_page(binary_model, tmp_path):
+    out = tmp_path / "report"
+    args = ["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--bootstrap", "200", "--no-audit"]
+    plain = json.loads(_run([*args, "--json", "--out", str(tmp_path / "plain")]).output)
+    assert "attention_audit" not in plain  # a heat map per film costs about a second: only when asked for
+    result = _run([*args, "--attention", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    attention = report["attention_audit"]
+    assert attention["method"] == "grad-cam" and attention["target"] == "conv2"
+    assert sum(entry["films"] for entry in attention["per_true_class"].values()) == report["n"]
+    assert "attention audit: film 1 of " in result.stderr  # progress on stderr: stdout stays JSON
+    # The figures are the heat maps' of the predicted class, as predict --explain draws them.
+    from covid_cxr.evaluation import attention_audit
+
+    model = predict.load_model(binary_model.serving_dir)
+    data = evaluate.load_tfrecords(binary_model.data_dir)
+    predicted = model.predict_examples(data.serialized)["label_index"]
+    again = attention_audit.audit_model(model, data.images, data.labels, predicted, model.classes)
+    assert again["per_true_class"] == attention["per_true_class"]
+    page = (out / "report.html").read_text()
+    assert "<h2>Attention audit (where the heat maps lie)</h2>" in page and "<th>peak in border</th>" in page
+    summary = _run([*args, "--attention", "--out", str(tmp_path / "text")]).output
+    assert "attention audit (heat maps by grad-cam), outer 15% band: " in summary
+    assert all(f"  {name}: " in summary for name in attention["per_true_class"])

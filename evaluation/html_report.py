@@ -224,6 +224,19 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         parts.append(f"<p class={css}>{_e(audit['verdict'])}</p>")
         parts.append(f"<p class=note>{_e(audit['method'])}; n={audit['n']} images in {audit['n_groups']} groups; "
                      f"AUC {_num(auc.get('value'))} (95% CI {_ci(auc)}); flagged above {audit['flag_auc']}.</p>")
+    attention = report.get("attention_audit")
+    if attention and attention.get("band_area_share") is not None:
+        parts.append("<h2>Attention audit (where the heat maps lie)</h2>")
+        parts.append(f"<p class=note>Heat maps by {_e(attention['method'])} for the predicted class; the outer "
+                     f"{attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} of the film's "
+                     "area. A class whose maps sit in the band more than the others' is recognised by something "
+                     "outside the lungs.</p>")
+        rows = [[_e(name), _e(entry["films"]), _e(entry["blank_maps"]), _num((entry["border_share"] or {}).get("value")),
+                 _ci(entry["border_share"]), _kn(entry["peak_in_border"]),
+                 _num((entry["peak_in_border"] or {}).get("value")), _ci(entry["peak_in_border"])]
+                for name, entry in attention["per_true_class"].items()]
+        parts.append(_table(["true class", "films", "blank maps", "border share", "95% CI", "peak in border",
+                             "rate", "95% CI"], rows))
     history = report.get("training_history")
     if history:
         parts.append("<h2>Training curves</h2>")

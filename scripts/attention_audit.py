@@ -21,7 +21,7 @@ import numpy as np
 
 from covid_cxr.evaluation import attention_audit
 from covid_cxr.evaluation import evaluate as ev
-from covid_cxr.serving import explain, predict
+from covid_cxr.serving import predict
 
 
 def _per_class_limit(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -34,20 +34,12 @@ def _per_class_limit(labels: np.ndarray, limit: int | None) -> np.ndarray:
 def run(model_path: str, data_dir: str, limit: int | None = None, progress=None) -> dict:
     model = predict.load_model(model_path)
     data = ev.load_tfrecords(data_dir)
-    task = ev.task_of(model, data)
+    task = ev.task_of(model, data)  # a model of another task is one line, before any heat map
     keep = _per_class_limit(data.labels, limit)
     predicted = model.predict_examples([data.serialized[i] for i in keep])["label_index"]
-    explainer = explain.Explainer(model)
-
-    def heat_map(film: int, class_index: int):
-        def make():
-            if progress and film % 50 == 0:
-                progress(f"attention_audit.py: film {film + 1} of {len(keep)}")
-            return explainer.heatmap(model.transform_images([data.images[keep[film]]])[0], int(class_index))[0]
-        return make
-
-    result = attention_audit.audit([heat_map(i, c) for i, c in enumerate(predicted)], data.labels[keep], task.classes)
-    result.update(data=data_dir, model=model.path, method=explainer.method, target=explainer.target_layer)
+    result = attention_audit.audit_model(model, [data.images[i] for i in keep], data.labels[keep], predicted,
+                                         task.classes, progress=progress)
+    result.update(data=data_dir, model=model.path)
     return result
 
 
