@@ -55,48 +55,53 @@ def _mean_with_ci(values: Sequence[float]) -> dict:
     return {"value": mean, "ci95": [mean - half, mean + half] if len(values) > 1 else None, "n": len(values)}
 
 
+def _per_true_class(films: Sequence[tuple], classes: Sequence[str]) -> dict:
+    """films: (true class index, border share or None for a blank map, peak in border)."""
+    per_class = {}
+    for index, name in enumerate(classes):
+        of_class = [(share, peak) for label, share, peak in films if label == index]
+        if not of_class:
+            continue
+        measured = [(share, peak) for share, peak in of_class if share is not None]
+        per_class[name] = {
+            "films": len(of_class),
+            "blank_maps": len(of_class) - len(measured),
+            "border_share": _mean_with_ci([share for share, _ in measured]) if measured else None,
+            "peak_in_border": metrics.proportion(sum(peak for _, peak in measured), len(measured)) if measured else None,
+        }
+    return per_class
+
+
 def audit(heatmaps: Sequence[Callable[[], np.ndarray]], labels: Sequence[int], classes: Sequence[str],
-          border: float = BORDER_FRACTION) -> dict:
-    """Per true class: border share and peak-in-border rate of each film's heat map.
+          border: float = BORDER_FRACTION, sources: Optional[Sequence[str]] = None) -> dict:
+    """Per true class (and, given `sources`, per source and true class): border share and
+    peak-in-border rate of each film's heat map.
 
     heatmaps: one callable per film returning its square map (computed one at a time: a few hundred
     224 x 224 maps are cheap, their Grad-CAM passes are not, and a progress line can follow each).
     """
-    if len(heatmaps) != len(labels):
-        raise ValueError(f"{len(heatmaps)} heat maps for {len(labels)} labels")
-    shares: dict[int, list] = {}
-    peaks: dict[int, list] = {}
-    blank: dict[int, int] = {}
-    size = None
+    if len(heatmaps) != len(labels) or (sources is not None and len(sources) != len(labels)):
+        raise ValueError(f"{len(heatmaps)} heat maps for {len(labels)} labels"
+                         + (f" and {len(sources)} sources" if sources is not None else ""))
+    films, size = [], None
     for make, label in zip(heatmaps, labels):
         heat = make()
         size = heat.shape[0]
         share = border_share(heat, border)
-        if share is None:
-            blank[int(label)] = blank.get(int(label), 0) + 1
-            continue
-        shares.setdefault(int(label), []).append(share)
-        peaks.setdefault(int(label), []).append(peak_in_border(heat, border))
-    per_class = {}
-    for index, name in enumerate(classes):
-        if index not in shares and index not in blank:
-            continue
-        films = shares.get(index, [])
-        per_class[name] = {
-            "films": len(films) + blank.get(index, 0),
-            "blank_maps": blank.get(index, 0),
-            "border_share": _mean_with_ci(films) if films else None,
-            "peak_in_border": metrics.proportion(int(sum(peaks.get(index, []))), len(films)) if films else None,
-        }
-    return {
+        films.append((int(label), share, share is not None and peak_in_border(heat, border)))
+    result = {
         "border_fraction": border,
         "band_area_share": band_area_share(size, border) if size else None,
-        "per_true_class": per_class,
+        "per_true_class": _per_true_class(films, classes),
     }
+    if sources is not None:  # a source's own films: does one source's class sit in the band?
+        result["per_source"] = {source: _per_true_class([f for f, s in zip(films, sources) if s == source], classes)
+                                for source in sorted(set(sources))}
+    return result
 
 
 def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted: Sequence[int],
-                classes: Sequence[str], border: float = BORDER_FRACTION,
+                classes: Sequence[str], border: float = BORDER_FRACTION, sources: Optional[Sequence[str]] = None,
                 progress: Optional[Callable[[str], None]] = None) -> dict:
     """`audit` on a served model's own heat maps (serving/explain.py) of its predicted class for each
     encoded film, with the method and the layers they come from."""
@@ -111,9 +116,19 @@ def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted
             return explainer.heatmap(model.transform_images([images[film]])[0], int(predicted[film]))[0]
         return make
 
-    result = audit([heat_map(i) for i in range(len(images))], labels, classes, border)
+    result = audit([heat_map(i) for i in range(len(images))], labels, classes, border, sources)
     result.update(method=explainer.method, target=explainer.target_layer)
     return result
+
+
+def _class_line(name: str, entry: dict) -> str:
+    share, peak = entry["border_share"], entry["peak_in_border"]
+    if share is None:
+        return f"{name}: {entry['films']} films, every map blank"
+    interval = f" [{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}]" if share["ci95"] else ""
+    return (f"{name}: {entry['films']} films: border share {share['value']:.2f}{interval}; "
+            f"peak in border {peak['k']}/{peak['n']} = {peak['value']:.2f} "
+            f"[{peak['ci95'][0]:.2f}, {peak['ci95'][1]:.2f}]; blank maps {entry['blank_maps']}")
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -121,13 +136,7 @@ def summary_lines(result: dict) -> list[str]:
     area = result["band_area_share"]
     lines = [f"outer {result['border_fraction']:.0%} band: {area:.0%} of the film's area" if area is not None
              else "no heat maps"]
-    for name, entry in result["per_true_class"].items():
-        share, peak = entry["border_share"], entry["peak_in_border"]
-        if share is None:
-            lines.append(f"  {name}: {entry['films']} films, every map blank")
-            continue
-        interval = f" [{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}]" if share["ci95"] else ""
-        lines.append(f"  {name}: {entry['films']} films: border share {share['value']:.2f}{interval}; "
-                     f"peak in border {peak['k']}/{peak['n']} = {peak['value']:.2f} "
-                     f"[{peak['ci95'][0]:.2f}, {peak['ci95'][1]:.2f}]; blank maps {entry['blank_maps']}")
+    lines += [f"  {_class_line(name, entry)}" for name, entry in result["per_true_class"].items()]
+    for source, per_class in (result.get("per_source") or {}).items():
+        lines += [f"    {source} {_class_line(name, entry)}" for name, entry in per_class.items()]
     return lines

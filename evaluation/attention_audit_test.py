@@ -68,3 +68,18 @@ def test_one_film_has_no_interval_and_a_count_mismatch_is_refused():
     with pytest.raises(ValueError, match="^2 heat maps for 1 labels$"):
         attention_audit.audit([lambda: _spot(0, 0)] * 2, [1], ("normal", "covid"))
     assert attention_audit.summary_lines(attention_audit.audit([], [], ("normal", "covid"))) == ["no heat maps"]
+
+
+def test_per_source_each_sources_films_are_reported_apart():
+    maps = [_spot(0, 0), _spot(10, 10), _spot(0, 19), _spot(10, 10)]
+    result = attention_audit.audit([lambda heat=heat: heat for heat in maps], [0, 0, 0, 1], ("normal", "covid"),
+                                   sources=["rsna", "radiography", "rsna", "radiography"])
+    assert list(result["per_source"]) == ["radiography", "rsna"]
+    rsna, radiography = result["per_source"]["rsna"], result["per_source"]["radiography"]
+    assert list(rsna) == ["normal"] and rsna["normal"]["peak_in_border"]["k"] == rsna["normal"]["films"] == 2
+    assert radiography["normal"]["peak_in_border"]["k"] == 0 and radiography["covid"]["films"] == 1
+    assert result["per_true_class"]["normal"]["peak_in_border"]["k"] == 2  # all sources together
+    lines = attention_audit.summary_lines(result)
+    assert lines[-1].startswith("    rsna normal: 2 films: border share 1.00") and len(lines) == 1 + 2 + 3
+    with pytest.raises(ValueError, match="^4 heat maps for 4 labels and 3 sources$"):
+        attention_audit.audit([lambda: _spot(0, 0)] * 4, [0] * 4, ("normal", "covid"), sources=["a"] * 3)

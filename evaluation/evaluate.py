@@ -456,8 +456,9 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
                                                         data.groups, seed=seed)
     if attention:
-        report["attention_audit"] = attention_audit.audit_model(model, data.images, data.labels, outputs["label_index"],
-                                                                task.classes, progress=progress)
+        report["attention_audit"] = attention_audit.audit_model(
+            model, data.images, data.labels, outputs["label_index"], task.classes,
+            sources=data.slices.get(features.SOURCE), progress=progress)
     return Evaluation(report, data.labels, np.asarray(outputs["label_index"]), np.asarray(outputs["probabilities"]),
                       np.asarray(outputs["covid_probability"]), task, images=data.images)
 

@@ -1371,6 +1371,7 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     attention = report["attention_audit"]
     assert attention["method"] == "grad-cam" and attention["target"] == "conv2"
     assert sum(entry["films"] for entry in attention["per_true_class"].values()) == report["n"]
+    assert set(attention["per_source"]) == set(report["per_source"])  # each source's films apart too
     assert "attention audit: film 1 of " in result.stderr  # progress on stderr: stdout stays JSON
     # The figures are the heat maps' of the predicted class, as predict --explain draws them.
     from covid_cxr.evaluation import attention_audit
@@ -1378,8 +1379,9 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     model = predict.load_model(binary_model.serving_dir)
     data = evaluate.load_tfrecords(binary_model.data_dir)
     predicted = model.predict_examples(data.serialized)["label_index"]
-    again = attention_audit.audit_model(model, data.images, data.labels, predicted, model.classes)
-    assert again["per_true_class"] == attention["per_true_class"]
+    again = attention_audit.audit_model(model, data.images, data.labels, predicted, model.classes,
+                                        sources=data.slices["source"])
+    assert again["per_true_class"] == attention["per_true_class"] and again["per_source"] == attention["per_source"]
     page = (out / "report.html").read_text()
     assert "<h2>Attention audit (where the heat maps lie)</h2>" in page and "<th>peak in border</th>" in page
     summary = _run([*args, "--attention", "--out", str(tmp_path / "text")]).output

@@ -231,12 +231,14 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
                      f"{attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} of the film's "
                      "area. A class whose maps sit in the band more than the others' is recognised by something "
                      "outside the lungs.</p>")
-        rows = [[_e(name), _e(entry["films"]), _e(entry["blank_maps"]), _num((entry["border_share"] or {}).get("value")),
-                 _ci(entry["border_share"]), _kn(entry["peak_in_border"]),
-                 _num((entry["peak_in_border"] or {}).get("value")), _ci(entry["peak_in_border"])]
-                for name, entry in attention["per_true_class"].items()]
-        parts.append(_table(["true class", "films", "blank maps", "border share", "95% CI", "peak in border",
-                             "rate", "95% CI"], rows))
+        groups = [("all", attention["per_true_class"]), *(attention.get("per_source") or {}).items()]
+        rows = [[_e(source), _e(name), _e(entry["films"]), _e(entry["blank_maps"]),
+                 _num((entry["border_share"] or {}).get("value")), _ci(entry["border_share"]),
+                 _kn(entry["peak_in_border"]), _num((entry["peak_in_border"] or {}).get("value")),
+                 _ci(entry["peak_in_border"])]
+                for source, per_class in groups for name, entry in per_class.items()]
+        parts.append(_table(["source", "true class", "films", "blank maps", "border share", "95% CI",
+                             "peak in border", "rate", "95% CI"], rows))
     history = report.get("training_history")
     if history:
         parts.append("<h2>Training curves</h2>")

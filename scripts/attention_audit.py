@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from covid_cxr.data import features
 from covid_cxr.evaluation import attention_audit
 from covid_cxr.evaluation import evaluate as ev
 from covid_cxr.serving import predict
@@ -37,8 +38,10 @@ def run(model_path: str, data_dir: str, limit: int | None = None, progress=None)
     task = ev.task_of(model, data)  # a model of another task is one line, before any heat map
     keep = _per_class_limit(data.labels, limit)
     predicted = model.predict_examples([data.serialized[i] for i in keep])["label_index"]
+    sources = data.slices.get(features.SOURCE)
     result = attention_audit.audit_model(model, [data.images[i] for i in keep], data.labels[keep], predicted,
-                                         task.classes, progress=progress)
+                                         task.classes, sources=[sources[i] for i in keep] if sources else None,
+                                         progress=progress)
     result.update(data=data_dir, model=model.path)
     return result
 
