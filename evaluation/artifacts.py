@@ -13,6 +13,7 @@ Everything is summarized into plain JSON-ready dicts; missing pieces are simply 
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 from covid_cxr.data import jsonfile
@@ -128,13 +129,18 @@ def read_anomalies(pipeline_root: str) -> Optional[dict]:
 
 
 def _evaluation_of_model(pipeline_root: str, model_uri: str) -> Optional[str]:
-    """From the run's default SQLite ML Metadata, when there is one (pipeline/metadata.py)."""
+    """From the run's default SQLite ML Metadata, when there is one (pipeline/metadata.py); ValueError in
+    one line when it cannot be read. An empty file is SQLite's new database: nothing recorded, no store."""
     path = os.path.join(pipeline_root, "metadata.sqlite")
-    if not model_uri or not os.path.isfile(path):
+    if not model_uri or not os.path.isfile(path) or not os.path.getsize(path):
         return None
     from covid_cxr.pipeline import metadata
 
-    return metadata.evaluation_of_model(metadata.sqlite_connection(path, read_only=True), model_uri)
+    try:
+        return metadata.evaluation_of_model(metadata.sqlite_connection(path, read_only=True), model_uri)
+    except RuntimeError as e:  # "Error when executing query: <SQLite's reason> query: <a CREATE TABLE statement>"
+        found = re.match(r"Error when executing query: (.+?) query:", str(e))
+        raise ValueError(f"ML Metadata's store {path!r} cannot be read: {found[1] if found else first_line(e)}") from e
 
 
 def read_evaluation(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> Optional[dict]:

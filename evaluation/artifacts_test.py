@@ -263,3 +263,36 @@ def test_where_an_artifact_lies_is_told_by_whole_path_components(tmp_path, monke
     assert artifacts.under_root("root2/Trainer/model/3", "root") is False  # relative, but found here
     monkeypatch.chdir(root)
     assert artifacts.under_root("gs://bucket/root/Trainer/model/3", str(root)) is None  # not a path here, wherever run
+
+
+def _sqlite_without_ml_metadata(tmp_path) -> bytes:
+    import sqlite3
+
+    path = str(tmp_path / "another.sqlite")
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text)")
+    db.close()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_runs_store_is_only_read_and_one_it_cannot_read_is_named_in_one_line(tmp_path, gate_reports):
+    root = tmp_path / "root"
+    newest = _folder(root, *artifacts.EVALUATION, "6")
+    store = root / "metadata.sqlite"
+
+    def report(content, model_uri=str(root / "Trainer" / "model" / "3")):
+        store.write_bytes(content)
+        pipeline = artifacts.read_pipeline(str(root), model_uri=model_uri)
+        assert store.read_bytes() == content  # opened for writing, ML Metadata would lay its tables out in it
+        return pipeline
+
+    # An empty file is SQLite's new database, nothing recorded: as if there were no store.
+    assert report(b"")["evaluation"]["uri"] == newest
+    # Without a model to look up, the store is not opened at all.
+    assert report(b"not a database", model_uri="")["errors"] == []
+    # SQLite's reason, without the CREATE TABLE query ML Metadata's message goes on to quote.
+    for content, reason in ((b"not a database", "file is not a database"),
+                            (_sqlite_without_ml_metadata(tmp_path), "attempt to write a readonly database")):
+        assert report(content)["errors"] == [f"evaluation: ValueError: ML Metadata's store {str(store)!r} cannot be read: "
+                                             f"{reason}"]
