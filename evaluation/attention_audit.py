@@ -51,8 +51,10 @@ def band_area_share(size: int, border: float = BORDER_FRACTION) -> float:
 def _mean_with_ci(values: Sequence[float]) -> dict:
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
-    half = metrics.Z95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"value": mean, "ci95": [mean - half, mean + half] if len(values) > 1 else None, "n": len(values)}
+    if len(values) < 2:  # no spread to estimate
+        return {"value": mean, "ci95": None, "n": len(values)}
+    half = metrics.Z95 * float(values.std(ddof=1)) / np.sqrt(len(values))
+    return {"value": mean, "ci95": [mean - half, mean + half], "n": len(values)}
 
 
 def _per_true_class(films: Sequence[tuple], classes: Sequence[str]) -> dict:
@@ -88,7 +90,7 @@ def audit(heatmaps: Sequence[Callable[[], np.ndarray]], labels: Sequence[int], c
         heat = make()
         size = heat.shape[0]
         share = border_share(heat, border)
-        films.append((int(label), share, share is not None and peak_in_border(heat, border)))
+        films.append((int(label), share, peak_in_border(heat, border)))  # a blank map's peak is not counted
     result = {
         "border_fraction": border,
         "band_area_share": band_area_share(size, border) if size else None,

@@ -31,6 +31,9 @@ def test_the_peak_is_in_the_border_when_the_hottest_pixel_is_in_the_band(row, co
 def test_the_band_area_share_follows_the_border_fraction():
     assert attention_audit.band_area_share(SIZE) == pytest.approx(204 / 400)
     assert attention_audit.band_area_share(SIZE, 0.25) == pytest.approx(1 - (10 / 20) ** 2)
+    wide = attention_audit.audit([lambda: _spot(4, 10)], [1], ("normal", "covid"), border=0.25)
+    assert wide["band_area_share"] == pytest.approx(0.75) and wide["border_fraction"] == 0.25
+    assert wide["per_true_class"]["covid"]["peak_in_border"]["k"] == 1  # row 4 is in a 5-pixel band, not a 3-pixel one
 
 
 def test_the_audit_reports_each_true_class_and_counts_blank_maps_apart():
