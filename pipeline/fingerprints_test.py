@@ -1,4 +1,5 @@
 """Cache keys follow what a component runs: its code's imports and the schema file's content."""
+import hashlib
 import json
 import os
 
@@ -6,6 +7,8 @@ from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import fingerprints, pipeline
 
 SCHEMA = 'feature { name: "label" type: BYTES }\n'
+# code_fingerprint of the small package in the test of what a fingerprint covers.
+GOLDEN = "3dab03d73058b726ecb8b323ccc4bb4fed684238787ad2428bd8b4c082ba1c0f"
 
 
 def test_an_edit_of_the_schema_or_the_code_changes_the_cache_key(tmp_path, monkeypatch):
@@ -69,8 +72,13 @@ def test_components_refuse_to_run_other_code_than_the_pipeline_was_built_with():
     for module in ("covid_cxr.transform.preprocessing", "covid_cxr.trainer.task"):
         fingerprints.check_code(module, fingerprints.code_fingerprint(module))  # the same code: runs
         fingerprints.check_code(module, "")  # built without a fingerprint (older specs, direct calls): runs
-        with pytest.raises(fingerprints.CodeChangedError, match=rf"^the code of {module} here .* is not the code"):
+        here = fingerprints.code_fingerprint(module)
+        with pytest.raises(fingerprints.CodeChangedError, match=rf"^the code of {module} here \(sha256 {here[:12]}\) is "
+                           r"not the code the pipeline was built with \(000000000000\): "):
             fingerprints.check_code(module, "0" * 64)
+        # The whole fingerprint is compared, not the 12 characters the message shows.
+        with pytest.raises(fingerprints.CodeChangedError):
+            fingerprints.check_code(module, here[:12] + ("1" if here[12] == "0" else "0") + here[13:])
     stale = {fingerprints.CODE_KEY: "0" * 64}
     # Each entry point checks before it does anything else.
     with pytest.raises(fingerprints.CodeChangedError):
@@ -84,11 +92,16 @@ def test_a_code_fingerprint_covers_what_the_entry_imports_and_the_packages_aroun
     files = {
         "__init__.py": "",
         "a/__init__.py": "",
-        "a/entry.py": "from covid_cxr.b import helper\n\n\ndef f():\n    import covid_cxr.c\n",
+        "a/entry.py": ("from covid_cxr.b import helper\nfrom covid_cxr.n import leaf\n"
+                       # Not ours, though _module_file would find a d.py for their names.
+                       "import json, tfx.d, covid_cxr_extras.d\nfrom covid_cxr_extras.d import z\n"
+                       "\n\ndef f():\n    import covid_cxr.c\n"),
         "b/__init__.py": "",
-        "b/helper.py": "x = 1\n",
+        "b/helper.py": "from covid_cxr.e import VALUE\nimport covid_cxr.a.entry  # a cycle\n",
         "c.py": "y = 2\n",
         "d.py": "z = 3\n",  # imported by nothing the entry reaches
+        "e.py": "VALUE = 1\n",
+        "n/leaf.py": "w = 4\n",  # n/ is a namespace package: no __init__.py to hash
     }
     for relpath, text in files.items():
         (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +117,28 @@ def test_a_code_fingerprint_covers_what_the_entry_imports_and_the_packages_aroun
     try:
         fingerprints.code_fingerprint.cache_clear()
         before = fingerprints.code_fingerprint("covid_cxr.a.entry")
+        # The same in any process on any machine (the compiling checkout and the image must agree), so
+        # a fixed value: it changes only with the files here or with how a fingerprint is made.
+        assert before == GOLDEN
         assert after_editing("d.py") == before
-        # the entry, a from-import, a function-level import, and every package whose __init__ runs
-        for relpath in ("a/entry.py", "b/helper.py", "c.py", "b/__init__.py", "a/__init__.py", "__init__.py"):
+        # the entry, a from-import of a module and of a name in one, a function-level import, a module in
+        # a namespace package, and every package whose __init__ runs
+        for relpath in ("a/entry.py", "b/helper.py", "e.py", "c.py", "n/leaf.py", "b/__init__.py", "a/__init__.py",
+                        "__init__.py"):
             edited = after_editing(relpath)
             assert edited != before, relpath
             before = edited
     finally:
         fingerprints.code_fingerprint.cache_clear()
+
+
+def test_a_file_fingerprint_is_its_content_hash_or_empty_where_it_cannot_be_read(tmp_path):
+    path = tmp_path / "schema.pbtxt"
+    path.write_text(SCHEMA)
+    assert fingerprints.file_fingerprint(str(path)) == hashlib.sha256(SCHEMA.encode()).hexdigest()
+    path.write_text("")  # readable, empty: still a content to pin, not "nothing to check"
+    assert fingerprints.file_fingerprint(str(path)) == hashlib.sha256(b"").hexdigest()
+    # Only inside the image, or a directory: nothing to check here, rather than an error.
+    for unreadable in (tmp_path / "absent.pbtxt", tmp_path):
+        assert fingerprints.file_content(str(unreadable)) is None
+        assert fingerprints.file_fingerprint(str(unreadable)) == ""
