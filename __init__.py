@@ -15,3 +15,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
+
+
+def quiet_import_warnings() -> None:
+    """Hides Python warnings from here on: Google client libraries, TFX and Beam warn at import time
+    (Python versions, deprecations), ~40 lines a user needs none of before a command's output or its
+    one-line error. The CLI calls it unless -v, each script under scripts/ when run as one, both before
+    their heavy imports; a library user or a test runner keeps its own filters."""
+    import warnings
+
+    warnings.filterwarnings("ignore")

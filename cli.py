@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import threading
-import warnings
+
+import covid_cxr
 
 
 def _verbose_requested(argv: list) -> bool:
@@ -22,8 +23,7 @@ def _verbose_requested(argv: list) -> bool:
 
 
 if not _verbose_requested(sys.argv):
-    # Google client libraries warn about Python versions at import time; users need none of it.
-    warnings.filterwarnings("ignore")
+    covid_cxr.quiet_import_warnings()
 
 import click  # noqa: E402
 

@@ -25,12 +25,17 @@ import json
 import os
 import sys
 
-import numpy as np
+import covid_cxr
 
-from covid_cxr.data import images
-from covid_cxr.data.testing import REAL_DATA
-from covid_cxr.evaluation import metrics
-from covid_cxr.serving import predict, typicality
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
+
+import numpy as np  # noqa: E402
+
+from covid_cxr.data import images  # noqa: E402
+from covid_cxr.data.testing import REAL_DATA  # noqa: E402
+from covid_cxr.evaluation import metrics  # noqa: E402
+from covid_cxr.serving import predict, typicality  # noqa: E402
 
 SYNTHETIC_COUNT = 8
 

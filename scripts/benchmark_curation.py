@@ -21,11 +21,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-from PIL import Image
+import covid_cxr
 
-from covid_cxr.data import curate, features, synthetic
-from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from covid_cxr.data import curate, features, synthetic  # noqa: E402
+from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS  # noqa: E402
 
 ADULT_SOURCES = ("cohen", "rsna", "radiography")  # what quality_benchmark.py curates for covid-vs-normal
 

@@ -25,13 +25,17 @@ import sys
 import tempfile
 import time
 
-import covid_cxr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
+import covid_cxr  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
-from covid_cxr.trainer import models as M
-from covid_cxr.trainer import training as T
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from covid_cxr.trainer import models as M  # noqa: E402
+from covid_cxr.trainer import training as T  # noqa: E402
 
 DEFAULT_FAMILIES = (
     "cnn3", "cnn4", "bn_double_conv", "mobilenet_v2_035", "mobilenet_v1_075", "mobilenet_v2", "efficientnet_b0",

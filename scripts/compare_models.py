@@ -37,16 +37,20 @@ import hashlib
 import os
 import time
 
-import covid_cxr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
+import covid_cxr  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
-from covid_cxr.data import features, writer
-from covid_cxr.evaluation import metrics
-from covid_cxr.trainer import models as M
-from covid_cxr.trainer import training as T
-from covid_cxr.transform.preprocessing import decode_image
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from covid_cxr.data import features, writer  # noqa: E402
+from covid_cxr.evaluation import metrics  # noqa: E402
+from covid_cxr.trainer import models as M  # noqa: E402
+from covid_cxr.trainer import training as T  # noqa: E402
+from covid_cxr.transform.preprocessing import decode_image  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "weights"))

@@ -30,9 +30,14 @@ import os
 from collections import Counter
 from typing import Optional
 
-from covid_cxr.evaluation import artifacts, errors
-from covid_cxr.evaluation import evaluate as ev
-from covid_cxr.serving import predict
+import covid_cxr
+
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
+
+from covid_cxr.evaluation import artifacts, errors  # noqa: E402
+from covid_cxr.evaluation import evaluate as ev  # noqa: E402
+from covid_cxr.serving import predict  # noqa: E402
 
 
 def run_errors(model_dir: str, data) -> tuple[dict, Optional[float], str]:

@@ -24,7 +24,10 @@ import glob
 import hashlib
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import covid_cxr  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
 
 import numpy as np  # noqa: E402
 

@@ -31,3 +31,20 @@ def test_a_damaged_curated_directory_is_one_line_and_exit_2(leak_check, tmp_path
     assert leak_check.main([curated]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{curated}: cannot check: {error}") and err.count("\n") == 1, err
+
+
+def test_run_as_a_script_a_missing_directory_is_its_one_line_without_import_time_warnings(run_script, tmp_path):
+    # Google client libraries, TFX and Beam printed ~35 warning lines at import before it.
+    result = run_script("leak_check", str(tmp_path / "absent"))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"{tmp_path / 'absent'}: no manifest.csv: not a curated directory\n", result.stderr
+
+
+def test_imported_by_a_test_the_script_leaves_the_runners_warning_filters(load_script):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_script("leak_check")
+        warnings.warn("still shown", UserWarning)
+    assert [str(w.message) for w in caught] == ["still shown"]

@@ -176,3 +176,10 @@ def test_each_rule_judged_on_each_roots_own_test_split_and_counted_over_roots(
     assert "over 2 roots (each its own training and test split):" in table
     assert f"shared slack 0.5/0.5         both bars met on {met} of 2 test splits" in table
     assert "sensitivity only             both bars met on 2 of 2 test splits" in table
+
+
+def test_run_as_a_script_a_missing_root_is_its_one_line_without_import_time_warnings(run_script, tmp_path):
+    result = run_script("threshold_check", str(tmp_path / "absent"))
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        f"threshold_check.py: {tmp_path / 'absent'}: no Trainer model or ImportExampleGen examples (not a finished "
+        "pipeline root?)"], result.stderr
