@@ -123,12 +123,16 @@ def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted
     return result
 
 
+def _films(n: int) -> str:
+    return f"{n} film" if n == 1 else f"{n} films"
+
+
 def _class_line(name: str, entry: dict) -> str:
     share, peak = entry["border_share"], entry["peak_in_border"]
     if share is None:
-        return f"{name}: {entry['films']} films, every map blank"
+        return f"{name}: {_films(entry['films'])}, every map blank"
     interval = f" [{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}]" if share["ci95"] else ""
-    return (f"{name}: {entry['films']} films: border share {share['value']:.2f}{interval}; "
+    return (f"{name}: {_films(entry['films'])}: border share {share['value']:.2f}{interval}; "
             f"peak in border {peak['k']}/{peak['n']} = {peak['value']:.2f} "
             f"[{peak['ci95'][0]:.2f}, {peak['ci95'][1]:.2f}]; blank maps {entry['blank_maps']}")
 

@@ -61,13 +61,13 @@ def test_a_class_without_films_is_left_out_and_one_whose_maps_are_all_blank_says
     assert result["per_true_class"]["covid"] == {"films": 1, "blank_maps": 1, "border_share": None,
                                                  "peak_in_border": None}
     lines = attention_audit.summary_lines(result)
-    assert lines == ["outer 15% band: 51% of the film's area", "  covid: 1 films, every map blank"]
+    assert lines == ["outer 15% band: 51% of the film's area", "  covid: 1 film, every map blank"]
 
 
 def test_one_film_has_no_interval_and_a_count_mismatch_is_refused():
     result = attention_audit.audit([lambda: _spot(0, 0)], [1], ("normal", "covid"))
     assert result["per_true_class"]["covid"]["border_share"] == {"value": 1.0, "ci95": None, "n": 1}
-    assert attention_audit.summary_lines(result)[1].startswith("  covid: 1 films: border share 1.00; peak in border 1/1")
+    assert attention_audit.summary_lines(result)[1].startswith("  covid: 1 film: border share 1.00; peak in border 1/1")
     with pytest.raises(ValueError, match="^2 heat maps for 1 labels$"):
         attention_audit.audit([lambda: _spot(0, 0)] * 2, [1], ("normal", "covid"))
     assert attention_audit.summary_lines(attention_audit.audit([], [], ("normal", "covid"))) == ["no heat maps"]

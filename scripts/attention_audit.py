@@ -19,10 +19,15 @@ import sys
 
 import numpy as np
 
-from covid_cxr.data import features
-from covid_cxr.evaluation import attention_audit
-from covid_cxr.evaluation import evaluate as ev
-from covid_cxr.serving import predict
+import covid_cxr
+
+if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
+    covid_cxr.quiet_import_warnings()
+
+from covid_cxr.data import features  # noqa: E402
+from covid_cxr.evaluation import attention_audit  # noqa: E402
+from covid_cxr.evaluation import evaluate as ev  # noqa: E402
+from covid_cxr.serving import predict  # noqa: E402
 
 
 def _per_class_limit(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -33,6 +38,9 @@ def _per_class_limit(labels: np.ndarray, limit: int | None) -> np.ndarray:
 
 
 def run(model_path: str, data_dir: str, limit: int | None = None, progress=None) -> dict:
+    if not ev.is_tfrecord_dir(data_dir):  # a folder tree needs curation's preparation: evaluate has it
+        raise ValueError(f"no TFRecords in {data_dir!r}: pass a curated directory or a run's Split-test; for a "
+                         "folder of images use covid-cxr evaluate --attention")
     model = predict.load_model(model_path)
     data = ev.load_tfrecords(data_dir)
     task = ev.task_of(model, data)  # a model of another task is one line, before any heat map

@@ -60,3 +60,5 @@ def test_bad_arguments_are_one_line(attention, binary_model, tmp_path, capsys):
         attention.main(["--model", binary_model.serving_dir, "--pipeline-root", str(tmp_path)])
     with pytest.raises(SystemExit, match="^attention_audit.py: pass --data DIR, or --pipeline-root DIR"):
         attention.main(["--model", binary_model.serving_dir])
+    with pytest.raises(SystemExit, match=f"^attention_audit.py: no TFRecords in '{tmp_path}': .* evaluate --attention$"):
+        attention.main(["--model", binary_model.serving_dir, "--data", str(tmp_path)])
