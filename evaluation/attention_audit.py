@@ -11,8 +11,9 @@ side) and the centre, where the lungs are:
 * peak in border: whether the map's hottest pixel lies in the band, with a Wilson 95% CI (a peak
   placed at random lands there with the band's area share).
 
-Reading it: a class whose maps sit in the band clearly more than the others' is recognised, on these
-films, by something outside the lungs -- markers, text, collimation, shoulders. The band is a fixed
+Reading it: maps below the area share find their evidence in the chest; maps well above it, at the
+edges -- markers, text, collimation, shoulders; maps near it are spread over the film (on the shared
+corpus, `full`'s normal films: a film is normal for lack of findings, README). The band is a fixed
 frame, not a lung segmentation (apices and costophrenic angles reach into it), so compare the classes
 with each other and with the area share rather than reading one number alone. Blank maps (no positive
 evidence for the predicted class) are counted and left out of the figures.

@@ -229,8 +229,9 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         parts.append("<h2>Attention audit (where the heat maps lie)</h2>")
         parts.append(f"<p class=note>Heat maps by {_e(attention['method'])} for the predicted class; the outer "
                      f"{attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} of the film's "
-                     "area. A class whose maps sit in the band more than the others' is recognised by something "
-                     "outside the lungs.</p>")
+                     "area, so a map spread evenly has that share of its heat there and a random peak lands there "
+                     "that often. Maps above it find their evidence at the edges (markers, text, shoulders); maps "
+                     "below it, in the chest.</p>")
         groups = [("all", attention["per_true_class"]), *(attention.get("per_source") or {}).items()]
         rows = [[_e(source), _e(name), _e(entry["films"]), _e(entry["blank_maps"]),
                  _num((entry["border_share"] or {}).get("value")), _ci(entry["border_share"]),
