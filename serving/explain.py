@@ -19,8 +19,8 @@ How an explanation is made for one image (the PNG the model was given):
    counts equally, as in the averaged probability;
 4. **fallback, gradient saliency** (Simonyan et al. 2014), used when the model (or one member of an
    ensemble) has no convolution, or its layers cannot be reached: |d score / d image_xf|, lightly
-   Gaussian-smoothed, scaled by its 99th percentile and clipped to [0, 1]. If tf_keras cannot load the model at all, the plain
-   SavedModel's ``__call__`` is differentiated instead (still saliency);
+   Gaussian-smoothed, scaled by its 99th percentile and clipped to [0, 1]. If tf_keras cannot load
+   the model at all, the plain SavedModel's ``__call__`` is differentiated instead (still saliency);
 5. the map is resized onto the PNG (image_xf is a non-aspect-preserving resize of it, so this is the
    exact inverse mapping) and drawn as a jet-coloured overlay whose opacity grows with the map
    value, under a caption naming the label, its probability and the method.
