@@ -58,8 +58,8 @@ def _mean_with_ci(values: Sequence[float]) -> dict:
     return {"value": mean, "ci95": [mean - half, mean + half], "n": len(values)}
 
 
-def _per_true_class(films: Sequence[tuple], classes: Sequence[str]) -> dict:
-    """films: (true class index, border share or None for a blank map, peak in border)."""
+def _per_class(films: Sequence[tuple], classes: Sequence[str]) -> dict:
+    """films: (class index, border share or None for a blank map, peak in border)."""
     per_class = {}
     for index, name in enumerate(classes):
         of_class = [(share, peak) for label, share, peak in films if label == index]
@@ -76,16 +76,19 @@ def _per_true_class(films: Sequence[tuple], classes: Sequence[str]) -> dict:
 
 
 def audit(heatmaps: Sequence[Callable[[], np.ndarray]], labels: Sequence[int], classes: Sequence[str],
-          border: float = BORDER_FRACTION, sources: Optional[Sequence[str]] = None) -> dict:
-    """Per true class (and, given `sources`, per source and true class): border share and
+          border: float = BORDER_FRACTION, sources: Optional[Sequence[str]] = None,
+          predicted: Optional[Sequence[int]] = None) -> dict:
+    """Per true class (and, given `sources`, per source and true class; given `predicted`, per
+    predicted class: where the evidence for each call lies, right or wrong): border share and
     peak-in-border rate of each film's heat map.
 
     heatmaps: one callable per film returning its square map (computed one at a time: a few hundred
     224 x 224 maps are cheap, their Grad-CAM passes are not, and a progress line can follow each).
     """
-    if len(heatmaps) != len(labels) or (sources is not None and len(sources) != len(labels)):
-        raise ValueError(f"{len(heatmaps)} heat maps for {len(labels)} labels"
-                         + (f" and {len(sources)} sources" if sources is not None else ""))
+    lengths = {"sources": sources, "predictions": predicted}
+    if len(heatmaps) != len(labels) or any(v is not None and len(v) != len(labels) for v in lengths.values()):
+        raise ValueError(f"{len(heatmaps)} heat maps for {len(labels)} labels" + "".join(
+            f" and {len(v)} {name}" for name, v in lengths.items() if v is not None))
     films, size = [], None
     for make, label in zip(heatmaps, labels):
         heat = make()
@@ -95,10 +98,13 @@ def audit(heatmaps: Sequence[Callable[[], np.ndarray]], labels: Sequence[int], c
     result = {
         "border_fraction": border,
         "band_area_share": band_area_share(size, border) if size else None,
-        "per_true_class": _per_true_class(films, classes),
+        "per_true_class": _per_class(films, classes),
     }
+    if predicted is not None:  # e.g. an external source's normals called COVID: where is that evidence?
+        result["per_predicted_class"] = _per_class(
+            [(int(call), share, peak) for call, (_, share, peak) in zip(predicted, films)], classes)
     if sources is not None:  # a source's own films: does one source's class sit in the band?
-        result["per_source"] = {source: _per_true_class([f for f, s in zip(films, sources) if s == source], classes)
+        result["per_source"] = {source: _per_class([f for f, s in zip(films, sources) if s == source], classes)
                                 for source in sorted(set(sources))}
     return result
 
@@ -119,7 +125,7 @@ def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted
             return explainer.heatmap(model.transform_images([images[film]])[0], int(predicted[film]))[0]
         return make
 
-    result = audit([heat_map(i) for i in range(len(images))], labels, classes, border, sources)
+    result = audit([heat_map(i) for i in range(len(images))], labels, classes, border, sources, predicted)
     result.update(method=explainer.method, target=explainer.target_layer)
     return result
 
@@ -144,6 +150,7 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"outer {result['border_fraction']:.0%} band: {area:.0%} of the film's area" if area is not None
              else "no heat maps"]
     lines += [f"  {_class_line(name, entry)}" for name, entry in result["per_true_class"].items()]
+    lines += [f"  called {_class_line(name, entry)}" for name, entry in (result.get("per_predicted_class") or {}).items()]
     for source, per_class in (result.get("per_source") or {}).items():
         lines += [f"    {source} {_class_line(name, entry)}" for name, entry in per_class.items()]
     return lines

@@ -55,6 +55,22 @@ def test_the_audit_reports_each_true_class_and_counts_blank_maps_apart():
     assert covid["border_share"]["ci95"] == [0.0, 0.0]
 
 
+def test_given_the_calls_the_evidence_for_each_call_is_reported_right_or_wrong():
+    """Two normals and a COVID film all called COVID, one normal called normal: the calls regroup the films."""
+    maps = [_spot(0, 0), _spot(0, 19), _spot(10, 10), _spot(10, 10)]
+    result = attention_audit.audit([lambda heat=heat: heat for heat in maps], [0, 0, 0, 1], ("normal", "covid"),
+                                   predicted=[1, 1, 0, 1])
+    called = result["per_predicted_class"]
+    assert called["covid"]["films"] == 3 and called["covid"]["peak_in_border"]["k"] == 2
+    assert called["normal"]["films"] == 1 and called["normal"]["peak_in_border"]["k"] == 0
+    assert result["per_true_class"]["normal"]["films"] == 3  # unchanged by the calls
+    lines = attention_audit.summary_lines(result)
+    assert "  called covid: 3 films: border share 0.67" in "\n".join(lines) and len(lines) == 1 + 2 + 2
+    assert "per_predicted_class" not in attention_audit.audit([lambda: _spot(0, 0)], [0], ("normal", "covid"))
+    with pytest.raises(ValueError, match="^1 heat maps for 1 labels and 2 predictions$"):
+        attention_audit.audit([lambda: _spot(0, 0)], [0], ("normal", "covid"), predicted=[0, 1])
+
+
 def test_a_class_without_films_is_left_out_and_one_whose_maps_are_all_blank_says_so():
     result = attention_audit.audit([lambda: np.zeros((SIZE, SIZE))], [2], ("normal", "pneumonia", "covid"))
     assert list(result["per_true_class"]) == ["covid"]

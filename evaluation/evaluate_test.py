@@ -1382,8 +1382,12 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     again = attention_audit.audit_model(model, data.images, data.labels, predicted, model.classes,
                                         sources=data.slices["source"])
     assert again["per_true_class"] == attention["per_true_class"] and again["per_source"] == attention["per_source"]
+    assert again["per_predicted_class"] == attention["per_predicted_class"]  # by the served model's calls
+    assert {name: e["films"] for name, e in attention["per_predicted_class"].items()} == {
+        name: int(np.sum(predicted == i)) for i, name in enumerate(model.classes) if np.any(predicted == i)}
     page = (out / "report.html").read_text()
     assert "<h2>Attention audit (where the heat maps lie)</h2>" in page and "<th>peak in border</th>" in page
+    assert any(f"<td>all</td><td>called {name}</td>" in page for name in attention["per_predicted_class"])
     summary = _run([*args, "--attention", "--out", str(tmp_path / "text")]).output
     assert "attention audit (heat maps by grad-cam), outer 15% band: " in summary
     assert all(f"  {name}: " in summary for name in attention["per_true_class"])

@@ -232,14 +232,17 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
                      "area, so a map spread evenly has that share of its heat there and a random peak lands there "
                      "that often. Maps above it find their evidence at the edges (markers, text, shoulders); maps "
                      "below it, in the chest.</p>")
-        groups = [("all", attention["per_true_class"]), *(attention.get("per_source") or {}).items()]
-        rows = [[_e(source), _e(name), _e(entry["films"]), _e(entry["blank_maps"]),
+        # Films by true class (all, then each source's), then by the class the model called them.
+        groups = [("all", "", attention["per_true_class"]),
+                  *((source, "", per_class) for source, per_class in (attention.get("per_source") or {}).items()),
+                  ("all", "called ", attention.get("per_predicted_class") or {})]
+        rows = [[_e(source), _e(called + name), _e(entry["films"]), _e(entry["blank_maps"]),
                  _num((entry["border_share"] or {}).get("value")), _ci(entry["border_share"]),
                  _kn(entry["peak_in_border"]), _num((entry["peak_in_border"] or {}).get("value")),
                  _ci(entry["peak_in_border"])]
-                for source, per_class in groups for name, entry in per_class.items()]
-        parts.append(_table(["source", "true class", "films", "blank maps", "border share", "95% CI",
-                             "peak in border", "rate", "95% CI"], rows))
+                for source, called, per_class in groups for name, entry in per_class.items()]
+        parts.append(_table(["source", "films: true class, or called", "films", "blank maps", "border share",
+                             "95% CI", "peak in border", "rate", "95% CI"], rows))
     history = report.get("training_history")
     if history:
         parts.append("<h2>Training curves</h2>")

@@ -42,12 +42,14 @@ def test_limit_keeps_the_first_films_of_each_class_and_prints_a_line_per_class(a
     assert attention.main(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--limit", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("heat maps by grad-cam (conv2)") and out[1].startswith("outer 15% band: ")
-    per_class = [line for line in out[2:] if line.startswith("  ") and not line.startswith("    ")]
+    per_class = [line for line in out[2:] if line.startswith("  ") and not line.startswith(("    ", "  called "))]
     assert sorted(line.split(":")[0].strip() for line in per_class) == sorted(predict.load_model(
         binary_model.serving_dir).classes)
     assert all(": 2 films: border share " in line for line in per_class)
-    # Then each source's films of each class, at most the same 2 per class in all.
-    by_source = out[2 + len(per_class):]
+    # Then the films by the class the model called them, and each source's films of each class.
+    called = [line for line in out[2:] if line.startswith("  called ")]
+    assert called and sum(int(line.split(": ")[1].split()[0]) for line in called) == 2 * len(per_class)
+    by_source = out[2 + len(per_class) + len(called):]
     assert by_source and all(line.startswith("    synthetic-") for line in by_source)
     assert attention._per_class_limit(np.array([1, 0, 1, 1, 0]), 1).tolist() == [0, 1]
 
