@@ -40,7 +40,12 @@ LATERAL = "lateral"
 # DICOM (0018,5101) View Position -> record view. Lateral / oblique views are reported so curation can reject them.
 _VIEWS = {"PA": "PA", "AP": "AP", "LL": LATERAL, "RL": LATERAL, "LATERAL": LATERAL, "LAT": LATERAL, "L": LATERAL,
           "LLD": LATERAL, "RLD": LATERAL, "LPO": "oblique", "RPO": "oblique", "LAO": "oblique", "RAO": "oblique"}
-NON_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "ES", "OP", "SR", "RTIMAGE"})
+# Refused by name: an unknown or absent Modality is let through (exports and secondary captures of chest
+# films often say OT, SC or nothing), so the list names what is surely no chest radiograph: cross-sectional
+# and nuclear imaging, fluoroscopy and angiography, mammography, endoscopy, ophthalmology, photographs,
+# microscopy, intravascular imaging and scanned documents.
+NON_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "ES", "OP", "SR", "RTIMAGE",
+                                       "XC", "GM", "SM", "OPT", "OCT", "IVUS", "IVOCT", "BDUS", "DOC"})
 
 
 MAX_PIXELS = 20_000 * 20_000  # larger pictures are refused before decoding (decompression bombs)

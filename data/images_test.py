@@ -189,6 +189,15 @@ def test_dicom_lateral_and_oblique_views_are_refused(tmp_path):
     assert refusals == {"PA": None, "LL": "lateral view: DICOM ViewPosition", "LAO": "oblique view: DICOM ViewPosition"}
 
 
+@pytest.mark.parametrize("modality, refusal", [
+    ("CR", None), ("DX", None), ("OT", None), ("", None),  # radiographs, and exports that do not say
+    ("CT", "not an X-ray: CT"), ("XC", "not an X-ray: XC"), ("SM", "not an X-ray: SM"), ("DOC", "not an X-ray: DOC"),
+])
+def test_dicom_modalities_that_are_surely_no_radiograph_are_refused(tmp_path, modality, refusal):
+    path = testing.write_dicom(tmp_path / "film.dcm", testing.radiograph(13), modality=modality)
+    assert images.read_gray(path)[1].refusal() == refusal
+
+
 def test_a_float_image_with_nan_and_a_multi_page_image_are_refused_with_their_reason(tmp_path):
     film = testing.radiograph(15, (120, 100)).astype(np.float32)
     Image.fromarray(film, mode="F").save(tmp_path / "float.tif")
