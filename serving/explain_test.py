@@ -11,13 +11,15 @@ SIZE = 8
 HALVES = np.concatenate([np.zeros((SIZE, SIZE // 2, 1)), np.ones((SIZE, SIZE // 2, 1))], axis=1).astype(np.float32)
 
 
-def _known(downsample=False, max_pool=False):
+def _known(downsample=False, max_pool=False, three_classes=False):
     """image x -> identity 1x1 conv -> channels (x, 1 - x) -> ReLU -> mean -> sigmoid(2 mean(x) - mean(1 - x)).
 
     Channel x raises P(COVID) and channel 1 - x lowers it, so Grad-CAM for COVID lights the bright half
     (map ReLU(3x - 1)) and for the other class the dark half; the gradient is twice as large on the
     bright half as on the dark one. `downsample`: the film is averaged 2 x 2 first (the map is half the
-    film's size); `max_pool`: max-pooled 2 x 2 after the ReLU (the gradient reaches one pixel a block)."""
+    film's size); `max_pool`: max-pooled 2 x 2 after the ReLU (the gradient reaches one pixel a block);
+    `three_classes`: a softmax over (normal, pneumonia, covid) whose only non-zero logit is COVID's, as
+    above, so the other two classes' maps are both the dark half."""
     import tf_keras as keras
 
     inputs = keras.Input((SIZE, SIZE, 1))
@@ -27,10 +29,14 @@ def _known(downsample=False, max_pool=False):
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.MaxPooling2D(2)(x) if max_pool else x
     x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    outputs = keras.layers.Dense(3, activation="softmax")(x) if three_classes else keras.layers.Dense(
+        1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
     model.get_layer("identity").set_weights([np.ones((1, 1, 1, 1)), np.zeros(1)])
     model.get_layer("conv").set_weights([np.array([[[[1.0, -1.0]]]]), np.array([0.0, 1.0])])
-    model.layers[-1].set_weights([np.array([[2.0], [-1.0]]), np.zeros(1)])
+    covid = np.array([[2.0], [-1.0]])
+    model.layers[-1].set_weights([np.pad(covid, ((0, 0), (2, 0))), np.zeros(3)] if three_classes
+                                 else [covid, np.zeros(1)])
     return model
 
 
@@ -80,9 +86,15 @@ def test_grad_cam_without_positive_evidence_is_a_blank_map(known_model):
 
 
 def test_a_grad_cam_map_smaller_than_the_film_is_upsampled_bilinearly():
-    heat, _ = _explainer(_known(downsample=True), grad_cam=True).heatmap(HALVES, 1)
+    explainer = _explainer(_known(downsample=True), grad_cam=True)
+    heat, _ = explainer.heatmap(HALVES, 1)
     # The 4 x 4 map's rows are (0, 0, 1, 1); half-pixel bilinear to 8 blends the two middle columns.
     np.testing.assert_allclose(heat, np.tile([0, 0, 0, 0.25, 0.75, 1, 1, 1], (SIZE, 1)), atol=1e-5)
+    # Scaled before it is upsampled: a one-pixel peak spreads over 4 pixels at 0.75 x 0.75, not 1.
+    film = np.zeros_like(HALVES)
+    film[2:4, 2:4] = 1.0
+    spread = np.array([0, 0.25, 0.75, 0.75, 0.25, 0, 0, 0])
+    np.testing.assert_allclose(explainer.heatmap(film, 1)[0], np.outer(spread, spread), atol=1e-5)
 
 
 def test_no_gradient_to_the_target_is_a_one_line_error():
@@ -369,6 +381,39 @@ def test_an_averaged_ensembles_grad_cam_is_the_mean_of_its_members_maps_scaled_t
     np.testing.assert_allclose(heat, np.ones((SIZE, SIZE)), atol=1e-5)
 
 
+def test_a_three_class_ensembles_grad_cam_is_the_mean_of_its_members_maps_of_the_predicted_softmax_class():
+    ensemble = _averaged(_known(three_classes=True), _known(downsample=True, three_classes=True))
+    for member, plan in zip(ensemble.layers[1:3], explain.find_gradcam_target(ensemble).members):
+        np.testing.assert_allclose(plan(HALVES[None])[1], member(HALVES[None]), rtol=1e-6)  # all 3 columns
+    explainer = _explainer(ensemble, grad_cam=True)
+    upsampled = np.tile([0, 0, 0, 0.25, 0.75, 1, 1, 1], (SIZE, 1))
+    np.testing.assert_allclose(explainer.heatmap(HALVES, 2)[0], (HALVES[..., 0] + upsampled) / 2, atol=1e-5)
+    # The other classes' probabilities fall as COVID's rises: each member lights its dark half for them.
+    for other in (0, 1):
+        np.testing.assert_allclose(explainer.heatmap(HALVES, other)[0], (2 - HALVES[..., 0] - upsampled) / 2,
+                                   atol=1e-5)
+
+
+def test_an_averaged_ensemble_of_one_model_has_that_models_map():
+    import tf_keras as keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    one = keras.Model(inputs, keras.layers.Average()([_known(downsample=True)(inputs)]))
+    heat, method = _explainer(one, grad_cam=True).heatmap(HALVES, 1)
+    assert method == explain.GRAD_CAM
+    np.testing.assert_allclose(heat, np.tile([0, 0, 0, 0.25, 0.75, 1, 1, 1], (SIZE, 1)), atol=1e-5)
+
+
+def test_setup_of_an_ensemble_says_its_map_is_the_mean_of_its_members(monkeypatch, caplog):
+    import tf_keras
+
+    monkeypatch.setattr(tf_keras.models, "load_model", lambda path, compile: _averaged(_known(), _known()))
+    explainer = explain.Explainer(_Saved())
+    with caplog.at_level("INFO", logger=explain.__name__):
+        assert explainer.method == explain.GRAD_CAM and explainer.target_layer == "relu + relu"
+    assert "explanations use Grad-CAM: the mean of the 2 members' maps (relu + relu)" in caplog.text
+
+
 def test_an_ensembles_caption_counts_its_members_instead_of_naming_their_layers(monkeypatch, tmp_path):
     explainer = _explainer(_averaged(_known(), _known(), _known()), grad_cam=True)
     captions, _ = _drawn(explainer, monkeypatch)
@@ -390,6 +435,14 @@ def test_an_ensemble_with_a_member_without_convolution_or_not_averaging_its_memb
     shifted = keras.layers.Rescaling(1.0, offset=0.1)(inputs)
     assert explain.find_gradcam_target(keras.Model(inputs, keras.layers.Average()(
         [_known()(inputs), _known()(shifted)]))) is None
+    # Averaged layers are no member models; a model of two films is no ensemble of one; nor is a bare input.
+    pooled = keras.layers.Average()([keras.layers.GlobalAveragePooling2D()(inputs),
+                                     keras.layers.GlobalMaxPooling2D()(inputs)])
+    assert explain.find_gradcam_target(keras.Model(inputs, pooled)) is None
+    other = keras.Input((SIZE, SIZE, 1))
+    assert explain.find_gradcam_target(keras.Model([inputs, other], keras.layers.Average()(
+        [_known()(inputs), _known()(other)]))) is None
+    assert explain.find_gradcam_target(keras.Model(inputs, inputs)) is None
 
 
 def test_a_saved_and_reloaded_ensemble_keeps_its_members_grad_cam(tmp_path):
