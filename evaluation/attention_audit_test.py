@@ -33,7 +33,8 @@ def test_the_band_area_share_follows_the_border_fraction():
     assert attention_audit.band_area_share(SIZE, 0.25) == pytest.approx(1 - (10 / 20) ** 2)
     wide = attention_audit.audit([lambda: _spot(4, 10)], [1], ("normal", "covid"), border=0.25)
     assert wide["band_area_share"] == pytest.approx(0.75) and wide["border_fraction"] == 0.25
-    assert wide["per_true_class"]["covid"]["peak_in_border"]["k"] == 1  # row 4 is in a 5-pixel band, not a 3-pixel one
+    covid = wide["per_true_class"]["covid"]  # row 4 is in a 5-pixel band, not a 3-pixel one
+    assert covid["peak_in_border"]["k"] == 1 and covid["border_share"]["value"] == 1.0
 
 
 def test_the_audit_reports_each_true_class_and_counts_blank_maps_apart():
@@ -50,7 +51,11 @@ def test_the_audit_reports_each_true_class_and_counts_blank_maps_apart():
     lo, hi = normal["border_share"]["ci95"]
     assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.5 / np.sqrt(3), rel=1e-3)  # sd 0.5 over 3 maps
     # The tie at (0, 5) and (10, 10) goes to the first hottest pixel row by row: the band's.
-    assert (normal["peak_in_border"]["k"], normal["peak_in_border"]["n"]) == (2, 3)
+    peak = normal["peak_in_border"]
+    assert (peak["k"], peak["n"]) == (2, 3)
+    assert attention_audit.summary_lines(result)[1] == (  # each figure in its place
+        f"  normal: 4 films: border share 0.50 [{lo:.2f}, {hi:.2f}]; peak in border 2/3 = 0.67 "
+        f"[{peak['ci95'][0]:.2f}, {peak['ci95'][1]:.2f}]; blank maps 1")
     assert covid["border_share"]["value"] == 0.0 and covid["peak_in_border"]["k"] == 0
     assert covid["border_share"]["ci95"] == [0.0, 0.0]
 
@@ -102,3 +107,36 @@ def test_per_source_each_sources_films_are_reported_apart():
     assert lines[-1].startswith("    rsna normal: 2 films: border share 1.00") and len(lines) == 1 + 2 + 3
     with pytest.raises(ValueError, match="^4 heat maps for 4 labels and 3 sources$"):
         attention_audit.audit([lambda: _spot(0, 0)] * 4, [0] * 4, ("normal", "covid"), sources=["a"] * 3)
+
+
+def test_audit_model_measures_each_films_map_of_its_predicted_class(monkeypatch):
+    from covid_cxr.serving import explain
+
+    calls = []
+
+    class Explainer:  # as serving/explain.Explainer: COVID's evidence 4 pixels in, the other class's central
+        method, target_layer = "grad-cam", "conv"
+
+        def __init__(self, model):
+            assert model is served
+
+        def heatmap(self, image_xf, class_index):
+            calls.append((int(image_xf), class_index))
+            return (_spot(4, 10) if class_index == 1 else _spot(10, 10)), self.method
+
+    class Served:
+        def transform_images(self, pngs):
+            return np.array([int(png) for png in pngs])
+
+    served, n = Served(), 51
+    monkeypatch.setattr(explain, "Explainer", Explainer)
+    progress = []
+    result = attention_audit.audit_model(served, [str(i).encode() for i in range(n)], [1] * n, [i % 2 for i in range(n)],
+                                         ("normal", "covid"), border=0.25, sources=["a"] * 50 + ["b"],
+                                         progress=progress.append)
+    assert calls == [(i, i % 2) for i in range(n)]  # each film once, its own predicted class
+    assert progress == ["attention audit: film 1 of 51", "attention audit: film 51 of 51"]  # every 50 films
+    assert (result["method"], result["target"], result["border_fraction"]) == ("grad-cam", "conv", 0.25)
+    covid = result["per_true_class"]["covid"]
+    assert (covid["peak_in_border"]["k"], covid["peak_in_border"]["n"]) == (25, 51)  # row 4: in a 5-pixel band
+    assert result["per_source"]["b"]["covid"]["films"] == 1
