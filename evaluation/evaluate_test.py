@@ -1372,7 +1372,7 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     assert attention["method"] == "grad-cam" and attention["target"] == "conv2"
     assert sum(entry["films"] for entry in attention["per_true_class"].values()) == report["n"]
     assert set(attention["per_source"]) == set(report["per_source"])  # each source's films apart too
-    assert "attention audit: film 1 of " in result.stderr  # progress on stderr: stdout stays JSON
+    assert "covid-cxr: attention audit: film 1 of " in result.stderr  # progress on stderr: stdout stays JSON
     # The figures are the heat maps' of the predicted class, as predict --explain draws them.
     from covid_cxr.evaluation import attention_audit
 
@@ -1391,3 +1391,38 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     summary = _run([*args, "--attention", "--out", str(tmp_path / "text")]).output
     assert "attention audit (heat maps by grad-cam), outer 15% band: " in summary
     assert all(f"  {name}: " in summary for name in attention["per_true_class"])
+
+
+def test_the_attention_audits_figures_reach_the_summary_and_the_page_class_by_class():
+    """Each true class's figures on their own line and in their own row (each source's too); a class whose
+    maps are all blank is n/a; no source, no source rows; an audit without films, no section."""
+    from covid_cxr.evaluation import attention_audit, html_report
+    from covid_cxr.evaluation.attention_audit_test import _spot
+
+    task = features.TASKS["covid-vs-normal"]
+    pos = task.positive_index
+    labels = np.array([pos] * 4 + [1 - pos] * 2)
+    maps = [_spot(0, 0), _spot(10, 10), _spot(10, 10), _spot(0, 5) + _spot(10, 10) * 3] + [_spot(0, 0) * 0] * 2  # blank
+    attention = attention_audit.audit([lambda heat=heat: heat for heat in maps], labels, task.classes,
+                                      sources=["a", "b", "b", "b", "a", "a"])
+    attention.update(method="saliency", target=None)  # as audit_model adds them
+    report = _summary_report(task, labels, _binary_outputs(task, [0.9, 0.8, 0.45, 0.2, 0.1, 0.6]),
+                             attention_audit=attention)
+    assert ("\nattention audit (heat maps by saliency), " + "\n".join(attention_audit.summary_lines(attention))
+            + "\n") in evaluate.summary_text(report) + "\n"
+    page = html_report.render(report, pngs={})
+    assert ("Heat maps by saliency for the predicted class; the outer 15% band is 51% of the film's area,"
+            in page)
+    covid = attention["per_true_class"][task.classes[pos]]
+    share, peak = covid["border_share"], covid["peak_in_border"]
+    assert (f"<tr><td>all</td><td>{task.classes[pos]}</td><td>4</td><td>0</td><td>{share['value']:.3f}</td>"
+            f"<td>{share['ci95'][0]:.3f} – {share['ci95'][1]:.3f}</td><td>{peak['k']}/4</td><td>{peak['value']:.3f}</td>"
+            f"<td>{peak['ci95'][0]:.3f} – {peak['ci95'][1]:.3f}</td></tr>") in page
+    assert (f"<tr><td>a</td><td>{task.classes[1 - pos]}</td><td>2</td><td>2</td>"
+            + "<td>n/a</td>" * 2 + "<td></td>" + "<td>n/a</td>" * 2 + "</tr>") in page
+    assert f"<tr><td>b</td><td>{task.classes[pos]}</td><td>3</td>" in page
+    del attention["per_source"]
+    page = html_report.render(report, pngs={})
+    assert "<tr><td>all</td>" in page and "<tr><td>a</td>" not in page
+    report["attention_audit"] = dict(attention_audit.audit([], [], task.classes), method="saliency", target=None)
+    assert "Attention audit" not in html_report.render(report, pngs={})
