@@ -379,6 +379,9 @@ def test_an_averaged_ensembles_grad_cam_is_the_mean_of_its_members_maps_scaled_t
     # Members that disagree: each half is lit by one of them, 0.5 in the mean, scaled back to 1.
     heat, _ = _explainer(_averaged(_known(), _dark_is_covid()), grad_cam=True).heatmap(HALVES, 1)
     np.testing.assert_allclose(heat, np.ones((SIZE, SIZE)), atol=1e-5)
+    # Each of three members counts a third: (bright + upsampled + dark) / 3, scaled back to a peak of 1.
+    three = _averaged(_known(), _known(downsample=True), _dark_is_covid())
+    np.testing.assert_allclose(_explainer(three, grad_cam=True).heatmap(HALVES, 1)[0], (1 + upsampled) / 2, atol=1e-5)
 
 
 def test_a_three_class_ensembles_grad_cam_is_the_mean_of_its_members_maps_of_the_predicted_softmax_class():
@@ -407,11 +410,12 @@ def test_an_averaged_ensemble_of_one_model_has_that_models_map():
 def test_setup_of_an_ensemble_says_its_map_is_the_mean_of_its_members(monkeypatch, caplog):
     import tf_keras
 
-    monkeypatch.setattr(tf_keras.models, "load_model", lambda path, compile: _averaged(_known(), _known()))
+    ensemble = _averaged(_known(), _tiny(_nested_backbone))
+    monkeypatch.setattr(tf_keras.models, "load_model", lambda path, compile: ensemble)
     explainer = explain.Explainer(_Saved())
-    with caplog.at_level("INFO", logger=explain.__name__):
-        assert explainer.method == explain.GRAD_CAM and explainer.target_layer == "relu + relu"
-    assert "explanations use Grad-CAM: the mean of the 2 members' maps (relu + relu)" in caplog.text
+    with caplog.at_level("INFO", logger=explain.__name__):  # the members' layers in the members' order
+        assert explainer.method == explain.GRAD_CAM and explainer.target_layer == "relu + backbone"
+    assert "explanations use Grad-CAM: the mean of the 2 members' maps (relu + backbone)" in caplog.text
 
 
 def test_an_ensembles_caption_counts_its_members_instead_of_naming_their_layers(monkeypatch, tmp_path):
