@@ -1385,6 +1385,9 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     assert again["per_predicted_class"] == attention["per_predicted_class"]  # by the served model's calls
     assert {name: e["films"] for name, e in attention["per_predicted_class"].items()} == {
         name: int(np.sum(predicted == i)) for i, name in enumerate(model.classes) if np.any(predicted == i)}
+    card = (out / "model_card.md").read_text()  # the card written with this evaluation carries it too
+    assert "- attention audit (where the grad-cam heat maps lie; `covid-cxr evaluate --attention`)" in card
+    assert "```\n" + "\n".join(attention_audit.summary_lines(attention)) + "\n```" in card
     page = (out / "report.html").read_text()
     assert "<h2>Attention audit (where the heat maps lie)</h2>" in page and "<th>peak in border</th>" in page
     assert any(f"<td>all</td><td>called {name}</td>" in page for name in attention["per_predicted_class"])

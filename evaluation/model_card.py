@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from covid_cxr.evaluation import metrics
+from covid_cxr.evaluation import attention_audit, metrics
 from covid_cxr.serving import model_metadata, typicality
 
 FILE_NAME = "model_card.md"
@@ -189,6 +189,12 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     audit = evaluation.get("shortcut_audit")
     if audit:
         lines += ["", f"- shortcut audit (image borders only): {audit.get('verdict', 'not run')}"]
+    attention = evaluation.get("attention_audit")
+    if attention and attention.get("band_area_share") is not None:
+        lines += ["", f"- attention audit (where the {attention['method']} heat maps lie; `covid-cxr evaluate "
+                  "--attention`): below the band's area share, the evidence is in the chest; near it, spread "
+                  "over the film; well above it, at the edges.", "", "```", *attention_audit.summary_lines(attention),
+                  "```"]
     return lines + [""]
 
 
@@ -276,7 +282,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         "- Public COVID collections differ from their normal/pneumonia counterparts in hospital, age (the "
         "Kermany pneumonia/normal films are paediatric), device and acquisition: a model can learn the source "
         "instead of the disease. Run the shortcut audit (`covid-cxr evaluate`) and inspect Grad-CAM maps "
-        "(`covid-cxr predict --explain`); performance on a new hospital's films must be measured there before any use.",
+        "(`covid-cxr predict --explain`) and where they lie (`covid-cxr evaluate --attention`); performance on a new hospital's films must be measured there before any use.",
         "- Frontal (PA/AP) adult chest radiographs only; lateral views, CT and paediatric films are out of scope.",
         "- Sensitivity and specificity depend on the stored threshold and on prevalence; precision (PPV) "
         "measured on a balanced test set overstates the PPV at real-world prevalence.",
