@@ -18,6 +18,9 @@ difference from a lucky split. ``--first-split 1`` leaves split 0 out (a fresh d
 sharing a patient or duplicate group with them) are kept out of training, tuning and the
 threshold, and the model is evaluated on them as an external test set as well (run names end in
 ``-without-SOURCE``).
+
+``--attention`` runs every evaluation with ``covid-cxr evaluate --attention``: where each split's heat
+maps lie (evaluation/attention_audit.py) goes into results.json with the other figures.
 """
 from __future__ import annotations
 
@@ -71,9 +74,9 @@ def sh(args, log, env=None):
         return time.time() - started
 
 
-def evaluate(model, data, out_dir, log):
+def evaluate(model, data, out_dir, log, options=()):
     os.makedirs(out_dir, exist_ok=True)
-    result = subprocess.run(CLI + ["evaluate", "--model", model, "--data", data, "--json", "--out", out_dir],
+    result = subprocess.run(CLI + ["evaluate", "--model", model, "--data", data, "--json", "--out", out_dir, *options],
                             capture_output=True, text=True)
     with open(log, "a") as f:
         f.write(result.stderr)
@@ -82,7 +85,7 @@ def evaluate(model, data, out_dir, log):
     return json.loads(result.stdout)
 
 
-def run_task(task, out, extra_sets, split=0, hold_out=None):
+def run_task(task, out, extra_sets, split=0, hold_out=None, evaluate_options=()):
     name = task + (f"-without-{hold_out}" if hold_out else "") + (f"-split{split}" if split else "")
     log = os.path.join(out, f"{name}.log")
     curated = os.path.join(out, f"curated-{name}")
@@ -119,10 +122,10 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
     test_split = os.path.join(examples, "Split-test")
     result = {"task": task, "split": split, "hold_out": hold_out, "pipeline_seconds": round(seconds), "model": model,
               "pushed": bool(glob.glob(os.path.join(serving, "*", "saved_model.pb"))),
-              "test": evaluate(model, test_split, os.path.join(out, f"report-{name}"), log)}
+              "test": evaluate(model, test_split, os.path.join(out, f"report-{name}"), log, evaluate_options)}
     if hold_out:
         result["held_out"] = {"name": f"{hold_out} (held out of training: an unseen source)",
-                              **evaluate(model, held_out, os.path.join(out, f"report-{name}-heldout"), log)}
+                              **evaluate(model, held_out, os.path.join(out, f"report-{name}-heldout"), log, evaluate_options)}
     if task in EXTERNAL:
         external_name, folder, dirs = EXTERNAL[task]
         external = os.path.join(out, f"external-{task}")  # the same films for every split
@@ -132,7 +135,7 @@ def run_task(task, out, extra_sets, split=0, hold_out=None):
                 for path in glob.glob(os.path.join(SHARED, d, "*")):
                     os.symlink(path, os.path.join(external, folder, d.split("/")[1] + "-" + os.path.basename(path)))
         result["external"] = {"name": external_name,
-                              **evaluate(model, external, os.path.join(out, f"report-{name}-external"), log)}
+                              **evaluate(model, external, os.path.join(out, f"report-{name}-external"), log, evaluate_options)}
     return result
 
 
@@ -160,6 +163,9 @@ def main():
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override for `run`")
     parser.add_argument("--hold-out", choices=sorted({s for sources in SOURCES.values() for s in sources}),
                         help="keep this source out of training and evaluate on it as an external test set")
+    parser.add_argument("--attention", action="store_true",
+                        help="evaluate --attention on every split: where the heat maps lie goes into results.json "
+                             "(about a second per film)")
     args = parser.parse_args()
     if args.first_split < 0:
         parser.error(f"--first-split must be 0 or more, got {args.first_split}")
@@ -173,7 +179,8 @@ def main():
     results = []
     for task in args.tasks:
         for split in range(args.first_split, args.first_split + args.splits):
-            results.append(run_task(task, args.out, args.sets, split, args.hold_out))
+            results.append(run_task(task, args.out, args.sets, split, args.hold_out,
+                                    ["--attention"] if args.attention else []))
         # Keep the other tasks' (and splits') results from earlier invocations into the same --out.
         earlier = []
         if os.path.exists(results_path):

@@ -25,8 +25,8 @@ def benchmark(monkeypatch, load_script):
         return 60.0
 
     monkeypatch.setattr(module, "sh", sh)
-    monkeypatch.setattr(module, "evaluate", lambda model, data, out_dir, log: {
-        "n": 4, "data": data, "atypical": {"value": 0.25, "ci95": [0.05, 0.7], "k": 1, "n": 4}})
+    monkeypatch.setattr(module, "evaluate", lambda model, data, out_dir, log, options=(): {
+        "n": 4, "data": data, "options": list(options), "atypical": {"value": 0.25, "ci95": [0.05, 0.7], "k": 1, "n": 4}})
     monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
     return module, calls
 
@@ -154,3 +154,19 @@ def test_a_run_that_left_no_trained_model_is_one_line_and_exit_code_2(benchmark,
         f"quality_benchmark: {out / 'root-covid-vs-normal'}: no Trainer model or ImportExampleGen examples (not a "
         f"finished pipeline root?); see {out / 'covid-vs-normal.log'}\n")
     assert [args[1] for args, _ in calls] == ["curate"]  # curated; the (stubbed) run left no model
+
+
+def test_evaluate_options_reach_every_evaluation_and_the_command_line(benchmark, load_script, monkeypatch, tmp_path):
+    module, _ = benchmark
+    result = module.run_task("covid-vs-pneumonia", str(tmp_path), [], evaluate_options=["--attention"])
+    assert result["test"]["options"] == result["external"]["options"] == ["--attention"]
+    assert module.run_task("covid-vs-pneumonia", str(tmp_path / "plain"), [])["test"]["options"] == []  # off by default
+    # The real evaluate puts them on covid-cxr evaluate's command line.
+    import subprocess
+
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kwargs: ran.append(args) or subprocess.CompletedProcess(
+        args, 0, stdout="{}", stderr=""))
+    real = load_script("quality_benchmark").evaluate  # the fixture's module has it stubbed
+    assert real("m", "d", str(tmp_path / "out"), str(tmp_path / "log"), ["--attention"]) == {}
+    assert ran[0][-1] == "--attention" and ran[0][ran[0].index("--model") + 1] == "m"
