@@ -27,6 +27,9 @@ import numpy as np
 from covid_cxr.evaluation import metrics, shortcut_audit
 
 BORDER_FRACTION = shortcut_audit.BORDER_FRACTION
+# How to read the figures, for the report page and the model card alike.
+READING = ("below the band's area share, the evidence is in the chest; near it, spread over the film; well above "
+           "it, at the edges (markers, text, shoulders)")
 
 
 def border_share(heat: np.ndarray, border: float = BORDER_FRACTION) -> Optional[float]:

@@ -742,7 +742,7 @@ def check_out_beside_model(out_dir: str, model_dir: str) -> None:
 @click.option("--no-audit", is_flag=True, help="Skip the border-only shortcut audit.")
 @click.option("--attention", is_flag=True,
               help="Add the attention audit: how much of each film's heat map (as predict --explain draws it) lies "
-                   "in the outer band, per true class (about a second per film).")
+                   "in the outer band, per true class, source and predicted class (about a second per film).")
 @predict.max_side_option("Folder trees only: ")
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")

@@ -6,7 +6,7 @@ import html
 from typing import Mapping, Optional
 
 from covid_cxr.data.sources import radiography
-from covid_cxr.evaluation import errors, metrics, model_card
+from covid_cxr.evaluation import attention_audit, errors, metrics, model_card
 from covid_cxr.serving import predict, typicality
 
 STYLE = """
@@ -230,8 +230,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         parts.append(f"<p class=note>Heat maps by {_e(attention['method'])} for the predicted class; the outer "
                      f"{attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} of the film's "
                      "area, so a map spread evenly has that share of its heat there and a random peak lands there "
-                     "that often. Maps above it find their evidence at the edges (markers, text, shoulders); maps "
-                     "below it, in the chest.</p>")
+                     f"that often: {_e(attention_audit.READING)}.</p>")
         # Films by true class (all, then each source's), then by the class the model called them.
         groups = [("all", "", attention["per_true_class"]),
                   *((source, "", per_class) for source, per_class in (attention.get("per_source") or {}).items()),

@@ -192,9 +192,7 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     attention = evaluation.get("attention_audit")
     if attention and attention.get("band_area_share") is not None:
         lines += ["", f"- attention audit (where the {attention['method']} heat maps lie; `covid-cxr evaluate "
-                  "--attention`): below the band's area share, the evidence is in the chest; near it, spread "
-                  "over the film; well above it, at the edges.", "", "```", *attention_audit.summary_lines(attention),
-                  "```"]
+                  f"--attention`): {attention_audit.READING}.", "", "```", *attention_audit.summary_lines(attention), "```"]
     return lines + [""]
 
 
@@ -282,7 +280,8 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         "- Public COVID collections differ from their normal/pneumonia counterparts in hospital, age (the "
         "Kermany pneumonia/normal films are paediatric), device and acquisition: a model can learn the source "
         "instead of the disease. Run the shortcut audit (`covid-cxr evaluate`) and inspect Grad-CAM maps "
-        "(`covid-cxr predict --explain`) and where they lie (`covid-cxr evaluate --attention`); performance on a new hospital's films must be measured there before any use.",
+        "(`covid-cxr predict --explain`) and where they lie (`covid-cxr evaluate --attention`); performance on a "
+        "new hospital's films must be measured there before any use.",
         "- Frontal (PA/AP) adult chest radiographs only; lateral views, CT and paediatric films are out of scope.",
         "- Sensitivity and specificity depend on the stored threshold and on prevalence; precision (PPV) "
         "measured on a balanced test set overstates the PPV at real-world prevalence.",
