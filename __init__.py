@@ -17,11 +17,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __version__ = "0.1.0"
 
 
-def quiet_import_warnings() -> None:
+def quiet_import_warnings(caller: str = "__main__") -> None:
     """Hides Python warnings from here on: Google client libraries, TFX and Beam warn at import time
     (Python versions, deprecations), ~40 lines a user needs none of before a command's output or its
-    one-line error. The CLI calls it unless -v, each script under scripts/ when run as one, both before
-    their heavy imports; a library user or a test runner keeps its own filters."""
+    one-line error. The CLI calls it unless -v, each script under scripts/ with its ``__name__``, both
+    before their heavy imports. Only a module run as a program (``caller == "__main__"``) is quieted:
+    a library user, or a test runner importing a script, keeps its own filters."""
+    if caller != "__main__":
+        return
     import warnings
 
     warnings.filterwarnings("ignore")

@@ -21,8 +21,7 @@ import numpy as np
 
 import covid_cxr
 
-if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
-    covid_cxr.quiet_import_warnings()
+covid_cxr.quiet_import_warnings(__name__)
 
 from covid_cxr.data import features  # noqa: E402
 from covid_cxr.evaluation import attention_audit  # noqa: E402

@@ -27,8 +27,7 @@ import time
 
 import covid_cxr  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
-if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
-    covid_cxr.quiet_import_warnings()
+covid_cxr.quiet_import_warnings(__name__)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

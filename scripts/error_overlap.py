@@ -32,8 +32,7 @@ from typing import Optional
 
 import covid_cxr
 
-if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
-    covid_cxr.quiet_import_warnings()
+covid_cxr.quiet_import_warnings(__name__)
 
 from covid_cxr.evaluation import artifacts, errors  # noqa: E402
 from covid_cxr.evaluation import evaluate as ev  # noqa: E402

@@ -31,8 +31,7 @@ import sys
 
 import covid_cxr
 
-if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
-    covid_cxr.quiet_import_warnings()
+covid_cxr.quiet_import_warnings(__name__)
 
 from covid_cxr.data import dedupe, features, images  # noqa: E402
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS  # noqa: E402

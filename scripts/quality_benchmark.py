@@ -35,8 +35,7 @@ import time
 
 import covid_cxr
 
-if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
-    covid_cxr.quiet_import_warnings()
+covid_cxr.quiet_import_warnings(__name__)
 
 from covid_cxr.data import pseudonym, testing  # noqa: E402
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS  # noqa: E402
@@ -119,13 +118,16 @@ def run_task(task, out, extra_sets, split=0, hold_out=None, evaluate_options=())
     except ValueError as e:  # the run stopped before a model: its log says why; no traceback
         print(f"quality_benchmark: {e}; see {log}", file=sys.stderr)
         raise SystemExit(2) from None
-    test_split = os.path.join(examples, "Split-test")
+
+    def evaluated(data, report_suffix=""):
+        return evaluate(model, data, os.path.join(out, f"report-{name}{report_suffix}"), log, evaluate_options)
+
     result = {"task": task, "split": split, "hold_out": hold_out, "pipeline_seconds": round(seconds), "model": model,
               "pushed": bool(glob.glob(os.path.join(serving, "*", "saved_model.pb"))),
-              "test": evaluate(model, test_split, os.path.join(out, f"report-{name}"), log, evaluate_options)}
+              "test": evaluated(os.path.join(examples, "Split-test"))}
     if hold_out:
         result["held_out"] = {"name": f"{hold_out} (held out of training: an unseen source)",
-                              **evaluate(model, held_out, os.path.join(out, f"report-{name}-heldout"), log, evaluate_options)}
+                              **evaluated(held_out, "-heldout")}
     if task in EXTERNAL:
         external_name, folder, dirs = EXTERNAL[task]
         external = os.path.join(out, f"external-{task}")  # the same films for every split
@@ -134,8 +136,7 @@ def run_task(task, out, extra_sets, split=0, hold_out=None, evaluate_options=())
             for d in dirs:  # a class-per-folder tree of links, read in place
                 for path in glob.glob(os.path.join(SHARED, d, "*")):
                     os.symlink(path, os.path.join(external, folder, d.split("/")[1] + "-" + os.path.basename(path)))
-        result["external"] = {"name": external_name,
-                              **evaluate(model, external, os.path.join(out, f"report-{name}-external"), log, evaluate_options)}
+        result["external"] = {"name": external_name, **evaluated(external, "-external")}
     return result
 
 

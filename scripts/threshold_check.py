@@ -44,8 +44,7 @@ import sys
 
 import covid_cxr
 
-if __name__ == "__main__":  # imported by a test instead, the runner keeps its own warning filters
-    covid_cxr.quiet_import_warnings()
+covid_cxr.quiet_import_warnings(__name__)
 
 import numpy as np  # noqa: E402
 

@@ -225,7 +225,7 @@ def _chain_plan(model, in_graph):
     previous = _output(node)
     for _, next_node in in_graph[last + 1:]:
         inputs = _single(next_node.input_tensors)
-        if inputs is None or previous is None or inputs.name != previous.name:
+        if _name(inputs) is None or _name(inputs) != _name(previous):
             return None
         previous = _output(next_node)
     if _is_nested_model(layer):
