@@ -2,8 +2,13 @@
 
 Signatures (all apply the training Transform graph, so serving cannot drift from training):
   serving_default     serialized tf.Example [N]   what TF Serving, TFMA and Vertex batch send
-  predict_image       encoded PNG/JPEG bytes [N]  for clients with no TFX code (base64 over REST)
+  predict_image       encoded image bytes [N]     for clients with no TFX code (base64 over REST)
   transform_features  serialized tf.Example [N]   TFMA's preprocessing hook
+The two predict signatures first read each image as curation reads a film (`served_images`: PNG of
+any colour type and 8 or 16 bits, JPEG including CMYK, one-frame GIF, BMP; 16-bit grayscale stretched
+from its min..max as curation does, not cut to its high byte) and refuse, with the instance's index and
+curation's reason, what curation refuses (a multi-frame GIF, fewer than 32 pixels on a side, a single
+grey level) or cannot read: the request fails, no score is returned for such an image.
 Outputs of the two predict signatures:
   probabilities [N, C], covid_probability [N], label [N] (class name), label_index [N],
   threshold [N] (the stored decision threshold), gate_score ([N] binary, [N, C] three-class),
@@ -28,7 +33,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from covid_cxr.data import features
+from covid_cxr.data import features, images
 from covid_cxr.serving import model_metadata, typicality
 from covid_cxr.transform import preprocessing
 
@@ -77,6 +82,118 @@ def three_class_decision(probabilities, covid_index: int, threshold):
     return label_index, tf.where(is_covid_column, covid_gate, rest_gate)
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_GIF = b"GIF8"
+_BMP = b"BM"
+
+
+def _luminance(rgb):
+    """uint8 [H, W, >=3] RGB -> [H, W, 1] grey as Pillow's convert("L"), which curation uses (ITU-R 601-2)."""
+    rgb = tf.cast(rgb[:, :, :3], tf.int32)
+    grey = (rgb[:, :, 0:1] * 19595 + rgb[:, :, 1:2] * 38470 + rgb[:, :, 2:3] * 7471 + 0x8000) // 65536
+    return tf.cast(grey, tf.uint8)
+
+
+def _over_black(rgba):
+    """uint8 [H, W, 4] -> [H, W, 3] composited over opaque black, as Pillow's alpha_composite (7-bit
+    precision), which curation uses for a film with transparency."""
+    rgba = tf.cast(rgba, tf.int32)
+    weighted = rgba[:, :, :3] * rgba[:, :, 3:4] * 128 + 0x80 * 128
+    return tf.cast(((weighted // 256 + weighted) // 256) // 128, tf.uint8)  # Pillow's SHIFTFORDIV255, then >> 7
+
+
+def _stretched(values):
+    """[H, W, 1] uint16 -> uint8 from its own min..max to 0..255, as curation reads a 16-bit film
+    (data/images.py _pil_to_gray)."""
+    values = tf.cast(values, tf.float64)
+    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    scaled = tf.math.round((values - low) * (255.0 / tf.maximum(high - low, 1.0)))
+    return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
+
+
+def _refuse_unless(condition, index, reason):
+    """An op failing the request with "image <index>: <reason>" (an InvalidArgumentError) unless `condition`."""
+    return tf.debugging.Assert(condition, [tf.strings.join(["image ", tf.strings.as_string(index), ": ", reason])])
+
+
+def _served_image(index, encoded):
+    """One image sent for serving -> bytes the Transform graph decodes as it decodes a curated film:
+    8-bit PNG and JPEG as they came, other formats as an 8-bit grey PNG read the way curation reads
+    them. Refuses (the request fails) an image curation would refuse or that nothing here can read."""
+    header = tf.strings.join([encoded, tf.constant(b"\0" * 32)])  # sniffed without reading past the end
+    start = tf.strings.substr(header, 0, 8)
+    is_png = tf.equal(start, _PNG)
+    # IHDR: bit depth 16, colour type 0 (grey). Curation stretches those; 16-bit colour it reads at 8 bits.
+    is_grey16_png = is_png & tf.equal(tf.strings.substr(header, 24, 2), b"\x10\x00")
+    colour_type = tf.strings.substr(header, 25, 1)
+    has_alpha = is_png & tf.reduce_any(tf.equal(colour_type, [b"\x04", b"\x06"]))  # grey and alpha, RGBA
+    is_colour_png = is_png & tf.reduce_any(tf.equal(colour_type, [b"\x02", b"\x03"]))  # RGB, palette
+    is_jpeg = tf.equal(tf.strings.substr(start, 0, 3), _JPEG)
+    is_gif = tf.equal(tf.strings.substr(start, 0, 4), _GIF)
+    is_bmp = tf.equal(tf.strings.substr(start, 0, 2), _BMP)
+    known = tf.reduce_any(tf.stack([is_png, is_jpeg, is_gif, is_bmp]))
+    empty = tf.equal(tf.strings.length(encoded), 0)
+    with tf.control_dependencies([
+        _refuse_unless(~empty, index, "empty (no image bytes)"),
+        _refuse_unless(empty | known, index, "not a PNG, JPEG, GIF or BMP image (TIFF, WebP and DICOM: use "
+                                             "`covid-cxr predict`, or send the film as curation stores it)"),
+    ]):
+        encoded = tf.identity(encoded)
+
+    def as_sent():  # the Transform reads a grey PNG of up to 8 bits (a curated film) as curation does
+        return tf.io.decode_image(encoded, channels=1, expand_animations=False), encoded
+
+    def rewritten(grey):
+        return grey, tf.io.encode_png(grey)
+
+    def grey16_png():
+        return rewritten(_stretched(tf.io.decode_png(encoded, channels=1, dtype=tf.uint16)))
+
+    def colour_png():  # the Transform's grey conversion is libpng's, up to a grey level from Pillow's
+        return rewritten(_luminance(tf.io.decode_png(encoded, channels=3)))
+
+    def png_with_alpha():  # the Transform's decoder drops the alpha; curation puts the film over black
+        return rewritten(_luminance(_over_black(tf.io.decode_png(encoded, channels=4))))
+
+    def jpeg():
+        # Pillow's (curation's) accurate integer IDCT, not TensorFlow's default fast one (up to 4 grey
+        # levels apart); three channels then Pillow's luminance, as the one-channel decoder cannot
+        # convert CMYK and converts colour otherwise than Pillow.
+        return rewritten(_luminance(tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")))
+
+    def gif():  # the Transform's decoder refuses one-channel GIF
+        frames = tf.io.decode_gif(encoded)
+        count = tf.shape(frames)[0]
+        reason = tf.strings.join(["multi-frame GIF (", tf.strings.as_string(count), " frames) is not a radiograph"])
+        with tf.control_dependencies([_refuse_unless(tf.equal(count, 1), index, reason)]):
+            return rewritten(_luminance(frames[0]))
+
+    def bmp():  # the same: one-channel BMP refused; grey BMPs decode to one channel, colour to 3 or 4
+        pixels = tf.io.decode_bmp(encoded)
+        return rewritten(tf.cond(tf.equal(tf.shape(pixels)[2], 1), lambda: pixels[:, :, :1], lambda: _luminance(pixels)))
+
+    grey, out = tf.case([(is_grey16_png, grey16_png), (has_alpha, png_with_alpha),
+                         (is_colour_png, colour_png), (is_jpeg, jpeg), (is_gif, gif),
+                         (is_bmp, bmp)], default=as_sent, exclusive=False)
+    height, width = tf.shape(grey)[0], tf.shape(grey)[1]
+    too_small = tf.strings.join(["image too small (", tf.strings.as_string(width), "x", tf.strings.as_string(height),
+                                 f"; curation refuses fewer than {images.MIN_SIDE} pixels on a side)"])
+    with tf.control_dependencies([
+        _refuse_unless(tf.minimum(height, width) >= images.MIN_SIDE, index, too_small),
+        _refuse_unless(tf.reduce_max(grey) > tf.reduce_min(grey), index, "blank image (a single grey level)"),
+    ]):
+        return tf.identity(out)
+
+
+def served_images(encoded):
+    """[N] images as sent -> [N] bytes for the Transform graph (`_served_image`); the request fails
+    with the first bad image's index and reason."""
+    encoded = tf.reshape(encoded, [-1])
+    return tf.map_fn(lambda args: _served_image(*args), (tf.range(tf.size(encoded)), encoded),
+                     fn_output_signature=tf.TensorSpec([], tf.string))
+
+
 def _raw_image_spec(tf_transform_output) -> dict:
     """Only the image is needed to predict; labels and slicing features are not sent at serving."""
     spec = tf_transform_output.raw_feature_spec()
@@ -96,6 +213,8 @@ def export_serving_model(model, tf_transform_output, task: features.Task, thresh
     stored_threshold = tf.constant(float(threshold), tf.float32)
 
     def predict_from_raw(raw_features):
+        raw_features = dict(raw_features, **{features.IMAGE: tf.reshape(served_images(raw_features[features.IMAGE]),
+                                                                         [-1, 1])})
         transformed = model.tft_layer(raw_features)
         if typicality_check is not None:
             scores, atypicality = model.typicality_check(transformed[preprocessing.IMAGE_XF])

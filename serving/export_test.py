@@ -1,11 +1,19 @@
-"""The three-class served decision: COVID above the stored threshold, else the more probable other class."""
+"""The three-class served decision: COVID above the stored threshold, else the more probable other class;
+what the served signatures accept as an image."""
+import io
+import os
+from unittest import mock
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from covid_cxr.data import features
-from covid_cxr.serving import export
+from covid_cxr.data import features, images
+from covid_cxr.serving import export, predict, testing
 from covid_cxr.transform import preprocessing
+
+binary_model = testing.tiny_model_fixture()
 
 TASK = features.get_task("three-class")
 COVID = TASK.positive_index
@@ -144,8 +152,9 @@ def _exported(tmp_path, task_name, threshold, typical=False):
     task = features.get_task(task_name)
     model = _identity_model(1 if task.is_binary else 3)
     export_dir = str(tmp_path / task_name)
-    export.export_serving_model(model, _FakeTransformOutput(), task, threshold, {"note": "kept", "threshold": 0.9},
-                                export_dir, typicality_check=_FakeTypicality(model) if typical else None)
+    with mock.patch.object(export, "served_images", lambda encoded: encoded):  # the "images" here are text
+        export.export_serving_model(model, _FakeTransformOutput(), task, threshold, {"note": "kept", "threshold": 0.9},
+                                    export_dir, typicality_check=_FakeTypicality(model) if typical else None)
     return tf.saved_model.load(export_dir), model_metadata.read(export_dir), task
 
 
@@ -194,3 +203,145 @@ def test_the_transform_signature_needs_no_label(tmp_path):
     # TFMA's hook may see films without labels: label and label_index are not parsed.
     out = loaded.signatures[export.TRANSFORM_SIGNATURE](examples=tf.constant([_example(b"0.7"), _example(b"0.2")]))
     np.testing.assert_allclose(out[preprocessing.IMAGE_XF].numpy(), [[0.7], [0.2]])
+
+
+# What the served signatures accept: every image as curation would read it, or a refusal, never a score of
+# a misread film (the Transform graph alone cut a 16-bit PNG to its high byte and scored 1x1 and blank images).
+
+
+def _film(height=48, width=40, seed=0):
+    """A borderless uint8 grey film (curation neither crops nor resizes it): a ramp under noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(40, 200, width)[None, :] + np.linspace(0, 20, height)[:, None]
+    return np.clip(ramp + rng.normal(0, 12, (height, width)), 30, 230).astype(np.uint8)
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def _palette(grey: np.ndarray) -> Image.Image:
+    image = Image.fromarray(grey, "P")
+    image.putpalette([v for v in range(256) for _ in range(3)])
+    return image
+
+
+def _formats(grey: np.ndarray) -> dict:
+    """The same film in the formats a hospital's export may send."""
+    import cv2
+
+    film = Image.fromarray(grey)
+    colour = Image.merge("RGB", [film, film.point(lambda v: v * 0.8), film.point(lambda v: 255 - v)])
+    rng = np.random.default_rng(1)
+    rgba = np.dstack([np.asarray(colour), rng.integers(0, 256, grey.shape)]).astype(np.uint8)
+    wide = grey.astype(np.uint16)
+    return {
+        "grey 8-bit PNG": _encoded(film, "PNG"),
+        "12-bit film in a 16-bit grey PNG": _encoded(Image.fromarray(wide * 16), "PNG"),
+        "8-bit values in a 16-bit grey PNG": _encoded(Image.fromarray(wide), "PNG"),
+        "16-bit RGB PNG": cv2.imencode(".png", np.dstack([wide * 200, wide * 150, wide * 257]))[1].tobytes(),
+        "colour PNG": _encoded(colour, "PNG"),
+        "palette PNG": _encoded(colour.quantize(200), "PNG"),
+        "RGBA PNG, varying alpha": _encoded(Image.fromarray(rgba, "RGBA"), "PNG"),
+        "grey+alpha PNG": _encoded(Image.merge("LA", [film, Image.fromarray(rgba[:, :, 3])]), "PNG"),
+        "grey JPEG": _encoded(film, "JPEG", quality=90),
+        "progressive JPEG": _encoded(film, "JPEG", quality=90, progressive=True),
+        "colour JPEG": _encoded(colour, "JPEG", quality=90),
+        "CMYK JPEG": _encoded(film.convert("CMYK"), "JPEG", quality=90),
+        "one-frame GIF": _encoded(_palette(grey), "GIF"),
+        "grey BMP": _encoded(film, "BMP"),
+        "colour BMP": _encoded(colour, "BMP"),
+    }
+
+
+def _served_bytes(encoded: list) -> list:
+    return list(tf.function(export.served_images)(tf.constant(encoded)).numpy())
+
+
+def test_the_served_graph_reads_every_format_pixel_for_pixel_as_curation_reads_it(tmp_path):
+    formats = _formats(_film())
+    names = list(formats)
+    for name, served in zip(names, _served_bytes([formats[n] for n in names])):
+        path = tmp_path / "film"
+        path.write_bytes(formats[name])
+        curated, _ = images.read_gray(str(path))
+        decoded = tf.io.decode_image(served, channels=1).numpy()[:, :, 0]  # as the Transform decodes it
+        np.testing.assert_array_equal(decoded, curated, err_msg=name)
+    # A curated film (what `covid-cxr predict` and TFMA send) reaches the Transform as it was sent.
+    assert _served_bytes([formats["grey 8-bit PNG"]]) == [formats["grey 8-bit PNG"]]
+
+
+def _tf_example(encoded: bytes) -> bytes:
+    image = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
+    return tf.train.Example(features=tf.train.Features(feature={features.IMAGE: image})).SerializeToString()
+
+
+def _served(model_dir, encoded: list) -> list:
+    """P(covid) from both predict signatures, which must agree."""
+    signatures = tf.saved_model.load(model_dir).signatures
+    by_bytes = signatures[export.IMAGE_SIGNATURE](image_bytes=tf.constant(encoded))["covid_probability"].numpy()
+    by_example = signatures[export.EXAMPLES_SIGNATURE](examples=tf.constant([_tf_example(e) for e in encoded]))
+    np.testing.assert_array_equal(by_bytes, by_example["covid_probability"].numpy())
+    return by_bytes.tolist()
+
+
+@pytest.mark.parametrize("name", ["12-bit film in a 16-bit grey PNG", "8-bit values in a 16-bit grey PNG",
+                                  "RGBA PNG, varying alpha", "CMYK JPEG", "one-frame GIF", "grey BMP"])
+def test_a_served_film_gets_the_prediction_covid_cxr_predict_gives_it(binary_model, tmp_path, name):
+    encoded = _formats(_film(64, 56))[name]
+    path = tmp_path / "film"
+    path.write_bytes(encoded)
+    result = predict.predict_paths(predict.load_model(binary_model.model_dir), [str(path)])
+    assert not result.errors
+    processed = images.process(str(path))
+    assert not processed.cropped and (processed.height, processed.width) == (64, 56)  # so curation read it only
+    (served,) = _served(binary_model.model_dir, [encoded])
+    assert served == pytest.approx(result.predictions[0]["covid_probability"], abs=1e-7)
+
+
+REFUSED = {
+    "two-frame GIF": "multi-frame GIF \\(2 frames\\) is not a radiograph",
+    "1x1 PNG": "image too small \\(1x1",
+    "200x31 PNG": "image too small \\(200x31",
+    "blank PNG": "blank image \\(a single grey level\\)",
+    "no bytes": "empty \\(no image bytes\\)",
+    "random bytes": "not a PNG, JPEG, GIF or BMP image",
+}
+
+
+def _refused_inputs() -> dict:
+    grey = _film(64, 64)
+    frames = [_palette(grey), _palette(255 - grey)]
+    two_frames = io.BytesIO()
+    frames[0].save(two_frames, format="GIF", save_all=True, append_images=frames[1:])
+    return {
+        "two-frame GIF": two_frames.getvalue(),
+        "1x1 PNG": _encoded(Image.fromarray(np.array([[128]], np.uint8)), "PNG"),
+        "200x31 PNG": _encoded(Image.fromarray(_film(31, 200)), "PNG"),
+        "blank PNG": _encoded(Image.fromarray(np.full((64, 64), 90, np.uint8)), "PNG"),
+        "no bytes": b"",
+        "random bytes": np.random.default_rng(0).bytes(3000),
+    }
+
+
+def test_what_curation_refuses_the_served_signatures_refuse_with_its_reason_and_no_score(binary_model, tmp_path):
+    inputs = _refused_inputs()
+    for name, encoded in inputs.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"image 0: {REFUSED[name]}"):
+            _served(binary_model.model_dir, [encoded])
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"image 0: {REFUSED[name]}"):
+            tf.saved_model.load(binary_model.model_dir).signatures[export.EXAMPLES_SIGNATURE](
+                examples=tf.constant([_tf_example(encoded)]))
+        # `covid-cxr predict` refuses each too (curation's reader says why).
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(encoded)
+        assert predict.predict_paths(predict.load_model(binary_model.model_dir), [str(path)]).predictions == []
+
+
+def test_a_request_holding_one_bad_image_fails_and_names_it(binary_model):
+    good = _formats(_film(64, 56))["grey 8-bit PNG"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image 1: image too small \\(1x1"):
+        _served(binary_model.model_dir, [good, _refused_inputs()["1x1 PNG"], good])
+    assert len(_served(binary_model.model_dir, [good, good])) == 2
