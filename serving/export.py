@@ -6,7 +6,7 @@ Signatures (all apply the training Transform graph, so serving cannot drift from
   transform_features  serialized tf.Example [N]   TFMA's preprocessing hook
 The two predict signatures first read each image as curation reads a film (`served_images`: PNG of
 any colour type and 8 or 16 bits, JPEG including CMYK, one-frame GIF, BMP; 16-bit grayscale stretched
-from its min..max as curation does, not cut to its high byte) and refuse, with the instance's index and
+from its min..max as curation does, not cut to its high byte) and refuse, with the image's index and
 curation's reason, what curation refuses (a multi-frame GIF, fewer than 32 pixels on a side, a single
 grey level) or cannot read: the request fails, no score is returned for such an image.
 Outputs of the two predict signatures:
@@ -118,9 +118,10 @@ def _refuse_unless(condition, index, reason):
 
 
 def _served_image(index, encoded):
-    """One image sent for serving -> bytes the Transform graph decodes as it decodes a curated film:
-    8-bit PNG and JPEG as they came, other formats as an 8-bit grey PNG read the way curation reads
-    them. Refuses (the request fails) an image curation would refuse or that nothing here can read."""
+    """One image sent for serving -> bytes the Transform graph decodes as curation reads the image: a
+    grey PNG of up to 8 bits (a curated film) as it came, any other as the 8-bit grey PNG curation's
+    reader (data/images.py read_gray) makes of it. Refuses (the request fails) an image curation
+    refuses or that nothing here can read."""
     header = tf.strings.join([encoded, tf.constant(b"\0" * 32)])  # sniffed without reading past the end
     start = tf.strings.substr(header, 0, 8)
     is_png = tf.equal(start, _PNG)

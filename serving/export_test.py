@@ -1,7 +1,6 @@
 """The three-class served decision: COVID above the stored threshold, else the more probable other class;
 what the served signatures accept as an image."""
 import io
-import os
 from unittest import mock
 
 import numpy as np

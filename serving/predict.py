@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from typing import Iterable, Optional, Sequence
 
@@ -388,8 +389,16 @@ def predict_pngs(model: ServingModel, files: Sequence[str], pngs: Sequence[bytes
             try:
                 rows += rows_from_outputs(model, [file], model.predict_images([png]))
             except tf.errors.OpError as e:
-                errors.append(InputError(file, f"the model could not process it ({type(e).__name__})"))
+                errors.append(InputError(file, model_error(e)))
     return rows, errors
+
+
+def model_error(e) -> str:
+    """A film's error when the model failed on it: the served graph's own refusal when it gave one
+    (serving/export.py served_images: "image <i>: <reason>"; e.g. a film curation kept that its resize
+    left under 32 pixels on a side), else only the error's type (TensorFlow's text names graph nodes)."""
+    refusal = re.search(r"assertion failed: \[image \d+: (.*?)\]", getattr(e, "message", "") or "")
+    return f"the model refused it: {refusal.group(1)}" if refusal else f"the model could not process it ({type(e).__name__})"
 
 
 @dataclasses.dataclass

@@ -777,6 +777,18 @@ def test_a_batch_the_model_cannot_process_is_retried_film_by_film_and_the_film_n
         {"file": "b.png", "error": "the model could not process it (InvalidArgumentError)"}]
 
 
+def test_a_film_the_served_graph_refuses_is_named_with_the_graphs_reason(binary_model, tmp_path):
+    # Curation keeps a 2000x100 film; its longest side cut to 512 leaves 26 pixels across, which the served
+    # graph refuses (under 32 on a side, like a 1x1 image): the row says so, not only "InvalidArgumentError".
+    rng = np.random.default_rng(0)
+    path = tmp_path / "strip.png"
+    path.write_bytes(images.encode_png(rng.integers(40, 220, (100, 2000)).astype(np.uint8)))
+    result = predict.predict_paths(predict.load_model(binary_model.serving_dir), [str(path)])
+    assert result.predictions == []
+    assert [e.error for e in result.errors] == [
+        "the model refused it: image too small (512x26; curation refuses fewer than 32 pixels on a side)"]
+
+
 def test_errors_are_listed_in_the_inputs_order_whichever_step_failed(tmp_path, monkeypatch):
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"")
