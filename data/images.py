@@ -291,6 +291,9 @@ def process(path: str, max_side: int = DEFAULT_MAX_SIDE, crop: bool = True, equa
     cropped, did_crop, note = crop_borders(gray) if crop else (gray, False, "")
     phash = perceptual_hash(cropped)
     out = equalize(resize_max_side(cropped, max_side), equalization)
+    if min(out.shape) < MIN_SIDE:  # a strip the resize narrowed: the served graph refuses it too
+        raise ImageError(f"image too narrow ({cropped.shape[1]}x{cropped.shape[0]} is {out.shape[1]}x{out.shape[0]} "
+                         f"at a longest side of {max_side}; fewer than {MIN_SIDE} pixels on a side)")
     return Processed(encode_png(out), phash, out.shape[1], out.shape[0], did_crop, note, header)
 
 

@@ -390,6 +390,11 @@ def test_a_film_too_narrow_is_refused_and_running_out_of_memory_is_named(tmp_pat
     side = images.MIN_SIDE
     testing.write_image(tmp_path / "narrow.png", testing.radiograph(11, (100, side - 1)))
     assert images.process_job((str(tmp_path / "narrow.png"), 512, False, "none"))[1] == f"image too small ({side - 1}x100)"
+    # Wide enough as read, too narrow once the longest side is brought to 512 (the served graph refuses it).
+    testing.write_image(tmp_path / "strip.png", testing.radiograph(12, (100, 2000)))
+    assert images.process_job((str(tmp_path / "strip.png"), 512, False, "none"))[1] == (
+        f"image too narrow (2000x100 is 512x26 at a longest side of 512; fewer than {side} pixels on a side)")
+    assert images.process_job((str(tmp_path / "strip.png"), 2000, False, "none"))[1] == ""  # kept where not resized
 
     def exhausted(path):
         raise MemoryError

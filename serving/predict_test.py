@@ -777,16 +777,16 @@ def test_a_batch_the_model_cannot_process_is_retried_film_by_film_and_the_film_n
         {"file": "b.png", "error": "the model could not process it (InvalidArgumentError)"}]
 
 
-def test_a_film_the_served_graph_refuses_is_named_with_the_graphs_reason(binary_model, tmp_path):
-    # Curation keeps a 2000x100 film; its longest side cut to 512 leaves 26 pixels across, which the served
-    # graph refuses (under 32 on a side, like a 1x1 image): the row says so, not only "InvalidArgumentError".
-    rng = np.random.default_rng(0)
-    path = tmp_path / "strip.png"
-    path.write_bytes(images.encode_png(rng.integers(40, 220, (100, 2000)).astype(np.uint8)))
-    result = predict.predict_paths(predict.load_model(binary_model.serving_dir), [str(path)])
-    assert result.predictions == []
-    assert [e.error for e in result.errors] == [
-        "the model refused it: image too small (512x26; curation refuses fewer than 32 pixels on a side)"]
+def test_a_film_the_served_graph_refuses_is_named_with_the_graphs_reason(binary_model):
+    # Curation refuses such films before the model sees them (a 2000x100 strip as "too narrow" once its
+    # longest side is 512); a prepared film the served graph still refuses (here a 1x1 PNG) gets the graph's
+    # reason in its row, not only "InvalidArgumentError", and the good film of the batch keeps its score.
+    good = images.encode_png(np.random.default_rng(0).integers(40, 220, (64, 64)).astype(np.uint8))
+    rows, errors = predict.predict_pngs(predict.load_model(binary_model.serving_dir), ["good.png", "dot.png"],
+                                        [good, images.encode_png(np.array([[7]], np.uint8))])
+    assert [row["file"] for row in rows] == ["good.png"]
+    assert [(e.file, e.error) for e in errors] == [
+        ("dot.png", "the model refused it: image too small (1x1; curation refuses fewer than 32 pixels on a side)")]
 
 
 def test_errors_are_listed_in_the_inputs_order_whichever_step_failed(tmp_path, monkeypatch):
