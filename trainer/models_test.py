@@ -293,11 +293,12 @@ def test_missing_weights_fall_back_to_random_init_with_one_warning(weights, tmp_
     if weights.endswith(".h5"):
         weights = str(tmp_path / weights)
     caplog.set_level(logging.INFO)
-    start = time.monotonic()
+    # No wait on the network: the autouse fixture's probe says unreachable, and the message says the
+    # download was skipped (test_no_download_is_tried_offline... checks none is tried). No timing here:
+    # under a loaded machine building the backbone alone took 35 s.
     built = M.build_model(
         M.HParams(family="mobilenet_v2_035"), S, 2, weights=weights, weights_dir=str(tmp_path), fallback="none"
     )
-    assert time.monotonic() - start < 30
     assert built.family == "mobilenet_v2_035" and built.backbone is not None
     assert not built.pretrained and built.fell_back
     (record,) = _warnings(caplog)
@@ -391,7 +392,9 @@ def test_network_probe_fails_fast(where):
     host, port = ("nonexistent.invalid", 443) if where == "bad name" else ("127.0.0.1", _closed_port())
     start = time.monotonic()
     assert _REAL_NETWORK_REACHABLE(host, port, timeout=1.0) is False
-    assert time.monotonic() - start < 3
+    # The probe gives up after 2 x timeout whatever the resolver does (system DNS timeouts run to 20-30 s);
+    # the slack is for a loaded machine, not a speed target.
+    assert time.monotonic() - start < 10
 
 
 def test_pretrained_file_loads_and_backbone_runs_in_inference_mode(tmp_path):
