@@ -270,14 +270,18 @@ NOT_AN_IMAGE = "not an image file"
 
 def find_inputs(paths: Iterable[str]) -> Inputs:
     """The files to predict under ``paths``, and what was passed over and why."""
-    from covid_cxr.data.sources.base import list_files
+    from covid_cxr.data.sources.base import SourceError, list_files
 
     found = Inputs([], [], [])
     for path in paths:
         if os.path.isdir(path):
             hidden: list[str] = []
             irregular: list[tuple[str, str]] = []
-            files = list_files(path, hidden=hidden, irregular=irregular)
+            try:
+                files = list_files(path, hidden=hidden, irregular=irregular)
+            except SourceError as e:  # a folder in it cannot be listed: this input's row, not the whole command
+                found.errors.append(InputError(path, str(e)))
+                continue
             found.hidden += len(hidden)
             images_here = [f for f in files if images.is_image_file(f)]
             found.skipped += [InputError(f, NOT_AN_IMAGE) for f in files if not images.is_image_file(f)]

@@ -313,6 +313,26 @@ def test_unreadable_inputs_are_reported_per_file(binary_model, tmp_path):
     assert table.exit_code == 1 and "ERROR: cannot decode image" in table.output
 
 
+def test_a_folder_that_cannot_be_listed_is_its_inputs_error_not_the_whole_commands(tmp_path, monkeypatch):
+    # An unreadable file is one row's error; so is a given folder with a sub-folder that cannot be read
+    # (it stopped every other input's prediction). Tests may run as root, whom chmod 000 does not stop.
+    data_testing.write_image(tmp_path / "in" / "a.png", data_testing.radiograph(1))
+    (tmp_path / "in" / "locked").mkdir()
+    data_testing.write_image(tmp_path / "other" / "b.png", data_testing.radiograph(2))
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = predict.find_inputs([str(tmp_path / "in"), str(tmp_path / "other")])
+    assert found.files == [str(tmp_path / "other" / "b.png")]
+    assert [e.to_dict() for e in found.errors] == [
+        {"file": str(tmp_path / "in"), "error": f"cannot read folder '{tmp_path / 'in' / 'locked'}': Permission denied"}]
+
+
 def test_what_a_walked_folder_holds_besides_images_is_listed_or_counted(binary_model, tmp_path):
     good = _write_pngs(binary_model, str(tmp_path / "in"), n=1)[0]
     (tmp_path / "in" / "README.txt").write_text("notes")
