@@ -757,7 +757,15 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         data_dir = held_out_split(pipeline_root)
     if not os.path.isdir(data_dir):
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
-    if out_dir:  # on the directory the load will pick, before the load (a minute on a busy machine)
+    # The class map too, before the load (a minute on a busy machine): a typo in it is no reason to wait.
+    records = is_tfrecord_dir(data_dir)
+    if records and class_map:
+        raise click.BadParameter("--class-map applies to folder trees, not to TFRecords", param_hint="--class-map")
+    try:
+        mapping = parse_class_map(class_map) if class_map is not None and not records else None  # "" is an error
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--class-map")
+    if out_dir:  # on the directory the load will pick, before the load
         check_out_beside_model(out_dir, predict.saved_model_dir(model_path))
     model = predict.load_model(model_path)
     # The decision, read once for the warning, the summary and the model card; a damaged record stops here,
@@ -766,9 +774,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     from_run = run_decision(model, decision, decision_path)
     predict.warn_if_unpushed(model, predict.blessed_of(from_run))
     warning = None
-    if is_tfrecord_dir(data_dir):
-        if class_map:
-            raise click.BadParameter("--class-map applies to folder trees, not to TFRecords", param_hint="--class-map")
+    if records:
         data = load_tfrecords(data_dir)
         warning = training_data_warning(model, data_dir)
         if warning:
@@ -776,10 +782,6 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     else:
         if model.task is None:
             raise click.UsageError("the model's metadata names no task: cannot map class folders")
-        try:
-            mapping = parse_class_map(class_map) if class_map is not None else None  # "" is an empty map, an error
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--class-map")
         preparation = predict.Preparation.from_metadata(model.metadata, max_side, equalization)
         with pseudonym.announcing_new_key_file(key, err=True):  # stderr: --json keeps stdout JSON
             try:

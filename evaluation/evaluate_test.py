@@ -952,6 +952,25 @@ def _no_model_load(monkeypatch):
     monkeypatch.setattr(predict, "load_model", lambda path: pytest.fail(f"the model was loaded ({path})"))
 
 
+def test_a_bad_class_map_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """`--class-map COVID=banana` was refused only after the model had loaded (half a minute or more)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")
+    data_testing.write_image(tmp_path / "tree" / "COVID" / "a.png", data_testing.radiograph(1))
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "records-00000-of-00001.tfrecord.gz").write_bytes(b"")
+    _no_model_load(monkeypatch)
+    for data, class_map, message in (
+            ("tree", "COVID=banana", "bad class map entry 'COVID=banana': finding must be one of"),
+            ("tree", "COVID", "bad class map entry 'COVID': expected FOLDER=FINDING"),
+            ("records", "sick=covid", "--class-map applies to folder trees, not to TFRecords")):
+        result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(model), "--data", str(tmp_path / data),
+                                               "--class-map", class_map, "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 300
+
+
 def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binary_model, tmp_path, monkeypatch):
     """`--out` = the pushed version: its model_card.md (the Pusher's, with the gate's figures) was replaced
     by this evaluation's; `--out` = the serving directory: report files among TF Serving's versions."""
