@@ -773,6 +773,7 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     decision, decision_path = gate_decision(model)
     from_run = run_decision(model, decision, decision_path)
     predict.warn_if_unpushed(model, predict.blessed_of(from_run))
+    predict.warn_if_synthetic(model)
     warning = None
     if records:
         data = load_tfrecords(data_dir)

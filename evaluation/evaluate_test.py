@@ -328,6 +328,20 @@ def test_a_model_never_pushed_is_warned_about_on_stderr(binary_model, tmp_path):
             in result.stderr.splitlines()[0]), result.stderr
 
 
+def test_a_model_trained_on_the_demos_synthetic_images_is_warned_about_on_stderr(binary_model, tmp_path):
+    """evaluate said nothing of it: only the model card's data section named the training data synthetic."""
+    copy = shutil.copytree(binary_model.model_dir, tmp_path / "m")
+    asset = copy / "assets" / "covid_cxr.json"
+    asset.write_text(json.dumps(dict(json.loads(asset.read_text()), data_summary={"synthetic": True})))
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [
+        "evaluate", "--model", str(copy), "--data", binary_model.data_dir, "--json", "--no-audit",
+        "--bootstrap", "100", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["n"] > 0  # the JSON stays JSON
+    assert (f"covid-cxr: warning: model {copy}: this model was trained on SYNTHETIC images (the demo): its labels "
+            "say nothing about radiographs") in result.stderr.splitlines(), result.stderr
+
+
 def test_class_map_option(binary_model, tmp_path):
     by_label = {}
     for r in testing.read_records(binary_model.data_dir):

@@ -243,6 +243,20 @@ def warn_if_unpushed(model: ServingModel, blessed: tuple[Optional[str], str]) ->
                     model.path, model_metadata.version_text(None))
 
 
+SYNTHETIC = "this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs"
+
+
+def trained_on_synthetic(model: ServingModel) -> bool:
+    return bool((model.metadata.get("data_summary") or {}).get("synthetic"))
+
+
+def warn_if_synthetic(model: ServingModel) -> None:
+    """predict and evaluate on the demo's model: a warning line on stderr, whatever the output format (`--json`
+    and evaluate's summary said nothing of it; predict's table also says it above its rows)."""
+    if trained_on_synthetic(model):
+        log.warning("model %s: %s", model.path, SYNTHETIC)
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
@@ -478,8 +492,8 @@ def format_table(result: PredictResult, blessed: tuple[Optional[str], str]) -> s
                 else "no COVID threshold: label = most probable class")
     lines = [f"model {model.path} ({approval_text(model.version, *blessed)}, "
              f"task {model.task_name}, {decision})"]
-    if (model.metadata.get("data_summary") or {}).get("synthetic"):
-        lines.append("WARNING: this model was trained on SYNTHETIC images (the demo): its labels say nothing about radiographs")
+    if trained_on_synthetic(model):
+        lines.append(f"WARNING: {SYNTHETIC}")
     names = list(result.predictions[0]["probabilities"]) if result.predictions else list(model.classes)
     entries = [(r["file"], r) for r in result.predictions] + [(e.file, e) for e in result.errors]
     width = min(60, max([len("file")] + [len(f) for f, _ in entries]))
@@ -542,6 +556,7 @@ def predict_command(model_path, inputs, as_json, explain_dir, max_side, equaliza
     model = load_model(model_path)
     blessed = blessed_record(model)  # read once: the warning and the table's header
     warn_if_unpushed(model, blessed)
+    warn_if_synthetic(model)
     preparation = Preparation.from_metadata(model.metadata, max_side, equalization)
     result = predict_paths(model, inputs, explain_dir=explain_dir, preparation=preparation)
     if as_json:

@@ -232,6 +232,13 @@ def test_a_model_trained_on_the_demos_synthetic_images_says_so_before_any_label(
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1] == ("WARNING: this model was trained on SYNTHETIC images (the demo): its "
                                              "labels say nothing about radiographs")
+    # --json said nothing of it: a script's log gets it on stderr, whatever the output.
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(copy), "--json",
+                                                           *_write_pngs(binary_model, str(tmp_path / "in"), 1)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["predictions"]  # the JSON stays JSON
+    assert (f"covid-cxr: warning: model {copy}: this model was trained on SYNTHETIC images (the demo): its labels "
+            "say nothing about radiographs") in result.stderr.splitlines(), result.stderr
 
 
 def test_inputs_unlike_the_training_films_are_flagged_not_relabelled(binary_model, dense_model, tmp_path):
