@@ -73,7 +73,6 @@ HISTORY_PNG = "training_curves.png"
 ERRORS_PNG = "errors.png"
 SLICE_KEYS = (features.SOURCE, features.VIEW, features.SEX)
 SLICE_BOOTSTRAP = 500  # resamples for per-slice AUC CIs (the overall AUC uses --bootstrap)
-MAX_LISTED_SKIPS = 50
 
 
 def _default_folder_map() -> dict[str, str]:
@@ -441,7 +440,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "model": {"path": model.path, "version": model.version, "family": model.metadata.get("family"),
                   "signature": signature},
         "data": {"path": data.path, "format": data.format, "n": data.n, "skipped": len(data.skipped),
-                 "skipped_files": data.skipped[:MAX_LISTED_SKIPS], "hidden_skipped": data.hidden,
+                 "skipped_files": data.skipped, "hidden_skipped": data.hidden,
                  "masks_skipped": data.masks},
         "threshold": threshold,
         "threshold_note": model_metadata.decision_note(model.metadata),

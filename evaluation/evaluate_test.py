@@ -342,6 +342,25 @@ def test_a_model_trained_on_the_demos_synthetic_images_is_warned_about_on_stderr
             "say nothing about radiographs") in result.stderr.splitlines(), result.stderr
 
 
+def test_every_skipped_file_is_in_report_json_and_the_page_says_when_it_shows_only_the_first(binary_model, tmp_path):
+    """Past 50 skipped files, report.json and the page listed the first 50: the others' names and reasons
+    were dropped without a word (the count said 60)."""
+    root = tmp_path / "tree"
+    for i, folder in enumerate(["COVID", "Normal"] * 2):
+        data_testing.write_image(root / folder / f"f{i}.png", data_testing.radiograph(i))
+    for i in range(60):
+        (root / "COVID" / f"note{i:02d}.txt").write_text("a note")
+    out = tmp_path / "report"
+    result = _run(["--model", binary_model.serving_dir, "--data", str(root), "--out", str(out), "--no-audit",
+                   "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())["data"]
+    assert data["skipped"] == 60 and len(data["skipped_files"]) == 60
+    assert {s["reason"] for s in data["skipped_files"]} == {"not an image file"}
+    page = (out / "report.html").read_text()
+    assert "the first 50 of 60: report.json lists every one" in page and page.count("not an image file") == 50
+
+
 def test_class_map_option(binary_model, tmp_path):
     by_label = {}
     for r in testing.read_records(binary_model.data_dir):

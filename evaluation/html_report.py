@@ -9,6 +9,7 @@ from covid_cxr.data.sources import radiography
 from covid_cxr.evaluation import attention_audit, errors, metrics, model_card
 from covid_cxr.serving import predict, typicality
 
+MAX_SKIPPED_SHOWN = 50  # a hospital export can hold thousands of notes and previews
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 62em; color: #222; line-height: 1.4; padding: 0 1em; }
@@ -259,6 +260,8 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
     skipped = data.get("skipped_files") or []
     if skipped:
         parts.append(f"<h2>Skipped inputs ({data['skipped']})</h2>")
-        parts.append(_table(["file", "reason"], [[_e(s["file"]), _e(s["reason"])] for s in skipped]))
+        parts.append(_table(["file", "reason"], [[_e(s["file"]), _e(s["reason"])] for s in skipped[:MAX_SKIPPED_SHOWN]]))
+        if len(skipped) > MAX_SKIPPED_SHOWN:  # report.json keeps every one: past 50 they were dropped unsaid
+            parts.append(f"<p class=note>the first {MAX_SKIPPED_SHOWN} of {len(skipped)}: report.json lists every one</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
