@@ -244,3 +244,16 @@ def make_rsna(root, patients: Sequence[dict]) -> Path:
     write_csv(root / "stage_2_train_labels.csv", ("patientId", "x", "y", "width", "height", "Target"), labels)
     write_csv(root / "stage_2_detailed_class_info.csv", ("patientId", "class"), classes)
     return root
+
+
+def refuse_listing(monkeypatch, name: str) -> None:
+    """``os.scandir`` refuses a folder whose path ends in ``name``, as chmod 000 makes it refuse a user:
+    tests may run as root, whom chmod 000 does not stop."""
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith(name):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)

@@ -326,14 +326,7 @@ def test_a_folder_that_cannot_be_listed_is_its_inputs_error_not_the_whole_comman
     data_testing.write_image(tmp_path / "in" / "a.png", data_testing.radiograph(1))
     (tmp_path / "in" / "locked").mkdir()
     data_testing.write_image(tmp_path / "other" / "b.png", data_testing.radiograph(2))
-    listing = os.scandir
-
-    def scandir(path="."):
-        if os.fspath(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return listing(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    data_testing.refuse_listing(monkeypatch, "locked")
     found = predict.find_inputs([str(tmp_path / "in"), str(tmp_path / "other")])
     assert found.files == [str(tmp_path / "other" / "b.png")]
     assert [e.to_dict() for e in found.errors] == [

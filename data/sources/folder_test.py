@@ -1,4 +1,3 @@
-import os
 import re
 
 import pytest
@@ -96,14 +95,7 @@ def test_a_folder_that_cannot_be_read_stops_curation_naming_it(tmp_path, monkeyp
     root = tmp_path / "f"
     testing.write_image(root / "COVID" / "a.png", testing.radiograph(1))
     (root / "COVID" / "locked").mkdir()
-    listing = os.scandir
-
-    def scandir(path="."):
-        if os.fspath(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return listing(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    testing.refuse_listing(monkeypatch, "locked")
     with pytest.raises(SourceError, match=r"^cannot read folder '.*COVID/locked': Permission denied$"):
         list(FolderSource(str(root), {"COVID": "covid"}).candidates())
     assert base.list_files(str(root / "missing")) == []  # a folder that is not there: the caller says so
