@@ -211,7 +211,7 @@ def load_folders(root: str, task: features.Task, class_map: Optional[Mapping[str
     by (default: as `covid-cxr curate` reads it). ValueError (one line) when nothing is usable."""
     preparation = preparation or predict.Preparation()
     root = os.path.normpath(root)
-    inputs = predict.find_inputs([root])
+    inputs = predict.find_inputs([root], strict=True)
     if class_map:  # as curation: a mapped folder that no image is in is a typo, not an empty class
         missing = sorted(unmatched_names(
             class_map, {part for path in inputs.files for part in os.path.relpath(path, root).split(os.sep)[:-1]}))

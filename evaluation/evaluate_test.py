@@ -361,6 +361,17 @@ def test_every_skipped_file_is_in_report_json_and_the_page_says_when_it_shows_on
     assert "the first 50 of 60: report.json lists every one" in page and page.count("not an image file") == 50
 
 
+def test_a_folder_tree_with_a_folder_that_cannot_be_listed_is_refused_naming_it(tmp_path, monkeypatch):
+    """Its films would be missing from the figures without a word (and the tree's error said "0 skipped")."""
+    root = tmp_path / "tree"
+    for i, folder in enumerate(["COVID", "Normal"]):
+        data_testing.write_image(root / folder / f"f{i}.png", data_testing.radiograph(i))
+    (root / "Normal" / "locked").mkdir()
+    data_testing.refuse_listing(monkeypatch, "locked")
+    with pytest.raises(ValueError, match=r"^cannot read folder '.*Normal/locked': Permission denied$"):
+        evaluate.load_folders(str(root), features.get_task("covid-vs-normal"))
+
+
 def test_class_map_option(binary_model, tmp_path):
     by_label = {}
     for r in testing.read_records(binary_model.data_dir):

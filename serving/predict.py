@@ -282,8 +282,10 @@ class Inputs:
 NOT_AN_IMAGE = "not an image file"
 
 
-def find_inputs(paths: Iterable[str]) -> Inputs:
-    """The files to predict under ``paths``, and what was passed over and why."""
+def find_inputs(paths: Iterable[str], strict: bool = False) -> Inputs:
+    """The files to predict under ``paths``, and what was passed over and why. A given folder holding one
+    that cannot be listed is that input's error, or with ``strict`` a SourceError (evaluate: one labelled
+    set, whose figures would lack that folder's films)."""
     from covid_cxr.data.sources.base import SourceError, list_files
 
     found = Inputs([], [], [])
@@ -294,6 +296,8 @@ def find_inputs(paths: Iterable[str]) -> Inputs:
             try:
                 files = list_files(path, hidden=hidden, irregular=irregular)
             except SourceError as e:  # a folder in it cannot be listed: this input's row, not the whole command
+                if strict:
+                    raise
                 found.errors.append(InputError(path, str(e)))
                 continue
             found.hidden += len(hidden)
