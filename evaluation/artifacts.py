@@ -221,15 +221,20 @@ def under_root(uri: str, pipeline_root: str) -> Optional[bool]:
     return False if os.path.isabs(uri) or os.path.exists(uri) else None
 
 
-def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> dict:
-    """Everything above that exists, plus the errors met while reading (one line each).
-    `model_uri` / `evaluation_uri`: the Trainer model being evaluated and the evaluation that blessed
-    it (from its push record), to show that model's own Evaluator output."""
+def check_pipeline_root(pipeline_root: str) -> None:
+    """FileNotFoundError (one line) unless `pipeline_root` holds a run whose artifacts read_pipeline reads."""
     if not os.path.isdir(pipeline_root):
         raise FileNotFoundError(f"pipeline root {pipeline_root!r} does not exist")
     components = ("StatisticsGen", "ExampleValidator", "Evaluator")
     if not any(os.path.isdir(os.path.join(pipeline_root, c)) for c in components):
         raise FileNotFoundError(f"no pipeline run under {pipeline_root!r} (none of {', '.join(components)})")
+
+
+def read_pipeline(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> dict:
+    """Everything above that exists, plus the errors met while reading (one line each).
+    `model_uri` / `evaluation_uri`: the Trainer model being evaluated and the evaluation that blessed
+    it (from its push record), to show that model's own Evaluator output."""
+    check_pipeline_root(pipeline_root)
     # A model pushed from another root names that root's artifacts: not this root's to show.
     foreign = model_uri if under_root(model_uri, pipeline_root) is False else ""
     model_uri, evaluation_uri = (uri if under_root(uri, pipeline_root) else "" for uri in (model_uri, evaluation_uri))

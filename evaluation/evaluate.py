@@ -752,6 +752,11 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
     shortcut audit and an HTML report."""
     if out_dir:  # before the work, not when the report is written
         writer.check_writable(out_dir, "--out")
+    if pipeline_root:  # before the work too: found after it, the evaluation was lost
+        try:
+            artifacts.check_pipeline_root(pipeline_root)
+        except FileNotFoundError as e:
+            raise click.BadParameter(str(e), param_hint="--pipeline-root")
     if data_dir is None:
         data_dir = held_out_split(pipeline_root)
     if not os.path.isdir(data_dir):

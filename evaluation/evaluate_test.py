@@ -1015,6 +1015,23 @@ def test_a_bad_class_map_is_refused_before_the_model_loads(tmp_path, monkeypatch
         assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 300
 
 
+def test_a_pipeline_root_with_no_run_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """`--data X --pipeline-root <a typo>` ran the whole evaluation, then refused the root and lost it."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")
+    data_testing.write_image(tmp_path / "tree" / "COVID" / "a.png", data_testing.radiograph(1))
+    (tmp_path / "empty").mkdir()
+    _no_model_load(monkeypatch)
+    for root, message in ((tmp_path / "gone", f"pipeline root '{tmp_path / 'gone'}' does not exist"),
+                          (tmp_path / "empty", f"no pipeline run under '{tmp_path / 'empty'}'")):
+        for data in (["--data", str(tmp_path / "tree")], []):
+            result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(model), *data, "--pipeline-root",
+                                                   str(root), "--out", str(tmp_path / "r")])
+            assert result.exit_code == 2 and message in result.output, result.output
+            assert len(result.output.strip().splitlines()) == 1
+
+
 def test_the_report_is_not_written_into_the_model_or_its_serving_directory(binary_model, tmp_path, monkeypatch):
     """`--out` = the pushed version: its model_card.md (the Pusher's, with the gate's figures) was replaced
     by this evaluation's; `--out` = the serving directory: report files among TF Serving's versions."""
