@@ -996,15 +996,21 @@ def _no_model_load(monkeypatch):
     monkeypatch.setattr(predict, "load_model", lambda path: pytest.fail(f"the model was loaded ({path})"))
 
 
-def test_a_bad_class_map_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    """`--class-map COVID=banana` was refused only after the model had loaded (half a minute or more)."""
+def _unloadable_model_and_tree(tmp_path, monkeypatch):
+    """A model folder that `--model` accepts and that must not load, and a folder tree `tree/COVID/a.png`."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "saved_model.pb").write_bytes(b"")
     data_testing.write_image(tmp_path / "tree" / "COVID" / "a.png", data_testing.radiograph(1))
+    _no_model_load(monkeypatch)
+    return model
+
+
+def test_a_bad_class_map_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """`--class-map COVID=banana` was refused only after the model had loaded (half a minute or more)."""
+    model = _unloadable_model_and_tree(tmp_path, monkeypatch)
     (tmp_path / "records").mkdir()
     (tmp_path / "records" / "records-00000-of-00001.tfrecord.gz").write_bytes(b"")
-    _no_model_load(monkeypatch)
     for data, class_map, message in (
             ("tree", "COVID=banana", "bad class map entry 'COVID=banana': finding must be one of"),
             ("tree", "COVID", "bad class map entry 'COVID': expected FOLDER=FINDING"),
@@ -1017,12 +1023,8 @@ def test_a_bad_class_map_is_refused_before_the_model_loads(tmp_path, monkeypatch
 
 def test_a_pipeline_root_with_no_run_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     """`--data X --pipeline-root <a typo>` ran the whole evaluation, then refused the root and lost it."""
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "saved_model.pb").write_bytes(b"")
-    data_testing.write_image(tmp_path / "tree" / "COVID" / "a.png", data_testing.radiograph(1))
+    model = _unloadable_model_and_tree(tmp_path, monkeypatch)
     (tmp_path / "empty").mkdir()
-    _no_model_load(monkeypatch)
     for root, message in ((tmp_path / "gone", f"pipeline root '{tmp_path / 'gone'}' does not exist"),
                           (tmp_path / "empty", f"no pipeline run under '{tmp_path / 'empty'}'")):
         for data in (["--data", str(tmp_path / "tree")], []):
