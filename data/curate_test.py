@@ -970,3 +970,29 @@ def test_the_terminal_summary_lists_the_most_frequent_rejection_first():
                                       "rejected": 5, "rejections": {"a reason": 1, "b reason": 3, "c reason": 1}}, "out")
     assert [line.split(None, 1)[1] for line in text.splitlines() if line.endswith(" reason")] == [
         "b reason", "a reason", "c reason"]
+
+
+def test_no_source_at_all_is_a_one_line_error_not_an_empty_curation(tmp_path):
+    for none in ({}, []):
+        with pytest.raises(CurationError, match=r"^no sources given; pass --source NAME=PATH \(cohen, "):
+            curate(none, str(tmp_path / "x"), "covid-vs-normal", key=KEY)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_os_error_while_curating_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "train-00000.tfrecord.gz"))
+
+    monkeypatch.setattr(curate_mod, "curate", full_disk)
+    (tmp_path / "src").mkdir()
+    result = CliRunner().invoke(cli.main, ["curate", "--source", f"folder={tmp_path / 'src'}", "--out",
+                                           str(tmp_path / "o"), "--key", KEY])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"covid-cxr: error: No space left on device: {tmp_path / 'o' / 'train-00000.tfrecord.gz'}\n"
+
+
+def test_locate_refuses_a_source_name_that_is_not_a_source(tmp_path):
+    result = CliRunner().invoke(cli.main, ["locate", "--source", f"nih={tmp_path}", "--key", KEY,
+                                           f"COVID/{'0' * 16}-{'0' * 8}.png"])
+    assert result.exit_code == 2, result.output
+    assert f"--source 'nih={tmp_path}': 'nih' is not a source; choose from cohen, " in result.output, result.output

@@ -433,3 +433,28 @@ def test_a_reader_leaving_first_leaves_the_others_quiet_and_the_last_restores(ca
         warnings.warn("after reading too")
     assert "after reading" in caplog.text and [str(w.message) for w in recwarn] == ["after reading too"]
     assert dicom._quiet_readers == 0
+
+
+@pytest.mark.parametrize("failures, message", [
+    # pydicom's own errors may quote header values (a name, an id): only their type may travel on.
+    ([ValueError(f"bad value for PatientName: {testing.SECRET_NAME}")], "cannot parse DICOM (ValueError)"),
+    ([pydicom.errors.InvalidDicomError("no preamble"), ValueError(f"bad PatientID RAW-99 {testing.SECRET_NAME}")],
+     "not a DICOM file (ValueError)"),
+])
+def test_a_file_pydicom_cannot_parse_is_a_one_line_error_that_quotes_no_header_value(tmp_path, monkeypatch, failures,
+                                                                                     message):
+    raised = iter(failures)
+
+    def dcmread(path, **kwargs):
+        raise next(raised)
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", dcmread)
+    with pytest.raises(dicom.DicomError) as e:
+        dicom.read_dicom(str(tmp_path / "a.dcm"))
+    assert str(e.value) == message
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no chained traceback quoting the value
+
+
+def test_a_monochrome_picture_with_colour_samples_is_refused_not_stretched():
+    with pytest.raises(dicom.DicomError, match=r"^unexpected pixel array shape \(4, 4, 3\)$"):
+        dicom.to_uint8(Decoded(np.zeros((4, 4, 3), np.uint8), PhotometricInterpretation="MONOCHROME2"))

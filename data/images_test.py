@@ -410,3 +410,11 @@ def test_an_upper_case_extension_is_an_image_and_a_missing_file_is_not_called_a_
     os.symlink(tmp_path / "gone.png", tmp_path / "link.png")
     assert images.process_job((str(tmp_path / "link.png"), 512, True, "none")) == (
         None, "broken symbolic link: its target does not exist")
+
+
+def test_a_picture_pillow_calls_a_decompression_bomb_is_refused_as_too_large(tmp_path, monkeypatch):
+    # Beyond twice its own limit Pillow raises while opening, before read_gray's own check: the
+    # reason must still say what is wrong, not "cannot decode image (DecompressionBombError)".
+    png = testing.write_image(tmp_path / "bomb.png", testing.radiograph(1, (40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40 // 2 - 1)
+    assert images.process_job((str(png), 512, True, "none")) == (None, "image too large")

@@ -208,3 +208,22 @@ def test_a_key_file_another_process_creates_at_the_same_moment_is_used_not_an_er
     monkeypatch.setattr(os, "makedirs", racing_makedirs)
     assert pseudonym.load_key(key_file=str(path)) == (theirs.encode(), "key file")
     assert path.read_text() == theirs + "\n"
+
+
+def test_a_key_file_that_cannot_be_read_or_written_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(pseudonym.ENV_VAR, raising=False)
+    (tmp_path / "dir.key").mkdir()  # e.g. a secret mounted as a folder
+    with pytest.raises(pseudonym.PseudonymKeyError, match=(
+            rf"^cannot read pseudonym key file {tmp_path}/dir.key: Is a directory "
+            r"\(give the key with --key or \$COVID_CXR_PSEUDONYM_KEY\)$")):
+        pseudonym.load_key(key_file=str(tmp_path / "dir.key"))
+
+    def refused(path, flags, mode=0o777):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "open", refused)  # a folder it may not write to (root may write anywhere here)
+    with pytest.raises(pseudonym.PseudonymKeyError, match=(
+            rf"^cannot create the pseudonym key file {tmp_path}/new.key: Permission denied "
+            r"\(give the key with --key or \$COVID_CXR_PSEUDONYM_KEY\)$")):
+        pseudonym.load_key(key_file=str(tmp_path / "new.key"))
+    assert not (tmp_path / "new.key").exists()

@@ -1511,3 +1511,22 @@ def test_the_attention_audits_figures_reach_the_summary_and_the_page_class_by_cl
     assert "<tr><td>all</td>" in page and "<tr><td>a</td>" not in page
     report["attention_audit"] = dict(attention_audit.audit([], [], task.classes), method="saliency", target=None)
     assert "Attention audit" not in html_report.render(report, pngs={})
+
+
+def test_without_a_task_in_the_model_or_the_data_the_classes_are_not_guessed():
+    untasked = types.SimpleNamespace(task=None)
+    with pytest.raises(click.UsageError, match=r"^the model's metadata names no task and the data has none: "
+                                               r"cannot tell the classes$"):
+        evaluate.task_of(untasked, types.SimpleNamespace(task_name=None, path="d", labels=np.array([0, 1])))
+    # The curated data's own task tells them when the model's metadata does not.
+    data = types.SimpleNamespace(task_name="three-class", path="d", labels=np.array([0, 2]))
+    assert evaluate.task_of(untasked, data) is features.TASKS["three-class"]
+
+
+def test_data_that_is_not_a_directory_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    _no_model_load(monkeypatch)
+    (tmp_path / "films.zip").write_bytes(b"PK")
+    for data in (tmp_path / "nope", tmp_path / "films.zip"):
+        result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(tmp_path / "model"), "--data", str(data)])
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for --data: '{data}' is not a directory" in result.output, result.output

@@ -315,3 +315,13 @@ def test_parse_override_splits_at_the_first_equals_sign_and_strips_both_sides():
     for text in ("=0.8", " =0.8", "gate.min_auc"):
         with pytest.raises(cfg.ConfigError, match="must look like section.field=value"):
             cfg.parse_override(text)
+
+
+@pytest.mark.parametrize("text, kind", [("gate.min_auc=0.8\n", "str"), ("- model\n- gate\n", "list"), ("5\n", "int")])
+def test_a_config_file_that_is_not_a_mapping_of_sections_is_a_one_line_error(tmp_path, text, kind):
+    # e.g. --set's syntax written into the file: a clear error, not an AttributeError from deep inside.
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError, match=rf"^config '{re.escape(str(path))}' must be a mapping of sections, "
+                                              rf"got {kind}$"):
+        cfg.load_config(None, str(path))
