@@ -996,3 +996,28 @@ def test_locate_refuses_a_source_name_that_is_not_a_source(tmp_path):
                                            f"COVID/{'0' * 16}-{'0' * 8}.png"])
     assert result.exit_code == 2, result.output
     assert f"--source 'nih={tmp_path}': 'nih' is not a source; choose from cohen, " in result.output, result.output
+
+
+def test_a_worker_process_that_dies_is_a_one_line_error_naming_the_way_to_find_the_file(monkeypatch):
+    import concurrent.futures
+
+    class DyingPool:  # the first film decodes, then a decoder takes its worker down (a segfault in C)
+        def __init__(self, workers, mp_context=None):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, jobs, chunksize=1):
+            yield "first"
+            raise concurrent.futures.process.BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", DyingPool)
+    results = curate_mod._run_jobs([("a.png", 512, True, "none")] * curate_mod._PARALLEL_MIN_JOBS, 2, False)
+    assert next(results) == "first"
+    with pytest.raises(CurationError, match=r"^an image worker process crashed \(a decoder failed hard\); re-run with "
+                                            r"--workers 1 to see which file$"):
+        next(results)

@@ -458,3 +458,16 @@ def test_a_file_pydicom_cannot_parse_is_a_one_line_error_that_quotes_no_header_v
 def test_a_monochrome_picture_with_colour_samples_is_refused_not_stretched():
     with pytest.raises(dicom.DicomError, match=r"^unexpected pixel array shape \(4, 4, 3\)$"):
         dicom.to_uint8(Decoded(np.zeros((4, 4, 3), np.uint8), PhotometricInterpretation="MONOCHROME2"))
+
+
+def test_a_voi_lut_is_applied_to_rescaled_values_that_are_not_whole_numbers(tmp_path):
+    # Rescale slope 0.5: the modality LUT's output is float (0, 0.5, 1, ...), which indexes no table:
+    # each value is rounded to the nearest entry (half to even), not cut down, before the VOI LUT
+    # (an inverting one here) maps it.
+    img = np.tile(np.arange(0, 256, dtype=np.uint16), (8, 1))
+    lut = [1000 - 3 * i for i in range(200)]  # over inputs 0..199: 1000 down to 403
+    out = dicom.read_dicom(testing.write_dicom(tmp_path / "r.dcm", img, bits_stored=12, rescale=(0.5, 0.0),
+                                               voi_lut=lut)).pixels
+    expected = (1000 - 3 * np.rint(img[0] * 0.5) - 403) * 255 / 597
+    assert np.abs(out[0].astype(float) - expected).max() <= 0.5
+    assert out[0, 0] == 255 and out[0, -1] < 100  # low values bright: the LUT's inversion, not the data's ramp

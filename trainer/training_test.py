@@ -876,3 +876,12 @@ def test_a_gap_between_adjacent_float64_scores_still_accepts_the_upper_one():
         upper = float(np.nextafter(lower, 1.0))
         t = T.choose_threshold([0, 1], [lower, upper], 1.0)
         assert lower <= t < upper, value
+
+
+def test_a_model_that_scores_every_validation_film_alike_gets_the_sensitivity_first_threshold():
+    # A collapsed model (one score for all) leaves no gap between scores to put a balanced threshold in:
+    # sensitivity comes first, every film COVID, instead of an IndexError at the end of training.
+    for target_specificity in (0.5, 1.0):
+        t = T.choose_threshold([0, 1, 1, 0], [0.5] * 4, 0.95, target_specificity)
+        assert t == float(np.nextafter(np.float32(0.5), np.float32(-np.inf)))
+        assert T.sensitivity_specificity([0, 1, 1, 0], [0.5] * 4, t) == (1.0, 0.0)
