@@ -1021,3 +1021,12 @@ def test_a_worker_process_that_dies_is_a_one_line_error_naming_the_way_to_find_t
     with pytest.raises(CurationError, match=r"^an image worker process crashed \(a decoder failed hard\); re-run with "
                                             r"--workers 1 to see which file$"):
         next(results)
+
+
+def test_the_terminal_summary_counts_label_conflicts_only_when_there_are_some():
+    summary = {"accepted": 1, "task": "covid-vs-normal", "classes": ["normal", "covid"], "rejected": 2,
+               "duplicates": {"rejected": 2, "within_source": 0, "cross_source": 2, "label_conflicts": 2}}
+    assert ("  label conflicts (same picture, different labels; the kept copy's label wins): 2"
+            in curate_mod.format_summary(summary, "out").splitlines())
+    summary["duplicates"]["label_conflicts"] = 0
+    assert "label conflicts" not in curate_mod.format_summary(summary, "out")

@@ -471,3 +471,14 @@ def test_a_voi_lut_is_applied_to_rescaled_values_that_are_not_whole_numbers(tmp_
     expected = (1000 - 3 * np.rint(img[0] * 0.5) - 403) * 255 / 597
     assert np.abs(out[0].astype(float) - expected).max() <= 0.5
     assert out[0, 0] == 255 and out[0, -1] < 100  # low values bright: the LUT's inversion, not the data's ramp
+
+
+def test_pixel_data_without_its_size_fields_is_a_clear_error_without_a_guessed_hint(tmp_path):
+    # No BitsAllocated: neither pydicom nor the cut-short hint can size the pixels; the error says the
+    # pixels could not be decoded, with no made-up byte count and no traceback of the hint's own.
+    ds = pydicom.dcmread(testing.write_dicom(tmp_path / "a.dcm", testing.radiograph(3)))
+    del ds.BitsAllocated
+    ds.save_as(tmp_path / "nobits.dcm")
+    with pytest.raises(dicom.DicomError, match=r"^cannot decode pixel data \(Explicit VR Little Endian; "
+                                               r"AttributeError\)$"):
+        dicom.read_dicom(str(tmp_path / "nobits.dcm"))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import click
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -872,3 +873,20 @@ def test_max_side_and_equalize_given_on_the_command_line_prepare_the_films(monke
     result = _run(["--model", "m", "--max-side", "256", "--equalize", "clahe", "a.png"])
     assert result.exit_code == 0, result.output
     assert used == [predict.Preparation(256, True, "clahe")]
+
+
+def test_a_saved_model_without_covid_cxrs_signatures_is_a_one_line_error_naming_what_it_has():
+    import types
+
+    other = types.SimpleNamespace(signatures={"serving_default": lambda **kw: {}})
+    model = predict.ServingModel("/models/resnet", None, {}, (), None, None, _loaded=other)
+    with pytest.raises(click.ClickException) as e:
+        model.predict_images([b"png"])
+    assert e.value.message == ("the model at /models/resnet has no 'predict_image' signature (it has: serving_default); "
+                               "was it exported by covid-cxr?")
+
+
+def test_probabilities_wider_than_the_class_names_listed_are_named_by_column_not_mislabelled():
+    model = predict.ServingModel("m", 3, {}, ("normal", "covid"), None, None)
+    assert model.class_names(2) == ("normal", "covid")
+    assert model.class_names(3) == ("class_0", "class_1", "class_2")
