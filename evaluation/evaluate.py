@@ -616,6 +616,8 @@ def summary_text(report: dict) -> str:
         f"data {report['data']['path']} ({report['data']['format']}, n={report['n']}: "
         + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())
         + html_report.skipped_text(report["data"]) + ")",
+        *(["each skipped file is listed with its reason in report.json (data.skipped_files)"]
+          if report["data"]["skipped"] else []),
         *([f"WARNING: {report['data']['warning']}"] if report["data"].get("warning") else []),
         f"decision threshold {report['threshold']:.4f}: {report['threshold_note']}",
         "metric        value  [95% CI]  (k/n)",

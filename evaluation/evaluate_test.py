@@ -272,7 +272,8 @@ def test_evaluate_class_folders(binary_model, tmp_path, monkeypatch):
     assert report["model"]["signature"] == "predict_image"
     assert report["class_counts"] == expected
     assert report["data"]["skipped"] == 4 and report["data"]["hidden_skipped"] == 1
-    assert "; 4 skipped; 1 hidden files or folders not read)" in evaluate.summary_text(report)
+    summary = evaluate.summary_text(report)
+    assert "; 4 skipped; 1 hidden files or folders not read)\neach skipped file is listed with its reason in report.json" in summary
     # A folder tree may be a hospital export: every file is shown by its class folder and a pseudonym,
     # and the folders above the class folder (a site here, a patient's name elsewhere) are not shown.
     reasons = {os.path.relpath(s["file"], root): s["reason"] for s in report["data"]["skipped_files"]}
