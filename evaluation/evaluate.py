@@ -39,6 +39,10 @@ The misclassified films, most confidently wrong first (evaluation/errors.py), ar
 report by record / file reference, source, view and sex when known (and, for curated TFRecords,
 the keyed patient pseudonym).
 
+Films that are near copies of ones the model trained or validated on (serving/near_copies.py: the
+perceptual hashes the Trainer stored with the model) are counted and listed by the same names, with a
+WARNING; they stay in the figures. A model exported without the hashes gets a note instead.
+
 --out writes report.json, report.html (self-contained: plots inlined as base64), roc.png,
 confusion_matrix.png, errors.png (thumbnails of the misclassified films) and training_curves.png
 (history from the model's metadata asset, else the Trainer's history.json next to the pushed
@@ -63,7 +67,7 @@ from covid_cxr.data.sources import kermany, parse_class_map, radiography
 from covid_cxr.data.sources.folder import mapped_finding, unmatched_names
 from covid_cxr.evaluation import (artifacts, attention_audit, errors, html_report, metrics, model_card,
                                   shortcut_audit)
-from covid_cxr.serving import model_metadata, predict, typicality
+from covid_cxr.serving import model_metadata, near_copies, predict, typicality
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -446,6 +450,8 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         "threshold_note": model_metadata.decision_note(model.metadata),
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices, groups=data.groups))
+    # Reporting only: near copies of training/validation films stay in the figures.
+    report["near_copies"] = near_copies.check(model.metadata, data.images, data.refs)
     # Only the curation's keyed pseudonyms are shown; a folder tree's groups hold its folder names.
     shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
@@ -619,6 +625,7 @@ def summary_text(report: dict) -> str:
         *(["each skipped file is listed with its reason in report.json (data.skipped_files)"]
           if report["data"]["skipped"] else []),
         *([f"WARNING: {report['data']['warning']}"] if report["data"].get("warning") else []),
+        *[line for line in [near_copies.summary_line(report.get("near_copies"))] if line],
         f"decision threshold {report['threshold']:.4f}: {report['threshold_note']}",
         "metric        value  [95% CI]  (k/n)",
     ]

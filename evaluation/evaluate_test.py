@@ -1531,3 +1531,62 @@ def test_data_that_is_not_a_directory_is_refused_before_the_model_loads(tmp_path
         result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(tmp_path / "model"), "--data", str(data)])
         assert result.exit_code == 2, result.output
         assert f"Invalid value for --data: '{data}' is not a directory" in result.output, result.output
+
+
+def _fingerprinted_copy(model, target: str, films: list) -> str:
+    """A copy of the tiny model whose metadata carries the Trainer's fingerprints of ``films``: each
+    curated (``images.process``, as `covid-cxr curate`), decoded by the Transform's own function and hashed."""
+    from covid_cxr.serving import near_copies
+    from covid_cxr.transform import preprocessing
+
+    shutil.copytree(model.model_dir, target)
+    asset = os.path.join(target, "assets", "covid_cxr.json")
+    with open(asset, encoding="utf-8") as f:
+        metadata = json.load(f)
+    curated = []
+    for i, film in enumerate(films):
+        path = os.path.join(target, f"film{i}.png")
+        pathlib.Path(path).write_bytes(film)
+        curated.append(images.process(path).png)
+        os.remove(path)
+    transformed = preprocessing.decode_images(tf.constant(curated), testing.TINY_IMAGE_SIZE).numpy()
+    metadata[near_copies.KEY] = near_copies.fingerprints([transformed], testing.TINY_IMAGE_SIZE, 0.0)
+    with open(asset, "w", encoding="utf-8") as f:
+        json.dump(metadata, f)
+    return target
+
+
+def test_films_that_are_near_copies_of_training_films_are_reported_and_the_figures_kept(binary_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("COVID_CXR_PSEUDONYM_KEY", "evaluate-test-key-0123456789abcdef")
+    films = [tf.train.Example.FromString(r).features.feature["image"].bytes_list.value[0]
+             for r in testing.read_records(binary_model.data_dir)]
+    # Films 0-11 "trained on"; 15 and 16 (another patient's films) were not.
+    model_dir = _fingerprinted_copy(binary_model, str(tmp_path / "model"), films[:12])
+    root = tmp_path / "tree"
+    os.makedirs(root / "covid")
+    (root / "covid" / "a.png").write_bytes(films[0])  # a copy
+    big = Image.open(io.BytesIO(films[7])).convert("L")
+    big.resize((big.width * 3, big.height * 2)).save(root / "covid" / "b.jpg", quality=75)  # resized and re-encoded
+    (root / "covid" / "c.png").write_bytes(films[15])
+    (root / "covid" / "d.png").write_bytes(films[16])
+    out = tmp_path / "out"
+    result = _run(["--model", model_dir, "--data", str(root), "--bootstrap", "100", "--no-audit", "--out", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    warning = ("WARNING: 2 of 4 films are near copies of films the model trained or validated on: the figures overstate it "
+               "(reporting only: the figures include them)")
+    report = json.loads((out / "report.json").read_text())
+    assert warning in result.output
+    near = report["near_copies"]
+    assert (near["checked"], near["copies"], near["n"], near["trained_films"]) == (True, 2, 4, 12)
+    refs = sorted(os.path.basename(f) for f in near["films"])
+    # Shown by their pseudonymous names, as every other film of a folder tree.
+    assert len(refs) == 2 and all(re.fullmatch(r"file-[0-9a-f]{8}\.(png|jpg)", r) for r in refs), refs
+    assert {r.rsplit(".", 1)[1] for r in refs} == {"png", "jpg"}
+    assert report["n"] == 4  # reporting only: the near copies stay in the figures
+    assert warning in (out / "report.html").read_text()
+    assert warning in (out / "model_card.md").read_text()
+    # A model exported before the fingerprints: a note, not an error.
+    old = json.loads(_run(["--model", binary_model.serving_dir, "--data", str(root), "--bootstrap", "100", "--no-audit",
+                           "--json"]).output)
+    assert old["near_copies"]["checked"] is False and "could not be checked" in old["near_copies"]["note"]
+    assert "near-copy check: the model carries no fingerprints" in evaluate.summary_text(old)

@@ -7,7 +7,7 @@ from typing import Mapping, Optional
 
 from covid_cxr.data.sources import radiography
 from covid_cxr.evaluation import attention_audit, errors, metrics, model_card
-from covid_cxr.serving import predict, typicality
+from covid_cxr.serving import near_copies, predict, typicality
 
 MAX_SKIPPED_SHOWN = 50  # a hospital export can hold thousands of notes and previews
 STYLE = """
@@ -178,6 +178,8 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
         f"<h1>covid-cxr evaluation: {_e(report['task'])}</h1>",
         "<p class=warn><b>Research use only, not a diagnostic device.</b> These numbers describe this model on "
         "this data; they do not transfer to another hospital's films without measuring there.</p>",
+        *([f"<p class=warn>{_e(near_copies.summary_line(report.get('near_copies')))}</p>"]
+          if near_copies.summary_line(report.get("near_copies")) else []),
         _table(["", ""], [
             ["model", f"<code>{_e(model['path'])}</code> ({_e(approval_text(model))}, family {_e(model.get('family'))})"],
             ["data", f"<code>{_e(data['path'])}</code> ({_e(data['format'])}, signature {_e(model.get('signature'))})"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from covid_cxr.evaluation import attention_audit, metrics
-from covid_cxr.serving import model_metadata, typicality
+from covid_cxr.serving import model_metadata, near_copies, typicality
 
 FILE_NAME = "model_card.md"
 COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
@@ -164,6 +164,9 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
         if key in evaluation:
             lines.append(f"| {label} | {_ci_cell(evaluation[key])} |")
     lines += ["", "Proportions: Wilson score intervals; AUC: " + str(evaluation.get("auc", {}).get("method", "")) + "."]
+    near = near_copies.summary_line(evaluation.get("near_copies"))
+    if near:
+        lines += ["", f"- **{near}.**"]
     if evaluation.get("patient_bootstrap"):
         lines += ["", metrics.patient_ci_text(evaluation["patient_bootstrap"]) + "."]
     if evaluation.get("atypical"):

@@ -25,7 +25,7 @@ from tfx_bsl.public import tfxio
 from covid_cxr.data import features, writer
 from covid_cxr.evaluation import metrics as ci_metrics
 from covid_cxr.pipeline import fingerprints
-from covid_cxr.serving import export, typicality
+from covid_cxr.serving import export, near_copies, typicality
 from covid_cxr.trainer import models, training
 from covid_cxr.transform import preprocessing
 
@@ -505,6 +505,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     check, metadata["typicality"] = _typicality_check(
         scorer, scored_families, _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
         eval_features, quantile)
+    # Fingerprints of every film trained or validated on, for evaluate's near-copy check.
+    metadata[near_copies.KEY] = near_copies.fingerprints(
+        (image for files in (fn_args.train_files, fn_args.eval_files)
+         for image, _ in _dataset(files, fn_args.data_accessor, tf_transform_output, batch, False, 0).as_numpy_iterator()),
+        cfg["model"]["image_size"], cfg["model"].get("border_crop", 0.0))
     training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir,
                                 typicality_check=check)

@@ -846,3 +846,14 @@ def test_the_atypical_input_check_is_fitted_on_the_training_films_pooled_feature
     (args,) = fitted
     assert check == "check" and args[0] is scorer and args[1] == ["cnn4"] and args[3:] == ("the eval features", 0.8)
     np.testing.assert_array_equal(args[2], np.stack([np.arange(6), 2 * np.arange(6)], axis=1))  # every batch's
+
+
+def test_the_trainer_stores_the_fingerprints_of_every_train_and_eval_film_it_saw(tmp_path, monkeypatch):
+    """Hashed from the transformed images (evaluate hashes an evaluated film through the same decode)."""
+    from covid_cxr.serving import near_copies
+
+    _, metadata, _, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[]", overrides={"model.border_crop": "0.05"})
+    stored = metadata[near_copies.KEY]
+    # The stand-in train and eval splits both hold these eight films.
+    assert stored["hashes"] == [h.hex() for h in near_copies.hash_batch(images)] * 2
+    assert (stored["image_size"], stored["border_crop"], stored["threshold"]) == (32, 0.05, 40)
