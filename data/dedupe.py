@@ -46,18 +46,21 @@ def hash_bits(hashes: Sequence[bytes]) -> np.ndarray:
     return np.unpackbits(packed, axis=1).astype(np.float32)
 
 
+def hamming(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] Hamming distances between the rows of two :func:`hash_bits` matrices.
+    |a| + |b| - 2 a.b: exact in float32, every term being an integer <= the number of bits."""
+    return a_bits.sum(axis=1)[:, None] + b_bits.sum(axis=1)[None, :] - 2.0 * (a_bits @ b_bits.T)
+
+
 def near_pairs(hashes: Sequence[bytes], threshold: int) -> list[tuple[int, int, int]]:
     """All (i, j, distance) with i < j and Hamming distance(hashes[i], hashes[j]) <= threshold, sorted."""
     bits = hash_bits(hashes)
     n = len(hashes)
     if n < 2:
         return []
-    ones = bits.sum(axis=1)
     pairs: list[tuple[int, int, int]] = []
     for start in range(0, n, _BLOCK):
-        block = bits[start : start + _BLOCK]
-        # Exact in float32: every term is an integer <= the number of bits.
-        dist = ones[start : start + _BLOCK, None] + ones[None, :] - 2.0 * (block @ bits.T)
+        dist = hamming(bits[start : start + _BLOCK], bits)
         rows, cols = np.nonzero(dist <= threshold + 0.5)
         for r, c in zip(rows.tolist(), cols.tolist()):
             i = start + r
