@@ -47,7 +47,7 @@ def test_compile_model_loss_metrics_and_phase_learning_rate(num_classes):
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
     ds = dataset(16, num_classes, repeat=False)
     results = model.evaluate(ds, return_dict=True, verbose=0)
-    assert set(results) == {"loss", "accuracy", "auc", "recall", "precision"}
+    assert set(results) == {"loss", "accuracy", "auc", "recall", "precision"} | ({"macro_auc"} if num_classes == 3 else set())
     T.compile_model(built, hp, num_classes, M.PHASE_FINE_TUNE)
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
 
@@ -94,6 +94,33 @@ def test_sparse_metrics_match_one_hot_keras_metrics():
     assert float(precision.result()) == pytest.approx((y[predicted_covid] == 2).mean())  # 3/4
     # Serializable (custom objects are registered).
     assert T.SparseAUC.from_config(auc.get_config()).num_classes == 3
+
+
+def test_three_class_auc_is_covid_vs_rest_as_the_gate_judges_it_and_the_macro_average_is_macro_auc():
+    """Epoch selection, early stopping and the Tuner rank by "auc": in three-class it must be the COVID
+    one-vs-rest AUC the gate and the member check use (trainer/task.py:_eval_auc), not the macro average."""
+    from covid_cxr.evaluation import metrics as ci_metrics
+
+    y = np.array([0, 1, 2, 2, 1, 0, 2, 2, 0, 1])
+    # COVID (2) ranks well against normal (0) but poorly against pneumonia (1): the two AUCs differ.
+    p = np.array([[.8, .1, .1], [.1, .3, .6], [.2, .2, .6], [.3, .2, .5], [.1, .2, .7], [.6, .3, .1],
+                  [.1, .1, .8], [.2, .4, .4], [.7, .2, .1], [.2, .3, .5]], np.float32)
+    metrics = {m.name: m for m in T.make_metrics(3)}
+    for m in metrics.values():
+        m.update_state(y, p)
+    covid_vs_rest = ci_metrics.roc_auc(y == 2, p[:, 2])
+    assert float(metrics["auc"].result()) == pytest.approx(covid_vs_rest, abs=1e-3)
+    macro = np.mean([ci_metrics.roc_auc(y == c, p[:, c]) for c in range(3)])
+    assert abs(macro - covid_vs_rest) > 0.05  # the case tells them apart
+    assert float(metrics["macro_auc"].result()) == pytest.approx(macro, abs=1e-3)
+    other = T.SparseClassAUC(1)
+    other.update_state(y, p)
+    assert float(other.result()) == pytest.approx(ci_metrics.roc_auc(y == 1, p[:, 1]), abs=1e-3)
+    # Weighted examples count by their weight, as the training batches' class weights do.
+    weighted = T.SparseClassAUC(2)
+    weighted.update_state(y, p, sample_weight=np.where(y == 1, 0.0, 1.0))
+    assert float(weighted.result()) == pytest.approx(ci_metrics.roc_auc(y[y != 1] == 2, p[y != 1, 2]), abs=1e-3)
+    assert T.SparseClassAUC.from_config(other.get_config()).class_id == 1  # serializable
 
 
 def test_three_class_training_metrics_report_recall_and_precision_of_covid_the_last_class():
