@@ -155,8 +155,10 @@ def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
         path.write_bytes(tf.train.Example.FromString(record).features.feature[features.IMAGE].bytes_list.value[0])
         files.append(str(path))
     # The serving base directory means its newest version: the one the demo pushed.
-    result = CliRunner().invoke(cli.main, ["predict", "--model", config.runtime.serving_dir, "--json", *files])
-    assert result.exit_code == 0, result.output
+    # stdout is the JSON alone; the demo model's "trained on synthetic images" warning goes to stderr.
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", config.runtime.serving_dir, "--json", *files])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "trained on synthetic" in result.stderr
     predicted = json.loads(result.output)
     assert predicted["model"]["version"] == int(os.path.basename(outcome.destination))
     assert [p["file"] for p in predicted["predictions"]] == files
@@ -165,10 +167,10 @@ def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
 
     report_dir = tmp_path / "report"
     # No --data: the run's own held-out test split.
-    result = CliRunner().invoke(cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--pipeline-root",
-                                           config.runtime.pipeline_root, "--json", "--out", str(report_dir),
-                                           "--bootstrap", "200"])
-    assert result.exit_code == 0, result.output
+    result = CliRunner(mix_stderr=False).invoke(
+        cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--pipeline-root", config.runtime.pipeline_root,
+                   "--json", "--out", str(report_dir), "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.output)
     assert report["n"] == outcome.report.metrics["examples"]
     for key in ("sensitivity", "specificity", "auc", "accuracy"):
@@ -251,10 +253,10 @@ def test_a_broken_model_is_not_blessed_and_serving_keeps_the_previous_one(first_
     assert os.path.exists(os.path.join(first.destination, "saved_model.pb"))
     # `evaluate --pipeline-root` on the served model shows the Evaluator output that blessed it (its
     # push record says which), not the newer refusals.
-    result = CliRunner().invoke(cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--pipeline-root",
-                                           config.runtime.pipeline_root, "--json", "--no-audit", "--bootstrap", "100",
-                                           "--out", os.path.join(root, "report-after-refusal")])
-    assert result.exit_code == 0, result.output
+    result = CliRunner(mix_stderr=False).invoke(
+        cli.main, ["evaluate", "--model", config.runtime.serving_dir, "--pipeline-root", config.runtime.pipeline_root,
+                   "--json", "--no-audit", "--bootstrap", "100", "--out", os.path.join(root, "report-after-refusal")])
+    assert result.exit_code == 0, result.output + result.stderr
     evaluation = json.loads(result.output)["pipeline"]["evaluation"]
     assert evaluation["blessed"] and evaluation["uri"] == first.evaluation_uri != outcome.evaluation_uri
 
