@@ -158,7 +158,7 @@ def test_pushed_model_serves_predict_and_evaluate_commands(first_run, tmp_path):
     # stdout is the JSON alone; the demo model's "trained on synthetic images" warning goes to stderr.
     result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", config.runtime.serving_dir, "--json", *files])
     assert result.exit_code == 0, result.output + result.stderr
-    assert "trained on synthetic" in result.stderr
+    assert "trained on SYNTHETIC images" in result.stderr
     predicted = json.loads(result.output)
     assert predicted["model"]["version"] == int(os.path.basename(outcome.destination))
     assert [p["file"] for p in predicted["predictions"]] == files
