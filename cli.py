@@ -359,7 +359,8 @@ def compile_command(image, output, data_dir, preset, config_file, overrides, **n
 
     kubeflow_runner.check_image(image)
     config = build_config(preset or "full", config_file, overrides, data_dir=data_dir, **named)
-    for note in kubeflow_runner.compile_pipeline(config, output, image):
+    notes = kubeflow_runner.compile_pipeline(config, output, image)
+    for note in [n for n in [kubeflow_runner.image_note(image)] if n] + notes:
         click.echo(f"note: {note}")
     click.echo(f"Pipeline spec written to {output}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from typing import Optional
 
 import tensorflow as tf
 import yaml
@@ -48,6 +49,15 @@ def check_image(image: str) -> None:
     if not IMAGE_REFERENCE.fullmatch(image):
         raise ConfigError(f"--image {image!r} is not an image reference: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:<64 hex> "
                           "(name in lowercase)")
+
+
+def image_note(image: str) -> Optional[str]:
+    """A note for an image named by tag: a tag pushed again puts other code under the same spec, which the
+    components' code-fingerprint check then stops at every step; a digest names one build for good."""
+    if "@sha256:" in image:
+        return None
+    return (f"--image {image} is named by tag: if the tag is pushed again, every step stops as not the code the "
+            "pipeline was built with; name it by digest (REGISTRY/NAME@sha256:..., which docker push prints)")
 
 
 def _on_this_machine(path: str) -> bool:

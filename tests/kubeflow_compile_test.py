@@ -40,6 +40,21 @@ def test_compiled_spec_has_the_whole_dag_on_the_given_image(tmp_path):
     assert "gs://bucket/curated" in text and "gs://bucket/serving" in text
 
 
+def test_an_image_named_by_tag_gets_a_note_to_name_it_by_digest(tmp_path, monkeypatch):
+    monkeypatch.setattr(kubeflow_runner, "compile_pipeline", lambda config, output, image: ["from the compile"])
+    digest = "registry.example/covid-cxr@sha256:" + "0" * 64
+    printed = {}
+    for image in ("registry.example/covid-cxr:1", digest):
+        result = CliRunner().invoke(cli.main, ["compile", "--image", image, "--output", str(tmp_path / "s.json"), *BUCKETS])
+        assert result.exit_code == 0, result.output
+        printed[image] = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert printed["registry.example/covid-cxr:1"] == [
+        "note: --image registry.example/covid-cxr:1 is named by tag: if the tag is pushed again, every step stops as not "
+        "the code the pipeline was built with; name it by digest (REGISTRY/NAME@sha256:..., which docker push prints)",
+        "note: from the compile"]
+    assert printed[digest] == ["note: from the compile"]
+
+
 @pytest.mark.parametrize("flag, field, why", [
     ("--data", "data.data_dir", "ImportExampleGen would find no data there"),
     ("--pipeline-root", "runtime.pipeline_root", "artifacts written there would vanish with their pod"),
