@@ -728,8 +728,9 @@ def test_compile_prints_its_notes_then_where_the_spec_went(tmp_path, monkeypatch
 
     monkeypatch.setattr(kubeflow_runner, "compile_pipeline", lambda config, output, image: ["beam_workers is fixed"])
     out = str(tmp_path / "spec.json")
-    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr:1", "--data", "gs://b/d",
-                                           "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
-                                           "--output", out])
+    # Named by digest: an image named by tag adds its own note first (tests/kubeflow_compile_test.py).
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr@sha256:" + "0" * 64,
+                                           "--data", "gs://b/d", "--pipeline-root", "gs://b/root",
+                                           "--serving-dir", "gs://b/serving", "--output", out])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == ["note: beam_workers is fixed", f"Pipeline spec written to {out}"]
