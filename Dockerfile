@@ -3,6 +3,9 @@
 # Dataflow's worker image is this file built on Beam's SDK image, which keeps Beam's entry point:
 #   docker build --build-arg BASE=apache/beam_python3.11_sdk:2.61.0 -t <worker image> .
 # (kubeflow_runner.BEAM_WORKER_BASE), passed as --sdk_container_image in runtime.beam_extra_args.
+# The base is named by tag: this repository was built where no container registry could be reached
+# to read its digest. For a build that repeats, pin it: --build-arg BASE=python:3.11-slim-bookworm@sha256:<digest>
+# (`docker buildx imagetools inspect python:3.11-slim-bookworm` prints the digest).
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 ENV TF_USE_LEGACY_KERAS=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
