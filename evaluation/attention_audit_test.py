@@ -109,10 +109,9 @@ def test_per_source_each_sources_films_are_reported_apart():
         attention_audit.audit([lambda: _spot(0, 0)] * 4, [0] * 4, ("normal", "covid"), sources=["a"] * 3)
 
 
-def test_audit_model_measures_each_films_map_of_its_predicted_class(monkeypatch):
+def _served_with_known_maps(monkeypatch, calls: list):
+    """A served model whose film i transforms to i and whose explainer logs (film, class) in `calls`."""
     from covid_cxr.serving import explain
-
-    calls = []
 
     class Explainer:  # as serving/explain.Explainer: COVID's evidence 4 pixels in, the other class's central
         method, target_layer = "grad-cam", "conv"
@@ -128,8 +127,14 @@ def test_audit_model_measures_each_films_map_of_its_predicted_class(monkeypatch)
         def transform_images(self, pngs):
             return np.array([int(png) for png in pngs])
 
-    served, n = Served(), 51
+    served = Served()
     monkeypatch.setattr(explain, "Explainer", Explainer)
+    return served
+
+
+def test_audit_model_measures_each_films_map_of_its_predicted_class(monkeypatch):
+    calls = []
+    served, n = _served_with_known_maps(monkeypatch, calls), 51
     progress = []
     result = attention_audit.audit_model(served, [str(i).encode() for i in range(n)], [1] * n, [i % 2 for i in range(n)],
                                          ("normal", "covid"), border=0.25, sources=["a"] * 50 + ["b"],
@@ -140,3 +145,25 @@ def test_audit_model_measures_each_films_map_of_its_predicted_class(monkeypatch)
     covid = result["per_true_class"]["covid"]
     assert (covid["peak_in_border"]["k"], covid["peak_in_border"]["n"]) == (25, 51)  # row 4: in a 5-pixel band
     assert result["per_source"]["b"]["covid"]["films"] == 1
+
+
+def test_a_limit_draws_only_the_first_films_of_each_true_class_and_says_so(monkeypatch):
+    assert attention_audit.first_of_each_class([1, 0, 1, 1, 0], 1).tolist() == [0, 1]
+    assert attention_audit.first_of_each_class([1, 0, 1, 1, 0], 2).tolist() == [0, 1, 2, 4]  # in the data's order
+    assert attention_audit.first_of_each_class([], 3).tolist() == []
+    calls = []
+    served = _served_with_known_maps(monkeypatch, calls)
+    labels, predicted = [1, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 1]
+    result = attention_audit.audit_model(served, [str(i).encode() for i in range(6)], labels, predicted,
+                                         ("normal", "covid"), sources=["a", "b", "b", "a", "a", "b"], limit=2)
+    assert calls == [(i, predicted[i]) for i in (0, 1, 2, 4)]  # the films left out cost no map
+    assert {name: e["films"] for name, e in result["per_true_class"].items()} == {"normal": 2, "covid": 2}
+    assert {name: e["films"] for name, e in result["per_predicted_class"].items()} == {"normal": 1, "covid": 3}
+    assert result["per_source"]["a"]["normal"]["films"] == 1 and result["per_source"]["b"]["covid"]["films"] == 1
+    assert result["limit"] == 2
+    assert attention_audit.summary_lines(result)[0] == ("outer 15% band: 51% of the film's area; films: the first 2 "
+                                                        "of each true class")  # the counts are not the data's
+    unlimited = attention_audit.audit_model(served, [str(i).encode() for i in range(6)], labels, predicted,
+                                            ("normal", "covid"))
+    assert unlimited["limit"] is None and sum(e["films"] for e in unlimited["per_true_class"].values()) == 6
+    assert attention_audit.summary_lines(unlimited)[0] == "outer 15% band: 51% of the film's area"

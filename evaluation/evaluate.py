@@ -426,10 +426,12 @@ def task_of(model: predict.ServingModel, data: EvalData) -> features.Task:
 
 
 def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, seed: int = 0,
-             audit: bool = True, attention: bool = False, progress=None) -> Evaluation:
+             audit: bool = True, attention: bool = False, progress=None,
+             attention_limit: Optional[int] = None) -> Evaluation:
     """Runs the model on `data` and computes the report (without plots or pipeline artifacts).
     `attention`: add the attention audit (a heat map per film, about a second each on a CPU;
-    `progress` gets a line every 50 films)."""
+    `progress` gets a line every 50 films), on the first `attention_limit` films of each true class
+    when given (the other figures use every film)."""
     task = task_of(model, data)
     if data.serialized is not None:
         outputs = model.predict_examples(data.serialized)
@@ -463,7 +465,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
     if attention:
         report["attention_audit"] = attention_audit.audit_model(
             model, data.images, data.labels, outputs["label_index"], task.classes,
-            sources=data.slices.get(features.SOURCE), progress=progress)
+            sources=data.slices.get(features.SOURCE), progress=progress, limit=attention_limit)
     return Evaluation(report, data.labels, np.asarray(outputs["label_index"]), np.asarray(outputs["probabilities"]),
                       np.asarray(outputs["covid_probability"]), task, images=data.images)
 
@@ -751,14 +753,19 @@ def check_out_beside_model(out_dir: str, model_dir: str) -> None:
 @click.option("--attention", is_flag=True,
               help="Add the attention audit: how much of each film's heat map (as predict --explain draws it) lies "
                    "in the outer band, per true class, source and predicted class (about a second per film).")
+@click.option("--attention-limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --attention: audit only the first N films of each true class, a quicker look (the other "
+                   "figures use every film).")
 @predict.max_side_option("Folder trees only: ")
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")
 @pseudonym.key_option
 def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, class_map, n_boot, no_audit,
-                     attention, max_side, equalization, key):
+                     attention, attention_limit, max_side, equalization, key):
     """Measure a model on labelled data: sensitivity, specificity, AUC ... with 95% CIs, a border
     shortcut audit and an HTML report."""
+    if attention_limit is not None and not attention:  # not ignored: the user wanted a quick attention audit
+        raise click.BadParameter("applies to the attention audit: add --attention", param_hint="--attention-limit")
     if out_dir:  # before the work, not when the report is written
         writer.check_writable(out_dir, "--out")
     if pipeline_root:  # before the work too: found after it, the evaluation was lost
@@ -808,7 +815,8 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         click.echo(f"covid-cxr: warning: every film is labelled {task.classes[present[0]]}: sensitivity or "
                    "specificity, and AUC, cannot be measured", err=True)
     evaluation = evaluate(model, data, n_boot=n_boot, audit=not no_audit, attention=attention,
-                          progress=lambda line: click.echo(f"covid-cxr: {line}", err=True))
+                          progress=lambda line: click.echo(f"covid-cxr: {line}", err=True),
+                          attention_limit=attention_limit)
     if warning:
         evaluation.report["data"]["warning"] = warning
     if from_run:

@@ -1479,6 +1479,76 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     assert all(f"  {name}: " in summary for name in attention["per_true_class"])
 
 
+def test_the_attention_audit_measures_each_films_grad_cam_of_its_predicted_class(binary_model, tmp_path):
+    """Recomputed film by film with serving/explain.py, as predict --explain draws the maps: of the class the
+    served model predicts, not of the true class."""
+    from covid_cxr.evaluation import attention_audit
+    from covid_cxr.serving import explain
+
+    result = _run(["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--bootstrap", "200",
+                   "--no-audit", "--attention", "--json", "--out", str(tmp_path / "report")])
+    attention = json.loads(result.output)["attention_audit"]
+    model = predict.load_model(binary_model.serving_dir)
+    data = evaluate.load_tfrecords(binary_model.data_dir)
+    predicted = model.predict_examples(data.serialized)["label_index"]
+    explainer = explain.Explainer(model)
+    shares = {name: [] for name in model.classes}
+    for image, label, index in zip(data.images, data.labels, predicted):
+        heat, _ = explainer.heatmap(model.transform_images([image])[0], int(index))
+        shares[model.classes[label]].append(attention_audit.border_share(heat))
+    for name, values in shares.items():
+        entry = attention["per_true_class"][name]
+        assert entry["films"] == len(values) == int(np.sum(data.labels == model.classes.index(name)))
+        measured = [v for v in values if v is not None]
+        assert entry["blank_maps"] == len(values) - len(measured)
+        assert entry["border_share"]["value"] == pytest.approx(np.mean(measured), abs=1e-6)
+    assert attention["band_area_share"] == pytest.approx(attention_audit.band_area_share(testing.TINY_IMAGE_SIZE))
+    assert attention["limit"] is None
+
+
+def test_attention_limit_audits_the_first_films_of_each_class_and_the_report_says_so(binary_model, tmp_path):
+    """A quicker look: the maps of the first N films of each true class; the other figures still use every film."""
+    from covid_cxr.evaluation import attention_audit
+
+    out = tmp_path / "report"
+    args = ["--model", binary_model.serving_dir, "--data", binary_model.data_dir, "--bootstrap", "200", "--no-audit"]
+    result = _run([*args, "--attention", "--attention-limit", "2", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    attention = report["attention_audit"]
+    classes = predict.load_model(binary_model.serving_dir).classes
+    assert attention["limit"] == 2 and report["n"] > 2 * len(classes)  # the metrics: every film
+    assert result.stderr.count("covid-cxr: attention audit: film 1 of 4\n") == 1  # the maps: 2 of each class
+    lines = evaluate.summary_text(report).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("attention audit ("))
+    assert lines[start] == (f"attention audit (heat maps by grad-cam), outer 15% band: {attention['band_area_share']:.0%} "
+                            "of the film's area; films: the first 2 of each true class")
+    block = [line for line in lines[start + 1:] if line.startswith("  ")]
+    per_class = [line for line in block if not line.startswith(("    ", "  called "))]
+    assert sorted(line.split(":")[0].strip() for line in per_class) == sorted(classes)
+    assert all(": 2 films: border share " in line for line in per_class)
+    # Then the films by the class the model called them, and each source's films of each class.
+    called = [line for line in block if line.startswith("  called ")]
+    assert called and sum(int(line.split(": ")[1].split()[0]) for line in called) == 2 * len(classes)
+    by_source = block[len(per_class) + len(called):]
+    assert by_source and all(line.startswith("    synthetic-") for line in by_source)
+    assert "```\n" + "\n".join(attention_audit.summary_lines(attention)) + "\n```" in (out / "model_card.md").read_text()
+    assert ("<p class=note>Only the first 2 films of each true class were measured (--attention-limit).</p>"
+            in (out / "report.html").read_text())
+
+
+def test_attention_limit_without_attention_or_below_one_is_one_line_before_the_work(tmp_path):
+    for extra, message in ((["--attention-limit", "2"], "Invalid value for --attention-limit: applies to the "
+                                                         "attention audit: add --attention"),
+                           (["--attention", "--attention-limit", "0"], "Invalid value for '--attention-limit': 0 is "
+                                                                        "not in the range x>=1.")):
+        # No model there: the line comes before it is looked for.
+        result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(tmp_path / "none"), "--data", str(tmp_path),
+                                               *extra])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert message in result.output
+
+
 def test_the_attention_audits_figures_reach_the_summary_and_the_page_class_by_class():
     """Each true class's figures on their own line and in their own row (each source's too); a class whose
     maps are all blank is n/a; no source, no source rows; an audit without films, no section."""

@@ -234,6 +234,9 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
                      f"{attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} of the film's "
                      "area, so a map spread evenly has that share of its heat there and a random peak lands there "
                      f"that often: {_e(attention_audit.READING)}.</p>")
+        if attention.get("limit"):  # the table's counts are not the data's
+            parts.append(f"<p class=note>Only the first {_e(attention['limit'])} films of each true class were "
+                         "measured (--attention-limit).</p>")
         # Films by true class (all, then each source's), then by the class the model called them.
         groups = [("all", "", attention["per_true_class"]),
                   *((source, "", per_class) for source, per_class in (attention.get("per_source") or {}).items()),
