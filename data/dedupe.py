@@ -52,6 +52,27 @@ def hamming(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
     return a_bits.sum(axis=1)[:, None] + b_bits.sum(axis=1)[None, :] - 2.0 * (a_bits @ b_bits.T)
 
 
+def nearest(query: Sequence[bytes], reference: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """For each query hash, the index of its nearest reference hash and their Hamming distance: two
+    [len(query)] int arrays (-1 and one more than the bits when there is no reference). Blockwise over
+    the references, so memory stays bounded however many there are."""
+    query_bits, reference_bits = hash_bits(query), hash_bits(reference)
+    index = np.full(len(query), -1, dtype=np.int64)
+    distance = np.full(len(query), query_bits.shape[1] + 1 if len(query) else 0, dtype=np.int64)
+    if not len(query) or not len(reference):
+        return index, distance
+    if query_bits.shape[1] != reference_bits.shape[1]:  # a product of the two would fail, or mislead
+        raise ValueError(f"perceptual hashes differ in length: {query_bits.shape[1] // 8} and "
+                         f"{reference_bits.shape[1] // 8} bytes")
+    for start in range(0, len(reference), _BLOCK):
+        block = hamming(query_bits, reference_bits[start : start + _BLOCK])
+        best = block.argmin(axis=1)
+        best_distance = np.rint(block[np.arange(len(query)), best]).astype(np.int64)
+        closer = best_distance < distance  # ties keep the earlier reference
+        index[closer], distance[closer] = start + best[closer], best_distance[closer]
+    return index, distance
+
+
 def near_pairs(hashes: Sequence[bytes], threshold: int) -> list[tuple[int, int, int]]:
     """All (i, j, distance) with i < j and Hamming distance(hashes[i], hashes[j]) <= threshold, sorted."""
     bits = hash_bits(hashes)

@@ -112,3 +112,25 @@ def test_hashes_of_unequal_length_are_refused_not_misread():
         message = rf"^perceptual hashes differ in length: {lengths[0]} and {lengths[-1]} bytes$"
         with pytest.raises(ValueError, match=message):
             dedupe.near_pairs(hashes, 40)
+
+
+def test_nearest_names_each_querys_closest_reference_across_blocks(monkeypatch):
+    monkeypatch.setattr(dedupe, "_BLOCK", 16)  # the closest reference in a later block must still win
+    reference = random_hashes(50, seed=5)
+    query = [flip(reference[40], range(7)), flip(reference[3], range(60)), random_hashes(1, seed=6)[0],
+             reference[20]]
+    index, distance = dedupe.nearest(query, reference)
+    expected = [min(range(50), key=lambda j: (hamming(q, reference[j]), j)) for q in query]
+    assert index.tolist() == expected and expected[0] == 40 and expected[3] == 20
+    assert distance.tolist() == [hamming(q, reference[j]) for q, j in zip(query, expected)]
+    assert distance[0] == 7 and distance[3] == 0
+    # Ties keep the earlier reference, as curation keeps the first copy.
+    assert dedupe.nearest([reference[9]], [reference[9], reference[9]])[0].tolist() == [0]
+
+
+def test_nearest_without_references_finds_nothing_and_refuses_mixed_lengths():
+    index, distance = dedupe.nearest(random_hashes(2, seed=7), [])
+    assert index.tolist() == [-1, -1] and (distance > 256).all()  # beyond any threshold
+    assert dedupe.nearest([], random_hashes(2, seed=7))[0].shape == (0,)
+    with pytest.raises(ValueError, match="perceptual hashes differ in length: 32 and 8 bytes"):
+        dedupe.nearest(random_hashes(1), random_hashes(1, nbytes=8))

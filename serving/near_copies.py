@@ -53,12 +53,10 @@ def check(metadata: Mapping, encoded: Sequence[bytes], refs: Sequence[str]) -> d
         return {"checked": False, "note": "the model carries no fingerprints of its training films (exported before "
                                           "they were stored): evaluated films could not be checked for near copies"}
     threshold = int(stored.get("threshold", dedupe.DEFAULT_THRESHOLD))
-    trained = dedupe.hash_bits([bytes.fromhex(h) for h in stored["hashes"]])
-    evaluated = dedupe.hash_bits(hash_encoded(encoded, int(stored["image_size"]), float(stored.get("border_crop", 0.0))))
-    nearest = np.full(len(encoded), np.inf, dtype=np.float32)
-    for start in range(0, len(trained), 1024):  # bounded memory for a large evaluation
-        nearest = np.minimum(nearest, dedupe.hamming(evaluated, trained[start: start + 1024]).min(axis=1))
-    flagged = [i for i in range(len(encoded)) if nearest[i] <= threshold + 0.5]
+    trained = [bytes.fromhex(h) for h in stored["hashes"]]
+    evaluated = hash_encoded(encoded, int(stored["image_size"]), float(stored.get("border_crop", 0.0)))
+    _, distance = dedupe.nearest(evaluated, trained)
+    flagged = [i for i in range(len(encoded)) if distance[i] <= threshold]
     return {"checked": True, "n": len(encoded), "copies": len(flagged), "threshold": threshold,
             "trained_films": len(stored["hashes"]), "films": [refs[i] for i in flagged]}
 
