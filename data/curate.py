@@ -58,6 +58,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import csv
 import dataclasses
 import hashlib
 import logging
@@ -72,7 +73,7 @@ from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import click
 
-from covid_cxr.data import dedupe, dicom, features, images, pseudonym
+from covid_cxr.data import dedupe, dicom, features, images, jsonfile, pseudonym
 from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
 from covid_cxr.data.sources.base import list_files, subdirs
 from covid_cxr.data.writer import DatasetWriter, OutputError, check_writable, reason_kind
@@ -543,6 +544,49 @@ def locate(source: str, root: str, written_refs: Sequence[str], key: bytes) -> d
     for folder in subdirs(root):  # evaluate's source slices of a tree's top folders: "folder-<pseudonym>"
         add(os.path.join(root, folder), "file", pseudonym.file_pseudonym(key, source, folder + "/"))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class CuratedCopies:
+    """What :func:`copies_of_curated` found."""
+
+    copies: dict[str, tuple[str, int]]  # path -> (its nearest curated film as "source:ref", distance in bits)
+    unchecked: dict[str, str]  # path -> why it could not be hashed (so not known to be a copy)
+    threshold: int  # the curation's near-copy distance
+    curated_films: int
+
+
+def copies_of_curated(paths: Sequence[str], curated_dir: str) -> CuratedCopies:
+    """Which of ``paths`` are near copies of films in the curated directory ``curated_dir`` (every film of it,
+    whichever split ExampleGen deals it to), by the curation's own rule: each file hashed as that curation
+    hashed its inputs (its settings in summary.json), within its near-copy distance (``hash_threshold``) of a
+    film's hash in manifest.csv. A film that close is one curation would have rejected as a copy. For an
+    "external" test set: such a film is no test of a source the model never saw. CurationError when the
+    directory cannot be read or holds no perceptual hashes (the synthetic generator's)."""
+    try:
+        with open(os.path.join(curated_dir, features.SUMMARY), encoding="utf-8") as f:
+            settings = jsonfile.load_object(f, os.path.join(curated_dir, features.SUMMARY), "curation summary")
+        settings = settings.get("settings") or {}
+        with open(os.path.join(curated_dir, features.MANIFEST), newline="", encoding="utf-8") as f:
+            rows = [(f"{r['source']}:{r['source_ref']}", bytes.fromhex(r["hash"])) for r in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError, csv.Error) as e:  # KeyError: a manifest without its columns
+        raise CurationError(f"{curated_dir}: cannot read its films' hashes ({type(e).__name__}: {e})") from None
+    if settings.get("hash") != f"dct-phash-{images.HASH_BYTES * 8}":
+        raise CurationError(f"{curated_dir}: not hashed with curation's perceptual hash (hash "
+                            f"{settings.get('hash')!r}; synthetic data?): near copies cannot be found")
+    threshold = int(settings.get("hash_threshold", dedupe.DEFAULT_THRESHOLD))
+    options = (int(settings.get("max_side", images.DEFAULT_MAX_SIDE)), bool(settings.get("crop", True)),
+               str(settings.get("equalize", "none")))
+    hashed, unchecked = {}, {}
+    for path in paths:
+        processed, reason = images.process_job((path, *options))
+        if processed is None:
+            unchecked[path] = reason
+        else:
+            hashed[path] = processed.phash
+    index, distance = dedupe.nearest(list(hashed.values()), [h for _, h in rows])
+    copies = {path: (rows[i][0], int(d)) for path, i, d in zip(hashed, index, distance) if i >= 0 and d <= threshold}
+    return CuratedCopies(copies, unchecked, threshold, len(rows))
 
 
 def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[bool]):

@@ -1030,3 +1030,39 @@ def test_the_terminal_summary_counts_label_conflicts_only_when_there_are_some():
             in curate_mod.format_summary(summary, "out").splitlines())
     summary["duplicates"]["label_conflicts"] = 0
     assert "label conflicts" not in curate_mod.format_summary(summary, "out")
+
+
+def test_films_of_another_source_that_copy_a_curated_film_are_found_in_every_split(tmp_path):
+    """An 'external' source whose films another, curated source carries re-encoded (Radiography holds some of
+    Kermany's normals): curation's own rule finds those and only those, against every curated film."""
+    rad = tmp_path / "radiography"
+    for i in range(12):  # enough films that ExampleGen's deal puts them in more than one split
+        testing.write_image(rad / "Normal" / f"Normal-{i}.png", testing.radiograph(60 + i), rgb=True, size=(224, 224))
+    testing.write_image(rad / "COVID" / "COVID-1.png", testing.radiograph(80))
+    curate({"radiography": str(rad)}, str(tmp_path / "cvn"), "covid-vs-normal", key=KEY, workers=1)
+    ker = tmp_path / "kermany"
+    copies = {i: str(testing.write_image(ker / f"IM-{i}.jpeg", testing.radiograph(60 + i))) for i in (2, 7)}
+    distinct = testing.write_image(ker / "IM-99.jpeg", testing.radiograph(99))
+    (ker / "IM-bad.jpeg").write_bytes(b"not a jpeg")
+    found = curate_mod.copies_of_curated([copies[2], distinct, str(ker / "IM-bad.jpeg"), copies[7]], str(tmp_path / "cvn"))
+    assert {path: ref for path, (ref, _) in found.copies.items()} == {
+        copies[2]: "radiography:Normal/Normal-2.png", copies[7]: "radiography:Normal/Normal-7.png"}
+    assert all(distance <= 40 for _, distance in found.copies.values())
+    assert (found.threshold, found.curated_films) == (40, 13)
+    assert list(found.unchecked) == [str(ker / "IM-bad.jpeg")]  # named, not silently kept or dropped
+    # The curation's own distance, not the default: at 0 bits a re-encoded copy is no longer the same film.
+    summary_path = tmp_path / "cvn" / features.SUMMARY
+    summary = json.loads(summary_path.read_text())
+    summary["settings"]["hash_threshold"] = 0
+    summary_path.write_text(json.dumps(summary))
+    assert curate_mod.copies_of_curated([copies[2]], str(tmp_path / "cvn")).copies == {}
+
+
+def test_copies_of_curated_refuses_a_directory_without_perceptual_hashes(tmp_path):
+    from covid_cxr.data import synthetic
+
+    synthetic.generate(str(tmp_path / "syn"), "covid-vs-normal", patients_per_class=2, seed=0)
+    with pytest.raises(CurationError, match=r"syn: not hashed with curation's perceptual hash .*near copies cannot be found$"):
+        curate_mod.copies_of_curated([], str(tmp_path / "syn"))
+    with pytest.raises(CurationError, match=r"nothing: cannot read its films' hashes \(FileNotFoundError"):
+        curate_mod.copies_of_curated([], str(tmp_path / "nothing"))
