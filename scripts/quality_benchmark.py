@@ -19,16 +19,23 @@ sharing a patient or duplicate group with them) are kept out of training, tuning
 threshold, and the model is evaluated on them as an external test set as well (run names end in
 ``-without-SOURCE``).
 
+The external checks leave out every film that curation's near-copy rule matches to a film of the run's
+curated data (any split; ``curate.copies_of_curated``): one source can carry another's films (the
+COVID-19 Radiography Database's normals hold some of Kermany's), and a film the model trained, tuned or
+was tested on is no external test. OUT/external-<run>-left-out.csv names each one and its curated film.
+
 ``--attention`` runs every evaluation with ``covid-cxr evaluate --attention``: where each split's heat
 maps lie (evaluation/attention_audit.py) goes into results.json with the other figures.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +44,7 @@ import covid_cxr
 
 covid_cxr.quiet_import_warnings(__name__)
 
-from covid_cxr.data import pseudonym, testing  # noqa: E402
+from covid_cxr.data import curate, pseudonym, testing  # noqa: E402
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS  # noqa: E402
 from covid_cxr.evaluation import artifacts  # noqa: E402
 
@@ -55,7 +62,8 @@ SOURCES = {
     "covid-vs-noncovid": ["cohen", "rsna", "kermany", "radiography"],
     "three-class": ["cohen", "rsna", "kermany", "radiography"],
 }
-# task -> (name, class folder, corpus folders): films of a source the task's model never saw.
+# task -> (name, class folder, corpus folders): films of a source the task's model never saw (less the
+# near copies of its curated films that another source carries: without_curated_copies).
 EXTERNAL = {
     "covid-vs-normal": ("kermany normals (paediatric, unseen source)", "NORMAL",
                         ["chest-xray-pneumonia/train/NORMAL", "chest-xray-pneumonia/test/NORMAL"]),
@@ -82,6 +90,41 @@ def evaluate(model, data, out_dir, log, options=()):
     if result.returncode != 0:
         raise SystemExit(f"evaluate failed on {data}: {result.stderr.strip().splitlines()[-1:]}")
     return json.loads(result.stdout)
+
+
+def without_curated_copies(external, folder, curated, name, out):
+    """A folder of links to the films of ``external``'s class folder that are not near copies of a film in
+    ``curated`` (every split), and what was left out: {"k", "n", "threshold", "file", "unchecked"}. The
+    file (CSV) names each film left out and the curated film it copies; nothing is dropped unlisted."""
+    films = sorted(os.listdir(os.path.join(external, folder)))
+    paths = [os.path.join(external, folder, film) for film in films]
+    try:
+        found = curate.copies_of_curated(paths, curated)
+    except curate.CurationError as e:
+        raise SystemExit(f"quality_benchmark: {e}") from None
+    kept = os.path.join(out, f"external-{name}-without-curated-copies")
+    shutil.rmtree(kept, ignore_errors=True)  # links only: rebuilt for this run's curated data
+    os.makedirs(os.path.join(kept, folder))
+    listing = os.path.join(out, f"external-{name}-left-out.csv")
+    with open(listing, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["external_film", "reason", "curated_film", "distance_bits"])
+        for film, path in zip(films, paths):
+            if path in found.copies:
+                ref, distance = found.copies[path]
+                writer.writerow([film, f"near copy of a curated film (<= {found.threshold} bits)", ref, distance])
+            else:
+                os.symlink(os.path.realpath(path), os.path.join(kept, folder, film))
+    # A film that could not be hashed stays in: evaluate reports it as it does any unreadable film.
+    return kept, {"k": len(found.copies), "n": len(films), "threshold": found.threshold, "file": listing,
+                  "unchecked": {os.path.basename(p): reason for p, reason in found.unchecked.items()}}
+
+
+def left_out_line(left):
+    """The printed line for :func:`without_curated_copies`'s record."""
+    unchecked = f"; {len(left['unchecked'])} could not be hashed and were kept" if left["unchecked"] else ""
+    return (f"left out {left['k']} of {left['n']} external films: near copies of curated films "
+            f"(<= {left['threshold']} bits; {left['file']}){unchecked}")
 
 
 def run_task(task, out, extra_sets, split=0, hold_out=None, evaluate_options=()):
@@ -130,13 +173,15 @@ def run_task(task, out, extra_sets, split=0, hold_out=None, evaluate_options=())
                               **evaluated(held_out, "-heldout")}
     if task in EXTERNAL:
         external_name, folder, dirs = EXTERNAL[task]
-        external = os.path.join(out, f"external-{task}")  # the same films for every split
+        external = os.path.join(out, f"external-{task}")  # every film, the same for every split
         if not os.path.exists(external):
             os.makedirs(os.path.join(external, folder))
             for d in dirs:  # a class-per-folder tree of links, read in place
                 for path in glob.glob(os.path.join(SHARED, d, "*")):
                     os.symlink(path, os.path.join(external, folder, d.split("/")[1] + "-" + os.path.basename(path)))
-        result["external"] = {"name": external_name, **evaluated(external, "-external")}
+        kept, left_out = without_curated_copies(external, folder, curated, name, out)
+        print(f"quality_benchmark: {name}: {left_out_line(left_out)}", file=sys.stderr)
+        result["external"] = {"name": external_name, "left_out": left_out, **evaluated(kept, "-external")}
     return result
 
 
@@ -207,6 +252,9 @@ def main():
                 print(f"| {r['task']} external: {e['name']} | {r['split']} | {e.get('n')} | {fmt(e.get('sensitivity'))} | "
                       f"{fmt(e.get('specificity'))} | {fmt(e.get('auc'))} | {fmt(e.get('accuracy'))} | "
                       f"{fmt(e.get('atypical'))} | | |")
+    for r in results:  # under the table: a line inside it would end it
+        if "left_out" in r.get("external", {}):
+            print(f"\n{r['task']} split {r['split']} external: {left_out_line(r['external']['left_out'])}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,29 @@
 """scripts/quality_benchmark.py's repeated splits, with the curate/run/evaluate commands stubbed out."""
+import csv
+import json
 import os
 
 import pytest
 
-from covid_cxr.data import pseudonym
+from covid_cxr.data import curate, pseudonym, testing, writer
 
 
 @pytest.fixture()
-def benchmark(monkeypatch, load_script):
+def benchmark(monkeypatch, load_script, tmp_path_factory):
     module = load_script("quality_benchmark")
+    monkeypatch.setattr(module, "SHARED", str(tmp_path_factory.mktemp("shared")))  # no real films to hash
     calls = []
 
     def sh(args, log, env=None):
         calls.append((args, env))
         command = args[1]
-        if command == "curate":
+        if command == "curate":  # a curated directory of no films, for the external check's near-copy search
             out = args[args.index("--out") + 1]
             os.makedirs(out)
-            open(os.path.join(out, "summary.json"), "w").close()
+            with open(os.path.join(out, "summary.json"), "w") as f:
+                json.dump({"settings": {"hash": "dct-phash-256", "hash_threshold": 40}}, f)
+            with open(os.path.join(out, "manifest.csv"), "w") as f:
+                f.write(",".join(writer.MANIFEST_FIELDS) + "\n")
         elif command == "run":
             root = args[args.index("--pipeline-root") + 1]
             os.makedirs(os.path.join(root, "Trainer", "model", "7", "Format-Serving"))
@@ -53,7 +59,9 @@ def test_each_split_is_curated_under_its_own_key_and_run_in_its_own_root(benchma
     assert all(args.index("runtime.enable_cache=false") < args.index("training.epochs=1") for args in runs)
     # Kermany's paediatric pneumonias are not trained on: they are the external check, as PNEUMONIA.
     assert "kermany=" not in " ".join(curations[0][0])
-    assert {r["external"]["data"] for r in results} == {str(tmp_path / "external-covid-vs-pneumonia")}
+    assert [r["external"]["data"] for r in results] == [str(tmp_path / f"external-{name}-without-curated-copies")
+                                                        for name in ("covid-vs-pneumonia", "covid-vs-pneumonia-split1",
+                                                                     "covid-vs-pneumonia-split2")]
     assert os.path.isdir(tmp_path / "external-covid-vs-pneumonia" / "PNEUMONIA")
 
 
@@ -170,3 +178,62 @@ def test_evaluate_options_reach_every_evaluation_and_the_command_line(benchmark,
     real = load_script("quality_benchmark").evaluate  # the fixture's module has it stubbed
     assert real("m", "d", str(tmp_path / "out"), str(tmp_path / "log"), ["--attention"]) == {}
     assert ran[0][-1] == "--attention" and ran[0][ran[0].index("--model") + 1] == "m"
+
+
+def test_external_films_that_copy_a_curated_film_are_left_out_and_listed(benchmark, monkeypatch, tmp_path, capsys):
+    """Kermany's normals are external to covid-vs-normal, but Radiography's normals, which it trains on,
+    hold some of them re-encoded: those films are left out of the external check, each named with its copy."""
+    module, _ = benchmark
+    shared = tmp_path / "shared"
+    rad = shared / "radiography"
+    testing.write_image(rad / "Normal" / "Normal-1.png", testing.radiograph(70), rgb=True, size=(224, 224))
+    testing.write_image(rad / "COVID" / "COVID-1.png", testing.radiograph(71))
+    kermany = shared / "chest-xray-pneumonia"
+    testing.write_image(kermany / "train" / "NORMAL" / "IM-0001.jpeg", testing.radiograph(70))  # Radiography's Normal-1
+    testing.write_image(kermany / "test" / "NORMAL" / "IM-0002.jpeg", testing.radiograph(72))
+    stub = module.sh
+
+    def sh(args, log, env=None):  # curation for real, of the Radiography folder alone
+        if args[1] != "curate":
+            return stub(args, log, env)
+        curate.curate({"radiography": str(rad)}, args[args.index("--out") + 1], "covid-vs-normal",
+                      key="quality-benchmark-test-key-0123456789", workers=1)
+        return 1.0
+
+    monkeypatch.setattr(module, "sh", sh)
+    monkeypatch.setattr(module, "SHARED", str(shared))
+    out = tmp_path / "out"
+    monkeypatch.setattr(module.sys, "argv", ["quality_benchmark.py", "--tasks", "covid-vs-normal", "--first-split", "2",
+                                             "--out", str(out)])
+    module.main()
+    [result] = json.load(open(out / "results.json"))
+    evaluated = result["external"]["data"]
+    assert evaluated == str(out / "external-covid-vs-normal-split2-without-curated-copies")
+    assert os.listdir(os.path.join(evaluated, "NORMAL")) == ["test-IM-0002.jpeg"]
+    assert sorted(os.listdir(out / "external-covid-vs-normal" / "NORMAL")) == ["test-IM-0002.jpeg", "train-IM-0001.jpeg"]
+    listing = str(out / "external-covid-vs-normal-split2-left-out.csv")
+    [row] = list(csv.DictReader(open(listing)))
+    assert (row["external_film"], row["curated_film"]) == ("train-IM-0001.jpeg", "radiography:Normal/Normal-1.png")
+    assert int(row["distance_bits"]) <= 40 and row["reason"] == "near copy of a curated film (<= 40 bits)"
+    left = result["external"]["left_out"]
+    assert (left["k"], left["n"], left["file"], left["unchecked"]) == (1, 2, listing, {})
+    printed = capsys.readouterr()
+    line = f"left out 1 of 2 external films: near copies of curated films (<= 40 bits; {listing})"
+    assert f"covid-vs-normal split 2 external: {line}" in printed.out
+    assert f"quality_benchmark: covid-vs-normal-split2: {line}" in printed.err
+
+
+def test_a_curated_directory_without_hashes_stops_the_external_check_with_one_line(benchmark, monkeypatch, tmp_path):
+    module, _ = benchmark
+    stub = module.sh
+
+    def sh(args, log, env=None):  # a curation that wrote no manifest
+        code = stub(args, log, env)
+        if args[1] == "curate":
+            os.remove(os.path.join(args[args.index("--out") + 1], "manifest.csv"))
+        return code
+
+    monkeypatch.setattr(module, "sh", sh)
+    with pytest.raises(SystemExit, match=r"^quality_benchmark: .*curated-covid-vs-normal: cannot read its films' hashes "
+                                         r"\(FileNotFoundError"):
+        module.run_task("covid-vs-normal", str(tmp_path), [])
