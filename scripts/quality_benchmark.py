@@ -122,7 +122,7 @@ def without_curated_copies(external, folder, curated, name, out):
 
 def left_out_line(left):
     """The printed line for :func:`without_curated_copies`'s record."""
-    unchecked = f"; {len(left['unchecked'])} could not be hashed and were kept" if left["unchecked"] else ""
+    unchecked = f"; kept {len(left['unchecked'])} that could not be hashed" if left["unchecked"] else ""
     return (f"left out {left['k']} of {left['n']} external films: near copies of curated films "
             f"(<= {left['threshold']} bits; {left['file']}){unchecked}")
 

@@ -191,6 +191,7 @@ def test_external_films_that_copy_a_curated_film_are_left_out_and_listed(benchma
     kermany = shared / "chest-xray-pneumonia"
     testing.write_image(kermany / "train" / "NORMAL" / "IM-0001.jpeg", testing.radiograph(70))  # Radiography's Normal-1
     testing.write_image(kermany / "test" / "NORMAL" / "IM-0002.jpeg", testing.radiograph(72))
+    (kermany / "test" / "NORMAL" / "IM-0003.jpeg").write_bytes(b"not a jpeg")  # not hashed: kept, and said
     stub = module.sh
 
     def sh(args, log, env=None):  # curation for real, of the Radiography folder alone
@@ -209,16 +210,18 @@ def test_external_films_that_copy_a_curated_film_are_left_out_and_listed(benchma
     [result] = json.load(open(out / "results.json"))
     evaluated = result["external"]["data"]
     assert evaluated == str(out / "external-covid-vs-normal-split2-without-curated-copies")
-    assert os.listdir(os.path.join(evaluated, "NORMAL")) == ["test-IM-0002.jpeg"]
-    assert sorted(os.listdir(out / "external-covid-vs-normal" / "NORMAL")) == ["test-IM-0002.jpeg", "train-IM-0001.jpeg"]
+    assert sorted(os.listdir(os.path.join(evaluated, "NORMAL"))) == ["test-IM-0002.jpeg", "test-IM-0003.jpeg"]
+    assert sorted(os.listdir(out / "external-covid-vs-normal" / "NORMAL")) == [
+        "test-IM-0002.jpeg", "test-IM-0003.jpeg", "train-IM-0001.jpeg"]
     listing = str(out / "external-covid-vs-normal-split2-left-out.csv")
     [row] = list(csv.DictReader(open(listing)))
     assert (row["external_film"], row["curated_film"]) == ("train-IM-0001.jpeg", "radiography:Normal/Normal-1.png")
     assert int(row["distance_bits"]) <= 40 and row["reason"] == "near copy of a curated film (<= 40 bits)"
     left = result["external"]["left_out"]
-    assert (left["k"], left["n"], left["file"], left["unchecked"]) == (1, 2, listing, {})
+    assert (left["k"], left["n"], left["file"], list(left["unchecked"])) == (1, 3, listing, ["test-IM-0003.jpeg"])
     printed = capsys.readouterr()
-    line = f"left out 1 of 2 external films: near copies of curated films (<= 40 bits; {listing})"
+    line = (f"left out 1 of 3 external films: near copies of curated films (<= 40 bits; {listing}); "
+            "kept 1 that could not be hashed")
     assert f"covid-vs-normal split 2 external: {line}" in printed.out
     assert f"quality_benchmark: covid-vs-normal-split2: {line}" in printed.err
 
