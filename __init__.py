@@ -14,7 +14,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # the pipeline's own messages; Python-level errors still surface as exceptions.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only copy: setup.py reads it from here
 
 
 def quiet_import_warnings(caller: str = "__main__") -> None:

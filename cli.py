@@ -11,16 +11,35 @@ import threading
 import covid_cxr
 
 
-def _verbose_requested(argv: list) -> bool:
-    """`covid-cxr -v CMD ...`: only options before the command are the group's (after it, -v is a
-    usage error the command reports in one line, without the import-time warnings)."""
+def _group_flag(argv: list, names: tuple) -> bool:
+    """Whether one of ``names`` is among the group's options: only options before the command are the
+    group's (after it, they are a usage error the command reports in one line)."""
     for token in argv[1:]:
-        if token in ("-v", "--verbose"):
+        if token in names:
             return True
         if not token.startswith("-"):
             return False
     return False
 
+
+def _verbose_requested(argv: list) -> bool:
+    """`covid-cxr -v CMD ...` (after the command, -v is a usage error, reported without the import-time warnings)."""
+    return _group_flag(argv, ("-v", "--verbose"))
+
+
+VERSION_FLAGS = ("--version", "-V")
+VERSION_MESSAGE = "%(prog)s %(version)s"
+
+
+def _version_text() -> str:
+    return VERSION_MESSAGE % {"prog": "covid-cxr", "version": covid_cxr.__version__}
+
+
+# `covid-cxr --version` answers before the imports below, which load TensorFlow (seconds). Only when this
+# module is the command (the console script, or `python -m covid_cxr.cli`): an importer's argv is its own.
+if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "covid-cxr") and _group_flag(sys.argv, VERSION_FLAGS):
+    print(_version_text())
+    sys.exit(0)
 
 if not _verbose_requested(sys.argv):
     covid_cxr.quiet_import_warnings()
@@ -157,6 +176,9 @@ class CliGroup(click.Group):
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", "-v", is_flag=True, help="Show TFX/Beam/TensorFlow progress logs.")
+# The fast path above answers the command; this one an in-process caller (and lists it in --help).
+@click.version_option(covid_cxr.__version__, *VERSION_FLAGS, prog_name="covid-cxr", message=VERSION_MESSAGE,
+                      help="Print the version and exit.")
 def main(verbose: bool) -> None:
     """covid-cxr: public chest X-rays -> a COVID-19 classifier that is deployed only when it
     proves its sensitivity and specificity on held-out patients."""

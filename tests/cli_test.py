@@ -13,6 +13,50 @@ def test_only_the_groups_own_verbose_flag_shows_import_time_warnings():
     assert not cli._verbose_requested(["covid-cxr"])
 
 
+def test_version_prints_the_packages_version_without_loading_tensorflow():
+    """The console script's `--version` answers before the imports that load TensorFlow; in-process (the
+    module already imported) click's option answers the same."""
+    import re
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    import covid_cxr
+
+    expected = f"covid-cxr {covid_cxr.__version__}\n"
+    for flags in (["--version"], ["-V"], ["-v", "--version"]):
+        result = CliRunner().invoke(cli.main, flags)
+        assert (result.exit_code, result.output) == (0, expected), flags
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "covid_cxr.cli", "--version"],
+                          capture_output=True, text=True, timeout=600)
+    assert (done.returncode, done.stdout) == (0, expected)
+    imported = re.findall(r"\| +([\w.]+)$", done.stderr, re.M)  # -X importtime: every module imported
+    assert "covid_cxr" in imported and "tensorflow" not in imported
+    # After the command, --version is the command's unknown option: a usage error, as before.
+    assert "No such option: --version" in CliRunner().invoke(cli.main, ["run", "--version"]).output
+
+
+def test_setup_py_takes_the_version_from_the_package(tmp_path):
+    """One copy of the version: setup.py reads __init__.py's (the one --version prints)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import covid_cxr
+
+    root = os.path.dirname(covid_cxr.__file__)
+    for name in ("setup.py", "requirements.txt"):
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    with open(os.path.join(root, "__init__.py"), encoding="utf-8") as f:
+        package = f.read().replace(f'__version__ = "{covid_cxr.__version__}"', '__version__ = "9.8.7"')
+    (tmp_path / "__init__.py").write_text(package, encoding="utf-8")
+    done = subprocess.run([sys.executable, "setup.py", "--version"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert (done.returncode, done.stdout.splitlines()[-1:]) == (0, ["9.8.7"]), done.stderr
+
+
 def test_the_demo_checks_where_it_writes_before_it_generates_data(tmp_path):
     from click.testing import CliRunner
 
