@@ -14,7 +14,8 @@ its PNG bytes go through the model's own ``predict_image`` signature, so the Sav
 graph does the rest (decode, resize, contrast stretch) exactly as in training.
 
 Unreadable inputs are reported per file with a reason; the exit code is 1 when any input failed
-(prediction or explanation), else 0.
+(prediction or explanation), else 0. Inputs are found and prepared before the model loads: when none
+is usable, the model is not loaded at all (the same rows, without the half minute a load can take).
 """
 from __future__ import annotations
 
@@ -171,20 +172,12 @@ def _example_for_transform(encoded: bytes) -> bytes:
     return record.to_example().SerializeToString()
 
 
-def load_model(path: str) -> ServingModel:
-    """Loads the SavedModel that `path` designates (see saved_model_dir)."""
-    import tensorflow as tf
-
+def find_model(path: str) -> ServingModel:
+    """The model that `path` designates (see saved_model_dir) as its files describe it: its folder, push
+    record and metadata, its graph not loaded (no TensorFlow). `predict` prepares its inputs with it
+    before the half minute a load can take, and loads none when no input is usable."""
     model_dir = saved_model_dir(path)
     record = read_push_record(model_dir)
-    try:
-        loaded = tf.saved_model.load(model_dir)
-    except Exception as e:  # noqa: BLE001 - a corrupt model is a user-facing one-liner
-        raise ModelNotFound(f"cannot load the SavedModel in {model_dir!r}: {first_line(e, with_type=True)}",
-                            param_hint="--model")
-    if IMAGE_SIGNATURE not in loaded.signatures:
-        raise ModelNotFound(f"the SavedModel in {model_dir!r} has no {IMAGE_SIGNATURE!r} signature "
-                            "(not a covid-cxr export?)", param_hint="--model")
     metadata = model_metadata.read(model_dir)
     task = features.TASKS.get(str(metadata.get("task", "")))
     classes = tuple(metadata.get("classes") or (task.classes if task else ()))
@@ -193,7 +186,23 @@ def load_model(path: str) -> ServingModel:
         raise ModelNotFound(f"{model_metadata.asset_path(model_dir)}: the stored threshold {threshold!r} is not a "
                             "number", param_hint="--model")
     return ServingModel(model_dir, version_of(model_dir, record), metadata, classes, task,
-                        float(threshold) if threshold is not None else None, loaded, record)
+                        float(threshold) if threshold is not None else None, None, record)
+
+
+def load_model(path: str, found: Optional[ServingModel] = None) -> ServingModel:
+    """Loads the SavedModel that `path` designates (see saved_model_dir); ``found``: its find_model, read already."""
+    import tensorflow as tf
+
+    model = found or find_model(path)
+    try:
+        loaded = tf.saved_model.load(model.path)
+    except Exception as e:  # noqa: BLE001 - a corrupt model is a user-facing one-liner
+        raise ModelNotFound(f"cannot load the SavedModel in {model.path!r}: {first_line(e, with_type=True)}",
+                            param_hint="--model")
+    if IMAGE_SIGNATURE not in loaded.signatures:
+        raise ModelNotFound(f"the SavedModel in {model.path!r} has no {IMAGE_SIGNATURE!r} signature "
+                            "(not a covid-cxr export?)", param_hint="--model")
+    return dataclasses.replace(model, _loaded=loaded)
 
 
 def trainer_artifact(model_dir: str) -> Optional[str]:
@@ -446,25 +455,45 @@ class PredictResult:
         }
 
 
+@dataclasses.dataclass
+class Prepared:
+    """Inputs as curation prepares them, before the model: what to predict and what was refused."""
+
+    inputs: Inputs
+    files: list[str]  # the files that prepared, in order
+    pngs: list[bytes]  # their PNGs, for the model
+    errors: list[InputError]  # given paths that hold nothing to predict, then files curation refuses
+
+
+def prepare_inputs(paths: Sequence[str], preparation: Preparation) -> Prepared:
+    """Finds and prepares every input (:func:`find_inputs`, :func:`prepare`); no model needed."""
+    inputs = find_inputs(paths)
+    prepared = Prepared(inputs, [], [], list(inputs.errors))
+    for file in inputs.files:
+        try:
+            prepared.pngs.append(prepare(file, preparation))
+            prepared.files.append(file)
+        except images.ImageError as e:
+            prepared.errors.append(InputError(file, str(e)))
+    return prepared
+
+
 def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Optional[str] = None,
                   preparation: Optional[Preparation] = None) -> PredictResult:
     """Finds, prepares and predicts every input; optionally writes one explanation PNG per image."""
     preparation = preparation or Preparation.from_metadata(model.metadata)
-    inputs = find_inputs(paths)
-    errors = inputs.errors
-    ok_files, pngs = [], []
-    for file in inputs.files:
-        try:
-            pngs.append(prepare(file, preparation))
-            ok_files.append(file)
-        except images.ImageError as e:
-            errors.append(InputError(file, str(e)))
-    rows, predict_errors = predict_pngs(model, ok_files, pngs)
-    errors += predict_errors
+    return predict_prepared(model, prepare_inputs(paths, preparation), explain_dir)
+
+
+def predict_prepared(model: ServingModel, prepared: Prepared, explain_dir: Optional[str] = None) -> PredictResult:
+    """Predicts the inputs :func:`prepare_inputs` prepared; optionally writes one explanation PNG per image.
+    With none prepared, ``model`` is never run (:func:`find_model`'s, not loaded, will do)."""
+    rows, predict_errors = predict_pngs(model, prepared.files, prepared.pngs)
+    errors = prepared.errors + predict_errors
     if explain_dir is not None and rows:
         from covid_cxr.serving import explain
 
-        png_of = dict(zip(ok_files, pngs))
+        png_of = dict(zip(prepared.files, prepared.pngs))
         explainer = explain.Explainer(model)
         names = explain.output_names([r["file"] for r in rows])
         os.makedirs(explain_dir, exist_ok=True)
@@ -476,9 +505,9 @@ def predict_paths(model: ServingModel, paths: Sequence[str], explain_dir: Option
             except explain.ExplainError as e:
                 row["explanation"], row["explanation_method"] = None, None
                 errors.append(InputError(row["file"], f"explanation failed: {e}"))
-    order = {f: i for i, f in enumerate(inputs.files)}
+    order = {f: i for i, f in enumerate(prepared.inputs.files)}
     errors.sort(key=lambda e: order.get(e.file, -1))
-    return PredictResult(model, rows, errors, inputs.skipped, inputs.hidden)
+    return PredictResult(model, rows, errors, prepared.inputs.skipped, prepared.inputs.hidden)
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,12 +586,14 @@ def predict_command(model_path, inputs, as_json, explain_dir, max_side, equaliza
     """
     if explain_dir is not None:  # before the work: found at the end, it lost the predictions
         writer.check_writable(explain_dir, "--explain")
-    model = load_model(model_path)
+    model = find_model(model_path)  # its metadata says how to prepare the inputs
+    prepared = prepare_inputs(inputs, Preparation.from_metadata(model.metadata, max_side, equalization))
+    if prepared.files:  # else every input is refused already: loading the model (half a minute) changes no row
+        model = load_model(model_path, model)
     blessed = blessed_record(model)  # read once: the warning and the table's header
     warn_if_unpushed(model, blessed)
     warn_if_synthetic(model)
-    preparation = Preparation.from_metadata(model.metadata, max_side, equalization)
-    result = predict_paths(model, inputs, explain_dir=explain_dir, preparation=preparation)
+    result = predict_prepared(model, prepared, explain_dir)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

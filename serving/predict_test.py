@@ -867,12 +867,39 @@ def test_the_tables_atypical_count_is_of_the_flagged_films():
 
 def test_max_side_and_equalize_given_on_the_command_line_prepare_the_films(monkeypatch):
     used = []
-    monkeypatch.setattr(predict, "load_model", lambda path: _scoring_model())
-    monkeypatch.setattr(predict, "predict_paths", lambda model, paths, explain_dir=None, preparation=None: used.append(
-        preparation) or predict.PredictResult(model, [], []))
+    monkeypatch.setattr(predict, "find_model", lambda path: _scoring_model())
+    monkeypatch.setattr(predict, "load_model", lambda path, found: found)
+    monkeypatch.setattr(predict, "prepare", lambda path, preparation: used.append(preparation) or b"png")
+    monkeypatch.setattr(predict, "find_inputs", lambda paths: predict.Inputs(list(paths), [], []))
     result = _run(["--model", "m", "--max-side", "256", "--equalize", "clahe", "a.png"])
     assert result.exit_code == 0, result.output
     assert used == [predict.Preparation(256, True, "clahe")]
+
+
+def test_inputs_that_are_all_refused_before_the_model_do_not_load_it(tmp_path, monkeypatch):
+    """Missing paths, an empty folder, files that are no image or cut short: the rows and exit code that
+    the model's load (half a minute) used to precede, without it."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")  # found on disk; must not load
+    monkeypatch.setattr(predict, "load_model", lambda *args: pytest.fail("the model was loaded"))
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "notes.png").write_text("not an image")
+    png = images.encode_png(data_testing.radiograph(1))
+    (tmp_path / "cut.png").write_bytes(png[:len(png) // 2])
+    paths = [str(tmp_path / name) for name in ("gone.png", "empty", "notes.png", "cut.png")]
+    result = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(model), "--json", *paths])
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.stdout)
+    assert out["predictions"] == [] and out["model"]["path"] == str(model)
+    assert [(os.path.basename(e["file"]), e["error"]) for e in out["errors"]] == [
+        ("gone.png", "no such file or directory"),
+        ("empty", "no image files (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM) in this directory"),
+        ("notes.png", "cannot decode image (not a format Pillow knows, or a damaged header)"),
+        ("cut.png", "cannot decode image (OSError; truncated or corrupt)")]
+    table = CliRunner(mix_stderr=False).invoke(cli.main, ["predict", "--model", str(model), *paths])
+    assert table.exit_code == 1 and table.stdout.splitlines()[-1] == "0 predicted, 4 failed"
+    assert sum("ERROR: " in line for line in table.stdout.splitlines()) == 4
 
 
 def test_a_saved_model_without_covid_cxrs_signatures_is_a_one_line_error_naming_what_it_has():
