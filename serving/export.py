@@ -8,7 +8,8 @@ The two predict signatures first read each image as curation reads a film (`serv
 any colour type and 8 or 16 bits, JPEG including CMYK, one-frame GIF, BMP; 16-bit grayscale stretched
 from its min..max as curation does, not cut to its high byte) and refuse, with the image's index and
 curation's reason, what curation refuses (a multi-frame GIF, fewer than 32 pixels on a side, a single
-grey level) or cannot read: the request fails, no score is returned for such an image.
+grey level, more pixels than its limit: from the header, before any decoding) or cannot read (a file cut
+short is "truncated or corrupt PNG", ...): the request fails, no score is returned for such an image.
 Outputs of the two predict signatures:
   probabilities [N, C], covid_probability [N], label [N] (class name), label_index [N],
   threshold [N] (the stored decision threshold), gate_score ([N] binary, [N, C] three-class),
@@ -117,6 +118,43 @@ def _refuse_unless(condition, index, reason):
     return tf.debugging.Assert(condition, [tf.strings.join(["image ", tf.strings.as_string(index), ": ", reason])])
 
 
+def _after(checks, encoded):
+    """`encoded` for ops that must run only once every one of `checks` (_refuse_unless) has passed."""
+    with tf.control_dependencies(checks):
+        return tf.identity(encoded)
+
+
+def _number(header, offset, size, big_endian=False):
+    """The unsigned integer (int64) in `size` bytes at `offset` of an image's header."""
+    digits = tf.cast(tf.io.decode_raw(tf.strings.substr(header, offset, size), tf.uint8), tf.int64)
+    weights = [256 ** i for i in range(size)]
+    return tf.reduce_sum(digits * (weights[::-1] if big_endian else weights))
+
+
+def _int32_size(header, offset):
+    """|int32| at `offset`, little-endian: a BMP's width or height (negative for a top-down BMP)."""
+    value = _number(header, offset, 4)
+    return tf.where(value >= 2 ** 31, 2 ** 32 - value, value)
+
+
+def _ends(kind, encoded, marker: bytes):
+    """Whether an image of this `kind` (a bool tensor) holds `marker`, the bytes its format ends with
+    (searched, not only at the end: decoders and curation ignore trailing bytes)."""
+    return tf.cond(kind, lambda: tf.size(tf.strings.split(encoded, sep=marker)) > 1, lambda: tf.constant(False))
+
+
+_PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # the IEND chunk, always these 12 bytes
+_JPEG_END = b"\xff\xd9"  # EOI: stuffed as FF 00 in the coded data, so no pixel data ends it early
+
+
+def _bmp_size(header):
+    """The bytes an uncompressed BMP's header describes (pixel data offset + padded rows), which the
+    decoder requires exactly; -1 for a compressed one (left to the decoder)."""
+    row = (_number(header, 28, 2) * _int32_size(header, 18) + 31) // 32 * 4
+    uncompressed = tf.reduce_any(tf.equal(_number(header, 30, 4), [0, 3]))  # BI_RGB, BI_BITFIELDS
+    return tf.where(uncompressed, _number(header, 10, 4) + row * _int32_size(header, 22), -1)
+
+
 def _served_image(index, encoded):
     """One image sent for serving -> bytes the Transform graph decodes as curation reads the image: a
     grey PNG of up to 8 bits (a curated film) as it came, any other as the 8-bit grey PNG curation's
@@ -134,13 +172,37 @@ def _served_image(index, encoded):
     is_gif = tf.equal(tf.strings.substr(start, 0, 4), _GIF)
     is_bmp = tf.equal(tf.strings.substr(start, 0, 2), _BMP)
     known = tf.reduce_any(tf.stack([is_png, is_jpeg, is_gif, is_bmp]))
-    empty = tf.equal(tf.strings.length(encoded), 0)
-    with tf.control_dependencies([
+    length = tf.cast(tf.strings.length(encoded), tf.int64)
+    empty = tf.equal(length, 0)
+    encoded = _after([
         _refuse_unless(~empty, index, "empty (no image bytes)"),
         _refuse_unless(empty | known, index, "not a PNG, JPEG, GIF or BMP image (TIFF, WebP and DICOM: use "
                                              "`covid-cxr predict`, or send the film as curation stores it)"),
-    ]):
-        encoded = tf.identity(encoded)
+    ], encoded)
+    # The size the header claims, refused over curation's limit before anything decodes it: a small file
+    # can claim gigapixels (a decompression bomb). A JPEG cut short is refused below instead: its header
+    # may be incomplete.
+    jpeg_complete = _ends(is_jpeg, encoded, _JPEG_END)
+    jpeg = tf.cond(jpeg_complete, lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[1::-1], tf.int64),
+                   lambda: tf.zeros([2], tf.int64))  # [width, height] from its SOF
+    png = _number(header, 16, 4, big_endian=True), _number(header, 20, 4, big_endian=True)  # IHDR
+    gif = _number(header, 6, 2), _number(header, 8, 2)  # the logical screen
+    bmp = _int32_size(header, 18), _int32_size(header, 22)
+    width, height = [tf.where(is_png, png[i], tf.where(is_gif, gif[i], tf.where(is_bmp, bmp[i], jpeg[i])))
+                     for i in (0, 1)]
+    too_large = tf.strings.join(["image too large (", tf.strings.as_string(width), " x ", tf.strings.as_string(height),
+                                 f" pixels; curation refuses more than {images.MAX_PIXELS})"])
+    encoded = _after([_refuse_unless(width * height <= images.MAX_PIXELS, index, too_large)], encoded)
+    # A file cut short, refused in words before the decoders fail with their own messages ("Invalid PNG
+    # data"). A GIF cut short still meets its decoder's.
+    bmp_size = _bmp_size(header)
+    encoded = _after([
+        _refuse_unless(~is_png | _ends(is_png, encoded, _PNG_END), index, "truncated or corrupt PNG (no IEND chunk)"),
+        _refuse_unless(~is_jpeg | jpeg_complete, index, "truncated or corrupt JPEG (no end-of-image marker)"),
+        _refuse_unless(~is_bmp | (bmp_size < 0) | tf.equal(bmp_size, length), index, tf.strings.join([
+            "truncated or corrupt BMP (", tf.strings.as_string(length), " bytes; its header describes ",
+            tf.strings.as_string(bmp_size), ")"])),
+    ], encoded)
 
     def as_sent():  # the Transform reads a grey PNG of up to 8 bits (a curated film) as curation does
         return tf.io.decode_image(encoded, channels=1, expand_animations=False), encoded

@@ -1,6 +1,9 @@
 """The three-class served decision: COVID above the stored threshold, else the more probable other class;
 what the served signatures accept as an image."""
 import io
+import re
+import struct
+import zlib
 from unittest import mock
 
 import numpy as np
@@ -300,8 +303,59 @@ def test_a_served_film_gets_the_prediction_covid_cxr_predict_gives_it(binary_mod
     assert served == pytest.approx(result.predictions[0]["covid_probability"], abs=1e-7)
 
 
+def _claiming(encoded: bytes, fmt: str, width: int, height: int) -> bytes:
+    """A small image whose header claims width x height (nothing decodes that far before the refusal)."""
+    data = bytearray(encoded)
+    if fmt == "PNG":  # IHDR, with its CRC made right, as an encoder's would be
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    elif fmt == "JPEG":  # the baseline SOF0 segment: length, precision, height, width
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    elif fmt == "GIF":  # the logical screen
+        data[6:10] = struct.pack("<HH", width, height)
+    else:  # BMP
+        data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+def test_a_header_claiming_more_pixels_than_curation_takes_is_refused_before_decoding():
+    """A decompression bomb: a small file claiming 30000 x 30000 pixels, refused as curation refuses it
+    (data/images.py's limit) from its header alone; decoding it would have needed ~2.7 GB."""
+    assert 30000 * 30000 > images.MAX_PIXELS >= 20000 * 20000
+    film = Image.fromarray(_film())
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        claiming = _claiming(_encoded(film, fmt), fmt, 30000, 30000)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+                f"image 0: image too large (30000 x 30000 pixels; curation refuses more than {images.MAX_PIXELS})")):
+            _served_bytes([claiming])
+    # Within the limit, the size a header claims is no refusal (a 400 x 30000 strip: only the decoder's).
+    with pytest.raises(tf.errors.InvalidArgumentError) as e:
+        _served_bytes([_claiming(_encoded(film, "PNG"), "PNG", 400, 30000)])
+    assert "too large" not in e.value.message
+
+
+def test_an_image_cut_short_is_refused_as_truncated_not_with_the_decoders_message():
+    film = Image.fromarray(_film())
+    png, jpeg, bmp = (_encoded(film, fmt) for fmt in ("PNG", "JPEG", "BMP"))
+    refused = {
+        "truncated or corrupt PNG \\(no IEND chunk\\)": [png[:-12], png[:len(png) // 2], png[:40]],
+        "truncated or corrupt JPEG \\(no end-of-image marker\\)": [jpeg[:-2], jpeg[:len(jpeg) // 2], jpeg[:40]],
+        f"truncated or corrupt BMP \\({len(bmp) - 1} bytes; its header describes {len(bmp)}\\)": [bmp[:-1]],
+        f"truncated or corrupt BMP \\({len(bmp) + 3} bytes; its header describes {len(bmp)}\\)": [bmp + b"end"],
+    }
+    for reason, cut in refused.items():
+        for encoded in cut:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=f"image 1: {reason}"):
+                _served_bytes([png, encoded])
+    # Bytes after the end, which curation and the decoders ignore, are no refusal.
+    assert _served_bytes([png + b"end", jpeg + b"end"]) == [png + b"end", _served_bytes([jpeg])[0]]
+
+
 REFUSED = {
     "two-frame GIF": "multi-frame GIF \\(2 frames\\) is not a radiograph",
+    "PNG cut short": "truncated or corrupt PNG \\(no IEND chunk\\)",
+    "PNG claiming 30000 x 30000": "image too large \\(30000 x 30000 pixels",
     "1x1 PNG": "image too small \\(1x1",
     "200x31 PNG": "image too small \\(200x31",
     "blank PNG": "blank image \\(a single grey level\\)",
@@ -317,6 +371,8 @@ def _refused_inputs() -> dict:
     frames[0].save(two_frames, format="GIF", save_all=True, append_images=frames[1:])
     return {
         "two-frame GIF": two_frames.getvalue(),
+        "PNG cut short": _encoded(Image.fromarray(grey), "PNG")[:-100],
+        "PNG claiming 30000 x 30000": _claiming(_encoded(Image.fromarray(grey), "PNG"), "PNG", 30000, 30000),
         "1x1 PNG": _encoded(Image.fromarray(np.array([[128]], np.uint8)), "PNG"),
         "200x31 PNG": _encoded(Image.fromarray(_film(31, 200)), "PNG"),
         "blank PNG": _encoded(Image.fromarray(np.full((64, 64), 90, np.uint8)), "PNG"),
