@@ -1620,7 +1620,7 @@ def _fingerprinted_copy(model, target: str, films: list) -> str:
         curated.append(images.process(path).png)
         os.remove(path)
     transformed = preprocessing.decode_images(tf.constant(curated), testing.TINY_IMAGE_SIZE).numpy()
-    metadata[near_copies.KEY] = near_copies.fingerprints([transformed], testing.TINY_IMAGE_SIZE, 0.0)
+    metadata[near_copies.KEY] = near_copies.fingerprints(near_copies.hash_batch(transformed), testing.TINY_IMAGE_SIZE, 0.0)
     # Counted as trained on real films: the check does not run for a synthetic-trained model (below).
     metadata["data_summary"] = dict(metadata.get("data_summary") or {}, synthetic=False)
     with open(asset, "w", encoding="utf-8") as f:

@@ -25,9 +25,8 @@ def hash_batch(batch) -> list[bytes]:
     return [images.perceptual_hash(image.reshape(image.shape[0], image.shape[1])) for image in array]
 
 
-def fingerprints(batches: Iterable, image_size: int, border_crop: float) -> dict:
-    """The metadata entry for the films of ``batches`` (batches of transformed images)."""
-    hashes = [h for batch in batches for h in hash_batch(batch)]
+def fingerprints(hashes: Iterable[bytes], image_size: int, border_crop: float) -> dict:
+    """The metadata entry for films of these hashes (:func:`hash_batch` of their transformed images)."""
     return {"hashes": [h.hex() for h in hashes], "image_size": int(image_size), "border_crop": float(border_crop),
             "threshold": dedupe.DEFAULT_THRESHOLD}
 

@@ -871,6 +871,25 @@ def pooled_features(model: keras.Model) -> Optional[keras.Model]:
     return keras.Model(model.input, pooled.output, name=f"{model.name}_features")
 
 
+def member_scorer(member: BuiltModel, name: str) -> tuple[keras.Model, bool]:
+    """(``image_xf`` -> [probabilities, pooled features] through ``member``'s own layers, True), or
+    (the member's model, False) when it has no pooled features."""
+    features = pooled_features(member.model)
+    if features is None:
+        return member.model, False
+    return keras.Model(member.model.input, [member.model.output, features.output], name=name), True
+
+
+def joined_outputs(probabilities: Sequence, features: Sequence) -> tuple:
+    """(the served probabilities, the pooling members' features side by side, None without any) from
+    each member's: :func:`average_ensemble`'s mean (one member: its own). On a graph's tensors or on
+    the arrays of scores the members gave films, with the same layers, so both give the same numbers."""
+    joined_p = probabilities[0] if len(probabilities) == 1 else keras.layers.Average(name=OUTPUT_NAME)(list(probabilities))
+    if not features:
+        return joined_p, None
+    return joined_p, features[0] if len(features) == 1 else keras.layers.Concatenate(name="members_features")(list(features))
+
+
 def scorer_with_features(members: Sequence[BuiltModel]) -> tuple[Optional[keras.Model], list[str]]:
     """(``image_xf`` -> [the served probabilities, every pooling member's features side by side], the
     families whose features it returns); (None, []) when no member pools.
@@ -879,23 +898,20 @@ def scorer_with_features(members: Sequence[BuiltModel]) -> tuple[Optional[keras.
     served graph can report how typical a film is without running the backbones a second time. The
     probabilities are :func:`average_ensemble`'s (one member: that member's own).
     """
-    pooled = [(m, pooled_features(m.model)) for m in members]
-    if not any(features is not None for _, features in pooled):
+    scorers = [member_scorer(m, f"member{i}_scorer") for i, m in enumerate(members)]
+    if not any(pools for _, pools in scorers):
         return None, []
     inputs = keras.Input(shape=members[0].model.input_shape[1:], name=INPUT_NAME, dtype=tf.float32)
     probabilities, features, families = [], [], []
-    for i, (member, member_features) in enumerate(pooled):
-        if member_features is None:
-            probabilities.append(member.model(inputs))
+    for member, (scorer, pools) in zip(members, scorers):
+        if not pools:
+            probabilities.append(scorer(inputs))
             continue
-        both = keras.Model(member.model.input, [member.model.output, member_features.output], name=f"member{i}_scorer")
-        p, f = both(inputs)
+        p, f = scorer(inputs)
         probabilities.append(p)
         features.append(f)
         families.append(member.family)
-    joined_p = probabilities[0] if len(probabilities) == 1 else keras.layers.Average(name=OUTPUT_NAME)(probabilities)
-    joined_f = features[0] if len(features) == 1 else keras.layers.Concatenate(name="members_features")(features)
-    return keras.Model(inputs, [joined_p, joined_f], name="scorer_with_features"), families
+    return keras.Model(inputs, list(joined_outputs(probabilities, features)), name="scorer_with_features"), families
 
 
 def set_head_weights(built: BuiltModel, head: keras.Model) -> None:

@@ -78,20 +78,34 @@ def _training_batches(fn_args, tf_transform_output, batch_size: int, seed: int, 
                              not one_pass, seed, example_weights)
 
 
-def _scored_eval(model, scorer, dataset) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """(labels, scores, pooled features or None) of every eval film. With the atypical-input
-    ``scorer`` the scores are its probabilities (the served ensemble's, computed by the same layers)
-    and the features come from the same pass of each backbone."""
-    labels, scores, pooled = [], [], []
+def _one_pass(dataset, scorers: dict) -> tuple[np.ndarray, dict, list[bytes]]:
+    """(labels, {name: [each output of that scorer, every film's]}, every film's perceptual hash) from
+    one ordered pass over ``dataset``: the films are read and decoded once for the scores, the
+    features and the near-copy fingerprints."""
+    labels, outputs, hashes = [], collections.defaultdict(list), []
     for images, label in dataset:
         labels.append(label.numpy().reshape(-1))
-        if scorer is None:
-            scores.append(model(images, training=False).numpy())
-        else:
-            probabilities, member_features = scorer(images, training=False)
-            scores.append(probabilities.numpy())
-            pooled.append(member_features.numpy())
-    return np.concatenate(labels), np.concatenate(scores), np.concatenate(pooled) if pooled else None
+        hashes.extend(near_copies.hash_batch(images.numpy()))
+        for name, scorer in scorers.items():
+            out = scorer(images, training=False)
+            outputs[name].append([t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])])
+    return (np.concatenate(labels),
+            {name: [np.concatenate(parts) for parts in zip(*batches)] for name, batches in outputs.items()}, hashes)
+
+
+def _member_scorers(members: list, quantile: float) -> dict:
+    """{family: the member's scorer for the eval pass}: with the atypical-input check on, its
+    probabilities and its pooled features (when it has them) from one pass of its backbone."""
+    return {m.family: models.member_scorer(m, f"{m.family}_scorer")[0] if quantile else m.model for m in members}
+
+
+def _served_eval(served: list, member_outputs: dict) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(the served model's eval scores, its pooling members' eval features or None), joined from the
+    served members' outputs of :func:`_one_pass` by the served graph's own layers
+    (:func:`models.joined_outputs`): the numbers the served model and its scorer give those films."""
+    joined = models.joined_outputs([member_outputs[m.family][0] for m in served],
+                                   [member_outputs[m.family][1] for m in served if len(member_outputs[m.family]) > 1])
+    return tuple(None if outputs is None else np.asarray(outputs) for outputs in joined)
 
 
 def _count_source_labels(files, data_accessor, tf_transform_output, batch_size: int) -> collections.Counter:
@@ -351,10 +365,6 @@ def _hparams_from_tuner(hyperparameters: Optional[dict], cfg: dict) -> models.HP
     return _search_space(hp, cfg)
 
 
-def _pooled(scorer, dataset) -> np.ndarray:
-    return np.concatenate([scorer(images, training=False)[1].numpy() for images, _ in dataset])
-
-
 def _typicality_scorer(members: list, quantile: float):
     """(:func:`models.scorer_with_features` of the members, the families it measures) when the served
     model gets an atypical-input check; (None, []) when it is off or no member pools."""
@@ -371,14 +381,14 @@ def _typicality_scorer(members: list, quantile: float):
     return scorer, families
 
 
-def _typicality_check(scorer, families: list, train_ds, eval_features: np.ndarray, quantile: float):
+def _typicality_check(scorer, families: list, train_features: np.ndarray, eval_features: np.ndarray, quantile: float):
     """(the served atypical-input check, its summary for the model card), fitted on the pooled
-    features of the training films, unaugmented, and the eval films' (``eval_features``, from
-    :func:`_scored_eval`); (None, None) without a scorer or when too few films."""
+    features ``scorer`` gave the training films, unaugmented, and the eval films; (None, None)
+    without a scorer or when too few films."""
     if scorer is None:
         return None, None
     try:
-        check, summary = typicality.fitted_check(scorer, families, _pooled(scorer, train_ds), eval_features, quantile)
+        check, summary = typicality.fitted_check(scorer, families, train_features, eval_features, quantile)
     except ValueError as e:  # e.g. a handful of demo films: the model is still served, without the check
         log.warning("the served model has no atypical-input check: %s", e)
         return None, None
@@ -468,15 +478,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     fits = [{"family": m.family, **training.summarize_fit(h)} for m, h in zip(members, histories)]
     for fit in fits:
         log.info("%s: epochs run %s; serving the weights of %s", fit["family"], fit["epochs_run"], fit["kept"])
+    # One pass over the eval films: every member's scores (and pooled features, for the atypical-input
+    # check) and the films' fingerprints. The served model's scores are joined from its members' by
+    # its own layers (models.joined_outputs), so no backbone scores an eval film twice.
+    quantile = float(train_cfg["atypical_quantile"])
+    labels, member_outputs, eval_hashes = _one_pass(eval_ds, _member_scorers(members, quantile))
     # Each member alone on eval, when there is a choice to make (a lone member's AUC is the validation's).
-    aucs = [_eval_auc(task, *_scored_eval(m.model, None, eval_ds)[:2]) for m in members] if len(members) > 1 else []
+    aucs = [_eval_auc(task, labels, member_outputs[m.family][0]) for m in members] if len(members) > 1 else []
     min_auc = float(train_cfg["member_min_auc"])
     served, _ = select_members(members, aucs, min_auc)
     built = models.average_ensemble(served) if len(served) > 1 else served[0]
 
-    quantile = float(train_cfg["atypical_quantile"])
     scorer, scored_families = _typicality_scorer(served, quantile)
-    labels, scores, eval_features = _scored_eval(built.model, scorer, eval_ds)
+    scores, eval_features = _served_eval(served, member_outputs)
     threshold = _decision_threshold(task, labels, scores, train_cfg)
     validation = _validation_metrics(task, labels, scores, threshold)
     for fit, auc in zip(fits, aucs or [validation["auc"]]):
@@ -502,14 +516,15 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "history": history,
         "training": fits,
     }
+    # One pass over the training films: the pooled features the atypical-input check is fitted on, and
+    # their fingerprints (with the eval films', for evaluate's near-copy check).
+    _, train_outputs, train_hashes = _one_pass(
+        _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
+        {} if scorer is None else {"scorer": scorer})
     check, metadata["typicality"] = _typicality_check(
-        scorer, scored_families, _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, False, 0),
-        eval_features, quantile)
-    # Fingerprints of every film trained or validated on, for evaluate's near-copy check.
+        scorer, scored_families, train_outputs["scorer"][1] if scorer is not None else None, eval_features, quantile)
     metadata[near_copies.KEY] = near_copies.fingerprints(
-        (image for files in (fn_args.train_files, fn_args.eval_files)
-         for image, _ in _dataset(files, fn_args.data_accessor, tf_transform_output, batch, False, 0).as_numpy_iterator()),
-        cfg["model"]["image_size"], cfg["model"].get("border_crop", 0.0))
+        train_hashes + eval_hashes, cfg["model"]["image_size"], cfg["model"].get("border_crop", 0.0))
     training.compile_for_export(built, task.num_classes)
     export.export_serving_model(built.model, tf_transform_output, task, threshold, metadata, fn_args.serving_model_dir,
                                 typicality_check=check)

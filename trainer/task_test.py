@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 
 from covid_cxr.data import features, synthetic, writer
 from covid_cxr.pipeline import config as cfg
+from covid_cxr.serving import near_copies
 from covid_cxr.trainer import models, training
 from covid_cxr.trainer import task as trainer_task
 from covid_cxr.transform import preprocessing
@@ -353,13 +354,19 @@ def _image_batches(n, size, seed, shift=0.0):
 
 
 def _fitted_check(members, train_ds, eval_ds, quantile):
-    """run_fn's steps: the scorer, one eval pass (scores and features), the check fitted."""
+    """run_fn's steps: the scorer, one eval pass of the members (scores and features) joined into the
+    served ones, one pass over the training films, the check fitted."""
     scorer, families = trainer_task._typicality_scorer(members, quantile)
     ensemble = models.average_ensemble(members).model if len(members) > 1 else members[0].model
-    _, scores, eval_features = trainer_task._scored_eval(ensemble, scorer, eval_ds) if eval_ds else (None, None, None)
-    if scorer is not None:  # the eval pass scores as the ensemble serves
+    eval_features = train_features = None
+    if eval_ds:
+        scores, eval_features = trainer_task._served_eval(
+            members, trainer_task._one_pass(eval_ds, trainer_task._member_scorers(members, quantile))[1])
+        # the joined scores are the ensemble's, as it serves them
         np.testing.assert_allclose(scores, ensemble(np.concatenate([x for x, _ in eval_ds]), training=False), rtol=1e-5)
-    return trainer_task._typicality_check(scorer, families, train_ds, eval_features, quantile)
+    if scorer is not None:
+        train_features = trainer_task._one_pass(train_ds, {"scorer": scorer})[1]["scorer"][1]
+    return trainer_task._typicality_check(scorer, families, train_features, eval_features, quantile)
 
 
 def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(caplog):
@@ -399,20 +406,22 @@ def test_the_atypical_input_check_is_fitted_on_every_pooling_members_features(ca
 
 def _brightness_model(slope):
     """A stand-in for a trained member: P(covid) = sigmoid(slope x (the film's mean - 0.3)), so a
-    slope above 0 separates _run_fn_with_stand_ins's bright COVID films and 0 is chance (AUC 0.5)."""
+    slope above 0 separates _run_fn_with_stand_ins's bright COVID films and 0 is chance (AUC 0.5). The
+    film's mean is its pooled features, for the atypical-input check."""
     inputs = keras.Input((32, 32, 1))
     dense = keras.layers.Dense(1, activation="sigmoid")
-    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D(name=models.FEATURES_NAME)(inputs)))
     dense.set_weights([np.array([[slope]], np.float32), np.array([-0.3 * slope], np.float32)])
     return model
 
 
-def _stand_in_inputs(tmp_path, monkeypatch, overrides=None, eval_counts=None, record=None):
+def _stand_in_inputs(tmp_path, monkeypatch, overrides=None, eval_counts=None, record=None, films=8):
     """tuner_fn's and run_fn's inputs on synthetic data, the Transform stood in for: returns (fn_args,
-    images, labels). Eight training films, four per class; the eval split counts ``eval_counts``
+    images, labels). ``films`` training films (8), half of each class; the eval split counts ``eval_counts``
     (default the same) and holds the same films. ``record`` collects each dataset read: "datasets"
-    (the arguments of each ``_dataset``) and "training_batches" (``one_pass`` of each set made; the
-    set is stood in for by ("training batches", one_pass))."""
+    (the arguments of each ``_dataset``), "passes" (how often each split, "t" or "e", was read
+    through) and "training_batches" (``one_pass`` of each set made; the set is stood in for by
+    ("training batches", one_pass))."""
     import collections
 
     data_dir = str(tmp_path / "data")
@@ -426,17 +435,24 @@ def _stand_in_inputs(tmp_path, monkeypatch, overrides=None, eval_counts=None, re
         model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "model"),
         hyperparameters=None, data_accessor=None)
     rng = np.random.RandomState(0)
-    labels = np.arange(8) % 2
-    images = (rng.rand(8, 32, 32, 1) * 0.2 + 0.4 * labels[:, None, None, None]).astype("float32")  # COVID brighter
+    labels = np.arange(films) % 2
+    images = (rng.rand(films, 32, 32, 1) * 0.2 + 0.4 * labels[:, None, None, None]).astype("float32")  # COVID brighter
     record = {} if record is None else record
     monkeypatch.setattr(trainer_task.tft, "TFTransformOutput",
                         lambda path: None if path == "transform graph" else pytest.fail(f"no Transform graph at {path}"))
-    counts = {"t": {("s", 0): 4, ("s", 1): 4}, "e": eval_counts or {("s", 0): 4, ("s", 1): 4}}
+    half = {("s", 0): films // 2, ("s", 1): films // 2}
+    counts = {"t": half, "e": eval_counts or half}
     monkeypatch.setattr(trainer_task, "_count_source_labels", lambda files, *a: collections.Counter(counts[files[0]]))
 
     def dataset(*args, **kwargs):
         record.setdefault("datasets", []).append(args)
-        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+        def batches():  # called for each pass over the dataset
+            record.setdefault("passes", collections.Counter())[args[0][0]] += 1
+            yield from ((images[i:i + 4], labels[i:i + 4]) for i in range(0, films, 4))
+
+        return tf.data.Dataset.from_generator(batches, output_signature=(
+            tf.TensorSpec((None, 32, 32, 1), tf.float32), tf.TensorSpec((None,), tf.int64)))
 
     monkeypatch.setattr(trainer_task, "_dataset", dataset)
     monkeypatch.setattr(trainer_task, "_training_batches", lambda *a, one_pass=False: (
@@ -445,7 +461,7 @@ def _stand_in_inputs(tmp_path, monkeypatch, overrides=None, eval_counts=None, re
 
 
 def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None, slopes=None, overrides=None,
-                           eval_counts=None, record=None):
+                           eval_counts=None, record=None, films=8):
     """run_fn on synthetic data with the Transform, the fits and the export stood in for: returns
     (the model it exports, its metadata, the members it built). A family in ``slopes`` "trains" into
     a :func:`_brightness_model` of that slope; the others keep their initial weights. ``record``
@@ -455,7 +471,7 @@ def _run_fn_with_stand_ins(tmp_path, monkeypatch, ensemble_with, built_as=None, 
 
     record = {} if record is None else record
     fn_args, images, _ = _stand_in_inputs(tmp_path, monkeypatch, dict(overrides or {}, **{"model.ensemble_with": ensemble_with}),
-                                          eval_counts, record)
+                                          eval_counts, record, films)
 
     def fit(built, hparams, train_ds, eval_ds, **kwargs):
         record.setdefault("fits", []).append(dict(kwargs, train_ds=train_ds))
@@ -708,6 +724,39 @@ def test_the_trainer_reads_eval_films_in_one_ordered_pass_and_fits_as_configured
                          "epochs": 3, "fine_tune_epochs": 2, "steps_per_epoch": 3}]  # 8 training films, 3 a batch
 
 
+def test_after_training_each_split_is_read_once_and_gives_what_the_served_graphs_give_its_films(tmp_path, monkeypatch):
+    """One pass over the eval films (each member's scores and pooled features, the served ones joined
+    from them, the fingerprints) and one over the training films (the check's features, the
+    fingerprints); the member check, threshold, atypical-input check and hashes are those of the
+    served model and scorer run on the films."""
+    from covid_cxr.serving import typicality
+
+    record = {}
+    model, metadata, built, images = _run_fn_with_stand_ins(
+        tmp_path, monkeypatch, "[cnn4]", slopes={"cnn3": 10.0, "cnn4": 5.0}, record=record, films=12,
+        overrides={"training.atypical_quantile": "0.5"})
+    assert record["passes"] == {"e": 1, "t": 1}  # after training: fit, counting and the export are stood in for
+    assert metadata["ensemble_members"] == ["cnn3", "cnn4"]
+    labels = np.arange(12) % 2
+
+    def scored(scorer):  # in the passes' batches of four
+        outputs = [scorer(images[i:i + 4], training=False) for i in range(0, 12, 4)]
+        return [np.concatenate([np.asarray(o[k]) for o in outputs]) for k in range(len(outputs[0]))]
+
+    assert [f["eval_auc"] for f in metadata["training"]] == [
+        trainer_task._eval_auc(BINARY, labels, scored(lambda x, training: [m.model(x, training=training)])[0])
+        for m in built]
+    scorer, families = models.scorer_with_features(built)
+    scores, pooled = scored(scorer)
+    np.testing.assert_array_equal(scores, scored(lambda x, training: [model(x, training=training)])[0])
+    train_cfg = cfg.load_config("quick").training
+    assert record["export"]["threshold"] == trainer_task._decision_threshold(BINARY, labels, scores, {
+        "target_sensitivity": train_cfg.target_sensitivity, "target_specificity": train_cfg.target_specificity})
+    assert metadata["typicality"] == typicality.fitted_check(scorer, families, pooled, pooled, 0.5)[1]
+    assert metadata["typicality"]["features"] == "pooled features of cnn3 + cnn4"
+    assert metadata[near_copies.KEY]["hashes"] == [h.hex() for h in near_copies.hash_batch(images)] * 2
+
+
 def test_the_served_model_carries_its_run_and_the_threshold_and_check_it_was_given(tmp_path, monkeypatch):
     import json
 
@@ -840,18 +889,34 @@ def test_the_atypical_input_check_is_fitted_on_the_training_films_pooled_feature
     fitted = []
     monkeypatch.setattr(trainer_task.typicality, "fitted_check", lambda *args: fitted.append(args) or (
         "check", {k: 1 for k in ("dimensions", "features", "train_films", "eval_atypical", "eval_films", "shrinkage")}))
-    train = tf.data.Dataset.from_tensor_slices((np.arange(6, dtype=np.float32)[:, None], np.zeros(6))).batch(4)
-    scorer = lambda images, training: (None, tf.concat([images, 2 * images], axis=1))  # noqa: E731
-    check, _ = trainer_task._typicality_check(scorer, ["cnn4"], train, "the eval features", 0.8)
-    (args,) = fitted
-    assert check == "check" and args[0] is scorer and args[1] == ["cnn4"] and args[3:] == ("the eval features", 0.8)
-    np.testing.assert_array_equal(args[2], np.stack([np.arange(6), 2 * np.arange(6)], axis=1))  # every batch's
+    check, _ = trainer_task._typicality_check("scorer", ["cnn4"], "the train features", "the eval features", 0.8)
+    assert check == "check" and fitted == [("scorer", ["cnn4"], "the train features", "the eval features", 0.8)]
+
+
+def test_one_pass_gives_the_labels_every_scorers_outputs_and_the_hashes_of_every_batchs_films():
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 16, 16, 1), dtype=np.float32)
+    passes = []
+
+    def batches():
+        passes.append(1)
+        yield from ((images[i:i + 4], np.arange(i, min(i + 4, 6))) for i in range(0, 6, 4))
+
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((None, 16, 16, 1), tf.float32), tf.TensorSpec((None,), tf.int64)))
+    both = lambda x, training: (x[:, 0, 0], x[:, 1, 1, 0])  # noqa: E731
+    labels, outputs, hashes = trainer_task._one_pass(dataset, {"one": lambda x, training: 2 * x, "both": both})
+    assert passes == [1]  # the films are read once for every scorer and the hashes
+    np.testing.assert_array_equal(labels, np.arange(6))
+    np.testing.assert_array_equal(outputs["one"][0], 2 * images)
+    np.testing.assert_array_equal(outputs["both"][0], images[:, 0, 0])
+    np.testing.assert_array_equal(outputs["both"][1], images[:, 1, 1, 0])
+    assert hashes == near_copies.hash_batch(images)
+    assert trainer_task._one_pass(dataset, {})[1] == {}
 
 
 def test_the_trainer_stores_the_fingerprints_of_every_train_and_eval_film_it_saw(tmp_path, monkeypatch):
     """Hashed from the transformed images (evaluate hashes an evaluated film through the same decode)."""
-    from covid_cxr.serving import near_copies
-
     _, metadata, _, images = _run_fn_with_stand_ins(tmp_path, monkeypatch, "[]", overrides={"model.border_crop": "0.05"})
     stored = metadata[near_copies.KEY]
     # The stand-in train and eval splits both hold these eight films.
