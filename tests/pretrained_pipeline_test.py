@@ -54,6 +54,9 @@ def test_full_preset_trains_a_pretrained_pair_through_the_dag(tmp_path):
         "training.epochs": 2, "training.fine_tune_epochs": 2, "tuner.trials": 1, "tuner.fine_tune_layers": [10],
         "gate.min_sensitivity": 0.0, "gate.min_specificity": 0.0,  # random weights at 32 px: the path is under test, not the figures
         "training.atypical_quantile": 0.6,  # 7 validation films here: too few to place `full`'s 0.95 quantile
+        # Random weights at 32 px learn nothing (each member's eval AUC is 0.5): at `full`'s floor (0.6) the
+        # second member would be dropped, and the served pair is under test here, not the drop rule.
+        "training.member_min_auc": 0.5,
     }
     root, serving = str(tmp_path / "root"), str(tmp_path / "serving")
     args = [sys.executable, "-m", "covid_cxr.cli", "--verbose", "run", "--preset", "full", "--data", data_dir, "--task", TASK,
