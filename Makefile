@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/covid-cxr demo --out $(OUT)
 
 ## The default suite: unit tests, the end-to-end DAG test, and lean real-data tests (skipped
-## when ../shared/data is absent). Tests marked `slow` run only with `make test-all`; the long
+## when ../shared/data is absent). Tests marked `slow` (none since stop 50) run only with `make test-all`; the long
 ## real-data runs are scripts: `make bench` (CPU cost per family) and `make quality` (docs/results.md).
 ## Two workers (pytest-xdist), one test file per worker: the end-to-end DAG file keeps its shared
 ## pipeline root on one worker while the other runs everything else. WORKERS=0 runs serially.

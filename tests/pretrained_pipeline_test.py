@@ -4,14 +4,13 @@ The default suite's DAG test (pipeline_e2e_test.py) trains the `quick` preset's 
 one keeps `full` as it is -- pretrained MobileNetV2 1.0 and 0.35 averaged, phase 1 and the Tuner
 on cached backbone features, fine-tuning, the reproducible / oneDNN restart -- and only shrinks the
 data (synthetic films at 32 px) and the epoch budget. The weight files are random values saved
-under the Keras names, so it needs neither the network nor ../shared. Marked slow (about 3 minutes
-on 2 cores): `make test-all` runs it.
+under the Keras names, so it needs neither the network nor ../shared. About 3.5 minutes on 2 cores;
+in the default suite since stop 50, because while it was marked slow it failed unseen for several stops.
 """
 import os
 import subprocess
 import sys
 
-import pytest
 import tf_keras as keras
 
 from covid_cxr.data import synthetic
@@ -19,8 +18,6 @@ from covid_cxr.pipeline import config as cfg
 from covid_cxr.pipeline import metadata
 from covid_cxr.serving import model_metadata, predict
 from covid_cxr.trainer import models
-
-pytestmark = pytest.mark.slow
 
 TASK = "covid-vs-normal"
 SIZE = 32
