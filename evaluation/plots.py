@@ -82,8 +82,10 @@ def gallery_png(grays: Sequence[np.ndarray], captions: Sequence[str], title: str
     for ax in axes.ravel():
         ax.axis("off")
     for ax, gray, text in zip(axes.ravel(), grays, captions):
-        ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(text, fontsize=7, y=-0.02, va="top")
+        image = ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+        # Hung from the image's own lower edge: a title is lifted by the title pad onto a tall film's last rows.
+        ax.annotate(text, xy=(0.5, 0), xycoords=image, xytext=(0, -3), textcoords="offset points",
+                    ha="center", va="top", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

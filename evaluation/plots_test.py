@@ -67,12 +67,43 @@ def test_confusion_cells_show_counts_and_the_share_of_their_true_class(drawn):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["normal", "covid"]
 
 
+def _caption_texts(ax):
+    return [t for t in (ax.title, *ax.texts) if t.get_text()]  # a title or a text: measured alike
+
+
+def _caption(ax):
+    return "".join(t.get_text() for t in _caption_texts(ax))
+
+
+def _extents(fig):
+    """Each image's and each caption's box in pixels, as the figure lays them out when drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # the PNG is written and the figure closed: draw it again to measure
+    renderer = fig.canvas.get_renderer()
+    return ([ax.images[0].get_window_extent(renderer) for ax in fig.axes if ax.images],
+            [t.get_window_extent(renderer) for ax in fig.axes for t in _caption_texts(ax)])
+
+
 def test_gallery_puts_each_caption_under_its_own_image(drawn):
     grays = [np.full((8, 8), v, dtype=np.uint8) for v in (0, 100, 200)]
     plots.gallery_png(grays, ["a", "b", "c"], title="t", columns=6)
     axes = drawn[-1].axes
     assert len(axes) == 3  # never more columns than images
-    assert [(ax.get_title(), int(ax.images[0].get_array()[0, 0])) for ax in axes] == [("a", 0), ("b", 100), ("c", 200)]
+    assert [(_caption(ax), int(ax.images[0].get_array()[0, 0])) for ax in axes] == [("a", 0), ("b", 100), ("c", 200)]
+    images, captions = _extents(drawn[-1])
+    for image, caption in zip(images, captions):
+        assert caption.y1 < image.y0 and caption.x0 < (image.x0 + image.x1) / 2 < caption.x1
+
+
+def test_no_caption_covers_a_tall_or_a_wide_film(drawn):
+    # A tall film fills its cell's height: a title set just below the axes was lifted onto its last rows.
+    shapes = [(300, 100), (80, 300), (120, 120), (400, 90), (60, 240)]
+    grays = [np.full(shape, 120, dtype=np.uint8) for shape in shapes]
+    plots.gallery_png(grays, ["covid -> normal\nP(covid) 0.12\ncohen PA"] * len(shapes), title="Errors", columns=3)
+    images, captions = _extents(drawn[-1])
+    assert len(images) == len(captions) == len(shapes)
+    assert not [(i, c) for i, image in enumerate(images) for c, caption in enumerate(captions) if image.overlaps(caption)]
 
 
 def test_history_panels_phase_changes_and_the_served_epochs(drawn):
@@ -130,7 +161,7 @@ def test_gallery_shows_every_image_on_a_partial_last_row_without_axes(drawn):
     plots.gallery_png(grays, [f"film {v}" for v in range(7)], title="Gallery", columns=6)
     fig = drawn[-1]
     shown = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in shown] == [f"film {v}" for v in range(7)]  # the 7th is not dropped
+    assert [_caption(ax) for ax in shown] == [f"film {v}" for v in range(7)]  # the 7th is not dropped
     assert not any(ax.axison for ax in fig.axes)
     assert fig._suptitle.get_text() == "Gallery"
     assert {ax.images[0].get_clim() for ax in shown} == {(0, 255)}  # grey levels as stored, not re-stretched
