@@ -144,6 +144,15 @@ def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted
     return result
 
 
+def method_text(result: dict) -> str:
+    """"grad-cam at layer conv2" ("at layers a + b": an averaged ensemble's members); the method alone
+    when no layer was attributed to (gradient saliency) or the result predates the layer's record."""
+    target = result.get("target")
+    if not target:
+        return result["method"]
+    return f"{result['method']} at layer{'s' if ' + ' in target else ''} {target}"
+
+
 def _films(n: int) -> str:
     return f"{n} film" if n == 1 else f"{n} films"
 

@@ -147,6 +147,17 @@ def test_audit_model_measures_each_films_map_of_its_predicted_class(monkeypatch)
     assert result["per_source"]["b"]["covid"]["films"] == 1
 
 
+def test_the_method_names_the_layer_the_heat_maps_come_from(monkeypatch):
+    served = _served_with_known_maps(monkeypatch, [])
+    result = attention_audit.audit_model(served, [b"0", b"1"], [0, 1], [0, 1], ("normal", "covid"))
+    assert attention_audit.method_text(result) == "grad-cam at layer conv"
+    averaged = dict(result, target="out_relu + Conv_1")  # an averaged ensemble: each member's layer
+    assert attention_audit.method_text(averaged) == "grad-cam at layers out_relu + Conv_1"
+    # Gradient saliency attributes to no layer; a report.json from before the layer was recorded has none.
+    assert attention_audit.method_text({"method": "gradient-saliency", "target": None}) == "gradient-saliency"
+    assert attention_audit.method_text({"method": "grad-cam"}) == "grad-cam"
+
+
 def test_a_limit_draws_only_the_first_films_of_each_true_class_and_says_so(monkeypatch):
     assert attention_audit.first_of_each_class([1, 0, 1, 1, 0], 1).tolist() == [0, 1]
     assert attention_audit.first_of_each_class([1, 0, 1, 1, 0], 2).tolist() == [0, 1, 2, 4]  # in the data's order

@@ -661,7 +661,7 @@ def summary_text(report: dict) -> str:
         lines.append(f"shortcut audit: {audit['verdict']}")
     attention = report.get("attention_audit")
     if attention:
-        lines.append(f"attention audit (heat maps by {attention['method']}), "
+        lines.append(f"attention audit (heat maps by {attention_audit.method_text(attention)}), "
                      + "\n".join(attention_audit.summary_lines(attention)))
     if report.get("files"):
         lines.append(f"report: {report['files'][REPORT_HTML]}")

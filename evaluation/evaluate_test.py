@@ -1469,13 +1469,14 @@ def test_the_attention_audit_is_asked_for_and_reaches_the_report_the_summary_and
     assert {name: e["films"] for name, e in attention["per_predicted_class"].items()} == {
         name: int(np.sum(predicted == i)) for i, name in enumerate(model.classes) if np.any(predicted == i)}
     card = (out / "model_card.md").read_text()  # the card written with this evaluation carries it too
-    assert "- attention audit (where the grad-cam heat maps lie; `covid-cxr evaluate --attention`)" in card
+    assert "- attention audit (where the heat maps by grad-cam at layer conv2 lie; `covid-cxr evaluate --attention`)" in card
     assert "```\n" + "\n".join(attention_audit.summary_lines(attention)) + "\n```" in card
     page = (out / "report.html").read_text()
     assert "<h2>Attention audit (where the heat maps lie)</h2>" in page and "<th>peak in border</th>" in page
+    assert "<p class=note>Heat maps by grad-cam at layer conv2 for the predicted class; " in page
     assert any(f"<td>all</td><td>called {name}</td>" in page for name in attention["per_predicted_class"])
     summary = _run([*args, "--attention", "--out", str(tmp_path / "text")]).output
-    assert "attention audit (heat maps by grad-cam), outer 15% band: " in summary
+    assert "attention audit (heat maps by grad-cam at layer conv2), outer 15% band: " in summary
     assert all(f"  {name}: " in summary for name in attention["per_true_class"])
 
 
@@ -1521,8 +1522,8 @@ def test_attention_limit_audits_the_first_films_of_each_class_and_the_report_say
     assert result.stderr.count("covid-cxr: attention audit: film 1 of 4\n") == 1  # the maps: 2 of each class
     lines = evaluate.summary_text(report).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("attention audit ("))
-    assert lines[start] == (f"attention audit (heat maps by grad-cam), outer 15% band: {attention['band_area_share']:.0%} "
-                            "of the film's area; films: the first 2 of each true class")
+    assert lines[start] == ("attention audit (heat maps by grad-cam at layer conv2), outer 15% band: "
+                            f"{attention['band_area_share']:.0%} of the film's area; films: the first 2 of each true class")
     block = [line for line in lines[start + 1:] if line.startswith("  ")]
     per_class = [line for line in block if not line.startswith(("    ", "  called "))]
     assert sorted(line.split(":")[0].strip() for line in per_class) == sorted(classes)

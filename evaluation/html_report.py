@@ -230,10 +230,10 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
     attention = report.get("attention_audit")
     if attention and attention.get("band_area_share") is not None:
         parts.append("<h2>Attention audit (where the heat maps lie)</h2>")
-        parts.append(f"<p class=note>Heat maps by {_e(attention['method'])} for the predicted class; the outer "
-                     f"{attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} of the film's "
-                     "area, so a map spread evenly has that share of its heat there and a random peak lands there "
-                     f"that often: {_e(attention_audit.READING)}.</p>")
+        parts.append(f"<p class=note>Heat maps by {_e(attention_audit.method_text(attention))} for the predicted "
+                     f"class; the outer {attention['border_fraction']:.0%} band is {attention['band_area_share']:.0%} "
+                     "of the film's area, so a map spread evenly has that share of its heat there and a random peak "
+                     f"lands there that often: {_e(attention_audit.READING)}.</p>")
         if attention.get("limit"):  # the table's counts are not the data's
             parts.append(f"<p class=note>Only the first {_e(attention['limit'])} films of each true class were "
                          "measured (--attention-limit).</p>")

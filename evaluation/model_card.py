@@ -194,8 +194,9 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
         lines += ["", f"- shortcut audit (image borders only): {audit.get('verdict', 'not run')}"]
     attention = evaluation.get("attention_audit")
     if attention and attention.get("band_area_share") is not None:
-        lines += ["", f"- attention audit (where the {attention['method']} heat maps lie; `covid-cxr evaluate "
-                  f"--attention`): {attention_audit.READING}.", "", "```", *attention_audit.summary_lines(attention), "```"]
+        lines += ["", f"- attention audit (where the heat maps by {attention_audit.method_text(attention)} lie; "
+                  f"`covid-cxr evaluate --attention`): {attention_audit.READING}.",
+                  "", "```", *attention_audit.summary_lines(attention), "```"]
     return lines + [""]
 
 
