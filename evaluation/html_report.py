@@ -5,6 +5,7 @@ import base64
 import html
 from typing import Mapping, Optional
 
+from covid_cxr.data import features
 from covid_cxr.data.sources import radiography
 from covid_cxr.evaluation import attention_audit, errors, metrics, model_card
 from covid_cxr.serving import near_copies, predict, typicality
@@ -24,6 +25,10 @@ th { background: #f3f3f3; }
 img { max-width: 100%; margin: 0.4em 0.8em 0.4em 0; vertical-align: top; }
 code { font-size: 0.9em; }
 """
+
+
+# A numeric feature's stored stand-in for "unknown": TFDV's mean and std count it as a value.
+UNKNOWN_VALUES = {features.AGE: features.UNKNOWN_AGE}
 
 
 def _e(value) -> str:
@@ -97,6 +102,10 @@ def _pipeline_section(pipeline: dict) -> str:
             for name, f in summary["features"].items():
                 if f.get("type") == "num":
                     detail = f"mean {_num(f['mean'], 2)}, std {_num(f['std'], 2)}, min {_num(f['min'], 2)}, max {_num(f['max'], 2)}"
+                    unknown = UNKNOWN_VALUES.get(name)
+                    # TFDV's histograms are approximate: how many films are unknown is not in the statistics.
+                    if unknown is not None and f["min"] is not None and f["min"] <= unknown:
+                        detail += f"; {unknown} means unknown, and the mean and std include it"
                 elif "top_values" in f:
                     detail = ", ".join(f"{_e(k)}: {v}" for k, v in f["top_values"].items())
                 else:

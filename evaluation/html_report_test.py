@@ -1,0 +1,25 @@
+"""report.html's pipeline section, rendered from the summaries artifacts.py reads."""
+from covid_cxr.evaluation import html_report
+
+
+def _statistics(age: dict) -> dict:
+    numbers = {"type": "num", "std": 28.14, "max": 90.0, "zeros": 0, "missing": 0, "missing_fraction": 0.0}
+    summary = {"num_examples": 200, "features": {"age": {**numbers, **age}, "width": {**numbers, "mean": 900.0,
+                                                                                    "min": -1.0}}}
+    return {"root": "/root", "statistics": {"uri": "/root/StatisticsGen/statistics/4", "splits": {"train": summary}}}
+
+
+def _age_row(page: str) -> str:
+    return next(row for row in page.split("<tr>") if row.startswith("<td>age</td>"))
+
+
+def test_an_age_of_minus_one_is_named_unknown_and_counted_in_the_mean_and_std():
+    # Curation stores an unknown age as -1 (data/features.py): a mean of 14.56 is not the patients' mean age.
+    row = _age_row(html_report._pipeline_section(_statistics({"mean": 14.56, "min": -1.0})))
+    assert "mean 14.56, std 28.14, min -1.00, max 90.00; -1 means unknown, and the mean and std include it" in row
+
+
+def test_ages_all_known_and_other_features_carry_no_such_note():
+    page = html_report._pipeline_section(_statistics({"mean": 58.24, "min": 19.0}))
+    assert "mean 58.24, std 28.14, min 19.00, max 90.00</td>" in _age_row(page)
+    assert "unknown" not in page  # the sentinel is age's: a -1 elsewhere is a value
