@@ -1,6 +1,19 @@
 """scripts/step_determinism.py: restoring every state makes a short replay repeat to the bit."""
 import numpy as np
+import pytest
 from PIL import Image
+
+
+@pytest.fixture(autouse=True)
+def _default_random_layers_after():
+    """main() backs random layers with tf.random.Generator for the rest of its process; a test
+    after this one gets the default back (under it, dropout ignored training.fit's seed)."""
+    import tf_keras as keras
+
+    before = keras.backend.experimental.is_tf_random_generator_enabled()
+    yield
+    if not before:
+        keras.backend.experimental.disable_tf_random_generator()
 
 
 def _films(root, per_class=8, size=40):
