@@ -236,19 +236,33 @@ def test_fit_scratch_single_phase_graph_mode():
     assert history[T.KEPT] == [1.0 if i == best else 0.0 for i in range(3)]
 
 
-def test_fit_is_seeded():
-    def run(seed, draws):
-        hp = M.HParams(family="cnn3", augment=M.AugmentConfig(enabled=True))
-        keras.utils.set_random_seed(7)  # same initial weights
-        built = M.build_model(hp, S, 2, weights="none")
-        for _ in range(draws):  # moves the global generator, as any code between build and fit may
-            tf.random.uniform([3])
-        return T.fit(built, hp, dataset(16, 2), None, epochs=2, steps_per_epoch=2, validation_steps=None,
-                     seed=seed, verbose=0, compile_kwargs={"run_eagerly": True})
+def _seeded_fit(build_seed, fit_seed, draws=1, dropout=0.5):
+    hp = M.HParams(family="cnn3", dropout=dropout, augment=M.AugmentConfig(enabled=True))
+    keras.utils.set_random_seed(build_seed)  # initial weights and the augmentation layers' generator seeds
+    built = M.build_model(hp, S, 2, weights="none")
+    for _ in range(draws):  # moves the global generator, as any code between build and fit may
+        tf.random.uniform([3])
+    return T.fit(built, hp, dataset(16, 2), None, epochs=2, steps_per_epoch=2, validation_steps=None,
+                 seed=fit_seed, verbose=0, compile_kwargs={"run_eagerly": True})["loss"]
 
-    a, b, c = run(3, 1), run(3, 5), run(4, 1)
-    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)  # fit's seed decides dropout and augmentation
-    assert not np.allclose(a["loss"], c["loss"], rtol=1e-5)
+
+def test_fit_is_seeded():
+    a, b, c = _seeded_fit(7, 3), _seeded_fit(7, 3, draws=5), _seeded_fit(7, 4)
+    losses = f"seed 3: {a}, again after other draws: {b}, seed 4: {c}"
+    np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=losses)  # fit's seed decides dropout
+    assert not np.allclose(a, c, rtol=1e-5), losses
+
+
+def test_augmentation_draws_follow_the_seed_set_before_building():
+    """tf_keras's augmentation layers seed their generators when the model is built, so the seed set
+    then (task._build sets it) decides their draws, not fit's. Under generator-backed random layers
+    (``keras.backend.experimental.enable_tf_random_generator``, which scripts/step_determinism.py turns
+    on) dropout does the same, and fit's seed decides nothing: step_determinism's test restores the default."""
+    same_build = _seeded_fit(7, 3, dropout=0.0), _seeded_fit(7, 4, dropout=0.0)
+    other_build = _seeded_fit(8, 3, dropout=0.0)
+    np.testing.assert_allclose(*same_build, rtol=1e-5, err_msg=str(same_build))
+    assert not np.allclose(same_build[0], other_build, rtol=1e-5), (same_build, other_build)
+    assert not keras.backend.experimental.is_tf_random_generator_enabled()  # the default, as the Trainer runs
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
