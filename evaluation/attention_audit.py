@@ -52,10 +52,16 @@ def band_area_share(size: int, border: float = BORDER_FRACTION) -> float:
     return float(shortcut_audit.border_mask(size, border).mean())
 
 
-def first_of_each_class(labels: Sequence[int], limit: int) -> np.ndarray:
-    """Indices of the films kept: the first `limit` of each true class, in the data's order."""
+def spread_over_each_class(labels: Sequence[int], limit: int) -> np.ndarray:
+    """Indices of the films kept: `limit` of each true class, evenly spaced over that class's films in the
+    data's order (first and last included). Data often comes grouped by source, so the first `limit`
+    would all be one source's."""
     labels = np.asarray(labels)
-    return np.array(sorted(i for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:limit]), dtype=int)
+    kept = []
+    for c in np.unique(labels):
+        films = np.flatnonzero(labels == c)
+        kept += films.tolist() if len(films) <= limit else films[np.linspace(0, len(films) - 1, limit).round().astype(int)].tolist()
+    return np.array(sorted(kept), dtype=int)
 
 
 def _mean_with_ci(values: Sequence[float]) -> dict:
@@ -122,12 +128,12 @@ def audit_model(model, images: Sequence[bytes], labels: Sequence[int], predicted
                 classes: Sequence[str], border: float = BORDER_FRACTION, sources: Optional[Sequence[str]] = None,
                 progress: Optional[Callable[[str], None]] = None, limit: Optional[int] = None) -> dict:
     """`audit` on a served model's own heat maps (serving/explain.py) of its predicted class for each
-    encoded film, with the method and the layers they come from. `limit`: only the first that many films
-    of each true class (a quicker look: a map costs about a second), recorded in the result."""
+    encoded film, with the method and the layers they come from. `limit`: only that many films of each
+    true class, spread over the data (a quicker look: a map costs about a second), recorded in the result."""
     from covid_cxr.serving import explain
 
     if limit is not None:  # before any map is drawn: the maps are the cost
-        keep = first_of_each_class(labels, limit)
+        keep = spread_over_each_class(labels, limit)
         images, labels, predicted = [images[i] for i in keep], np.asarray(labels)[keep], np.asarray(predicted)[keep]
         sources = [sources[i] for i in keep] if sources is not None else None
     explainer = explain.Explainer(model)
@@ -173,7 +179,7 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"outer {result['border_fraction']:.0%} band: {area:.0%} of the film's area" if area is not None
              else "no heat maps"]
     if result.get("limit"):  # the counts below are not the data's
-        lines[0] += f"; films: the first {result['limit']} of each true class"
+        lines[0] += f"; films: {result['limit']} of each true class, spread over the data"
     lines += [f"  {_class_line(name, entry)}" for name, entry in result["per_true_class"].items()]
     lines += [f"  called {_class_line(name, entry)}" for name, entry in (result.get("per_predicted_class") or {}).items()]
     for source, per_class in (result.get("per_source") or {}).items():

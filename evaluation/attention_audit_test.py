@@ -158,22 +158,25 @@ def test_the_method_names_the_layer_the_heat_maps_come_from(monkeypatch):
     assert attention_audit.method_text({"method": "grad-cam"}) == "grad-cam"
 
 
-def test_a_limit_draws_only_the_first_films_of_each_true_class_and_says_so(monkeypatch):
-    assert attention_audit.first_of_each_class([1, 0, 1, 1, 0], 1).tolist() == [0, 1]
-    assert attention_audit.first_of_each_class([1, 0, 1, 1, 0], 2).tolist() == [0, 1, 2, 4]  # in the data's order
-    assert attention_audit.first_of_each_class([], 3).tolist() == []
+def test_a_limit_draws_films_spread_over_each_true_class_and_says_so(monkeypatch):
+    assert attention_audit.spread_over_each_class([1, 0, 1, 1, 0], 1).tolist() == [0, 1]
+    assert attention_audit.spread_over_each_class([1, 0, 1, 1, 0], 2).tolist() == [0, 1, 3, 4]  # first and last
+    assert attention_audit.spread_over_each_class([1, 0, 1, 1, 0], 9).tolist() == [0, 1, 2, 3, 4]
+    assert attention_audit.spread_over_each_class([], 3).tolist() == []
+    # One class's films grouped by source (as data often comes): both sources are looked at.
+    assert attention_audit.spread_over_each_class([0] * 10 + [1] * 10, 3).tolist() == [0, 4, 9, 10, 14, 19]
     calls = []
     served = _served_with_known_maps(monkeypatch, calls)
     labels, predicted = [1, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 1]
     result = attention_audit.audit_model(served, [str(i).encode() for i in range(6)], labels, predicted,
                                          ("normal", "covid"), sources=["a", "b", "b", "a", "a", "b"], limit=2)
-    assert calls == [(i, predicted[i]) for i in (0, 1, 2, 4)]  # the films left out cost no map
+    assert calls == [(i, predicted[i]) for i in (0, 1, 3, 5)]  # the films left out cost no map
     assert {name: e["films"] for name, e in result["per_true_class"].items()} == {"normal": 2, "covid": 2}
     assert {name: e["films"] for name, e in result["per_predicted_class"].items()} == {"normal": 1, "covid": 3}
-    assert result["per_source"]["a"]["normal"]["films"] == 1 and result["per_source"]["b"]["covid"]["films"] == 1
+    assert result["per_source"]["b"]["normal"]["films"] == 2 and result["per_source"]["a"]["covid"]["films"] == 2
     assert result["limit"] == 2
-    assert attention_audit.summary_lines(result)[0] == ("outer 15% band: 51% of the film's area; films: the first 2 "
-                                                        "of each true class")  # the counts are not the data's
+    assert attention_audit.summary_lines(result)[0] == ("outer 15% band: 51% of the film's area; films: 2 of each "
+                                                        "true class, spread over the data")  # the counts are not the data's
     unlimited = attention_audit.audit_model(served, [str(i).encode() for i in range(6)], labels, predicted,
                                             ("normal", "covid"))
     assert unlimited["limit"] is None and sum(e["films"] for e in unlimited["per_true_class"].values()) == 6

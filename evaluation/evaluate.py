@@ -430,8 +430,8 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
              attention_limit: Optional[int] = None) -> Evaluation:
     """Runs the model on `data` and computes the report (without plots or pipeline artifacts).
     `attention`: add the attention audit (a heat map per film, about a second each on a CPU;
-    `progress` gets a line every 50 films), on the first `attention_limit` films of each true class
-    when given (the other figures use every film)."""
+    `progress` gets a line every 50 films), on `attention_limit` films of each true class (spread over
+    the data) when given (the other figures use every film)."""
     task = task_of(model, data)
     if data.serialized is not None:
         outputs = model.predict_examples(data.serialized)
@@ -754,8 +754,8 @@ def check_out_beside_model(out_dir: str, model_dir: str) -> None:
               help="Add the attention audit: how much of each film's heat map (as predict --explain draws it) lies "
                    "in the outer band, per true class, source and predicted class (about a second per film).")
 @click.option("--attention-limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="With --attention: audit only the first N films of each true class, a quicker look (the other "
-                   "figures use every film).")
+              help="With --attention: audit only N films of each true class, spread evenly over the data, a quicker "
+                   "look (the other figures use every film).")
 @predict.max_side_option("Folder trees only: ")
 @click.option("--equalize", "equalization", type=click.Choice(images.EQUALIZE_MODES), default=None,
               help="Folder trees only: equalization as in curation (default: the model metadata's, else none).")

@@ -1507,8 +1507,8 @@ def test_the_attention_audit_measures_each_films_grad_cam_of_its_predicted_class
     assert attention["limit"] is None
 
 
-def test_attention_limit_audits_the_first_films_of_each_class_and_the_report_says_so(binary_model, tmp_path):
-    """A quicker look: the maps of the first N films of each true class; the other figures still use every film."""
+def test_attention_limit_audits_n_films_of_each_class_and_the_report_says_so(binary_model, tmp_path):
+    """A quicker look: the maps of N films of each true class; the other figures still use every film."""
     from covid_cxr.evaluation import attention_audit
 
     out = tmp_path / "report"
@@ -1523,7 +1523,7 @@ def test_attention_limit_audits_the_first_films_of_each_class_and_the_report_say
     lines = evaluate.summary_text(report).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("attention audit ("))
     assert lines[start] == ("attention audit (heat maps by grad-cam at layer conv2), outer 15% band: "
-                            f"{attention['band_area_share']:.0%} of the film's area; films: the first 2 of each true class")
+                            f"{attention['band_area_share']:.0%} of the film's area; films: 2 of each true class, spread over the data")
     block = [line for line in lines[start + 1:] if line.startswith("  ")]
     per_class = [line for line in block if not line.startswith(("    ", "  called "))]
     assert sorted(line.split(":")[0].strip() for line in per_class) == sorted(classes)
@@ -1534,7 +1534,7 @@ def test_attention_limit_audits_the_first_films_of_each_class_and_the_report_say
     by_source = block[len(per_class) + len(called):]
     assert by_source and all(line.startswith("    synthetic-") for line in by_source)
     assert "```\n" + "\n".join(attention_audit.summary_lines(attention)) + "\n```" in (out / "model_card.md").read_text()
-    assert ("<p class=note>Only the first 2 films of each true class were measured (--attention-limit).</p>"
+    assert ("<p class=note>Only 2 films of each true class, spread over the data, were measured (--attention-limit).</p>"
             in (out / "report.html").read_text())
 
 

@@ -244,8 +244,8 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
                      "of the film's area, so a map spread evenly has that share of its heat there and a random peak "
                      f"lands there that often: {_e(attention_audit.READING)}.</p>")
         if attention.get("limit"):  # the table's counts are not the data's
-            parts.append(f"<p class=note>Only the first {_e(attention['limit'])} films of each true class were "
-                         "measured (--attention-limit).</p>")
+            parts.append(f"<p class=note>Only {_e(attention['limit'])} films of each true class, spread over the "
+                         "data, were measured (--attention-limit).</p>")
         # Films by true class (all, then each source's), then by the class the model called them.
         groups = [("all", "", attention["per_true_class"]),
                   *((source, "", per_class) for source, per_class in (attention.get("per_source") or {}).items()),
