@@ -556,13 +556,14 @@ class CuratedCopies:
     curated_films: int
 
 
-def copies_of_curated(paths: Sequence[str], curated_dir: str) -> CuratedCopies:
+def copies_of_curated(paths: Sequence[str], curated_dir: str, workers: Optional[int] = None) -> CuratedCopies:
     """Which of ``paths`` are near copies of films in the curated directory ``curated_dir`` (every film of it,
     whichever split ExampleGen deals it to), by the curation's own rule: each file hashed as that curation
     hashed its inputs (its settings in summary.json), within its near-copy distance (``hash_threshold``) of a
     film's hash in manifest.csv. A film that close is one curation would have rejected as a copy. For an
     "external" test set: such a film is no test of a source the model never saw. CurationError when the
-    directory cannot be read or holds no perceptual hashes (the synthetic generator's)."""
+    directory cannot be read or holds no perceptual hashes (the synthetic generator's). ``workers``: hashing
+    processes, as for curate() (results never depend on it)."""
     try:
         with open(os.path.join(curated_dir, features.SUMMARY), encoding="utf-8") as f:
             settings = jsonfile.load_object(f, os.path.join(curated_dir, features.SUMMARY), "curation summary")
@@ -578,8 +579,8 @@ def copies_of_curated(paths: Sequence[str], curated_dir: str) -> CuratedCopies:
     options = (int(settings.get("max_side", images.DEFAULT_MAX_SIDE)), bool(settings.get("crop", True)),
                str(settings.get("equalize", "none")))
     hashed, unchecked = {}, {}
-    for path in paths:
-        processed, reason = images.process_job((path, *options))
+    results = _run_jobs([(path, *options) for path in paths], workers, progress=False)
+    for path, (processed, reason) in zip(paths, results):
         if processed is None:
             unchecked[path] = reason
         else:

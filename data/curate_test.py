@@ -1032,9 +1032,9 @@ def test_the_terminal_summary_counts_label_conflicts_only_when_there_are_some():
     assert "label conflicts" not in curate_mod.format_summary(summary, "out")
 
 
-def test_films_of_another_source_that_copy_a_curated_film_are_found_in_every_split(tmp_path):
-    """An 'external' source whose films another, curated source carries re-encoded (Radiography holds some of
-    Kermany's normals): curation's own rule finds those and only those, against every curated film."""
+def _curated_radiography_and_kermany_films(tmp_path):
+    """A curated Radiography directory and Kermany films: two re-encoded copies of its normals, one distinct
+    film and one that cannot be decoded. Returns (curated dir, {copy index: path}, [every film])."""
     rad = tmp_path / "radiography"
     for i in range(12):  # enough films that ExampleGen's deal puts them in more than one split
         testing.write_image(rad / "Normal" / f"Normal-{i}.png", testing.radiograph(60 + i), rgb=True, size=(224, 224))
@@ -1042,20 +1042,48 @@ def test_films_of_another_source_that_copy_a_curated_film_are_found_in_every_spl
     curate({"radiography": str(rad)}, str(tmp_path / "cvn"), "covid-vs-normal", key=KEY, workers=1)
     ker = tmp_path / "kermany"
     copies = {i: str(testing.write_image(ker / f"IM-{i}.jpeg", testing.radiograph(60 + i))) for i in (2, 7)}
-    distinct = testing.write_image(ker / "IM-99.jpeg", testing.radiograph(99))
+    distinct = str(testing.write_image(ker / "IM-99.jpeg", testing.radiograph(99)))
     (ker / "IM-bad.jpeg").write_bytes(b"not a jpeg")
-    found = curate_mod.copies_of_curated([copies[2], distinct, str(ker / "IM-bad.jpeg"), copies[7]], str(tmp_path / "cvn"))
+    return str(tmp_path / "cvn"), copies, [copies[2], distinct, str(ker / "IM-bad.jpeg"), copies[7]]
+
+
+def _assert_the_two_copies_found(found, copies, films):
     assert {path: ref for path, (ref, _) in found.copies.items()} == {
         copies[2]: "radiography:Normal/Normal-2.png", copies[7]: "radiography:Normal/Normal-7.png"}
     assert all(distance <= 40 for _, distance in found.copies.values())
     assert (found.threshold, found.curated_films) == (40, 13)
-    assert list(found.unchecked) == [str(ker / "IM-bad.jpeg")]  # named, not silently kept or dropped
+    assert found.unchecked == {films[2]: "cannot decode image (not a format Pillow knows, or a damaged header)"}
+
+
+def test_films_of_another_source_that_copy_a_curated_film_are_found_in_every_split(tmp_path):
+    """An 'external' source whose films another, curated source carries re-encoded (Radiography holds some of
+    Kermany's normals): curation's own rule finds those and only those, against every curated film."""
+    curated, copies, films = _curated_radiography_and_kermany_films(tmp_path)
+    found = curate_mod.copies_of_curated(films, curated)
+    _assert_the_two_copies_found(found, copies, films)  # the bad film named, not silently kept or dropped
     # The curation's own distance, not the default: at 0 bits a re-encoded copy is no longer the same film.
     summary_path = tmp_path / "cvn" / features.SUMMARY
     summary = json.loads(summary_path.read_text())
     summary["settings"]["hash_threshold"] = 0
     summary_path.write_text(json.dumps(summary))
-    assert curate_mod.copies_of_curated([copies[2]], str(tmp_path / "cvn")).copies == {}
+    assert curate_mod.copies_of_curated([copies[2]], curated).copies == {}
+
+
+def test_copies_of_curated_hashes_in_worker_processes_with_the_same_result(tmp_path, monkeypatch):
+    """The films are hashed by curation's own job runner: in worker processes, each film's result still
+    its own (job order), the undecodable one still unchecked with its reason."""
+    curated, copies, films = _curated_radiography_and_kermany_films(tmp_path)
+    ran = []
+    run_jobs = curate_mod._run_jobs
+
+    def spy(jobs, workers, progress):
+        ran.append((len(jobs), workers))
+        return run_jobs(jobs, workers, progress)
+
+    monkeypatch.setattr(curate_mod, "_run_jobs", spy)
+    monkeypatch.setattr(curate_mod, "_PARALLEL_MIN_JOBS", 1)  # the process pool, on four films
+    _assert_the_two_copies_found(curate_mod.copies_of_curated(films, curated, workers=2), copies, films)
+    assert ran == [(4, 2)]
 
 
 def test_copies_of_curated_refuses_a_directory_without_perceptual_hashes(tmp_path):
