@@ -11,6 +11,7 @@ import abc
 import collections
 import csv
 import dataclasses
+import io
 import os
 from typing import ClassVar, Iterator, Optional
 
@@ -196,7 +197,9 @@ def read_csv(path: str) -> tuple[list[str], list[dict]]:
     # csv module's default limit (131072 characters) is raised to the file's size, which is in memory
     # already, for this file only.
     limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    # Lines end at \r and \n only, as in a file opened with newline="": str.splitlines() also breaks at
+    # form feeds and Unicode line separators, which a writer leaves unquoted inside a cell.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header: Optional[list[str]] = None
     rows: list[dict] = []
     try:

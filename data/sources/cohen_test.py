@@ -237,3 +237,17 @@ def test_a_layout_without_images_or_without_view_and_modality_columns_is_refused
     (tmp_path / "cols" / "images").mkdir()
     with pytest.raises(SourceError, match=r"metadata.csv lacks column\(s\) view, modality "):
         CohenSource(str(tmp_path / "cols"))
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x0b", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_a_note_holding_a_character_python_counts_as_a_line_break_stays_in_its_row(tmp_path, separator):
+    # csv writers (pandas' too) quote only cells with a comma, quote or \r / \n: a form feed or a Unicode
+    # line separator pasted from a paper stays bare. Read as a line break, it cut the row in two malformed
+    # rows and left its film "not in metadata.csv".
+    root = testing.make_cohen(tmp_path / "cohen", [dict(patientid="1", finding="COVID-19", filename="a.png", seed=1)])
+    fields = list(testing.COHEN_FIELDS)
+    fields.insert(fields.index("finding") + 1, "clinical_notes")  # before the view and file columns
+    (root / "metadata.csv").write_text(",".join(fields) + "\n" + f"1,0,M,50,COVID-19,fever{separator}cough,PA,X-ray,images,a.png\n",
+                                       encoding="utf-8", newline="")
+    [a] = CohenSource(str(root)).candidates()
+    assert (a.source_ref, a.finding, a.view, a.reject) == ("images/a.png", "covid", "PA", None)
