@@ -569,12 +569,17 @@ def copies_of_curated(paths: Sequence[str], curated_dir: str, workers: Optional[
             settings = jsonfile.load_object(f, os.path.join(curated_dir, features.SUMMARY), "curation summary")
         settings = settings.get("settings") or {}
         with open(os.path.join(curated_dir, features.MANIFEST), newline="", encoding="utf-8") as f:
-            rows = [(f"{r['source']}:{r['source_ref']}", bytes.fromhex(r["hash"])) for r in csv.DictReader(f)]
+            # A row cut short has None for its missing fields.
+            rows = [(f"{r['source']}:{r['source_ref']}", bytes.fromhex(r["hash"] or "")) for r in csv.DictReader(f)]
     except (OSError, ValueError, KeyError, csv.Error) as e:  # KeyError: a manifest without its columns
         raise CurationError(f"{curated_dir}: cannot read its films' hashes ({type(e).__name__}: {e})") from None
     if settings.get("hash") != f"dct-phash-{images.HASH_BYTES * 8}":
         raise CurationError(f"{curated_dir}: not hashed with curation's perceptual hash (hash "
                             f"{settings.get('hash')!r}; synthetic data?): near copies cannot be found")
+    short = next((n for n, (_, digest) in enumerate(rows, 1) if len(digest) != images.HASH_BYTES), None)
+    if short is not None:  # a manifest cut short or edited: no distance to it could be measured
+        raise CurationError(f"{curated_dir}: cannot read its films' hashes ({features.MANIFEST} row {short} holds no "
+                            f"{images.HASH_BYTES * 8}-bit hash)")
     threshold = int(settings.get("hash_threshold", dedupe.DEFAULT_THRESHOLD))
     options = (int(settings.get("max_side", images.DEFAULT_MAX_SIDE)), bool(settings.get("crop", True)),
                str(settings.get("equalize", "none")))

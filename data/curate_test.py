@@ -1094,3 +1094,14 @@ def test_copies_of_curated_refuses_a_directory_without_perceptual_hashes(tmp_pat
         curate_mod.copies_of_curated([], str(tmp_path / "syn"))
     with pytest.raises(CurationError, match=r"nothing: cannot read its films' hashes \(FileNotFoundError"):
         curate_mod.copies_of_curated([], str(tmp_path / "nothing"))
+
+
+def test_a_curated_manifest_cut_short_is_a_one_line_error_not_a_traceback(tmp_path):
+    curated, _, films = _curated_radiography_and_kermany_films(tmp_path)
+    manifest = Path(curated) / features.MANIFEST
+    text = manifest.read_text(encoding="utf-8")
+    for cut, row in ((len(text) - 40, 13), (text.rindex("\n", 0, len(text) - 1) + 10, 13)):  # in its hash; before it
+        manifest.write_text(text[:cut], encoding="utf-8")
+        with pytest.raises(CurationError, match=rf"^{re.escape(curated)}: cannot read its films' hashes "
+                                                rf"\(manifest.csv row {row} holds no 256-bit hash\)$"):
+            curate_mod.copies_of_curated(films, curated, workers=1)
