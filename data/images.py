@@ -3,7 +3,8 @@
 Steps (``process``), in order:
 1. ``read_gray``: DICOM through ``covid_cxr.data.dicom`` (MONOCHROME1, VOI LUT/windowing, rescale,
    bit depth, compressed syntaxes), everything else through Pillow (EXIF orientation applied;
-   RGB/RGBA/palette -> luminance; 16-bit and float images stretched from their min..max to 0..255).
+   RGB/RGBA/palette -> luminance; 16-bit and float images stretched from their min..max to 0..255; a
+   min-is-white TIFF inverted at every bit depth, as a MONOCHROME1 DICOM is).
 2. ``crop_borders`` (on by default): crop black/white/uniform borders and bars to the radiograph's
    content. Rows/columns count as content when enough of their pixels are neither border-dark,
    border-bright nor the frame's uniform colour; the longest run of content (small gaps bridged)
@@ -153,8 +154,11 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
                 if frames > 1 and im.format != "MPO":
                     raise ImageError(f"multi-page image ({frames} pages) is not a radiograph")
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return _pil_to_gray(im), None
+                # A min-is-white TIFF (PhotometricInterpretation 0, TIFF's MONOCHROME1): Pillow inverts one of
+                # up to 8 bits ("1", "L") itself, but hands a 16-bit or float one over as stored.
+                white_is_zero = im.format == "TIFF" and im.mode not in ("1", "L") and im.tag_v2.get(262) == 0
+                gray = _pil_to_gray(ImageOps.exif_transpose(im))
+                return (255 - gray if white_is_zero else gray), None
     except ImageError:
         raise
     except Image.DecompressionBombError:

@@ -418,3 +418,23 @@ def test_a_picture_pillow_calls_a_decompression_bomb_is_refused_as_too_large(tmp
     png = testing.write_image(tmp_path / "bomb.png", testing.radiograph(1, (40, 40)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40 // 2 - 1)
     assert images.process_job((str(png), 512, True, "none")) == (None, "image too large")
+
+
+@pytest.mark.parametrize("depth", ["8-bit", "16-bit", "float"])
+def test_a_min_is_white_tiff_reads_as_the_positive_picture_at_every_depth(tmp_path, depth):
+    """TIFF's MONOCHROME1: PhotometricInterpretation 0 (WhiteIsZero) stores white as 0. Pillow inverts such a
+    file of up to 8 bits itself but hands a 16-bit or float one over as stored: it was curated as a negative."""
+    from PIL import TiffImagePlugin
+
+    film = testing.radiograph(9)
+    stored = {"8-bit": film, "16-bit": film.astype(np.uint16) * 257, "float": film.astype(np.float32) / 255}[depth]
+    for photometric in (0, 1):
+        tags = TiffImagePlugin.ImageFileDirectory_v2()
+        tags[262] = photometric
+        Image.fromarray(stored).save(tmp_path / f"{photometric}.tif", tiffinfo=tags)
+    with Image.open(tmp_path / "0.tif") as im:  # Pillow wrote the 8-bit film inverted on disk, the others as given
+        assert im.tag_v2[262] == 0
+    positive = images.read_gray(str(tmp_path / "1.tif"))[0]  # deeper levels are stretched to 0..255
+    assert np.corrcoef(positive.ravel(), film.ravel())[0, 1] > 0.999
+    np.testing.assert_array_equal(images.read_gray(str(tmp_path / "0.tif"))[0],
+                                  positive if depth == "8-bit" else 255 - positive)
