@@ -360,7 +360,7 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
         out["patient_bootstrap"] = metrics.patient_bootstrap(y == pos, y_pred == pos, covid, groups,
                                                              correct=y == y_pred, n_boot=n_boot, seed=seed)
     if not task.is_binary:
-        per_class = metrics.per_class_metrics(cm, task.classes, probabilities, y, n_boot=n_boot)
+        per_class = metrics.per_class_metrics(cm, task.classes, probabilities, y, n_boot=n_boot, seed=seed)
         aucs = [_scalar(per_class[c]["auc"]) for c in task.classes]
         out["multiclass"] = {
             "macro_f1": metrics.macro_f1(cm),

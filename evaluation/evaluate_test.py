@@ -1184,6 +1184,21 @@ def test_three_class_macro_auc_is_none_when_a_class_has_no_films():
     assert report["multiclass"]["macro_auc"] is None
 
 
+def test_three_class_per_class_auc_intervals_resample_with_the_seed_asked_for():
+    """The COVID one-vs-rest AUC is in the report twice (overall and per class): one seed, one interval."""
+    task = features.TASKS["three-class"]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    probabilities = rng.dirichlet(np.ones(3), size=60) + np.eye(3)[labels] * 0.5
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    outputs = {"label_index": probabilities.argmax(1), "covid_probability": probabilities[:, task.positive_index],
+               "probabilities": probabilities}
+    report = evaluate.compute(task, labels, outputs, n_boot=200, seed=7)
+    per_class = report["multiclass"]["per_class"]
+    assert per_class[features.COVID]["auc"] == report["auc"]
+    assert all("seed 7" in per_class[c]["auc"]["method"] for c in task.classes)
+
+
 def test_json_safe_turns_non_finite_numbers_into_null_inside_tuples_too():
     value = {"ci95": (np.float64("nan"), 0.5), "x": [float("inf")], 1: np.int64(3)}
     assert evaluate.json_safe(value) == {"ci95": [None, 0.5], "x": [None], "1": 3}

@@ -324,7 +324,8 @@ def one_vs_rest(cm: np.ndarray, class_index: int) -> dict:
 
 
 def per_class_metrics(cm: np.ndarray, classes: Sequence[str], probabilities: Optional[np.ndarray] = None,
-                      y_true: Optional[Sequence[int]] = None, auc_method: str = "bootstrap", n_boot: int = 2000) -> dict:
+                      y_true: Optional[Sequence[int]] = None, auc_method: str = "bootstrap", n_boot: int = 2000,
+                      seed: int = 0) -> dict:
     """Per class one-vs-rest: sensitivity/specificity/precision/accuracy (Wilson CIs), F1, support, AUC.
 
     AUC needs the [N, C] probabilities and the labels; it uses each class's own probability column.
@@ -337,7 +338,8 @@ def per_class_metrics(cm: np.ndarray, classes: Sequence[str], probabilities: Opt
         entry["f1"] = f1_from_counts(c["tp"], c["fp"], c["fn"])
         entry["support"] = c["tp"] + c["fn"]
         if probabilities is not None and y is not None:
-            entry["auc"] = auc_with_ci(y == i, np.asarray(probabilities)[:, i], method=auc_method, n_boot=n_boot)
+            entry["auc"] = auc_with_ci(y == i, np.asarray(probabilities)[:, i], method=auc_method, n_boot=n_boot,
+                                       seed=seed)
         out[name] = entry
     return out
 
