@@ -21,15 +21,17 @@ FILE_NAME = "model_card.md"
 COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
 
 
-def _cell(name: str, value) -> str:
+def _cell(name: str, value, unmeasurable=frozenset()) -> str:
+    if name in unmeasurable:  # TFMA's NaN or 0 for a rate or AUC of a class the test split lacks
+        return "not measurable"
     if name.startswith(COUNT_NAMES):  # counts are whole numbers, whatever type TFMA stored them as
         return str(int(round(value)))
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _table(values: dict) -> list[str]:
+def _table(values: dict, unmeasurable=frozenset()) -> list[str]:
     lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_cell(k, v)} |" for k, v in sorted(values.items())]
+    lines += [f"| {k} | {_cell(k, v, unmeasurable)} |" for k, v in sorted(values.items())]
     return lines
 
 
@@ -268,7 +270,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     lines.append("")
     lines += _data_lines(metadata, report, evaluation)
     if report is not None:
-        lines += [f"## Held-out test evaluation ({report.headline()})", *_table(report.metrics), ""]
+        lines += [f"## Held-out test evaluation ({report.headline()})", *_table(report.metrics, report.unmeasurable()), ""]
         if report.failures:
             lines += ["Gate failures:", *[f"- {f}" for f in report.failures], ""]
         lines += _gate_interval_lines(report)

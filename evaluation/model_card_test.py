@@ -240,3 +240,18 @@ def test_a_metric_the_evaluation_could_not_measure_is_na_not_a_crash():
     card = model_card.render(METADATA, _report(), evaluation=evaluation)
     assert "| specificity | n/a | n/a |  |\n" in card and "| NPV | n/a | n/a |  |\n" in card
     assert "| sensitivity | 0.900 | " in card
+
+
+def test_a_blessed_three_class_card_does_not_give_tfma_values_for_a_class_the_test_split_lacks():
+    # Blessed on COVID one-vs-rest; the test split holds no pneumonia film, so TFMA wrote NaN for its
+    # sensitivity and 0 for its AUC (and so for the macro AUC): numbers the card must not show.
+    three_class = dict(METADATA, task="three-class", classes=["normal", "pneumonia", "covid"])
+    measured = {"true positives": 9, "false negatives": 1, "true negatives": 27, "false positives": 3,
+                "sensitivity (covid vs rest)": 0.9, "AUC (covid vs rest)": 0.95}
+    report = gate_report.GateReport(True, {**measured, "sensitivity (pneumonia vs rest)": float("nan"),
+                                           "AUC (pneumonia vs rest)": 0.0, "macro AUC": 0.61}, [], {})
+    card = model_card.render(three_class, report)
+    for name in ("sensitivity (pneumonia vs rest)", "AUC (pneumonia vs rest)", "macro AUC"):
+        assert f"| {name} | not measurable |\n" in card, name
+    assert "| AUC (covid vs rest) | 0.9500 |\n" in card and "| true positives | 9 |\n" in card
+    assert "nan" not in card
