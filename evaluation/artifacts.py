@@ -144,7 +144,7 @@ def _evaluation_of_model(pipeline_root: str, model_uri: str) -> Optional[str]:
 
 
 def read_evaluation(pipeline_root: str, model_uri: str = "", evaluation_uri: str = "") -> Optional[dict]:
-    """{"uri", "blessed", "metrics", "slices", "failures"} of `evaluation_uri` (the one a push record
+    """{"uri", "blessed", "metrics", "slices", "failures", "unmeasurable": {slice: metric names}} of `evaluation_uri` (the one a push record
     names), else of the newest Evaluator output that judged `model_uri` (when ML Metadata says), else
     of the newest one; None when there is none."""
     uri = (evaluation_uri if evaluation_uri and os.path.isdir(evaluation_uri) else None) \
@@ -157,8 +157,11 @@ def read_evaluation(pipeline_root: str, model_uri: str = "", evaluation_uri: str
     blessing_dir = os.path.join(pipeline_root, BLESSING[0], BLESSING[1], execution)
     blessed = os.path.isfile(os.path.join(blessing_dir, "BLESSED"))
     report = gate_report.read_gate_report(uri, blessed)
+    # TFMA's NaN or 0 for what a slice cannot measure (a rate or AUC of a side it holds no films of)
+    unmeasurable = {name: sorted(gate_report.GateReport(blessed, values, [], {}).unmeasurable())
+                    for name, values in [("overall", report.metrics), *report.slices.items()]}
     return {"uri": uri, "blessed": blessed, "metrics": report.metrics, "slices": report.slices,
-            "failures": list(report.failures)}
+            "failures": list(report.failures), "unmeasurable": unmeasurable}
 
 
 def gate_decision(model_uri: str) -> Optional[tuple[dict, str]]:

@@ -130,7 +130,9 @@ def _pipeline_section(pipeline: dict) -> str:
             parts.append('<div class=warn><ul>' + "".join(f"<li>{_e(f)}</li>" for f in evaluation["failures"]) + "</ul></div>")
         slices = {"overall": evaluation["metrics"], **dict(sorted(evaluation["slices"].items()))}
         names = sorted({k for m in slices.values() for k in m if not k.endswith("change")})
-        rows = [[_e(s)] + [(_num(int(m[n])) if n == "examples" and m.get(n) is not None else _num(m.get(n)))
+        unmeasurable = evaluation.get("unmeasurable") or {}
+        rows = [[_e(s)] + ["not measurable" if n in unmeasurable.get(s, ()) else
+                           (_num(int(m[n])) if n == "examples" and m.get(n) is not None else _num(m.get(n)))
                            for n in names] for s, m in slices.items()]
         parts.append(_table(["slice"] + names, rows))
     for error in pipeline.get("errors", []):

@@ -23,3 +23,26 @@ def test_ages_all_known_and_other_features_carry_no_such_note():
     page = html_report._pipeline_section(_statistics({"mean": 58.24, "min": 19.0}))
     assert "mean 58.24, std 28.14, min 19.00, max 90.00</td>" in _age_row(page)
     assert "unknown" not in page  # the sentinel is age's: a -1 elsewhere is a value
+
+
+def test_tfma_values_a_test_split_cannot_measure_read_not_measurable_overall_and_per_slice(tmp_path, monkeypatch):
+    # A test split without non-COVID films, read as `evaluate --pipeline-root` reads it: TFMA wrote NaN
+    # for the specificity and 0 for the AUC, overall and in the one source slice.
+    from covid_cxr.evaluation import artifacts, gate_report
+
+    one_sided = {"examples": 10.0, "true positives": 9.0, "false negatives": 1.0, "true negatives": 0.0,
+                 "false positives": 0.0, "sensitivity": 0.9, "specificity": float("nan"), "AUC": 0.0}
+    monkeypatch.setattr(gate_report, "read_gate_report", lambda uri, blessed: gate_report.GateReport(
+        blessed, dict(one_sided), [], {"source:cohen": dict(one_sided)}))
+    evaluation_dir = tmp_path.joinpath(*artifacts.EVALUATION, "7")
+    evaluation_dir.mkdir(parents=True)
+    (evaluation_dir / "metrics").write_text("")
+    page = html_report._pipeline_section({"root": str(tmp_path), "evaluation": artifacts.read_evaluation(str(tmp_path))})
+    header = "<tr><th>slice</th><th>AUC</th><th>examples</th><th>false negatives</th><th>false positives</th>" \
+             "<th>sensitivity</th><th>specificity</th><th>true negatives</th><th>true positives</th></tr>"
+    assert header in page
+    rows = {row.split("</td>")[0]: row.split("</td>")[1:] for row in page.split("<tr><td>")[1:]}
+    for name in ("overall", "source:cohen"):
+        auc, examples, _, _, sensitivity, specificity = rows[name][:6]
+        assert (auc, examples, sensitivity, specificity) == ("<td>not measurable", "<td>10", "<td>0.900",
+                                                             "<td>not measurable"), name
