@@ -49,7 +49,7 @@ def test_the_audit_reports_each_true_class_and_counts_blank_maps_apart():
     assert (normal["films"], normal["blank_maps"], covid["films"], covid["blank_maps"]) == (4, 1, 2, 0)
     assert normal["border_share"]["value"] == pytest.approx((1 + 0 + 0.5) / 3) and normal["border_share"]["n"] == 3
     lo, hi = normal["border_share"]["ci95"]
-    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.5 / np.sqrt(3), rel=1e-3)  # sd 0.5 over 3 maps
+    assert (lo, hi) == (0.0, 1.0)  # sd 0.5 over 3 maps: 0.5 +- t(2 df) 4.30 * 0.5 / sqrt(3), past both ends
     # The tie at (0, 5) and (10, 10) goes to the first hottest pixel row by row: the band's.
     peak = normal["peak_in_border"]
     assert (peak["k"], peak["n"]) == (2, 3)
@@ -181,3 +181,15 @@ def test_a_limit_draws_films_spread_over_each_true_class_and_says_so(monkeypatch
                                             ("normal", "covid"))
     assert unlimited["limit"] is None and sum(e["films"] for e in unlimited["per_true_class"].values()) == 6
     assert attention_audit.summary_lines(unlimited)[0] == "outer 15% band: 51% of the film's area"
+
+
+def test_the_border_share_interval_stays_within_zero_and_one_and_holds_its_95_percent_on_few_films():
+    # Shares are fractions: an interval past 0 or 1 holds impossible values.
+    spread = attention_audit._mean_with_ci([0.02, 0.95])
+    assert 0.0 <= spread["ci95"][0] <= spread["value"] <= spread["ci95"][1] <= 1.0
+    # --attention-limit 5: five maps of a class. A 95% interval must hold the true mean share about 95% of
+    # the time there too (the normal quantile's held it 87% of the time: too narrow for five).
+    rng = np.random.default_rng(0)
+    held = [lo <= 0.5 <= hi for lo, hi in (attention_audit._mean_with_ci(rng.beta(2, 2, 5))["ci95"]
+                                           for _ in range(4000))]
+    assert np.mean(held) == pytest.approx(0.95, abs=0.015)
