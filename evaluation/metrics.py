@@ -124,9 +124,19 @@ def midranks(values: Sequence[float]) -> np.ndarray:
     return ranks
 
 
+def _ranked_scores(scores) -> np.ndarray:
+    """float64 [N]; ValueError when some are NaN or infinite (a NaN has no rank: sorted last, it would
+    count as the highest score and the AUC would be a number without meaning)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    bad = int(np.count_nonzero(~np.isfinite(s)))
+    if bad:
+        raise ValueError(f"{bad} of {s.size} scores are NaN or infinite: no ranking to measure")
+    return s
+
+
 def _split_scores(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).reshape(-1) != 0
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    s = _ranked_scores(scores)
     if y.shape != s.shape:
         raise ValueError(f"{y.size} labels but {s.size} scores")
     return s[y], s[~y]
@@ -149,7 +159,7 @@ def roc_curve(y_true: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarra
     ``roc_auc`` (ties become diagonal segments, i.e. count one half).
     """
     y = np.asarray(y_true).reshape(-1) != 0
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    s = _ranked_scores(scores)
     n1, n0 = int(y.sum()), int((~y).sum())
     order = np.argsort(-s, kind="mergesort")
     s_sorted, y_sorted = s[order], y[order]
@@ -260,7 +270,7 @@ def patient_bootstrap(y_pos: Sequence[bool], pred_pos: Sequence[bool], scores: S
     ``{"patients", "films", "method", "replicates": {metric: n}, metric: [lo, hi] or None}``."""
     y = np.asarray(y_pos, bool).reshape(-1)
     hit = np.asarray(pred_pos, bool).reshape(-1) == y
-    s = np.asarray(scores, np.float64).reshape(-1)
+    s = _ranked_scores(scores)
     right = hit if correct is None else np.asarray(correct, bool).reshape(-1)
     if not (y.size == hit.size == s.size == right.size == len(groups)):
         raise ValueError("labels, predictions, scores, groups and correct must have one entry per film")

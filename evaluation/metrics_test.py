@@ -316,6 +316,16 @@ def test_scores_and_labels_of_different_lengths_are_refused():
             fn([1, 0, 1], [0.5, 0.4])
 
 
+def test_scores_that_are_not_numbers_are_refused_not_ranked():
+    # A NaN has no rank: taken as one it gave an AUC of 0.0 with a "95% CI" of [0.5, 0.5].
+    y, s = [1] * 6 + [0] * 6, [0.9] * 5 + [float("nan")] + [0.1] * 6
+    for fn in (metrics.roc_auc, metrics.auc_delong, metrics.auc_bootstrap_ci, metrics.auc_with_ci, metrics.roc_curve):
+        with pytest.raises(ValueError, match=r"^1 of 12 scores are NaN or infinite: no ranking to measure$"):
+            fn(y, s)
+    with pytest.raises(ValueError, match=r"^1 of 12 scores are NaN or infinite"):
+        metrics.patient_bootstrap(np.asarray(y, bool), np.asarray(s) > 0.5, s, [str(i) for i in range(12)])
+
+
 def test_roc_curve_of_one_class_stays_finite():
     fpr, tpr, _ = metrics.roc_curve([0, 0, 0], [0.2, 0.5, 0.9])
     assert tpr.tolist() == [0.0, 0.0, 0.0, 0.0] and fpr.tolist() == [0.0, 1 / 3, 2 / 3, 1.0]
