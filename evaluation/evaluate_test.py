@@ -1125,16 +1125,21 @@ def test_the_html_page_shows_this_reports_threshold_counts_and_table_columns():
     assert "<tr><td>overall</td><td>200</td></tr>" in page  # TFMA's example count, a whole number
 
 
+def _three_class_argmax_outputs(task, films_per_class):
+    """(labels, outputs) of a three-class argmax model that leans to each film's true class."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), films_per_class)
+    probabilities = rng.dirichlet(np.ones(3), size=labels.size) + np.eye(3)[labels] * 0.5
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return labels, {"label_index": probabilities.argmax(1), "probabilities": probabilities,
+                    "covid_probability": probabilities[:, task.positive_index]}
+
+
 def test_the_html_three_class_table_gives_each_class_its_own_recall_and_specificity():
     from covid_cxr.evaluation import html_report
 
     task = features.TASKS["three-class"]
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 10)
-    probabilities = rng.dirichlet(np.ones(3), size=30) + np.eye(3)[labels] * 0.5
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    outputs = {"label_index": probabilities.argmax(1), "covid_probability": probabilities[:, task.positive_index],
-               "probabilities": probabilities}
+    labels, outputs = _three_class_argmax_outputs(task, 10)
     report = evaluate.compute(task, labels, outputs, n_boot=50)
     report.update(task=task.name, threshold=0.5, threshold_note="n", model={"path": "m", "version": 1},
                   data={"path": "d", "format": "tfrecords", "skipped": 0})
@@ -1187,12 +1192,7 @@ def test_three_class_macro_auc_is_none_when_a_class_has_no_films():
 def test_three_class_per_class_auc_intervals_resample_with_the_seed_asked_for():
     """The COVID one-vs-rest AUC is in the report twice (overall and per class): one seed, one interval."""
     task = features.TASKS["three-class"]
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 20)
-    probabilities = rng.dirichlet(np.ones(3), size=60) + np.eye(3)[labels] * 0.5
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    outputs = {"label_index": probabilities.argmax(1), "covid_probability": probabilities[:, task.positive_index],
-               "probabilities": probabilities}
+    labels, outputs = _three_class_argmax_outputs(task, 20)
     report = evaluate.compute(task, labels, outputs, n_boot=200, seed=7)
     per_class = report["multiclass"]["per_class"]
     assert per_class[features.COVID]["auc"] == report["auc"]
