@@ -69,7 +69,7 @@ def _mean_with_ci(values: Sequence[float]) -> dict:
     mean = float(values.mean())
     if len(values) < 2:  # no spread to estimate
         return {"value": mean, "ci95": None, "n": len(values)}
-    from scipy import stats  # TFMA's dependency (constraints.txt): here for Student's t quantile
+    from scipy import stats  # imported late: only the attention audit needs it
 
     # Student's t, not the normal quantile: --attention-limit makes a handful of maps per class common,
     # where z = 1.96 held the mean 87% of the time with five. Shares are fractions: clipped to [0, 1].
