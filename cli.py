@@ -45,6 +45,7 @@ if not _verbose_requested(sys.argv):
     covid_cxr.quiet_import_warnings()
 
 import click  # noqa: E402
+import yaml  # noqa: E402
 
 from covid_cxr.messages import first_line  # noqa: E402
 from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names  # noqa: E402
@@ -209,15 +210,37 @@ def config_options(func):
     return func
 
 
+def _same_value(text: str, value) -> bool:
+    """Whether --set's ``text`` says ``value`` (another --set's text, or a flag's value): 0.50 is .5."""
+    if text == str(value):
+        return True
+    try:
+        return yaml.safe_load(text) == (yaml.safe_load(value) if isinstance(value, str) else value)
+    except yaml.YAMLError:
+        return False
+
+
 def build_config(preset, config_file, overrides, task=None, pipeline_root=None, serving_dir=None,
-                 min_sensitivity=None, min_specificity=None, data_dir=None, command_defaults=None):
-    values = dict(parse_override(o) for o in overrides)
+                 min_sensitivity=None, min_specificity=None, data_dir=None, command_defaults=None, data_flag="--data"):
+    """The command's config. A field given two different values on the command line (--set twice, or --set and
+    the flag that sets it) is an error: keeping one of them dropped the other without a word."""
+    values = {}
+    for key, text in map(parse_override, overrides):
+        if key in values and not _same_value(values[key], text):
+            raise ConfigError(f"--set {key} is given twice, as {values[key]!r} and {text!r}: give it once")
+        values[key] = text
     named = {
-        "data.data_dir": data_dir, "model.task": task, "runtime.pipeline_root": pipeline_root,
-        "runtime.serving_dir": serving_dir, "gate.min_sensitivity": min_sensitivity,
-        "gate.min_specificity": min_specificity,
+        "data.data_dir": (data_flag, data_dir), "model.task": ("--task", task),
+        "runtime.pipeline_root": ("--pipeline-root", pipeline_root), "runtime.serving_dir": ("--serving-dir", serving_dir),
+        "gate.min_sensitivity": ("--min-sensitivity", min_sensitivity),
+        "gate.min_specificity": ("--min-specificity", min_specificity),
     }
-    values.update({k: v for k, v in named.items() if v is not None})
+    for key, (flag, value) in named.items():
+        if value is None:
+            continue
+        if key in values and not _same_value(values[key], value):
+            raise ConfigError(f"{flag} {value!r} and --set {key}={values[key]} disagree: give one of them")
+        values[key] = value
     return load_config(preset, config_file, values, command_defaults)
 
 
@@ -324,7 +347,7 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
     # Beneath --config and --set, which say where otherwise (as named flags they overrode both, unsaid).
     under_out = {"runtime.pipeline_root": os.path.join(out, "root"), "runtime.serving_dir": os.path.join(out, "serving")}
     config = build_config(preset or "quick", config_file, overrides, data_dir=os.path.join(out, "data"),
-                          command_defaults=under_out, **named)
+                          command_defaults=under_out, data_flag="--out's data folder", **named)
     # Where it writes, before the minutes of generating data (OutputError is a ValueError: one line).
     writer.check_writable(config.data.data_dir, "the demo's data folder (--out)")
     local_runner.check_settings(config)

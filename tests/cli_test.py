@@ -502,12 +502,47 @@ def test_require_blessed_fails_a_run_that_recorded_no_decision(tmp_path, monkeyp
     assert result.output.strip().splitlines()[-1] == "The pipeline finished but recorded no push decision."
 
 
-def test_named_gate_flags_set_their_own_field_and_win_over_set_even_at_zero():
-    config = cli.build_config("quick", None, ["gate.min_sensitivity=0.5", "gate.min_specificity=0.6"],
-                              min_sensitivity=0.0, min_specificity=0.7)
-    assert (config.gate.min_sensitivity, config.gate.min_specificity) == (0.0, 0.7)
+def test_named_gate_flags_set_their_own_field_even_at_zero():
+    config = cli.build_config("quick", None, ["gate.min_specificity=0.6"], min_sensitivity=0.0)
+    assert (config.gate.min_sensitivity, config.gate.min_specificity) == (0.0, 0.6)
     config = cli.build_config("quick", None, ["gate.min_sensitivity=0.5"], min_specificity=0.75)
     assert (config.gate.min_sensitivity, config.gate.min_specificity) == (0.5, 0.75)
+    # The same value twice is one value: said as --set and as its flag, written differently.
+    config = cli.build_config("quick", None, ["gate.min_sensitivity=0.50", "gate.min_sensitivity=.5", "model.task=three-class"],
+                              min_sensitivity=0.5, task="three-class")
+    assert (config.gate.min_sensitivity, config.model.task) == (0.5, "three-class")
+
+
+def test_a_field_given_two_different_values_on_the_command_line_is_an_error_not_one_dropped(tmp_path, monkeypatch):
+    """`--set k=a --set k=b`, or --set and a flag that sets the same field (--task, --min-sensitivity, run's
+    --data, demo's --out), kept one value without a word: `demo --set data.data_dir=D` wrote into <out>/data."""
+    import pytest
+    from click.testing import CliRunner
+
+    from covid_cxr.data import synthetic
+    from covid_cxr.pipeline.config import ConfigError
+
+    for overrides, named, message in (
+            (["gate.min_sensitivity=0.95", "gate.min_sensitivity=0.5"], {},
+             "--set gate.min_sensitivity is given twice, as '0.95' and '0.5': give it once"),
+            (["gate.min_sensitivity=0.95"], {"min_sensitivity": 0.5},
+             "--min-sensitivity 0.5 and --set gate.min_sensitivity=0.95 disagree: give one of them"),
+            (["model.task=covid-vs-normal"], {"task": "three-class"},
+             "--task 'three-class' and --set model.task=covid-vs-normal disagree: give one of them"),
+            (["data.data_dir=b"], {"data_dir": "a"},
+             "--data 'a' and --set data.data_dir=b disagree: give one of them")):
+        with pytest.raises(ConfigError) as raised:
+            cli.build_config("quick", None, overrides, **named)
+        assert str(raised.value) == message
+
+    monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: pytest.fail("generated data"))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli.main, ["demo", "--out", str(out), "--set", f"data.data_dir={tmp_path / 'mine'}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"covid-cxr: error: --out's data folder '{out / 'data'}' and --set data.data_dir={tmp_path / 'mine'} disagree: "
+        "give one of them"]
+    assert not out.exists()
 
 
 def test_each_command_starts_from_its_own_preset(monkeypatch, tmp_path):
