@@ -242,6 +242,9 @@ class PipelineConfig:
             elif self.runtime.beam_workers != 1:
                 raise ConfigError("training.reproducible needs runtime.beam_workers=1 (with more workers "
                                   f"the examples' order varies run to run), got {self.runtime.beam_workers}")
+        field_error = _beam_field_override_error(self.runtime)
+        if field_error:
+            raise ConfigError(f"runtime.beam_extra_args: {field_error}")
         return self
 
     def _validate_ranges(self) -> None:
@@ -467,6 +470,29 @@ def parse_override(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r} must look like section.field=value")
     return key.strip(), value.strip()
+
+
+# The Beam options a runtime field sets (option: field), given before runtime.beam_extra_args (beam_field_args).
+BEAM_FIELD_OPTIONS = {"direct_running_mode": "beam_running_mode", "direct_num_workers": "beam_workers"}
+
+
+def beam_field_args(runtime: RuntimeConfig) -> list[str]:
+    """The Beam options of runtime.beam_running_mode and beam_workers, in BEAM_FIELD_OPTIONS' order."""
+    return [f"--{option}={getattr(runtime, field)}" for option, field in BEAM_FIELD_OPTIONS.items()]
+
+
+def _beam_field_override_error(runtime: RuntimeConfig) -> Optional[str]:
+    """The extra args come after the fields' options, so Beam's parser lets them win: ``--direct_num_workers=2``
+    ran `full`'s reproducible run on two workers without a word. Parsed as Beam parses them (``--opt v`` too)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    fields = beam_field_args(runtime)
+    alone = PipelineOptions(fields).get_all_options()
+    combined = PipelineOptions(fields + [str(a) for a in runtime.beam_extra_args]).get_all_options()
+    for option, field in BEAM_FIELD_OPTIONS.items():
+        if combined[option] != alone[option]:
+            return f"--{option} {combined[option]}, which runtime.{field} sets ({alone[option]}): set that field instead"
+    return None
 
 
 def _beam_args_error(args: list) -> Optional[str]:

@@ -160,9 +160,9 @@ def test_malformed_yaml_and_unknown_preset(tmp_path):
     bad.write_text("model:\n  augment: false\n")
     assert cfg.load_config(None, str(bad)).model.augment is False
     # List items take their declared type: YAML reads `2` as a number and `1e-3` as text.
-    bad.write_text("runtime:\n  beam_extra_args: [--direct_num_workers, 2]\ntuner:\n  learning_rates: [1e-3]\n")
+    bad.write_text("runtime:\n  beam_extra_args: [--direct_runner_bundle_repeat, 2]\ntuner:\n  learning_rates: [1e-3]\n")
     config = cfg.load_config(None, str(bad))
-    assert config.runtime.beam_extra_args == ["--direct_num_workers", "2"] and config.tuner.learning_rates == [0.001]
+    assert config.runtime.beam_extra_args == ["--direct_runner_bundle_repeat", "2"] and config.tuner.learning_rates == [0.001]
     # YAML merge keys are not duplicates.
     bad.write_text("training: &t\n  epochs: 3\nmodel:\n  augment: true\ntuner:\n  <<: {trials: 2}\n  epochs: 1\n")
     assert cfg.load_config(None, str(bad)).tuner.trials == 2
@@ -204,6 +204,25 @@ def test_reproducible_runs_beam_on_one_worker_so_the_examples_order_repeats():
     assert cfg.load_config("quick", None, {}).runtime.beam_workers == 0  # one per core
     assert cfg.load_config("quick", None, {"training.reproducible": "true"}).runtime.beam_workers == 1
     assert cfg.load_config("full", None, {}).runtime.beam_workers == 1  # `full` is reproducible
+
+
+def test_beam_extra_args_may_not_set_the_worker_count_or_mode_their_own_fields_set():
+    """The extra args come after runtime.beam_workers' and beam_running_mode's options and won without a word:
+    `full` with [--direct_num_workers=2] ran Beam on two workers under training.reproducible's one."""
+    from covid_cxr.pipeline import pipeline
+
+    for preset, extra, message in (
+            ("full", "[--direct_num_workers=2]", "--direct_num_workers 2, which runtime.beam_workers sets (1)"),
+            ("full", "[--direct_num_workers, '2']", "--direct_num_workers 2, which runtime.beam_workers sets (1)"),
+            ("quick", "[--direct_running_mode=multi_processing]",
+             "--direct_running_mode multi_processing, which runtime.beam_running_mode sets (in_memory)")):
+        with pytest.raises(cfg.ConfigError, match=rf"^runtime.beam_extra_args: {re.escape(message)}: set that field "
+                                                  "instead$"):
+            cfg.load_config(preset, None, {"runtime.beam_extra_args": extra})
+    # The value its field gives is no conflict.
+    config = cfg.load_config("full", None, {"runtime.beam_extra_args": "[--direct_num_workers=1]"})
+    assert pipeline.beam_args(config)[:3] == ["--direct_running_mode=in_memory", "--direct_num_workers=1",
+                                              "--direct_num_workers=1"]
 
 
 def test_onednn_reads_on_and_off_from_yaml_bools_and_strings(tmp_path):

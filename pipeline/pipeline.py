@@ -22,7 +22,7 @@ from covid_cxr.components.pusher import VersionedPusher
 from covid_cxr.components.schema_gate import ImportSchema, SchemaGate
 from covid_cxr.data import features
 from covid_cxr.pipeline import fingerprints
-from covid_cxr.pipeline.config import DataConfig, PipelineConfig
+from covid_cxr.pipeline.config import DataConfig, PipelineConfig, beam_field_args
 from covid_cxr.pipeline.eval_config import TEST_SPLIT, build_eval_config
 from covid_cxr.transform import preprocessing
 
@@ -146,9 +146,7 @@ DIRECT_RUNNER_IMAGE = "--sdk_container_image=unused-by-the-direct-runner"
 
 
 def _configured_beam_args(config: PipelineConfig) -> list[str]:
-    runtime = config.runtime
-    return [f"--direct_running_mode={runtime.beam_running_mode}",
-            f"--direct_num_workers={runtime.beam_workers}"] + list(runtime.beam_extra_args)
+    return beam_field_args(config.runtime) + list(config.runtime.beam_extra_args)
 
 
 def beam_runner(config: PipelineConfig) -> tuple[str, tuple[str, ...]]:
