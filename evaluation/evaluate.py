@@ -779,8 +779,12 @@ def evaluate_command(model_path, data_dir, as_json, out_dir, pipeline_root, clas
         raise click.BadParameter(f"{data_dir!r} is not a directory", param_hint="--data")
     # The class map too, before the load (a minute on a busy machine): a typo in it is no reason to wait.
     records = is_tfrecord_dir(data_dir)
-    if records and class_map:
-        raise click.BadParameter("--class-map applies to folder trees, not to TFRecords", param_hint="--class-map")
+    # What maps, prepares and names a folder tree's files: curated records are all that already, so on them
+    # these options would be ignored without a word (a short --key too).
+    tree_only = {"--class-map": class_map, "--max-side": max_side, "--equalize": equalization, "--key": key}
+    given = [flag for flag, value in tree_only.items() if value is not None]
+    if records and given:
+        raise click.BadParameter(f"{given[0]} applies to folder trees, not to TFRecords", param_hint=given[0])
     try:
         mapping = parse_class_map(class_map) if class_map is not None and not records else None  # "" is an error
     except ValueError as e:

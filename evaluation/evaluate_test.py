@@ -1022,6 +1022,21 @@ def test_a_bad_class_map_is_refused_before_the_model_loads(tmp_path, monkeypatch
         assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 300
 
 
+def test_folder_tree_options_on_tfrecords_are_refused_not_ignored(tmp_path, monkeypatch):
+    """--max-side, --equalize and --key prepare and name a folder tree's files: on TFRecords (already curated,
+    already pseudonymous) they were ignored without a word, a 5-character --key included; --class-map was refused."""
+    model = _unloadable_model_and_tree(tmp_path, monkeypatch)
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "records-00000-of-00001.tfrecord.gz").write_bytes(b"")
+    for option in (["--max-side", "256"], ["--equalize", "clahe"], ["--key", "short"]):
+        result = CliRunner().invoke(cli.main, ["evaluate", "--model", str(model), "--data", str(tmp_path / "records"),
+                                               *option, "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            f"covid-cxr: error: Invalid value for {option[0]}: {option[0]} applies to folder trees, not to TFRecords "
+            "(see `main evaluate --help`)"]
+
+
 def test_a_pipeline_root_with_no_run_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     """`--data X --pipeline-root <a typo>` ran the whole evaluation, then refused the root and lost it."""
     model = _unloadable_model_and_tree(tmp_path, monkeypatch)
