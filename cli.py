@@ -139,7 +139,8 @@ class CliGroup(click.Group):
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.UsageError as e:
-            command = f"{e.ctx.command_path} " if e.ctx is not None else ""
+            path = getattr(e, "command_path", None) or (e.ctx.command_path if e.ctx is not None else "")
+            command = f"{path} " if path else ""
             if isinstance(e, click.NoSuchOption) and e.option_name in ("-v", "--verbose"):
                 # `covid-cxr run ... -v` is the natural guess after a run failed with "re-run with --verbose".
                 _fail(f"{e.format_message()} here: -v / --verbose goes before the command, as in `covid-cxr -v "
@@ -166,6 +167,12 @@ class CliGroup(click.Group):
             _fail("terminated (SIGTERM)", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except click.UsageError as e:
+            # click's parser raises some (an option without its value) without the command's context: name it
+            # here, or the hint says "(see `--help`)", the group's help.
+            if e.ctx is None and ctx.invoked_subcommand:
+                e.command_path = f"{ctx.command_path} {ctx.invoked_subcommand}"
+            raise
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except Exception as e:  # a component failed: say which; --verbose shows the traceback

@@ -620,6 +620,19 @@ def test_a_verbose_flag_after_the_command_names_where_it_goes_and_usage_errors_n
     assert result.exit_code == 2 and result.output == "covid-cxr: error: Missing option '--data'. (see `covid-cxr run --help`)\n"
 
 
+def test_an_option_missing_its_value_names_its_commands_help():
+    """click's parser raises these without the command's context: the hint read "(see `--help`)", the group's."""
+    from click.testing import CliRunner
+
+    for args, option in ((["run", "--data"], "--data"), (["demo", "--out"], "--out"),
+                         (["predict", "--model", "m", "--json=yes", "x.png"], "--json")):
+        result = CliRunner().invoke(cli.main, args, prog_name="covid-cxr")
+        assert result.exit_code == 2, result.output
+        assert result.output.endswith(f" (see `covid-cxr {args[0]} --help`)\n") and f"'{option}'" in result.output, \
+            result.output
+        assert len(result.output.splitlines()) == 1
+
+
 def test_an_abort_or_a_commands_own_click_error_ends_in_one_line_with_exit_1(tmp_path, monkeypatch):
     """click.Abort, and a ClickException that is no usage error (curate's 'no image was accepted'), keep exit 1."""
     import click
