@@ -222,6 +222,10 @@ def _same_value(text: str, value) -> bool:
     if text == str(value):
         return True
     try:
+        return float(text) == float(value)  # YAML reads 9e-1 as text
+    except (TypeError, ValueError):
+        pass
+    try:
         return yaml.safe_load(text) == (yaml.safe_load(value) if isinstance(value, str) else value)
     except yaml.YAMLError:
         return False

@@ -508,7 +508,7 @@ def test_named_gate_flags_set_their_own_field_even_at_zero():
     config = cli.build_config("quick", None, ["gate.min_sensitivity=0.5"], min_specificity=0.75)
     assert (config.gate.min_sensitivity, config.gate.min_specificity) == (0.5, 0.75)
     # The same value twice is one value: said as --set and as its flag, written differently.
-    config = cli.build_config("quick", None, ["gate.min_sensitivity=0.50", "gate.min_sensitivity=.5", "model.task=three-class"],
+    config = cli.build_config("quick", None, ["gate.min_sensitivity=0.50", "gate.min_sensitivity=5e-1", "model.task=three-class"],
                               min_sensitivity=0.5, task="three-class")
     assert (config.gate.min_sensitivity, config.model.task) == (0.5, "three-class")
 
