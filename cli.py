@@ -348,7 +348,9 @@ DEMO_MIN_PATIENTS_PER_CLASS = 12
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the synthetic data, pipeline root and serving models.")
 @click.option("--patients-per-class", default=60, show_default=True,
-              type=click.IntRange(DEMO_MIN_PATIENTS_PER_CLASS, 10000))
+              type=click.IntRange(DEMO_MIN_PATIENTS_PER_CLASS, 10000),
+              help="Synthetic patients of each finding the task uses; fewer than "
+                   f"{DEMO_MIN_PATIENTS_PER_CLASS} leave some split without a class.")
 @config_options
 def demo(out, patients_per_class, preset, config_file, overrides, **named):
     """Generate the embedded synthetic dataset and run the whole pipeline on it (quick preset)."""
