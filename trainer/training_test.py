@@ -833,6 +833,24 @@ def test_lr_schedules_past_their_phase_and_the_plateau_floor_of_another_rate():
     assert plateau.min_lr == pytest.approx(3e-7)  # a thousandth of this phase's rate, not of 1e-3
 
 
+def test_the_lr_plateau_counts_as_progress_every_better_selection_score_early_stopping_counts():
+    # Validation AUC saturated (the tie the selection score breaks by the loss): val_selection rises
+    # by 2e-5 an epoch, as far under ReduceLROnPlateau's default min_delta (1e-4) as one reordered
+    # pair of a ~130 x 110 film eval split is. Early stopping takes each epoch as a new best; the
+    # learning rate must not be cut for a "plateau" in the same score.
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    hparams = M.HParams(family="cnn3")
+    score, stopper = T.best_epoch_callbacks(T.MONITOR, hparams.early_stopping_patience)
+    callbacks = keras.callbacks.CallbackList(
+        [score, stopper, *T._schedule_callbacks(hparams, T.MONITOR, 0, 8, 1e-3)], model=model)
+    callbacks.on_train_begin()
+    for epoch in range(8):
+        callbacks.on_epoch_end(epoch, {"val_auc": 1.0, "val_loss": 0.6 - 0.02 * epoch})
+        assert stopper.best_epoch == epoch
+    assert float(keras.backend.get_value(model.optimizer.learning_rate)) == pytest.approx(1e-3)
+
+
 def test_source_class_weights_ignore_an_empty_cell():
     weights = T.source_class_weights({("a", 0): 6, ("a", 1): 2, ("b", 1): 0}, 2, 1.0)
     assert set(weights) == {("a", 0), ("a", 1)}
