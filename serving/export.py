@@ -7,9 +7,11 @@ Signatures (all apply the training Transform graph, so serving cannot drift from
 The two predict signatures first read each image as curation reads a film (`served_images`: PNG of
 any colour type and 8 or 16 bits, JPEG including CMYK, one-frame GIF, BMP; 16-bit grayscale stretched
 from its min..max as curation does, not cut to its high byte) and refuse, with the image's index and
-curation's reason, what curation refuses (a multi-frame GIF, fewer than 32 pixels on a side, a single
-grey level, more pixels than its limit: from the header, before any decoding) or cannot read (a file cut
-short is "truncated or corrupt PNG", ...): the request fails, no score is returned for such an image.
+curation's reason, what curation refuses (a multi-frame GIF: counted from its blocks, before any frame
+is decoded; fewer than 32 pixels on a side, a single grey level, more pixels than its limit: from the
+header, before any decoding) or cannot read (a file cut short is "truncated or corrupt PNG", ...), and a
+GIF TensorFlow would read otherwise than curation (a frame short of its screen): the request fails, no
+score is returned for such an image.
 Outputs of the two predict signatures:
   probabilities [N, C], covid_probability [N], label [N] (class name), label_index [N],
   threshold [N] (the stored decision threshold), gate_score ([N] binary, [N, C] three-class),
@@ -155,6 +157,73 @@ def _bmp_size(header):
     return tf.where(uncompressed, _number(header, 10, 4) + row * _int32_size(header, 22), -1)
 
 
+_GIF_EXTENSION, _GIF_IMAGE, _GIF_TRAILER = 0x21, 0x2C, 0x3B
+_GIF_RUN = 4096  # sub-blocks a step looks ahead for a change of size
+
+
+def _gif_steps(length):
+    """The steps a GIF of `length` bytes may take to walk: a frame takes about 4 and an extension 2
+    (each run of sub-blocks of one size is a step), metadata written byte by byte (XMP) one per 30 to
+    120 bytes. A GIF crafted to take a step per sub-block of 1 or 2 bytes is refused after these."""
+    return 256 + length // 256
+
+
+def _gif_colour_table(packed):
+    """Bytes of the colour table a GIF's packed field (screen or image descriptor) announces."""
+    return tf.where(packed >= 128, 3 * tf.pow(2, packed % 8 + 1), 0)
+
+
+def _gif_structure(encoded):
+    """A GIF's frames read from its block structure, without decoding any (TensorFlow's decoder decodes
+    every frame before anything could refuse them: a small GIF of many large frames is a decompression
+    bomb). After the header, screen descriptor and global colour table come extension blocks (0x21, a
+    label, then sub-blocks) and images (0x2C, a descriptor, a local colour table, a code size, then
+    sub-blocks), up to the trailer (0x3B); sub-blocks are a size byte and that many bytes, up to a size 0.
+    A step of the walk is a block, or a run of sub-blocks of one size; a GIF needing more than
+    _gif_steps(length) steps is not walked to its end.
+    -> (frames, the first frame's [left, top, width, height], where the walk stopped, the byte there):
+    the trailer, the length (no trailer: the decoder and curation accept that), the length + 1 (cut
+    short inside the header or a block), a byte that begins no block, or -1 (too many steps)."""
+    length = tf.strings.length(encoded)
+    data = tf.cast(tf.io.decode_raw(tf.strings.join([encoded, b"\0" * 16]), tf.uint8), tf.int32)
+    cut = length + 1
+
+    def unfinished(offset, in_sub_blocks):
+        is_block = tf.reduce_any(tf.equal(data[offset], [_GIF_EXTENSION, _GIF_IMAGE]))
+        return (offset < length) & (in_sub_blocks | is_block)
+
+    def walking(offset, in_sub_blocks, frames, first, steps):
+        return unfinished(offset, in_sub_blocks) & (steps < _gif_steps(length))
+
+    def step(offset, in_sub_blocks, frames, first, steps):
+        def sub_blocks():  # a run of sub-blocks of one size, as encoders write them (255 bytes), in one step
+            size = data[offset]
+            stride = size + 1
+            run = data[offset:tf.minimum(length, offset + _GIF_RUN * stride):stride]
+            differs = tf.not_equal(run, size)
+            after = offset + stride * tf.where(tf.reduce_any(differs), tf.argmax(tf.cast(differs, tf.int32),
+                                                                                    output_type=tf.int32), tf.size(run))
+            ends = tf.equal(size, 0)  # the block does, and the next begins after it
+            after = tf.reshape(after, [])  # a slice's shape is unknown when traced
+            return (tf.where(ends, offset + 1, tf.where(after < length, after, cut)), ~ends, frames, first)
+
+        def block():
+            is_image = tf.equal(data[offset], _GIF_IMAGE)
+            after = tf.where(is_image, offset + 11 + _gif_colour_table(data[offset + 9]), offset + 2)
+            return (tf.where(after < length, after, cut), tf.constant(True), frames + tf.cast(is_image, tf.int32),
+                    tf.where(is_image & (first < 0), offset, first))
+
+        return (*tf.cond(in_sub_blocks, sub_blocks, block), steps + 1)
+
+    start = 13 + _gif_colour_table(data[10])
+    offset, in_sub_blocks, frames, first, steps = tf.while_loop(walking, step, (
+        tf.where(start <= length, start, cut), tf.constant(False), tf.constant(0), tf.constant(-1), tf.constant(0)))
+    descriptor = first + 1 + 2 * tf.range(4)
+    frame = tf.where(first >= 0, tf.gather(data, descriptor) + 256 * tf.gather(data, descriptor + 1), 0)
+    end = tf.where(unfinished(offset, in_sub_blocks), -1, tf.where(in_sub_blocks, cut, offset))
+    return frames, frame, end, data[tf.maximum(end, 0)]
+
+
 def _served_image(index, encoded):
     """One image sent for serving -> bytes the Transform graph decodes as curation reads the image: a
     grey PNG of up to 8 bits (a curated film) as it came, any other as the 8-bit grey PNG curation's
@@ -186,7 +255,14 @@ def _served_image(index, encoded):
     jpeg = tf.cond(jpeg_complete, lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[1::-1], tf.int64),
                    lambda: tf.zeros([2], tf.int64))  # [width, height] from its SOF
     png = _number(header, 16, 4, big_endian=True), _number(header, 20, 4, big_endian=True)  # IHDR
-    gif = _number(header, 6, 2), _number(header, 8, 2)  # the logical screen
+    gif_frames, gif_frame, gif_end, gif_end_byte = [tf.cast(v, tf.int64) for v in tf.cond(
+        is_gif, lambda: _gif_structure(encoded), lambda: (tf.constant(0), tf.zeros([4], tf.int32), tf.constant(0),
+                                                          tf.constant(0)))]
+    gif_left, gif_top, gif_width, gif_height = tf.unstack(gif_frame)
+    gif_screen = _number(header, 6, 2), _number(header, 8, 2)
+    # As Pillow (curation) sizes it: the screen, or further if the first frame reaches beyond it. The
+    # decoder allocates each frame's own size, whatever the screen says.
+    gif = tf.maximum(gif_screen[0], gif_left + gif_width), tf.maximum(gif_screen[1], gif_top + gif_height)
     bmp = _int32_size(header, 18), _int32_size(header, 22)
     width, height = [tf.where(is_png, png[i], tf.where(is_gif, gif[i], tf.where(is_bmp, bmp[i], jpeg[i])))
                      for i in (0, 1)]
@@ -194,7 +270,7 @@ def _served_image(index, encoded):
                                  f" pixels; curation refuses more than {images.MAX_PIXELS})"])
     encoded = _after([_refuse_unless(width * height <= images.MAX_PIXELS, index, too_large)], encoded)
     # A file cut short, refused in words before the decoders fail with their own messages ("Invalid PNG
-    # data"). A GIF cut short still meets its decoder's.
+    # data").
     bmp_size = _bmp_size(header)
     encoded = _after([
         _refuse_unless(~is_png | _ends(is_png, encoded, _PNG_END), index, "truncated or corrupt PNG (no IEND chunk)"),
@@ -202,7 +278,32 @@ def _served_image(index, encoded):
         _refuse_unless(~is_bmp | (bmp_size < 0) | tf.equal(bmp_size, length), index, tf.strings.join([
             "truncated or corrupt BMP (", tf.strings.as_string(length), " bytes; its header describes ",
             tf.strings.as_string(bmp_size), ")"])),
+        _refuse_unless(~is_gif | tf.not_equal(gif_end, length + 1), index, "truncated or corrupt GIF (cut short inside a block)"),
+        _refuse_unless(~is_gif | (gif_end < 0) | (gif_end >= length) | tf.equal(gif_end_byte, _GIF_TRAILER), index,
+                       tf.strings.join(["corrupt GIF (byte ", tf.strings.as_string(gif_end_byte), " at offset ",
+                                        tf.strings.as_string(gif_end), " begins no block)"])),
     ], encoded)
+    # Refused before the decoder reads any frame: it decodes all of them, into each one's own size.
+    walked = gif_end >= 0
+    encoded = _after([
+        _refuse_unless(~is_gif | (gif_frames < 2), index, tf.strings.join([
+            "multi-frame GIF (", tf.where(walked, "", "at least "), tf.strings.as_string(gif_frames),
+            " frames) is not a radiograph"])),
+    ], encoded)
+    encoded = _after([
+        _refuse_unless(~is_gif | walked, index, tf.strings.join([
+            "GIF too fragmented to check (more than ", tf.strings.as_string(_gif_steps(length)),
+            " blocks and runs of sub-blocks)"])),
+        _refuse_unless(~is_gif | ~walked | (gif_frames > 0), index, "GIF without an image"),
+    ], encoded)
+    # A frame short of its screen Pillow places on the screen's background; the decoder returns the
+    # frame alone. Refused rather than read otherwise than curation reads it.
+    frame_fills_screen = tf.equal(gif_left, 0) & tf.equal(gif_top, 0) & (gif_width >= gif_screen[0]) & (
+        gif_height >= gif_screen[1])
+    encoded = _after([_refuse_unless(~is_gif | frame_fills_screen, index, tf.strings.join([
+        "GIF frame (", tf.strings.as_string(gif_width), " x ", tf.strings.as_string(gif_height), " at ",
+        tf.strings.as_string(gif_left), ", ", tf.strings.as_string(gif_top), ") does not fill its screen (",
+        tf.strings.as_string(gif_screen[0]), " x ", tf.strings.as_string(gif_screen[1]), ")"]))], encoded)
 
     def as_sent():  # the Transform reads a grey PNG of up to 8 bits (a curated film) as curation does
         return tf.io.decode_image(encoded, channels=1, expand_animations=False), encoded
@@ -225,12 +326,8 @@ def _served_image(index, encoded):
         # convert CMYK and converts colour otherwise than Pillow.
         return rewritten(_luminance(tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")))
 
-    def gif():  # the Transform's decoder refuses one-channel GIF
-        frames = tf.io.decode_gif(encoded)
-        count = tf.shape(frames)[0]
-        reason = tf.strings.join(["multi-frame GIF (", tf.strings.as_string(count), " frames) is not a radiograph"])
-        with tf.control_dependencies([_refuse_unless(tf.equal(count, 1), index, reason)]):
-            return rewritten(_luminance(frames[0]))
+    def gif():  # one frame, by the checks above; the Transform's decoder refuses one-channel GIF
+        return rewritten(_luminance(tf.io.decode_gif(encoded)[0]))
 
     def bmp():  # the same: one-channel BMP refused; grey BMPs decode to one channel, colour to 3 or 4
         pixels = tf.io.decode_bmp(encoded)

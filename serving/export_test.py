@@ -352,6 +352,112 @@ def test_an_image_cut_short_is_refused_as_truncated_not_with_the_decoders_messag
     assert _served_bytes([png + b"end", jpeg + b"end"]) == [png + b"end", _served_bytes([jpeg])[0]]
 
 
+def _gif_parts(grey: np.ndarray) -> tuple:
+    """A one-frame GIF of `grey` as Pillow writes it: (header, screen and colour table; the image block)."""
+    gif = _encoded(_palette(grey), "GIF")
+    image = 13 + 3 * 256  # a global colour table of 256 entries, no extension
+    assert gif[image] == 0x2C and gif[-1:] == b";"
+    return gif[:image], gif[image:-1]
+
+
+def _sub_blocks(payload: bytes, *sizes: int) -> bytes:
+    """`payload` as GIF sub-blocks of these sizes in turn (encoders write 255), then the terminator."""
+    sizes = sizes or (255,)
+    chunks, at = [], 0
+    while at < len(payload):
+        size = sizes[len(chunks) % len(sizes)]
+        chunks.append(bytes([len(payload[at:at + size])]) + payload[at:at + size])
+        at += size
+    return b"".join(chunks) + b"\0"
+
+
+def _rechunked(image_block: bytes, *sizes: int) -> bytes:
+    """The image block with its data cut into sub-blocks of these sizes in turn."""
+    payload, at = b"", 11  # after the descriptor (no local colour table) and the code size
+    while image_block[at]:
+        payload += image_block[at + 1:at + 1 + image_block[at]]
+        at += 1 + image_block[at]
+    return image_block[:11] + _sub_blocks(payload, *sizes)
+
+
+def _with_screen(head: bytes, width: int, height: int) -> bytes:
+    return head[:6] + struct.pack("<HH", width, height) + head[10:]
+
+
+def _image_block(left: int, top: int, width: int, height: int, data: bytes) -> bytes:
+    return b"," + struct.pack("<HHHHB", left, top, width, height, 0) + b"\x08" + _sub_blocks(data)
+
+
+def test_a_gif_of_many_frames_is_refused_from_its_blocks_before_any_frame_is_decoded():
+    """TensorFlow's decoder decodes every frame before the count could refuse them: 120 frames of
+    2000 x 2000 (480 million pixels, over curation's limit) from a 33 kB file. Their data is no image
+    at all, so any decoding would fail with the decoder's message."""
+    assert 120 * 2000 * 2000 > images.MAX_PIXELS
+    head, _ = _gif_parts(_film(64, 64))
+    frame = _image_block(0, 0, 2000, 2000, b"\xff" * 255)
+    bomb = _with_screen(head, 2000, 2000) + frame * 120 + b";"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            "image 0: multi-frame GIF (120 frames) is not a radiograph")):
+        _served_bytes([bomb])
+
+
+def test_a_gif_cut_short_or_damaged_is_refused_in_words_not_with_the_decoders_message():
+    head, image = _gif_parts(_film(64, 64))
+    gif = head + image + b";"
+    refused = {
+        "truncated or corrupt GIF (cut short inside a block)": [gif[:-10], gif[:len(gif) // 2], gif[:len(head) + 5],
+                                                                 gif[:100], gif[:8]],
+        f"corrupt GIF (byte 153 at offset {len(head) + len(image)} begins no block)": [head + image + b"\x99;"],
+        "GIF without an image": [head + b";"],
+    }
+    for reason, damaged in refused.items():
+        for encoded in damaged:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"image 1: {reason}")):
+                _served_bytes([gif, encoded])
+
+
+def test_a_one_frame_gif_is_served_as_curation_reads_it_however_its_blocks_are_laid_out(tmp_path):
+    grey = _film(64, 64)
+    head, image = _gif_parts(grey)
+    comment = b"!\xfe" + _sub_blocks(b"a comment, longer than one sub-block " * 10)
+    control = b"!\xf9\x04\x00\x0a\x00\x00\x00"  # a graphic control extension: a delay, no transparency
+    laid_out = {
+        "as Pillow writes it": head + image + b";",
+        "after extensions": head + comment + control + image + comment + b";",
+        "in sub-blocks of 100 bytes": head + _rechunked(image, 100) + b";",
+        "in sub-blocks of 1 byte": head + _rechunked(image, 1) + b";",
+        "in sub-blocks of 3 sizes in turn": head + _rechunked(image, 255, 17, 100) + b";",
+        "without its trailer": head + image,
+        "with bytes after its trailer": head + image + b";" + b"\x99" * 40,
+        "on a smaller screen": _with_screen(head, 32, 40) + image + b";",
+    }
+    served = _served_bytes(list(laid_out.values()))
+    for (name, encoded), sent in zip(laid_out.items(), served):
+        path = tmp_path / "film.gif"
+        path.write_bytes(encoded)
+        curated, _ = images.read_gray(str(path))
+        np.testing.assert_array_equal(tf.io.decode_image(sent, channels=1).numpy()[:, :, 0], curated, err_msg=name)
+        assert sent == served[0], name
+
+
+def test_a_gif_the_decoder_would_read_otherwise_than_curation_or_too_dear_to_check_is_refused():
+    head, image = _gif_parts(_film(64, 64))
+    refused = {
+        # Curation reads the frame on an 80 x 80 screen; the decoder would return the 64 x 64 frame alone.
+        "GIF frame (64 x 64 at 0, 0) does not fill its screen (80 x 80)": _with_screen(head, 80, 80) + image + b";",
+        "GIF frame (64 x 64 at 8, 8) does not fill its screen (64 x 64)": head + image[:1] + struct.pack(
+            "<HH", 8, 8) + image[5:] + b";",
+        # The decoder allocates a frame's own size, whatever the screen says.
+        f"image too large (30000 x 30000 pixels; curation refuses more than {images.MAX_PIXELS})":
+            head + image[:5] + struct.pack("<HH", 30000, 30000) + image[9:] + b";",
+        # Sub-blocks of 1 and 2 bytes in turn: walking them would cost a graph step every 2.5 bytes.
+        "GIF too fragmented to check (more than ": head + _rechunked(image, 1, 2) + b";",
+    }
+    for reason, encoded in refused.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"image 0: {reason}")):
+            _served_bytes([encoded])
+
+
 REFUSED = {
     "two-frame GIF": "multi-frame GIF \\(2 frames\\) is not a radiograph",
     "PNG cut short": "truncated or corrupt PNG \\(no IEND chunk\\)",
