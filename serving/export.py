@@ -158,6 +158,7 @@ def _bmp_size(header):
 
 
 _GIF_EXTENSION, _GIF_IMAGE, _GIF_TRAILER = 0x21, 0x2C, 0x3B
+_GIF_CONTROL = 0xF9  # the graphic control extension's label: a frame's delay, disposal, transparent colour
 _GIF_RUN = 4096  # sub-blocks a step looks ahead for a change of size
 
 
@@ -181,9 +182,10 @@ def _gif_structure(encoded):
     sub-blocks), up to the trailer (0x3B); sub-blocks are a size byte and that many bytes, up to a size 0.
     A step of the walk is a block, or a run of sub-blocks of one size; a GIF needing more than
     _gif_steps(length) steps is not walked to its end.
-    -> (frames, the first frame's [left, top, width, height], where the walk stopped, the byte there):
-    the trailer, the length (no trailer: the decoder and curation accept that), the length + 1 (cut
-    short inside the header or a block), a byte that begins no block, or -1 (too many steps)."""
+    -> (frames, the first frame's [left, top, width, height], where the walk stopped, the byte there,
+    the offset of the first frame's graphic control extension or -1). The walk stops at the trailer, the
+    length (no trailer: the decoder and curation accept that), the length + 1 (cut short inside the
+    header or a block), a byte that begins no block, or -1 (too many steps)."""
     length = tf.strings.length(encoded)
     data = tf.cast(tf.io.decode_raw(tf.strings.join([encoded, b"\0" * 16]), tf.uint8), tf.int32)
     cut = length + 1
@@ -192,10 +194,10 @@ def _gif_structure(encoded):
         is_block = tf.reduce_any(tf.equal(data[offset], [_GIF_EXTENSION, _GIF_IMAGE]))
         return (offset < length) & (in_sub_blocks | is_block)
 
-    def walking(offset, in_sub_blocks, frames, first, steps):
+    def walking(offset, in_sub_blocks, frames, first, control, steps):
         return unfinished(offset, in_sub_blocks) & (steps < _gif_steps(length))
 
-    def step(offset, in_sub_blocks, frames, first, steps):
+    def step(offset, in_sub_blocks, frames, first, control, steps):
         def sub_blocks():  # a run of sub-blocks of one size, as encoders write them (255 bytes), in one step
             size = data[offset]
             stride = size + 1
@@ -205,23 +207,40 @@ def _gif_structure(encoded):
                                                                                     output_type=tf.int32), tf.size(run))
             ends = tf.equal(size, 0)  # the block does, and the next begins after it
             after = tf.reshape(after, [])  # a slice's shape is unknown when traced
-            return (tf.where(ends, offset + 1, tf.where(after < length, after, cut)), ~ends, frames, first)
+            return (tf.where(ends, offset + 1, tf.where(after < length, after, cut)), ~ends, frames, first, control)
 
         def block():
             is_image = tf.equal(data[offset], _GIF_IMAGE)
             after = tf.where(is_image, offset + 11 + _gif_colour_table(data[offset + 9]), offset + 2)
+            # The decoder reads the first graphic control extension before a frame (giflib's).
+            is_control = ~is_image & tf.equal(data[offset + 1], _GIF_CONTROL) & (first < 0) & (control < 0)
             return (tf.where(after < length, after, cut), tf.constant(True), frames + tf.cast(is_image, tf.int32),
-                    tf.where(is_image & (first < 0), offset, first))
+                    tf.where(is_image & (first < 0), offset, first), tf.where(is_control, offset, control))
 
         return (*tf.cond(in_sub_blocks, sub_blocks, block), steps + 1)
 
     start = 13 + _gif_colour_table(data[10])
-    offset, in_sub_blocks, frames, first, steps = tf.while_loop(walking, step, (
-        tf.where(start <= length, start, cut), tf.constant(False), tf.constant(0), tf.constant(-1), tf.constant(0)))
+    offset, in_sub_blocks, frames, first, control, steps = tf.while_loop(walking, step, (
+        tf.where(start <= length, start, cut), tf.constant(False), tf.constant(0), tf.constant(-1), tf.constant(-1),
+        tf.constant(0)))
     descriptor = first + 1 + 2 * tf.range(4)
     frame = tf.where(first >= 0, tf.gather(data, descriptor) + 256 * tf.gather(data, descriptor + 1), 0)
     end = tf.where(unfinished(offset, in_sub_blocks), -1, tf.where(in_sub_blocks, cut, offset))
-    return frames, frame, end, data[tf.maximum(end, 0)]
+    return frames, frame, end, data[tf.maximum(end, 0)], control
+
+
+def _without_transparency(encoded, control):
+    """The GIF with its transparent colour flag cleared in the graphic control extension at `control` (-1:
+    none): the decoder makes that colour's pixels black, curation (Pillow's grey conversion) keeps the
+    colour the palette gives them."""
+    control = tf.cast(control, tf.int32)
+    flags = control + 3  # label 0x21 0xF9, the size 4, then the packed flags: bit 0 the transparent colour's
+    header = tf.strings.join([encoded, b"\0" * 4])
+    has_flags = (control >= 0) & tf.equal(tf.strings.substr(header, control + 2, 1), b"\x04")
+    cleared = tf.gather(tf.constant([bytes([v & 0xFE]) for v in range(256)]), _number(header, flags, 1))
+    return tf.cond(has_flags, lambda: tf.strings.join([tf.strings.substr(encoded, 0, flags), cleared,
+                                                       tf.strings.substr(encoded, flags + 1, tf.strings.length(
+                                                           encoded, "BYTE") - flags - 1)]), lambda: encoded)
 
 
 def _served_image(index, encoded):
@@ -255,9 +274,9 @@ def _served_image(index, encoded):
     jpeg = tf.cond(jpeg_complete, lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[1::-1], tf.int64),
                    lambda: tf.zeros([2], tf.int64))  # [width, height] from its SOF
     png = _number(header, 16, 4, big_endian=True), _number(header, 20, 4, big_endian=True)  # IHDR
-    gif_frames, gif_frame, gif_end, gif_end_byte = [tf.cast(v, tf.int64) for v in tf.cond(
+    gif_frames, gif_frame, gif_end, gif_end_byte, gif_control = [tf.cast(v, tf.int64) for v in tf.cond(
         is_gif, lambda: _gif_structure(encoded), lambda: (tf.constant(0), tf.zeros([4], tf.int32), tf.constant(0),
-                                                          tf.constant(0)))]
+                                                          tf.constant(0), tf.constant(-1)))]
     gif_left, gif_top, gif_width, gif_height = tf.unstack(gif_frame)
     gif_screen = _number(header, 6, 2), _number(header, 8, 2)
     # As Pillow (curation) sizes it: the screen, or further if the first frame reaches beyond it. The
@@ -327,7 +346,7 @@ def _served_image(index, encoded):
         return rewritten(_luminance(tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")))
 
     def gif():  # one frame, by the checks above; the Transform's decoder refuses one-channel GIF
-        return rewritten(_luminance(tf.io.decode_gif(encoded)[0]))
+        return rewritten(_luminance(tf.io.decode_gif(_without_transparency(encoded, gif_control))[0]))
 
     def bmp():  # the same: one-channel BMP refused; grey BMPs decode to one channel, colour to 3 or 4
         pixels = tf.io.decode_bmp(encoded)

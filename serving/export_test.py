@@ -253,6 +253,8 @@ def _formats(grey: np.ndarray) -> dict:
         "colour JPEG": _encoded(colour, "JPEG", quality=90),
         "CMYK JPEG": _encoded(film.convert("CMYK"), "JPEG", quality=90),
         "one-frame GIF": _encoded(_palette(grey), "GIF"),
+        # Curation keeps the palette's grey for the transparent colour; TensorFlow's decoder made it black.
+        "GIF with a transparent colour": _encoded(_palette(grey), "GIF", transparency=int(grey[0, 0])),
         "grey BMP": _encoded(film, "BMP"),
         "colour BMP": _encoded(colour, "BMP"),
     }
