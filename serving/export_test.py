@@ -401,6 +401,10 @@ def test_a_gif_of_many_frames_is_refused_from_its_blocks_before_any_frame_is_dec
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
             "image 0: multi-frame GIF (120 frames) is not a radiograph")):
         _served_bytes([bomb])
+    # 10000 frames of 14 bytes: the walk stops counting at its budget of steps, the GIF refused all the same.
+    many = _with_screen(head, 64, 64) + _image_block(0, 0, 64, 64, b"\xff") * 10000 + b";"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 0: multi-frame GIF \(at least \d+ frames\) is not"):
+        _served_bytes([many])
 
 
 def test_a_gif_cut_short_or_damaged_is_refused_in_words_not_with_the_decoders_message():
