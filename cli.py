@@ -217,10 +217,27 @@ def config_options(func):
     return func
 
 
-def _same_value(text: str, value) -> bool:
-    """Whether --set's ``text`` says ``value`` (another --set's text, or a flag's value): 0.50 is .5."""
+# Fields that name a file or folder: `out/x`, `out/x/` and `./out//x` are one place, not a disagreement.
+PATH_FIELDS = {"data.data_dir", "data.schema_file", "runtime.pipeline_root", "runtime.serving_dir",
+               "runtime.metadata_path", "model.weights_dir"}
+
+
+def _same_place(path: str) -> str:
+    """``path`` in one spelling per place. A URI keeps its scheme and inner slashes (gs://b//x is another
+    object than gs://b/x, and normpath would make gs://b/x gs:/b/x); only a trailing slash goes."""
+    if "://" in path:
+        scheme, _, rest = path.partition("://")
+        return f"{scheme}://{rest.rstrip('/')}"
+    return os.path.realpath(path)
+
+
+def _same_value(text: str, value, key: str = "") -> bool:
+    """Whether --set's ``text`` says ``value`` (another --set's text, or a flag's value): 0.50 is .5,
+    and for a path field (PATH_FIELDS) out/x/ is out/x."""
     if text == str(value):
         return True
+    if key in PATH_FIELDS and isinstance(value, str) and text and value:
+        return _same_place(text) == _same_place(value)
     try:
         return float(text) == float(value)  # YAML reads 9e-1 as text
     except (TypeError, ValueError):
@@ -237,7 +254,7 @@ def build_config(preset, config_file, overrides, task=None, pipeline_root=None, 
     the flag that sets it) is an error: keeping one of them dropped the other without a word."""
     values = {}
     for key, text in map(parse_override, overrides):
-        if key in values and not _same_value(values[key], text):
+        if key in values and not _same_value(values[key], text, key):
             raise ConfigError(f"--set {key} is given twice, as {values[key]!r} and {text!r}: give it once")
         values[key] = text
     named = {
@@ -249,7 +266,7 @@ def build_config(preset, config_file, overrides, task=None, pipeline_root=None, 
     for key, (flag, value) in named.items():
         if value is None:
             continue
-        if key in values and not _same_value(values[key], value):
+        if key in values and not _same_value(values[key], value, key):
             raise ConfigError(f"{flag} {value!r} and --set {key}={values[key]} disagree: give one of them")
         values[key] = value
     return load_config(preset, config_file, values, command_defaults)

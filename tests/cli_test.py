@@ -545,6 +545,29 @@ def test_a_field_given_two_different_values_on_the_command_line_is_an_error_not_
     assert not out.exists()
 
 
+def test_two_spellings_of_one_path_agree_and_two_places_do_not(tmp_path, monkeypatch):
+    """`--pipeline-root out/x --set runtime.pipeline_root=out/x/` was refused as a disagreement. A bucket URI
+    keeps its inner slashes (gs://b//x is another object) and its scheme (gs:/b/x is no URI)."""
+    import pytest
+
+    from covid_cxr.pipeline.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    for flag_value, text in (("out/x", "out/x/"), ("out/x", "./out//x"), ("out/x", str(tmp_path / "out" / "x")),
+                             ("gs://bucket/x", "gs://bucket/x/")):
+        config = cli.build_config("quick", None, [f"runtime.pipeline_root={text}", f"runtime.serving_dir={text}"],
+                                  pipeline_root=flag_value, serving_dir=flag_value)
+        assert config.runtime.pipeline_root == flag_value
+    config = cli.build_config("quick", None, ["data.data_dir=d/", "data.data_dir=./d"])
+    assert config.data.data_dir == "./d"
+    for flag_value, text in (("out/x", "out/y"), ("gs://bucket/x", "gs://bucket//x"), ("gs://bucket/x", "gs:/bucket/x"),
+                             ("gs://bucket/x", "s3://bucket/x")):
+        with pytest.raises(ConfigError, match="disagree: give one of them$"):
+            cli.build_config("quick", None, [f"runtime.pipeline_root={text}"], pipeline_root=flag_value)
+    with pytest.raises(ConfigError, match="given twice"):  # not a path: its text is its value
+        cli.build_config("quick", None, ["model.task=three-class/", "model.task=three-class"])
+
+
 def test_each_command_starts_from_its_own_preset(monkeypatch, tmp_path):
     """demo: quick; run and compile: full (real training), unless --preset says otherwise."""
     from click.testing import CliRunner
