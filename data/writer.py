@@ -208,7 +208,11 @@ def check_writable(path: str, name: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise OutputError(f"{name} {path!r} cannot be written: {existing!r}: {e.strerror or first_line(e)}") from None
+        # The system's reason alone misleads: /proc says "No such file or directory" of a folder that exists.
+        said = f"(the system says: {e.strerror or first_line(e)})"
+        if existing == os.path.abspath(path):
+            raise OutputError(f"{name} {path!r} cannot be written: no file can be made in it {said}") from None
+        raise OutputError(f"{name} {path!r} cannot be created: no folder can be made in {existing!r} {said}") from None
 
 
 def read_summary(data_dir: str) -> dict:

@@ -189,7 +189,7 @@ def test_an_output_path_is_tried_before_the_work_and_a_bucket_is_left_to_the_run
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(writer.tempfile, "TemporaryFile", unwritable)
-    with pytest.raises(writer.OutputError, match=r"cannot be written: .*: Permission denied$"):
+    with pytest.raises(writer.OutputError, match=r"cannot be created: .*\(the system says: Permission denied\)$"):
         writer.check_writable(str(tmp_path / "new"), "--out")
     writer.check_writable("gs://bucket/out", "--out")  # not this machine's to try
 
@@ -297,6 +297,17 @@ def test_every_kind_of_unreadable_data_directory_is_a_user_error(monkeypatch, er
         writer.read_summary("xyz://b/c")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_under_proc_is_refused_as_one_that_cannot_be_made_not_as_a_missing_proc():
+    """/proc exists, but making a file in it fails with "No such file or directory": the message said
+    `'/proc': No such file or directory`, as if /proc were missing."""
+    for path in ("/proc/covid-cxr-test", "/proc/covid-cxr-test/explain"):
+        with pytest.raises(writer.OutputError) as info:
+            writer.check_writable(path, "--explain")
+        assert str(info.value).startswith(f"--explain {path!r} cannot be created: no folder can be made in '/proc' "
+                                          "(the system says: ")
+
+
 def test_an_unwritable_output_is_named_with_the_systems_reason_and_a_bucket_is_never_tried(tmp_path, monkeypatch):
     def unwritable(**kwargs):
         raise PermissionError(13, "Permission denied")
@@ -304,7 +315,11 @@ def test_an_unwritable_output_is_named_with_the_systems_reason_and_a_bucket_is_n
     monkeypatch.setattr(writer.tempfile, "TemporaryFile", unwritable)
     with pytest.raises(writer.OutputError) as info:
         writer.check_writable(str(tmp_path / "new"), "--out")
-    assert str(info.value) == f"--out '{tmp_path / 'new'}' cannot be written: '{tmp_path}': Permission denied"
+    assert str(info.value) == (f"--out '{tmp_path / 'new'}' cannot be created: no folder can be made in '{tmp_path}' "
+                               "(the system says: Permission denied)")
+    with pytest.raises(writer.OutputError) as info:
+        writer.check_writable(str(tmp_path), "--out")
+    assert str(info.value) == f"--out '{tmp_path}' cannot be written: no file can be made in it (the system says: Permission denied)"
     writer.check_writable("gs://bucket/out", "--out")  # not a folder "gs:" here, whatever this machine allows
 
 

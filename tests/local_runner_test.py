@@ -105,7 +105,7 @@ def test_where_the_run_writes_is_checked_before_the_run(tmp_path):
     config = cfg.load_config("quick", overrides={"data.data_dir": str(tmp_path / "data"),
                                                  "runtime.serving_dir": "/proc/covid-cxr-test/serving"})
     with pytest.raises(cfg.ConfigError, match=r"runtime.serving_dir \(--serving-dir\) '/proc/covid-cxr-test/serving' "
-                                              r"cannot be written: '/proc': "):
+                                              r"cannot be created: no folder can be made in '/proc' "):
         local_runner.check_inputs(config)
     assert not list(tmp_path.glob("tmp*"))  # the try leaves nothing behind
 
