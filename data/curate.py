@@ -573,6 +573,8 @@ def copies_of_curated(paths: Sequence[str], curated_dir: str, workers: Optional[
             rows = [(f"{r['source']}:{r['source_ref']}", bytes.fromhex(r["hash"] or "")) for r in csv.DictReader(f)]
     except (OSError, ValueError, KeyError, csv.Error) as e:  # KeyError: a manifest without its columns
         raise CurationError(f"{curated_dir}: cannot read its films' hashes ({type(e).__name__}: {e})") from None
+    if not isinstance(settings, dict):
+        raise CurationError(f"{curated_dir}: {features.SUMMARY}'s settings is {settings!r}, not a mapping")
     if settings.get("hash") != f"dct-phash-{images.HASH_BYTES * 8}":
         raise CurationError(f"{curated_dir}: not hashed with curation's perceptual hash (hash "
                             f"{settings.get('hash')!r}; synthetic data?): near copies cannot be found")
@@ -580,9 +582,10 @@ def copies_of_curated(paths: Sequence[str], curated_dir: str, workers: Optional[
     if short is not None:  # a manifest cut short or edited: no distance to it could be measured
         raise CurationError(f"{curated_dir}: cannot read its films' hashes ({features.MANIFEST} row {short} holds no "
                             f"{images.HASH_BYTES * 8}-bit hash)")
-    threshold = int(settings.get("hash_threshold", dedupe.DEFAULT_THRESHOLD))
-    options = (int(settings.get("max_side", images.DEFAULT_MAX_SIDE)), bool(settings.get("crop", True)),
-               str(settings.get("equalize", "none")))
+    threshold = _summary_setting(settings, "hash_threshold", dedupe.DEFAULT_THRESHOLD, int, curated_dir)
+    options = (_summary_setting(settings, "max_side", images.DEFAULT_MAX_SIDE, int, curated_dir),
+               _summary_setting(settings, "crop", True, bool, curated_dir),
+               _summary_setting(settings, "equalize", "none", str, curated_dir))
     hashed, unchecked = {}, {}
     results = _run_jobs([(path, *options) for path in paths], workers, progress=False)
     for path, (processed, reason) in zip(paths, results):
@@ -593,6 +596,16 @@ def copies_of_curated(paths: Sequence[str], curated_dir: str, workers: Optional[
     index, distance = dedupe.nearest(list(hashed.values()), [h for _, h in rows])
     copies = {path: (rows[i][0], int(d)) for path, i, d in zip(hashed, index, distance) if i >= 0 and d <= threshold}
     return CuratedCopies(copies, unchecked, threshold, len(rows))
+
+
+def _summary_setting(settings: dict, field: str, default, kind: type, curated_dir: str):
+    """settings[field] of a curated summary.json, as curation wrote it (``kind``); CurationError naming the
+    field for a hand-edited one: int("abc") was a bare ValueError, bool("false") true."""
+    value = settings.get(field, default)
+    if type(value) is not kind:  # exact: True is no max_side
+        wanted = {int: "a whole number", bool: "true or false", str: "text"}[kind]
+        raise CurationError(f"{curated_dir}: {features.SUMMARY}'s settings.{field} is {value!r}, not {wanted}")
+    return value
 
 
 def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[bool]):

@@ -1096,6 +1096,23 @@ def test_copies_of_curated_refuses_a_directory_without_perceptual_hashes(tmp_pat
         curate_mod.copies_of_curated([], str(tmp_path / "nothing"))
 
 
+def test_a_hand_edited_curated_setting_is_a_one_line_error_naming_the_field(tmp_path):
+    """int("big") outside the guarded read was a bare ValueError; bool("false") hashed with the crop on."""
+    curated, _, films = _curated_radiography_and_kermany_films(tmp_path)
+    summary_path = Path(curated) / features.SUMMARY
+    written = json.loads(summary_path.read_text())
+    for field, value, wanted in (("max_side", "big", "a whole number"), ("hash_threshold", "4O", "a whole number"),
+                                 ("hash_threshold", None, "a whole number"), ("crop", "false", "true or false"),
+                                 ("equalize", 1, "text")):
+        summary_path.write_text(json.dumps({**written, "settings": {**written["settings"], field: value}}))
+        with pytest.raises(CurationError) as raised:
+            curate_mod.copies_of_curated(films, curated, workers=1)
+        assert str(raised.value) == f"{curated}: summary.json's settings.{field} is {value!r}, not {wanted}"
+    summary_path.write_text(json.dumps({**written, "settings": "oops"}))
+    with pytest.raises(CurationError, match=r"summary.json's settings is 'oops', not a mapping$"):
+        curate_mod.copies_of_curated(films, curated, workers=1)
+
+
 def test_a_curated_manifest_cut_short_is_a_one_line_error_not_a_traceback(tmp_path):
     curated, _, films = _curated_radiography_and_kermany_films(tmp_path)
     manifest = Path(curated) / features.MANIFEST

@@ -174,6 +174,9 @@ def check_fits_task(summary: dict, data_dir: str, task: features.Task) -> None:
     if not summary.get("accepted"):
         raise CurationMismatch(f"{data_dir!r} holds no accepted images")
     per_class = summary.get("per_class") or {}
+    if not isinstance(per_class, dict):  # a string's letters read as its labels
+        raise CurationMismatch(f"{data_dir!r}: its {features.SUMMARY}'s per_class is {per_class!r}, not a count per "
+                               "class; curate again")
     foreign = sorted(set(per_class) - set(task.classes))
     if foreign:
         raise CurationMismatch(f"{data_dir!r} holds labels {foreign} that task {task.name!r} does not know "

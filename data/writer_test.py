@@ -170,6 +170,9 @@ def test_the_summary_counts_patients_groups_and_rejections_by_kind(tmp_path):
      "holds labels ['pneumonia'] that task 'covid-vs-normal' does not know"),
     ({"task": "covid-vs-normal", "accepted": 2, "per_class": {"covid": 2, "normal": 0}}, "holds no normal images"),
     ({"task": "covid-vs-normal", "accepted": 2, "per_class": {"covid": 2}}, "holds no normal images"),
+    # Hand-edited: a string's letters were read as labels ("holds labels ['o', 'p', 's']").
+    ({"task": "covid-vs-normal", "accepted": 2, "per_class": "oops"},
+     "'d': its summary.json's per_class is 'oops', not a count per class; curate again"),
 ])
 def test_a_curated_directory_must_fit_the_task(summary, message):
     with pytest.raises(writer.CurationMismatch, match=re.escape(message)):
