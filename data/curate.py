@@ -587,7 +587,9 @@ def copies_of_curated(paths: Sequence[str], curated_dir: str, workers: Optional[
                _summary_setting(settings, "crop", True, bool, curated_dir),
                _summary_setting(settings, "equalize", "none", str, curated_dir))
     hashed, unchecked = {}, {}
-    results = _run_jobs([(path, *options) for path in paths], workers, progress=False)
+    # A library call: its callers have no --workers option to point to (scripts/quality_benchmark.py).
+    results = _run_jobs([(path, *options) for path in paths], workers, progress=False,
+                        one_worker_hint="call copies_of_curated with workers=1")
     for path, (processed, reason) in zip(paths, results):
         if processed is None:
             unchecked[path] = reason
@@ -608,8 +610,10 @@ def _summary_setting(settings: dict, field: str, default, kind: type, curated_di
     return value
 
 
-def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[bool]):
-    """Yields images.process_job results in job order (so output never depends on ``workers``)."""
+def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[bool],
+              one_worker_hint: str = "re-run with --workers 1"):
+    """Yields images.process_job results in job order (so output never depends on ``workers``).
+    ``one_worker_hint``: how the caller's user asks for one process, said when a worker crashes."""
     if progress is None:
         progress = sys.stderr.isatty()
     if workers is None:
@@ -633,7 +637,7 @@ def _run_jobs(jobs: Sequence[tuple], workers: Optional[int], progress: Optional[
                         yield result
                 except concurrent.futures.process.BrokenProcessPool:
                     raise CurationError("an image worker process crashed (a decoder failed hard); "
-                                        "re-run with --workers 1 to see which file") from None
+                                        f"{one_worker_hint} to see which file") from None
         else:
             for job in jobs:
                 result = images.process_job(job)

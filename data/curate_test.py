@@ -998,29 +998,47 @@ def test_locate_refuses_a_source_name_that_is_not_a_source(tmp_path):
     assert f"--source 'nih={tmp_path}': 'nih' is not a source; choose from cohen, " in result.output, result.output
 
 
+class _DyingPool:  # the first films decode, then a decoder takes its worker down (a segfault in C)
+    before_crash = ("first",)
+
+    def __init__(self, workers, mp_context=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, jobs, chunksize=1):
+        import concurrent.futures
+
+        yield from self.before_crash
+        raise concurrent.futures.process.BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+
 def test_a_worker_process_that_dies_is_a_one_line_error_naming_the_way_to_find_the_file(monkeypatch):
     import concurrent.futures
 
-    class DyingPool:  # the first film decodes, then a decoder takes its worker down (a segfault in C)
-        def __init__(self, workers, mp_context=None):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def map(self, fn, jobs, chunksize=1):
-            yield "first"
-            raise concurrent.futures.process.BrokenProcessPool("A process in the process pool was terminated abruptly")
-
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", DyingPool)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _DyingPool)
     results = curate_mod._run_jobs([("a.png", 512, True, "none")] * curate_mod._PARALLEL_MIN_JOBS, 2, False)
     assert next(results) == "first"
     with pytest.raises(CurationError, match=r"^an image worker process crashed \(a decoder failed hard\); re-run with "
                                             r"--workers 1 to see which file$"):
         next(results)
+
+
+def test_a_worker_that_dies_under_copies_of_curated_names_its_parameter_not_curates_option(tmp_path, monkeypatch):
+    """A library call (scripts/quality_benchmark.py) has no --workers option to re-run with."""
+    import concurrent.futures
+
+    curated, _, films = _curated_radiography_and_kermany_films(tmp_path)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _DyingPool)
+    monkeypatch.setattr(_DyingPool, "before_crash", ())
+    monkeypatch.setattr(curate_mod, "_PARALLEL_MIN_JOBS", 1)
+    with pytest.raises(CurationError, match=r"^an image worker process crashed \(a decoder failed hard\); call "
+                                            r"copies_of_curated with workers=1 to see which file$"):
+        curate_mod.copies_of_curated(films, curated, workers=2)
 
 
 def test_the_terminal_summary_counts_label_conflicts_only_when_there_are_some():
@@ -1076,9 +1094,9 @@ def test_copies_of_curated_hashes_in_worker_processes_with_the_same_result(tmp_p
     ran = []
     run_jobs = curate_mod._run_jobs
 
-    def spy(jobs, workers, progress):
+    def spy(jobs, workers, progress, **hint):
         ran.append((len(jobs), workers))
-        return run_jobs(jobs, workers, progress)
+        return run_jobs(jobs, workers, progress, **hint)
 
     monkeypatch.setattr(curate_mod, "_run_jobs", spy)
     monkeypatch.setattr(curate_mod, "_PARALLEL_MIN_JOBS", 1)  # the process pool, on four films
