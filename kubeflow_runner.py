@@ -19,13 +19,14 @@ from typing import Optional
 
 import tensorflow as tf
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
 from tfx import v1 as tfx
 
 from covid_cxr.components import schema_gate
 from covid_cxr.data import writer
 from covid_cxr.pipeline import fingerprints
-from covid_cxr.pipeline.config import ConfigError, PipelineConfig
-from covid_cxr.pipeline.pipeline import SCHEMA_FILE, beam_runner, create_pipeline
+from covid_cxr.pipeline.config import ConfigError, PipelineConfig, without_beam_option
+from covid_cxr.pipeline.pipeline import SCHEMA_FILE, beam_args, beam_runner, create_pipeline
 from covid_cxr.trainer import models, training
 
 
@@ -148,10 +149,15 @@ def for_the_container(config: PipelineConfig) -> tuple[PipelineConfig, list[str]
                           f"BASE={BEAM_WORKER_BASE}> (not --setup_file: the workers' pip refuses tfx 1.16 on "
                           "Python 3.11)")  # under 300 characters with the CLI's prefix
     if config.runtime.beam_workers == 0 and direct:
-        # Beam's 0 is os.cpu_count(): in a pod, the node's cores, not the pod's share of them.
-        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, beam_workers=CONTAINER_BEAM_WORKERS))
+        # Beam's 0 is os.cpu_count(): in a pod, the node's cores, not the pod's share of them. A
+        # --direct_num_workers=0 in beam_extra_args (allowed: it agrees with the field) would come after
+        # the new count and win, so it goes too.
+        extra = without_beam_option(config.runtime.beam_extra_args, "direct_num_workers")
+        config = dataclasses.replace(config, runtime=dataclasses.replace(
+            config.runtime, beam_workers=CONTAINER_BEAM_WORKERS, beam_extra_args=extra))
+        workers = PipelineOptions(beam_args(config)).get_all_options()["direct_num_workers"]  # what the spec runs
         notes.append(f"runtime.beam_workers=0 (one per core) would count the node's cores in a pod, not the pod's: "
-                     f"set to {CONTAINER_BEAM_WORKERS}, the cores of Vertex AI's default machine "
+                     f"set to {workers}, the cores of Vertex AI's default machine "
                      "(--set runtime.beam_workers=N for yours)")
     if config.training.reproducible and not direct:
         notes.append(f"training.reproducible: runs on {runner} do not repeat exactly (the examples' order follows its "

@@ -481,6 +481,24 @@ def beam_field_args(runtime: RuntimeConfig) -> list[str]:
     return [f"--{option}={getattr(runtime, field)}" for option, field in BEAM_FIELD_OPTIONS.items()]
 
 
+def without_beam_option(args: list, option: str) -> list[str]:
+    """``args`` without the items that give Beam option ``option`` (``--opt=v``, ``--opt v``, or an abbreviation,
+    which Beam's parser accepts), for when a changed field's value must win over one they repeated."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    others = set(PipelineOptions([]).get_all_options()) - {option}
+    kept, args = [], [str(a) for a in args]
+    index = 0
+    while index < len(args):
+        name, has_value, _ = args[index].removeprefix("--").partition("=")
+        if args[index].startswith("--") and name and option.startswith(name) and name not in others:
+            index += 1 if has_value else 2  # the option and its value
+            continue
+        kept.append(args[index])
+        index += 1
+    return kept
+
+
 def _beam_field_override_error(runtime: RuntimeConfig) -> Optional[str]:
     """The extra args come after the fields' options, so Beam's parser lets them win: ``--direct_num_workers=2``
     ran `full`'s reproducible run on two workers without a word. Parsed as Beam parses them (``--opt v`` too)."""

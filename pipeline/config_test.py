@@ -206,6 +206,16 @@ def test_reproducible_runs_beam_on_one_worker_so_the_examples_order_repeats():
     assert cfg.load_config("full", None, {}).runtime.beam_workers == 1  # `full` is reproducible
 
 
+def test_an_option_is_taken_out_of_beam_args_in_every_form_beams_parser_reads():
+    args = ["--direct_num_workers=0", "--a=1", "--direct_num_workers", "0", "--direct_num_w=0", "--direct_num", "0",
+            "--direct_running_mode=in_memory", "--direct_runner_bundle_repeat=2", "--direct_num_workersX=1", "0"]
+    assert cfg.without_beam_option(args, "direct_num_workers") == [
+        "--a=1", "--direct_running_mode=in_memory", "--direct_runner_bundle_repeat=2", "--direct_num_workersX=1", "0"]
+    # An option's exact name is never read as an abbreviation of a longer one (Beam has --update).
+    assert cfg.without_beam_option(["--update", "--requirements_cache=/c", "--update_c=2.5"],
+                                   "update_compatibility_version") == ["--update", "--requirements_cache=/c"]
+
+
 def test_beam_extra_args_may_not_set_the_worker_count_or_mode_their_own_fields_set():
     """The extra args come after runtime.beam_workers' and beam_running_mode's options and won without a word:
     `full` with [--direct_num_workers=2] ran Beam on two workers under training.reproducible's one."""

@@ -173,6 +173,25 @@ def test_the_direct_runners_one_worker_per_core_becomes_a_fixed_count_in_the_pod
     assert "--direct_num_workers=3" in text
 
 
+def test_a_worker_count_repeated_in_the_extra_args_does_not_undo_the_pods_fixed_count(tmp_path):
+    """runtime.beam_extra_args may repeat runtime.beam_workers=0 (it agrees with the field); the extras come
+    after the field's option, so that 0 won in the spec while the note said 4."""
+    extra = "[--direct_num_w=0, --direct_runner_bundle_repeat=0, --direct_num_workers, '0']"  # every form Beam reads
+    result = CliRunner().invoke(cli.main, ["compile", "--preset", "quick", "--image", "registry.example/covid-cxr:1",
+                                           "--output", str(tmp_path / "spec.json"), *BUCKETS,
+                                           "--set", f"runtime.beam_extra_args={extra}"])
+    assert result.exit_code == 0, result.output
+    executors = json.loads((tmp_path / "spec.json").read_text())["pipelineSpec"]["deploymentSpec"]["executors"]
+    beam_steps = [e["container"]["args"] for e in executors.values()
+                  if "--direct_runner_bundle_repeat=0" in e.get("container", {}).get("args", [])]
+    assert len(beam_steps) >= 5  # ExampleGen, StatisticsGen, Transform, Evaluator...: each with the extras
+    for args in beam_steps:
+        assert [a for a in args if a.startswith("--direct_num") or a == "0"] == [
+            f"--direct_num_workers={kubeflow_runner.CONTAINER_BEAM_WORKERS}"]
+    assert (f"note: runtime.beam_workers=0 (one per core) would count the node's cores in a pod, not the pod's: set to "
+            f"{kubeflow_runner.CONTAINER_BEAM_WORKERS}, ") in result.output
+
+
 def _import_schema_parameters(spec: dict) -> dict:
     inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["ImportSchema"]["inputs"]["parameters"]
     return {name: value["runtimeValue"]["constantValue"]["stringValue"] for name, value in inputs.items()}
