@@ -43,6 +43,10 @@ def _num(value, digits: int = 3) -> str:
     return _e(value)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
 def _ci(entry) -> str:
     if not isinstance(entry, dict) or not entry.get("ci95"):
         return "n/a"
@@ -132,7 +136,7 @@ def _pipeline_section(pipeline: dict) -> str:
         names = sorted({k for m in slices.values() for k in m if not k.endswith("change")})
         unmeasurable = evaluation.get("unmeasurable") or {}
         rows = [[_e(s)] + ["not measurable" if n in unmeasurable.get(s, ()) else
-                           (_num(int(m[n])) if n == "examples" and m.get(n) is not None else _num(m.get(n)))
+                           (_num(int(round(m[n]))) if model_card.is_count(n) and _finite(m.get(n)) else _num(m.get(n)))
                            for n in names] for s, m in slices.items()]
         parts.append(_table(["slice"] + names, rows))
     for error in pipeline.get("errors", []):

@@ -46,3 +46,15 @@ def test_tfma_values_a_test_split_cannot_measure_read_not_measurable_overall_and
         auc, examples, _, _, sensitivity, specificity = rows[name][:6]
         assert (auc, examples, sensitivity, specificity) == ("<td>not measurable", "<td>10", "<td>0.900",
                                                              "<td>not measurable"), name
+
+
+def test_tfma_counts_read_as_whole_numbers_as_in_the_model_card_and_rates_keep_their_decimals():
+    # TFMA stores its confusion counts as floats: 9.000 true positives is not how a count reads.
+    overall = {"examples": 10.0, "true positives": 9.0, "false negatives": 1.0, "true negatives": 0.0,
+               "false positives": 0.0, "sensitivity": 0.9, "AUC": 0.8125}
+    page = html_report._pipeline_section({"root": "/root", "evaluation": {
+        "uri": "/root/Evaluator/evaluation/7", "blessed": True, "failures": [], "metrics": overall, "slices": {}}})
+    row = next(row for row in page.split("<tr>") if row.startswith("<td>overall</td>"))
+    cells = [cell.removeprefix("<td>") for cell in row.split("</td>")[1:-1]]
+    # columns by name: AUC, examples, false negatives, false positives, sensitivity, true negatives, true positives
+    assert cells == ["0.812", "10", "1", "0", "0.900", "0", "9"]

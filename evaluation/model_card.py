@@ -21,10 +21,16 @@ FILE_NAME = "model_card.md"
 COUNT_NAMES = ("examples", "true positives", "false positives", "true negatives", "false negatives")
 
 
+def is_count(name: str) -> bool:
+    """Whether a TFMA metric (by its plain name, "... change" included) counts films: a whole number,
+    whatever type TFMA stored it as (the card and report.html show it so)."""
+    return name.startswith(COUNT_NAMES)
+
+
 def _cell(name: str, value, unmeasurable=frozenset()) -> str:
     if name in unmeasurable:  # TFMA's NaN or 0 for a rate or AUC of a class the test split lacks
         return "not measurable"
-    if name.startswith(COUNT_NAMES):  # counts are whole numbers, whatever type TFMA stored them as
+    if is_count(name):
         return str(int(round(value)))
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
