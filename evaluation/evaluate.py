@@ -440,6 +440,8 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         outputs = model.predict_images(data.images)
         signature = predict.IMAGE_SIGNATURE
     threshold = model.threshold if model.threshold is not None else float(outputs["threshold"][0])
+    # An older three-class model labels by argmax: its graph's threshold decides nothing.
+    by_threshold = task.is_binary or model.threshold is not None
     report = {
         "task": task.name,
         "classes": list(task.classes),
@@ -450,6 +452,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
                  "masks_skipped": data.masks},
         "threshold": threshold,
         "threshold_note": model_metadata.decision_note(model.metadata),
+        "threshold_applies": by_threshold,
     }
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices, groups=data.groups))
     # Reporting only: near copies of training/validation films stay in the figures.
@@ -458,7 +461,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
     shown_groups = data.groups if data.format == "tfrecords" else None
     report["errors"] = errors.misclassified(task, data.labels, outputs["label_index"], outputs["probabilities"],
                                             shown_groups, data.refs, data.slices,
-                                            threshold=threshold if task.is_binary or model.threshold is not None else None)
+                                            threshold=threshold if by_threshold else None)
     if audit:
         report["shortcut_audit"] = shortcut_audit.audit(data.images, data.labels == task.positive_index,
                                                         data.groups, seed=seed)
@@ -503,7 +506,9 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     sens, spec = report["sensitivity"]["value"], report["specificity"]["value"]
     point = (1.0 - spec, sens) if sens is not None and spec is not None else None
     out = {
-        ROC_PNG: plots.roc_png(curves, point, title=f"ROC, {task.name} (n={report['n']})"),
+        ROC_PNG: plots.roc_png(curves, point, title=f"ROC, {task.name} (n={report['n']})",
+                               point_label=plots.STORED_THRESHOLD if report.get("threshold_applies", True)
+                               else plots.ARGMAX_DECISION),
         CONFUSION_PNG: plots.confusion_png(np.asarray(report["confusion_matrix"]["matrix"]), task.classes),
     }
     if evaluation.images is not None and report.get("errors"):

@@ -18,7 +18,7 @@ from covid_cxr import cli
 from covid_cxr.data import curate, features, images, pseudonym
 from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts, errors, evaluate, metrics
-from covid_cxr.serving import predict, testing
+from covid_cxr.serving import model_metadata, predict, testing
 
 binary_model = testing.tiny_model_fixture()
 
@@ -1272,7 +1272,7 @@ def test_the_roc_point_and_the_galleries_title_follow_the_report(monkeypatch):
     from covid_cxr.evaluation import plots
 
     drawn = {}
-    monkeypatch.setattr(plots, "roc_png", lambda curves, point, title: drawn.update(curves=curves, point=point) or b"roc")
+    monkeypatch.setattr(plots, "roc_png", lambda curves, point, title, point_label: drawn.update(curves=curves, point=point) or b"roc")
     monkeypatch.setattr(plots, "confusion_png", lambda *args: b"cm")
     monkeypatch.setattr(errors, "gallery_png", lambda images, listed, title: drawn.update(title=title) or b"gallery")
     task = features.TASKS["covid-vs-normal"]
@@ -1295,6 +1295,35 @@ def test_the_roc_point_and_the_galleries_title_follow_the_report(monkeypatch):
     evaluate.make_plots(evaluate.Evaluation(report, labels, probabilities.argmax(1), probabilities, probabilities[:, 2],
                                             three))
     assert [name for name, _, _ in drawn["curves"]] == ["covid vs rest", "normal vs rest", "pneumonia vs rest"]
+
+
+def test_the_roc_point_is_named_by_the_decision_the_model_makes(monkeypatch):
+    """A model thresholding P(covid) marks its stored threshold; an older three-class model, whose label is
+    the argmax and which stores no COVID threshold, marks its argmax decision, not a threshold it lacks."""
+    from covid_cxr.evaluation import plots
+
+    labels_drawn = []
+    monkeypatch.setattr(plots, "roc_png", lambda curves, point, title, point_label: labels_drawn.append(point_label) or b"roc")
+    monkeypatch.setattr(plots, "confusion_png", lambda *args: b"cm")
+    three = features.TASKS["three-class"]
+    labels, outputs = _three_class_argmax_outputs(three, 4)
+    binary = features.TASKS["covid-vs-normal"]
+    binary_labels = np.array([binary.positive_index, 1 - binary.positive_index] * 4)
+    cases = [(three, labels, None, {"classes": list(three.classes)}, outputs),  # exported before the threshold rule
+             (three, labels, 0.4, {"classes": list(three.classes), "decision_rule": model_metadata.COVID_THRESHOLD_RULE},
+              outputs),
+             (binary, binary_labels, 0.5, {"classes": list(binary.classes)},
+              _binary_outputs(binary, [0.9, 0.2, 0.7, 0.4, 0.6, 0.1, 0.3, 0.8]))]
+    for task, task_labels, threshold, metadata, model_outputs in cases:
+        outputs_with_threshold = dict(model_outputs, threshold=np.full(task_labels.size, 0.5))
+        model = types.SimpleNamespace(task=task, threshold=threshold, metadata=metadata, path="m", version=1,
+                                      predict_images=lambda images, o=outputs_with_threshold: o)
+        data = evaluate.EvalData("d", "folders", task.name, [b"png"] * task_labels.size, task_labels,
+                                 [f"g{i}" for i in range(task_labels.size)], [f"r{i}" for i in range(task_labels.size)], {})
+        evaluation = evaluate.evaluate(model, data, n_boot=20, audit=False)
+        evaluation.images = None  # no gallery: the films are not real images
+        evaluate.make_plots(evaluation)
+    assert labels_drawn == [plots.ARGMAX_DECISION, plots.STORED_THRESHOLD, plots.STORED_THRESHOLD]
 
 
 def test_a_report_written_without_a_model_has_no_model_card(tmp_path):

@@ -27,9 +27,15 @@ def _png(fig) -> bytes:
     return out.getvalue()
 
 
+STORED_THRESHOLD = "stored threshold"
+# An older three-class model's label is its most probable class: no threshold on P(covid) puts it there.
+ARGMAX_DECISION = "argmax decision (no COVID threshold)"
+
+
 def roc_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], operating_point: Optional[tuple[float, float]] = None,
-            title: str = "ROC") -> bytes:
-    """curves: (label, y_true 0/1, scores); operating_point: (1 - specificity, sensitivity) of the threshold."""
+            title: str = "ROC", point_label: str = STORED_THRESHOLD) -> bytes:
+    """curves: (label, y_true 0/1, scores); operating_point: (1 - specificity, sensitivity) of the model's
+    decision, named in the legend by `point_label`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.7", linewidth=1)
@@ -40,7 +46,7 @@ def roc_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], operating_poin
         fpr, tpr, _ = metrics.roc_curve(y, s)
         ax.plot(fpr, tpr, linewidth=1.8, label=f"{label} (AUC {auc:.3f})")
     if operating_point is not None:
-        ax.plot([operating_point[0]], [operating_point[1]], "o", color="black", label="stored threshold")
+        ax.plot([operating_point[0]], [operating_point[1]], "o", color="black", label=point_label)
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_xlim(-0.01, 1.01)

@@ -50,6 +50,14 @@ def test_roc_draws_each_defined_curve_with_its_auc_and_the_operating_point(drawn
     assert not any("undefined" in t for t in _texts(ax))
 
 
+def test_roc_names_its_point_by_the_models_decision(drawn):
+    y = np.array([0, 0, 1, 1])
+    plots.roc_png([("covid vs rest", y, np.array([0.1, 0.4, 0.35, 0.8]))], operating_point=(0.5, 1.0),
+                  point_label=plots.ARGMAX_DECISION)
+    [ax] = drawn[-1].axes
+    assert _legend(ax) == ["covid vs rest (AUC 0.750)", "argmax decision (no COVID threshold)"]
+
+
 def test_roc_of_one_class_data_says_it_is_undefined(drawn):
     plots.roc_png([("covid vs normal", np.ones(3), np.array([0.1, 0.5, 0.9]))], operating_point=(0.0, 1.0))
     [ax] = drawn[-1].axes
