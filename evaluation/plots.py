@@ -122,6 +122,31 @@ def _member_spans(history: Mapping) -> list[tuple[str, tuple[int, int]]]:
     return spans
 
 
+def _own_epochs(history: Mapping, length: int) -> Optional[list[int]]:
+    """Each plotted epoch's number within its own phase and member (1-based), as the training table
+    counts them; None when the history does not restart its count (one phase of one model)."""
+    epochs = history.get("epoch") or []
+    if len(epochs) < length or all(e == i for i, e in enumerate(epochs[:length])):
+        return None
+    return [int(e) + 1 for e in epochs[:length]]
+
+
+def _own_epoch_ticks(own_epochs: Sequence[int]) -> list[int]:
+    """Plot positions (1-based) to label: each stretch's epochs at a round step and its last (unless just
+    past a labelled one); a later stretch's epoch 1 only at a step of 1 (it would print over the
+    previous stretch's last)."""
+    longest = max(own_epochs)
+    step = next((step for step, most in ((1, 6), (2, 12), (5, 30)) if longest <= most), 10)
+    ticks = []
+    for i, own in enumerate(own_epochs):
+        last = i + 1 == len(own_epochs) or own_epochs[i + 1] == 1
+        first_of_later = own == 1 and i > 0
+        crowded = bool(ticks) and i + 1 - ticks[-1] < step / 2  # a last epoch just past a round one
+        if (own % step == 0 or own == 1 or (last and not crowded)) and not (first_of_later and step > 1):
+            ticks.append(i + 1)
+    return ticks
+
+
 def history_png(history: Mapping) -> Optional[bytes]:
     """One panel per metric (training and val_ curves together); phase (or ensemble member) changes as
     dotted lines; a ring on each curve at the epoch whose weights are served (per member)."""
@@ -138,6 +163,7 @@ def history_png(history: Mapping) -> Optional[bytes]:
     changes = [i + 0.5 for i in range(len(stages) - 1) if stages[i] != stages[i + 1]]
     member_spans = _member_spans(history)
     kept = [i for i, flag in enumerate(history.get("kept") or []) if flag == 1.0]  # trainer.training.KEPT
+    own_epochs = _own_epochs(history, max(len(values) for values in series.values()))
     for ax, base in zip(axes.ravel(), bases):
         for name, style in ((base, "-"), ("val_" + base, "--")):
             if name in series:
@@ -148,10 +174,16 @@ def history_png(history: Mapping) -> Optional[bytes]:
         for c in changes:
             ax.axvline(c + 1, color="0.6", linestyle=":", linewidth=1)
         for name, (first, last) in member_spans:  # which family each stretch of epochs belongs to
-            ax.text((first + last) / 2 + 1, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                    fontsize=6, color="0.35")
-        ax.set_title(base)
-        ax.set_xlabel("epoch")
+            # Above the frame: inside it the name sat on the curves that reach 1.0.
+            ax.text((first + last) / 2 + 1, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                    fontsize=7, color="0.35")
+        ax.set_title(base, pad=14 if member_spans else None)
+        if own_epochs:  # tick labels count each phase's and member's epochs, as the table's "epoch N" does
+            ticks = _own_epoch_ticks(own_epochs)
+            ax.set_xticks(ticks, [str(own_epochs[x - 1]) for x in ticks])
+            ax.set_xlabel("epoch (of each phase and member)")
+        else:
+            ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(bases):]:

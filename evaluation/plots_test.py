@@ -210,3 +210,31 @@ def test_only_epochs_flagged_kept_get_a_ring_not_nan_padding(drawn):
     plots.history_png({"loss": [0.5, 0.4, 0.3], "kept": [math.nan, 1.0, 0.0]})
     [ring] = [line for line in drawn[-1].axes[0].lines if line.get_marker() == "o"]
     assert list(ring.get_xdata()) == [2]
+
+
+def test_an_ensembles_epochs_are_counted_per_member_as_the_training_table_counts_them(drawn):
+    # Two members of 3 epochs each: the second's served epoch is its own epoch 2 (the table's
+    # "epoch 2"), not the plot's sixth point.
+    history = {"loss": [0.7, 0.5, 0.4, 0.8, 0.6, 0.65], "auc": [0.6, 1.0, 1.0, 0.7, 1.0, 1.0],
+               "epoch": [0, 1, 2, 0, 1, 2], "phase": [0] * 6, "member": [0, 0, 0, 1, 1, 1],
+               "member_names": ["cnn3", "cnn4"], "kept": [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]}
+    plots.history_png(history)
+    drawn[-1].canvas.draw()
+    loss = drawn[-1].axes[0]
+    assert loss.get_xlabel() == "epoch (of each phase and member)"
+    ticks = {int(t.get_position()[0]): t.get_text() for t in loss.get_xticklabels() if t.get_text()}
+    assert ticks == {1: "1", 2: "2", 3: "3", 4: "1", 5: "2", 6: "3"}
+    # The member names sit above the frame, off the curves that reach 1.0.
+    auc = drawn[-1].axes[1]
+    assert [(t.get_text(), t.get_position()[1], t.get_va()) for t in auc.texts] == [("cnn3", 1.0, "bottom"),
+                                                                                   ("cnn4", 1.0, "bottom")]
+    frame_top = auc.get_window_extent().y1
+    assert all(t.get_window_extent().y0 >= frame_top - 1 for t in auc.texts), (frame_top, [t.get_window_extent() for t in auc.texts])
+    assert auc.title.get_window_extent().y0 >= max(t.get_window_extent().y1 for t in auc.texts)
+
+
+def test_long_stretches_are_labelled_at_round_epochs_without_crowding_their_boundary():
+    # The demo's two members of 15 epochs: the second's epoch 1 would print beside the first's 15.
+    assert plots._own_epoch_ticks(list(range(1, 16)) * 2) == [1, 5, 10, 15, 20, 25, 30]
+    # A stretch's last epoch just past a round one is left unlabelled (11 beside 10); 13 is far enough from 10.
+    assert plots._own_epoch_ticks(list(range(1, 12)) + list(range(1, 14))) == [1, 5, 10, 16, 21, 24]
