@@ -61,6 +61,12 @@ class ModelConfig:
     # or `error`.
     fallback: str = "bn_double_conv"
     augment: bool = True  # rotation/shift/shear/zoom/flip (training only)
+    # Their sizes (trainer.models.AugmentConfig; its limits: GEOMETRY_LIMITS): the source studies' values.
+    augment_rotation_degrees: float = 15.0  # up to this many degrees either way
+    augment_shift: float = 0.1  # up to this fraction of the height and of the width
+    augment_shear: float = 0.1  # shear factor in [-s, s] on both axes (0.1 ~ 5.7 degrees)
+    augment_zoom: float = 0.1  # scale in [1 - z, 1 + z]
+    augment_horizontal_flip: bool = True
     # Grey-level augmentation on top (training only; 0 = off): contrast factor in [1 - c, 1 + c]
     # and gamma in [exp(-g), exp(g)] per film (trainer.models.RandomIntensity).
     augment_contrast: float = 0.0
@@ -265,7 +271,12 @@ class PipelineConfig:
         _in_range("tuner.dropouts", tuner.dropouts, 0.0, 0.95)
         _in_range("tuner.dense_units", tuner.dense_units, 0, None, integer=True)
         _in_range("tuner.fine_tune_layers", tuner.fine_tune_layers, 0, None, integer=True)
-        _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 0.0, 1.0, low_excluded=True)
+        # Phase 2 unfreezes pretrained layers: a rate as high as the new head's would wreck them.
+        _in_range("tuner.fine_tune_lr_factors", tuner.fine_tune_lr_factors, 0.0, 1.0, low_excluded=True,
+                  high_excluded=True, why="fine-tuning uses a lower learning rate than the head's")
+        for name, (low, high, high_included) in models.GEOMETRY_LIMITS.items():
+            _in_range(f"model.augment_{name}", getattr(self.model, f"augment_{name}"), low, high,
+                      high_excluded=not high_included)
         _in_range("tuner.image_sizes", tuner.image_sizes, 16, size, integer=True)  # models resize down only
         _in_range("runtime.beam_workers", self.runtime.beam_workers, 0, None, integer=True)
         _in_range("runtime.mysql_port", self.runtime.mysql_port, 1, 65535, integer=True)
@@ -445,9 +456,9 @@ def _type_name(kind: Any) -> str:
 
 
 def _in_range(name: str, values: Any, low: float, high: Optional[float], integer: bool = False,
-              low_excluded: bool = False) -> None:
-    """ConfigError naming the field unless the value (or every listed value) is a number in
-    [low, high] ((low, high] if ``low_excluded``), whole if ``integer``."""
+              low_excluded: bool = False, high_excluded: bool = False, why: str = "") -> None:
+    """ConfigError naming the field (and ``why``, when given) unless the value (or every listed value)
+    is a number in [low, high] (without an end marked excluded), whole if ``integer``."""
     listed = isinstance(values, list)
     for value in values if listed else [values]:
         try:
@@ -457,11 +468,17 @@ def _in_range(name: str, values: Any, low: float, high: Optional[float], integer
         if number is not None and not math.isfinite(number):
             number = None  # nan passes every comparison, inf no whole-number check
         below = number is not None and (number <= low if low_excluded else number < low)
-        if number is None or (integer and number != int(number)) or below or (high is not None and number > high):
+        above = number is not None and high is not None and (number >= high if high_excluded else number > high)
+        if number is None or (integer and number != int(number)) or below or above:
             kind = ("whole numbers" if listed else "a whole number") if integer else ("numbers" if listed else "a number")
-            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            bounds = f"above {low} and at most {high}" if low_excluded else bounds
-            raise ConfigError(f"{name} must be {kind} {bounds}, got {value!r}")
+            if high is None:
+                bounds = f"at least {low}"
+            elif low_excluded or high_excluded:
+                bounds = f"{'above' if low_excluded else 'at least'} {low} and {'below' if high_excluded else 'at most'} {high}"
+            else:
+                bounds = f"between {low} and {high}"
+            reason = f" ({why})" if why else ""
+            raise ConfigError(f"{name} must be {kind} {bounds}{reason}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, str]:

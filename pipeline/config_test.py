@@ -43,7 +43,8 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"training.member_min_auc": "1"}, r"^training.member_min_auc must be in \[0.5, 1\), got 1.0$"),
     ({"training.member_min_auc": "nan"}, r"^training.member_min_auc must be in \[0.5, 1\), got nan$"),
     ({"tuner.dropouts": "[]"}, "tuner.dropouts must list at least one value"),
-    ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"^tuner.fine_tune_lr_factors must be numbers above 0.0 and at most 1.0, got 2"),
+    ({"tuner.fine_tune_lr_factors": "[0.01, 2]"}, r"^tuner.fine_tune_lr_factors must be numbers above 0.0 and below 1.0 "
+                                                  r"\(fine-tuning uses a lower learning rate than the head's\), got 2.0$"),
     ({"tuner.fine_tune_lr_factors": "[abc]"}, r"^override: tuner.fine_tune_lr_factors\[0\]: 'abc' is not a valid float$"),
     ({"training.epochs": "-1"}, r"^training.epochs must be a whole number at least 1, got -1$"),
     ({"training.batch_size": "0"}, "^training.batch_size must be a whole number at least 1, got 0$"),
@@ -93,6 +94,22 @@ def test_defaults_presets_and_overrides_layer_in_order(tmp_path):
     ({"runtime.mysql_port": "-1"}, "^runtime.mysql_port must be a whole number between 1 and 65535, got -1$"),
     ({"runtime.beam_running_mode": "threads"}, "^runtime.beam_running_mode 'threads' is not in_memory, multi_threading or multi_processing$"),
     ({"model.families": "[]"}, "^model.families must name at least one model family$"),
+    # Fine-tuning is at a lower learning rate than the head's (issue 4): a factor of 1 is not lower.
+    ({"tuner.fine_tune_lr_factors": "[0.1, 1]"}, r"^tuner.fine_tune_lr_factors must be numbers above 0.0 and below 1.0 "
+                                                 r"\(fine-tuning uses a lower learning rate than the head's\), got 1.0$"),
+    ({"model.augment_rotation_degrees": "181"}, "^model.augment_rotation_degrees must be a number between 0.0 and 180.0, got 181.0$"),
+    ({"model.augment_rotation_degrees": "-5"}, "^model.augment_rotation_degrees must be a number between 0.0 and 180.0, got -5.0$"),
+    ({"model.augment_rotation_degrees": "nan"}, "^model.augment_rotation_degrees must be a number between 0.0 and 180.0, got nan$"),
+    ({"model.augment_rotation_degrees": "ten"}, "^override: model.augment_rotation_degrees: 'ten' is not a valid float$"),
+    ({"model.augment_shift": "1"}, "^model.augment_shift must be a number at least 0.0 and below 1.0, got 1.0$"),
+    ({"model.augment_shift": "-0.1"}, "^model.augment_shift must be a number at least 0.0 and below 1.0, got -0.1$"),
+    ({"model.augment_shift": "[0.1]"}, r"^override: model.augment_shift: '\[0.1\]' is not a valid float$"),
+    ({"model.augment_shear": "1.5"}, "^model.augment_shear must be a number between 0.0 and 1.0, got 1.5$"),
+    ({"model.augment_shear": "-0.1"}, "^model.augment_shear must be a number between 0.0 and 1.0, got -0.1$"),
+    ({"model.augment_zoom": "1"}, "^model.augment_zoom must be a number at least 0.0 and below 1.0, got 1.0$"),
+    ({"model.augment_zoom": "inf"}, "^model.augment_zoom must be a number at least 0.0 and below 1.0, got inf$"),
+    ({"model.augment_horizontal_flip": "sometimes"}, "^override: model.augment_horizontal_flip: 'sometimes' is not a valid bool$"),
+    ({"model.augment_horizontal_flip": "0.5"}, "^override: model.augment_horizontal_flip: '0.5' is not a valid bool$"),
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(cfg.ConfigError, match=message) as info:
@@ -354,3 +371,29 @@ def test_a_config_file_that_is_not_a_mapping_of_sections_is_a_one_line_error(tmp
     with pytest.raises(cfg.ConfigError, match=rf"^config '{re.escape(str(path))}' must be a mapping of sections, "
                                               rf"got {kind}$"):
         cfg.load_config(None, str(path))
+
+
+# ---- stop 51: the studies' geometric augmentation is set in the config ---------------------------
+
+
+def test_augmentation_sizes_are_read_from_a_config_file_and_their_limits_accepted(tmp_path):
+    path = tmp_path / "aug.yaml"
+    path.write_text("model:\n  augment_rotation_degrees: 180\n  augment_shift: 0.99\n  augment_shear: 1\n"
+                    "  augment_zoom: 0\n  augment_horizontal_flip: no\ntuner:\n  fine_tune_lr_factors: [0.999]\n")
+    c = cfg.load_config("quick", str(path))
+    assert (c.model.augment_rotation_degrees, c.model.augment_shift, c.model.augment_shear, c.model.augment_zoom,
+            c.model.augment_horizontal_flip, c.tuner.fine_tune_lr_factors) == (180.0, 0.99, 1.0, 0.0, False, [0.999])
+    path.write_text("model:\n  augment_zoom: much\n")
+    with pytest.raises(cfg.ConfigError, match=f"^{re.escape(str(path))}: model.augment_zoom: 'much' is not a valid float$"):
+        cfg.load_config(None, str(path))
+
+
+def test_the_augmentation_defaults_are_the_studies_and_the_trainers():
+    from covid_cxr.trainer import models
+    studies = models.AugmentConfig()
+    for preset in (None, "quick", "full"):
+        model = cfg.load_config(preset).model
+        assert {f: getattr(model, f"augment_{f}") for f in models.CONFIGURABLE_AUGMENT_FIELDS} == {
+            f: getattr(studies, f) for f in models.CONFIGURABLE_AUGMENT_FIELDS}
+    assert (studies.rotation_degrees, studies.shift, studies.shear, studies.zoom, studies.horizontal_flip) == (
+        15.0, 0.1, 0.1, 0.1, True)

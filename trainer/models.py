@@ -71,6 +71,16 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
 # ----------------------------------------------------------------------------------------------
 
 
+# (low, high, high included) of each geometric AugmentConfig field, checked here and by the pipeline's
+# config (model.augment_<field>). Rotation: half a turn either way is every orientation. Shift and zoom
+# stop short of 1: a film shifted by its whole width leaves the frame, a zoom factor of 1 can scale
+# it to nothing. A shear factor of 1 is 45 degrees.
+GEOMETRY_LIMITS = {"rotation_degrees": (0.0, 180.0, True), "shift": (0.0, 1.0, False),
+                   "shear": (0.0, 1.0, True), "zoom": (0.0, 1.0, False)}
+# The AugmentConfig fields a run's config sets, as model.augment_<field> (fill_mode stays the studies').
+CONFIGURABLE_AUGMENT_FIELDS = (*GEOMETRY_LIMITS, "horizontal_flip", "contrast", "gamma")
+
+
 @dataclasses.dataclass
 class AugmentConfig:
     """In-model augmentation (Keras preprocessing layers: active only when ``training=True``).
@@ -94,6 +104,10 @@ class AugmentConfig:
     gamma: float = 0.0  # gamma in [exp(-g), exp(g)]
 
     def __post_init__(self) -> None:
+        for name, (low, high, high_included) in GEOMETRY_LIMITS.items():
+            value = getattr(self, name)
+            if not (low <= value <= high if high_included else low <= value < high):
+                raise ValueError(f"augmentation {name} must be in [{low}, {high}{']' if high_included else ')'}, got {value}")
         if not 0.0 <= self.contrast < 1.0:
             raise ValueError(f"augmentation contrast must be in [0, 1), got {self.contrast}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -930,8 +944,10 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 __all__ = [
     "AugmentConfig",
     "BuiltModel",
+    "CONFIGURABLE_AUGMENT_FIELDS",
     "DEFAULT_FALLBACK",
     "FAMILIES",
+    "GEOMETRY_LIMITS",
     "HParams",
     "OUTPUT_NAME",
     "PHASE_END_TO_END",

@@ -229,8 +229,9 @@ def test_random_intensity_changes_grey_levels_only_in_training():
     assert M.RandomIntensity.from_config(contrast.get_config()).contrast == 0.5
 
 
-@pytest.mark.parametrize("bad", [{"contrast": 1.0}, {"contrast": -0.1}, {"gamma": 1.5}])
-def test_augment_config_rejects_out_of_range_intensity(bad):
+@pytest.mark.parametrize("bad", [{"contrast": 1.0}, {"contrast": -0.1}, {"gamma": 1.5}, {"rotation_degrees": 181},
+                                 {"shift": 1.0}, {"shear": -0.1}, {"zoom": 1.0}])
+def test_augment_config_rejects_out_of_range_sizes(bad):
     with pytest.raises(ValueError, match="augmentation"):
         M.AugmentConfig(**bad)
 

@@ -679,6 +679,30 @@ def test_the_search_space_takes_the_first_of_each_listed_value_and_the_augmentat
     assert hparams.augment == models.AugmentConfig(enabled=False, contrast=0.2, gamma=0.3)
 
 
+def test_the_configured_augmentation_sizes_reach_the_built_models_layers():
+    # The path the Tuner and the Trainer both take: custom_config -> _search_space -> _build.
+    def augmentation_layers(**overrides):
+        custom = cfg.load_config("quick", None, {"model.weights": "none", **overrides}).model_custom_config()
+        hparams = trainer_task._hparams_from_tuner(None, custom)
+        built = trainer_task._build(hparams, custom, BINARY)
+        return {layer.name: layer for layer in built.model.get_layer(models.AUGMENTATION_NAME).layers}
+
+    layers = augmentation_layers(**{"model.augment_rotation_degrees": "36", "model.augment_shift": "0.25",
+                                    "model.augment_shear": "0.3", "model.augment_zoom": "0.05",
+                                    "model.augment_horizontal_flip": "false"})
+    assert list(layers) == ["aug_rotation", "aug_shift", "aug_shear", "aug_zoom"]  # no flip
+    assert layers["aug_rotation"].factor == pytest.approx(36 / 360)
+    assert (layers["aug_shift"].height_factor, layers["aug_shift"].width_factor) == (0.25, 0.25)
+    assert layers["aug_shear"].factor == 0.3
+    assert (layers["aug_zoom"].height_factor, layers["aug_zoom"].width_factor) == (0.05, 0.05)
+    # Untouched, they are the studies' (AugmentConfig's) values; a size of 0 drops its layer.
+    defaults = augmentation_layers()
+    assert list(defaults) == ["aug_flip", "aug_rotation", "aug_shift", "aug_shear", "aug_zoom"]
+    expected = {layer.name: layer.get_config() for layer in models.augmentation_block(models.AugmentConfig()).layers}
+    assert {name: layer.get_config() for name, layer in defaults.items()} == expected
+    assert "aug_shear" not in augmentation_layers(**{"model.augment_shear": "0"})
+
+
 def test_the_trainer_takes_the_tuners_best_values_when_the_tuner_ran():
     cfg_ = _searched_config(**{"tuner.dropouts": "[0.4, 0.2]", "tuner.dense_units": "[32, 64]"})
     hp = keras_tuner.HyperParameters()
