@@ -29,9 +29,10 @@ demo: install
 ## when ../shared/data is absent). Tests marked `slow` (none since stop 50) run only with `make test-all`; the long
 ## real-data runs are scripts: `make bench` (CPU cost per family) and `make quality` (docs/results.md).
 ## Two workers (pytest-xdist), one test file per worker: the end-to-end DAG file keeps its shared
-## pipeline root on one worker while the other runs everything else. WORKERS=0 runs serially.
+## pipeline root on one worker while the other runs everything else. Files go out in collection order,
+## which tests/conftest.py starts with the longest files. WORKERS=0 runs serially.
 WORKERS ?= 2
-PYTEST := $(BIN)/pytest -q -n $(WORKERS) --dist loadfile
+PYTEST := $(BIN)/pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 test: install
 	$(PYTEST) -m "not slow"
 

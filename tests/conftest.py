@@ -59,3 +59,16 @@ def gfile_reads(monkeypatch):
         return reads
 
     return watch
+
+
+# The files that take minutes, longest first. `make test` runs `--dist loadfile --no-loadscope-reorder`, so
+# xdist hands files out in collection order: these start at once on both workers while the short files fill
+# in around them. xdist's default order (most tests first) put these few-test files last and left one
+# worker running a DAG alone for minutes at the end of the suite.
+_LONGEST_FILES_FIRST = ("tests/pretrained_pipeline_test.py", "tests/pipeline_e2e_test.py",
+                        "tests/mysql_metadata_test.py", "trainer/task_test.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: position for position, path in enumerate(_LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: files stay whole
