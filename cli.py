@@ -45,10 +45,9 @@ if not _verbose_requested(sys.argv):
     covid_cxr.quiet_import_warnings()
 
 import click  # noqa: E402
-import yaml  # noqa: E402
 
 from covid_cxr.messages import first_line  # noqa: E402
-from covid_cxr.pipeline.config import ConfigError, load_config, parse_override, preset_names  # noqa: E402
+from covid_cxr.pipeline.config import ConfigError, command_line_values, load_config, preset_names  # noqa: E402
 
 # User errors end in one line and exit code 2; a failing run ends in one line and exit code 1.
 USER_ERRORS = (ConfigError, FileNotFoundError, PermissionError, ValueError)
@@ -217,59 +216,16 @@ def config_options(func):
     return func
 
 
-# Fields that name a file or folder: `out/x`, `out/x/` and `./out//x` are one place, not a disagreement.
-PATH_FIELDS = {"data.data_dir", "data.schema_file", "runtime.pipeline_root", "runtime.serving_dir",
-               "runtime.metadata_path", "model.weights_dir"}
-
-
-def _same_place(path: str) -> str:
-    """``path`` in one spelling per place. A URI keeps its scheme and inner slashes (gs://b//x is another
-    object than gs://b/x, and normpath would make gs://b/x gs:/b/x); only a trailing slash goes."""
-    if "://" in path:
-        scheme, _, rest = path.partition("://")
-        return f"{scheme}://{rest.rstrip('/')}"
-    return os.path.realpath(path)
-
-
-def _same_value(text: str, value, key: str = "") -> bool:
-    """Whether --set's ``text`` says ``value`` (another --set's text, or a flag's value): 0.50 is .5,
-    and for a path field (PATH_FIELDS) out/x/ is out/x."""
-    if text == str(value):
-        return True
-    if key in PATH_FIELDS and isinstance(value, str) and text and value:
-        return _same_place(text) == _same_place(value)
-    try:
-        return float(text) == float(value)  # YAML reads 9e-1 as text
-    except (TypeError, ValueError):
-        pass
-    try:
-        return yaml.safe_load(text) == (yaml.safe_load(value) if isinstance(value, str) else value)
-    except yaml.YAMLError:
-        return False
-
-
 def build_config(preset, config_file, overrides, task=None, pipeline_root=None, serving_dir=None,
                  min_sensitivity=None, min_specificity=None, data_dir=None, command_defaults=None, data_flag="--data"):
-    """The command's config. A field given two different values on the command line (--set twice, or --set and
-    the flag that sets it) is an error: keeping one of them dropped the other without a word."""
-    values = {}
-    for key, text in map(parse_override, overrides):
-        if key in values and not _same_value(values[key], text, key):
-            raise ConfigError(f"--set {key} is given twice, as {values[key]!r} and {text!r}: give it once")
-        values[key] = text
+    """The command's config: --set and the named flags, each field given one value (command_line_values)."""
     named = {
         "data.data_dir": (data_flag, data_dir), "model.task": ("--task", task),
         "runtime.pipeline_root": ("--pipeline-root", pipeline_root), "runtime.serving_dir": ("--serving-dir", serving_dir),
         "gate.min_sensitivity": ("--min-sensitivity", min_sensitivity),
         "gate.min_specificity": ("--min-specificity", min_specificity),
     }
-    for key, (flag, value) in named.items():
-        if value is None:
-            continue
-        if key in values and not _same_value(values[key], value, key):
-            raise ConfigError(f"{flag} {value!r} and --set {key}={values[key]} disagree: give one of them")
-        values[key] = value
-    return load_config(preset, config_file, values, command_defaults)
+    return load_config(preset, config_file, command_line_values(overrides, named), command_defaults)
 
 
 def restart_with_process_env_if_needed(config) -> None:

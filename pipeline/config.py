@@ -14,7 +14,7 @@ import math
 import os
 import re
 import typing
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
@@ -29,16 +29,22 @@ class ConfigError(ValueError):
     """A user error in the configuration: reported as one line, never a traceback."""
 
 
+# The type of a field that names a file or folder (a local path or a URI). Declaring it is all a new path
+# field needs: two spellings of one place are one value on the command line (same_setting). Plain str to
+# everything else (typing.get_type_hints drops the annotation unless asked for it: path_fields).
+PathStr = typing.Annotated[str, "a file or folder"]
+
+
 @dataclasses.dataclass
 class DataConfig:
-    data_dir: str = ""  # a directory written by `covid-cxr curate` (or `demo`)
+    data_dir: PathStr = ""  # a directory written by `covid-cxr curate` (or `demo`)
     # ExampleGen hash-bucket split on the patient/duplicate group: train / eval (model selection,
     # early stopping, threshold) / test (the Evaluator's gate, never seen by training or tuning).
     train_buckets: int = 14
     eval_buckets: int = 3
     test_buckets: int = 3
     # The reviewed schema ImportSchema imports; empty = the one shipped in pipeline/schema/.
-    schema_file: str = ""
+    schema_file: PathStr = ""
 
 
 @dataclasses.dataclass
@@ -54,8 +60,8 @@ class ModelConfig:
     # Families trained next to the Tuner's choice with the same hyperparameters; the served model
     # averages their probabilities (empty: one model). Two different backbones err on different films.
     ensemble_with: list[str] = dataclasses.field(default_factory=list)
-    weights: str = "auto"  # auto | imagenet | none | path to an .h5 file
-    weights_dir: str = ""  # where `auto` looks for offline ImageNet files
+    weights: PathStr = "auto"  # auto | imagenet | none | path to an .h5 file
+    weights_dir: PathStr = ""  # where `auto` looks for offline ImageNet files
     # When no pretrained weights can be had: a family to build instead (the BatchNorm scratch CNN
     # learns on small data; a random-init MobileNetV2 does not), `none` (same family, random init)
     # or `error`.
@@ -156,9 +162,9 @@ class RuntimeConfig:
     # Empty: derived from the task (covid-cxr-<task>, out/<task>/root, out/<task>/serving), so two
     # tasks never share a Resolver baseline or a serving directory.
     pipeline_name: str = ""
-    pipeline_root: str = ""
-    serving_dir: str = ""
-    metadata_path: str = ""  # SQLite file; default <pipeline_root>/metadata.sqlite
+    pipeline_root: PathStr = ""
+    serving_dir: PathStr = ""
+    metadata_path: PathStr = ""  # SQLite file; default <pipeline_root>/metadata.sqlite
     mysql_host: str = ""  # when set, ML Metadata lives in MySQL/MariaDB instead of SQLite
     mysql_port: int = 3306
     mysql_database: str = "covid_cxr_mlmd"
@@ -479,6 +485,63 @@ def _in_range(name: str, values: Any, low: float, high: Optional[float], integer
                 bounds = f"between {low} and {high}"
             reason = f" ({why})" if why else ""
             raise ConfigError(f"{name} must be {kind} {bounds}{reason}, got {value!r}")
+
+
+def _path_names(section_class: type) -> set[str]:
+    """The fields of one section declared PathStr."""
+    return {name for name, hint in typing.get_type_hints(section_class, include_extras=True).items() if hint == PathStr}
+
+
+def path_fields(config_class: Optional[type] = None) -> frozenset[str]:
+    """The dotted names of the fields declared PathStr (data.data_dir, runtime.pipeline_root, ...), read
+    from the annotations so that a new path field cannot be left out of a list."""
+    sections = typing.get_type_hints(config_class or PipelineConfig)
+    return frozenset(f"{field.name}.{name}" for field in dataclasses.fields(config_class or PipelineConfig)
+                     for name in _path_names(sections[field.name]))
+
+
+def _same_place(path: str) -> str:
+    """``path`` in one spelling per place. A URI keeps its scheme and inner slashes (gs://b//x is another
+    object than gs://b/x, and normpath would make gs://b/x gs:/b/x); only a trailing slash goes."""
+    if "://" in path:
+        scheme, _, rest = path.partition("://")
+        return f"{scheme}://{rest.rstrip('/')}"
+    return os.path.realpath(path)
+
+
+def same_setting(key: str, text: str, value: Any) -> bool:
+    """Whether --set's ``text`` for field ``key`` says ``value`` (another --set's text, or a flag's value):
+    0.50 is .5, and for a path field (path_fields) out/x/ is out/x."""
+    if text == str(value):
+        return True
+    if key in path_fields() and isinstance(value, str) and text and value:
+        return _same_place(text) == _same_place(value)
+    try:
+        return float(text) == float(value)  # YAML reads 9e-1 as text
+    except (TypeError, ValueError):
+        pass
+    try:
+        return yaml.safe_load(text) == (yaml.safe_load(value) if isinstance(value, str) else value)
+    except yaml.YAMLError:
+        return False
+
+
+def command_line_values(overrides: Iterable[str], named: Optional[Mapping[str, tuple[str, Any]]] = None) -> dict:
+    """The dotted overrides of a command line: its ``--set`` texts, then ``named`` ({field: (flag, value)}, a value
+    None when the flag was not given). A field given two different values (--set twice, or --set and the flag
+    that sets it) is an error: keeping one of them dropped the other without a word."""
+    values = {}
+    for key, text in map(parse_override, overrides):
+        if key in values and not same_setting(key, values[key], text):
+            raise ConfigError(f"--set {key} is given twice, as {values[key]!r} and {text!r}: give it once")
+        values[key] = text
+    for key, (flag, value) in (named or {}).items():
+        if value is None:
+            continue
+        if key in values and not same_setting(key, values[key], value):
+            raise ConfigError(f"{flag} {value!r} and --set {key}={values[key]} disagree: give one of them")
+        values[key] = value
+    return values
 
 
 def parse_override(text: str) -> tuple[str, str]:

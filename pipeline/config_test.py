@@ -1,7 +1,9 @@
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -397,3 +399,35 @@ def test_the_augmentation_defaults_are_the_studies_and_the_trainers():
             f: getattr(studies, f) for f in models.CONFIGURABLE_AUGMENT_FIELDS}
     assert (studies.rotation_degrees, studies.shift, studies.shear, studies.zoom, studies.horizontal_flip) == (
         15.0, 0.1, 0.1, 0.1, True)
+
+
+# ---- stop 52: path fields are declared, not listed ---------------------------------------------------
+
+
+def test_every_field_that_names_a_file_or_folder_is_declared_a_path():
+    """The CLI once kept its own list of path fields (and had left out model.weights, an .h5 path): a field
+    that names a file or folder by its name must be declared PathStr, and only str fields can be."""
+    sections = typing.get_type_hints(cfg.PipelineConfig)
+    hints = {f"{section}.{name}": hint for section, kind in sections.items()
+             for name, hint in typing.get_type_hints(kind).items()}
+    named_as_paths = {key for key in hints if key.endswith(("_dir", "_file", "_path", "_root"))}
+    assert {"data.data_dir", "model.weights_dir", "runtime.pipeline_root", "runtime.metadata_path"} <= named_as_paths
+    assert named_as_paths | {"model.weights"} <= cfg.path_fields()
+    assert all(hints[key] is str for key in cfg.path_fields())
+
+
+def test_a_new_field_declared_a_path_is_found_from_its_type_alone(tmp_path, monkeypatch):
+    @dataclasses.dataclass
+    class CacheConfig:
+        folder: cfg.PathStr = ""
+        label: str = ""
+
+    @dataclasses.dataclass
+    class ExtendedConfig(cfg.PipelineConfig):
+        cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
+
+    assert cfg.path_fields(ExtendedConfig) == cfg.path_fields() | {"cache.folder"}
+    monkeypatch.setattr(cfg, "PipelineConfig", ExtendedConfig)  # what load_config builds
+    config = cfg.load_config(None, None, {"cache.folder": "c", "cache.label": "l"})
+    assert (config.cache.folder, config.cache.label) == ("c", "l")
+

@@ -568,6 +568,48 @@ def test_two_spellings_of_one_path_agree_and_two_places_do_not(tmp_path, monkeyp
         cli.build_config("quick", None, ["model.task=three-class/", "model.task=three-class"])
 
 
+def test_every_path_field_compares_as_a_path(tmp_path, monkeypatch):
+    """The CLI kept its own list of path fields, and had left out model.weights (an .h5 path):
+    `--set model.weights=./w//x.h5 --set model.weights=w/x.h5` was refused as given twice."""
+    import pytest
+
+    from covid_cxr.pipeline import config as cfg
+
+    monkeypatch.chdir(tmp_path)
+    config = cli.build_config("quick", None, ["model.weights=./w//x.h5", "model.weights=w/x.h5"])
+    assert config.model.weights == "w/x.h5"
+    for key in sorted(cfg.path_fields()):
+        section, _, name = key.partition(".")
+        config = cli.build_config("quick", None, [f"{key}=./d//a.h5", f"{key}={tmp_path}/d/a.h5", f"{key}=d/a.h5"])
+        assert getattr(getattr(config, section), name) == "d/a.h5", key
+        with pytest.raises(cfg.ConfigError, match=f"^--set {key} is given twice, as 'd/a.h5' and 'd/b.h5': give it once$"):
+            cli.build_config("quick", None, [f"{key}=d/a.h5", f"{key}=d/b.h5"])
+
+
+def test_a_new_field_declared_a_path_compares_as_one_without_a_change_to_the_cli(tmp_path, monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    from covid_cxr.pipeline import config as cfg
+
+    @dataclasses.dataclass
+    class CacheConfig:
+        folder: cfg.PathStr = ""
+        label: str = ""
+
+    @dataclasses.dataclass
+    class ExtendedConfig(cfg.PipelineConfig):
+        cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
+
+    monkeypatch.setattr(cfg, "PipelineConfig", ExtendedConfig)
+    monkeypatch.chdir(tmp_path)
+    config = cli.build_config("quick", None, ["cache.folder=c/", "cache.folder=./c"])
+    assert config.cache.folder == "./c"
+    with pytest.raises(cfg.ConfigError, match="given twice"):  # not a path: its text is its value
+        cli.build_config("quick", None, ["cache.label=c/", "cache.label=./c"])
+
+
 def test_each_command_starts_from_its_own_preset(monkeypatch, tmp_path):
     """demo: quick; run and compile: full (real training), unless --preset says otherwise."""
     from click.testing import CliRunner
