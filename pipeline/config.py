@@ -30,8 +30,9 @@ class ConfigError(ValueError):
 
 
 # The type of a field that names a file or folder (a local path or a URI). Declaring it is all a new path
-# field needs: two spellings of one place are one value on the command line (same_setting). Plain str to
-# everything else (typing.get_type_hints drops the annotation unless asked for it: path_fields).
+# field needs: its value is read as a shell reads a path (user_path), and two spellings of one place are
+# one value on the command line (same_setting). Plain str to everything else (typing.get_type_hints drops
+# the annotation unless asked for it: path_fields).
 PathStr = typing.Annotated[str, "a file or folder"]
 
 
@@ -401,11 +402,13 @@ def _apply(config: PipelineConfig, values: Mapping, origin: str) -> None:
             raise ConfigError(f"{origin}: section {section_name!r} must be a mapping")
         section = getattr(config, section_name)
         hints = typing.get_type_hints(type(section))
+        paths = _path_names(type(section))
         known = {f.name for f in dataclasses.fields(section)}
         for name, raw in section_values.items():
             if name not in known:
                 raise ConfigError(f"{origin}: unknown field {section_name}.{name}; fields: {', '.join(sorted(known))}")
-            setattr(section, name, _coerce(raw, hints[name], f"{origin}: {section_name}.{name}"))
+            value = _coerce(raw, hints[name], f"{origin}: {section_name}.{name}")
+            setattr(section, name, user_path(value) if name in paths else value)
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -500,18 +503,24 @@ def path_fields(config_class: Optional[type] = None) -> frozenset[str]:
                      for name in _path_names(sections[field.name]))
 
 
+def user_path(text: str) -> str:
+    """A path field's value as a shell reads a path, where no shell did (``--set runtime.pipeline_root=~/x``, whose
+    ~ bash leaves alone, or a YAML file): a leading ~ or ~user is that home folder. Anything else stays as written."""
+    return os.path.expanduser(text)
+
+
 def _same_place(path: str) -> str:
     """``path`` in one spelling per place. A URI keeps its scheme and inner slashes (gs://b//x is another
     object than gs://b/x, and normpath would make gs://b/x gs:/b/x); only a trailing slash goes."""
     if "://" in path:
         scheme, _, rest = path.partition("://")
         return f"{scheme}://{rest.rstrip('/')}"
-    return os.path.realpath(path)
+    return os.path.realpath(user_path(path))
 
 
 def same_setting(key: str, text: str, value: Any) -> bool:
     """Whether --set's ``text`` for field ``key`` says ``value`` (another --set's text, or a flag's value):
-    0.50 is .5, and for a path field (path_fields) out/x/ is out/x."""
+    0.50 is .5, and for a path field (path_fields) out/x/ is out/x and ~/x is $HOME/x."""
     if text == str(value):
         return True
     if key in path_fields() and isinstance(value, str) and text and value:

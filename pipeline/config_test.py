@@ -401,7 +401,7 @@ def test_the_augmentation_defaults_are_the_studies_and_the_trainers():
         15.0, 0.1, 0.1, 0.1, True)
 
 
-# ---- stop 52: path fields are declared, not listed ---------------------------------------------------
+# ---- stop 52: path fields are declared, not listed; ~ is the home folder in them ----------------------
 
 
 def test_every_field_that_names_a_file_or_folder_is_declared_a_path():
@@ -428,6 +428,30 @@ def test_a_new_field_declared_a_path_is_found_from_its_type_alone(tmp_path, monk
 
     assert cfg.path_fields(ExtendedConfig) == cfg.path_fields() | {"cache.folder"}
     monkeypatch.setattr(cfg, "PipelineConfig", ExtendedConfig)  # what load_config builds
-    config = cfg.load_config(None, None, {"cache.folder": "c", "cache.label": "l"})
-    assert (config.cache.folder, config.cache.label) == ("c", "l")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = cfg.load_config(None, None, {"cache.folder": "~/c", "cache.label": "~/c"})
+    assert (config.cache.folder, config.cache.label) == (str(tmp_path / "c"), "~/c")
 
+
+def test_a_leading_tilde_in_a_path_field_is_the_home_folder_wherever_the_value_comes_from(tmp_path, monkeypatch):
+    """`--set runtime.pipeline_root=~/x`: bash expands ~ after the = of an assignment only, so the run wrote
+    into a folder named `~` under the working directory. A password or a name that starts with ~ is no path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = cfg.load_config(None, None, {"runtime.pipeline_root": "~/root", "data.data_dir": "~/data",
+                                          "model.weights": "~/w.h5", "runtime.mysql_password": "~secret",
+                                          "runtime.pipeline_name": "~name"})
+    home = tmp_path / "home"
+    assert (config.runtime.pipeline_root, config.data.data_dir, config.model.weights) == (
+        str(home / "root"), str(home / "data"), str(home / "w.h5"))
+    assert (config.runtime.mysql_password, config.runtime.pipeline_name) == ("~secret", "~name")
+    path = tmp_path / "c.yaml"
+    path.write_text("runtime:\n  serving_dir: ~/serving\n  metadata_path: ~/m.sqlite\n")
+    config = cfg.load_config(None, str(path))
+    assert (config.runtime.serving_dir, config.runtime.metadata_path) == (str(home / "serving"), str(home / "m.sqlite"))
+    # Every path field, and only where it begins: a ~ inside a path is a character of a name.
+    for key in sorted(cfg.path_fields()):
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg.load_config(None, None, {key: "~/a~b.h5"}), section), name)
+        assert value == str(home / "a~b.h5"), key
+    assert cfg.load_config(None, None, {"data.data_dir": "d/~x"}).data.data_dir == "d/~x"

@@ -586,6 +586,26 @@ def test_every_path_field_compares_as_a_path(tmp_path, monkeypatch):
             cli.build_config("quick", None, [f"{key}=d/a.h5", f"{key}=d/b.h5"])
 
 
+def test_a_tilde_in_a_path_on_the_command_line_is_the_home_folder(tmp_path, monkeypatch):
+    """`--pipeline-root $HOME/x --set runtime.pipeline_root=~/x` disagreed (bash leaves the ~ after `key=` alone), and
+    `--set runtime.pipeline_root=~/x` alone wrote into a folder named ~ under the working directory."""
+    import pytest
+
+    from covid_cxr.pipeline import config as cfg
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    config = cli.build_config("quick", None, ["runtime.pipeline_root=~/x/"], pipeline_root=str(home / "x"))
+    assert config.runtime.pipeline_root == str(home / "x")
+    for key in sorted(cfg.path_fields()):
+        section, _, name = key.partition(".")
+        config = cli.build_config("quick", None, [f"{key}=./home/a.h5", f"{key}=~/a.h5"])
+        assert getattr(getattr(config, section), name) == str(home / "a.h5"), key
+        with pytest.raises(cfg.ConfigError, match=f"^--set {key} is given twice, as '~/a.h5' and 'a.h5': give it once$"):
+            cli.build_config("quick", None, [f"{key}=~/a.h5", f"{key}=a.h5"])
+
+
 def test_a_new_field_declared_a_path_compares_as_one_without_a_change_to_the_cli(tmp_path, monkeypatch):
     import dataclasses
 
