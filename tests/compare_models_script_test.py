@@ -72,14 +72,47 @@ def test_border_crop_decodes_like_the_transform_and_is_cached_apart(compare_mode
     np.testing.assert_allclose(cropped[0], expected, atol=1e-3)  # float16 cache
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--border-crop", "0.6", "--border-crop must be between 0 and 0.25 (of each side), got 0.6"),
-    ("--gamma", "2", "--contrast / --gamma: augmentation gamma must be in [0, 1], got 2.0"),
+@pytest.mark.parametrize("options, message", [
+    (["--border-crop", "0.6"], "--border-crop must be between 0 and 0.25 (of each side), got 0.6"),
+    (["--gamma", "2"], "model.augment_contrast must be in [0, 1) and model.augment_gamma in [0, 1], got 0.0 and 2.0"),
+    (["--set", "model.augment_shift=1"], "model.augment_shift must be a number at least 0.0 and below 1.0, got 1.0"),
+    (["--set", "model.augment_zoom=much"], "override: model.augment_zoom: 'much' is not a valid float"),
+    (["--set", "model.augment_horizontal_flip"], "--set 'model.augment_horizontal_flip' must look like section.field=value"),
+    (["--set", "training.epochs=3"], "--set training.epochs: only the augmentation is set with --set here (model.augment, "
+                                     "model.augment_rotation_degrees, "),
+    (["--contrast", "0.2", "--set", "model.augment_contrast=0.3"],
+     "--contrast 0.2 and --set model.augment_contrast=0.3 disagree: give one of them"),
 ])
-def test_an_option_outside_the_model_range_is_a_one_line_usage_error(option, value, message, compare_models, tmp_path,
+def test_an_option_outside_the_model_range_is_a_one_line_usage_error(options, message, compare_models, tmp_path,
                                                                      monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), option, value])
+    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), *options])
     with pytest.raises(SystemExit) as info:
         compare_models.main()
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], {}),  # the run config's defaults, which are the studies'
+    (["--contrast", "0.2", "--gamma", "0.1"], {"contrast": 0.2, "gamma": 0.1}),
+    (["--set", "model.augment_rotation_degrees=5", "--set", "model.augment_shift=0.2", "--set", "model.augment_shear=0",
+      "--set", "model.augment_zoom=0.05", "--set", "model.augment_horizontal_flip=no", "--contrast", "0.3",
+      "--set", "model.augment_contrast=.30", "--set", "model.augment_gamma=0.1"],
+     {"rotation_degrees": 5.0, "shift": 0.2, "shear": 0.0, "zoom": 0.05, "horizontal_flip": False, "contrast": 0.3,
+      "gamma": 0.1}),
+    (["--set", "model.augment=off"], {"enabled": False}),
+])
+def test_every_augmentation_field_of_the_run_config_is_set_with_set(options, expected, compare_models, tmp_path,
+                                                                    monkeypatch):
+    """Only contrast and gamma had options: the geometric sizes the run config sets could not be compared."""
+    import numpy as np
+
+    from covid_cxr.trainer import models
+
+    trained = []
+    monkeypatch.setattr(compare_models, "load", lambda *args: (
+        np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]), np.array(["a", "b"]), np.array(["s", "s"])))
+    monkeypatch.setattr(compare_models, "evaluate", lambda family, size, x, y, rounds, args: trained.append(args.augment) or [])
+    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), *options])
+    compare_models.main()
+    assert trained == [models.AugmentConfig(**expected)]

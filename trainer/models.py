@@ -126,6 +126,13 @@ class AugmentConfig:
         )
 
 
+def augment_config(model_config: Mapping[str, Any]) -> AugmentConfig:
+    """The augmentation a run's ``model`` config section (as a dict) sets: model.augment and model.augment_<field>
+    for each CONFIGURABLE_AUGMENT_FIELDS field."""
+    return AugmentConfig(enabled=bool(model_config["augment"]), **{
+        field: model_config[f"augment_{field}"] for field in CONFIGURABLE_AUGMENT_FIELDS})
+
+
 @dataclasses.dataclass
 class HParams:
     """Everything that defines one model and its training schedule (config- or Tuner-chosen)."""
@@ -958,6 +965,7 @@ __all__ = [
     "SCRATCH_FAMILIES",
     "TRANSFER_FAMILIES",
     "TRANSFER_SPECS",
+    "augment_config",
     "augmentation_block",
     "average_ensemble",
     "build_model",

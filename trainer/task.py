@@ -164,8 +164,7 @@ def _search_space(hp: keras_tuner.HyperParameters, cfg: dict) -> models.HParams:
             hp.Choice("fine_tune_lr_factor", factors) if len(factors) > 1 else factors[0]),
         early_stopping_patience=int(train_cfg["early_stopping_patience"]),
         label_smoothing=float(train_cfg.get("label_smoothing", 0.0)),
-        augment=models.AugmentConfig(enabled=bool(model_cfg["augment"]), **{
-            field: model_cfg[f"augment_{field}"] for field in models.CONFIGURABLE_AUGMENT_FIELDS}),
+        augment=models.augment_config(model_cfg),
     )
 
 
