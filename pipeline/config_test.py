@@ -416,7 +416,7 @@ def test_every_field_that_names_a_file_or_folder_is_declared_a_path():
     assert all(hints[key] is str for key in cfg.path_fields())
 
 
-def test_a_new_field_declared_a_path_is_found_from_its_type_alone(tmp_path, monkeypatch):
+def test_a_new_field_declared_a_path_is_read_and_compared_as_one_from_its_type_alone(tmp_path, monkeypatch):
     @dataclasses.dataclass
     class CacheConfig:
         folder: cfg.PathStr = ""
@@ -431,6 +431,10 @@ def test_a_new_field_declared_a_path_is_found_from_its_type_alone(tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path))
     config = cfg.load_config(None, None, {"cache.folder": "~/c", "cache.label": "~/c"})
     assert (config.cache.folder, config.cache.label) == (str(tmp_path / "c"), "~/c")
+    # The command line compares it as a path (cli.build_config merges through command_line_values), and not the other.
+    assert cfg.command_line_values(["cache.folder=~/c/", f"cache.folder={tmp_path}/c"]) == {"cache.folder": f"{tmp_path}/c"}
+    with pytest.raises(cfg.ConfigError, match="^--set cache.label is given twice"):
+        cfg.command_line_values(["cache.label=c/", "cache.label=./c"])
 
 
 def test_a_leading_tilde_in_a_path_field_is_the_home_folder_wherever_the_value_comes_from(tmp_path, monkeypatch):

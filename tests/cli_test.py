@@ -606,30 +606,6 @@ def test_a_tilde_in_a_path_on_the_command_line_is_the_home_folder(tmp_path, monk
             cli.build_config("quick", None, [f"{key}=~/a.h5", f"{key}=a.h5"])
 
 
-def test_a_new_field_declared_a_path_compares_as_one_without_a_change_to_the_cli(tmp_path, monkeypatch):
-    import dataclasses
-
-    import pytest
-
-    from covid_cxr.pipeline import config as cfg
-
-    @dataclasses.dataclass
-    class CacheConfig:
-        folder: cfg.PathStr = ""
-        label: str = ""
-
-    @dataclasses.dataclass
-    class ExtendedConfig(cfg.PipelineConfig):
-        cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
-
-    monkeypatch.setattr(cfg, "PipelineConfig", ExtendedConfig)
-    monkeypatch.chdir(tmp_path)
-    config = cli.build_config("quick", None, ["cache.folder=c/", "cache.folder=./c"])
-    assert config.cache.folder == "./c"
-    with pytest.raises(cfg.ConfigError, match="given twice"):  # not a path: its text is its value
-        cli.build_config("quick", None, ["cache.label=c/", "cache.label=./c"])
-
-
 def test_each_command_starts_from_its_own_preset(monkeypatch, tmp_path):
     """demo: quick; run and compile: full (real training), unless --preset says otherwise."""
     from click.testing import CliRunner
