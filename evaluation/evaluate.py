@@ -507,7 +507,7 @@ def make_plots(evaluation: Evaluation) -> dict[str, bytes]:
     point = (1.0 - spec, sens) if sens is not None and spec is not None else None
     out = {
         ROC_PNG: plots.roc_png(curves, point, title=f"ROC, {task.name} (n={report['n']})",
-                               point_label=plots.STORED_THRESHOLD if report.get("threshold_applies", True)
+                               point_label=plots.STORED_THRESHOLD if html_report.decided_by_threshold(report)
                                else plots.ARGMAX_DECISION),
         CONFUSION_PNG: plots.confusion_png(np.asarray(report["confusion_matrix"]["matrix"]), task.classes),
     }
@@ -633,7 +633,7 @@ def summary_text(report: dict) -> str:
           if report["data"]["skipped"] else []),
         *([f"WARNING: {report['data']['warning']}"] if report["data"].get("warning") else []),
         *[line for line in [near_copies.summary_line(report.get("near_copies"))] if line],
-        f"decision threshold {report['threshold']:.4f}: {report['threshold_note']}",
+        " ".join(html_report.decision_text(report)),
         "metric        value  [95% CI]  (k/n)",
     ]
     for name in ("sensitivity", "specificity", "precision", "accuracy", "auc"):

@@ -1731,3 +1731,35 @@ def test_films_that_are_near_copies_of_training_films_are_reported_and_the_figur
     assert near_copies.check(synthetic, films[:1], ["x.png"]) == {
         "checked": False, "note": "the model was trained on synthetic films, which all look alike to the near-copy hash: "
                                   "not checked"}
+
+
+def _evaluated(task, labels, model_outputs, threshold, metadata, graph_threshold=0.5):
+    """evaluate.evaluate on a stand-in model whose graph also outputs `graph_threshold`."""
+    outputs = dict(model_outputs, threshold=np.full(labels.size, graph_threshold))
+    model = types.SimpleNamespace(task=task, threshold=threshold, metadata=metadata, path="m", version=1,
+                                  predict_images=lambda images: outputs)
+    data = evaluate.EvalData("d", "folders", task.name, [b"png"] * labels.size, labels,
+                             [f"g{i}" for i in range(labels.size)], [f"r{i}" for i in range(labels.size)], {})
+    return evaluate.evaluate(model, data, n_boot=20, audit=False).report
+
+
+def test_an_argmax_models_header_and_summary_name_its_argmax_not_a_threshold_it_never_used():
+    """An older three-class model labels by argmax: the 0.4375 its graph outputs decided nothing, so neither the
+    HTML header nor the terminal prints it; a model that thresholds P(covid) still shows its threshold."""
+    from covid_cxr.evaluation import html_report
+
+    three = features.TASKS["three-class"]
+    labels, outputs = _three_class_argmax_outputs(three, 4)
+    argmax = _evaluated(three, labels, outputs, None, {"classes": list(three.classes)}, graph_threshold=0.4375)
+    header = html_report.render(argmax, {}).split("<h2>")[0]
+    summary = evaluate.summary_text(argmax)
+    for text in (header, summary):
+        assert "0.4375" not in text and "decision threshold" not in text
+    assert "<tr><td>decision</td><td>argmax (no COVID threshold used): " in header
+    assert "decision argmax (no COVID threshold used): " in summary
+    ruled = _evaluated(three, labels, outputs, 0.4375, {"classes": list(three.classes),
+                                                        "decision_rule": model_metadata.COVID_THRESHOLD_RULE})
+    assert "<tr><td>decision threshold</td><td>0.4375: COVID when its probability" in html_report.render(ruled, {})
+    assert "decision threshold 0.4375: COVID when its probability" in evaluate.summary_text(ruled)
+
+

@@ -168,6 +168,20 @@ def approval_text(model: Mapping) -> str:
     return predict.approval_text(model["version"], decision.get("record"), decision.get("served_as", ""))
 
 
+def decided_by_threshold(report: Mapping) -> bool:
+    """Whether the report's model labels by its threshold on P(covid): False for an older three-class model,
+    which serves the argmax (evaluate's ``threshold_applies``; a report.json from before that key: True)."""
+    return report.get("threshold_applies", True)
+
+
+def decision_text(report: Mapping) -> tuple[str, str]:
+    """(name, value) of the model's decision for the header and the terminal: its threshold and rule, or the
+    argmax with no number (the threshold an argmax model's graph outputs decides nothing)."""
+    if decided_by_threshold(report):
+        return "decision threshold", f"{report['threshold']:.4f}: {report['threshold_note']}"
+    return "decision", f"argmax (no COVID threshold used): {report['threshold_note']}"
+
+
 def passed_over_text(skipped: int, hidden: int, masks: int, zero_skipped: bool = False) -> str:
     """"4 skipped; 2 hidden files or folders not read; 3 lung-mask files not read (...)": the counts
     that are not 0 (the skipped one always with ``zero_skipped``). One wording for the report and
@@ -199,7 +213,7 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
             ["model", f"<code>{_e(model['path'])}</code> ({_e(approval_text(model))}, family {_e(model.get('family'))})"],
             ["data", f"<code>{_e(data['path'])}</code> ({_e(data['format'])}, signature {_e(model.get('signature'))})"],
             ["examples", f"{report['n']} ({counts})" + skipped_text(data)],
-            ["decision threshold", f"{report['threshold']:.4f}: {_e(report['threshold_note'])}"],
+            [_e(text) for text in decision_text(report)],
         ]),
         "<h2>Metrics</h2>",
         _table(["metric", "value", "95% CI", "k/n"], _metric_rows(report)),
