@@ -364,6 +364,7 @@ def compute(task: features.Task, labels: np.ndarray, outputs: Mapping, n_boot: i
         aucs = [_scalar(per_class[c]["auc"]) for c in task.classes]
         out["multiclass"] = {
             "macro_f1": metrics.macro_f1(cm),
+            "absent_classes": metrics.absent_classes(cm, task.classes),
             "macro_auc": float(np.mean(aucs)) if all(a is not None for a in aucs) else None,
             "per_class": per_class,
             "covid_one_vs_rest": block,
@@ -639,7 +640,8 @@ def summary_text(report: dict) -> str:
     for name in ("sensitivity", "specificity", "precision", "accuracy", "auc"):
         lines.append(f"  {name:<12}{_fmt(report[name])}")
     if "multiclass" in report:
-        lines.append(f"  {'macro-F1':<12}{report['multiclass']['macro_f1']:.3f}")
+        absent = metrics.absent_classes_text(report["multiclass"].get("absent_classes"))
+        lines.append(f"  {'macro-F1':<12}{report['multiclass']['macro_f1']:.3f}" + (f"  ({absent})" if absent else ""))
     if report.get("patient_bootstrap"):
         lines.append(metrics.patient_ci_text(report["patient_bootstrap"]))
     if report.get("atypical"):

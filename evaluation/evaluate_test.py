@@ -1763,3 +1763,28 @@ def test_an_argmax_models_header_and_summary_name_its_argmax_not_a_threshold_it_
     assert "decision threshold 0.4375: COVID when its probability" in evaluate.summary_text(ruled)
 
 
+def test_a_macro_f1_that_counts_an_absent_class_as_zero_says_so_in_every_report():
+    """pneumonia is neither true nor predicted here: its F1 0 halves nothing silently. Reports without an
+    absent class carry no such note."""
+    from covid_cxr.evaluation import html_report, model_card
+
+    three = features.TASKS["three-class"]
+    probabilities = np.array([[0.7, 0.1, 0.2], [0.6, 0.1, 0.3], [0.2, 0.1, 0.7], [0.3, 0.1, 0.6], [0.2, 0.2, 0.6]])
+    labels = np.array([0, 0, 2, 2, 0])
+    outputs = {"label_index": probabilities.argmax(1), "covid_probability": probabilities[:, 2],
+               "probabilities": probabilities}
+    report = _summary_report(three, labels, outputs)
+    assert report["multiclass"]["absent_classes"] == ["pneumonia"]
+    note = metrics.absent_classes_text(["pneumonia"])
+    assert "pneumonia" in note and "F1 0" in note
+    assert f"  macro-F1    {report['multiclass']['macro_f1']:.3f}  ({note})" in evaluate.summary_text(report).splitlines()
+    assert f"<p class=note>{note}.</p>" in html_report.render(report, {})
+    card = model_card.render({"task": three.name, "classes": list(three.classes)}, None, evaluate.json_safe(report))
+    assert f"- three-class macro-F1: {report['multiclass']['macro_f1']:.3f} ({note})" in card
+    everyone = _summary_report(three, np.array([0, 1, 2, 0]), {"label_index": np.array([0, 1, 2, 1]),
+                                                              "covid_probability": probabilities[:4, 2],
+                                                              "probabilities": probabilities[:4]})
+    assert everyone["multiclass"]["absent_classes"] == []
+    card = model_card.render({"task": three.name, "classes": list(three.classes)}, None, evaluate.json_safe(everyone))
+    for text in (evaluate.summary_text(everyone), html_report.render(everyone, {}), card):
+        assert "F1 0" not in text

@@ -229,6 +229,9 @@ def render(report: dict, pngs: Mapping[str, bytes], pipeline: Optional[dict] = N
     if "multiclass" in report:
         mc = report["multiclass"]
         parts.append(f"<h2>Three-class</h2><p>macro-F1 <b>{_num(mc['macro_f1'])}</b>; macro AUC {_num(mc['macro_auc'])}</p>")
+        absent = metrics.absent_classes_text(mc.get("absent_classes"))
+        if absent:
+            parts.append(f"<p class=note>{_e(absent)}.</p>")
         rows = [[_e(c), _e(m["support"]), f"{_num(m['sensitivity']['value'])} ({_ci(m['sensitivity'])})",
                  f"{_num(m['specificity']['value'])} ({_ci(m['specificity'])})",
                  f"{_num(m['precision']['value'])}", _num(m["f1"]), _num(m["auc"]["value"])]

@@ -361,6 +361,20 @@ def macro_f1(cm: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def absent_classes(cm: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The classes neither true nor predicted in ``cm``: :func:`macro_f1` counts each as F1 0."""
+    cm = np.asarray(cm)
+    return [name for i, name in enumerate(classes) if not cm[i].any() and not cm[:, i].any()]
+
+
+def absent_classes_text(absent: Sequence[str]) -> Optional[str]:
+    """The one sentence every report prints beside a macro-F1 lowered by absent classes; None without any
+    (a reader sees a low macro-F1, not why)."""
+    if not absent:
+        return None
+    return f"macro-F1 counts {', '.join(absent)} as F1 0: neither true nor predicted in this data"
+
+
 def sources_below_pooled_auc(pooled: dict, per_source: Mapping[str, dict]) -> list[str]:
     """Sources whose within-source AUC interval lies wholly below the pooled AUC's interval.
 

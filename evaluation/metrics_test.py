@@ -381,3 +381,10 @@ def test_patient_ci_text_names_patients_films_and_each_interval():
             "auc": [0.7, 0.95]}
     assert metrics.patient_ci_text(boot) == ("95% CI resampling the 12 patients of 30 films (some have several): "
                                              "sensitivity [0.500, 0.900]; accuracy [0.600, 0.800]; auc [0.700, 0.950]")
+
+
+def test_the_classes_macro_f1_counts_as_zero_are_those_neither_true_nor_predicted():
+    cm = metrics.confusion_matrix([0, 0, 1, 1], [0, 2, 0, 0], 4)  # 2 predicted only, 1 true only, 3 neither
+    assert metrics.absent_classes(cm, ["a", "b", "c", "d"]) == ["d"]
+    assert metrics.absent_classes_text([]) is None
+    assert metrics.absent_classes_text(["c", "d"]) == "macro-F1 counts c, d as F1 0: neither true nor predicted in this data"

@@ -181,7 +181,8 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
         lines += ["", typicality.rate_text(evaluation["atypical"]) + "."]
     multiclass = evaluation.get("multiclass")
     if multiclass:
-        lines.append(f"- three-class macro-F1: {multiclass['macro_f1']:.3f}")
+        absent = metrics.absent_classes_text(multiclass.get("absent_classes"))
+        lines.append(f"- three-class macro-F1: {multiclass['macro_f1']:.3f}" + (f" ({absent})" if absent else ""))
     per_source = evaluation.get("per_source") or {}
     if per_source:
         # Within-source AUC separates COVID from non-COVID films of one source only, so a model
