@@ -426,6 +426,14 @@ def task_of(model: predict.ServingModel, data: EvalData) -> features.Task:
     return task
 
 
+def metadata_as_evaluated(metadata: Mapping, report: Mapping) -> dict:
+    """The model's metadata, where it is silent (a SavedModel exported elsewhere) completed from the
+    evaluation: the task and classes the data named, the threshold the graph output. Described from the
+    metadata alone, a binary model without classes read as an argmax one, its threshold as 0.5."""
+    missing = [key for key in ("task", "classes", "threshold") if metadata.get(key) in (None, "", [])]
+    return dict(metadata, **{key: report[key] for key in missing if report.get(key) is not None})
+
+
 def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, seed: int = 0,
              audit: bool = True, attention: bool = False, progress=None,
              attention_limit: Optional[int] = None) -> Evaluation:
@@ -452,9 +460,9 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
                  "skipped_files": data.skipped, "hidden_skipped": data.hidden,
                  "masks_skipped": data.masks},
         "threshold": threshold,
-        "threshold_note": model_metadata.decision_note(model.metadata),
         "threshold_applies": by_threshold,
     }
+    report["threshold_note"] = model_metadata.decision_note(metadata_as_evaluated(model.metadata, report))
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices, groups=data.groups))
     # Reporting only: near copies of training/validation films stay in the figures.
     report["near_copies"] = near_copies.check(model.metadata, data.images, data.refs)
@@ -555,7 +563,8 @@ def model_card_text(model: predict.ServingModel, report: dict, record: Mapping) 
     """The card the Pusher wrote for this model (its gate and held-out figures, from the gate's
     decision ``record`` (:func:`gate_decision`) when there is one: a refused model's says so, and
     why), plus this evaluation's intervals, per-source table and audit."""
-    metadata = dict(model.metadata, **({"gate": record["gate"]} if record.get("gate") else {}))
+    metadata = dict(metadata_as_evaluated(model.metadata, report),
+                    **({"gate": record["gate"]} if record.get("gate") else {}))
     gate = None
     if record.get("metrics"):
         from covid_cxr.evaluation import gate_report

@@ -1763,6 +1763,22 @@ def test_an_argmax_models_header_and_summary_name_its_argmax_not_a_threshold_it_
     assert "decision threshold 0.4375: COVID when its probability" in evaluate.summary_text(ruled)
 
 
+def test_a_binary_model_without_metadata_is_not_described_as_an_argmax_one():
+    """Its task comes from the data; it labels by its graph's threshold (the ROC point says so), and so do its
+    note and its model card, with that threshold, not a default 0.5."""
+    task = features.TASKS["covid-vs-normal"]
+    labels = np.array([task.positive_index, 1 - task.positive_index] * 4)
+    outputs = _binary_outputs(task, [0.9, 0.2, 0.7, 0.4, 0.6, 0.1, 0.3, 0.8], threshold=0.4375)
+    report = _evaluated(task, labels, outputs, None, {}, graph_threshold=0.4375)
+    assert report["threshold_applies"] is True
+    assert report["threshold_note"] == model_metadata.decision_note({"classes": list(task.classes)})
+    assert "argmax" not in evaluate.summary_text(report)
+    card = evaluate.model_card_text(types.SimpleNamespace(metadata={}), report, {})
+    assert f"- task: covid-vs-normal; classes (output index order): {', '.join(task.classes)}" in card
+    assert "- decision threshold on the COVID probability: 0.4375 (COVID when above it)" in card
+    assert "most probable class" not in card
+
+
 def test_a_macro_f1_that_counts_an_absent_class_as_zero_says_so_in_every_report():
     """pneumonia is neither true nor predicted here: its F1 0 halves nothing silently. Reports without an
     absent class carry no such note."""
