@@ -229,6 +229,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     classes = metadata.get("classes", [])
     threshold = metadata.get("threshold", 0.5)
     binary = len(classes) == 2
+    by_threshold = model_metadata.threshold_applies(metadata)  # else an older three-class model's argmax
     lines = [
         f"# covid-cxr model card: {task}",
         "",
@@ -238,7 +239,8 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         "## Task",
         f"- task: {task}; classes (output index order): {', '.join(classes)}",
         "- input: one frontal chest radiograph (PNG/JPEG/DICOM, curated to 8-bit grayscale with borders cropped)",
-        "- output: a probability per class, the COVID probability and a label at the stored decision threshold",
+        "- output: a probability per class, the COVID probability and a label "
+        + ("at the stored decision threshold" if by_threshold else "(the most probable class)"),
         "",
         "## Model",
         f"- family: {metadata.get('family', '?')} {metadata.get('family_note') or ''}".rstrip(),
@@ -249,7 +251,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     ]
     lines += _training_lines(metadata)
     lines.append("## Thresholds")
-    if model_metadata.threshold_applies(metadata):
+    if by_threshold:
         target_specificity = metadata.get("target_specificity") or 0.0
         otherwise = "" if binary else ", else the more probable other class"
         lines.append(f"- decision threshold on the COVID probability: {threshold:.4f} (COVID when above it{otherwise}), "
@@ -296,7 +298,8 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
         "(`covid-cxr predict --explain`) and where they lie (`covid-cxr evaluate --attention`); performance on a "
         "new hospital's films must be measured there before any use.",
         "- Frontal (PA/AP) adult chest radiographs only; lateral views, CT and paediatric films are out of scope.",
-        "- Sensitivity and specificity depend on the stored threshold and on prevalence; precision (PPV) "
+        f"- Sensitivity and specificity depend on {'the stored threshold' if by_threshold else 'the decision rule'} "
+        "and on prevalence; precision (PPV) "
         "measured on a balanced test set overstates the PPV at real-world prevalence.",
     ]
     return "\n".join(lines) + "\n"

@@ -255,3 +255,12 @@ def test_a_blessed_three_class_card_does_not_give_tfma_values_for_a_class_the_te
         assert f"| {name} | not measurable |\n" in card, name
     assert "| AUC (covid vs rest) | 0.9500 |\n" in card and "| true positives | 9 |\n" in card
     assert "nan" not in card
+
+
+def test_the_card_of_an_argmax_model_does_not_say_its_label_is_at_a_threshold():
+    argmax = {"task": "three-class", "classes": ["normal", "pneumonia", "covid"], "threshold": 0.5}
+    assert "a label at the stored decision threshold" in model_card.render(METADATA, _report())
+    card = model_card.render(argmax, _report())
+    assert "threshold" not in card.split("## Task")[1].split("## Model")[0]
+    assert "- output: a probability per class, the COVID probability and a label (the most probable class)" in card
+    assert "stored threshold" not in card and "stored threshold" in model_card.render(METADATA, _report())
