@@ -9,7 +9,8 @@ Pipeline (``curate``), deterministic end to end:
 3. pixels (``data/images.py``, ``data/dicom.py``): DICOM display pipeline, border crop (default on),
    256-bit pHash of the cropped image, resize to ``max_side`` (never up), optional CLAHE/histogram
    equalization, 8-bit grayscale PNG. Unreadable files are rejections ("unreadable image: ...");
-   DICOMs whose header says CT/MR/... or a lateral view are rejected too;
+   DICOMs whose header says CT/MR/..., a body part other than the chest (BodyPartExamined; absent
+   passes) or a lateral view are rejected too;
 4. near-duplicates (``data/dedupe.py``) within and across sources, among the images the task
    uses: in source-priority order (cohen, rsna, kermany, radiography, folder; then by path) the first
    copy is kept, later copies are rejected ("near-duplicate of <source>:<ref>"). A copy whose finding
@@ -384,7 +385,8 @@ def _label(source_objs: Sequence[Source], task: features.Task) -> list[_Item]:
 
 
 def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progress, spool: "_PngSpool") -> None:
-    """Processes the images; applies DICOM header rules (modality, lateral view, burned-in text) and fields."""
+    """Processes the images; applies DICOM header rules (modality, body part, lateral view, burned-in text)
+    and fields."""
     jobs = [(it.candidate.path, max_side, crop, equalize) for it in todo]
     for it, (result, error) in zip(todo, _run_jobs(jobs, workers, progress)):
         if result is None:
@@ -398,7 +400,7 @@ def _load_pixels(todo: Sequence[_Item], max_side, crop, equalize, workers, progr
         it.raw_patient = it.raw_patient or header.patient_id
         it.sex = it.sex if it.sex != features.UNKNOWN else header.sex
         it.age = it.age if it.age != features.UNKNOWN_AGE else header.age
-        it.reject = header.refusal()  # another modality, a lateral view, burned-in text
+        it.reject = header.refusal()  # another modality or body part, a lateral view, burned-in text
         if it.reject is None and it.view == features.UNKNOWN and header.view in features.VIEWS:
             it.view = header.view
     for it in todo:

@@ -456,6 +456,22 @@ def test_a_dicom_that_declares_burned_in_text_is_rejected_and_a_cohen_dicom_fold
     assert "DOE" not in (out / "manifest.csv").read_text() + (out / "summary.json").read_text()
 
 
+def test_a_dicom_tagged_as_another_body_part_is_rejected_naming_the_tag_and_its_value(tmp_path):
+    root = testing.make_rsna(tmp_path / "rsna", [
+        dict(id="aaa-1", target="0", cls="Normal", seed=81),  # CHEST, as RSNA's own files
+        dict(id="bbb-2", target="0", cls="Normal", seed=82, body_part=None),  # no tag, as many real files
+        dict(id="ccc-3", target="0", cls="Normal", seed=83, body_part="PORT CHEST"),
+        dict(id="ddd-4", target="0", cls="Normal", seed=84, body_part="ABDOMEN"),
+        dict(id="eee-5", target="0", cls="Normal", seed=85, body_part="knee"),
+    ])
+    out = tmp_path / "out"
+    summary = curate({"rsna": str(root)}, str(out), "covid-vs-normal", key=KEY, workers=1)
+    assert summary["per_source_class"] == {"rsna": {"normal": 3}}
+    assert summary["rejections"] == {"not a chest film": 2}
+    assert sorted(r["reason"] for r in read_csv(out / "rejected.csv")) == [
+        "not a chest film: DICOM BodyPartExamined ABDOMEN", "not a chest film: DICOM BodyPartExamined KNEE"]
+
+
 def test_the_metadata_s_patient_view_and_sex_win_over_a_dicom_header_s(tmp_path):
     cohen = tmp_path / "cohen"
     for name, seed, pid in (("a.dcm", 70, "PID-X-1"), ("b.dcm", 71, "PID-X-2")):  # one patient, two DICOM ids

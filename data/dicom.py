@@ -12,9 +12,10 @@ Pixel pipeline (DICOM PS3.3 C.11 order), the same for every source:
 4. MONOCHROME1 (white = low values) is inverted so that every output is MONOCHROME2-like;
    colour images (RGB/YBR) are converted to luminance.
 
-Privacy: ``DicomImage`` carries pixels, sex, age, view and modality. The raw PatientID is exposed only
-as ``patient_id`` (curation pseudonymizes it to group a patient's films) and must never be written or
-logged. Error messages raised from here never quote header values.
+Privacy: ``DicomImage`` carries pixels, sex, age, view, modality and body part. The raw PatientID is
+exposed only as ``patient_id`` (curation pseudonymizes it to group a patient's films) and must never be
+written or logged. Error messages raised from here never quote header values; a refusal names the
+body part alone (``body_part_refusal``: it identifies no one).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import os
 import re
 import threading
 import warnings
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import pydicom
@@ -46,6 +47,10 @@ _VIEWS = {"PA": "PA", "AP": "AP", "LL": LATERAL, "RL": LATERAL, "LATERAL": LATER
 # microscopy, intravascular imaging and scanned documents.
 NON_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "ES", "OP", "SR", "RTIMAGE",
                                        "XC", "GM", "SM", "OPT", "OCT", "IVUS", "IVOCT", "BDUS", "DOC"})
+# A BodyPartExamined value containing one of these names the chest: CHEST (DICOM's term), THORAX (some
+# vendors'), LUNG; "PORT CHEST" (a portable film) too.
+CHEST_WORDS = ("CHEST", "THORAX", "LUNG")
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")  # DICOM's CS value representation (PS3.5 6.2)
 
 
 MAX_PIXELS = 20_000 * 20_000  # larger pictures are refused before decoding (decompression bombs)
@@ -67,6 +72,7 @@ class DicomImage:
     patient_id: str = dataclasses.field(default="", repr=False)
     # BurnedInAnnotation YES: the modality says the pixels carry text that may identify the patient.
     burned_in_annotation: bool = False
+    body_part: str = ""  # BodyPartExamined, trimmed and upper-cased; "" when absent
 
 
 def is_dicom(path: str) -> bool:
@@ -116,6 +122,19 @@ def parse_sex(value) -> str:
 
 def parse_view(value) -> str:
     return _VIEWS.get(str(value or "").strip().upper(), UNKNOWN)
+
+
+def body_part_refusal(body_part) -> Optional[str]:
+    """Why a DICOM whose BodyPartExamined (0018,0015) is ``body_part`` is no chest film, or None.
+
+    An absent or empty tag passes (many real chest films lack it), as does a value naming the chest
+    (case and padding aside: CHEST, Thorax, PORT CHEST, LUNG); any other is refused. The value is
+    quoted only when it is a valid code string: the field is free text in a broken file."""
+    value = str(body_part or "").strip().upper()
+    if not value or any(word in value for word in CHEST_WORDS):
+        return None
+    named = value if _CODE_STRING.fullmatch(value) else "(not a DICOM code string)"
+    return f"not a chest film: DICOM BodyPartExamined {named}"
 
 
 @contextlib.contextmanager
@@ -210,6 +229,7 @@ def _read_dicom(path: str) -> DicomImage:
         modality = str(ds.get("Modality", "") or "").strip().upper()
         sex, age, view = parse_sex(ds.get("PatientSex")), parse_age(ds.get("PatientAge")), parse_view(ds.get("ViewPosition"))
         burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
+        body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     except Exception as e:  # noqa: BLE001
         raise DicomError(f"unreadable DICOM header ({type(e).__name__})") from None
     try:
@@ -224,7 +244,7 @@ def _read_dicom(path: str) -> DicomImage:
             hint = _short_pixel_data(ds) or hint
         raise DicomError(f"cannot decode pixel data ({name}; {type(e).__name__}{hint})") from None
     return DicomImage(pixels=pixels, sex=sex, age=age, view=view, modality=modality, patient_id=patient_id,
-                      burned_in_annotation=burned_in)
+                      burned_in_annotation=burned_in, body_part=body_part)
 
 
 def _short_pixel_data(ds) -> str:

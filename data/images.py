@@ -68,13 +68,18 @@ class Header:
     modality: str = ""
     patient_id: str = dataclasses.field(default="", repr=False)  # raw PatientID: never written/logged
     burned_in_annotation: bool = False  # DICOM BurnedInAnnotation YES
+    body_part: str = ""  # DICOM BodyPartExamined ("" when absent); not identifying, read for refusal() only
 
     def refusal(self) -> Optional[str]:
         """Why a frontal chest-film model must not take this DICOM (curation, predict and evaluate
-        alike), or None: another modality, a lateral / oblique view, or text burned into the picture
-        (its pixels would carry it into records, heat maps, errors.png and report.html)."""
+        alike), or None: another modality, another body part (``dicom.body_part_refusal``), a lateral /
+        oblique view, or text burned into the picture (its pixels would carry it into records, heat
+        maps, errors.png and report.html)."""
         if self.modality in dicom.NON_RADIOGRAPH_MODALITIES:
             return f"not an X-ray: {self.modality}"
+        not_chest = dicom.body_part_refusal(self.body_part)
+        if not_chest:
+            return not_chest
         if self.view in (dicom.LATERAL, "oblique"):
             return f"{self.view} view: DICOM ViewPosition"
         if self.burned_in_annotation:
@@ -141,7 +146,7 @@ def read_gray(path: str) -> tuple[np.ndarray, Optional[Header]]:
             d = dicom.read_dicom(path)
         except dicom.DicomError as e:
             raise ImageError(str(e)) from None
-        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.patient_id, d.burned_in_annotation)
+        return d.pixels, Header(d.sex, d.age, d.view, d.modality, d.patient_id, d.burned_in_annotation, d.body_part)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -198,6 +198,34 @@ def test_dicom_modalities_that_are_surely_no_radiograph_are_refused(tmp_path, mo
     assert images.read_gray(path)[1].refusal() == refusal
 
 
+NOT_CHEST = "not a chest film: DICOM BodyPartExamined "
+
+
+@pytest.mark.parametrize("body_part, refusal", [
+    (None, None), ("", None), ("  ", None),  # no tag or an empty one: many real files (the shared nih-dx-sample.dcm)
+    ("CHEST", None), (" chest ", None), ("Thorax", None), ("PORT CHEST", None), ("LUNG", None),
+    ("ABDOMEN", NOT_CHEST + "ABDOMEN"), ("skull ", NOT_CHEST + "SKULL"), ("HAND", NOT_CHEST + "HAND"),
+    ("KNEE", NOT_CHEST + "KNEE"), ("PELVIS", NOT_CHEST + "PELVIS"),
+    # Not a DICOM code string (a broken file's free text could be anything, a name too): not quoted.
+    (testing.SECRET_NAME, NOT_CHEST + "(not a DICOM code string)"),
+])
+def test_dicom_body_parts_other_than_the_chest_are_refused_naming_the_tag_and_its_value(tmp_path, body_part, refusal):
+    path = testing.write_dicom(tmp_path / "film.dcm", testing.radiograph(13), body_part=body_part)
+    assert images.read_gray(path)[1].refusal() == refusal
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not testing.REAL_DATA.is_dir(), reason=testing.REAL_DATA_REASON)
+def test_the_real_dicom_films_tagged_chest_or_untagged_are_taken_as_chest_films():
+    rsna = sorted((testing.REAL_DATA / testing.REAL_SOURCE_DIRS["rsna"] / "stage_2_train_images").glob("*.dcm"))
+    samples = sorted((testing.REAL_DATA / "dicom-samples").glob("*.dcm"))
+    assert len(rsna) == 200 and len(samples) == 4
+    headers = {path.name: images.read_gray(str(path))[1] for path in rsna + samples}
+    assert {h.body_part for h in headers.values()} == {"CHEST", ""}  # the tag is read: RSNA's and SIIM's say CHEST
+    assert headers["nih-dx-sample.dcm"].body_part == ""
+    assert {name: h.refusal() for name, h in headers.items() if h.refusal()} == {}
+
+
 def test_a_float_image_with_nan_and_a_multi_page_image_are_refused_with_their_reason(tmp_path):
     film = testing.radiograph(15, (120, 100)).astype(np.float32)
     Image.fromarray(film, mode="F").save(tmp_path / "float.tif")

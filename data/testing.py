@@ -134,16 +134,18 @@ def write_dicom(
     voi_lut_first: int = 0,
     rescale: Optional[tuple[float, float]] = None,
     jpeg_baseline: bool = False,
+    body_part: Optional[str] = None,
 ) -> str:
-    """A single-frame DICOM with identifying header fields (name, institution, dates) set on purpose."""
+    """A single-frame DICOM with identifying header fields (name, institution, dates) set on purpose.
+    ``body_part``: BodyPartExamined, left out when None (as in many real files)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. an RSNA-style bare-number PatientAge is not a valid AS
         return _write_dicom(path, pixels, photometric, bits_stored, patient_id, patient_name, sex, age, view, modality,
-                            window, voi_lut, voi_lut_first, rescale, jpeg_baseline)
+                            window, voi_lut, voi_lut_first, rescale, jpeg_baseline, body_part)
 
 
 def _write_dicom(path, pixels, photometric, bits_stored, patient_id, patient_name, sex, age, view, modality, window,
-                 voi_lut, voi_lut_first, rescale, jpeg_baseline) -> str:
+                 voi_lut, voi_lut_first, rescale, jpeg_baseline, body_part) -> str:
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
@@ -168,6 +170,8 @@ def _write_dicom(path, pixels, photometric, bits_stored, patient_id, patient_nam
     ds.Modality = modality
     if view is not None:
         ds.ViewPosition = view
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = pixels.shape
@@ -229,7 +233,8 @@ def make_cohen(root, rows: Sequence[dict]) -> Path:
 
 
 def make_rsna(root, patients: Sequence[dict]) -> Path:
-    """An RSNA layout. Each patient: id, target, cls, seed (None: no DICOM), boxes (rows), view, sex, age."""
+    """An RSNA layout. Each patient: id, target, cls, seed (None: no DICOM), boxes (rows), view, sex, age,
+    body_part (CHEST, as RSNA's files say; None: no tag)."""
     root = Path(root)
     labels, classes = [], []
     for p in patients:
@@ -239,7 +244,7 @@ def make_rsna(root, patients: Sequence[dict]) -> Path:
         if p.get("seed") is not None:
             write_dicom(root / "stage_2_train_images" / f"{p['id']}.dcm", radiograph(p["seed"], (128, 128)),
                         patient_id=p["id"], patient_name=p["id"], view=p.get("view", "AP"), sex=p.get("sex", "M"),
-                        age=p.get("age", "58"))
+                        age=p.get("age", "58"), body_part=p.get("body_part", "CHEST"))
     (root / "stage_2_train_images").mkdir(parents=True, exist_ok=True)
     write_csv(root / "stage_2_train_labels.csv", ("patientId", "x", "y", "width", "height", "Target"), labels)
     write_csv(root / "stage_2_detailed_class_info.csv", ("patientId", "class"), classes)

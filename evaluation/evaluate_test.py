@@ -413,6 +413,16 @@ def test_a_film_that_declares_burned_in_text_is_skipped_as_curation_rejects_it(b
     assert [s["reason"] for s in data.skipped] == [images.BURNED_IN]
 
 
+def test_a_dicom_of_another_body_part_is_skipped_as_curation_rejects_it(tmp_path):
+    root = tmp_path / "tree"
+    data_testing.write_dicom(root / "COVID" / "chest.dcm", data_testing.radiograph(1), body_part="CHEST")
+    data_testing.write_dicom(root / "Normal" / "untagged.dcm", data_testing.radiograph(2))
+    data_testing.write_dicom(root / "Normal" / "pelvis.dcm", data_testing.radiograph(3), body_part="PELVIS")
+    data = evaluate.load_folders(str(root), features.get_task("covid-vs-normal"), key="evaluate-test-key-0123456789abcd")
+    assert data.n == 2
+    assert [s["reason"] for s in data.skipped] == ["not a chest film: DICOM BodyPartExamined PELVIS"]
+
+
 def test_dicom_file_and_folder_names_never_reach_the_report(binary_model, tmp_path, monkeypatch):
     """Hospital exports name DICOM files and folders by patient id, date, accession number: the
     report names such a film by its class folder and a keyed pseudonym instead."""

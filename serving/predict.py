@@ -368,7 +368,7 @@ def process(path: str, preparation: Preparation = Preparation()) -> images.Proce
 
 def prepare(path: str, preparation: Preparation = Preparation()) -> bytes:
     """One input file -> the PNG bytes curation would have stored. Raises images.ImageError, also for
-    a DICOM that curation would refuse (another modality, a lateral view): the model never saw one."""
+    a DICOM that curation would refuse (another modality or body part, a lateral view): the model never saw one."""
     processed = process(path, preparation)
     refusal = processed.header.refusal() if processed.header is not None else None
     if refusal:

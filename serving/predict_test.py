@@ -902,6 +902,26 @@ def test_inputs_that_are_all_refused_before_the_model_do_not_load_it(tmp_path, m
     assert sum("ERROR: " in line for line in table.stdout.splitlines()) == 4
 
 
+def test_a_dicom_of_another_body_part_is_a_per_file_error_as_curation_refuses_it(tmp_path, monkeypatch):
+    """An abdominal or knee film would get a COVID probability from a chest-film model."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")  # found on disk; must not load: every input is refused
+    monkeypatch.setattr(predict, "load_model", lambda *args: pytest.fail("the model was loaded"))
+    film = data_testing.radiograph(6)
+    abdomen = data_testing.write_dicom(tmp_path / "abdomen.dcm", film, body_part="ABDOMEN")
+    data_testing.write_dicom(tmp_path / "folder" / "knee.dcm", film, body_part="KNEE")
+    args = ["predict", "--model", str(model), abdomen, str(tmp_path / "folder")]
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    assert [(os.path.basename(e["file"]), e["error"]) for e in json.loads(result.stdout)["errors"]] == [
+        ("abdomen.dcm", "refused as curation refuses it: not a chest film: DICOM BodyPartExamined ABDOMEN"),
+        ("knee.dcm", "refused as curation refuses it: not a chest film: DICOM BodyPartExamined KNEE")]
+    table = CliRunner(mix_stderr=False).invoke(cli.main, args)
+    assert table.exit_code == 1 and table.stdout.splitlines()[-1] == "0 predicted, 2 failed"
+    assert sum("ERROR: refused as curation refuses it: not a chest film" in line for line in table.stdout.splitlines()) == 2
+
+
 def test_a_saved_model_without_covid_cxrs_signatures_is_a_one_line_error_naming_what_it_has():
     import types
 
