@@ -47,7 +47,7 @@ if not _verbose_requested(sys.argv):
 import click  # noqa: E402
 
 from covid_cxr.messages import first_line  # noqa: E402
-from covid_cxr.pipeline.config import ConfigError, command_line_values, load_config, preset_names  # noqa: E402
+from covid_cxr.pipeline.config import ConfigError, UserPath, command_line_values, load_config, preset_names  # noqa: E402
 
 # User errors end in one line and exit code 2; a failing run ends in one line and exit code 1.
 USER_ERRORS = (ConfigError, FileNotFoundError, PermissionError, ValueError)
@@ -201,13 +201,15 @@ def config_options(func):
         click.option("--preset", type=click.Choice(preset_names()), default=None,
                      help="Preset to start from: quick (minutes; the demo's default) or full (real training; "
                           "the default of run and compile)."),
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+        click.option("--config", "config_file", type=UserPath(dir_okay=False), default=None,
                      help="YAML config file (sections: data, model, training, tuner, gate, runtime)."),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
                      help="Override any config field, e.g. --set training.epochs=3 (repeatable)."),
         click.option("--task", default=None, help="Task: covid-vs-normal, covid-vs-pneumonia, covid-vs-noncovid, three-class."),
-        click.option("--pipeline-root", default=None, help="Where TFX writes artifacts (and the SQLite MLMD)."),
-        click.option("--serving-dir", default=None, help="Where blessed models are pushed, one version per directory."),
+        click.option("--pipeline-root", default=None, type=UserPath(),
+                     help="Where TFX writes artifacts (and the SQLite MLMD)."),
+        click.option("--serving-dir", default=None, type=UserPath(),
+                     help="Where blessed models are pushed, one version per directory."),
         click.option("--min-sensitivity", type=float, default=None, help="Gate: minimum test sensitivity."),
         click.option("--min-specificity", type=float, default=None, help="Gate: minimum test specificity."),
     ]
@@ -318,7 +320,7 @@ DEMO_MIN_PATIENTS_PER_CLASS = 12
 
 
 @main.command()
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="demo-out", show_default=True, type=UserPath(file_okay=False),
               help="Directory for the synthetic data, pipeline root and serving models.")
 @click.option("--patients-per-class", default=60, show_default=True,
               type=click.IntRange(DEMO_MIN_PATIENTS_PER_CLASS, 10000),
@@ -353,7 +355,7 @@ def demo(out, patients_per_class, preset, config_file, overrides, **named):
 
 
 @main.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(), help="Curated TFRecords (covid-cxr curate --out).")
+@click.option("--data", "data_dir", required=True, type=UserPath(), help="Curated TFRecords (covid-cxr curate --out).")
 @click.option("--require-blessed", is_flag=True,
               help=f"Exit with code {REFUSED_EXIT} unless the run ends with a blessed model (for CI; by default a "
                    "refusal exits 0).")
@@ -380,9 +382,9 @@ def run(data_dir, require_blessed, preset, config_file, overrides, **named):
 
 @main.command("compile")
 @click.option("--image", required=True, help="Container image with covid-cxr installed (see Dockerfile).")
-@click.option("--output", default="covid-cxr-pipeline.json", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--output", default="covid-cxr-pipeline.json", show_default=True, type=UserPath(dir_okay=False),
               help="*.json: a Vertex AI PipelineJob; *.yaml: a pipeline spec for open-source Kubeflow Pipelines 2.x.")
-@click.option("--data", "data_dir", required=True, help="Curated TFRecords, usually gs://...")
+@click.option("--data", "data_dir", required=True, type=UserPath(), help="Curated TFRecords, usually gs://...")
 @config_options
 def compile_command(image, output, data_dir, preset, config_file, overrides, **named):
     """Compile the pipeline to a Vertex AI (JSON) or Kubeflow Pipelines (YAML) spec."""

@@ -78,6 +78,7 @@ from covid_cxr.data import dedupe, dicom, features, images, jsonfile, pseudonym
 from covid_cxr.data.sources import SOURCES, Candidate, Source, SourceError, parse_class_map
 from covid_cxr.data.sources.base import list_files, subdirs
 from covid_cxr.data.writer import DatasetWriter, OutputError, check_writable, reason_kind
+from covid_cxr.pipeline.config import UserPath, user_path
 
 log = logging.getLogger(__name__)
 
@@ -672,7 +673,7 @@ def _parse_source_option(values: Sequence[str], option: str = "--source", form: 
         name, path = name.strip(), path.strip()
         if not sep or not name or not path:
             raise click.UsageError(f"{option} {value!r}: expected {form}, NAME one of {', '.join(SOURCES)}")
-        out.append((name, path))
+        out.append((name, user_path(path)))  # as UserPath reads the other path options
     return out
 
 
@@ -683,7 +684,7 @@ def _parse_source_option(values: Sequence[str], option: str = "--source", form: 
               help=f"Folder source only: class folder -> finding ({', '.join(features.FINDINGS)}).")
 @click.option("--task", default="covid-vs-normal", show_default=True, type=click.Choice(list(features.TASKS)),
               help="Task whose classes the records are labelled with.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False), help="Output directory.")
 @click.option("--max-side", default=images.DEFAULT_MAX_SIDE, show_default=True, type=click.IntRange(images.MIN_SIDE, images.MAX_SIDE),
               help="Longest side of the stored PNGs (never upscaled).")
 @click.option("--no-crop", is_flag=True, help="Keep black borders and bars (cropping is on by default).")

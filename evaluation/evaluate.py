@@ -67,6 +67,7 @@ from covid_cxr.data.sources import kermany, parse_class_map, radiography
 from covid_cxr.data.sources.folder import mapped_finding, unmatched_names
 from covid_cxr.evaluation import (artifacts, attention_audit, errors, html_report, metrics, model_card,
                                   shortcut_audit)
+from covid_cxr.pipeline.config import UserPath
 from covid_cxr.serving import model_metadata, near_copies, predict, typicality
 
 REPORT_JSON = "report.json"
@@ -751,15 +752,15 @@ def check_out_beside_model(out_dir: str, model_dir: str) -> None:
 
 
 @click.command("evaluate")
-@click.option("--model", "model_path", required=True, type=click.Path(),
+@click.option("--model", "model_path", required=True, type=UserPath(),
               help="Pushed version dir, serving base dir (newest version) or exported SavedModel.")
-@click.option("--data", "data_dir", default=None, type=click.Path(),
+@click.option("--data", "data_dir", default=None, type=UserPath(),
               help="Curated TFRecords dir (records-*.tfrecord.gz), a run's Split-test dir, or a class-per-folder "
                    "image tree. Default with --pipeline-root: that run's held-out test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation-report", show_default=True,
+@click.option("--out", "out_dir", type=UserPath(file_okay=False), default="evaluation-report", show_default=True,
               help="Where report.html, report.json and the PNG plots are written.")
-@click.option("--pipeline-root", default=None, type=click.Path(),
+@click.option("--pipeline-root", default=None, type=UserPath(),
               help="Add the newest TFDV statistics/anomalies and TFMA slice metrics found under this root.")
 @click.option("--class-map", default=None, metavar="FOLDER=FINDING,...",
               help="Folder trees only: class folder (exact name, as curate) -> finding (replaces the default names).")

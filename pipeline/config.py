@@ -16,6 +16,7 @@ import re
 import typing
 from typing import Any, Iterable, Mapping, Optional
 
+import click
 import yaml
 
 from covid_cxr.data import features
@@ -507,6 +508,15 @@ def user_path(text: str) -> str:
     """A path field's value as a shell reads a path, where no shell did (``--set runtime.pipeline_root=~/x``, whose
     ~ bash leaves alone, or a YAML file): a leading ~ or ~user is that home folder. Anything else stays as written."""
     return os.path.expanduser(text)
+
+
+class UserPath(click.Path):
+    """The type of every command's own path options (``--config``, ``--out``, ``--model``, ...): a path read as
+    user_path reads a path field, so ``--out=~/x`` (whose ~ bash leaves alone) is the home folder's x, not a
+    folder named ~ under the working directory."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(user_path(value) if isinstance(value, str) else value, param, ctx)
 
 
 def _same_place(path: str) -> str:

@@ -34,6 +34,7 @@ from covid_cxr.data import features, images, writer
 from covid_cxr.evaluation import artifacts
 from covid_cxr.evaluation.artifacts import PUSH_RECORD
 from covid_cxr.messages import first_line
+from covid_cxr.pipeline.config import UserPath
 from covid_cxr.serving import model_metadata, typicality
 # The exported model's signature names, as serving/export.py writes them.
 from covid_cxr.serving.export import EXAMPLES_SIGNATURE, IMAGE_SIGNATURE, TRANSFORM_SIGNATURE
@@ -567,12 +568,12 @@ def format_table(result: PredictResult, blessed: tuple[Optional[str], str]) -> s
 
 
 @click.command("predict")
-@click.option("--model", "model_path", required=True, type=click.Path(),
+@click.option("--model", "model_path", required=True, type=UserPath(),
               help="Pushed version dir, serving base dir (newest version is used) or exported SavedModel.")
 # Not click's readable check: an unreadable file is one row's error ("cannot read image"), not the whole command's.
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False))
+@click.argument("inputs", nargs=-1, required=True, type=UserPath(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (predictions and per-file errors) instead of a table.")
-@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--explain", "explain_dir", type=UserPath(file_okay=False), default=None,
               help="Write a heat-map overlay PNG per image into this directory: Grad-CAM (for an averaged "
                    "ensemble such as the full preset's, the mean of its members' maps), or gradient saliency "
                    "for a model without a convolution (the caption names the method).")

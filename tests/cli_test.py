@@ -606,6 +606,75 @@ def test_a_tilde_in_a_path_on_the_command_line_is_the_home_folder(tmp_path, monk
             cli.build_config("quick", None, [f"{key}=~/a.h5", f"{key}=a.h5"])
 
 
+def _commands(group):
+    """{'demo': command, 'curate': command, ...}: every command under ``group``, nested groups' too."""
+    import click
+
+    found = {}
+    for name, command in group.commands.items():
+        found[name] = command
+        if isinstance(command, click.Group):
+            found.update({f"{name} {sub}": c for sub, c in _commands(command).items()})
+    return found
+
+
+def test_every_path_option_of_every_command_reads_a_tilde_as_the_home_folder(tmp_path, monkeypatch):
+    """bash leaves the ~ of `--out=~/x` alone: the command's own path options got '~/x', a folder named ~ under
+    the working directory or a file not found (the config's path fields expand it: user_path)."""
+    import click
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    checked = set()
+    for name, command in _commands(cli.main).items():
+        for param in command.params:
+            if isinstance(param.type, click.Path):
+                flag = param.opts[0] if isinstance(param, click.Option) else param.name
+                with click.Context(command) as ctx:
+                    assert param.type.convert("~/x", param, ctx) == str(home / "x"), f"{name} {flag}"
+                checked.add(f"{name} {flag}")
+    assert {"run --config", "demo --out", "run --data", "run --pipeline-root", "run --serving-dir", "compile --output",
+            "compile --data", "curate --out", "evaluate --model", "evaluate --data", "evaluate --out",
+            "evaluate --pipeline-root", "predict --model", "predict inputs", "predict --explain"} <= checked, checked
+
+
+def test_the_config_file_and_compiles_output_may_start_with_a_tilde(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr import kubeflow_runner
+
+    compiled = []
+    monkeypatch.setattr(kubeflow_runner, "compile_pipeline",
+                        lambda config, output, image: compiled.append((config.gate.min_sensitivity, output)) or [])
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    home.mkdir()
+    (home / "c.yaml").write_text("gate:\n  min_sensitivity: 0.91\n")
+    result = CliRunner().invoke(cli.main, ["compile", "--image", "registry.example/covid-cxr@sha256:" + "0" * 64,
+                                           "--data", "gs://b/d", "--config=~/c.yaml", "--output=~/spec.json"])
+    assert result.exit_code == 0, result.output
+    assert compiled == [(0.91, str(home / "spec.json"))]
+    assert result.output.splitlines()[-1] == f"Pipeline spec written to {home / 'spec.json'}"
+
+
+def test_curate_writes_under_the_home_folder_for_a_tilde_in_out_and_source(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from covid_cxr.data import testing
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    for seed, folder in enumerate(("COVID", "Normal", "COVID", "Normal")):
+        testing.write_image(home / "src" / folder / f"{seed}.png", testing.radiograph(seed))
+    result = CliRunner().invoke(cli.main, ["curate", "--source", "folder=~/src", "--out=~/curated", "--workers", "1",
+                                           "--key", "cli-test-key-0123456789abcdef0123456789"])
+    assert result.exit_code == 0, result.output
+    assert (home / "curated" / "summary.json").is_file()
+    assert not (tmp_path / "~").exists()  # no folder named ~ in the working directory
+
+
 def test_each_command_starts_from_its_own_preset(monkeypatch, tmp_path):
     """demo: quick; run and compile: full (real training), unless --preset says otherwise."""
     from click.testing import CliRunner
