@@ -25,7 +25,8 @@ pipeline) for the figures you report.
   mirror (threshold chosen on the mirrored-and-averaged validation scores): a paired row
   "<family> + mirror TTA" from the same training run, so only the test-time averaging differs.
 * ``--set model.augment_rotation_degrees=5`` (repeatable): any augmentation field of the run config
-  (AUGMENT_FIELDS), read and checked as a run reads it; --contrast and --gamma are two of them.
+  (AUGMENT_FIELDS) or model.border_crop, read and checked as a run reads it; --contrast, --gamma and
+  --border-crop set three of them.
 
     .venv/bin/python scripts/compare_models.py --data runs/q/curated-covid-vs-normal \\
         --families mobilenet_v2,mobilenet_v2_035 --sizes 160,224 --fine-tune-layers 40 [--folds 5]
@@ -58,18 +59,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "weights"))
 # The run config's augmentation fields (what the Trainer reads, models.augment_config): --set takes these.
 AUGMENT_FIELDS = ("model.augment", *(f"model.augment_{field}" for field in M.CONFIGURABLE_AUGMENT_FIELDS))
+SET_FIELDS = (*AUGMENT_FIELDS, "model.border_crop")  # the run config's fields this script reads
 
 
-def augmentation(overrides: list[str], contrast: float | None = None, gamma: float | None = None) -> M.AugmentConfig:
-    """The augmentation that ``--set model.augment...=VALUE`` (and --contrast / --gamma, None when not given) set,
-    read and checked as a run's config reads them (ConfigError otherwise); the others keep the config's defaults."""
-    values = C.command_line_values(overrides, {"model.augment_contrast": ("--contrast", contrast),
+def run_settings(overrides: list[str], border_crop: float | None = None, contrast: float | None = None,
+                 gamma: float | None = None) -> tuple[M.AugmentConfig, float]:
+    """(augmentation, border crop) that ``--set model.augment...=VALUE`` / ``model.border_crop=VALUE`` and
+    --border-crop / --contrast / --gamma (None when not given) set, read and checked as a run's config reads them
+    (ConfigError otherwise); the others keep the config's defaults."""
+    values = C.command_line_values(overrides, {"model.border_crop": ("--border-crop", border_crop),
+                                               "model.augment_contrast": ("--contrast", contrast),
                                                "model.augment_gamma": ("--gamma", gamma)})
-    others = [key for key in values if key not in AUGMENT_FIELDS]
+    others = [key for key in values if key not in SET_FIELDS]
     if others:  # applied to the config, they would change nothing this script trains
-        raise C.ConfigError(f"--set {others[0]}: only the augmentation is set with --set here ({', '.join(AUGMENT_FIELDS)}); "
-                            "the script's options set the rest")
-    return M.augment_config(C.load_config(overrides=values).to_dict()["model"])
+        raise C.ConfigError(f"--set {others[0]}: only the augmentation and the border crop are set with --set here "
+                            f"({', '.join(SET_FIELDS)}); the script's options set the rest")
+    model = C.load_config(overrides=values).to_dict()["model"]
+    return M.augment_config(model), model["border_crop"]
 
 
 def load(data_dir: str, size: int, cache_dir: str, border_crop: float = 0.0):
@@ -196,19 +202,18 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights-dir", default=WEIGHTS_DIR)
     parser.add_argument("--cache", default="/tmp")
-    parser.add_argument("--border-crop", type=float, default=0.0, help="as model.border_crop: fraction cut off each side")
+    parser.add_argument("--border-crop", type=float, default=None,
+                        help="as --set model.border_crop=VALUE: fraction cut off each side")
     parser.add_argument("--contrast", type=float, default=None, help="as --set model.augment_contrast=VALUE")
     parser.add_argument("--gamma", type=float, default=None, help="as --set model.augment_gamma=VALUE")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="an augmentation field of the run config (repeatable; the others keep its defaults): "
-                             + ", ".join(AUGMENT_FIELDS))
+                        help="an augmentation field of the run config or its border crop (repeatable; the others "
+                             "keep its defaults): " + ", ".join(SET_FIELDS))
     parser.add_argument("--tta", action="store_true", help="score each image as the mean over it and its mirror")
     parser.add_argument("--folds", type=int, default=0, help="grouped K-fold CV with pooled out-of-fold scores (0: one split)")
     args = parser.parse_args()
-    if not 0.0 <= args.border_crop <= 0.25:  # the range model.border_crop accepts
-        parser.error(f"--border-crop must be between 0 and 0.25 (of each side), got {args.border_crop}")
     try:  # built once, and checked before any data is read
-        args.augment = augmentation(args.overrides, args.contrast, args.gamma)
+        args.augment, args.border_crop = run_settings(args.overrides, args.border_crop, args.contrast, args.gamma)
     except C.ConfigError as e:
         parser.error(str(e))
 

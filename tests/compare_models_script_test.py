@@ -73,13 +73,15 @@ def test_border_crop_decodes_like_the_transform_and_is_cached_apart(compare_mode
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--border-crop", "0.6"], "--border-crop must be between 0 and 0.25 (of each side), got 0.6"),
+    (["--border-crop", "0.6"], "model.border_crop must be between 0 and 0.25 (of each side), got 0.6"),
+    (["--border-crop", "0.1", "--set", "model.border_crop=0.2"],
+     "--border-crop 0.1 and --set model.border_crop=0.2 disagree: give one of them"),
     (["--gamma", "2"], "model.augment_contrast must be in [0, 1) and model.augment_gamma in [0, 1], got 0.0 and 2.0"),
     (["--set", "model.augment_shift=1"], "model.augment_shift must be a number at least 0.0 and below 1.0, got 1.0"),
     (["--set", "model.augment_zoom=much"], "override: model.augment_zoom: 'much' is not a valid float"),
     (["--set", "model.augment_horizontal_flip"], "--set 'model.augment_horizontal_flip' must look like section.field=value"),
-    (["--set", "training.epochs=3"], "--set training.epochs: only the augmentation is set with --set here (model.augment, "
-                                     "model.augment_rotation_degrees, "),
+    (["--set", "training.epochs=3"], "--set training.epochs: only the augmentation and the border crop are set with "
+                                     "--set here (model.augment, model.augment_rotation_degrees, "),
     (["--contrast", "0.2", "--set", "model.augment_contrast=0.3"],
      "--contrast 0.2 and --set model.augment_contrast=0.3 disagree: give one of them"),
 ])
@@ -116,3 +118,27 @@ def test_every_augmentation_field_of_the_run_config_is_set_with_set(options, exp
     monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), *options])
     compare_models.main()
     assert trained == [models.AugmentConfig(**expected)]
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], 0.0),  # the run config's default
+    (["--border-crop", "0.1"], 0.1),
+    (["--set", "model.border_crop=0.2"], 0.2),
+    (["--border-crop", "0.1", "--set", "model.border_crop=.10"], 0.1),
+])
+def test_the_border_crop_is_the_run_configs_set_with_its_option_or_set(options, expected, compare_models, tmp_path,
+                                                                       monkeypatch):
+    """--border-crop had its own copy of model.border_crop's range check, and --set model.border_crop was refused."""
+    import numpy as np
+
+    crops = []
+
+    def load(data_dir, size, cache_dir, border_crop):
+        crops.append(border_crop)
+        return np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]), np.array(["a", "b"]), np.array(["s", "s"])
+
+    monkeypatch.setattr(compare_models, "load", load)
+    monkeypatch.setattr(compare_models, "evaluate", lambda family, size, x, y, rounds, args: [])
+    monkeypatch.setattr(sys, "argv", ["compare_models.py", "--data", str(tmp_path), *options])
+    compare_models.main()
+    assert crops == [expected]
