@@ -9,3 +9,16 @@ def pretrained_mobilenet(tmp_path):
     path = str(tmp_path / "mnv2.h5")
     source.save_weights(path)
     return path
+
+
+@pytest.fixture
+def eager_functions():
+    """Runs every tf.function eagerly for the test. Tracing MobileNetV2's fit and evaluate functions
+    costs ~15 s of CPU each, for fits of a few steps on 32 px films: most of a trial test's time
+    (one fine-tuning trial: 85 s of CPU traced, 16 s eager). For tests of which epochs and phases a
+    trial runs; the DAG tests train in graph mode."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)

@@ -241,7 +241,7 @@ def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mo
     assert smoothing and set(smoothing) == {0.1}  # the cached head trains on the Trainer's loss too
 
 
-def test_tuner_trials_fine_tune_when_asked_so_the_depth_they_drew_is_what_they_score(pretrained_mobilenet):
+def test_tuner_trials_fine_tune_when_asked_so_the_depth_they_drew_is_what_they_score(pretrained_mobilenet, eager_functions):
     def trials(fine_tune_epochs):
         hypermodel = trainer_task._TrialModel(_trial_builder(pretrained_mobilenet), _small_batches, BINARY,
                                               fine_tune_epochs=fine_tune_epochs)
@@ -253,7 +253,7 @@ def test_tuner_trials_fine_tune_when_asked_so_the_depth_they_drew_is_what_they_s
     assert fine_tuned["loss"][2:] != fine_tuned["loss"][:2]
 
 
-def test_a_fine_tuning_trial_fine_tunes_from_the_heads_best_epoch(pretrained_mobilenet, monkeypatch):
+def test_a_fine_tuning_trial_fine_tunes_from_the_heads_best_epoch(pretrained_mobilenet, eager_functions, monkeypatch):
     class FirstEpochBest(training.SelectionScore):  # the head's first epoch scores best, whatever it learnt
         def on_epoch_end(self, epoch, logs=None):
             logs["val_selection"] = 1.0 if epoch == 0 else 0.0
