@@ -1,5 +1,6 @@
 """The three-class served decision: COVID above the stored threshold, else the more probable other class;
 what the served signatures accept as an image."""
+import functools
 import io
 import re
 import struct
@@ -260,8 +261,12 @@ def _formats(grey: np.ndarray) -> dict:
     }
 
 
+# Traced once for the module: a new tf.function per call traced the decoders again every time.
+_served_images = tf.function(export.served_images, input_signature=[tf.TensorSpec([None], tf.string)])
+
+
 def _served_bytes(encoded: list) -> list:
-    return list(tf.function(export.served_images)(tf.constant(encoded)).numpy())
+    return list(_served_images(tf.constant(encoded)).numpy())
 
 
 def test_the_served_graph_reads_every_format_pixel_for_pixel_as_curation_reads_it(tmp_path):
@@ -282,9 +287,15 @@ def _tf_example(encoded: bytes) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature={features.IMAGE: image})).SerializeToString()
 
 
+@functools.lru_cache(maxsize=2)
+def _loaded(model_dir):
+    """The SavedModel loaded once per directory (a refused request leaves it as it was)."""
+    return tf.saved_model.load(model_dir)
+
+
 def _served(model_dir, encoded: list) -> list:
     """P(covid) from both predict signatures, which must agree."""
-    signatures = tf.saved_model.load(model_dir).signatures
+    signatures = _loaded(model_dir).signatures
     by_bytes = signatures[export.IMAGE_SIGNATURE](image_bytes=tf.constant(encoded))["covid_probability"].numpy()
     by_example = signatures[export.EXAMPLES_SIGNATURE](examples=tf.constant([_tf_example(e) for e in encoded]))
     np.testing.assert_array_equal(by_bytes, by_example["covid_probability"].numpy())
@@ -495,16 +506,17 @@ def _refused_inputs() -> dict:
 
 def test_what_curation_refuses_the_served_signatures_refuse_with_its_reason_and_no_score(binary_model, tmp_path):
     inputs = _refused_inputs()
+    served = predict.load_model(binary_model.model_dir)
     for name, encoded in inputs.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"image 0: {REFUSED[name]}"):
             _served(binary_model.model_dir, [encoded])
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"image 0: {REFUSED[name]}"):
-            tf.saved_model.load(binary_model.model_dir).signatures[export.EXAMPLES_SIGNATURE](
+            _loaded(binary_model.model_dir).signatures[export.EXAMPLES_SIGNATURE](
                 examples=tf.constant([_tf_example(encoded)]))
         # `covid-cxr predict` refuses each too (curation's reader says why).
         path = tmp_path / name.replace(" ", "_")
         path.write_bytes(encoded)
-        assert predict.predict_paths(predict.load_model(binary_model.model_dir), [str(path)]).predictions == []
+        assert predict.predict_paths(served, [str(path)]).predictions == []
 
 
 def test_a_request_holding_one_bad_image_fails_and_names_it(binary_model):
