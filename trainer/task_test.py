@@ -219,7 +219,7 @@ def _trial(hypermodel, **values):
                           verbose=0)
 
 
-def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mobilenet, monkeypatch):
+def test_with_cached_features_tuner_trials_share_one_backbone_pass(pretrained_mobilenet, eager_functions, monkeypatch):
     passes = []
 
     def head_pass():
