@@ -450,8 +450,6 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
         outputs = model.predict_images(data.images)
         signature = predict.IMAGE_SIGNATURE
     threshold = model.threshold if model.threshold is not None else float(outputs["threshold"][0])
-    # An older three-class model labels by argmax: its graph's threshold decides nothing.
-    by_threshold = task.is_binary or model.threshold is not None
     report = {
         "task": task.name,
         "classes": list(task.classes),
@@ -461,9 +459,13 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
                  "skipped_files": data.skipped, "hidden_skipped": data.hidden,
                  "masks_skipped": data.masks},
         "threshold": threshold,
-        "threshold_applies": by_threshold,
     }
-    report["threshold_note"] = model_metadata.decision_note(metadata_as_evaluated(model.metadata, report))
+    # One rule for the flag and the note: an older three-class model labels by argmax (its graph's threshold
+    # decides nothing); one whose metadata names the rule, by the threshold its graph outputs if none is stored.
+    evaluated_metadata = metadata_as_evaluated(model.metadata, report)
+    by_threshold = model_metadata.threshold_applies(evaluated_metadata)
+    report["threshold_applies"] = by_threshold
+    report["threshold_note"] = model_metadata.decision_note(evaluated_metadata)
     report.update(compute(task, data.labels, outputs, n_boot=n_boot, seed=seed, slices=data.slices, groups=data.groups))
     # Reporting only: near copies of training/validation films stay in the figures.
     report["near_copies"] = near_copies.check(model.metadata, data.images, data.refs)

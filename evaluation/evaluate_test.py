@@ -1773,6 +1773,22 @@ def test_an_argmax_models_header_and_summary_name_its_argmax_not_a_threshold_it_
     assert "decision threshold 0.4375: COVID when its probability" in evaluate.summary_text(ruled)
 
 
+def test_a_three_class_model_with_the_rule_but_no_stored_threshold_is_described_by_its_graphs_threshold():
+    """Its metadata names the threshold rule, which only serving/export.py writes, and that export's graph
+    applies the rule with the threshold it outputs: the report, its note and its model card all say so,
+    with the graph's threshold, instead of counting it an argmax model under a threshold-rule note."""
+    three = features.TASKS["three-class"]
+    labels, outputs = _three_class_argmax_outputs(three, 4)
+    metadata = {"classes": list(three.classes), "decision_rule": model_metadata.COVID_THRESHOLD_RULE}
+    report = _evaluated(three, labels, outputs, None, metadata, graph_threshold=0.4375)
+    assert report["threshold_applies"] is True
+    assert report["threshold_note"] == model_metadata.decision_note(metadata)
+    assert "decision threshold 0.4375: COVID when its probability" in evaluate.summary_text(report)
+    card = evaluate.model_card_text(types.SimpleNamespace(metadata=metadata), report, {})
+    assert "- decision threshold on the COVID probability: 0.4375 (COVID when above it, else" in card
+    assert "most probable class (no threshold)" not in card
+
+
 def test_a_binary_model_without_metadata_is_not_described_as_an_argmax_one():
     """Its task comes from the data; it labels by its graph's threshold (the ROC point says so), and so do its
     note and its model card, with that threshold, not a default 0.5."""
