@@ -227,7 +227,7 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     """Markdown card from the model's metadata asset and its gate report (evaluation/gate_report.py)."""
     task = metadata.get("task", "unknown")
     classes = metadata.get("classes", [])
-    threshold = metadata.get("threshold", 0.5)
+    threshold = metadata.get("threshold")
     binary = len(classes) == 2
     by_threshold = model_metadata.threshold_applies(metadata)  # else an older three-class model's argmax
     lines = [
@@ -254,7 +254,9 @@ def render(metadata: dict, report, evaluation: Optional[dict] = None) -> str:
     if by_threshold:
         target_specificity = metadata.get("target_specificity") or 0.0
         otherwise = "" if binary else ", else the more probable other class"
-        lines.append(f"- decision threshold on the COVID probability: {threshold:.4f} (COVID when above it{otherwise}), "
+        # trainer/task.py always stores it; metadata written elsewhere may not, and 0.5 was never chosen.
+        shown = "not recorded in the model's metadata" if threshold is None else f"{threshold:.4f}"
+        lines.append(f"- decision threshold on the COVID probability: {shown} (COVID when above it{otherwise}), "
                      f"chosen on the validation split for sensitivity >= {metadata.get('target_sensitivity', '?')}"
                      + (f", sharing any slack with specificity >= {target_specificity}" if target_specificity else ""))
     else:

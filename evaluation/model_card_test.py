@@ -257,6 +257,19 @@ def test_a_blessed_three_class_card_does_not_give_tfma_values_for_a_class_the_te
     assert "nan" not in card
 
 
+def test_a_threshold_models_card_without_a_stored_threshold_says_so_instead_of_inventing_one():
+    """trainer/task.py always stores the threshold; metadata without it (written elsewhere, or hand-edited)
+    must not get a 0.5000 that no one chose printed as the model's decision threshold."""
+    binary = {key: value for key, value in METADATA.items() if key != "threshold"}
+    three_class = {"task": "three-class", "classes": ["normal", "pneumonia", "covid"],
+                   "decision_rule": model_metadata.COVID_THRESHOLD_RULE, "target_sensitivity": 0.95}
+    for metadata, otherwise in ((binary, ""), (three_class, ", else the more probable other class")):
+        card = model_card.render(metadata, _report())
+        assert "0.5000" not in card
+        assert ("- decision threshold on the COVID probability: not recorded in the model's metadata "
+                f"(COVID when above it{otherwise}), chosen on the validation split for sensitivity >= 0.95") in card
+
+
 def test_the_card_of_an_argmax_model_does_not_say_its_label_is_at_a_threshold():
     argmax = {"task": "three-class", "classes": ["normal", "pneumonia", "covid"], "threshold": 0.5}
     assert "a label at the stored decision threshold" in model_card.render(METADATA, _report())
