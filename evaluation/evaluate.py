@@ -427,14 +427,6 @@ def task_of(model: predict.ServingModel, data: EvalData) -> features.Task:
     return task
 
 
-def metadata_as_evaluated(metadata: Mapping, report: Mapping) -> dict:
-    """The model's metadata, where it is silent (a SavedModel exported elsewhere) completed from the
-    evaluation: the task and classes the data named, the threshold the graph output. Described from the
-    metadata alone, a binary model without classes read as an argmax one, its threshold as 0.5."""
-    missing = [key for key in ("task", "classes", "threshold") if metadata.get(key) in (None, "", [])]
-    return dict(metadata, **{key: report[key] for key in missing if report.get(key) is not None})
-
-
 def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, seed: int = 0,
              audit: bool = True, attention: bool = False, progress=None,
              attention_limit: Optional[int] = None) -> Evaluation:
@@ -462,7 +454,7 @@ def evaluate(model: predict.ServingModel, data: EvalData, n_boot: int = 2000, se
     }
     # One rule for the flag and the note: an older three-class model labels by argmax (its graph's threshold
     # decides nothing); one whose metadata names the rule, by the threshold its graph outputs if none is stored.
-    evaluated_metadata = metadata_as_evaluated(model.metadata, report)
+    evaluated_metadata = model_metadata.completed(model.metadata, report)
     by_threshold = model_metadata.threshold_applies(evaluated_metadata)
     report["threshold_applies"] = by_threshold
     report["threshold_note"] = model_metadata.decision_note(evaluated_metadata)
@@ -566,7 +558,7 @@ def model_card_text(model: predict.ServingModel, report: dict, record: Mapping) 
     """The card the Pusher wrote for this model (its gate and held-out figures, from the gate's
     decision ``record`` (:func:`gate_decision`) when there is one: a refused model's says so, and
     why), plus this evaluation's intervals, per-source table and audit."""
-    metadata = dict(metadata_as_evaluated(model.metadata, report),
+    metadata = dict(model_metadata.completed(model.metadata, report),
                     **({"gate": record["gate"]} if record.get("gate") else {}))
     gate = None
     if record.get("metrics"):

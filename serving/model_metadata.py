@@ -55,6 +55,15 @@ def read(model_dir: str) -> dict:
     return metadata
 
 
+def completed(metadata: Mapping, served: Mapping) -> dict:
+    """The model's metadata, where it is silent (a SavedModel exported elsewhere, or one storing no threshold)
+    completed from what the model served: its task, its classes, the threshold its graph output. Described from
+    the metadata alone, a binary model without classes read as an argmax one, and a three-class one naming the
+    threshold rule without a threshold read as if it had none, though its graph applies one."""
+    missing = [key for key in ("task", "classes", "threshold") if metadata.get(key) in (None, "", [])]
+    return dict(metadata, **{key: served[key] for key in missing if served.get(key) is not None})
+
+
 def threshold_applies(metadata: Mapping) -> bool:
     """Whether the model's label uses its stored threshold on P(covid) (binary tasks always do)."""
     return len(metadata.get("classes") or []) == 2 or metadata.get("decision_rule") == COVID_THRESHOLD_RULE

@@ -445,10 +445,23 @@ class PredictResult:
     def failed(self) -> bool:
         return bool(self.errors)
 
+    def decision(self) -> tuple[bool, Optional[float]]:
+        """Whether the labels follow a COVID threshold, and which: the stored one, else the one the graph
+        output (None when no film was scored). As evaluate decides it (model_metadata.completed): a
+        three-class model naming the threshold rule without storing a threshold still applies its graph's."""
+        served = {"task": self.model.task.name if self.model.task else None,
+                  "classes": list(self.predictions[0]["probabilities"]) if self.predictions else list(self.model.classes),
+                  "threshold": self.predictions[0]["threshold"] if self.predictions else None}
+        metadata = model_metadata.completed(self.model.metadata, served)
+        if not model_metadata.threshold_applies(metadata):
+            return False, None
+        return True, self.model.threshold if self.model.threshold is not None else served["threshold"]
+
     def to_dict(self) -> dict:
+        applies, threshold = self.decision()
         return {
             "model": {"path": self.model.path, "version": self.model.version, "task": self.model.task_name,
-                      "classes": list(self.model.classes), "threshold": self.model.threshold},
+                      "classes": list(self.model.classes), "threshold": threshold, "threshold_applies": applies},
             "predictions": self.predictions,
             "errors": [e.to_dict() for e in self.errors],
             "skipped": [e.to_dict() for e in self.skipped],
@@ -522,8 +535,10 @@ MAX_SKIPPED_SHOWN = 20  # a folder of DICOM exports can hold hundreds of notes a
 def format_table(result: PredictResult, blessed: tuple[Optional[str], str]) -> str:
     """The table `predict` prints; ``blessed``: :func:`blessed_record` of the model, for its header."""
     model = result.model
-    decision = (f"COVID threshold {model.threshold:.4f}" if model.threshold is not None
-                else "no COVID threshold: label = most probable class")
+    applies, threshold = result.decision()
+    decision = ("no COVID threshold: label = most probable class" if not applies
+                else f"COVID threshold {threshold:.4f}" if threshold is not None
+                else "COVID threshold (not stored in its metadata)")
     lines = [f"model {model.path} ({approval_text(model.version, *blessed)}, "
              f"task {model.task_name}, {decision})"]
     if trained_on_synthetic(model):

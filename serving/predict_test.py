@@ -1,4 +1,5 @@
 """`covid-cxr predict` and the exported SavedModel's signatures, on a real (tiny) exported model."""
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from covid_cxr import cli
 from covid_cxr.data import dicom, features, images
 from covid_cxr.data import testing as data_testing
 from covid_cxr.evaluation import artifacts
-from covid_cxr.serving import explain, predict, testing, typicality
+from covid_cxr.serving import explain, model_metadata, predict, testing, typicality
 
 binary_model = testing.tiny_model_fixture()
 dense_model = testing.tiny_model_fixture(conv=False)
@@ -837,9 +838,39 @@ def test_the_json_names_the_models_threshold_and_what_was_passed_over():
     result = predict.PredictResult(_scoring_model(), [], [predict.InputError("x.png", "cannot decode image")],
                                    [predict.InputError("n.txt", predict.NOT_AN_IMAGE)], 2)
     assert result.to_dict() == {
-        "model": {"path": "m", "version": 3, "task": "covid-vs-normal", "classes": ["normal", "covid"], "threshold": 0.4},
+        "model": {"path": "m", "version": 3, "task": "covid-vs-normal", "classes": ["normal", "covid"], "threshold": 0.4,
+                  "threshold_applies": True},
         "predictions": [], "errors": [{"file": "x.png", "error": "cannot decode image"}],
         "skipped": [{"file": "n.txt", "error": "not an image file"}], "hidden_skipped": 2}
+
+
+def test_a_three_class_model_with_the_rule_but_no_stored_threshold_is_described_by_its_graphs_threshold():
+    """Its metadata names the threshold rule, which only serving/export.py writes, and that export's graph
+    applies it with the threshold it outputs on every row: the table and the JSON say so, with that threshold,
+    as evaluate does, instead of "label = most probable class"."""
+    three = features.TASKS["three-class"]
+    metadata = {"classes": list(three.classes), "decision_rule": model_metadata.COVID_THRESHOLD_RULE}
+    model = predict.ServingModel("m", 3, metadata, three.classes, three, None)
+    row = {"file": "a.png", "label": "covid", "label_index": 2,
+           "probabilities": {"normal": 0.3, "pneumonia": 0.25, "covid": 0.45},
+           "covid_probability": 0.45, "threshold": 0.4375, "model_version": 3}
+    result = predict.PredictResult(model, [row], [])
+    assert predict.format_table(result, (None, "")).splitlines()[0].endswith(
+        "task three-class, COVID threshold 0.4375)")
+    assert {k: result.to_dict()["model"][k] for k in ("threshold", "threshold_applies")} == {
+        "threshold": 0.4375, "threshold_applies": True}
+    # With no film scored the graph's threshold is not known here, but the rule still is.
+    unscored = predict.PredictResult(model, [], [predict.InputError("x.png", "cannot decode image")])
+    assert predict.format_table(unscored, (None, "")).splitlines()[0].endswith(
+        "task three-class, COVID threshold (not stored in its metadata))")
+    assert {k: unscored.to_dict()["model"][k] for k in ("threshold", "threshold_applies")} == {
+        "threshold": None, "threshold_applies": True}
+    # Without the rule it is an argmax-era model: its graph's threshold decides nothing.
+    argmax = predict.PredictResult(dataclasses.replace(model, metadata={"classes": list(three.classes)}), [row], [])
+    assert predict.format_table(argmax, (None, "")).splitlines()[0].endswith(
+        "task three-class, no COVID threshold: label = most probable class)")
+    assert {k: argmax.to_dict()["model"][k] for k in ("threshold", "threshold_applies")} == {
+        "threshold": None, "threshold_applies": False}
 
 
 def test_hidden_files_alone_are_counted_in_the_tables_summary():
