@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from covid_cxr.data import images  # noqa: E402
 from covid_cxr.data.testing import REAL_DATA  # noqa: E402
 from covid_cxr.evaluation import metrics  # noqa: E402
+from covid_cxr.pipeline.config import user_path  # noqa: E402
 from covid_cxr.serving import predict, typicality  # noqa: E402
 
 SYNTHETIC_COUNT = 8
@@ -115,8 +116,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="serving dir, pushed version or exported SavedModel")
-    parser.add_argument("--shared", default=str(REAL_DATA), help="the shared corpus (default: %(default)s)")
+    parser.add_argument("--model", required=True, type=user_path, help="serving dir, pushed version or exported SavedModel")
+    parser.add_argument("--shared", default=str(REAL_DATA), type=user_path, help="the shared corpus (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     try:

@@ -189,7 +189,7 @@ def fmt(entry) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="a binary-task directory written by `covid-cxr curate`")
+    parser.add_argument("--data", required=True, type=C.user_path, help="a binary-task directory written by `covid-cxr curate`")
     parser.add_argument("--families", default="mobilenet_v2")
     parser.add_argument("--sizes", default="224")
     parser.add_argument("--epochs", type=int, default=4, help="frozen-base phase")
@@ -200,8 +200,8 @@ def main():
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights-dir", default=WEIGHTS_DIR)
-    parser.add_argument("--cache", default="/tmp")
+    parser.add_argument("--weights-dir", default=WEIGHTS_DIR, type=C.user_path)
+    parser.add_argument("--cache", default="/tmp", type=C.user_path)
     parser.add_argument("--border-crop", type=float, default=None,
                         help="as --set model.border_crop=VALUE: fraction cut off each side")
     parser.add_argument("--contrast", type=float, default=None, help="as --set model.augment_contrast=VALUE")

@@ -36,6 +36,7 @@ covid_cxr.quiet_import_warnings(__name__)
 
 from covid_cxr.evaluation import artifacts, errors  # noqa: E402
 from covid_cxr.evaluation import evaluate as ev  # noqa: E402
+from covid_cxr.pipeline.config import user_path  # noqa: E402
 from covid_cxr.serving import predict  # noqa: E402
 
 
@@ -174,11 +175,11 @@ def _print_across_splits(summary: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", help="pipeline roots of finished runs of one task: on the same curated data "
+    parser.add_argument("roots", nargs="+", type=user_path, help="pipeline roots of finished runs of one task: on the same curated data "
                                                  "and split, or with --across-splits on splits of one curation setting")
     parser.add_argument("--across-splits", action="store_true",
                         help="the runs' test splits differ (fresh curations): match films by their image bytes")
-    parser.add_argument("--out", metavar="PNG", help="write the films wrong in every run (or whenever held out) "
+    parser.add_argument("--out", metavar="PNG", type=user_path, help="write the films wrong in every run (or whenever held out) "
                                                       "as a thumbnail gallery")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)

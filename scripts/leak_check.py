@@ -35,7 +35,7 @@ covid_cxr.quiet_import_warnings(__name__)
 
 from covid_cxr.data import dedupe, features, images  # noqa: E402
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS  # noqa: E402
-from covid_cxr.pipeline.config import DataConfig  # noqa: E402
+from covid_cxr.pipeline.config import DataConfig, user_path  # noqa: E402
 from covid_cxr.pipeline.pipeline import split_of  # noqa: E402  (ExampleGen's own deal, pinned to TFX's function)
 
 NIH_FILE = re.compile(r"(\d{8})_\d{3}\.png$")
@@ -105,14 +105,14 @@ def score_without(root: str, leaked_groups: set) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("curated", nargs="+", help="curated directories (manifest.csv, summary.json)")
+    parser.add_argument("curated", nargs="+", type=user_path, help="curated directories (manifest.csv, summary.json)")
     parser.add_argument("--threshold", type=int, default=dedupe.GROUP_THRESHOLD,
                         help="hash distance under which two films count as one (default: the group threshold)")
     defaults = DataConfig()
     parser.add_argument("--buckets", type=int, nargs=3, metavar=("TRAIN", "EVAL", "TEST"),
                         default=(defaults.train_buckets, defaults.eval_buckets, defaults.test_buckets),
                         help="data.train_buckets / eval_buckets / test_buckets of the runs (default: the config's)")
-    parser.add_argument("--roots", nargs="+", default=None, metavar="ROOT",
+    parser.add_argument("--roots", nargs="+", default=None, type=user_path, metavar="ROOT",
                         help="the pipeline root trained on each curated directory, in the same order")
     args = parser.parse_args(argv)
     if args.roots is not None and len(args.roots) != len(args.curated):

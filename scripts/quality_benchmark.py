@@ -47,6 +47,7 @@ covid_cxr.quiet_import_warnings(__name__)
 from covid_cxr.data import curate, pseudonym, testing  # noqa: E402
 from covid_cxr.data.testing import REAL_DATA, REAL_SOURCE_DIRS  # noqa: E402
 from covid_cxr.evaluation import artifacts  # noqa: E402
+from covid_cxr.pipeline.config import user_path  # noqa: E402
 
 SHARED = str(REAL_DATA)
 CLI = [os.path.join(os.path.dirname(sys.executable), "covid-cxr")]
@@ -203,7 +204,7 @@ def _at_least_one(text: str) -> int:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(SOURCES), choices=list(SOURCES))
-    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--out", default="runs/quality", type=user_path)
     parser.add_argument("--splits", type=_at_least_one, default=1, help="repeat each task on this many patient-disjoint splits")
     parser.add_argument("--first-split", type=int, default=0,
                         help="number the splits from here; 1 and up skip split 0 (the user's key) and use fresh keys only")

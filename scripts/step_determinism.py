@@ -30,6 +30,8 @@ covid_cxr.quiet_import_warnings(__name__)
 
 import numpy as np  # noqa: E402
 
+from covid_cxr.pipeline.config import user_path  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_IMAGES = os.path.join(HERE, "..", "..", "shared", "data", "covid19-radiography", "*", "*.png")
 DEFAULT_WEIGHTS = os.path.join(HERE, "..", "..", "shared", "weights")
@@ -70,8 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--warm", type=int, default=0, help="extra executions of the training function before the state is saved")
     parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--images", default=DEFAULT_IMAGES, help="glob of PNG films in <label>/ folders (COVID = positive)")
-    parser.add_argument("--weights-dir", default=DEFAULT_WEIGHTS)
+    parser.add_argument("--images", default=DEFAULT_IMAGES, type=user_path, help="glob of PNG films in <label>/ folders (COVID = positive)")
+    parser.add_argument("--weights-dir", default=DEFAULT_WEIGHTS, type=user_path)
     args = parser.parse_args(argv)
 
     import tensorflow as tf

@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 
 from covid_cxr.evaluation import artifacts, metrics  # noqa: E402
 from covid_cxr.evaluation import evaluate as ev  # noqa: E402
+from covid_cxr.pipeline.config import user_path  # noqa: E402
 from covid_cxr.serving import predict  # noqa: E402
 from covid_cxr.trainer import training as T  # noqa: E402
 
@@ -188,7 +189,7 @@ def summary_lines(results: list) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", help="pipeline roots of finished runs")
+    parser.add_argument("roots", nargs="+", type=user_path, help="pipeline roots of finished runs")
     parser.add_argument("--tta", action="store_true", help="also score the mean over each film and its mirror")
     parser.add_argument("--resample", type=int, default=0, metavar="N",
                         help="deal the pooled eval+test films again N times and compare threshold rules")
