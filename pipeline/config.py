@@ -19,8 +19,10 @@ from typing import Any, Iterable, Mapping, Optional
 import click
 import yaml
 
-from covid_cxr.data import features
 from covid_cxr.messages import first_line
+
+if typing.TYPE_CHECKING:
+    from covid_cxr.data import features
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
 CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # the repo root is the package (links resolved)
@@ -189,9 +191,15 @@ class PipelineConfig:
 
     @property
     def task(self) -> features.Task:
+        from covid_cxr.data import features
+
         return features.get_task(self.model.task)
 
     def validate(self) -> "PipelineConfig":
+        # features imports TensorFlow: here rather than at the top, so that a script can read its paths with
+        # user_path before its heavy imports (step_determinism.py --help, a bad argument: no 5 s wait).
+        from covid_cxr.data import features
+
         features.get_task(self.model.task)  # raises ValueError with the valid names
         for name, value in (("gate.min_sensitivity", self.gate.min_sensitivity),
                             ("gate.min_specificity", self.gate.min_specificity),
@@ -263,6 +271,7 @@ class PipelineConfig:
 
     def _validate_ranges(self) -> None:
         """Counts, rates and names a run would otherwise fail on minutes in, or silently ignore."""
+        from covid_cxr.data import features
         from covid_cxr.trainer import models  # the family registry; TensorFlow is loaded already
 
         t, tuner, size = self.training, self.tuner, self.model.image_size

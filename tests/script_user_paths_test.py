@@ -53,3 +53,15 @@ def test_a_leading_tilde_in_a_path_argument_is_the_home_folder(name, load_script
     home_x = str(tmp_path / "x")
     assert {dest: args[dest] for dest in dests} == {
         dest: [home_x] if isinstance(args[dest], list) else home_x for dest in dests}
+
+
+def test_user_path_is_read_without_loading_tensorflow():
+    # A script's argparse types run before its heavy imports: step_determinism.py --help took 0.4 s, not 5.
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from covid_cxr.pipeline.config import user_path; "
+                             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:1])"],
+                            env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert loaded == "[]\n"
